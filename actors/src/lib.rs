@@ -1,0 +1,24 @@
+//! Threadline's actor runtime: the conversation actors and their
+//! supervisor, the router that is the only way to reach them, and the
+//! persistence writer that makes their events durable.
+//!
+//! Architecture invariants:
+//! - Nothing here knows HTTP, WebSocket or provider wire formats; actors see
+//!   normalized events (`threadline_protocol::codec::InboundMessage`).
+//! - A conversation's state is written only by its own actor.
+//! - An acknowledgement (a completed `Router::deliver`) means the redb
+//!   commit holding the message returned with immediate durability.
+//! - Time comes from the injected `Clock`, never from the system directly.
+
+pub mod clock;
+pub mod conversation;
+pub mod metrics;
+pub mod persistence;
+pub mod router;
+pub mod runtime;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use metrics::Metrics;
+pub use router::{DeliverError, Delivered, Router};
+pub use runtime::{Runtime, RuntimeConfig};

@@ -1,0 +1,141 @@
+//! Prometheus metrics of the runtime, rendered in the text format by
+//! `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    pub conversations_resident: Gauge,
+    pub conversations_activated: Counter,
+    pub conversations_passivated: Counter,
+    pub conversation_restarts: Counter,
+    pub messages_ingested: Counter,
+    pub duplicates: Counter,
+    pub dead_letters: Counter,
+    pub commit_batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub persistence_queue: Gauge,
+    pub resident_memory_bytes: Gauge,
+    pub http_requests: Counter,
+    pub http_client_errors: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("threadline");
+        let m = Metrics {
+            conversations_resident: Gauge::default(),
+            conversations_activated: Counter::default(),
+            conversations_passivated: Counter::default(),
+            conversation_restarts: Counter::default(),
+            messages_ingested: Counter::default(),
+            duplicates: Counter::default(),
+            dead_letters: Counter::default(),
+            commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
+            persistence_queue: Gauge::default(),
+            resident_memory_bytes: Gauge::default(),
+            http_requests: Counter::default(),
+            http_client_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "conversations_resident",
+            "Conversation actors currently in memory",
+            m.conversations_resident.clone(),
+        );
+        registry.register(
+            "conversations_activated",
+            "Conversation actors started (new or loaded from storage)",
+            m.conversations_activated.clone(),
+        );
+        registry.register(
+            "conversations_passivated",
+            "Conversation actors snapshotted and stopped (idle or over the resident cap)",
+            m.conversations_passivated.clone(),
+        );
+        registry.register(
+            "conversation_restarts",
+            "Conversation actors restarted from durable state after a failure",
+            m.conversation_restarts.clone(),
+        );
+        registry.register(
+            "messages_ingested",
+            "Inbound messages durably recorded",
+            m.messages_ingested.clone(),
+        );
+        registry.register(
+            "inbound_duplicates",
+            "Inbound deliveries recognised as a repeat of a provider message id",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Messages parked after failing their conversation repeatedly",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Operations per durable redb commit",
+            m.commit_batch_size.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Duration of one durable redb commit (write and fsync)",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "persistence_queue",
+            "Operations waiting for the storage writer",
+            m.persistence_queue.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident set size of the node process",
+            m.resident_memory_bytes.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests handled",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "http_client_errors",
+            "HTTP requests refused with a 4xx status",
+            m.http_client_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn observe_commit(&self, ops: usize, took: Duration) {
+        self.commit_batch_size.observe(ops as f64);
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self) -> String {
+        self.resident_memory_bytes.set(resident_memory_bytes());
+        let mut out = String::with_capacity(4096);
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// RSS from /proc/self/statm (Linux); 0 elsewhere.
+pub fn resident_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}

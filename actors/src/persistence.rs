@@ -1,0 +1,253 @@
+//! The persistence writer: one dedicated OS thread that owns redb's write
+//! side, fed by a bounded channel. It takes everything queued, writes it in
+//! ONE transaction with immediate durability (group commit), and only then
+//! completes each operation's callback. Because the channel is FIFO and
+//! batches commit in order, a completed operation implies that every
+//! operation submitted before it is durable too.
+//!
+//! The thread never runs on the async runtime, so a slow fsync stalls no
+//! actor; callers that must not answer before durability await the
+//! completion, callers that need nothing back submit and move on.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use threadline_protocol::ConversationId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::store::{Applied, BatchWriter, OpenReport, Store, StoreError, Write};
+
+/// Called once the operation is durable (or definitely failed).
+pub type Done = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+
+pub enum Op {
+    /// Append event `seq` of `conv` (already encoded as a log record).
+    /// `index` is (tenant, address) for a conversation's first event.
+    Event {
+        conv: ConversationId,
+        seq: u32,
+        record: Vec<u8>,
+        index: Option<(String, String)>,
+        done: Option<Done>,
+    },
+    Snapshot {
+        conv: ConversationId,
+        seq: u32,
+        bytes: Vec<u8>,
+        done: Option<Done>,
+    },
+    DeadLetter {
+        bytes: Vec<u8>,
+        done: Done,
+    },
+    /// Completes once everything submitted before it is durable.
+    Barrier {
+        done: Done,
+    },
+    /// Commits everything before it, completes, and stops the writer.
+    /// Operations queued after it are dropped uncompleted.
+    Shutdown {
+        done: Done,
+    },
+}
+
+/// Upper bound on operations committed in one transaction.
+pub const MAX_BATCH: usize = 4096;
+/// Truncate the log once this many records below the low-water mark exist.
+const TRUNCATE_EVERY: u64 = 8192;
+
+#[derive(Clone)]
+pub struct Persistence {
+    tx: mpsc::Sender<Op>,
+    pub store: Arc<Store>,
+    healthy: Arc<AtomicBool>,
+}
+
+pub struct WriterThread {
+    handle: Option<JoinHandle<()>>,
+}
+
+impl WriterThread {
+    /// Waits for the thread to end (after `Persistence::shutdown`).
+    pub fn join(mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// True once the thread has ended, for whatever reason.
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+}
+
+impl Persistence {
+    pub fn start(
+        store: Arc<Store>,
+        report: &OpenReport,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Persistence, WriterThread) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let s = store.clone();
+        let h = healthy.clone();
+        let next_log = report.next_log_key;
+        let next_dead = report.next_dead_letter;
+        let handle = std::thread::Builder::new()
+            .name("threadline-writer".into())
+            .spawn(move || writer_loop(s, rx, next_log, next_dead, metrics, h))
+            .expect("spawning the writer thread");
+        (
+            Persistence { tx, store, healthy },
+            WriterThread {
+                handle: Some(handle),
+            },
+        )
+    }
+
+    /// Queues an operation; waits only while the queue is full (backpressure).
+    pub async fn submit(&self, op: Op) -> Result<(), StoreError> {
+        self.tx.send(op).await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Resolves once everything submitted before this call is durable.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.wait_for(|done| Op::Barrier { done }).await
+    }
+
+    /// Commits everything queued so far and stops the writer thread.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.wait_for(|done| Op::Shutdown { done }).await
+    }
+
+    async fn wait_for(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(op(Box::new(move |r| {
+            let _ = tx.send(r);
+        })))
+        .await?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Redb(e.to_string())),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// False once a commit has failed; readiness reports it.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+fn writer_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Op>,
+    mut next_log: u64,
+    mut next_dead: u64,
+    metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    let mut applied = Vec::with_capacity(MAX_BATCH);
+    let mut truncated_below = 0u64;
+    let mut stopping = false;
+    while !stopping {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        stopping = matches!(first, Op::Shutdown { .. });
+        batch.push(first);
+        while batch.len() < MAX_BATCH && !stopping {
+            match rx.try_recv() {
+                Ok(op) => {
+                    stopping = matches!(op, Op::Shutdown { .. });
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        let writes_data = batch
+            .iter()
+            .any(|op| !matches!(op, Op::Barrier { .. } | Op::Shutdown { .. }));
+        let result = if writes_data {
+            let low_water = store.pending.lock().low_water().unwrap_or(next_log);
+            let truncate = (low_water >= truncated_below + TRUNCATE_EVERY).then_some(low_water);
+            let started = Instant::now();
+            let writes = batch
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Event {
+                        conv,
+                        seq,
+                        record,
+                        index,
+                        ..
+                    } => Some(Write::Event {
+                        conv: *conv,
+                        seq: *seq,
+                        record,
+                        index: index.as_ref().map(|(t, a)| (t.as_str(), a.as_str())),
+                    }),
+                    Op::Snapshot {
+                        conv, seq, bytes, ..
+                    } => Some(Write::Snapshot {
+                        conv: *conv,
+                        seq: *seq,
+                        bytes,
+                    }),
+                    Op::DeadLetter { bytes, .. } => Some(Write::DeadLetter { bytes }),
+                    Op::Barrier { .. } | Op::Shutdown { .. } => None,
+                })
+                .chain(truncate.map(|below| Write::Truncate { below }));
+            applied.clear();
+            let r = BatchWriter {
+                next_log_key: &mut next_log,
+                next_dead_letter: &mut next_dead,
+            }
+            .commit(&store.db, writes, &mut applied);
+            metrics.observe_commit(batch.len(), started.elapsed());
+            match r {
+                Ok(()) => {
+                    if let Some(below) = truncate {
+                        truncated_below = below;
+                    }
+                    let mut pending = store.pending.lock();
+                    for a in &applied {
+                        match *a {
+                            Applied::Logged { conv, seq, key } => pending.push(conv, seq, key),
+                            Applied::Snapshotted { conv, seq } => pending.covered(conv, seq),
+                            Applied::Nothing => {}
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, ops = batch.len(), "durable commit failed");
+                    healthy.store(false, Ordering::Relaxed);
+                    Err(Arc::new(e))
+                }
+            }
+        } else {
+            Ok(())
+        };
+        for op in batch.drain(..) {
+            let done = match op {
+                Op::Event { done, .. } | Op::Snapshot { done, .. } => done,
+                Op::DeadLetter { done, .. } | Op::Barrier { done } | Op::Shutdown { done } => {
+                    Some(done)
+                }
+            };
+            if let Some(done) = done {
+                done(result.clone());
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The router: the one way into conversations. (tenant, contact) → the live
+//! actor, activating it through the supervisor when it is not resident.
+//! Callers never hold actor refs; a later cluster layer can forward to a
+//! remote owner here without touching them.
+//!
+//! Delivery is at-least-once towards the actor and idempotent inside it:
+//! when an actor stops with the message still queued (passivation, a
+//! restart), the message was not recorded and is sent again. A message that
+//! makes the conversation's handler fail `MAX_HANDLER_FAILURES` times is
+//! parked in the dead-letter table instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use threadline_protocol::codec::{self, DeadLetter, InboundMessage};
+use threadline_protocol::{ConversationId, ConversationState};
+use tokio::sync::oneshot;
+
+use crate::conversation::supervisor::SupMsg;
+use crate::conversation::{ConvError, ConvMsg, Entry, InboundAck};
+use crate::persistence::Op;
+use crate::runtime::Shared;
+use crate::store::contact_key;
+
+pub const MAX_HANDLER_FAILURES: u32 = 3;
+/// Attempts to reach a live actor (stale directory entries, restarts).
+const MAX_ROUTING_ATTEMPTS: u32 = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    Recorded(InboundAck),
+    DeadLettered {
+        conversation: Option<ConversationId>,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliverError {
+    #[error("the node is not accepting work: {0}")]
+    Unavailable(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+#[derive(Clone)]
+pub struct Router {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Router {
+    async fn entry(&self, tenant: &str, contact: &str, key: &str) -> Result<Entry, DeliverError> {
+        if let Some(e) = self.shared.dir.by_key.get(key) {
+            return Ok(e.clone());
+        }
+        let sup = self
+            .shared
+            .supervisor
+            .read()
+            .clone()
+            .ok_or_else(|| DeliverError::Unavailable("conversations are not running".into()))?;
+        let (tx, rx) = oneshot::channel();
+        sup.cast(SupMsg::Activate {
+            tenant: tenant.to_owned(),
+            contact: contact.to_owned(),
+            key: key.to_owned(),
+            reply: tx,
+        })
+        .map_err(|_| DeliverError::Unavailable("conversation supervisor stopped".into()))?;
+        match rx.await {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(e)) => Err(DeliverError::Unavailable(e)),
+            Err(_) => Err(DeliverError::Unavailable(
+                "conversation supervisor stopped".into(),
+            )),
+        }
+    }
+
+    async fn backoff(attempt: u32) {
+        if attempt < 3 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+        }
+    }
+
+    /// Records an inbound message in the contact's conversation; resolves
+    /// once it is durable.
+    pub async fn deliver(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+    ) -> Result<Delivered, DeliverError> {
+        let key = contact_key(tenant, contact);
+        let mut failures = 0;
+        let mut last_failure = String::new();
+        for attempt in 0..MAX_ROUTING_ATTEMPTS {
+            let entry = self.entry(tenant, contact, &key).await?;
+            let (tx, rx) = oneshot::channel();
+            let sent = entry.actor.cast(ConvMsg::Inbound {
+                msg: msg.clone(),
+                reply: tx,
+            });
+            if sent.is_err() {
+                Self::backoff(attempt).await;
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(ack)) => return Ok(Delivered::Recorded(ack)),
+                Ok(Err(ConvError::Panicked(why))) => {
+                    failures += 1;
+                    last_failure = why;
+                    if failures >= MAX_HANDLER_FAILURES {
+                        return self
+                            .dead_letter(tenant, contact, msg, failures, last_failure)
+                            .await;
+                    }
+                }
+                Ok(Err(ConvError::Storage(e))) => return Err(DeliverError::Storage(e)),
+                // The actor stopped before handling it: not recorded, resend.
+                Err(_) => Self::backoff(attempt).await,
+            }
+        }
+        Err(DeliverError::Unavailable(format!(
+            "conversation unreachable after {MAX_ROUTING_ATTEMPTS} attempts {last_failure}"
+        )))
+    }
+
+    async fn dead_letter(
+        &self,
+        tenant: &str,
+        contact: &str,
+        message: InboundMessage,
+        attempts: u32,
+        error: String,
+    ) -> Result<Delivered, DeliverError> {
+        let store = self.shared.persistence.store.clone();
+        let (t, c) = (tenant.to_owned(), contact.to_owned());
+        let conversation = tokio::task::spawn_blocking(move || store.conversation_of(&t, &c))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let bytes = codec::encode_dead_letter(&DeadLetter {
+            tenant: tenant.to_owned(),
+            contact: contact.to_owned(),
+            conversation,
+            message,
+            attempts,
+            error,
+            at: self.shared.clock.now(),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .persistence
+            .submit(Op::DeadLetter {
+                bytes,
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .await
+            .map_err(|e| DeliverError::Unavailable(e.to_string()))?;
+        match rx.await {
+            Ok(Ok(())) => {
+                self.shared.metrics.dead_letters.inc();
+                tracing::error!(
+                    tenant,
+                    contact,
+                    "message dead-lettered after {attempts} failures"
+                );
+                Ok(Delivered::DeadLettered { conversation })
+            }
+            Ok(Err(e)) => Err(DeliverError::Storage(e.to_string())),
+            Err(_) => Err(DeliverError::Unavailable("storage writer stopped".into())),
+        }
+    }
+
+    /// The contact's current conversation, without creating one.
+    pub async fn view(
+        &self,
+        tenant: &str,
+        contact: &str,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let key = contact_key(tenant, contact);
+        if !self.shared.dir.by_key.contains_key(&key) {
+            let store = self.shared.persistence.store.clone();
+            let (t, c) = (tenant.to_owned(), contact.to_owned());
+            let known = tokio::task::spawn_blocking(move || store.conversation_of(&t, &c))
+                .await
+                .map_err(|e| DeliverError::Storage(e.to_string()))?
+                .map_err(|e| DeliverError::Storage(e.to_string()))?;
+            if known.is_none() {
+                return Ok(None);
+            }
+        }
+        for attempt in 0..MAX_ROUTING_ATTEMPTS {
+            let entry = self.entry(tenant, contact, &key).await?;
+            let (tx, rx) = oneshot::channel();
+            if entry.actor.cast(ConvMsg::View { reply: tx }).is_ok() {
+                match rx.await {
+                    Ok(Ok(state)) => return Ok(state),
+                    Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
+                    Err(_) => {}
+                }
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(DeliverError::Unavailable("conversation unreachable".into()))
+    }
+
+    pub async fn view_by_id(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let resident = self.shared.dir.by_id.get(&id.0).map(|k| k.clone());
+        let key = match resident {
+            Some(k) => k
+                .split_once('\0')
+                .map(|(t, c)| (t.to_owned(), c.to_owned())),
+            None => {
+                let store = self.shared.persistence.store.clone();
+                tokio::task::spawn_blocking(move || store.contact_of(id))
+                    .await
+                    .map_err(|e| DeliverError::Storage(e.to_string()))?
+                    .map_err(|e| DeliverError::Storage(e.to_string()))?
+            }
+        };
+        let Some((tenant, contact)) = key else {
+            return Ok(None);
+        };
+        // The contact may since have moved on to a newer conversation.
+        Ok(self.view(&tenant, &contact).await?.filter(|s| s.id == id))
+    }
+
+    pub fn resident(&self) -> usize {
+        self.shared.dir.by_key.len()
+    }
+}

@@ -1,0 +1,333 @@
+//! Assembly of the actor tree and its shared context.
+//!
+//! ```text
+//! root (RootSupervisor)
+//! ├── persistence (PersistenceActor: owns the redb writer thread)
+//! └── conversations (ConversationSupervisor)
+//!     └── one ConversationActor per resident (tenant, contact)
+//! ```
+//! Later children of the root: channel gateways, the consent actor, the
+//! scheduler and the agent pool. Each supervisor overrides
+//! `handle_supervisor_evt` (ractor's default stops the supervisor when any
+//! child exits).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use crate::clock::Clock;
+use crate::conversation::core::CoreConfig;
+use crate::conversation::supervisor::{sweep_interval_for, ConversationSupervisor, SupMsg};
+use crate::conversation::{ConvMsg, Directory};
+use crate::metrics::Metrics;
+use crate::persistence::{Persistence, WriterThread};
+use crate::router::Router;
+use crate::store::{OpenReport, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub data_dir: PathBuf,
+    /// Resident conversation actors at most; beyond it the least recently
+    /// active are passivated.
+    pub max_resident: usize,
+    /// A conversation idle this long is passivated.
+    pub passivate_after: Duration,
+    /// A resident conversation snapshots after this many events.
+    pub snapshot_every: u32,
+    /// Bound of the persistence queue (backpressure beyond it).
+    pub persistence_queue: usize,
+    pub core: CoreConfig,
+}
+
+impl RuntimeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            max_resident: 200_000,
+            passivate_after: Duration::from_secs(600),
+            snapshot_every: 64,
+            persistence_queue: 65_536,
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// What every actor of the node shares.
+pub struct Shared {
+    pub persistence: Persistence,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub dir: Directory,
+    pub core: CoreConfig,
+    pub next_conversation: AtomicU64,
+    pub snapshot_every: u32,
+    pub max_resident: usize,
+    pub passivate_after: Duration,
+    pub sweep_interval: Duration,
+    pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
+}
+
+pub struct Runtime {
+    pub router: Router,
+    pub shared: Arc<Shared>,
+    pub report: OpenReport,
+    root: ActorRef<RootMsg>,
+    root_done: tokio::task::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Opens storage (recovering the log tail), starts the writer thread and
+    /// the actor tree.
+    pub async fn start(
+        cfg: RuntimeConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Runtime, StoreError> {
+        let dir = cfg.data_dir.clone();
+        let (store, report) = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::Redb(e.to_string()))??;
+        let (persistence, writer) =
+            Persistence::start(store, &report, cfg.persistence_queue, metrics.clone());
+        let shared = Arc::new(Shared {
+            persistence: persistence.clone(),
+            clock,
+            metrics,
+            dir: Directory::default(),
+            core: cfg.core.clone(),
+            next_conversation: AtomicU64::new(report.next_conversation),
+            snapshot_every: cfg.snapshot_every.max(1),
+            max_resident: cfg.max_resident.max(1),
+            passivate_after: cfg.passivate_after,
+            sweep_interval: sweep_interval_for(cfg.passivate_after),
+            supervisor: RwLock::new(None),
+        });
+        let (root, root_done) = Actor::spawn(
+            None,
+            RootSupervisor,
+            RootArgs {
+                shared: shared.clone(),
+                writer: Mutex::new(Some(writer)),
+            },
+        )
+        .await
+        .map_err(|e| StoreError::Redb(format!("starting the actor tree: {e}")))?;
+        Ok(Runtime {
+            router: Router {
+                shared: shared.clone(),
+            },
+            shared,
+            report,
+            root,
+            root_done,
+        })
+    }
+
+    /// True while storage commits succeed and the actor tree is up.
+    pub fn ready(&self) -> bool {
+        self.shared.persistence.healthy() && self.shared.supervisor.read().is_some()
+    }
+
+    /// Drains every conversation (queued messages are handled first, then
+    /// each snapshots and stops), then commits the persistence queue and
+    /// stops the writer. Nothing is started after this.
+    pub async fn shutdown(self) {
+        let actors: Vec<ActorRef<ConvMsg>> = self
+            .shared
+            .dir
+            .by_key
+            .iter()
+            .map(|e| e.value().actor.clone())
+            .collect();
+        for a in &actors {
+            let _ = a.cast(ConvMsg::Passivate { idle_before: None });
+        }
+        for a in &actors {
+            let _ = a.wait(Some(Duration::from_secs(30))).await;
+        }
+        let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
+        let _ = self.root_done.await;
+    }
+}
+
+pub enum RootMsg {}
+
+struct RootSupervisor;
+
+struct RootArgs {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<WriterThread>>,
+}
+
+struct RootState {
+    shared: Arc<Shared>,
+    persistence: ActorRef<PersistenceMsg>,
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let writer = args.writer.lock().take().ok_or("writer already taken")?;
+        let (persistence, _) = Actor::spawn_linked(
+            Some(format!("persistence-{}", myself.get_id())),
+            PersistenceActor,
+            (args.shared.clone(), writer),
+            myself.get_cell(),
+        )
+        .await?;
+        spawn_conversations(&myself, &args.shared).await?;
+        Ok(RootState {
+            shared: args.shared,
+            persistence,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        _st: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {}
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        st: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Conversations first (they still write), then the writer.
+        if let Some(sup) = st.shared.supervisor.write().take() {
+            sup.stop(Some("shutdown".into()));
+        }
+        let _ = st
+            .persistence
+            .stop_and_wait(Some("shutdown".into()), None)
+            .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        evt: SupervisionEvent,
+        st: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let is_conversations = st
+                    .shared
+                    .supervisor
+                    .read()
+                    .as_ref()
+                    .is_some_and(|s| s.get_id() == cell.get_id());
+                if is_conversations {
+                    tracing::error!(error = %err, "conversation supervisor failed; restarting it");
+                    *st.shared.supervisor.write() = None;
+                    spawn_conversations(&myself, &st.shared).await?;
+                } else if cell.get_id() == st.persistence.get_id() {
+                    // A writer that died cannot be resumed safely in-process:
+                    // the node reports not ready and keeps serving reads.
+                    tracing::error!(error = %err, "persistence failed; node is not ready");
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                tracing::debug!(actor = %cell.get_id(), ?reason, "root child stopped");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_conversations(
+    root: &ActorRef<RootMsg>,
+    shared: &Arc<Shared>,
+) -> Result<(), ActorProcessingErr> {
+    let (sup, _) = Actor::spawn_linked(
+        None,
+        ConversationSupervisor,
+        shared.clone(),
+        root.get_cell(),
+    )
+    .await?;
+    *shared.supervisor.write() = Some(sup);
+    Ok(())
+}
+
+/// Owns the writer thread's lifecycle: reports queue depth, notices a dead
+/// writer, and on stop commits the queue and joins the thread.
+struct PersistenceActor;
+
+enum PersistenceMsg {
+    Tick,
+}
+
+struct PersistenceState {
+    shared: Arc<Shared>,
+    writer: Option<WriterThread>,
+}
+
+impl Actor for PersistenceActor {
+    type Msg = PersistenceMsg;
+    type State = PersistenceState;
+    type Arguments = (Arc<Shared>, WriterThread);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PersistenceMsg>,
+        (shared, writer): (Arc<Shared>, WriterThread),
+    ) -> Result<PersistenceState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_secs(1), || PersistenceMsg::Tick);
+        Ok(PersistenceState {
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<PersistenceMsg>,
+        msg: PersistenceMsg,
+        st: &mut PersistenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PersistenceMsg::Tick => {
+                let p = &st.shared.persistence;
+                st.shared
+                    .metrics
+                    .persistence_queue
+                    .set(p.queue_len() as i64);
+                if st.writer.as_ref().is_none_or(WriterThread::finished) {
+                    return Err("the storage writer thread has stopped".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<PersistenceMsg>,
+        st: &mut PersistenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Err(e) = st.shared.persistence.shutdown().await {
+            tracing::warn!(error = %e, "persistence shutdown");
+        }
+        if let Some(w) = st.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,436 @@
+//! redb storage: the write-ahead log, conversation snapshots, indexes and
+//! dead letters. Synchronous; the writer half runs on its own thread
+//! (`persistence`), reads run wherever a caller needs them (redb read
+//! transactions are MVCC and never wait for the writer).
+//!
+//! Layout:
+//! - `log`: global sequence `u64` → `LogRecord`. Appends use sequential
+//!   keys, the cheapest write redb has; entries already covered by a
+//!   snapshot are truncated in the background.
+//! - `snapshots`: conversation id → `ConversationState` at some event seq.
+//! - `contacts`: `tenant \0 address` → conversation id (current conversation).
+//! - `conversations`: conversation id → `tenant \0 address`.
+//! - `dead_letters`: sequence → `DeadLetter`.
+//! - `meta`: small named counters.
+//!
+//! A conversation's durable state is its snapshot plus the log records with
+//! a higher event seq. Which log records those are is kept in memory in
+//! `Pending` (rebuilt from the log at start).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use threadline_protocol::codec::{self, DeadLetter, LogRecord};
+use threadline_protocol::{ConvEvent, ConversationId, ConversationState};
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+pub(crate) const CONTACTS: TableDefinition<&str, u64> = TableDefinition::new("contacts");
+pub(crate) const CONVERSATIONS: TableDefinition<u64, &str> = TableDefinition::new("conversations");
+pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub const DB_FILE: &str = "threadline.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Redb(String),
+    #[error("stored data is unreadable: {0}")]
+    Codec(#[from] codec::CodecError),
+    #[error("stored events of {conv} do not replay: {detail}")]
+    Replay {
+        conv: ConversationId,
+        detail: String,
+    },
+    #[error("the storage writer has stopped")]
+    WriterGone,
+}
+
+macro_rules! redb_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Redb(e.to_string()) }
+        }
+    )*};
+}
+redb_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+pub fn contact_key(tenant: &str, address: &str) -> String {
+    let mut k = String::with_capacity(tenant.len() + address.len() + 1);
+    k.push_str(tenant);
+    k.push('\0');
+    k.push_str(address);
+    k
+}
+
+fn split_contact_key(k: &str) -> Option<(String, String)> {
+    k.split_once('\0')
+        .map(|(t, a)| (t.to_owned(), a.to_owned()))
+}
+
+/// Log entries not yet covered by a snapshot, per conversation:
+/// (event seq, log key), in increasing order.
+#[derive(Default)]
+pub struct Pending {
+    by_conv: HashMap<u64, Vec<(u32, u64)>>,
+}
+
+impl Pending {
+    pub(crate) fn push(&mut self, conv: u64, seq: u32, log_key: u64) {
+        self.by_conv.entry(conv).or_default().push((seq, log_key));
+    }
+    /// A snapshot at `seq` was committed: entries up to it are covered.
+    pub(crate) fn covered(&mut self, conv: u64, seq: u32) {
+        if let Some(v) = self.by_conv.get_mut(&conv) {
+            v.retain(|(s, _)| *s > seq);
+            if v.is_empty() {
+                self.by_conv.remove(&conv);
+            }
+        }
+    }
+    /// The lowest log key still needed; everything below can be truncated.
+    pub(crate) fn low_water(&self) -> Option<u64> {
+        self.by_conv
+            .values()
+            .filter_map(|v| v.first().map(|(_, k)| *k))
+            .min()
+    }
+    pub fn len(&self) -> usize {
+        self.by_conv.values().map(Vec::len).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_conv.is_empty()
+    }
+}
+
+pub struct Store {
+    pub(crate) db: Database,
+    pub(crate) pending: Mutex<Pending>,
+}
+
+/// What `Store::open` found on disk.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    pub log_records_replayed: usize,
+    pub conversations_recovered: usize,
+    pub next_conversation: u64,
+    pub next_log_key: u64,
+    pub next_dead_letter: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`, then folds every log record
+    /// that a snapshot does not cover yet into a fresh snapshot, so a node
+    /// starts with an empty log tail.
+    pub fn open(dir: &Path) -> Result<(Arc<Store>, OpenReport), StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Redb(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::builder()
+            .set_cache_size(256 << 20)
+            .create(dir.join(DB_FILE))?;
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(LOG)?;
+            txn.open_table(SNAPSHOTS)?;
+            txn.open_table(CONTACTS)?;
+            txn.open_table(CONVERSATIONS)?;
+            txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+        }
+        let store = Store {
+            db,
+            pending: Mutex::new(Pending::default()),
+        };
+        let report = store.recover()?;
+        Ok((Arc::new(store), report))
+    }
+
+    fn recover(&self) -> Result<OpenReport, StoreError> {
+        let mut report = OpenReport::default();
+        // Group the log tail by conversation.
+        let mut tail: HashMap<u64, Vec<LogRecord>> = HashMap::new();
+        let (max_log, max_conv, max_dead) = {
+            let r = self.db.begin_read()?;
+            let log = r.open_table(LOG)?;
+            for item in log.iter()? {
+                let (_, v) = item?;
+                let rec = codec::decode_log_record(v.value())?;
+                tail.entry(rec.conv.0).or_default().push(rec);
+                report.log_records_replayed += 1;
+            }
+            let last = |t: Option<u64>| t.map_or(0, |k| k + 1);
+            let max_log = last(log.last()?.map(|(k, _)| k.value()));
+            let max_conv = last(r.open_table(CONVERSATIONS)?.last()?.map(|(k, _)| k.value()));
+            let max_dead = last(r.open_table(DEAD_LETTERS)?.last()?.map(|(k, _)| k.value()));
+            (max_log, max_conv, max_dead)
+        };
+        let mut max_conv = max_conv;
+        if !tail.is_empty() {
+            let w = self.db.begin_write()?;
+            {
+                let mut snaps = w.open_table(SNAPSHOTS)?;
+                let mut contacts = w.open_table(CONTACTS)?;
+                let mut convs = w.open_table(CONVERSATIONS)?;
+                for (conv, records) in tail {
+                    let existing = match snaps.get(conv)? {
+                        Some(v) => Some(codec::decode_snapshot(v.value())?),
+                        None => None,
+                    };
+                    let state = replay(ConversationId(conv), existing, &records)?;
+                    if let Some(state) = state {
+                        let key = contact_key(&state.tenant, &state.contact);
+                        contacts.insert(key.as_str(), conv)?;
+                        convs.insert(conv, key.as_str())?;
+                        snaps.insert(conv, codec::encode_snapshot(&state).as_slice())?;
+                        max_conv = max_conv.max(conv + 1);
+                        report.conversations_recovered += 1;
+                    }
+                }
+                w.open_table(LOG)?.retain(|_, _| false)?;
+            }
+            w.commit()?;
+        }
+        report.next_log_key = max_log;
+        report.next_conversation = max_conv.max(1);
+        report.next_dead_letter = max_dead;
+        Ok(report)
+    }
+
+    /// The current conversation of a contact, if any.
+    pub fn conversation_of(
+        &self,
+        tenant: &str,
+        address: &str,
+    ) -> Result<Option<ConversationId>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CONTACTS)?;
+        Ok(t.get(contact_key(tenant, address).as_str())?
+            .map(|v| ConversationId(v.value())))
+    }
+
+    /// (tenant, address) of a conversation id, if it exists.
+    pub fn contact_of(&self, id: ConversationId) -> Result<Option<(String, String)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CONVERSATIONS)?;
+        Ok(t.get(id.0)?.and_then(|v| split_contact_key(v.value())))
+    }
+
+    /// The durable state of a conversation: snapshot plus pending log records.
+    /// The caller must have passed a persistence barrier, so that everything
+    /// submitted before is committed and listed in `Pending`.
+    pub fn load(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
+        let keys: Vec<u64> = self
+            .pending
+            .lock()
+            .by_conv
+            .get(&id.0)
+            .map(|v| v.iter().map(|(_, k)| *k).collect())
+            .unwrap_or_default();
+        let r = self.db.begin_read()?;
+        let snapshot = match r.open_table(SNAPSHOTS)?.get(id.0)? {
+            Some(v) => Some(codec::decode_snapshot(v.value())?),
+            None => None,
+        };
+        let log = r.open_table(LOG)?;
+        let mut records = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = log.get(k)? {
+                records.push(codec::decode_log_record(v.value())?);
+            }
+        }
+        replay(id, snapshot, &records)
+    }
+
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for item in t.iter()?.take(limit) {
+            let (k, v) = item?;
+            out.push((k.value(), codec::decode_dead_letter(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn count_conversations(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(CONVERSATIONS)?.len()?)
+    }
+
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().len()
+    }
+}
+
+/// Applies log records (in seq order, skipping those the snapshot covers).
+fn replay(
+    id: ConversationId,
+    snapshot: Option<ConversationState>,
+    records: &[LogRecord],
+) -> Result<Option<ConversationState>, StoreError> {
+    let mut state = snapshot;
+    let mut records: Vec<&LogRecord> = records.iter().collect();
+    records.sort_by_key(|r| r.seq);
+    for rec in records {
+        let err = |detail: String| StoreError::Replay { conv: id, detail };
+        match &mut state {
+            None => {
+                if rec.seq != 1 {
+                    return Err(err(format!(
+                        "log starts at event {} with no snapshot",
+                        rec.seq
+                    )));
+                }
+                state = Some(
+                    ConversationState::from_created(&rec.event).map_err(|e| err(e.to_string()))?,
+                );
+            }
+            Some(s) if rec.seq <= s.last_seq => {}
+            Some(s) => s
+                .apply(rec.seq, &rec.event)
+                .map_err(|e| err(e.to_string()))?,
+        }
+    }
+    Ok(state)
+}
+
+/// Writes one batch of operations in one durable transaction.
+/// Returns what must be done to `Pending` once the commit returned.
+pub(crate) struct BatchWriter<'a> {
+    pub next_log_key: &'a mut u64,
+    pub next_dead_letter: &'a mut u64,
+}
+
+pub(crate) enum Applied {
+    Logged { conv: u64, seq: u32, key: u64 },
+    Snapshotted { conv: u64, seq: u32 },
+    Nothing,
+}
+
+pub(crate) enum Write<'a> {
+    Event {
+        conv: ConversationId,
+        seq: u32,
+        record: &'a [u8],
+        index: Option<(&'a str, &'a str)>,
+    },
+    Snapshot {
+        conv: ConversationId,
+        seq: u32,
+        bytes: &'a [u8],
+    },
+    DeadLetter {
+        bytes: &'a [u8],
+    },
+    /// Deletes log records below `below` (already covered by snapshots).
+    Truncate {
+        below: u64,
+    },
+}
+
+impl BatchWriter<'_> {
+    pub(crate) fn commit<'w>(
+        &mut self,
+        db: &Database,
+        writes: impl Iterator<Item = Write<'w>>,
+        out: &mut Vec<Applied>,
+    ) -> Result<(), StoreError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        let start_log = *self.next_log_key;
+        let start_dead = *self.next_dead_letter;
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut snaps: Option<redb::Table<u64, &[u8]>> = None;
+            let mut contacts: Option<redb::Table<&str, u64>> = None;
+            let mut convs: Option<redb::Table<u64, &str>> = None;
+            let mut dead: Option<redb::Table<u64, &[u8]>> = None;
+            for w in writes {
+                match w {
+                    Write::Event {
+                        conv,
+                        seq,
+                        record,
+                        index,
+                    } => {
+                        let key = *self.next_log_key;
+                        *self.next_log_key += 1;
+                        log.insert(key, record)?;
+                        if let Some((tenant, address)) = index {
+                            let ck = contact_key(tenant, address);
+                            if contacts.is_none() {
+                                contacts = Some(txn.open_table(CONTACTS)?);
+                                convs = Some(txn.open_table(CONVERSATIONS)?);
+                            }
+                            contacts.as_mut().unwrap().insert(ck.as_str(), conv.0)?;
+                            convs.as_mut().unwrap().insert(conv.0, ck.as_str())?;
+                        }
+                        out.push(Applied::Logged {
+                            conv: conv.0,
+                            seq,
+                            key,
+                        });
+                    }
+                    Write::Snapshot { conv, seq, bytes } => {
+                        if snaps.is_none() {
+                            snaps = Some(txn.open_table(SNAPSHOTS)?);
+                        }
+                        snaps.as_mut().unwrap().insert(conv.0, bytes)?;
+                        out.push(Applied::Snapshotted { conv: conv.0, seq });
+                    }
+                    Write::DeadLetter { bytes } => {
+                        if dead.is_none() {
+                            dead = Some(txn.open_table(DEAD_LETTERS)?);
+                        }
+                        let key = *self.next_dead_letter;
+                        *self.next_dead_letter += 1;
+                        dead.as_mut().unwrap().insert(key, bytes)?;
+                        out.push(Applied::Nothing);
+                    }
+                    Write::Truncate { below } => {
+                        log.retain_in(..below, |_, _| false)?;
+                        out.push(Applied::Nothing);
+                    }
+                }
+            }
+        }
+        if let Err(e) = txn.commit() {
+            // Nothing of this batch is durable: hand the keys out again.
+            *self.next_log_key = start_log;
+            *self.next_dead_letter = start_dead;
+            out.clear();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+/// Convenience for tests and tools: decode every event of the log tail.
+pub fn log_tail(store: &Store) -> Result<Vec<(u64, LogRecord)>, StoreError> {
+    let r = store.db.begin_read()?;
+    let t = r.open_table(LOG)?;
+    let mut out = Vec::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        out.push((k.value(), codec::decode_log_record(v.value())?));
+    }
+    Ok(out)
+}
+
+#[allow(dead_code)]
+fn _assert_event_is_send(e: ConvEvent) -> impl Send {
+    e
+}

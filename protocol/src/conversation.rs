@@ -1,0 +1,330 @@
+//! Conversation state and the events that change it.
+//!
+//! A conversation's state is a fold of its events: `ConversationState::apply`
+//! is the only function that changes it, both when the owning actor handles
+//! a command and when a snapshot is rebuilt from the log after a crash.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConversationId, MessageId};
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Channel {
+    Sms,
+    Whatsapp,
+    Voice,
+    Webchat,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 5] = [
+        Channel::Sms,
+        Channel::Whatsapp,
+        Channel::Voice,
+        Channel::Webchat,
+        Channel::Email,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Whatsapp => "whatsapp",
+            Channel::Voice => "voice",
+            Channel::Webchat => "webchat",
+            Channel::Email => "email",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Author {
+    Customer,
+    Bot,
+    Agent(String),
+    System,
+}
+
+impl Author {
+    pub fn label(&self) -> String {
+        match self {
+            Author::Customer => "customer".into(),
+            Author::Bot => "bot".into(),
+            Author::Agent(id) => format!("agent:{id}"),
+            Author::System => "system".into(),
+        }
+    }
+}
+
+/// Delivery state of a message as far as the node knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// An inbound message, durably recorded.
+    Received,
+    Queued,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Received => "received",
+            Delivery::Queued => "queued",
+            Delivery::Sent => "sent",
+            Delivery::Delivered => "delivered",
+            Delivery::Read => "read",
+            Delivery::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Active,
+    Inactive,
+    Closed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Inactive => "inactive",
+            Status::Closed => "closed",
+        }
+    }
+}
+
+/// Every address by which the customer has reached this conversation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identities {
+    /// E.164, with the leading `+`.
+    pub phone: Option<String>,
+    /// WhatsApp id (`wa_id` digits, or a business-scoped user id).
+    pub whatsapp: Option<String>,
+    /// Web-chat visitor id.
+    pub visitor: Option<String>,
+    pub email: Option<String>,
+}
+
+/// What is known about the customer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Captured {
+    pub name: Option<String>,
+    pub intent: Option<String>,
+    pub slots: BTreeMap<String, String>,
+    pub score: Option<f32>,
+    pub facts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub seq: u32,
+    pub direction: Direction,
+    pub channel: Channel,
+    pub author: Author,
+    pub text: String,
+    /// When the message happened according to its source (the provider's or
+    /// gateway's timestamp, else the time it was received).
+    pub at: Timestamp,
+    /// When this node recorded it.
+    pub recorded_at: Timestamp,
+    pub provider_message_id: Option<String>,
+    pub delivery: Delivery,
+    pub media: Vec<String>,
+}
+
+/// Everything that can happen to a conversation. Appended to the log in the
+/// order the owning actor decided them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConvEvent {
+    Created {
+        id: ConversationId,
+        tenant: String,
+        contact: String,
+        identities: Identities,
+        at: Timestamp,
+    },
+    MessageAppended(Message),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationState {
+    pub id: ConversationId,
+    pub tenant: String,
+    /// The address this conversation is keyed by within its tenant.
+    pub contact: String,
+    pub identities: Identities,
+    pub status: Status,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub messages: Vec<Message>,
+    pub captured: Captured,
+    /// Channels in the order the conversation first used them.
+    pub channels: Vec<Channel>,
+    pub assigned_agent: Option<String>,
+    pub timers: Vec<String>,
+    /// Sequence number of the last event applied (`Created` is 1).
+    pub last_seq: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("event {got} applied out of order (expected {expected})")]
+    OutOfOrder { expected: u32, got: u32 },
+    #[error("the first event of a conversation must be Created")]
+    NotCreated,
+}
+
+impl ConversationState {
+    /// Builds the state from its first event.
+    pub fn from_created(event: &ConvEvent) -> Result<Self, ApplyError> {
+        match event {
+            ConvEvent::Created {
+                id,
+                tenant,
+                contact,
+                identities,
+                at,
+            } => Ok(ConversationState {
+                id: *id,
+                tenant: tenant.clone(),
+                contact: contact.clone(),
+                identities: identities.clone(),
+                status: Status::Active,
+                created_at: *at,
+                updated_at: *at,
+                messages: Vec::new(),
+                captured: Captured::default(),
+                channels: Vec::new(),
+                assigned_agent: None,
+                timers: Vec::new(),
+                last_seq: 1,
+            }),
+            _ => Err(ApplyError::NotCreated),
+        }
+    }
+
+    pub fn next_seq(&self) -> u32 {
+        self.last_seq + 1
+    }
+
+    /// Applies event number `seq`. Events must be applied in order.
+    pub fn apply(&mut self, seq: u32, event: &ConvEvent) -> Result<(), ApplyError> {
+        if seq != self.next_seq() {
+            return Err(ApplyError::OutOfOrder {
+                expected: self.next_seq(),
+                got: seq,
+            });
+        }
+        match event {
+            ConvEvent::Created { .. } => return Err(ApplyError::NotCreated),
+            ConvEvent::MessageAppended(m) => {
+                if !self.channels.contains(&m.channel) {
+                    self.channels.push(m.channel);
+                }
+                self.updated_at = self.updated_at.max(m.recorded_at);
+                if m.direction == Direction::Inbound {
+                    self.status = Status::Active;
+                }
+                self.messages.push(m.clone());
+            }
+        }
+        self.last_seq = seq;
+        Ok(())
+    }
+
+    pub fn message_id(&self, seq: u32) -> MessageId {
+        MessageId {
+            conversation: self.id,
+            seq,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn created() -> ConvEvent {
+        ConvEvent::Created {
+            id: ConversationId(1),
+            tenant: "acme".into(),
+            contact: "+15551234567".into(),
+            identities: Identities {
+                phone: Some("+15551234567".into()),
+                ..Default::default()
+            },
+            at: Timestamp(1_000),
+        }
+    }
+
+    fn msg(seq: u32, channel: Channel, text: &str) -> ConvEvent {
+        ConvEvent::MessageAppended(Message {
+            seq,
+            direction: Direction::Inbound,
+            channel,
+            author: Author::Customer,
+            text: text.into(),
+            at: Timestamp(2_000),
+            recorded_at: Timestamp(2_000 + seq as i64),
+            provider_message_id: None,
+            delivery: Delivery::Received,
+            media: vec![],
+        })
+    }
+
+    #[test]
+    fn messages_append_in_order_and_record_channels_once() {
+        let mut s = ConversationState::from_created(&created()).unwrap();
+        s.apply(2, &msg(2, Channel::Sms, "hi")).unwrap();
+        s.apply(3, &msg(3, Channel::Voice, "call")).unwrap();
+        s.apply(4, &msg(4, Channel::Sms, "again")).unwrap();
+        assert_eq!(s.channels, vec![Channel::Sms, Channel::Voice]);
+        let texts: Vec<_> = s.messages.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["hi", "call", "again"]);
+        assert_eq!(s.last_seq, 4);
+        assert_eq!(s.updated_at, Timestamp(2_004));
+    }
+
+    #[test]
+    fn out_of_order_events_are_refused() {
+        let mut s = ConversationState::from_created(&created()).unwrap();
+        assert_eq!(
+            s.apply(3, &msg(3, Channel::Sms, "x")),
+            Err(ApplyError::OutOfOrder {
+                expected: 2,
+                got: 3
+            })
+        );
+        assert_eq!(
+            s.apply(2, &created()),
+            Err(ApplyError::NotCreated),
+            "a second Created is refused"
+        );
+        assert!(ConversationState::from_created(&msg(1, Channel::Sms, "x")).is_err());
+    }
+}

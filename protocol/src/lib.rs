@@ -1,0 +1,19 @@
+//! Threadline's shared vocabulary: identifiers, conversation state and
+//! events, and the versioned binary formats they are stored in.
+//!
+//! Architecture invariant: this crate depends on nothing of ours, does no IO
+//! and knows nothing of async runtimes, HTTP or providers. It is plain data
+//! plus deterministic functions over that data.
+
+pub mod codec;
+pub mod conversation;
+pub mod ids;
+pub mod time;
+
+pub use codec::{DeadLetter, InboundMessage, LogRecord};
+pub use conversation::{
+    Author, Captured, Channel, ConvEvent, ConversationState, Delivery, Direction, Identities,
+    Message, Status,
+};
+pub use ids::{ConversationId, MessageId};
+pub use time::Timestamp;

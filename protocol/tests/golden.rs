@@ -1,0 +1,102 @@
+//! Golden fixtures: bytes written by earlier format versions must keep
+//! decoding. A fixture is written once, when its version is introduced
+//! (`THREADLINE_WRITE_FIXTURES=1 cargo test -p threadline-protocol --test golden`),
+//! and never regenerated afterwards.
+
+use std::path::PathBuf;
+
+use threadline_protocol::codec::{self, InboundMessage, LogRecord};
+use threadline_protocol::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn v1_state() -> ConversationState {
+    let mut s = ConversationState::from_created(&ConvEvent::Created {
+        id: ConversationId(0x2a),
+        tenant: "acme".into(),
+        contact: "+15551234567".into(),
+        identities: Identities {
+            phone: Some("+15551234567".into()),
+            ..Default::default()
+        },
+        at: Timestamp(1_795_000_000_000),
+    })
+    .unwrap();
+    s.apply(
+        2,
+        &ConvEvent::MessageAppended(Message {
+            seq: 2,
+            direction: Direction::Inbound,
+            channel: Channel::Sms,
+            author: Author::Customer,
+            text: "I need a cleaning next week".into(),
+            at: Timestamp(1_795_000_001_000),
+            recorded_at: Timestamp(1_795_000_001_500),
+            provider_message_id: Some("SM123".into()),
+            delivery: Delivery::Received,
+            media: vec![],
+        }),
+    )
+    .unwrap();
+    s.captured.name = Some("Jordan".into());
+    s.captured.facts.insert("pet".into(), "dog".into());
+    s
+}
+
+fn v1_log_record() -> LogRecord {
+    LogRecord {
+        conv: ConversationId(0x2a),
+        seq: 2,
+        event: ConvEvent::MessageAppended(v1_state().messages[0].clone()),
+    }
+}
+
+fn check(name: &str, current: Vec<u8>) -> Vec<u8> {
+    let path = fixture(name);
+    if std::env::var_os("THREADLINE_WRITE_FIXTURES").is_some() && !path.exists() {
+        std::fs::write(&path, &current).unwrap();
+    }
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()))
+}
+
+#[test]
+fn snapshot_v1_fixture_still_decodes() {
+    let bytes = check("snapshot_v1.bin", codec::encode_snapshot(&v1_state()));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v1_state());
+}
+
+#[test]
+fn log_record_v1_fixture_still_decodes() {
+    let bytes = check(
+        "log_record_v1.bin",
+        codec::encode_log_record(&v1_log_record()),
+    );
+    assert_eq!(codec::decode_log_record(&bytes).unwrap(), v1_log_record());
+}
+
+#[test]
+fn dead_letter_v1_fixture_still_decodes() {
+    let d = codec::DeadLetter {
+        tenant: "acme".into(),
+        contact: "+15551234567".into(),
+        conversation: Some(ConversationId(0x2a)),
+        message: InboundMessage {
+            channel: Channel::Sms,
+            from: "+15551234567".into(),
+            to: None,
+            text: "boom".into(),
+            provider_message_id: Some("p-1".into()),
+            at: None,
+            media: vec![],
+        },
+        attempts: 3,
+        error: "panicked".into(),
+        at: Timestamp(1),
+    };
+    let bytes = check("dead_letter_v1.bin", codec::encode_dead_letter(&d));
+    assert_eq!(codec::decode_dead_letter(&bytes).unwrap(), d);
+}

@@ -1,0 +1,580 @@
+//! The node's configuration: one typed struct, read from TOML, validated
+//! before anything starts, overridable by command-line flags. Errors name
+//! the key and the line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub providers: Providers,
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_http")]
+    pub http: String,
+    pub public_url: Option<String>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub admin_token: String,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_http() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_max_body() -> usize {
+    64 * 1024
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            http: default_http(),
+            public_url: None,
+            data_dir: default_data_dir(),
+            admin_token: String::new(),
+            max_body_bytes: default_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    #[serde(default = "default_max_resident")]
+    pub max_resident_conversations: usize,
+    #[serde(default = "default_passivate_after")]
+    pub passivate_after_secs: u64,
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every_events: u32,
+    #[serde(default = "default_persistence_queue")]
+    pub persistence_queue: usize,
+}
+
+fn default_max_resident() -> usize {
+    200_000
+}
+fn default_passivate_after() -> u64 {
+    600
+}
+fn default_snapshot_every() -> u32 {
+    64
+}
+fn default_persistence_queue() -> usize {
+    65_536
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            max_resident_conversations: default_max_resident(),
+            passivate_after_secs: default_passivate_after(),
+            snapshot_every_events: default_snapshot_every(),
+            persistence_queue: default_persistence_queue(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Providers {
+    pub twilio: Option<Twilio>,
+    pub whatsapp: Option<Whatsapp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Twilio {
+    pub account_sid: String,
+    pub auth_token: String,
+    #[serde(default = "default_twilio_base")]
+    pub api_base: String,
+}
+
+fn default_twilio_base() -> String {
+    "https://api.twilio.com".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Whatsapp {
+    pub app_secret: String,
+    pub verify_token: String,
+    pub access_token: String,
+    #[serde(default = "default_whatsapp_base")]
+    pub api_base: String,
+}
+
+fn default_whatsapp_base() -> String {
+    "https://graph.facebook.com/v21.0".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default)]
+    pub sms_numbers: Vec<String>,
+    pub whatsapp_phone_number_id: Option<String>,
+    pub owner_phone: Option<String>,
+    #[serde(default)]
+    pub help_text: String,
+    pub gateway_token: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    pub token: String,
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub capacity: BTreeMap<String, u32>,
+}
+
+/// A configuration problem: which key, on which line, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: `{}`: {}", self.key, self.message),
+            None => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A path into the TOML document, like `tenants[0].timezone`.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+fn path_text(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// The 1-based line where the value at `path` (or its nearest present
+/// ancestor) is written.
+fn line_of(src: &str, path: &[Seg]) -> Option<usize> {
+    enum Cur<'a> {
+        Table(&'a toml_edit::Table),
+        Item(&'a toml_edit::Item),
+    }
+    let doc = toml_edit::Document::parse(src).ok()?;
+    let mut cur = Cur::Table(doc.as_table());
+    let mut span = None;
+    for seg in path {
+        let next = match (&cur, seg) {
+            (Cur::Table(t), Seg::Key(k)) => t.get(k).map(Cur::Item),
+            (Cur::Item(toml_edit::Item::ArrayOfTables(a)), Seg::Index(i)) => {
+                a.get(*i).map(Cur::Table)
+            }
+            (Cur::Item(it), Seg::Key(k)) => it.get(*k).map(Cur::Item),
+            (Cur::Item(it), Seg::Index(i)) => it.get(*i).map(Cur::Item),
+            (Cur::Table(_), Seg::Index(_)) => None,
+        };
+        let Some(next) = next else { break };
+        let s = match &next {
+            Cur::Table(t) => t.span(),
+            Cur::Item(it) => it.span(),
+        };
+        span = s.or(span);
+        cur = next;
+    }
+    span.map(|r| line_at(src, r.start))
+}
+
+fn line_at(src: &str, offset: usize) -> usize {
+    src[..offset.min(src.len())].matches('\n').count() + 1
+}
+
+pub fn is_e164(s: &str) -> bool {
+    let Some(d) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
+
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    /// Parses and validates a config file's text.
+    pub fn parse(src: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(src).map_err(|e| {
+            let line = e.span().map(|r| line_at(src, r.start));
+            ConfigError {
+                key: key_from_toml_error(&e),
+                line,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        cfg.check().map_err(|(path, message)| ConfigError {
+            key: path_text(&path),
+            line: line_of(src, &path),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// The development node: one `demo` tenant, the sandbox provider, one
+    /// demo agent, fixed tokens printed at start.
+    pub fn dev() -> Config {
+        Config {
+            server: Server {
+                admin_token: "dev-admin-token".into(),
+                ..Server::default()
+            },
+            runtime: Runtime::default(),
+            providers: Providers::default(),
+            tenants: vec![Tenant {
+                id: "demo".into(),
+                name: "Demo Business".into(),
+                timezone: "America/New_York".into(),
+                sms_numbers: vec!["+15550000100".into()],
+                whatsapp_phone_number_id: None,
+                owner_phone: Some("+15550000199".into()),
+                help_text: "Demo Business: reply STOP to opt out.".into(),
+                gateway_token: "gw-demo".into(),
+            }],
+            agents: vec![Agent {
+                id: "demo-agent".into(),
+                name: "Demo Agent".into(),
+                token: "agent-demo".into(),
+                tenants: vec!["demo".into()],
+                skills: vec!["en".into()],
+                capacity: BTreeMap::from([("chat".into(), 3), ("voice".into(), 1)]),
+            }],
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.server
+            .http
+            .parse()
+            .expect("validated at load: server.http is a socket address")
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+
+    /// Checks every semantic rule (after flags changed the parsed file).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(path, message)| ConfigError {
+            key: path_text(&path),
+            line: None,
+            message,
+        })
+    }
+
+    /// Checks every semantic rule; returns the offending key's path.
+    fn check(&self) -> Result<(), (Vec<Seg>, String)> {
+        use Seg::{Index, Key};
+        let err = |path: Vec<Seg>, m: String| Err((path, m));
+        if self.server.http.parse::<SocketAddr>().is_err() {
+            return err(
+                vec![Key("server"), Key("http")],
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.server.http
+                ),
+            );
+        }
+        if let Some(u) = &self.server.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 {
+                return err(
+                    vec![Key("server"), Key("public_url")],
+                    "must be an http:// or https:// URL".into(),
+                );
+            }
+        }
+        if self.server.admin_token.len() < 8 {
+            return err(
+                vec![Key("server"), Key("admin_token")],
+                "is required, at least 8 characters".into(),
+            );
+        }
+        if !(1024..=16 << 20).contains(&self.server.max_body_bytes) {
+            return err(
+                vec![Key("server"), Key("max_body_bytes")],
+                "must be between 1024 and 16777216".into(),
+            );
+        }
+        let r = &self.runtime;
+        if r.max_resident_conversations == 0 {
+            return err(
+                vec![Key("runtime"), Key("max_resident_conversations")],
+                "must be at least 1".into(),
+            );
+        }
+        if r.passivate_after_secs == 0 {
+            return err(
+                vec![Key("runtime"), Key("passivate_after_secs")],
+                "must be at least 1".into(),
+            );
+        }
+        if r.snapshot_every_events == 0 {
+            return err(
+                vec![Key("runtime"), Key("snapshot_every_events")],
+                "must be at least 1".into(),
+            );
+        }
+        if !(16..=1 << 22).contains(&r.persistence_queue) {
+            return err(
+                vec![Key("runtime"), Key("persistence_queue")],
+                "must be between 16 and 4194304".into(),
+            );
+        }
+        if self.tenants.is_empty() {
+            return err(
+                vec![Key("tenants")],
+                "at least one [[tenants]] entry is required".into(),
+            );
+        }
+        let mut ids = HashSet::new();
+        let mut tokens = HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let at = |k| vec![Key("tenants"), Index(i), Key(k)];
+            if !is_id(&t.id) {
+                return err(at("id"), "must be 1-64 letters, digits, '-' or '_'".into());
+            }
+            if !ids.insert(t.id.as_str()) {
+                return err(at("id"), format!("duplicate tenant id {:?}", t.id));
+            }
+            if t.timezone.parse::<chrono_tz::Tz>().is_err() {
+                return err(
+                    at("timezone"),
+                    format!("unknown IANA time zone {:?}", t.timezone),
+                );
+            }
+            for (j, n) in t.sms_numbers.iter().enumerate() {
+                if !is_e164(n) {
+                    return err(
+                        vec![Key("tenants"), Index(i), Key("sms_numbers"), Index(j)],
+                        format!("{n:?} is not an E.164 number like +15557654321"),
+                    );
+                }
+            }
+            if let Some(p) = &t.owner_phone {
+                if !is_e164(p) {
+                    return err(at("owner_phone"), format!("{p:?} is not an E.164 number"));
+                }
+            }
+            if t.gateway_token.len() < 6 {
+                return err(
+                    at("gateway_token"),
+                    "is required, at least 6 characters".into(),
+                );
+            }
+            if !tokens.insert(t.gateway_token.as_str())
+                || t.gateway_token == self.server.admin_token
+            {
+                return err(
+                    at("gateway_token"),
+                    "must be unique among all tokens".into(),
+                );
+            }
+        }
+        let mut agent_ids = HashSet::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let at = |k| vec![Key("agents"), Index(i), Key(k)];
+            if !is_id(&a.id) {
+                return err(at("id"), "must be 1-64 letters, digits, '-' or '_'".into());
+            }
+            if !agent_ids.insert(a.id.as_str()) {
+                return err(at("id"), format!("duplicate agent id {:?}", a.id));
+            }
+            if a.token.len() < 6 {
+                return err(at("token"), "is required, at least 6 characters".into());
+            }
+            if !tokens.insert(a.token.as_str()) || a.token == self.server.admin_token {
+                return err(at("token"), "must be unique among all tokens".into());
+            }
+            for (j, t) in a.tenants.iter().enumerate() {
+                if !ids.contains(t.as_str()) {
+                    return err(
+                        vec![Key("agents"), Index(i), Key("tenants"), Index(j)],
+                        format!("unknown tenant {t:?}"),
+                    );
+                }
+            }
+            for k in a.capacity.keys() {
+                if !["chat", "sms", "whatsapp", "voice"].contains(&k.as_str()) {
+                    return err(
+                        at("capacity"),
+                        format!("unknown channel {k:?} (chat, sms, whatsapp, voice)"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key a serde/TOML error is about, when its message names one.
+fn key_from_toml_error(e: &toml::de::Error) -> String {
+    let m = e.message();
+    for marker in ["unknown field `", "missing field `", "duplicate key `"] {
+        if let Some(rest) = m.split_once(marker).map(|(_, r)| r) {
+            if let Some((k, _)) = rest.split_once('`') {
+                return k.to_owned();
+            }
+        }
+    }
+    "(syntax)".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+http = "127.0.0.1:0"
+admin_token = "admin-secret"
+
+[[tenants]]
+id = "acme"
+timezone = "America/New_York"
+sms_numbers = ["+15557654321"]
+gateway_token = "gw-acme"
+
+[[tenants]]
+id = "beta"
+timezone = "Europe/Berlin"
+gateway_token = "gw-beta"
+
+[[agents]]
+id = "sarah"
+token = "agent-sarah"
+tenants = ["acme"]
+capacity = { chat = 3, voice = 1 }
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.tenants.len(), 2);
+        assert_eq!(c.server.max_body_bytes, 64 * 1024);
+        assert_eq!(c.runtime.max_resident_conversations, 200_000);
+    }
+
+    fn error_of(src: &str) -> ConfigError {
+        Config::parse(src).unwrap_err()
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_and_its_line() {
+        let e = error_of(&GOOD.replace("Europe/Berlin", "Mars/Olympus"));
+        assert_eq!(e.key, "tenants[1].timezone");
+        assert_eq!(e.line, Some(15));
+        assert!(e.message.contains("Mars/Olympus"));
+
+        let e = error_of(&GOOD.replace("+15557654321", "555-1234"));
+        assert_eq!(e.key, "tenants[0].sms_numbers[0]");
+        assert_eq!(e.line, Some(9));
+
+        let e = error_of(&GOOD.replace("127.0.0.1:0", "localhost"));
+        assert_eq!(e.key, "server.http");
+        assert_eq!(e.line, Some(3));
+
+        let e = error_of(&GOOD.replace("tenants = [\"acme\"]", "tenants = [\"nope\"]"));
+        assert_eq!(e.key, "agents[0].tenants[0]");
+        assert_eq!(e.line, Some(20));
+
+        let e = error_of(&GOOD.replace("gw-beta", "gw-acme"));
+        assert_eq!(e.key, "tenants[1].gateway_token");
+    }
+
+    #[test]
+    fn syntax_and_unknown_keys_name_the_line() {
+        let e = error_of(&GOOD.replace("admin_token", "admin_tokn"));
+        assert_eq!(e.key, "admin_tokn");
+        assert_eq!(e.line, Some(4));
+        let e = error_of("[server\nhttp = 1");
+        assert_eq!(e.line, Some(1));
+        let e = error_of(&GOOD.replace("id = \"beta\"\n", ""));
+        assert_eq!(e.key, "id");
+    }
+
+    #[test]
+    fn the_dev_config_is_valid() {
+        Config::dev().validate().unwrap();
+    }
+
+    #[test]
+    fn e164_check() {
+        assert!(is_e164("+15551234567"));
+        for bad in [
+            "15551234567",
+            "+1555",
+            "+0123456789",
+            "+1555123456a",
+            "+1234567890123456",
+        ] {
+            assert!(!is_e164(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,656 @@
+//! The HTTP surface (hyper 1.x): the gateway API, the operator REST API and
+//! the health endpoints. Every handler checks auth and input limits before
+//! anything reaches the actors, and every error is JSON:
+//! `{"error": {"code": ..., "message": ...}}`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use threadline_actors::{DeliverError, Delivered, Metrics, Router, Runtime};
+use threadline_protocol::codec::InboundMessage;
+use threadline_protocol::{Channel, ConversationId, ConversationState, Timestamp};
+use tokio::net::TcpListener;
+
+use crate::config::{is_e164, Config};
+
+pub const MAX_TEXT_BYTES: usize = 8 * 1024;
+pub const MAX_ID_BYTES: usize = 128;
+pub const MAX_MEDIA: usize = 10;
+pub const MAX_URL_BYTES: usize = 2048;
+
+pub struct App {
+    pub cfg: Config,
+    pub router: Router,
+    pub runtime_ready: Box<dyn Fn() -> bool + Send + Sync>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<threadline_actors::store::Store>,
+    /// Gateway token → tenant id.
+    gateway_tokens: HashMap<String, String>,
+    pub draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(cfg: Config, runtime: &Runtime) -> App {
+        let gateway_tokens = cfg
+            .tenants
+            .iter()
+            .map(|t| (t.gateway_token.clone(), t.id.clone()))
+            .collect();
+        let shared = runtime.shared.clone();
+        App {
+            cfg,
+            router: runtime.router.clone(),
+            runtime_ready: Box::new(move || shared.persistence.healthy()),
+            metrics: runtime.shared.metrics.clone(),
+            store: runtime.shared.persistence.store.clone(),
+            gateway_tokens,
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+/// An HTTP error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+}
+
+impl From<DeliverError> for ApiError {
+    fn from(e: DeliverError) -> Self {
+        match e {
+            DeliverError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            DeliverError::Storage(m) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed", m)
+            }
+        }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, v: &Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_response(e: ApiError) -> Resp {
+    let mut r = json_response(
+        e.status,
+        &json!({"error": {"code": e.code, "message": e.message}}),
+    );
+    if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and waits (up to
+/// `grace`) for in-flight requests.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| {
+                            let app = app.clone();
+                            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+                        }),
+                    );
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    app.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the grace period");
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Resp {
+    app.metrics.http_requests.inc();
+    let resp = match route(&app, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(e),
+    };
+    if resp.status().is_client_error() {
+        app.metrics.http_client_errors.inc();
+    }
+    resp
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let path = req.uri().path().to_owned();
+    if path.len() > MAX_URL_BYTES {
+        return Err(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "the request path is too long",
+        ));
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (method, segs.as_slice()) {
+        (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (Method::GET, ["readyz"]) => Ok(readyz(app)),
+        (Method::GET, ["metrics"]) => Ok(text_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            app.metrics.render(),
+        )),
+        (Method::POST, ["api", "v1", "inbound"]) => inbound(app, req).await,
+        (Method::GET, ["api", "v1", "conversations", id]) => {
+            admin(app, &req)?;
+            let id: ConversationId = id.parse().map_err(|_| {
+                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
+            })?;
+            match app.router.view_by_id(id).await? {
+                Some(s) => Ok(json_response(StatusCode::OK, &conversation_json(&s))),
+                None => Err(ApiError::not_found(format!("no conversation {id}"))),
+            }
+        }
+        (Method::GET, ["api", "v1", "tenants", tenant, "contacts", address, "conversation"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            match app.router.view(&tenant, &address).await? {
+                Some(s) => Ok(json_response(StatusCode::OK, &conversation_json(&s))),
+                None => Err(ApiError::not_found(format!(
+                    "{address} has no conversation with {tenant}"
+                ))),
+            }
+        }
+        (Method::GET, ["api", "v1", "dead-letters"]) => {
+            admin(app, &req)?;
+            dead_letters(app).await
+        }
+        (_, ["healthz" | "readyz" | "metrics"])
+        | (_, ["api", "v1", "inbound" | "dead-letters"])
+        | (_, ["api", "v1", "conversations", _])
+        | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation"]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not supported on {path}", req.method()),
+        )),
+        _ => Err(ApiError::not_found(format!("no endpoint {path}"))),
+    }
+}
+
+fn readyz(app: &App) -> Resp {
+    let draining = app.draining.load(Ordering::SeqCst);
+    let storage = (app.runtime_ready)();
+    let ok = storage && !draining;
+    json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({"ready": ok, "storage": storage, "draining": draining}),
+    )
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn ct_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+fn admin(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+    match bearer(req) {
+        Some(t) if ct_eq(t, &app.cfg.server.admin_token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not the admin token",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an `Authorization: Bearer <admin_token>` header is required",
+        )),
+    }
+}
+
+fn known_tenant(app: &App, t: &str) -> Result<String, ApiError> {
+    app.cfg
+        .tenant(t)
+        .map(|t| t.id.clone())
+        .ok_or_else(|| ApiError::not_found(format!("unknown tenant {t:?}")))
+}
+
+fn decode_segment(s: &str) -> Result<String, ApiError> {
+    let d = percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad("invalid_path", "the address is not valid UTF-8"))?;
+    if d.is_empty() || d.len() > MAX_ID_BYTES {
+        return Err(ApiError::bad(
+            "invalid_path",
+            "the address is empty or too long",
+        ));
+    }
+    Ok(d.into_owned())
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds {limit} bytes"),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::bad("body_unreadable", e.to_string())),
+    }
+}
+
+fn require_json(req: &Request<Incoming>) -> Result<(), ApiError> {
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json (got {ct:?})"),
+        ))
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::bad("invalid_utf8", format!("the body is not valid UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_field"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad(code, e.to_string())
+    })
+}
+
+#[derive(Deserialize)]
+struct InboundBody {
+    tenant: String,
+    channel: String,
+    from: String,
+    to: Option<String>,
+    #[serde(default)]
+    text: String,
+    provider_message_id: Option<String>,
+    at: Option<String>,
+    #[serde(default)]
+    media: Vec<String>,
+}
+
+fn field_len(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
+    if v.len() > max {
+        return Err(ApiError::bad(
+            "field_too_long",
+            format!("`{name}` is {} bytes; at most {max} are accepted", v.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn parse_rfc3339(name: &str, s: &str) -> Result<Timestamp, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| Timestamp(d.timestamp_millis()))
+        .map_err(|e| ApiError::bad("invalid_field", format!("`{name}` is not RFC 3339: {e}")))
+}
+
+pub fn rfc3339(t: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Checks a sender address for its channel and returns its normalized form.
+pub fn normalize_address(channel: Channel, from: &str) -> Result<String, ApiError> {
+    let from = from.trim();
+    let ok = match channel {
+        Channel::Sms | Channel::Voice => is_e164(from),
+        // E.164, or a business-scoped user id when no number is shared.
+        Channel::Whatsapp => {
+            is_e164(from)
+                || (from.len() <= 64
+                    && !from.is_empty()
+                    && from
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+        }
+        Channel::Webchat => {
+            !from.is_empty()
+                && from.len() <= 64
+                && from
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }
+        Channel::Email => {
+            from.len() <= 254
+                && from.split_once('@').is_some_and(|(l, d)| {
+                    !l.is_empty() && d.contains('.') && !from.chars().any(char::is_whitespace)
+                })
+        }
+    };
+    if !ok {
+        let want = match channel {
+            Channel::Sms | Channel::Voice => "an E.164 phone number like +15551234567",
+            Channel::Whatsapp => "an E.164 phone number or a WhatsApp user id",
+            Channel::Webchat => "a visitor id of 1-64 letters, digits, '-' or '_'",
+            Channel::Email => "an email address",
+        };
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("`from` must be {want} for channel {}", channel.as_str()),
+        ));
+    }
+    Ok(if channel == Channel::Email {
+        from.to_ascii_lowercase()
+    } else {
+        from.to_owned()
+    })
+}
+
+async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let token_tenant = match bearer(&req) {
+        Some(t) => app
+            .gateway_tokens
+            .iter()
+            .find(|(k, _)| ct_eq(k, t))
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the bearer token is not a gateway token",
+                )
+            })?,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "an `Authorization: Bearer <gateway_token>` header is required",
+            ))
+        }
+    };
+    require_json(&req)?;
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is shutting down",
+        ));
+    }
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: InboundBody = parse_json(&body)?;
+    field_len("tenant", &b.tenant, 64)?;
+    field_len("channel", &b.channel, 16)?;
+    field_len("from", &b.from, MAX_ID_BYTES)?;
+    field_len("to", b.to.as_deref().unwrap_or(""), MAX_ID_BYTES)?;
+    field_len("text", &b.text, MAX_TEXT_BYTES)?;
+    field_len(
+        "provider_message_id",
+        b.provider_message_id.as_deref().unwrap_or(""),
+        MAX_ID_BYTES,
+    )?;
+    field_len("at", b.at.as_deref().unwrap_or(""), 64)?;
+    if b.media.len() > MAX_MEDIA {
+        return Err(ApiError::bad(
+            "field_too_long",
+            format!("at most {MAX_MEDIA} `media` entries are accepted"),
+        ));
+    }
+    for m in &b.media {
+        field_len("media", m, MAX_URL_BYTES)?;
+    }
+    let tenant = known_tenant(app, &b.tenant)?;
+    if tenant != token_tenant {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this gateway token is not valid for tenant {tenant:?}"),
+        ));
+    }
+    let channel = Channel::parse(&b.channel).ok_or_else(|| {
+        ApiError::bad(
+            "invalid_field",
+            format!(
+                "`channel` must be one of sms, whatsapp, voice, webchat, email (got {:?})",
+                b.channel
+            ),
+        )
+    })?;
+    let from = normalize_address(channel, &b.from)?;
+    if b.text.trim().is_empty() && b.media.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "`text` must not be empty (unless `media` is given)",
+        ));
+    }
+    if b.provider_message_id.as_deref() == Some("") {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "`provider_message_id` is empty",
+        ));
+    }
+    let at =
+        b.at.as_deref()
+            .map(|s| parse_rfc3339("at", s))
+            .transpose()?;
+    let msg = InboundMessage {
+        channel,
+        from: from.clone(),
+        to: b.to,
+        text: b.text,
+        provider_message_id: b.provider_message_id,
+        at,
+        media: b.media,
+    };
+    match app.router.deliver(&tenant, &from, msg).await? {
+        Delivered::Recorded(ack) => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "conversation_id": ack.conversation.to_string(),
+                "message_id": ack.message.to_string(),
+                "duplicate": ack.duplicate,
+            }),
+        )),
+        Delivered::DeadLettered { conversation } => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "conversation_id": conversation.map(|c| c.to_string()),
+                "message_id": null,
+                "dead_lettered": true,
+            }),
+        )),
+    }
+}
+
+async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
+    let store = app.store.clone();
+    let list = tokio::task::spawn_blocking(move || store.dead_letters(1000))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage_failed",
+                e.to_string(),
+            )
+        })?;
+    let items: Vec<Value> = list
+        .into_iter()
+        .map(|(id, d)| {
+            json!({
+                "id": id,
+                "tenant": d.tenant,
+                "contact": d.contact,
+                "conversation_id": d.conversation.map(|c| c.to_string()),
+                "attempts": d.attempts,
+                "error": d.error,
+                "at": rfc3339(d.at),
+                "message": {
+                    "channel": d.message.channel.as_str(),
+                    "from": d.message.from,
+                    "to": d.message.to,
+                    "text": d.message.text,
+                    "provider_message_id": d.message.provider_message_id,
+                    "at": d.message.at.map(rfc3339),
+                },
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "dead_letters": items }),
+    ))
+}
+
+pub fn conversation_json(s: &ConversationState) -> Value {
+    let messages: Vec<Value> = s
+        .messages
+        .iter()
+        .map(|m| {
+            json!({
+                "id": s.message_id(m.seq).to_string(),
+                "direction": m.direction.as_str(),
+                "channel": m.channel.as_str(),
+                "author": m.author.label(),
+                "text": m.text,
+                "at": rfc3339(m.at),
+                "recorded_at": rfc3339(m.recorded_at),
+                "delivery": m.delivery.as_str(),
+                "provider_message_id": m.provider_message_id,
+                "media": m.media,
+            })
+        })
+        .collect();
+    json!({
+        "id": s.id.to_string(),
+        "tenant": s.tenant,
+        "contact": s.contact,
+        "identities": {
+            "phone": s.identities.phone,
+            "whatsapp": s.identities.whatsapp,
+            "visitor": s.identities.visitor,
+            "email": s.identities.email,
+        },
+        "status": s.status.as_str(),
+        "channels": s.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "messages": messages,
+        "captured": {
+            "name": s.captured.name,
+            "intent": s.captured.intent,
+            "slots": s.captured.slots,
+            "score": s.captured.score,
+            "facts": s.captured.facts,
+        },
+        "assigned_agent": s.assigned_agent,
+        "timers": s.timers,
+        "created_at": rfc3339(s.created_at),
+        "updated_at": rfc3339(s.updated_at),
+    })
+}

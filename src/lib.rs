@@ -1,0 +1,9 @@
+//! The Threadline node: configuration, the HTTP surface and (in later
+//! issues) the provider wire formats. The binary in `main.rs` wires these
+//! to the actor runtime in `threadline-actors`.
+//!
+//! Architecture invariant: only this crate knows HTTP, WebSocket and
+//! provider formats; the actors see normalized events.
+
+pub mod config;
+pub mod http;

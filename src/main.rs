@@ -1,0 +1,217 @@
+//! `threadline`: the node binary. Parses the command line and config,
+//! starts the actor runtime and the HTTP server, and drains on SIGTERM or
+//! Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use threadline_actors::conversation::core::CoreConfig;
+use threadline_actors::{Metrics, Runtime, RuntimeConfig, SystemClock};
+
+use threadline::config::Config;
+use threadline::http;
+
+/// Test hook: this exact inbound text makes the conversation handler panic
+/// when the node runs with `--test-hooks`.
+const PANIC_TRIGGER: &str = "__threadline_test_panic__";
+
+#[derive(Parser)]
+#[command(
+    name = "threadline",
+    version,
+    about = "One conversation per customer, whatever the channel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no --config, a development node with a `demo` tenant.
+    Serve(ServeArgs),
+    /// Validate a config file; exit 0 if valid, 1 otherwise.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (server.http); port 0 picks a free one.
+    #[arg(long)]
+    http: Option<String>,
+    /// Data directory (server.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Base URL providers call (server.public_url).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Admin bearer token (server.admin_token).
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// Resident conversation cap (runtime.max_resident_conversations).
+    #[arg(long)]
+    max_resident: Option<usize>,
+    /// Idle seconds before a conversation is passivated (runtime.passivate_after_secs).
+    #[arg(long)]
+    passivate_after_secs: Option<u64>,
+    /// Enable test-only hooks (a panic trigger message). Never in production.
+    #[arg(long, hide = true)]
+    test_hooks: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("threadline: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("threadline: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let src = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    Config::parse(&src).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match load_config(file) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} tenants, {} agents)",
+                file.display(),
+                c.tenants.len(),
+                c.agents.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let dev = args.config.is_none();
+    let mut cfg = match &args.config {
+        Some(p) => load_config(p)?,
+        None => Config::dev(),
+    };
+    if let Some(h) = args.http {
+        cfg.server.http = h;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.server.data_dir = d;
+    }
+    if let Some(u) = args.public_url {
+        cfg.server.public_url = Some(u);
+    }
+    if let Some(t) = args.admin_token {
+        cfg.server.admin_token = t;
+    }
+    if let Some(m) = args.max_resident {
+        cfg.runtime.max_resident_conversations = m;
+    }
+    if let Some(s) = args.passivate_after_secs {
+        cfg.runtime.passivate_after_secs = s;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("invalid setting {e}"))?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr())
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.http))?;
+    let addr = listener.local_addr()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let mut rcfg = RuntimeConfig::new(&cfg.server.data_dir);
+    rcfg.max_resident = cfg.runtime.max_resident_conversations;
+    rcfg.passivate_after = Duration::from_secs(cfg.runtime.passivate_after_secs);
+    rcfg.snapshot_every = cfg.runtime.snapshot_every_events;
+    rcfg.persistence_queue = cfg.runtime.persistence_queue;
+    rcfg.core = CoreConfig {
+        panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
+    };
+    let runtime = Runtime::start(rcfg, Arc::new(SystemClock), metrics)
+        .await
+        .with_context(|| format!("cannot open data in {}", cfg.server.data_dir.display()))?;
+    let r = &runtime.report;
+    tracing::info!(
+        data_dir = %cfg.server.data_dir.display(),
+        replayed = r.log_records_replayed,
+        recovered = r.conversations_recovered,
+        "storage open"
+    );
+
+    if dev {
+        println!("threadline: development node (no --config): tenant \"demo\", sandbox provider, data in {}", cfg.server.data_dir.display());
+        println!("  admin token:   {}", cfg.server.admin_token);
+        for t in &cfg.tenants {
+            println!("  gateway token: {} (tenant {})", t.gateway_token, t.id);
+        }
+        for a in &cfg.agents {
+            println!("  agent token:   {} (agent {})", a.token, a.id);
+        }
+    }
+    println!("threadline listening on http://{addr}");
+
+    let app = Arc::new(http::App::new(cfg, &runtime));
+    http::serve(app, listener, shutdown_signal(), Duration::from_secs(30)).await;
+    tracing::info!("draining conversations and flushing storage");
+    runtime.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
