@@ -529,7 +529,7 @@ capacity = { chat = 3, voice = 1 }
     fn semantic_errors_name_the_key_and_its_line() {
         let e = error_of(&GOOD.replace("Europe/Berlin", "Mars/Olympus"));
         assert_eq!(e.key, "tenants[1].timezone");
-        assert_eq!(e.line, Some(15));
+        assert_eq!(e.line, Some(14));
         assert!(e.message.contains("Mars/Olympus"));
 
         let e = error_of(&GOOD.replace("+15557654321", "555-1234"));

@@ -1,0 +1,225 @@
+//! Test harness: runs the real `threadline` binary on a free loopback port
+//! with a temporary data directory, and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub const CONFIG: &str = r#"
+[server]
+admin_token = "test-admin-token"
+
+[[tenants]]
+id = "acme"
+name = "Acme Dental"
+timezone = "America/New_York"
+sms_numbers = ["+15557654321"]
+gateway_token = "gw-acme"
+
+[[tenants]]
+id = "beta"
+name = "Beta Insurance"
+timezone = "America/Chicago"
+gateway_token = "gw-beta"
+"#;
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub child: Child,
+    pub extra: Vec<String>,
+    pub http: reqwest::Client,
+    stderr_log: PathBuf,
+}
+
+impl Node {
+    pub fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("threadline.toml"), CONFIG).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, base, stderr_log) = spawn(dir.path(), &extra);
+        Node {
+            dir,
+            base,
+            child,
+            extra,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(128)
+                .build()
+                .unwrap(),
+            stderr_log,
+        }
+    }
+
+    /// Starts the node again on the same data directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base, log) = spawn(self.dir.path(), &self.extra);
+        self.child = child;
+        self.base = base;
+        self.stderr_log = log;
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn sigterm(&mut self) -> ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn inbound(&self, token: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.url("/api/v1/inbound"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_admin(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn conversation_of(&self, tenant: &str, address: &str) -> Option<Value> {
+        let enc = address.replace('+', "%2B");
+        let (s, v) = self
+            .get_admin(&format!(
+                "/api/v1/tenants/{tenant}/contacts/{enc}/conversation"
+            ))
+            .await;
+        match s {
+            200 => Some(v),
+            404 => None,
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == name).then(|| v.parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
+    let log = dir.join(format!(
+        "stderr-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("threadline.toml"))
+        .args(["--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting threadline");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(addr) = l.strip_prefix("threadline listening on ") {
+                    break addr.trim().to_owned();
+                }
+            }
+            _ => panic!(
+                "node exited before listening: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+    };
+    // Keep draining stdout so the node never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, base, log)
+}
+
+pub fn sms(tenant: &str, from: &str, text: &str, pid: Option<&str>) -> Value {
+    let mut v = json!({
+        "tenant": tenant, "channel": "sms", "from": from,
+        "to": "+15557654321", "text": text,
+    });
+    if let Some(p) = pid {
+        v["provider_message_id"] = json!(p);
+    }
+    v
+}
+
+/// `+1555` followed by 7 digits from `n`.
+pub fn phone(n: usize) -> String {
+    format!("+1555{:07}", n)
+}
+
+pub fn texts(conv: &Value) -> Vec<String> {
+    conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
