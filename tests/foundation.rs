@@ -363,7 +363,14 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
         serde_json::to_vec(&b).unwrap()
     };
     // (case, body, content type, token, status, error code)
-    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, Option<&'a str>, u16, &'a str);
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        Option<&'a str>,
+        Option<&'a str>,
+        u16,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         ("malformed json", b"{\"tenant\": ".to_vec(), json_ct, Some("gw-acme"), 400, "invalid_json"),
         ("not an object", b"[1,2]".to_vec(), json_ct, Some("gw-acme"), 400, "invalid_field"),

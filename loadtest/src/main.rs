@@ -1,1 +1,43 @@
-fn main() {}
+//! `threadline-loadtest`: load generator for Threadline nodes.
+//!
+//! `ingest` measures, in one run and with the same clients, a bare hyper
+//! endpoint (the ceiling of HTTP on this machine) and the node's durable
+//! `POST /api/v1/inbound`, and reports throughput, latency percentiles and
+//! their ratio.
+
+mod client;
+mod ingest;
+mod node;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "threadline-loadtest",
+    version,
+    about = "Load generator for Threadline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Durable ingest throughput against a bare hyper endpoint, in one run.
+    Ingest(ingest::IngestArgs),
+    /// Serve the bare hyper endpoint (started by `ingest` as its own process).
+    #[command(hide = true)]
+    BareServer,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Ingest(a) => rt.block_on(ingest::run(a)),
+        Command::BareServer => rt.block_on(node::serve_bare()),
+    }
+}

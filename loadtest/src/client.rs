@@ -1,0 +1,58 @@
+//! Closed-loop HTTP/1.1 clients: each holds one keep-alive connection and
+//! sends its next request when the previous answer arrived.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+
+pub struct Conn {
+    sender: http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Conn { sender, addr })
+    }
+
+    /// POSTs JSON; returns the status and how long the round trip took.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: String,
+    ) -> anyhow::Result<(u16, Duration, Bytes)> {
+        let req = Request::post(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::from(body)))?;
+        let start = Instant::now();
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, start.elapsed(), body))
+    }
+
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.into_body().collect().await?.to_bytes()))
+    }
+}

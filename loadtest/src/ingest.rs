@@ -1,0 +1,224 @@
+//! The `ingest` measurement.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::client::Conn;
+use crate::node;
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Node binary to start (dev config, fresh data dir). Either this or --url.
+    #[arg(long)]
+    node: Option<PathBuf>,
+    /// Address of a running node (host:port) instead of --node.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Tenant and gateway token to post as (the dev node's by default).
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    #[arg(long, default_value = "gw-demo")]
+    token: String,
+    /// Concurrent closed-loop clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds per measured phase (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Distinct contacts (conversations) the messages are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    contacts: usize,
+    /// Extra arguments for `serve` when --node is given.
+    #[arg(long, allow_hyphen_values = true, num_args = 1..)]
+    serve_args: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub struct Phase {
+    pub name: &'static str,
+    pub ok: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub hist: Histogram<u64>,
+}
+
+impl Phase {
+    pub fn rate(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name, "ok": self.ok, "errors": self.errors,
+            "seconds": self.seconds, "per_second": self.rate(),
+            "latency_ms": {"p50": self.ms(0.5), "p90": self.ms(0.9), "p99": self.ms(0.99),
+                           "p999": self.ms(0.999), "max": self.hist.max() as f64 / 1000.0},
+        })
+    }
+    fn line(&self) -> String {
+        format!(
+            "{:<14} {:>9.0}/s  ok {:>8}  errors {:>5}  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms",
+            self.name,
+            self.rate(),
+            self.ok,
+            self.errors,
+            self.ms(0.5),
+            self.ms(0.9),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.hist.max() as f64 / 1000.0
+        )
+    }
+}
+
+/// Runs `clients` closed-loop clients for warm-up + `seconds`, posting
+/// inbound messages with unique provider ids; latency is recorded after the
+/// warm-up only.
+pub async fn drive(
+    name: &'static str,
+    addr: SocketAddr,
+    a: &IngestArgs,
+    run_id: u64,
+) -> anyhow::Result<Phase> {
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..a.clients {
+        let mut conn = Conn::open(addr).await?;
+        let (measuring, stop, ok, errors) =
+            (measuring.clone(), stop.clone(), ok.clone(), errors.clone());
+        let (tenant, token, contacts, clients) =
+            (a.tenant.clone(), a.token.clone(), a.contacts, a.clients);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let n = i * clients + c;
+                i += 1;
+                let body = json!({
+                    "tenant": tenant, "channel": "sms",
+                    "from": format!("+1555{:07}", n % contacts),
+                    "to": "+15550000100",
+                    "text": format!("load message {n}"),
+                    "provider_message_id": format!("lt-{run_id}-{n}"),
+                })
+                .to_string();
+                match conn.post_json("/api/v1/inbound", &token, body).await {
+                    Ok((202, took, _)) => {
+                        if measuring.load(Ordering::Relaxed) {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            let _ = hist.record(took.as_micros().max(1) as u64);
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        if measuring.load(Ordering::Relaxed) {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if conn_broken(&mut conn, addr).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            hist
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    measuring.store(false, Ordering::SeqCst);
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await?)?;
+    }
+    Ok(Phase {
+        name,
+        ok: ok.load(Ordering::SeqCst),
+        errors: errors.load(Ordering::SeqCst),
+        seconds,
+        hist,
+    })
+}
+
+async fn conn_broken(conn: &mut Conn, addr: SocketAddr) -> anyhow::Result<()> {
+    // Reconnect after an error so one failure does not end the client.
+    *conn = Conn::open(addr).await?;
+    Ok(())
+}
+
+pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let bare = {
+        let server = node::spawn_bare()?;
+        eprintln!(
+            "bare hyper endpoint on {}: {} clients, {} s",
+            server.addr, a.clients, a.seconds
+        );
+        drive("bare-hyper", server.addr, &a, run_id).await?
+    };
+    eprintln!("{}", bare.line());
+
+    let spawned;
+    let node_addr = match (&a.node, a.addr) {
+        (Some(bin), _) => {
+            spawned = node::spawn(bin, &a.serve_args)?;
+            spawned.addr
+        }
+        (None, Some(addr)) => addr,
+        (None, None) => anyhow::bail!("give --node BINARY or --addr HOST:PORT"),
+    };
+    eprintln!(
+        "node on {node_addr}: {} clients over {} contacts, {} s",
+        a.clients, a.contacts, a.seconds
+    );
+    let ingest = drive("node-ingest", node_addr, &a, run_id).await?;
+    eprintln!("{}", ingest.line());
+    let mut m = Conn::open(node_addr).await?;
+    let (_, metrics) = m.get("/metrics").await?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let pick = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let batches = pick("threadline_commit_batch_size_count");
+    let ops = pick("threadline_commit_batch_size_sum");
+    let rss = pick("threadline_process_resident_memory_bytes");
+    let ratio = ingest.rate() / bare.rate();
+    if a.json {
+        println!(
+            "{}",
+            json!({"bare": bare.json(), "ingest": ingest.json(), "ratio": ratio,
+                   "node": {"commits": batches, "ops_per_commit": ops / batches, "rss_bytes": rss}})
+        );
+    } else {
+        println!("{}", bare.line());
+        println!("{}", ingest.line());
+        println!(
+            "ratio node/bare {:.3}; {} commits, {:.1} ops per commit; node RSS {:.0} MiB",
+            ratio,
+            batches,
+            ops / batches,
+            rss / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}

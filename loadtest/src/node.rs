@@ -1,0 +1,112 @@
+//! Starting a node binary for a measurement, and the bare endpoint.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub struct SpawnedNode {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SpawnedNode {
+    fn drop(&mut self) {
+        unsafe_sigterm(&mut self.child);
+    }
+}
+
+fn unsafe_sigterm(child: &mut Child) {
+    // Graceful stop so the node drains; fall back to kill.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for _ in 0..300 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts `bin serve` (dev config) on a free port with a fresh data dir.
+pub fn spawn(bin: &Path, extra: &[String]) -> anyhow::Result<SpawnedNode> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(extra);
+    start(cmd, dir)
+}
+
+/// Starts this program's bare endpoint as a separate process, so it pays
+/// the same cross-process costs as the node it is compared with.
+pub fn spawn_bare() -> anyhow::Result<SpawnedNode> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("bare-server");
+    start(cmd, tempfile::tempdir()?)
+}
+
+fn start(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<SpawnedNode> {
+    let mut child = cmd
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(a) = l.strip_prefix("threadline listening on http://") {
+                    break a.trim().parse()?;
+                }
+            }
+            _ => anyhow::bail!("the node exited before listening"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(SpawnedNode {
+        child,
+        addr,
+        _dir: dir,
+    })
+}
+
+/// A bare hyper HTTP/1.1 endpoint that reads the body and answers 202 with a
+/// small JSON body: what the node's HTTP layer costs with no work behind it.
+/// Prints its address like the node does, then serves until killed.
+pub async fn serve_bare() -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("threadline listening on http://{}", listener.local_addr()?);
+    {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut r = Response::new(Full::new(Bytes::from_static(
+                        br#"{"conversation_id":"cnv_0000000000000001","message_id":"msg_0000000000000001_2","duplicate":false}"#,
+                    )));
+                    *r.status_mut() = hyper::StatusCode::ACCEPTED;
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+}
