@@ -72,6 +72,13 @@ pub struct Runtime {
     pub snapshot_every_events: u32,
     #[serde(default = "default_persistence_queue")]
     pub persistence_queue: usize,
+    /// redb page cache in MiB.
+    #[serde(default = "default_storage_cache_mb")]
+    pub storage_cache_mb: usize,
+}
+
+fn default_storage_cache_mb() -> usize {
+    32
 }
 
 fn default_max_resident() -> usize {
@@ -94,6 +101,7 @@ impl Default for Runtime {
             passivate_after_secs: default_passivate_after(),
             snapshot_every_events: default_snapshot_every(),
             persistence_queue: default_persistence_queue(),
+            storage_cache_mb: default_storage_cache_mb(),
         }
     }
 }
@@ -379,6 +387,12 @@ impl Config {
             return err(
                 vec![Key("runtime"), Key("snapshot_every_events")],
                 "must be at least 1".into(),
+            );
+        }
+        if !(4..=65_536).contains(&r.storage_cache_mb) {
+            return err(
+                vec![Key("runtime"), Key("storage_cache_mb")],
+                "must be between 4 and 65536".into(),
             );
         }
         if !(16..=1 << 22).contains(&r.persistence_queue) {

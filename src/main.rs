@@ -161,6 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rcfg.passivate_after = Duration::from_secs(cfg.runtime.passivate_after_secs);
     rcfg.snapshot_every = cfg.runtime.snapshot_every_events;
     rcfg.persistence_queue = cfg.runtime.persistence_queue;
+    rcfg.storage_cache_bytes = cfg.runtime.storage_cache_mb << 20;
     rcfg.core = CoreConfig {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };

@@ -17,10 +17,9 @@ use threadline_protocol::{ConversationId, ConversationState};
 use tokio::sync::oneshot;
 
 use crate::conversation::supervisor::SupMsg;
-use crate::conversation::{ConvError, ConvMsg, Entry, InboundAck};
+use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck};
 use crate::persistence::Op;
 use crate::runtime::Shared;
-use crate::store::contact_key;
 
 pub const MAX_HANDLER_FAILURES: u32 = 3;
 /// Attempts to reach a live actor (stale directory entries, restarts).
@@ -48,7 +47,7 @@ pub struct Router {
 }
 
 impl Router {
-    async fn entry(&self, tenant: &str, contact: &str, key: &str) -> Result<Entry, DeliverError> {
+    async fn entry(&self, key: &ConvKey) -> Result<Entry, DeliverError> {
         if let Some(e) = self.shared.dir.by_key.get(key) {
             return Ok(e.clone());
         }
@@ -60,9 +59,7 @@ impl Router {
             .ok_or_else(|| DeliverError::Unavailable("conversations are not running".into()))?;
         let (tx, rx) = oneshot::channel();
         sup.cast(SupMsg::Activate {
-            tenant: tenant.to_owned(),
-            contact: contact.to_owned(),
-            key: key.to_owned(),
+            key: key.clone(),
             reply: tx,
         })
         .map_err(|_| DeliverError::Unavailable("conversation supervisor stopped".into()))?;
@@ -91,11 +88,11 @@ impl Router {
         contact: &str,
         msg: InboundMessage,
     ) -> Result<Delivered, DeliverError> {
-        let key = contact_key(tenant, contact);
+        let key = ConvKey::new(tenant, contact);
         let mut failures = 0;
         let mut last_failure = String::new();
         for attempt in 0..MAX_ROUTING_ATTEMPTS {
-            let entry = self.entry(tenant, contact, &key).await?;
+            let entry = self.entry(&key).await?;
             let (tx, rx) = oneshot::channel();
             let sent = entry.actor.cast(ConvMsg::Inbound {
                 msg: msg.clone(),
@@ -182,7 +179,7 @@ impl Router {
         tenant: &str,
         contact: &str,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        let key = contact_key(tenant, contact);
+        let key = ConvKey::new(tenant, contact);
         if !self.shared.dir.by_key.contains_key(&key) {
             let store = self.shared.persistence.store.clone();
             let (t, c) = (tenant.to_owned(), contact.to_owned());
@@ -195,7 +192,7 @@ impl Router {
             }
         }
         for attempt in 0..MAX_ROUTING_ATTEMPTS {
-            let entry = self.entry(tenant, contact, &key).await?;
+            let entry = self.entry(&key).await?;
             let (tx, rx) = oneshot::channel();
             if entry.actor.cast(ConvMsg::View { reply: tx }).is_ok() {
                 match rx.await {
@@ -215,9 +212,7 @@ impl Router {
     ) -> Result<Option<ConversationState>, DeliverError> {
         let resident = self.shared.dir.by_id.get(&id.0).map(|k| k.clone());
         let key = match resident {
-            Some(k) => k
-                .split_once('\0')
-                .map(|(t, c)| (t.to_owned(), c.to_owned())),
+            Some(k) => Some((k.tenant().to_owned(), k.contact().to_owned())),
             None => {
                 let store = self.shared.persistence.store.clone();
                 tokio::task::spawn_blocking(move || store.contact_of(id))

@@ -40,6 +40,8 @@ pub struct RuntimeConfig {
     pub snapshot_every: u32,
     /// Bound of the persistence queue (backpressure beyond it).
     pub persistence_queue: usize,
+    /// redb page cache.
+    pub storage_cache_bytes: usize,
     pub core: CoreConfig,
 }
 
@@ -51,6 +53,7 @@ impl RuntimeConfig {
             passivate_after: Duration::from_secs(600),
             snapshot_every: 64,
             persistence_queue: 65_536,
+            storage_cache_bytes: 32 << 20,
             core: CoreConfig::default(),
         }
     }
@@ -88,7 +91,8 @@ impl Runtime {
         metrics: Arc<Metrics>,
     ) -> Result<Runtime, StoreError> {
         let dir = cfg.data_dir.clone();
-        let (store, report) = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let cache = cfg.storage_cache_bytes;
+        let (store, report) = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
             .await
             .map_err(|e| StoreError::Redb(e.to_string()))??;
         let (persistence, writer) =

@@ -134,11 +134,11 @@ impl Store {
     /// Opens (or creates) the database in `dir`, then folds every log record
     /// that a snapshot does not cover yet into a fresh snapshot, so a node
     /// starts with an empty log tail.
-    pub fn open(dir: &Path) -> Result<(Arc<Store>, OpenReport), StoreError> {
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<(Arc<Store>, OpenReport), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Redb(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder()
-            .set_cache_size(256 << 20)
+            .set_cache_size(cache_bytes)
             .create(dir.join(DB_FILE))?;
         {
             let txn = db.begin_write()?;

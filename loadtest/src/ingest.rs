@@ -42,6 +42,88 @@ pub struct IngestArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub struct ResidentArgs {
+    /// Node binary to start (dev config, fresh data dir).
+    #[arg(long)]
+    node: PathBuf,
+    /// Conversations to create and keep resident.
+    #[arg(long, default_value_t = 100_000)]
+    contacts: usize,
+    /// Inbound messages per conversation.
+    #[arg(long, default_value_t = 10)]
+    per_contact: usize,
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+}
+
+/// Fills a node with `contacts` resident conversations of `per_contact`
+/// messages each, then reports its RSS.
+pub async fn resident(a: ResidentArgs) -> anyhow::Result<()> {
+    let extra = vec![
+        "--max-resident".to_string(),
+        (a.contacts * 2).to_string(),
+        "--passivate-after-secs".to_string(),
+        "86400".to_string(),
+    ];
+    let node = node::spawn(&a.node, &extra)?;
+    let total = (a.contacts * a.per_contact) as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.clients {
+        let mut conn = Conn::open(node.addr).await?;
+        let (next, contacts) = (next.clone(), a.contacts as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                let body = json!({
+                    "tenant": "demo", "channel": "sms",
+                    "from": format!("+1555{:07}", n % contacts),
+                    "to": "+15550000100",
+                    "text": format!("Hello, this is message {} of my conversation", n / contacts),
+                    "provider_message_id": format!("res-{n}"),
+                })
+                .to_string();
+                let (status, took, _) = conn.post_json("/api/v1/inbound", "gw-demo", body).await?;
+                anyhow::ensure!(status == 202, "status {status}");
+                let _ = hist.record(took.as_micros().max(1) as u64);
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let mut m = Conn::open(node.addr).await?;
+    let (_, metrics) = m.get("/metrics").await?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let pick = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "{} conversations x {} messages in {:.1} s ({:.0} msg/s, p99 {:.2} ms): resident {}, node RSS {:.0} MiB ({:.0} bytes per conversation)",
+        a.contacts,
+        a.per_contact,
+        took,
+        total as f64 / took,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+        pick("threadline_conversations_resident"),
+        pick("threadline_process_resident_memory_bytes") / (1 << 20) as f64,
+        pick("threadline_process_resident_memory_bytes") / a.contacts as f64,
+    );
+    Ok(())
+}
+
 pub struct Phase {
     pub name: &'static str,
     pub ok: u64,

@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Durable ingest throughput against a bare hyper endpoint, in one run.
     Ingest(ingest::IngestArgs),
+    /// Resident memory of a node holding many conversations.
+    Resident(ingest::ResidentArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
     #[command(hide = true)]
     BareServer,
@@ -38,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Ingest(a) => rt.block_on(ingest::run(a)),
+        Command::Resident(a) => rt.block_on(ingest::resident(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
 }

@@ -250,6 +250,11 @@ impl ConversationState {
                 if m.direction == Direction::Inbound {
                     self.status = Status::Active;
                 }
+                // Most conversations are short and many are resident: grow
+                // exactly while small instead of doubling.
+                if self.messages.len() < 16 {
+                    self.messages.reserve_exact(1);
+                }
                 self.messages.push(m.clone());
             }
         }

@@ -18,7 +18,7 @@ use threadline_protocol::{ConversationId, ConversationState, MessageId, Timestam
 use tokio::sync::oneshot;
 
 use super::core::{identities_for, Conversation, InboundOutcome};
-use super::EntryMeta;
+use super::{ConvKey, EntryMeta};
 use crate::persistence::Op;
 use crate::runtime::Shared;
 
@@ -56,9 +56,7 @@ pub enum ConvMsg {
 pub struct ConversationActor;
 
 pub struct ConvArgs {
-    pub tenant: String,
-    pub contact: String,
-    pub key: String,
+    pub key: ConvKey,
     pub meta: Arc<EntryMeta>,
     pub shared: Arc<Shared>,
 }
@@ -128,9 +126,9 @@ impl ConvState {
         let storage = |e: crate::store::StoreError| ConvError::Storage(e.to_string());
         shared.persistence.barrier().await.map_err(storage)?;
         let store = shared.persistence.store.clone();
-        let (tenant, contact) = (self.args.tenant.clone(), self.args.contact.clone());
+        let key = self.args.key.clone();
         let state = tokio::task::spawn_blocking(move || {
-            match store.conversation_of(&tenant, &contact)? {
+            match store.conversation_of(key.tenant(), key.contact())? {
                 Some(id) => store.load(id),
                 None => Ok(None),
             }
@@ -160,15 +158,16 @@ impl ConvState {
         let mut index = None;
         if self.conv.is_none() {
             let id = ConversationId(shared.next_conversation.fetch_add(1, Ordering::Relaxed));
+            let key = &self.args.key;
             let (conv, created) = Conversation::create(
                 id,
-                &self.args.tenant,
-                &self.args.contact,
-                identities_for(msg.channel, &self.args.contact),
+                key.tenant(),
+                key.contact(),
+                identities_for(msg.channel, key.contact()),
                 now,
             );
             events.push(created);
-            index = Some((self.args.tenant.clone(), self.args.contact.clone()));
+            index = Some((key.tenant().to_owned(), key.contact().to_owned()));
             self.args.meta.conv_id.store(id.0, Ordering::Relaxed);
             shared.dir.by_id.insert(id.0, self.args.key.clone());
             self.conv = Some(conv);

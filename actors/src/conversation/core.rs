@@ -26,7 +26,16 @@ pub enum InboundOutcome {
 
 pub struct Conversation {
     pub state: ConversationState,
-    by_provider_id: HashMap<String, u32>,
+    /// Hash of a provider message id → seq of the message carrying it. A hit
+    /// is confirmed against the message itself, so a hash collision can
+    /// never swallow a new message; keeping hashes instead of the ids halves
+    /// the index's memory for resident conversations.
+    by_provider_id: HashMap<u64, u32>,
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(id)
 }
 
 /// The identities a first message from `address` on `channel` establishes.
@@ -70,7 +79,7 @@ impl Conversation {
         let by_provider_id = state
             .messages
             .iter()
-            .filter_map(|m| Some((m.provider_message_id.clone()?, m.seq)))
+            .filter_map(|m| Some((id_hash(m.provider_message_id.as_deref()?), m.seq)))
             .collect();
         Conversation {
             state,
@@ -91,7 +100,7 @@ impl Conversation {
         cfg: &CoreConfig,
     ) -> (InboundOutcome, Vec<(u32, ConvEvent)>) {
         if let Some(pid) = &msg.provider_message_id {
-            if let Some(&seq) = self.by_provider_id.get(pid) {
+            if let Some(seq) = self.seen(pid) {
                 return (
                     InboundOutcome::Duplicate(self.state.message_id(seq)),
                     vec![],
@@ -121,13 +130,35 @@ impl Conversation {
         )
     }
 
+    /// The seq of the message that carried provider id `pid`, if any.
+    fn seen(&self, pid: &str) -> Option<u32> {
+        let by_seq = |seq: u32| {
+            let m = &self.state.messages;
+            m.binary_search_by_key(&seq, |m| m.seq)
+                .ok()
+                .map(|i| &m[i])
+                .filter(|m| m.provider_message_id.as_deref() == Some(pid))
+        };
+        match self.by_provider_id.get(&id_hash(pid)) {
+            Some(&seq) if by_seq(seq).is_some() => Some(seq),
+            // A colliding hash: settle it by scanning.
+            Some(_) => self
+                .state
+                .messages
+                .iter()
+                .find(|m| m.provider_message_id.as_deref() == Some(pid))
+                .map(|m| m.seq),
+            None => None,
+        }
+    }
+
     fn apply(&mut self, seq: u32, event: &ConvEvent) {
         self.state
             .apply(seq, event)
             .expect("the core only produces events in sequence");
         if let ConvEvent::MessageAppended(m) = event {
             if let Some(pid) = &m.provider_message_id {
-                self.by_provider_id.insert(pid.clone(), m.seq);
+                self.by_provider_id.entry(id_hash(pid)).or_insert(m.seq);
             }
         }
     }

@@ -6,6 +6,8 @@ pub mod actor;
 pub mod core;
 pub mod supervisor;
 
+use std::borrow::Borrow;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -15,15 +17,47 @@ use threadline_protocol::Timestamp;
 
 pub use actor::{ConvError, ConvMsg, InboundAck};
 
+/// The routing key of a conversation: `tenant \0 address`, shared (one
+/// allocation) by the directory, the supervisor and the actor.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ConvKey(Arc<str>);
+
+impl ConvKey {
+    pub fn new(tenant: &str, contact: &str) -> ConvKey {
+        ConvKey(crate::store::contact_key(tenant, contact).into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn tenant(&self) -> &str {
+        self.0.split_once('\0').map_or("", |(t, _)| t)
+    }
+    pub fn contact(&self) -> &str {
+        self.0.split_once('\0').map_or("", |(_, c)| c)
+    }
+}
+
+impl Borrow<str> for ConvKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConvKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant(), self.contact())
+    }
+}
+
 /// Live conversation actors. Written only by the conversation supervisor
 /// (insertions, removal of failed actors) and by an actor removing itself
 /// when it passivates; read by everyone.
 #[derive(Default)]
 pub struct Directory {
     /// `tenant \0 address` → the live actor.
-    pub by_key: DashMap<String, Entry>,
-    /// conversation id → `tenant \0 address`, for resident conversations.
-    pub by_id: DashMap<u64, String>,
+    pub by_key: DashMap<ConvKey, Entry>,
+    /// conversation id → key, for resident conversations.
+    pub by_id: DashMap<u64, ConvKey>,
 }
 
 #[derive(Clone)]
@@ -50,14 +84,14 @@ impl EntryMeta {
 
 impl Directory {
     /// Removes `key` only if it still maps to the actor `id`.
-    pub fn remove_if_actor(&self, key: &str, id: ractor::ActorId) -> bool {
-        let removed = self
-            .by_key
-            .remove_if(key, |_, e| e.actor.get_id() == id)
-            .is_some();
-        if removed {
-            self.by_id.retain(|_, k| k != key);
+    pub fn remove_if_actor(&self, key: &ConvKey, id: ractor::ActorId) -> bool {
+        match self.by_key.remove_if(key, |_, e| e.actor.get_id() == id) {
+            Some((_, e)) => {
+                let conv = e.meta.conv_id.load(Ordering::Relaxed);
+                self.by_id.remove_if(&conv, |_, k| k == key);
+                true
+            }
+            None => false,
         }
-        removed
     }
 }

@@ -14,14 +14,12 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
 use super::actor::{ConvArgs, ConvMsg, ConversationActor};
-use super::{Entry, EntryMeta};
+use super::{ConvKey, Entry, EntryMeta};
 use crate::runtime::Shared;
 
 pub enum SupMsg {
     Activate {
-        tenant: String,
-        contact: String,
-        key: String,
+        key: ConvKey,
         reply: oneshot::Sender<Result<Entry, String>>,
     },
     /// Passivate idle conversations and enforce the resident cap.
@@ -32,8 +30,8 @@ pub struct ConversationSupervisor;
 
 pub struct SupState {
     shared: Arc<Shared>,
-    /// Live children: actor id → (tenant, contact, key).
-    children: HashMap<ActorId, (String, String, String)>,
+    /// Live children: actor id → key.
+    children: HashMap<ActorId, ConvKey>,
     /// Cap evictions requested and not yet seen terminating.
     outstanding_evictions: usize,
 }
@@ -78,15 +76,10 @@ impl Actor for ConversationSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupMsg::Activate {
-                tenant,
-                contact,
-                key,
-                reply,
-            } => {
+            SupMsg::Activate { key, reply } => {
                 let r = match st.shared.dir.by_key.get(&key).map(|e| e.clone()) {
                     Some(e) => Ok(e),
-                    None => st.spawn(&myself, tenant, contact, key).await,
+                    None => st.spawn(&myself, key).await,
                 };
                 let _ = reply.send(r);
                 st.enforce_cap();
@@ -107,17 +100,17 @@ impl Actor for ConversationSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some((_, _, key)) = st.children.remove(&cell.get_id()) {
+                if let Some(key) = st.children.remove(&cell.get_id()) {
                     st.shared.dir.remove_if_actor(&key, cell.get_id());
                     st.outstanding_evictions = st.outstanding_evictions.saturating_sub(1);
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some((tenant, contact, key)) = st.children.remove(&cell.get_id()) {
+                if let Some(key) = st.children.remove(&cell.get_id()) {
                     tracing::warn!(%key, error = %err, "conversation failed; restarting from durable state");
                     st.shared.metrics.conversation_restarts.inc();
                     st.shared.dir.remove_if_actor(&key, cell.get_id());
-                    if let Err(e) = st.spawn(&myself, tenant, contact, key).await {
+                    if let Err(e) = st.spawn(&myself, key).await {
                         tracing::error!(error = %e, "restarting a conversation failed");
                     }
                 }
@@ -133,18 +126,10 @@ impl Actor for ConversationSupervisor {
 }
 
 impl SupState {
-    async fn spawn(
-        &mut self,
-        myself: &ActorRef<SupMsg>,
-        tenant: String,
-        contact: String,
-        key: String,
-    ) -> Result<Entry, String> {
+    async fn spawn(&mut self, myself: &ActorRef<SupMsg>, key: ConvKey) -> Result<Entry, String> {
         let meta = Arc::new(EntryMeta::default());
         meta.touch(self.shared.clock.now());
         let args = ConvArgs {
-            tenant: tenant.clone(),
-            contact: contact.clone(),
             key: key.clone(),
             meta: meta.clone(),
             shared: self.shared.clone(),
@@ -152,8 +137,7 @@ impl SupState {
         let (actor, _) = Actor::spawn_linked(None, ConversationActor, args, myself.get_cell())
             .await
             .map_err(|e| e.to_string())?;
-        self.children
-            .insert(actor.get_id(), (tenant, contact, key.clone()));
+        self.children.insert(actor.get_id(), key.clone());
         let entry = Entry { actor, meta };
         self.shared.dir.by_key.insert(key, entry.clone());
         self.shared.metrics.conversations_activated.inc();
