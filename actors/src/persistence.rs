@@ -178,8 +178,12 @@ fn writer_loop(
             .iter()
             .any(|op| !matches!(op, Op::Barrier { .. } | Op::Shutdown { .. }));
         let result = if writes_data {
-            let low_water = store.pending.lock().low_water().unwrap_or(next_log);
-            let truncate = (low_water >= truncated_below + TRUNCATE_EVERY).then_some(low_water);
+            let truncate = if next_log >= truncated_below + TRUNCATE_EVERY {
+                let low_water = store.pending.lock().low_water().unwrap_or(next_log);
+                (low_water >= truncated_below + TRUNCATE_EVERY).then_some(low_water)
+            } else {
+                None
+            };
             let started = Instant::now();
             let writes = batch
                 .iter()

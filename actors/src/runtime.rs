@@ -131,14 +131,23 @@ impl Runtime {
         })
     }
 
+    /// Runs an idle-passivation and resident-cap sweep now (it also runs
+    /// periodically), judged against the injected clock.
+    pub fn sweep_now(&self) {
+        if let Some(sup) = self.shared.supervisor.read().as_ref() {
+            let _ = sup.cast(SupMsg::Sweep);
+        }
+    }
+
     /// True while storage commits succeed and the actor tree is up.
     pub fn ready(&self) -> bool {
         self.shared.persistence.healthy() && self.shared.supervisor.read().is_some()
     }
 
-    /// Drains every conversation (queued messages are handled first, then
-    /// each snapshots and stops), then commits the persistence queue and
-    /// stops the writer. Nothing is started after this.
+    /// Drains every conversation (ractor `drain`: queued messages are
+    /// handled, then the actor stops and its `post_stop` snapshots), then
+    /// stops the tree; the persistence actor commits the queue and joins the
+    /// writer thread last. Nothing is started after this.
     pub async fn shutdown(self) {
         let actors: Vec<ActorRef<ConvMsg>> = self
             .shared
@@ -148,7 +157,7 @@ impl Runtime {
             .map(|e| e.value().actor.clone())
             .collect();
         for a in &actors {
-            let _ = a.cast(ConvMsg::Passivate { idle_before: None });
+            let _ = a.drain();
         }
         for a in &actors {
             let _ = a.wait(Some(Duration::from_secs(30))).await;

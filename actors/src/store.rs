@@ -17,14 +17,14 @@
 //! a higher event seq. Which log records those are is kept in memory in
 //! `Pending` (rebuilt from the log at start).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use threadline_protocol::codec::{self, DeadLetter, LogRecord};
-use threadline_protocol::{ConvEvent, ConversationId, ConversationState};
+use threadline_protocol::{ConversationId, ConversationState};
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
@@ -81,31 +81,48 @@ fn split_contact_key(k: &str) -> Option<(String, String)> {
 }
 
 /// Log entries not yet covered by a snapshot, per conversation:
-/// (event seq, log key), in increasing order.
+/// (event seq, log key), in increasing order. `firsts` indexes each
+/// conversation's lowest pending log key, so the low-water mark below which
+/// the log can be truncated is O(log n) however many conversations there are.
 #[derive(Default)]
 pub struct Pending {
     by_conv: HashMap<u64, Vec<(u32, u64)>>,
+    firsts: BTreeMap<u64, u64>,
 }
 
 impl Pending {
     pub(crate) fn push(&mut self, conv: u64, seq: u32, log_key: u64) {
-        self.by_conv.entry(conv).or_default().push((seq, log_key));
+        let v = self.by_conv.entry(conv).or_default();
+        if v.is_empty() {
+            self.firsts.insert(log_key, conv);
+        }
+        v.push((seq, log_key));
     }
     /// A snapshot at `seq` was committed: entries up to it are covered.
     pub(crate) fn covered(&mut self, conv: u64, seq: u32) {
-        if let Some(v) = self.by_conv.get_mut(&conv) {
-            v.retain(|(s, _)| *s > seq);
-            if v.is_empty() {
-                self.by_conv.remove(&conv);
+        let Some(v) = self.by_conv.get_mut(&conv) else {
+            return;
+        };
+        let before = v.first().map(|(_, k)| *k);
+        v.retain(|(s, _)| *s > seq);
+        let after = v.first().map(|(_, k)| *k);
+        if before != after {
+            if let Some(k) = before {
+                self.firsts.remove(&k);
+            }
+            match after {
+                Some(k) => {
+                    self.firsts.insert(k, conv);
+                }
+                None => {
+                    self.by_conv.remove(&conv);
+                }
             }
         }
     }
     /// The lowest log key still needed; everything below can be truncated.
     pub(crate) fn low_water(&self) -> Option<u64> {
-        self.by_conv
-            .values()
-            .filter_map(|v| v.first().map(|(_, k)| *k))
-            .min()
+        self.firsts.first_key_value().map(|(k, _)| *k)
     }
     pub fn len(&self) -> usize {
         self.by_conv.values().map(Vec::len).sum()
@@ -430,7 +447,31 @@ pub fn log_tail(store: &Store) -> Result<Vec<(u64, LogRecord)>, StoreError> {
     Ok(out)
 }
 
-#[allow(dead_code)]
-fn _assert_event_is_send(e: ConvEvent) -> impl Send {
-    e
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_low_water_follows_the_oldest_uncovered_entry() {
+        let mut p = Pending::default();
+        assert_eq!(p.low_water(), None);
+        p.push(1, 1, 10);
+        p.push(2, 1, 11);
+        p.push(1, 2, 12);
+        p.push(2, 2, 13);
+        assert_eq!(p.low_water(), Some(10));
+        p.covered(1, 1);
+        assert_eq!(p.low_water(), Some(11));
+        p.covered(2, 2);
+        assert_eq!(p.low_water(), Some(12));
+        p.covered(1, 5);
+        assert_eq!(p.low_water(), None);
+        assert!(p.is_empty());
+        // Covering an unknown conversation or an already covered seq is a no-op.
+        p.covered(9, 1);
+        p.push(3, 7, 20);
+        p.covered(3, 6);
+        assert_eq!(p.low_water(), Some(20));
+        assert_eq!(p.len(), 1);
+    }
 }

@@ -66,6 +66,8 @@ pub struct ConvState {
     loaded: bool,
     conv: Option<Conversation>,
     since_snapshot: u32,
+    /// In-memory state holds events whose commit failed: never snapshot it.
+    poisoned: bool,
 }
 
 impl Actor for ConversationActor {
@@ -83,7 +85,34 @@ impl Actor for ConversationActor {
             loaded: false,
             conv: None,
             since_snapshot: 0,
+            poisoned: false,
         })
+    }
+
+    /// Runs after a drain (shutdown) or a passivation: whatever the log holds
+    /// beyond the last snapshot is folded into a new one, so the next start
+    /// has nothing to replay.
+    async fn post_stop(
+        &self,
+        myself: ActorRef<ConvMsg>,
+        st: &mut ConvState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.since_snapshot > 0 && !st.poisoned {
+            let (tx, rx) = oneshot::channel();
+            if st
+                .snapshot(Some(Box::new(move |r| {
+                    let _ = tx.send(r);
+                })))
+                .await
+            {
+                let _ = rx.await;
+            }
+        }
+        st.args
+            .shared
+            .dir
+            .remove_if_actor(&st.args.key, myself.get_id());
+        Ok(())
     }
 
     async fn handle(

@@ -1,0 +1,222 @@
+//! The actor runtime without HTTP: idle passivation on an injected clock,
+//! recovery of the log tail, log truncation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use threadline_actors::persistence::{Op, Persistence};
+use threadline_actors::store::{log_tail, Store};
+use threadline_actors::{Delivered, ManualClock, Metrics, Runtime, RuntimeConfig};
+use threadline_protocol::codec::{self, InboundMessage, LogRecord};
+use threadline_protocol::*;
+
+fn sms(from: &str, text: &str) -> InboundMessage {
+    InboundMessage {
+        channel: Channel::Sms,
+        from: from.into(),
+        to: None,
+        text: text.into(),
+        provider_message_id: None,
+        at: None,
+        media: vec![],
+    }
+}
+
+/// Waits for an effect of an asynchronous stop (not for time to pass: the
+/// clock that decides is the injected one).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_conversations_are_passivated_by_the_injected_clock_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let mut cfg = RuntimeConfig::new(dir.path());
+    cfg.passivate_after = Duration::from_secs(600);
+    let rt = Runtime::start(cfg, clock.clone(), Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    for c in ["+15550000001", "+15550000002"] {
+        rt.router.deliver("acme", c, sms(c, "first")).await.unwrap();
+    }
+    assert_eq!(rt.router.resident(), 2);
+
+    // Not idle long enough: nothing happens.
+    clock.advance_millis(599_000);
+    rt.sweep_now();
+    rt.router
+        .deliver("acme", "+15550000002", sms("+15550000002", "still here"))
+        .await
+        .unwrap();
+    assert_eq!(rt.router.resident(), 2);
+
+    // The first has now been idle 10 minutes, the second only 2 seconds.
+    clock.advance_millis(2_000);
+    rt.sweep_now();
+    eventually("the idle conversation to passivate", || {
+        rt.router.resident() == 1
+    })
+    .await;
+    assert_eq!(rt.shared.metrics.conversations_passivated.get(), 1);
+
+    // It comes back with its state on the next message.
+    let d = rt
+        .router
+        .deliver("acme", "+15550000001", sms("+15550000001", "second"))
+        .await
+        .unwrap();
+    assert!(matches!(d, Delivered::Recorded(_)));
+    let s = rt
+        .router
+        .view("acme", "+15550000001")
+        .await
+        .unwrap()
+        .unwrap();
+    let texts: Vec<_> = s.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["first", "second"]);
+    rt.shutdown().await;
+}
+
+fn record(conv: u64, seq: u32, event: ConvEvent) -> Vec<u8> {
+    codec::encode_log_record(&LogRecord {
+        conv: ConversationId(conv),
+        seq,
+        event,
+    })
+}
+
+fn created(conv: u64, contact: &str) -> ConvEvent {
+    ConvEvent::Created {
+        id: ConversationId(conv),
+        tenant: "acme".into(),
+        contact: contact.into(),
+        identities: Identities::default(),
+        at: Timestamp(1),
+    }
+}
+
+fn appended(seq: u32, text: &str) -> ConvEvent {
+    ConvEvent::MessageAppended(Message {
+        seq,
+        direction: Direction::Inbound,
+        channel: Channel::Sms,
+        author: Author::Customer,
+        text: text.into(),
+        at: Timestamp(2),
+        recorded_at: Timestamp(2),
+        provider_message_id: None,
+        delivery: Delivery::Received,
+        media: vec![],
+    })
+}
+
+async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Option<&str>) {
+    p.submit(Op::Event {
+        conv: ConversationId(conv),
+        seq,
+        record: record(conv, seq, e),
+        index: contact.map(|c| ("acme".to_owned(), c.to_owned())),
+        done: None,
+    })
+    .await
+    .unwrap();
+}
+
+async fn snapshot(p: &Persistence, s: &ConversationState) {
+    p.submit(Op::Snapshot {
+        conv: s.id,
+        seq: s.last_seq,
+        bytes: codec::encode_snapshot(s),
+        done: None,
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_tail_left_by_a_crash_is_folded_into_snapshots_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+        let (p, writer) = Persistence::start(store.clone(), &report, 64, Arc::new(Metrics::new()));
+        event(&p, 1, 1, created(1, "+1"), Some("+1")).await;
+        event(&p, 1, 2, appended(2, "a"), None).await;
+        // A snapshot at seq 2, then one more event only in the log.
+        let mut s = ConversationState::from_created(&created(1, "+1")).unwrap();
+        s.apply(2, &appended(2, "a")).unwrap();
+        snapshot(&p, &s).await;
+        event(&p, 1, 3, appended(3, "b"), None).await;
+        event(&p, 2, 1, created(2, "+2"), Some("+2")).await;
+        p.barrier().await.unwrap();
+        assert_eq!(store.pending_len(), 2, "conv 1 seq 3 and conv 2 seq 1");
+        // While running, load() sees snapshot + pending records.
+        let live = store.load(ConversationId(1)).unwrap().unwrap();
+        assert_eq!(live.messages.len(), 2);
+        // "Crash": the writer stops; nobody writes a final snapshot.
+        p.shutdown().await.unwrap();
+        writer.join();
+    }
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(report.log_records_replayed, 4);
+    assert_eq!(report.conversations_recovered, 2);
+    assert!(log_tail(&store).unwrap().is_empty(), "the tail was folded");
+    assert_eq!(report.next_log_key, 4, "log keys keep increasing");
+    assert_eq!(report.next_conversation, 3);
+    let one = store.load(ConversationId(1)).unwrap().unwrap();
+    let texts: Vec<_> = one.messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["a", "b"]);
+    assert_eq!(
+        store.conversation_of("acme", "+2").unwrap(),
+        Some(ConversationId(2))
+    );
+    assert_eq!(
+        store.contact_of(ConversationId(1)).unwrap(),
+        Some(("acme".into(), "+1".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_truncated_below_what_snapshots_cover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (p, writer) = Persistence::start(store.clone(), &report, 1024, Arc::new(Metrics::new()));
+    let mut s = ConversationState::from_created(&created(1, "+1")).unwrap();
+    event(&p, 1, 1, created(1, "+1"), Some("+1")).await;
+    let total = 20_000u32;
+    for seq in 2..=total {
+        let e = appended(seq, "x");
+        s.apply(seq, &e).unwrap();
+        event(&p, 1, seq, e, None).await;
+        if seq % 64 == 0 {
+            snapshot(&p, &s).await;
+        }
+    }
+    snapshot(&p, &s).await;
+    p.barrier().await.unwrap();
+    // One more batch lets the writer act on the low-water mark.
+    event(&p, 2, 1, created(2, "+2"), Some("+2")).await;
+    p.barrier().await.unwrap();
+    let tail = log_tail(&store).unwrap().len();
+    assert!(
+        tail < 8_192 + 64,
+        "log tail of {tail} records was not truncated"
+    );
+    assert_eq!(
+        store
+            .load(ConversationId(1))
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        (total - 1) as usize
+    );
+    p.shutdown().await.unwrap();
+    writer.join();
+}
