@@ -17,6 +17,7 @@ pub mod persistence;
 pub mod router;
 pub mod runtime;
 pub mod store;
+pub mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::Metrics;
