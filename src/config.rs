@@ -155,6 +155,19 @@ pub struct Tenant {
     #[serde(default)]
     pub help_text: String,
     pub gateway_token: String,
+    /// Silence (seconds) after which an active conversation becomes inactive.
+    #[serde(default = "default_inactive_after")]
+    pub inactive_after_secs: u64,
+    /// Further silence (seconds) after which an inactive conversation closes.
+    #[serde(default = "default_close_after")]
+    pub close_after_secs: u64,
+}
+
+fn default_inactive_after() -> u64 {
+    24 * 3600
+}
+fn default_close_after() -> u64 {
+    7 * 24 * 3600
 }
 
 fn default_timezone() -> String {
@@ -305,6 +318,8 @@ impl Config {
                 owner_phone: Some("+15550000199".into()),
                 help_text: "Demo Business: reply STOP to opt out.".into(),
                 gateway_token: "gw-demo".into(),
+                inactive_after_secs: default_inactive_after(),
+                close_after_secs: default_close_after(),
             }],
             agents: vec![Agent {
                 id: "demo-agent".into(),
@@ -435,6 +450,19 @@ impl Config {
                 if !is_e164(p) {
                     return err(at("owner_phone"), format!("{p:?} is not an E.164 number"));
                 }
+            }
+            const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
+            if !(60..=TEN_YEARS).contains(&t.inactive_after_secs) {
+                return err(
+                    at("inactive_after_secs"),
+                    "must be between 60 and 316224000".into(),
+                );
+            }
+            if !(60..=TEN_YEARS).contains(&t.close_after_secs) {
+                return err(
+                    at("close_after_secs"),
+                    "must be between 60 and 316224000".into(),
+                );
             }
             if t.gateway_token.len() < 6 {
                 return err(

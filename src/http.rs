@@ -20,9 +20,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use threadline_actors::{DeliverError, Delivered, Metrics, Router, Runtime};
+use threadline_actors::conversation::core::TimerSpec;
+use threadline_actors::{Clock, DeliverError, Delivered, ManualClock, Metrics, Router, Runtime};
 use threadline_protocol::codec::InboundMessage;
-use threadline_protocol::{Channel, ConversationId, ConversationState, Timestamp};
+use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind, Timestamp};
 use tokio::net::TcpListener;
 
 use crate::config::{is_e164, Config};
@@ -41,10 +42,13 @@ pub struct App {
     /// Gateway token → tenant id.
     gateway_tokens: HashMap<String, String>,
     pub draining: AtomicBool,
+    /// The clock, and whether it is simulated (`--simulated-clock`).
+    clock: Arc<dyn Clock>,
+    simulated: Option<Arc<ManualClock>>,
 }
 
 impl App {
-    pub fn new(cfg: Config, runtime: &Runtime) -> App {
+    pub fn new(cfg: Config, runtime: &Runtime, simulated: Option<Arc<ManualClock>>) -> App {
         let gateway_tokens = cfg
             .tenants
             .iter()
@@ -59,6 +63,8 @@ impl App {
             store: runtime.shared.persistence.store.clone(),
             gateway_tokens,
             draining: AtomicBool::new(false),
+            clock: runtime.shared.clock.clone(),
+            simulated,
         }
     }
 }
@@ -84,6 +90,9 @@ impl ApiError {
     }
     fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -241,9 +250,35 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             dead_letters(app).await
         }
+        (Method::POST, ["api", "v1", "conversations", id, "timers"]) => {
+            admin(app, &req)?;
+            let id: ConversationId = id.parse().map_err(|_| {
+                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
+            })?;
+            schedule_timer(app, id, req).await
+        }
+        (Method::DELETE, ["api", "v1", "timers", id]) => {
+            admin(app, &req)?;
+            let tid = parse_timer_id(id)
+                .ok_or_else(|| ApiError::bad("invalid_id", format!("{id:?} is not a timer id")))?;
+            if app.router.cancel_timer(tid).await? {
+                Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"id": id, "cancelled": true}),
+                ))
+            } else {
+                Err(ApiError::not_found(format!("no pending timer {id}")))
+            }
+        }
+        (Method::POST, ["api", "v1", "clock", "advance"]) if app.simulated.is_some() => {
+            admin(app, &req)?;
+            advance_clock(app, req).await
+        }
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "v1", "inbound" | "dead-letters"])
         | (_, ["api", "v1", "conversations", _])
+        | (_, ["api", "v1", "conversations", _, "timers"])
+        | (_, ["api", "v1", "timers", _])
         | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation"]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -369,6 +404,129 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
         };
         ApiError::bad(code, e.to_string())
     })
+}
+
+pub fn timer_id_text(id: u64) -> String {
+    format!("tmr_{id:016x}")
+}
+
+fn parse_timer_id(s: &str) -> Option<u64> {
+    let hex = s.strip_prefix("tmr_")?;
+    (hex.len() == 16
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| u64::from_str_radix(hex, 16).ok())
+    .flatten()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimerBody {
+    at: Option<String>,
+    in_seconds: Option<i64>,
+    kind: String,
+    text: Option<String>,
+    channel: Option<String>,
+}
+
+/// The longest a timer may be scheduled ahead: ten years.
+const MAX_TIMER_AHEAD_MS: i64 = 10 * 366 * 24 * 3_600_000;
+
+async fn schedule_timer(
+    app: &App,
+    id: ConversationId,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    require_json(&req)?;
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: TimerBody = parse_json(&body)?;
+    let now = app.clock.now();
+    let due = match (&b.at, b.in_seconds) {
+        (Some(at), None) => {
+            field_len("at", at, 64)?;
+            parse_rfc3339("at", at)?
+        }
+        (None, Some(s)) if (0..=MAX_TIMER_AHEAD_MS / 1000).contains(&s) => {
+            now.saturating_add_millis(s * 1000)
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_field",
+                "`in_seconds` must be between 0 and 316224000",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_field",
+                "give exactly one of `at` (RFC 3339) or `in_seconds`",
+            ))
+        }
+    };
+    if due.0 > now.0 + MAX_TIMER_AHEAD_MS {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "`at` is more than ten years ahead",
+        ));
+    }
+    let kind = match TimerKind::parse(&b.kind) {
+        Some(k @ (TimerKind::FollowUp | TimerKind::Reminder)) => k,
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_field",
+                format!("`kind` must be follow_up or reminder (got {:?})", b.kind),
+            ))
+        }
+    };
+    let text = b.text.unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(ApiError::bad("invalid_field", "`text` is required"));
+    }
+    field_len("text", &text, MAX_TEXT_BYTES)?;
+    let channel = match &b.channel {
+        None => None,
+        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
+            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
+        })?),
+    };
+    let spec = TimerSpec {
+        due,
+        kind,
+        text: Some(text),
+        channel,
+    };
+    match app.router.schedule_timer(id, spec).await? {
+        Some(tid) => Ok(json_response(
+            StatusCode::CREATED,
+            &json!({"id": timer_id_text(tid), "at": rfc3339(due), "kind": kind.as_str()}),
+        )),
+        None => Err(ApiError::not_found(format!("no conversation {id}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvanceBody {
+    seconds: f64,
+}
+
+async fn advance_clock(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let clock = app.simulated.as_ref().expect("routed only when simulated");
+    require_json(&req)?;
+    let body = read_body(req, 4096).await?;
+    let b: AdvanceBody = parse_json(&body)?;
+    if !(b.seconds.is_finite() && b.seconds >= 0.0 && b.seconds <= 10.0 * 366.0 * 86_400.0) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            "`seconds` must be between 0 and 316224000",
+        ));
+    }
+    let now = clock.advance_millis((b.seconds * 1000.0).round() as i64);
+    let fired = app.router.advance_timers().await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"now": rfc3339(now), "fired": fired}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -649,7 +807,13 @@ pub fn conversation_json(s: &ConversationState) -> Value {
             "facts": s.captured.facts,
         },
         "assigned_agent": s.assigned_agent,
-        "timers": s.timers,
+        "timers": s.timers.iter().map(|t| json!({
+            "id": timer_id_text(t.id),
+            "at": rfc3339(t.due),
+            "kind": t.kind.as_str(),
+            "text": t.text,
+            "channel": t.channel.map(|c| c.as_str()),
+        })).collect::<Vec<_>>(),
         "created_at": rfc3339(s.created_at),
         "updated_at": rfc3339(s.updated_at),
     })

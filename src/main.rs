@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use threadline_actors::conversation::core::CoreConfig;
-use threadline_actors::{Metrics, Runtime, RuntimeConfig, SystemClock};
+use threadline_actors::conversation::core::{CoreConfig, Lifecycle};
+use threadline_actors::{Clock, ManualClock, Metrics, Runtime, RuntimeConfig, SystemClock};
 
 use threadline::config::Config;
 use threadline::http;
@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Idle seconds before a conversation is passivated (runtime.passivate_after_secs).
     #[arg(long)]
     passivate_after_secs: Option<u64>,
+    /// Run on a simulated clock starting at this RFC 3339 instant; it moves
+    /// only through `POST /api/v1/clock/advance`.
+    #[arg(long, value_name = "RFC3339")]
+    simulated_clock: Option<String>,
     /// Enable test-only hooks (a panic trigger message). Never in production.
     #[arg(long, hide = true)]
     test_hooks: bool,
@@ -165,7 +169,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rcfg.core = CoreConfig {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
-    let runtime = Runtime::start(rcfg, Arc::new(SystemClock), metrics)
+    rcfg.lifecycles = cfg
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.id.clone(),
+                Lifecycle {
+                    inactive_after_ms: t.inactive_after_secs as i64 * 1000,
+                    close_after_ms: t.close_after_secs as i64 * 1000,
+                },
+            )
+        })
+        .collect();
+    let manual = match &args.simulated_clock {
+        Some(t) => {
+            let start = http::parse_rfc3339("--simulated-clock", t)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+            Some(Arc::new(ManualClock::new(start)))
+        }
+        None => None,
+    };
+    rcfg.simulated_clock = manual.is_some();
+    let clock: Arc<dyn Clock> = match &manual {
+        Some(m) => m.clone(),
+        None => Arc::new(SystemClock),
+    };
+    let runtime = Runtime::start(rcfg, clock, metrics)
         .await
         .with_context(|| format!("cannot open data in {}", cfg.server.data_dir.display()))?;
     let r = &runtime.report;
@@ -188,7 +218,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("threadline listening on http://{addr}");
 
-    let app = Arc::new(http::App::new(cfg, &runtime));
+    if let Some(m) = &manual {
+        println!("threadline: simulated clock at {}", http::rfc3339(m.now()));
+    }
+    let app = Arc::new(http::App::new(cfg, &runtime, manual));
     http::serve(app, listener, shutdown_signal(), Duration::from_secs(30)).await;
     tracing::info!("draining conversations and flushing storage");
     runtime.shutdown().await;

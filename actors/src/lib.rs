@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod persistence;
 pub mod router;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;
 pub mod wheel;
 

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub resident_memory_bytes: Gauge,
     pub http_requests: Counter,
     pub http_client_errors: Counter,
+    pub timers_pending: Gauge,
+    pub timers_fired: Counter,
+    pub timer_lateness_seconds: Histogram,
 }
 
 impl Metrics {
@@ -43,6 +46,11 @@ impl Metrics {
             resident_memory_bytes: Gauge::default(),
             http_requests: Counter::default(),
             http_client_errors: Counter::default(),
+            timers_pending: Gauge::default(),
+            timers_fired: Counter::default(),
+            timer_lateness_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.010, 0.020, 0.050, 0.1, 0.5, 1.0, 5.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -109,6 +117,21 @@ impl Metrics {
             "http_client_errors",
             "HTTP requests refused with a 4xx status",
             m.http_client_errors.clone(),
+        );
+        registry.register(
+            "timers_pending",
+            "Timers scheduled and not yet handled",
+            m.timers_pending.clone(),
+        );
+        registry.register(
+            "timers_fired",
+            "Timers delivered to and handled by their owner",
+            m.timers_fired.clone(),
+        );
+        registry.register(
+            "timer_lateness_seconds",
+            "How late a timer was dispatched after its due time (real clock only)",
+            m.timer_lateness_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -18,19 +18,26 @@ use threadline_protocol::ConversationId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::store::{Applied, BatchWriter, OpenReport, Store, StoreError, Write};
+use crate::store::{Applied, BatchWriter, OpenReport, Store, StoreError, TimerIndex, Write};
 
 /// Called once the operation is durable (or definitely failed).
 pub type Done = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 
 pub enum Op {
-    /// Append event `seq` of `conv` (already encoded as a log record).
-    /// `index` is (tenant, address) for a conversation's first event.
+    /// Append consecutive events of `conv` (each (seq, encoded log record))
+    /// and the timer index changes they imply, all in one transaction.
+    /// `index` is (tenant, address) when the first event creates the
+    /// conversation.
     Event {
         conv: ConversationId,
-        seq: u32,
-        record: Vec<u8>,
+        records: Vec<(u32, Vec<u8>)>,
         index: Option<(String, String)>,
+        timers: Vec<TimerIndex>,
+        done: Option<Done>,
+    },
+    /// Drops a timer index row whose owner no longer waits for it.
+    TimerDelete {
+        id: u64,
         done: Option<Done>,
     },
     Snapshot {
@@ -190,16 +197,17 @@ fn writer_loop(
                 .filter_map(|op| match op {
                     Op::Event {
                         conv,
-                        seq,
-                        record,
+                        records,
                         index,
+                        timers,
                         ..
-                    } => Some(Write::Event {
+                    } => Some(Write::Events {
                         conv: *conv,
-                        seq: *seq,
-                        record,
+                        records,
                         index: index.as_ref().map(|(t, a)| (t.as_str(), a.as_str())),
+                        timers,
                     }),
+                    Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Snapshot {
                         conv, seq, bytes, ..
                     } => Some(Write::Snapshot {
@@ -244,7 +252,9 @@ fn writer_loop(
         };
         for op in batch.drain(..) {
             let done = match op {
-                Op::Event { done, .. } | Op::Snapshot { done, .. } => done,
+                Op::Event { done, .. }
+                | Op::Snapshot { done, .. }
+                | Op::TimerDelete { done, .. } => done,
                 Op::DeadLetter { done, .. } | Op::Barrier { done } | Op::Shutdown { done } => {
                     Some(done)
                 }

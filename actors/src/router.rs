@@ -12,14 +12,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use threadline_protocol::codec::{self, DeadLetter, InboundMessage};
+use threadline_protocol::codec::{self, DeadLetter, InboundMessage, TimerOwner};
 use threadline_protocol::{ConversationId, ConversationState};
 use tokio::sync::oneshot;
 
+use crate::conversation::core::TimerSpec;
 use crate::conversation::supervisor::SupMsg;
 use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck};
 use crate::persistence::Op;
 use crate::runtime::Shared;
+use crate::scheduler::SchedMsg;
 
 pub const MAX_HANDLER_FAILURES: u32 = 3;
 /// Attempts to reach a live actor (stale directory entries, restarts).
@@ -131,12 +133,11 @@ impl Router {
         attempts: u32,
         error: String,
     ) -> Result<Delivered, DeliverError> {
-        let store = self.shared.persistence.store.clone();
         let (t, c) = (tenant.to_owned(), contact.to_owned());
-        let conversation = tokio::task::spawn_blocking(move || store.conversation_of(&t, &c))
+        let conversation = self
+            .blocking(move |s| s.conversation_of(&t, &c))
             .await
             .ok()
-            .and_then(Result::ok)
             .flatten();
         let bytes = codec::encode_dead_letter(&DeadLetter {
             tenant: tenant.to_owned(),
@@ -173,30 +174,19 @@ impl Router {
         }
     }
 
-    /// The contact's current conversation, without creating one.
-    pub async fn view(
+    /// Sends a request to the conversation of `key` and waits for its
+    /// answer, resending when the actor stopped before handling it.
+    async fn ask<T>(
         &self,
-        tenant: &str,
-        contact: &str,
-    ) -> Result<Option<ConversationState>, DeliverError> {
-        let key = ConvKey::new(tenant, contact);
-        if !self.shared.dir.by_key.contains_key(&key) {
-            let store = self.shared.persistence.store.clone();
-            let (t, c) = (tenant.to_owned(), contact.to_owned());
-            let known = tokio::task::spawn_blocking(move || store.conversation_of(&t, &c))
-                .await
-                .map_err(|e| DeliverError::Storage(e.to_string()))?
-                .map_err(|e| DeliverError::Storage(e.to_string()))?;
-            if known.is_none() {
-                return Ok(None);
-            }
-        }
+        key: &ConvKey,
+        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
+    ) -> Result<T, DeliverError> {
         for attempt in 0..MAX_ROUTING_ATTEMPTS {
-            let entry = self.entry(&key).await?;
+            let entry = self.entry(key).await?;
             let (tx, rx) = oneshot::channel();
-            if entry.actor.cast(ConvMsg::View { reply: tx }).is_ok() {
+            if entry.actor.cast(make(tx)).is_ok() {
                 match rx.await {
-                    Ok(Ok(state)) => return Ok(state),
+                    Ok(Ok(v)) => return Ok(v),
                     Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
                     Err(_) => {}
                 }
@@ -206,26 +196,135 @@ impl Router {
         Err(DeliverError::Unavailable("conversation unreachable".into()))
     }
 
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, DeliverError> {
+        let store = self.shared.persistence.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| DeliverError::Storage(e.to_string()))?
+            .map_err(|e| DeliverError::Storage(e.to_string()))
+    }
+
+    /// The routing key of a conversation id, if the conversation exists.
+    async fn key_of(&self, id: ConversationId) -> Result<Option<ConvKey>, DeliverError> {
+        if let Some(k) = self.shared.dir.by_id.get(&id.0) {
+            return Ok(Some(k.clone()));
+        }
+        Ok(self
+            .blocking(move |s| s.contact_of(id))
+            .await?
+            .map(|(t, c)| ConvKey::new(&t, &c)))
+    }
+
+    /// The contact's current conversation, without creating one.
+    pub async fn view(
+        &self,
+        tenant: &str,
+        contact: &str,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let key = ConvKey::new(tenant, contact);
+        if !self.shared.dir.by_key.contains_key(&key) {
+            let (t, c) = (tenant.to_owned(), contact.to_owned());
+            if self
+                .blocking(move |s| s.conversation_of(&t, &c))
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+        }
+        self.ask(&key, |reply| ConvMsg::View { reply }).await
+    }
+
     pub async fn view_by_id(
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        let resident = self.shared.dir.by_id.get(&id.0).map(|k| k.clone());
-        let key = match resident {
-            Some(k) => Some((k.tenant().to_owned(), k.contact().to_owned())),
-            None => {
-                let store = self.shared.persistence.store.clone();
-                tokio::task::spawn_blocking(move || store.contact_of(id))
-                    .await
-                    .map_err(|e| DeliverError::Storage(e.to_string()))?
-                    .map_err(|e| DeliverError::Storage(e.to_string()))?
-            }
-        };
-        let Some((tenant, contact)) = key else {
+        let Some(key) = self.key_of(id).await? else {
             return Ok(None);
         };
         // The contact may since have moved on to a newer conversation.
-        Ok(self.view(&tenant, &contact).await?.filter(|s| s.id == id))
+        Ok(self
+            .ask(&key, |reply| ConvMsg::View { reply })
+            .await?
+            .filter(|s| s.id == id))
+    }
+
+    /// Schedules a timer owned by conversation `id`; resolves once durable.
+    /// `None` if there is no such conversation.
+    pub async fn schedule_timer(
+        &self,
+        id: ConversationId,
+        spec: TimerSpec,
+    ) -> Result<Option<u64>, DeliverError> {
+        let Some(key) = self.key_of(id).await? else {
+            return Ok(None);
+        };
+        self.ask(&key, |reply| ConvMsg::ScheduleTimer {
+            spec: spec.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Delivers a due timer to its owner; resolves once the owner handled it.
+    pub async fn fire_timer(&self, owner: TimerOwner, id: u64) -> Result<(), DeliverError> {
+        match owner {
+            TimerOwner::Conversation(conv) => {
+                let Some(key) = self.key_of(conv).await? else {
+                    return Ok(());
+                };
+                self.ask(&key, |reply| ConvMsg::FireTimer { id, reply })
+                    .await
+            }
+        }
+    }
+
+    /// Cancels a pending timer; false if unknown or already fired.
+    pub async fn cancel_timer(&self, id: u64) -> Result<bool, DeliverError> {
+        let sched = self
+            .shared
+            .scheduler
+            .read()
+            .clone()
+            .ok_or_else(|| DeliverError::Unavailable("the scheduler is not running".into()))?;
+        let (tx, rx) = oneshot::channel();
+        sched
+            .cast(SchedMsg::Owner { id, reply: tx })
+            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
+        let owner = rx
+            .await
+            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
+        match owner {
+            None => Ok(false),
+            Some(TimerOwner::Conversation(conv)) => {
+                let Some(key) = self.key_of(conv).await? else {
+                    return Ok(false);
+                };
+                self.ask(&key, |reply| ConvMsg::CancelTimer { id, reply })
+                    .await
+            }
+        }
+    }
+
+    /// Simulated clock: fires every timer due at the clock's current time
+    /// and returns once all were handled (including timers their handlers
+    /// scheduled that were already due). Returns how many fired.
+    pub async fn advance_timers(&self) -> Result<usize, DeliverError> {
+        let sched = self
+            .shared
+            .scheduler
+            .read()
+            .clone()
+            .ok_or_else(|| DeliverError::Unavailable("the scheduler is not running".into()))?;
+        let (tx, rx) = oneshot::channel();
+        sched
+            .cast(SchedMsg::Advance { reply: tx })
+            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
+        rx.await
+            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))
     }
 
     pub fn resident(&self) -> usize {

@@ -3,14 +3,16 @@
 //! ```text
 //! root (RootSupervisor)
 //! ├── persistence (PersistenceActor: owns the redb writer thread)
-//! └── conversations (ConversationSupervisor)
-//!     └── one ConversationActor per resident (tenant, contact)
+//! ├── conversations (ConversationSupervisor)
+//! │   └── one ConversationActor per resident (tenant, contact)
+//! └── scheduler (Scheduler: the timing wheel of every pending timer)
 //! ```
-//! Later children of the root: channel gateways, the consent actor, the
-//! scheduler and the agent pool. Each supervisor overrides
+//! Later children of the root: channel gateways, the consent actor and the
+//! agent pool. Each supervisor overrides
 //! `handle_supervisor_evt` (ractor's default stops the supervisor when any
 //! child exits).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -20,13 +22,15 @@ use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::clock::Clock;
-use crate::conversation::core::CoreConfig;
+use crate::conversation::core::{CoreConfig, Lifecycle};
 use crate::conversation::supervisor::{sweep_interval_for, ConversationSupervisor, SupMsg};
 use crate::conversation::{ConvMsg, Directory};
 use crate::metrics::Metrics;
 use crate::persistence::{Persistence, WriterThread};
 use crate::router::Router;
+use crate::scheduler::{SchedArgs, SchedMsg, Scheduler};
 use crate::store::{OpenReport, Store, StoreError};
+use threadline_protocol::codec::TimerRow;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -43,6 +47,11 @@ pub struct RuntimeConfig {
     /// redb page cache.
     pub storage_cache_bytes: usize,
     pub core: CoreConfig,
+    /// Status timers per tenant; `default_lifecycle` for the others.
+    pub lifecycles: HashMap<String, Lifecycle>,
+    pub default_lifecycle: Lifecycle,
+    /// True with a simulated clock: timers fire only on `Runtime::advance`.
+    pub simulated_clock: bool,
 }
 
 impl RuntimeConfig {
@@ -55,6 +64,9 @@ impl RuntimeConfig {
             persistence_queue: 65_536,
             storage_cache_bytes: 32 << 20,
             core: CoreConfig::default(),
+            lifecycles: HashMap::new(),
+            default_lifecycle: Lifecycle::default(),
+            simulated_clock: false,
         }
     }
 }
@@ -71,7 +83,21 @@ pub struct Shared {
     pub max_resident: usize,
     pub passivate_after: Duration,
     pub sweep_interval: Duration,
+    pub next_timer_id: AtomicU64,
+    pub lifecycles: HashMap<String, Lifecycle>,
+    pub default_lifecycle: Lifecycle,
+    pub simulated_clock: bool,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
+    pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
+}
+
+impl Shared {
+    pub fn lifecycle(&self, tenant: &str) -> Lifecycle {
+        self.lifecycles
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_lifecycle)
+    }
 }
 
 pub struct Runtime {
@@ -108,7 +134,12 @@ impl Runtime {
             max_resident: cfg.max_resident.max(1),
             passivate_after: cfg.passivate_after,
             sweep_interval: sweep_interval_for(cfg.passivate_after),
+            next_timer_id: AtomicU64::new(report.next_timer_id),
+            lifecycles: cfg.lifecycles.clone(),
+            default_lifecycle: cfg.default_lifecycle,
+            simulated_clock: cfg.simulated_clock,
             supervisor: RwLock::new(None),
+            scheduler: RwLock::new(None),
         });
         let (root, root_done) = Actor::spawn(
             None,
@@ -116,6 +147,7 @@ impl Runtime {
             RootArgs {
                 shared: shared.clone(),
                 writer: Mutex::new(Some(writer)),
+                timers: Mutex::new(Some(report.timers.clone())),
             },
         )
         .await
@@ -174,6 +206,7 @@ struct RootSupervisor;
 struct RootArgs {
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterThread>>,
+    timers: Mutex<Option<Vec<TimerRow>>>,
 }
 
 struct RootState {
@@ -200,6 +233,8 @@ impl Actor for RootSupervisor {
         )
         .await?;
         spawn_conversations(&myself, &args.shared).await?;
+        let rows = args.timers.lock().take().unwrap_or_default();
+        spawn_scheduler(&myself, &args.shared, rows).await?;
         Ok(RootState {
             shared: args.shared,
             persistence,
@@ -220,7 +255,10 @@ impl Actor for RootSupervisor {
         _myself: ActorRef<RootMsg>,
         st: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        // Conversations first (they still write), then the writer.
+        // Timers and conversations first (they still write), then the writer.
+        if let Some(s) = st.shared.scheduler.write().take() {
+            s.stop(Some("shutdown".into()));
+        }
         if let Some(sup) = st.shared.supervisor.write().take() {
             sup.stop(Some("shutdown".into()));
         }
@@ -245,7 +283,19 @@ impl Actor for RootSupervisor {
                     .read()
                     .as_ref()
                     .is_some_and(|s| s.get_id() == cell.get_id());
-                if is_conversations {
+                let is_scheduler = st
+                    .shared
+                    .scheduler
+                    .read()
+                    .as_ref()
+                    .is_some_and(|s| s.get_id() == cell.get_id());
+                if is_scheduler {
+                    tracing::error!(error = %err, "scheduler failed; reloading timers");
+                    *st.shared.scheduler.write() = None;
+                    let store = st.shared.persistence.store.clone();
+                    let rows = tokio::task::spawn_blocking(move || store.timer_rows()).await??;
+                    spawn_scheduler(&myself, &st.shared, rows).await?;
+                } else if is_conversations {
                     tracing::error!(error = %err, "conversation supervisor failed; restarting it");
                     *st.shared.supervisor.write() = None;
                     spawn_conversations(&myself, &st.shared).await?;
@@ -276,6 +326,26 @@ async fn spawn_conversations(
     )
     .await?;
     *shared.supervisor.write() = Some(sup);
+    Ok(())
+}
+
+async fn spawn_scheduler(
+    root: &ActorRef<RootMsg>,
+    shared: &Arc<Shared>,
+    rows: Vec<TimerRow>,
+) -> Result<(), ActorProcessingErr> {
+    let (s, _) = Actor::spawn_linked(
+        None,
+        Scheduler,
+        SchedArgs {
+            shared: shared.clone(),
+            rows,
+            real_time: !shared.simulated_clock,
+        },
+        root.get_cell(),
+    )
+    .await?;
+    *shared.scheduler.write() = Some(s);
     Ok(())
 }
 

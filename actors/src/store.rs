@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use threadline_protocol::codec::{self, DeadLetter, LogRecord};
+use threadline_protocol::codec::{self, DeadLetter, LogRecord, TimerRow};
 use threadline_protocol::{ConversationId, ConversationState};
 
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -32,6 +32,10 @@ pub(crate) const CONTACTS: TableDefinition<&str, u64> = TableDefinition::new("co
 pub(crate) const CONVERSATIONS: TableDefinition<u64, &str> = TableDefinition::new("conversations");
 pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const TIMERS: TableDefinition<u64, &[u8]> = TableDefinition::new("timers");
+
+/// Highest timer id ever written, so ids are never reused.
+const TIMER_HWM: &str = "timer_hwm";
 
 pub const DB_FILE: &str = "threadline.redb";
 
@@ -145,6 +149,9 @@ pub struct OpenReport {
     pub next_conversation: u64,
     pub next_log_key: u64,
     pub next_dead_letter: u64,
+    pub next_timer_id: u64,
+    /// Every pending timer, for the scheduler.
+    pub timers: Vec<TimerRow>,
 }
 
 impl Store {
@@ -165,6 +172,7 @@ impl Store {
             txn.open_table(CONVERSATIONS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(META)?;
+            txn.open_table(TIMERS)?;
             txn.commit()?;
         }
         let store = Store {
@@ -223,6 +231,18 @@ impl Store {
         report.next_log_key = max_log;
         report.next_conversation = max_conv.max(1);
         report.next_dead_letter = max_dead;
+        let r = self.db.begin_read()?;
+        let hwm = r.open_table(META)?.get(TIMER_HWM)?.map_or(0, |v| v.value());
+        drop(r);
+        report.timers = self.timer_rows()?;
+        report.next_timer_id = report
+            .timers
+            .iter()
+            .map(|t| t.id)
+            .max()
+            .unwrap_or(0)
+            .max(hwm)
+            + 1;
         Ok(report)
     }
 
@@ -269,6 +289,17 @@ impl Store {
             }
         }
         replay(id, snapshot, &records)
+    }
+
+    /// Every pending timer in the index.
+    pub fn timer_rows(&self) -> Result<Vec<TimerRow>, StoreError> {
+        let r = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in r.open_table(TIMERS)?.iter()? {
+            let (_, v) = item?;
+            out.push(codec::decode_timer_row(v.value())?);
+        }
+        Ok(out)
     }
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
@@ -337,12 +368,21 @@ pub(crate) enum Applied {
     Nothing,
 }
 
+/// A change to the scheduler's timer index, committed with the owner's events.
+#[derive(Debug, Clone, Copy)]
+pub enum TimerIndex {
+    Put(TimerRow),
+    Delete(u64),
+}
+
 pub(crate) enum Write<'a> {
-    Event {
+    /// Consecutive events of one conversation, committed together with the
+    /// timer index changes they imply.
+    Events {
         conv: ConversationId,
-        seq: u32,
-        record: &'a [u8],
+        records: &'a [(u32, Vec<u8>)],
         index: Option<(&'a str, &'a str)>,
+        timers: &'a [TimerIndex],
     },
     Snapshot {
         conv: ConversationId,
@@ -351,6 +391,9 @@ pub(crate) enum Write<'a> {
     },
     DeadLetter {
         bytes: &'a [u8],
+    },
+    TimerDelete {
+        id: u64,
     },
     /// Deletes log records below `below` (already covered by snapshots).
     Truncate {
@@ -375,17 +418,26 @@ impl BatchWriter<'_> {
             let mut contacts: Option<redb::Table<&str, u64>> = None;
             let mut convs: Option<redb::Table<u64, &str>> = None;
             let mut dead: Option<redb::Table<u64, &[u8]>> = None;
+            let mut timers: Option<redb::Table<u64, &[u8]>> = None;
+            let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
-                    Write::Event {
+                    Write::Events {
                         conv,
-                        seq,
-                        record,
+                        records,
                         index,
+                        timers: timer_ops,
                     } => {
-                        let key = *self.next_log_key;
-                        *self.next_log_key += 1;
-                        log.insert(key, record)?;
+                        for (seq, record) in records {
+                            let key = *self.next_log_key;
+                            *self.next_log_key += 1;
+                            log.insert(key, record.as_slice())?;
+                            out.push(Applied::Logged {
+                                conv: conv.0,
+                                seq: *seq,
+                                key,
+                            });
+                        }
                         if let Some((tenant, address)) = index {
                             let ck = contact_key(tenant, address);
                             if contacts.is_none() {
@@ -395,11 +447,28 @@ impl BatchWriter<'_> {
                             contacts.as_mut().unwrap().insert(ck.as_str(), conv.0)?;
                             convs.as_mut().unwrap().insert(conv.0, ck.as_str())?;
                         }
-                        out.push(Applied::Logged {
-                            conv: conv.0,
-                            seq,
-                            key,
-                        });
+                        for op in timer_ops {
+                            if timers.is_none() {
+                                timers = Some(txn.open_table(TIMERS)?);
+                            }
+                            let t = timers.as_mut().unwrap();
+                            match op {
+                                TimerIndex::Put(row) => {
+                                    t.insert(row.id, codec::encode_timer_row(row).as_slice())?;
+                                    timer_hwm = timer_hwm.max(row.id);
+                                }
+                                TimerIndex::Delete(id) => {
+                                    t.remove(*id)?;
+                                }
+                            }
+                        }
+                    }
+                    Write::TimerDelete { id } => {
+                        if timers.is_none() {
+                            timers = Some(txn.open_table(TIMERS)?);
+                        }
+                        timers.as_mut().unwrap().remove(id)?;
+                        out.push(Applied::Nothing);
                     }
                     Write::Snapshot { conv, seq, bytes } => {
                         if snaps.is_none() {
@@ -421,6 +490,13 @@ impl BatchWriter<'_> {
                         log.retain_in(..below, |_, _| false)?;
                         out.push(Applied::Nothing);
                     }
+                }
+            }
+            if timer_hwm > 0 {
+                let mut meta = txn.open_table(META)?;
+                let old = meta.get(TIMER_HWM)?.map_or(0, |v| v.value());
+                if timer_hwm > old {
+                    meta.insert(TIMER_HWM, timer_hwm)?;
                 }
             }
         }

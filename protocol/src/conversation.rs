@@ -157,6 +157,47 @@ pub struct Message {
     pub media: Vec<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TimerKind {
+    /// A business-initiated follow-up message.
+    FollowUp,
+    /// A reminder message.
+    Reminder,
+    /// The conversation's own status timer (active → inactive → closed).
+    Lifecycle,
+}
+
+impl TimerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerKind::FollowUp => "follow_up",
+            TimerKind::Reminder => "reminder",
+            TimerKind::Lifecycle => "lifecycle",
+        }
+    }
+    pub fn parse(s: &str) -> Option<TimerKind> {
+        [
+            TimerKind::FollowUp,
+            TimerKind::Reminder,
+            TimerKind::Lifecycle,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// A timer a conversation is waiting for. The conversation's list of
+/// pending timers is what makes firing idempotent: a fire for an id that is
+/// not pending (already handled, cancelled, or never acknowledged) is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingTimer {
+    pub id: u64,
+    pub due: Timestamp,
+    pub kind: TimerKind,
+    pub text: Option<String>,
+    pub channel: Option<Channel>,
+}
+
 /// Everything that can happen to a conversation. Appended to the log in the
 /// order the owning actor decided them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +210,20 @@ pub enum ConvEvent {
         at: Timestamp,
     },
     MessageAppended(Message),
+    // New variants go at the end: bincode stores the variant index.
+    TimerScheduled(PendingTimer),
+    /// Timer `id` came due and its effects (events after it) were applied.
+    TimerFired {
+        id: u64,
+        at: Timestamp,
+    },
+    TimerCancelled {
+        id: u64,
+    },
+    StatusChanged {
+        status: Status,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,7 +241,8 @@ pub struct ConversationState {
     /// Channels in the order the conversation first used them.
     pub channels: Vec<Channel>,
     pub assigned_agent: Option<String>,
-    pub timers: Vec<String>,
+    /// Timers this conversation is waiting for, in scheduling order.
+    pub timers: Vec<PendingTimer>,
     /// Sequence number of the last event applied (`Created` is 1).
     pub last_seq: u32,
 }
@@ -257,9 +313,28 @@ impl ConversationState {
                 }
                 self.messages.push(m.clone());
             }
+            ConvEvent::TimerScheduled(t) => {
+                self.timers.retain(|p| p.id != t.id);
+                self.timers.push(t.clone());
+            }
+            ConvEvent::TimerFired { id, .. } | ConvEvent::TimerCancelled { id } => {
+                self.timers.retain(|p| p.id != *id);
+            }
+            ConvEvent::StatusChanged { status, .. } => self.status = *status,
         }
         self.last_seq = seq;
         Ok(())
+    }
+
+    pub fn pending_timer(&self, id: u64) -> Option<&PendingTimer> {
+        self.timers.iter().find(|t| t.id == id)
+    }
+
+    /// When the last message (either direction) was recorded.
+    pub fn last_message_at(&self) -> Timestamp {
+        self.messages
+            .last()
+            .map_or(self.created_at, |m| m.recorded_at)
     }
 
     pub fn message_id(&self, seq: u32) -> MessageId {

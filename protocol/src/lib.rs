@@ -10,10 +10,10 @@ pub mod conversation;
 pub mod ids;
 pub mod time;
 
-pub use codec::{DeadLetter, InboundMessage, LogRecord};
+pub use codec::{DeadLetter, InboundMessage, LogRecord, TimerOwner, TimerRow};
 pub use conversation::{
     Author, Captured, Channel, ConvEvent, ConversationState, Delivery, Direction, Identities,
-    Message, Status,
+    Message, PendingTimer, Status, TimerKind,
 };
 pub use ids::{ConversationId, MessageId};
 pub use time::Timestamp;

@@ -69,6 +69,47 @@ fn snapshot_v1_fixture_still_decodes() {
     assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v1_state());
 }
 
+fn v2_state() -> ConversationState {
+    let mut s = v1_state();
+    s.apply(
+        3,
+        &ConvEvent::TimerScheduled(PendingTimer {
+            id: 77,
+            due: Timestamp(1_795_000_100_000),
+            kind: TimerKind::FollowUp,
+            text: Some("Still want that cleaning?".into()),
+            channel: Some(Channel::Sms),
+        }),
+    )
+    .unwrap();
+    s.apply(
+        4,
+        &ConvEvent::StatusChanged {
+            status: Status::Inactive,
+            at: Timestamp(1_795_000_200_000),
+        },
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn snapshot_v2_fixture_still_decodes() {
+    let bytes = check("snapshot_v2.bin", codec::encode_snapshot(&v2_state()));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v2_state());
+}
+
+#[test]
+fn timer_row_v1_fixture_still_decodes() {
+    let row = TimerRow {
+        id: 77,
+        due: Timestamp(1_795_000_100_000),
+        owner: TimerOwner::Conversation(ConversationId(0x2a)),
+    };
+    let bytes = check("timer_row_v1.bin", codec::encode_timer_row(&row));
+    assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
+}
+
 #[test]
 fn log_record_v1_fixture_still_decodes() {
     let bytes = check(

@@ -107,6 +107,34 @@ impl Node {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn send_admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, self.url(path)).bearer_auth(ADMIN);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Moves the simulated clock; returns once everything due was handled.
+    pub async fn advance(&self, seconds: f64) -> Value {
+        let (s, v) = self
+            .send_admin(
+                reqwest::Method::POST,
+                "/api/v1/clock/advance",
+                Some(&json!({ "seconds": seconds })),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
     pub async fn get_admin(&self, path: &str) -> (u16, Value) {
         let r = self
             .http

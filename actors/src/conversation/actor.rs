@@ -3,7 +3,8 @@
 //! It loads its durable state lazily on the first message (after a
 //! persistence barrier, so a predecessor's queued writes are committed),
 //! hands each command to the core, queues the resulting events for the
-//! writer and answers the caller only when the writer reports them durable.
+//! writer as ONE operation (so a decision and its effects commit together)
+//! and answers the caller only when the writer reports them durable.
 //! Messages are handled one at a time in mailbox order; the actor does not
 //! wait for the commit before taking the next one (FIFO commits keep the
 //! order durable).
@@ -13,14 +14,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use threadline_protocol::codec::{self, InboundMessage, LogRecord};
-use threadline_protocol::{ConversationId, ConversationState, MessageId, Timestamp};
+use threadline_protocol::codec::{self, InboundMessage, LogRecord, TimerOwner, TimerRow};
+use threadline_protocol::{ConvEvent, ConversationId, ConversationState, MessageId, Timestamp};
 use tokio::sync::oneshot;
 
-use super::core::{identities_for, Conversation, InboundOutcome};
+use super::core::{identities_for, Conversation, InboundOutcome, TimerSpec};
 use super::{ConvKey, EntryMeta};
-use crate::persistence::Op;
+use crate::persistence::{Done, Op};
 use crate::runtime::Shared;
+use crate::scheduler::SchedMsg;
+use crate::store::{StoreError, TimerIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundAck {
@@ -37,15 +40,26 @@ pub enum ConvError {
     Storage(String),
 }
 
+type Reply<T> = oneshot::Sender<Result<T, ConvError>>;
+
 pub enum ConvMsg {
     Inbound {
         msg: InboundMessage,
-        reply: oneshot::Sender<Result<InboundAck, ConvError>>,
+        reply: Reply<InboundAck>,
     },
     /// The conversation's current state, `None` if the contact has none.
     View {
-        reply: oneshot::Sender<Result<Option<ConversationState>, ConvError>>,
+        reply: Reply<Option<ConversationState>>,
     },
+    /// Schedules a timer; `None` if the contact has no conversation.
+    ScheduleTimer {
+        spec: TimerSpec,
+        reply: Reply<Option<u64>>,
+    },
+    /// Timer `id` came due (delivered at least once; handled at most once).
+    FireTimer { id: u64, reply: Reply<()> },
+    /// Cancels timer `id`; false if it is not pending here.
+    CancelTimer { id: u64, reply: Reply<bool> },
     /// Snapshot, leave the directory and stop. With `idle_before`, only if
     /// the actor has not been active since that instant.
     Passivate { idle_before: Option<Timestamp> },
@@ -133,8 +147,50 @@ impl Actor for ConversationActor {
                 let r = st.ensure_loaded().await;
                 let _ = reply.send(r.map(|()| st.conv.as_ref().map(|c| c.state.clone())));
             }
+            ConvMsg::ScheduleTimer { spec, reply } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let shared = st.args.shared.clone();
+                let Some(conv) = st.conv.as_mut() else {
+                    let _ = reply.send(Ok(None));
+                    return Ok(());
+                };
+                let id = shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+                let events = conv.schedule_timer(id, spec);
+                st.commit(&myself, events, None, move |r| {
+                    let _ = reply.send(r.map(|()| Some(id)));
+                })
+                .await;
+            }
+            ConvMsg::FireTimer { id, reply } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                st.on_fire(&myself, id, reply).await;
+            }
+            ConvMsg::CancelTimer { id, reply } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                match st.conv.as_mut().and_then(|c| c.cancel_timer(id)) {
+                    Some(events) => {
+                        st.commit(&myself, events, None, move |r| {
+                            let _ = reply.send(r.map(|()| true));
+                        })
+                        .await
+                    }
+                    None => {
+                        let _ = reply.send(Ok(false));
+                    }
+                }
+            }
             ConvMsg::Passivate { idle_before } => st.passivate(&myself, idle_before).await,
             ConvMsg::StorageFailed => {
+                st.poisoned = true;
                 st.args
                     .shared
                     .dir
@@ -152,7 +208,7 @@ impl ConvState {
             return Ok(());
         }
         let shared = &self.args.shared;
-        let storage = |e: crate::store::StoreError| ConvError::Storage(e.to_string());
+        let storage = |e: StoreError| ConvError::Storage(e.to_string());
         shared.persistence.barrier().await.map_err(storage)?;
         let store = shared.persistence.store.clone();
         let key = self.args.key.clone();
@@ -174,16 +230,106 @@ impl ConvState {
         Ok(())
     }
 
+    /// Queues `events` (already applied to the state) as one durable write,
+    /// with the timer index changes they imply; `then` runs once they are
+    /// durable (or definitely failed). The scheduler learns of new and
+    /// finished timers only after the commit.
+    async fn commit(
+        &mut self,
+        myself: &ActorRef<ConvMsg>,
+        events: Vec<(u32, ConvEvent)>,
+        index: Option<(String, String)>,
+        then: impl FnOnce(Result<(), ConvError>) + Send + 'static,
+    ) {
+        let Some(conv) = &self.conv else {
+            then(Ok(()));
+            return;
+        };
+        let id = conv.id();
+        let owner = TimerOwner::Conversation(id);
+        let mut timers = Vec::new();
+        let mut records = Vec::with_capacity(events.len());
+        for (seq, event) in events {
+            match &event {
+                ConvEvent::TimerScheduled(t) => timers.push(TimerIndex::Put(TimerRow {
+                    id: t.id,
+                    due: t.due,
+                    owner,
+                })),
+                ConvEvent::TimerFired { id, .. } | ConvEvent::TimerCancelled { id } => {
+                    timers.push(TimerIndex::Delete(*id))
+                }
+                _ => {}
+            }
+            records.push((
+                seq,
+                codec::encode_log_record(&LogRecord {
+                    conv: id,
+                    seq,
+                    event,
+                }),
+            ));
+        }
+        if records.is_empty() {
+            // Nothing new: answer once everything before is durable.
+            let done: Done =
+                Box::new(move |r| then(r.map_err(|e| ConvError::Storage(e.to_string()))));
+            let _ = self
+                .args
+                .shared
+                .persistence
+                .submit(Op::Barrier { done })
+                .await;
+            return;
+        }
+        self.since_snapshot += records.len() as u32;
+        let me = myself.clone();
+        let shared = self.args.shared.clone();
+        let notify = timers.clone();
+        let done: Done = Box::new(move |r| match r {
+            Ok(()) => {
+                if !notify.is_empty() {
+                    if let Some(s) = shared.scheduler.read().as_ref() {
+                        for t in notify {
+                            let _ = s.cast(match t {
+                                TimerIndex::Put(row) => SchedMsg::Add(row),
+                                TimerIndex::Delete(id) => SchedMsg::Remove(id),
+                            });
+                        }
+                    }
+                }
+                then(Ok(()));
+            }
+            Err(e) => {
+                then(Err(ConvError::Storage(e.to_string())));
+                let _ = me.cast(ConvMsg::StorageFailed);
+            }
+        });
+        let op = Op::Event {
+            conv: id,
+            records,
+            index,
+            timers,
+            done: Some(done),
+        };
+        // If the writer is gone (shutdown) the op and its callback are
+        // dropped; the caller sees its reply channel close.
+        let _ = self.args.shared.persistence.submit(op).await;
+        if self.since_snapshot >= self.args.shared.snapshot_every {
+            self.snapshot(None).await;
+        }
+    }
+
     async fn on_inbound(
         &mut self,
         myself: &ActorRef<ConvMsg>,
         msg: InboundMessage,
-        reply: oneshot::Sender<Result<InboundAck, ConvError>>,
+        reply: Reply<InboundAck>,
     ) {
         let shared = self.args.shared.clone();
         let now = shared.clock.now();
         self.args.meta.touch(now);
-        let mut events = Vec::with_capacity(2);
+        let mut events = Vec::with_capacity(3);
         let mut index = None;
         if self.conv.is_none() {
             let id = ConversationId(shared.next_conversation.fetch_add(1, Ordering::Relaxed));
@@ -202,13 +348,17 @@ impl ConvState {
             self.conv = Some(conv);
         }
         let conv = self.conv.as_mut().expect("created above");
+        let policy = shared.lifecycle(self.args.key.tenant());
         let outcome = match catch_unwind(AssertUnwindSafe(|| {
-            conv.on_inbound(&msg, now, &shared.core)
-        })) {
-            Ok((outcome, more)) => {
-                events.extend(more);
-                outcome
+            let (outcome, more) = conv.on_inbound(&msg, now, &shared.core);
+            events.extend(more);
+            if matches!(outcome, InboundOutcome::Recorded(_)) {
+                let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+                events.extend(conv.ensure_lifecycle(now, &policy, &mut next_id));
             }
+            outcome
+        })) {
+            Ok(outcome) => outcome,
             Err(panic) => {
                 let text = panic_text(&panic);
                 let _ = reply.send(Err(ConvError::Panicked(text)));
@@ -217,66 +367,64 @@ impl ConvState {
                 std::panic::resume_unwind(panic);
             }
         };
-        let conversation = conv.id();
         let (message, duplicate) = match outcome {
             InboundOutcome::Recorded(m) => (m, false),
             InboundOutcome::Duplicate(m) => (m, true),
         };
         let ack = InboundAck {
-            conversation,
+            conversation: conv.id(),
             message,
             duplicate,
         };
-        let me = myself.clone();
         let metrics = shared.metrics.clone();
-        let done: crate::persistence::Done = Box::new(move |r| match r {
-            Ok(()) => {
+        self.commit(myself, events, index, move |r| {
+            if r.is_ok() {
                 if duplicate {
                     metrics.duplicates.inc();
                 } else {
                     metrics.messages_ingested.inc();
                 }
-                let _ = reply.send(Ok(ack));
             }
-            Err(e) => {
-                let _ = reply.send(Err(ConvError::Storage(e.to_string())));
-                let _ = me.cast(ConvMsg::StorageFailed);
+            let _ = reply.send(r.map(|()| ack));
+        })
+        .await;
+    }
+
+    async fn on_fire(&mut self, myself: &ActorRef<ConvMsg>, id: u64, reply: Reply<()>) {
+        let shared = self.args.shared.clone();
+        let now = shared.clock.now();
+        let policy = shared.lifecycle(self.args.key.tenant());
+        let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+        let fired = self
+            .conv
+            .as_mut()
+            .and_then(|c| c.fire_timer(id, now, &policy, &mut next_id));
+        match fired {
+            Some(events) => {
+                self.commit(myself, events, None, move |r| {
+                    let _ = reply.send(r);
+                })
+                .await
             }
-        });
-        if events.is_empty() {
-            // A duplicate: answer once the original is surely durable.
-            let _ = shared.persistence.submit(Op::Barrier { done }).await;
-            return;
-        }
-        let mut done = Some(done);
-        let last = events.len() - 1;
-        for (i, (seq, event)) in events.into_iter().enumerate() {
-            let record = codec::encode_log_record(&LogRecord {
-                conv: conversation,
-                seq,
-                event,
-            });
-            let op = Op::Event {
-                conv: conversation,
-                seq,
-                record,
-                index: if seq == 1 { index.take() } else { None },
-                done: if i == last { done.take() } else { None },
-            };
-            if shared.persistence.submit(op).await.is_err() {
-                // The writer is gone (shutdown): the caller's reply port was
-                // moved into the dropped op, so it sees the actor as gone.
-                return;
+            None => {
+                // Not ours (handled before, cancelled, or never acknowledged):
+                // drop the index row if one is left.
+                let done: Done = Box::new(move |r| {
+                    let _ = reply.send(r.map_err(|e| ConvError::Storage(e.to_string())));
+                });
+                let _ = shared
+                    .persistence
+                    .submit(Op::TimerDelete {
+                        id,
+                        done: Some(done),
+                    })
+                    .await;
             }
-            self.since_snapshot += 1;
-        }
-        if self.since_snapshot >= shared.snapshot_every {
-            self.snapshot(None).await;
         }
     }
 
     /// Queues a snapshot of the current state.
-    async fn snapshot(&mut self, done: Option<crate::persistence::Done>) -> bool {
+    async fn snapshot(&mut self, done: Option<Done>) -> bool {
         let Some(conv) = &self.conv else {
             return false;
         };

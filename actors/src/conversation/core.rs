@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{
     Author, Channel, ConvEvent, ConversationId, ConversationState, Delivery, Direction, Identities,
-    Message, MessageId, Timestamp,
+    Message, MessageId, PendingTimer, Status, TimerKind, Timestamp,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,33 @@ pub struct CoreConfig {
     /// Test hook: an inbound text exactly equal to this makes the handler
     /// panic. Only settable through `serve --test-hooks`.
     pub panic_trigger: Option<String>,
+}
+
+/// When a quiet conversation changes status (per tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Silence after the last message before active → inactive.
+    pub inactive_after_ms: i64,
+    /// Further silence before inactive → closed.
+    pub close_after_ms: i64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            inactive_after_ms: 24 * 3_600_000,
+            close_after_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// What a new timer should do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimerSpec {
+    pub due: Timestamp,
+    pub kind: TimerKind,
+    pub text: Option<String>,
+    pub channel: Option<Channel>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +155,153 @@ impl Conversation {
             InboundOutcome::Recorded(self.state.message_id(seq)),
             vec![(seq, event)],
         )
+    }
+
+    fn push(&mut self, events: &mut Vec<(u32, ConvEvent)>, event: ConvEvent) {
+        let seq = self.state.next_seq();
+        self.apply(seq, &event);
+        events.push((seq, event));
+    }
+
+    /// Schedules a timer with id `id`; returns its event.
+    pub fn schedule_timer(&mut self, id: u64, spec: TimerSpec) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::with_capacity(1);
+        self.push(
+            &mut events,
+            ConvEvent::TimerScheduled(PendingTimer {
+                id,
+                due: spec.due,
+                kind: spec.kind,
+                text: spec.text,
+                channel: spec.channel,
+            }),
+        );
+        events
+    }
+
+    /// Cancels pending timer `id`; `None` if it is not pending.
+    pub fn cancel_timer(&mut self, id: u64) -> Option<Vec<(u32, ConvEvent)>> {
+        self.state.pending_timer(id)?;
+        let mut events = Vec::with_capacity(1);
+        self.push(&mut events, ConvEvent::TimerCancelled { id });
+        Some(events)
+    }
+
+    /// Keeps exactly one lifecycle timer pending, due no later than the
+    /// silence that would make this conversation inactive.
+    pub fn ensure_lifecycle(
+        &mut self,
+        now: Timestamp,
+        policy: &Lifecycle,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if self.state.status == Status::Closed {
+            return events;
+        }
+        let target = now.saturating_add_millis(policy.inactive_after_ms);
+        let current = self
+            .state
+            .timers
+            .iter()
+            .find(|t| t.kind == TimerKind::Lifecycle)
+            .map(|t| (t.id, t.due));
+        match current {
+            Some((_, due)) if due <= target => return events,
+            Some((id, _)) => self.push(&mut events, ConvEvent::TimerCancelled { id }),
+            None => {}
+        }
+        let id = next_id();
+        self.push(
+            &mut events,
+            ConvEvent::TimerScheduled(PendingTimer {
+                id,
+                due: target,
+                kind: TimerKind::Lifecycle,
+                text: None,
+                channel: None,
+            }),
+        );
+        events
+    }
+
+    /// Timer `id` came due. Returns `None` when it is not pending (already
+    /// handled, cancelled, or never acknowledged): firing is idempotent.
+    /// Effects are computed at the timer's due time, so a simulated jump of
+    /// the clock has the same outcome as time passing.
+    pub fn fire_timer(
+        &mut self,
+        id: u64,
+        now: Timestamp,
+        policy: &Lifecycle,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Option<Vec<(u32, ConvEvent)>> {
+        let timer = self.state.pending_timer(id)?.clone();
+        let at = timer.due;
+        let mut events = Vec::with_capacity(3);
+        match timer.kind {
+            TimerKind::FollowUp | TimerKind::Reminder => {
+                let channel = timer
+                    .channel
+                    .or_else(|| {
+                        self.state
+                            .messages
+                            .iter()
+                            .rev()
+                            .find(|m| m.direction == Direction::Inbound)
+                            .map(|m| m.channel)
+                    })
+                    .unwrap_or(Channel::Sms);
+                let seq = self.state.next_seq();
+                self.push(
+                    &mut events,
+                    ConvEvent::MessageAppended(Message {
+                        seq,
+                        direction: Direction::Outbound,
+                        channel,
+                        author: Author::Bot,
+                        text: timer.text.clone().unwrap_or_default(),
+                        at,
+                        recorded_at: now,
+                        provider_message_id: None,
+                        delivery: Delivery::Sent,
+                        media: vec![],
+                    }),
+                );
+                self.push(&mut events, ConvEvent::TimerFired { id, at: now });
+            }
+            TimerKind::Lifecycle => {
+                self.push(&mut events, ConvEvent::TimerFired { id, at: now });
+                let last = self.state.last_message_at();
+                let inactive_at = last.saturating_add_millis(policy.inactive_after_ms);
+                let close_at = inactive_at.saturating_add_millis(policy.close_after_ms);
+                let (change, next) = match self.state.status {
+                    Status::Active if at >= close_at => (Some(Status::Closed), None),
+                    Status::Active if at >= inactive_at => (Some(Status::Inactive), Some(close_at)),
+                    Status::Active => (None, Some(inactive_at)),
+                    Status::Inactive if at >= close_at => (Some(Status::Closed), None),
+                    Status::Inactive => (None, Some(close_at)),
+                    Status::Closed => (None, None),
+                };
+                if let Some(status) = change {
+                    self.push(&mut events, ConvEvent::StatusChanged { status, at });
+                }
+                if let Some(due) = next {
+                    let id = next_id();
+                    self.push(
+                        &mut events,
+                        ConvEvent::TimerScheduled(PendingTimer {
+                            id,
+                            due,
+                            kind: TimerKind::Lifecycle,
+                            text: None,
+                            channel: None,
+                        }),
+                    );
+                }
+            }
+        }
+        Some(events)
     }
 
     /// The seq of the message that carried provider id `pid`, if any.
@@ -244,6 +418,127 @@ mod tests {
             panic_trigger: Some("boom".into()),
         };
         c.on_inbound(&inbound("boom", None), Timestamp(2), &cfg);
+    }
+
+    fn ids() -> impl FnMut() -> u64 {
+        let mut n = 100;
+        move || {
+            n += 1;
+            n
+        }
+    }
+
+    const H: i64 = 3_600_000;
+
+    #[test]
+    fn lifecycle_goes_inactive_then_closed_and_reopens_on_a_message() {
+        let policy = Lifecycle {
+            inactive_after_ms: 24 * H,
+            close_after_ms: 48 * H,
+        };
+        let mut next = ids();
+        let mut c = new_conv();
+        let cfg = CoreConfig::default();
+        c.on_inbound(&inbound("hi", None), Timestamp(0), &cfg);
+        c.ensure_lifecycle(Timestamp(0), &policy, &mut next);
+        let t = c.state.timers[0].clone();
+        assert_eq!((t.kind, t.due), (TimerKind::Lifecycle, Timestamp(24 * H)));
+        // A message in the meantime: the timer stays, and re-arms when it fires.
+        c.on_inbound(&inbound("again", None), Timestamp(10 * H), &cfg);
+        assert!(c
+            .ensure_lifecycle(Timestamp(10 * H), &policy, &mut next)
+            .is_empty());
+        c.fire_timer(t.id, Timestamp(24 * H), &policy, &mut next)
+            .unwrap();
+        assert_eq!(c.state.status, Status::Active);
+        let t = c.state.timers[0].clone();
+        assert_eq!(t.due, Timestamp(34 * H));
+        // Silence: inactive, then closed.
+        c.fire_timer(t.id, Timestamp(34 * H), &policy, &mut next)
+            .unwrap();
+        assert_eq!(c.state.status, Status::Inactive);
+        let t = c.state.timers[0].clone();
+        assert_eq!(t.due, Timestamp(82 * H));
+        c.fire_timer(t.id, Timestamp(82 * H), &policy, &mut next)
+            .unwrap();
+        assert_eq!(c.state.status, Status::Closed);
+        assert!(c.state.timers.is_empty());
+        // Firing the same id again changes nothing.
+        assert!(c
+            .fire_timer(t.id, Timestamp(90 * H), &policy, &mut next)
+            .is_none());
+        // A new message reopens it and arms a fresh timer.
+        c.on_inbound(&inbound("back", None), Timestamp(100 * H), &cfg);
+        assert_eq!(c.state.status, Status::Active);
+        c.ensure_lifecycle(Timestamp(100 * H), &policy, &mut next);
+        assert_eq!(c.state.timers[0].due, Timestamp(124 * H));
+    }
+
+    #[test]
+    fn reopening_an_inactive_conversation_pulls_its_timer_in() {
+        let policy = Lifecycle {
+            inactive_after_ms: 24 * H,
+            close_after_ms: 48 * H,
+        };
+        let mut next = ids();
+        let mut c = new_conv();
+        c.on_inbound(&inbound("hi", None), Timestamp(0), &CoreConfig::default());
+        c.ensure_lifecycle(Timestamp(0), &policy, &mut next);
+        let id = c.state.timers[0].id;
+        c.fire_timer(id, Timestamp(24 * H), &policy, &mut next)
+            .unwrap();
+        assert_eq!(c.state.timers[0].due, Timestamp(72 * H));
+        c.on_inbound(
+            &inbound("back", None),
+            Timestamp(30 * H),
+            &CoreConfig::default(),
+        );
+        let events = c.ensure_lifecycle(Timestamp(30 * H), &policy, &mut next);
+        assert_eq!(
+            events.len(),
+            2,
+            "cancel the close check, arm the inactivity check"
+        );
+        assert_eq!(c.state.timers.len(), 1);
+        assert_eq!(c.state.timers[0].due, Timestamp(54 * H));
+    }
+
+    #[test]
+    fn a_follow_up_timer_sends_once_on_the_last_inbound_channel() {
+        let mut next = ids();
+        let mut c = new_conv();
+        let mut msg = inbound("hi", None);
+        msg.channel = Channel::Whatsapp;
+        c.on_inbound(&msg, Timestamp(0), &CoreConfig::default());
+        c.schedule_timer(
+            7,
+            TimerSpec {
+                due: Timestamp(5_000),
+                kind: TimerKind::FollowUp,
+                text: Some("Still there?".into()),
+                channel: None,
+            },
+        );
+        let policy = Lifecycle::default();
+        let events = c
+            .fire_timer(7, Timestamp(5_003), &policy, &mut next)
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        let out = c.state.messages.last().unwrap();
+        assert_eq!(
+            (out.direction, out.channel, out.text.as_str(), out.at),
+            (
+                Direction::Outbound,
+                Channel::Whatsapp,
+                "Still there?",
+                Timestamp(5_000)
+            )
+        );
+        assert!(c
+            .fire_timer(7, Timestamp(6_000), &policy, &mut next)
+            .is_none());
+        assert!(c.cancel_timer(7).is_none(), "already fired");
+        assert_eq!(c.state.messages.len(), 2);
     }
 
     #[test]

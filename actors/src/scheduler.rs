@@ -1,0 +1,293 @@
+//! The scheduler actor: owns every pending timer of the node in a timing
+//! wheel and delivers each to its owner when it comes due.
+//!
+//! Durability is the owner's: a timer is scheduled, fired and cancelled by
+//! events in the owner's log, and the `timers` index table changes in the
+//! same transaction. The scheduler is told after the commit (`Add`,
+//! `Remove`) and reloads the index when it (or the node) starts, so a timer
+//! that came due while the node was down fires once at start.
+//!
+//! Delivery is at least once (a crash after delivery and before the owner's
+//! commit delivers again); the owner makes it exactly once as far as anyone
+//! can see, by ignoring ids it is no longer waiting for.
+//!
+//! Time comes from the injected clock. In real time a driver task wakes the
+//! actor at the next deadline; with a simulated clock nothing fires until
+//! `Advance`, which returns once everything due has been handled.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use threadline_protocol::codec::{TimerOwner, TimerRow};
+use threadline_protocol::Timestamp;
+use tokio::sync::{oneshot, Notify};
+
+use crate::router::Router;
+use crate::runtime::Shared;
+use crate::wheel::{Expired, TimerKey, Wheel};
+
+/// A timer whose owner could not be reached is tried again this much later.
+const RETRY_MS: i64 = 1_000;
+
+pub enum SchedMsg {
+    /// A timer was durably scheduled.
+    Add(TimerRow),
+    /// A timer was durably fired or cancelled by its owner.
+    Remove(u64),
+    /// Fire what is due now (real-time driver).
+    Tick,
+    /// Fire everything due at the clock's current time, wait until handled,
+    /// repeat until nothing is due; replies with how many fired.
+    Advance { reply: oneshot::Sender<usize> },
+    /// The owner finished with a fired timer.
+    Handled { id: u64, ok: bool },
+    /// Who owns timer `id`, if it is pending.
+    Owner {
+        id: u64,
+        reply: oneshot::Sender<Option<TimerOwner>>,
+    },
+}
+
+pub struct Scheduler;
+
+pub struct SchedArgs {
+    pub shared: Arc<Shared>,
+    pub rows: Vec<TimerRow>,
+    pub real_time: bool,
+}
+
+struct Entry {
+    key: Option<TimerKey>,
+    due: Timestamp,
+    owner: TimerOwner,
+}
+
+pub struct SchedState {
+    shared: Arc<Shared>,
+    wheel: Wheel,
+    timers: HashMap<u64, Entry>,
+    in_flight: HashSet<u64>,
+    waiters: Vec<oneshot::Sender<usize>>,
+    fired_for_waiters: usize,
+    real_time: bool,
+    next_due: Arc<AtomicI64>,
+    wake: Arc<Notify>,
+    expired: Vec<Expired>,
+}
+
+fn ms(t: Timestamp) -> u64 {
+    t.0.max(0) as u64
+}
+
+impl Actor for Scheduler {
+    type Msg = SchedMsg;
+    type State = SchedState;
+    type Arguments = SchedArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SchedMsg>,
+        args: SchedArgs,
+    ) -> Result<SchedState, ActorProcessingErr> {
+        let now = args.shared.clock.now();
+        let mut st = SchedState {
+            wheel: Wheel::with_capacity(ms(now), args.rows.len()),
+            timers: HashMap::with_capacity(args.rows.len()),
+            in_flight: HashSet::new(),
+            waiters: Vec::new(),
+            fired_for_waiters: 0,
+            real_time: args.real_time,
+            next_due: Arc::new(AtomicI64::new(i64::MAX)),
+            wake: Arc::new(Notify::new()),
+            expired: Vec::new(),
+            shared: args.shared,
+        };
+        for row in args.rows {
+            st.add(row);
+        }
+        st.publish_next();
+        if st.real_time {
+            spawn_driver(
+                myself.clone(),
+                st.shared.clone(),
+                st.next_due.clone(),
+                st.wake.clone(),
+            );
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SchedMsg>,
+        msg: SchedMsg,
+        st: &mut SchedState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedMsg::Add(row) => {
+                st.add(row);
+                st.publish_next();
+            }
+            SchedMsg::Remove(id) => {
+                if let Some(e) = st.timers.remove(&id) {
+                    if let Some(k) = e.key {
+                        st.wheel.cancel(k);
+                    }
+                }
+                st.publish_next();
+            }
+            SchedMsg::Tick => st.fire_due(&myself),
+            SchedMsg::Advance { reply } => {
+                st.waiters.push(reply);
+                st.fire_due(&myself);
+                st.answer_waiters(&myself);
+            }
+            SchedMsg::Handled { id, ok } => {
+                st.in_flight.remove(&id);
+                if ok {
+                    st.timers.remove(&id);
+                    st.shared.metrics.timers_fired.inc();
+                } else if let Some(e) = st.timers.get_mut(&id) {
+                    let retry = st.shared.clock.now().saturating_add_millis(RETRY_MS);
+                    e.key = Some(
+                        st.wheel
+                            .insert(ms(retry), NonZeroU64::new(id).expect("ids start at 1")),
+                    );
+                }
+                st.publish_next();
+                st.answer_waiters(&myself);
+            }
+            SchedMsg::Owner { id, reply } => {
+                let _ = reply.send(st.timers.get(&id).map(|e| e.owner));
+            }
+        }
+        st.shared.metrics.timers_pending.set(st.timers.len() as i64);
+        Ok(())
+    }
+}
+
+impl SchedState {
+    fn add(&mut self, row: TimerRow) {
+        let Some(nz) = NonZeroU64::new(row.id) else {
+            return;
+        };
+        if let Some(old) = self.timers.remove(&row.id) {
+            if let Some(k) = old.key {
+                self.wheel.cancel(k);
+            }
+        }
+        let key = self.wheel.insert(ms(row.due), nz);
+        self.timers.insert(
+            row.id,
+            Entry {
+                key: Some(key),
+                due: row.due,
+                owner: row.owner,
+            },
+        );
+    }
+
+    /// Tells the driver when to wake next.
+    fn publish_next(&self) {
+        let next = self
+            .wheel
+            .next_deadline()
+            .map_or(i64::MAX, |d| d.min(i64::MAX as u64) as i64);
+        let old = self.next_due.swap(next, Ordering::SeqCst);
+        if next < old {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Expires what is due and delivers it: each owner's timers one after
+    /// another in (deadline, id) order, different owners in parallel.
+    fn fire_due(&mut self, myself: &ActorRef<SchedMsg>) {
+        let now = self.shared.clock.now();
+        self.expired.clear();
+        self.wheel.poll(ms(now), &mut self.expired);
+        let mut by_owner: HashMap<TimerOwner, Vec<u64>> = HashMap::new();
+        let mut order: Vec<TimerOwner> = Vec::new();
+        for e in std::mem::take(&mut self.expired) {
+            let id = e.id.get();
+            let Some(entry) = self.timers.get_mut(&id) else {
+                continue;
+            };
+            entry.key = None;
+            if self.real_time {
+                let late = (now.0 - entry.due.0).max(0) as f64 / 1000.0;
+                self.shared.metrics.timer_lateness_seconds.observe(late);
+            }
+            self.in_flight.insert(id);
+            self.fired_for_waiters += 1;
+            let list = by_owner.entry(entry.owner).or_default();
+            if list.is_empty() {
+                order.push(entry.owner);
+            }
+            list.push(id);
+        }
+        for owner in order {
+            let ids = by_owner.remove(&owner).unwrap_or_default();
+            let router = Router {
+                shared: self.shared.clone(),
+            };
+            let me = myself.clone();
+            tokio::spawn(async move {
+                for id in ids {
+                    let ok = router.fire_timer(owner, id).await.is_ok();
+                    let _ = me.cast(SchedMsg::Handled { id, ok });
+                }
+            });
+        }
+        self.publish_next();
+    }
+
+    /// An advance is complete when nothing fired is still being handled and
+    /// nothing more is due (handlers may have scheduled timers already due).
+    fn answer_waiters(&mut self, myself: &ActorRef<SchedMsg>) {
+        if self.waiters.is_empty() || !self.in_flight.is_empty() {
+            return;
+        }
+        self.fire_due(myself);
+        if !self.in_flight.is_empty() {
+            return;
+        }
+        let fired = std::mem::take(&mut self.fired_for_waiters);
+        for w in self.waiters.drain(..) {
+            let _ = w.send(fired);
+        }
+    }
+}
+
+fn spawn_driver(
+    me: ActorRef<SchedMsg>,
+    shared: Arc<Shared>,
+    next_due: Arc<AtomicI64>,
+    wake: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let next = next_due.load(Ordering::SeqCst);
+            let now = shared.clock.now().0;
+            let wait = if next == i64::MAX {
+                1_000
+            } else {
+                (next - now).clamp(0, 1_000)
+            };
+            if wait > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    _ = wake.notified() => continue,
+                }
+            }
+            if me.cast(SchedMsg::Tick).is_err() {
+                break;
+            }
+            // Let the tick be handled before looking at the next deadline.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+}
