@@ -222,3 +222,68 @@ async fn the_clock_endpoint_exists_only_with_a_simulated_clock() {
         .await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_that_came_due_while_the_node_was_down_fires_once_at_start() {
+    let mut node = Node::start(&["--simulated-clock", START]);
+    let (_, ack) = node
+        .inbound(
+            "gw-acme",
+            &sms("acme", "+15551230005", "call me back", None),
+        )
+        .await;
+    let conv = ack["conversation_id"].as_str().unwrap();
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"in_seconds": 60, "kind": "follow_up", "text": "calling you back"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    node.sigkill();
+    // The node comes back two hours later.
+    node.extra = vec!["--simulated-clock".into(), "2026-03-07T14:00:00Z".into()];
+    node.restart();
+    let v = node.advance(0.0).await;
+    assert_eq!(v["fired"], 1, "{v}");
+    let c = node.conversation_of("acme", "+15551230005").await.unwrap();
+    assert_eq!(outbound_texts(&c), ["calling you back"]);
+    let out = c["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        out["at"], "2026-03-07T12:01:00.000Z",
+        "stamped with its due time"
+    );
+    node.advance(0.0).await;
+    let c = node.conversation_of("acme", "+15551230005").await.unwrap();
+    assert_eq!(outbound_texts(&c).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_real_clock_a_due_timer_fires_without_being_asked() {
+    let node = Node::start(&[]);
+    let (_, ack) = node
+        .inbound("gw-acme", &sms("acme", "+15551230006", "hello", None))
+        .await;
+    let conv = ack["conversation_id"].as_str().unwrap();
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"in_seconds": 0, "kind": "reminder", "text": "now"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // Due immediately: the scheduler's own driver delivers it.
+    for _ in 0..500 {
+        let c = node.conversation_of("acme", "+15551230006").await.unwrap();
+        // The counter moves once the scheduler hears the owner handled it.
+        if outbound_texts(&c) == ["now"]
+            && node.metric("threadline_timers_fired_total").await == 1.0
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the due timer never fired");
+}

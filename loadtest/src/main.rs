@@ -8,6 +8,7 @@
 mod client;
 mod ingest;
 mod node;
+mod timers;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Durable ingest throughput against a bare hyper endpoint, in one run.
     Ingest(ingest::IngestArgs),
+    /// Durable timer scheduling and firing lateness.
+    Timers(timers::TimerArgs),
     /// Resident memory of a node holding many conversations.
     Resident(ingest::ResidentArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Ingest(a) => rt.block_on(ingest::run(a)),
+        Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
