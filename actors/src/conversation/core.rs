@@ -53,12 +53,17 @@ pub enum InboundOutcome {
 
 pub struct Conversation {
     pub state: ConversationState,
-    /// Hash of a provider message id → seq of the message carrying it. A hit
-    /// is confirmed against the message itself, so a hash collision can
-    /// never swallow a new message; keeping hashes instead of the ids halves
-    /// the index's memory for resident conversations.
-    by_provider_id: HashMap<u64, u32>,
+    /// Hash of a provider message id → seq of the message carrying it,
+    /// built only once the transcript is longer than `INDEX_AFTER` (a short
+    /// transcript is scanned instead: most conversations are short and many
+    /// are resident, so the index would cost more memory than it saves
+    /// time). A hit is confirmed against the message itself, so a hash
+    /// collision can never swallow a new message.
+    by_provider_id: Option<HashMap<u64, u32>>,
 }
+
+/// Transcript length beyond which provider ids are indexed.
+const INDEX_AFTER: usize = 32;
 
 fn id_hash(id: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
@@ -103,14 +108,23 @@ impl Conversation {
     }
 
     pub fn from_state(state: ConversationState) -> Conversation {
-        let by_provider_id = state
-            .messages
-            .iter()
-            .filter_map(|m| Some((id_hash(m.provider_message_id.as_deref()?), m.seq)))
-            .collect();
-        Conversation {
+        let mut c = Conversation {
             state,
-            by_provider_id,
+            by_provider_id: None,
+        };
+        c.index_if_long();
+        c
+    }
+
+    fn index_if_long(&mut self) {
+        if self.by_provider_id.is_none() && self.state.messages.len() > INDEX_AFTER {
+            self.by_provider_id = Some(
+                self.state
+                    .messages
+                    .iter()
+                    .filter_map(|m| Some((id_hash(m.provider_message_id.as_deref()?), m.seq)))
+                    .collect(),
+            );
         }
     }
 
@@ -306,6 +320,17 @@ impl Conversation {
 
     /// The seq of the message that carried provider id `pid`, if any.
     fn seen(&self, pid: &str) -> Option<u32> {
+        let scan = || {
+            self.state
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.provider_message_id.as_deref() == Some(pid))
+                .map(|m| m.seq)
+        };
+        let Some(index) = &self.by_provider_id else {
+            return scan();
+        };
         let by_seq = |seq: u32| {
             let m = &self.state.messages;
             m.binary_search_by_key(&seq, |m| m.seq)
@@ -313,15 +338,10 @@ impl Conversation {
                 .map(|i| &m[i])
                 .filter(|m| m.provider_message_id.as_deref() == Some(pid))
         };
-        match self.by_provider_id.get(&id_hash(pid)) {
+        match index.get(&id_hash(pid)) {
             Some(&seq) if by_seq(seq).is_some() => Some(seq),
             // A colliding hash: settle it by scanning.
-            Some(_) => self
-                .state
-                .messages
-                .iter()
-                .find(|m| m.provider_message_id.as_deref() == Some(pid))
-                .map(|m| m.seq),
+            Some(_) => scan(),
             None => None,
         }
     }
@@ -331,8 +351,12 @@ impl Conversation {
             .apply(seq, event)
             .expect("the core only produces events in sequence");
         if let ConvEvent::MessageAppended(m) = event {
-            if let Some(pid) = &m.provider_message_id {
-                self.by_provider_id.entry(id_hash(pid)).or_insert(m.seq);
+            match (&mut self.by_provider_id, &m.provider_message_id) {
+                (Some(index), Some(pid)) => {
+                    index.entry(id_hash(pid)).or_insert(m.seq);
+                }
+                (None, _) => self.index_if_long(),
+                _ => {}
             }
         }
     }
@@ -397,6 +421,26 @@ mod tests {
         c.on_inbound(&inbound("x", None), Timestamp(400), &cfg);
         c.on_inbound(&inbound("x", None), Timestamp(500), &cfg);
         assert_eq!(c.state.messages.len(), 3);
+    }
+
+    #[test]
+    fn dedup_holds_for_long_transcripts_with_an_index() {
+        let mut c = new_conv();
+        let cfg = CoreConfig::default();
+        for i in 0..100 {
+            c.on_inbound(&inbound("m", Some(&format!("p{i}"))), Timestamp(i), &cfg);
+        }
+        for i in [0, 31, 32, 33, 99] {
+            let (o, e) = c.on_inbound(&inbound("m", Some(&format!("p{i}"))), Timestamp(500), &cfg);
+            assert!(
+                matches!(o, InboundOutcome::Duplicate(_)) && e.is_empty(),
+                "p{i}"
+            );
+        }
+        let rebuilt = Conversation::from_state(c.state.clone());
+        assert!(rebuilt.by_provider_id.is_some());
+        assert_eq!(rebuilt.seen("p7"), c.seen("p7"));
+        assert_eq!(c.state.messages.len(), 100);
     }
 
     #[test]
