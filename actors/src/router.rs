@@ -282,21 +282,23 @@ impl Router {
         }
     }
 
+    /// Asks the scheduler something and waits for its answer.
+    async fn ask_scheduler<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> SchedMsg,
+    ) -> Result<T, DeliverError> {
+        let stopped = || DeliverError::Unavailable("the scheduler is not running".into());
+        let sched = self.shared.scheduler.read().clone().ok_or_else(stopped)?;
+        let (tx, rx) = oneshot::channel();
+        sched.cast(make(tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
     /// Cancels a pending timer; false if unknown or already fired.
     pub async fn cancel_timer(&self, id: u64) -> Result<bool, DeliverError> {
-        let sched = self
-            .shared
-            .scheduler
-            .read()
-            .clone()
-            .ok_or_else(|| DeliverError::Unavailable("the scheduler is not running".into()))?;
-        let (tx, rx) = oneshot::channel();
-        sched
-            .cast(SchedMsg::Owner { id, reply: tx })
-            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
-        let owner = rx
-            .await
-            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
+        let owner = self
+            .ask_scheduler(|reply| SchedMsg::Owner { id, reply })
+            .await?;
         match owner {
             None => Ok(false),
             Some(TimerOwner::Conversation(conv)) => {
@@ -313,18 +315,8 @@ impl Router {
     /// and returns once all were handled (including timers their handlers
     /// scheduled that were already due). Returns how many fired.
     pub async fn advance_timers(&self) -> Result<usize, DeliverError> {
-        let sched = self
-            .shared
-            .scheduler
-            .read()
-            .clone()
-            .ok_or_else(|| DeliverError::Unavailable("the scheduler is not running".into()))?;
-        let (tx, rx) = oneshot::channel();
-        sched
-            .cast(SchedMsg::Advance { reply: tx })
-            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))?;
-        rx.await
-            .map_err(|_| DeliverError::Unavailable("the scheduler stopped".into()))
+        self.ask_scheduler(|reply| SchedMsg::Advance { reply })
+            .await
     }
 
     pub fn resident(&self) -> usize {

@@ -56,3 +56,33 @@ impl Conn {
         Ok((status, resp.into_body().collect().await?.to_bytes()))
     }
 }
+
+/// A node's `/metrics`, fetched once.
+pub struct NodeMetrics(String);
+
+impl NodeMetrics {
+    pub async fn fetch(addr: SocketAddr) -> anyhow::Result<NodeMetrics> {
+        let (_, body) = Conn::open(addr).await?.get("/metrics").await?;
+        Ok(NodeMetrics(String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Every sample whose series starts with `name`: (series, value).
+    pub fn samples(&self, name: &str) -> Vec<(String, f64)> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The value of the series exactly named `name` (NaN if absent).
+    pub fn value(&self, name: &str) -> f64 {
+        self.samples(name)
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map_or(f64::NAN, |(_, v)| v)
+    }
+}

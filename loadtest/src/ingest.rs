@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::client::Conn;
+use crate::client::{Conn, NodeMetrics};
 use crate::node;
 
 #[derive(clap::Args)]
@@ -101,15 +101,8 @@ pub async fn resident(a: ResidentArgs) -> anyhow::Result<()> {
         hist.add(t.await??)?;
     }
     let took = started.elapsed().as_secs_f64();
-    let mut m = Conn::open(node.addr).await?;
-    let (_, metrics) = m.get("/metrics").await?;
-    let metrics = String::from_utf8_lossy(&metrics);
-    let pick = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let m = NodeMetrics::fetch(node.addr).await?;
+    let pick = |name: &str| m.value(name);
     println!(
         "{} conversations x {} messages in {:.1} s ({:.0} msg/s, p99 {:.2} ms): resident {}, node RSS {:.0} MiB ({:.0} bytes per conversation)",
         a.contacts,
@@ -272,15 +265,8 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
     );
     let ingest = drive("node-ingest", node_addr, &a, run_id).await?;
     eprintln!("{}", ingest.line());
-    let mut m = Conn::open(node_addr).await?;
-    let (_, metrics) = m.get("/metrics").await?;
-    let metrics = String::from_utf8_lossy(&metrics);
-    let pick = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let m = NodeMetrics::fetch(node_addr).await?;
+    let pick = |name: &str| m.value(name);
     let batches = pick("threadline_commit_batch_size_count");
     let ops = pick("threadline_commit_batch_size_sum");
     let rss = pick("threadline_process_resident_memory_bytes");

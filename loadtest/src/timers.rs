@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::client::Conn;
+use crate::client::{Conn, NodeMetrics};
 use crate::node;
 
 #[derive(clap::Args)]
@@ -51,16 +51,6 @@ fn rfc3339(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
-}
-
-fn metric(text: &str, name: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
 }
 
 pub async fn run(a: TimerArgs) -> anyhow::Result<()> {
@@ -132,13 +122,10 @@ pub async fn run(a: TimerArgs) -> anyhow::Result<()> {
         a.fire_rate
     );
     tokio::time::sleep(Duration::from_millis(last_due + 3_000 - now_ms)).await;
-    let (_, m) = conn.get("/metrics").await?;
-    let m = String::from_utf8_lossy(&m);
-    let fired = metric(&m, "threadline_timers_fired_total");
-    let buckets = metric(&m, "threadline_timer_lateness_seconds_bucket");
-    let count = metric(&m, "threadline_timer_lateness_seconds_count")
-        .first()
-        .map_or(0.0, |x| x.1);
+    let m = NodeMetrics::fetch(node.addr).await?;
+    let fired = m.value("threadline_timers_fired_total");
+    let buckets = m.samples("threadline_timer_lateness_seconds_bucket");
+    let count = m.value("threadline_timer_lateness_seconds_count");
     let quantile = |q: f64| {
         buckets
             .iter()
@@ -149,7 +136,7 @@ pub async fn run(a: TimerArgs) -> anyhow::Result<()> {
     println!(
         "firing at {}/s: {} fired; lateness p50 <= {} s, p99 <= {} s, p99.9 <= {} s (histogram bucket bounds)",
         a.fire_rate,
-        fired.first().map_or(0.0, |x| x.1),
+        fired,
         quantile(0.5),
         quantile(0.99),
         quantile(0.999)
