@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::service::service_fn;
@@ -350,6 +350,11 @@ fn decode_segment(s: &str) -> Result<String, ApiError> {
     Ok(d.into_owned())
 }
 
+/// Bodies up to this size are read and discarded when refused, so the
+/// client gets to read the 413 instead of a reset connection; larger ones
+/// just close the connection.
+const DRAIN_REFUSED_BODY: usize = 4 << 20;
+
 /// Reads the body, refusing more than `limit` bytes.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
@@ -359,20 +364,30 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
             format!("the request body exceeds {limit} bytes"),
         )
     };
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(too_large());
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut body = req.into_body();
+    if declared.is_some_and(|len| len > limit as u64) {
+        if declared.is_some_and(|len| len <= DRAIN_REFUSED_BODY as u64) {
+            let _ = Limited::new(body, DRAIN_REFUSED_BODY).collect().await;
+        }
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad("body_unreadable", e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                let rest = DRAIN_REFUSED_BODY.saturating_sub(buf.len() + data.len());
+                let _ = Limited::new(body, rest).collect().await;
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
         }
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::bad("body_unreadable", e.to_string())),
-    }
+    Ok(buf.freeze())
 }
 
 fn require_json(req: &Request<Incoming>) -> Result<(), ApiError> {
