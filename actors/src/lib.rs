@@ -11,6 +11,7 @@
 //! - Time comes from the injected `Clock`, never from the system directly.
 
 pub mod clock;
+pub mod consent;
 pub mod conversation;
 pub mod metrics;
 pub mod persistence;
