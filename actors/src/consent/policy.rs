@@ -391,7 +391,8 @@ pub fn decide(r: &Request) -> Decision {
         let in_window = r
             .whatsapp_last_inbound
             .is_some_and(|last| r.now.0 >= last.0 && r.now.0 - last.0 < DAY_MS);
-        if !in_window && !(r.whatsapp_template && r.consent == Consent::OptedIn) {
+        let template_ok = r.whatsapp_template && r.consent == Consent::OptedIn;
+        if !(in_window || template_ok) {
             return Decision::Block {
                 reason: "outside the WhatsApp 24-hour window: only templates to opted-in users",
             };
