@@ -161,6 +161,33 @@ pub struct Tenant {
     /// Further silence (seconds) after which an inactive conversation closes.
     #[serde(default = "default_close_after")]
     pub close_after_secs: u64,
+    /// One opt-out covers every channel and purpose (FCC revoke-all; the
+    /// waiver runs until 2027-01-31, on is the safe choice).
+    #[serde(default = "default_true")]
+    pub revoke_all: bool,
+    /// Extra keywords and phrases, matched after normalization.
+    #[serde(default)]
+    pub opt_out_keywords: Vec<String>,
+    #[serde(default)]
+    pub opt_in_keywords: Vec<String>,
+    #[serde(default)]
+    pub help_keywords: Vec<String>,
+    /// Keyword language packs, off unless listed (`es`).
+    #[serde(default)]
+    pub language_packs: Vec<String>,
+    /// State rules applied when a recipient's location is unknown (the
+    /// strictest set the tenant enables); two-letter codes.
+    #[serde(default = "default_quiet_states")]
+    pub quiet_hours_states: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_quiet_states() -> Vec<String> {
+    ["FL", "OK", "MD", "WA", "CT", "TX", "AL"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_inactive_after() -> u64 {
@@ -320,6 +347,12 @@ impl Config {
                 gateway_token: "gw-demo".into(),
                 inactive_after_secs: default_inactive_after(),
                 close_after_secs: default_close_after(),
+                revoke_all: true,
+                opt_out_keywords: vec![],
+                opt_in_keywords: vec![],
+                help_keywords: vec![],
+                language_packs: vec![],
+                quiet_hours_states: default_quiet_states(),
             }],
             agents: vec![Agent {
                 id: "demo-agent".into(),
@@ -341,6 +374,52 @@ impl Config {
 
     pub fn tenant(&self, id: &str) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.id == id)
+    }
+
+    /// The consent and lifecycle settings the actors need, per tenant.
+    pub fn tenant_policies(
+        &self,
+    ) -> std::collections::HashMap<String, threadline_actors::conversation::core::TenantPolicy>
+    {
+        use threadline_actors::consent::keywords::Keywords;
+        use threadline_actors::consent::policy::Rule;
+        use threadline_actors::conversation::core::{Lifecycle, TenantPolicy};
+        self.tenants
+            .iter()
+            .map(|t| {
+                let name = if t.name.is_empty() {
+                    t.id.clone()
+                } else {
+                    t.name.clone()
+                };
+                let policy = TenantPolicy {
+                    help_text: if t.help_text.is_empty() {
+                        format!("{name}: reply STOP to opt out.")
+                    } else {
+                        t.help_text.clone()
+                    },
+                    name,
+                    keywords: Keywords::new(
+                        &t.opt_out_keywords,
+                        &t.opt_in_keywords,
+                        &t.help_keywords,
+                        &t.language_packs,
+                    ),
+                    revoke_all: t.revoke_all,
+                    zone: t.timezone.parse().unwrap_or(chrono_tz::UTC),
+                    strict_rules: t
+                        .quiet_hours_states
+                        .iter()
+                        .filter_map(|s| Rule::for_state(s))
+                        .collect(),
+                    lifecycle: Lifecycle {
+                        inactive_after_ms: t.inactive_after_secs as i64 * 1000,
+                        close_after_ms: t.close_after_secs as i64 * 1000,
+                    },
+                };
+                (t.id.clone(), policy)
+            })
+            .collect()
     }
 
     /// Checks every semantic rule (after flags changed the parsed file).
@@ -463,6 +542,39 @@ impl Config {
                     at("close_after_secs"),
                     "must be between 60 and 316224000".into(),
                 );
+            }
+            for (j, p) in t.language_packs.iter().enumerate() {
+                if threadline_actors::consent::keywords::language_pack(p).is_none() {
+                    return err(
+                        vec![Key("tenants"), Index(i), Key("language_packs"), Index(j)],
+                        format!("unknown language pack {p:?} (available: es)"),
+                    );
+                }
+            }
+            for (j, st) in t.quiet_hours_states.iter().enumerate() {
+                if threadline_actors::consent::policy::Rule::for_state(st).is_none() {
+                    return err(
+                        vec![
+                            Key("tenants"),
+                            Index(i),
+                            Key("quiet_hours_states"),
+                            Index(j),
+                        ],
+                        format!("{st:?} has no rules here (FL, OK, MD, WA, CT, TX, AL)"),
+                    );
+                }
+            }
+            for list in [&t.opt_out_keywords, &t.opt_in_keywords, &t.help_keywords] {
+                if list.len() > 100 || list.iter().any(|k| k.trim().is_empty() || k.len() > 64) {
+                    return err(
+                        at("opt_out_keywords"),
+                        "keyword lists hold at most 100 non-empty entries of at most 64 bytes"
+                            .into(),
+                    );
+                }
+            }
+            if t.help_text.len() > 1600 {
+                return err(at("help_text"), "at most 1600 bytes".into());
             }
             if t.gateway_token.len() < 6 {
                 return err(

@@ -246,6 +246,19 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
                 ))),
             }
         }
+        (Method::GET, ["api", "v1", "tenants", tenant, "contacts", address, "consent"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            let state = app.router.view(&tenant, &address).await?;
+            Ok(json_response(StatusCode::OK, &consent_json(state.as_ref())))
+        }
+        (Method::POST, ["api", "v1", "tenants", tenant, "contacts", address, "consent"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            record_consent(app, &tenant, &address, req).await
+        }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
             dead_letters(app).await
@@ -279,11 +292,13 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         | (_, ["api", "v1", "conversations", _])
         | (_, ["api", "v1", "conversations", _, "timers"])
         | (_, ["api", "v1", "timers", _])
-        | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation"]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not supported on {path}", req.method()),
-        )),
+        | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation" | "consent"]) => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not supported on {path}", req.method()),
+            ))
+        }
         _ => Err(ApiError::not_found(format!("no endpoint {path}"))),
     }
 }
@@ -419,6 +434,145 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
         };
         ApiError::bad(code, e.to_string())
     })
+}
+
+/// A contact address for the consent API: an E.164 number, a WhatsApp or
+/// web-chat id, or an email address.
+fn valid_contact(address: &str) -> Result<(), ApiError> {
+    let ok = is_e164(address)
+        || (address.len() <= 64
+            && address
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@+".contains(&b)));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid_path",
+            format!("{address:?} is not a contact address"),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    status: String,
+    channel: Option<String>,
+    purpose: Option<String>,
+    source: String,
+    proof: Option<String>,
+}
+
+async fn record_consent(
+    app: &App,
+    tenant: &str,
+    address: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    valid_contact(address)?;
+    require_json(&req)?;
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: ConsentBody = parse_json(&body)?;
+    let status = threadline_protocol::ConsentStatus::parse(&b.status)
+        .ok_or_else(|| ApiError::bad("invalid_field", "`status` must be opted_in or opted_out"))?;
+    let channel = match &b.channel {
+        None => None,
+        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
+            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
+        })?),
+    };
+    if let Some(p) = &b.purpose {
+        if threadline_actors::consent::policy::Purpose::parse(p).is_none() {
+            return Err(ApiError::bad(
+                "invalid_field",
+                "`purpose` must be conversational, reminder or marketing",
+            ));
+        }
+    }
+    let sources = ["web_form", "verbal", "import", "api", "keyword", "paper"];
+    if !sources.contains(&b.source.as_str()) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("`source` must be one of {}", sources.join(", ")),
+        ));
+    }
+    field_len("proof", b.proof.as_deref().unwrap_or(""), MAX_URL_BYTES)?;
+    let change = threadline_protocol::ConsentChange {
+        status,
+        channel,
+        purpose: b.purpose,
+        source: b.source,
+        keyword: None,
+        raw_text: None,
+        provider_message_id: None,
+        proof: b.proof,
+        at: app.clock.now(),
+    };
+    let conv = app.router.record_consent(tenant, address, change).await?;
+    let state = app.router.view(tenant, address).await?;
+    let mut v = consent_json(state.as_ref());
+    v["conversation_id"] = json!(conv.to_string());
+    Ok(json_response(StatusCode::CREATED, &v))
+}
+
+/// The consent view of a contact: overall status, per channel and purpose,
+/// and the full history.
+pub fn consent_json(state: Option<&ConversationState>) -> Value {
+    use threadline_protocol::ConsentStatus as S;
+    const PURPOSES: [&str; 3] = ["conversational", "reminder", "marketing"];
+    let Some(s) = state else {
+        return json!({"status": "unknown", "channels": {}, "history": []});
+    };
+    let mut channels = serde_json::Map::new();
+    let mut any_out = false;
+    let mut any_in = false;
+    for ch in Channel::ALL {
+        let per: Vec<S> = PURPOSES.iter().map(|p| s.consent_for(ch, p)).collect();
+        let status = if per.contains(&S::OptedOut) {
+            any_out = true;
+            S::OptedOut
+        } else if per.contains(&S::OptedIn) {
+            any_in = true;
+            S::OptedIn
+        } else {
+            S::Unknown
+        };
+        let purposes: serde_json::Map<String, Value> = PURPOSES
+            .iter()
+            .zip(&per)
+            .map(|(p, st)| (p.to_string(), json!(st.as_str())))
+            .collect();
+        channels.insert(
+            ch.as_str().into(),
+            json!({"status": status.as_str(), "purposes": purposes}),
+        );
+    }
+    let status = if any_out {
+        "opted_out"
+    } else if any_in {
+        "opted_in"
+    } else {
+        "unknown"
+    };
+    let history: Vec<Value> = s
+        .consent
+        .iter()
+        .map(|c| {
+            json!({
+                "status": c.status.as_str(),
+                "channel": c.channel.map(|x| x.as_str()),
+                "purpose": c.purpose,
+                "source": c.source,
+                "keyword": c.keyword,
+                "raw_text": c.raw_text,
+                "provider_message_id": c.provider_message_id,
+                "proof": c.proof,
+                "at": rfc3339(c.at),
+            })
+        })
+        .collect();
+    json!({"status": status, "channels": channels, "history": history})
 }
 
 pub fn timer_id_text(id: u64) -> String {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use threadline_actors::conversation::core::{CoreConfig, Lifecycle};
+use threadline_actors::conversation::core::CoreConfig;
 use threadline_actors::{Clock, ManualClock, Metrics, Runtime, RuntimeConfig, SystemClock};
 
 use threadline::config::Config;
@@ -169,19 +169,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rcfg.core = CoreConfig {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
-    rcfg.lifecycles = cfg
-        .tenants
-        .iter()
-        .map(|t| {
-            (
-                t.id.clone(),
-                Lifecycle {
-                    inactive_after_ms: t.inactive_after_secs as i64 * 1000,
-                    close_after_ms: t.close_after_secs as i64 * 1000,
-                },
-            )
-        })
-        .collect();
+    rcfg.tenants = cfg.tenant_policies();
     let manual = match &args.simulated_clock {
         Some(t) => {
             let start = http::parse_rfc3339("--simulated-clock", t)

@@ -24,7 +24,7 @@ fn main() {
         source: "bench",
     };
     let sent = [Timestamp(1_795_600_000_000), Timestamp(1_795_610_000_000)];
-    // Noon Eastern on a Tuesday, stepping a second per decision.
+    // Noon Eastern on Wednesday 2026-11-25, stepping a second per decision.
     let start = 1_795_626_000_000i64;
     let n = 5_000_000;
     for (name, loc, purpose) in [

@@ -269,6 +269,21 @@ impl Router {
         .await
     }
 
+    /// Records a consent change for a contact; resolves once durable.
+    pub async fn record_consent(
+        &self,
+        tenant: &str,
+        contact: &str,
+        change: threadline_protocol::ConsentChange,
+    ) -> Result<ConversationId, DeliverError> {
+        let key = ConvKey::new(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::RecordConsent {
+            change: change.clone(),
+            reply,
+        })
+        .await
+    }
+
     /// Delivers a due timer to its owner; resolves once the owner handled it.
     pub async fn fire_timer(&self, owner: TimerOwner, id: u64) -> Result<(), DeliverError> {
         match owner {

@@ -22,7 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::clock::Clock;
-use crate::conversation::core::{CoreConfig, Lifecycle};
+use crate::conversation::core::{CoreConfig, TenantPolicy};
 use crate::conversation::supervisor::{sweep_interval_for, ConversationSupervisor, SupMsg};
 use crate::conversation::{ConvMsg, Directory};
 use crate::metrics::Metrics;
@@ -47,9 +47,9 @@ pub struct RuntimeConfig {
     /// redb page cache.
     pub storage_cache_bytes: usize,
     pub core: CoreConfig,
-    /// Status timers per tenant; `default_lifecycle` for the others.
-    pub lifecycles: HashMap<String, Lifecycle>,
-    pub default_lifecycle: Lifecycle,
+    /// Consent and lifecycle settings per tenant; `default_tenant` for others.
+    pub tenants: HashMap<String, TenantPolicy>,
+    pub default_tenant: TenantPolicy,
     /// True with a simulated clock: timers fire only on `Runtime::advance`.
     pub simulated_clock: bool,
 }
@@ -64,8 +64,8 @@ impl RuntimeConfig {
             persistence_queue: 65_536,
             storage_cache_bytes: 32 << 20,
             core: CoreConfig::default(),
-            lifecycles: HashMap::new(),
-            default_lifecycle: Lifecycle::default(),
+            tenants: HashMap::new(),
+            default_tenant: TenantPolicy::default(),
             simulated_clock: false,
         }
     }
@@ -84,19 +84,19 @@ pub struct Shared {
     pub passivate_after: Duration,
     pub sweep_interval: Duration,
     pub next_timer_id: AtomicU64,
-    pub lifecycles: HashMap<String, Lifecycle>,
-    pub default_lifecycle: Lifecycle,
+    pub tenants: HashMap<String, Arc<TenantPolicy>>,
+    pub default_tenant: Arc<TenantPolicy>,
     pub simulated_clock: bool,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
 }
 
 impl Shared {
-    pub fn lifecycle(&self, tenant: &str) -> Lifecycle {
-        self.lifecycles
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
+        self.tenants
             .get(tenant)
-            .copied()
-            .unwrap_or(self.default_lifecycle)
+            .cloned()
+            .unwrap_or_else(|| self.default_tenant.clone())
     }
 }
 
@@ -135,8 +135,12 @@ impl Runtime {
             passivate_after: cfg.passivate_after,
             sweep_interval: sweep_interval_for(cfg.passivate_after),
             next_timer_id: AtomicU64::new(report.next_timer_id),
-            lifecycles: cfg.lifecycles.clone(),
-            default_lifecycle: cfg.default_lifecycle,
+            tenants: cfg
+                .tenants
+                .iter()
+                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .collect(),
+            default_tenant: Arc::new(cfg.default_tenant.clone()),
             simulated_clock: cfg.simulated_clock,
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),

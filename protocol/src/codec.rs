@@ -25,7 +25,7 @@ pub enum Kind {
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
-pub const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 3;
 pub const TIMER_ROW_VERSION: u16 = 1;
 pub const DEAD_LETTER_VERSION: u16 = 1;
 
@@ -127,7 +127,8 @@ pub fn encode_snapshot(s: &ConversationState) -> Vec<u8> {
 pub fn decode_snapshot(bytes: &[u8]) -> Result<ConversationState, CodecError> {
     match header(Kind::Snapshot, bytes)? {
         (1, p) => decode_exact::<v1::ConversationStateV1>(Kind::Snapshot, 1, p).map(v1::upgrade),
-        (2, p) => decode_exact(Kind::Snapshot, 2, p),
+        (2, p) => decode_exact::<v2::ConversationStateV2>(Kind::Snapshot, 2, p).map(v2::upgrade),
+        (3, p) => decode_exact(Kind::Snapshot, 3, p),
         (version, _) => Err(CodecError::UnsupportedVersion {
             kind: Kind::Snapshot,
             version,
@@ -178,6 +179,54 @@ mod v1 {
             assigned_agent: s.assigned_agent,
             timers: Vec::new(),
             last_seq: s.last_seq,
+            consent: Vec::new(),
+        }
+    }
+}
+
+/// Frozen format version 2 of the snapshot (before the consent ledger).
+mod v2 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::conversation::{
+        Captured, Channel, ConversationState, Identities, Message, PendingTimer, Status,
+    };
+    use crate::ids::ConversationId;
+    use crate::time::Timestamp;
+
+    #[derive(Deserialize, Serialize)]
+    pub struct ConversationStateV2 {
+        pub id: ConversationId,
+        pub tenant: String,
+        pub contact: String,
+        pub identities: Identities,
+        pub status: Status,
+        pub created_at: Timestamp,
+        pub updated_at: Timestamp,
+        pub messages: Vec<Message>,
+        pub captured: Captured,
+        pub channels: Vec<Channel>,
+        pub assigned_agent: Option<String>,
+        pub timers: Vec<PendingTimer>,
+        pub last_seq: u32,
+    }
+
+    pub fn upgrade(s: ConversationStateV2) -> ConversationState {
+        ConversationState {
+            id: s.id,
+            tenant: s.tenant,
+            contact: s.contact,
+            identities: s.identities,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            messages: s.messages,
+            captured: s.captured,
+            channels: s.channels,
+            assigned_agent: s.assigned_agent,
+            timers: s.timers,
+            last_seq: s.last_seq,
+            consent: Vec::new(),
         }
     }
 }

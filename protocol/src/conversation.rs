@@ -86,6 +86,8 @@ pub enum Delivery {
     Delivered,
     Read,
     Failed,
+    /// Not sent: the outbound gate refused it (consent, WhatsApp window).
+    Blocked,
 }
 
 impl Delivery {
@@ -97,6 +99,7 @@ impl Delivery {
             Delivery::Delivered => "delivered",
             Delivery::Read => "read",
             Delivery::Failed => "failed",
+            Delivery::Blocked => "blocked",
         }
     }
 }
@@ -198,6 +201,55 @@ pub struct PendingTimer {
     pub channel: Option<Channel>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConsentStatus {
+    Unknown,
+    OptedIn,
+    OptedOut,
+}
+
+impl ConsentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentStatus::Unknown => "unknown",
+            ConsentStatus::OptedIn => "opted_in",
+            ConsentStatus::OptedOut => "opted_out",
+        }
+    }
+    pub fn parse(s: &str) -> Option<ConsentStatus> {
+        match s {
+            "opted_in" => Some(ConsentStatus::OptedIn),
+            "opted_out" => Some(ConsentStatus::OptedOut),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded consent change: who, on what scope, how, and the evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    pub status: ConsentStatus,
+    /// `None`: every channel.
+    pub channel: Option<Channel>,
+    /// `None`: every purpose (`conversational`, `reminder`, `marketing`).
+    pub purpose: Option<String>,
+    /// `keyword`, `web_form`, `verbal`, `import`, `api`, `provider` ...
+    pub source: String,
+    /// The keyword class or words matched, when a message caused it.
+    pub keyword: Option<String>,
+    pub raw_text: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub proof: Option<String>,
+    pub at: Timestamp,
+}
+
+impl ConsentChange {
+    pub fn covers(&self, channel: Channel, purpose: &str) -> bool {
+        self.channel.is_none_or(|c| c == channel)
+            && self.purpose.as_deref().is_none_or(|p| p == purpose)
+    }
+}
+
 /// Everything that can happen to a conversation. Appended to the log in the
 /// order the owning actor decided them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -224,6 +276,7 @@ pub enum ConvEvent {
         status: Status,
         at: Timestamp,
     },
+    ConsentChanged(ConsentChange),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +298,8 @@ pub struct ConversationState {
     pub timers: Vec<PendingTimer>,
     /// Sequence number of the last event applied (`Created` is 1).
     pub last_seq: u32,
+    /// Every consent change for this contact, oldest first.
+    pub consent: Vec<ConsentChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -279,6 +334,7 @@ impl ConversationState {
                 assigned_agent: None,
                 timers: Vec::new(),
                 last_seq: 1,
+                consent: Vec::new(),
             }),
             _ => Err(ApplyError::NotCreated),
         }
@@ -321,9 +377,19 @@ impl ConversationState {
                 self.timers.retain(|p| p.id != *id);
             }
             ConvEvent::StatusChanged { status, .. } => self.status = *status,
+            ConvEvent::ConsentChanged(c) => self.consent.push(c.clone()),
         }
         self.last_seq = seq;
         Ok(())
+    }
+
+    /// Consent for one channel and purpose: the latest change covering it.
+    pub fn consent_for(&self, channel: Channel, purpose: &str) -> ConsentStatus {
+        self.consent
+            .iter()
+            .rev()
+            .find(|c| c.covers(channel, purpose))
+            .map_or(ConsentStatus::Unknown, |c| c.status)
     }
 
     pub fn pending_timer(&self, id: u64) -> Option<&PendingTimer> {

@@ -99,6 +99,32 @@ fn snapshot_v2_fixture_still_decodes() {
     assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v2_state());
 }
 
+fn v3_state() -> ConversationState {
+    let mut s = v2_state();
+    s.apply(
+        5,
+        &ConvEvent::ConsentChanged(ConsentChange {
+            status: ConsentStatus::OptedOut,
+            channel: None,
+            purpose: None,
+            source: "keyword".into(),
+            keyword: Some("STOP".into()),
+            raw_text: Some("stop".into()),
+            provider_message_id: Some("SM9".into()),
+            proof: None,
+            at: Timestamp(1_795_000_300_000),
+        }),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn snapshot_v3_fixture_still_decodes() {
+    let bytes = check("snapshot_v3.bin", codec::encode_snapshot(&v3_state()));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v3_state());
+}
+
 #[test]
 fn timer_row_v1_fixture_still_decodes() {
     let row = TimerRow {

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use threadline_protocol::codec::{self, InboundMessage, LogRecord, TimerOwner, TimerRow};
-use threadline_protocol::{ConvEvent, ConversationId, ConversationState, MessageId, Timestamp};
+use threadline_protocol::{
+    Channel, ConsentChange, ConvEvent, ConversationId, ConversationState, MessageId, Timestamp,
+};
 use tokio::sync::oneshot;
 
 use super::core::{identities_for, Conversation, InboundOutcome, TimerSpec};
@@ -42,6 +44,9 @@ pub enum ConvError {
 
 type Reply<T> = oneshot::Sender<Result<T, ConvError>>;
 
+/// (tenant, address) to index when a conversation is created.
+type ContactIndex = (String, String);
+
 pub enum ConvMsg {
     Inbound {
         msg: InboundMessage,
@@ -60,6 +65,11 @@ pub enum ConvMsg {
     FireTimer { id: u64, reply: Reply<()> },
     /// Cancels timer `id`; false if it is not pending here.
     CancelTimer { id: u64, reply: Reply<bool> },
+    /// Records a consent change (creates the conversation if needed).
+    RecordConsent {
+        change: ConsentChange,
+        reply: Reply<ConversationId>,
+    },
     /// Snapshot, leave the directory and stop. With `idle_before`, only if
     /// the actor has not been active since that instant.
     Passivate { idle_before: Option<Timestamp> },
@@ -188,6 +198,22 @@ impl Actor for ConversationActor {
                     }
                 }
             }
+            ConvMsg::RecordConsent { change, reply } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let now = st.args.shared.clock.now();
+                let channel = change.channel.unwrap_or(Channel::Sms);
+                let (mut events, index) = st.create_if_absent(channel, now);
+                let conv = st.conv.as_mut().expect("created above");
+                let id = conv.id();
+                events.extend(conv.record_consent(change));
+                st.commit(&myself, events, index, move |r| {
+                    let _ = reply.send(r.map(|()| id));
+                })
+                .await;
+            }
             ConvMsg::Passivate { idle_before } => st.passivate(&myself, idle_before).await,
             ConvMsg::StorageFailed => {
                 st.poisoned = true;
@@ -238,7 +264,7 @@ impl ConvState {
         &mut self,
         myself: &ActorRef<ConvMsg>,
         events: Vec<(u32, ConvEvent)>,
-        index: Option<(String, String)>,
+        index: Option<ContactIndex>,
         then: impl FnOnce(Result<(), ConvError>) + Send + 'static,
     ) {
         let Some(conv) = &self.conv else {
@@ -329,32 +355,17 @@ impl ConvState {
         let shared = self.args.shared.clone();
         let now = shared.clock.now();
         self.args.meta.touch(now);
-        let mut events = Vec::with_capacity(3);
-        let mut index = None;
-        if self.conv.is_none() {
-            let id = ConversationId(shared.next_conversation.fetch_add(1, Ordering::Relaxed));
-            let key = &self.args.key;
-            let (conv, created) = Conversation::create(
-                id,
-                key.tenant(),
-                key.contact(),
-                identities_for(msg.channel, key.contact()),
-                now,
-            );
-            events.push(created);
-            index = Some((key.tenant().to_owned(), key.contact().to_owned()));
-            self.args.meta.conv_id.store(id.0, Ordering::Relaxed);
-            shared.dir.by_id.insert(id.0, self.args.key.clone());
-            self.conv = Some(conv);
-        }
+        let (mut events, index) = self.create_if_absent(msg.channel, now);
         let conv = self.conv.as_mut().expect("created above");
-        let policy = shared.lifecycle(self.args.key.tenant());
+        let tenant = shared.tenant(self.args.key.tenant());
         let outcome = match catch_unwind(AssertUnwindSafe(|| {
             let (outcome, more) = conv.on_inbound(&msg, now, &shared.core);
             events.extend(more);
             if matches!(outcome, InboundOutcome::Recorded(_)) {
+                // Consent keywords are handled before any conversation logic.
+                events.extend(conv.on_keywords(&msg, None, now, &tenant));
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-                events.extend(conv.ensure_lifecycle(now, &policy, &mut next_id));
+                events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));
             }
             outcome
         })) {
@@ -390,15 +401,42 @@ impl ConvState {
         .await;
     }
 
+    /// Starts the conversation if this contact has none: its `Created`
+    /// event and the contact index entry to write with it.
+    fn create_if_absent(
+        &mut self,
+        channel: Channel,
+        now: Timestamp,
+    ) -> (Vec<(u32, ConvEvent)>, Option<ContactIndex>) {
+        if self.conv.is_some() {
+            return (Vec::with_capacity(3), None);
+        }
+        let shared = &self.args.shared;
+        let id = ConversationId(shared.next_conversation.fetch_add(1, Ordering::Relaxed));
+        let key = &self.args.key;
+        let (conv, created) = Conversation::create(
+            id,
+            key.tenant(),
+            key.contact(),
+            identities_for(channel, key.contact()),
+            now,
+        );
+        self.args.meta.conv_id.store(id.0, Ordering::Relaxed);
+        shared.dir.by_id.insert(id.0, self.args.key.clone());
+        self.conv = Some(conv);
+        let index = Some((key.tenant().to_owned(), key.contact().to_owned()));
+        (vec![created], index)
+    }
+
     async fn on_fire(&mut self, myself: &ActorRef<ConvMsg>, id: u64, reply: Reply<()>) {
         let shared = self.args.shared.clone();
         let now = shared.clock.now();
-        let policy = shared.lifecycle(self.args.key.tenant());
+        let tenant = shared.tenant(self.args.key.tenant());
         let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
         let fired = self
             .conv
             .as_mut()
-            .and_then(|c| c.fire_timer(id, now, &policy, &mut next_id));
+            .and_then(|c| c.fire_timer(id, now, &tenant, &mut next_id));
         match fired {
             Some(events) => {
                 self.commit(myself, events, None, move |r| {

@@ -5,6 +5,10 @@
 use std::collections::HashMap;
 
 use threadline_protocol::codec::InboundMessage;
+use threadline_protocol::{ConsentChange, ConsentStatus};
+
+use crate::consent::keywords::{self, Keyword, Keywords};
+use crate::consent::policy::{self, Consent, Decision, Purpose, Rule};
 use threadline_protocol::{
     Author, Channel, ConvEvent, ConversationId, ConversationState, Delivery, Direction, Identities,
     Message, MessageId, PendingTimer, Status, TimerKind, Timestamp,
@@ -31,6 +35,34 @@ impl Default for Lifecycle {
         Lifecycle {
             inactive_after_ms: 24 * 3_600_000,
             close_after_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// A tenant's consent settings, as the pure core needs them.
+#[derive(Debug, Clone)]
+pub struct TenantPolicy {
+    pub name: String,
+    pub help_text: String,
+    pub keywords: Keywords,
+    /// One revocation covers every channel and purpose (FCC revoke-all).
+    pub revoke_all: bool,
+    pub zone: chrono_tz::Tz,
+    /// State rules applied when the recipient's location is unknown.
+    pub strict_rules: Vec<Rule>,
+    pub lifecycle: Lifecycle,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            name: "Threadline".into(),
+            help_text: "Reply STOP to opt out.".into(),
+            keywords: Keywords::default(),
+            revoke_all: true,
+            zone: chrono_tz::UTC,
+            strict_rules: policy::STATE_RULES.to_vec(),
+            lifecycle: Lifecycle::default(),
         }
     }
 }
@@ -171,6 +203,199 @@ impl Conversation {
         )
     }
 
+    /// Consent effects of an inbound message (opt-out, opt-in, help),
+    /// after it was recorded. `hint` is the provider's own classification.
+    pub fn on_keywords(
+        &mut self,
+        msg: &InboundMessage,
+        hint: Option<Keyword>,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let Some(kw) = tenant.keywords.classify(&msg.text, hint) else {
+            return events;
+        };
+        let ch = msg.channel;
+        let change = |status, channel| ConsentChange {
+            status,
+            channel,
+            purpose: None,
+            source: "keyword".into(),
+            keyword: Some(
+                match kw {
+                    Keyword::OptOut => "opt_out",
+                    Keyword::OptIn => "opt_in",
+                    Keyword::Help => "help",
+                }
+                .into(),
+            ),
+            raw_text: Some(msg.text.clone()),
+            provider_message_id: msg.provider_message_id.clone(),
+            proof: None,
+            at: now,
+        };
+        let current = self.state.consent_for(ch, "conversational");
+        match kw {
+            Keyword::OptOut => {
+                let scope = (!tenant.revoke_all).then_some(ch);
+                self.push(
+                    &mut events,
+                    ConvEvent::ConsentChanged(change(ConsentStatus::OptedOut, scope)),
+                );
+                // One confirmation only; a repeated STOP gets none.
+                if current != ConsentStatus::OptedOut {
+                    let text = format!(
+                        "{}: you are unsubscribed and will receive no further messages. Reply START to resubscribe.",
+                        tenant.name
+                    );
+                    self.outbound(
+                        &mut events,
+                        ch,
+                        Author::System,
+                        text,
+                        now,
+                        now,
+                        Delivery::Sent,
+                    );
+                }
+            }
+            Keyword::OptIn => {
+                let is_yes = keywords::normalize(&msg.text).iter().any(|w| w == "yes");
+                let reopen = current == ConsentStatus::OptedOut
+                    || (!is_yes && current != ConsentStatus::OptedIn);
+                if reopen {
+                    self.push(
+                        &mut events,
+                        ConvEvent::ConsentChanged(change(ConsentStatus::OptedIn, Some(ch))),
+                    );
+                    let text = format!(
+                        "{}: you are resubscribed. Reply HELP for help, STOP to opt out.",
+                        tenant.name
+                    );
+                    self.outbound(
+                        &mut events,
+                        ch,
+                        Author::System,
+                        text,
+                        now,
+                        now,
+                        Delivery::Sent,
+                    );
+                }
+            }
+            Keyword::Help => {
+                let text = tenant.help_text.clone();
+                self.outbound(
+                    &mut events,
+                    ch,
+                    Author::System,
+                    text,
+                    now,
+                    now,
+                    Delivery::Sent,
+                );
+            }
+        }
+        events
+    }
+
+    /// Records a change of consent made through the API.
+    pub fn record_consent(&mut self, change: ConsentChange) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::with_capacity(1);
+        self.push(&mut events, ConvEvent::ConsentChanged(change));
+        events
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn outbound(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        channel: Channel,
+        author: Author,
+        text: String,
+        at: Timestamp,
+        now: Timestamp,
+        delivery: Delivery,
+    ) {
+        let seq = self.state.next_seq();
+        self.push(
+            events,
+            ConvEvent::MessageAppended(Message {
+                seq,
+                direction: Direction::Outbound,
+                channel,
+                author,
+                text,
+                at,
+                recorded_at: now,
+                provider_message_id: None,
+                delivery,
+                media: vec![],
+            }),
+        );
+    }
+
+    /// The gate's verdict on a business-initiated message at `now`.
+    pub fn gate(
+        &self,
+        channel: Channel,
+        purpose: Purpose,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+    ) -> Decision {
+        let s = &self.state;
+        let consent = match s.consent_for(channel, purpose.as_str()) {
+            ConsentStatus::OptedIn => Consent::OptedIn,
+            ConsentStatus::OptedOut => Consent::OptedOut,
+            ConsentStatus::Unknown => Consent::Unknown,
+        };
+        let fact = |k: &str| s.captured.facts.get(k).map(String::as_str);
+        let zone = fact("timezone").and_then(|z| z.parse().ok());
+        let location = policy::locate(
+            fact("region"),
+            zone,
+            fact("provider_state"),
+            s.identities.phone.as_deref(),
+            tenant.zone,
+            &tenant.strict_rules,
+        );
+        let day_ago = now.0 - 86_400_000;
+        let sent: Vec<Timestamp> = s
+            .messages
+            .iter()
+            .filter(|m| {
+                m.direction == Direction::Outbound
+                    && m.author == Author::Bot
+                    && m.delivery != Delivery::Blocked
+                    && m.recorded_at.0 > day_ago
+            })
+            .map(|m| m.recorded_at)
+            .collect();
+        let whatsapp_last_inbound = s
+            .messages
+            .iter()
+            .rev()
+            .find(|m| {
+                m.direction == Direction::Inbound
+                    && matches!(m.channel, Channel::Whatsapp | Channel::Voice)
+            })
+            .map(|m| m.recorded_at);
+        policy::decide(&policy::Request {
+            now,
+            channel,
+            purpose,
+            subject: purpose.as_str(),
+            consent,
+            confirmation: false,
+            direct_reply: false,
+            location: &location,
+            sent_on_subject: &sent,
+            whatsapp_last_inbound,
+            whatsapp_template: false,
+        })
+    }
+
     fn push(&mut self, events: &mut Vec<(u32, ConvEvent)>, event: ConvEvent) {
         let seq = self.state.next_seq();
         self.apply(seq, &event);
@@ -247,9 +472,10 @@ impl Conversation {
         &mut self,
         id: u64,
         now: Timestamp,
-        policy: &Lifecycle,
+        tenant: &TenantPolicy,
         next_id: &mut dyn FnMut() -> u64,
     ) -> Option<Vec<(u32, ConvEvent)>> {
+        let policy = &tenant.lifecycle;
         let timer = self.state.pending_timer(id)?.clone();
         let at = timer.due;
         let mut events = Vec::with_capacity(3);
@@ -266,23 +492,48 @@ impl Conversation {
                             .map(|m| m.channel)
                     })
                     .unwrap_or(Channel::Sms);
-                let seq = self.state.next_seq();
-                self.push(
-                    &mut events,
-                    ConvEvent::MessageAppended(Message {
-                        seq,
-                        direction: Direction::Outbound,
-                        channel,
-                        author: Author::Bot,
-                        text: timer.text.clone().unwrap_or_default(),
-                        at,
-                        recorded_at: now,
-                        provider_message_id: None,
-                        delivery: Delivery::Sent,
-                        media: vec![],
-                    }),
-                );
+                let purpose = if timer.kind == TimerKind::Reminder {
+                    Purpose::Reminder
+                } else {
+                    Purpose::Conversational
+                };
+                let text = timer.text.clone().unwrap_or_default();
                 self.push(&mut events, ConvEvent::TimerFired { id, at: now });
+                // Judged at the due time, as if the clock had stopped there.
+                match self.gate(channel, purpose, at, tenant) {
+                    Decision::Send { .. } => self.outbound(
+                        &mut events,
+                        channel,
+                        Author::Bot,
+                        text,
+                        at,
+                        now,
+                        Delivery::Sent,
+                    ),
+                    Decision::Block { .. } => self.outbound(
+                        &mut events,
+                        channel,
+                        Author::Bot,
+                        text,
+                        at,
+                        now,
+                        Delivery::Blocked,
+                    ),
+                    // Held, not dropped: the same message waits as a new timer.
+                    Decision::Defer { until, .. } => {
+                        let new_id = next_id();
+                        self.push(
+                            &mut events,
+                            ConvEvent::TimerScheduled(PendingTimer {
+                                id: new_id,
+                                due: until,
+                                kind: timer.kind,
+                                text: timer.text.clone(),
+                                channel: Some(channel),
+                            }),
+                        );
+                    }
+                }
             }
             TimerKind::Lifecycle => {
                 self.push(&mut events, ConvEvent::TimerFired { id, at: now });
@@ -474,6 +725,13 @@ mod tests {
 
     const H: i64 = 3_600_000;
 
+    fn tenant(lifecycle: Lifecycle) -> TenantPolicy {
+        TenantPolicy {
+            lifecycle,
+            ..TenantPolicy::default()
+        }
+    }
+
     #[test]
     fn lifecycle_goes_inactive_then_closed_and_reopens_on_a_message() {
         let policy = Lifecycle {
@@ -492,24 +750,24 @@ mod tests {
         assert!(c
             .ensure_lifecycle(Timestamp(10 * H), &policy, &mut next)
             .is_empty());
-        c.fire_timer(t.id, Timestamp(24 * H), &policy, &mut next)
+        c.fire_timer(t.id, Timestamp(24 * H), &tenant(policy), &mut next)
             .unwrap();
         assert_eq!(c.state.status, Status::Active);
         let t = c.state.timers[0].clone();
         assert_eq!(t.due, Timestamp(34 * H));
         // Silence: inactive, then closed.
-        c.fire_timer(t.id, Timestamp(34 * H), &policy, &mut next)
+        c.fire_timer(t.id, Timestamp(34 * H), &tenant(policy), &mut next)
             .unwrap();
         assert_eq!(c.state.status, Status::Inactive);
         let t = c.state.timers[0].clone();
         assert_eq!(t.due, Timestamp(82 * H));
-        c.fire_timer(t.id, Timestamp(82 * H), &policy, &mut next)
+        c.fire_timer(t.id, Timestamp(82 * H), &tenant(policy), &mut next)
             .unwrap();
         assert_eq!(c.state.status, Status::Closed);
         assert!(c.state.timers.is_empty());
         // Firing the same id again changes nothing.
         assert!(c
-            .fire_timer(t.id, Timestamp(90 * H), &policy, &mut next)
+            .fire_timer(t.id, Timestamp(90 * H), &tenant(policy), &mut next)
             .is_none());
         // A new message reopens it and arms a fresh timer.
         c.on_inbound(&inbound("back", None), Timestamp(100 * H), &cfg);
@@ -529,7 +787,7 @@ mod tests {
         c.on_inbound(&inbound("hi", None), Timestamp(0), &CoreConfig::default());
         c.ensure_lifecycle(Timestamp(0), &policy, &mut next);
         let id = c.state.timers[0].id;
-        c.fire_timer(id, Timestamp(24 * H), &policy, &mut next)
+        c.fire_timer(id, Timestamp(24 * H), &tenant(policy), &mut next)
             .unwrap();
         assert_eq!(c.state.timers[0].due, Timestamp(72 * H));
         c.on_inbound(
@@ -547,42 +805,171 @@ mod tests {
         assert_eq!(c.state.timers[0].due, Timestamp(54 * H));
     }
 
+    /// Tuesday 2026-11-24 17:00 UTC: noon in New York, inside every window.
+    const NOON_ET: i64 = 1_795_539_600_000;
+
+    fn nyc() -> TenantPolicy {
+        TenantPolicy {
+            name: "Acme Dental".into(),
+            help_text: "Acme Dental: call +1 555 765 4321. Reply STOP to opt out.".into(),
+            zone: chrono_tz::America::New_York,
+            ..TenantPolicy::default()
+        }
+    }
+
+    fn follow_up(c: &mut Conversation, id: u64, due: i64, channel: Option<Channel>) {
+        c.schedule_timer(
+            id,
+            TimerSpec {
+                due: Timestamp(due),
+                kind: TimerKind::FollowUp,
+                text: Some("Still there?".into()),
+                channel,
+            },
+        );
+    }
+
     #[test]
     fn a_follow_up_timer_sends_once_on_the_last_inbound_channel() {
         let mut next = ids();
         let mut c = new_conv();
         let mut msg = inbound("hi", None);
         msg.channel = Channel::Whatsapp;
-        c.on_inbound(&msg, Timestamp(0), &CoreConfig::default());
-        c.schedule_timer(
-            7,
-            TimerSpec {
-                due: Timestamp(5_000),
-                kind: TimerKind::FollowUp,
-                text: Some("Still there?".into()),
-                channel: None,
-            },
-        );
-        let policy = Lifecycle::default();
+        c.on_inbound(&msg, Timestamp(NOON_ET), &CoreConfig::default());
+        follow_up(&mut c, 7, NOON_ET + 5_000, None);
+        let t = nyc();
         let events = c
-            .fire_timer(7, Timestamp(5_003), &policy, &mut next)
+            .fire_timer(7, Timestamp(NOON_ET + 5_003), &t, &mut next)
             .unwrap();
         assert_eq!(events.len(), 2);
         let out = c.state.messages.last().unwrap();
         assert_eq!(
-            (out.direction, out.channel, out.text.as_str(), out.at),
+            (
+                out.direction,
+                out.channel,
+                out.text.as_str(),
+                out.at,
+                out.delivery
+            ),
             (
                 Direction::Outbound,
                 Channel::Whatsapp,
                 "Still there?",
-                Timestamp(5_000)
+                Timestamp(NOON_ET + 5_000),
+                Delivery::Sent
             )
         );
         assert!(c
-            .fire_timer(7, Timestamp(6_000), &policy, &mut next)
+            .fire_timer(7, Timestamp(NOON_ET + 6_000), &t, &mut next)
             .is_none());
         assert!(c.cancel_timer(7).is_none(), "already fired");
         assert_eq!(c.state.messages.len(), 2);
+    }
+
+    #[test]
+    fn stop_confirms_once_blocks_follow_ups_and_start_reopens() {
+        let t = nyc();
+        let mut next = ids();
+        let mut c = new_conv();
+        let cfg = CoreConfig::default();
+        let now = Timestamp(NOON_ET);
+        c.on_inbound(&inbound("STOP", Some("s1")), now, &cfg);
+        c.on_keywords(&inbound("STOP", Some("s1")), None, now, &t);
+        assert_eq!(
+            c.state.consent_for(Channel::Sms, "marketing"),
+            ConsentStatus::OptedOut
+        );
+        assert_eq!(
+            c.state.consent_for(Channel::Whatsapp, "reminder"),
+            ConsentStatus::OptedOut,
+            "revoke-all"
+        );
+        let confirmations = |c: &Conversation| {
+            c.state
+                .messages
+                .iter()
+                .filter(|m| m.author == Author::System)
+                .count()
+        };
+        assert_eq!(confirmations(&c), 1);
+        c.on_inbound(&inbound("stop please", Some("s2")), now, &cfg);
+        let again = c.on_keywords(&inbound("stop please", Some("s2")), None, now, &t);
+        assert_eq!(again.len(), 1, "recorded, but no second confirmation");
+        assert_eq!(confirmations(&c), 1);
+        // A follow-up now is blocked, and recorded as such.
+        follow_up(&mut c, 9, NOON_ET + 60_000, Some(Channel::Sms));
+        c.fire_timer(9, Timestamp(NOON_ET + 60_000), &t, &mut next)
+            .unwrap();
+        assert_eq!(c.state.messages.last().unwrap().delivery, Delivery::Blocked);
+        // START reopens SMS, with a confirmation.
+        c.on_keywords(&inbound("START", Some("s3")), None, now, &t);
+        assert_eq!(
+            c.state.consent_for(Channel::Sms, "conversational"),
+            ConsentStatus::OptedIn
+        );
+        assert_eq!(confirmations(&c), 2);
+        // YES while opted in is just a message.
+        assert!(c
+            .on_keywords(&inbound("yes", None), None, now, &t)
+            .is_empty());
+    }
+
+    #[test]
+    fn help_answers_with_the_tenant_text_and_keeps_consent() {
+        let t = nyc();
+        let mut c = new_conv();
+        let events = c.on_keywords(&inbound("HELP", None), None, Timestamp(NOON_ET), &t);
+        assert_eq!(events.len(), 1);
+        assert_eq!(c.state.messages.last().unwrap().text, t.help_text);
+        assert_eq!(
+            c.state.consent_for(Channel::Sms, "marketing"),
+            ConsentStatus::Unknown
+        );
+    }
+
+    #[test]
+    fn a_follow_up_due_in_quiet_hours_waits_as_a_new_timer() {
+        let t = nyc();
+        let mut next = ids();
+        let mut c = new_conv();
+        c.on_inbound(
+            &inbound("hi", None),
+            Timestamp(NOON_ET),
+            &CoreConfig::default(),
+        );
+        // 22:30 Eastern the same day.
+        let late = NOON_ET + 10 * H + 30 * 60_000;
+        follow_up(&mut c, 11, late, None);
+        c.fire_timer(11, Timestamp(late), &t, &mut next).unwrap();
+        assert_eq!(c.state.messages.len(), 1, "nothing sent at night");
+        let held = c
+            .state
+            .timers
+            .iter()
+            .find(|x| x.kind == TimerKind::FollowUp)
+            .unwrap();
+        // Unknown location: tenant zone and the strictest rules (09:00 in
+        // Connecticut and Texas on weekdays).
+        assert_eq!(held.due, Timestamp(NOON_ET + 21 * H));
+        assert_ne!(held.id, 11);
+        // From Wednesday night the next allowed instant skips Thanksgiving
+        // (no calls on holidays in Alabama, one of the strictest rules).
+        let wed_late = late + 24 * H;
+        follow_up(&mut c, 12, wed_late, None);
+        c.fire_timer(12, Timestamp(wed_late), &t, &mut next)
+            .unwrap();
+        let held = c
+            .state
+            .timers
+            .iter()
+            .filter(|x| x.kind == TimerKind::FollowUp)
+            .last()
+            .unwrap();
+        assert_eq!(
+            held.due,
+            Timestamp(NOON_ET + (21 + 48) * H),
+            "Friday 09:00 Eastern"
+        );
     }
 
     #[test]

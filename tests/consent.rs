@@ -1,0 +1,227 @@
+//! End-to-end tests of consent: keywords over the gateway, the gate on
+//! business-initiated messages, and the consent API.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Tuesday 2026-03-10 10:00 EDT.
+const MORNING: &str = "2026-03-10T14:00:00Z";
+
+fn system_texts(conv: &Value) -> Vec<String> {
+    conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["author"] == "system")
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn consent(node: &Node, address: &str) -> Value {
+    let enc = address.replace('+', "%2B");
+    let (s, v) = node
+        .get_admin(&format!("/api/v1/tenants/acme/contacts/{enc}/consent"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+async fn follow_up(node: &Node, conv: &str, secs: u64, text: &str) -> String {
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"in_seconds": secs, "kind": "follow_up", "text": text})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_blocks_follow_ups_with_exactly_one_confirmation_and_start_reopens() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let who = "+15551240001";
+    let (s, ack) = node
+        .inbound("gw-acme", &sms("acme", who, "hi", Some("m1")))
+        .await;
+    assert_eq!(s, 202);
+    let conv = ack["conversation_id"].as_str().unwrap().to_owned();
+    assert_eq!(consent(&node, who).await["status"], "unknown");
+
+    node.inbound("gw-acme", &sms("acme", who, "Stop!", Some("m2")))
+        .await;
+    let c = consent(&node, who).await;
+    assert_eq!(c["status"], "opted_out");
+    assert_eq!(c["channels"]["sms"]["status"], "opted_out");
+    assert_eq!(
+        c["channels"]["whatsapp"]["status"], "opted_out",
+        "revoke-all"
+    );
+    let h = &c["history"][0];
+    assert_eq!(
+        (h["source"].as_str(), h["keyword"].as_str()),
+        (Some("keyword"), Some("opt_out"))
+    );
+    assert_eq!(h["raw_text"], "Stop!");
+    assert_eq!(h["provider_message_id"], "m2");
+    // A repeated STOP is recorded but gets no second confirmation.
+    node.inbound("gw-acme", &sms("acme", who, "STOP", Some("m3")))
+        .await;
+    assert_eq!(
+        consent(&node, who).await["history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let conv_view = node.conversation_of("acme", who).await.unwrap();
+    let confirmations = system_texts(&conv_view);
+    assert_eq!(confirmations.len(), 1, "{confirmations:?}");
+    assert!(confirmations[0].contains("unsubscribed"));
+
+    // A follow-up after the opt-out is blocked, not sent.
+    follow_up(&node, &conv, 60, "Did you want that appointment?").await;
+    node.advance(120.0).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    let last = c["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["author"].as_str(), last["delivery"].as_str()),
+        (Some("bot"), Some("blocked"))
+    );
+
+    // START re-opens SMS, with its confirmation.
+    node.inbound("gw-acme", &sms("acme", who, "START", Some("m4")))
+        .await;
+    let c = consent(&node, who).await;
+    assert_eq!(c["channels"]["sms"]["status"], "opted_in");
+    assert_eq!(
+        c["status"], "opted_out",
+        "other channels stay revoked until re-consented"
+    );
+    follow_up(&node, &conv, 60, "Welcome back").await;
+    node.advance(120.0).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    let last = c["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["text"].as_str(), last["delivery"].as_str()),
+        (Some("Welcome back"), Some("sent"))
+    );
+    assert_eq!(system_texts(&c).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_answers_with_the_tenant_text_and_leaves_consent_alone() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let who = "+15551240002";
+    node.inbound("gw-acme", &sms("acme", who, "help", None))
+        .await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    assert_eq!(system_texts(&c), ["Acme Dental: reply STOP to opt out."]);
+    assert_eq!(consent(&node, who).await["status"], "unknown");
+    // Spanish is off unless the tenant enables it.
+    node.inbound("gw-acme", &sms("acme", who, "PARAR", None))
+        .await;
+    assert_eq!(consent(&node, who).await["status"], "unknown");
+    // Sentences that merely contain a keyword are not opt-outs.
+    node.inbound("gw-acme", &sms("acme", who, "I can't stop laughing", None))
+        .await;
+    assert_eq!(consent(&node, who).await["status"], "unknown");
+    node.inbound("gw-acme", &sms("acme", who, "please stop texting me", None))
+        .await;
+    assert_eq!(consent(&node, who).await["status"], "opted_out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_due_at_2230_is_held_until_0800_and_sent_then() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    // A Miami number: Florida rules, Eastern time, 08:00-20:00.
+    let who = "+13055551234";
+    let (_, ack) = node
+        .inbound("gw-acme", &sms("acme", who, "book me in", None))
+        .await;
+    let conv = ack["conversation_id"].as_str().unwrap();
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"at": "2026-03-11T02:30:00Z", "kind": "reminder", "text": "See you tomorrow at 9"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // 23:00 EDT: it came due at 22:30 and is being held.
+    node.advance(13.0 * 3600.0).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    assert!(c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["text"] != "See you tomorrow at 9"));
+    let held: Vec<&Value> = c["timers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "reminder")
+        .collect();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["at"], "2026-03-11T12:00:00.000Z", "08:00 EDT");
+    // The morning comes: sent once, at 08:00.
+    node.advance(10.0 * 3600.0).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    let sent: Vec<&Value> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["text"] == "See you tomorrow at 9")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0]["at"].as_str(), sent[0]["delivery"].as_str()),
+        (Some("2026-03-11T12:00:00.000Z"), Some("sent"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_recorded_through_the_api_with_its_proof() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let who = "+15551240003";
+    let path = "/api/v1/tenants/acme/contacts/%2B15551240003/consent";
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            path,
+            Some(
+                &json!({"status": "opted_in", "channel": "sms", "purpose": "marketing",
+                         "source": "web_form", "proof": "https://acme.example/form/123"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(v["conversation_id"].as_str().unwrap().starts_with("cnv_"));
+    let c = consent(&node, who).await;
+    assert_eq!(c["channels"]["sms"]["purposes"]["marketing"], "opted_in");
+    assert_eq!(c["channels"]["sms"]["purposes"]["reminder"], "unknown");
+    assert_eq!(c["history"][0]["proof"], "https://acme.example/form/123");
+    assert_eq!(c["history"][0]["at"], "2026-03-10T14:00:00.000Z");
+    for bad in [
+        json!({"status": "maybe", "source": "web_form"}),
+        json!({"status": "opted_in", "source": "rumour"}),
+        json!({"status": "opted_in", "source": "web_form", "channel": "fax"}),
+        json!({"status": "opted_in", "source": "web_form", "purpose": "spam"}),
+        json!({"status": "opted_in"}),
+    ] {
+        let (s, v) = node.send_admin(Method::POST, path, Some(&bad)).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/nope/contacts/%2B15551240003/consent",
+            Some(&json!({"status": "opted_in", "source": "web_form"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+}
