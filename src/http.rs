@@ -259,6 +259,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             let address = decode_segment(address)?;
             record_consent(app, &tenant, &address, req).await
         }
+        (Method::GET, ["api", "v1", "tenants", tenant, "audit"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            audit_export(app, &tenant, req.uri().query().unwrap_or("")).await
+        }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
             dead_letters(app).await
@@ -292,6 +297,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         | (_, ["api", "v1", "conversations", _])
         | (_, ["api", "v1", "conversations", _, "timers"])
         | (_, ["api", "v1", "timers", _])
+        | (_, ["api", "v1", "tenants", _, "audit"])
         | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation" | "consent"]) => {
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -894,6 +900,54 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             }),
         )),
     }
+}
+
+/// At most this many audit records per export request.
+const MAX_AUDIT_EXPORT: usize = 1_000_000;
+
+/// `GET /api/v1/tenants/{t}/audit?contact=&since=`: the tenant's audit
+/// records as NDJSON, in chain order. Without filters the export is the
+/// whole chain and `threadline audit verify` can check it.
+async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiError> {
+    let mut contact = None;
+    let mut since = None;
+    for (k, v) in query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+    {
+        let v = percent_encoding::percent_decode_str(v)
+            .decode_utf8()
+            .map_err(|_| ApiError::bad("invalid_query", "query values must be UTF-8"))?
+            .into_owned();
+        match k {
+            "contact" if !v.is_empty() => {
+                field_len("contact", &v, MAX_ID_BYTES)?;
+                contact = Some(v);
+            }
+            "since" if !v.is_empty() => since = Some(parse_rfc3339("since", &v)?),
+            _ => {}
+        }
+    }
+    let store = app.store.clone();
+    let tenant = tenant.to_owned();
+    let lines = tokio::task::spawn_blocking(move || {
+        store.audit_records(&tenant, contact.as_deref(), since, MAX_AUDIT_EXPORT)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_failed",
+            e.to_string(),
+        )
+    })?;
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    Ok(text_response(StatusCode::OK, "application/x-ndjson", body))
 }
 
 async fn dead_letters(app: &App) -> Result<Resp, ApiError> {

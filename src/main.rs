@@ -36,6 +36,18 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config file; exit 0 if valid, 1 otherwise.
     CheckConfig { file: PathBuf },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of an exported trail (`GET /api/v1/tenants/{t}/audit`
+    /// without filters); FILE `-` reads standard input. Exit 0 if intact.
+    Verify { file: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -74,6 +86,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => audit_verify(&file),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -122,6 +137,34 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_verify(file: &std::path::Path) -> ExitCode {
+    use std::io::BufReader;
+    let result = if file.as_os_str() == "-" {
+        threadline_actors::audit::verify(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => threadline_actors::audit::verify(BufReader::new(f)),
+            Err(e) => {
+                eprintln!("cannot read {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match result {
+        Ok(v) => {
+            println!(
+                "audit trail intact: {} records, {} tenant chains",
+                v.records, v.tenants
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("audit trail BROKEN at {e}");
             ExitCode::FAILURE
         }
     }

@@ -10,6 +10,7 @@
 //!   commit holding the message returned with immediate durability.
 //! - Time comes from the injected `Clock`, never from the system directly.
 
+pub mod audit;
 pub mod clock;
 pub mod consent;
 pub mod conversation;

@@ -33,6 +33,8 @@ pub enum Op {
         records: Vec<(u32, Vec<u8>)>,
         index: Option<(String, String)>,
         timers: Vec<TimerIndex>,
+        /// Audit records to seal into the tenant's chain in the same commit.
+        audit: Vec<crate::audit::AuditDraft>,
         done: Option<Done>,
     },
     /// Drops a timer index row whose owner no longer waits for it.
@@ -165,6 +167,7 @@ fn writer_loop(
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut applied = Vec::with_capacity(MAX_BATCH);
     let mut truncated_below = 0u64;
+    let mut audit_heads = crate::store::AuditHeads::new();
     let mut stopping = false;
     while !stopping {
         let Some(first) = rx.blocking_recv() else {
@@ -200,12 +203,14 @@ fn writer_loop(
                         records,
                         index,
                         timers,
+                        audit,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
                         records,
                         index: index.as_ref().map(|(t, a)| (t.as_str(), a.as_str())),
                         timers,
+                        audit,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Snapshot {
@@ -223,6 +228,7 @@ fn writer_loop(
             let r = BatchWriter {
                 next_log_key: &mut next_log,
                 next_dead_letter: &mut next_dead,
+                audit_heads: &mut audit_heads,
             }
             .commit(&store.db, writes, &mut applied);
             metrics.observe_commit(batch.len(), started.elapsed());

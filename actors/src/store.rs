@@ -33,6 +33,13 @@ pub(crate) const CONVERSATIONS: TableDefinition<u64, &str> = TableDefinition::ne
 pub(crate) const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const TIMERS: TableDefinition<u64, &[u8]> = TableDefinition::new("timers");
+/// `tenant \0 seq (16 hex)` → one sealed audit record (a JSON line).
+pub(crate) const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
+/// tenant → last sealed seq (u64 LE) and hash (32 bytes).
+pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
+
+/// Per-tenant chain heads kept by the writer: (last seq, last hash).
+pub(crate) type AuditHeads = HashMap<String, (u64, crate::audit::Hash)>;
 
 /// Highest timer id ever written, so ids are never reused.
 const TIMER_HWM: &str = "timer_hwm";
@@ -173,6 +180,8 @@ impl Store {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_HEADS)?;
             txn.commit()?;
         }
         let store = Store {
@@ -302,6 +311,41 @@ impl Store {
         Ok(out)
     }
 
+    /// Sealed audit records of a tenant in chain order, optionally only one
+    /// contact's and only from `since` on (a filtered export does not verify
+    /// as a chain: records of other contacts are left out).
+    pub fn audit_records(
+        &self,
+        tenant: &str,
+        contact: Option<&str>,
+        since: Option<threadline_protocol::Timestamp>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AUDIT)?;
+        let from = format!("{tenant}\0");
+        let to = format!("{tenant}\u{1}");
+        let mut out = Vec::new();
+        for item in t.range(from.as_str()..to.as_str())? {
+            let (_, v) = item?;
+            let line = String::from_utf8_lossy(v.value()).into_owned();
+            if contact.is_some() || since.is_some() {
+                let rec: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if contact.is_some_and(|c| rec["contact"] != c) {
+                    continue;
+                }
+                if since.is_some_and(|s| rec["at"].as_i64().unwrap_or(0) < s.0) {
+                    continue;
+                }
+            }
+            out.push(line);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(DEAD_LETTERS)?;
@@ -360,6 +404,7 @@ fn replay(
 pub(crate) struct BatchWriter<'a> {
     pub next_log_key: &'a mut u64,
     pub next_dead_letter: &'a mut u64,
+    pub audit_heads: &'a mut AuditHeads,
 }
 
 pub(crate) enum Applied {
@@ -383,6 +428,7 @@ pub(crate) enum Write<'a> {
         records: &'a [(u32, Vec<u8>)],
         index: Option<(&'a str, &'a str)>,
         timers: &'a [TimerIndex],
+        audit: &'a [crate::audit::AuditDraft],
     },
     Snapshot {
         conv: ConversationId,
@@ -412,6 +458,8 @@ impl BatchWriter<'_> {
         txn.set_durability(redb::Durability::Immediate)?;
         let start_log = *self.next_log_key;
         let start_dead = *self.next_dead_letter;
+        // Chain heads as they were, to restore if the commit fails.
+        let mut heads_before: Vec<(String, Option<(u64, crate::audit::Hash)>)> = Vec::new();
         {
             let mut log = txn.open_table(LOG)?;
             let mut snaps: Option<redb::Table<u64, &[u8]>> = None;
@@ -419,6 +467,8 @@ impl BatchWriter<'_> {
             let mut convs: Option<redb::Table<u64, &str>> = None;
             let mut dead: Option<redb::Table<u64, &[u8]>> = None;
             let mut timers: Option<redb::Table<u64, &[u8]>> = None;
+            let mut audit_t: Option<redb::Table<&str, &[u8]>> = None;
+            let mut audit_heads_t: Option<redb::Table<&str, &[u8]>> = None;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -427,7 +477,44 @@ impl BatchWriter<'_> {
                         records,
                         index,
                         timers: timer_ops,
+                        audit,
                     } => {
+                        for draft in audit {
+                            if audit_t.is_none() {
+                                audit_t = Some(txn.open_table(AUDIT)?);
+                                audit_heads_t = Some(txn.open_table(AUDIT_HEADS)?);
+                            }
+                            let heads_t = audit_heads_t.as_mut().unwrap();
+                            let head = match self.audit_heads.get(&draft.tenant) {
+                                Some(h) => *h,
+                                None => match heads_t.get(draft.tenant.as_str())? {
+                                    Some(v) if v.value().len() == 40 => {
+                                        let b = v.value();
+                                        let mut hash = [0u8; 32];
+                                        hash.copy_from_slice(&b[8..]);
+                                        (u64::from_le_bytes(b[..8].try_into().unwrap()), hash)
+                                    }
+                                    _ => (0, crate::audit::GENESIS),
+                                },
+                            };
+                            if !heads_before.iter().any(|(t, _)| *t == draft.tenant) {
+                                heads_before.push((
+                                    draft.tenant.clone(),
+                                    self.audit_heads.get(&draft.tenant).copied(),
+                                ));
+                            }
+                            let seq = head.0 + 1;
+                            let (line, hash) = crate::audit::seal(&head.1, seq, draft);
+                            let key = format!("{}\0{seq:016x}", draft.tenant);
+                            audit_t
+                                .as_mut()
+                                .unwrap()
+                                .insert(key.as_str(), line.as_bytes())?;
+                            let mut head_bytes = seq.to_le_bytes().to_vec();
+                            head_bytes.extend_from_slice(&hash);
+                            heads_t.insert(draft.tenant.as_str(), head_bytes.as_slice())?;
+                            self.audit_heads.insert(draft.tenant.clone(), (seq, hash));
+                        }
                         for (seq, record) in records {
                             let key = *self.next_log_key;
                             *self.next_log_key += 1;
@@ -504,6 +591,12 @@ impl BatchWriter<'_> {
             // Nothing of this batch is durable: hand the keys out again.
             *self.next_log_key = start_log;
             *self.next_dead_letter = start_dead;
+            for (tenant, head) in heads_before {
+                match head {
+                    Some(h) => self.audit_heads.insert(tenant, h),
+                    None => self.audit_heads.remove(&tenant),
+                };
+            }
             out.clear();
             return Err(e.into());
         }

@@ -123,6 +123,7 @@ async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Opti
         records: vec![(seq, record(conv, seq, e))],
         index: contact.map(|c| ("acme".to_owned(), c.to_owned())),
         timers: vec![],
+        audit: vec![],
         done: None,
     })
     .await

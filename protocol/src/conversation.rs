@@ -250,6 +250,20 @@ impl ConsentChange {
     }
 }
 
+/// One decision of the outbound gate, kept in the log and the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    pub channel: Channel,
+    pub purpose: String,
+    /// `sent`, `deferred` or `blocked`.
+    pub decision: String,
+    /// The rule that allowed, held or refused it.
+    pub rule: String,
+    pub until: Option<Timestamp>,
+    pub text: String,
+    pub at: Timestamp,
+}
+
 /// Everything that can happen to a conversation. Appended to the log in the
 /// order the owning actor decided them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +291,7 @@ pub enum ConvEvent {
         at: Timestamp,
     },
     ConsentChanged(ConsentChange),
+    Decided(GateDecision),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,6 +393,8 @@ impl ConversationState {
             }
             ConvEvent::StatusChanged { status, .. } => self.status = *status,
             ConvEvent::ConsentChanged(c) => self.consent.push(c.clone()),
+            // A record of a decision; its effects are their own events.
+            ConvEvent::Decided(_) => {}
         }
         self.last_seq = seq;
         Ok(())

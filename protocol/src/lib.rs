@@ -13,7 +13,7 @@ pub mod time;
 pub use codec::{DeadLetter, InboundMessage, LogRecord, TimerOwner, TimerRow};
 pub use conversation::{
     Author, Captured, Channel, ConsentChange, ConsentStatus, ConvEvent, ConversationState,
-    Delivery, Direction, Identities, Message, PendingTimer, Status, TimerKind,
+    Delivery, Direction, GateDecision, Identities, Message, PendingTimer, Status, TimerKind,
 };
 pub use ids::{ConversationId, MessageId};
 pub use time::Timestamp;

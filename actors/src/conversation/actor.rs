@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::core::{identities_for, Conversation, InboundOutcome, TimerSpec};
 use super::{ConvKey, EntryMeta};
+use crate::audit::AuditDraft;
 use crate::persistence::{Done, Op};
 use crate::runtime::Shared;
 use crate::scheduler::SchedMsg;
@@ -274,8 +275,12 @@ impl ConvState {
         let id = conv.id();
         let owner = TimerOwner::Conversation(id);
         let mut timers = Vec::new();
+        let mut audit = Vec::new();
         let mut records = Vec::with_capacity(events.len());
         for (seq, event) in events {
+            if let Some(draft) = audit_draft(&self.args.key, id, &event) {
+                audit.push(draft);
+            }
             match &event {
                 ConvEvent::TimerScheduled(t) => timers.push(TimerIndex::Put(TimerRow {
                     id: t.id,
@@ -336,6 +341,7 @@ impl ConvState {
             records,
             index,
             timers,
+            audit,
             done: Some(done),
         };
         // If the writer is gone (shutdown) the op and its callback are
@@ -505,6 +511,48 @@ impl ConvState {
         }
         myself.stop(Some("passivated".into()));
     }
+}
+
+/// The audit record an event calls for: consent changes and gate decisions.
+fn audit_draft(key: &ConvKey, conv: ConversationId, e: &ConvEvent) -> Option<AuditDraft> {
+    let (kind, at, detail) = match e {
+        ConvEvent::ConsentChanged(c) => (
+            "consent",
+            c.at,
+            serde_json::json!({
+                "conversation_id": conv.to_string(),
+                "status": c.status.as_str(),
+                "channel": c.channel.map(|x| x.as_str()),
+                "purpose": c.purpose,
+                "source": c.source,
+                "keyword": c.keyword,
+                "raw_text": c.raw_text,
+                "provider_message_id": c.provider_message_id,
+                "proof": c.proof,
+            }),
+        ),
+        ConvEvent::Decided(d) => (
+            "decision",
+            d.at,
+            serde_json::json!({
+                "conversation_id": conv.to_string(),
+                "channel": d.channel.as_str(),
+                "purpose": d.purpose,
+                "decision": d.decision,
+                "rule": d.rule,
+                "until": d.until.map(|t| t.0),
+                "text": d.text,
+            }),
+        ),
+        _ => return None,
+    };
+    Some(AuditDraft {
+        tenant: key.tenant().to_owned(),
+        contact: key.contact().to_owned(),
+        kind,
+        detail,
+        at,
+    })
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -336,6 +336,34 @@ impl Conversation {
         );
     }
 
+    fn record_decision(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        channel: Channel,
+        purpose: Purpose,
+        d: &Decision,
+        text: &str,
+        at: Timestamp,
+    ) {
+        let (decision, rule, until) = match d {
+            Decision::Send { rule } => ("sent", rule.to_string(), None),
+            Decision::Defer { until, rule } => ("deferred", rule.clone(), Some(*until)),
+            Decision::Block { reason } => ("blocked", reason.to_string(), None),
+        };
+        self.push(
+            events,
+            ConvEvent::Decided(threadline_protocol::GateDecision {
+                channel,
+                purpose: purpose.as_str().into(),
+                decision: decision.into(),
+                rule,
+                until,
+                text: text.into(),
+                at,
+            }),
+        );
+    }
+
     /// The gate's verdict on a business-initiated message at `now`.
     pub fn gate(
         &self,
@@ -500,7 +528,9 @@ impl Conversation {
                 let text = timer.text.clone().unwrap_or_default();
                 self.push(&mut events, ConvEvent::TimerFired { id, at: now });
                 // Judged at the due time, as if the clock had stopped there.
-                match self.gate(channel, purpose, at, tenant) {
+                let decision = self.gate(channel, purpose, at, tenant);
+                self.record_decision(&mut events, channel, purpose, &decision, &text, at);
+                match decision {
                     Decision::Send { .. } => self.outbound(
                         &mut events,
                         channel,
@@ -841,7 +871,8 @@ mod tests {
         let events = c
             .fire_timer(7, Timestamp(NOON_ET + 5_003), &t, &mut next)
             .unwrap();
-        assert_eq!(events.len(), 2);
+        assert_eq!(events.len(), 3, "fired, the gate's decision, the message");
+        assert!(matches!(&events[1].1, ConvEvent::Decided(d) if d.decision == "sent"));
         let out = c.state.messages.last().unwrap();
         assert_eq!(
             (
