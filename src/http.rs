@@ -20,7 +20,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
-use threadline_actors::conversation::core::TimerSpec;
+use threadline_actors::consent::policy::Purpose;
+use threadline_actors::conversation::core::{OutboundSpec, SendOutcome, TimerSpec};
 use threadline_actors::{Clock, DeliverError, Delivered, ManualClock, Metrics, Router, Runtime};
 use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind, Timestamp};
@@ -268,6 +269,28 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             dead_letters(app).await
         }
+        (Method::POST, ["api", "v1", "conversations", id, "messages"]) => {
+            admin(app, &req)?;
+            let id: ConversationId = id.parse().map_err(|_| {
+                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
+            })?;
+            let spec = outbound_spec(app, req).await?;
+            match app.router.send_to_conversation(id, spec).await? {
+                Some(outcome) => Ok(json_response(StatusCode::ACCEPTED, &outcome_json(&outcome))),
+                None => Err(ApiError::not_found(format!("no conversation {id}"))),
+            }
+        }
+        (Method::POST, ["api", "v1", "tenants", tenant, "contacts", address, "messages"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            valid_contact(&address)?;
+            let spec = outbound_spec(app, req).await?;
+            let (conv, outcome) = app.router.send_to_contact(&tenant, &address, spec).await?;
+            let mut v = outcome_json(&outcome);
+            v["conversation_id"] = json!(conv.to_string());
+            Ok(json_response(StatusCode::ACCEPTED, &v))
+        }
         (Method::POST, ["api", "v1", "conversations", id, "timers"]) => {
             admin(app, &req)?;
             let id: ConversationId = id.parse().map_err(|_| {
@@ -295,7 +318,8 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (_, ["healthz" | "readyz" | "metrics"])
         | (_, ["api", "v1", "inbound" | "dead-letters"])
         | (_, ["api", "v1", "conversations", _])
-        | (_, ["api", "v1", "conversations", _, "timers"])
+        | (_, ["api", "v1", "conversations", _, "timers" | "messages"])
+        | (_, ["api", "v1", "tenants", _, "contacts", _, "messages"])
         | (_, ["api", "v1", "timers", _])
         | (_, ["api", "v1", "tenants", _, "audit"])
         | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation" | "consent"]) => {
@@ -457,6 +481,58 @@ fn valid_contact(address: &str) -> Result<(), ApiError> {
             "invalid_path",
             format!("{address:?} is not a contact address"),
         ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    text: String,
+    channel: Option<String>,
+    purpose: String,
+    /// Accepted and kept for the caller; frequency caps count every
+    /// business-initiated message of the purpose for now.
+    subject: Option<String>,
+}
+
+async fn outbound_spec(app: &App, req: Request<Incoming>) -> Result<OutboundSpec, ApiError> {
+    require_json(&req)?;
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: MessageBody = parse_json(&body)?;
+    if b.text.trim().is_empty() {
+        return Err(ApiError::bad("invalid_field", "`text` must not be empty"));
+    }
+    field_len("text", &b.text, MAX_TEXT_BYTES)?;
+    field_len("subject", b.subject.as_deref().unwrap_or(""), MAX_ID_BYTES)?;
+    let purpose = Purpose::parse(&b.purpose).ok_or_else(|| {
+        ApiError::bad(
+            "invalid_field",
+            "`purpose` must be conversational, reminder or marketing",
+        )
+    })?;
+    let channel = match &b.channel {
+        None => None,
+        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
+            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
+        })?),
+    };
+    Ok(OutboundSpec {
+        text: b.text,
+        channel,
+        purpose,
+    })
+}
+
+fn outcome_json(o: &SendOutcome) -> Value {
+    match o {
+        SendOutcome::Sent { message, rule } => {
+            json!({"decision": "sent", "message_id": message.to_string(), "rule": rule})
+        }
+        SendOutcome::Deferred { until, timer, rule } => json!({
+            "decision": "deferred", "until": rfc3339(*until),
+            "timer_id": timer_id_text(*timer), "rule": rule,
+        }),
+        SendOutcome::Blocked { reason } => json!({"decision": "blocked", "reason": reason}),
     }
 }
 

@@ -328,3 +328,118 @@ async fn the_audit_trail_records_consent_and_decisions_and_detects_an_edit() {
     let later = audit_export(&node, "?since=2026-03-10T14:01:01Z").await;
     assert_eq!(later.lines().count(), 2);
 }
+
+async fn send(node: &Node, address: &str, body: Value) -> Value {
+    let enc = address.replace('+', "%2B");
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/contacts/{enc}/messages"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_messages_get_the_gates_decision() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    // A Miami number: Florida rules, 08:00-20:00 Eastern.
+    let who = "+13055550001";
+    let promo = json!({"text": "20% off whitening this week", "purpose": "marketing"});
+    let v = send(&node, who, promo.clone()).await;
+    assert_eq!(v["decision"], "blocked", "{v}");
+    assert_eq!(v["reason"], "marketing requires an opt-in");
+    assert!(v["conversation_id"].as_str().unwrap().starts_with("cnv_"));
+
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B13055550001/consent",
+            Some(&json!({"status": "opted_in", "purpose": "marketing", "source": "web_form"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let v = send(&node, who, promo.clone()).await;
+    assert_eq!(v["decision"], "sent", "{v}");
+    assert!(v["message_id"].as_str().unwrap().starts_with("msg_"));
+
+    // 22:30 Eastern: held until 08:00, then sent.
+    node.advance(12.5 * 3600.0).await;
+    let v = send(
+        &node,
+        who,
+        json!({"text": "Last chance!", "purpose": "marketing"}),
+    )
+    .await;
+    assert_eq!(
+        (v["decision"].as_str(), v["until"].as_str()),
+        (Some("deferred"), Some("2026-03-11T12:00:00.000Z")),
+        "{v}"
+    );
+    node.advance(10.0 * 3600.0).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    let last = c["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["text"].as_str(), last["delivery"].as_str()),
+        (Some("Last chance!"), Some("sent"))
+    );
+    assert_eq!(last["at"], "2026-03-11T12:00:00.000Z");
+
+    // After STOP nothing business-initiated goes out.
+    node.inbound("gw-acme", &sms("acme", who, "STOP", None))
+        .await;
+    let v = send(&node, who, promo).await;
+    assert_eq!(
+        (v["decision"].as_str(), v["reason"].as_str()),
+        (Some("blocked"), Some("recipient opted out"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_reply_goes_out_at_night_but_a_later_follow_up_waits() {
+    let node = Node::start(&["--simulated-clock", "2026-03-11T02:30:00Z"]); // 22:30 EDT
+    let who = "+13055550002";
+    node.inbound("gw-acme", &sms("acme", who, "are you open tomorrow?", None))
+        .await;
+    let reply = json!({"text": "Yes, from 8am!", "purpose": "conversational"});
+    let v = send(&node, who, reply.clone()).await;
+    assert_eq!(
+        (v["decision"].as_str(), v["rule"].as_str()),
+        (Some("sent"), Some("direct reply")),
+        "{v}"
+    );
+    // Twenty minutes later it is no longer a reply to anything.
+    node.advance(20.0 * 60.0).await;
+    let v = send(
+        &node,
+        who,
+        json!({"text": "Anything else?", "purpose": "conversational"}),
+    )
+    .await;
+    assert_eq!(v["decision"], "deferred", "{v}");
+    for bad in [
+        json!({"text": "", "purpose": "marketing"}),
+        json!({"text": "x", "purpose": "spam"}),
+        json!({"text": "x"}),
+        json!({"text": "x", "purpose": "marketing", "channel": "fax"}),
+    ] {
+        let (s, _) = node
+            .send_admin(
+                Method::POST,
+                "/api/v1/tenants/acme/contacts/%2B13055550002/messages",
+                Some(&bad),
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}");
+    }
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/conversations/cnv_00000000000000ff/messages",
+            Some(&reply),
+        )
+        .await;
+    assert_eq!(s, 404);
+}

@@ -269,6 +269,44 @@ impl Router {
         .await
     }
 
+    /// Puts a business-initiated message to conversation `id` through the
+    /// gate; `None` if there is no such conversation.
+    pub async fn send_to_conversation(
+        &self,
+        id: ConversationId,
+        spec: crate::conversation::core::OutboundSpec,
+    ) -> Result<Option<crate::conversation::core::SendOutcome>, DeliverError> {
+        let Some(key) = self.key_of(id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .ask(&key, |reply| ConvMsg::SendMessage {
+                spec: spec.clone(),
+                create: false,
+                reply,
+            })
+            .await?
+            .map(|(_, o)| o))
+    }
+
+    /// Like `send_to_conversation`, addressed to a contact (a conversation
+    /// is started if the contact has none).
+    pub async fn send_to_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        spec: crate::conversation::core::OutboundSpec,
+    ) -> Result<(ConversationId, crate::conversation::core::SendOutcome), DeliverError> {
+        let key = ConvKey::new(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::SendMessage {
+            spec: spec.clone(),
+            create: true,
+            reply,
+        })
+        .await?
+        .ok_or_else(|| DeliverError::Storage("conversation was not created".into()))
+    }
+
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,

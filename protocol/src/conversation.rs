@@ -168,6 +168,8 @@ pub enum TimerKind {
     Reminder,
     /// The conversation's own status timer (active → inactive → closed).
     Lifecycle,
+    /// A marketing message held by the gate until it may go out.
+    Marketing,
 }
 
 impl TimerKind {
@@ -176,6 +178,7 @@ impl TimerKind {
             TimerKind::FollowUp => "follow_up",
             TimerKind::Reminder => "reminder",
             TimerKind::Lifecycle => "lifecycle",
+            TimerKind::Marketing => "marketing",
         }
     }
     pub fn parse(s: &str) -> Option<TimerKind> {

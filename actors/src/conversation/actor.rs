@@ -20,7 +20,9 @@ use threadline_protocol::{
 };
 use tokio::sync::oneshot;
 
-use super::core::{identities_for, Conversation, InboundOutcome, TimerSpec};
+use super::core::{
+    identities_for, Conversation, InboundOutcome, OutboundSpec, SendOutcome, TimerSpec,
+};
 use super::{ConvKey, EntryMeta};
 use crate::audit::AuditDraft;
 use crate::persistence::{Done, Op};
@@ -66,6 +68,13 @@ pub enum ConvMsg {
     FireTimer { id: u64, reply: Reply<()> },
     /// Cancels timer `id`; false if it is not pending here.
     CancelTimer { id: u64, reply: Reply<bool> },
+    /// Puts a business-initiated message through the gate. With `create`,
+    /// a contact without a conversation gets one; otherwise `None`.
+    SendMessage {
+        spec: OutboundSpec,
+        create: bool,
+        reply: Reply<Option<(ConversationId, SendOutcome)>>,
+    },
     /// Records a consent change (creates the conversation if needed).
     RecordConsent {
         change: ConsentChange,
@@ -198,6 +207,34 @@ impl Actor for ConversationActor {
                         let _ = reply.send(Ok(false));
                     }
                 }
+            }
+            ConvMsg::SendMessage {
+                spec,
+                create,
+                reply,
+            } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                if st.conv.is_none() && !create {
+                    let _ = reply.send(Ok(None));
+                    return Ok(());
+                }
+                let shared = st.args.shared.clone();
+                let now = shared.clock.now();
+                let channel = spec.channel.unwrap_or(Channel::Sms);
+                let (mut events, index) = st.create_if_absent(channel, now);
+                let tenant = shared.tenant(st.args.key.tenant());
+                let conv = st.conv.as_mut().expect("created above");
+                let id = conv.id();
+                let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+                let (outcome, more) = conv.send_message(spec, now, &tenant, &mut next_id);
+                events.extend(more);
+                st.commit(&myself, events, index, move |r| {
+                    let _ = reply.send(r.map(|()| Some((id, outcome))));
+                })
+                .await;
             }
             ConvMsg::RecordConsent { change, reply } => {
                 if let Err(e) = st.ensure_loaded().await {

@@ -67,6 +67,35 @@ impl Default for TenantPolicy {
     }
 }
 
+/// A business-initiated message to put through the gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundSpec {
+    pub text: String,
+    pub channel: Option<Channel>,
+    pub purpose: Purpose,
+}
+
+/// What the gate decided for an outbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendOutcome {
+    Sent {
+        message: MessageId,
+        rule: &'static str,
+    },
+    Deferred {
+        until: Timestamp,
+        timer: u64,
+        rule: String,
+    },
+    Blocked {
+        reason: &'static str,
+    },
+}
+
+/// A conversational message answering the customer's message of at most
+/// this long ago is a direct reply (not held by quiet hours).
+pub const DIRECT_REPLY_WINDOW_MS: i64 = 10 * 60_000;
+
 /// What a new timer should do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimerSpec {
@@ -300,6 +329,87 @@ impl Conversation {
         events
     }
 
+    /// Puts a business-initiated message through the gate: sends it (to the
+    /// sandbox provider until senders exist), holds it as a timer until the
+    /// allowed instant, or refuses it. The decision is always recorded.
+    pub fn send_message(
+        &mut self,
+        spec: OutboundSpec,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> (SendOutcome, Vec<(u32, ConvEvent)>) {
+        let last_inbound = self
+            .state
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.direction == Direction::Inbound);
+        let channel = spec
+            .channel
+            .or(last_inbound.map(|m| m.channel))
+            .unwrap_or(Channel::Sms);
+        let direct_reply = spec.purpose == Purpose::Conversational
+            && self.state.messages.last().is_some_and(|m| {
+                m.direction == Direction::Inbound
+                    && m.channel == channel
+                    && now.0 - m.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
+            });
+        let decision = self.gate(channel, spec.purpose, now, tenant, direct_reply);
+        let mut events = Vec::with_capacity(3);
+        self.record_decision(
+            &mut events,
+            channel,
+            spec.purpose,
+            &decision,
+            &spec.text,
+            now,
+        );
+        let outcome = match decision {
+            Decision::Send { rule } => {
+                let seq = self.state.next_seq();
+                self.outbound(
+                    &mut events,
+                    channel,
+                    Author::Bot,
+                    spec.text,
+                    now,
+                    now,
+                    Delivery::Sent,
+                );
+                SendOutcome::Sent {
+                    message: self.state.message_id(seq),
+                    rule,
+                }
+            }
+            Decision::Defer { until, rule } => {
+                let id = next_id();
+                let kind = match spec.purpose {
+                    Purpose::Conversational => TimerKind::FollowUp,
+                    Purpose::Reminder => TimerKind::Reminder,
+                    Purpose::Marketing => TimerKind::Marketing,
+                };
+                self.push(
+                    &mut events,
+                    ConvEvent::TimerScheduled(PendingTimer {
+                        id,
+                        due: until,
+                        kind,
+                        text: Some(spec.text),
+                        channel: Some(channel),
+                    }),
+                );
+                SendOutcome::Deferred {
+                    until,
+                    timer: id,
+                    rule,
+                }
+            }
+            Decision::Block { reason } => SendOutcome::Blocked { reason },
+        };
+        (outcome, events)
+    }
+
     /// Records a change of consent made through the API.
     pub fn record_consent(&mut self, change: ConsentChange) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::with_capacity(1);
@@ -371,6 +481,7 @@ impl Conversation {
         purpose: Purpose,
         now: Timestamp,
         tenant: &TenantPolicy,
+        direct_reply: bool,
     ) -> Decision {
         let s = &self.state;
         let consent = match s.consent_for(channel, purpose.as_str()) {
@@ -416,7 +527,7 @@ impl Conversation {
             subject: purpose.as_str(),
             consent,
             confirmation: false,
-            direct_reply: false,
+            direct_reply,
             location: &location,
             sent_on_subject: &sent,
             whatsapp_last_inbound,
@@ -508,7 +619,7 @@ impl Conversation {
         let at = timer.due;
         let mut events = Vec::with_capacity(3);
         match timer.kind {
-            TimerKind::FollowUp | TimerKind::Reminder => {
+            TimerKind::FollowUp | TimerKind::Reminder | TimerKind::Marketing => {
                 let channel = timer
                     .channel
                     .or_else(|| {
@@ -520,15 +631,15 @@ impl Conversation {
                             .map(|m| m.channel)
                     })
                     .unwrap_or(Channel::Sms);
-                let purpose = if timer.kind == TimerKind::Reminder {
-                    Purpose::Reminder
-                } else {
-                    Purpose::Conversational
+                let purpose = match timer.kind {
+                    TimerKind::Reminder => Purpose::Reminder,
+                    TimerKind::Marketing => Purpose::Marketing,
+                    _ => Purpose::Conversational,
                 };
                 let text = timer.text.clone().unwrap_or_default();
                 self.push(&mut events, ConvEvent::TimerFired { id, at: now });
                 // Judged at the due time, as if the clock had stopped there.
-                let decision = self.gate(channel, purpose, at, tenant);
+                let decision = self.gate(channel, purpose, at, tenant, false);
                 self.record_decision(&mut events, channel, purpose, &decision, &text, at);
                 match decision {
                     Decision::Send { .. } => self.outbound(
