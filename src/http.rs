@@ -280,6 +280,13 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
                 None => Err(ApiError::not_found(format!("no conversation {id}"))),
             }
         }
+        (Method::PUT, ["api", "v1", "tenants", tenant, "contacts", address]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            valid_contact(&address)?;
+            update_contact(app, &tenant, &address, req).await
+        }
         (Method::POST, ["api", "v1", "tenants", tenant, "contacts", address, "messages"]) => {
             admin(app, &req)?;
             let tenant = known_tenant(app, tenant)?;
@@ -320,6 +327,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         | (_, ["api", "v1", "conversations", _])
         | (_, ["api", "v1", "conversations", _, "timers" | "messages"])
         | (_, ["api", "v1", "tenants", _, "contacts", _, "messages"])
+        | (_, ["api", "v1", "tenants", _, "contacts", _])
         | (_, ["api", "v1", "timers", _])
         | (_, ["api", "v1", "tenants", _, "audit"])
         | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation" | "consent"]) => {
@@ -482,6 +490,80 @@ fn valid_contact(address: &str) -> Result<(), ApiError> {
             format!("{address:?} is not a contact address"),
         ))
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContactBody {
+    name: Option<String>,
+    timezone: Option<String>,
+    region: Option<String>,
+    email: Option<String>,
+    #[serde(default)]
+    facts: std::collections::BTreeMap<String, String>,
+}
+
+async fn update_contact(
+    app: &App,
+    tenant: &str,
+    address: &str,
+    req: Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    require_json(&req)?;
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: ContactBody = parse_json(&body)?;
+    field_len("name", b.name.as_deref().unwrap_or(""), 256)?;
+    if let Some(z) = &b.timezone {
+        if z.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ApiError::bad(
+                "invalid_field",
+                format!("`timezone` {z:?} is not an IANA time zone"),
+            ));
+        }
+    }
+    if let Some(r) = &b.region {
+        let ok = r.len() >= 4
+            && r.len() <= 6
+            && r.as_bytes()[2] == b'-'
+            && r.bytes()
+                .enumerate()
+                .all(|(i, c)| i == 2 || c.is_ascii_uppercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(ApiError::bad(
+                "invalid_field",
+                format!("`region` {r:?} is not an ISO 3166-2 code like US-FL"),
+            ));
+        }
+    }
+    if let Some(e) = &b.email {
+        normalize_address(Channel::Email, e)?;
+    }
+    if b.facts.len() > 50
+        || b.facts
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024)
+    {
+        return Err(ApiError::bad(
+            "field_too_long",
+            "at most 50 `facts`, keys of 1-64 bytes, values of at most 1024",
+        ));
+    }
+    let reserved = ["timezone", "region"];
+    if let Some(k) = b.facts.keys().find(|k| reserved.contains(&k.as_str())) {
+        return Err(ApiError::bad(
+            "invalid_field",
+            format!("set `{k}` as its own field, not as a fact"),
+        ));
+    }
+    let update = threadline_protocol::ConvEvent::ContactUpdated {
+        name: b.name,
+        timezone: b.timezone,
+        region: b.region,
+        email: b.email.map(|e| e.to_ascii_lowercase()),
+        facts: b.facts,
+    };
+    let state = app.router.update_contact(tenant, address, update).await?;
+    Ok(json_response(StatusCode::OK, &conversation_json(&state)))
 }
 
 #[derive(Deserialize)]

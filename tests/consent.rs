@@ -443,3 +443,52 @@ async fn a_direct_reply_goes_out_at_night_but_a_later_follow_up_waits() {
         .await;
     assert_eq!(s, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_contact_location_beats_the_area_code() {
+    // 14:00 UTC on Tuesday: 10:00 in Miami, but 07:00 in Los Angeles.
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let who = "+13055550003";
+    let (s, v) = node
+        .send_admin(
+            Method::PUT,
+            "/api/v1/tenants/acme/contacts/%2B13055550003",
+            Some(
+                &json!({"name": "Jordan", "timezone": "America/Los_Angeles", "region": "US-WA",
+                         "email": "Jordan@Example.com", "facts": {"pet": "dog"}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["captured"]["name"], "Jordan");
+    assert_eq!(v["captured"]["facts"]["pet"], "dog");
+    assert_eq!(v["identities"]["email"], "jordan@example.com");
+    let r = send(
+        &node,
+        who,
+        json!({"text": "Reminder: cleaning tomorrow", "purpose": "reminder"}),
+    )
+    .await;
+    // Washington, Pacific time: 08:00 PDT is 15:00 UTC.
+    assert_eq!(
+        (r["decision"].as_str(), r["until"].as_str()),
+        (Some("deferred"), Some("2026-03-10T15:00:00.000Z")),
+        "{r}"
+    );
+    for bad in [
+        json!({"timezone": "Mars/Olympus"}),
+        json!({"region": "Florida"}),
+        json!({"email": "not-an-email"}),
+        json!({"facts": {"timezone": "UTC"}}),
+        json!({"nickname": "J"}),
+    ] {
+        let (s, _) = node
+            .send_admin(
+                Method::PUT,
+                "/api/v1/tenants/acme/contacts/%2B13055550003",
+                Some(&bad),
+            )
+            .await;
+        assert_eq!(s, 400, "{bad}");
+    }
+}

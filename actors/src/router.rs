@@ -307,6 +307,22 @@ impl Router {
         .ok_or_else(|| DeliverError::Storage("conversation was not created".into()))
     }
 
+    /// Records what is known of a contact (a `ConvEvent::ContactUpdated`);
+    /// resolves with the conversation once durable.
+    pub async fn update_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        update: threadline_protocol::ConvEvent,
+    ) -> Result<ConversationState, DeliverError> {
+        let key = ConvKey::new(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::UpdateContact {
+            update: update.clone(),
+            reply,
+        })
+        .await
+    }
+
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,

@@ -295,6 +295,15 @@ pub enum ConvEvent {
     },
     ConsentChanged(ConsentChange),
     Decided(GateDecision),
+    /// What is known of the contact, as set through the API. `None` leaves
+    /// a field as it was; facts are merged.
+    ContactUpdated {
+        name: Option<String>,
+        timezone: Option<String>,
+        region: Option<String>,
+        email: Option<String>,
+        facts: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -398,6 +407,29 @@ impl ConversationState {
             ConvEvent::ConsentChanged(c) => self.consent.push(c.clone()),
             // A record of a decision; its effects are their own events.
             ConvEvent::Decided(_) => {}
+            ConvEvent::ContactUpdated {
+                name,
+                timezone,
+                region,
+                email,
+                facts,
+            } => {
+                if let Some(n) = name {
+                    self.captured.name = Some(n.clone());
+                }
+                if let Some(z) = timezone {
+                    self.captured.facts.insert("timezone".into(), z.clone());
+                }
+                if let Some(r) = region {
+                    self.captured.facts.insert("region".into(), r.clone());
+                }
+                if let Some(e) = email {
+                    self.identities.email = Some(e.clone());
+                }
+                for (k, v) in facts {
+                    self.captured.facts.insert(k.clone(), v.clone());
+                }
+            }
         }
         self.last_seq = seq;
         Ok(())

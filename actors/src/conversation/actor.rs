@@ -75,6 +75,12 @@ pub enum ConvMsg {
         create: bool,
         reply: Reply<Option<(ConversationId, SendOutcome)>>,
     },
+    /// Records what is known of the contact (creates the conversation if
+    /// needed); the event is `ConvEvent::ContactUpdated`.
+    UpdateContact {
+        update: ConvEvent,
+        reply: Reply<ConversationState>,
+    },
     /// Records a consent change (creates the conversation if needed).
     RecordConsent {
         change: ConsentChange,
@@ -233,6 +239,21 @@ impl Actor for ConversationActor {
                 events.extend(more);
                 st.commit(&myself, events, index, move |r| {
                     let _ = reply.send(r.map(|()| Some((id, outcome))));
+                })
+                .await;
+            }
+            ConvMsg::UpdateContact { update, reply } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let now = st.args.shared.clock.now();
+                let (mut events, index) = st.create_if_absent(Channel::Sms, now);
+                let conv = st.conv.as_mut().expect("created above");
+                events.extend(conv.update_contact(update));
+                let view = conv.state.clone();
+                st.commit(&myself, events, index, move |r| {
+                    let _ = reply.send(r.map(|()| view));
                 })
                 .await;
             }

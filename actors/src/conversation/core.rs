@@ -410,6 +410,15 @@ impl Conversation {
         (outcome, events)
     }
 
+    /// Records what is known of the contact (a `ContactUpdated` event).
+    pub fn update_contact(&mut self, update: ConvEvent) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::with_capacity(1);
+        if matches!(update, ConvEvent::ContactUpdated { .. }) {
+            self.push(&mut events, update);
+        }
+        events
+    }
+
     /// Records a change of consent made through the API.
     pub fn record_consent(&mut self, change: ConsentChange) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::with_capacity(1);
