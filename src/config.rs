@@ -106,11 +106,35 @@ impl Default for Runtime {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Providers {
     pub twilio: Option<Twilio>,
     pub whatsapp: Option<Whatsapp>,
+    /// Attempts per outbound message before it is marked failed.
+    #[serde(default = "default_retry_attempts")]
+    pub retry_attempts: u32,
+    /// First retry delay; doubled per attempt up to 30 s.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Providers {
+            twilio: None,
+            whatsapp: None,
+            retry_attempts: default_retry_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+        }
+    }
+}
+
+fn default_retry_attempts() -> u32 {
+    8
+}
+fn default_retry_base_ms() -> u64 {
+    200
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -416,6 +440,8 @@ impl Config {
                         inactive_after_ms: t.inactive_after_secs as i64 * 1000,
                         close_after_ms: t.close_after_secs as i64 * 1000,
                     },
+                    // Filled by the runtime from the configured provider.
+                    providers: Vec::new(),
                 };
                 (t.id.clone(), policy)
             })
@@ -494,6 +520,32 @@ impl Config {
                 vec![Key("runtime"), Key("persistence_queue")],
                 "must be between 16 and 4194304".into(),
             );
+        }
+        let p = &self.providers;
+        if !(1..=50).contains(&p.retry_attempts) {
+            return err(
+                vec![Key("providers"), Key("retry_attempts")],
+                "must be between 1 and 50".into(),
+            );
+        }
+        if !(1..=60_000).contains(&p.retry_base_ms) {
+            return err(
+                vec![Key("providers"), Key("retry_base_ms")],
+                "must be between 1 and 60000".into(),
+            );
+        }
+        for (name, base) in [
+            ("twilio", p.twilio.as_ref().map(|t| &t.api_base)),
+            ("whatsapp", p.whatsapp.as_ref().map(|w| &w.api_base)),
+        ] {
+            if let Some(b) = base {
+                if !(b.starts_with("http://") || b.starts_with("https://")) {
+                    return err(
+                        vec![Key("providers"), Key(name), Key("api_base")],
+                        "must be an http:// or https:// URL".into(),
+                    );
+                }
+            }
         }
         if self.tenants.is_empty() {
             return err(

@@ -213,6 +213,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
     rcfg.tenants = cfg.tenant_policies();
+    if let Some(p) = threadline::providers::Providers::from_config(&cfg)? {
+        rcfg.provider = Some(p);
+    }
+    rcfg.retry = threadline_actors::sender::RetryPolicy {
+        attempts: cfg.providers.retry_attempts,
+        base: Duration::from_millis(cfg.providers.retry_base_ms),
+        max: Duration::from_secs(30),
+    };
     let manual = match &args.simulated_clock {
         Some(t) => {
             let start = http::parse_rfc3339("--simulated-clock", t)

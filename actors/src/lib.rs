@@ -19,6 +19,7 @@ pub mod persistence;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;
+pub mod sender;
 pub mod store;
 pub mod wheel;
 

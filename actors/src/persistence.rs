@@ -35,6 +35,7 @@ pub enum Op {
         timers: Vec<TimerIndex>,
         /// Audit records to seal into the tenant's chain in the same commit.
         audit: Vec<crate::audit::AuditDraft>,
+        outbox: Vec<crate::store::OutboxWrite>,
         done: Option<Done>,
     },
     /// Drops a timer index row whose owner no longer waits for it.
@@ -204,6 +205,7 @@ fn writer_loop(
                         index,
                         timers,
                         audit,
+                        outbox,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
@@ -211,6 +213,7 @@ fn writer_loop(
                         index: index.as_ref().map(|(t, a)| (t.as_str(), a.as_str())),
                         timers,
                         audit,
+                        outbox,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Snapshot {

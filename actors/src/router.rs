@@ -323,6 +323,24 @@ impl Router {
         .await
     }
 
+    /// Records the provider outcome of a queued outbound message.
+    pub async fn record_delivery(
+        &self,
+        conv: ConversationId,
+        seq: u32,
+        outcome: crate::sender::Outcome,
+    ) -> Result<(), DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(());
+        };
+        self.ask(&key, |reply| ConvMsg::Delivery {
+            seq,
+            outcome: outcome.clone(),
+            reply,
+        })
+        .await
+    }
+
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,

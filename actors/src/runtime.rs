@@ -32,7 +32,7 @@ use crate::scheduler::{SchedArgs, SchedMsg, Scheduler};
 use crate::store::{OpenReport, Store, StoreError};
 use threadline_protocol::codec::TimerRow;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     pub data_dir: PathBuf,
     /// Resident conversation actors at most; beyond it the least recently
@@ -52,6 +52,9 @@ pub struct RuntimeConfig {
     pub default_tenant: TenantPolicy,
     /// True with a simulated clock: timers fire only on `Runtime::advance`.
     pub simulated_clock: bool,
+    /// The outbound provider; `None` is the sandbox (recorded only).
+    pub provider: Option<Arc<dyn crate::sender::Provider>>,
+    pub retry: crate::sender::RetryPolicy,
 }
 
 impl RuntimeConfig {
@@ -67,6 +70,8 @@ impl RuntimeConfig {
             tenants: HashMap::new(),
             default_tenant: TenantPolicy::default(),
             simulated_clock: false,
+            provider: None,
+            retry: crate::sender::RetryPolicy::default(),
         }
     }
 }
@@ -89,6 +94,7 @@ pub struct Shared {
     pub simulated_clock: bool,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
+    pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
 }
 
 impl Shared {
@@ -138,12 +144,19 @@ impl Runtime {
             tenants: cfg
                 .tenants
                 .iter()
-                .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    if let Some(p) = &cfg.provider {
+                        v.providers = p.channels(k);
+                    }
+                    (k.clone(), Arc::new(v))
+                })
                 .collect(),
             default_tenant: Arc::new(cfg.default_tenant.clone()),
             simulated_clock: cfg.simulated_clock,
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),
+            sender: RwLock::new(None),
         });
         let (root, root_done) = Actor::spawn(
             None,
@@ -152,6 +165,10 @@ impl Runtime {
                 shared: shared.clone(),
                 writer: Mutex::new(Some(writer)),
                 timers: Mutex::new(Some(report.timers.clone())),
+                provider: cfg
+                    .provider
+                    .clone()
+                    .map(|p| (p, cfg.retry, report.outbox.clone())),
             },
         )
         .await
@@ -211,6 +228,11 @@ struct RootArgs {
     shared: Arc<Shared>,
     writer: Mutex<Option<WriterThread>>,
     timers: Mutex<Option<Vec<TimerRow>>>,
+    provider: Option<(
+        Arc<dyn crate::sender::Provider>,
+        crate::sender::RetryPolicy,
+        Vec<threadline_protocol::OutboxEntry>,
+    )>,
 }
 
 struct RootState {
@@ -239,6 +261,21 @@ impl Actor for RootSupervisor {
         spawn_conversations(&myself, &args.shared).await?;
         let rows = args.timers.lock().take().unwrap_or_default();
         spawn_scheduler(&myself, &args.shared, rows).await?;
+        if let Some((provider, retry, backlog)) = args.provider.clone() {
+            let (s, _) = Actor::spawn_linked(
+                None,
+                crate::sender::Sender,
+                crate::sender::SenderArgs {
+                    shared: args.shared.clone(),
+                    provider,
+                    retry,
+                    backlog,
+                },
+                myself.get_cell(),
+            )
+            .await?;
+            *args.shared.sender.write() = Some(s);
+        }
         Ok(RootState {
             shared: args.shared,
             persistence,
@@ -259,7 +296,11 @@ impl Actor for RootSupervisor {
         _myself: ActorRef<RootMsg>,
         st: &mut RootState,
     ) -> Result<(), ActorProcessingErr> {
-        // Timers and conversations first (they still write), then the writer.
+        // Timers, senders and conversations first (they still write), then
+        // the writer. Unsent outbox entries are sent after the next start.
+        if let Some(s) = st.shared.sender.write().take() {
+            s.stop(Some("shutdown".into()));
+        }
         if let Some(s) = st.shared.scheduler.write().take() {
             s.stop(Some("shutdown".into()));
         }

@@ -38,6 +38,9 @@ pub(crate) const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("aud
 /// tenant → last sealed seq (u64 LE) and hash (32 bytes).
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
+/// (conversation, message seq) → an outbound message waiting for its provider.
+pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
+
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
 pub(crate) type AuditHeads = HashMap<String, (u64, crate::audit::Hash)>;
 
@@ -159,6 +162,8 @@ pub struct OpenReport {
     pub next_timer_id: u64,
     /// Every pending timer, for the scheduler.
     pub timers: Vec<TimerRow>,
+    /// Every outbound message waiting for its provider, for the sender.
+    pub outbox: Vec<threadline_protocol::OutboxEntry>,
 }
 
 impl Store {
@@ -182,6 +187,7 @@ impl Store {
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
+            txn.open_table(OUTBOX)?;
             txn.commit()?;
         }
         let store = Store {
@@ -244,6 +250,7 @@ impl Store {
         let hwm = r.open_table(META)?.get(TIMER_HWM)?.map_or(0, |v| v.value());
         drop(r);
         report.timers = self.timer_rows()?;
+        report.outbox = self.outbox_entries()?;
         report.next_timer_id = report
             .timers
             .iter()
@@ -298,6 +305,17 @@ impl Store {
             }
         }
         replay(id, snapshot, &records)
+    }
+
+    /// Every outbound message waiting for its provider.
+    pub fn outbox_entries(&self) -> Result<Vec<threadline_protocol::OutboxEntry>, StoreError> {
+        let r = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in r.open_table(OUTBOX)?.iter()? {
+            let (_, v) = item?;
+            out.push(codec::decode_outbox(v.value())?);
+        }
+        Ok(out)
     }
 
     /// Every pending timer in the index.
@@ -413,6 +431,14 @@ pub(crate) enum Applied {
     Nothing,
 }
 
+/// A change to the outbox, committed with the owner's events.
+#[derive(Debug, Clone)]
+pub enum OutboxWrite {
+    Put(threadline_protocol::OutboxEntry),
+    /// The message's provider outcome is recorded: (conversation, seq).
+    Delete(u64, u32),
+}
+
 /// A change to the scheduler's timer index, committed with the owner's events.
 #[derive(Debug, Clone, Copy)]
 pub enum TimerIndex {
@@ -429,6 +455,7 @@ pub(crate) enum Write<'a> {
         index: Option<(&'a str, &'a str)>,
         timers: &'a [TimerIndex],
         audit: &'a [crate::audit::AuditDraft],
+        outbox: &'a [OutboxWrite],
     },
     Snapshot {
         conv: ConversationId,
@@ -478,7 +505,24 @@ impl BatchWriter<'_> {
                         index,
                         timers: timer_ops,
                         audit,
+                        outbox,
                     } => {
+                        if !outbox.is_empty() {
+                            let mut t = txn.open_table(OUTBOX)?;
+                            for w in outbox {
+                                match w {
+                                    OutboxWrite::Put(e) => {
+                                        t.insert(
+                                            (e.conv.0, e.seq),
+                                            codec::encode_outbox(e).as_slice(),
+                                        )?;
+                                    }
+                                    OutboxWrite::Delete(c, s) => {
+                                        t.remove((*c, *s))?;
+                                    }
+                                }
+                            }
+                        }
                         for draft in audit {
                             if audit_t.is_none() {
                                 audit_t = Some(txn.open_table(AUDIT)?);

@@ -124,6 +124,7 @@ async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Opti
         index: contact.map(|c| ("acme".to_owned(), c.to_owned())),
         timers: vec![],
         audit: vec![],
+        outbox: vec![],
         done: None,
     })
     .await

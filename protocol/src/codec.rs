@@ -22,11 +22,13 @@ pub enum Kind {
     Snapshot = 2,
     DeadLetter = 3,
     TimerRow = 4,
+    Outbox = 5,
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
 pub const SNAPSHOT_VERSION: u16 = 3;
 pub const TIMER_ROW_VERSION: u16 = 1;
+pub const OUTBOX_VERSION: u16 = 1;
 pub const DEAD_LETTER_VERSION: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +257,32 @@ pub fn decode_timer_row(bytes: &[u8]) -> Result<TimerRow, CodecError> {
         (1, p) => decode_exact(Kind::TimerRow, 1, p),
         (version, _) => Err(CodecError::UnsupportedVersion {
             kind: Kind::TimerRow,
+            version,
+        }),
+    }
+}
+
+/// A decided outbound message waiting for its provider. Keyed by its
+/// message id, which is also the idempotency key sent to the provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub conv: ConversationId,
+    pub seq: u32,
+    pub tenant: String,
+    pub to: String,
+    pub channel: Channel,
+    pub body: String,
+}
+
+pub fn encode_outbox(e: &OutboxEntry) -> Vec<u8> {
+    encode(Kind::Outbox, OUTBOX_VERSION, e)
+}
+
+pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxEntry, CodecError> {
+    match header(Kind::Outbox, bytes)? {
+        (1, p) => decode_exact(Kind::Outbox, 1, p),
+        (version, _) => Err(CodecError::UnsupportedVersion {
+            kind: Kind::Outbox,
             version,
         }),
     }

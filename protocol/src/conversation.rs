@@ -295,6 +295,14 @@ pub enum ConvEvent {
     },
     ConsentChanged(ConsentChange),
     Decided(GateDecision),
+    /// What became of outbound message `seq` at its provider.
+    DeliveryUpdated {
+        seq: u32,
+        delivery: Delivery,
+        provider_message_id: Option<String>,
+        error: Option<String>,
+        at: Timestamp,
+    },
     /// What is known of the contact, as set through the API. `None` leaves
     /// a field as it was; facts are merged.
     ContactUpdated {
@@ -407,6 +415,20 @@ impl ConversationState {
             ConvEvent::ConsentChanged(c) => self.consent.push(c.clone()),
             // A record of a decision; its effects are their own events.
             ConvEvent::Decided(_) => {}
+            ConvEvent::DeliveryUpdated {
+                seq,
+                delivery,
+                provider_message_id,
+                ..
+            } => {
+                if let Ok(i) = self.messages.binary_search_by_key(seq, |m| m.seq) {
+                    let m = &mut self.messages[i];
+                    m.delivery = *delivery;
+                    if provider_message_id.is_some() {
+                        m.provider_message_id = provider_message_id.clone();
+                    }
+                }
+            }
             ConvEvent::ContactUpdated {
                 name,
                 timezone,

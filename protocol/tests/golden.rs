@@ -167,3 +167,17 @@ fn dead_letter_v1_fixture_still_decodes() {
     let bytes = check("dead_letter_v1.bin", codec::encode_dead_letter(&d));
     assert_eq!(codec::decode_dead_letter(&bytes).unwrap(), d);
 }
+
+#[test]
+fn outbox_v1_fixture_still_decodes() {
+    let e = OutboxEntry {
+        conv: ConversationId(0x2a),
+        seq: 9,
+        tenant: "acme".into(),
+        to: "+15551234567".into(),
+        channel: Channel::Sms,
+        body: "See you at 3".into(),
+    };
+    let bytes = check("outbox_v1.bin", codec::encode_outbox(&e));
+    assert_eq!(codec::decode_outbox(&bytes).unwrap(), e);
+}

@@ -2,6 +2,8 @@
 //! with a temporary data directory, and talks to it over HTTP.
 #![allow(dead_code)]
 
+pub mod fake_provider;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,8 +42,12 @@ pub struct Node {
 
 impl Node {
     pub fn start(extra: &[&str]) -> Node {
+        Self::start_with_config(CONFIG, extra)
+    }
+
+    pub fn start_with_config(config: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("threadline.toml"), CONFIG).unwrap();
+        std::fs::write(dir.path().join("threadline.toml"), config).unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, base, stderr_log) = spawn(dir.path(), &extra);
         Node {

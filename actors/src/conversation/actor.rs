@@ -28,7 +28,7 @@ use crate::audit::AuditDraft;
 use crate::persistence::{Done, Op};
 use crate::runtime::Shared;
 use crate::scheduler::SchedMsg;
-use crate::store::{StoreError, TimerIndex};
+use crate::store::{OutboxWrite, StoreError, TimerIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboundAck {
@@ -80,6 +80,12 @@ pub enum ConvMsg {
     UpdateContact {
         update: ConvEvent,
         reply: Reply<ConversationState>,
+    },
+    /// The provider outcome of queued outbound message `seq`.
+    Delivery {
+        seq: u32,
+        outcome: crate::sender::Outcome,
+        reply: Reply<()>,
     },
     /// Records a consent change (creates the conversation if needed).
     RecordConsent {
@@ -242,6 +248,25 @@ impl Actor for ConversationActor {
                 })
                 .await;
             }
+            ConvMsg::Delivery {
+                seq,
+                outcome,
+                reply,
+            } => {
+                if let Err(e) = st.ensure_loaded().await {
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                let now = st.args.shared.clock.now();
+                let events = match st.conv.as_mut() {
+                    Some(c) => c.delivery_update(seq, outcome, now),
+                    None => Vec::new(),
+                };
+                st.commit(&myself, events, None, move |r| {
+                    let _ = reply.send(r);
+                })
+                .await;
+            }
             ConvMsg::UpdateContact { update, reply } => {
                 if let Err(e) = st.ensure_loaded().await {
                     let _ = reply.send(Err(e));
@@ -334,10 +359,30 @@ impl ConvState {
         let owner = TimerOwner::Conversation(id);
         let mut timers = Vec::new();
         let mut audit = Vec::new();
+        let mut outbox = Vec::new();
         let mut records = Vec::with_capacity(events.len());
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
+            }
+            match &event {
+                ConvEvent::MessageAppended(m)
+                    if m.direction == threadline_protocol::Direction::Outbound
+                        && m.delivery == threadline_protocol::Delivery::Queued =>
+                {
+                    outbox.push(OutboxWrite::Put(threadline_protocol::OutboxEntry {
+                        conv: id,
+                        seq: m.seq,
+                        tenant: self.args.key.tenant().to_owned(),
+                        to: self.args.key.contact().to_owned(),
+                        channel: m.channel,
+                        body: m.text.clone(),
+                    }))
+                }
+                ConvEvent::DeliveryUpdated { seq, .. } => {
+                    outbox.push(OutboxWrite::Delete(id.0, *seq))
+                }
+                _ => {}
             }
             match &event {
                 ConvEvent::TimerScheduled(t) => timers.push(TimerIndex::Put(TimerRow {
@@ -375,8 +420,22 @@ impl ConvState {
         let me = myself.clone();
         let shared = self.args.shared.clone();
         let notify = timers.clone();
+        let queued: Vec<threadline_protocol::OutboxEntry> = outbox
+            .iter()
+            .filter_map(|w| match w {
+                OutboxWrite::Put(e) => Some(e.clone()),
+                OutboxWrite::Delete(..) => None,
+            })
+            .collect();
         let done: Done = Box::new(move |r| match r {
             Ok(()) => {
+                if !queued.is_empty() {
+                    if let Some(s) = shared.sender.read().as_ref() {
+                        for e in queued {
+                            let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
+                        }
+                    }
+                }
                 if !notify.is_empty() {
                     if let Some(s) = shared.scheduler.read().as_ref() {
                         for t in notify {
@@ -400,6 +459,7 @@ impl ConvState {
             index,
             timers,
             audit,
+            outbox,
             done: Some(done),
         };
         // If the writer is gone (shutdown) the op and its callback are

@@ -51,6 +51,20 @@ pub struct TenantPolicy {
     /// State rules applied when the recipient's location is unknown.
     pub strict_rules: Vec<Rule>,
     pub lifecycle: Lifecycle,
+    /// Channels with a real provider: messages there are queued for the
+    /// sender. Elsewhere the sandbox provider records them as sent.
+    pub providers: Vec<Channel>,
+}
+
+impl TenantPolicy {
+    /// How a message the gate lets through starts its life.
+    pub fn delivery_for(&self, channel: Channel) -> Delivery {
+        if self.providers.contains(&channel) {
+            Delivery::Queued
+        } else {
+            Delivery::Sent
+        }
+    }
 }
 
 impl Default for TenantPolicy {
@@ -63,6 +77,7 @@ impl Default for TenantPolicy {
             zone: chrono_tz::UTC,
             strict_rules: policy::STATE_RULES.to_vec(),
             lifecycle: Lifecycle::default(),
+            providers: Vec::new(),
         }
     }
 }
@@ -285,7 +300,7 @@ impl Conversation {
                         text,
                         now,
                         now,
-                        Delivery::Sent,
+                        tenant.delivery_for(ch),
                     );
                 }
             }
@@ -309,7 +324,7 @@ impl Conversation {
                         text,
                         now,
                         now,
-                        Delivery::Sent,
+                        tenant.delivery_for(ch),
                     );
                 }
             }
@@ -322,7 +337,7 @@ impl Conversation {
                     text,
                     now,
                     now,
-                    Delivery::Sent,
+                    tenant.delivery_for(ch),
                 );
             }
         }
@@ -375,7 +390,7 @@ impl Conversation {
                     spec.text,
                     now,
                     now,
-                    Delivery::Sent,
+                    tenant.delivery_for(channel),
                 );
                 SendOutcome::Sent {
                     message: self.state.message_id(seq),
@@ -408,6 +423,60 @@ impl Conversation {
             Decision::Block { reason } => SendOutcome::Blocked { reason },
         };
         (outcome, events)
+    }
+
+    /// Records what became of outbound message `seq` at its provider. A
+    /// provider saying the recipient opted out is a revocation too.
+    pub fn delivery_update(
+        &mut self,
+        seq: u32,
+        outcome: crate::sender::Outcome,
+        now: Timestamp,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::with_capacity(2);
+        let Ok(i) = self.state.messages.binary_search_by_key(&seq, |m| m.seq) else {
+            return events;
+        };
+        let msg = &self.state.messages[i];
+        if msg.delivery != Delivery::Queued {
+            return events; // already recorded (a repeated report)
+        }
+        let channel = msg.channel;
+        let (delivery, provider_message_id, error, opted_out) = match outcome {
+            crate::sender::Outcome::Sent { provider_id } => {
+                (Delivery::Sent, provider_id, None, false)
+            }
+            crate::sender::Outcome::Failed { error, opted_out } => {
+                (Delivery::Failed, None, Some(error), opted_out)
+            }
+        };
+        self.push(
+            &mut events,
+            ConvEvent::DeliveryUpdated {
+                seq,
+                delivery,
+                provider_message_id,
+                error: error.clone(),
+                at: now,
+            },
+        );
+        if opted_out {
+            self.push(
+                &mut events,
+                ConvEvent::ConsentChanged(ConsentChange {
+                    status: ConsentStatus::OptedOut,
+                    channel: Some(channel),
+                    purpose: None,
+                    source: "provider".into(),
+                    keyword: None,
+                    raw_text: error,
+                    provider_message_id: None,
+                    proof: None,
+                    at: now,
+                }),
+            );
+        }
+        events
     }
 
     /// Records what is known of the contact (a `ContactUpdated` event).
@@ -658,7 +727,7 @@ impl Conversation {
                         text,
                         at,
                         now,
-                        Delivery::Sent,
+                        tenant.delivery_for(channel),
                     ),
                     Decision::Block { .. } => self.outbound(
                         &mut events,

@@ -1,0 +1,187 @@
+//! The sender actor: delivers decided outbound messages to their provider.
+//!
+//! A message the gate decided to send on a channel with a real provider is
+//! recorded `queued` and put in the outbox in the same transaction. The
+//! sender works the outbox: it calls the provider (retrying 5xx, 429 and
+//! connection errors with exponential backoff), then hands the outcome to
+//! the conversation, whose `DeliveryUpdated` event removes the outbox entry
+//! in the same write. After a crash the outbox is reloaded and sent again
+//! with the same idempotency key (the message id), so one decision reaches
+//! the customer once.
+//!
+//! Providers are injected (`Provider`): wire formats live in the binary.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use threadline_protocol::{Channel, OutboxEntry};
+
+use crate::router::Router;
+use crate::runtime::Shared;
+
+/// What a provider said to one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Accepted; the provider's id for the message.
+    Accepted { provider_id: Option<String> },
+    /// Worth trying again later (5xx, 429, connection error).
+    Retry(String),
+    /// Refused for good. `opted_out`: the provider says the recipient
+    /// opted out (Twilio 21610), which the ledger must learn.
+    Rejected { error: String, opted_out: bool },
+}
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An outbound provider (Twilio, WhatsApp Cloud API, ...).
+pub trait Provider: Send + Sync + 'static {
+    /// Channels this provider delivers for `tenant`.
+    fn channels(&self, tenant: &str) -> Vec<Channel>;
+    /// One attempt to hand `entry` over; `key` is its idempotency key.
+    fn send(&self, entry: &OutboxEntry, key: &str) -> BoxFuture<Attempt>;
+}
+
+/// The final outcome of a message at its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent { provider_id: Option<String> },
+    Failed { error: String, opted_out: bool },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 8,
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+pub enum SenderMsg {
+    Enqueue(OutboxEntry),
+    Done { conv: u64, seq: u32 },
+}
+
+pub struct Sender;
+
+pub struct SenderArgs {
+    pub shared: Arc<Shared>,
+    pub provider: Arc<dyn Provider>,
+    pub retry: RetryPolicy,
+    pub backlog: Vec<OutboxEntry>,
+}
+
+pub struct SenderState {
+    shared: Arc<Shared>,
+    provider: Arc<dyn Provider>,
+    retry: RetryPolicy,
+    in_flight: HashSet<(u64, u32)>,
+}
+
+impl Actor for Sender {
+    type Msg = SenderMsg;
+    type State = SenderState;
+    type Arguments = SenderArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SenderMsg>,
+        args: SenderArgs,
+    ) -> Result<SenderState, ActorProcessingErr> {
+        for e in args.backlog {
+            let _ = myself.cast(SenderMsg::Enqueue(e));
+        }
+        Ok(SenderState {
+            shared: args.shared,
+            provider: args.provider,
+            retry: args.retry,
+            in_flight: HashSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SenderMsg>,
+        msg: SenderMsg,
+        st: &mut SenderState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SenderMsg::Enqueue(entry) => {
+                if !st.in_flight.insert((entry.conv.0, entry.seq)) {
+                    return Ok(());
+                }
+                let (provider, retry, me) = (st.provider.clone(), st.retry, myself.clone());
+                let router = Router {
+                    shared: st.shared.clone(),
+                };
+                tokio::spawn(async move {
+                    let outcome = deliver(&*provider, &entry, retry).await;
+                    // The outcome must reach the conversation; it is retried
+                    // until it does (the outbox keeps the message meanwhile).
+                    let mut wait = Duration::from_millis(50);
+                    for _ in 0..20 {
+                        if router
+                            .record_delivery(entry.conv, entry.seq, outcome.clone())
+                            .await
+                            .is_ok()
+                        {
+                            break;
+                        }
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                    let _ = me.cast(SenderMsg::Done {
+                        conv: entry.conv.0,
+                        seq: entry.seq,
+                    });
+                });
+            }
+            SenderMsg::Done { conv, seq } => {
+                st.in_flight.remove(&(conv, seq));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tries a message until the provider accepts or refuses it, or the
+/// attempts run out.
+pub async fn deliver(provider: &dyn Provider, entry: &OutboxEntry, retry: RetryPolicy) -> Outcome {
+    let key = threadline_protocol::MessageId {
+        conversation: entry.conv,
+        seq: entry.seq,
+    }
+    .to_string();
+    let mut wait = retry.base;
+    let mut last = String::new();
+    for attempt in 1..=retry.attempts.max(1) {
+        match provider.send(entry, &key).await {
+            Attempt::Accepted { provider_id } => return Outcome::Sent { provider_id },
+            Attempt::Rejected { error, opted_out } => return Outcome::Failed { error, opted_out },
+            Attempt::Retry(why) => {
+                tracing::warn!(%key, attempt, %why, "provider attempt failed; retrying");
+                last = why;
+            }
+        }
+        if attempt < retry.attempts {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(retry.max);
+        }
+    }
+    Outcome::Failed {
+        error: format!("gave up after {} attempts: {last}", retry.attempts),
+        opted_out: false,
+    }
+}

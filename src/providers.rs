@@ -1,0 +1,260 @@
+//! Outbound providers' wire formats: the Twilio Messages REST API and the
+//! WhatsApp Cloud API messages endpoint, at configurable base URLs. The
+//! sender actor calls them through `threadline_actors::sender::Provider`.
+//!
+//! Every request carries the message id as its idempotency key
+//! (`Idempotency-Key` and Twilio's `I-Twilio-Idempotency-Token`), so a
+//! message resent after a crash can be recognised by the provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use threadline_actors::sender::{Attempt, BoxFuture, Provider};
+use threadline_protocol::{Channel, OutboxEntry};
+
+use crate::config::Config;
+
+/// Twilio's error code for "the recipient replied STOP".
+pub const TWILIO_OPTED_OUT: i64 = 21610;
+
+struct Twilio {
+    account_sid: String,
+    auth_token: String,
+    api_base: String,
+}
+
+struct Whatsapp {
+    access_token: String,
+    api_base: String,
+}
+
+struct TenantNumbers {
+    sms_from: Option<String>,
+    whatsapp_phone_number_id: Option<String>,
+}
+
+pub struct Providers {
+    http: reqwest::Client,
+    twilio: Option<Twilio>,
+    whatsapp: Option<Whatsapp>,
+    tenants: std::collections::HashMap<String, TenantNumbers>,
+    status_callback: Option<String>,
+}
+
+impl Providers {
+    /// The providers configured, or `None` for the sandbox only.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Option<Arc<Providers>>> {
+        let p = &cfg.providers;
+        if p.twilio.is_none() && p.whatsapp.is_none() {
+            return Ok(None);
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Some(Arc::new(Providers {
+            http,
+            twilio: p.twilio.as_ref().map(|t| Twilio {
+                account_sid: t.account_sid.clone(),
+                auth_token: t.auth_token.clone(),
+                api_base: t.api_base.trim_end_matches('/').to_owned(),
+            }),
+            whatsapp: p.whatsapp.as_ref().map(|w| Whatsapp {
+                access_token: w.access_token.clone(),
+                api_base: w.api_base.trim_end_matches('/').to_owned(),
+            }),
+            tenants: cfg
+                .tenants
+                .iter()
+                .map(|t| {
+                    (
+                        t.id.clone(),
+                        TenantNumbers {
+                            sms_from: t.sms_numbers.first().cloned(),
+                            whatsapp_phone_number_id: t.whatsapp_phone_number_id.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            status_callback: cfg
+                .server
+                .public_url
+                .as_ref()
+                .map(|u| format!("{}/webhooks/twilio/status", u.trim_end_matches('/'))),
+        })))
+    }
+}
+
+/// Sorts an HTTP answer into retry, rejection or acceptance.
+fn classify(status: u16, body: &Value, id_of: impl Fn(&Value) -> Option<String>) -> Attempt {
+    match status {
+        200..=299 => Attempt::Accepted {
+            provider_id: id_of(body),
+        },
+        429 | 500..=599 => Attempt::Retry(format!("provider answered {status}")),
+        _ => {
+            let code = body["code"]
+                .as_i64()
+                .or_else(|| body["error"]["code"].as_i64());
+            let message = body["message"]
+                .as_str()
+                .or_else(|| body["error"]["message"].as_str())
+                .unwrap_or("");
+            Attempt::Rejected {
+                error: format!(
+                    "provider answered {status}, code {}: {message}",
+                    code.unwrap_or(0)
+                ),
+                opted_out: code == Some(TWILIO_OPTED_OUT),
+            }
+        }
+    }
+}
+
+async fn answer(r: Result<reqwest::Response, reqwest::Error>) -> Result<(u16, Value), Attempt> {
+    match r {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+            Ok((status, body))
+        }
+        Err(e) => Err(Attempt::Retry(format!("cannot reach the provider: {e}"))),
+    }
+}
+
+impl Provider for Providers {
+    fn channels(&self, tenant: &str) -> Vec<Channel> {
+        let mut out = Vec::new();
+        let Some(t) = self.tenants.get(tenant) else {
+            return out;
+        };
+        if self.twilio.is_some() && t.sms_from.is_some() {
+            out.push(Channel::Sms);
+        }
+        if self.whatsapp.is_some() && t.whatsapp_phone_number_id.is_some() {
+            out.push(Channel::Whatsapp);
+        }
+        out
+    }
+
+    fn send(&self, e: &OutboxEntry, key: &str) -> BoxFuture<Attempt> {
+        let numbers = self.tenants.get(&e.tenant);
+        let request = match e.channel {
+            Channel::Sms => match (&self.twilio, numbers.and_then(|n| n.sms_from.as_ref())) {
+                (Some(t), Some(from)) => {
+                    let mut form = vec![
+                        ("To", e.to.clone()),
+                        ("From", from.clone()),
+                        ("Body", e.body.clone()),
+                    ];
+                    if let Some(cb) = &self.status_callback {
+                        form.push(("StatusCallback", cb.clone()));
+                    }
+                    Some((
+                        self.http
+                            .post(format!(
+                                "{}/2010-04-01/Accounts/{}/Messages.json",
+                                t.api_base, t.account_sid
+                            ))
+                            .basic_auth(&t.account_sid, Some(&t.auth_token))
+                            .form(&form),
+                        true,
+                    ))
+                }
+                _ => None,
+            },
+            Channel::Whatsapp => match (
+                &self.whatsapp,
+                numbers.and_then(|n| n.whatsapp_phone_number_id.as_ref()),
+            ) {
+                (Some(w), Some(phone_id)) => Some((
+                    self.http
+                        .post(format!("{}/{}/messages", w.api_base, phone_id))
+                        .bearer_auth(&w.access_token)
+                        .json(&json!({
+                            "messaging_product": "whatsapp",
+                            "to": e.to.trim_start_matches('+'),
+                            "type": "text",
+                            "text": {"body": e.body},
+                        })),
+                    false,
+                )),
+                _ => None,
+            },
+            _ => None,
+        };
+        let key = key.to_owned();
+        Box::pin(async move {
+            let Some((req, twilio)) = request else {
+                return Attempt::Rejected {
+                    error: "no provider is configured for this channel".into(),
+                    opted_out: false,
+                };
+            };
+            let req = req
+                .header("Idempotency-Key", &key)
+                .header("I-Twilio-Idempotency-Token", &key);
+            match answer(req.send().await).await {
+                Ok((status, body)) => classify(status, &body, |b| {
+                    if twilio {
+                        b["sid"].as_str().map(str::to_owned)
+                    } else {
+                        b["messages"][0]["id"].as_str().map(str::to_owned)
+                    }
+                }),
+                Err(retry) => retry,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_sorted_into_retry_reject_and_accept() {
+        let sid = |b: &Value| b["sid"].as_str().map(str::to_owned);
+        assert_eq!(
+            classify(201, &json!({"sid": "SM1"}), sid),
+            Attempt::Accepted {
+                provider_id: Some("SM1".into())
+            }
+        );
+        assert!(matches!(
+            classify(500, &Value::Null, sid),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(503, &Value::Null, sid),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(429, &Value::Null, sid),
+            Attempt::Retry(_)
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                &json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient"}),
+                sid
+            ),
+            Attempt::Rejected {
+                opted_out: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                &json!({"error": {"code": 131047, "message": "Re-engagement message"}}),
+                sid
+            ),
+            Attempt::Rejected {
+                opted_out: false,
+                ..
+            }
+        ));
+    }
+}

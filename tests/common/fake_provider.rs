@@ -1,0 +1,146 @@
+//! A local fake of the Twilio Messages REST API: a real HTTP server on
+//! loopback that checks basic auth, records each message once per
+//! idempotency key, and can be told to fail, to refuse a number with
+//! 21610, or to hold a request unanswered (a lost response).
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub const SID: &str = "AC00000000000000000000000000000000";
+pub const TOKEN: &str = "fake-auth-token";
+
+#[derive(Default)]
+pub struct State {
+    /// Every request received, in order: (idempotency key, form).
+    pub requests: Vec<(String, HashMap<String, String>)>,
+    /// Accepted messages, once per key.
+    pub accepted: Vec<(String, HashMap<String, String>)>,
+    keys: HashSet<String>,
+    pub fail_next: usize,
+    pub hold_next: usize,
+    pub opted_out: HashSet<String>,
+}
+
+#[derive(Clone)]
+pub struct FakeTwilio {
+    pub base: String,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl FakeTwilio {
+    pub async fn start() -> FakeTwilio {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(st.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeTwilio { base, state }
+    }
+
+    pub fn accepted_bodies(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.accepted.iter().map(|(_, f)| f["Body"].clone()).collect()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+}
+
+fn reply(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    r
+}
+
+async fn handle(
+    st: Arc<Mutex<State>>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    use base64::Engine;
+    let want_path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    if req.uri().path() != want_path {
+        return Ok(reply(
+            404,
+            serde_json::json!({"code": 20404, "message": "not found"}),
+        ));
+    }
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"))
+    );
+    if auth != want {
+        return Ok(reply(
+            401,
+            serde_json::json!({"code": 20003, "message": "Authenticate"}),
+        ));
+    }
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let hold = {
+        let mut s = st.lock().unwrap();
+        s.requests.push((key.clone(), form.clone()));
+        if s.fail_next > 0 {
+            s.fail_next -= 1;
+            return Ok(reply(
+                503,
+                serde_json::json!({"code": 20503, "message": "Service unavailable"}),
+            ));
+        }
+        if s.opted_out.contains(&form["To"]) {
+            return Ok(reply(
+                400,
+                serde_json::json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400}),
+            ));
+        }
+        if s.keys.insert(key.clone()) {
+            s.accepted.push((key.clone(), form.clone()));
+        }
+        if s.hold_next > 0 {
+            s.hold_next -= 1;
+            true
+        } else {
+            false
+        }
+    };
+    if hold {
+        // Accepted, but the answer never comes back.
+        std::future::pending::<()>().await;
+    }
+    Ok(reply(
+        201,
+        serde_json::json!({"sid": format!("SM{}", key.replace(['_', '.'], "")), "status": "queued"}),
+    ))
+}
