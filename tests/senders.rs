@@ -197,3 +197,33 @@ async fn twilio_21610_fails_the_message_and_records_the_opt_out() {
     let v = send(&node, "Are you there?", "conversational").await;
     assert_eq!(v["decision"], "blocked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_is_withdrawn_when_the_customer_opts_out() {
+    let (fake, node) = start().await;
+    opt_in(&node).await;
+    // The provider is down: the message waits in the outbox, retrying.
+    fake.state.lock().unwrap().fail_next = 1_000;
+    send(&node, "Reminder: 20% off", "conversational").await;
+    node.inbound("gw-acme", &sms("acme", WHO, "STOP", None))
+        .await;
+    let m = delivery_of(&node, "Reminder: 20% off").await;
+    assert_eq!(m["delivery"], "blocked", "{m}");
+    fake.state.lock().unwrap().fail_next = 0;
+    // Whatever the sender was doing with it, it stops: withdrawn, never sent.
+    for _ in 0..500 {
+        if node.metric("threadline_outbound_withdrawn_total").await == 1.0
+            && node.metric("threadline_outbound_in_flight").await == 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.metric("threadline_outbound_withdrawn_total").await,
+        1.0
+    );
+    assert!(!fake
+        .accepted_bodies()
+        .contains(&"Reminder: 20% off".to_owned()));
+}

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub timers_pending: Gauge,
     pub timers_fired: Counter,
     pub timer_lateness_seconds: Histogram,
+    pub outbound_in_flight: Gauge,
+    pub outbound_sent: Counter,
+    pub outbound_failed: Counter,
+    pub outbound_withdrawn: Counter,
 }
 
 impl Metrics {
@@ -51,6 +55,10 @@ impl Metrics {
             timer_lateness_seconds: Histogram::new([
                 0.0005, 0.001, 0.002, 0.003, 0.005, 0.010, 0.020, 0.050, 0.1, 0.5, 1.0, 5.0,
             ]),
+            outbound_in_flight: Gauge::default(),
+            outbound_sent: Counter::default(),
+            outbound_failed: Counter::default(),
+            outbound_withdrawn: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +140,26 @@ impl Metrics {
             "timer_lateness_seconds",
             "How late a timer was dispatched after its due time (real clock only)",
             m.timer_lateness_seconds.clone(),
+        );
+        registry.register(
+            "outbound_in_flight",
+            "Outbound messages the sender is working on",
+            m.outbound_in_flight.clone(),
+        );
+        registry.register(
+            "outbound_sent",
+            "Outbound messages a provider accepted",
+            m.outbound_sent.clone(),
+        );
+        registry.register(
+            "outbound_failed",
+            "Outbound messages a provider refused or that ran out of attempts",
+            m.outbound_failed.clone(),
+        );
+        registry.register(
+            "outbound_withdrawn",
+            "Queued outbound messages withdrawn before sending (opt-out)",
+            m.outbound_withdrawn.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -126,8 +126,33 @@ impl Actor for Sender {
                 let router = Router {
                     shared: st.shared.clone(),
                 };
+                let store = st.shared.persistence.store.clone();
+                let metrics = st.shared.metrics.clone();
+                st.shared
+                    .metrics
+                    .outbound_in_flight
+                    .set(st.in_flight.len() as i64);
                 tokio::spawn(async move {
-                    let outcome = deliver(&*provider, &entry, retry).await;
+                    // Still wanted? (An opt-out blocks queued messages.)
+                    let still = |store: Arc<crate::store::Store>, c: u64, s: u32| async move {
+                        tokio::task::spawn_blocking(move || store.outbox_contains(c, s))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or(true)
+                    };
+                    let (c, s) = (entry.conv.0, entry.seq);
+                    let outcome =
+                        deliver(&*provider, &entry, retry, || still(store.clone(), c, s)).await;
+                    let Some(outcome) = outcome else {
+                        metrics.outbound_withdrawn.inc();
+                        let _ = me.cast(SenderMsg::Done { conv: c, seq: s });
+                        return;
+                    };
+                    match &outcome {
+                        Outcome::Sent { .. } => metrics.outbound_sent.inc(),
+                        Outcome::Failed { .. } => metrics.outbound_failed.inc(),
+                    };
                     // The outcome must reach the conversation; it is retried
                     // until it does (the outbox keeps the message meanwhile).
                     let mut wait = Duration::from_millis(50);
@@ -150,6 +175,10 @@ impl Actor for Sender {
             }
             SenderMsg::Done { conv, seq } => {
                 st.in_flight.remove(&(conv, seq));
+                st.shared
+                    .metrics
+                    .outbound_in_flight
+                    .set(st.in_flight.len() as i64);
             }
         }
         Ok(())
@@ -157,8 +186,18 @@ impl Actor for Sender {
 }
 
 /// Tries a message until the provider accepts or refuses it, or the
-/// attempts run out.
-pub async fn deliver(provider: &dyn Provider, entry: &OutboxEntry, retry: RetryPolicy) -> Outcome {
+/// attempts run out. `wanted` is asked before every attempt; `None` means
+/// the message was withdrawn (blocked by an opt-out) and never sent.
+pub async fn deliver<W, F>(
+    provider: &dyn Provider,
+    entry: &OutboxEntry,
+    retry: RetryPolicy,
+    wanted: W,
+) -> Option<Outcome>
+where
+    W: Fn() -> F,
+    F: Future<Output = bool>,
+{
     let key = threadline_protocol::MessageId {
         conversation: entry.conv,
         seq: entry.seq,
@@ -167,9 +206,14 @@ pub async fn deliver(provider: &dyn Provider, entry: &OutboxEntry, retry: RetryP
     let mut wait = retry.base;
     let mut last = String::new();
     for attempt in 1..=retry.attempts.max(1) {
+        if !wanted().await {
+            return None;
+        }
         match provider.send(entry, &key).await {
-            Attempt::Accepted { provider_id } => return Outcome::Sent { provider_id },
-            Attempt::Rejected { error, opted_out } => return Outcome::Failed { error, opted_out },
+            Attempt::Accepted { provider_id } => return Some(Outcome::Sent { provider_id }),
+            Attempt::Rejected { error, opted_out } => {
+                return Some(Outcome::Failed { error, opted_out })
+            }
             Attempt::Retry(why) => {
                 tracing::warn!(%key, attempt, %why, "provider attempt failed; retrying");
                 last = why;
@@ -180,8 +224,8 @@ pub async fn deliver(provider: &dyn Provider, entry: &OutboxEntry, retry: RetryP
             wait = (wait * 2).min(retry.max);
         }
     }
-    Outcome::Failed {
+    Some(Outcome::Failed {
         error: format!("gave up after {} attempts: {last}", retry.attempts),
         opted_out: false,
-    }
+    })
 }

@@ -307,6 +307,12 @@ impl Store {
         replay(id, snapshot, &records)
     }
 
+    /// Whether outbound message (conv, seq) still waits for its provider.
+    pub fn outbox_contains(&self, conv: u64, seq: u32) -> Result<bool, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(OUTBOX)?.get((conv, seq))?.is_some())
+    }
+
     /// Every outbound message waiting for its provider.
     pub fn outbox_entries(&self) -> Result<Vec<threadline_protocol::OutboxEntry>, StoreError> {
         let r = self.db.begin_read()?;

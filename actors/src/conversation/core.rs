@@ -287,6 +287,31 @@ impl Conversation {
                     &mut events,
                     ConvEvent::ConsentChanged(change(ConsentStatus::OptedOut, scope)),
                 );
+                // Business messages decided but not yet handed to a provider
+                // are blocked (the sender checks before every attempt).
+                let queued: Vec<u32> = self
+                    .state
+                    .messages
+                    .iter()
+                    .filter(|m| {
+                        m.delivery == Delivery::Queued
+                            && m.author == Author::Bot
+                            && scope.is_none_or(|c| c == m.channel)
+                    })
+                    .map(|m| m.seq)
+                    .collect();
+                for seq in queued {
+                    self.push(
+                        &mut events,
+                        ConvEvent::DeliveryUpdated {
+                            seq,
+                            delivery: Delivery::Blocked,
+                            provider_message_id: None,
+                            error: Some("recipient opted out before it was sent".into()),
+                            at: now,
+                        },
+                    );
+                }
                 // One confirmation only; a repeated STOP gets none.
                 if current != ConsentStatus::OptedOut {
                     let text = format!(
