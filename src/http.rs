@@ -874,6 +874,11 @@ struct InboundBody {
     at: Option<String>,
     #[serde(default)]
     media: Vec<String>,
+    /// The provider's keyword classification: STOP, START or HELP
+    /// (Twilio's `OptOutType`). Honoured, never required.
+    opt_out_type: Option<String>,
+    /// The sender's US state as the provider knows it (Twilio `FromState`).
+    from_state: Option<String>,
 }
 
 fn field_len(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
@@ -1031,6 +1036,36 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         b.at.as_deref()
             .map(|s| parse_rfc3339("at", s))
             .transpose()?;
+    use threadline_actors::consent::keywords::Keyword;
+    let hint = match b
+        .opt_out_type
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None | Some("") => None,
+        Some("STOP") => Some(Keyword::OptOut),
+        Some("START") => Some(Keyword::OptIn),
+        Some("HELP") => Some(Keyword::Help),
+        Some(other) => {
+            return Err(ApiError::bad(
+                "invalid_field",
+                format!("`opt_out_type` must be STOP, START or HELP (got {other:?})"),
+            ))
+        }
+    };
+    if let Some(st) = &b.from_state {
+        if st.len() != 2 || !st.bytes().all(|c| c.is_ascii_alphabetic()) {
+            return Err(ApiError::bad(
+                "invalid_field",
+                "`from_state` must be a two-letter state code",
+            ));
+        }
+    }
+    let meta = threadline_actors::conversation::InboundMeta {
+        hint,
+        from_state: b.from_state.clone(),
+    };
     let msg = InboundMessage {
         channel,
         from: from.clone(),
@@ -1040,7 +1075,7 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         at,
         media: b.media,
     };
-    match app.router.deliver(&tenant, &from, msg).await? {
+    match app.router.deliver_with(&tenant, &from, msg, meta).await? {
         Delivered::Recorded(ack) => Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({

@@ -492,3 +492,37 @@ async fn explicit_contact_location_beats_the_area_code() {
         assert_eq!(s, 400, "{bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_hints_and_from_state_reach_the_ledger_and_the_gate() {
+    // Sunday 2026-03-15 15:00 UTC: 10:00 in Texas (Central), 09:00 Mountain.
+    let node = Node::start(&["--simulated-clock", "2026-03-15T15:00:00Z"]);
+    let mut m = sms("acme", "+15551240020", "whatever", None);
+    m["opt_out_type"] = json!("STOP");
+    let (s, _) = node.inbound("gw-acme", &m).await;
+    assert_eq!(s, 202);
+    assert_eq!(consent(&node, "+15551240020").await["status"], "opted_out");
+
+    // A New York area code, but the provider says Texas: Texas rules.
+    let who = "+12125550001";
+    let mut m = sms("acme", who, "hi", None);
+    m["from_state"] = json!("TX");
+    node.inbound("gw-acme", &m).await;
+    let c = node.conversation_of("acme", who).await.unwrap();
+    assert_eq!(c["captured"]["facts"]["provider_state"], "TX");
+    let r = send(
+        &node,
+        who,
+        json!({"text": "Reminder", "purpose": "reminder"}),
+    )
+    .await;
+    // Sundays start at noon in Texas, in both of its zones: 12:00 MDT.
+    assert_eq!(r["until"], "2026-03-15T18:00:00.000Z", "{r}");
+
+    for (k, v) in [("opt_out_type", "MAYBE"), ("from_state", "Texas")] {
+        let mut bad = sms("acme", who, "x", None);
+        bad[k] = json!(v);
+        let (s, _) = node.inbound("gw-acme", &bad).await;
+        assert_eq!(s, 400, "{k}");
+    }
+}

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::conversation::core::TimerSpec;
 use crate::conversation::supervisor::SupMsg;
-use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck};
+use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
 use crate::persistence::Op;
 use crate::runtime::Shared;
 use crate::scheduler::SchedMsg;
@@ -90,6 +90,18 @@ impl Router {
         contact: &str,
         msg: InboundMessage,
     ) -> Result<Delivered, DeliverError> {
+        self.deliver_with(tenant, contact, msg, InboundMeta::default())
+            .await
+    }
+
+    /// `deliver`, with what the provider said beyond the message.
+    pub async fn deliver_with(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+        meta: InboundMeta,
+    ) -> Result<Delivered, DeliverError> {
         let key = ConvKey::new(tenant, contact);
         let mut failures = 0;
         let mut last_failure = String::new();
@@ -98,6 +110,7 @@ impl Router {
             let (tx, rx) = oneshot::channel();
             let sent = entry.actor.cast(ConvMsg::Inbound {
                 msg: msg.clone(),
+                meta: meta.clone(),
                 reply: tx,
             });
             if sent.is_err() {

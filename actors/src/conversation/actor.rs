@@ -50,9 +50,19 @@ type Reply<T> = oneshot::Sender<Result<T, ConvError>>;
 /// (tenant, address) to index when a conversation is created.
 type ContactIndex = (String, String);
 
+/// What a provider said about an inbound message beyond the message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InboundMeta {
+    /// The provider's own keyword classification (Twilio `OptOutType`).
+    pub hint: Option<crate::consent::keywords::Keyword>,
+    /// The sender's state as the provider knows it (Twilio `FromState`).
+    pub from_state: Option<String>,
+}
+
 pub enum ConvMsg {
     Inbound {
         msg: InboundMessage,
+        meta: InboundMeta,
         reply: Reply<InboundAck>,
     },
     /// The conversation's current state, `None` if the contact has none.
@@ -168,12 +178,12 @@ impl Actor for ConversationActor {
         st: &mut ConvState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ConvMsg::Inbound { msg, reply } => {
+            ConvMsg::Inbound { msg, meta, reply } => {
                 if let Err(e) = st.ensure_loaded().await {
                     let _ = reply.send(Err(e));
                     return Ok(());
                 }
-                st.on_inbound(&myself, msg, reply).await;
+                st.on_inbound(&myself, msg, meta, reply).await;
             }
             ConvMsg::View { reply } => {
                 let r = st.ensure_loaded().await;
@@ -474,6 +484,7 @@ impl ConvState {
         &mut self,
         myself: &ActorRef<ConvMsg>,
         msg: InboundMessage,
+        meta: InboundMeta,
         reply: Reply<InboundAck>,
     ) {
         let shared = self.args.shared.clone();
@@ -486,8 +497,11 @@ impl ConvState {
             let (outcome, more) = conv.on_inbound(&msg, now, &shared.core);
             events.extend(more);
             if matches!(outcome, InboundOutcome::Recorded(_)) {
+                if let Some(state) = &meta.from_state {
+                    events.extend(conv.note_provider_state(state));
+                }
                 // Consent keywords are handled before any conversation logic.
-                events.extend(conv.on_keywords(&msg, None, now, &tenant));
+                events.extend(conv.on_keywords(&msg, meta.hint, now, &tenant));
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
                 events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));
             }

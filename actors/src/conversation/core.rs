@@ -504,6 +504,27 @@ impl Conversation {
         events
     }
 
+    /// Remembers the state a provider places the sender in (used by the
+    /// gate after explicit contact data); an event only when it changes.
+    pub fn note_provider_state(&mut self, state: &str) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let state = state.trim().to_ascii_uppercase();
+        let valid = state.len() == 2 && state.bytes().all(|b| b.is_ascii_uppercase());
+        if valid && self.state.captured.facts.get("provider_state") != Some(&state) {
+            self.push(
+                &mut events,
+                ConvEvent::ContactUpdated {
+                    name: None,
+                    timezone: None,
+                    region: None,
+                    email: None,
+                    facts: [("provider_state".to_owned(), state)].into(),
+                },
+            );
+        }
+        events
+    }
+
     /// Records what is known of the contact (a `ContactUpdated` event).
     pub fn update_contact(&mut self, update: ConvEvent) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::with_capacity(1);

@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use ractor::ActorRef;
 use threadline_protocol::Timestamp;
 
-pub use actor::{ConvError, ConvMsg, InboundAck};
+pub use actor::{ConvError, ConvMsg, InboundAck, InboundMeta};
 
 /// The routing key of a conversation: `tenant \0 address`, shared (one
 /// allocation) by the directory, the supervisor and the actor.
