@@ -8,6 +8,7 @@
 mod client;
 mod ingest;
 mod node;
+mod outbound;
 mod timers;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Durable ingest throughput against a bare hyper endpoint, in one run.
     Ingest(ingest::IngestArgs),
+    /// Outbound gate decisions per second, durable with their audit records.
+    Outbound(outbound::OutboundArgs),
     /// Durable timer scheduling and firing lateness.
     Timers(timers::TimerArgs),
     /// Resident memory of a node holding many conversations.
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Ingest(a) => rt.block_on(ingest::run(a)),
+        Command::Outbound(a) => rt.block_on(outbound::run(a)),
         Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),

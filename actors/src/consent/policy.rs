@@ -307,8 +307,10 @@ fn utc(t: Timestamp) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
-/// The rule that forbids sending at `t`, if any.
-fn quiet(t: Timestamp, loc: &Location) -> Option<Rule> {
+/// The rule that forbids sending at `t`, if any, and how many minutes of
+/// local time until that rule's window could open (its start today or
+/// tomorrow, or the next local midnight on a day it forbids entirely).
+fn quiet(t: Timestamp, loc: &Location) -> Option<(Rule, u32)> {
     let at = utc(t);
     for zone in &loc.zones {
         let local = at.with_timezone(zone);
@@ -316,7 +318,9 @@ fn quiet(t: Timestamp, loc: &Location) -> Option<Rule> {
         for rule in &loc.rules {
             match rule.window(local.date_naive()) {
                 Some((start, end)) if (start..end).contains(&minute) => {}
-                _ => return Some(*rule),
+                Some((start, _)) if minute < start => return Some((*rule, start - minute)),
+                Some((start, _)) => return Some((*rule, 1440 - minute + start)),
+                None => return Some((*rule, 1440 - minute)),
             }
         }
     }
@@ -346,11 +350,18 @@ fn capped(t: Timestamp, loc: &Location, sent: &[Timestamp]) -> Option<(Timestamp
 }
 
 /// The first instant at or after `t` allowed by both quiet hours and caps.
+///
+/// A forbidding rule says how far its window is; the search jumps there and
+/// checks every rule again. A jump computed in local minutes can overshoot
+/// by the size of a DST shift, so after a jump the search walks back while
+/// the previous minute is allowed too, and the answer is exact.
 fn next_allowed(t: Timestamp, loc: &Location, sent: &[Timestamp]) -> Option<(Timestamp, String)> {
     let mut at = t;
     let mut why = String::new();
-    // Start on a whole minute: every window opens on one.
+    // Windows open on whole minutes.
     let align = |x: Timestamp| Timestamp((x.0 + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS);
+    let allowed = |x: Timestamp| capped(x, loc, sent).is_none() && quiet(x, loc).is_none();
+    let mut jumped = false;
     while at.0 - t.0 <= HORIZON_MS {
         if let Some((release, rule)) = capped(at, loc, sent) {
             why = format!("{} frequency cap", rule.name());
@@ -358,12 +369,25 @@ fn next_allowed(t: Timestamp, loc: &Location, sent: &[Timestamp]) -> Option<(Tim
             continue;
         }
         match quiet(at, loc) {
-            None => return Some((at, why)),
-            Some(rule) => {
+            None => {
+                if jumped {
+                    while at.0 - MINUTE_MS >= t.0 && allowed(Timestamp(at.0 - MINUTE_MS)) {
+                        at = Timestamp(at.0 - MINUTE_MS);
+                    }
+                }
+                return Some((at, why));
+            }
+            Some((rule, minutes)) => {
                 if why.is_empty() {
                     why = format!("{} quiet hours", rule.name());
                 }
-                at = align(at.saturating_add_millis(1));
+                let aligned = align(at);
+                at = if aligned != at {
+                    aligned
+                } else {
+                    jumped = true;
+                    at.saturating_add_millis(i64::from(minutes.max(1)) * MINUTE_MS)
+                };
             }
         }
     }
@@ -754,5 +778,58 @@ mod tests {
             matches!(decide(&r), Decision::Block { .. }),
             "no customer message at all"
         );
+    }
+}
+
+#[cfg(test)]
+mod search_tests {
+    use chrono_tz::America::{Chicago, Denver, Los_Angeles, New_York, Phoenix};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The obvious search: every minute until one is allowed.
+    fn brute(t: Timestamp, loc: &Location, sent: &[Timestamp]) -> Option<Timestamp> {
+        let align = |x: i64| (x + MINUTE_MS - 1).div_euclid(MINUTE_MS) * MINUTE_MS;
+        if capped(t, loc, sent).is_none() && quiet(t, loc).is_none() {
+            return Some(t);
+        }
+        let mut at = Timestamp(align(t.0 + 1));
+        while at.0 - t.0 <= HORIZON_MS {
+            if let Some((release, _)) = capped(at, loc, sent) {
+                at = Timestamp(align(release.0).max(at.0 + MINUTE_MS));
+                if capped(release, loc, sent).is_none() && quiet(release, loc).is_none() {
+                    return Some(release);
+                }
+                continue;
+            }
+            if quiet(at, loc).is_none() {
+                return Some(at);
+            }
+            at = Timestamp(at.0 + MINUTE_MS);
+        }
+        None
+    }
+
+    const ZONES: [Tz; 5] = [New_York, Chicago, Denver, Los_Angeles, Phoenix];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn jumping_search_equals_minute_by_minute(
+            // Any second of 2026, DST days included.
+            secs in 1_767_225_600i64..1_798_761_600i64,
+            rule_mask in 0u8..128,
+            zone_mask in 1u8..32,
+        ) {
+            let mut rules = vec![Rule::Federal];
+            rules.extend(STATE_RULES.iter().enumerate().filter(|(i, _)| rule_mask & (1 << i) != 0).map(|(_, r)| *r));
+            let zones: Vec<Tz> = ZONES.iter().enumerate().filter(|(i, _)| zone_mask & (1 << i) != 0).map(|(_, z)| *z).collect();
+            let loc = Location { rules, zones, source: "prop" };
+            let t = Timestamp(secs * 1000 + 123);
+            let fast = next_allowed(t, &loc, &[]).map(|(x, _)| x);
+            prop_assert_eq!(fast, brute(t, &loc, &[]));
+        }
     }
 }
