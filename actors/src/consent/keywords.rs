@@ -37,6 +37,10 @@ pub struct Keywords {
     opt_out: HashSet<String>,
     opt_in: HashSet<String>,
     help: HashSet<String>,
+    /// Every word that any rule needs to see: an all-ASCII message that
+    /// contains none of them (as a substring, ignoring case) cannot match,
+    /// and is answered without normalizing or allocating.
+    triggers: Vec<String>,
 }
 
 /// Twilio's defaults and the FCC's per-se revocation words.
@@ -154,6 +158,7 @@ impl Keywords {
             opt_out: phrase_set(OPT_OUT),
             opt_in: phrase_set(OPT_IN),
             help: phrase_set(HELP),
+            triggers: Vec::new(),
         };
         k.opt_out.extend(extra(extra_opt_out));
         k.opt_in.extend(extra(extra_opt_in));
@@ -165,7 +170,47 @@ impl Keywords {
                 k.help.extend(phrase_set(help));
             }
         }
+        // The revocation patterns all need a stop verb, "unsubscribe",
+        // "remove", "take", "opt", "dont"/"do not" or "never".
+        // "do" (not "do not"): spacing between words is not normalized here.
+        let mut triggers: HashSet<String> = [
+            "unsubscribe",
+            "remove",
+            "take",
+            "opt",
+            "dont",
+            "don't",
+            "do",
+            "never",
+        ]
+        .iter()
+        .chain(STOP_VERBS)
+        .map(|w| w.to_string())
+        .collect();
+        for set in [&k.opt_out, &k.opt_in, &k.help] {
+            for phrase in set {
+                // One word of each phrase suffices: its first.
+                if let Some(w) = phrase.split(' ').next() {
+                    triggers.insert(w.to_owned());
+                }
+            }
+        }
+        k.triggers = triggers.into_iter().collect();
         k
+    }
+
+    /// True when `text` is plain ASCII and contains no trigger word.
+    fn cannot_match(&self, text: &str) -> bool {
+        if !text.is_ascii() {
+            return false;
+        }
+        let bytes = text.as_bytes();
+        !self.triggers.iter().any(|t| {
+            let t = t.as_bytes();
+            t.is_empty()
+                || t.len() <= bytes.len()
+                    && bytes.windows(t.len()).any(|w| w.eq_ignore_ascii_case(t))
+        })
     }
 
     /// What `text` asks for, if anything. A provider's own classification
@@ -173,6 +218,9 @@ impl Keywords {
     pub fn classify(&self, text: &str, provider_hint: Option<Keyword>) -> Option<Keyword> {
         if provider_hint.is_some() {
             return provider_hint;
+        }
+        if self.cannot_match(text) {
+            return None;
         }
         let words = normalize(text);
         if words.is_empty() || words.len() > 40 {
@@ -313,6 +361,37 @@ mod tests {
         for (text, want) in table {
             assert_eq!(k().classify(text, None), *want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_fast_path_never_changes_an_answer() {
+        let k = Keywords::new(&["Leave me alone".into()], &[], &[], &["es".into()]);
+        for text in [
+            "Hello, this is message 3 of my conversation",
+            "STOP",
+            "s t o p",
+            "St-op",
+            "leave ME alone",
+            "ayuda",
+            "Parar",
+            "i do not want texts, do not text me",
+            "do  not   text me",
+            "Never call me",
+            "OPT-OUT",
+            "yes",
+            "information please",
+            "helpful",
+            "ЅТОР",
+            "ＳＴＯＰ",
+        ] {
+            let full = {
+                let mut slow = k.clone();
+                slow.triggers = vec!["".into()]; // always take the full path
+                slow.classify(text, None)
+            };
+            assert_eq!(k.classify(text, None), full, "{text:?}");
+        }
+        assert!(k.cannot_match("Hello, this is message 3 of my conversation"));
     }
 
     #[test]

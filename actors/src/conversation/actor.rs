@@ -171,154 +171,161 @@ impl Actor for ConversationActor {
         Ok(())
     }
 
+    /// The work of each message runs in a boxed future: the actor's task
+    /// is sized by the largest future it may hold, and every resident
+    /// conversation pays for that size while idle.
     async fn handle(
         &self,
         myself: ActorRef<ConvMsg>,
         msg: ConvMsg,
         st: &mut ConvState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ConvMsg::Inbound { msg, meta, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                st.on_inbound(&myself, msg, meta, reply).await;
+        Box::pin(dispatch(myself, msg, st)).await;
+        Ok(())
+    }
+}
+
+async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
+    match msg {
+        ConvMsg::Inbound { msg, meta, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
             }
-            ConvMsg::View { reply } => {
-                let r = st.ensure_loaded().await;
-                let _ = reply.send(r.map(|()| st.conv.as_ref().map(|c| c.state.clone())));
+            st.on_inbound(&myself, msg, meta, reply).await;
+        }
+        ConvMsg::View { reply } => {
+            let r = st.ensure_loaded().await;
+            let _ = reply.send(r.map(|()| st.conv.as_ref().map(|c| c.state.clone())));
+        }
+        ConvMsg::ScheduleTimer { spec, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
             }
-            ConvMsg::ScheduleTimer { spec, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                let shared = st.args.shared.clone();
-                let Some(conv) = st.conv.as_mut() else {
-                    let _ = reply.send(Ok(None));
-                    return Ok(());
-                };
-                let id = shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-                let events = conv.schedule_timer(id, spec);
-                st.commit(&myself, events, None, move |r| {
-                    let _ = reply.send(r.map(|()| Some(id)));
-                })
-                .await;
+            let shared = st.args.shared.clone();
+            let Some(conv) = st.conv.as_mut() else {
+                let _ = reply.send(Ok(None));
+                return;
+            };
+            let id = shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+            let events = conv.schedule_timer(id, spec);
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r.map(|()| Some(id)));
+            })
+            .await;
+        }
+        ConvMsg::FireTimer { id, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
             }
-            ConvMsg::FireTimer { id, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                st.on_fire(&myself, id, reply).await;
+            st.on_fire(&myself, id, reply).await;
+        }
+        ConvMsg::CancelTimer { id, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
             }
-            ConvMsg::CancelTimer { id, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
+            match st.conv.as_mut().and_then(|c| c.cancel_timer(id)) {
+                Some(events) => {
+                    st.commit(&myself, events, None, move |r| {
+                        let _ = reply.send(r.map(|()| true));
+                    })
+                    .await
                 }
-                match st.conv.as_mut().and_then(|c| c.cancel_timer(id)) {
-                    Some(events) => {
-                        st.commit(&myself, events, None, move |r| {
-                            let _ = reply.send(r.map(|()| true));
-                        })
-                        .await
-                    }
-                    None => {
-                        let _ = reply.send(Ok(false));
-                    }
+                None => {
+                    let _ = reply.send(Ok(false));
                 }
-            }
-            ConvMsg::SendMessage {
-                spec,
-                create,
-                reply,
-            } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                if st.conv.is_none() && !create {
-                    let _ = reply.send(Ok(None));
-                    return Ok(());
-                }
-                let shared = st.args.shared.clone();
-                let now = shared.clock.now();
-                let channel = spec.channel.unwrap_or(Channel::Sms);
-                let (mut events, index) = st.create_if_absent(channel, now);
-                let tenant = shared.tenant(st.args.key.tenant());
-                let conv = st.conv.as_mut().expect("created above");
-                let id = conv.id();
-                let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-                let (outcome, more) = conv.send_message(spec, now, &tenant, &mut next_id);
-                events.extend(more);
-                st.commit(&myself, events, index, move |r| {
-                    let _ = reply.send(r.map(|()| Some((id, outcome))));
-                })
-                .await;
-            }
-            ConvMsg::Delivery {
-                seq,
-                outcome,
-                reply,
-            } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                let now = st.args.shared.clock.now();
-                let events = match st.conv.as_mut() {
-                    Some(c) => c.delivery_update(seq, outcome, now),
-                    None => Vec::new(),
-                };
-                st.commit(&myself, events, None, move |r| {
-                    let _ = reply.send(r);
-                })
-                .await;
-            }
-            ConvMsg::UpdateContact { update, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                let now = st.args.shared.clock.now();
-                let (mut events, index) = st.create_if_absent(Channel::Sms, now);
-                let conv = st.conv.as_mut().expect("created above");
-                events.extend(conv.update_contact(update));
-                let view = conv.state.clone();
-                st.commit(&myself, events, index, move |r| {
-                    let _ = reply.send(r.map(|()| view));
-                })
-                .await;
-            }
-            ConvMsg::RecordConsent { change, reply } => {
-                if let Err(e) = st.ensure_loaded().await {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
-                }
-                let now = st.args.shared.clock.now();
-                let channel = change.channel.unwrap_or(Channel::Sms);
-                let (mut events, index) = st.create_if_absent(channel, now);
-                let conv = st.conv.as_mut().expect("created above");
-                let id = conv.id();
-                events.extend(conv.record_consent(change));
-                st.commit(&myself, events, index, move |r| {
-                    let _ = reply.send(r.map(|()| id));
-                })
-                .await;
-            }
-            ConvMsg::Passivate { idle_before } => st.passivate(&myself, idle_before).await,
-            ConvMsg::StorageFailed => {
-                st.poisoned = true;
-                st.args
-                    .shared
-                    .dir
-                    .remove_if_actor(&st.args.key, myself.get_id());
-                myself.stop(Some("storage failure".into()));
             }
         }
-        Ok(())
+        ConvMsg::SendMessage {
+            spec,
+            create,
+            reply,
+        } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            if st.conv.is_none() && !create {
+                let _ = reply.send(Ok(None));
+                return;
+            }
+            let shared = st.args.shared.clone();
+            let now = shared.clock.now();
+            let channel = spec.channel.unwrap_or(Channel::Sms);
+            let (mut events, index) = st.create_if_absent(channel, now);
+            let tenant = shared.tenant(st.args.key.tenant());
+            let conv = st.conv.as_mut().expect("created above");
+            let id = conv.id();
+            let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+            let (outcome, more) = conv.send_message(spec, now, &tenant, &mut next_id);
+            events.extend(more);
+            st.commit(&myself, events, index, move |r| {
+                let _ = reply.send(r.map(|()| Some((id, outcome))));
+            })
+            .await;
+        }
+        ConvMsg::Delivery {
+            seq,
+            outcome,
+            reply,
+        } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.delivery_update(seq, outcome, now),
+                None => Vec::new(),
+            };
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r);
+            })
+            .await;
+        }
+        ConvMsg::UpdateContact { update, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let now = st.args.shared.clock.now();
+            let (mut events, index) = st.create_if_absent(Channel::Sms, now);
+            let conv = st.conv.as_mut().expect("created above");
+            events.extend(conv.update_contact(update));
+            let view = conv.state.clone();
+            st.commit(&myself, events, index, move |r| {
+                let _ = reply.send(r.map(|()| view));
+            })
+            .await;
+        }
+        ConvMsg::RecordConsent { change, reply } => {
+            if let Err(e) = st.ensure_loaded().await {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            let now = st.args.shared.clock.now();
+            let channel = change.channel.unwrap_or(Channel::Sms);
+            let (mut events, index) = st.create_if_absent(channel, now);
+            let conv = st.conv.as_mut().expect("created above");
+            let id = conv.id();
+            events.extend(conv.record_consent(change));
+            st.commit(&myself, events, index, move |r| {
+                let _ = reply.send(r.map(|()| id));
+            })
+            .await;
+        }
+        ConvMsg::Passivate { idle_before } => st.passivate(&myself, idle_before).await,
+        ConvMsg::StorageFailed => {
+            st.poisoned = true;
+            st.args
+                .shared
+                .dir
+                .remove_if_actor(&st.args.key, myself.get_id());
+            myself.stop(Some("storage failure".into()));
+        }
     }
 }
 
