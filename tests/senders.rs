@@ -227,3 +227,70 @@ async fn a_queued_message_is_withdrawn_when_the_customer_opts_out() {
         .accepted_bodies()
         .contains(&"Reminder: 20% off".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_messages_go_to_the_cloud_api_inside_the_window_only() {
+    use common::fake_provider::{FakeWhatsapp, WA_PHONE_ID, WA_TOKEN};
+    let wa = FakeWhatsapp::start().await;
+    let cfg = format!(
+        r#"
+[server]
+admin_token = "test-admin-token"
+
+[providers]
+retry_base_ms = 10
+
+[providers.whatsapp]
+app_secret = "test_app_secret"
+verify_token = "verify-me"
+access_token = "{WA_TOKEN}"
+api_base = "{}"
+
+[[tenants]]
+id = "acme"
+name = "Acme Dental"
+timezone = "America/New_York"
+whatsapp_phone_number_id = "{WA_PHONE_ID}"
+gateway_token = "gw-acme"
+"#,
+        wa.base
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", MORNING]);
+    let mut m = sms("acme", WHO, "Hi from WhatsApp", None);
+    m["channel"] = json!("whatsapp");
+    assert_eq!(node.inbound("gw-acme", &m).await.0, 202);
+    let body =
+        json!({"text": "Hello on WhatsApp", "purpose": "conversational", "channel": "whatsapp"});
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B13055559999/messages",
+            Some(&body),
+        )
+        .await;
+    assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
+    let m = delivery_of(&node, "Hello on WhatsApp").await;
+    assert_eq!(m["delivery"], "sent");
+    assert!(m["provider_message_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("wamid."));
+    let sent = wa.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].1,
+        json!({"messaging_product": "whatsapp", "to": "13055559999", "type": "text", "text": {"body": "Hello on WhatsApp"}})
+    );
+    assert!(sent[0].0.starts_with("msg_"));
+    // A day and an hour later the customer service window is closed.
+    node.advance(25.0 * 3600.0).await;
+    let (_, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B13055559999/messages",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(v["decision"], "blocked", "{v}");
+    assert_eq!(wa.sent.lock().unwrap().len(), 1);
+}
