@@ -478,3 +478,51 @@ fn check_config_accepts_a_good_file_and_names_key_and_line_of_a_bad_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tenants[1].timezone"));
 }
+
+/// `serve` with no config file at all: a working dev node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_config_serve_starts_a_dev_node_and_prints_its_tokens() {
+    use std::io::{BufRead, BufReader};
+    let cwd = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .args(["serve", "--http", "127.0.0.1:0"])
+        .current_dir(cwd.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut printed = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let l = lines.next().expect("node exited").unwrap();
+        printed.push(l.clone());
+        if let Some(b) = l.strip_prefix("threadline listening on ") {
+            break b.to_owned();
+        }
+    };
+    let text = printed.join("\n");
+    for token in [
+        "dev-admin-token",
+        "gw-demo (tenant demo)",
+        "agent-demo (agent demo-agent)",
+        "sandbox",
+    ] {
+        assert!(text.contains(token), "{token} not printed: {text}");
+    }
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/api/v1/inbound"))
+        .bearer_auth("gw-demo")
+        .json(&sms("demo", "+15551234567", "hi", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    assert!(
+        cwd.path().join("data").join("threadline.redb").exists(),
+        "data in ./data"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -296,3 +296,32 @@ async fn on_the_real_clock_a_due_timer_fires_without_being_asked() {
     }
     panic!("the due timer never fired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_silences_are_per_tenant_settings() {
+    let config = CONFIG.replace(
+        "gateway_token = \"gw-beta\"",
+        "gateway_token = \"gw-beta\"\ninactive_after_secs = 3600\nclose_after_secs = 7200",
+    );
+    let node = Node::start_with_config(&config, &["--simulated-clock", START]);
+    node.inbound("gw-beta", &sms("beta", "+15551230007", "hi", None))
+        .await;
+    node.inbound("gw-acme", &sms("acme", "+15551230007", "hi", None))
+        .await;
+    node.advance(3600.0).await;
+    let status = |c: Value| c["status"].as_str().unwrap().to_owned();
+    assert_eq!(
+        status(node.conversation_of("beta", "+15551230007").await.unwrap()),
+        "inactive"
+    );
+    assert_eq!(
+        status(node.conversation_of("acme", "+15551230007").await.unwrap()),
+        "active",
+        "acme keeps the 24 h default"
+    );
+    node.advance(7200.0).await;
+    assert_eq!(
+        status(node.conversation_of("beta", "+15551230007").await.unwrap()),
+        "closed"
+    );
+}
