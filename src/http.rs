@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use threadline_actors::consent::policy::Purpose;
 use threadline_actors::conversation::core::{OutboundSpec, SendOutcome, TimerSpec};
-use threadline_actors::{Clock, DeliverError, Delivered, ManualClock, Metrics, Router, Runtime};
+use threadline_actors::{DeliverError, Delivered, ManualClock, Router, Runtime};
 use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind, Timestamp};
 use tokio::net::TcpListener;
@@ -37,14 +37,12 @@ pub const MAX_URL_BYTES: usize = 2048;
 pub struct App {
     pub cfg: Config,
     pub router: Router,
-    pub runtime_ready: Box<dyn Fn() -> bool + Send + Sync>,
-    pub metrics: Arc<Metrics>,
-    pub store: Arc<threadline_actors::store::Store>,
+    /// The runtime's shared context: metrics, storage, clock, readiness.
+    shared: Arc<threadline_actors::runtime::Shared>,
     /// Gateway token → tenant id.
     gateway_tokens: HashMap<String, String>,
     pub draining: AtomicBool,
-    /// The clock, and whether it is simulated (`--simulated-clock`).
-    clock: Arc<dyn Clock>,
+    /// The clock, when it is simulated (`--simulated-clock`).
     simulated: Option<Arc<ManualClock>>,
 }
 
@@ -55,16 +53,12 @@ impl App {
             .iter()
             .map(|t| (t.gateway_token.clone(), t.id.clone()))
             .collect();
-        let shared = runtime.shared.clone();
         App {
             cfg,
             router: runtime.router.clone(),
-            runtime_ready: Box::new(move || shared.persistence.healthy()),
-            metrics: runtime.shared.metrics.clone(),
-            store: runtime.shared.persistence.store.clone(),
+            shared: runtime.shared.clone(),
             gateway_tokens,
             draining: AtomicBool::new(false),
-            clock: runtime.shared.clock.clone(),
             simulated,
         }
     }
@@ -195,13 +189,13 @@ pub async fn serve(
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Resp {
-    app.metrics.http_requests.inc();
+    app.shared.metrics.http_requests.inc();
     let resp = match route(&app, req).await {
         Ok(r) => r,
         Err(e) => error_response(e),
     };
     if resp.status().is_client_error() {
-        app.metrics.http_client_errors.inc();
+        app.shared.metrics.http_client_errors.inc();
     }
     resp
 }
@@ -223,7 +217,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (Method::GET, ["metrics"]) => Ok(text_response(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            app.metrics.render(),
+            app.shared.metrics.render(),
         )),
         (Method::POST, ["api", "v1", "inbound"]) => inbound(app, req).await,
         (Method::GET, ["api", "v1", "conversations", id]) => {
@@ -343,8 +337,8 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
 
 fn readyz(app: &App) -> Resp {
     let draining = app.draining.load(Ordering::SeqCst);
-    let storage = (app.runtime_ready)();
-    let ok = storage && !draining;
+    let storage = app.shared.persistence.healthy();
+    let ok = app.shared.ready() && !draining;
     json_response(
         if ok {
             StatusCode::OK
@@ -592,12 +586,7 @@ async fn outbound_spec(app: &App, req: Request<Incoming>) -> Result<OutboundSpec
             "`purpose` must be conversational, reminder or marketing",
         )
     })?;
-    let channel = match &b.channel {
-        None => None,
-        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
-            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
-        })?),
-    };
+    let channel = optional_channel(b.channel.as_deref())?;
     Ok(OutboundSpec {
         text: b.text,
         channel,
@@ -640,12 +629,7 @@ async fn record_consent(
     let b: ConsentBody = parse_json(&body)?;
     let status = threadline_protocol::ConsentStatus::parse(&b.status)
         .ok_or_else(|| ApiError::bad("invalid_field", "`status` must be opted_in or opted_out"))?;
-    let channel = match &b.channel {
-        None => None,
-        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
-            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
-        })?),
-    };
+    let channel = optional_channel(b.channel.as_deref())?;
     if let Some(p) = &b.purpose {
         if threadline_actors::consent::policy::Purpose::parse(p).is_none() {
             return Err(ApiError::bad(
@@ -671,7 +655,7 @@ async fn record_consent(
         raw_text: None,
         provider_message_id: None,
         proof: b.proof,
-        at: app.clock.now(),
+        at: app.shared.clock.now(),
     };
     let conv = app.router.record_consent(tenant, address, change).await?;
     let state = app.router.view(tenant, address).await?;
@@ -723,17 +707,9 @@ pub fn consent_json(state: Option<&ConversationState>) -> Value {
         .consent
         .iter()
         .map(|c| {
-            json!({
-                "status": c.status.as_str(),
-                "channel": c.channel.map(|x| x.as_str()),
-                "purpose": c.purpose,
-                "source": c.source,
-                "keyword": c.keyword,
-                "raw_text": c.raw_text,
-                "provider_message_id": c.provider_message_id,
-                "proof": c.proof,
-                "at": rfc3339(c.at),
-            })
+            let mut v = threadline_actors::audit::consent_change_json(c);
+            v["at"] = json!(rfc3339(c.at));
+            v
         })
         .collect();
     json!({"status": status, "channels": channels, "history": history})
@@ -774,7 +750,7 @@ async fn schedule_timer(
     require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: TimerBody = parse_json(&body)?;
-    let now = app.clock.now();
+    let now = app.shared.clock.now();
     let due = match (&b.at, b.in_seconds) {
         (Some(at), None) => {
             field_len("at", at, 64)?;
@@ -816,12 +792,7 @@ async fn schedule_timer(
         return Err(ApiError::bad("invalid_field", "`text` is required"));
     }
     field_len("text", &text, MAX_TEXT_BYTES)?;
-    let channel = match &b.channel {
-        None => None,
-        Some(c) => Some(Channel::parse(c).ok_or_else(|| {
-            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
-        })?),
-    };
+    let channel = optional_channel(b.channel.as_deref())?;
     let spec = TimerSpec {
         due,
         kind,
@@ -881,6 +852,16 @@ struct InboundBody {
     from_state: Option<String>,
 }
 
+/// An optional `channel` field of a request body.
+fn optional_channel(c: Option<&str>) -> Result<Option<Channel>, ApiError> {
+    c.map(|c| {
+        Channel::parse(c).ok_or_else(|| {
+            ApiError::bad("invalid_field", format!("`channel` {c:?} is not a channel"))
+        })
+    })
+    .transpose()
+}
+
 fn field_len(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
     if v.len() > max {
         return Err(ApiError::bad(
@@ -897,11 +878,7 @@ pub fn parse_rfc3339(name: &str, s: &str) -> Result<Timestamp, ApiError> {
         .map_err(|e| ApiError::bad("invalid_field", format!("`{name}` is not RFC 3339: {e}")))
 }
 
-pub fn rfc3339(t: Timestamp) -> String {
-    chrono::DateTime::from_timestamp_millis(t.0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use threadline_actors::clock::rfc3339;
 
 /// Checks a sender address for its channel and returns its normalized form.
 pub fn normalize_address(channel: Channel, from: &str) -> Result<String, ApiError> {
@@ -1122,7 +1099,7 @@ async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiE
             _ => {}
         }
     }
-    let store = app.store.clone();
+    let store = app.shared.persistence.store.clone();
     let tenant = tenant.to_owned();
     let lines = tokio::task::spawn_blocking(move || {
         store.audit_records(&tenant, contact.as_deref(), since, MAX_AUDIT_EXPORT)
@@ -1144,7 +1121,7 @@ async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiE
 }
 
 async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
-    let store = app.store.clone();
+    let store = app.shared.persistence.store.clone();
     let list = tokio::task::spawn_blocking(move || store.dead_letters(1000))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?

@@ -38,10 +38,20 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn rfc3339(t: Timestamp) -> String {
-    chrono::DateTime::from_timestamp_millis(t.0)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
+use crate::clock::rfc3339;
+
+/// A consent change as JSON, the same in the audit trail and the API.
+pub fn consent_change_json(c: &threadline_protocol::ConsentChange) -> Value {
+    json!({
+        "status": c.status.as_str(),
+        "channel": c.channel.map(|x| x.as_str()),
+        "purpose": c.purpose,
+        "source": c.source,
+        "keyword": c.keyword,
+        "raw_text": c.raw_text,
+        "provider_message_id": c.provider_message_id,
+        "proof": c.proof,
+    })
 }
 
 /// Seals `draft` as record `seq` after `prev`: returns the NDJSON line and

@@ -37,3 +37,10 @@ impl Clock for ManualClock {
         Timestamp(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// An instant as RFC 3339 UTC with milliseconds, as every API shows it.
+pub fn rfc3339(t: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(t.0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

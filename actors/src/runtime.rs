@@ -98,6 +98,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// True while storage commits succeed and the actor tree is up.
+    pub fn ready(&self) -> bool {
+        self.persistence.healthy() && self.supervisor.read().is_some()
+    }
+
     pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
         self.tenants
             .get(tenant)
@@ -190,11 +195,6 @@ impl Runtime {
         if let Some(sup) = self.shared.supervisor.read().as_ref() {
             let _ = sup.cast(SupMsg::Sweep);
         }
-    }
-
-    /// True while storage commits succeed and the actor tree is up.
-    pub fn ready(&self) -> bool {
-        self.shared.persistence.healthy() && self.shared.supervisor.read().is_some()
     }
 
     /// Drains every conversation (ractor `drain`: queued messages are

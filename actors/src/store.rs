@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use threadline_protocol::codec::{self, DeadLetter, LogRecord, TimerRow};
 use threadline_protocol::{ConversationId, ConversationState};
 
@@ -381,11 +381,6 @@ impl Store {
         Ok(out)
     }
 
-    pub fn count_conversations(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read()?;
-        Ok(r.open_table(CONVERSATIONS)?.len()?)
-    }
-
     pub fn pending_len(&self) -> usize {
         self.pending.lock().len()
     }
@@ -491,17 +486,19 @@ impl BatchWriter<'_> {
         txn.set_durability(redb::Durability::Immediate)?;
         let start_log = *self.next_log_key;
         let start_dead = *self.next_dead_letter;
-        // Chain heads as they were, to restore if the commit fails.
-        let mut heads_before: Vec<(String, Option<(u64, crate::audit::Hash)>)> = Vec::new();
+        // Chain heads of the tenants this batch audits, as they were before
+        // it: to write once at the end, or to restore if the commit fails.
+        let mut heads_before: HashMap<String, Option<(u64, crate::audit::Hash)>> = HashMap::new();
         {
             let mut log = txn.open_table(LOG)?;
-            let mut snaps: Option<redb::Table<u64, &[u8]>> = None;
-            let mut contacts: Option<redb::Table<&str, u64>> = None;
-            let mut convs: Option<redb::Table<u64, &str>> = None;
-            let mut dead: Option<redb::Table<u64, &[u8]>> = None;
-            let mut timers: Option<redb::Table<u64, &[u8]>> = None;
-            let mut audit_t: Option<redb::Table<&str, &[u8]>> = None;
-            let mut audit_heads_t: Option<redb::Table<&str, &[u8]>> = None;
+            let mut snaps = txn.open_table(SNAPSHOTS)?;
+            let mut contacts = txn.open_table(CONTACTS)?;
+            let mut convs = txn.open_table(CONVERSATIONS)?;
+            let mut dead = txn.open_table(DEAD_LETTERS)?;
+            let mut timers = txn.open_table(TIMERS)?;
+            let mut audit_t = txn.open_table(AUDIT)?;
+            let mut audit_heads_t = txn.open_table(AUDIT_HEADS)?;
+            let mut outbox_t = txn.open_table(OUTBOX)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -513,56 +510,41 @@ impl BatchWriter<'_> {
                         audit,
                         outbox,
                     } => {
-                        if !outbox.is_empty() {
-                            let mut t = txn.open_table(OUTBOX)?;
-                            for w in outbox {
-                                match w {
-                                    OutboxWrite::Put(e) => {
-                                        t.insert(
-                                            (e.conv.0, e.seq),
-                                            codec::encode_outbox(e).as_slice(),
-                                        )?;
-                                    }
-                                    OutboxWrite::Delete(c, s) => {
-                                        t.remove((*c, *s))?;
-                                    }
+                        for w in outbox {
+                            match w {
+                                OutboxWrite::Put(e) => {
+                                    outbox_t.insert(
+                                        (e.conv.0, e.seq),
+                                        codec::encode_outbox(e).as_slice(),
+                                    )?;
+                                }
+                                OutboxWrite::Delete(c, s) => {
+                                    outbox_t.remove((*c, *s))?;
                                 }
                             }
                         }
                         for draft in audit {
-                            if audit_t.is_none() {
-                                audit_t = Some(txn.open_table(AUDIT)?);
-                                audit_heads_t = Some(txn.open_table(AUDIT_HEADS)?);
+                            if !heads_before.contains_key(&draft.tenant) {
+                                let head = match self.audit_heads.get(&draft.tenant) {
+                                    Some(h) => Some(*h),
+                                    None => audit_heads_t
+                                        .get(draft.tenant.as_str())?
+                                        .and_then(|v| decode_head(v.value())),
+                                };
+                                heads_before.insert(draft.tenant.clone(), head);
+                                if let Some(h) = head {
+                                    self.audit_heads.insert(draft.tenant.clone(), h);
+                                }
                             }
-                            let heads_t = audit_heads_t.as_mut().unwrap();
-                            let head = match self.audit_heads.get(&draft.tenant) {
-                                Some(h) => *h,
-                                None => match heads_t.get(draft.tenant.as_str())? {
-                                    Some(v) if v.value().len() == 40 => {
-                                        let b = v.value();
-                                        let mut hash = [0u8; 32];
-                                        hash.copy_from_slice(&b[8..]);
-                                        (u64::from_le_bytes(b[..8].try_into().unwrap()), hash)
-                                    }
-                                    _ => (0, crate::audit::GENESIS),
-                                },
-                            };
-                            if !heads_before.iter().any(|(t, _)| *t == draft.tenant) {
-                                heads_before.push((
-                                    draft.tenant.clone(),
-                                    self.audit_heads.get(&draft.tenant).copied(),
-                                ));
-                            }
-                            let seq = head.0 + 1;
-                            let (line, hash) = crate::audit::seal(&head.1, seq, draft);
+                            let (last, prev) = self
+                                .audit_heads
+                                .get(&draft.tenant)
+                                .copied()
+                                .unwrap_or((0, crate::audit::GENESIS));
+                            let seq = last + 1;
+                            let (line, hash) = crate::audit::seal(&prev, seq, draft);
                             let key = format!("{}\0{seq:016x}", draft.tenant);
-                            audit_t
-                                .as_mut()
-                                .unwrap()
-                                .insert(key.as_str(), line.as_bytes())?;
-                            let mut head_bytes = seq.to_le_bytes().to_vec();
-                            head_bytes.extend_from_slice(&hash);
-                            heads_t.insert(draft.tenant.as_str(), head_bytes.as_slice())?;
+                            audit_t.insert(key.as_str(), line.as_bytes())?;
                             self.audit_heads.insert(draft.tenant.clone(), (seq, hash));
                         }
                         for (seq, record) in records {
@@ -577,50 +559,34 @@ impl BatchWriter<'_> {
                         }
                         if let Some((tenant, address)) = index {
                             let ck = contact_key(tenant, address);
-                            if contacts.is_none() {
-                                contacts = Some(txn.open_table(CONTACTS)?);
-                                convs = Some(txn.open_table(CONVERSATIONS)?);
-                            }
-                            contacts.as_mut().unwrap().insert(ck.as_str(), conv.0)?;
-                            convs.as_mut().unwrap().insert(conv.0, ck.as_str())?;
+                            contacts.insert(ck.as_str(), conv.0)?;
+                            convs.insert(conv.0, ck.as_str())?;
                         }
                         for op in timer_ops {
-                            if timers.is_none() {
-                                timers = Some(txn.open_table(TIMERS)?);
-                            }
-                            let t = timers.as_mut().unwrap();
                             match op {
                                 TimerIndex::Put(row) => {
-                                    t.insert(row.id, codec::encode_timer_row(row).as_slice())?;
+                                    timers
+                                        .insert(row.id, codec::encode_timer_row(row).as_slice())?;
                                     timer_hwm = timer_hwm.max(row.id);
                                 }
                                 TimerIndex::Delete(id) => {
-                                    t.remove(*id)?;
+                                    timers.remove(*id)?;
                                 }
                             }
                         }
                     }
                     Write::TimerDelete { id } => {
-                        if timers.is_none() {
-                            timers = Some(txn.open_table(TIMERS)?);
-                        }
-                        timers.as_mut().unwrap().remove(id)?;
+                        timers.remove(id)?;
                         out.push(Applied::Nothing);
                     }
                     Write::Snapshot { conv, seq, bytes } => {
-                        if snaps.is_none() {
-                            snaps = Some(txn.open_table(SNAPSHOTS)?);
-                        }
-                        snaps.as_mut().unwrap().insert(conv.0, bytes)?;
+                        snaps.insert(conv.0, bytes)?;
                         out.push(Applied::Snapshotted { conv: conv.0, seq });
                     }
                     Write::DeadLetter { bytes } => {
-                        if dead.is_none() {
-                            dead = Some(txn.open_table(DEAD_LETTERS)?);
-                        }
                         let key = *self.next_dead_letter;
                         *self.next_dead_letter += 1;
-                        dead.as_mut().unwrap().insert(key, bytes)?;
+                        dead.insert(key, bytes)?;
                         out.push(Applied::Nothing);
                     }
                     Write::Truncate { below } => {
@@ -628,6 +594,12 @@ impl BatchWriter<'_> {
                         out.push(Applied::Nothing);
                     }
                 }
+            }
+            for tenant in heads_before.keys() {
+                let (seq, hash) = self.audit_heads[tenant];
+                let mut head = seq.to_le_bytes().to_vec();
+                head.extend_from_slice(&hash);
+                audit_heads_t.insert(tenant.as_str(), head.as_slice())?;
             }
             if timer_hwm > 0 {
                 let mut meta = txn.open_table(META)?;
@@ -652,6 +624,13 @@ impl BatchWriter<'_> {
         }
         Ok(())
     }
+}
+
+/// A stored chain head: seq (u64 LE) then the 32-byte hash.
+fn decode_head(b: &[u8]) -> Option<(u64, crate::audit::Hash)> {
+    let seq = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let hash = b.get(8..40)?.try_into().ok()?;
+    Some((seq, hash))
 }
 
 /// Convenience for tests and tools: decode every event of the log tail.

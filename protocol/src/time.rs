@@ -10,12 +10,6 @@ use serde::{Deserialize, Serialize};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
-    pub const fn from_millis(ms: i64) -> Self {
-        Timestamp(ms)
-    }
-    pub const fn millis(self) -> i64 {
-        self.0
-    }
     pub fn saturating_add_millis(self, ms: i64) -> Self {
         Timestamp(self.0.saturating_add(ms))
     }

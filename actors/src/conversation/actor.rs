@@ -109,6 +109,24 @@ pub enum ConvMsg {
     StorageFailed,
 }
 
+impl ConvMsg {
+    /// Answers the request with `e` on whatever reply channel it carries.
+    fn fail(self, e: ConvError) {
+        match self {
+            ConvMsg::Inbound { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::View { reply } => drop(reply.send(Err(e))),
+            ConvMsg::ScheduleTimer { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::FireTimer { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::CancelTimer { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::SendMessage { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Delivery { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::UpdateContact { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::RecordConsent { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Passivate { .. } | ConvMsg::StorageFailed => {}
+        }
+    }
+}
+
 pub struct ConversationActor;
 
 pub struct ConvArgs {
@@ -186,23 +204,21 @@ impl Actor for ConversationActor {
 }
 
 async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
+    let needs_state = !matches!(msg, ConvMsg::Passivate { .. } | ConvMsg::StorageFailed);
+    if needs_state {
+        if let Err(e) = st.ensure_loaded().await {
+            msg.fail(e);
+            return;
+        }
+    }
     match msg {
         ConvMsg::Inbound { msg, meta, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             st.on_inbound(&myself, msg, meta, reply).await;
         }
         ConvMsg::View { reply } => {
-            let r = st.ensure_loaded().await;
-            let _ = reply.send(r.map(|()| st.conv.as_ref().map(|c| c.state.clone())));
+            let _ = reply.send(Ok(st.conv.as_ref().map(|c| c.state.clone())));
         }
         ConvMsg::ScheduleTimer { spec, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             let shared = st.args.shared.clone();
             let Some(conv) = st.conv.as_mut() else {
                 let _ = reply.send(Ok(None));
@@ -216,17 +232,9 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::FireTimer { id, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             st.on_fire(&myself, id, reply).await;
         }
         ConvMsg::CancelTimer { id, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             match st.conv.as_mut().and_then(|c| c.cancel_timer(id)) {
                 Some(events) => {
                     st.commit(&myself, events, None, move |r| {
@@ -244,10 +252,6 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             create,
             reply,
         } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             if st.conv.is_none() && !create {
                 let _ = reply.send(Ok(None));
                 return;
@@ -272,10 +276,6 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             outcome,
             reply,
         } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             let now = st.args.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.delivery_update(seq, outcome, now),
@@ -287,10 +287,6 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::UpdateContact { update, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             let now = st.args.shared.clock.now();
             let (mut events, index) = st.create_if_absent(Channel::Sms, now);
             let conv = st.conv.as_mut().expect("created above");
@@ -302,10 +298,6 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::RecordConsent { change, reply } => {
-            if let Err(e) = st.ensure_loaded().await {
-                let _ = reply.send(Err(e));
-                return;
-            }
             let now = st.args.shared.clock.now();
             let channel = change.channel.unwrap_or(Channel::Sms);
             let (mut events, index) = st.create_if_absent(channel, now);
@@ -655,21 +647,11 @@ impl ConvState {
 /// The audit record an event calls for: consent changes and gate decisions.
 fn audit_draft(key: &ConvKey, conv: ConversationId, e: &ConvEvent) -> Option<AuditDraft> {
     let (kind, at, detail) = match e {
-        ConvEvent::ConsentChanged(c) => (
-            "consent",
-            c.at,
-            serde_json::json!({
-                "conversation_id": conv.to_string(),
-                "status": c.status.as_str(),
-                "channel": c.channel.map(|x| x.as_str()),
-                "purpose": c.purpose,
-                "source": c.source,
-                "keyword": c.keyword,
-                "raw_text": c.raw_text,
-                "provider_message_id": c.provider_message_id,
-                "proof": c.proof,
-            }),
-        ),
+        ConvEvent::ConsentChanged(c) => {
+            let mut detail = crate::audit::consent_change_json(c);
+            detail["conversation_id"] = serde_json::json!(conv.to_string());
+            ("consent", c.at, detail)
+        }
         ConvEvent::Decided(d) => (
             "decision",
             d.at,

@@ -280,7 +280,7 @@ impl Conversation {
             at: now,
         };
         let current = self.state.consent_for(ch, "conversational");
-        match kw {
+        let reply = match kw {
             Keyword::OptOut => {
                 let scope = (!tenant.revoke_all).then_some(ch);
                 self.push(
@@ -313,21 +313,12 @@ impl Conversation {
                     );
                 }
                 // One confirmation only; a repeated STOP gets none.
-                if current != ConsentStatus::OptedOut {
-                    let text = format!(
+                (current != ConsentStatus::OptedOut).then(|| {
+                    format!(
                         "{}: you are unsubscribed and will receive no further messages. Reply START to resubscribe.",
                         tenant.name
-                    );
-                    self.outbound(
-                        &mut events,
-                        ch,
-                        Author::System,
-                        text,
-                        now,
-                        now,
-                        tenant.delivery_for(ch),
-                    );
-                }
+                    )
+                })
             }
             Keyword::OptIn => {
                 let is_yes = keywords::normalize(&msg.text).iter().any(|w| w == "yes");
@@ -338,35 +329,35 @@ impl Conversation {
                         &mut events,
                         ConvEvent::ConsentChanged(change(ConsentStatus::OptedIn, Some(ch))),
                     );
-                    let text = format!(
+                }
+                reopen.then(|| {
+                    format!(
                         "{}: you are resubscribed. Reply HELP for help, STOP to opt out.",
                         tenant.name
-                    );
-                    self.outbound(
-                        &mut events,
-                        ch,
-                        Author::System,
-                        text,
-                        now,
-                        now,
-                        tenant.delivery_for(ch),
-                    );
-                }
+                    )
+                })
             }
-            Keyword::Help => {
-                let text = tenant.help_text.clone();
-                self.outbound(
-                    &mut events,
-                    ch,
-                    Author::System,
-                    text,
-                    now,
-                    now,
-                    tenant.delivery_for(ch),
-                );
-            }
+            Keyword::Help => Some(tenant.help_text.clone()),
+        };
+        if let Some(text) = reply {
+            let delivery = tenant.delivery_for(ch);
+            self.outbound(&mut events, ch, Author::System, text, now, now, delivery);
         }
         events
+    }
+
+    /// `channel`, or else the channel of the customer's last message.
+    fn channel_or_last_inbound(&self, channel: Option<Channel>) -> Channel {
+        channel
+            .or_else(|| {
+                self.state
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.direction == Direction::Inbound)
+                    .map(|m| m.channel)
+            })
+            .unwrap_or(Channel::Sms)
     }
 
     /// Puts a business-initiated message through the gate: sends it (to the
@@ -379,16 +370,7 @@ impl Conversation {
         tenant: &TenantPolicy,
         next_id: &mut dyn FnMut() -> u64,
     ) -> (SendOutcome, Vec<(u32, ConvEvent)>) {
-        let last_inbound = self
-            .state
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.direction == Direction::Inbound);
-        let channel = spec
-            .channel
-            .or(last_inbound.map(|m| m.channel))
-            .unwrap_or(Channel::Sms);
+        let channel = self.channel_or_last_inbound(spec.channel);
         let direct_reply = spec.purpose == Purpose::Conversational
             && self.state.messages.last().is_some_and(|m| {
                 m.direction == Direction::Inbound
@@ -744,17 +726,7 @@ impl Conversation {
         let mut events = Vec::with_capacity(3);
         match timer.kind {
             TimerKind::FollowUp | TimerKind::Reminder | TimerKind::Marketing => {
-                let channel = timer
-                    .channel
-                    .or_else(|| {
-                        self.state
-                            .messages
-                            .iter()
-                            .rev()
-                            .find(|m| m.direction == Direction::Inbound)
-                            .map(|m| m.channel)
-                    })
-                    .unwrap_or(Channel::Sms);
+                let channel = self.channel_or_last_inbound(timer.channel);
                 let purpose = match timer.kind {
                     TimerKind::Reminder => Purpose::Reminder,
                     TimerKind::Marketing => Purpose::Marketing,
