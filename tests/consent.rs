@@ -11,13 +11,7 @@ use serde_json::{json, Value};
 const MORNING: &str = "2026-03-10T14:00:00Z";
 
 fn system_texts(conv: &Value) -> Vec<String> {
-    conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["author"] == "system")
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
+    texts_where(conv, "author", "system")
 }
 
 async fn consent(node: &Node, address: &str) -> Value {

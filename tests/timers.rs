@@ -13,13 +13,7 @@ const START: &str = "2026-03-07T12:00:00Z";
 const WEEKDAY_MORNING: &str = "2026-03-10T14:00:00Z";
 
 fn outbound_texts(conv: &Value) -> Vec<String> {
-    conv["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["direction"] == "outbound")
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
+    texts_where(conv, "direction", "outbound")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

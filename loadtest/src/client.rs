@@ -86,3 +86,19 @@ impl NodeMetrics {
             .map_or(f64::NAN, |(_, v)| v)
     }
 }
+
+/// A latency histogram in microseconds, from 1 µs to 60 s.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Waits for closed-loop client tasks and merges their latencies.
+pub async fn merge_latencies(
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<hdrhistogram::Histogram<u64>>>>,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut hist = latency_histogram();
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    Ok(hist)
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::client::{Conn, NodeMetrics};
+use crate::client::{latency_histogram, merge_latencies, Conn, NodeMetrics};
 use crate::node;
 
 #[derive(clap::Args)]
@@ -75,7 +75,7 @@ pub async fn resident(a: ResidentArgs) -> anyhow::Result<()> {
         let mut conn = Conn::open(node.addr).await?;
         let (next, contacts) = (next.clone(), a.contacts as u64);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = latency_histogram();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= total {
@@ -96,10 +96,7 @@ pub async fn resident(a: ResidentArgs) -> anyhow::Result<()> {
             anyhow::Ok(hist)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await??)?;
-    }
+    let hist = merge_latencies(tasks).await?;
     let took = started.elapsed().as_secs_f64();
     let m = NodeMetrics::fetch(node.addr).await?;
     let pick = |name: &str| m.value(name);
@@ -177,7 +174,7 @@ pub async fn drive(
         let (tenant, token, contacts, clients) =
             (a.tenant.clone(), a.token.clone(), a.contacts, a.clients);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = latency_histogram();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let n = i * clients + c;
@@ -217,7 +214,7 @@ pub async fn drive(
     measuring.store(false, Ordering::SeqCst);
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = latency_histogram();
     for t in tasks {
         hist.add(t.await?)?;
     }

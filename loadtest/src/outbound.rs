@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::client::{Conn, NodeMetrics};
+use crate::client::{latency_histogram, Conn, NodeMetrics};
 use crate::node;
 
 #[derive(clap::Args)]
@@ -49,7 +48,7 @@ pub async fn run(a: OutboundArgs) -> anyhow::Result<()> {
         let mut conn = Conn::open(addr).await?;
         let (next, total, contacts) = (next.clone(), a.messages, a.contacts);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = latency_histogram();
             let mut decisions: HashMap<String, u64> = HashMap::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +74,7 @@ pub async fn run(a: OutboundArgs) -> anyhow::Result<()> {
             anyhow::Ok((hist, decisions))
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut hist = latency_histogram();
     let mut decisions: HashMap<String, u64> = HashMap::new();
     for t in tasks {
         let (h, d) = t.await??;

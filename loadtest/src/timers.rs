@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::client::{Conn, NodeMetrics};
+use crate::client::{latency_histogram, merge_latencies, Conn, NodeMetrics};
 use crate::node;
 
 #[derive(clap::Args)]
@@ -63,7 +62,7 @@ pub async fn run(a: TimerArgs) -> anyhow::Result<()> {
         let mut conn = Conn::open(node.addr).await?;
         let (next, convs, total, rate) = (next.clone(), convs.clone(), a.timers, a.fire_rate);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut hist = latency_histogram();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -83,10 +82,7 @@ pub async fn run(a: TimerArgs) -> anyhow::Result<()> {
             anyhow::Ok(hist)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await??)?;
-    }
+    let hist = merge_latencies(tasks).await?;
     let took = started.elapsed().as_secs_f64();
     println!(
         "durable scheduling: {} timers in {:.2} s = {:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",

@@ -100,6 +100,14 @@ fn decode_exact<T: DeserializeOwned>(
     Ok(value)
 }
 
+/// Decodes a kind that has only ever had format version 1.
+fn decode_only_v1<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecError> {
+    match header(kind, bytes)? {
+        (1, p) => decode_exact(kind, 1, p),
+        (version, _) => Err(CodecError::UnsupportedVersion { kind, version }),
+    }
+}
+
 /// One entry of the node's write-ahead log: event `seq` of conversation `conv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
@@ -113,13 +121,7 @@ pub fn encode_log_record(r: &LogRecord) -> Vec<u8> {
 }
 
 pub fn decode_log_record(bytes: &[u8]) -> Result<LogRecord, CodecError> {
-    match header(Kind::LogRecord, bytes)? {
-        (1, p) => decode_exact(Kind::LogRecord, 1, p),
-        (version, _) => Err(CodecError::UnsupportedVersion {
-            kind: Kind::LogRecord,
-            version,
-        }),
-    }
+    decode_only_v1(Kind::LogRecord, bytes)
 }
 
 pub fn encode_snapshot(s: &ConversationState) -> Vec<u8> {
@@ -253,13 +255,7 @@ pub fn encode_timer_row(r: &TimerRow) -> Vec<u8> {
 }
 
 pub fn decode_timer_row(bytes: &[u8]) -> Result<TimerRow, CodecError> {
-    match header(Kind::TimerRow, bytes)? {
-        (1, p) => decode_exact(Kind::TimerRow, 1, p),
-        (version, _) => Err(CodecError::UnsupportedVersion {
-            kind: Kind::TimerRow,
-            version,
-        }),
-    }
+    decode_only_v1(Kind::TimerRow, bytes)
 }
 
 /// A decided outbound message waiting for its provider. Keyed by its
@@ -279,13 +275,7 @@ pub fn encode_outbox(e: &OutboxEntry) -> Vec<u8> {
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxEntry, CodecError> {
-    match header(Kind::Outbox, bytes)? {
-        (1, p) => decode_exact(Kind::Outbox, 1, p),
-        (version, _) => Err(CodecError::UnsupportedVersion {
-            kind: Kind::Outbox,
-            version,
-        }),
-    }
+    decode_only_v1(Kind::Outbox, bytes)
 }
 
 /// A normalized inbound message, whatever channel or provider it came from.
@@ -317,13 +307,7 @@ pub fn encode_dead_letter(d: &DeadLetter) -> Vec<u8> {
 }
 
 pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, CodecError> {
-    match header(Kind::DeadLetter, bytes)? {
-        (1, p) => decode_exact(Kind::DeadLetter, 1, p),
-        (version, _) => Err(CodecError::UnsupportedVersion {
-            kind: Kind::DeadLetter,
-            version,
-        }),
-    }
+    decode_only_v1(Kind::DeadLetter, bytes)
 }
 
 #[cfg(test)]

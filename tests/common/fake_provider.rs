@@ -162,54 +162,60 @@ impl FakeWhatsapp {
         let base = format!("http://{}/v21.0", listener.local_addr().unwrap());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let s2 = sent.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let sent = s2.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let sent = sent.clone();
-                        async move {
-                            let ok_path =
-                                req.uri().path() == format!("/v21.0/{WA_PHONE_ID}/messages");
-                            let ok_auth = req
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                == Some(&format!("Bearer {WA_TOKEN}"));
-                            let key = req
-                                .headers()
-                                .get("idempotency-key")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            if !ok_path || !ok_auth {
-                                return Ok::<_, Infallible>(reply(
-                                    401,
-                                    serde_json::json!({"error": {"code": 190, "message": "Invalid OAuth access token"}}),
-                                ));
-                            }
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&body).unwrap_or_default();
-                            sent.lock().unwrap().push((key.clone(), v));
-                            Ok(reply(
-                                200,
-                                serde_json::json!({
-                                    "messaging_product": "whatsapp",
-                                    "messages": [{"id": format!("wamid.{key}")}],
-                                }),
-                            ))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        serve(listener, move |req: Request<hyper::body::Incoming>| {
+            let sent = s2.clone();
+            async move {
+                let ok_path = req.uri().path() == format!("/v21.0/{WA_PHONE_ID}/messages");
+                let ok_auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {WA_TOKEN}"));
+                let key = req
+                    .headers()
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                if !ok_path || !ok_auth {
+                    return Ok::<_, Infallible>(reply(
+                        401,
+                        serde_json::json!({"error": {"code": 190, "message": "Invalid OAuth access token"}}),
+                    ));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                sent.lock().unwrap().push((key.clone(), v));
+                Ok(reply(
+                    200,
+                    serde_json::json!({
+                        "messaging_product": "whatsapp",
+                        "messages": [{"id": format!("wamid.{key}")}],
+                    }),
+                ))
             }
         });
         FakeWhatsapp { base, sent }
     }
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler`, one task per connection.
+fn serve<F, Fut>(listener: tokio::net::TcpListener, handler: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handler))
+                    .await;
+            });
+        }
+    });
 }

@@ -249,6 +249,17 @@ pub fn phone(n: usize) -> String {
     format!("+1555{:07}", n)
 }
 
+/// Texts of the conversation's messages whose `field` equals `value`.
+pub fn texts_where(conv: &Value, field: &str, value: &str) -> Vec<String> {
+    conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m[field] == value)
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub fn texts(conv: &Value) -> Vec<String> {
     conv["messages"]
         .as_array()
