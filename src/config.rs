@@ -203,6 +203,31 @@ pub struct Tenant {
     /// strictest set the tenant enables); two-letter codes.
     #[serde(default = "default_quiet_states")]
     pub quiet_hours_states: Vec<String>,
+    /// Answer inbound calls with the speech assistant (`<Gather>`) instead
+    /// of ringing `owner_phone`.
+    #[serde(default)]
+    pub voice_assistant: bool,
+    /// The text sent after a missed call; empty sends none. Default: a
+    /// short note with the tenant's name.
+    pub missed_call_text: Option<String>,
+    /// Approved WhatsApp templates by purpose (`conversational`,
+    /// `reminder`, `marketing`): outside the 24-hour window a message of
+    /// that purpose goes out as this template, its text as the template's
+    /// single body parameter.
+    #[serde(default)]
+    pub whatsapp_templates: std::collections::BTreeMap<String, WhatsappTemplate>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsappTemplate {
+    pub name: String,
+    #[serde(default = "default_template_language")]
+    pub language: String,
+}
+
+fn default_template_language() -> String {
+    "en_US".into()
 }
 
 fn default_true() -> bool {
@@ -377,6 +402,9 @@ impl Config {
                 help_keywords: vec![],
                 language_packs: vec![],
                 quiet_hours_states: default_quiet_states(),
+                voice_assistant: false,
+                missed_call_text: None,
+                whatsapp_templates: Default::default(),
             }],
             agents: vec![Agent {
                 id: "demo-agent".into(),
@@ -416,6 +444,9 @@ impl Config {
                 } else {
                     t.name.clone()
                 };
+                let missed = format!(
+                    "Sorry we missed your call at {name}! How can we help? Reply here and we will get back to you."
+                );
                 let policy = TenantPolicy {
                     help_text: if t.help_text.is_empty() {
                         format!("{name}: reply STOP to opt out.")
@@ -442,6 +473,10 @@ impl Config {
                     },
                     // Filled by the runtime from the configured provider.
                     providers: Vec::new(),
+                    owner_phone: t.owner_phone.clone(),
+                    voice_assistant: t.voice_assistant,
+                    missed_call_text: t.missed_call_text.clone().unwrap_or(missed),
+                    whatsapp_templates: t.whatsapp_templates.keys().cloned().collect(),
                 };
                 (t.id.clone(), policy)
             })
@@ -554,6 +589,8 @@ impl Config {
             );
         }
         let mut ids = HashSet::new();
+        let mut numbers = std::collections::HashMap::new();
+        let mut wa_ids = std::collections::HashMap::new();
         let mut tokens = HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let at = |k| vec![Key("tenants"), Index(i), Key(k)];
@@ -580,6 +617,51 @@ impl Config {
             if let Some(p) = &t.owner_phone {
                 if !is_e164(p) {
                     return err(at("owner_phone"), format!("{p:?} is not an E.164 number"));
+                }
+            }
+            for (j, n) in t.sms_numbers.iter().enumerate() {
+                if let Some(other) = numbers.insert(n.as_str(), t.id.as_str()) {
+                    return err(
+                        vec![Key("tenants"), Index(i), Key("sms_numbers"), Index(j)],
+                        format!("{n} is already a number of tenant {other:?}"),
+                    );
+                }
+            }
+            if let Some(w) = &t.whatsapp_phone_number_id {
+                if w.is_empty() || w.len() > 64 || !w.bytes().all(|b| b.is_ascii_digit()) {
+                    return err(
+                        at("whatsapp_phone_number_id"),
+                        "must be the digits of a WhatsApp phone number id".into(),
+                    );
+                }
+                if let Some(other) = wa_ids.insert(w.as_str(), t.id.as_str()) {
+                    return err(
+                        at("whatsapp_phone_number_id"),
+                        format!("{w} is already used by tenant {other:?}"),
+                    );
+                }
+            }
+            if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
+                return err(at("missed_call_text"), "must be at most 1600 bytes".into());
+            }
+            for (purpose, tpl) in &t.whatsapp_templates {
+                if !["conversational", "reminder", "marketing"].contains(&purpose.as_str()) {
+                    return err(
+                        at("whatsapp_templates"),
+                        format!("{purpose:?}: the purpose must be conversational, reminder or marketing"),
+                    );
+                }
+                if tpl.name.is_empty()
+                    || tpl.name.len() > 512
+                    || tpl.language.is_empty()
+                    || tpl.language.len() > 16
+                {
+                    return err(
+                        at("whatsapp_templates"),
+                        format!(
+                            "{purpose}: needs a template `name` and a `language` code like en_US"
+                        ),
+                    );
                 }
             }
             const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;

@@ -28,6 +28,7 @@ use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind,
 use tokio::net::TcpListener;
 
 use crate::config::{is_e164, Config};
+use crate::webhooks;
 
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 pub const MAX_ID_BYTES: usize = 128;
@@ -38,7 +39,7 @@ pub struct App {
     pub cfg: Config,
     pub router: Router,
     /// The runtime's shared context: metrics, storage, clock, readiness.
-    shared: Arc<threadline_actors::runtime::Shared>,
+    pub(crate) shared: Arc<threadline_actors::runtime::Shared>,
     /// Gateway token → tenant id.
     gateway_tokens: HashMap<String, String>,
     pub draining: AtomicBool,
@@ -80,10 +81,10 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
-    fn not_found(what: impl Into<String>) -> Self {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
     pub fn message(&self) -> &str {
@@ -104,9 +105,9 @@ impl From<DeliverError> for ApiError {
     }
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, v: &Value) -> Resp {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
     r.headers_mut()
@@ -126,7 +127,7 @@ fn error_response(e: ApiError) -> Resp {
     r
 }
 
-fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
+pub(crate) fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut()
@@ -220,6 +221,26 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             app.shared.metrics.render(),
         )),
         (Method::POST, ["api", "v1", "inbound"]) => inbound(app, req).await,
+        (Method::POST, ["webhooks", "twilio", "sms"]) => webhooks::twilio_sms(app, req).await,
+        (Method::POST, ["webhooks", "twilio", "status"]) => webhooks::twilio_status(app, req).await,
+        (Method::POST, ["webhooks", "twilio", "voice"]) => webhooks::twilio_voice(app, req).await,
+        (Method::POST, ["webhooks", "twilio", "voice", "dial-status"]) => {
+            webhooks::twilio_dial_status(app, req).await
+        }
+        (Method::POST, ["webhooks", "twilio", "voice", "gather"]) => {
+            webhooks::twilio_gather(app, req).await
+        }
+        (Method::POST, ["webhooks", "twilio", "voice", "status"]) => {
+            webhooks::twilio_call_status(app, req).await
+        }
+        (Method::POST, ["webhooks", "twilio", "voice", "whisper"]) => {
+            webhooks::twilio_whisper(app, req).await
+        }
+        (Method::POST, ["webhooks", "twilio", "voice", "outbound"]) => {
+            webhooks::twilio_outbound_call(app, req).await
+        }
+        (Method::GET, ["webhooks", "whatsapp"]) => webhooks::whatsapp_verify(app, &req),
+        (Method::POST, ["webhooks", "whatsapp"]) => webhooks::whatsapp_notify(app, req).await,
         (Method::GET, ["api", "v1", "conversations", id]) => {
             admin(app, &req)?;
             let id: ConversationId = id.parse().map_err(|_| {
@@ -349,7 +370,7 @@ fn readyz(app: &App) -> Resp {
     )
 }
 
-fn bearer(req: &Request<Incoming>) -> Option<&str> {
+pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
     let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -357,11 +378,11 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
         .then_some(token.trim())
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
+pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-fn admin(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+pub(crate) fn admin(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     match bearer(req) {
         Some(t) if ct_eq(t, &app.cfg.server.admin_token) => Ok(()),
         Some(_) => Err(ApiError::new(
@@ -377,7 +398,7 @@ fn admin(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-fn known_tenant(app: &App, t: &str) -> Result<String, ApiError> {
+pub(crate) fn known_tenant(app: &App, t: &str) -> Result<String, ApiError> {
     app.cfg
         .tenant(t)
         .map(|t| t.id.clone())
@@ -403,7 +424,7 @@ fn decode_segment(s: &str) -> Result<String, ApiError> {
 const DRAIN_REFUSED_BODY: usize = 4 << 20;
 
 /// Reads the body, refusing more than `limit` bytes.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -455,7 +476,7 @@ fn require_json(req: &Request<Incoming>) -> Result<(), ApiError> {
     }
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad("invalid_utf8", format!("the body is not valid UTF-8: {e}")))?;
     serde_json::from_str(text).map_err(|e| {
@@ -862,7 +883,7 @@ fn optional_channel(c: Option<&str>) -> Result<Option<Channel>, ApiError> {
     .transpose()
 }
 
-fn field_len(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
+pub(crate) fn field_len(name: &str, v: &str, max: usize) -> Result<(), ApiError> {
     if v.len() > max {
         return Err(ApiError::bad(
             "field_too_long",
@@ -1042,6 +1063,7 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let meta = threadline_actors::conversation::InboundMeta {
         hint,
         from_state: b.from_state.clone(),
+        ..Default::default()
     };
     let msg = InboundMessage {
         channel,

@@ -7,4 +7,8 @@
 
 pub mod config;
 pub mod http;
+pub mod phone;
 pub mod providers;
+pub mod twilio;
+pub mod webhooks;
+pub mod whatsapp;

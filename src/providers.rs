@@ -32,6 +32,8 @@ struct Whatsapp {
 struct TenantNumbers {
     sms_from: Option<String>,
     whatsapp_phone_number_id: Option<String>,
+    /// purpose → (template name, language code)
+    templates: std::collections::HashMap<String, (String, String)>,
 }
 
 pub struct Providers {
@@ -39,7 +41,8 @@ pub struct Providers {
     twilio: Option<Twilio>,
     whatsapp: Option<Whatsapp>,
     tenants: std::collections::HashMap<String, TenantNumbers>,
-    status_callback: Option<String>,
+    /// `public_url` without a trailing slash: Twilio calls it back.
+    public_url: Option<String>,
 }
 
 impl Providers {
@@ -73,16 +76,117 @@ impl Providers {
                         TenantNumbers {
                             sms_from: t.sms_numbers.first().cloned(),
                             whatsapp_phone_number_id: t.whatsapp_phone_number_id.clone(),
+                            templates: t
+                                .whatsapp_templates
+                                .iter()
+                                .map(|(k, v)| (k.clone(), (v.name.clone(), v.language.clone())))
+                                .collect(),
                         },
                     )
                 })
                 .collect(),
-            status_callback: cfg
+            public_url: cfg
                 .server
                 .public_url
                 .as_ref()
-                .map(|u| format!("{}/webhooks/twilio/status", u.trim_end_matches('/'))),
+                .map(|u| u.trim_end_matches('/').to_owned()),
         })))
+    }
+
+    /// A callback URL naming outbound message `e` (`?c=<conv>&m=<seq>`),
+    /// so its status lands on the right message whatever order it comes in.
+    fn callback(&self, path: &str, e: &OutboxEntry) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{u}{path}?c={}&m={}", e.conv.0, e.seq))
+    }
+
+    /// The HTTP request that sends `e`, and whether it is Twilio's.
+    fn request(&self, e: &OutboxEntry) -> Result<(reqwest::RequestBuilder, bool), String> {
+        let numbers = self.tenants.get(&e.tenant);
+        let twilio = |resource: &str, form: Vec<(&'static str, String)>| match (
+            &self.twilio,
+            numbers.and_then(|n| n.sms_from.as_ref()),
+        ) {
+            (Some(t), Some(from)) => {
+                let mut form = form;
+                form.push(("From", from.clone()));
+                Ok((
+                    self.http
+                        .post(format!(
+                            "{}/2010-04-01/Accounts/{}/{resource}.json",
+                            t.api_base, t.account_sid
+                        ))
+                        .basic_auth(&t.account_sid, Some(&t.auth_token))
+                        .form(&form),
+                    true,
+                ))
+            }
+            _ => Err("Twilio is not configured for this tenant".to_owned()),
+        };
+        match e.channel {
+            Channel::Sms => {
+                let mut form = vec![("To", e.to.clone()), ("Body", e.body.clone())];
+                if let Some(cb) = self.callback("/webhooks/twilio/status", e) {
+                    form.push(("StatusCallback", cb));
+                }
+                twilio("Messages", form)
+            }
+            Channel::Voice => {
+                // The call says the message: Twilio fetches its TwiML from us.
+                let url = self
+                    .callback("/webhooks/twilio/voice/outbound", e)
+                    .ok_or("calls need server.public_url: Twilio fetches the call's TwiML there")?;
+                let mut form = vec![("To", e.to.clone()), ("Url", url)];
+                if let Some(cb) = self.callback("/webhooks/twilio/voice/status", e) {
+                    form.push(("StatusCallback", cb));
+                }
+                twilio("Calls", form)
+            }
+            Channel::Whatsapp => {
+                let (Some(w), Some(n)) = (&self.whatsapp, numbers) else {
+                    return Err("WhatsApp is not configured for this tenant".into());
+                };
+                let phone_id = n
+                    .whatsapp_phone_number_id
+                    .as_ref()
+                    .ok_or("this tenant has no whatsapp_phone_number_id")?;
+                let mut body = json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": e.to.trim_start_matches('+'),
+                    "biz_opaque_callback_data": format!("{}:{}", e.conv.0, e.seq),
+                });
+                match &e.template {
+                    Some(purpose) => {
+                        let (name, language) = n.templates.get(purpose).ok_or_else(|| {
+                            format!("no WhatsApp template is configured for {purpose}")
+                        })?;
+                        body["type"] = json!("template");
+                        body["template"] = json!({
+                            "name": name,
+                            "language": {"code": language},
+                            "components": [{
+                                "type": "body",
+                                "parameters": [{"type": "text", "text": e.body}],
+                            }],
+                        });
+                    }
+                    None => {
+                        body["type"] = json!("text");
+                        body["text"] = json!({"body": e.body});
+                    }
+                }
+                Ok((
+                    self.http
+                        .post(format!("{}/{}/messages", w.api_base, phone_id))
+                        .bearer_auth(&w.access_token)
+                        .json(&body),
+                    false,
+                ))
+            }
+            other => Err(format!("no provider sends {} messages", other.as_str())),
+        }
     }
 }
 
@@ -131,6 +235,9 @@ impl Provider for Providers {
         };
         if self.twilio.is_some() && t.sms_from.is_some() {
             out.push(Channel::Sms);
+            if self.public_url.is_some() {
+                out.push(Channel::Voice);
+            }
         }
         if self.whatsapp.is_some() && t.whatsapp_phone_number_id.is_some() {
             out.push(Channel::Whatsapp);
@@ -139,58 +246,17 @@ impl Provider for Providers {
     }
 
     fn send(&self, e: &OutboxEntry, key: &str) -> BoxFuture<Attempt> {
-        let numbers = self.tenants.get(&e.tenant);
-        let request = match e.channel {
-            Channel::Sms => match (&self.twilio, numbers.and_then(|n| n.sms_from.as_ref())) {
-                (Some(t), Some(from)) => {
-                    let mut form = vec![
-                        ("To", e.to.clone()),
-                        ("From", from.clone()),
-                        ("Body", e.body.clone()),
-                    ];
-                    if let Some(cb) = &self.status_callback {
-                        form.push(("StatusCallback", cb.clone()));
-                    }
-                    Some((
-                        self.http
-                            .post(format!(
-                                "{}/2010-04-01/Accounts/{}/Messages.json",
-                                t.api_base, t.account_sid
-                            ))
-                            .basic_auth(&t.account_sid, Some(&t.auth_token))
-                            .form(&form),
-                        true,
-                    ))
-                }
-                _ => None,
-            },
-            Channel::Whatsapp => match (
-                &self.whatsapp,
-                numbers.and_then(|n| n.whatsapp_phone_number_id.as_ref()),
-            ) {
-                (Some(w), Some(phone_id)) => Some((
-                    self.http
-                        .post(format!("{}/{}/messages", w.api_base, phone_id))
-                        .bearer_auth(&w.access_token)
-                        .json(&json!({
-                            "messaging_product": "whatsapp",
-                            "to": e.to.trim_start_matches('+'),
-                            "type": "text",
-                            "text": {"body": e.body},
-                        })),
-                    false,
-                )),
-                _ => None,
-            },
-            _ => None,
-        };
+        let request = self.request(e);
         let key = key.to_owned();
         Box::pin(async move {
-            let Some((req, twilio)) = request else {
-                return Attempt::Rejected {
-                    error: "no provider is configured for this channel".into(),
-                    opted_out: false,
-                };
+            let (req, twilio) = match request {
+                Ok(r) => r,
+                Err(error) => {
+                    return Attempt::Rejected {
+                        error,
+                        opted_out: false,
+                    }
+                }
             };
             let req = req
                 .header("Idempotency-Key", &key)

@@ -252,6 +252,9 @@ name = "Acme Dental"
 timezone = "America/New_York"
 whatsapp_phone_number_id = "{WA_PHONE_ID}"
 gateway_token = "gw-acme"
+
+[tenants.whatsapp_templates]
+reminder = {{ name = "appointment_reminder", language = "en_US" }}
 "#,
         wa.base
     );
@@ -277,9 +280,12 @@ gateway_token = "gw-acme"
         .starts_with("wamid."));
     let sent = wa.sent.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);
+    let id: threadline_protocol::MessageId = m["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         sent[0].1,
-        json!({"messaging_product": "whatsapp", "to": "13055559999", "type": "text", "text": {"body": "Hello on WhatsApp"}})
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "13055559999",
+               "biz_opaque_callback_data": format!("{}:{}", id.conversation.0, id.seq),
+               "type": "text", "text": {"body": "Hello on WhatsApp"}})
     );
     assert!(sent[0].0.starts_with("msg_"));
     // A day and an hour later the customer service window is closed.
@@ -293,4 +299,29 @@ gateway_token = "gw-acme"
         .await;
     assert_eq!(v["decision"], "blocked", "{v}");
     assert_eq!(wa.sent.lock().unwrap().len(), 1);
+    // Outside the window, only an approved template to an opted-in user.
+    let reminder = json!({"text": "Your cleaning is tomorrow at 3pm", "purpose": "reminder", "channel": "whatsapp"});
+    let url = "/api/v1/tenants/acme/contacts/%2B13055559999/messages";
+    let (_, v) = node.send_admin(Method::POST, url, Some(&reminder)).await;
+    assert_eq!(v["decision"], "blocked", "not opted in yet: {v}");
+    let optin = json!({"status": "opted_in", "channel": "whatsapp", "source": "web_form", "proof": "https://acme.example/form/7"});
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B13055559999/consent",
+            Some(&optin),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, v) = node.send_admin(Method::POST, url, Some(&reminder)).await;
+    assert_eq!(v["decision"], "sent", "{v}");
+    delivery_of(&node, "Your cleaning is tomorrow at 3pm").await;
+    let sent = wa.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].1["type"], "template");
+    assert_eq!(
+        sent[1].1["template"],
+        json!({"name": "appointment_reminder", "language": {"code": "en_US"},
+               "components": [{"type": "body", "parameters": [{"type": "text", "text": "Your cleaning is tomorrow at 3pm"}]}]})
+    );
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub messages_ingested: Counter,
     pub duplicates: Counter,
     pub dead_letters: Counter,
+    /// Provider webhooks refused: wrong signature or a number no tenant owns.
+    pub webhook_rejected: Counter,
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub persistence_queue: Gauge,
@@ -44,6 +46,7 @@ impl Metrics {
             messages_ingested: Counter::default(),
             duplicates: Counter::default(),
             dead_letters: Counter::default(),
+            webhook_rejected: Counter::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
             persistence_queue: Gauge::default(),
@@ -95,6 +98,11 @@ impl Metrics {
             "dead_letters",
             "Messages parked after failing their conversation repeatedly",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "webhooks_rejected",
+            "Provider webhooks refused: wrong signature or a number no tenant owns",
+            m.webhook_rejected.clone(),
         );
         registry.register(
             "commit_batch_size",

@@ -53,6 +53,13 @@ pub enum Op {
         bytes: Vec<u8>,
         done: Done,
     },
+    /// From now on `alias` (`tenant \0 address`) names the conversation of
+    /// `target` (an address of the same tenant).
+    Alias {
+        alias: String,
+        target: String,
+        done: Done,
+    },
     /// Completes once everything submitted before it is durable.
     Barrier {
         done: Done,
@@ -224,6 +231,7 @@ fn writer_loop(
                         bytes,
                     }),
                     Op::DeadLetter { bytes, .. } => Some(Write::DeadLetter { bytes }),
+                    Op::Alias { alias, target, .. } => Some(Write::Alias { alias, target }),
                     Op::Barrier { .. } | Op::Shutdown { .. } => None,
                 })
                 .chain(truncate.map(|below| Write::Truncate { below }));
@@ -264,9 +272,10 @@ fn writer_loop(
                 Op::Event { done, .. }
                 | Op::Snapshot { done, .. }
                 | Op::TimerDelete { done, .. } => done,
-                Op::DeadLetter { done, .. } | Op::Barrier { done } | Op::Shutdown { done } => {
-                    Some(done)
-                }
+                Op::DeadLetter { done, .. }
+                | Op::Alias { done, .. }
+                | Op::Barrier { done }
+                | Op::Shutdown { done } => Some(done),
             };
             if let Some(done) = done {
                 done(result.clone());

@@ -49,6 +49,17 @@ pub struct Router {
 }
 
 impl Router {
+    /// The routing key of `contact`: the address it is an alias of, if any.
+    pub fn key(&self, tenant: &str, contact: &str) -> ConvKey {
+        if !self.shared.aliases.is_empty() {
+            let k = crate::store::contact_key(tenant, contact);
+            if let Some(target) = self.shared.aliases.get(&k) {
+                return ConvKey::new(tenant, target.value());
+            }
+        }
+        ConvKey::new(tenant, contact)
+    }
+
     async fn entry(&self, key: &ConvKey) -> Result<Entry, DeliverError> {
         if let Some(e) = self.shared.dir.by_key.get(key) {
             return Ok(e.clone());
@@ -102,7 +113,7 @@ impl Router {
         msg: InboundMessage,
         meta: InboundMeta,
     ) -> Result<Delivered, DeliverError> {
-        let key = ConvKey::new(tenant, contact);
+        let key = self.key(tenant, contact);
         let mut failures = 0;
         let mut last_failure = String::new();
         for attempt in 0..MAX_ROUTING_ATTEMPTS {
@@ -237,7 +248,7 @@ impl Router {
         tenant: &str,
         contact: &str,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        let key = ConvKey::new(tenant, contact);
+        let key = self.key(tenant, contact);
         if !self.shared.dir.by_key.contains_key(&key) {
             let (t, c) = (tenant.to_owned(), contact.to_owned());
             if self
@@ -310,7 +321,7 @@ impl Router {
         contact: &str,
         spec: crate::conversation::core::OutboundSpec,
     ) -> Result<(ConversationId, crate::conversation::core::SendOutcome), DeliverError> {
-        let key = ConvKey::new(tenant, contact);
+        let key = self.key(tenant, contact);
         self.ask(&key, |reply| ConvMsg::SendMessage {
             spec: spec.clone(),
             create: true,
@@ -328,7 +339,7 @@ impl Router {
         contact: &str,
         update: threadline_protocol::ConvEvent,
     ) -> Result<ConversationState, DeliverError> {
-        let key = ConvKey::new(tenant, contact);
+        let key = self.key(tenant, contact);
         self.ask(&key, |reply| ConvMsg::UpdateContact {
             update: update.clone(),
             reply,
@@ -354,6 +365,131 @@ impl Router {
         .await
     }
 
+    /// A step of a phone call from `contact`; resolves with what the call
+    /// does next once its events are durable.
+    pub async fn call(
+        &self,
+        tenant: &str,
+        contact: &str,
+        event: crate::conversation::core::CallEvent,
+    ) -> Result<(ConversationId, crate::conversation::core::VoiceAction), DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::Call {
+            event: event.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// A provider's delivery report, for message `seq` of conversation
+    /// `conv`. False if there is no such conversation.
+    pub async fn provider_status(
+        &self,
+        conv: ConversationId,
+        seq: u32,
+        report: crate::conversation::core::DeliveryReport,
+    ) -> Result<bool, DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(false);
+        };
+        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+            seq: Some(seq),
+            report: report.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// A provider's delivery report for the outbound message to `contact`
+    /// that carries the report's provider id. False if the contact has no
+    /// conversation.
+    pub async fn provider_status_for_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        report: crate::conversation::core::DeliveryReport,
+    ) -> Result<bool, DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+            seq: None,
+            report: report.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Joins the conversation of `alias` (a web-chat visitor) to the one of
+    /// `canonical` (their phone number): the phone conversation takes over
+    /// the visitor's messages and addresses, the alias is stored, and the
+    /// visitor's own conversation closes. Every step is idempotent, so a
+    /// crash part-way is repaired by linking again. Returns the joined
+    /// conversation.
+    pub async fn link(
+        &self,
+        tenant: &str,
+        alias: &str,
+        canonical: &str,
+    ) -> Result<ConversationId, DeliverError> {
+        let alias_key = ConvKey::new(tenant, alias);
+        let target = self.key(tenant, canonical);
+        if alias_key == target {
+            return self
+                .view(tenant, canonical)
+                .await?
+                .map(|s| s.id)
+                .ok_or_else(|| DeliverError::Storage("no conversation to link".into()));
+        }
+        let before = self
+            .ask(&alias_key, |reply| ConvMsg::View { reply })
+            .await?;
+        let (from, messages, mut identities) = match &before {
+            Some(s) => (s.id, s.messages.clone(), s.identities.clone()),
+            None => (ConversationId(0), Vec::new(), Default::default()),
+        };
+        identities.phone = identities.phone.or(Some(canonical.to_owned()));
+        let joined = self
+            .ask(&target, |reply| ConvMsg::Merge {
+                from,
+                messages: messages.clone(),
+                identities: identities.clone(),
+                reply,
+            })
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        let alias_row = crate::store::contact_key(tenant, alias);
+        self.shared
+            .persistence
+            .submit(Op::Alias {
+                alias: alias_row.clone(),
+                target: target.contact().to_owned(),
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .await
+            .map_err(|e| DeliverError::Unavailable(e.to_string()))?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
+            Err(_) => return Err(DeliverError::Unavailable("storage writer stopped".into())),
+        }
+        self.shared
+            .aliases
+            .insert(alias_row, target.contact().to_owned());
+        if before.is_some() {
+            self.ask(&alias_key, |reply| ConvMsg::CloseMerged {
+                into: joined,
+                reply,
+            })
+            .await?;
+            // The closed conversation's actor is no longer routed to.
+            if let Some((_, e)) = self.shared.dir.by_key.remove(&alias_key) {
+                e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
+            }
+        }
+        Ok(joined)
+    }
+
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,
@@ -361,7 +497,7 @@ impl Router {
         contact: &str,
         change: threadline_protocol::ConsentChange,
     ) -> Result<ConversationId, DeliverError> {
-        let key = ConvKey::new(tenant, contact);
+        let key = self.key(tenant, contact);
         self.ask(&key, |reply| ConvMsg::RecordConsent {
             change: change.clone(),
             reply,

@@ -92,6 +92,8 @@ pub struct Shared {
     pub tenants: HashMap<String, Arc<TenantPolicy>>,
     pub default_tenant: Arc<TenantPolicy>,
     pub simulated_clock: bool,
+    /// `tenant \0 address` → the address whose conversation it continues.
+    pub aliases: dashmap::DashMap<String, String>,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
@@ -159,6 +161,7 @@ impl Runtime {
                 .collect(),
             default_tenant: Arc::new(cfg.default_tenant.clone()),
             simulated_clock: cfg.simulated_clock,
+            aliases: persistence.store.aliases()?.into_iter().collect(),
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),
             sender: RwLock::new(None),

@@ -39,6 +39,9 @@ pub(crate) const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("aud
 pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_heads");
 
 /// (conversation, message seq) → an outbound message waiting for its provider.
+/// `tenant \0 address` → another address of the same tenant whose
+/// conversation it continues (a web-chat visitor who gave their phone).
+pub(crate) const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
 
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
@@ -183,6 +186,7 @@ impl Store {
             txn.open_table(CONTACTS)?;
             txn.open_table(CONVERSATIONS)?;
             txn.open_table(DEAD_LETTERS)?;
+            txn.open_table(ALIASES)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
@@ -370,6 +374,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Every alias: (`tenant \0 address`, the address it continues).
+    pub fn aliases(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ALIASES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(DEAD_LETTERS)?;
@@ -466,6 +482,10 @@ pub(crate) enum Write<'a> {
     DeadLetter {
         bytes: &'a [u8],
     },
+    Alias {
+        alias: &'a str,
+        target: &'a str,
+    },
     TimerDelete {
         id: u64,
     },
@@ -499,6 +519,7 @@ impl BatchWriter<'_> {
             let mut audit_t = txn.open_table(AUDIT)?;
             let mut audit_heads_t = txn.open_table(AUDIT_HEADS)?;
             let mut outbox_t = txn.open_table(OUTBOX)?;
+            let mut aliases = txn.open_table(ALIASES)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -587,6 +608,10 @@ impl BatchWriter<'_> {
                         let key = *self.next_dead_letter;
                         *self.next_dead_letter += 1;
                         dead.insert(key, bytes)?;
+                        out.push(Applied::Nothing);
+                    }
+                    Write::Alias { alias, target } => {
+                        aliases.insert(alias, target)?;
                         out.push(Applied::Nothing);
                     }
                     Write::Truncate { below } => {

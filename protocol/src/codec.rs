@@ -28,7 +28,7 @@ pub enum Kind {
 pub const LOG_RECORD_VERSION: u16 = 1;
 pub const SNAPSHOT_VERSION: u16 = 3;
 pub const TIMER_ROW_VERSION: u16 = 1;
-pub const OUTBOX_VERSION: u16 = 1;
+pub const OUTBOX_VERSION: u16 = 2;
 pub const DEAD_LETTER_VERSION: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +268,9 @@ pub struct OutboxEntry {
     pub to: String,
     pub channel: Channel,
     pub body: String,
+    /// Send as the tenant's approved WhatsApp template for this purpose
+    /// (`body` is its parameter): the 24-hour window was closed.
+    pub template: Option<String>,
 }
 
 pub fn encode_outbox(e: &OutboxEntry) -> Vec<u8> {
@@ -275,7 +278,33 @@ pub fn encode_outbox(e: &OutboxEntry) -> Vec<u8> {
 }
 
 pub fn decode_outbox(bytes: &[u8]) -> Result<OutboxEntry, CodecError> {
-    decode_only_v1(Kind::Outbox, bytes)
+    match header(Kind::Outbox, bytes)? {
+        (1, p) => decode_exact::<OutboxEntryV1>(Kind::Outbox, 1, p).map(|e| OutboxEntry {
+            conv: e.conv,
+            seq: e.seq,
+            tenant: e.tenant,
+            to: e.to,
+            channel: e.channel,
+            body: e.body,
+            template: None,
+        }),
+        (2, p) => decode_exact(Kind::Outbox, 2, p),
+        (version, _) => Err(CodecError::UnsupportedVersion {
+            kind: Kind::Outbox,
+            version,
+        }),
+    }
+}
+
+/// Frozen format version 1 of the outbox entry (before templates).
+#[derive(Deserialize, Serialize)]
+struct OutboxEntryV1 {
+    conv: ConversationId,
+    seq: u32,
+    tenant: String,
+    to: String,
+    channel: Channel,
+    body: String,
 }
 
 /// A normalized inbound message, whatever channel or provider it came from.

@@ -133,6 +133,18 @@ pub struct Identities {
     pub email: Option<String>,
 }
 
+impl Identities {
+    /// Where a message on `channel` reaches this customer, if known.
+    pub fn address_for(&self, channel: Channel) -> Option<&str> {
+        match channel {
+            Channel::Sms | Channel::Voice => self.phone.as_deref(),
+            Channel::Whatsapp => self.whatsapp.as_deref(),
+            Channel::Webchat => self.visitor.as_deref(),
+            Channel::Email => self.email.as_deref(),
+        }
+    }
+}
+
 /// What is known about the customer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Captured {
@@ -312,6 +324,10 @@ pub enum ConvEvent {
         email: Option<String>,
         facts: BTreeMap<String, String>,
     },
+    /// Another address of the same customer became known (a WhatsApp id
+    /// for a phone, a phone number a web-chat visitor gave). Fields that
+    /// are `None` leave the identity as it was.
+    IdentityLinked(Identities),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,6 +466,19 @@ impl ConversationState {
                 }
                 for (k, v) in facts {
                     self.captured.facts.insert(k.clone(), v.clone());
+                }
+            }
+            ConvEvent::IdentityLinked(ids) => {
+                let mine = &mut self.identities;
+                for (slot, new) in [
+                    (&mut mine.phone, &ids.phone),
+                    (&mut mine.whatsapp, &ids.whatsapp),
+                    (&mut mine.visitor, &ids.visitor),
+                    (&mut mine.email, &ids.email),
+                ] {
+                    if new.is_some() {
+                        slot.clone_from(new);
+                    }
                 }
             }
         }

@@ -394,6 +394,10 @@ fn next_allowed(t: Timestamp, loc: &Location, sent: &[Timestamp]) -> Option<(Tim
     None
 }
 
+/// The rule of a WhatsApp message sent as an approved template because the
+/// 24-hour window is closed; the sender renders it as `"type": "template"`.
+pub const WHATSAPP_TEMPLATE_RULE: &str = "approved WhatsApp template outside the 24-hour window";
+
 /// Decides what may happen to one outbound message.
 pub fn decide(r: &Request) -> Decision {
     if r.confirmation {
@@ -419,6 +423,17 @@ pub fn decide(r: &Request) -> Decision {
         if !(in_window || template_ok) {
             return Decision::Block {
                 reason: "outside the WhatsApp 24-hour window: only templates to opted-in users",
+            };
+        }
+        if !in_window {
+            return match next_allowed(r.now, r.location, r.sent_on_subject) {
+                Some((at, _)) if at == r.now => Decision::Send {
+                    rule: WHATSAPP_TEMPLATE_RULE,
+                },
+                Some((until, rule)) => Decision::Defer { until, rule },
+                None => Decision::Block {
+                    reason: "no allowed sending time within nine days",
+                },
             };
         }
     }
@@ -762,10 +777,21 @@ mod tests {
             "exactly 24 h later is outside"
         );
         r.whatsapp_template = true;
-        assert!(
-            matches!(decide(&r), Decision::Send { .. }),
+        assert_eq!(
+            decide(&r),
+            Decision::Send {
+                rule: WHATSAPP_TEMPLATE_RULE
+            },
             "a template to an opted-in user"
         );
+        // A template is business-initiated: quiet hours hold it.
+        let late = t("2026-11-25T03:30:00Z"); // 22:30 in New York
+        r.now = late;
+        assert!(
+            matches!(decide(&r), Decision::Defer { until, .. } if until == t("2026-11-25T13:00:00Z")),
+            "a template at 22:30 waits for 08:00"
+        );
+        r.now = t("2026-11-24T17:00:00Z");
         r.consent = Consent::Unknown;
         assert!(
             matches!(decide(&r), Decision::Block { .. }),

@@ -16,12 +16,14 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use threadline_protocol::codec::{self, InboundMessage, LogRecord, TimerOwner, TimerRow};
 use threadline_protocol::{
-    Channel, ConsentChange, ConvEvent, ConversationId, ConversationState, MessageId, Timestamp,
+    Channel, ConsentChange, ConvEvent, ConversationId, ConversationState, Identities, MessageId,
+    Timestamp,
 };
 use tokio::sync::oneshot;
 
 use super::core::{
-    identities_for, Conversation, InboundOutcome, OutboundSpec, SendOutcome, TimerSpec,
+    identities_for, CallEvent, Conversation, DeliveryReport, InboundOutcome, OutboundSpec,
+    SendOutcome, TimerSpec, VoiceAction,
 };
 use super::{ConvKey, EntryMeta};
 use crate::audit::AuditDraft;
@@ -57,6 +59,11 @@ pub struct InboundMeta {
     pub hint: Option<crate::consent::keywords::Keyword>,
     /// The sender's state as the provider knows it (Twilio `FromState`).
     pub from_state: Option<String>,
+    /// Addresses of the sender this message revealed (a WhatsApp id).
+    pub identities: Option<Identities>,
+    /// The sender's name as the provider knows it (WhatsApp profile name);
+    /// kept unless a name is already known.
+    pub profile_name: Option<String>,
 }
 
 pub enum ConvMsg {
@@ -102,6 +109,31 @@ pub enum ConvMsg {
         change: ConsentChange,
         reply: Reply<ConversationId>,
     },
+    /// A step of a phone call (creates the conversation if needed).
+    Call {
+        event: CallEvent,
+        reply: Reply<(ConversationId, VoiceAction)>,
+    },
+    /// A provider's delivery report on outbound message `seq` (or the one
+    /// carrying the report's provider id). False if no conversation.
+    ProviderStatus {
+        seq: Option<u32>,
+        report: DeliveryReport,
+        reply: Reply<bool>,
+    },
+    /// Takes over another conversation's messages and addresses (creates
+    /// the conversation if needed).
+    Merge {
+        from: ConversationId,
+        messages: Vec<threadline_protocol::Message>,
+        identities: Identities,
+        reply: Reply<ConversationId>,
+    },
+    /// This conversation continues in `into`: close it.
+    CloseMerged {
+        into: ConversationId,
+        reply: Reply<()>,
+    },
     /// Snapshot, leave the directory and stop. With `idle_before`, only if
     /// the actor has not been active since that instant.
     Passivate { idle_before: Option<Timestamp> },
@@ -122,6 +154,10 @@ impl ConvMsg {
             ConvMsg::Delivery { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::UpdateContact { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::RecordConsent { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Call { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::ProviderStatus { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Merge { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::CloseMerged { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::Passivate { .. } | ConvMsg::StorageFailed => {}
         }
     }
@@ -309,6 +345,65 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             })
             .await;
         }
+        ConvMsg::Call { event, reply } => {
+            let shared = st.args.shared.clone();
+            let now = shared.clock.now();
+            st.args.meta.touch(now);
+            let (mut events, index) = st.create_if_absent(Channel::Voice, now);
+            let tenant = shared.tenant(st.args.key.tenant());
+            let conv = st.conv.as_mut().expect("created above");
+            let id = conv.id();
+            let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+            let (action, more) = conv.on_call(&event, now, &tenant, &mut next_id);
+            events.extend(more);
+            if !events.is_empty() {
+                events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));
+            }
+            st.commit(&myself, events, index, move |r| {
+                let _ = reply.send(r.map(|()| (id, action)));
+            })
+            .await;
+        }
+        ConvMsg::ProviderStatus { seq, report, reply } => {
+            let now = st.args.shared.clock.now();
+            let Some(conv) = st.conv.as_mut() else {
+                let _ = reply.send(Ok(false));
+                return;
+            };
+            let events = conv.set_delivery(seq, report, now);
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r.map(|()| true));
+            })
+            .await;
+        }
+        ConvMsg::Merge {
+            from,
+            messages,
+            identities,
+            reply,
+        } => {
+            let now = st.args.shared.clock.now();
+            let (mut events, index) = st.create_if_absent(Channel::Sms, now);
+            let conv = st.conv.as_mut().expect("created above");
+            let id = conv.id();
+            events.extend(conv.link_identity(&identities));
+            events.extend(conv.import(from, &messages, now));
+            st.commit(&myself, events, index, move |r| {
+                let _ = reply.send(r.map(|()| id));
+            })
+            .await;
+        }
+        ConvMsg::CloseMerged { into, reply } => {
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.close_merged(into, now),
+                None => Vec::new(),
+            };
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r);
+            })
+            .await;
+        }
         ConvMsg::Passivate { idle_before } => st.passivate(&myself, idle_before).await,
         ConvMsg::StorageFailed => {
             st.poisoned = true;
@@ -370,11 +465,18 @@ impl ConvState {
         let mut audit = Vec::new();
         let mut outbox = Vec::new();
         let mut records = Vec::with_capacity(events.len());
+        // The purpose of the last WhatsApp decision to use a template: the
+        // message it let through follows it in the same batch.
+        let mut template: Option<String> = None;
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
             }
             match &event {
+                ConvEvent::Decided(d) => {
+                    template = (d.rule == crate::consent::policy::WHATSAPP_TEMPLATE_RULE)
+                        .then(|| d.purpose.clone());
+                }
                 ConvEvent::MessageAppended(m)
                     if m.direction == threadline_protocol::Direction::Outbound
                         && m.delivery == threadline_protocol::Delivery::Queued =>
@@ -383,9 +485,15 @@ impl ConvState {
                         conv: id,
                         seq: m.seq,
                         tenant: self.args.key.tenant().to_owned(),
-                        to: self.args.key.contact().to_owned(),
+                        to: conv
+                            .state
+                            .identities
+                            .address_for(m.channel)
+                            .unwrap_or(self.args.key.contact())
+                            .to_owned(),
                         channel: m.channel,
                         body: m.text.clone(),
+                        template: template.take().filter(|_| m.channel == Channel::Whatsapp),
                     }))
                 }
                 ConvEvent::DeliveryUpdated { seq, .. } => {
@@ -498,6 +606,12 @@ impl ConvState {
             if matches!(outcome, InboundOutcome::Recorded(_)) {
                 if let Some(state) = &meta.from_state {
                     events.extend(conv.note_provider_state(state));
+                }
+                if let Some(ids) = &meta.identities {
+                    events.extend(conv.link_identity(ids));
+                }
+                if let Some(name) = &meta.profile_name {
+                    events.extend(conv.note_profile_name(name));
                 }
                 // Consent keywords are handled before any conversation logic.
                 events.extend(conv.on_keywords(&msg, meta.hint, now, &tenant));

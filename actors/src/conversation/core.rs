@@ -54,6 +54,15 @@ pub struct TenantPolicy {
     /// Channels with a real provider: messages there are queued for the
     /// sender. Elsewhere the sandbox provider records them as sent.
     pub providers: Vec<Channel>,
+    /// The phone that rings first on inbound calls.
+    pub owner_phone: Option<String>,
+    /// Answer calls with the speech assistant instead of ringing the owner.
+    pub voice_assistant: bool,
+    /// The text sent after a missed call (empty: none).
+    pub missed_call_text: String,
+    /// Purposes with an approved WhatsApp template (used outside the
+    /// 24-hour window; the sender renders the template).
+    pub whatsapp_templates: Vec<String>,
 }
 
 impl TenantPolicy {
@@ -78,6 +87,10 @@ impl Default for TenantPolicy {
             strict_rules: policy::STATE_RULES.to_vec(),
             lifecycle: Lifecycle::default(),
             providers: Vec::new(),
+            owner_phone: None,
+            voice_assistant: false,
+            missed_call_text: String::new(),
+            whatsapp_templates: Vec::new(),
         }
     }
 }
@@ -118,6 +131,74 @@ pub struct TimerSpec {
     pub kind: TimerKind,
     pub text: Option<String>,
     pub channel: Option<Channel>,
+}
+
+/// A speech conversation ends after this many turns.
+pub const MAX_SPEECH_TURNS: u32 = 12;
+
+/// One step of a phone call, as the voice gateway saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// A call came in.
+    Incoming { call_sid: String },
+    /// The outcome of ringing the owner: anything but answered is a missed call.
+    DialStatus { call_sid: String, answered: bool },
+    /// What the caller said in speech turn `turn` of the voice assistant.
+    Speech {
+        call_sid: String,
+        turn: u32,
+        text: String,
+    },
+}
+
+/// What the call does next (rendered as TwiML by the gateway).
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoiceAction {
+    /// Ring `number`; with `whisper`, the person answering first hears a
+    /// summary of the conversation (a warm transfer).
+    Dial { number: String, whisper: bool },
+    /// Say `prompt` and listen for speech turn `turn`.
+    Gather { prompt: String, turn: u32 },
+    /// Say `text`, if any, and hang up.
+    Hangup { text: Option<String> },
+}
+
+fn channel_words(c: Channel) -> &'static str {
+    match c {
+        Channel::Sms => "text",
+        Channel::Whatsapp => "WhatsApp",
+        Channel::Voice => "the phone",
+        Channel::Webchat => "chat",
+        Channel::Email => "email",
+    }
+}
+
+/// What a provider reported about an outbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub delivery: Delivery,
+    pub provider_message_id: Option<String>,
+    pub error: Option<String>,
+    /// The provider refused because the recipient opted out (Twilio 21610).
+    pub opted_out: bool,
+}
+
+/// How far along its life a delivery state is. Reports only move a
+/// message forward; `blocked` is final.
+fn delivery_rank(d: Delivery) -> u8 {
+    match d {
+        Delivery::Received => 0,
+        Delivery::Queued => 1,
+        Delivery::Sent => 2,
+        Delivery::Failed => 3,
+        Delivery::Delivered => 4,
+        Delivery::Read => 5,
+        Delivery::Blocked => 6,
+    }
+}
+
+fn delivery_advances(from: Delivery, to: Delivery) -> bool {
+    from != Delivery::Blocked && delivery_rank(to) > delivery_rank(from)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +421,12 @@ impl Conversation {
             Keyword::Help => Some(tenant.help_text.clone()),
         };
         if let Some(text) = reply {
+            // A call cannot carry the confirmation: it goes out as a text.
+            let ch = if ch == Channel::Voice {
+                Channel::Sms
+            } else {
+                ch
+            };
             let delivery = tenant.delivery_for(ch);
             self.outbound(&mut events, ch, Author::System, text, now, now, delivery);
         }
@@ -374,7 +461,8 @@ impl Conversation {
         let direct_reply = spec.purpose == Purpose::Conversational
             && self.state.messages.last().is_some_and(|m| {
                 m.direction == Direction::Inbound
-                    && m.channel == channel
+                    // Texting back after a call answers the call.
+                    && (m.channel == channel || (m.channel == Channel::Voice && channel == Channel::Sms))
                     && now.0 - m.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
             });
         let decision = self.gate(channel, spec.purpose, now, tenant, direct_reply);
@@ -432,23 +520,15 @@ impl Conversation {
         (outcome, events)
     }
 
-    /// Records what became of outbound message `seq` at its provider. A
-    /// provider saying the recipient opted out is a revocation too.
+    /// Records what became of outbound message `seq` at its provider (the
+    /// sender's report). A provider saying the recipient opted out is a
+    /// revocation too.
     pub fn delivery_update(
         &mut self,
         seq: u32,
         outcome: crate::sender::Outcome,
         now: Timestamp,
     ) -> Vec<(u32, ConvEvent)> {
-        let mut events = Vec::with_capacity(2);
-        let Ok(i) = self.state.messages.binary_search_by_key(&seq, |m| m.seq) else {
-            return events;
-        };
-        let msg = &self.state.messages[i];
-        if msg.delivery != Delivery::Queued {
-            return events; // already recorded (a repeated report)
-        }
-        let channel = msg.channel;
         let (delivery, provider_message_id, error, opted_out) = match outcome {
             crate::sender::Outcome::Sent { provider_id } => {
                 (Delivery::Sent, provider_id, None, false)
@@ -457,17 +537,67 @@ impl Conversation {
                 (Delivery::Failed, None, Some(error), opted_out)
             }
         };
+        self.set_delivery(
+            Some(seq),
+            DeliveryReport {
+                delivery,
+                provider_message_id,
+                error,
+                opted_out,
+            },
+            now,
+        )
+    }
+
+    /// Applies a delivery report to outbound message `seq` (or, without it,
+    /// the outbound message carrying the report's provider id). Reports may
+    /// arrive out of order: one that would move the message back (`sent`
+    /// after `delivered`) changes nothing, and a repeated one neither.
+    pub fn set_delivery(
+        &mut self,
+        seq: Option<u32>,
+        report: DeliveryReport,
+        now: Timestamp,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::with_capacity(2);
+        let found = match seq {
+            Some(seq) => self
+                .state
+                .messages
+                .binary_search_by_key(&seq, |m| m.seq)
+                .ok(),
+            None => report.provider_message_id.as_deref().and_then(|pid| {
+                self.state.messages.iter().rposition(|m| {
+                    m.direction == Direction::Outbound
+                        && m.provider_message_id.as_deref() == Some(pid)
+                })
+            }),
+        };
+        let Some(i) = found else {
+            return events;
+        };
+        let msg = &self.state.messages[i];
+        if msg.direction != Direction::Outbound || !delivery_advances(msg.delivery, report.delivery)
+        {
+            return events;
+        }
+        let (seq, channel) = (msg.seq, msg.channel);
+        let provider_message_id = report
+            .provider_message_id
+            .filter(|p| msg.provider_message_id.as_deref() != Some(p));
         self.push(
             &mut events,
             ConvEvent::DeliveryUpdated {
                 seq,
-                delivery,
+                delivery: report.delivery,
                 provider_message_id,
-                error: error.clone(),
+                error: report.error.clone(),
                 at: now,
             },
         );
-        if opted_out {
+        let already_out =
+            self.state.consent_for(channel, "conversational") == ConsentStatus::OptedOut;
+        if report.opted_out && !already_out {
             self.push(
                 &mut events,
                 ConvEvent::ConsentChanged(ConsentChange {
@@ -476,7 +606,7 @@ impl Conversation {
                     purpose: None,
                     source: "provider".into(),
                     keyword: None,
-                    raw_text: error,
+                    raw_text: report.error,
                     provider_message_id: None,
                     proof: None,
                     at: now,
@@ -501,6 +631,25 @@ impl Conversation {
                     region: None,
                     email: None,
                     facts: [("provider_state".to_owned(), state)].into(),
+                },
+            );
+        }
+        events
+    }
+
+    /// Keeps the name a provider gives for the sender, unless one is known.
+    pub fn note_profile_name(&mut self, name: &str) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let name = name.trim();
+        if self.state.captured.name.is_none() && !name.is_empty() {
+            self.push(
+                &mut events,
+                ConvEvent::ContactUpdated {
+                    name: Some(name.to_owned()),
+                    timezone: None,
+                    region: None,
+                    email: None,
+                    facts: Default::default(),
                 },
             );
         }
@@ -622,8 +771,8 @@ impl Conversation {
             .iter()
             .rev()
             .find(|m| {
-                m.direction == Direction::Inbound
-                    && matches!(m.channel, Channel::Whatsapp | Channel::Voice)
+                // A phone call is not a WhatsApp call: only WhatsApp opens it.
+                m.direction == Direction::Inbound && m.channel == Channel::Whatsapp
             })
             .map(|m| m.recorded_at);
         policy::decide(&policy::Request {
@@ -637,8 +786,410 @@ impl Conversation {
             location: &location,
             sent_on_subject: &sent,
             whatsapp_last_inbound,
-            whatsapp_template: false,
+            whatsapp_template: tenant
+                .whatsapp_templates
+                .iter()
+                .any(|p| p == purpose.as_str()),
         })
+    }
+
+    /// A step of a phone call. Returns what the call should do next and
+    /// the events to persist. Repeated webhooks (same call and turn) record
+    /// nothing new and get an equivalent answer.
+    pub fn on_call(
+        &mut self,
+        event: &CallEvent,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> (VoiceAction, Vec<(u32, ConvEvent)>) {
+        let mut events = Vec::new();
+        let action = match event {
+            CallEvent::Incoming { call_sid } => {
+                let fresh = self.note(
+                    &mut events,
+                    Author::Customer,
+                    "[incoming call]",
+                    call_sid,
+                    now,
+                );
+                if tenant.voice_assistant {
+                    let prompt = self.greeting(tenant);
+                    if fresh {
+                        self.say(&mut events, &prompt, now);
+                    }
+                    VoiceAction::Gather { prompt, turn: 1 }
+                } else if let Some(owner) = &tenant.owner_phone {
+                    VoiceAction::Dial {
+                        number: owner.clone(),
+                        whisper: true,
+                    }
+                } else {
+                    // Nobody to ring: the call is missed at once.
+                    if fresh {
+                        self.missed_call(&mut events, call_sid, now, tenant, next_id);
+                    }
+                    VoiceAction::Hangup {
+                        text: Some(format!(
+                            "Sorry, nobody at {} can take your call right now. We will text you shortly.",
+                            tenant.name
+                        )),
+                    }
+                }
+            }
+            CallEvent::DialStatus { call_sid, answered } => {
+                if *answered {
+                    self.note(
+                        &mut events,
+                        Author::System,
+                        "[call answered]",
+                        &format!("{call_sid}/answered"),
+                        now,
+                    );
+                } else {
+                    self.missed_call(&mut events, call_sid, now, tenant, next_id);
+                }
+                VoiceAction::Hangup { text: None }
+            }
+            CallEvent::Speech {
+                call_sid,
+                turn,
+                text,
+            } => self.speech_turn(&mut events, call_sid, *turn, text, now, tenant, next_id),
+        };
+        (action, events)
+    }
+
+    /// A summary for the person a call is transferred to.
+    pub fn whisper(&self) -> String {
+        let who = self
+            .state
+            .captured
+            .name
+            .clone()
+            .or_else(|| self.state.identities.phone.clone())
+            .unwrap_or_else(|| self.state.contact.clone());
+        let mut out = format!("Call from {who}.");
+        let recent: Vec<&Message> = self
+            .state
+            .messages
+            .iter()
+            .filter(|m| m.author == Author::Customer && !m.text.starts_with('['))
+            .rev()
+            .take(3)
+            .collect();
+        for m in recent.into_iter().rev() {
+            out.push_str(&format!(
+                " On {}: {}.",
+                channel_words(m.channel),
+                m.text.trim_end_matches('.')
+            ));
+        }
+        out
+    }
+
+    /// What the voice assistant says first: the tenant, then what the
+    /// conversation already knows, so the caller does not repeat it.
+    fn greeting(&self, tenant: &TenantPolicy) -> String {
+        let mut out = format!("Hi, thanks for calling {}.", tenant.name);
+        if let Some(name) = &self.state.captured.name {
+            out = format!("Hi {name}, thanks for calling {}.", tenant.name);
+        }
+        let earlier = self.state.messages.iter().rev().find(|m| {
+            m.direction == Direction::Inbound
+                && m.author == Author::Customer
+                && m.channel != Channel::Voice
+                && !m.text.trim().is_empty()
+        });
+        match earlier {
+            Some(m) => out.push_str(&format!(
+                " You mentioned over {} that \"{}\". How can I help with that?",
+                channel_words(m.channel),
+                m.text.trim()
+            )),
+            None => out.push_str(" How can I help you today?"),
+        }
+        out
+    }
+
+    /// Records a call note (idempotent by `key`); false if it was seen before.
+    fn note(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        author: Author,
+        text: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> bool {
+        if self.seen(key).is_some() {
+            return false;
+        }
+        let seq = self.state.next_seq();
+        self.push(
+            events,
+            ConvEvent::MessageAppended(Message {
+                seq,
+                direction: Direction::Inbound,
+                channel: Channel::Voice,
+                author,
+                text: text.into(),
+                at: now,
+                recorded_at: now,
+                provider_message_id: Some(key.into()),
+                delivery: Delivery::Received,
+                media: vec![],
+            }),
+        );
+        true
+    }
+
+    /// Something the assistant says inside a call the customer placed: a
+    /// direct reply, recorded as decided and sent (TwiML carries it).
+    fn say(&mut self, events: &mut Vec<(u32, ConvEvent)>, text: &str, now: Timestamp) {
+        let decision = Decision::Send {
+            rule: "in-call reply",
+        };
+        self.record_decision(
+            events,
+            Channel::Voice,
+            Purpose::Conversational,
+            &decision,
+            text,
+            now,
+        );
+        self.outbound(
+            events,
+            Channel::Voice,
+            Author::Bot,
+            text.into(),
+            now,
+            now,
+            Delivery::Sent,
+        );
+    }
+
+    fn missed_call(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        call_sid: &str,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        next_id: &mut dyn FnMut() -> u64,
+    ) {
+        if !self.note(
+            events,
+            Author::System,
+            "[missed call]",
+            &format!("{call_sid}/missed"),
+            now,
+        ) {
+            return;
+        }
+        if tenant.missed_call_text.is_empty() {
+            return;
+        }
+        let spec = OutboundSpec {
+            text: tenant.missed_call_text.clone(),
+            channel: Some(Channel::Sms),
+            purpose: Purpose::Conversational,
+        };
+        let (_, more) = self.send_message(spec, now, tenant, next_id);
+        events.extend(more);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn speech_turn(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        call_sid: &str,
+        turn: u32,
+        text: &str,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> VoiceAction {
+        let key = format!("{call_sid}/turn/{turn}");
+        let text = text.trim();
+        if text.is_empty() {
+            return VoiceAction::Gather {
+                prompt: "Sorry, I did not catch that. Could you say it again?".into(),
+                turn,
+            };
+        }
+        let fresh = self.note(events, Author::Customer, text, &key, now);
+        let keyword = tenant.keywords.classify(text, None);
+        if fresh && keyword.is_some() {
+            let msg = InboundMessage {
+                channel: Channel::Voice,
+                from: self.state.contact.clone(),
+                to: None,
+                text: text.into(),
+                provider_message_id: Some(key.clone()),
+                at: Some(now),
+                media: vec![],
+            };
+            events.extend(self.on_keywords(&msg, None, now, tenant));
+        }
+        let lower = text.to_lowercase();
+        let words: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let has = |w: &[&str]| words.iter().any(|x| w.contains(x));
+        let (reply, action) = if keyword == Some(Keyword::OptOut) {
+            let t = format!(
+                "Understood. {} will not contact you again. Goodbye.",
+                tenant.name
+            );
+            (t.clone(), VoiceAction::Hangup { text: Some(t) })
+        } else if has(&[
+            "agent",
+            "person",
+            "human",
+            "representative",
+            "operator",
+            "someone",
+            "somebody",
+        ]) {
+            match &tenant.owner_phone {
+                Some(owner) => {
+                    let t = "Let me connect you with someone who can help. One moment.".to_string();
+                    (
+                        t,
+                        VoiceAction::Dial {
+                            number: owner.clone(),
+                            whisper: true,
+                        },
+                    )
+                }
+                None => {
+                    let t = "Nobody is available right now. We will call you back soon. Goodbye."
+                        .to_string();
+                    (t.clone(), VoiceAction::Hangup { text: Some(t) })
+                }
+            }
+        } else if has(&["bye", "goodbye"])
+            || lower.contains("that's all")
+            || lower.contains("no thanks")
+            || turn >= MAX_SPEECH_TURNS
+        {
+            let t = format!("Thanks for calling {}. Goodbye.", tenant.name);
+            (t.clone(), VoiceAction::Hangup { text: Some(t) })
+        } else {
+            let t = "Thank you, I have noted that. Is there anything else?".to_string();
+            (
+                t.clone(),
+                VoiceAction::Gather {
+                    prompt: t,
+                    turn: turn + 1,
+                },
+            )
+        };
+        if fresh {
+            if self.state.captured.intent.is_none() && keyword.is_none() {
+                self.push(
+                    events,
+                    ConvEvent::ContactUpdated {
+                        name: None,
+                        timezone: None,
+                        region: None,
+                        email: None,
+                        facts: [("voice_request".to_owned(), text.to_owned())].into(),
+                    },
+                );
+            }
+            self.say(events, &reply, now);
+        }
+        let _ = next_id;
+        action
+    }
+
+    /// Records addresses of this customer that became known (only what is
+    /// new: no event when nothing changes).
+    pub fn link_identity(&mut self, ids: &Identities) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let mine = &self.state.identities;
+        let new = Identities {
+            phone: ids.phone.clone().filter(|p| mine.phone.as_ref() != Some(p)),
+            whatsapp: ids
+                .whatsapp
+                .clone()
+                .filter(|p| mine.whatsapp.as_ref() != Some(p)),
+            visitor: ids
+                .visitor
+                .clone()
+                .filter(|p| mine.visitor.as_ref() != Some(p)),
+            email: ids.email.clone().filter(|p| mine.email.as_ref() != Some(p)),
+        };
+        if new != Identities::default() {
+            self.push(&mut events, ConvEvent::IdentityLinked(new));
+        }
+        events
+    }
+
+    /// Takes over the messages of another conversation of the same customer
+    /// (a web-chat visitor who gave their phone number), in their original
+    /// order and times. Idempotent: a message already taken over is skipped.
+    pub fn import(
+        &mut self,
+        from: ConversationId,
+        messages: &[Message],
+        now: Timestamp,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        for m in messages {
+            let key = m
+                .provider_message_id
+                .clone()
+                .unwrap_or_else(|| format!("import/{}/{}", from.0, m.seq));
+            if self.seen(&key).is_some() {
+                continue;
+            }
+            let seq = self.state.next_seq();
+            let mut copy = m.clone();
+            copy.seq = seq;
+            copy.recorded_at = now;
+            copy.provider_message_id = Some(key);
+            if copy.delivery == Delivery::Queued {
+                // Its original conversation's sender delivers it.
+                copy.delivery = Delivery::Sent;
+            }
+            self.push(&mut events, ConvEvent::MessageAppended(copy));
+        }
+        events
+    }
+
+    /// Closes this conversation because another one took it over.
+    pub fn close_merged(&mut self, into: ConversationId, now: Timestamp) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if self.state.status == Status::Closed {
+            return events;
+        }
+        let text = format!("[continued in conversation {into}]");
+        let seq = self.state.next_seq();
+        self.push(
+            &mut events,
+            ConvEvent::MessageAppended(Message {
+                seq,
+                direction: Direction::Outbound,
+                channel: self.channel_or_last_inbound(None),
+                author: Author::System,
+                text,
+                at: now,
+                recorded_at: now,
+                provider_message_id: None,
+                delivery: Delivery::Sent,
+                media: vec![],
+            }),
+        );
+        self.push(
+            &mut events,
+            ConvEvent::StatusChanged {
+                status: Status::Closed,
+                at: now,
+            },
+        );
+        events
     }
 
     fn push(&mut self, events: &mut Vec<(u32, ConvEvent)>, event: ConvEvent) {
