@@ -45,6 +45,8 @@ pub struct App {
     pub draining: AtomicBool,
     /// The clock, when it is simulated (`--simulated-clock`).
     simulated: Option<Arc<ManualClock>>,
+    /// Open web-chat sockets.
+    pub chat: Arc<crate::webchat::Hub>,
 }
 
 impl App {
@@ -54,7 +56,10 @@ impl App {
             .iter()
             .map(|t| (t.gateway_token.clone(), t.id.clone()))
             .collect();
+        let chat = Arc::new(crate::webchat::Hub::default());
+        runtime.shared.feed.subscribe(chat.clone());
         App {
+            chat,
             cfg,
             router: runtime.router.clone(),
             shared: runtime.shared.clone(),
@@ -143,7 +148,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections stop taking new requests when `stop` flips; upgraded
+    // ones (WebSockets) live on their own tasks and end with the process.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -168,30 +176,44 @@ pub async fn serve(
                             let app = app.clone();
                             async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
                         }),
-                    );
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    )
+                    .with_upgrades();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    tokio::pin!(conn);
+                    let r = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = r {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
             }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = &mut shutdown => break,
         }
     }
     app.draining.store(true, Ordering::SeqCst);
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stop_tx.send(true);
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the grace period");
     }
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Resp {
     app.shared.metrics.http_requests.inc();
-    let resp = match route(&app, req).await {
+    let resp = if req.uri().path() == "/chat/ws" && req.method() == Method::GET {
+        crate::webchat::upgrade(app.clone(), req)
+    } else {
+        route(&app, req).await
+    };
+    let resp = match resp {
         Ok(r) => r,
         Err(e) => error_response(e),
     };
@@ -240,6 +262,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             webhooks::twilio_outbound_call(app, req).await
         }
         (Method::GET, ["webhooks", "whatsapp"]) => webhooks::whatsapp_verify(app, &req),
+        (Method::GET, ["chat"]) => crate::webchat::page(app, &req),
         (Method::POST, ["webhooks", "whatsapp"]) => webhooks::whatsapp_notify(app, req).await,
         (Method::GET, ["api", "v1", "conversations", id]) => {
             admin(app, &req)?;

@@ -10,5 +10,6 @@ pub mod http;
 pub mod phone;
 pub mod providers;
 pub mod twilio;
+pub mod webchat;
 pub mod webhooks;
 pub mod whatsapp;

@@ -60,7 +60,10 @@ async fn twilio_form(
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .ok_or_else(|| forbidden("the X-Twilio-Signature header is missing"))?;
+        .ok_or_else(|| {
+            app.shared.metrics.webhook_rejected.inc();
+            forbidden("the X-Twilio-Signature header is missing")
+        })?;
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -433,7 +436,10 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .ok_or_else(|| forbidden("the X-Hub-Signature-256 header is missing"))?;
+        .ok_or_else(|| {
+            app.shared.metrics.webhook_rejected.inc();
+            forbidden("the X-Hub-Signature-256 header is missing")
+        })?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     if !whatsapp::verify(&wa.app_secret, &body, &header) {
         app.shared.metrics.webhook_rejected.inc();

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod clock;
 pub mod consent;
 pub mod conversation;
+pub mod feed;
 pub mod metrics;
 pub mod persistence;
 pub mod router;

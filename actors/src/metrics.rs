@@ -26,6 +26,8 @@ pub struct Metrics {
     pub resident_memory_bytes: Gauge,
     pub http_requests: Counter,
     pub http_client_errors: Counter,
+    /// Open WebSocket connections (web-chat visitors, agent desktops).
+    pub websockets: Gauge,
     pub timers_pending: Gauge,
     pub timers_fired: Counter,
     pub timer_lateness_seconds: Histogram,
@@ -53,6 +55,7 @@ impl Metrics {
             resident_memory_bytes: Gauge::default(),
             http_requests: Counter::default(),
             http_client_errors: Counter::default(),
+            websockets: Gauge::default(),
             timers_pending: Gauge::default(),
             timers_fired: Counter::default(),
             timer_lateness_seconds: Histogram::new([
@@ -98,6 +101,11 @@ impl Metrics {
             "dead_letters",
             "Messages parked after failing their conversation repeatedly",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "websockets_open",
+            "Open WebSocket connections (web-chat visitors, agent desktops)",
+            m.websockets.clone(),
         );
         registry.register(
             "webhooks_rejected",

@@ -94,6 +94,8 @@ pub struct Shared {
     pub simulated_clock: bool,
     /// `tenant \0 address` → the address whose conversation it continues.
     pub aliases: dashmap::DashMap<String, String>,
+    /// Recorded messages, for the gateways and the agent pool.
+    pub feed: crate::feed::Feed,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
@@ -162,6 +164,7 @@ impl Runtime {
             default_tenant: Arc::new(cfg.default_tenant.clone()),
             simulated_clock: cfg.simulated_clock,
             aliases: persistence.store.aliases()?.into_iter().collect(),
+            feed: Default::default(),
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),
             sender: RwLock::new(None),

@@ -59,7 +59,10 @@ impl FakeTwilio {
 
     pub fn accepted_bodies(&self) -> Vec<String> {
         let s = self.state.lock().unwrap();
-        s.accepted.iter().map(|(_, f)| f["Body"].clone()).collect()
+        s.accepted
+            .iter()
+            .filter_map(|(_, f)| f.get("Body").cloned())
+            .collect()
     }
 
     pub fn requests(&self) -> usize {
@@ -78,13 +81,18 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     use base64::Engine;
-    let want_path = format!("/2010-04-01/Accounts/{SID}/Messages.json");
-    if req.uri().path() != want_path {
+    let messages = format!("/2010-04-01/Accounts/{SID}/Messages.json");
+    let calls = format!("/2010-04-01/Accounts/{SID}/Calls.json");
+    let resource = if req.uri().path() == messages {
+        "Messages"
+    } else if req.uri().path() == calls {
+        "Calls"
+    } else {
         return Ok(reply(
             404,
             serde_json::json!({"code": 20404, "message": "not found"}),
         ));
-    }
+    };
     let auth = req
         .headers()
         .get("authorization")
@@ -108,7 +116,9 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
-    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let mut form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    // Which REST resource was called, for tests that place calls.
+    form.insert("_resource".into(), resource.into());
     let hold = {
         let mut s = st.lock().unwrap();
         s.requests.push((key.clone(), form.clone()));
@@ -141,7 +151,7 @@ async fn handle(
     }
     Ok(reply(
         201,
-        serde_json::json!({"sid": format!("SM{}", key.replace(['_', '.'], "")), "status": "queued"}),
+        serde_json::json!({"sid": format!("{}{}", if resource == "Calls" { "CA" } else { "SM" }, key.replace(['_', '.'], "")), "status": "queued"}),
     ))
 }
 

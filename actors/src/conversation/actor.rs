@@ -468,6 +468,20 @@ impl ConvState {
         // The purpose of the last WhatsApp decision to use a template: the
         // message it let through follows it in the same batch.
         let mut template: Option<String> = None;
+        let mut published = Vec::new();
+        if self.args.shared.feed.has_listeners() {
+            for (_, e) in &events {
+                if let ConvEvent::MessageAppended(m) = e {
+                    published.push(crate::feed::Published {
+                        tenant: self.args.key.tenant().to_owned(),
+                        conversation: id,
+                        contact: self.args.key.contact().to_owned(),
+                        identities: conv.state.identities.clone(),
+                        message: m.clone(),
+                    });
+                }
+            }
+        }
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
@@ -552,6 +566,9 @@ impl ConvState {
                             let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
                         }
                     }
+                }
+                for p in &published {
+                    shared.feed.publish(p);
                 }
                 if !notify.is_empty() {
                     if let Some(s) = shared.scheduler.read().as_ref() {

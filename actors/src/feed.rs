@@ -1,0 +1,50 @@
+//! The message feed: every message a conversation durably records, handed
+//! to whoever listens (the web-chat gateway pushes bot and agent messages
+//! to visitors' sockets; the agent pool follows its conversations). Called
+//! after the commit, so a listener never sees what could still be lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use threadline_protocol::{ConversationId, Identities, Message};
+
+/// One recorded message and where it belongs.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub tenant: String,
+    pub conversation: ConversationId,
+    /// The address the conversation is keyed by.
+    pub contact: String,
+    pub identities: Identities,
+    pub message: Message,
+}
+
+pub trait Listener: Send + Sync + 'static {
+    /// Must not block: it runs on the storage writer's completion path.
+    fn published(&self, p: &Published);
+}
+
+#[derive(Default)]
+pub struct Feed {
+    listeners: RwLock<Vec<Arc<dyn Listener>>>,
+    any: AtomicBool,
+}
+
+impl Feed {
+    pub fn subscribe(&self, l: Arc<dyn Listener>) {
+        self.listeners.write().push(l);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Cheap check so conversations skip copying messages nobody reads.
+    pub fn has_listeners(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
+    pub fn publish(&self, p: &Published) {
+        for l in self.listeners.read().iter() {
+            l.published(p);
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The web-chat gateway: `GET /chat/ws?tenant=T&visitor=V` (WebSocket) and
+//! the `/chat` widget page.
+//!
+//! A visitor without an id gets one in the `hello` frame; reconnecting with
+//! it resumes the conversation and its history. Messages the visitor sends
+//! are acknowledged once durable. Bot, agent and system messages on the
+//! web-chat channel reach every open socket of the visitor through the
+//! runtime's message feed. A visitor who writes their phone number (or
+//! sends `{"type": "identify", "phone": ...}`) is joined to the phone's
+//! conversation, so SMS and voice continue it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use threadline_actors::feed::{Listener, Published};
+use threadline_actors::Delivered;
+use threadline_protocol::codec::InboundMessage;
+use threadline_protocol::{Channel, Direction, Message};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::http::{known_tenant, text_response, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES};
+use crate::phone;
+
+/// Largest frame a visitor may send.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024;
+/// Frames queued for one socket before it counts as too slow and is closed.
+const SOCKET_QUEUE: usize = 256;
+
+/// Open visitor sockets: `tenant \0 visitor` → (socket id, its queue).
+#[derive(Default)]
+pub struct Hub {
+    sockets: DashMap<String, Vec<(u64, mpsc::Sender<String>)>>,
+    next: AtomicU64,
+}
+
+fn hub_key(tenant: &str, visitor: &str) -> String {
+    format!("{tenant}\0{visitor}")
+}
+
+pub fn message_frame(m: &Message) -> Value {
+    json!({
+        "type": "message",
+        "id": m.seq,
+        "author": m.author.label(),
+        "direction": m.direction.as_str(),
+        "text": m.text,
+        "at": crate::http::rfc3339(m.at),
+    })
+}
+
+impl Hub {
+    fn add(&self, key: &str) -> (u64, mpsc::Receiver<String>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
+        self.sockets
+            .entry(key.to_owned())
+            .or_default()
+            .push((id, tx));
+        (id, rx)
+    }
+
+    fn remove(&self, key: &str, id: u64) {
+        if let Some(mut v) = self.sockets.get_mut(key) {
+            v.retain(|(i, _)| *i != id);
+        }
+        self.sockets.remove_if(key, |_, v| v.is_empty());
+    }
+
+    pub fn open_sockets(&self) -> usize {
+        self.sockets.iter().map(|e| e.value().len()).sum()
+    }
+}
+
+impl Listener for Hub {
+    fn published(&self, p: &Published) {
+        let m = &p.message;
+        if m.channel != Channel::Webchat || m.direction != Direction::Outbound {
+            return;
+        }
+        let Some(visitor) = &p.identities.visitor else {
+            return;
+        };
+        if let Some(mut socks) = self.sockets.get_mut(&hub_key(&p.tenant, visitor)) {
+            let frame = message_frame(m).to_string();
+            // A socket that cannot keep up is dropped; the visitor
+            // reconnects and gets the history.
+            socks.retain(|(_, tx)| tx.try_send(frame.clone()).is_ok());
+        }
+    }
+}
+
+fn valid_visitor(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// `GET /chat/ws`: checks the request, answers 101 and serves the socket.
+pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let q: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let tenant = known_tenant(&app, get("tenant").unwrap_or(""))?;
+    let visitor = match get("visitor").filter(|v| !v.is_empty()) {
+        Some(v) if valid_visitor(v) => v.to_owned(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "invalid_field",
+                "`visitor` must be 1-64 letters, digits, '-' or '_'",
+            ))
+        }
+        None => format!("v_{}", uuid::Uuid::new_v4().simple()),
+    };
+    let is_ws = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .cloned()
+        .filter(|_| is_ws)
+    else {
+        return Err(ApiError::bad(
+            "websocket_required",
+            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
+        ));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_FRAME_BYTES))
+                    .max_frame_size(Some(MAX_FRAME_BYTES));
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                serve(app, ws, tenant, visitor).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "web-chat upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Default::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+            .expect("a base64 accept key is a valid header value"),
+    );
+    Ok(r)
+}
+
+fn error_frame(code: &str, message: impl Into<String>) -> String {
+    json!({"type": "error", "code": code, "message": message.into()}).to_string()
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
+    let key = hub_key(&tenant, &visitor);
+    let (sock, mut outbox) = app.chat.add(&key);
+    app.shared.metrics.websockets.inc();
+    let hello = json!({"type": "hello", "tenant": tenant, "visitor": visitor});
+    let mut ok = ws.send(Frame::text(hello.to_string())).await.is_ok();
+    if ok {
+        ok = match history(&app, &tenant, &visitor).await {
+            Ok(Some(h)) => ws.send(Frame::text(h.to_string())).await.is_ok(),
+            Ok(None) => true,
+            Err(e) => ws
+                .send(Frame::text(error_frame("unavailable", e.message())))
+                .await
+                .is_ok(),
+        };
+    }
+    while ok {
+        tokio::select! {
+            frame = ws.next() => {
+                let answer = match frame {
+                    Some(Ok(Frame::Text(t))) => on_frame(&app, &tenant, &visitor, t.as_str()).await,
+                    Some(Ok(Frame::Binary(_))) => vec![error_frame("unsupported", "send JSON text frames")],
+                    Some(Ok(Frame::Close(_))) | None => break,
+                    Some(Ok(_)) => vec![], // ping/pong are answered by tungstenite
+                    Some(Err(e)) => {
+                        // A protocol violation (oversized frame...): say why, then close.
+                        let _ = ws.send(Frame::text(error_frame("protocol", e.to_string()))).await;
+                        break;
+                    }
+                };
+                for a in answer {
+                    if ws.send(Frame::text(a)).await.is_err() {
+                        ok = false;
+                    }
+                }
+            }
+            out = outbox.recv() => match out {
+                Some(f) => ok = ws.send(Frame::text(f)).await.is_ok(),
+                None => break, // dropped as too slow
+            },
+        }
+    }
+    app.chat.remove(&key, sock);
+    app.shared.metrics.websockets.dec();
+    let _ = ws.close(None).await;
+}
+
+/// The `history` frame: what the visitor said and was told in web chat
+/// (messages of other channels stay with the business: linking a number
+/// proves nothing about who typed it).
+async fn history(app: &App, tenant: &str, visitor: &str) -> Result<Option<Value>, ApiError> {
+    let Some(state) = app.router.view(tenant, visitor).await? else {
+        return Ok(None);
+    };
+    let messages: Vec<Value> = state
+        .messages
+        .iter()
+        .filter(|m| m.channel == Channel::Webchat && !m.text.starts_with("[continued in"))
+        .map(message_frame)
+        .collect();
+    Ok(Some(json!({
+        "type": "history",
+        "conversation_id": state.id.to_string(),
+        "messages": messages,
+    })))
+}
+
+async fn on_frame(app: &App, tenant: &str, visitor: &str, text: &str) -> Vec<String> {
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return vec![error_frame(
+                "invalid_json",
+                "frames are JSON objects with a \"type\"",
+            )]
+        }
+    };
+    match v["type"].as_str() {
+        Some("message") => on_message(app, tenant, visitor, &v).await,
+        Some("identify") => match v["phone"].as_str().and_then(phone::normalize) {
+            Some(p) => vec![link(app, tenant, visitor, &p).await],
+            None => vec![error_frame(
+                "invalid_field",
+                "`phone` must be a phone number",
+            )],
+        },
+        Some("ping") => vec![json!({"type": "pong"}).to_string()],
+        Some(other) => vec![error_frame(
+            "unknown_type",
+            format!("unknown frame type {other:?} (message, identify, ping)"),
+        )],
+        None => vec![error_frame("invalid_frame", "the frame has no \"type\"")],
+    }
+}
+
+async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<String> {
+    let Some(text) = v["text"].as_str().filter(|t| !t.trim().is_empty()) else {
+        return vec![error_frame(
+            "invalid_field",
+            "`text` must be a non-empty string",
+        )];
+    };
+    if text.len() > MAX_TEXT_BYTES {
+        return vec![error_frame(
+            "field_too_long",
+            format!("`text` exceeds {MAX_TEXT_BYTES} bytes"),
+        )];
+    }
+    // A client id makes a resend after a reconnect idempotent.
+    let client_id = v["id"]
+        .as_str()
+        .filter(|i| !i.is_empty() && i.len() <= MAX_ID_BYTES);
+    let pid = match client_id {
+        Some(id) => format!("wc:{visitor}:{id}"),
+        None => format!("wc:{}", uuid::Uuid::new_v4().simple()),
+    };
+    let msg = InboundMessage {
+        channel: Channel::Webchat,
+        from: visitor.to_owned(),
+        to: None,
+        text: text.to_owned(),
+        provider_message_id: Some(pid),
+        at: None,
+        media: vec![],
+    };
+    let mut out = match app.router.deliver(tenant, visitor, msg).await {
+        Ok(Delivered::Recorded(ack)) => vec![json!({
+            "type": "ack",
+            "id": client_id,
+            "conversation_id": ack.conversation.to_string(),
+            "message_id": ack.message.to_string(),
+            "duplicate": ack.duplicate,
+        })
+        .to_string()],
+        Ok(Delivered::DeadLettered { .. }) => {
+            vec![error_frame(
+                "dead_lettered",
+                "the message was parked for an operator",
+            )]
+        }
+        Err(e) => return vec![error_frame("unavailable", e.to_string())],
+    };
+    if let Some(p) = phone::find_in_text(text) {
+        out.push(link(app, tenant, visitor, &p).await);
+    }
+    out
+}
+
+async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {
+    match app.router.link(tenant, visitor, phone).await {
+        Ok(conv) => json!({"type": "linked", "phone": phone, "conversation_id": conv.to_string()})
+            .to_string(),
+        Err(e) => error_frame("unavailable", e.to_string()),
+    }
+}
+
+/// `GET /chat?tenant=T`: the widget demo page.
+pub fn page(app: &App, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+    let tenant = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "tenant")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_default();
+    let tenant = known_tenant(app, &tenant)?;
+    let name = app
+        .cfg
+        .tenant(&tenant)
+        .map(|t| {
+            if t.name.is_empty() {
+                t.id.clone()
+            } else {
+                t.name.clone()
+            }
+        })
+        .unwrap_or_default();
+    let html = include_str!("chat.html")
+        .replace("{{TENANT}}", &quick_xml::escape::escape(tenant.as_str()))
+        .replace("{{NAME}}", &quick_xml::escape::escape(name.as_str()));
+    Ok(text_response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        html,
+    ))
+}
