@@ -33,11 +33,26 @@ impl Conn {
         token: &str,
         body: String,
     ) -> anyhow::Result<(u16, Duration, Bytes)> {
-        let req = Request::post(path)
+        let auth = format!("Bearer {token}");
+        self.post(path, "application/json", &[("authorization", &auth)], body)
+            .await
+    }
+
+    /// POSTs `body` with its content type and extra headers.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> anyhow::Result<(u16, Duration, Bytes)> {
+        let mut req = Request::post(path)
             .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .header("authorization", format!("Bearer {token}"))
-            .body(Full::new(Bytes::from(body)))?;
+            .header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body)))?;
         let start = Instant::now();
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;

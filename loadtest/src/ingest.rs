@@ -129,7 +129,7 @@ impl Phase {
     fn ms(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
     }
-    fn json(&self) -> serde_json::Value {
+    pub fn json(&self) -> serde_json::Value {
         json!({
             "name": self.name, "ok": self.ok, "errors": self.errors,
             "seconds": self.seconds, "per_second": self.rate(),
@@ -137,7 +137,7 @@ impl Phase {
                            "p999": self.ms(0.999), "max": self.hist.max() as f64 / 1000.0},
         })
     }
-    fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{:<14} {:>9.0}/s  ok {:>8}  errors {:>5}  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms",
             self.name,
@@ -153,42 +153,73 @@ impl Phase {
     }
 }
 
-/// Runs `clients` closed-loop clients for warm-up + `seconds`, posting
-/// inbound messages with unique provider ids; latency is recorded after the
+/// One request of a load phase.
+pub struct Req {
+    pub path: String,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    /// The status that counts as success.
+    pub expect: u16,
+}
+
+/// Builds request number `n` (unique across all clients of a phase).
+pub type MakeReq = Arc<dyn Fn(usize) -> Req + Send + Sync>;
+
+/// The gateway API request for inbound message `n`.
+pub fn inbound_request(a: &IngestArgs, run_id: u64) -> MakeReq {
+    let (tenant, token, contacts) = (a.tenant.clone(), a.token.clone(), a.contacts);
+    Arc::new(move |n| Req {
+        path: "/api/v1/inbound".into(),
+        content_type: "application/json",
+        headers: vec![("authorization", format!("Bearer {token}"))],
+        body: json!({
+            "tenant": tenant, "channel": "sms",
+            "from": format!("+1555{:07}", n % contacts),
+            "to": "+15550000100",
+            "text": format!("load message {n}"),
+            "provider_message_id": format!("lt-{run_id}-{n}"),
+        })
+        .to_string(),
+        expect: 202,
+    })
+}
+
+/// Runs `clients` closed-loop clients for warm-up + `seconds`, each
+/// sending the requests `make` builds; latency is recorded after the
 /// warm-up only.
 pub async fn drive(
     name: &'static str,
     addr: SocketAddr,
-    a: &IngestArgs,
-    run_id: u64,
+    clients: usize,
+    seconds: u64,
+    make: MakeReq,
 ) -> anyhow::Result<Phase> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for c in 0..a.clients {
+    for c in 0..clients {
         let mut conn = Conn::open(addr).await?;
-        let (measuring, stop, ok, errors) =
-            (measuring.clone(), stop.clone(), ok.clone(), errors.clone());
-        let (tenant, token, contacts, clients) =
-            (a.tenant.clone(), a.token.clone(), a.contacts, a.clients);
+        let (measuring, stop, ok, errors, make) = (
+            measuring.clone(),
+            stop.clone(),
+            ok.clone(),
+            errors.clone(),
+            make.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut hist = latency_histogram();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let n = i * clients + c;
                 i += 1;
-                let body = json!({
-                    "tenant": tenant, "channel": "sms",
-                    "from": format!("+1555{:07}", n % contacts),
-                    "to": "+15550000100",
-                    "text": format!("load message {n}"),
-                    "provider_message_id": format!("lt-{run_id}-{n}"),
-                })
-                .to_string();
-                match conn.post_json("/api/v1/inbound", &token, body).await {
-                    Ok((202, took, _)) => {
+                let r = make(n);
+                let headers: Vec<(&str, &str)> =
+                    r.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                match conn.post(&r.path, r.content_type, &headers, r.body).await {
+                    Ok((status, took, _)) if status == r.expect => {
                         if measuring.load(Ordering::Relaxed) {
                             ok.fetch_add(1, Ordering::Relaxed);
                             let _ = hist.record(took.as_micros().max(1) as u64);
@@ -210,7 +241,7 @@ pub async fn drive(
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::SeqCst);
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
@@ -243,7 +274,14 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
             "bare hyper endpoint on {}: {} clients, {} s",
             server.addr, a.clients, a.seconds
         );
-        drive("bare-hyper", server.addr, &a, run_id).await?
+        drive(
+            "bare-hyper",
+            server.addr,
+            a.clients,
+            a.seconds,
+            inbound_request(&a, run_id),
+        )
+        .await?
     };
     eprintln!("{}", bare.line());
 
@@ -260,7 +298,14 @@ pub async fn run(a: IngestArgs) -> anyhow::Result<()> {
         "node on {node_addr}: {} clients over {} contacts, {} s",
         a.clients, a.contacts, a.seconds
     );
-    let ingest = drive("node-ingest", node_addr, &a, run_id).await?;
+    let ingest = drive(
+        "node-ingest",
+        node_addr,
+        a.clients,
+        a.seconds,
+        inbound_request(&a, run_id),
+    )
+    .await?;
     eprintln!("{}", ingest.line());
     let m = NodeMetrics::fetch(node_addr).await?;
     let pick = |name: &str| m.value(name);

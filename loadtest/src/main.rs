@@ -10,6 +10,7 @@ mod ingest;
 mod node;
 mod outbound;
 mod timers;
+mod webhooks;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,8 @@ enum Command {
     Outbound(outbound::OutboundArgs),
     /// Durable timer scheduling and firing lateness.
     Timers(timers::TimerArgs),
+    /// Signed Twilio SMS webhooks per second, durable before the 200.
+    Webhooks(webhooks::WebhookArgs),
     /// Resident memory of a node holding many conversations.
     Resident(ingest::ResidentArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Outbound(a) => rt.block_on(outbound::run(a)),
         Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
+        Command::Webhooks(a) => rt.block_on(webhooks::run(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
 }

@@ -49,6 +49,25 @@ pub fn spawn(bin: &Path, extra: &[String]) -> anyhow::Result<SpawnedNode> {
     start(cmd, dir)
 }
 
+/// Starts `bin serve --config` with `config` written to a fresh data dir.
+pub fn spawn_with_config(
+    bin: &Path,
+    config: &str,
+    extra: &[String],
+) -> anyhow::Result<SpawnedNode> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("threadline.toml");
+    std::fs::write(&file, config)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(["--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(extra);
+    start(cmd, dir)
+}
+
 /// Starts this program's bare endpoint as a separate process, so it pays
 /// the same cross-process costs as the node it is compared with.
 pub fn spawn_bare() -> anyhow::Result<SpawnedNode> {
