@@ -70,6 +70,24 @@ impl App {
     }
 }
 
+/// Runs `work` (which records inbound traffic) on channel gateway
+/// `gateway`: 503 with Retry-After when the gateway is saturated or
+/// restarting.
+pub(crate) async fn via<T: Send + 'static>(
+    app: &App,
+    gateway: &'static str,
+    work: impl std::future::Future<Output = Result<T, DeliverError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    match threadline_actors::gateway::run(&app.shared, gateway, work).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            e.to_string(),
+        )),
+    }
+}
+
 /// An HTTP error answer.
 #[derive(Debug)]
 pub struct ApiError {
@@ -1097,7 +1115,12 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         at,
         media: b.media,
     };
-    match app.router.deliver_with(&tenant, &from, msg, meta).await? {
+    let router = app.router.clone();
+    let delivered = via(app, "api", async move {
+        router.deliver_with(&tenant, &from, msg, meta).await
+    })
+    .await?;
+    match delivered {
         Delivered::Recorded(ack) => Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({

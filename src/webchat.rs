@@ -29,7 +29,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::http::{known_tenant, text_response, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES};
+use crate::http::{
+    known_tenant, text_response, via, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES,
+};
 use crate::phone;
 
 /// Largest frame a visitor may send.
@@ -304,7 +306,14 @@ async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<St
         at: None,
         media: vec![],
     };
-    let mut out = match app.router.deliver(tenant, visitor, msg).await {
+    let (router, t, v) = (app.router.clone(), tenant.to_owned(), visitor.to_owned());
+    let delivered = via(
+        app,
+        "webchat",
+        async move { router.deliver(&t, &v, msg).await },
+    )
+    .await;
+    let mut out = match delivered {
         Ok(Delivered::Recorded(ack)) => vec![json!({
             "type": "ack",
             "id": client_id,
@@ -319,7 +328,7 @@ async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<St
                 "the message was parked for an operator",
             )]
         }
-        Err(e) => return vec![error_frame("unavailable", e.to_string())],
+        Err(e) => return vec![error_frame("unavailable", e.message())],
     };
     if let Some(p) = phone::find_in_text(text) {
         out.push(link(app, tenant, visitor, &p).await);
@@ -328,10 +337,16 @@ async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<St
 }
 
 async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {
-    match app.router.link(tenant, visitor, phone).await {
+    let (router, t, v, p) = (
+        app.router.clone(),
+        tenant.to_owned(),
+        visitor.to_owned(),
+        phone.to_owned(),
+    );
+    match via(app, "webchat", async move { router.link(&t, &v, &p).await }).await {
         Ok(conv) => json!({"type": "linked", "phone": phone, "conversation_id": conv.to_string()})
             .to_string(),
-        Err(e) => error_frame("unavailable", e.to_string()),
+        Err(e) => error_frame("unavailable", e.message()),
     }
 }
 

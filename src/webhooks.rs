@@ -13,7 +13,7 @@ use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{Channel, ConversationId, Delivery, Identities, Timestamp};
 
 use crate::http::{
-    field_len, json_response, read_body, text_response, ApiError, App, Resp, MAX_ID_BYTES,
+    field_len, json_response, read_body, text_response, via, ApiError, App, Resp, MAX_ID_BYTES,
     MAX_MEDIA, MAX_TEXT_BYTES, MAX_URL_BYTES,
 };
 use crate::twilio::{self, param, Twiml};
@@ -185,7 +185,11 @@ pub async fn twilio_sms(app: &App, req: Request<Incoming>) -> Result<Resp, ApiEr
         from_state,
         ..Default::default()
     };
-    app.router.deliver_with(&tenant, &from, msg, meta).await?;
+    let router = app.router.clone();
+    via(app, "twilio", async move {
+        router.deliver_with(&tenant, &from, msg, meta).await
+    })
+    .await?;
     Ok(twiml(Twiml::new()))
 }
 
@@ -245,16 +249,26 @@ async fn record_status(
     report: DeliveryReport,
 ) -> Result<(), ApiError> {
     let found = match target {
-        Some((conv, seq)) => app.router.provider_status(conv, seq, report).await?,
+        Some((conv, seq)) => {
+            let router = app.router.clone();
+            via(app, "twilio", async move {
+                router.provider_status(conv, seq, report).await
+            })
+            .await?
+        }
         None => match (
             param(params, "From"),
             param(params, "To").and_then(phone::normalize),
         ) {
             (Some(from), Some(to)) => match tenant_by_number(app, from) {
                 Ok(tenant) => {
-                    app.router
-                        .provider_status_for_contact(&tenant, &to, report)
-                        .await?
+                    let router = app.router.clone();
+                    via(app, "twilio", async move {
+                        router
+                            .provider_status_for_contact(&tenant, &to, report)
+                            .await
+                    })
+                    .await?
                 }
                 Err(_) => false,
             },
@@ -308,14 +322,25 @@ fn call_parties(
     Ok((tenant, from, sid))
 }
 
+/// Records a step of a call through the Twilio gateway.
+async fn call(
+    app: &App,
+    tenant: String,
+    from: String,
+    event: CallEvent,
+) -> Result<(ConversationId, VoiceAction), ApiError> {
+    let router = app.router.clone();
+    via(app, "twilio", async move {
+        router.call(&tenant, &from, event).await
+    })
+    .await
+}
+
 /// `POST /webhooks/twilio/voice`: an inbound call.
 pub async fn twilio_voice(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let (params, _) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
-    let (conv, action) = app
-        .router
-        .call(&tenant, &from, CallEvent::Incoming { call_sid })
-        .await?;
+    let (conv, action) = call(app, tenant, from, CallEvent::Incoming { call_sid }).await?;
     Ok(render(action, conv))
 }
 
@@ -325,10 +350,13 @@ pub async fn twilio_dial_status(app: &App, req: Request<Incoming>) -> Result<Res
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let status = required(&params, "DialCallStatus")?.to_ascii_lowercase();
     let answered = matches!(status.as_str(), "completed" | "answered");
-    let (conv, action) = app
-        .router
-        .call(&tenant, &from, CallEvent::DialStatus { call_sid, answered })
-        .await?;
+    let (conv, action) = call(
+        app,
+        tenant,
+        from,
+        CallEvent::DialStatus { call_sid, answered },
+    )
+    .await?;
     Ok(render(action, conv))
 }
 
@@ -339,18 +367,17 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
     let turn = query(&q, "turn").and_then(|t| t.parse().ok()).unwrap_or(1);
     let text = param(&params, "SpeechResult").unwrap_or("").to_owned();
     field_len("SpeechResult", &text, MAX_TEXT_BYTES)?;
-    let (conv, action) = app
-        .router
-        .call(
-            &tenant,
-            &from,
-            CallEvent::Speech {
-                call_sid,
-                turn,
-                text,
-            },
-        )
-        .await?;
+    let (conv, action) = call(
+        app,
+        tenant,
+        from,
+        CallEvent::Speech {
+            call_sid,
+            turn,
+            text,
+        },
+    )
+    .await?;
     Ok(render(action, conv))
 }
 
@@ -488,9 +515,11 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
             profile_name: m.profile_name.filter(|n| n.len() <= 256),
             ..Default::default()
         };
-        app.router
-            .deliver_with(&tenant.id, &contact, msg, meta)
-            .await?;
+        let (router, tenant) = (app.router.clone(), tenant.id.clone());
+        via(app, "whatsapp", async move {
+            router.deliver_with(&tenant, &contact, msg, meta).await
+        })
+        .await?;
     }
     for st in n.statuses {
         let delivery = match st.status.as_str() {
@@ -512,16 +541,26 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
             .and_then(|d| d.split_once(':'))
             .and_then(|(c, m)| message_ref(Some(c), Some(m)));
         let found = match target {
-            Some((conv, seq)) => app.router.provider_status(conv, seq, report).await?,
+            Some((conv, seq)) => {
+                let router = app.router.clone();
+                via(app, "whatsapp", async move {
+                    router.provider_status(conv, seq, report).await
+                })
+                .await?
+            }
             None => {
                 let tenant = app.cfg.tenants.iter().find(|t| {
                     t.whatsapp_phone_number_id.as_deref() == Some(st.phone_number_id.as_str())
                 });
                 match (tenant, st.recipient.as_deref().and_then(phone::from_wa_id)) {
                     (Some(t), Some(to)) => {
-                        app.router
-                            .provider_status_for_contact(&t.id, &to, report)
-                            .await?
+                        let (router, tenant) = (app.router.clone(), t.id.clone());
+                        via(app, "whatsapp", async move {
+                            router
+                                .provider_status_for_contact(&tenant, &to, report)
+                                .await
+                        })
+                        .await?
                     }
                     _ => false,
                 }

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub dead_letters: Counter,
     /// Provider webhooks refused: wrong signature or a number no tenant owns.
     pub webhook_rejected: Counter,
+    /// Inbound work refused because its gateway was at its limit.
+    pub gateway_busy: Counter,
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub persistence_queue: Gauge,
@@ -49,6 +51,7 @@ impl Metrics {
             duplicates: Counter::default(),
             dead_letters: Counter::default(),
             webhook_rejected: Counter::default(),
+            gateway_busy: Counter::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
             persistence_queue: Gauge::default(),
@@ -106,6 +109,11 @@ impl Metrics {
             "websockets_open",
             "Open WebSocket connections (web-chat visitors, agent desktops)",
             m.websockets.clone(),
+        );
+        registry.register(
+            "gateway_busy",
+            "Inbound requests refused with 503 because their gateway was at its in-flight limit",
+            m.gateway_busy.clone(),
         );
         registry.register(
             "webhooks_rejected",

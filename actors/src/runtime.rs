@@ -55,6 +55,8 @@ pub struct RuntimeConfig {
     /// The outbound provider; `None` is the sandbox (recorded only).
     pub provider: Option<Arc<dyn crate::sender::Provider>>,
     pub retry: crate::sender::RetryPolicy,
+    /// Work in flight each channel gateway admits before answering busy.
+    pub gateway_limit: usize,
 }
 
 impl RuntimeConfig {
@@ -72,6 +74,7 @@ impl RuntimeConfig {
             simulated_clock: false,
             provider: None,
             retry: crate::sender::RetryPolicy::default(),
+            gateway_limit: 4096,
         }
     }
 }
@@ -99,6 +102,10 @@ pub struct Shared {
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
+    /// The channel gateways by name (`crate::gateway::GATEWAYS`).
+    pub(crate) gateways: RwLock<HashMap<&'static str, ActorRef<crate::gateway::GatewayMsg>>>,
+    /// Work in flight each gateway admits.
+    pub gateway_limit: usize,
 }
 
 impl Shared {
@@ -165,6 +172,8 @@ impl Runtime {
             simulated_clock: cfg.simulated_clock,
             aliases: persistence.store.aliases()?.into_iter().collect(),
             feed: Default::default(),
+            gateways: RwLock::new(HashMap::new()),
+            gateway_limit: cfg.gateway_limit.max(1),
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),
             sender: RwLock::new(None),
@@ -265,6 +274,9 @@ impl Actor for RootSupervisor {
         )
         .await?;
         spawn_conversations(&myself, &args.shared).await?;
+        for name in crate::gateway::GATEWAYS {
+            spawn_gateway(&myself, &args.shared, name).await?;
+        }
         let rows = args.timers.lock().take().unwrap_or_default();
         spawn_scheduler(&myself, &args.shared, rows).await?;
         if let Some((provider, retry, backlog)) = args.provider.clone() {
@@ -304,6 +316,9 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // Timers, senders and conversations first (they still write), then
         // the writer. Unsent outbox entries are sent after the next start.
+        for (_, g) in st.shared.gateways.write().drain() {
+            g.stop(Some("shutdown".into()));
+        }
         if let Some(s) = st.shared.sender.write().take() {
             s.stop(Some("shutdown".into()));
         }
@@ -340,7 +355,17 @@ impl Actor for RootSupervisor {
                     .read()
                     .as_ref()
                     .is_some_and(|s| s.get_id() == cell.get_id());
-                if is_scheduler {
+                let gateway = st
+                    .shared
+                    .gateways
+                    .read()
+                    .iter()
+                    .find(|(_, g)| g.get_id() == cell.get_id())
+                    .map(|(n, _)| *n);
+                if let Some(name) = gateway {
+                    tracing::error!(error = %err, gateway = name, "gateway failed; restarting it");
+                    spawn_gateway(&myself, &st.shared, name).await?;
+                } else if is_scheduler {
                     tracing::error!(error = %err, "scheduler failed; reloading timers");
                     *st.shared.scheduler.write() = None;
                     let store = st.shared.persistence.store.clone();
@@ -377,6 +402,26 @@ async fn spawn_conversations(
     )
     .await?;
     *shared.supervisor.write() = Some(sup);
+    Ok(())
+}
+
+async fn spawn_gateway(
+    root: &ActorRef<RootMsg>,
+    shared: &Arc<Shared>,
+    name: &'static str,
+) -> Result<(), ActorProcessingErr> {
+    let (g, _) = Actor::spawn_linked(
+        None,
+        crate::gateway::Gateway,
+        crate::gateway::GatewayArgs {
+            name,
+            max_in_flight: shared.gateway_limit,
+            shared: shared.clone(),
+        },
+        root.get_cell(),
+    )
+    .await?;
+    shared.gateways.write().insert(name, g);
     Ok(())
 }
 

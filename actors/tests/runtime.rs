@@ -222,3 +222,59 @@ async fn the_log_is_truncated_below_what_snapshots_cover() {
     p.shutdown().await.unwrap();
     writer.join();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
+    use threadline_actors::gateway::{run, GatewayError};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let mut cfg = RuntimeConfig::new(dir.path());
+    cfg.gateway_limit = 2;
+    let rt = Runtime::start(cfg, clock.clone(), Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let shared = rt.shared.clone();
+    // Two slow pieces of work fill the gateway; a third is refused.
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (s, mut r) = (shared.clone(), release_rx.clone());
+        held.push(tokio::spawn(async move {
+            run(&s, "twilio", async move {
+                let _ = r.wait_for(|v| *v).await;
+                7
+            })
+            .await
+        }));
+    }
+    // The third is refused once the first two hold their slots.
+    let mut refused = None;
+    for _ in 0..1000 {
+        match run(&shared, "twilio", async { 1 }).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    assert_eq!(refused, Some(GatewayError::Busy("twilio")));
+    // Other channels have their own limit.
+    assert_eq!(run(&shared, "whatsapp", async { 2 }).await, Ok(2));
+    release_tx.send(true).unwrap();
+    for h in held {
+        assert_eq!(h.await.unwrap(), Ok(7));
+    }
+    // Work that panics fails alone (its caller sees the gateway as
+    // unavailable, acknowledges nothing and retries); the gateway goes on.
+    let failed = run(&shared, "twilio", async {
+        if std::hint::black_box(true) {
+            panic!("a broken piece of work");
+        }
+        0
+    })
+    .await;
+    assert_eq!(failed, Err(GatewayError::Unavailable("twilio")));
+    assert_eq!(run(&shared, "twilio", async { 3 }).await, Ok(3));
+    rt.shutdown().await;
+}
