@@ -73,10 +73,10 @@ impl App {
 /// Runs `work` (which records inbound traffic) on channel gateway
 /// `gateway`: 503 with Retry-After when the gateway is saturated or
 /// restarting.
-pub(crate) async fn via<T: Send + 'static>(
+pub(crate) async fn via<T>(
     app: &App,
     gateway: &'static str,
-    work: impl std::future::Future<Output = Result<T, DeliverError>> + Send + 'static,
+    work: impl std::future::Future<Output = Result<T, DeliverError>>,
 ) -> Result<T, ApiError> {
     match threadline_actors::gateway::run(&app.shared, gateway, work).await {
         Ok(r) => r.map_err(ApiError::from),

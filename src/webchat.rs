@@ -85,11 +85,12 @@ impl Hub {
 }
 
 impl Listener for Hub {
+    fn wants(&self, m: &Message) -> bool {
+        m.channel == Channel::Webchat && m.direction == Direction::Outbound
+    }
+
     fn published(&self, p: &Published) {
         let m = &p.message;
-        if m.channel != Channel::Webchat || m.direction != Direction::Outbound {
-            return;
-        }
         let Some(visitor) = &p.identities.visitor else {
             return;
         };

@@ -21,6 +21,9 @@ pub struct Published {
 }
 
 pub trait Listener: Send + Sync + 'static {
+    /// Whether this listener wants `m` at all; asked before the message is
+    /// copied for publishing, on the conversation's own task.
+    fn wants(&self, m: &Message) -> bool;
     /// Must not block: it runs on the storage writer's completion path.
     fn published(&self, p: &Published);
 }
@@ -37,9 +40,9 @@ impl Feed {
         self.any.store(true, Ordering::Release);
     }
 
-    /// Cheap check so conversations skip copying messages nobody reads.
-    pub fn has_listeners(&self) -> bool {
-        self.any.load(Ordering::Acquire)
+    /// Whether anyone wants `m` (cheap when nobody listens).
+    pub fn wants(&self, m: &Message) -> bool {
+        self.any.load(Ordering::Acquire) && self.listeners.read().iter().any(|l| l.wants(m))
     }
 
     pub fn publish(&self, p: &Published) {

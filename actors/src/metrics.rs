@@ -22,6 +22,8 @@ pub struct Metrics {
     pub webhook_rejected: Counter,
     /// Inbound work refused because its gateway was at its limit.
     pub gateway_busy: Counter,
+    /// Work in flight per channel gateway.
+    pub gateway_in_flight: prometheus_client::metrics::family::Family<GatewayLabel, Gauge>,
     pub commit_batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub persistence_queue: Gauge,
@@ -52,6 +54,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             webhook_rejected: Counter::default(),
             gateway_busy: Counter::default(),
+            gateway_in_flight: Default::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
             persistence_queue: Gauge::default(),
@@ -109,6 +112,11 @@ impl Metrics {
             "websockets_open",
             "Open WebSocket connections (web-chat visitors, agent desktops)",
             m.websockets.clone(),
+        );
+        registry.register(
+            "gateway_in_flight",
+            "Inbound work in flight per channel gateway",
+            m.gateway_in_flight.clone(),
         );
         registry.register(
             "gateway_busy",
@@ -213,4 +221,10 @@ pub fn resident_memory_bytes() -> i64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// The label of per-gateway series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct GatewayLabel {
+    pub gateway: String,
 }

@@ -103,7 +103,7 @@ pub struct Shared {
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
     /// The channel gateways by name (`crate::gateway::GATEWAYS`).
-    pub(crate) gateways: RwLock<HashMap<&'static str, ActorRef<crate::gateway::GatewayMsg>>>,
+    pub(crate) gateways: RwLock<HashMap<&'static str, crate::gateway::GatewayHandle>>,
     /// Work in flight each gateway admits.
     pub gateway_limit: usize,
 }
@@ -317,7 +317,7 @@ impl Actor for RootSupervisor {
         // Timers, senders and conversations first (they still write), then
         // the writer. Unsent outbox entries are sent after the next start.
         for (_, g) in st.shared.gateways.write().drain() {
-            g.stop(Some("shutdown".into()));
+            g.actor.stop(Some("shutdown".into()));
         }
         if let Some(s) = st.shared.sender.write().take() {
             s.stop(Some("shutdown".into()));
@@ -360,7 +360,7 @@ impl Actor for RootSupervisor {
                     .gateways
                     .read()
                     .iter()
-                    .find(|(_, g)| g.get_id() == cell.get_id())
+                    .find(|(_, g)| g.actor.get_id() == cell.get_id())
                     .map(|(n, _)| *n);
                 if let Some(name) = gateway {
                     tracing::error!(error = %err, gateway = name, "gateway failed; restarting it");
@@ -410,7 +410,8 @@ async fn spawn_gateway(
     shared: &Arc<Shared>,
     name: &'static str,
 ) -> Result<(), ActorProcessingErr> {
-    let (g, _) = Actor::spawn_linked(
+    // The gateway registers itself (with its admission) in `pre_start`.
+    Actor::spawn_linked(
         None,
         crate::gateway::Gateway,
         crate::gateway::GatewayArgs {
@@ -421,7 +422,6 @@ async fn spawn_gateway(
         root.get_cell(),
     )
     .await?;
-    shared.gateways.write().insert(name, g);
     Ok(())
 }
 

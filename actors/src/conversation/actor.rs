@@ -469,9 +469,9 @@ impl ConvState {
         // message it let through follows it in the same batch.
         let mut template: Option<String> = None;
         let mut published = Vec::new();
-        if self.args.shared.feed.has_listeners() {
-            for (_, e) in &events {
-                if let ConvEvent::MessageAppended(m) = e {
+        for (_, e) in &events {
+            if let ConvEvent::MessageAppended(m) = e {
+                if self.args.shared.feed.wants(m) {
                     published.push(crate::feed::Published {
                         tenant: self.args.key.tenant().to_owned(),
                         conversation: id,
