@@ -78,6 +78,13 @@ pub(crate) async fn via<T>(
     gateway: &'static str,
     work: impl std::future::Future<Output = Result<T, DeliverError>>,
 ) -> Result<T, ApiError> {
+    if app.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the node is shutting down",
+        ));
+    }
     match threadline_actors::gateway::run(&app.shared, gateway, work).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(e) => Err(ApiError::new(

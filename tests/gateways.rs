@@ -572,6 +572,42 @@ async fn status_callbacks_out_of_order_end_in_the_right_state() {
     node.twilio(TOKEN, path, &p).await;
     let m = wait_for_delivery(node, "Yes, 9 to 1.", |_| true).await;
     assert_eq!(m["delivery"], "read");
+
+    // A later message fails because the carrier says the number opted out
+    // (Twilio 21610): the message is failed and the ledger learns it.
+    let (_, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B15551234567/messages",
+            Some(&json!({"text": "Did you get our note?", "purpose": "conversational"})),
+        )
+        .await;
+    assert_eq!(v["decision"], "sent", "{v}");
+    let sent = texted(&env.twilio, "Did you get our note?").await;
+    let path = sent["StatusCallback"]
+        .strip_prefix(PUBLIC_URL)
+        .unwrap()
+        .to_owned();
+    let sid = wait_for_delivery(node, "Did you get our note?", |m| m["delivery"] == "sent").await
+        ["provider_message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "21610"),
+        ("AccountSid", SID),
+        ("From", ACME_NUMBER),
+        ("To", CUSTOMER),
+    ];
+    assert_eq!(node.twilio(TOKEN, &path, &failed).await.0, 200);
+    let m = wait_for_delivery(node, "Did you get our note?", |m| m["delivery"] == "failed").await;
+    assert_eq!(m["delivery"], "failed");
+    let (_, consent) = node
+        .get_admin("/api/v1/tenants/acme/contacts/%2B15551234567/consent")
+        .await;
+    assert_eq!(consent["status"], "opted_out", "{consent}");
 }
 
 async fn wait_for_delivery(node: &Node, text: &str, done: impl Fn(&Value) -> bool) -> Value {
