@@ -18,6 +18,7 @@ pub mod feed;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;
+pub mod pool;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;

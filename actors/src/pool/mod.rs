@@ -1,0 +1,4 @@
+//! The human-agent pool: the pure routing policy (`routing`), the pool
+//! actor that carries out its effects, and agent desktop sessions.
+
+pub mod routing;

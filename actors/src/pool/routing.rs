@@ -1,0 +1,849 @@
+//! The agent pool's routing policy as a pure state machine (sans-IO):
+//! agents with skills, capacity per lane and presence; tasks with tenant,
+//! skills, lane, priority and age; offers that expire or are rejected and
+//! move on. Every operation takes `now` and returns effects for the actor
+//! to carry out (send an offer, rescind one, say the customer waits).
+
+use std::collections::BTreeMap;
+
+use threadline_protocol::{Channel, Timestamp};
+
+/// A capacity lane: what an agent can hold several of at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    Chat,
+    Sms,
+    Whatsapp,
+    Voice,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 4] = [Lane::Chat, Lane::Sms, Lane::Whatsapp, Lane::Voice];
+    pub fn of(c: Channel) -> Lane {
+        match c {
+            Channel::Sms => Lane::Sms,
+            Channel::Whatsapp => Lane::Whatsapp,
+            Channel::Voice => Lane::Voice,
+            Channel::Webchat | Channel::Email => Lane::Chat,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Chat => "chat",
+            Lane::Sms => "sms",
+            Lane::Whatsapp => "whatsapp",
+            Lane::Voice => "voice",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Available,
+    Away,
+    Offline,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Available => "available",
+            Presence::Away => "away",
+            Presence::Offline => "offline",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Presence> {
+        match s {
+            "available" => Some(Presence::Available),
+            "away" => Some(Presence::Away),
+            "offline" => Some(Presence::Offline),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSpec {
+    pub id: String,
+    pub name: String,
+    pub tenants: Vec<String>,
+    pub skills: Vec<String>,
+    /// Conversations held at once, per lane (`Lane::ALL` order).
+    pub capacity: [u32; 4],
+}
+
+impl AgentSpec {
+    pub fn capacity(&self, lane: Lane) -> u32 {
+        self.capacity[lane.index()]
+    }
+}
+
+/// Work for a person: one conversation that needs an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub conv: u64,
+    pub tenant: String,
+    pub lane: Lane,
+    pub skills: Vec<String>,
+    /// Higher first.
+    pub priority: i32,
+    /// Only this agent (a transfer to a named agent).
+    pub target: Option<String>,
+    pub since: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Offer `conv` to `agent` until `expires`.
+    Offer {
+        offer: u64,
+        agent: String,
+        conv: u64,
+        expires: Timestamp,
+    },
+    /// The offer is gone (expired, or the agent became unable to take it).
+    Rescind {
+        offer: u64,
+        agent: String,
+        conv: u64,
+    },
+    /// `agent` now holds `conv`.
+    Assigned { agent: String, conv: u64 },
+    /// Nobody can take `conv` now: it waits at `position` (1-based) of its
+    /// tenant's queue. Emitted once per wait.
+    Waiting { conv: u64, position: usize },
+    /// `agent` no longer holds `conv` (closed, transferred, or re-queued).
+    Released { agent: String, conv: u64 },
+}
+
+#[derive(Debug, Clone)]
+struct AgentState {
+    spec: AgentSpec,
+    presence: Presence,
+    connected: bool,
+    /// Held conversations and their lanes.
+    holding: BTreeMap<u64, Lane>,
+    /// The one outstanding offer: (offer id, conversation).
+    offer: Option<(u64, u64)>,
+    /// Since when the agent has had nothing (for fairness).
+    idle_since: Timestamp,
+}
+
+impl AgentState {
+    /// Conversations held on `lane` (an open offer blocks new ones anyway).
+    fn load(&self, lane: Lane) -> u32 {
+        self.holding.values().filter(|l| **l == lane).count() as u32
+    }
+    fn can_take(&self, t: &Task) -> bool {
+        self.presence == Presence::Available
+            && self.connected
+            && self.offer.is_none()
+            && self.spec.tenants.iter().any(|x| *x == t.tenant)
+            && t.skills.iter().all(|s| self.spec.skills.contains(s))
+            && self.load(t.lane) < self.spec.capacity(t.lane)
+            && t.target.as_ref().is_none_or(|a| *a == self.spec.id)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TaskState {
+    task: Task,
+    offered: Option<(String, u64, Timestamp)>,
+    /// Agents who rejected it or let the offer expire, in order.
+    declined: Vec<String>,
+    /// The customer was told they wait.
+    told_waiting: bool,
+}
+
+/// Per-tenant queue figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub waiting: usize,
+    pub offered: usize,
+    pub assigned: usize,
+    pub oldest_wait_ms: i64,
+    pub agents_available: usize,
+    pub agents_connected: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Pool {
+    agents: BTreeMap<String, AgentState>,
+    tasks: BTreeMap<u64, TaskState>,
+    /// conversation → the agent holding it, and the task it came from.
+    assigned: BTreeMap<u64, (String, Task)>,
+    next_offer: u64,
+    pub offer_ttl_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("unknown agent {0}")]
+    UnknownAgent(String),
+    #[error("offer {0} is not open for this agent")]
+    NoSuchOffer(u64),
+    #[error("this agent does not hold that conversation")]
+    NotHolding,
+    #[error("no agent {0} can take this tenant")]
+    BadTarget(String),
+}
+
+impl Pool {
+    pub fn new(offer_ttl_ms: i64) -> Pool {
+        Pool {
+            offer_ttl_ms,
+            next_offer: 1,
+            ..Default::default()
+        }
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&AgentSpec> {
+        self.agents.get(id).map(|a| &a.spec)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = (&AgentSpec, Presence, bool)> {
+        self.agents
+            .values()
+            .map(|a| (&a.spec, a.presence, a.connected))
+    }
+
+    pub fn presence(&self, id: &str) -> Option<Presence> {
+        self.agents.get(id).map(|a| a.presence)
+    }
+
+    /// Conversations `agent` holds.
+    pub fn holding(&self, agent: &str) -> Vec<u64> {
+        self.agents
+            .get(agent)
+            .map(|a| a.holding.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn holder(&self, conv: u64) -> Option<&str> {
+        self.assigned.get(&conv).map(|(a, _)| a.as_str())
+    }
+
+    pub fn is_queued(&self, conv: u64) -> bool {
+        self.tasks.contains_key(&conv)
+    }
+
+    /// The offer `agent` has open, if any: (offer, conversation).
+    pub fn open_offer(&self, agent: &str) -> Option<(u64, u64)> {
+        self.agents.get(agent).and_then(|a| a.offer)
+    }
+
+    /// Adds or replaces an agent (presence and holdings are kept).
+    pub fn upsert_agent(&mut self, spec: AgentSpec, now: Timestamp) -> Vec<Effect> {
+        match self.agents.get_mut(&spec.id) {
+            Some(a) => a.spec = spec,
+            None => {
+                self.agents.insert(
+                    spec.id.clone(),
+                    AgentState {
+                        spec,
+                        presence: Presence::Offline,
+                        connected: false,
+                        holding: BTreeMap::new(),
+                        offer: None,
+                        idle_since: now,
+                    },
+                );
+            }
+        }
+        self.dispatch(now)
+    }
+
+    /// Removes an agent; what they held goes back to the queue.
+    pub fn remove_agent(&mut self, id: &str, now: Timestamp) -> Vec<Effect> {
+        let mut out = self.requeue_all(id, now);
+        if let Some(a) = self.agents.remove(id) {
+            if let Some((offer, conv)) = a.offer {
+                out.push(Effect::Rescind {
+                    offer,
+                    agent: id.to_owned(),
+                    conv,
+                });
+                if let Some(t) = self.tasks.get_mut(&conv) {
+                    t.offered = None;
+                }
+            }
+        }
+        out.extend(self.dispatch(now));
+        out
+    }
+
+    pub fn set_presence(
+        &mut self,
+        id: &str,
+        p: Presence,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, PoolError> {
+        let a = self
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| PoolError::UnknownAgent(id.into()))?;
+        a.presence = p;
+        let mut out = Vec::new();
+        if p != Presence::Available {
+            out.extend(self.withdraw_offer(id));
+        }
+        out.extend(self.dispatch(now));
+        Ok(out)
+    }
+
+    /// The agent's desktop connected (`true`) or dropped (`false`). A drop
+    /// withdraws their open offer; what they hold stays theirs until
+    /// `requeue_all` (the actor calls it after the grace period).
+    pub fn set_connected(&mut self, id: &str, connected: bool, now: Timestamp) -> Vec<Effect> {
+        let Some(a) = self.agents.get_mut(id) else {
+            return Vec::new();
+        };
+        a.connected = connected;
+        let mut out = Vec::new();
+        if !connected {
+            out.extend(self.withdraw_offer(id));
+        }
+        out.extend(self.dispatch(now));
+        out
+    }
+
+    fn withdraw_offer(&mut self, id: &str) -> Vec<Effect> {
+        let Some(a) = self.agents.get_mut(id) else {
+            return Vec::new();
+        };
+        let Some((offer, conv)) = a.offer.take() else {
+            return Vec::new();
+        };
+        if let Some(t) = self.tasks.get_mut(&conv) {
+            t.offered = None;
+            t.declined.push(id.to_owned());
+        }
+        vec![Effect::Rescind {
+            offer,
+            agent: id.to_owned(),
+            conv,
+        }]
+    }
+
+    /// Queues `task` (ignored if its conversation is queued or held).
+    pub fn enqueue(&mut self, task: Task, now: Timestamp) -> Vec<Effect> {
+        if self.tasks.contains_key(&task.conv) || self.assigned.contains_key(&task.conv) {
+            return Vec::new();
+        }
+        self.tasks.insert(
+            task.conv,
+            TaskState {
+                task,
+                offered: None,
+                declined: Vec::new(),
+                told_waiting: false,
+            },
+        );
+        self.dispatch(now)
+    }
+
+    pub fn accept(
+        &mut self,
+        agent: &str,
+        offer: u64,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, PoolError> {
+        let a = self
+            .agents
+            .get_mut(agent)
+            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
+        let Some((o, conv)) = a.offer.filter(|(o, _)| *o == offer) else {
+            return Err(PoolError::NoSuchOffer(offer));
+        };
+        let _ = o;
+        a.offer = None;
+        let t = self
+            .tasks
+            .remove(&conv)
+            .expect("an open offer has its task");
+        a.holding.insert(conv, t.task.lane);
+        self.assigned.insert(conv, (agent.to_owned(), t.task));
+        let mut out = vec![Effect::Assigned {
+            agent: agent.to_owned(),
+            conv,
+        }];
+        out.extend(self.dispatch(now));
+        Ok(out)
+    }
+
+    pub fn reject(
+        &mut self,
+        agent: &str,
+        offer: u64,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, PoolError> {
+        let a = self
+            .agents
+            .get_mut(agent)
+            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
+        if a.offer.is_none_or(|(o, _)| o != offer) {
+            return Err(PoolError::NoSuchOffer(offer));
+        }
+        let mut out = self.withdraw_offer(agent);
+        // The agent already knows: no rescind for their own rejection.
+        out.retain(|e| !matches!(e, Effect::Rescind { .. }));
+        out.extend(self.dispatch(now));
+        Ok(out)
+    }
+
+    /// Expires every offer due at `now`; they move on.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Effect> {
+        let due: Vec<String> = self
+            .tasks
+            .values()
+            .filter_map(|t| t.offered.as_ref())
+            .filter(|(_, _, exp)| *exp <= now)
+            .map(|(a, _, _)| a.clone())
+            .collect();
+        let mut out = Vec::new();
+        for a in due {
+            out.extend(self.withdraw_offer(&a));
+        }
+        out.extend(self.dispatch(now));
+        out
+    }
+
+    /// When the next open offer expires.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.tasks
+            .values()
+            .filter_map(|t| t.offered.as_ref().map(|o| o.2))
+            .min()
+    }
+
+    /// `agent` is done with `conv` (closed it, or handed it on).
+    pub fn release(
+        &mut self,
+        agent: &str,
+        conv: u64,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, PoolError> {
+        let a = self
+            .agents
+            .get_mut(agent)
+            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
+        if a.holding.remove(&conv).is_none() {
+            return Err(PoolError::NotHolding);
+        }
+        if a.holding.is_empty() {
+            a.idle_since = now;
+        }
+        self.assigned.remove(&conv);
+        let mut out = vec![Effect::Released {
+            agent: agent.to_owned(),
+            conv,
+        }];
+        out.extend(self.dispatch(now));
+        Ok(out)
+    }
+
+    /// Hands `conv` from `agent` to the queue again, for `to_agent` only or
+    /// for agents with `skills`.
+    pub fn transfer(
+        &mut self,
+        agent: &str,
+        conv: u64,
+        to_agent: Option<String>,
+        skills: Vec<String>,
+        priority: i32,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, PoolError> {
+        let held = match self.assigned.get(&conv) {
+            Some((holder, t)) if holder == agent => t.clone(),
+            _ => return Err(PoolError::NotHolding),
+        };
+        let (tenant, lane) = (held.tenant, held.lane);
+        if let Some(to) = &to_agent {
+            let ok = self
+                .agents
+                .get(to)
+                .is_some_and(|a| a.spec.tenants.contains(&tenant));
+            if !ok {
+                return Err(PoolError::BadTarget(to.clone()));
+            }
+        }
+        let mut out = self.release(agent, conv, now)?;
+        let mut task = Task {
+            conv,
+            tenant,
+            lane,
+            skills,
+            priority,
+            target: to_agent,
+            since: now,
+        };
+        // The agent handing it on is not offered it again.
+        task.skills.dedup();
+        self.tasks.insert(
+            conv,
+            TaskState {
+                task,
+                offered: None,
+                declined: vec![agent.to_owned()],
+                told_waiting: true,
+            },
+        );
+        out.extend(self.dispatch(now));
+        Ok(out)
+    }
+
+    /// Everything `agent` holds goes back to the queue (their grace period
+    /// after a disconnect ran out), ahead of newer work.
+    pub fn requeue_all(&mut self, agent: &str, now: Timestamp) -> Vec<Effect> {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return Vec::new();
+        };
+        let held: Vec<u64> = std::mem::take(&mut a.holding).into_keys().collect();
+        a.idle_since = now;
+        let mut out = Vec::new();
+        for conv in held {
+            let Some((_, task)) = self.assigned.remove(&conv) else {
+                continue;
+            };
+            out.push(Effect::Released {
+                agent: agent.to_owned(),
+                conv,
+            });
+            self.tasks.insert(
+                conv,
+                TaskState {
+                    // Ahead of newer work: it waited already.
+                    task: Task {
+                        target: None,
+                        ..task
+                    },
+                    offered: None,
+                    declined: vec![agent.to_owned()],
+                    told_waiting: true,
+                },
+            );
+        }
+        out.extend(self.dispatch(now));
+        out
+    }
+
+    /// Offers every waiting task it can, most urgent first.
+    fn dispatch(&mut self, now: Timestamp) -> Vec<Effect> {
+        let mut order: Vec<(i32, Timestamp, u64)> = self
+            .tasks
+            .values()
+            .filter(|t| t.offered.is_none())
+            .map(|t| (-t.task.priority, t.task.since, t.task.conv))
+            .collect();
+        order.sort();
+        let mut out = Vec::new();
+        for (_, _, conv) in order {
+            let t = &self.tasks[&conv];
+            let pick = |skip_declined: bool| {
+                self.agents
+                    .values()
+                    .filter(|a| a.can_take(&t.task))
+                    .filter(|a| !skip_declined || !t.declined.contains(&a.spec.id))
+                    .filter(|a| t.declined.last() != Some(&a.spec.id))
+                    .min_by_key(|a| (a.idle_since, a.spec.id.clone()))
+                    .map(|a| a.spec.id.clone())
+            };
+            let chosen = pick(true).or_else(|| pick(false));
+            match chosen {
+                Some(agent) => {
+                    let offer = self.next_offer;
+                    self.next_offer += 1;
+                    let expires = now.saturating_add_millis(self.offer_ttl_ms);
+                    self.agents.get_mut(&agent).expect("picked").offer = Some((offer, conv));
+                    let t = self.tasks.get_mut(&conv).expect("listed");
+                    t.offered = Some((agent.clone(), offer, expires));
+                    out.push(Effect::Offer {
+                        offer,
+                        agent,
+                        conv,
+                        expires,
+                    });
+                }
+                None => {
+                    let t = self.tasks.get_mut(&conv).expect("listed");
+                    if !t.told_waiting {
+                        t.told_waiting = true;
+                        let position = self.position(conv);
+                        out.push(Effect::Waiting { conv, position });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// 1-based place of `conv` among its tenant's tasks not yet offered.
+    pub fn position(&self, conv: u64) -> usize {
+        let Some(me) = self.tasks.get(&conv) else {
+            return 0;
+        };
+        let key = |t: &TaskState| (-t.task.priority, t.task.since, t.task.conv);
+        self.tasks
+            .values()
+            .filter(|t| t.task.tenant == me.task.tenant && key(t) <= key(me))
+            .filter(|t| t.offered.is_none() || t.task.conv == conv)
+            .count()
+    }
+
+    pub fn stats(&self, tenant: &str, now: Timestamp) -> QueueStats {
+        let mine = self.tasks.values().filter(|t| t.task.tenant == tenant);
+        let mut s = QueueStats::default();
+        for t in mine {
+            if t.offered.is_some() {
+                s.offered += 1;
+            } else {
+                s.waiting += 1;
+            }
+            s.oldest_wait_ms = s.oldest_wait_ms.max(now.0 - t.task.since.0);
+        }
+        for a in self
+            .agents
+            .values()
+            .filter(|a| a.spec.tenants.iter().any(|x| x == tenant))
+        {
+            s.assigned += a.holding.len();
+            s.agents_connected += usize::from(a.connected);
+            s.agents_available += usize::from(a.connected && a.presence == Presence::Available);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    fn agent(id: &str, skills: &[&str], chat: u32) -> AgentSpec {
+        AgentSpec {
+            id: id.into(),
+            name: id.into(),
+            tenants: vec!["acme".into()],
+            skills: skills.iter().map(|s| s.to_string()).collect(),
+            capacity: [chat, chat, chat, 1],
+        }
+    }
+
+    fn task(conv: u64, skills: &[&str], priority: i32, since: i64) -> Task {
+        Task {
+            conv,
+            tenant: "acme".into(),
+            lane: Lane::Chat,
+            skills: skills.iter().map(|s| s.to_string()).collect(),
+            priority,
+            target: None,
+            since: Timestamp(since),
+        }
+    }
+
+    fn online(p: &mut Pool, spec: AgentSpec, now: Timestamp) {
+        let id = spec.id.clone();
+        p.upsert_agent(spec, now);
+        p.set_connected(&id, true, now);
+        p.set_presence(&id, Presence::Available, now).unwrap();
+    }
+
+    fn offers(e: &[Effect]) -> Vec<(String, u64)> {
+        e.iter()
+            .filter_map(|e| match e {
+                Effect::Offer { agent, conv, .. } => Some((agent.clone(), *conv)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn offer_id(p: &Pool, agent: &str) -> u64 {
+        p.open_offer(agent).expect("an open offer").0
+    }
+
+    #[test]
+    fn a_task_goes_to_an_available_agent_with_the_skills_and_room() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("en", &["en"], 2), T0);
+        online(&mut p, agent("es", &["es"], 2), T0);
+        let e = p.enqueue(task(1, &["es"], 0, 1), T0);
+        assert_eq!(offers(&e), vec![("es".into(), 1)]);
+        // Away agents get nothing; a task nobody can take waits, once told.
+        p.set_presence("en", Presence::Away, T0).unwrap();
+        let e = p.enqueue(task(2, &["en"], 0, 2), T0);
+        assert_eq!(
+            e,
+            vec![Effect::Waiting {
+                conv: 2,
+                position: 1
+            }]
+        );
+        let e = p.set_presence("en", Presence::Available, T0).unwrap();
+        assert_eq!(offers(&e), vec![("en".into(), 2)]);
+        // Another tenant's agent never sees acme's work.
+        let mut other = agent("beta-only", &["en"], 5);
+        other.tenants = vec!["beta".into()];
+        online(&mut p, other, T0);
+        let e = p.enqueue(task(3, &[], 0, 3), T0);
+        assert!(offers(&e).iter().all(|(a, _)| a != "beta-only"), "{e:?}");
+    }
+
+    #[test]
+    fn capacity_per_lane_is_respected() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("a", &[], 1), T0);
+        p.enqueue(task(1, &[], 0, 1), T0);
+        p.accept("a", offer_id(&p, "a"), T0).unwrap();
+        let e = p.enqueue(task(2, &[], 0, 2), T0);
+        assert!(offers(&e).is_empty(), "chat capacity 1 is used: {e:?}");
+        // The voice lane has its own room.
+        let mut v = task(3, &[], 0, 3);
+        v.lane = Lane::Voice;
+        let e = p.enqueue(v, T0);
+        assert_eq!(offers(&e), vec![("a".into(), 3)]);
+        p.reject("a", offer_id(&p, "a"), T0).unwrap();
+        // Closing the chat frees the room for the waiting chat task.
+        let e = p.release("a", 1, T0).unwrap();
+        assert!(offers(&e).contains(&("a".into(), 2)), "{e:?}");
+    }
+
+    #[test]
+    fn higher_priority_then_older_tasks_go_first() {
+        let mut p = Pool::new(30_000);
+        p.enqueue(task(1, &[], 0, 10), T0);
+        p.enqueue(task(2, &[], 5, 20), T0);
+        p.enqueue(task(3, &[], 0, 5), T0);
+        assert_eq!(p.position(2), 1);
+        assert_eq!(p.position(3), 2);
+        assert_eq!(p.position(1), 3);
+        let mut order = Vec::new();
+        online(&mut p, agent("a", &[], 1), T0);
+        for _ in 0..3 {
+            let (offer, conv) = p.open_offer("a").unwrap();
+            order.push(conv);
+            p.accept("a", offer, T0).unwrap();
+            p.release("a", conv, T0).unwrap();
+        }
+        assert_eq!(order, vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn an_expired_or_rejected_offer_moves_to_the_next_agent() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("a", &[], 2), T0);
+        online(&mut p, agent("b", &[], 2), Timestamp(T0.0 + 1));
+        online(&mut p, agent("c", &[], 2), Timestamp(T0.0 + 2));
+        let e = p.enqueue(task(1, &[], 0, 1), T0);
+        assert_eq!(offers(&e), vec![("a".into(), 1)], "longest idle first");
+        assert_eq!(p.next_expiry(), Some(Timestamp(T0.0 + 30_000)));
+        // Not yet due: nothing moves.
+        assert!(p.expire(Timestamp(T0.0 + 29_999)).is_empty());
+        let e = p.expire(Timestamp(T0.0 + 30_000));
+        assert!(e.contains(&Effect::Rescind {
+            offer: 1,
+            agent: "a".into(),
+            conv: 1
+        }));
+        assert_eq!(offers(&e), vec![("b".into(), 1)]);
+        // A rejection moves on at once, without a rescind to the rejecter.
+        let now = Timestamp(T0.0 + 31_000);
+        let e = p.reject("b", offer_id(&p, "b"), now).unwrap();
+        assert_eq!(offers(&e), vec![("c".into(), 1)]);
+        assert!(!e.iter().any(|x| matches!(x, Effect::Rescind { .. })));
+        // When everyone declined, it goes round again, never straight back
+        // to whoever declined last.
+        let e = p.reject("c", offer_id(&p, "c"), now).unwrap();
+        assert_eq!(offers(&e), vec![("a".into(), 1)]);
+        assert_eq!(p.accept("b", 99, now), Err(PoolError::NoSuchOffer(99)));
+        let e = p.accept("a", offer_id(&p, "a"), now).unwrap();
+        assert_eq!(
+            e[0],
+            Effect::Assigned {
+                agent: "a".into(),
+                conv: 1
+            }
+        );
+        assert_eq!(p.holder(1), Some("a"));
+    }
+
+    #[test]
+    fn work_is_spread_fairly_to_the_longest_idle() {
+        let mut p = Pool::new(30_000);
+        let names = ["a", "b", "c", "d"];
+        for (i, n) in names.iter().enumerate() {
+            online(&mut p, agent(n, &[], 100), Timestamp(T0.0 + i as i64));
+        }
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for conv in 0..400u64 {
+            let now = Timestamp(T0.0 + 10 + conv as i64);
+            p.enqueue(task(conv, &[], 0, now.0), now);
+            let holder = names
+                .iter()
+                .find(|n| p.open_offer(n).is_some_and(|(_, c)| c == conv))
+                .unwrap();
+            let offer = offer_id(&p, holder);
+            p.accept(holder, offer, now).unwrap();
+            // Each finishes at once: idle since now.
+            p.release(holder, conv, now).unwrap();
+            *count.entry(holder.to_string()).or_default() += 1;
+        }
+        assert!(count.values().all(|c| *c == 100), "{count:?}");
+    }
+
+    #[test]
+    fn a_disconnect_withdraws_offers_and_requeue_returns_held_work_first() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("a", &[], 2), T0);
+        p.enqueue(task(1, &[], 0, 1), T0);
+        p.accept("a", offer_id(&p, "a"), T0).unwrap();
+        p.enqueue(task(2, &[], 0, 2), T0);
+        assert!(p.open_offer("a").is_some());
+        let e = p.set_connected("a", false, T0);
+        assert!(matches!(e[0], Effect::Rescind { conv: 2, .. }), "{e:?}");
+        assert_eq!(p.holding("a"), vec![1], "held through the grace period");
+        p.enqueue(task(3, &[], 0, 3), T0);
+        let e = p.requeue_all("a", T0);
+        assert!(e.contains(&Effect::Released {
+            agent: "a".into(),
+            conv: 1
+        }));
+        assert_eq!(
+            p.position(1),
+            1,
+            "the requeued conversation is first in line"
+        );
+        online(&mut p, agent("b", &[], 3), T0);
+        assert_eq!(p.open_offer("b").map(|o| o.1), Some(1));
+    }
+
+    #[test]
+    fn transfers_go_to_the_named_agent_or_skill() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("a", &[], 2), T0);
+        online(&mut p, agent("b", &["billing"], 2), Timestamp(T0.0 + 5));
+        p.enqueue(task(1, &[], 0, 1), T0);
+        p.accept("a", offer_id(&p, "a"), T0).unwrap();
+        let e = p
+            .transfer("a", 1, None, vec!["billing".into()], 0, T0)
+            .unwrap();
+        assert_eq!(offers(&e), vec![("b".into(), 1)]);
+        p.accept("b", offer_id(&p, "b"), T0).unwrap();
+        let e = p.transfer("b", 1, Some("a".into()), vec![], 0, T0).unwrap();
+        assert_eq!(offers(&e), vec![("a".into(), 1)]);
+        assert_eq!(
+            p.transfer("a", 1, None, vec![], 0, T0),
+            Err(PoolError::NotHolding)
+        );
+        assert_eq!(
+            p.transfer("b", 7, None, vec![], 0, T0),
+            Err(PoolError::NotHolding)
+        );
+    }
+}
