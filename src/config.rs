@@ -75,6 +75,53 @@ pub struct Runtime {
     /// redb page cache in MiB.
     #[serde(default = "default_storage_cache_mb")]
     pub storage_cache_mb: usize,
+    /// How long an offer waits for an agent before it moves on.
+    #[serde(default = "default_offer_timeout")]
+    pub offer_timeout_secs: u64,
+    /// How long an agent whose desktop dropped keeps their conversations.
+    #[serde(default = "default_agent_grace")]
+    pub agent_grace_secs: u64,
+    /// Told to a customer when no agent can take them now; `{position}` is
+    /// their place in line.
+    #[serde(default = "default_wait_text")]
+    pub agent_wait_text: String,
+}
+
+fn default_offer_timeout() -> u64 {
+    30
+}
+fn default_agent_grace() -> u64 {
+    60
+}
+fn default_wait_text() -> String {
+    "All of our team are busy right now. You are number {position} in line; someone will reply here as soon as they are free.".into()
+}
+
+impl Agent {
+    /// The pool's view of this agent. Capacity: `chat` also sets SMS and
+    /// WhatsApp unless they are given; nothing given is 3 text
+    /// conversations and 1 call.
+    pub fn spec(&self) -> threadline_actors::pool::routing::AgentSpec {
+        let get = |k: &str| self.capacity.get(k).copied();
+        let chat = get("chat").unwrap_or(if self.capacity.is_empty() { 3 } else { 0 });
+        let voice = get("voice").unwrap_or(if self.capacity.is_empty() { 1 } else { 0 });
+        threadline_actors::pool::routing::AgentSpec {
+            id: self.id.clone(),
+            name: if self.name.is_empty() {
+                self.id.clone()
+            } else {
+                self.name.clone()
+            },
+            tenants: self.tenants.clone(),
+            skills: self.skills.clone(),
+            capacity: [
+                chat,
+                get("sms").unwrap_or(chat),
+                get("whatsapp").unwrap_or(chat),
+                voice,
+            ],
+        }
+    }
 }
 
 fn default_storage_cache_mb() -> usize {
@@ -102,6 +149,9 @@ impl Default for Runtime {
             snapshot_every_events: default_snapshot_every(),
             persistence_queue: default_persistence_queue(),
             storage_cache_mb: default_storage_cache_mb(),
+            offer_timeout_secs: default_offer_timeout(),
+            agent_grace_secs: default_agent_grace(),
+            agent_wait_text: default_wait_text(),
         }
     }
 }
@@ -250,7 +300,7 @@ fn default_timezone() -> String {
     "UTC".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Agent {
     pub id: String,
@@ -724,6 +774,24 @@ impl Config {
                     "must be unique among all tokens".into(),
                 );
             }
+        }
+        if !(1..=3600).contains(&self.runtime.offer_timeout_secs) {
+            return err(
+                vec![Key("runtime"), Key("offer_timeout_secs")],
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if self.runtime.agent_grace_secs > 86_400 {
+            return err(
+                vec![Key("runtime"), Key("agent_grace_secs")],
+                "must be at most 86400".into(),
+            );
+        }
+        if self.runtime.agent_wait_text.len() > 1600 {
+            return err(
+                vec![Key("runtime"), Key("agent_wait_text")],
+                "must be at most 1600 bytes".into(),
+            );
         }
         let mut agent_ids = HashSet::new();
         for (i, a) in self.agents.iter().enumerate() {

@@ -47,6 +47,8 @@ pub struct App {
     simulated: Option<Arc<ManualClock>>,
     /// Open web-chat sockets.
     pub chat: Arc<crate::webchat::Hub>,
+    /// Agent tokens and API-created agents.
+    pub agents: crate::agents::AgentDirectory,
 }
 
 impl App {
@@ -60,6 +62,7 @@ impl App {
         runtime.shared.feed.subscribe(chat.clone());
         App {
             chat,
+            agents: crate::agents::AgentDirectory::new(&cfg),
             cfg,
             router: runtime.router.clone(),
             shared: runtime.shared.clone(),
@@ -235,6 +238,8 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Res
     app.shared.metrics.http_requests.inc();
     let resp = if req.uri().path() == "/chat/ws" && req.method() == Method::GET {
         crate::webchat::upgrade(app.clone(), req)
+    } else if req.uri().path() == "/agent/ws" && req.method() == Method::GET {
+        crate::agents::upgrade(app.clone(), req)
     } else {
         route(&app, req).await
     };
@@ -288,6 +293,23 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         }
         (Method::GET, ["webhooks", "whatsapp"]) => webhooks::whatsapp_verify(app, &req),
         (Method::GET, ["chat"]) => crate::webchat::page(app, &req),
+        (Method::GET, ["agent"]) => Ok(crate::agents::page()),
+        (_, ["api", "v1", "agents"]) => crate::agents::rest(app, req, None).await,
+        (_, ["api", "v1", "agents", id]) => {
+            let id = decode_segment(id)?;
+            crate::agents::rest(app, req, Some(&id)).await
+        }
+        (Method::GET, ["api", "v1", "tenants", tenant, "queue"]) => {
+            admin(app, &req)?;
+            crate::agents::queue(app, &decode_segment(tenant)?).await
+        }
+        (Method::POST, ["api", "v1", "conversations", id, "escalate"]) => {
+            admin(app, &req)?;
+            let id: ConversationId = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
+            crate::agents::escalate(app, id, req).await
+        }
         (Method::POST, ["webhooks", "whatsapp"]) => webhooks::whatsapp_notify(app, req).await,
         (Method::GET, ["api", "v1", "conversations", id]) => {
             admin(app, &req)?;
@@ -453,7 +475,7 @@ pub(crate) fn known_tenant(app: &App, t: &str) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("unknown tenant {t:?}")))
 }
 
-fn decode_segment(s: &str) -> Result<String, ApiError> {
+pub(crate) fn decode_segment(s: &str) -> Result<String, ApiError> {
     let d = percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .map_err(|_| ApiError::bad("invalid_path", "the address is not valid UTF-8"))?;
@@ -660,10 +682,11 @@ async fn outbound_spec(app: &App, req: Request<Incoming>) -> Result<OutboundSpec
         text: b.text,
         channel,
         purpose,
+        agent: None,
     })
 }
 
-fn outcome_json(o: &SendOutcome) -> Value {
+pub(crate) fn outcome_json(o: &SendOutcome) -> Value {
     match o {
         SendOutcome::Sent { message, rule } => {
             json!({"decision": "sent", "message_id": message.to_string(), "rule": rule})
@@ -1235,25 +1258,24 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
     ))
 }
 
+/// One message as the REST API and the agent desktop show it.
+pub fn message_json(conv: ConversationId, m: &threadline_protocol::Message) -> Value {
+    json!({
+        "id": threadline_protocol::MessageId { conversation: conv, seq: m.seq }.to_string(),
+        "direction": m.direction.as_str(),
+        "channel": m.channel.as_str(),
+        "author": m.author.label(),
+        "text": m.text,
+        "at": rfc3339(m.at),
+        "recorded_at": rfc3339(m.recorded_at),
+        "delivery": m.delivery.as_str(),
+        "provider_message_id": m.provider_message_id,
+        "media": m.media,
+    })
+}
+
 pub fn conversation_json(s: &ConversationState) -> Value {
-    let messages: Vec<Value> = s
-        .messages
-        .iter()
-        .map(|m| {
-            json!({
-                "id": s.message_id(m.seq).to_string(),
-                "direction": m.direction.as_str(),
-                "channel": m.channel.as_str(),
-                "author": m.author.label(),
-                "text": m.text,
-                "at": rfc3339(m.at),
-                "recorded_at": rfc3339(m.recorded_at),
-                "delivery": m.delivery.as_str(),
-                "provider_message_id": m.provider_message_id,
-                "media": m.media,
-            })
-        })
-        .collect();
+    let messages: Vec<Value> = s.messages.iter().map(|m| message_json(s.id, m)).collect();
     json!({
         "id": s.id.to_string(),
         "tenant": s.tenant,

@@ -5,6 +5,7 @@
 //! Architecture invariant: only this crate knows HTTP, WebSocket and
 //! provider formats; the actors see normalized events.
 
+pub mod agents;
 pub mod config;
 pub mod http;
 pub mod phone;

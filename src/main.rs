@@ -213,6 +213,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
     rcfg.tenants = cfg.tenant_policies();
+    rcfg.agents = cfg.agents.iter().map(|a| a.spec()).collect();
+    rcfg.agents.extend(
+        threadline::agents::stored(&cfg.server.data_dir)?
+            .into_iter()
+            .map(|a| a.spec()),
+    );
+    rcfg.offer_ttl = Duration::from_secs(cfg.runtime.offer_timeout_secs);
+    rcfg.agent_grace = Duration::from_secs(cfg.runtime.agent_grace_secs);
+    rcfg.wait_text = cfg.runtime.agent_wait_text.clone();
     if let Some(p) = threadline::providers::Providers::from_config(&cfg)? {
         rcfg.provider = Some(p);
     }

@@ -85,7 +85,7 @@ impl Hub {
 }
 
 impl Listener for Hub {
-    fn wants(&self, m: &Message) -> bool {
+    fn wants(&self, _conv: threadline_protocol::ConversationId, m: &Message) -> bool {
         m.channel == Channel::Webchat && m.direction == Direction::Outbound
     }
 
@@ -111,7 +111,7 @@ fn valid_visitor(v: &str) -> bool {
 }
 
 /// `GET /chat/ws`: checks the request, answers 101 and serves the socket.
-pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let q: Vec<(String, String)> = req
         .uri()
         .query()
@@ -129,6 +129,16 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, ApiErr
         }
         None => format!("v_{}", uuid::Uuid::new_v4().simple()),
     };
+    accept_websocket(req, move |ws| serve(app, ws, tenant, visitor))
+}
+
+/// Answers a WebSocket upgrade (101) and runs `serve` on the socket; a
+/// request that is not an upgrade gets a 400 JSON error.
+pub fn accept_websocket<F, Fut>(mut req: Request<Incoming>, serve: F) -> Result<Resp, ApiError>
+where
+    F: FnOnce(Ws) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let is_ws = req
         .headers()
         .get(UPGRADE)
@@ -158,9 +168,9 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, ApiErr
                     Some(config),
                 )
                 .await;
-                serve(app, ws, tenant, visitor).await;
+                serve(ws).await;
             }
-            Err(e) => tracing::debug!(error = %e, "web-chat upgrade failed"),
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
     let mut r = Response::new(Default::default());
@@ -176,11 +186,11 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Result<Resp, ApiErr
     Ok(r)
 }
 
-fn error_frame(code: &str, message: impl Into<String>) -> String {
+pub fn error_frame(code: &str, message: impl Into<String>) -> String {
     json!({"type": "error", "code": code, "message": message.into()}).to_string()
 }
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
     let key = hub_key(&tenant, &visitor);

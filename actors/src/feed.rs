@@ -23,7 +23,7 @@ pub struct Published {
 pub trait Listener: Send + Sync + 'static {
     /// Whether this listener wants `m` at all; asked before the message is
     /// copied for publishing, on the conversation's own task.
-    fn wants(&self, m: &Message) -> bool;
+    fn wants(&self, conv: ConversationId, m: &Message) -> bool;
     /// Must not block: it runs on the storage writer's completion path.
     fn published(&self, p: &Published);
 }
@@ -41,13 +41,15 @@ impl Feed {
     }
 
     /// Whether anyone wants `m` (cheap when nobody listens).
-    pub fn wants(&self, m: &Message) -> bool {
-        self.any.load(Ordering::Acquire) && self.listeners.read().iter().any(|l| l.wants(m))
+    pub fn wants(&self, conv: ConversationId, m: &Message) -> bool {
+        self.any.load(Ordering::Acquire) && self.listeners.read().iter().any(|l| l.wants(conv, m))
     }
 
     pub fn publish(&self, p: &Published) {
         for l in self.listeners.read().iter() {
-            l.published(p);
+            if l.wants(p.conversation, &p.message) {
+                l.published(p);
+            }
         }
     }
 }

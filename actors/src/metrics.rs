@@ -22,6 +22,10 @@ pub struct Metrics {
     pub webhook_rejected: Counter,
     /// Inbound work refused because its gateway was at its limit.
     pub gateway_busy: Counter,
+    /// Offers made to agents.
+    pub offers: Counter,
+    /// Open agent desktop sessions.
+    pub agent_sessions: Gauge,
     /// Work in flight per channel gateway.
     pub gateway_in_flight: prometheus_client::metrics::family::Family<GatewayLabel, Gauge>,
     pub commit_batch_size: Histogram,
@@ -54,6 +58,8 @@ impl Metrics {
             dead_letters: Counter::default(),
             webhook_rejected: Counter::default(),
             gateway_busy: Counter::default(),
+            offers: Counter::default(),
+            agent_sessions: Gauge::default(),
             gateway_in_flight: Default::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
@@ -117,6 +123,16 @@ impl Metrics {
             "gateway_in_flight",
             "Inbound work in flight per channel gateway",
             m.gateway_in_flight.clone(),
+        );
+        registry.register(
+            "agent_offers",
+            "Conversations offered to human agents",
+            m.offers.clone(),
+        );
+        registry.register(
+            "agent_sessions",
+            "Open agent desktop sessions",
+            m.agent_sessions.clone(),
         );
         registry.register(
             "gateway_busy",

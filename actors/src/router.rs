@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ractor::ActorRef;
 use threadline_protocol::codec::{self, DeadLetter, InboundMessage, TimerOwner};
 use threadline_protocol::{ConversationId, ConversationState};
 use tokio::sync::oneshot;
@@ -490,6 +491,164 @@ impl Router {
         Ok(joined)
     }
 
+    async fn ask_conv<T>(
+        &self,
+        conv: ConversationId,
+        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
+    ) -> Result<Option<T>, DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(None);
+        };
+        self.ask(&key, make).await.map(Some)
+    }
+
+    /// Asks for a person for conversation `conv` (the pool is told once it
+    /// is durable). `Some(false)`: an agent already holds it; `None`: no
+    /// such conversation.
+    pub async fn escalate(
+        &self,
+        conv: ConversationId,
+        reason: &str,
+        skills: Vec<String>,
+        priority: i32,
+    ) -> Result<Option<bool>, DeliverError> {
+        self.ask_conv(conv, |reply| ConvMsg::Escalate {
+            reason: reason.to_owned(),
+            skills: skills.clone(),
+            priority,
+            reply,
+        })
+        .await
+    }
+
+    /// Records who holds conversation `conv`.
+    pub async fn assign(
+        &self,
+        conv: ConversationId,
+        agent: Option<String>,
+    ) -> Result<(), DeliverError> {
+        self.ask_conv(conv, |reply| ConvMsg::Assign {
+            agent: agent.clone(),
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A system note in the transcript of `conv`.
+    pub async fn note(&self, conv: ConversationId, text: String) -> Result<(), DeliverError> {
+        self.ask_conv(conv, |reply| ConvMsg::Note {
+            text: text.clone(),
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// An agent closes `conv` with a disposition.
+    pub async fn close_by_agent(
+        &self,
+        conv: ConversationId,
+        agent: &str,
+        disposition: &str,
+    ) -> Result<(), DeliverError> {
+        self.ask_conv(conv, |reply| ConvMsg::CloseByAgent {
+            agent: agent.to_owned(),
+            disposition: disposition.to_owned(),
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn pool(&self) -> Result<ActorRef<crate::pool::PoolMsg>, DeliverError> {
+        self.shared
+            .pool
+            .read()
+            .clone()
+            .ok_or_else(|| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
+    async fn ask_pool<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> crate::pool::PoolMsg,
+    ) -> Result<T, DeliverError> {
+        let (tx, rx) = oneshot::channel();
+        self.pool()?
+            .cast(make(tx))
+            .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))?;
+        rx.await
+            .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
+    /// Adds or replaces a human agent.
+    pub fn upsert_agent(&self, spec: crate::pool::routing::AgentSpec) -> Result<(), DeliverError> {
+        self.shared.remember_agent(Some(&spec), &spec.id);
+        self.pool()?
+            .cast(crate::pool::PoolMsg::Upsert(spec))
+            .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
+    /// Removes a human agent; false if unknown.
+    pub async fn remove_agent(&self, id: &str) -> Result<bool, DeliverError> {
+        self.shared.remember_agent(None, id);
+        self.ask_pool(|reply| crate::pool::PoolMsg::Remove(id.to_owned(), reply))
+            .await
+    }
+
+    /// Every agent with presence and whether a desktop is connected.
+    pub async fn agents(
+        &self,
+    ) -> Result<
+        Vec<(
+            crate::pool::routing::AgentSpec,
+            crate::pool::routing::Presence,
+            bool,
+        )>,
+        DeliverError,
+    > {
+        self.ask_pool(crate::pool::PoolMsg::List).await
+    }
+
+    pub async fn queue_stats(
+        &self,
+        tenant: &str,
+    ) -> Result<crate::pool::routing::QueueStats, DeliverError> {
+        self.ask_pool(|reply| crate::pool::PoolMsg::Stats {
+            tenant: tenant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Starts a desktop session for `agent`; its events arrive on `events`.
+    pub async fn join_agent(
+        &self,
+        agent: &str,
+        events: tokio::sync::mpsc::Sender<crate::pool::AgentEvent>,
+    ) -> Result<Result<ActorRef<crate::pool::SessionMsg>, String>, DeliverError> {
+        self.ask_pool(|reply| crate::pool::PoolMsg::Join {
+            agent: agent.to_owned(),
+            events,
+            reply,
+        })
+        .await
+    }
+
+    /// A command from `agent`'s desktop.
+    pub fn agent_command(
+        &self,
+        agent: &str,
+        cmd: crate::pool::AgentCommand,
+    ) -> Result<(), DeliverError> {
+        self.pool()?
+            .cast(crate::pool::PoolMsg::Command {
+                agent: agent.to_owned(),
+                cmd,
+            })
+            .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,
@@ -550,9 +709,14 @@ impl Router {
     /// Simulated clock: fires every timer due at the clock's current time
     /// and returns once all were handled (including timers their handlers
     /// scheduled that were already due). Returns how many fired.
+    /// With a simulated clock: handles every timer, offer and grace period
+    /// that came due.
     pub async fn advance_timers(&self) -> Result<usize, DeliverError> {
-        self.ask_scheduler(|reply| SchedMsg::Advance { reply })
-            .await
+        let fired = self
+            .ask_scheduler(|reply| SchedMsg::Advance { reply })
+            .await?;
+        self.ask_pool(crate::pool::PoolMsg::Advance).await?;
+        Ok(fired)
     }
 
     pub fn resident(&self) -> usize {

@@ -57,6 +57,15 @@ pub struct RuntimeConfig {
     pub retry: crate::sender::RetryPolicy,
     /// Work in flight each channel gateway admits before answering busy.
     pub gateway_limit: usize,
+    /// Human agents known at start.
+    pub agents: Vec<crate::pool::routing::AgentSpec>,
+    /// How long an offer waits for the agent before it moves on.
+    pub offer_ttl: Duration,
+    /// How long an agent whose desktop dropped keeps their conversations.
+    pub agent_grace: Duration,
+    /// Told to a customer when no agent can take their conversation now;
+    /// `{position}` is their place in line.
+    pub wait_text: String,
 }
 
 impl RuntimeConfig {
@@ -75,11 +84,23 @@ impl RuntimeConfig {
             provider: None,
             retry: crate::sender::RetryPolicy::default(),
             gateway_limit: 4096,
+            agents: Vec::new(),
+            offer_ttl: Duration::from_secs(30),
+            agent_grace: Duration::from_secs(60),
+            wait_text: "All of our team are busy right now. You are number {position} in line; someone will reply here as soon as they are free.".into(),
         }
     }
 }
 
 /// What every actor of the node shares.
+/// What the agent pool (re)starts with: agents, offer TTL, grace, wait text.
+type PoolSettings = (
+    Vec<crate::pool::routing::AgentSpec>,
+    Duration,
+    Duration,
+    String,
+);
+
 pub struct Shared {
     pub persistence: Persistence,
     pub clock: Arc<dyn Clock>,
@@ -106,12 +127,27 @@ pub struct Shared {
     pub(crate) gateways: RwLock<HashMap<&'static str, crate::gateway::GatewayHandle>>,
     /// Work in flight each gateway admits.
     pub gateway_limit: usize,
+    pub(crate) pool: RwLock<Option<ActorRef<crate::pool::PoolMsg>>>,
+    /// Conversations an agent holds (the pool's feed listener reads it).
+    pub(crate) pool_watched: Arc<crate::pool::actor::Watched>,
+    pool_listening: std::sync::atomic::AtomicBool,
+    pool_args: Mutex<Option<PoolSettings>>,
 }
 
 impl Shared {
     /// True while storage commits succeed and the actor tree is up.
     pub fn ready(&self) -> bool {
         self.persistence.healthy() && self.supervisor.read().is_some()
+    }
+
+    /// Keeps the agent list the pool restarts with in step with the API.
+    pub(crate) fn remember_agent(&self, spec: Option<&crate::pool::routing::AgentSpec>, id: &str) {
+        if let Some(args) = self.pool_args.lock().as_mut() {
+            args.0.retain(|a| a.id != id);
+            if let Some(s) = spec {
+                args.0.push(s.clone());
+            }
+        }
     }
 
     pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
@@ -174,6 +210,15 @@ impl Runtime {
             feed: Default::default(),
             gateways: RwLock::new(HashMap::new()),
             gateway_limit: cfg.gateway_limit.max(1),
+            pool: RwLock::new(None),
+            pool_watched: Default::default(),
+            pool_listening: Default::default(),
+            pool_args: Mutex::new(Some((
+                cfg.agents.clone(),
+                cfg.offer_ttl,
+                cfg.agent_grace,
+                cfg.wait_text.clone(),
+            ))),
             supervisor: RwLock::new(None),
             scheduler: RwLock::new(None),
             sender: RwLock::new(None),
@@ -277,6 +322,14 @@ impl Actor for RootSupervisor {
         for name in crate::gateway::GATEWAYS {
             spawn_gateway(&myself, &args.shared, name).await?;
         }
+        let agents = args
+            .shared
+            .pool_args
+            .lock()
+            .as_ref()
+            .map(|a| a.0.clone())
+            .unwrap_or_default();
+        spawn_pool(&myself, &args.shared, agents).await?;
         let rows = args.timers.lock().take().unwrap_or_default();
         spawn_scheduler(&myself, &args.shared, rows).await?;
         if let Some((provider, retry, backlog)) = args.provider.clone() {
@@ -318,6 +371,9 @@ impl Actor for RootSupervisor {
         // the writer. Unsent outbox entries are sent after the next start.
         for (_, g) in st.shared.gateways.write().drain() {
             g.actor.stop(Some("shutdown".into()));
+        }
+        if let Some(p) = st.shared.pool.write().take() {
+            p.stop(Some("shutdown".into()));
         }
         if let Some(s) = st.shared.sender.write().take() {
             s.stop(Some("shutdown".into()));
@@ -362,7 +418,25 @@ impl Actor for RootSupervisor {
                     .iter()
                     .find(|(_, g)| g.actor.get_id() == cell.get_id())
                     .map(|(n, _)| *n);
-                if let Some(name) = gateway {
+                let is_pool = st
+                    .shared
+                    .pool
+                    .read()
+                    .as_ref()
+                    .is_some_and(|p| p.get_id() == cell.get_id());
+                if is_pool {
+                    // Agents reconnect; conversations they held keep their
+                    // assignment in their own state.
+                    tracing::error!(error = %err, "agent pool failed; restarting it");
+                    let agents = st
+                        .shared
+                        .pool_args
+                        .lock()
+                        .as_ref()
+                        .map(|a| a.0.clone())
+                        .unwrap_or_default();
+                    spawn_pool(&myself, &st.shared, agents).await?;
+                } else if let Some(name) = gateway {
                     tracing::error!(error = %err, gateway = name, "gateway failed; restarting it");
                     spawn_gateway(&myself, &st.shared, name).await?;
                 } else if is_scheduler {
@@ -402,6 +476,45 @@ async fn spawn_conversations(
     )
     .await?;
     *shared.supervisor.write() = Some(sup);
+    Ok(())
+}
+
+async fn spawn_pool(
+    root: &ActorRef<RootMsg>,
+    shared: &Arc<Shared>,
+    agents: Vec<crate::pool::routing::AgentSpec>,
+) -> Result<(), ActorProcessingErr> {
+    let (_, ttl, grace, wait_text) = shared
+        .pool_args
+        .lock()
+        .clone()
+        .ok_or("pool settings missing")?;
+    let (p, _) = Actor::spawn_linked(
+        None,
+        crate::pool::actor::PoolActor,
+        crate::pool::actor::PoolArgs {
+            shared: shared.clone(),
+            agents,
+            offer_ttl: ttl,
+            grace,
+            wait_text,
+        },
+        root.get_cell(),
+    )
+    .await?;
+    let first = shared.pool.read().is_none()
+        && !shared
+            .pool_listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+    *shared.pool.write() = Some(p.clone());
+    if first {
+        shared
+            .feed
+            .subscribe(Arc::new(crate::pool::actor::PoolListener {
+                watched: shared.pool_watched.clone(),
+                shared: Arc::downgrade(shared),
+            }));
+    }
     Ok(())
 }
 

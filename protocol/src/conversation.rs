@@ -328,6 +328,19 @@ pub enum ConvEvent {
     /// for a phone, a phone number a web-chat visitor gave). Fields that
     /// are `None` leave the identity as it was.
     IdentityLinked(Identities),
+    /// The conversation asked for a person (the customer said so, the bot
+    /// gave up, or an operator escalated it).
+    Escalated {
+        reason: String,
+        skills: Vec<String>,
+        priority: i32,
+        at: Timestamp,
+    },
+    /// The human agent now holding the conversation (`None`: nobody).
+    AgentAssigned {
+        agent: Option<String>,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,6 +481,8 @@ impl ConversationState {
                     self.captured.facts.insert(k.clone(), v.clone());
                 }
             }
+            ConvEvent::Escalated { .. } => self.status = Status::Active,
+            ConvEvent::AgentAssigned { agent, .. } => self.assigned_agent.clone_from(agent),
             ConvEvent::IdentityLinked(ids) => {
                 let mine = &mut self.identities;
                 for (slot, new) in [

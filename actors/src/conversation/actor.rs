@@ -129,6 +129,26 @@ pub enum ConvMsg {
         identities: Identities,
         reply: Reply<ConversationId>,
     },
+    /// Asks for a person; false if an agent already holds it.
+    Escalate {
+        reason: String,
+        skills: Vec<String>,
+        priority: i32,
+        reply: Reply<bool>,
+    },
+    /// Records who holds the conversation.
+    Assign {
+        agent: Option<String>,
+        reply: Reply<()>,
+    },
+    /// A system note in the transcript.
+    Note { text: String, reply: Reply<()> },
+    /// An agent closes it with a disposition.
+    CloseByAgent {
+        agent: String,
+        disposition: String,
+        reply: Reply<()>,
+    },
     /// This conversation continues in `into`: close it.
     CloseMerged {
         into: ConversationId,
@@ -158,6 +178,9 @@ impl ConvMsg {
             ConvMsg::ProviderStatus { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::Merge { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::CloseMerged { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Escalate { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::Assign { reply, .. } | ConvMsg::Note { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::CloseByAgent { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::Passivate { .. } | ConvMsg::StorageFailed => {}
         }
     }
@@ -393,6 +416,60 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             })
             .await;
         }
+        ConvMsg::Escalate {
+            reason,
+            skills,
+            priority,
+            reply,
+        } => {
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.escalate(&reason, skills, priority, now),
+                None => Vec::new(),
+            };
+            let queued = !events.is_empty();
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r.map(|()| queued));
+            })
+            .await;
+        }
+        ConvMsg::Assign { agent, reply } => {
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.assign(agent, now),
+                None => Vec::new(),
+            };
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r);
+            })
+            .await;
+        }
+        ConvMsg::Note { text, reply } => {
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.system_note(text, now),
+                None => Vec::new(),
+            };
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r);
+            })
+            .await;
+        }
+        ConvMsg::CloseByAgent {
+            agent,
+            disposition,
+            reply,
+        } => {
+            let now = st.args.shared.clock.now();
+            let events = match st.conv.as_mut() {
+                Some(c) => c.close_by_agent(&agent, &disposition, now),
+                None => Vec::new(),
+            };
+            st.commit(&myself, events, None, move |r| {
+                let _ = reply.send(r);
+            })
+            .await;
+        }
         ConvMsg::CloseMerged { into, reply } => {
             let now = st.args.shared.clock.now();
             let events = match st.conv.as_mut() {
@@ -469,9 +546,10 @@ impl ConvState {
         // message it let through follows it in the same batch.
         let mut template: Option<String> = None;
         let mut published = Vec::new();
+        let mut escalations = Vec::new();
         for (_, e) in &events {
             if let ConvEvent::MessageAppended(m) = e {
-                if self.args.shared.feed.wants(m) {
+                if self.args.shared.feed.wants(id, m) {
                     published.push(crate::feed::Published {
                         tenant: self.args.key.tenant().to_owned(),
                         conversation: id,
@@ -485,6 +563,18 @@ impl ConvState {
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
+            }
+            if let ConvEvent::Escalated {
+                skills, priority, ..
+            } = &event
+            {
+                escalations.push(crate::pool::Escalation {
+                    conv: id,
+                    tenant: self.args.key.tenant().to_owned(),
+                    channel: conv.last_inbound_channel(),
+                    skills: skills.clone(),
+                    priority: *priority,
+                });
             }
             match &event {
                 ConvEvent::Decided(d) => {
@@ -570,6 +660,13 @@ impl ConvState {
                 for p in &published {
                     shared.feed.publish(p);
                 }
+                if !escalations.is_empty() {
+                    if let Some(pool) = shared.pool.read().as_ref() {
+                        for e in escalations {
+                            let _ = pool.cast(crate::pool::PoolMsg::Escalate(e));
+                        }
+                    }
+                }
                 if !notify.is_empty() {
                     if let Some(s) = shared.scheduler.read().as_ref() {
                         for t in notify {
@@ -631,7 +728,20 @@ impl ConvState {
                     events.extend(conv.note_profile_name(name));
                 }
                 // Consent keywords are handled before any conversation logic.
-                events.extend(conv.on_keywords(&msg, meta.hint, now, &tenant));
+                let keyword = conv.on_keywords(&msg, meta.hint, now, &tenant);
+                let plain = keyword.is_empty();
+                events.extend(keyword);
+                if plain
+                    && conv.state.assigned_agent.is_none()
+                    && super::core::wants_a_person(&msg.text)
+                {
+                    events.extend(conv.escalate(
+                        "the customer asked for a person",
+                        Vec::new(),
+                        0,
+                        now,
+                    ));
+                }
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
                 events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));
             }

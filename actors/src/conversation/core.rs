@@ -101,6 +101,8 @@ pub struct OutboundSpec {
     pub text: String,
     pub channel: Option<Channel>,
     pub purpose: Purpose,
+    /// The human agent writing it (`None`: the business's automation).
+    pub agent: Option<String>,
 }
 
 /// What the gate decided for an outbound message.
@@ -131,6 +133,38 @@ pub struct TimerSpec {
     pub kind: TimerKind,
     pub text: Option<String>,
     pub channel: Option<Channel>,
+}
+
+/// Whether a customer's message asks for a human ("can I talk to a
+/// person", "agent please", "real person").
+pub fn wants_a_person(text: &str) -> bool {
+    let t = text.to_lowercase();
+    let words: Vec<&str> = t
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let has = |w: &str| words.contains(&w);
+    let asks = [
+        "talk", "speak", "chat", "connect", "transfer", "want", "need", "get", "give",
+    ]
+    .iter()
+    .any(|w| has(w));
+    let person = [
+        "person",
+        "human",
+        "agent",
+        "representative",
+        "operator",
+        "someone",
+        "somebody",
+        "staff",
+    ]
+    .iter()
+    .any(|w| has(w));
+    (asks && person)
+        || t.contains("real person")
+        || (words.len() <= 3
+            && (has("agent") || has("human") || has("representative") || has("operator")))
 }
 
 /// A speech conversation ends after this many turns.
@@ -433,6 +467,11 @@ impl Conversation {
         events
     }
 
+    /// The channel the customer last wrote or called on (SMS if none).
+    pub fn last_inbound_channel(&self) -> Channel {
+        self.channel_or_last_inbound(None)
+    }
+
     /// `channel`, or else the channel of the customer's last message.
     fn channel_or_last_inbound(&self, channel: Option<Channel>) -> Channel {
         channel
@@ -478,10 +517,11 @@ impl Conversation {
         let outcome = match decision {
             Decision::Send { rule } => {
                 let seq = self.state.next_seq();
+                let author = spec.agent.map_or(Author::Bot, Author::Agent);
                 self.outbound(
                     &mut events,
                     channel,
-                    Author::Bot,
+                    author,
                     spec.text,
                     now,
                     now,
@@ -992,6 +1032,7 @@ impl Conversation {
             text: tenant.missed_call_text.clone(),
             channel: Some(Channel::Sms),
             purpose: Purpose::Conversational,
+            agent: None,
         };
         let (_, more) = self.send_message(spec, now, tenant, next_id);
         events.extend(more);
@@ -1102,6 +1143,97 @@ impl Conversation {
         }
         let _ = next_id;
         action
+    }
+
+    /// Asks for a person (idempotent while a request is open or an agent
+    /// holds the conversation).
+    pub fn escalate(
+        &mut self,
+        reason: &str,
+        skills: Vec<String>,
+        priority: i32,
+        now: Timestamp,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if self.state.assigned_agent.is_none() {
+            self.push(
+                &mut events,
+                ConvEvent::Escalated {
+                    reason: reason.into(),
+                    skills,
+                    priority,
+                    at: now,
+                },
+            );
+        }
+        events
+    }
+
+    /// Who holds the conversation now.
+    pub fn assign(&mut self, agent: Option<String>, now: Timestamp) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if self.state.assigned_agent != agent {
+            self.push(&mut events, ConvEvent::AgentAssigned { agent, at: now });
+        }
+        events
+    }
+
+    /// A note for the record (a transfer note): a system message.
+    pub fn system_note(&mut self, text: String, now: Timestamp) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let seq = self.state.next_seq();
+        let channel = self.channel_or_last_inbound(None);
+        self.push(
+            &mut events,
+            ConvEvent::MessageAppended(Message {
+                seq,
+                direction: Direction::Outbound,
+                channel,
+                author: Author::System,
+                text,
+                at: now,
+                recorded_at: now,
+                provider_message_id: None,
+                delivery: Delivery::Sent,
+                media: vec![],
+            }),
+        );
+        events
+    }
+
+    /// An agent closes the conversation with a disposition.
+    pub fn close_by_agent(
+        &mut self,
+        agent: &str,
+        disposition: &str,
+        now: Timestamp,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let seq = self.state.next_seq();
+        self.push(
+            &mut events,
+            ConvEvent::MessageAppended(Message {
+                seq,
+                direction: Direction::Outbound,
+                channel: self.channel_or_last_inbound(None),
+                author: Author::System,
+                text: format!("[closed by agent:{agent}: {disposition}]"),
+                at: now,
+                recorded_at: now,
+                provider_message_id: None,
+                delivery: Delivery::Sent,
+                media: vec![],
+            }),
+        );
+        events.extend(self.assign(None, now));
+        self.push(
+            &mut events,
+            ConvEvent::StatusChanged {
+                status: Status::Closed,
+                at: now,
+            },
+        );
+        events
     }
 
     /// Records addresses of this customer that became known (only what is

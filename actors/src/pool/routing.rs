@@ -144,7 +144,7 @@ impl AgentState {
         self.presence == Presence::Available
             && self.connected
             && self.offer.is_none()
-            && self.spec.tenants.iter().any(|x| *x == t.tenant)
+            && self.spec.tenants.contains(&t.tenant)
             && t.skills.iter().all(|s| self.spec.skills.contains(s))
             && self.load(t.lane) < self.spec.capacity(t.lane)
             && t.target.as_ref().is_none_or(|a| *a == self.spec.id)

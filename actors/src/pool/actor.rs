@@ -1,0 +1,691 @@
+//! The pool actor: owns the routing state (`routing::Pool`), the agent
+//! desktop sessions (one `AgentSession` actor per WebSocket), and carries
+//! out the policy's effects: offers with the conversation's context,
+//! assignments recorded in the conversation, honest wait messages, live
+//! messages to whoever holds a conversation, and the reconnect grace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use threadline_protocol::{Channel, ConversationId, ConversationState, Message, Timestamp};
+use tokio::sync::{mpsc, oneshot};
+
+use super::routing::{AgentSpec, Effect, Lane, Pool, PoolError, Presence, QueueStats, Task};
+use crate::consent::policy::Purpose;
+use crate::conversation::core::{OutboundSpec, SendOutcome};
+use crate::feed::{Listener, Published};
+use crate::router::Router;
+use crate::runtime::Shared;
+
+/// What the desktop is told (the WebSocket layer renders it as JSON).
+#[derive(Debug, Clone)]
+pub enum AgentEvent {
+    Hello {
+        agent: AgentSpec,
+        status: Presence,
+    },
+    Offer {
+        offer: u64,
+        conversation: Box<ConversationState>,
+        expires_in_ms: i64,
+    },
+    OfferRescinded {
+        offer: u64,
+        conversation: ConversationId,
+    },
+    Assigned {
+        conversation: Box<ConversationState>,
+    },
+    Message {
+        conversation: ConversationId,
+        message: Message,
+    },
+    Transferred {
+        conversation: ConversationId,
+        to: String,
+    },
+    Closed {
+        conversation: ConversationId,
+    },
+    /// The outcome of the agent's `send`.
+    Sent {
+        conversation: ConversationId,
+        outcome: SendOutcome,
+    },
+    Status {
+        status: Presence,
+    },
+    Queue {
+        tenant: String,
+        stats: QueueStats,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// What the desktop asks (parsed from JSON by the WebSocket layer).
+#[derive(Debug, Clone)]
+pub enum AgentCommand {
+    Status(Presence),
+    Accept {
+        offer: u64,
+    },
+    Reject {
+        offer: u64,
+    },
+    Send {
+        conversation: ConversationId,
+        text: String,
+    },
+    Transfer {
+        conversation: ConversationId,
+        to_agent: Option<String>,
+        to_skill: Option<String>,
+        note: Option<String>,
+    },
+    Close {
+        conversation: ConversationId,
+        disposition: String,
+    },
+}
+
+/// An escalation for the pool.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub conv: ConversationId,
+    pub tenant: String,
+    pub channel: Channel,
+    pub skills: Vec<String>,
+    pub priority: i32,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+pub enum PoolMsg {
+    Upsert(AgentSpec),
+    Remove(String, Reply<bool>),
+    List(Reply<Vec<(AgentSpec, Presence, bool)>>),
+    Escalate(Escalation),
+    /// A desktop session started for `agent`.
+    Join {
+        agent: String,
+        events: mpsc::Sender<AgentEvent>,
+        reply: Reply<Result<ActorRef<SessionMsg>, String>>,
+    },
+    /// A command from `agent`'s desktop.
+    Command {
+        agent: String,
+        cmd: AgentCommand,
+    },
+    Published(Box<Published>),
+    Stats {
+        tenant: String,
+        reply: Reply<QueueStats>,
+    },
+    /// Expire offers and grace periods due on the injected clock.
+    Tick,
+    Advance(Reply<()>),
+}
+
+pub struct PoolActor;
+
+pub struct PoolArgs {
+    pub shared: Arc<Shared>,
+    pub agents: Vec<AgentSpec>,
+    pub offer_ttl: Duration,
+    pub grace: Duration,
+    pub wait_text: String,
+}
+
+pub struct PoolState {
+    args: PoolArgs,
+    pool: Pool,
+    /// Sessions per agent.
+    sessions: HashMap<String, Vec<ActorRef<SessionMsg>>>,
+    /// Agents whose desktop dropped: when their grace period ends.
+    grace: HashMap<String, Timestamp>,
+    /// Conversation → tenant, for what is queued or held.
+    tenants: HashMap<u64, String>,
+    router: Router,
+}
+
+/// Conversations an agent holds: the feed listener reads it.
+#[derive(Default)]
+pub struct Watched(DashMap<u64, ()>);
+
+/// Hands messages of held conversations to whichever pool actor runs now.
+pub struct PoolListener {
+    pub watched: Arc<Watched>,
+    pub shared: std::sync::Weak<Shared>,
+}
+
+impl Listener for PoolListener {
+    fn wants(&self, conv: ConversationId, _m: &Message) -> bool {
+        self.watched.0.contains_key(&conv.0)
+    }
+    fn published(&self, p: &Published) {
+        if let Some(shared) = self.shared.upgrade() {
+            if let Some(pool) = shared.pool.read().as_ref() {
+                let _ = pool.cast(PoolMsg::Published(Box::new(p.clone())));
+            }
+        }
+    }
+}
+
+impl PoolState {
+    fn now(&self) -> Timestamp {
+        self.args.shared.clock.now()
+    }
+
+    fn tell(&self, agent: &str, e: AgentEvent) {
+        if let Some(s) = self.sessions.get(agent) {
+            for s in s {
+                let _ = s.cast(SessionMsg::Deliver(e.clone()));
+            }
+        }
+    }
+
+    fn watched(&self) -> &Watched {
+        &self.args.shared.pool_watched
+    }
+
+    /// Carries out what the routing policy decided.
+    fn apply(&mut self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Offer {
+                    offer,
+                    agent,
+                    conv,
+                    expires,
+                } => {
+                    let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
+                    let router = self.router.clone();
+                    let ttl = expires.0 - self.now().0;
+                    self.args.shared.metrics.offers.inc();
+                    tokio::spawn(async move {
+                        if let Ok(Some(state)) = router.view_by_id(ConversationId(conv)).await {
+                            let e = AgentEvent::Offer {
+                                offer,
+                                conversation: Box::new(state),
+                                expires_in_ms: ttl,
+                            };
+                            for s in sessions {
+                                let _ = s.cast(SessionMsg::Deliver(e.clone()));
+                            }
+                        }
+                    });
+                }
+                Effect::Rescind { offer, agent, conv } => self.tell(
+                    &agent,
+                    AgentEvent::OfferRescinded {
+                        offer,
+                        conversation: ConversationId(conv),
+                    },
+                ),
+                Effect::Assigned { agent, conv } => {
+                    self.watched().0.insert(conv, ());
+                    let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
+                    let router = self.router.clone();
+                    tokio::spawn(async move {
+                        let id = ConversationId(conv);
+                        if router.assign(id, Some(agent)).await.is_ok() {
+                            if let Ok(Some(state)) = router.view_by_id(id).await {
+                                let e = AgentEvent::Assigned {
+                                    conversation: Box::new(state),
+                                };
+                                for s in sessions {
+                                    let _ = s.cast(SessionMsg::Deliver(e.clone()));
+                                }
+                            }
+                        }
+                    });
+                }
+                Effect::Waiting { conv, position } => {
+                    let router = self.router.clone();
+                    let text = self
+                        .args
+                        .wait_text
+                        .replace("{position}", &position.to_string());
+                    tokio::spawn(async move {
+                        let spec = OutboundSpec {
+                            text,
+                            channel: None,
+                            purpose: Purpose::Conversational,
+                            agent: None,
+                        };
+                        let _ = router
+                            .send_to_conversation(ConversationId(conv), spec)
+                            .await;
+                    });
+                }
+                Effect::Released { agent: _, conv } => {
+                    self.watched().0.remove(&conv);
+                    if !self.pool.is_queued(conv) {
+                        self.tenants.remove(&conv);
+                    }
+                    let router = self.router.clone();
+                    tokio::spawn(async move {
+                        let _ = router.assign(ConversationId(conv), None).await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_time(&mut self) {
+        let now = self.now();
+        let effects = self.pool.expire(now);
+        self.apply(effects);
+        let due: Vec<String> = self
+            .grace
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for agent in due {
+            self.grace.remove(&agent);
+            tracing::info!(agent, "grace period over; re-queueing what the agent held");
+            let effects = self.pool.requeue_all(&agent, now);
+            self.apply(effects);
+        }
+    }
+
+    fn error(&self, agent: &str, e: PoolError) {
+        let code = match e {
+            PoolError::UnknownAgent(_) => "unknown_agent",
+            PoolError::NoSuchOffer(_) => "no_such_offer",
+            PoolError::NotHolding => "not_yours",
+            PoolError::BadTarget(_) => "bad_target",
+        };
+        self.tell(
+            agent,
+            AgentEvent::Error {
+                code,
+                message: e.to_string(),
+            },
+        );
+    }
+
+    async fn command(&mut self, agent: String, cmd: AgentCommand) {
+        let now = self.now();
+        let r = match cmd {
+            AgentCommand::Status(p) => self.pool.set_presence(&agent, p, now).inspect(|_| {
+                self.tell(&agent, AgentEvent::Status { status: p });
+            }),
+            AgentCommand::Accept { offer } => self.pool.accept(&agent, offer, now),
+            AgentCommand::Reject { offer } => self.pool.reject(&agent, offer, now),
+            AgentCommand::Send { conversation, text } => {
+                if self.pool.holder(conversation.0) != Some(agent.as_str()) {
+                    Err(PoolError::NotHolding)
+                } else {
+                    let router = self.router.clone();
+                    let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
+                    let author = agent.clone();
+                    tokio::spawn(async move {
+                        let spec = OutboundSpec {
+                            text,
+                            channel: None,
+                            purpose: Purpose::Conversational,
+                            agent: Some(author),
+                        };
+                        let e = match router.send_to_conversation(conversation, spec).await {
+                            Ok(Some(outcome)) => AgentEvent::Sent {
+                                conversation,
+                                outcome,
+                            },
+                            Ok(None) => AgentEvent::Error {
+                                code: "not_found",
+                                message: format!("no conversation {conversation}"),
+                            },
+                            Err(e) => AgentEvent::Error {
+                                code: "unavailable",
+                                message: e.to_string(),
+                            },
+                        };
+                        for s in sessions {
+                            let _ = s.cast(SessionMsg::Deliver(e.clone()));
+                        }
+                    });
+                    Ok(Vec::new())
+                }
+            }
+            AgentCommand::Transfer {
+                conversation,
+                to_agent,
+                to_skill,
+                note,
+            } => {
+                let skills: Vec<String> = to_skill.into_iter().collect();
+                let to = to_agent
+                    .clone()
+                    .or_else(|| skills.first().map(|s| format!("skill:{s}")))
+                    .unwrap_or_else(|| "queue".into());
+                let r = self
+                    .pool
+                    .transfer(&agent, conversation.0, to_agent, skills, 0, now);
+                if r.is_ok() {
+                    self.tell(
+                        &agent,
+                        AgentEvent::Transferred {
+                            conversation,
+                            to: to.clone(),
+                        },
+                    );
+                    if let Some(note) = note.filter(|n| !n.trim().is_empty()) {
+                        let router = self.router.clone();
+                        let text = format!("[transfer note from agent:{agent} to {to}: {note}]");
+                        tokio::spawn(async move {
+                            let _ = router.note(conversation, text).await;
+                        });
+                    }
+                }
+                r
+            }
+            AgentCommand::Close {
+                conversation,
+                disposition,
+            } => match self.pool.release(&agent, conversation.0, now) {
+                Ok(effects) => {
+                    // The close itself records that nobody holds it.
+                    let effects: Vec<Effect> = effects
+                        .into_iter()
+                        .filter(|e| !matches!(e, Effect::Released { .. }))
+                        .collect();
+                    self.watched().0.remove(&conversation.0);
+                    self.tenants.remove(&conversation.0);
+                    let router = self.router.clone();
+                    let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
+                    let closer = agent.clone();
+                    tokio::spawn(async move {
+                        let e = match router
+                            .close_by_agent(conversation, &closer, &disposition)
+                            .await
+                        {
+                            Ok(()) => AgentEvent::Closed { conversation },
+                            Err(e) => AgentEvent::Error {
+                                code: "unavailable",
+                                message: e.to_string(),
+                            },
+                        };
+                        for s in sessions {
+                            let _ = s.cast(SessionMsg::Deliver(e.clone()));
+                        }
+                    });
+                    Ok(effects)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match r {
+            Ok(effects) => self.apply(effects),
+            Err(e) => self.error(&agent, e),
+        }
+    }
+}
+
+impl Actor for PoolActor {
+    type Msg = PoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let now = args.shared.clock.now();
+        let mut pool = Pool::new(args.offer_ttl.as_millis() as i64);
+        for a in &args.agents {
+            pool.upsert_agent(a.clone(), now);
+        }
+        if !args.shared.simulated_clock {
+            myself.send_interval(Duration::from_millis(100), || PoolMsg::Tick);
+        }
+        let router = Router {
+            shared: args.shared.clone(),
+        };
+        // Conversations held before a restart of the pool are not known to
+        // it any more: nobody is told about them twice.
+        args.shared.pool_watched.0.clear();
+        Ok(PoolState {
+            args,
+            pool,
+            sessions: HashMap::new(),
+            grace: HashMap::new(),
+            tenants: HashMap::new(),
+            router,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PoolMsg>,
+        msg: PoolMsg,
+        st: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = st.now();
+        match msg {
+            PoolMsg::Upsert(spec) => {
+                let effects = st.pool.upsert_agent(spec, now);
+                st.apply(effects);
+            }
+            PoolMsg::Remove(id, reply) => {
+                let known = st.pool.agent(&id).is_some();
+                let effects = st.pool.remove_agent(&id, now);
+                st.apply(effects);
+                if let Some(sessions) = st.sessions.remove(&id) {
+                    for s in sessions {
+                        s.stop(Some("agent removed".into()));
+                    }
+                }
+                let _ = reply.send(known);
+            }
+            PoolMsg::List(reply) => {
+                let list = st
+                    .pool
+                    .agents()
+                    .map(|(s, p, c)| (s.clone(), p, c))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            PoolMsg::Escalate(e) => {
+                st.tenants.insert(e.conv.0, e.tenant.clone());
+                let effects = st.pool.enqueue(
+                    Task {
+                        conv: e.conv.0,
+                        tenant: e.tenant,
+                        lane: Lane::of(e.channel),
+                        skills: e.skills,
+                        priority: e.priority,
+                        target: None,
+                        since: now,
+                    },
+                    now,
+                );
+                st.apply(effects);
+            }
+            PoolMsg::Join {
+                agent,
+                events,
+                reply,
+            } => {
+                let Some(spec) = st.pool.agent(&agent).cloned() else {
+                    let _ = reply.send(Err(format!("unknown agent {agent}")));
+                    return Ok(());
+                };
+                let spawned = Actor::spawn_linked(
+                    None,
+                    AgentSession,
+                    SessionArgs {
+                        agent: agent.clone(),
+                        events,
+                    },
+                    myself.get_cell(),
+                )
+                .await;
+                let session = match spawned {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                        return Ok(());
+                    }
+                };
+                st.sessions
+                    .entry(agent.clone())
+                    .or_default()
+                    .push(session.clone());
+                st.args.shared.metrics.agent_sessions.inc();
+                let _ = reply.send(Ok(session.clone()));
+                let back = st.grace.remove(&agent).is_some();
+                let status = st.pool.presence(&agent).unwrap_or(Presence::Offline);
+                let _ = session.cast(SessionMsg::Deliver(AgentEvent::Hello {
+                    agent: spec,
+                    status,
+                }));
+                let effects = st.pool.set_connected(&agent, true, now);
+                st.apply(effects);
+                // Back within the grace period, or a second tab: everything
+                // the agent holds, with what was missed, and the open offer.
+                let held = st.pool.holding(&agent);
+                let open = st.pool.open_offer(&agent);
+                let router = st.router.clone();
+                let s = session.clone();
+                let ttl = st.pool.offer_ttl_ms;
+                tokio::spawn(async move {
+                    for conv in held {
+                        if let Ok(Some(state)) = router.view_by_id(ConversationId(conv)).await {
+                            let _ = s.cast(SessionMsg::Deliver(AgentEvent::Assigned {
+                                conversation: Box::new(state),
+                            }));
+                        }
+                    }
+                    if let Some((offer, conv)) = open {
+                        if let Ok(Some(state)) = router.view_by_id(ConversationId(conv)).await {
+                            let _ = s.cast(SessionMsg::Deliver(AgentEvent::Offer {
+                                offer,
+                                conversation: Box::new(state),
+                                expires_in_ms: ttl,
+                            }));
+                        }
+                    }
+                });
+                if back {
+                    tracing::info!(agent, "agent reconnected within the grace period");
+                }
+            }
+            PoolMsg::Command { agent, cmd } => st.command(agent, cmd).await,
+            PoolMsg::Published(p) => {
+                if let Some(agent) = st.pool.holder(p.conversation.0).map(str::to_owned) {
+                    st.tell(
+                        &agent,
+                        AgentEvent::Message {
+                            conversation: p.conversation,
+                            message: p.message,
+                        },
+                    );
+                }
+            }
+            PoolMsg::Stats { tenant, reply } => {
+                let _ = reply.send(st.pool.stats(&tenant, now));
+            }
+            PoolMsg::Tick => st.on_time(),
+            PoolMsg::Advance(reply) => {
+                st.on_time();
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<PoolMsg>,
+        evt: SupervisionEvent,
+        st: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let gone = match &evt {
+            SupervisionEvent::ActorTerminated(cell, _, _)
+            | SupervisionEvent::ActorFailed(cell, _) => Some(cell.get_id()),
+            _ => None,
+        };
+        let Some(id) = gone else {
+            return Ok(());
+        };
+        let mut left = None;
+        for (agent, sessions) in st.sessions.iter_mut() {
+            let before = sessions.len();
+            sessions.retain(|s| s.get_id() != id);
+            if sessions.len() != before {
+                st.args.shared.metrics.agent_sessions.dec();
+                if sessions.is_empty() {
+                    left = Some(agent.clone());
+                }
+            }
+        }
+        if let Some(agent) = left {
+            st.sessions.remove(&agent);
+            let now = st.now();
+            let effects = st.pool.set_connected(&agent, false, now);
+            st.apply(effects);
+            if !st.pool.holding(&agent).is_empty() {
+                let until = now.saturating_add_millis(st.args.grace.as_millis() as i64);
+                st.grace.insert(agent, until);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One agent desktop connection. The WebSocket layer reads frames into
+/// commands and writes the events this actor queues; if the desktop cannot
+/// keep up, the session ends (the desktop reconnects within the grace).
+pub struct AgentSession;
+
+pub struct SessionArgs {
+    pub agent: String,
+    pub events: mpsc::Sender<AgentEvent>,
+}
+
+pub enum SessionMsg {
+    Deliver(AgentEvent),
+}
+
+impl Actor for AgentSession {
+    type Msg = SessionMsg;
+    type State = SessionArgs;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        st: &mut SessionArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SessionMsg::Deliver(e) => {
+                if st.events.try_send(e).is_err() {
+                    tracing::warn!(
+                        agent = st.agent,
+                        "agent desktop too slow or gone; ending its session"
+                    );
+                    myself.stop(Some("desktop gone".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
