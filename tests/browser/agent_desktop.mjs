@@ -1,0 +1,40 @@
+// Drives the agent desktop (/agent) in headless Debian chromium:
+// sign in, go available, accept the offer that arrives, reply, screenshot.
+// Usage: node agent_desktop.mjs BASE_URL TOKEN REPLY SCREENSHOT
+// Prints READY once available and DONE after the reply was sent.
+import { chromium } from 'playwright-core';
+
+const [base, token, reply, screenshot] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  page.on('pageerror', (e) => { console.error('page error:', e.message); process.exitCode = 3; });
+  await page.goto(base + '/agent');
+  await page.fill('#token', token);
+  await page.click('#login-button');
+  await page.waitForSelector('#me:not(:text("Agent"))', { timeout: 10000 });
+  await page.selectOption('#presence', 'available');
+  // The server confirms the status before work is offered.
+  await page.waitForFunction(() => document.querySelector('#conn').textContent === 'connected');
+  await page.waitForTimeout(200);
+  console.log('READY');
+  const accept = await page.waitForSelector('.offer .accept', { timeout: 20000 });
+  const offerText = await page.textContent('.offer');
+  console.log('OFFER ' + offerText.replace(/\s+/g, ' '));
+  await accept.click();
+  await page.waitForSelector('#transcript .msg', { timeout: 10000 });
+  const transcript = await page.textContent('#transcript');
+  console.log('TRANSCRIPT ' + transcript.replace(/\s+/g, ' '));
+  await page.fill('#reply', reply);
+  await page.click('#send');
+  await page.waitForFunction((r) => [...document.querySelectorAll('#transcript .msg .text')]
+    .some((e) => e.textContent === r), reply, { timeout: 10000 });
+  await page.screenshot({ path: screenshot });
+  console.log('DONE');
+} finally {
+  await browser.close();
+}
