@@ -5,6 +5,7 @@
 //! `POST /api/v1/inbound`, and reports throughput, latency percentiles and
 //! their ratio.
 
+mod agents;
 mod client;
 mod ingest;
 mod node;
@@ -33,6 +34,8 @@ enum Command {
     Outbound(outbound::OutboundArgs),
     /// Durable timer scheduling and firing lateness.
     Timers(timers::TimerArgs),
+    /// Connected agent desktops: offer latency and message fan-out.
+    Agents(agents::AgentArgs),
     /// Signed Twilio SMS webhooks per second, durable before the 200.
     Webhooks(webhooks::WebhookArgs),
     /// Resident memory of a node holding many conversations.
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
         Command::Webhooks(a) => rt.block_on(webhooks::run(a)),
+        Command::Agents(a) => rt.block_on(agents::run(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
 }

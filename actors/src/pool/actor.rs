@@ -151,6 +151,10 @@ pub struct PoolState {
     grace: HashMap<String, Timestamp>,
     /// Conversation → tenant, for what is queued or held.
     tenants: HashMap<u64, String>,
+    /// Tenants whose queue changed since the desktops were last told.
+    dirty: std::collections::HashSet<String>,
+    /// When the desktops were last told (real time: at most once a second).
+    stats_sent: std::time::Instant,
     router: Router,
 }
 
@@ -194,8 +198,48 @@ impl PoolState {
         &self.args.shared.pool_watched
     }
 
+    /// Tells every desktop of the tenants whose queue changed how it stands.
+    fn push_stats(&mut self, force: bool) {
+        if self.dirty.is_empty() || (!force && self.stats_sent.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.stats_sent = std::time::Instant::now();
+        let now = self.now();
+        for tenant in std::mem::take(&mut self.dirty) {
+            let stats = self.pool.stats(&tenant, now);
+            for (agent, sessions) in &self.sessions {
+                let allowed = self
+                    .pool
+                    .agent(agent)
+                    .is_some_and(|a| a.tenants.contains(&tenant));
+                if allowed {
+                    for s in sessions {
+                        let _ = s.cast(SessionMsg::Deliver(AgentEvent::Queue {
+                            tenant: tenant.clone(),
+                            stats: stats.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
     /// Carries out what the routing policy decided.
     fn apply(&mut self, effects: Vec<Effect>) {
+        for e in &effects {
+            let conv = match e {
+                Effect::Offer { conv, .. }
+                | Effect::Rescind { conv, .. }
+                | Effect::Assigned { conv, .. }
+                | Effect::Waiting { conv, .. }
+                | Effect::Released { conv, .. } => *conv,
+            };
+            if let Some(t) = self.tenants.get(&conv) {
+                if !self.dirty.contains(t) {
+                    self.dirty.insert(t.clone());
+                }
+            }
+        }
         for e in effects {
             match e {
                 Effect::Offer {
@@ -246,6 +290,7 @@ impl PoolState {
                         }
                     });
                 }
+                Effect::Waiting { .. } if self.args.wait_text.is_empty() => {}
                 Effect::Waiting { conv, position } => {
                     let router = self.router.clone();
                     let text = self
@@ -459,6 +504,8 @@ impl Actor for PoolActor {
             sessions: HashMap::new(),
             grace: HashMap::new(),
             tenants: HashMap::new(),
+            dirty: Default::default(),
+            stats_sent: std::time::Instant::now(),
             router,
         })
     }
@@ -545,9 +592,15 @@ impl Actor for PoolActor {
                 let back = st.grace.remove(&agent).is_some();
                 let status = st.pool.presence(&agent).unwrap_or(Presence::Offline);
                 let _ = session.cast(SessionMsg::Deliver(AgentEvent::Hello {
-                    agent: spec,
+                    agent: spec.clone(),
                     status,
                 }));
+                for tenant in &spec.tenants {
+                    let _ = session.cast(SessionMsg::Deliver(AgentEvent::Queue {
+                        tenant: tenant.clone(),
+                        stats: st.pool.stats(tenant, now),
+                    }));
+                }
                 let effects = st.pool.set_connected(&agent, true, now);
                 st.apply(effects);
                 // Back within the grace period, or a second tab: everything
@@ -594,9 +647,13 @@ impl Actor for PoolActor {
             PoolMsg::Stats { tenant, reply } => {
                 let _ = reply.send(st.pool.stats(&tenant, now));
             }
-            PoolMsg::Tick => st.on_time(),
+            PoolMsg::Tick => {
+                st.on_time();
+                st.push_stats(false);
+            }
             PoolMsg::Advance(reply) => {
                 st.on_time();
+                st.push_stats(true);
                 let _ = reply.send(());
             }
         }
