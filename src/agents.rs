@@ -521,6 +521,7 @@ fn on_frame(app: &App, agent: &str, text: &str) -> Result<(), String> {
                 ))
             }
         },
+        Some("queue") => AgentCommand::Queue,
         Some("accept") => AgentCommand::Accept {
             offer: offer_field(&v)?,
         },
@@ -559,7 +560,7 @@ fn on_frame(app: &App, agent: &str, text: &str) -> Result<(), String> {
             return Err(error_frame(
                 "unknown_type",
                 format!(
-                    "unknown frame type {other:?} (status, accept, reject, send, transfer, close)"
+                    "unknown frame type {other:?} (status, accept, reject, send, transfer, close, queue)"
                 ),
             ))
         }

@@ -551,7 +551,7 @@ impl Pool {
                     .filter(|a| a.can_take(&t.task))
                     .filter(|a| !skip_declined || !t.declined.contains(&a.spec.id))
                     .filter(|a| t.declined.last() != Some(&a.spec.id))
-                    .min_by_key(|a| (a.idle_since, a.spec.id.clone()))
+                    .min_by(|a, b| (a.idle_since, &a.spec.id).cmp(&(b.idle_since, &b.spec.id)))
                     .map(|a| a.spec.id.clone())
             };
             let chosen = pick(true).or_else(|| pick(false));
