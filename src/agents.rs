@@ -221,6 +221,9 @@ fn validate(app: &App, a: &Agent) -> Result<(), ApiError> {
     if a.tenants.is_empty() {
         return bad("`tenants` must name at least one tenant".into());
     }
+    if a.phone.as_ref().is_some_and(|p| !crate::config::is_e164(p)) {
+        return bad("`phone` must be an E.164 number like +15550001111".into());
+    }
     for t in &a.tenants {
         known_tenant(app, t)?;
     }

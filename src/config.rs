@@ -120,6 +120,7 @@ impl Agent {
                 get("whatsapp").unwrap_or(chat),
                 voice,
             ],
+            phone: self.phone.clone(),
         }
     }
 }
@@ -313,6 +314,8 @@ pub struct Agent {
     pub skills: Vec<String>,
     #[serde(default)]
     pub capacity: BTreeMap<String, u32>,
+    /// Where calls transferred to this agent ring (E.164).
+    pub phone: Option<String>,
 }
 
 /// A configuration problem: which key, on which line, and what is wrong.
@@ -463,6 +466,7 @@ impl Config {
                 tenants: vec!["demo".into()],
                 skills: vec!["en".into()],
                 capacity: BTreeMap::from([("chat".into(), 3), ("voice".into(), 1)]),
+                phone: None,
             }],
         }
     }
@@ -815,6 +819,12 @@ impl Config {
                         format!("unknown tenant {t:?}"),
                     );
                 }
+            }
+            if a.phone.as_ref().is_some_and(|p| !is_e164(p)) {
+                return err(
+                    at("phone"),
+                    "must be an E.164 number like +15550001111".into(),
+                );
             }
             for k in a.capacity.keys() {
                 if !["chat", "sms", "whatsapp", "voice"].contains(&k.as_str()) {

@@ -300,6 +300,15 @@ fn render(action: VoiceAction, conv: ConversationId) -> Resp {
                 .say("Sorry, I did not hear anything. Goodbye.")
                 .hangup()
         }
+        VoiceAction::Transfer {
+            fallback: Some(owner),
+        } => {
+            let w = format!("{WHISPER}?conversation={}", conv.0);
+            Twiml::new().dial(DIAL_STATUS, &owner, Some(&w))
+        }
+        VoiceAction::Transfer { fallback: None } => Twiml::new()
+            .say("Nobody can take your call right now. Someone will get back to you soon. Goodbye.")
+            .hangup(),
         VoiceAction::Hangup { text } => {
             let t = match text {
                 Some(text) => Twiml::new().say(&text),
@@ -369,7 +378,7 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
     field_len("SpeechResult", &text, MAX_TEXT_BYTES)?;
     let (conv, action) = call(
         app,
-        tenant,
+        tenant.clone(),
         from,
         CallEvent::Speech {
             call_sid,
@@ -378,6 +387,20 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
         },
     )
     .await?;
+    if let VoiceAction::Transfer { fallback } = &action {
+        // A person now: an available agent with a phone takes the call (the
+        // desktop gets the conversation, the phone the whisper); else the
+        // owner; else it waits in the queue for a call back.
+        if let Some((_, phone)) = app.router.claim_call(&tenant, conv).await? {
+            let w = format!("{WHISPER}?conversation={}", conv.0);
+            return Ok(twiml(Twiml::new().dial(DIAL_STATUS, &phone, Some(&w))));
+        }
+        if fallback.is_none() {
+            app.router
+                .escalate(conv, "the caller asked for a person", Vec::new(), 0)
+                .await?;
+        }
+    }
     Ok(render(action, conv))
 }
 

@@ -61,6 +61,14 @@ sms_numbers = ["{CLINIC_NUMBER}"]
 owner_phone = "{OWNER}"
 gateway_token = "gw-clinic"
 voice_assistant = true
+
+[[agents]]
+id = "vera"
+name = "Vera"
+token = "agent-vera"
+tenants = ["clinic"]
+phone = "+15550003333"
+capacity = {{ chat = 2, voice = 1 }}
 "#
     )
 }
@@ -239,6 +247,15 @@ async fn twilio_webhooks_with_a_bad_signature_get_403_and_store_nothing() {
         json!(["https://api.twilio.com/media/ME1"]),
         "{m}"
     );
+    // Twilio's Advanced Opt-Out classification is honoured even when our
+    // own classifier would not read the words as a revocation.
+    let mut hinted = sms_params("SM3", CUSTOMER, ACME_NUMBER, "ok bye for now");
+    hinted.push(("OptOutType", "STOP"));
+    assert_eq!(node.twilio(TOKEN, path, &hinted).await.0, 200);
+    let (_, consent) = node
+        .get_admin("/api/v1/tenants/acme/contacts/%2B15551234567/consent")
+        .await;
+    assert_eq!(consent["status"], "opted_out", "{consent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -845,4 +862,71 @@ async fn a_business_message_on_the_voice_channel_places_a_twilio_call_that_says_
         "{twiml}"
     );
     let _ = &env.whatsapp;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_asks_for_a_person_is_dialed_through_to_an_available_agent() {
+    let env = start().await;
+    let node = &env.node;
+    let url = node
+        .url("/agent/ws?token=agent-vera")
+        .replace("http://", "ws://");
+    let (mut vera, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut vera).await["type"], "hello");
+    vera.send(Frame::text(
+        json!({"type": "status", "status": "available"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        if next_json(&mut vera).await["type"] == "status" {
+            break;
+        }
+    }
+    node.twilio(
+        TOKEN,
+        "/webhooks/twilio/sms",
+        &sms_params("SM70", CUSTOMER, CLINIC_NUMBER, "My crown came off"),
+    )
+    .await;
+    node.twilio(
+        TOKEN,
+        "/webhooks/twilio/voice",
+        &call_params("CA70", CUSTOMER, CLINIC_NUMBER),
+    )
+    .await;
+    let mut ask = call_params("CA70", CUSTOMER, CLINIC_NUMBER);
+    ask.push(("SpeechResult", "I need to speak to a human"));
+    let (s, twiml) = node
+        .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
+        .await;
+    assert_eq!(s, 200, "{twiml}");
+    assert!(
+        twiml.contains(">+15550003333</Number>"),
+        "the agent's phone rings: {twiml}"
+    );
+    assert!(
+        twiml.contains("/webhooks/twilio/voice/whisper?conversation="),
+        "{twiml}"
+    );
+    // The agent's desktop opens the conversation at the same time.
+    let assigned = loop {
+        let f = next_json(&mut vera).await;
+        if f["type"] == "assigned" {
+            break f;
+        }
+    };
+    let said: Vec<&str> = assigned["conversation"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        said.contains(&"My crown came off") && said.contains(&"I need to speak to a human"),
+        "{said:?}"
+    );
+    let c = conversation(node, "clinic", CUSTOMER).await;
+    assert_eq!(c["assigned_agent"], "vera");
+    let _ = &env.twilio;
 }

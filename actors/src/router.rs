@@ -621,6 +621,21 @@ impl Router {
         .await
     }
 
+    /// A live call in `conv` asks for a person: the agent (id, phone) who
+    /// takes it now, if any.
+    pub async fn claim_call(
+        &self,
+        tenant: &str,
+        conv: ConversationId,
+    ) -> Result<Option<(String, String)>, DeliverError> {
+        self.ask_pool(|reply| crate::pool::PoolMsg::ClaimCall {
+            conv,
+            tenant: tenant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
     /// Starts a desktop session for `agent`; its events arrive on `events`.
     pub async fn join_agent(
         &self,

@@ -193,6 +193,10 @@ pub enum VoiceAction {
     Dial { number: String, whisper: bool },
     /// Say `prompt` and listen for speech turn `turn`.
     Gather { prompt: String, turn: u32 },
+    /// Connect the caller to a person: an available agent with a phone if
+    /// there is one (the gateway asks the pool), else `fallback` (the
+    /// owner), else the call ends and the conversation waits for an agent.
+    Transfer { fallback: Option<String> },
     /// Say `text`, if any, and hang up.
     Hangup { text: Option<String> },
 }
@@ -1092,23 +1096,13 @@ impl Conversation {
             "someone",
             "somebody",
         ]) {
-            match &tenant.owner_phone {
-                Some(owner) => {
-                    let t = "Let me connect you with someone who can help. One moment.".to_string();
-                    (
-                        t,
-                        VoiceAction::Dial {
-                            number: owner.clone(),
-                            whisper: true,
-                        },
-                    )
-                }
-                None => {
-                    let t = "Nobody is available right now. We will call you back soon. Goodbye."
-                        .to_string();
-                    (t.clone(), VoiceAction::Hangup { text: Some(t) })
-                }
-            }
+            let t = "Let me connect you with someone who can help. One moment.".to_string();
+            (
+                t,
+                VoiceAction::Transfer {
+                    fallback: tenant.owner_phone.clone(),
+                },
+            )
         } else if has(&["bye", "goodbye"])
             || lower.contains("that's all")
             || lower.contains("no thanks")

@@ -129,6 +129,12 @@ pub enum PoolMsg {
         tenant: String,
         reply: Reply<QueueStats>,
     },
+    /// A live call asks for a person: (agent, phone) if one takes it now.
+    ClaimCall {
+        conv: ConversationId,
+        tenant: String,
+        reply: Reply<Option<(String, String)>>,
+    },
     /// Expire offers and grace periods due on the injected clock.
     Tick,
     Advance(Reply<()>),
@@ -616,6 +622,31 @@ impl Actor for PoolActor {
                             message: p.message,
                         },
                     );
+                }
+            }
+            PoolMsg::ClaimCall {
+                conv,
+                tenant,
+                reply,
+            } => {
+                let task = Task {
+                    conv: conv.0,
+                    tenant: tenant.clone(),
+                    lane: Lane::Voice,
+                    skills: Vec::new(),
+                    priority: 0,
+                    target: None,
+                    since: now,
+                };
+                match st.pool.claim_call(task, now) {
+                    Some((agent, phone, effects)) => {
+                        st.tenants.insert(conv.0, tenant);
+                        st.apply(effects);
+                        let _ = reply.send(Some((agent, phone)));
+                    }
+                    None => {
+                        let _ = reply.send(None);
+                    }
                 }
             }
             PoolMsg::Stats { tenant, reply } => {

@@ -76,6 +76,8 @@ pub struct AgentSpec {
     pub skills: Vec<String>,
     /// Conversations held at once, per lane (`Lane::ALL` order).
     pub capacity: [u32; 4],
+    /// Where calls transferred to this agent ring (E.164).
+    pub phone: Option<String>,
 }
 
 impl AgentSpec {
@@ -498,6 +500,41 @@ impl Pool {
         Ok(out)
     }
 
+    /// A live call needs a person now: the best available agent with a
+    /// phone and room on the voice lane takes it at once (a caller cannot
+    /// wait for an offer to go round). Returns the agent and their phone.
+    pub fn claim_call(
+        &mut self,
+        mut task: Task,
+        now: Timestamp,
+    ) -> Option<(String, String, Vec<Effect>)> {
+        task.lane = Lane::Voice;
+        if self.assigned.contains_key(&task.conv) {
+            return None;
+        }
+        let agent = self
+            .agents
+            .values()
+            .filter(|a| a.can_take(&task) && a.spec.phone.is_some())
+            .min_by(|a, b| (a.idle_since, &a.spec.id).cmp(&(b.idle_since, &b.spec.id)))?;
+        let (id, phone) = (agent.spec.id.clone(), agent.spec.phone.clone()?);
+        let conv = task.conv;
+        // A waiting task for the same conversation is taken by this call.
+        self.tasks.remove(&conv);
+        self.agents
+            .get_mut(&id)
+            .expect("chosen")
+            .holding
+            .insert(conv, Lane::Voice);
+        self.assigned.insert(conv, (id.clone(), task));
+        let mut out = vec![Effect::Assigned {
+            agent: id.clone(),
+            conv,
+        }];
+        out.extend(self.dispatch(now));
+        Some((id, phone, out))
+    }
+
     /// Everything `agent` holds goes back to the queue (their grace period
     /// after a disconnect ran out), ahead of newer work.
     pub fn requeue_all(&mut self, agent: &str, now: Timestamp) -> Vec<Effect> {
@@ -633,6 +670,7 @@ mod tests {
             tenants: vec!["acme".into()],
             skills: skills.iter().map(|s| s.to_string()).collect(),
             capacity: [chat, chat, chat, 1],
+            phone: None,
         }
     }
 
@@ -821,6 +859,34 @@ mod tests {
         );
         online(&mut p, agent("b", &[], 3), T0);
         assert_eq!(p.open_offer("b").map(|o| o.1), Some(1));
+    }
+
+    #[test]
+    fn a_live_call_goes_at_once_to_an_available_agent_with_a_phone() {
+        let mut p = Pool::new(30_000);
+        online(&mut p, agent("no-phone", &[], 2), T0);
+        let mut with = agent("with-phone", &[], 2);
+        with.phone = Some("+15550002222".into());
+        online(&mut p, with, Timestamp(T0.0 + 1));
+        let call = Task {
+            lane: Lane::Voice,
+            ..task(9, &[], 0, 1)
+        };
+        let (agent, phone, e) = p.claim_call(call.clone(), T0).unwrap();
+        assert_eq!(
+            (agent.as_str(), phone.as_str()),
+            ("with-phone", "+15550002222")
+        );
+        assert_eq!(
+            e[0],
+            Effect::Assigned {
+                agent: "with-phone".into(),
+                conv: 9
+            }
+        );
+        assert_eq!(p.holder(9), Some("with-phone"));
+        // Voice capacity 1 is used now: the next call finds nobody.
+        assert!(p.claim_call(Task { conv: 10, ..call }, T0).is_none());
     }
 
     #[test]
