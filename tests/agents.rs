@@ -478,3 +478,46 @@ async fn agents_are_managed_over_rest_and_bad_tokens_are_refused() {
     assert!(ids.contains(&"mia") && !ids.contains(&"lena"), "{list}");
     desktop(&node, "agent-mia").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_and_held_conversations_survive_a_crash() {
+    let (_fake, mut node) = start().await;
+    // One customer waits (nobody available), one is held by Sarah.
+    text(&node, "+15551230002", "I want to talk to a person", "w1").await;
+    let mut sarah = desktop(&node, "agent-sarah").await;
+    available(&mut sarah).await;
+    let offer = next_of(&mut sarah, "offer").await;
+    send(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    let held = next_of(&mut sarah, "assigned").await["conversation_id"].clone();
+    send(&mut sarah, json!({"type": "status", "status": "away"})).await;
+    next_of(&mut sarah, "status").await;
+    text(&node, JORDAN, "Can I talk to a person?", "w2").await;
+    let waiting = node.conversation_of("acme", JORDAN).await.unwrap()["id"].clone();
+    let (_, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    assert_eq!(
+        (q["waiting"].as_u64(), q["assigned"].as_u64()),
+        (Some(1), Some(1)),
+        "{q}"
+    );
+    drop(sarah);
+
+    node.restart(); // SIGKILL, then start on the same data
+    let (_, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    assert_eq!(
+        (q["waiting"].as_u64(), q["assigned"].as_u64()),
+        (Some(1), Some(1)),
+        "{q}"
+    );
+    // Sarah gets her conversation back; the waiting one is offered.
+    let mut sarah = desktop(&node, "agent-sarah").await;
+    let back = next_of(&mut sarah, "assigned").await;
+    assert_eq!(back["conversation_id"], held);
+    let mut omar = desktop(&node, "agent-omar").await;
+    available(&mut omar).await;
+    let offer = next_of(&mut omar, "offer").await;
+    assert_eq!(offer["conversation_id"], waiting);
+}

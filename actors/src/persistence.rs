@@ -36,6 +36,8 @@ pub enum Op {
         /// Audit records to seal into the tenant's chain in the same commit.
         audit: Vec<crate::audit::AuditDraft>,
         outbox: Vec<crate::store::OutboxWrite>,
+        /// Changes to the agent pool's index.
+        work: Vec<crate::store::WorkWrite>,
         done: Option<Done>,
     },
     /// Drops a timer index row whose owner no longer waits for it.
@@ -213,6 +215,7 @@ fn writer_loop(
                         timers,
                         audit,
                         outbox,
+                        work,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
@@ -221,6 +224,7 @@ fn writer_loop(
                         timers,
                         audit,
                         outbox,
+                        work,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Snapshot {

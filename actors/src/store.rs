@@ -42,6 +42,8 @@ pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 /// `tenant \0 address` → another address of the same tenant whose
 /// conversation it continues (a web-chat visitor who gave their phone).
 pub(crate) const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
+/// conversation id → the agent pool's durable index (`AgentWork`).
+pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new("agent_work");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
 
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
@@ -187,6 +189,7 @@ impl Store {
             txn.open_table(CONVERSATIONS)?;
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(ALIASES)?;
+            txn.open_table(AGENT_WORK)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
@@ -374,6 +377,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The agent pool's durable index: conversations waiting for or held by
+    /// an agent.
+    pub fn agent_work(&self) -> Result<Vec<threadline_protocol::AgentWork>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AGENT_WORK)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(codec::decode_agent_work(v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Every alias: (`tenant \0 address`, the address it continues).
     pub fn aliases(&self) -> Result<Vec<(String, String)>, StoreError> {
         let r = self.db.begin_read()?;
@@ -456,6 +472,13 @@ pub enum OutboxWrite {
     Delete(u64, u32),
 }
 
+/// A change to the agent pool's index, committed with the owner's events.
+#[derive(Debug, Clone)]
+pub enum WorkWrite {
+    Put(threadline_protocol::AgentWork),
+    Delete(u64),
+}
+
 /// A change to the scheduler's timer index, committed with the owner's events.
 #[derive(Debug, Clone, Copy)]
 pub enum TimerIndex {
@@ -473,6 +496,7 @@ pub(crate) enum Write<'a> {
         timers: &'a [TimerIndex],
         audit: &'a [crate::audit::AuditDraft],
         outbox: &'a [OutboxWrite],
+        work: &'a [WorkWrite],
     },
     Snapshot {
         conv: ConversationId,
@@ -520,6 +544,7 @@ impl BatchWriter<'_> {
             let mut audit_heads_t = txn.open_table(AUDIT_HEADS)?;
             let mut outbox_t = txn.open_table(OUTBOX)?;
             let mut aliases = txn.open_table(ALIASES)?;
+            let mut work_t = txn.open_table(AGENT_WORK)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -530,7 +555,21 @@ impl BatchWriter<'_> {
                         timers: timer_ops,
                         audit,
                         outbox,
+                        work,
                     } => {
+                        for w in work {
+                            match w {
+                                WorkWrite::Put(row) => {
+                                    work_t.insert(
+                                        row.conv.0,
+                                        codec::encode_agent_work(row).as_slice(),
+                                    )?;
+                                }
+                                WorkWrite::Delete(c) => {
+                                    work_t.remove(*c)?;
+                                }
+                            }
+                        }
                         for w in outbox {
                             match w {
                                 OutboxWrite::Put(e) => {

@@ -23,6 +23,7 @@ pub enum Kind {
     DeadLetter = 3,
     TimerRow = 4,
     Outbox = 5,
+    AgentWork = 6,
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
@@ -30,6 +31,7 @@ pub const SNAPSHOT_VERSION: u16 = 3;
 pub const TIMER_ROW_VERSION: u16 = 1;
 pub const OUTBOX_VERSION: u16 = 2;
 pub const DEAD_LETTER_VERSION: u16 = 1;
+pub const AGENT_WORK_VERSION: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -305,6 +307,30 @@ struct OutboxEntryV1 {
     to: String,
     channel: Channel,
     body: String,
+}
+
+/// A conversation that needs or has a human agent: the agent pool's durable
+/// index, written in the same transaction as the conversation's
+/// `Escalated` / `AgentAssigned` events and read when the pool starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentWork {
+    pub conv: ConversationId,
+    pub tenant: String,
+    pub channel: Channel,
+    pub skills: Vec<String>,
+    pub priority: i32,
+    /// Since when it waits (or was taken).
+    pub since: Timestamp,
+    /// The agent holding it; `None` while it waits.
+    pub agent: Option<String>,
+}
+
+pub fn encode_agent_work(w: &AgentWork) -> Vec<u8> {
+    encode(Kind::AgentWork, AGENT_WORK_VERSION, w)
+}
+
+pub fn decode_agent_work(bytes: &[u8]) -> Result<AgentWork, CodecError> {
+    decode_only_v1(Kind::AgentWork, bytes)
 }
 
 /// A normalized inbound message, whatever channel or provider it came from.

@@ -10,7 +10,9 @@ pub mod conversation;
 pub mod ids;
 pub mod time;
 
-pub use codec::{DeadLetter, InboundMessage, LogRecord, OutboxEntry, TimerOwner, TimerRow};
+pub use codec::{
+    AgentWork, DeadLetter, InboundMessage, LogRecord, OutboxEntry, TimerOwner, TimerRow,
+};
 pub use conversation::{
     Author, Captured, Channel, ConsentChange, ConsentStatus, ConvEvent, ConversationState,
     Delivery, Direction, GateDecision, Identities, Message, PendingTimer, Status, TimerKind,

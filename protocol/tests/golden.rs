@@ -198,3 +198,18 @@ fn outbox_v2_fixture_still_decodes() {
     let bytes = check("outbox_v2.bin", codec::encode_outbox(&e));
     assert_eq!(codec::decode_outbox(&bytes).unwrap(), e);
 }
+
+#[test]
+fn agent_work_v1_fixture_still_decodes() {
+    let w = AgentWork {
+        conv: ConversationId(0x2c),
+        tenant: "acme".into(),
+        channel: Channel::Sms,
+        skills: vec!["es".into()],
+        priority: 2,
+        since: Timestamp(1_795_000_000_000),
+        agent: Some("sarah".into()),
+    };
+    let bytes = check("agent_work_v1.bin", codec::encode_agent_work(&w));
+    assert_eq!(codec::decode_agent_work(&bytes).unwrap(), w);
+}

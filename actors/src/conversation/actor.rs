@@ -547,6 +547,16 @@ impl ConvState {
         let mut template: Option<String> = None;
         let mut published = Vec::new();
         let mut escalations = Vec::new();
+        let mut work: Vec<crate::store::WorkWrite> = Vec::new();
+        let closes = events.iter().any(|(_, e)| {
+            matches!(
+                e,
+                ConvEvent::StatusChanged {
+                    status: threadline_protocol::Status::Closed,
+                    ..
+                }
+            )
+        });
         for (_, e) in &events {
             if let ConvEvent::MessageAppended(m) = e {
                 if self.args.shared.feed.wants(id, m) {
@@ -563,6 +573,35 @@ impl ConvState {
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
+            }
+            let row = |agent: Option<String>, skills: Vec<String>, priority: i32, since| {
+                crate::store::WorkWrite::Put(threadline_protocol::AgentWork {
+                    conv: id,
+                    tenant: self.args.key.tenant().to_owned(),
+                    channel: conv.last_inbound_channel(),
+                    skills,
+                    priority,
+                    since,
+                    agent,
+                })
+            };
+            match &event {
+                ConvEvent::Escalated {
+                    skills,
+                    priority,
+                    at,
+                    ..
+                } => work.push(row(None, skills.clone(), *priority, *at)),
+                // Closed: nobody needs it any more.
+                ConvEvent::AgentAssigned { agent: None, .. } if closes => {
+                    work.push(crate::store::WorkWrite::Delete(id.0))
+                }
+                // Released without a close: it waits again (transfer,
+                // requeue); taken: it is held.
+                ConvEvent::AgentAssigned { agent, at } => {
+                    work.push(row(agent.clone(), Vec::new(), 0, *at))
+                }
+                _ => {}
             }
             if let ConvEvent::Escalated {
                 skills, priority, ..
@@ -691,6 +730,7 @@ impl ConvState {
             timers,
             audit,
             outbox,
+            work,
             done: Some(done),
         };
         // If the writer is gone (shutdown) the op and its callback are

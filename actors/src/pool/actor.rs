@@ -159,6 +159,10 @@ pub struct PoolState {
     grace: HashMap<String, Timestamp>,
     /// Conversation → tenant, for what is queued or held.
     tenants: HashMap<u64, String>,
+    /// Who holds a conversation, written to it in the order decided (one
+    /// task does them one after another: a release must not overtake the
+    /// next assignment).
+    assignments: mpsc::UnboundedSender<(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>)>,
     router: Router,
 }
 
@@ -239,20 +243,9 @@ impl PoolState {
                 Effect::Assigned { agent, conv } => {
                     self.watched().0.insert(conv, ());
                     let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
-                    let router = self.router.clone();
-                    tokio::spawn(async move {
-                        let id = ConversationId(conv);
-                        if router.assign(id, Some(agent)).await.is_ok() {
-                            if let Ok(Some(state)) = router.view_by_id(id).await {
-                                let e = AgentEvent::Assigned {
-                                    conversation: Box::new(state),
-                                };
-                                for s in sessions {
-                                    let _ = s.cast(SessionMsg::Deliver(e.clone()));
-                                }
-                            }
-                        }
-                    });
+                    let _ = self
+                        .assignments
+                        .send((ConversationId(conv), Some(agent), sessions));
                 }
                 Effect::Waiting { .. } if self.args.wait_text.is_empty() => {}
                 Effect::Waiting { conv, position } => {
@@ -278,10 +271,9 @@ impl PoolState {
                     if !self.pool.is_queued(conv) {
                         self.tenants.remove(&conv);
                     }
-                    let router = self.router.clone();
-                    tokio::spawn(async move {
-                        let _ = router.assign(ConversationId(conv), None).await;
-                    });
+                    let _ = self
+                        .assignments
+                        .send((ConversationId(conv), None, Vec::new()));
                 }
             }
         }
@@ -482,15 +474,76 @@ impl Actor for PoolActor {
         let router = Router {
             shared: args.shared.clone(),
         };
-        // Conversations held before a restart of the pool are not known to
-        // it any more: nobody is told about them twice.
+        let (assignments, mut rx) =
+            mpsc::unbounded_channel::<(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>)>(
+            );
+        let writer = router.clone();
+        tokio::spawn(async move {
+            while let Some((id, agent, sessions)) = rx.recv().await {
+                let taken = agent.is_some();
+                if writer.assign(id, agent).await.is_ok() && taken {
+                    if let Ok(Some(state)) = writer.view_by_id(id).await {
+                        let e = AgentEvent::Assigned {
+                            conversation: Box::new(state),
+                        };
+                        for s in sessions {
+                            let _ = s.cast(SessionMsg::Deliver(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        // What waited for or was held by an agent before a restart.
         args.shared.pool_watched.0.clear();
+        let store = args.shared.persistence.store.clone();
+        let rows = tokio::task::spawn_blocking(move || store.agent_work())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let mut tenants = HashMap::new();
+        let mut grace = HashMap::new();
+        let until = now.saturating_add_millis(args.grace.as_millis() as i64);
+        let mut restored = (0, 0);
+        for w in rows {
+            let task = Task {
+                conv: w.conv.0,
+                tenant: w.tenant.clone(),
+                lane: Lane::of(w.channel),
+                skills: w.skills,
+                priority: w.priority,
+                target: None,
+                since: w.since,
+            };
+            tenants.insert(w.conv.0, w.tenant);
+            let held = match &w.agent {
+                Some(a) => pool.restore_held(a, task.clone()),
+                None => false,
+            };
+            if held {
+                let agent = w.agent.expect("held");
+                args.shared.pool_watched.0.insert(w.conv.0, ());
+                // Their desktop is not back yet: the grace period runs.
+                grace.insert(agent, until);
+                restored.1 += 1;
+            } else {
+                pool.enqueue(task, now);
+                restored.0 += 1;
+            }
+        }
+        if restored != (0, 0) {
+            tracing::info!(
+                waiting = restored.0,
+                held = restored.1,
+                "agent pool restored its work"
+            );
+        }
         Ok(PoolState {
             args,
             pool,
             sessions: HashMap::new(),
-            grace: HashMap::new(),
-            tenants: HashMap::new(),
+            grace,
+            tenants,
+            assignments,
             router,
         })
     }

@@ -500,6 +500,17 @@ impl Pool {
         Ok(out)
     }
 
+    /// After a restart: `agent` holds `task`'s conversation again (their
+    /// desktop is not connected yet). False if the agent is unknown.
+    pub fn restore_held(&mut self, agent: &str, task: Task) -> bool {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return false;
+        };
+        a.holding.insert(task.conv, task.lane);
+        self.assigned.insert(task.conv, (agent.to_owned(), task));
+        true
+    }
+
     /// A live call needs a person now: the best available agent with a
     /// phone and room on the voice lane takes it at once (a caller cannot
     /// wait for an offer to go round). Returns the agent and their phone.
