@@ -285,6 +285,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (Method::POST, ["webhooks", "twilio", "voice", "status"]) => {
             webhooks::twilio_call_status(app, req).await
         }
+        (Method::POST, ["webhooks", "twilio", "voice", "hold"]) => {
+            webhooks::twilio_hold(app, req).await
+        }
         (Method::POST, ["webhooks", "twilio", "voice", "whisper"]) => {
             webhooks::twilio_whisper(app, req).await
         }

@@ -160,6 +160,19 @@ impl Twiml {
         ));
         self
     }
+    pub fn pause(mut self, seconds: u32) -> Twiml {
+        self.body
+            .push_str(&format!("<Pause length=\"{seconds}\"/>"));
+        self
+    }
+    /// Continues the call with the TwiML at `url`.
+    pub fn redirect(mut self, url: &str) -> Twiml {
+        self.body.push_str(&format!(
+            "<Redirect method=\"POST\">{}</Redirect>",
+            esc(url)
+        ));
+        self
+    }
     pub fn hangup(mut self) -> Twiml {
         self.body.push_str("<Hangup/>");
         self

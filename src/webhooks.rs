@@ -285,6 +285,13 @@ async fn record_status(
 const DIAL_STATUS: &str = "/webhooks/twilio/voice/dial-status";
 const GATHER: &str = "/webhooks/twilio/voice/gather";
 const WHISPER: &str = "/webhooks/twilio/voice/whisper";
+const HOLD: &str = "/webhooks/twilio/voice/hold";
+/// A caller on hold is ahead of text conversations in the queue.
+const LIVE_CALL_PRIORITY: i32 = 100;
+/// How long a caller holds for an agent before the owner's phone rings.
+const HOLD_LIMIT_MS: i64 = 60_000;
+/// Seconds between checks while a caller holds.
+const HOLD_POLL_SECS: u32 = 3;
 
 fn render(action: VoiceAction, conv: ConversationId) -> Resp {
     let t = match action {
@@ -388,12 +395,25 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
     )
     .await?;
     if let VoiceAction::Transfer { fallback } = &action {
-        // A person now: an available agent with a phone takes the call (the
-        // desktop gets the conversation, the phone the whisper); else the
-        // owner; else it waits in the queue for a call back.
-        if let Some((_, phone)) = app.router.claim_call(&tenant, conv).await? {
-            let w = format!("{WHISPER}?conversation={}", conv.0);
-            return Ok(twiml(Twiml::new().dial(DIAL_STATUS, &phone, Some(&w))));
+        // A person: if an agent could answer, the call is offered like any
+        // conversation (live calls first) and the caller holds until one
+        // accepts; otherwise the owner, or a call back later.
+        if app.router.can_take_call(&tenant).await? {
+            app.router
+                .escalate(
+                    conv,
+                    "the caller asked for a person",
+                    Vec::new(),
+                    LIVE_CALL_PRIORITY,
+                )
+                .await?;
+            let since = app.shared.clock.now().0;
+            let hold = format!("{HOLD}?conversation={}&since={since}", conv.0);
+            return Ok(twiml(
+                Twiml::new()
+                    .say("Please hold while I connect you with someone.")
+                    .redirect(&hold),
+            ));
         }
         if fallback.is_none() {
             app.router
@@ -402,6 +422,60 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
         }
     }
     Ok(render(action, conv))
+}
+
+/// `POST /webhooks/twilio/voice/hold?conversation=&since=`: a caller
+/// waiting for an agent. Once an agent accepted the offer, their phone
+/// rings (with the whisper); after `HOLD_LIMIT_MS`, the owner's; else the
+/// caller hears that they are still being connected.
+pub async fn twilio_hold(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let (params, q) = twilio_form(app, req).await?;
+    let (tenant, _, _) = call_parties(app, &params)?;
+    let conv = query(&q, "conversation")
+        .and_then(|c| c.parse().ok())
+        .map(ConversationId)
+        .ok_or_else(|| ApiError::bad("invalid_field", "`conversation` is required"))?;
+    let since: i64 = query(&q, "since")
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ApiError::bad("invalid_field", "`since` is required"))?;
+    let whisper = format!("{WHISPER}?conversation={}", conv.0);
+    let state = app
+        .router
+        .view_by_id(conv)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no conversation {conv}")))?;
+    if let Some(agent) = &state.assigned_agent {
+        let phone = app
+            .router
+            .agents()
+            .await?
+            .into_iter()
+            .find(|(a, _, _)| &a.id == agent)
+            .and_then(|(a, _, _)| a.phone);
+        if let Some(phone) = phone {
+            return Ok(twiml(Twiml::new().dial(
+                DIAL_STATUS,
+                &phone,
+                Some(&whisper),
+            )));
+        }
+    }
+    if app.shared.clock.now().0 - since >= HOLD_LIMIT_MS {
+        let owner = app.cfg.tenant(&tenant).and_then(|t| t.owner_phone.clone());
+        return Ok(twiml(match owner {
+            Some(o) => Twiml::new().dial(DIAL_STATUS, &o, Some(&whisper)),
+            None => Twiml::new()
+                .say("Sorry, nobody could take your call. Someone will get back to you soon. Goodbye.")
+                .hangup(),
+        }));
+    }
+    let again = format!("{HOLD}?conversation={}&since={since}", conv.0);
+    Ok(twiml(
+        Twiml::new()
+            .say("Thanks for holding, connecting you now.")
+            .pause(HOLD_POLL_SECS)
+            .redirect(&again),
+    ))
 }
 
 /// `POST /webhooks/twilio/voice/status`: a call status callback. For calls

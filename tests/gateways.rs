@@ -865,7 +865,7 @@ async fn a_business_message_on_the_voice_channel_places_a_twilio_call_that_says_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_who_asks_for_a_person_is_dialed_through_to_an_available_agent() {
+async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_phone_rings() {
     let env = start().await;
     let node = &env.node;
     let url = node
@@ -878,8 +878,9 @@ async fn a_caller_who_asks_for_a_person_is_dialed_through_to_an_available_agent(
     ))
     .await
     .unwrap();
+    let until = |kind: &'static str| kind;
     loop {
-        if next_json(&mut vera).await["type"] == "status" {
+        if next_json(&mut vera).await["type"] == until("status") {
             break;
         }
     }
@@ -901,22 +902,33 @@ async fn a_caller_who_asks_for_a_person_is_dialed_through_to_an_available_agent(
         .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
         .await;
     assert_eq!(s, 200, "{twiml}");
+    let hold = twiml
+        .split("<Redirect method=\"POST\">")
+        .nth(1)
+        .and_then(|r| r.split("</Redirect>").next())
+        .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
+        .replace("&amp;", "&");
     assert!(
-        twiml.contains(">+15550003333</Number>"),
-        "the agent's phone rings: {twiml}"
+        hold.starts_with("/webhooks/twilio/voice/hold?conversation="),
+        "{hold}"
     );
+    // Still holding while nobody accepted.
+    let (_, twiml) = node
+        .twilio(TOKEN, &hold, &call_params("CA70", CUSTOMER, CLINIC_NUMBER))
+        .await;
     assert!(
-        twiml.contains("/webhooks/twilio/voice/whisper?conversation="),
+        twiml.contains("<Pause") && twiml.contains("<Redirect"),
         "{twiml}"
     );
-    // The agent's desktop opens the conversation at the same time.
-    let assigned = loop {
+    // Vera gets the offer with the call's transcript and accepts it.
+    let offer = loop {
         let f = next_json(&mut vera).await;
-        if f["type"] == "assigned" {
+        if f["type"] == "offer" {
             break f;
         }
     };
-    let said: Vec<&str> = assigned["conversation"]["messages"]
+    assert_eq!(offer["summary"]["current_channel"], "voice");
+    let said: Vec<&str> = offer["transcript"]
         .as_array()
         .unwrap()
         .iter()
@@ -926,7 +938,84 @@ async fn a_caller_who_asks_for_a_person_is_dialed_through_to_an_available_agent(
         said.contains(&"My crown came off") && said.contains(&"I need to speak to a human"),
         "{said:?}"
     );
-    let c = conversation(node, "clinic", CUSTOMER).await;
-    assert_eq!(c["assigned_agent"], "vera");
+    vera.send(Frame::text(
+        json!({"type": "accept", "offer_id": offer["offer_id"]}).to_string(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        if next_json(&mut vera).await["type"] == "assigned" {
+            break;
+        }
+    }
+    // The next hold check rings Vera's phone, with the whisper first.
+    let (_, twiml) = node
+        .twilio(TOKEN, &hold, &call_params("CA70", CUSTOMER, CLINIC_NUMBER))
+        .await;
+    assert!(twiml.contains(">+15550003333</Number>"), "{twiml}");
+    assert!(
+        twiml.contains("/webhooks/twilio/voice/whisper?conversation="),
+        "{twiml}"
+    );
+    assert_eq!(
+        conversation(node, "clinic", CUSTOMER).await["assigned_agent"],
+        "vera"
+    );
+
+    // Another caller nobody accepts rings the owner after the hold limit.
+    let other = "+15551239999";
+    node.twilio(
+        TOKEN,
+        "/webhooks/twilio/voice",
+        &call_params("CA80", other, CLINIC_NUMBER),
+    )
+    .await;
+    // Vera's voice capacity is used: nobody could answer, the owner rings.
+    let mut ask = call_params("CA80", other, CLINIC_NUMBER);
+    ask.push(("SpeechResult", "Can I talk to a person"));
+    let (_, twiml) = node
+        .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
+        .await;
+    assert!(twiml.contains(&format!(">{OWNER}</Number>")), "{twiml}");
+
+    // Vera finishes the first call; a third caller holds, nobody accepts,
+    // and after the hold limit the owner's phone rings.
+    let first = conversation(node, "clinic", CUSTOMER).await["id"].clone();
+    vera.send(Frame::text(
+        json!({"type": "close", "conversation_id": first, "disposition": "booked"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        if next_json(&mut vera).await["type"] == "conversation_closed" {
+            break;
+        }
+    }
+    let third = "+15551238888";
+    node.twilio(
+        TOKEN,
+        "/webhooks/twilio/voice",
+        &call_params("CA90", third, CLINIC_NUMBER),
+    )
+    .await;
+    let mut ask = call_params("CA90", third, CLINIC_NUMBER);
+    ask.push(("SpeechResult", "talk to a person"));
+    let (_, twiml) = node
+        .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
+        .await;
+    let hold = twiml
+        .split("<Redirect method=\"POST\">")
+        .nth(1)
+        .and_then(|r| r.split("</Redirect>").next())
+        .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
+        .replace("&amp;", "&");
+    node.advance(61.0).await;
+    let (_, twiml) = node
+        .twilio(TOKEN, &hold, &call_params("CA90", third, CLINIC_NUMBER))
+        .await;
+    assert!(
+        twiml.contains(&format!(">{OWNER}</Number>")),
+        "after the hold limit: {twiml}"
+    );
     let _ = &env.twilio;
 }

@@ -621,15 +621,9 @@ impl Router {
         .await
     }
 
-    /// A live call in `conv` asks for a person: the agent (id, phone) who
-    /// takes it now, if any.
-    pub async fn claim_call(
-        &self,
-        tenant: &str,
-        conv: ConversationId,
-    ) -> Result<Option<(String, String)>, DeliverError> {
-        self.ask_pool(|reply| crate::pool::PoolMsg::ClaimCall {
-            conv,
+    /// Whether some agent of `tenant` could take a call right now.
+    pub async fn can_take_call(&self, tenant: &str) -> Result<bool, DeliverError> {
+        self.ask_pool(|reply| crate::pool::PoolMsg::CanTakeCall {
             tenant: tenant.to_owned(),
             reply,
         })

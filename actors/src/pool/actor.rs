@@ -129,11 +129,10 @@ pub enum PoolMsg {
         tenant: String,
         reply: Reply<QueueStats>,
     },
-    /// A live call asks for a person: (agent, phone) if one takes it now.
-    ClaimCall {
-        conv: ConversationId,
+    /// Whether some agent of `tenant` could take a call right now.
+    CanTakeCall {
         tenant: String,
-        reply: Reply<Option<(String, String)>>,
+        reply: Reply<bool>,
     },
     /// Expire offers and grace periods due on the injected clock.
     Tick,
@@ -677,30 +676,8 @@ impl Actor for PoolActor {
                     );
                 }
             }
-            PoolMsg::ClaimCall {
-                conv,
-                tenant,
-                reply,
-            } => {
-                let task = Task {
-                    conv: conv.0,
-                    tenant: tenant.clone(),
-                    lane: Lane::Voice,
-                    skills: Vec::new(),
-                    priority: 0,
-                    target: None,
-                    since: now,
-                };
-                match st.pool.claim_call(task, now) {
-                    Some((agent, phone, effects)) => {
-                        st.tenants.insert(conv.0, tenant);
-                        st.apply(effects);
-                        let _ = reply.send(Some((agent, phone)));
-                    }
-                    None => {
-                        let _ = reply.send(None);
-                    }
-                }
+            PoolMsg::CanTakeCall { tenant, reply } => {
+                let _ = reply.send(st.pool.can_take_call(&tenant));
             }
             PoolMsg::Stats { tenant, reply } => {
                 let _ = reply.send(st.pool.stats(&tenant, now));

@@ -150,6 +150,8 @@ impl AgentState {
             && t.skills.iter().all(|s| self.spec.skills.contains(s))
             && self.load(t.lane) < self.spec.capacity(t.lane)
             && t.target.as_ref().is_none_or(|a| *a == self.spec.id)
+            // A call reaches an agent on their phone.
+            && (t.lane != Lane::Voice || self.spec.phone.is_some())
     }
 }
 
@@ -511,39 +513,19 @@ impl Pool {
         true
     }
 
-    /// A live call needs a person now: the best available agent with a
-    /// phone and room on the voice lane takes it at once (a caller cannot
-    /// wait for an offer to go round). Returns the agent and their phone.
-    pub fn claim_call(
-        &mut self,
-        mut task: Task,
-        now: Timestamp,
-    ) -> Option<(String, String, Vec<Effect>)> {
-        task.lane = Lane::Voice;
-        if self.assigned.contains_key(&task.conv) {
-            return None;
-        }
-        let agent = self
-            .agents
-            .values()
-            .filter(|a| a.can_take(&task) && a.spec.phone.is_some())
-            .min_by(|a, b| (a.idle_since, &a.spec.id).cmp(&(b.idle_since, &b.spec.id)))?;
-        let (id, phone) = (agent.spec.id.clone(), agent.spec.phone.clone()?);
-        let conv = task.conv;
-        // A waiting task for the same conversation is taken by this call.
-        self.tasks.remove(&conv);
-        self.agents
-            .get_mut(&id)
-            .expect("chosen")
-            .holding
-            .insert(conv, Lane::Voice);
-        self.assigned.insert(conv, (id.clone(), task));
-        let mut out = vec![Effect::Assigned {
-            agent: id.clone(),
-            conv,
-        }];
-        out.extend(self.dispatch(now));
-        Some((id, phone, out))
+    /// Whether some agent could take a call of `tenant` right now (a
+    /// caller is only put on hold when someone could answer).
+    pub fn can_take_call(&self, tenant: &str) -> bool {
+        let probe = Task {
+            conv: u64::MAX,
+            tenant: tenant.to_owned(),
+            lane: Lane::Voice,
+            skills: Vec::new(),
+            priority: 0,
+            target: None,
+            since: Timestamp(0),
+        };
+        self.agents.values().any(|a| a.can_take(&probe))
     }
 
     /// Everything `agent` holds goes back to the queue (their grace period
@@ -747,7 +729,9 @@ mod tests {
     #[test]
     fn capacity_per_lane_is_respected() {
         let mut p = Pool::new(30_000);
-        online(&mut p, agent("a", &[], 1), T0);
+        let mut a = agent("a", &[], 1);
+        a.phone = Some("+15550001234".into());
+        online(&mut p, a, T0);
         p.enqueue(task(1, &[], 0, 1), T0);
         p.accept("a", offer_id(&p, "a"), T0).unwrap();
         let e = p.enqueue(task(2, &[], 0, 2), T0);
@@ -873,31 +857,37 @@ mod tests {
     }
 
     #[test]
-    fn a_live_call_goes_at_once_to_an_available_agent_with_a_phone() {
+    fn calls_are_offered_only_to_agents_with_a_phone() {
         let mut p = Pool::new(30_000);
         online(&mut p, agent("no-phone", &[], 2), T0);
+        assert!(!p.can_take_call("acme"));
         let mut with = agent("with-phone", &[], 2);
         with.phone = Some("+15550002222".into());
         online(&mut p, with, Timestamp(T0.0 + 1));
+        assert!(p.can_take_call("acme"));
+        assert!(!p.can_take_call("beta"));
         let call = Task {
             lane: Lane::Voice,
             ..task(9, &[], 0, 1)
         };
-        let (agent, phone, e) = p.claim_call(call.clone(), T0).unwrap();
+        let e = p.enqueue(call.clone(), T0);
         assert_eq!(
-            (agent.as_str(), phone.as_str()),
-            ("with-phone", "+15550002222")
+            offers(&e),
+            vec![("with-phone".into(), 9)],
+            "longest idle, but with a phone"
         );
+        p.accept("with-phone", offer_id(&p, "with-phone"), T0)
+            .unwrap();
         assert_eq!(
-            e[0],
-            Effect::Assigned {
-                agent: "with-phone".into(),
-                conv: 9
-            }
+            p.agent("with-phone")
+                .and_then(|a| a.phone.clone())
+                .as_deref(),
+            Some("+15550002222")
         );
-        assert_eq!(p.holder(9), Some("with-phone"));
-        // Voice capacity 1 is used now: the next call finds nobody.
-        assert!(p.claim_call(Task { conv: 10, ..call }, T0).is_none());
+        // Voice capacity 1 is used now.
+        assert!(!p.can_take_call("acme"));
+        let e = p.enqueue(Task { conv: 10, ..call }, T0);
+        assert!(offers(&e).is_empty());
     }
 
     #[test]
