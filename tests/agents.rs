@@ -521,3 +521,66 @@ async fn waiting_and_held_conversations_survive_a_crash() {
     let offer = next_of(&mut omar, "offer").await;
     assert_eq!(offer["conversation_id"], waiting);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_hands_the_conversation_on_with_a_note() {
+    let (_fake, node) = start().await;
+    let mut sarah = desktop(&node, "agent-sarah").await;
+    available(&mut sarah).await;
+    text(
+        &node,
+        JORDAN,
+        "I'd like to speak to someone about my claim",
+        "t1",
+    )
+    .await;
+    let offer = next_of(&mut sarah, "offer").await;
+    let conv = offer["conversation_id"].clone();
+    send(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    next_of(&mut sarah, "assigned").await;
+    let mut omar = desktop(&node, "agent-omar").await;
+    available(&mut omar).await;
+    send(
+        &mut sarah,
+        json!({"type": "transfer", "conversation_id": conv, "to_agent": "omar", "note": "claim #4411, wants a callback"}),
+    )
+    .await;
+    let t = next_of(&mut sarah, "transferred").await;
+    assert_eq!(
+        (t["conversation_id"].clone(), t["to"].as_str()),
+        (conv.clone(), Some("omar"))
+    );
+    let offer = next_of(&mut omar, "offer").await;
+    assert_eq!(offer["conversation_id"], conv);
+    send(
+        &mut omar,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    let assigned = next_of(&mut omar, "assigned").await;
+    let texts: Vec<&str> = assigned["conversation"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("claim #4411, wants a callback")),
+        "the note travels with it: {texts:?}"
+    );
+    // Sarah no longer holds it.
+    send(
+        &mut sarah,
+        json!({"type": "send", "conversation_id": conv, "text": "still me"}),
+    )
+    .await;
+    assert_eq!(next_of(&mut sarah, "error").await["code"], "not_yours");
+    let c = node.conversation_of("acme", JORDAN).await.unwrap();
+    assert_eq!(c["assigned_agent"], "omar");
+}

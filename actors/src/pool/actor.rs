@@ -139,6 +139,14 @@ pub enum PoolMsg {
     Advance(Reply<()>),
 }
 
+/// A write to a conversation the pool decided, done in decision order.
+enum Write {
+    /// Who holds it now; the holder's desktops get the conversation.
+    Assign(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>),
+    /// A note in the transcript (a transfer note).
+    Note(ConversationId, String),
+}
+
 pub struct PoolActor;
 
 pub struct PoolArgs {
@@ -161,7 +169,7 @@ pub struct PoolState {
     /// Who holds a conversation, written to it in the order decided (one
     /// task does them one after another: a release must not overtake the
     /// next assignment).
-    assignments: mpsc::UnboundedSender<(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>)>,
+    assignments: mpsc::UnboundedSender<Write>,
     router: Router,
 }
 
@@ -242,9 +250,11 @@ impl PoolState {
                 Effect::Assigned { agent, conv } => {
                     self.watched().0.insert(conv, ());
                     let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
-                    let _ = self
-                        .assignments
-                        .send((ConversationId(conv), Some(agent), sessions));
+                    let _ = self.assignments.send(Write::Assign(
+                        ConversationId(conv),
+                        Some(agent),
+                        sessions,
+                    ));
                 }
                 Effect::Waiting { .. } if self.args.wait_text.is_empty() => {}
                 Effect::Waiting { conv, position } => {
@@ -270,9 +280,11 @@ impl PoolState {
                     if !self.pool.is_queued(conv) {
                         self.tenants.remove(&conv);
                     }
-                    let _ = self
-                        .assignments
-                        .send((ConversationId(conv), None, Vec::new()));
+                    let _ = self.assignments.send(Write::Assign(
+                        ConversationId(conv),
+                        None,
+                        Vec::new(),
+                    ));
                 }
             }
         }
@@ -401,11 +413,8 @@ impl PoolState {
                         },
                     );
                     if let Some(note) = note.filter(|n| !n.trim().is_empty()) {
-                        let router = self.router.clone();
                         let text = format!("[transfer note from agent:{agent} to {to}: {note}]");
-                        tokio::spawn(async move {
-                            let _ = router.note(conversation, text).await;
-                        });
+                        let _ = self.assignments.send(Write::Note(conversation, text));
                     }
                 }
                 r
@@ -473,12 +482,17 @@ impl Actor for PoolActor {
         let router = Router {
             shared: args.shared.clone(),
         };
-        let (assignments, mut rx) =
-            mpsc::unbounded_channel::<(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>)>(
-            );
+        let (assignments, mut rx) = mpsc::unbounded_channel::<Write>();
         let writer = router.clone();
         tokio::spawn(async move {
-            while let Some((id, agent, sessions)) = rx.recv().await {
+            while let Some(w) = rx.recv().await {
+                let (id, agent, sessions) = match w {
+                    Write::Assign(id, agent, sessions) => (id, agent, sessions),
+                    Write::Note(id, text) => {
+                        let _ = writer.note(id, text).await;
+                        continue;
+                    }
+                };
                 let taken = agent.is_some();
                 if writer.assign(id, agent).await.is_ok() && taken {
                     if let Ok(Some(state)) = writer.view_by_id(id).await {
