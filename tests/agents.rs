@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::fake_provider::{FakeTwilio, SID, TOKEN};
+use common::ws::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -78,44 +79,17 @@ async fn start() -> (FakeTwilio, Node) {
     (fake, node)
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn desktop(node: &Node, token: &str) -> Ws {
     let url = node
         .url(&format!("/agent/ws?token={token}"))
         .replace("http://", "ws://");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    assert_eq!(next(&mut ws).await["type"], "hello");
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
     ws
 }
 
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the socket is open")
-            .unwrap();
-        if let Frame::Text(t) = f {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
-}
-
-/// The next frame of type `kind`, skipping others.
-async fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    for _ in 0..50 {
-        let v = next(ws).await;
-        if v["type"] == kind {
-            return v;
-        }
-    }
-    panic!("no {kind} frame");
-}
-
 async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Frame::text(v.to_string())).await.unwrap();
+    send_json(ws, v).await
 }
 
 async fn available(ws: &mut Ws) {

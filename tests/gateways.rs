@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use common::fake_provider::{FakeTwilio, FakeWhatsapp, SID, TOKEN, WA_PHONE_ID, WA_TOKEN};
 use common::webhooks::*;
+use common::ws::*;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -411,22 +412,6 @@ async fn texts_calls_whatsapp_and_web_chat_are_one_conversation() {
         vec!["Hi! I'd like to book", "my number is (555) 123-4567"],
         "web chat shows web chat only"
     );
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the socket is open")
-            .unwrap();
-        if let Frame::Text(t) = f {
-            return serde_json::from_str(t.as_str()).unwrap();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -878,12 +863,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
     ))
     .await
     .unwrap();
-    let until = |kind: &'static str| kind;
-    loop {
-        if next_json(&mut vera).await["type"] == until("status") {
-            break;
-        }
-    }
+    next_of(&mut vera, "status").await;
     node.twilio(
         TOKEN,
         "/webhooks/twilio/sms",
@@ -902,12 +882,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
         .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
         .await;
     assert_eq!(s, 200, "{twiml}");
-    let hold = twiml
-        .split("<Redirect method=\"POST\">")
-        .nth(1)
-        .and_then(|r| r.split("</Redirect>").next())
-        .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
-        .replace("&amp;", "&");
+    let hold = redirect_of(&twiml);
     assert!(
         hold.starts_with("/webhooks/twilio/voice/hold?conversation="),
         "{hold}"
@@ -921,12 +896,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
         "{twiml}"
     );
     // Vera gets the offer with the call's transcript and accepts it.
-    let offer = loop {
-        let f = next_json(&mut vera).await;
-        if f["type"] == "offer" {
-            break f;
-        }
-    };
+    let offer = next_of(&mut vera, "offer").await;
     assert_eq!(offer["summary"]["current_channel"], "voice");
     let said: Vec<&str> = offer["transcript"]
         .as_array()
@@ -943,11 +913,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
     ))
     .await
     .unwrap();
-    loop {
-        if next_json(&mut vera).await["type"] == "assigned" {
-            break;
-        }
-    }
+    next_of(&mut vera, "assigned").await;
     // The next hold check rings Vera's phone, with the whisper first.
     let (_, twiml) = node
         .twilio(TOKEN, &hold, &call_params("CA70", CUSTOMER, CLINIC_NUMBER))
@@ -986,11 +952,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
     ))
     .await
     .unwrap();
-    loop {
-        if next_json(&mut vera).await["type"] == "conversation_closed" {
-            break;
-        }
-    }
+    next_of(&mut vera, "conversation_closed").await;
     let third = "+15551238888";
     node.twilio(
         TOKEN,
@@ -1003,12 +965,7 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
     let (_, twiml) = node
         .twilio(TOKEN, "/webhooks/twilio/voice/gather?turn=1", &ask)
         .await;
-    let hold = twiml
-        .split("<Redirect method=\"POST\">")
-        .nth(1)
-        .and_then(|r| r.split("</Redirect>").next())
-        .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
-        .replace("&amp;", "&");
+    let hold = redirect_of(&twiml);
     node.advance(61.0).await;
     let (_, twiml) = node
         .twilio(TOKEN, &hold, &call_params("CA90", third, CLINIC_NUMBER))
@@ -1018,4 +975,14 @@ async fn a_caller_who_asks_for_a_person_holds_until_an_agent_accepts_then_their_
         "after the hold limit: {twiml}"
     );
     let _ = &env.twilio;
+}
+
+/// The URL a TwiML `<Redirect>` continues the call at.
+fn redirect_of(twiml: &str) -> String {
+    twiml
+        .split("<Redirect method=\"POST\">")
+        .nth(1)
+        .and_then(|r| r.split("</Redirect>").next())
+        .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
+        .replace("&amp;", "&")
 }

@@ -4,6 +4,7 @@
 
 pub mod fake_provider;
 pub mod webhooks;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

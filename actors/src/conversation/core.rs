@@ -1175,24 +1175,28 @@ impl Conversation {
     /// A note for the record (a transfer note): a system message.
     pub fn system_note(&mut self, text: String, now: Timestamp) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
-        let seq = self.state.next_seq();
-        let channel = self.channel_or_last_inbound(None);
-        self.push(
-            &mut events,
-            ConvEvent::MessageAppended(Message {
-                seq,
-                direction: Direction::Outbound,
-                channel,
-                author: Author::System,
-                text,
-                at: now,
-                recorded_at: now,
-                provider_message_id: None,
-                delivery: Delivery::Sent,
-                media: vec![],
-            }),
-        );
+        self.note_for_record(&mut events, text, now);
         events
+    }
+
+    /// Appends a system message on the customer's current channel; it is
+    /// a record, not something sent.
+    fn note_for_record(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        text: String,
+        now: Timestamp,
+    ) {
+        let channel = self.channel_or_last_inbound(None);
+        self.outbound(
+            events,
+            channel,
+            Author::System,
+            text,
+            now,
+            now,
+            Delivery::Sent,
+        );
     }
 
     /// An agent closes the conversation with a disposition.
@@ -1203,21 +1207,10 @@ impl Conversation {
         now: Timestamp,
     ) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
-        let seq = self.state.next_seq();
-        self.push(
+        self.note_for_record(
             &mut events,
-            ConvEvent::MessageAppended(Message {
-                seq,
-                direction: Direction::Outbound,
-                channel: self.channel_or_last_inbound(None),
-                author: Author::System,
-                text: format!("[closed by agent:{agent}: {disposition}]"),
-                at: now,
-                recorded_at: now,
-                provider_message_id: None,
-                delivery: Delivery::Sent,
-                media: vec![],
-            }),
+            format!("[closed by agent:{agent}: {disposition}]"),
+            now,
         );
         events.extend(self.assign(None, now));
         self.push(
@@ -1291,22 +1284,10 @@ impl Conversation {
         if self.state.status == Status::Closed {
             return events;
         }
-        let text = format!("[continued in conversation {into}]");
-        let seq = self.state.next_seq();
-        self.push(
+        self.note_for_record(
             &mut events,
-            ConvEvent::MessageAppended(Message {
-                seq,
-                direction: Direction::Outbound,
-                channel: self.channel_or_last_inbound(None),
-                author: Author::System,
-                text,
-                at: now,
-                recorded_at: now,
-                provider_message_id: None,
-                delivery: Delivery::Sent,
-                media: vec![],
-            }),
+            format!("[continued in conversation {into}]"),
+            now,
         );
         self.push(
             &mut events,

@@ -207,6 +207,12 @@ impl Pool {
         }
     }
 
+    fn agent_mut(&mut self, id: &str) -> Result<&mut AgentState, PoolError> {
+        self.agents
+            .get_mut(id)
+            .ok_or_else(|| PoolError::UnknownAgent(id.into()))
+    }
+
     pub fn agent(&self, id: &str) -> Option<&AgentSpec> {
         self.agents.get(id).map(|a| &a.spec)
     }
@@ -288,10 +294,7 @@ impl Pool {
         p: Presence,
         now: Timestamp,
     ) -> Result<Vec<Effect>, PoolError> {
-        let a = self
-            .agents
-            .get_mut(id)
-            .ok_or_else(|| PoolError::UnknownAgent(id.into()))?;
+        let a = self.agent_mut(id)?;
         a.presence = p;
         let mut out = Vec::new();
         if p != Presence::Available {
@@ -358,20 +361,16 @@ impl Pool {
         offer: u64,
         now: Timestamp,
     ) -> Result<Vec<Effect>, PoolError> {
-        let a = self
-            .agents
-            .get_mut(agent)
-            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
-        let Some((o, conv)) = a.offer.filter(|(o, _)| *o == offer) else {
+        let a = self.agent_mut(agent)?;
+        let Some((_, conv)) = a.offer.filter(|(o, _)| *o == offer) else {
             return Err(PoolError::NoSuchOffer(offer));
         };
-        let _ = o;
         a.offer = None;
         let t = self
             .tasks
             .remove(&conv)
             .expect("an open offer has its task");
-        a.holding.insert(conv, t.task.lane);
+        self.agent_mut(agent)?.holding.insert(conv, t.task.lane);
         self.assigned.insert(conv, (agent.to_owned(), t.task));
         let mut out = vec![Effect::Assigned {
             agent: agent.to_owned(),
@@ -387,10 +386,7 @@ impl Pool {
         offer: u64,
         now: Timestamp,
     ) -> Result<Vec<Effect>, PoolError> {
-        let a = self
-            .agents
-            .get_mut(agent)
-            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
+        let a = self.agent_mut(agent)?;
         if a.offer.is_none_or(|(o, _)| o != offer) {
             return Err(PoolError::NoSuchOffer(offer));
         }
@@ -433,10 +429,7 @@ impl Pool {
         conv: u64,
         now: Timestamp,
     ) -> Result<Vec<Effect>, PoolError> {
-        let a = self
-            .agents
-            .get_mut(agent)
-            .ok_or_else(|| PoolError::UnknownAgent(agent.into()))?;
+        let a = self.agent_mut(agent)?;
         if a.holding.remove(&conv).is_none() {
             return Err(PoolError::NotHolding);
         }
