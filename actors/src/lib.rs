@@ -15,6 +15,7 @@ pub mod clock;
 pub mod consent;
 pub mod conversation;
 pub mod feed;
+pub mod flows;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;

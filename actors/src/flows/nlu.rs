@@ -1,0 +1,660 @@
+//! Built-in understanding, with no external service: intents by keywords
+//! and phrase similarity, and slots: dates and times in the customer's
+//! time zone ("next Tuesday afternoon", "tomorrow at 3"), yes/no, names,
+//! emails and phone numbers. Pure and synchronous.
+
+use chrono::{Datelike, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone, Timelike, Weekday};
+use chrono_tz::Tz;
+use threadline_protocol::Timestamp;
+
+use crate::consent::keywords::normalize;
+
+/// Words that carry no intent.
+const STOPWORDS: &[&str] = &[
+    "a", "an", "the", "i", "im", "me", "my", "to", "for", "of", "and", "or", "is", "are", "am",
+    "be", "it", "its", "this", "that", "in", "on", "at", "you", "your", "we", "our", "do", "can",
+    "could", "would", "will", "please", "hi", "hello", "hey", "so", "just", "with", "some", "any",
+    "like", "want", "need", "get", "id", "ill", "there", "what", "how",
+];
+
+/// An intent the flow file defines.
+#[derive(Debug, Clone)]
+pub struct IntentModel {
+    pub name: String,
+    /// Example phrases, normalized to content words.
+    examples: Vec<Vec<String>>,
+    /// Keywords or phrases (normalized words) that mark the intent.
+    keywords: Vec<Vec<String>>,
+}
+
+fn content_words(text: &str) -> Vec<String> {
+    let mut w: Vec<String> = normalize(text)
+        .into_iter()
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .map(|w| stem(&w))
+        .collect();
+    w.sort();
+    w.dedup();
+    w
+}
+
+/// A light stemmer: plural and -ing endings, so "cleanings" meets "cleaning".
+fn stem(w: &str) -> String {
+    let w = w.strip_suffix('s').filter(|s| s.len() >= 3).unwrap_or(w);
+    let w = w.strip_suffix("ing").filter(|s| s.len() >= 3).unwrap_or(w);
+    w.to_owned()
+}
+
+impl IntentModel {
+    pub fn new(name: &str, examples: &[String], keywords: &[String]) -> IntentModel {
+        IntentModel {
+            name: name.to_owned(),
+            examples: examples.iter().map(|e| content_words(e)).collect(),
+            keywords: keywords
+                .iter()
+                .map(|k| normalize(k).iter().map(|w| stem(w)).collect::<Vec<_>>())
+                .filter(|k: &Vec<String>| !k.is_empty())
+                .collect(),
+        }
+    }
+}
+
+/// The best intent for `text` and how sure (0..1); `None` below `floor`.
+pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option<(&'a str, f32)> {
+    let all: Vec<String> = normalize(text).iter().map(|w| stem(w)).collect();
+    let words = {
+        let mut w: Vec<String> = all
+            .iter()
+            .filter(|w| !STOPWORDS.contains(&w.as_str()))
+            .cloned()
+            .collect();
+        w.sort();
+        w.dedup();
+        w
+    };
+    let mut best: Option<(&str, f32)> = None;
+    for m in models {
+        let mut score = 0f32;
+        for k in &m.keywords {
+            if all.windows(k.len()).any(|win| win == k.as_slice()) {
+                score = score.max(0.85);
+            }
+        }
+        for ex in &m.examples {
+            if ex.is_empty() || words.is_empty() {
+                continue;
+            }
+            let common = ex.iter().filter(|w| words.binary_search(w).is_ok()).count();
+            // Dice coefficient over content words.
+            let s = 2.0 * common as f32 / (ex.len() + words.len()) as f32;
+            score = score.max(s);
+        }
+        if best.is_none_or(|(_, b)| score > b) {
+            best = Some((m.name.as_str(), score));
+        }
+    }
+    best.filter(|(_, s)| *s >= floor)
+}
+
+/// Yes, no, or neither.
+pub fn yes_no(text: &str) -> Option<bool> {
+    let w = normalize(text);
+    let first = w.first().map(String::as_str)?;
+    const YES: &[&str] = &[
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "sure",
+        "ok",
+        "okay",
+        "correct",
+        "right",
+        "confirm",
+        "confirmed",
+        "absolutely",
+        "definitely",
+        "y",
+        "c",
+        "perfect",
+        "sounds",
+    ];
+    const NO: &[&str] = &["no", "nope", "nah", "n", "not", "cancel", "negative"];
+    if w.len() <= 6 && YES.contains(&first) {
+        return Some(true);
+    }
+    if w.len() <= 6 && NO.contains(&first) {
+        return Some(false);
+    }
+    None
+}
+
+/// A name the customer gives ("I'm Jordan", "my name is Jordan Lee", "this
+/// is Dana"); with `asked`, a short bare answer counts too.
+pub fn name(text: &str, asked: bool) -> Option<String> {
+    let lower = text.to_lowercase();
+    let starts = [
+        "my name is ",
+        "my names ",
+        "name's ",
+        "i'm ",
+        "i am ",
+        "this is ",
+        "it's ",
+        "call me ",
+    ];
+    let mut rest = None;
+    for s in starts {
+        if let Some(i) = lower.find(s) {
+            let before_ok = i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphabetic();
+            if before_ok {
+                rest = Some(&text[i + s.len()..]);
+                break;
+            }
+        }
+    }
+    let candidate = match rest {
+        Some(r) => r,
+        None if asked => text,
+        None => return None,
+    };
+    let words: Vec<&str> = candidate
+        .split(|c: char| !(c.is_alphabetic() || c == '-' || c == '\''))
+        .filter(|w| !w.is_empty())
+        .take_while(|w| {
+            // Names are capitalized when introduced in a sentence.
+            rest.is_none() || w.chars().next().is_some_and(char::is_uppercase)
+        })
+        .take(3)
+        .collect();
+    const NOT_NAMES: &[&str] = &[
+        "looking",
+        "interested",
+        "calling",
+        "trying",
+        "here",
+        "good",
+        "fine",
+        "not",
+        "just",
+        "available",
+        "free",
+        "sorry",
+    ];
+    if words.is_empty()
+        || words
+            .iter()
+            .any(|w| NOT_NAMES.contains(&w.to_lowercase().as_str()))
+        || (asked && rest.is_none() && candidate.split_whitespace().count() > 3)
+    {
+        return None;
+    }
+    let cap = |w: &&str| {
+        let mut c = w.chars();
+        match c.next() {
+            Some(f) => f.to_uppercase().chain(c).collect::<String>(),
+            None => String::new(),
+        }
+    };
+    Some(words.iter().map(cap).collect::<Vec<_>>().join(" "))
+}
+
+/// The first email address in `text`.
+pub fn email(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == ';' || c == '<' || c == '>')
+        .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric()))
+        .find(|t| {
+            t.split_once('@').is_some_and(|(l, d)| {
+                !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.')
+            })
+        })
+        .map(str::to_lowercase)
+}
+
+/// A moment the customer named, in their zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct When {
+    pub at: Timestamp,
+    /// A time of day was given (else `at` is the day's start of business).
+    pub has_time: bool,
+    /// A day was given (else it is today or the next day with that time).
+    pub has_day: bool,
+}
+
+const WEEKDAYS: [(&str, Weekday); 14] = [
+    ("monday", Weekday::Mon),
+    ("tuesday", Weekday::Tue),
+    ("wednesday", Weekday::Wed),
+    ("thursday", Weekday::Thu),
+    ("friday", Weekday::Fri),
+    ("saturday", Weekday::Sat),
+    ("sunday", Weekday::Sun),
+    ("mon", Weekday::Mon),
+    ("tue", Weekday::Tue),
+    ("tues", Weekday::Tue),
+    ("wed", Weekday::Wed),
+    ("thu", Weekday::Thu),
+    ("thurs", Weekday::Thu),
+    ("fri", Weekday::Fri),
+];
+
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+fn weekday(w: &str) -> Option<Weekday> {
+    match w {
+        "sat" => Some(Weekday::Sat),
+        "sun" => Some(Weekday::Sun),
+        _ => WEEKDAYS.iter().find(|(n, _)| *n == w).map(|(_, d)| *d),
+    }
+}
+
+fn month(w: &str) -> Option<u32> {
+    if w.len() < 3 {
+        return None;
+    }
+    MONTHS
+        .iter()
+        .position(|m| w.starts_with(m) && (w.len() == 3 || "january february march april may june july august september october november december".split(' ').any(|full| full == w) || w == "sept"))
+        .map(|i| i as u32 + 1)
+}
+
+/// Resolves a local date and time in `tz`: a time that does not exist
+/// (spring forward) moves past the gap; one that exists twice (fall back)
+/// is the first.
+pub fn local(tz: Tz, d: NaiveDate, t: NaiveTime) -> Timestamp {
+    let mut dt = d.and_time(t);
+    for _ in 0..4 {
+        match tz.from_local_datetime(&dt) {
+            LocalResult::Single(x) => return Timestamp(x.timestamp_millis()),
+            LocalResult::Ambiguous(a, _) => return Timestamp(a.timestamp_millis()),
+            LocalResult::None => dt += Duration::minutes(30),
+        }
+    }
+    Timestamp(tz.from_utc_datetime(&dt).timestamp_millis())
+}
+
+/// Words for date and time reading: lowercase, split on anything but
+/// letters, digits, ':' and '/' (so "3:30pm" and "3/14" stay whole).
+fn time_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !(c.is_alphanumeric() || c == ':' || c == '/'))
+        .map(|w| w.trim_matches([':', '/']))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Finds a date and/or time in `text`, relative to `now` in `tz`.
+pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
+    let words = time_words(text);
+    let today = tz.timestamp_millis_opt(now.0).single()?.date_naive();
+    let mut day: Option<NaiveDate> = None;
+    let mut time: Option<NaiveTime> = None;
+    let mut part: Option<u32> = None; // hour implied by morning/afternoon/evening
+    let mut pm_hint: Option<bool> = None;
+    let mut named_today = false;
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i].as_str();
+        let next = words.get(i + 1).map(String::as_str);
+        match w {
+            "today" | "tonight" => {
+                day = Some(today);
+                if w == "tonight" {
+                    part = Some(19);
+                    pm_hint = Some(true);
+                }
+            }
+            "tomorrow" | "tmrw" | "tmr" => day = Some(today + Duration::days(1)),
+            "morning" => {
+                part = Some(9);
+                pm_hint = Some(false);
+            }
+            "afternoon" => {
+                part = Some(14);
+                pm_hint = Some(true);
+            }
+            "evening" => {
+                part = Some(18);
+                pm_hint = Some(true);
+            }
+            "noon" | "midday" => time = NaiveTime::from_hms_opt(12, 0, 0),
+            "am" | "pm" if time.is_some() => {
+                let t = time.expect("checked");
+                let h = t.hour() % 12 + if w == "pm" { 12 } else { 0 };
+                time = t.with_hour(h);
+                pm_hint = Some(w == "pm");
+            }
+            "next" | "this" if next.and_then(weekday).is_some() => {
+                let wd = weekday(next.expect("checked")).expect("checked");
+                day = Some(next_weekday(today, wd, true));
+                i += 1;
+            }
+            _ => {
+                if let Some(wd) = weekday(w) {
+                    // The coming one; today only if the time is still ahead
+                    // (decided once the time is known, below).
+                    day = Some(next_weekday(today, wd, false));
+                    named_today = day == Some(today);
+                } else if let Some(m) = month(w) {
+                    if let Some(d) = next.and_then(ordinal) {
+                        day = date_ahead(today, m, d);
+                        i += 1;
+                    }
+                } else if let Some(t) = clock(w, next) {
+                    // A number is a time only when it reads as one: "3pm",
+                    // "3:30", "3 pm", "at 3" (not "2 crowns", "budget 1500").
+                    let marked = w.ends_with("am") || w.ends_with("pm") || w.contains(':');
+                    let prev = i.checked_sub(1).map(|p| words[p].as_str());
+                    if marked
+                        || matches!(next, Some("am" | "pm" | "oclock"))
+                        || matches!(
+                            prev,
+                            Some("at" | "by" | "around" | "after" | "before" | "from")
+                        )
+                    {
+                        time = Some(t);
+                    }
+                } else if let Some((m, d)) = slash_date(w) {
+                    day = date_ahead(today, m, d);
+                } else if let Some(d) = ordinal(w).filter(|_| {
+                    w.ends_with("th") || w.ends_with("st") || w.ends_with("nd") || w.ends_with("rd")
+                }) {
+                    if let Some(m) = next.and_then(month) {
+                        day = date_ahead(today, m, d);
+                        i += 1;
+                    } else if i > 0 && words[i - 1] == "the" {
+                        day = day_of_month_ahead(today, d);
+                    }
+                }
+            }
+        }
+        i += 1;
+    }
+    // A bare hour: business sense (1-7 is afternoon) unless told.
+    if let Some(t) = time {
+        if t.hour() < 12 && t.hour() >= 1 {
+            let pm = match pm_hint {
+                Some(p) => p,
+                None => t.hour() <= 7,
+            };
+            if pm && !text.to_lowercase().contains("am") {
+                time = t.with_hour(t.hour() + 12);
+            }
+        }
+    }
+    let time_given = time.is_some();
+    let t = time.or_else(|| part.and_then(|h| NaiveTime::from_hms_opt(h, 0, 0)));
+    if day.is_none() && t.is_none() {
+        return None;
+    }
+    let has_day = day.is_some();
+    let mut d = day.unwrap_or(today);
+    let t_or_open = t.unwrap_or_else(|| NaiveTime::from_hms_opt(9, 0, 0).expect("valid"));
+    // A weekday said on that very weekday, for a time already past, means
+    // next week; a time alone that has passed today means tomorrow.
+    let candidate = local(tz, d, t_or_open);
+    if candidate.0 <= now.0 {
+        if !has_day {
+            d += Duration::days(1);
+        } else if d == today && named_today {
+            d += Duration::days(7);
+        }
+    }
+    Some(When {
+        at: local(tz, d, t_or_open),
+        has_time: time_given || part.is_some(),
+        has_day,
+    })
+}
+
+/// The coming `wd`: today counts unless `after_today` ("next Tuesday"
+/// said on a Tuesday is a week away).
+fn next_weekday(today: NaiveDate, wd: Weekday, after_today: bool) -> NaiveDate {
+    let ahead =
+        (7 + wd.num_days_from_monday() as i64 - today.weekday().num_days_from_monday() as i64) % 7;
+    let ahead = if ahead == 0 && after_today { 7 } else { ahead };
+    today + Duration::days(ahead)
+}
+
+fn ordinal(w: &str) -> Option<u32> {
+    let digits: String = w.chars().take_while(char::is_ascii_digit).collect();
+    let rest = &w[digits.len()..];
+    if digits.is_empty() || !matches!(rest, "" | "st" | "nd" | "rd" | "th") {
+        return None;
+    }
+    digits.parse().ok().filter(|d| (1..=31).contains(d))
+}
+
+fn slash_date(w: &str) -> Option<(u32, u32)> {
+    // normalize() split "3/14" into separate words; handled by the caller
+    // joining them is not needed: accept "3-14" style tokens too.
+    let (m, d) = w.split_once(['/', '-'])?;
+    Some((m.parse().ok()?, d.parse().ok()?))
+}
+
+fn date_ahead(today: NaiveDate, m: u32, d: u32) -> Option<NaiveDate> {
+    let this = NaiveDate::from_ymd_opt(today.year(), m, d)?;
+    if this >= today {
+        Some(this)
+    } else {
+        NaiveDate::from_ymd_opt(today.year() + 1, m, d)
+    }
+}
+
+fn day_of_month_ahead(today: NaiveDate, d: u32) -> Option<NaiveDate> {
+    let this = NaiveDate::from_ymd_opt(today.year(), today.month(), d);
+    match this {
+        Some(x) if x >= today => Some(x),
+        _ => {
+            let (y, m) = if today.month() == 12 {
+                (today.year() + 1, 1)
+            } else {
+                (today.year(), today.month() + 1)
+            };
+            NaiveDate::from_ymd_opt(y, m, d)
+        }
+    }
+}
+
+/// A clock time: "3", "15", "3pm" (one token), "3:30", "1530".
+fn clock(w: &str, next: Option<&str>) -> Option<NaiveTime> {
+    if let Some((hh, rest)) = w.split_once(':') {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let suffix = &rest[digits.len()..];
+        if digits.len() != 2 || !matches!(suffix, "" | "am" | "pm") || hh.is_empty() || hh.len() > 2
+        {
+            return None;
+        }
+        let (mut h, m): (u32, u32) = (hh.parse().ok()?, digits.parse().ok()?);
+        if h > 23 || m > 59 {
+            return None;
+        }
+        if suffix == "pm" && h < 12 {
+            h += 12;
+        }
+        if suffix == "am" && h == 12 {
+            h = 0;
+        }
+        return NaiveTime::from_hms_opt(h, m, 0);
+    }
+    let (num, suffix) = match w.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&w[..i], &w[i..]),
+        None => (w, ""),
+    };
+    if num.is_empty() {
+        return None;
+    }
+    let (mut h, m): (u32, u32) = match (num.len(), suffix) {
+        (1 | 2, "" | "am" | "pm" | "oclock") => (num.parse().ok()?, 0),
+        (3 | 4, "") if next.is_none_or(|n| n != "th") => {
+            let v: u32 = num.parse().ok()?;
+            (v / 100, v % 100)
+        }
+        _ => return None,
+    };
+    if h > 23 || m > 59 {
+        return None;
+    }
+    if suffix == "pm" && h < 12 {
+        h += 12;
+    }
+    if suffix == "am" && h == 12 {
+        h = 0;
+    }
+    NaiveTime::from_hms_opt(h, m, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use chrono_tz::America::{Los_Angeles, New_York};
+
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        Timestamp(DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis())
+    }
+
+    fn at(text: &str, now: &str, tz: Tz) -> String {
+        let w = when(text, t(now), tz).unwrap_or_else(|| panic!("no time in {text:?}"));
+        tz.timestamp_millis_opt(w.at.0)
+            .unwrap()
+            .format("%a %Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+
+    // Tuesday 2026-03-03, 10:00 in New York.
+    const NOW: &str = "2026-03-03T15:00:00Z";
+
+    #[test]
+    fn days_and_times_in_the_customers_zone() {
+        for (text, want) in [
+            ("tomorrow at 3", "Wed 2026-03-04 15:00 EST"),
+            ("Tuesday at 3", "Tue 2026-03-03 15:00 EST"),
+            ("next Tuesday afternoon", "Tue 2026-03-10 14:00 EDT"),
+            ("can I come thursday at 10am?", "Thu 2026-03-05 10:00 EST"),
+            ("friday 3:30pm works", "Fri 2026-03-06 15:30 EST"),
+            ("today at noon", "Tue 2026-03-03 12:00 EST"),
+            // 8-11 without am/pm is business hours: 9 has passed, so tomorrow.
+            ("at 9", "Wed 2026-03-04 09:00 EST"),
+            ("at 4", "Tue 2026-03-03 16:00 EST"),
+            ("March 14th at 11am", "Sat 2026-03-14 11:00 EDT"),
+            ("the 20th in the morning", "Fri 2026-03-20 09:00 EDT"),
+            ("Monday", "Mon 2026-03-09 09:00 EDT"),
+            ("tonight", "Tue 2026-03-03 19:00 EST"),
+        ] {
+            assert_eq!(at(text, NOW, New_York), want, "{text:?}");
+        }
+        // The same words mean the customer's own wall clock elsewhere.
+        assert_eq!(
+            at("tomorrow at 3", NOW, Los_Angeles),
+            "Wed 2026-03-04 15:00 PST"
+        );
+        assert!(when("I have a question about my bill", t(NOW), New_York).is_none());
+        assert!(when("I need 2 crowns", t(NOW), New_York).is_none());
+        assert!(when("my budget is 1500 a year", t(NOW), New_York).is_none());
+    }
+
+    #[test]
+    fn a_weekday_said_on_that_day_for_a_time_gone_is_next_week() {
+        // Tuesday 16:00: "Tuesday at 3" has passed today.
+        assert_eq!(
+            at("Tuesday at 3", "2026-03-03T21:00:00Z", New_York),
+            "Tue 2026-03-10 15:00 EDT"
+        );
+    }
+
+    #[test]
+    fn dst_gaps_and_overlaps_resolve_without_crashing() {
+        // 2026-03-08 02:30 does not exist in New York: moved past the gap.
+        assert_eq!(
+            at("Sunday at 2:30am", "2026-03-05T15:00:00Z", New_York),
+            "Sun 2026-03-08 03:00 EDT"
+        );
+        // 2026-11-01 01:30 exists twice: the first (EDT).
+        assert_eq!(
+            at("Sunday at 1:30am", "2026-10-29T15:00:00Z", New_York),
+            "Sun 2026-11-01 01:30 EDT"
+        );
+        // After fall back, "tomorrow at 3" is on standard time.
+        assert_eq!(
+            at("tomorrow at 3", "2026-10-31T15:00:00Z", New_York),
+            "Sun 2026-11-01 15:00 EST"
+        );
+    }
+
+    #[test]
+    fn yes_no_names_and_emails() {
+        for y in ["Yes", "yeah sure", "C", "ok sounds good", "Confirm"] {
+            assert_eq!(yes_no(y), Some(true), "{y}");
+        }
+        for n in ["no", "Nope", "not really", "cancel it"] {
+            assert_eq!(yes_no(n), Some(false), "{n}");
+        }
+        assert_eq!(yes_no("what time is it"), None);
+        assert_eq!(
+            name("Hi, I'm Jordan Lee and I need help", false).as_deref(),
+            Some("Jordan Lee")
+        );
+        assert_eq!(
+            name("my name is dana", false),
+            None,
+            "uncapitalized in a sentence"
+        );
+        assert_eq!(name("dana", true).as_deref(), Some("Dana"));
+        assert_eq!(name("I'm looking for a quote", false), None);
+        assert_eq!(name("This is Sam", false).as_deref(), Some("Sam"));
+        assert_eq!(
+            email("reach me at Jo.Lee@Example.com, thanks").as_deref(),
+            Some("jo.lee@example.com")
+        );
+        assert_eq!(email("no email here @ all"), None);
+    }
+
+    #[test]
+    fn intents_by_keywords_and_similar_phrases() {
+        let models = vec![
+            IntentModel::new(
+                "book",
+                &[
+                    "I need a cleaning".into(),
+                    "can I book an appointment".into(),
+                ],
+                &["book".into(), "appointment".into(), "schedule".into()],
+            ),
+            IntentModel::new(
+                "hours",
+                &["when are you open".into(), "what are your hours".into()],
+                &["hours".into(), "open".into()],
+            ),
+            IntentModel::new(
+                "quote",
+                &[
+                    "how much is home insurance".into(),
+                    "I want a quote for auto insurance".into(),
+                ],
+                &["quote".into(), "price".into()],
+            ),
+        ];
+        assert_eq!(
+            classify(&models, "I'd like to schedule a cleaning", 0.3).map(|x| x.0),
+            Some("book")
+        );
+        assert_eq!(
+            classify(&models, "Are you OPEN on Saturdays?", 0.3).map(|x| x.0),
+            Some("hours")
+        );
+        assert_eq!(
+            classify(&models, "need cleanings for my kids", 0.3).map(|x| x.0),
+            Some("book")
+        );
+        assert_eq!(
+            classify(&models, "how much would auto insurance cost", 0.3).map(|x| x.0),
+            Some("quote")
+        );
+        assert_eq!(classify(&models, "the weather is nice", 0.3), None);
+    }
+}
