@@ -341,6 +341,13 @@ pub enum ConvEvent {
         agent: Option<String>,
         at: Timestamp,
     },
+    /// What the conversation logic understood: the intent, slots it
+    /// filled (merged; an empty value removes a slot) and the lead score.
+    Understood {
+        intent: Option<String>,
+        slots: BTreeMap<String, String>,
+        score: Option<f32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -482,6 +489,25 @@ impl ConversationState {
                 }
             }
             ConvEvent::Escalated { .. } => self.status = Status::Active,
+            ConvEvent::Understood {
+                intent,
+                slots,
+                score,
+            } => {
+                if intent.is_some() {
+                    self.captured.intent.clone_from(intent);
+                }
+                for (k, v) in slots {
+                    if v.is_empty() {
+                        self.captured.slots.remove(k);
+                    } else {
+                        self.captured.slots.insert(k.clone(), v.clone());
+                    }
+                }
+                if score.is_some() {
+                    self.captured.score = *score;
+                }
+            }
             ConvEvent::AgentAssigned { agent, .. } => self.assigned_agent.clone_from(agent),
             ConvEvent::IdentityLinked(ids) => {
                 let mine = &mut self.identities;

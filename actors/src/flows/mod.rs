@@ -2,4 +2,5 @@
 //! that turns a tenant's flow file into replies, captured facts and
 //! escalations.
 
+pub mod engine;
 pub mod nlu;

@@ -158,6 +158,11 @@ pub fn name(text: &str, asked: bool) -> Option<String> {
         None if asked => text,
         None => return None,
     };
+    // A name ends with its sentence.
+    let candidate = candidate
+        .split(['.', ',', '!', '?', ';', '\n'])
+        .next()
+        .unwrap_or("");
     let words: Vec<&str> = candidate
         .split(|c: char| !(c.is_alphabetic() || c == '-' || c == '\''))
         .filter(|w| !w.is_empty())

@@ -1,0 +1,944 @@
+//! The flow engine: a tenant's flow file compiled into intents, journeys
+//! (slot filling) and escalation rules, and one pure function per customer
+//! turn. Its state lives in the conversation's captured slots (`journey`,
+//! `asking`, `held`, `booked`, `misunderstood`), so every channel, and the
+//! agent, sees it. Booking slots are held through a `Calendar` the caller
+//! provides (in-memory and atomic; the caller makes it durable).
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, Duration, NaiveTime, TimeZone, Timelike};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use threadline_protocol::{Captured, Timestamp};
+
+use super::nlu::{self, IntentModel};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    pub persona: Persona,
+    #[serde(default)]
+    pub intents: Vec<IntentSpec>,
+    #[serde(default)]
+    pub journeys: BTreeMap<String, JourneySpec>,
+    #[serde(default)]
+    pub escalation: EscalationSpec,
+    pub calendar: Option<CalendarSpec>,
+    /// Said when nothing was understood.
+    #[serde(default = "default_fallback")]
+    pub fallback: String,
+    /// Intent confidence below which a message is not understood.
+    #[serde(default = "default_floor")]
+    pub min_confidence: f32,
+}
+
+fn default_fallback() -> String {
+    "Sorry, I didn't quite get that. Could you say it another way?".into()
+}
+fn default_floor() -> f32 {
+    0.3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persona {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentSpec {
+    pub name: String,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// A direct answer.
+    pub reply: Option<String>,
+    /// Or a journey to start.
+    pub journey: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneySpec {
+    #[serde(default)]
+    pub slots: Vec<SlotSpec>,
+    /// Said when every slot is filled (and, for a booking, the slot held).
+    pub done: String,
+    /// The journey books a calendar slot from its `datetime` slot.
+    #[serde(default)]
+    pub booking: bool,
+    /// Reminders before a confirmed booking: "24h", "2h", "30m".
+    #[serde(default)]
+    pub reminders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    #[default]
+    Text,
+    Datetime,
+    Name,
+    Email,
+    Choice,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSpec {
+    pub name: String,
+    pub ask: String,
+    #[serde(default)]
+    pub kind: SlotKind,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSpec {
+    /// Words or phrases that hand the conversation to a person at once.
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    /// Messages not understood in a row before a person takes over.
+    #[serde(default = "default_misunderstood")]
+    pub max_misunderstood: u32,
+}
+
+impl Default for EscalationSpec {
+    fn default() -> Self {
+        EscalationSpec {
+            keywords: Vec::new(),
+            max_misunderstood: default_misunderstood(),
+        }
+    }
+}
+
+fn default_misunderstood() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarSpec {
+    /// Open days: mon, tue, ...
+    pub days: Vec<String>,
+    /// "09:00"
+    pub open: String,
+    /// "17:00" (the last slot ends by then)
+    pub close: String,
+    pub slot_minutes: u32,
+    /// How long a slot offered to a customer is held for them.
+    #[serde(default = "default_hold_minutes")]
+    pub hold_minutes: u32,
+}
+
+fn default_hold_minutes() -> u32 {
+    15
+}
+
+/// A compiled flow.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub spec: FlowSpec,
+    intents: Vec<IntentModel>,
+    escalate_words: Vec<Vec<String>>,
+    open_days: Vec<chrono::Weekday>,
+    open: NaiveTime,
+    close: NaiveTime,
+    reminders: BTreeMap<String, Vec<i64>>,
+}
+
+fn duration_ms(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = num.parse().ok()?;
+    Some(match unit {
+        "m" | "min" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    })
+}
+
+impl Flow {
+    /// Checks a flow file; the error names what is wrong.
+    pub fn compile(spec: FlowSpec) -> Result<Flow, String> {
+        if spec.persona.name.trim().is_empty() {
+            return Err("persona.name must not be empty".into());
+        }
+        for i in &spec.intents {
+            match (&i.reply, &i.journey) {
+                (None, None) => {
+                    return Err(format!(
+                        "intent {:?} needs a `reply` or a `journey`",
+                        i.name
+                    ))
+                }
+                (_, Some(j)) if !spec.journeys.contains_key(j) => {
+                    return Err(format!(
+                        "intent {:?} names an unknown journey {j:?}",
+                        i.name
+                    ))
+                }
+                _ => {}
+            }
+            if i.examples.is_empty() && i.keywords.is_empty() {
+                return Err(format!(
+                    "intent {:?} needs `examples` or `keywords`",
+                    i.name
+                ));
+            }
+        }
+        let mut reminders = BTreeMap::new();
+        for (name, j) in &spec.journeys {
+            if j.booking && !j.slots.iter().any(|s| s.kind == SlotKind::Datetime) {
+                return Err(format!(
+                    "journey {name:?} books, so it needs a `datetime` slot"
+                ));
+            }
+            if j.booking && spec.calendar.is_none() {
+                return Err(format!(
+                    "journey {name:?} books, so the flow needs a [calendar]"
+                ));
+            }
+            let mut r = Vec::new();
+            for d in &j.reminders {
+                r.push(duration_ms(d).ok_or_else(|| {
+                    format!("journey {name:?}: reminder {d:?} is not like 24h, 2h or 30m")
+                })?);
+            }
+            reminders.insert(name.clone(), r);
+            for s in &j.slots {
+                if s.kind == SlotKind::Choice && s.options.is_empty() {
+                    return Err(format!(
+                        "journey {name:?}: slot {:?} is a choice without `options`",
+                        s.name
+                    ));
+                }
+            }
+        }
+        let (mut open_days, mut open, mut close) = (Vec::new(), NaiveTime::MIN, NaiveTime::MIN);
+        if let Some(c) = &spec.calendar {
+            for d in &c.days {
+                open_days.push(
+                    d.parse::<chrono::Weekday>()
+                        .map_err(|_| format!("calendar.days: {d:?} is not a weekday"))?,
+                );
+            }
+            let t = |s: &str, k: &str| {
+                NaiveTime::parse_from_str(s, "%H:%M")
+                    .map_err(|_| format!("calendar.{k}: {s:?} is not like 09:00"))
+            };
+            open = t(&c.open, "open")?;
+            close = t(&c.close, "close")?;
+            if close <= open || c.slot_minutes == 0 || c.slot_minutes > 24 * 60 {
+                return Err("calendar: open before close, slot_minutes between 1 and 1440".into());
+            }
+        }
+        let intents = spec
+            .intents
+            .iter()
+            .map(|i| IntentModel::new(&i.name, &i.examples, &i.keywords))
+            .collect();
+        let escalate_words = spec
+            .escalation
+            .keywords
+            .iter()
+            .map(|k| crate::consent::keywords::normalize(k))
+            .filter(|k| !k.is_empty())
+            .collect();
+        Ok(Flow {
+            spec,
+            intents,
+            escalate_words,
+            open_days,
+            open,
+            close,
+            reminders,
+        })
+    }
+
+    pub fn persona(&self) -> &str {
+        &self.spec.persona.name
+    }
+}
+
+/// Slot holds for bookings, kept by the caller (atomic across customers).
+pub trait Calendar {
+    /// Holds `start` for this conversation until `until`; false if another
+    /// customer holds or booked it.
+    fn hold(&mut self, start: Timestamp, until: Timestamp) -> bool;
+    /// Gives back what this conversation held at `start`.
+    fn release(&mut self, start: Timestamp);
+    /// Turns this conversation's hold at `start` into a booking.
+    fn book(&mut self, start: Timestamp) -> bool;
+}
+
+/// What one customer turn produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Turn {
+    pub reply: Option<String>,
+    pub intent: Option<String>,
+    /// Slot changes (an empty value removes the slot).
+    pub slots: BTreeMap<String, String>,
+    /// Hand the conversation to a person, for this reason.
+    pub escalate: Option<String>,
+    /// Reminders to schedule: (when, text).
+    pub reminders: Vec<(Timestamp, String)>,
+}
+
+fn fill(
+    template: &str,
+    captured: &Captured,
+    extra: &BTreeMap<String, String>,
+    persona: &str,
+) -> String {
+    let mut out = template.replace("{persona}", persona);
+    let name = captured
+        .name
+        .clone()
+        .or_else(|| extra.get("name").cloned())
+        .or_else(|| captured.slots.get("name").cloned())
+        .unwrap_or_default();
+    out = out.replace("{name}", &name);
+    for (k, v) in captured.slots.iter().chain(extra.iter()) {
+        out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// How a slot start reads to the customer: "Tue Mar 10 at 3:00 PM".
+pub fn spoken(at: Timestamp, tz: Tz) -> String {
+    tz.timestamp_millis_opt(at.0)
+        .single()
+        .map(|d| d.format("%a %b %-d at %-I:%M %p").to_string())
+        .unwrap_or_default()
+}
+
+impl Flow {
+    /// Is `at` the start of a bookable slot?
+    fn bookable(&self, at: Timestamp, tz: Tz) -> bool {
+        let Some(c) = &self.spec.calendar else {
+            return false;
+        };
+        let Some(local) = tz.timestamp_millis_opt(at.0).single() else {
+            return false;
+        };
+        let t = local.time();
+        let minutes = (i64::from(t.num_seconds_from_midnight())
+            - i64::from(self.open.num_seconds_from_midnight()))
+            / 60;
+        self.open_days.contains(&local.weekday())
+            && t >= self.open
+            && t + Duration::minutes(c.slot_minutes.into()) <= self.close
+            && t.num_seconds_from_midnight() % 60 == 0
+            && minutes % i64::from(c.slot_minutes) == 0
+    }
+
+    /// The first bookable, free slot at or after `from` (two weeks ahead).
+    fn next_free(
+        &self,
+        from: Timestamp,
+        tz: Tz,
+        now: Timestamp,
+        cal: &mut dyn Calendar,
+        until: Timestamp,
+    ) -> Option<Timestamp> {
+        let c = self.spec.calendar.as_ref()?;
+        let step = i64::from(c.slot_minutes) * 60_000;
+        let start = from.0.max(now.0 + 60 * 60_000);
+        // Align to the slot grid of the day (slots start at `open`).
+        let mut at = start - start.rem_euclid(60_000);
+        let end = start + 14 * 86_400_000;
+        while at < end {
+            let ts = Timestamp(at);
+            if self.bookable(ts, tz) && cal.hold(ts, until) {
+                return Some(ts);
+            }
+            at += if self.bookable(ts, tz) {
+                step
+            } else {
+                60_000 * 15
+            };
+        }
+        None
+    }
+
+    /// One customer message, given what the conversation knows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn turn(
+        &self,
+        text: &str,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+    ) -> Turn {
+        let mut t = Turn::default();
+        let slots = &captured.slots;
+        let words = crate::consent::keywords::normalize(text);
+        if let Some(k) = self
+            .escalate_words
+            .iter()
+            .find(|k| words.windows(k.len()).any(|w| w == k.as_slice()))
+        {
+            t.escalate = Some(format!("the customer mentioned {:?}", k.join(" ")));
+            t.reply = Some(
+                "I'm connecting you with someone from our team who can help with that.".into(),
+            );
+            return t;
+        }
+        // Someone's name, wherever it comes up.
+        if captured.name.is_none() && !slots.contains_key("name") {
+            if let Some(n) = nlu::name(text, false) {
+                t.slots.insert("name".into(), n);
+            }
+        }
+        let hold_until = now.saturating_add_millis(
+            i64::from(self.spec.calendar.as_ref().map_or(15, |c| c.hold_minutes)) * 60_000,
+        );
+        // A held booking waits for C (confirm) or R (another time).
+        if let Some(held) = slots
+            .get("held")
+            .and_then(|h| h.parse::<i64>().ok())
+            .map(Timestamp)
+        {
+            let journey = slots.get("journey").cloned().unwrap_or_default();
+            let w0 = words.first().map(String::as_str);
+            let reschedule = matches!(
+                w0,
+                Some("r" | "reschedule" | "change" | "another" | "different")
+            );
+            if reschedule {
+                cal.release(held);
+                t.slots.insert("held".into(), String::new());
+                t.slots.insert("when".into(), String::new());
+                t.slots.insert("asking".into(), "when".into());
+                t.reply = Some("No problem. What day and time would work better?".into());
+                return t;
+            }
+            if nlu::yes_no(text) == Some(true) {
+                if cal.book(held) {
+                    t.slots.insert("held".into(), String::new());
+                    t.slots.insert("booked".into(), held.0.to_string());
+                    t.slots.insert("booking_status".into(), "confirmed".into());
+                    let when = spoken(held, tz);
+                    t.reply = Some(format!("You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."));
+                    for before in self.reminders.get(&journey).into_iter().flatten() {
+                        let at = Timestamp(held.0 - before);
+                        if at.0 > now.0 {
+                            t.reminders.push((at, format!("Reminder: your appointment is {when}. Reply C to confirm or R to reschedule.")));
+                        }
+                    }
+                } else {
+                    t.slots.insert("held".into(), String::new());
+                    t.slots.insert("asking".into(), "when".into());
+                    t.reply = Some(
+                        "Sorry, that time was just taken. What other day and time would work?"
+                            .into(),
+                    );
+                }
+                return t;
+            }
+            if nlu::yes_no(text) == Some(false) {
+                cal.release(held);
+                t.slots.insert("held".into(), String::new());
+                t.slots.insert("journey".into(), String::new());
+                t.reply =
+                    Some("Okay, I've let that time go. Anything else I can help with?".into());
+                return t;
+            }
+        }
+        // A confirmed booking: R reschedules it.
+        if let Some(booked) = slots
+            .get("booked")
+            .and_then(|h| h.parse::<i64>().ok())
+            .map(Timestamp)
+        {
+            let w0 = words.first().map(String::as_str);
+            if matches!(w0, Some("r" | "reschedule")) || words.iter().any(|w| w == "reschedule") {
+                cal.release(booked);
+                t.slots.insert("booked".into(), String::new());
+                t.slots
+                    .insert("booking_status".into(), "rescheduling".into());
+                t.slots.insert("journey".into(), "booking".into());
+                t.slots.insert("when".into(), String::new());
+                t.slots.insert("asking".into(), "when".into());
+                t.reply =
+                    Some("Sure, let's find a new time. What day and time work for you?".into());
+                // A new time may already be in this message.
+                if let Some(w) = nlu::when(text, now, tz).filter(|w| w.has_day || w.has_time) {
+                    let mut merged = captured.clone();
+                    merged.slots.extend(t.slots.clone());
+                    merged.slots.retain(|_, v| !v.is_empty());
+                    let _ = w;
+                    let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
+                    t.reply = more.reply;
+                    t.slots.extend(more.slots);
+                }
+                return t;
+            }
+            if matches!(w0, Some("c")) || nlu::yes_no(text) == Some(true) && words.len() <= 2 {
+                t.reply = Some(format!("Thanks, see you {}!", spoken(booked, tz)));
+                return t;
+            }
+        }
+        // In a journey: fill what it asked for, then what else is missing.
+        if slots.get("journey").is_some_and(|j| !j.is_empty()) {
+            let mut merged = captured.clone();
+            merged.slots.extend(t.slots.clone());
+            let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
+            if more.reply.is_some() || more.escalate.is_some() {
+                t.slots.extend(more.slots);
+                t.reply = more.reply;
+                t.escalate = more.escalate;
+                t.reminders = more.reminders;
+                return t;
+            }
+        }
+        match nlu::classify(&self.intents, text, self.spec.min_confidence) {
+            Some((name, _score)) => {
+                let intent = self
+                    .spec
+                    .intents
+                    .iter()
+                    .find(|i| i.name == name)
+                    .expect("compiled");
+                t.intent = Some(name.to_owned());
+                t.slots.insert("misunderstood".into(), String::new());
+                if let Some(j) = &intent.journey {
+                    t.slots.insert("journey".into(), j.clone());
+                    let mut merged = captured.clone();
+                    merged.slots.extend(t.slots.clone());
+                    merged.slots.retain(|_, v| !v.is_empty());
+                    let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
+                    t.slots.extend(more.slots);
+                    t.reply = more.reply;
+                    t.reminders = more.reminders;
+                } else if let Some(r) = &intent.reply {
+                    t.reply = Some(fill(r, captured, &t.slots, self.persona()));
+                }
+            }
+            None => {
+                let misses: u32 = slots
+                    .get("misunderstood")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0)
+                    + 1;
+                t.slots.insert("misunderstood".into(), misses.to_string());
+                if misses >= self.spec.escalation.max_misunderstood {
+                    t.escalate = Some(format!("{misses} messages in a row not understood"));
+                    t.reply =
+                        Some("Let me get someone from our team to help you with this.".into());
+                    t.slots.insert("misunderstood".into(), String::new());
+                } else {
+                    t.reply = Some(fill(
+                        &self.spec.fallback,
+                        captured,
+                        &t.slots,
+                        self.persona(),
+                    ));
+                }
+            }
+        }
+        t
+    }
+
+    /// Fills the current journey's slots from `text`, asks for the next
+    /// missing one, or completes it (holding a booking slot).
+    fn continue_journey(
+        &self,
+        text: &str,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+        hold_until: Timestamp,
+    ) -> Turn {
+        let mut t = Turn::default();
+        let Some(jname) = captured.slots.get("journey").filter(|j| !j.is_empty()) else {
+            return t;
+        };
+        let Some(j) = self.spec.journeys.get(jname) else {
+            return t;
+        };
+        let asking = captured.slots.get("asking").cloned().unwrap_or_default();
+        let mut have: BTreeMap<String, String> = captured.slots.clone();
+        if let Some(n) = &captured.name {
+            have.entry("name".into()).or_insert_with(|| n.clone());
+        }
+        let mut got_any = false;
+        for s in &j.slots {
+            if have.get(&s.name).is_some_and(|v| !v.is_empty()) {
+                continue;
+            }
+            let asked = asking == s.name;
+            let value = match s.kind {
+                SlotKind::Datetime => nlu::when(text, now, tz)
+                    .filter(|w| w.has_day || w.has_time)
+                    .map(|w| w.at.0.to_string()),
+                SlotKind::Name => nlu::name(text, asked),
+                SlotKind::Email => nlu::email(text),
+                SlotKind::Choice => {
+                    let words = crate::consent::keywords::normalize(text);
+                    s.options
+                        .iter()
+                        .find(|o| {
+                            let ow = crate::consent::keywords::normalize(o);
+                            !ow.is_empty() && words.windows(ow.len()).any(|w| w == ow.as_slice())
+                        })
+                        .cloned()
+                }
+                SlotKind::Text if asked => Some(text.trim().chars().take(200).collect()),
+                SlotKind::Text => None,
+            };
+            if let Some(v) = value {
+                have.insert(s.name.clone(), v.clone());
+                t.slots.insert(s.name.clone(), v);
+                got_any = true;
+            }
+        }
+        let missing = j
+            .slots
+            .iter()
+            .find(|s| have.get(&s.name).is_none_or(|v| v.is_empty()));
+        if let Some(s) = missing {
+            if !asking.is_empty() && asking == s.name && !got_any {
+                let misses: u32 = captured
+                    .slots
+                    .get("misunderstood")
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(0)
+                    + 1;
+                t.slots.insert("misunderstood".into(), misses.to_string());
+                if misses > self.spec.escalation.max_misunderstood {
+                    t.escalate = Some(format!("could not get the customer's {}", s.name));
+                    t.reply =
+                        Some("Let me get someone from our team to help you with this.".into());
+                    return t;
+                }
+            }
+            t.slots.insert("asking".into(), s.name.clone());
+            t.reply = Some(fill(&s.ask, captured, &t.slots, self.persona()));
+            return t;
+        }
+        t.slots.insert("asking".into(), String::new());
+        let mut shown = t.slots.clone();
+        if j.booking {
+            let slot = j
+                .slots
+                .iter()
+                .find(|s| s.kind == SlotKind::Datetime)
+                .expect("compiled: a booking has a datetime slot");
+            let wanted = have
+                .get(&slot.name)
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(Timestamp)
+                .unwrap_or(now);
+            let exact =
+                self.bookable(wanted, tz) && wanted.0 > now.0 && cal.hold(wanted, hold_until);
+            let held = if exact {
+                Some(wanted)
+            } else {
+                self.next_free(wanted, tz, now, cal, hold_until)
+            };
+            match held {
+                Some(h) => {
+                    t.slots.insert("held".into(), h.0.to_string());
+                    t.slots.insert(slot.name.clone(), h.0.to_string());
+                    shown.insert(slot.name.clone(), spoken(h, tz));
+                    let lead = if exact {
+                        String::new()
+                    } else {
+                        format!(
+                            "{} isn't available; the closest opening is {}. ",
+                            spoken(wanted, tz),
+                            spoken(h, tz)
+                        )
+                    };
+                    let mut merged = captured.clone();
+                    merged.slots.extend(t.slots.clone());
+                    merged.slots.insert(slot.name.clone(), spoken(h, tz));
+                    t.reply = Some(format!(
+                        "{lead}{}",
+                        fill(&j.done, &merged, &shown, self.persona())
+                    ));
+                }
+                None => {
+                    t.slots.insert(slot.name.clone(), String::new());
+                    t.slots.insert("asking".into(), slot.name.clone());
+                    t.reply = Some("I couldn't find an opening in the next two weeks. Let me get someone to help.".into());
+                    t.escalate = Some("no bookable slot in two weeks".into());
+                }
+            }
+            return t;
+        }
+        let mut merged = captured.clone();
+        merged.slots.extend(t.slots.clone());
+        t.reply = Some(fill(&j.done, &merged, &shown, self.persona()));
+        t.slots.insert("journey".into(), String::new());
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::DateTime;
+    use chrono_tz::America::New_York;
+
+    use super::*;
+
+    const DENTAL: &str = r#"
+persona = { name = "Ava" }
+[[intents]]
+name = "book"
+examples = ["I need a cleaning", "can I book an appointment"]
+keywords = ["book", "appointment", "cleaning", "checkup"]
+journey = "booking"
+[[intents]]
+name = "hours"
+examples = ["when are you open"]
+keywords = ["hours", "open"]
+reply = "We're open Monday to Friday, 9 to 5."
+[journeys.booking]
+booking = true
+reminders = ["24h", "2h"]
+done = "I can do {when} for your {service}. Reply C to confirm or R for another time."
+slots = [
+  { name = "service", ask = "What would you like to come in for: cleaning, checkup or whitening?", kind = "choice", options = ["cleaning", "checkup", "whitening"] },
+  { name = "when", ask = "What day and time work for you?", kind = "datetime" },
+]
+[escalation]
+keywords = ["emergency", "bleeding"]
+[calendar]
+days = ["mon", "tue", "wed", "thu", "fri"]
+open = "09:00"
+close = "17:00"
+slot_minutes = 60
+"#;
+
+    fn flow() -> Flow {
+        Flow::compile(toml_spec(DENTAL)).unwrap()
+    }
+
+    /// The node reads flow files as TOML in `src/`; the tests do the same
+    /// with `toml` as a dev-dependency.
+    fn toml_spec(s: &str) -> FlowSpec {
+        toml::from_str(s).unwrap()
+    }
+
+    #[derive(Default)]
+    struct Cal {
+        /// start → (conversation, booked)
+        slots: HashMap<i64, (u64, bool)>,
+        me: u64,
+    }
+
+    impl Calendar for Cal {
+        fn hold(&mut self, start: Timestamp, _until: Timestamp) -> bool {
+            match self.slots.get(&start.0) {
+                Some((c, _)) if *c != self.me => false,
+                _ => {
+                    self.slots.insert(start.0, (self.me, false));
+                    true
+                }
+            }
+        }
+        fn release(&mut self, start: Timestamp) {
+            if self.slots.get(&start.0).is_some_and(|(c, _)| *c == self.me) {
+                self.slots.remove(&start.0);
+            }
+        }
+        fn book(&mut self, start: Timestamp) -> bool {
+            match self.slots.get_mut(&start.0) {
+                Some((c, b)) if *c == self.me => {
+                    *b = true;
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        Timestamp(DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis())
+    }
+
+    fn apply(c: &mut Captured, turn: &Turn) {
+        for (k, v) in &turn.slots {
+            if v.is_empty() {
+                c.slots.remove(k);
+            } else {
+                c.slots.insert(k.clone(), v.clone());
+            }
+        }
+        if turn.intent.is_some() {
+            c.intent.clone_from(&turn.intent);
+        }
+    }
+
+    const NOW: &str = "2026-03-03T15:00:00Z"; // Tue 10:00 New York
+
+    #[test]
+    fn a_booking_from_intent_to_confirmation_with_reminders() {
+        let f = flow();
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut c = Captured::default();
+        let now = t(NOW);
+        let a = f.turn(
+            "Hi, I'm Jordan. I need a cleaning",
+            &c,
+            now,
+            New_York,
+            &mut cal,
+        );
+        apply(&mut c, &a);
+        assert_eq!(a.intent.as_deref(), Some("book"));
+        assert_eq!(a.reply.as_deref(), Some("What day and time work for you?"));
+        assert_eq!(c.slots["service"], "cleaning");
+        assert_eq!(c.slots["name"], "Jordan");
+        let b = f.turn("Tuesday at 3", &c, now, New_York, &mut cal);
+        apply(&mut c, &b);
+        assert_eq!(
+            b.reply.as_deref(),
+            Some("I can do Tue Mar 3 at 3:00 PM for your cleaning. Reply C to confirm or R for another time.")
+        );
+        let d = f.turn("C", &c, now, New_York, &mut cal);
+        apply(&mut c, &d);
+        assert!(d
+            .reply
+            .unwrap()
+            .starts_with("You're confirmed for Tue Mar 3 at 3:00 PM"));
+        assert_eq!(c.slots["booking_status"], "confirmed");
+        // 24 h before is already past; 2 h before is 13:00.
+        assert_eq!(d.reminders.len(), 1);
+        assert_eq!(d.reminders[0].0, t("2026-03-03T18:00:00Z"));
+        assert!(cal.slots[&t("2026-03-03T20:00:00Z").0].1, "booked");
+    }
+
+    #[test]
+    fn a_taken_slot_offers_the_next_opening_and_two_customers_never_share_one() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut first = Captured::default();
+        let r = f.turn(
+            "book a checkup thursday at 10am",
+            &first,
+            now,
+            New_York,
+            &mut cal,
+        );
+        apply(&mut first, &r);
+        assert!(first.slots.contains_key("held"));
+        // The second customer asks for the same time while it is held.
+        cal.me = 2;
+        let mut second = Captured::default();
+        let r = f.turn(
+            "book a checkup thursday at 10am",
+            &second,
+            now,
+            New_York,
+            &mut cal,
+        );
+        apply(&mut second, &r);
+        let reply = r.reply.unwrap();
+        assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available; the closest opening is Thu Mar 5 at 11:00 AM."), "{reply}");
+        assert_ne!(first.slots["held"], second.slots["held"]);
+        // Outside opening hours: the next opening.
+        cal.me = 3;
+        let r = f.turn(
+            "book a cleaning saturday at 10am",
+            &Captured::default(),
+            now,
+            New_York,
+            &mut cal,
+        );
+        assert!(r
+            .reply
+            .unwrap()
+            .contains("the closest opening is Mon Mar 9 at 9:00 AM"));
+    }
+
+    #[test]
+    fn reschedule_escalation_and_plain_answers() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut c = Captured::default();
+        for msg in ["book a cleaning friday at 2pm", "yes"] {
+            let r = f.turn(msg, &c, now, New_York, &mut cal);
+            apply(&mut c, &r);
+        }
+        let booked = c.slots["booked"].clone();
+        let r = f.turn(
+            "R, can we do monday at 11am instead",
+            &c,
+            now,
+            New_York,
+            &mut cal,
+        );
+        apply(&mut c, &r);
+        assert!(r.reply.unwrap().contains("Mon Mar 9 at 11:00 AM"));
+        assert!(
+            !cal.slots.contains_key(&booked.parse::<i64>().unwrap()),
+            "the old slot is free again"
+        );
+        let r = f.turn(
+            "when are you open?",
+            &Captured::default(),
+            now,
+            New_York,
+            &mut cal,
+        );
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("We're open Monday to Friday, 9 to 5.")
+        );
+        let r = f.turn(
+            "it's an emergency, my tooth is bleeding",
+            &Captured::default(),
+            now,
+            New_York,
+            &mut cal,
+        );
+        assert!(r.escalate.is_some());
+        let mut c = Captured::default();
+        for _ in 0..2 {
+            let r = f.turn("purple monkey dishwasher", &c, now, New_York, &mut cal);
+            apply(&mut c, &r);
+            if r.escalate.is_some() {
+                return;
+            }
+        }
+        panic!("two misunderstood messages escalate");
+    }
+
+    #[test]
+    fn bad_flow_files_are_refused_with_a_reason() {
+        let mut s = toml_spec(DENTAL);
+        s.intents[0].journey = Some("nope".into());
+        assert!(Flow::compile(s).unwrap_err().contains("unknown journey"));
+        let mut s = toml_spec(DENTAL);
+        s.calendar = None;
+        assert!(Flow::compile(s).unwrap_err().contains("[calendar]"));
+        let mut s = toml_spec(DENTAL);
+        s.journeys.get_mut("booking").unwrap().reminders = vec!["soon".into()];
+        assert!(Flow::compile(s).unwrap_err().contains("reminder"));
+    }
+}
