@@ -22,6 +22,9 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     #[serde(default)]
     pub agents: Vec<Agent>,
+    /// The config file's folder: relative paths in it start here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +270,8 @@ pub struct Tenant {
     /// single body parameter.
     #[serde(default)]
     pub whatsapp_templates: std::collections::BTreeMap<String, WhatsappTemplate>,
+    /// The tenant's conversation flow (TOML), relative to the config file.
+    pub flow: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +463,7 @@ impl Config {
                 voice_assistant: false,
                 missed_call_text: None,
                 whatsapp_templates: Default::default(),
+                flow: None,
             }],
             agents: vec![Agent {
                 id: "demo-agent".into(),
@@ -468,6 +474,7 @@ impl Config {
                 capacity: BTreeMap::from([("chat".into(), 3), ("voice".into(), 1)]),
                 phone: None,
             }],
+            base_dir: PathBuf::from("."),
         }
     }
 

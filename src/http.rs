@@ -297,6 +297,18 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (Method::GET, ["webhooks", "whatsapp"]) => webhooks::whatsapp_verify(app, &req),
         (Method::GET, ["chat"]) => crate::webchat::page(app, &req),
         (Method::GET, ["agent"]) => Ok(crate::agents::page()),
+        (Method::POST, ["api", "v1", "flows", "reload"]) => {
+            admin(app, &req)?;
+            match crate::flows::load(&app.cfg) {
+                Ok(flows) => {
+                    let mut tenants: Vec<String> = flows.keys().cloned().collect();
+                    tenants.sort();
+                    app.shared.set_flows(flows);
+                    Ok(json_response(StatusCode::OK, &json!({"reloaded": tenants})))
+                }
+                Err(e) => Err(ApiError::bad("invalid_flow", e)),
+            }
+        }
         (_, ["api", "v1", "agents"]) => crate::agents::rest(app, req, None).await,
         (_, ["api", "v1", "agents", id]) => {
             let id = decode_segment(id)?;

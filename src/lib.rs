@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod config;
+pub mod flows;
 pub mod http;
 pub mod phone;
 pub mod providers;

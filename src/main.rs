@@ -121,7 +121,13 @@ fn main() -> ExitCode {
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let src = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    Config::parse(&src).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let mut cfg = Config::parse(&src).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    cfg.base_dir = path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| ".".into());
+    threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(cfg)
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
@@ -213,6 +219,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
     rcfg.tenants = cfg.tenant_policies();
+    rcfg.flows = threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!(e))?;
     rcfg.agents = cfg.agents.iter().map(|a| a.spec()).collect();
     rcfg.agents.extend(
         threadline::agents::stored(&cfg.server.data_dir)?

@@ -38,6 +38,8 @@ pub enum Op {
         outbox: Vec<crate::store::OutboxWrite>,
         /// Changes to the agent pool's index.
         work: Vec<crate::store::WorkWrite>,
+        /// Calendar slots held, booked or released.
+        calendar: Vec<crate::store::CalendarWrite>,
         done: Option<Done>,
     },
     /// Drops a timer index row whose owner no longer waits for it.
@@ -216,6 +218,7 @@ fn writer_loop(
                         audit,
                         outbox,
                         work,
+                        calendar,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
@@ -225,6 +228,7 @@ fn writer_loop(
                         audit,
                         outbox,
                         work,
+                        calendar,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Snapshot {

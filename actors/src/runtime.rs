@@ -57,6 +57,8 @@ pub struct RuntimeConfig {
     pub retry: crate::sender::RetryPolicy,
     /// Work in flight each channel gateway admits before answering busy.
     pub gateway_limit: usize,
+    /// Each tenant's conversation flow.
+    pub flows: HashMap<String, Arc<crate::flows::engine::Flow>>,
     /// Human agents known at start.
     pub agents: Vec<crate::pool::routing::AgentSpec>,
     /// How long an offer waits for the agent before it moves on.
@@ -84,6 +86,7 @@ impl RuntimeConfig {
             provider: None,
             retry: crate::sender::RetryPolicy::default(),
             gateway_limit: 4096,
+            flows: HashMap::new(),
             agents: Vec::new(),
             offer_ttl: Duration::from_secs(30),
             agent_grace: Duration::from_secs(60),
@@ -120,6 +123,10 @@ pub struct Shared {
     pub aliases: dashmap::DashMap<String, String>,
     /// Recorded messages, for the gateways and the agent pool.
     pub feed: crate::feed::Feed,
+    /// Calendar slots held or booked: `tenant \0 start` → who.
+    pub calendar: dashmap::DashMap<String, crate::store::SlotHold>,
+    /// Each tenant's compiled flow (replaced on reload).
+    pub flows: RwLock<HashMap<String, Arc<crate::flows::engine::Flow>>>,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
@@ -148,6 +155,16 @@ impl Shared {
                 args.0.push(s.clone());
             }
         }
+    }
+
+    /// The tenant's flow, if it has one.
+    pub fn flow(&self, tenant: &str) -> Option<Arc<crate::flows::engine::Flow>> {
+        self.flows.read().get(tenant).cloned()
+    }
+
+    /// Replaces every tenant's flow (a reload).
+    pub fn set_flows(&self, flows: HashMap<String, Arc<crate::flows::engine::Flow>>) {
+        *self.flows.write() = flows;
     }
 
     pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
@@ -208,6 +225,8 @@ impl Runtime {
             simulated_clock: cfg.simulated_clock,
             aliases: persistence.store.aliases()?.into_iter().collect(),
             feed: Default::default(),
+            calendar: persistence.store.calendar()?.into_iter().collect(),
+            flows: RwLock::new(cfg.flows.clone()),
             gateways: RwLock::new(HashMap::new()),
             gateway_limit: cfg.gateway_limit.max(1),
             pool: RwLock::new(None),

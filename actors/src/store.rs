@@ -42,6 +42,9 @@ pub(crate) const AUDIT_HEADS: TableDefinition<&str, &[u8]> = TableDefinition::ne
 /// `tenant \0 address` → another address of the same tenant whose
 /// conversation it continues (a web-chat visitor who gave their phone).
 pub(crate) const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("aliases");
+/// `tenant \0 start (16 hex ms)` → a held or booked calendar slot:
+/// conversation id (u64 LE), booked flag (1 byte), hold expiry (i64 LE).
+pub(crate) const CALENDAR: TableDefinition<&str, &[u8]> = TableDefinition::new("calendar");
 /// conversation id → the agent pool's durable index (`AgentWork`).
 pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new("agent_work");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
@@ -190,6 +193,7 @@ impl Store {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(ALIASES)?;
             txn.open_table(AGENT_WORK)?;
+            txn.open_table(CALENDAR)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
@@ -377,6 +381,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Every held or booked calendar slot.
+    pub fn calendar(&self) -> Result<Vec<(String, SlotHold)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CALENDAR)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let Some(h) = SlotHold::decode(v.value()) {
+                out.push((k.value().to_owned(), h));
+            }
+        }
+        Ok(out)
+    }
+
     /// The agent pool's durable index: conversations waiting for or held by
     /// an agent.
     pub fn agent_work(&self) -> Result<Vec<threadline_protocol::AgentWork>, StoreError> {
@@ -472,6 +490,46 @@ pub enum OutboxWrite {
     Delete(u64, u32),
 }
 
+/// A calendar slot and who has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotHold {
+    pub conv: u64,
+    pub booked: bool,
+    /// A hold (not booked) lapses at this instant.
+    pub until: threadline_protocol::Timestamp,
+}
+
+impl SlotHold {
+    fn encode(&self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[..8].copy_from_slice(&self.conv.to_le_bytes());
+        b[8] = u8::from(self.booked);
+        b[9..].copy_from_slice(&self.until.0.to_le_bytes());
+        b
+    }
+    fn decode(b: &[u8]) -> Option<SlotHold> {
+        Some(SlotHold {
+            conv: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            booked: *b.get(8)? == 1,
+            until: threadline_protocol::Timestamp(i64::from_le_bytes(
+                b.get(9..17)?.try_into().ok()?,
+            )),
+        })
+    }
+}
+
+/// The calendar row key of `tenant`'s slot at `start`.
+pub fn slot_key(tenant: &str, start: threadline_protocol::Timestamp) -> String {
+    format!("{tenant}\0{:016x}", start.0)
+}
+
+/// A change to the calendar, committed with the owner's events.
+#[derive(Debug, Clone)]
+pub enum CalendarWrite {
+    Put(String, SlotHold),
+    Delete(String),
+}
+
 /// A change to the agent pool's index, committed with the owner's events.
 #[derive(Debug, Clone)]
 pub enum WorkWrite {
@@ -497,6 +555,7 @@ pub(crate) enum Write<'a> {
         audit: &'a [crate::audit::AuditDraft],
         outbox: &'a [OutboxWrite],
         work: &'a [WorkWrite],
+        calendar: &'a [CalendarWrite],
     },
     Snapshot {
         conv: ConversationId,
@@ -545,6 +604,7 @@ impl BatchWriter<'_> {
             let mut outbox_t = txn.open_table(OUTBOX)?;
             let mut aliases = txn.open_table(ALIASES)?;
             let mut work_t = txn.open_table(AGENT_WORK)?;
+            let mut calendar_t = txn.open_table(CALENDAR)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -556,7 +616,18 @@ impl BatchWriter<'_> {
                         audit,
                         outbox,
                         work,
+                        calendar,
                     } => {
+                        for w in calendar {
+                            match w {
+                                CalendarWrite::Put(k, h) => {
+                                    calendar_t.insert(k.as_str(), h.encode().as_slice())?;
+                                }
+                                CalendarWrite::Delete(k) => {
+                                    calendar_t.remove(k.as_str())?;
+                                }
+                            }
+                        }
                         for w in work {
                             match w {
                                 WorkWrite::Put(row) => {

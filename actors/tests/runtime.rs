@@ -120,6 +120,7 @@ fn appended(seq: u32, text: &str) -> ConvEvent {
 async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Option<&str>) {
     p.submit(Op::Event {
         work: vec![],
+        calendar: vec![],
         conv: ConversationId(conv),
         records: vec![(seq, record(conv, seq, e))],
         index: contact.map(|c| ("acme".to_owned(), c.to_owned())),

@@ -201,6 +201,8 @@ pub struct ConvState {
     since_snapshot: u32,
     /// In-memory state holds events whose commit failed: never snapshot it.
     poisoned: bool,
+    /// Calendar changes to commit with the next events.
+    pending_calendar: Vec<crate::store::CalendarWrite>,
 }
 
 impl Actor for ConversationActor {
@@ -219,6 +221,7 @@ impl Actor for ConversationActor {
             conv: None,
             since_snapshot: 0,
             poisoned: false,
+            pending_calendar: Vec::new(),
         })
     }
 
@@ -731,6 +734,7 @@ impl ConvState {
             audit,
             outbox,
             work,
+            calendar: std::mem::take(&mut self.pending_calendar),
             done: Some(done),
         };
         // If the writer is gone (shutdown) the op and its callback are
@@ -771,16 +775,37 @@ impl ConvState {
                 let keyword = conv.on_keywords(&msg, meta.hint, now, &tenant);
                 let plain = keyword.is_empty();
                 events.extend(keyword);
-                if plain
+                let person = plain
                     && conv.state.assigned_agent.is_none()
-                    && super::core::wants_a_person(&msg.text)
-                {
+                    && super::core::wants_a_person(&msg.text);
+                if person {
                     events.extend(conv.escalate(
                         "the customer asked for a person",
                         Vec::new(),
                         0,
                         now,
                     ));
+                }
+                // The tenant's flow answers, unless a person holds the
+                // conversation (or was just asked for), or it was a
+                // keyword; calls have the voice assistant.
+                let flow = shared.flow(self.args.key.tenant());
+                if let Some(flow) = flow.filter(|_| {
+                    plain
+                        && !person
+                        && conv.state.assigned_agent.is_none()
+                        && msg.channel != Channel::Voice
+                        && !msg.text.trim().is_empty()
+                }) {
+                    let mut cal = crate::flows::SharedCalendar {
+                        map: &shared.calendar,
+                        tenant: self.args.key.tenant(),
+                        conv: conv.id().0,
+                        now,
+                        writes: &mut self.pending_calendar,
+                    };
+                    let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+                    events.extend(conv.converse(&flow, &msg, now, &tenant, &mut cal, &mut next_id));
                 }
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
                 events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));

@@ -1139,6 +1139,73 @@ impl Conversation {
         action
     }
 
+    /// The tenant's flow answers a customer message: what it understood,
+    /// its reply (a direct reply, through the gate), reminders it sets,
+    /// and an escalation when it hands over to a person.
+    pub fn converse(
+        &mut self,
+        flow: &crate::flows::engine::Flow,
+        msg: &InboundMessage,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        cal: &mut dyn crate::flows::engine::Calendar,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let zone: chrono_tz::Tz = self
+            .state
+            .captured
+            .facts
+            .get("timezone")
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(tenant.zone);
+        let turn = flow.turn(&msg.text, &self.state.captured, now, zone, cal);
+        if let Some(name) = turn
+            .slots
+            .get("name")
+            .filter(|_| self.state.captured.name.is_none())
+        {
+            let name = name.clone();
+            events.extend(self.note_profile_name(&name));
+        }
+        if turn.intent.is_some() || !turn.slots.is_empty() {
+            self.push(
+                &mut events,
+                ConvEvent::Understood {
+                    intent: turn.intent.clone(),
+                    slots: turn.slots.clone(),
+                    score: None,
+                },
+            );
+        }
+        if let Some(text) = turn.reply {
+            let spec = OutboundSpec {
+                text,
+                channel: Some(msg.channel),
+                purpose: Purpose::Conversational,
+                agent: None,
+            };
+            let (_, more) = self.send_message(spec, now, tenant, next_id);
+            events.extend(more);
+        }
+        for (due, text) in turn.reminders {
+            let id = next_id();
+            events.extend(self.schedule_timer(
+                id,
+                TimerSpec {
+                    due,
+                    kind: TimerKind::Reminder,
+                    text: Some(text),
+                    channel: None,
+                },
+            ));
+        }
+        if let Some(reason) = turn.escalate {
+            events.extend(self.escalate(&reason, Vec::new(), 0, now));
+        }
+        events
+    }
+
     /// Asks for a person (idempotent while a request is open or an agent
     /// holds the conversation).
     pub fn escalate(

@@ -73,6 +73,9 @@ pub struct JourneySpec {
     /// Reminders before a confirmed booking: "24h", "2h", "30m".
     #[serde(default)]
     pub reminders: Vec<String>,
+    /// When complete, hand the conversation to a person (a qualified lead).
+    #[serde(default)]
+    pub handoff: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -584,14 +587,23 @@ impl Flow {
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),
                 SlotKind::Choice => {
+                    // The option the customer names first ("bundle home and
+                    // auto" is a bundle).
                     let words = crate::consent::keywords::normalize(text);
                     s.options
                         .iter()
-                        .find(|o| {
+                        .filter_map(|o| {
                             let ow = crate::consent::keywords::normalize(o);
-                            !ow.is_empty() && words.windows(ow.len()).any(|w| w == ow.as_slice())
+                            if ow.is_empty() {
+                                return None;
+                            }
+                            words
+                                .windows(ow.len())
+                                .position(|w| w == ow.as_slice())
+                                .map(|at| (at, o))
                         })
-                        .cloned()
+                        .min_by_key(|(at, _)| *at)
+                        .map(|(_, o)| o.clone())
                 }
                 SlotKind::Text if asked => Some(text.trim().chars().take(200).collect()),
                 SlotKind::Text => None,
@@ -681,6 +693,9 @@ impl Flow {
         merged.slots.extend(t.slots.clone());
         t.reply = Some(fill(&j.done, &merged, &shown, self.persona()));
         t.slots.insert("journey".into(), String::new());
+        if j.handoff {
+            t.escalate = Some(format!("{jname} complete"));
+        }
         t
     }
 }

@@ -1,0 +1,224 @@
+//! End-to-end journeys with the shipped example flows, the real binary,
+//! a fake Twilio server and simulated time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_provider::{FakeTwilio, SID, TOKEN};
+use common::ws::*;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+// Tuesday 2026-03-03, 10:00 in New York.
+const NOW: &str = "2026-03-03T15:00:00Z";
+const JORDAN: &str = "+15551230001";
+
+fn config(twilio: &str) -> String {
+    let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows");
+    format!(
+        r#"
+[server]
+admin_token = "test-admin-token"
+
+[runtime]
+agent_wait_text = "Everyone is busy; you are number {{position}} in line."
+
+[providers]
+retry_base_ms = 10
+
+[providers.twilio]
+account_sid = "{SID}"
+auth_token = "{TOKEN}"
+api_base = "{twilio}"
+
+[[tenants]]
+id = "smile"
+name = "Bright Smile Dental"
+timezone = "America/New_York"
+sms_numbers = ["+15557654321"]
+gateway_token = "gw-smile"
+flow = "{flows}/dental.toml"
+
+[[tenants]]
+id = "harbor"
+name = "Harbor Insurance"
+timezone = "America/New_York"
+sms_numbers = ["+15557650000"]
+gateway_token = "gw-harbor"
+flow = "{flows}/insurance.toml"
+
+[[agents]]
+id = "sarah"
+name = "Sarah"
+token = "agent-sarah"
+tenants = ["harbor"]
+"#
+    )
+}
+
+async fn say(node: &Node, tenant: &str, channel: &str, from: &str, text: &str, pid: &str) {
+    let mut m = sms(tenant, from, text, Some(pid));
+    m["channel"] = json!(channel);
+    let (s, v) = node.inbound(&format!("gw-{tenant}"), &m).await;
+    assert_eq!(s, 202, "{v}");
+}
+
+/// The bot's last message to `who`.
+async fn bot_said(node: &Node, tenant: &str, who: &str) -> String {
+    let c = node.conversation_of(tenant, who).await.unwrap();
+    texts_where(&c, "author", "bot")
+        .last()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn texted(fake: &FakeTwilio, pred: impl Fn(&str) -> bool) -> String {
+    for _ in 0..500 {
+        if let Some(b) = fake.accepted_bodies().into_iter().find(|b| pred(b)) {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "no such text reached the fake Twilio: {:?}",
+        fake.accepted_bodies()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread() {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, this is Jordan. I need a cleaning",
+        "j1",
+    )
+    .await;
+    assert_eq!(
+        bot_said(&node, "smile", JORDAN).await,
+        "What day and time work best for you?"
+    );
+    say(&node, "smile", "sms", JORDAN, "Thursday at 3", "j2").await;
+    let offer = bot_said(&node, "smile", JORDAN).await;
+    assert_eq!(
+        offer,
+        "Great! I can do Thu Mar 5 at 3:00 PM for your cleaning. Reply C to confirm or R for another time."
+    );
+    // The reply went out over SMS, through the gate.
+    texted(&fake, |b| b == offer).await;
+    say(&node, "smile", "sms", JORDAN, "C", "j3").await;
+    assert!(bot_said(&node, "smile", JORDAN)
+        .await
+        .starts_with("You're confirmed for Thu Mar 5 at 3:00 PM"));
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert_eq!(c["captured"]["name"], "Jordan");
+    assert_eq!(c["captured"]["intent"], "book");
+    assert_eq!(c["captured"]["slots"]["booking_status"], "confirmed");
+    assert_eq!(c["captured"]["slots"]["service"], "cleaning");
+
+    // A second customer asks for the same time: the next opening instead.
+    say(
+        &node,
+        "smile",
+        "webchat",
+        "visitor-7",
+        "can I book a checkup thursday at 3pm",
+        "v1",
+    )
+    .await;
+    let other = bot_said(&node, "smile", "visitor-7").await;
+    assert!(
+        other.starts_with(
+            "Thu Mar 5 at 3:00 PM isn't available; the closest opening is Thu Mar 5 at 4:00 PM."
+        ),
+        "{other}"
+    );
+
+    // Reminders at 24 h and 2 h before (Wed 15:00 and Thu 13:00 local).
+    node.advance(29.0 * 3600.0).await; // Wed 15:00 EST
+    texted(&fake, |b| {
+        b.starts_with("Reminder: your appointment is Thu Mar 5 at 3:00 PM")
+    })
+    .await;
+    node.advance(22.0 * 3600.0).await; // Thu 13:00 EST
+    let mut reminders = Vec::new();
+    for _ in 0..500 {
+        reminders = fake
+            .accepted_bodies()
+            .into_iter()
+            .filter(|b| b.starts_with("Reminder:"))
+            .collect();
+        if reminders.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(reminders.len(), 2, "{reminders:?}");
+
+    // The customer moves it, in the same thread.
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "R - could we do Friday at 10am instead?",
+        "j4",
+    )
+    .await;
+    let moved = bot_said(&node, "smile", JORDAN).await;
+    assert!(moved.contains("Fri Mar 6 at 10:00 AM"), "{moved}");
+    say(&node, "smile", "sms", JORDAN, "yes", "j5").await;
+    assert!(bot_said(&node, "smile", JORDAN)
+        .await
+        .starts_with("You're confirmed for Fri Mar 6 at 10:00 AM"));
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert_eq!(c["channels"], json!(["sms"]));
+    let customer = texts_where(&c, "author", "customer");
+    assert_eq!(customer.len(), 5, "one thread: {customer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qualified_lead_reaches_an_agent_with_what_was_captured() {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let url = node
+        .url("/agent/ws?token=agent-sarah")
+        .replace("http://", "ws://");
+    let (mut sarah, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut sarah).await["type"], "hello");
+    send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
+    next_of(&mut sarah, "status").await;
+    let lead = "visitor-lead";
+    for (i, text) in [
+        "Hi, I'd like a quote to bundle home and auto",
+        "next month, we move on the 1st",
+        "around 200 a month",
+        "Jordan Lee",
+    ]
+    .iter()
+    .enumerate()
+    {
+        say(&node, "harbor", "webchat", lead, text, &format!("l{i}")).await;
+    }
+    assert_eq!(
+        bot_said(&node, "harbor", lead).await,
+        "Thanks Jordan Lee! A licensed agent will reach out shortly about your bundle quote."
+    );
+    let offer = next_of(&mut sarah, "offer").await;
+    let slots: Value = offer["summary"]["slots"].clone();
+    assert_eq!(slots["coverage"], "bundle");
+    assert_eq!(slots["budget"], "around 200 a month");
+    assert_eq!(offer["summary"]["name"], "Jordan Lee");
+    // Flows reload without a restart.
+    let (s, v) = node
+        .send_admin(Method::POST, "/api/v1/flows/reload", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["reloaded"], json!(["harbor", "smile"]));
+}
