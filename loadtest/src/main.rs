@@ -6,6 +6,7 @@
 //! their ratio.
 
 mod agents;
+mod bot;
 mod client;
 mod ingest;
 mod node;
@@ -34,6 +35,8 @@ enum Command {
     Outbound(outbound::OutboundArgs),
     /// Durable timer scheduling and firing lateness.
     Timers(timers::TimerArgs),
+    /// Inbound messages answered by a tenant's flow, durable.
+    Bot(bot::BotArgs),
     /// Connected agent desktops: offer latency and message fan-out.
     Agents(agents::AgentArgs),
     /// Signed Twilio SMS webhooks per second, durable before the 200.
@@ -57,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
         Command::Webhooks(a) => rt.block_on(webhooks::run(a)),
         Command::Agents(a) => rt.block_on(agents::run(a)),
+        Command::Bot(a) => rt.block_on(bot::run(a)),
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
 }
