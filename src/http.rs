@@ -300,10 +300,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (Method::POST, ["api", "v1", "flows", "reload"]) => {
             admin(app, &req)?;
             match crate::flows::load(&app.cfg) {
-                Ok(flows) => {
+                Ok((flows, responders)) => {
                     let mut tenants: Vec<String> = flows.keys().cloned().collect();
                     tenants.sort();
-                    app.shared.set_flows(flows);
+                    app.shared.set_flows(flows, responders);
                     Ok(json_response(StatusCode::OK, &json!({"reloaded": tenants})))
                 }
                 Err(e) => Err(ApiError::bad("invalid_flow", e)),

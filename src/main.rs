@@ -219,7 +219,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         panic_trigger: args.test_hooks.then(|| PANIC_TRIGGER.to_owned()),
     };
     rcfg.tenants = cfg.tenant_policies();
-    rcfg.flows = threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    (rcfg.flows, rcfg.responders) =
+        threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!(e))?;
     rcfg.agents = cfg.agents.iter().map(|a| a.spec()).collect();
     rcfg.agents.extend(
         threadline::agents::stored(&cfg.server.data_dir)?

@@ -222,3 +222,94 @@ async fn a_qualified_lead_reaches_an_agent_with_what_was_captured() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["reloaded"], json!(["harbor", "smile"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_responder_phrases_replies_and_a_slow_one_falls_back_unnoticed() {
+    use common::fake_provider::{FakeResponder, RESPONDER_KEY};
+    let fake = FakeTwilio::start().await;
+    let llm = FakeResponder::start().await;
+    *llm.answer.lock().unwrap() =
+        "Hi there! Ava here - we're open Monday to Friday, 9 to 5.".into();
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("dental-llm.toml");
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/flows/dental.toml"
+    ))
+    .unwrap();
+    std::fs::write(
+        &flow,
+        format!(
+            "{base}\n[responder]\nurl = \"{}\"\nmodel = \"test-model\"\napi_key = \"{RESPONDER_KEY}\"\ntimeout_ms = 300\n",
+            llm.url
+        ),
+    )
+    .unwrap();
+    let cfg = config(&fake.base).replace(
+        &format!("{}/examples/flows/dental.toml", env!("CARGO_MANIFEST_DIR")),
+        flow.to_str().unwrap(),
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, this is Jordan. When are you open?",
+        "r1",
+    )
+    .await;
+    let said = wait_bot(&node, "smile", JORDAN, 1).await;
+    assert_eq!(
+        said,
+        "Hi there! Ava here - we're open Monday to Friday, 9 to 5."
+    );
+    texted(&fake, |b| b == said).await;
+    let req = llm.requests.lock().unwrap()[0].clone();
+    assert_eq!(req["model"], "test-model");
+    let system = req["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("You are Ava"), "{system}");
+    assert!(
+        system.contains("name: Jordan"),
+        "the captured facts go along: {system}"
+    );
+    assert!(
+        system.contains("We're open Monday to Friday, 9am to 5pm"),
+        "the draft: {system}"
+    );
+    assert_eq!(
+        req["messages"][1]["content"],
+        "Hi, this is Jordan. When are you open?"
+    );
+
+    // Slower than the timeout: the built-in reply goes out instead.
+    *llm.delay.lock().unwrap() = Duration::from_secs(3);
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "and where are you located?",
+        "r2",
+    )
+    .await;
+    let said = wait_bot(&node, "smile", JORDAN, 2).await;
+    assert_eq!(
+        said,
+        "We're at 12 Main Street, with free parking behind the building."
+    );
+}
+
+/// Waits for the bot's `n`th message to `who` (replies phrased elsewhere
+/// arrive after the inbound's acknowledgment).
+async fn wait_bot(node: &Node, tenant: &str, who: &str, n: usize) -> String {
+    for _ in 0..500 {
+        let c = node.conversation_of(tenant, who).await.unwrap();
+        let bot = texts_where(&c, "author", "bot");
+        if bot.len() >= n {
+            return bot[n - 1].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the bot never said a {n}th thing");
+}

@@ -59,6 +59,8 @@ pub struct RuntimeConfig {
     pub gateway_limit: usize,
     /// Each tenant's conversation flow.
     pub flows: HashMap<String, Arc<crate::flows::engine::Flow>>,
+    /// Each tenant's external responder.
+    pub responders: HashMap<String, Arc<dyn crate::flows::Responder>>,
     /// Human agents known at start.
     pub agents: Vec<crate::pool::routing::AgentSpec>,
     /// How long an offer waits for the agent before it moves on.
@@ -87,6 +89,7 @@ impl RuntimeConfig {
             retry: crate::sender::RetryPolicy::default(),
             gateway_limit: 4096,
             flows: HashMap::new(),
+            responders: HashMap::new(),
             agents: Vec::new(),
             offer_ttl: Duration::from_secs(30),
             agent_grace: Duration::from_secs(60),
@@ -127,6 +130,8 @@ pub struct Shared {
     pub calendar: dashmap::DashMap<String, crate::store::SlotHold>,
     /// Each tenant's compiled flow (replaced on reload).
     pub flows: RwLock<HashMap<String, Arc<crate::flows::engine::Flow>>>,
+    /// Each tenant's external responder, if its flow names one.
+    pub responders: RwLock<HashMap<String, Arc<dyn crate::flows::Responder>>>,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
     pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
     pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
@@ -162,9 +167,18 @@ impl Shared {
         self.flows.read().get(tenant).cloned()
     }
 
-    /// Replaces every tenant's flow (a reload).
-    pub fn set_flows(&self, flows: HashMap<String, Arc<crate::flows::engine::Flow>>) {
+    /// Replaces every tenant's flow and responder (a reload).
+    pub fn set_flows(
+        &self,
+        flows: HashMap<String, Arc<crate::flows::engine::Flow>>,
+        responders: HashMap<String, Arc<dyn crate::flows::Responder>>,
+    ) {
         *self.flows.write() = flows;
+        *self.responders.write() = responders;
+    }
+
+    pub fn responder(&self, tenant: &str) -> Option<Arc<dyn crate::flows::Responder>> {
+        self.responders.read().get(tenant).cloned()
     }
 
     pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
@@ -227,6 +241,7 @@ impl Runtime {
             feed: Default::default(),
             calendar: persistence.store.calendar()?.into_iter().collect(),
             flows: RwLock::new(cfg.flows.clone()),
+            responders: RwLock::new(cfg.responders.clone()),
             gateways: RwLock::new(HashMap::new()),
             gateway_limit: cfg.gateway_limit.max(1),
             pool: RwLock::new(None),

@@ -229,3 +229,63 @@ where
         }
     });
 }
+
+/// A local fake of an OpenAI-compatible chat-completions endpoint.
+#[derive(Clone)]
+pub struct FakeResponder {
+    pub url: String,
+    /// Every request body received.
+    pub requests: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// How long it takes to answer (past the node's timeout: a fallback).
+    pub delay: Arc<Mutex<std::time::Duration>>,
+    /// What it answers.
+    pub answer: Arc<Mutex<String>>,
+}
+
+pub const RESPONDER_KEY: &str = "sk-test-key";
+
+impl FakeResponder {
+    pub async fn start() -> FakeResponder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            listener.local_addr().unwrap()
+        );
+        let me = FakeResponder {
+            url,
+            requests: Arc::new(Mutex::new(Vec::new())),
+            delay: Arc::new(Mutex::new(std::time::Duration::ZERO)),
+            answer: Arc::new(Mutex::new(String::new())),
+        };
+        let fake = me.clone();
+        serve(listener, move |req: Request<hyper::body::Incoming>| {
+            let fake = fake.clone();
+            async move {
+                let ok_auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {RESPONDER_KEY}"));
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                if !ok_auth {
+                    return Ok::<_, Infallible>(reply(
+                        401,
+                        serde_json::json!({"error": {"message": "bad key"}}),
+                    ));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                fake.requests.lock().unwrap().push(v);
+                let delay = *fake.delay.lock().unwrap();
+                tokio::time::sleep(delay).await;
+                let answer = fake.answer.lock().unwrap().clone();
+                Ok(reply(
+                    200,
+                    serde_json::json!({"id": "chatcmpl-1", "object": "chat.completion",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": answer}}]}),
+                ))
+            }
+        });
+        me
+    }
+}

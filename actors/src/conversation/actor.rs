@@ -758,6 +758,7 @@ impl ConvState {
         let (mut events, index) = self.create_if_absent(msg.channel, now);
         let conv = self.conv.as_mut().expect("created above");
         let tenant = shared.tenant(self.args.key.tenant());
+        let mut phrase = None;
         let outcome = match catch_unwind(AssertUnwindSafe(|| {
             let (outcome, more) = conv.on_inbound(&msg, now, &shared.core);
             events.extend(more);
@@ -805,7 +806,20 @@ impl ConvState {
                         writes: &mut self.pending_calendar,
                     };
                     let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-                    events.extend(conv.converse(&flow, &msg, now, &tenant, &mut cal, &mut next_id));
+                    let responder = shared.responder(self.args.key.tenant());
+                    let (more, draft) = conv.converse(
+                        &flow,
+                        &msg,
+                        now,
+                        &tenant,
+                        &mut cal,
+                        &mut next_id,
+                        responder.is_some(),
+                    );
+                    events.extend(more);
+                    if let (Some(draft), Some(r)) = (draft, responder) {
+                        phrase = Some((r, conv.responder_request(flow.persona(), draft)));
+                    }
                 }
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
                 events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));
@@ -831,7 +845,37 @@ impl ConvState {
             duplicate,
         };
         let metrics = shared.metrics.clone();
+        // An external responder phrases the reply once the message is
+        // durable; past its timeout (or on an error) the draft goes out.
+        let (durable_tx, durable_rx) = oneshot::channel::<bool>();
+        if let Some((responder, req)) = phrase {
+            let me = myself.clone();
+            let channel = msg.channel;
+            tokio::spawn(async move {
+                if durable_rx.await != Ok(true) {
+                    return;
+                }
+                let draft = req.draft.clone();
+                let text =
+                    match tokio::time::timeout(responder.timeout(), responder.respond(req)).await {
+                        Ok(Ok(t)) if !t.trim().is_empty() => t.chars().take(1600).collect(),
+                        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => draft,
+                    };
+                let (tx, _) = oneshot::channel();
+                let _ = me.cast(ConvMsg::SendMessage {
+                    spec: OutboundSpec {
+                        text,
+                        channel: Some(channel),
+                        purpose: crate::consent::policy::Purpose::Conversational,
+                        agent: None,
+                    },
+                    create: false,
+                    reply: tx,
+                });
+            });
+        }
         self.commit(myself, events, index, move |r| {
+            let _ = durable_tx.send(r.is_ok());
             if r.is_ok() {
                 if duplicate {
                     metrics.duplicates.inc();

@@ -1141,7 +1141,10 @@ impl Conversation {
 
     /// The tenant's flow answers a customer message: what it understood,
     /// its reply (a direct reply, through the gate), reminders it sets,
-    /// and an escalation when it hands over to a person.
+    /// and an escalation when it hands over to a person. With
+    /// `phrase_elsewhere`, the reply is returned as a draft for an external
+    /// responder instead of being sent.
+    #[allow(clippy::too_many_arguments)]
     pub fn converse(
         &mut self,
         flow: &crate::flows::engine::Flow,
@@ -1150,7 +1153,8 @@ impl Conversation {
         tenant: &TenantPolicy,
         cal: &mut dyn crate::flows::engine::Calendar,
         next_id: &mut dyn FnMut() -> u64,
-    ) -> Vec<(u32, ConvEvent)> {
+        phrase_elsewhere: bool,
+    ) -> (Vec<(u32, ConvEvent)>, Option<String>) {
         let mut events = Vec::new();
         let zone: chrono_tz::Tz = self
             .state
@@ -1178,15 +1182,21 @@ impl Conversation {
                 },
             );
         }
+        let mut draft = None;
         if let Some(text) = turn.reply {
-            let spec = OutboundSpec {
-                text,
-                channel: Some(msg.channel),
-                purpose: Purpose::Conversational,
-                agent: None,
-            };
-            let (_, more) = self.send_message(spec, now, tenant, next_id);
-            events.extend(more);
+            if phrase_elsewhere {
+                // An external responder phrases it after the commit.
+                draft = Some(text);
+            } else {
+                let spec = OutboundSpec {
+                    text,
+                    channel: Some(msg.channel),
+                    purpose: Purpose::Conversational,
+                    agent: None,
+                };
+                let (_, more) = self.send_message(spec, now, tenant, next_id);
+                events.extend(more);
+            }
         }
         for (due, text) in turn.reminders {
             let id = next_id();
@@ -1203,7 +1213,43 @@ impl Conversation {
         if let Some(reason) = turn.escalate {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
         }
-        events
+        (events, draft)
+    }
+
+    /// What an external responder gets to phrase a reply: the persona,
+    /// what is known, and the last messages.
+    pub fn responder_request(
+        &self,
+        persona: &str,
+        draft: String,
+    ) -> crate::flows::ResponderRequest {
+        let c = &self.state.captured;
+        let mut facts: Vec<(String, String)> = Vec::new();
+        if let Some(n) = &c.name {
+            facts.push(("name".into(), n.clone()));
+        }
+        if let Some(i) = &c.intent {
+            facts.push(("intent".into(), i.clone()));
+        }
+        for (k, v) in c.slots.iter().chain(c.facts.iter()) {
+            facts.push((k.clone(), v.clone()));
+        }
+        let transcript = self
+            .state
+            .messages
+            .iter()
+            .rev()
+            .take(12)
+            .rev()
+            .map(|m| (m.author.label(), m.text.clone()))
+            .collect();
+        crate::flows::ResponderRequest {
+            tenant: self.state.tenant.clone(),
+            persona: persona.to_owned(),
+            facts,
+            transcript,
+            draft,
+        }
     }
 
     /// Asks for a person (idempotent while a request is open or an agent

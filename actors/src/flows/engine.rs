@@ -31,6 +31,29 @@ pub struct FlowSpec {
     /// Intent confidence below which a message is not understood.
     #[serde(default = "default_floor")]
     pub min_confidence: f32,
+    /// An external responder that phrases the replies (optional).
+    pub responder: Option<ResponderSpec>,
+}
+
+/// An OpenAI-compatible chat-completions endpoint. It phrases each reply
+/// from the persona, the captured facts, the recent transcript and the
+/// built-in flow's draft; past `timeout_ms` (or on any error) the draft
+/// goes out instead, so the customer never waits on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponderSpec {
+    /// The chat-completions URL (`.../v1/chat/completions`).
+    pub url: String,
+    pub model: String,
+    /// The bearer key; `api_key_env` names an environment variable instead.
+    pub api_key: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_responder_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_responder_timeout() -> u64 {
+    2000
 }
 
 fn default_fallback() -> String {
@@ -194,6 +217,14 @@ impl Flow {
                     "intent {:?} needs `examples` or `keywords`",
                     i.name
                 ));
+            }
+        }
+        if let Some(r) = &spec.responder {
+            if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+                return Err("responder.url must be an http:// or https:// URL".into());
+            }
+            if !(50..=30_000).contains(&r.timeout_ms) {
+                return Err("responder.timeout_ms must be between 50 and 30000".into());
             }
         }
         let mut reminders = BTreeMap::new();

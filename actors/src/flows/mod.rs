@@ -5,6 +5,27 @@
 pub mod engine;
 pub mod nlu;
 
+/// What an external responder is asked for one reply.
+#[derive(Debug, Clone)]
+pub struct ResponderRequest {
+    pub tenant: String,
+    pub persona: String,
+    /// What the conversation knows (name, intent, slots, facts).
+    pub facts: Vec<(String, String)>,
+    /// Recent transcript, oldest first: (who, text).
+    pub transcript: Vec<(String, String)>,
+    /// The built-in flow's reply, sent if the responder fails.
+    pub draft: String,
+}
+
+/// An external responder (an LLM endpoint): only `src/` knows its wire
+/// format. Errors and timeouts fall back to the draft.
+pub trait Responder: Send + Sync + 'static {
+    fn respond(&self, req: ResponderRequest) -> crate::sender::BoxFuture<Result<String, String>>;
+    /// How long a reply may take before the draft goes out instead.
+    fn timeout(&self) -> std::time::Duration;
+}
+
 use dashmap::DashMap;
 use threadline_protocol::Timestamp;
 
