@@ -313,3 +313,88 @@ async fn wait_bot(node: &Node, tenant: &str, who: &str, n: usize) -> String {
     }
     panic!("the bot never said a {n}th thing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thread() {
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("leads.toml");
+    std::fs::write(
+        &flow,
+        r#"
+persona = { name = "Max" }
+[[intents]]
+name = "quote"
+examples = ["I want a quote"]
+keywords = ["quote", "insurance", "bundle"]
+journey = "qualify"
+[journeys.qualify]
+done = "Thanks {name}!"
+slots = [
+  { name = "coverage", ask = "What would you like to cover?", kind = "choice", options = ["home", "auto", "bundle"] },
+  { name = "timeline", ask = "When do you need it to start?" },
+  { name = "name", ask = "And your name?", kind = "name" },
+]
+[scoring]
+threshold = 70
+handoff = "call"
+call_greeting = "Hi {name}, this is {persona} from Harbor Insurance, calling about the {coverage} quote you asked for by text."
+rules = [
+  { slot = "intent", contains = ["quote"], points = 10 },
+  { slot = "coverage", contains = ["bundle"], points = 20 },
+  { slot = "timeline", contains = ["asap", "this week", "next week", "this month", "next month"], points = 30 },
+  { slot = "name", points = 10 },
+]
+"#,
+    )
+    .unwrap();
+    let cfg = config(&fake.base)
+        .replace(
+            &format!(
+                "{}/examples/flows/insurance.toml",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            flow.to_str().unwrap(),
+        )
+        .replace(
+            "admin_token = \"test-admin-token\"",
+            "admin_token = \"test-admin-token\"\npublic_url = \"https://hooks.example.test\"",
+        );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    for (i, text) in [
+        "I want a quote to bundle home and auto",
+        "next month",
+        "I'm Jordan",
+    ]
+    .iter()
+    .enumerate()
+    {
+        say(&node, "harbor", "sms", JORDAN, text, &format!("q{i}")).await;
+    }
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
+    assert_eq!(c["captured"]["score"], 70.0, "{c}");
+    assert_eq!(c["captured"]["slots"]["handoff"], "qualified");
+    // The call goes to the Twilio Calls API, and says the greeting.
+    let mut call = None;
+    for _ in 0..500 {
+        call = fake
+            .state
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .find(|(_, f)| f["_resource"] == "Calls")
+            .map(|(_, f)| f.clone());
+        if call.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let call = call.unwrap_or_else(|| panic!("no call was placed: {c}"));
+    assert_eq!(call["To"], JORDAN);
+    let voice = texts_where(&c, "channel", "voice");
+    assert_eq!(
+        voice,
+        vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for by text."]
+    );
+}

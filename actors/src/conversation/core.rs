@@ -799,16 +799,27 @@ impl Conversation {
             &tenant.strict_rules,
         );
         let day_ago = now.0 - 86_400_000;
+        // Caps count business-initiated messages: a bot's answer to the
+        // message just before it is conversation, not solicitation.
         let sent: Vec<Timestamp> = s
             .messages
             .iter()
-            .filter(|m| {
+            .enumerate()
+            .filter(|(i, m)| {
+                let answers = i
+                    .checked_sub(1)
+                    .and_then(|p| s.messages.get(p))
+                    .is_some_and(|p| {
+                        p.direction == Direction::Inbound
+                            && m.recorded_at.0 - p.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
+                    });
                 m.direction == Direction::Outbound
                     && m.author == Author::Bot
                     && m.delivery != Delivery::Blocked
                     && m.recorded_at.0 > day_ago
+                    && !answers
             })
-            .map(|m| m.recorded_at)
+            .map(|(_, m)| m.recorded_at)
             .collect();
         let whatsapp_last_inbound = s
             .messages
@@ -1172,13 +1183,13 @@ impl Conversation {
             let name = name.clone();
             events.extend(self.note_profile_name(&name));
         }
-        if turn.intent.is_some() || !turn.slots.is_empty() {
+        if turn.intent.is_some() || !turn.slots.is_empty() || turn.score.is_some() {
             self.push(
                 &mut events,
                 ConvEvent::Understood {
                     intent: turn.intent.clone(),
                     slots: turn.slots.clone(),
-                    score: None,
+                    score: turn.score.map(|s| s as f32),
                 },
             );
         }
@@ -1212,6 +1223,18 @@ impl Conversation {
         }
         if let Some(reason) = turn.escalate {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
+        }
+        if let Some(greeting) = turn.call {
+            // A qualified lead gets a call now; the call says the greeting
+            // (the gate decides, as for any business-initiated call).
+            let spec = OutboundSpec {
+                text: greeting,
+                channel: Some(Channel::Voice),
+                purpose: Purpose::Conversational,
+                agent: None,
+            };
+            let (_, more) = self.send_message(spec, now, tenant, next_id);
+            events.extend(more);
         }
         (events, draft)
     }

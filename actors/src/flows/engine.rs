@@ -33,6 +33,71 @@ pub struct FlowSpec {
     pub min_confidence: f32,
     /// An external responder that phrases the replies (optional).
     pub responder: Option<ResponderSpec>,
+    /// Lead scoring: points from what was captured; at the threshold the
+    /// lead is handed off.
+    pub scoring: Option<ScoringSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringSpec {
+    pub threshold: u32,
+    /// `agent`: to the agent pool; `call`: a call to the customer now.
+    #[serde(default)]
+    pub handoff: Handoff,
+    /// What the call says first (with `{name}`, `{persona}` and slots).
+    #[serde(default = "default_call_greeting")]
+    pub call_greeting: String,
+    pub rules: Vec<ScoreRule>,
+}
+
+fn default_call_greeting() -> String {
+    "Hi {name}, this is {persona} following up on our chat. Is now a good time to talk?".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Handoff {
+    #[default]
+    Agent,
+    Call,
+}
+
+/// Points when a slot (or the intent) matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRule {
+    /// A slot name, or `intent`.
+    pub slot: String,
+    /// Any of these words or phrases in the value (empty: any value).
+    #[serde(default)]
+    pub contains: Vec<String>,
+    pub points: u32,
+}
+
+impl ScoringSpec {
+    /// The score of what is known.
+    pub fn score(&self, intent: Option<&str>, slots: &BTreeMap<String, String>) -> u32 {
+        self.rules
+            .iter()
+            .filter(|r| {
+                let value = if r.slot == "intent" {
+                    intent.map(str::to_owned)
+                } else {
+                    slots.get(&r.slot).filter(|v| !v.is_empty()).cloned()
+                };
+                value.is_some_and(|v| {
+                    let v = crate::consent::keywords::normalize(&v);
+                    r.contains.is_empty()
+                        || r.contains.iter().any(|c| {
+                            let c = crate::consent::keywords::normalize(c);
+                            !c.is_empty() && v.windows(c.len()).any(|w| w == c.as_slice())
+                        })
+                })
+            })
+            .map(|r| r.points)
+            .sum()
+    }
 }
 
 /// An OpenAI-compatible chat-completions endpoint. It phrases each reply
@@ -323,6 +388,10 @@ pub struct Turn {
     pub escalate: Option<String>,
     /// Reminders to schedule: (when, text).
     pub reminders: Vec<(Timestamp, String)>,
+    /// The lead score, when the flow scores and it changed.
+    pub score: Option<u32>,
+    /// Call the customer now, saying this (a qualified lead, `handoff = "call"`).
+    pub call: Option<String>,
 }
 
 fn fill(
@@ -337,8 +406,15 @@ fn fill(
         .clone()
         .or_else(|| extra.get("name").cloned())
         .or_else(|| captured.slots.get("name").cloned())
-        .unwrap_or_default();
-    out = out.replace("{name}", &name);
+        .filter(|n| !n.is_empty());
+    // "Hi {name}," without a name reads "Hi there,"; "Thanks {name}!" reads "Thanks!".
+    out = match name {
+        Some(n) => out.replace("{name}", &n),
+        None => out
+            .replace("Hi {name}", "Hi there")
+            .replace(" {name}", "")
+            .replace("{name}", ""),
+    };
     for (k, v) in captured.slots.iter().chain(extra.iter()) {
         out = out.replace(&format!("{{{k}}}"), v);
     }
@@ -403,8 +479,49 @@ impl Flow {
     }
 
     /// One customer message, given what the conversation knows.
-    #[allow(clippy::too_many_arguments)]
     pub fn turn(
+        &self,
+        text: &str,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+    ) -> Turn {
+        let mut t = self.understand(text, captured, now, tz, cal);
+        let Some(scoring) = &self.spec.scoring else {
+            return t;
+        };
+        let mut slots = captured.slots.clone();
+        for (k, v) in &t.slots {
+            slots.insert(k.clone(), v.clone());
+        }
+        let intent = t.intent.as_deref().or(captured.intent.as_deref());
+        let score = scoring.score(intent, &slots);
+        let before = captured.score.map(|s| s as u32);
+        if before != Some(score) {
+            t.score = Some(score);
+        }
+        let handed = captured.slots.get("handoff").is_some_and(|h| !h.is_empty());
+        if score >= scoring.threshold && !handed && t.escalate.is_none() {
+            t.slots.insert("handoff".into(), "qualified".into());
+            match scoring.handoff {
+                Handoff::Agent => t.escalate = Some(format!("qualified lead (score {score})")),
+                Handoff::Call => {
+                    let mut merged = captured.clone();
+                    merged.slots = slots;
+                    t.call = Some(fill(
+                        &scoring.call_greeting,
+                        &merged,
+                        &BTreeMap::new(),
+                        self.persona(),
+                    ));
+                }
+            }
+        }
+        t
+    }
+
+    fn understand(
         &self,
         text: &str,
         captured: &Captured,
