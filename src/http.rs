@@ -314,6 +314,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             let id = decode_segment(id)?;
             crate::agents::rest(app, req, Some(&id)).await
         }
+        (Method::GET, ["api", "v1", "tenants", tenant, "metrics"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, &decode_segment(tenant)?)?;
+            Ok(json_response(StatusCode::OK, &outcomes_json(app, &tenant)))
+        }
         (Method::GET, ["api", "v1", "tenants", tenant, "queue"]) => {
             admin(app, &req)?;
             crate::agents::queue(app, &decode_segment(tenant)?).await
@@ -1271,6 +1276,30 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
         StatusCode::OK,
         &json!({ "dead_letters": items }),
     ))
+}
+
+/// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`).
+fn outcomes_json(app: &App, tenant: &str) -> Value {
+    let o = &app.shared.metrics.outcomes;
+    let n = |c| o.get(c, tenant);
+    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+    let (first_ms, answered) = o.mean_wait("first_response", tenant);
+    let (wait_ms, taken) = o.mean_wait("escalation_wait", tenant);
+    json!({
+        "tenant": tenant,
+        "first_response": {"mean_ms": first_ms, "conversations": answered},
+        "missed_calls": n(&o.missed_calls),
+        "missed_calls_recovered": n(&o.missed_calls_recovered),
+        "bookings": {
+            "offered": n(&o.bookings_offered),
+            "confirmed": n(&o.bookings_confirmed),
+            "rescheduled": n(&o.bookings_rescheduled),
+            "completion_rate": ratio(n(&o.bookings_confirmed), n(&o.bookings_offered)),
+        },
+        "leads_qualified": n(&o.leads_qualified),
+        "escalations": {"total": n(&o.escalations), "taken": taken, "mean_wait_ms": wait_ms},
+        "since": "node start",
+    })
 }
 
 /// One message as the REST API and the agent desktop show it.

@@ -181,6 +181,31 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
     assert_eq!(c["channels"], json!(["sms"]));
     let customer = texts_where(&c, "author", "customer");
     assert_eq!(customer.len(), 5, "one thread: {customer:?}");
+
+    // The tenant's outcomes, over REST and Prometheus.
+    let (s, m) = node.get_admin("/api/v1/tenants/smile/metrics").await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["bookings"]["confirmed"], 2, "{m}");
+    assert_eq!(m["bookings"]["rescheduled"], 1, "{m}");
+    assert_eq!(m["bookings"]["offered"], 3, "{m}");
+    assert_eq!(m["first_response"]["conversations"], 2, "{m}");
+    assert_eq!(
+        m["first_response"]["mean_ms"], 0.0,
+        "answers come in the same instant of simulated time"
+    );
+    let prom = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        prom.contains("threadline_bookings_confirmed_total{tenant=\"smile\"} 2"),
+        "{prom}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,6 +319,15 @@ async fn texts_calls_whatsapp_and_web_chat_are_one_conversation() {
 
     let c = conversation(node, "acme", CUSTOMER).await;
     assert_eq!(c["channels"], json!(["sms", "voice", "whatsapp"]), "{c}");
+    let (_, m) = node.get_admin("/api/v1/tenants/acme/metrics").await;
+    assert_eq!(
+        (
+            m["missed_calls"].as_u64(),
+            m["missed_calls_recovered"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{m}"
+    );
     assert_eq!(c["captured"]["name"], "Dana", "the WhatsApp profile name");
     let order: Vec<(String, String)> = c["messages"]
         .as_array()

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub offers: Counter,
     /// Open agent desktop sessions.
     pub agent_sessions: Gauge,
+    /// What the conversations achieve, per tenant.
+    pub outcomes: Outcomes,
     /// Work in flight per channel gateway.
     pub gateway_in_flight: prometheus_client::metrics::family::Family<GatewayLabel, Gauge>,
     pub commit_batch_size: Histogram,
@@ -60,6 +62,7 @@ impl Metrics {
             gateway_busy: Counter::default(),
             offers: Counter::default(),
             agent_sessions: Gauge::default(),
+            outcomes: Outcomes::default(),
             gateway_in_flight: Default::default(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
@@ -129,6 +132,7 @@ impl Metrics {
             "Conversations offered to human agents",
             m.offers.clone(),
         );
+        m.outcomes.register(&mut registry);
         registry.register(
             "agent_sessions",
             "Open agent desktop sessions",
@@ -243,4 +247,139 @@ pub fn resident_memory_bytes() -> i64 {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct GatewayLabel {
     pub gateway: String,
+}
+
+/// The label of per-tenant series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+type PerTenant = prometheus_client::metrics::family::Family<TenantLabel, Counter>;
+type PerTenantSeconds = prometheus_client::metrics::family::Family<TenantLabel, Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
+}
+
+/// Counts that prove value, per tenant (Prometheus and
+/// `GET /api/v1/tenants/{t}/metrics`).
+pub struct Outcomes {
+    pub missed_calls: PerTenant,
+    pub missed_calls_recovered: PerTenant,
+    pub bookings_offered: PerTenant,
+    pub bookings_confirmed: PerTenant,
+    pub bookings_rescheduled: PerTenant,
+    pub leads_qualified: PerTenant,
+    pub escalations: PerTenant,
+    pub first_response_seconds: PerTenantSeconds,
+    pub escalation_wait_seconds: PerTenantSeconds,
+    /// For the REST view: (sum ms, count) of the two waits.
+    pub waits: dashmap::DashMap<(String, &'static str), (u64, u64)>,
+}
+
+impl Default for Outcomes {
+    fn default() -> Self {
+        Outcomes {
+            missed_calls: Default::default(),
+            missed_calls_recovered: Default::default(),
+            bookings_offered: Default::default(),
+            bookings_confirmed: Default::default(),
+            bookings_rescheduled: Default::default(),
+            leads_qualified: Default::default(),
+            escalations: Default::default(),
+            first_response_seconds: PerTenantSeconds::new_with_constructor(seconds_histogram),
+            escalation_wait_seconds: PerTenantSeconds::new_with_constructor(seconds_histogram),
+            waits: Default::default(),
+        }
+    }
+}
+
+impl Outcomes {
+    fn register(&self, r: &mut Registry) {
+        for (name, help, c) in [
+            ("missed_calls", "Calls nobody answered", &self.missed_calls),
+            (
+                "missed_calls_recovered",
+                "Missed calls the customer followed up by message",
+                &self.missed_calls_recovered,
+            ),
+            (
+                "bookings_offered",
+                "Booking slots held and offered to a customer",
+                &self.bookings_offered,
+            ),
+            (
+                "bookings_confirmed",
+                "Bookings the customer confirmed",
+                &self.bookings_confirmed,
+            ),
+            (
+                "bookings_rescheduled",
+                "Bookings the customer moved themselves",
+                &self.bookings_rescheduled,
+            ),
+            (
+                "leads_qualified",
+                "Leads at or above the flow's score threshold",
+                &self.leads_qualified,
+            ),
+            (
+                "escalations",
+                "Conversations handed to a person",
+                &self.escalations,
+            ),
+        ] {
+            r.register(name, help, c.clone());
+        }
+        r.register(
+            "first_response_seconds",
+            "From a conversation's first customer message to its first answer",
+            self.first_response_seconds.clone(),
+        );
+        r.register(
+            "escalation_wait_seconds",
+            "From an escalation to an agent taking the conversation",
+            self.escalation_wait_seconds.clone(),
+        );
+    }
+
+    pub fn count(&self, c: &PerTenant, tenant: &str) {
+        c.get_or_create(&TenantLabel {
+            tenant: tenant.to_owned(),
+        })
+        .inc();
+    }
+
+    pub fn get(&self, c: &PerTenant, tenant: &str) -> u64 {
+        c.get_or_create(&TenantLabel {
+            tenant: tenant.to_owned(),
+        })
+        .get()
+    }
+
+    /// Records a wait (`first_response` or `escalation_wait`).
+    pub fn wait(&self, which: &'static str, tenant: &str, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let h = if which == "first_response" {
+            &self.first_response_seconds
+        } else {
+            &self.escalation_wait_seconds
+        };
+        h.get_or_create(&TenantLabel {
+            tenant: tenant.to_owned(),
+        })
+        .observe(ms as f64 / 1000.0);
+        let mut e = self.waits.entry((tenant.to_owned(), which)).or_default();
+        e.0 += ms;
+        e.1 += 1;
+    }
+
+    /// Mean wait in ms and how many, for the REST view.
+    pub fn mean_wait(&self, which: &'static str, tenant: &str) -> (Option<f64>, u64) {
+        match self.waits.get(&(tenant.to_owned(), which)) {
+            Some(e) if e.1 > 0 => (Some(e.0 as f64 / e.1 as f64), e.1),
+            _ => (None, 0),
+        }
+    }
 }

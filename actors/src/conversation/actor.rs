@@ -573,6 +573,7 @@ impl ConvState {
                 }
             }
         }
+        record_outcomes(&self.args.shared.metrics.outcomes, &conv.state, &events);
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
@@ -1031,4 +1032,65 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic".into())
+}
+
+/// Counts what the events achieved (per-tenant outcome metrics). `state`
+/// already includes them.
+fn record_outcomes(
+    o: &crate::metrics::Outcomes,
+    state: &ConversationState,
+    events: &[(u32, ConvEvent)],
+) {
+    use threadline_protocol::{Author, Direction};
+    let tenant = state.tenant.as_str();
+    for (_, e) in events {
+        match e {
+            ConvEvent::MessageAppended(m) => {
+                let earlier = || state.messages.iter().take_while(|x| x.seq < m.seq);
+                if m.author == Author::System && m.text == "[missed call]" {
+                    o.count(&o.missed_calls, tenant);
+                }
+                if m.direction == Direction::Inbound
+                    && m.author == Author::Customer
+                    && m.channel != Channel::Voice
+                    && earlier()
+                        .filter(|x| x.direction == Direction::Inbound)
+                        .last()
+                        .is_some_and(|x| x.author == Author::System && x.text == "[missed call]")
+                {
+                    o.count(&o.missed_calls_recovered, tenant);
+                }
+                let answers = matches!(m.author, Author::Bot | Author::Agent(_));
+                if m.direction == Direction::Outbound && answers {
+                    let first_in = earlier().find(|x| x.author == Author::Customer);
+                    let answered_before = earlier().any(|x| {
+                        x.direction == Direction::Outbound
+                            && matches!(x.author, Author::Bot | Author::Agent(_))
+                    });
+                    if let (Some(first), false) = (first_in, answered_before) {
+                        o.wait(
+                            "first_response",
+                            tenant,
+                            m.recorded_at.0 - first.recorded_at.0,
+                        );
+                    }
+                }
+            }
+            ConvEvent::Understood { slots, .. } => {
+                if slots.get("held").is_some_and(|h| !h.is_empty()) {
+                    o.count(&o.bookings_offered, tenant);
+                }
+                match slots.get("booking_status").map(String::as_str) {
+                    Some("confirmed") => o.count(&o.bookings_confirmed, tenant),
+                    Some("rescheduling") => o.count(&o.bookings_rescheduled, tenant),
+                    _ => {}
+                }
+                if slots.get("handoff").map(String::as_str) == Some("qualified") {
+                    o.count(&o.leads_qualified, tenant);
+                }
+            }
+            ConvEvent::Escalated { .. } => o.count(&o.escalations, tenant),
+            _ => {}
+        }
+    }
 }

@@ -108,3 +108,90 @@ impl engine::Calendar for SharedCalendar<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::engine::Calendar;
+    use super::*;
+
+    #[test]
+    fn concurrent_holds_on_one_slot_give_it_to_exactly_one_customer() {
+        let map = Arc::new(DashMap::new());
+        let start = Timestamp(1_772_650_800_000);
+        let now = Timestamp(1_772_550_000_000);
+        for round in 0..50 {
+            let slot = Timestamp(start.0 + round * 3_600_000);
+            let barrier = Arc::new(Barrier::new(8));
+            let winners: Vec<bool> = (0..8u64)
+                .map(|conv| {
+                    let (map, barrier) = (map.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let mut writes = Vec::new();
+                        let mut cal = SharedCalendar {
+                            map: &map,
+                            tenant: "smile",
+                            conv,
+                            now,
+                            writes: &mut writes,
+                        };
+                        barrier.wait();
+                        let got = cal.hold(slot, Timestamp(now.0 + 900_000));
+                        // Whoever holds it writes it durably; nobody else does.
+                        assert_eq!(got, !writes.is_empty());
+                        got
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            assert_eq!(winners.iter().filter(|w| **w).count(), 1, "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_lapsed_hold_can_be_taken_and_a_booking_cannot() {
+        let map = DashMap::new();
+        let slot = Timestamp(1_772_650_800_000);
+        let mut writes = Vec::new();
+        let mut first = SharedCalendar {
+            map: &map,
+            tenant: "smile",
+            conv: 1,
+            now: Timestamp(0),
+            writes: &mut writes,
+        };
+        assert!(first.hold(slot, Timestamp(1_000)));
+        let mut w2 = Vec::new();
+        let mut second = SharedCalendar {
+            map: &map,
+            tenant: "smile",
+            conv: 2,
+            now: Timestamp(500),
+            writes: &mut w2,
+        };
+        assert!(!second.hold(slot, Timestamp(2_000)), "still held");
+        second.now = Timestamp(1_000);
+        assert!(second.hold(slot, Timestamp(2_000)), "the first hold lapsed");
+        assert!(second.book(slot));
+        let mut w3 = Vec::new();
+        let mut third = SharedCalendar {
+            map: &map,
+            tenant: "smile",
+            conv: 3,
+            now: Timestamp(1_000_000),
+            writes: &mut w3,
+        };
+        assert!(
+            !third.hold(slot, Timestamp(2_000_000)),
+            "a booking never lapses"
+        );
+        third.release(slot);
+        assert!(
+            map.contains_key(&slot_key("smile", slot)),
+            "only its holder releases it"
+        );
+    }
+}

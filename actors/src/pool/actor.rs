@@ -249,6 +249,16 @@ impl PoolState {
                 ),
                 Effect::Assigned { agent, conv } => {
                     self.watched().0.insert(conv, ());
+                    if let (Some(since), Some(tenant)) =
+                        (self.pool.waited_since(conv), self.tenants.get(&conv))
+                    {
+                        let waited = self.now().0 - since.0;
+                        self.args
+                            .shared
+                            .metrics
+                            .outcomes
+                            .wait("escalation_wait", tenant, waited);
+                    }
                     let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
                     let _ = self.assignments.send(Write::Assign(
                         ConversationId(conv),

@@ -239,6 +239,11 @@ impl Pool {
         self.assigned.get(&conv).map(|(a, _)| a.as_str())
     }
 
+    /// Since when the conversation an agent now holds had waited.
+    pub fn waited_since(&self, conv: u64) -> Option<Timestamp> {
+        self.assigned.get(&conv).map(|(_, t)| t.since)
+    }
+
     pub fn is_queued(&self, conv: u64) -> bool {
         self.tasks.contains_key(&conv)
     }
