@@ -423,3 +423,124 @@ rules = [
         vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for by text."]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_call_to_booking_to_reminders_to_a_whatsapp_reschedule_is_one_thread() {
+    use common::fake_provider::{FakeWhatsapp, WA_PHONE_ID, WA_TOKEN};
+    use common::webhooks::PUBLIC_URL;
+    let fake = FakeTwilio::start().await;
+    let wa = FakeWhatsapp::start().await;
+    let flows = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows");
+    let cfg = format!(
+        r#"
+[server]
+admin_token = "test-admin-token"
+public_url = "{PUBLIC_URL}"
+
+[providers]
+retry_base_ms = 10
+
+[providers.twilio]
+account_sid = "{SID}"
+auth_token = "{TOKEN}"
+api_base = "{}"
+
+[providers.whatsapp]
+app_secret = "test_app_secret"
+verify_token = "verify-me"
+access_token = "{WA_TOKEN}"
+api_base = "{}"
+
+[[tenants]]
+id = "smile"
+name = "Bright Smile Dental"
+timezone = "America/New_York"
+sms_numbers = ["+15557654321"]
+whatsapp_phone_number_id = "{WA_PHONE_ID}"
+gateway_token = "gw-smile"
+missed_call_text = "Sorry we missed your call at Bright Smile! Reply here to book or ask anything."
+flow = "{flows}/dental.toml"
+"#,
+        fake.base, wa.base
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    // A call nobody can take (no owner phone): a missed call, and a text.
+    let call = [
+        ("CallSid", "CA1"),
+        ("AccountSid", SID),
+        ("From", JORDAN),
+        ("To", "+15557654321"),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+    ];
+    let (s, twiml) = node.twilio(TOKEN, "/webhooks/twilio/voice", &call).await;
+    assert_eq!(s, 200, "{twiml}");
+    texted(&fake, |b| {
+        b.starts_with("Sorry we missed your call at Bright Smile!")
+    })
+    .await;
+    // The customer answers the text and books.
+    say(&node, "smile", "sms", JORDAN, "Hi! I need a cleaning", "s1").await;
+    say(&node, "smile", "sms", JORDAN, "Thursday at 3", "s2").await;
+    say(&node, "smile", "sms", JORDAN, "C", "s3").await;
+    assert!(bot_said(&node, "smile", JORDAN)
+        .await
+        .starts_with("You're confirmed for Thu Mar 5 at 3:00 PM"));
+    // Reminders 24 h and 2 h before.
+    node.advance(29.0 * 3600.0).await;
+    node.advance(22.0 * 3600.0).await;
+    for _ in 0..500 {
+        if fake
+            .accepted_bodies()
+            .iter()
+            .filter(|b| b.starts_with("Reminder:"))
+            .count()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fake.accepted_bodies()
+            .iter()
+            .filter(|b| b.starts_with("Reminder:"))
+            .count(),
+        2
+    );
+    // Rescheduled over WhatsApp: the answer goes out on WhatsApp.
+    say(
+        &node,
+        "smile",
+        "whatsapp",
+        JORDAN,
+        "R - could we do Friday at 10am instead?",
+        "w1",
+    )
+    .await;
+    let mut answered = None;
+    for _ in 0..500 {
+        answered = wa
+            .sent
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, v)| v["text"]["body"].as_str().unwrap_or("").to_owned())
+            .find(|b| b.contains("Fri Mar 6 at 10:00 AM"));
+        if answered.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        answered.is_some(),
+        "the WhatsApp answer: {:?}",
+        wa.sent.lock().unwrap()
+    );
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert_eq!(
+        c["channels"],
+        json!(["voice", "sms", "whatsapp"]),
+        "one thread: {c}"
+    );
+}
