@@ -544,3 +544,70 @@ flow = "{flows}/dental.toml"
         "one thread: {c}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_customer_gets_a_text_then_a_call_and_nothing_after_they_answer() {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, I'm Dana. I'd like to book a cleaning",
+        "d1",
+    )
+    .await;
+    assert_eq!(
+        bot_said(&node, "smile", JORDAN).await,
+        "What day and time work best for you?"
+    );
+    node.advance(2.0 * 3600.0).await;
+    texted(&fake, |b| {
+        b == "Just checking in: What day and time work best for you?"
+    })
+    .await;
+    node.advance(24.0 * 3600.0).await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    let calls = texts_where(&c, "channel", "voice");
+    assert_eq!(
+        calls,
+        vec!["Hi Dana, this is Ava from Bright Smile Dental about booking your visit. Reply to our text whenever it suits you."],
+        "the second step is a call"
+    );
+    // The customer answers: that cadence stops; the new question (the
+    // offer, waiting for C or R) has its own first step, only one.
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "sorry! thursday at 11am please",
+        "d2",
+    )
+    .await;
+    let pending = |c: &Value| -> Vec<String> {
+        c["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["kind"] == "follow_up")
+            .map(|t| t["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    let p = pending(&c);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("Just checking in: Great! I can do Thu Mar 5 at 11:00 AM"),
+        "{p:?}"
+    );
+    say(&node, "smile", "sms", JORDAN, "C", "d3").await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert!(pending(&c).is_empty(), "answered: no follow-up left");
+    assert_eq!(
+        texts_where(&c, "channel", "voice").len(),
+        1,
+        "no step repeated"
+    );
+}

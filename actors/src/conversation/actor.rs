@@ -921,10 +921,15 @@ impl ConvState {
         let now = shared.clock.now();
         let tenant = shared.tenant(self.args.key.tenant());
         let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-        let fired = self
-            .conv
-            .as_mut()
-            .and_then(|c| c.fire_timer(id, now, &tenant, &mut next_id));
+        let flow = shared.flow(self.args.key.tenant());
+        let fired = self.conv.as_mut().and_then(|c| {
+            let mut events = c.fire_timer(id, now, &tenant, &mut next_id)?;
+            if let Some(flow) = &flow {
+                // A cadence step went out (or not): the next one, or the end.
+                events.extend(c.cadence_next(flow, id, now, &mut next_id));
+            }
+            Some(events)
+        });
         match fired {
             Some(events) => {
                 self.commit(myself, events, None, move |r| {

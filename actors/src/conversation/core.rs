@@ -1174,6 +1174,8 @@ impl Conversation {
             .get("timezone")
             .and_then(|z| z.parse().ok())
             .unwrap_or(tenant.zone);
+        // The customer answered: any follow-up waiting for them is off.
+        events.extend(self.stop_cadence());
         let turn = flow.turn(&msg.text, &self.state.captured, now, zone, cal);
         if let Some(name) = turn
             .slots
@@ -1194,6 +1196,23 @@ impl Conversation {
             );
         }
         let mut draft = None;
+        let waits = self
+            .state
+            .captured
+            .slots
+            .get("asking")
+            .is_some_and(|a| !a.is_empty())
+            || self
+                .state
+                .captured
+                .slots
+                .get("held")
+                .is_some_and(|h| !h.is_empty());
+        if let (true, Some(question)) = (waits, turn.reply.clone()) {
+            if let Some(f) = flow.follow_up(0, now, &self.state.captured, &question) {
+                events.extend(self.schedule_follow_up(f, &question, next_id));
+            }
+        }
         if let Some(text) = turn.reply {
             if phrase_elsewhere {
                 // An external responder phrases it after the commit.
@@ -1237,6 +1256,129 @@ impl Conversation {
             events.extend(more);
         }
         (events, draft)
+    }
+
+    /// Schedules cadence step `f` as this conversation's one follow-up.
+    fn schedule_follow_up(
+        &mut self,
+        f: crate::flows::engine::FollowUp,
+        question: &str,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let id = next_id();
+        // A channel the customer cannot be reached on (a web visitor has no
+        // phone) falls back to the one they last used.
+        let channel = if self.state.identities.address_for(f.channel).is_some() {
+            f.channel
+        } else {
+            self.channel_or_last_inbound(None)
+        };
+        let mut events = self.schedule_timer(
+            id,
+            TimerSpec {
+                due: f.due,
+                kind: TimerKind::FollowUp,
+                text: Some(f.text),
+                channel: Some(channel),
+            },
+        );
+        self.push(
+            &mut events,
+            ConvEvent::Understood {
+                intent: None,
+                slots: [
+                    ("cadence_timer".to_owned(), id.to_string()),
+                    ("cadence_step".to_owned(), f.step.to_string()),
+                    (
+                        "cadence_question".to_owned(),
+                        question.chars().take(300).collect(),
+                    ),
+                ]
+                .into(),
+                score: None,
+            },
+        );
+        events
+    }
+
+    /// Cancels the pending follow-up, if any (the customer answered).
+    pub fn stop_cadence(&mut self) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        let Some(id) = self
+            .state
+            .captured
+            .slots
+            .get("cadence_timer")
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return events;
+        };
+        if let Some(more) = self.cancel_timer(id) {
+            events.extend(more);
+        }
+        self.push(
+            &mut events,
+            ConvEvent::Understood {
+                intent: None,
+                slots: [
+                    ("cadence_timer".to_owned(), String::new()),
+                    ("cadence_step".to_owned(), String::new()),
+                ]
+                .into(),
+                score: None,
+            },
+        );
+        events
+    }
+
+    /// After follow-up timer `id` fired: the next step, if the last one
+    /// went out (a blocked one, an opt-out say, ends the cadence).
+    pub fn cadence_next(
+        &mut self,
+        flow: &crate::flows::engine::Flow,
+        id: u64,
+        now: Timestamp,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let slots = &self.state.captured.slots;
+        if slots
+            .get("cadence_timer")
+            .and_then(|t| t.parse::<u64>().ok())
+            != Some(id)
+        {
+            return Vec::new();
+        }
+        let step: usize = slots
+            .get("cadence_step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let question = slots.get("cadence_question").cloned().unwrap_or_default();
+        let went_out =
+            self.state.messages.last().is_some_and(|m| {
+                m.direction == Direction::Outbound && m.delivery != Delivery::Blocked
+            });
+        let next = flow
+            .follow_up(step + 1, now, &self.state.captured, &question)
+            .filter(|_| went_out);
+        match next {
+            Some(f) => self.schedule_follow_up(f, &question, next_id),
+            None => {
+                let mut events = Vec::new();
+                self.push(
+                    &mut events,
+                    ConvEvent::Understood {
+                        intent: None,
+                        slots: [
+                            ("cadence_timer".to_owned(), String::new()),
+                            ("cadence_step".to_owned(), String::new()),
+                        ]
+                        .into(),
+                        score: None,
+                    },
+                );
+                events
+            }
+        }
     }
 
     /// What an external responder gets to phrase a reply: the persona,

@@ -36,6 +36,36 @@ pub struct FlowSpec {
     /// Lead scoring: points from what was captured; at the threshold the
     /// lead is handed off.
     pub scoring: Option<ScoringSpec>,
+    /// Follow-ups when the customer goes quiet while the bot waits for an
+    /// answer: one step at a time, each on its own channel.
+    pub cadence: Option<CadenceSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CadenceSpec {
+    pub steps: Vec<CadenceStep>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CadenceStep {
+    /// Quiet time before this step: "2h", "1d".
+    pub after: String,
+    /// sms, voice (a call that says `text`), whatsapp, webchat.
+    pub channel: String,
+    /// What it says (`{name}`, `{persona}`, slots, `{question}`: the bot's
+    /// last question).
+    pub text: String,
+}
+
+/// A follow-up the cadence schedules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub step: usize,
+    pub due: Timestamp,
+    pub channel: threadline_protocol::Channel,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +314,22 @@ impl Flow {
                 ));
             }
         }
+        if let Some(c) = &spec.cadence {
+            for (i, st) in c.steps.iter().enumerate() {
+                if duration_ms(&st.after).is_none() {
+                    return Err(format!(
+                        "cadence.steps[{i}].after: {:?} is not like 2h or 1d",
+                        st.after
+                    ));
+                }
+                if threadline_protocol::Channel::parse(&st.channel).is_none() {
+                    return Err(format!(
+                        "cadence.steps[{i}].channel: {:?} is not sms, voice, whatsapp or webchat",
+                        st.channel
+                    ));
+                }
+            }
+        }
         if let Some(r) = &spec.responder {
             if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
                 return Err("responder.url must be an http:// or https:// URL".into());
@@ -363,6 +409,26 @@ impl Flow {
 
     pub fn persona(&self) -> &str {
         &self.spec.persona.name
+    }
+
+    /// Cadence step `step` after quiet from `now`, given what is known and
+    /// the bot's last question.
+    pub fn follow_up(
+        &self,
+        step: usize,
+        now: Timestamp,
+        captured: &Captured,
+        question: &str,
+    ) -> Option<FollowUp> {
+        let st = self.spec.cadence.as_ref()?.steps.get(step)?;
+        let mut extra = BTreeMap::new();
+        extra.insert("question".to_owned(), question.to_owned());
+        Some(FollowUp {
+            step,
+            due: now.saturating_add_millis(duration_ms(&st.after)?),
+            channel: threadline_protocol::Channel::parse(&st.channel)?,
+            text: fill(&st.text, captured, &extra, self.persona()),
+        })
     }
 }
 
