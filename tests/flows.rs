@@ -611,3 +611,60 @@ async fn a_quiet_customer_gets_a_text_then_a_call_and_nothing_after_they_answer(
         "no step repeated"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_follow_up_call_gets_a_text_that_refers_to_it() {
+    use common::webhooks::PUBLIC_URL;
+    let fake = FakeTwilio::start().await;
+    let cfg = config(&fake.base).replace(
+        "admin_token = \"test-admin-token\"",
+        &format!("admin_token = \"test-admin-token\"\npublic_url = \"{PUBLIC_URL}\""),
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, I'm Dana. I'd like to book a cleaning",
+        "u1",
+    )
+    .await;
+    node.advance(2.0 * 3600.0).await;
+    node.advance(24.0 * 3600.0).await;
+    // The second step is a real call through the Calls API.
+    let mut call = None;
+    for _ in 0..500 {
+        call = fake
+            .state
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .find(|(_, f)| f["_resource"] == "Calls")
+            .map(|(_, f)| f.clone());
+        if call.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let call = call.expect("a call was placed");
+    let status = call["StatusCallback"]
+        .strip_prefix(PUBLIC_URL)
+        .unwrap()
+        .to_owned();
+    let params = [
+        ("CallSid", "CA9"),
+        ("AccountSid", SID),
+        ("From", "+15557654321"),
+        ("To", JORDAN),
+        ("CallStatus", "no-answer"),
+        ("Direction", "outbound-api"),
+    ];
+    let (s, _) = node.twilio(TOKEN, &status, &params).await;
+    assert_eq!(s, 200);
+    texted(&fake, |b| {
+        b == "Hi Dana, we just tried to call you about booking your visit. Reply here whenever suits you."
+    })
+    .await;
+}

@@ -396,7 +396,21 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
                 let _ = reply.send(Ok(false));
                 return;
             };
-            let events = conv.set_delivery(seq, report, now);
+            let mut events = conv.set_delivery(seq, report, now);
+            // A call the business placed that nobody answered: a text that
+            // refers to it (the flow's `unanswered_call`).
+            let shared = st.args.shared.clone();
+            if let Some(flow) = shared.flow(st.args.key.tenant()) {
+                let tenant = shared.tenant(st.args.key.tenant());
+                let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
+                events.extend(conv.after_unanswered_call(
+                    &flow,
+                    &events,
+                    now,
+                    &tenant,
+                    &mut next_id,
+                ));
+            }
             st.commit(&myself, events, None, move |r| {
                 let _ = reply.send(r.map(|()| true));
             })

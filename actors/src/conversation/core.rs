@@ -1258,6 +1258,46 @@ impl Conversation {
         (events, draft)
     }
 
+    /// After delivery `reports`: if one says a call the business placed
+    /// was not answered, the flow's text about it, over SMS, through the
+    /// gate.
+    pub fn after_unanswered_call(
+        &mut self,
+        flow: &crate::flows::engine::Flow,
+        reports: &[(u32, ConvEvent)],
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let unanswered = reports.iter().any(|(_, e)| match e {
+            ConvEvent::DeliveryUpdated {
+                seq,
+                delivery: Delivery::Failed,
+                ..
+            } => self
+                .state
+                .messages
+                .binary_search_by_key(seq, |m| m.seq)
+                .ok()
+                .map(|i| &self.state.messages[i])
+                .is_some_and(|m| m.channel == Channel::Voice && m.author != Author::Customer),
+            _ => false,
+        });
+        let Some(text) = unanswered
+            .then(|| flow.unanswered_call_text(&self.state.captured))
+            .flatten()
+        else {
+            return Vec::new();
+        };
+        let spec = OutboundSpec {
+            text,
+            channel: Some(Channel::Sms),
+            purpose: Purpose::Conversational,
+            agent: None,
+        };
+        self.send_message(spec, now, tenant, next_id).1
+    }
+
     /// Schedules cadence step `f` as this conversation's one follow-up.
     fn schedule_follow_up(
         &mut self,

@@ -45,6 +45,9 @@ pub struct FlowSpec {
 #[serde(deny_unknown_fields)]
 pub struct CadenceSpec {
     pub steps: Vec<CadenceStep>,
+    /// Texted when a call the business placed goes unanswered (`{name}`,
+    /// `{persona}`, slots).
+    pub unanswered_call: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -409,6 +412,12 @@ impl Flow {
 
     pub fn persona(&self) -> &str {
         &self.spec.persona.name
+    }
+
+    /// The text after an unanswered outbound call, if the flow has one.
+    pub fn unanswered_call_text(&self, captured: &Captured) -> Option<String> {
+        let t = self.spec.cadence.as_ref()?.unanswered_call.as_ref()?;
+        Some(fill(t, captured, &BTreeMap::new(), self.persona()))
     }
 
     /// Cadence step `step` after quiet from `now`, given what is known and
