@@ -1165,9 +1165,8 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         at,
         media: b.media,
     };
-    let router = app.router.clone();
-    let delivered = via(app, "api", async move {
-        router.deliver_with(&tenant, &from, msg, meta).await
+    let delivered = via(app, "api", async {
+        app.router.deliver_with(&tenant, &from, msg, meta).await
     })
     .await?;
     match delivered {

@@ -317,13 +317,7 @@ async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<St
         at: None,
         media: vec![],
     };
-    let (router, t, v) = (app.router.clone(), tenant.to_owned(), visitor.to_owned());
-    let delivered = via(
-        app,
-        "webchat",
-        async move { router.deliver(&t, &v, msg).await },
-    )
-    .await;
+    let delivered = via(app, "webchat", app.router.deliver(tenant, visitor, msg)).await;
     let mut out = match delivered {
         Ok(Delivered::Recorded(ack)) => vec![json!({
             "type": "ack",
@@ -348,13 +342,7 @@ async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<St
 }
 
 async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {
-    let (router, t, v, p) = (
-        app.router.clone(),
-        tenant.to_owned(),
-        visitor.to_owned(),
-        phone.to_owned(),
-    );
-    match via(app, "webchat", async move { router.link(&t, &v, &p).await }).await {
+    match via(app, "webchat", app.router.link(tenant, visitor, phone)).await {
         Ok(conv) => json!({"type": "linked", "phone": phone, "conversation_id": conv.to_string()})
             .to_string(),
         Err(e) => error_frame("unavailable", e.message()),

@@ -185,9 +185,8 @@ pub async fn twilio_sms(app: &App, req: Request<Incoming>) -> Result<Resp, ApiEr
         from_state,
         ..Default::default()
     };
-    let router = app.router.clone();
-    via(app, "twilio", async move {
-        router.deliver_with(&tenant, &from, msg, meta).await
+    via(app, "twilio", async {
+        app.router.deliver_with(&tenant, &from, msg, meta).await
     })
     .await?;
     Ok(twiml(Twiml::new()))
@@ -250,9 +249,8 @@ async fn record_status(
 ) -> Result<(), ApiError> {
     let found = match target {
         Some((conv, seq)) => {
-            let router = app.router.clone();
-            via(app, "twilio", async move {
-                router.provider_status(conv, seq, report).await
+            via(app, "twilio", async {
+                app.router.provider_status(conv, seq, report).await
             })
             .await?
         }
@@ -262,9 +260,8 @@ async fn record_status(
         ) {
             (Some(from), Some(to)) => match tenant_by_number(app, from) {
                 Ok(tenant) => {
-                    let router = app.router.clone();
-                    via(app, "twilio", async move {
-                        router
+                    via(app, "twilio", async {
+                        app.router
                             .provider_status_for_contact(&tenant, &to, report)
                             .await
                     })
@@ -345,9 +342,8 @@ async fn call(
     from: String,
     event: CallEvent,
 ) -> Result<(ConversationId, VoiceAction), ApiError> {
-    let router = app.router.clone();
-    via(app, "twilio", async move {
-        router.call(&tenant, &from, event).await
+    via(app, "twilio", async {
+        app.router.call(&tenant, &from, event).await
     })
     .await
 }
@@ -612,9 +608,10 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
             profile_name: m.profile_name.filter(|n| n.len() <= 256),
             ..Default::default()
         };
-        let (router, tenant) = (app.router.clone(), tenant.id.clone());
-        via(app, "whatsapp", async move {
-            router.deliver_with(&tenant, &contact, msg, meta).await
+        via(app, "whatsapp", async {
+            app.router
+                .deliver_with(&tenant.id, &contact, msg, meta)
+                .await
         })
         .await?;
     }
@@ -639,9 +636,8 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
             .and_then(|(c, m)| message_ref(Some(c), Some(m)));
         let found = match target {
             Some((conv, seq)) => {
-                let router = app.router.clone();
-                via(app, "whatsapp", async move {
-                    router.provider_status(conv, seq, report).await
+                via(app, "whatsapp", async {
+                    app.router.provider_status(conv, seq, report).await
                 })
                 .await?
             }
@@ -651,10 +647,9 @@ pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, 
                 });
                 match (tenant, st.recipient.as_deref().and_then(phone::from_wa_id)) {
                     (Some(t), Some(to)) => {
-                        let (router, tenant) = (app.router.clone(), t.id.clone());
-                        via(app, "whatsapp", async move {
-                            router
-                                .provider_status_for_contact(&tenant, &to, report)
+                        via(app, "whatsapp", async {
+                            app.router
+                                .provider_status_for_contact(&t.id, &to, report)
                                 .await
                         })
                         .await?
