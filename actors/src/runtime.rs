@@ -147,6 +147,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The running gateway `name` (`crate::gateway::GATEWAYS`), if any.
+    pub fn gateway(&self, name: &str) -> Option<crate::gateway::GatewayHandle> {
+        self.gateways.read().get(name).cloned()
+    }
+
     /// True while storage commits succeed and the actor tree is up.
     pub fn ready(&self) -> bool {
         self.persistence.healthy() && self.supervisor.read().is_some()
@@ -403,20 +408,23 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         // Timers, senders and conversations first (they still write), then
         // the writer. Unsent outbox entries are sent after the next start.
-        for (_, g) in st.shared.gateways.write().drain() {
-            g.actor.stop(Some("shutdown".into()));
-        }
-        if let Some(p) = st.shared.pool.write().take() {
-            p.stop(Some("shutdown".into()));
-        }
-        if let Some(s) = st.shared.sender.write().take() {
-            s.stop(Some("shutdown".into()));
-        }
-        if let Some(s) = st.shared.scheduler.write().take() {
-            s.stop(Some("shutdown".into()));
-        }
-        if let Some(sup) = st.shared.supervisor.write().take() {
-            sup.stop(Some("shutdown".into()));
+        // Each is waited for, so that nothing holds storage open once
+        // `shutdown` returns.
+        let mut children: Vec<ractor::ActorCell> = st
+            .shared
+            .gateways
+            .write()
+            .drain()
+            .map(|(_, g)| g.actor.get_cell())
+            .collect();
+        children.extend(st.shared.pool.write().take().map(|a| a.get_cell()));
+        children.extend(st.shared.sender.write().take().map(|a| a.get_cell()));
+        children.extend(st.shared.scheduler.write().take().map(|a| a.get_cell()));
+        children.extend(st.shared.supervisor.write().take().map(|a| a.get_cell()));
+        for c in children {
+            let _ = c
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+                .await;
         }
         let _ = st
             .persistence
@@ -490,7 +498,21 @@ impl Actor for RootSupervisor {
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                tracing::debug!(actor = %cell.get_id(), ?reason, "root child stopped");
+                // Shutdown unregisters gateways before stopping them, so a
+                // gateway still registered here was killed from outside.
+                let gateway = st
+                    .shared
+                    .gateways
+                    .read()
+                    .iter()
+                    .find(|(_, g)| g.actor.get_id() == cell.get_id())
+                    .map(|(n, _)| *n);
+                if let Some(name) = gateway {
+                    tracing::error!(?reason, gateway = name, "gateway stopped; restarting it");
+                    spawn_gateway(&myself, &st.shared, name).await?;
+                } else {
+                    tracing::debug!(actor = %cell.get_id(), ?reason, "root child stopped");
+                }
             }
             _ => {}
         }

@@ -113,7 +113,7 @@ impl Actor for Scheduler {
         if st.real_time {
             spawn_driver(
                 myself.clone(),
-                st.shared.clone(),
+                st.shared.clock.clone(),
                 st.next_due.clone(),
                 st.wake.clone(),
             );
@@ -264,14 +264,16 @@ impl SchedState {
 
 fn spawn_driver(
     me: ActorRef<SchedMsg>,
-    shared: Arc<Shared>,
+    // The clock alone: the driver may outlive the scheduler by a tick and
+    // must not hold the node's storage open.
+    clock: Arc<dyn crate::clock::Clock>,
     next_due: Arc<AtomicI64>,
     wake: Arc<Notify>,
 ) {
     tokio::spawn(async move {
         loop {
             let next = next_due.load(Ordering::SeqCst);
-            let now = shared.clock.now().0;
+            let now = clock.now().0;
             let wait = if next == i64::MAX {
                 1_000
             } else {

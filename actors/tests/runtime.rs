@@ -286,3 +286,85 @@ async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
     assert_eq!(run(&shared, "twilio", async { 3 }).await, Ok(3));
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
+    use threadline_actors::gateway::{run, GatewayError};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
+    let rt = Runtime::start(
+        RuntimeConfig::new(dir.path()),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let shared = rt.shared.clone();
+    let first = shared.gateway("twilio").expect("the twilio gateway runs");
+
+    // A webhook is admitted and is half way through when the gateway dies.
+    let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let accepted = {
+        let (s, router) = (shared.clone(), rt.router.clone());
+        tokio::spawn(async move {
+            run(&s, "twilio", async move {
+                admitted_tx.send(()).unwrap();
+                release_rx.await.unwrap();
+                router
+                    .deliver("acme", "+15550000001", sms("+15550000001", "accepted"))
+                    .await
+            })
+            .await
+        })
+    };
+    admitted_rx.await.unwrap();
+    first.actor.kill();
+
+    // The root restarts it: a new actor with fresh admission.
+    eventually("the gateway to be restarted", || {
+        shared
+            .gateway("twilio")
+            .is_some_and(|g| g.actor.get_id() != first.actor.get_id() && g.running())
+    })
+    .await;
+    assert!(!first.running());
+    let again = run(&shared, "twilio", async {
+        rt.router
+            .deliver("acme", "+15550000001", sms("+15550000001", "after"))
+            .await
+    })
+    .await;
+    assert!(matches!(again, Ok(Ok(Delivered::Recorded(_)))), "{again:?}");
+    // Other gateways were not touched.
+    assert_eq!(run(&shared, "whatsapp", async { 2 }).await, Ok(2));
+    assert_ne!(
+        run(&shared, "twilio", async { 1 }).await,
+        Err(GatewayError::Unavailable("twilio"))
+    );
+
+    // The work accepted before the failure finishes and is durable.
+    release_tx.send(()).unwrap();
+    let done = accepted.await.unwrap();
+    assert!(matches!(done, Ok(Ok(Delivered::Recorded(_)))), "{done:?}");
+    drop((shared, first));
+    rt.shutdown().await;
+
+    let rt = Runtime::start(
+        RuntimeConfig::new(dir.path()),
+        clock.clone(),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
+    let s = rt
+        .router
+        .view("acme", "+15550000001")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut texts: Vec<String> = s.messages.iter().map(|m| m.text.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, ["accepted", "after"]);
+    rt.shutdown().await;
+}

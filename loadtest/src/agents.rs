@@ -149,7 +149,7 @@ pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     }
     // Then every customer writes, once an agent holds their conversation.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (shared.accepted.load(Ordering::Relaxed) as u64) < total && Instant::now() < deadline {
+    while shared.accepted.load(Ordering::Relaxed) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Then the customers write, at `messages_per_sec`, round-robin.

@@ -2176,8 +2176,8 @@ mod tests {
             .state
             .timers
             .iter()
-            .filter(|x| x.kind == TimerKind::FollowUp)
-            .last()
+            .rev()
+            .find(|x| x.kind == TimerKind::FollowUp)
             .unwrap();
         assert_eq!(
             held.due,
