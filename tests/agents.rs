@@ -558,3 +558,60 @@ async fn a_transfer_hands_the_conversation_on_with_a_note() {
     let c = node.conversation_of("acme", JORDAN).await.unwrap();
     assert_eq!(c["assigned_agent"], "omar");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_open_at_a_crash_keeps_its_agent_and_its_deadline() {
+    let (_fake, mut node) = start().await;
+    let mut omar = desktop(&node, "agent-omar").await;
+    available(&mut omar).await;
+    text(&node, JORDAN, "I need a human", "d1").await;
+    let offer = next_of(&mut omar, "offer").await;
+    assert_eq!(offer["expires_in_ms"], 30_000);
+    // 10 s later the node is killed; it comes back at that moment.
+    node.advance(10.0).await;
+    drop(omar);
+    node.extra = vec!["--simulated-clock".into(), "2026-03-10T14:00:10Z".into()];
+    node.restart();
+
+    // The offer is still Omar's, with what is left of it.
+    let mut omar = desktop(&node, "agent-omar").await;
+    let again = next_of(&mut omar, "offer").await;
+    assert_eq!(again["offer_id"], offer["offer_id"]);
+    assert_eq!(again["conversation_id"], offer["conversation_id"]);
+    assert_eq!(again["expires_in_ms"], 20_000);
+    let mut sarah = desktop(&node, "agent-sarah").await;
+    available(&mut sarah).await;
+    let (_, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    assert_eq!(q["offered"], 1, "{q}");
+    // It expires at the original deadline (not 30 s after the restart)
+    // and moves on to Sarah.
+    node.advance(19.0).await;
+    let (_, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    assert_eq!(q["offered"], 1, "{q}");
+    node.advance(1.0).await;
+    let gone = next_of(&mut omar, "offer_rescinded").await;
+    assert_eq!(gone["offer_id"], offer["offer_id"]);
+    let moved = next_of(&mut sarah, "offer").await;
+    assert_eq!(moved["conversation_id"], offer["conversation_id"]);
+    assert_eq!(moved["expires_in_ms"], 30_000);
+    send(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": moved["offer_id"]}),
+    )
+    .await;
+    assert_eq!(
+        next_of(&mut sarah, "assigned").await["conversation_id"],
+        offer["conversation_id"]
+    );
+
+    // Nothing of the ended offers comes back after another restart.
+    drop((omar, sarah));
+    node.extra = vec!["--simulated-clock".into(), "2026-03-10T14:00:40Z".into()];
+    node.restart();
+    let (_, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    assert_eq!(
+        (q["offered"].as_u64(), q["assigned"].as_u64()),
+        (Some(0), Some(1)),
+        "{q}"
+    );
+}

@@ -53,6 +53,14 @@ pub enum Op {
         bytes: Vec<u8>,
         done: Option<Done>,
     },
+    /// The agent pool opened (`hold`: an encoded `OfferHold`) or ended
+    /// (`None`) the offer of `conv`, with its expiry timer's index change.
+    Offer {
+        conv: ConversationId,
+        hold: Option<Vec<u8>>,
+        timer: TimerIndex,
+        done: Option<Done>,
+    },
     DeadLetter {
         bytes: Vec<u8>,
         done: Done,
@@ -231,6 +239,13 @@ fn writer_loop(
                         calendar,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
+                    Op::Offer {
+                        conv, hold, timer, ..
+                    } => Some(Write::Offer {
+                        conv: conv.0,
+                        hold: hold.as_deref(),
+                        timer: *timer,
+                    }),
                     Op::Snapshot {
                         conv, seq, bytes, ..
                     } => Some(Write::Snapshot {
@@ -279,7 +294,8 @@ fn writer_loop(
             let done = match op {
                 Op::Event { done, .. }
                 | Op::Snapshot { done, .. }
-                | Op::TimerDelete { done, .. } => done,
+                | Op::TimerDelete { done, .. }
+                | Op::Offer { done, .. } => done,
                 Op::DeadLetter { done, .. }
                 | Op::Alias { done, .. }
                 | Op::Barrier { done }

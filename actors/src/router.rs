@@ -683,6 +683,15 @@ impl Router {
                 self.ask(&key, |reply| ConvMsg::FireTimer { id, reply })
                     .await
             }
+            TimerOwner::Offer { conv, offer } => {
+                self.ask_pool(|reply| crate::pool::PoolMsg::OfferDue {
+                    conv: conv.0,
+                    offer,
+                    timer: id,
+                    reply,
+                })
+                .await
+            }
         }
     }
 
@@ -704,7 +713,8 @@ impl Router {
             .ask_scheduler(|reply| SchedMsg::Owner { id, reply })
             .await?;
         match owner {
-            None => Ok(false),
+            // An offer ends when its agent answers or it expires.
+            None | Some(TimerOwner::Offer { .. }) => Ok(false),
             Some(TimerOwner::Conversation(conv)) => {
                 let Some(key) = self.key_of(conv).await? else {
                     return Ok(false);

@@ -316,6 +316,18 @@ impl Runtime {
         }
         let _ = self.root.stop_and_wait(Some("shutdown".into()), None).await;
         let _ = self.root_done.await;
+        // Actors drop their state just after they report stopped: wait
+        // for the last reference, so that storage is closed on return.
+        let last = Arc::downgrade(&self.shared);
+        drop(self.shared);
+        drop(self.router);
+        for _ in 0..2_000 {
+            if last.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::warn!("storage still referenced after shutdown");
     }
 }
 

@@ -47,6 +47,8 @@ pub(crate) const ALIASES: TableDefinition<&str, &str> = TableDefinition::new("al
 pub(crate) const CALENDAR: TableDefinition<&str, &[u8]> = TableDefinition::new("calendar");
 /// conversation id → the agent pool's durable index (`AgentWork`).
 pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new("agent_work");
+/// conversation → its open offer (`OfferHold`), kept by the agent pool.
+pub(crate) const OFFERS: TableDefinition<u64, &[u8]> = TableDefinition::new("offers");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
 
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
@@ -193,6 +195,7 @@ impl Store {
             txn.open_table(DEAD_LETTERS)?;
             txn.open_table(ALIASES)?;
             txn.open_table(AGENT_WORK)?;
+            txn.open_table(OFFERS)?;
             txn.open_table(CALENDAR)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
@@ -395,6 +398,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Open offers the agent pool made, by conversation.
+    pub fn offers(&self) -> Result<Vec<threadline_protocol::OfferHold>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OFFERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (_, v) = row?;
+            out.push(codec::decode_offer_hold(v.value())?);
+        }
+        Ok(out)
+    }
+
     /// The agent pool's durable index: conversations waiting for or held by
     /// an agent.
     pub fn agent_work(&self) -> Result<Vec<threadline_protocol::AgentWork>, StoreError> {
@@ -572,6 +587,13 @@ pub(crate) enum Write<'a> {
     TimerDelete {
         id: u64,
     },
+    /// An offer of `conv` opened (`hold`) or ended (`None`), with its
+    /// expiry timer's index change.
+    Offer {
+        conv: u64,
+        hold: Option<&'a [u8]>,
+        timer: TimerIndex,
+    },
     /// Deletes log records below `below` (already covered by snapshots).
     Truncate {
         below: u64,
@@ -605,6 +627,7 @@ impl BatchWriter<'_> {
             let mut aliases = txn.open_table(ALIASES)?;
             let mut work_t = txn.open_table(AGENT_WORK)?;
             let mut calendar_t = txn.open_table(CALENDAR)?;
+            let mut offers_t = txn.open_table(OFFERS)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -708,6 +731,22 @@ impl BatchWriter<'_> {
                     }
                     Write::TimerDelete { id } => {
                         timers.remove(id)?;
+                        out.push(Applied::Nothing);
+                    }
+                    Write::Offer { conv, hold, timer } => {
+                        match hold {
+                            Some(h) => offers_t.insert(conv, h)?,
+                            None => offers_t.remove(conv)?,
+                        };
+                        match timer {
+                            TimerIndex::Put(row) => {
+                                timers.insert(row.id, codec::encode_timer_row(&row).as_slice())?;
+                                timer_hwm = timer_hwm.max(row.id);
+                            }
+                            TimerIndex::Delete(id) => {
+                                timers.remove(id)?;
+                            }
+                        }
                         out.push(Applied::Nothing);
                     }
                     Write::Snapshot { conv, seq, bytes } => {

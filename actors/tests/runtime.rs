@@ -284,6 +284,7 @@ async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
         assert!(failed.is_err());
     }
     assert_eq!(run(&shared, "twilio", async { 3 }).await, Ok(3));
+    drop(shared);
     rt.shutdown().await;
 }
 

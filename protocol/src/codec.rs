@@ -24,14 +24,17 @@ pub enum Kind {
     TimerRow = 4,
     Outbox = 5,
     AgentWork = 6,
+    OfferHold = 7,
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
 pub const SNAPSHOT_VERSION: u16 = 3;
-pub const TIMER_ROW_VERSION: u16 = 1;
+/// Version 2 added `TimerOwner::Offer`; version 1 rows decode unchanged.
+pub const TIMER_ROW_VERSION: u16 = 2;
 pub const OUTBOX_VERSION: u16 = 2;
 pub const DEAD_LETTER_VERSION: u16 = 1;
 pub const AGENT_WORK_VERSION: u16 = 1;
+pub const OFFER_HOLD_VERSION: u16 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -241,6 +244,11 @@ mod v2 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TimerOwner {
     Conversation(ConversationId),
+    /// The agent pool: offer `offer` of conversation `conv` expires.
+    Offer {
+        conv: ConversationId,
+        offer: u64,
+    },
 }
 
 /// The scheduler's durable index entry for one pending timer. Written in
@@ -257,7 +265,14 @@ pub fn encode_timer_row(r: &TimerRow) -> Vec<u8> {
 }
 
 pub fn decode_timer_row(bytes: &[u8]) -> Result<TimerRow, CodecError> {
-    decode_only_v1(Kind::TimerRow, bytes)
+    // Version 1 knew only conversation owners, encoded exactly as now.
+    match header(Kind::TimerRow, bytes)? {
+        (v @ (1 | 2), p) => decode_exact(Kind::TimerRow, v, p),
+        (version, _) => Err(CodecError::UnsupportedVersion {
+            kind: Kind::TimerRow,
+            version,
+        }),
+    }
 }
 
 /// A decided outbound message waiting for its provider. Keyed by its
@@ -331,6 +346,27 @@ pub fn encode_agent_work(w: &AgentWork) -> Vec<u8> {
 
 pub fn decode_agent_work(bytes: &[u8]) -> Result<AgentWork, CodecError> {
     decode_only_v1(Kind::AgentWork, bytes)
+}
+
+/// An open offer of a waiting conversation to an agent, kept by the agent
+/// pool so that a restart neither forgets the offer nor extends its
+/// deadline. Written with the offer's expiry timer, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferHold {
+    pub conv: ConversationId,
+    pub agent: String,
+    pub offer: u64,
+    /// The scheduler timer that expires it.
+    pub timer: u64,
+    pub expires: Timestamp,
+}
+
+pub fn encode_offer_hold(h: &OfferHold) -> Vec<u8> {
+    encode(Kind::OfferHold, OFFER_HOLD_VERSION, h)
+}
+
+pub fn decode_offer_hold(bytes: &[u8]) -> Result<OfferHold, CodecError> {
+    decode_only_v1(Kind::OfferHold, bytes)
 }
 
 /// A normalized inbound message, whatever channel or provider it came from.

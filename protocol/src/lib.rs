@@ -11,7 +11,7 @@ pub mod ids;
 pub mod time;
 
 pub use codec::{
-    AgentWork, DeadLetter, InboundMessage, LogRecord, OutboxEntry, TimerOwner, TimerRow,
+    AgentWork, DeadLetter, InboundMessage, LogRecord, OfferHold, OutboxEntry, TimerOwner, TimerRow,
 };
 pub use conversation::{
     Author, Captured, Channel, ConsentChange, ConsentStatus, ConvEvent, ConversationState,

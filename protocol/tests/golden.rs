@@ -132,8 +132,36 @@ fn timer_row_v1_fixture_still_decodes() {
         due: Timestamp(1_795_000_100_000),
         owner: TimerOwner::Conversation(ConversationId(0x2a)),
     };
-    let bytes = check("timer_row_v1.bin", codec::encode_timer_row(&row));
+    // Version 1 is no longer written: the fixture is the only copy.
+    let bytes = std::fs::read(fixture("timer_row_v1.bin")).unwrap();
     assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
+}
+
+#[test]
+fn timer_row_v2_fixture_still_decodes() {
+    let row = TimerRow {
+        id: 78,
+        due: Timestamp(1_795_000_130_000),
+        owner: TimerOwner::Offer {
+            conv: ConversationId(0x2c),
+            offer: 5,
+        },
+    };
+    let bytes = check("timer_row_v2.bin", codec::encode_timer_row(&row));
+    assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
+}
+
+#[test]
+fn offer_hold_v1_fixture_still_decodes() {
+    let h = OfferHold {
+        conv: ConversationId(0x2c),
+        agent: "sarah".into(),
+        offer: 5,
+        timer: 78,
+        expires: Timestamp(1_795_000_130_000),
+    };
+    let bytes = check("offer_hold_v1.bin", codec::encode_offer_hold(&h));
+    assert_eq!(codec::decode_offer_hold(&bytes).unwrap(), h);
 }
 
 #[test]

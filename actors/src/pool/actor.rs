@@ -10,15 +10,21 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use threadline_protocol::{Channel, ConversationId, ConversationState, Message, Timestamp};
+use threadline_protocol::codec::{encode_offer_hold, TimerOwner, TimerRow};
+use threadline_protocol::{
+    Channel, ConversationId, ConversationState, Message, OfferHold, Timestamp,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::routing::{AgentSpec, Effect, Lane, Pool, PoolError, Presence, QueueStats, Task};
 use crate::consent::policy::Purpose;
 use crate::conversation::core::{OutboundSpec, SendOutcome};
 use crate::feed::{Listener, Published};
+use crate::persistence::Op;
 use crate::router::Router;
 use crate::runtime::Shared;
+use crate::scheduler::SchedMsg;
+use crate::store::TimerIndex;
 
 /// What the desktop is told (the WebSocket layer renders it as JSON).
 #[derive(Debug, Clone)]
@@ -134,7 +140,14 @@ pub enum PoolMsg {
         tenant: String,
         reply: Reply<bool>,
     },
-    /// Expire offers and grace periods due on the injected clock.
+    /// The expiry timer `timer` of offer `offer` of `conv` fired.
+    OfferDue {
+        conv: u64,
+        offer: u64,
+        timer: u64,
+        reply: Reply<()>,
+    },
+    /// End grace periods due on the injected clock.
     Tick,
     Advance(Reply<()>),
 }
@@ -145,6 +158,9 @@ enum Write {
     Assign(ConversationId, Option<String>, Vec<ActorRef<SessionMsg>>),
     /// A note in the transcript (a transfer note).
     Note(ConversationId, String),
+    /// An offer opened or ended (`Op::Offer`), or a stale offer timer's
+    /// row dropped (`Op::TimerDelete`).
+    Durable(crate::persistence::Op),
 }
 
 pub struct PoolActor;
@@ -171,6 +187,8 @@ pub struct PoolState {
     /// next assignment).
     assignments: mpsc::UnboundedSender<Write>,
     router: Router,
+    /// Open offers: offer → (conversation, its expiry timer).
+    offer_timers: HashMap<u64, (u64, u64)>,
 }
 
 /// Conversations an agent holds: the feed listener reads it.
@@ -223,6 +241,7 @@ impl PoolState {
                     conv,
                     expires,
                 } => {
+                    self.offer_opened(offer, &agent, conv, expires);
                     let sessions = self.sessions.get(&agent).cloned().unwrap_or_default();
                     let router = self.router.clone();
                     let ttl = expires.0 - self.now().0;
@@ -240,13 +259,16 @@ impl PoolState {
                         }
                     });
                 }
-                Effect::Rescind { offer, agent, conv } => self.tell(
-                    &agent,
-                    AgentEvent::OfferRescinded {
-                        offer,
-                        conversation: ConversationId(conv),
-                    },
-                ),
+                Effect::Rescind { offer, agent, conv } => {
+                    self.offer_ended(offer);
+                    self.tell(
+                        &agent,
+                        AgentEvent::OfferRescinded {
+                            offer,
+                            conversation: ConversationId(conv),
+                        },
+                    )
+                }
                 Effect::Assigned { agent, conv } => {
                     self.watched().0.insert(conv, ());
                     if let (Some(since), Some(tenant)) =
@@ -300,10 +322,60 @@ impl PoolState {
         }
     }
 
+    /// An offer's deadline is a durable scheduler timer, written with the
+    /// offer (`OfferHold`) so a restart keeps both.
+    fn offer_opened(&mut self, offer: u64, agent: &str, conv: u64, expires: Timestamp) {
+        let shared = &self.args.shared;
+        let timer = shared
+            .next_timer_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let row = TimerRow {
+            id: timer,
+            due: expires,
+            owner: TimerOwner::Offer {
+                conv: ConversationId(conv),
+                offer,
+            },
+        };
+        let hold = OfferHold {
+            conv: ConversationId(conv),
+            agent: agent.to_owned(),
+            offer,
+            timer,
+            expires,
+        };
+        self.offer_timers.insert(offer, (conv, timer));
+        let _ = self.assignments.send(Write::Durable(Op::Offer {
+            conv: ConversationId(conv),
+            hold: Some(encode_offer_hold(&hold)),
+            timer: TimerIndex::Put(row),
+            done: None,
+        }));
+        if let Some(s) = shared.scheduler.read().as_ref() {
+            let _ = s.cast(SchedMsg::Add(row));
+        }
+    }
+
+    /// The offer was accepted, rejected, withdrawn or expired. Called
+    /// before the effects that follow it (a new offer of the same
+    /// conversation must be written after this one ended).
+    fn offer_ended(&mut self, offer: u64) {
+        let Some((conv, timer)) = self.offer_timers.remove(&offer) else {
+            return;
+        };
+        let _ = self.assignments.send(Write::Durable(Op::Offer {
+            conv: ConversationId(conv),
+            hold: None,
+            timer: TimerIndex::Delete(timer),
+            done: None,
+        }));
+        if let Some(s) = self.args.shared.scheduler.read().as_ref() {
+            let _ = s.cast(SchedMsg::Remove(timer));
+        }
+    }
+
     fn on_time(&mut self) {
         let now = self.now();
-        let effects = self.pool.expire(now);
-        self.apply(effects);
         let due: Vec<String> = self
             .grace
             .iter()
@@ -363,8 +435,14 @@ impl PoolState {
             AgentCommand::Status(p) => self.pool.set_presence(&agent, p, now).inspect(|_| {
                 self.tell(&agent, AgentEvent::Status { status: p });
             }),
-            AgentCommand::Accept { offer } => self.pool.accept(&agent, offer, now),
-            AgentCommand::Reject { offer } => self.pool.reject(&agent, offer, now),
+            AgentCommand::Accept { offer } => self
+                .pool
+                .accept(&agent, offer, now)
+                .inspect(|_| self.offer_ended(offer)),
+            AgentCommand::Reject { offer } => self
+                .pool
+                .reject(&agent, offer, now)
+                .inspect(|_| self.offer_ended(offer)),
             AgentCommand::Send { conversation, text } => {
                 if self.pool.holder(conversation.0) != Some(agent.as_str()) {
                     Err(PoolError::NotHolding)
@@ -502,6 +580,10 @@ impl Actor for PoolActor {
                         let _ = writer.note(id, text).await;
                         continue;
                     }
+                    Write::Durable(op) => {
+                        let _ = writer.shared.persistence.submit(op).await;
+                        continue;
+                    }
                 };
                 let taken = agent.is_some();
                 if writer.assign(id, agent).await.is_ok() && taken {
@@ -519,14 +601,18 @@ impl Actor for PoolActor {
         // What waited for or was held by an agent before a restart.
         args.shared.pool_watched.0.clear();
         let store = args.shared.persistence.store.clone();
-        let rows = tokio::task::spawn_blocking(move || store.agent_work())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let (rows, holds) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.agent_work()?, store.offers()?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let mut holds: HashMap<u64, OfferHold> = holds.into_iter().map(|h| (h.conv.0, h)).collect();
+        let mut offer_timers = HashMap::new();
         let mut tenants = HashMap::new();
         let mut grace = HashMap::new();
         let until = now.saturating_add_millis(args.grace.as_millis() as i64);
-        let mut restored = (0, 0);
+        let mut restored = (0, 0, 0);
         for w in rows {
             let task = Task {
                 conv: w.conv.0,
@@ -548,17 +634,36 @@ impl Actor for PoolActor {
                 // Their desktop is not back yet: the grace period runs.
                 grace.insert(agent, until);
                 restored.1 += 1;
+            } else if holds
+                .get(&w.conv.0)
+                .is_some_and(|h| pool.restore_offer(&h.agent, task.clone(), h.offer, h.expires))
+            {
+                // Still offered to the same agent until the same deadline;
+                // its timer was restored by the scheduler.
+                let h = holds.remove(&w.conv.0).expect("checked");
+                offer_timers.insert(h.offer, (h.conv.0, h.timer));
+                restored.2 += 1;
             } else {
                 pool.enqueue(task, now);
                 restored.0 += 1;
             }
         }
-        if restored != (0, 0) {
+        if restored != (0, 0, 0) {
             tracing::info!(
                 waiting = restored.0,
                 held = restored.1,
+                offered = restored.2,
                 "agent pool restored its work"
             );
+        }
+        // Offers of work that ended meanwhile (or of agents now gone).
+        for h in holds.into_values() {
+            let _ = assignments.send(Write::Durable(Op::Offer {
+                conv: h.conv,
+                hold: None,
+                timer: TimerIndex::Delete(h.timer),
+                done: None,
+            }));
         }
         Ok(PoolState {
             args,
@@ -568,6 +673,7 @@ impl Actor for PoolActor {
             tenants,
             assignments,
             router,
+            offer_timers,
         })
     }
 
@@ -665,7 +771,10 @@ impl Actor for PoolActor {
                 let open = st.pool.open_offer(&agent);
                 let router = st.router.clone();
                 let s = session.clone();
-                let ttl = st.pool.offer_ttl_ms;
+                // What is left of it (it may have been made before a restart).
+                let ttl = open
+                    .and_then(|(_, conv)| st.pool.offer_expires(conv))
+                    .map_or(0, |t| (t.0 - now.0).max(0));
                 tokio::spawn(async move {
                     for conv in held {
                         if let Ok(Some(state)) = router.view_by_id(ConversationId(conv)).await {
@@ -705,6 +814,24 @@ impl Actor for PoolActor {
             }
             PoolMsg::Stats { tenant, reply } => {
                 let _ = reply.send(st.pool.stats(&tenant, now));
+            }
+            PoolMsg::OfferDue {
+                conv,
+                offer,
+                timer,
+                reply,
+            } => {
+                if st.offer_timers.get(&offer) == Some(&(conv, timer)) {
+                    let effects = st.pool.expire_offer(offer, now);
+                    st.apply(effects);
+                } else if !st.offer_timers.values().any(|(_, t)| *t == timer) {
+                    // An offer that ended before a crash could record it.
+                    let _ = st.assignments.send(Write::Durable(Op::TimerDelete {
+                        id: timer,
+                        done: None,
+                    }));
+                }
+                let _ = reply.send(());
             }
             PoolMsg::Tick => st.on_time(),
             PoolMsg::Advance(reply) => {

@@ -248,6 +248,58 @@ impl Pool {
         self.tasks.contains_key(&conv)
     }
 
+    /// After a restart: `task` is offered to `agent` until `expires` again
+    /// (offer `offer`, as before). False if the agent is unknown or already
+    /// has an offer, or the conversation is queued or held.
+    pub fn restore_offer(
+        &mut self,
+        agent: &str,
+        task: Task,
+        offer: u64,
+        expires: Timestamp,
+    ) -> bool {
+        let conv = task.conv;
+        if self.tasks.contains_key(&conv) || self.assigned.contains_key(&conv) {
+            return false;
+        }
+        let Some(a) = self.agents.get_mut(agent).filter(|a| a.offer.is_none()) else {
+            return false;
+        };
+        a.offer = Some((offer, conv));
+        self.next_offer = self.next_offer.max(offer + 1);
+        self.tasks.insert(
+            conv,
+            TaskState {
+                task,
+                offered: Some((agent.to_owned(), offer, expires)),
+                declined: Vec::new(),
+                told_waiting: true,
+            },
+        );
+        true
+    }
+
+    /// Offer `offer` ran out of time (its timer fired): it moves on. Nothing
+    /// happens if it already ended.
+    pub fn expire_offer(&mut self, offer: u64, now: Timestamp) -> Vec<Effect> {
+        let Some(agent) = self
+            .agents
+            .values()
+            .find(|a| a.offer.is_some_and(|(o, _)| o == offer))
+            .map(|a| a.spec.id.clone())
+        else {
+            return Vec::new();
+        };
+        let mut out = self.withdraw_offer(&agent);
+        out.extend(self.dispatch(now));
+        out
+    }
+
+    /// When the open offer of `conv` expires.
+    pub fn offer_expires(&self, conv: u64) -> Option<Timestamp> {
+        self.tasks.get(&conv)?.offered.as_ref().map(|o| o.2)
+    }
+
     /// The offer `agent` has open, if any: (offer, conversation).
     pub fn open_offer(&self, agent: &str) -> Option<(u64, u64)> {
         self.agents.get(agent).and_then(|a| a.offer)
@@ -400,31 +452,6 @@ impl Pool {
         out.retain(|e| !matches!(e, Effect::Rescind { .. }));
         out.extend(self.dispatch(now));
         Ok(out)
-    }
-
-    /// Expires every offer due at `now`; they move on.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<Effect> {
-        let due: Vec<String> = self
-            .tasks
-            .values()
-            .filter_map(|t| t.offered.as_ref())
-            .filter(|(_, _, exp)| *exp <= now)
-            .map(|(a, _, _)| a.clone())
-            .collect();
-        let mut out = Vec::new();
-        for a in due {
-            out.extend(self.withdraw_offer(&a));
-        }
-        out.extend(self.dispatch(now));
-        out
-    }
-
-    /// When the next open offer expires.
-    pub fn next_expiry(&self) -> Option<Timestamp> {
-        self.tasks
-            .values()
-            .filter_map(|t| t.offered.as_ref().map(|o| o.2))
-            .min()
     }
 
     /// `agent` is done with `conv` (closed it, or handed it on).
@@ -773,16 +800,17 @@ mod tests {
         online(&mut p, agent("c", &[], 2), Timestamp(T0.0 + 2));
         let e = p.enqueue(task(1, &[], 0, 1), T0);
         assert_eq!(offers(&e), vec![("a".into(), 1)], "longest idle first");
-        assert_eq!(p.next_expiry(), Some(Timestamp(T0.0 + 30_000)));
-        // Not yet due: nothing moves.
-        assert!(p.expire(Timestamp(T0.0 + 29_999)).is_empty());
-        let e = p.expire(Timestamp(T0.0 + 30_000));
+        assert_eq!(p.offer_expires(1), Some(Timestamp(T0.0 + 30_000)));
+        // Its timer fires: it moves on. A second firing changes nothing.
+        let e = p.expire_offer(1, Timestamp(T0.0 + 30_000));
         assert!(e.contains(&Effect::Rescind {
             offer: 1,
             agent: "a".into(),
             conv: 1
         }));
         assert_eq!(offers(&e), vec![("b".into(), 1)]);
+        assert!(p.expire_offer(1, Timestamp(T0.0 + 30_001)).is_empty());
+        assert_eq!(p.holder(1), None);
         // A rejection moves on at once, without a rescind to the rejecter.
         let now = Timestamp(T0.0 + 31_000);
         let e = p.reject("b", offer_id(&p, "b"), now).unwrap();
@@ -802,6 +830,30 @@ mod tests {
             }
         );
         assert_eq!(p.holder(1), Some("a"));
+    }
+
+    #[test]
+    fn an_offer_restored_after_a_restart_keeps_its_agent_and_deadline() {
+        let mut p = Pool::new(30_000);
+        p.upsert_agent(agent("a", &[], 2), T0);
+        online(&mut p, agent("b", &[], 2), T0);
+        let due = Timestamp(T0.0 + 20_000);
+        assert!(p.restore_offer("a", task(1, &[], 0, 1), 7, due));
+        // Reserved for `a` (not connected yet): `b` is not offered it.
+        assert_eq!(p.open_offer("a"), Some((7, 1)));
+        assert_eq!(p.offer_expires(1), Some(due));
+        assert!(offers(&p.enqueue(task(1, &[], 0, 1), T0)).is_empty());
+        // A second restore of the same conversation or agent is refused.
+        assert!(!p.restore_offer("a", task(2, &[], 0, 1), 8, due));
+        assert!(!p.restore_offer("b", task(1, &[], 0, 1), 9, due));
+        // New offers never reuse a restored id.
+        let e = p.enqueue(task(3, &[], 0, 1), T0);
+        assert_eq!(offers(&e), vec![("b".into(), 3)]);
+        assert!(offer_id(&p, "b") > 7);
+        // At the deadline it moves on to `b` once `b` is free.
+        p.accept("b", offer_id(&p, "b"), T0).unwrap();
+        let e = p.expire_offer(7, due);
+        assert_eq!(offers(&e), vec![("b".into(), 1)]);
     }
 
     #[test]
