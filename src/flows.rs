@@ -137,3 +137,185 @@ impl Responder for ChatCompletions {
         self.timeout
     }
 }
+
+// ---- The booking API: the calendar and appointment outcomes ----
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use threadline_actors::conversation::core::{BookingOutcome, BookingOutcomeError};
+use threadline_actors::flows::{block_slot, unblock_slot, SlotState};
+use threadline_protocol::{ConversationId, Timestamp};
+
+use crate::http::{
+    json_response, parse_json, parse_rfc3339, query_pairs, read_body, rfc3339, ApiError, App,
+};
+
+/// At most this many days of slots in one calendar read.
+const MAX_CALENDAR_DAYS: i64 = 31;
+
+fn calendar_flow(app: &App, tenant: &str) -> Result<Arc<Flow>, ApiError> {
+    app.shared
+        .flow(tenant)
+        .filter(|f| f.spec.calendar.is_some())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "tenant {tenant:?} has no calendar (its flow file has no [calendar])"
+            ))
+        })
+}
+
+fn slot_json(at: Timestamp, state: SlotState) -> Value {
+    let (status, conv) = match state {
+        SlotState::Free => ("free", None),
+        SlotState::Held(c) => ("held", Some(c)),
+        SlotState::Booked(c) => ("booked", Some(c)),
+        SlotState::Blocked => ("blocked", None),
+    };
+    json!({
+        "start": rfc3339(at),
+        "status": status,
+        "conversation_id": conv.map(|c| ConversationId(c).to_string()),
+    })
+}
+
+/// `GET /tenants/{t}/calendar?from=&days=`: every bookable slot in the
+/// range (default: from now, 7 days) and who has it.
+pub fn calendar(app: &App, tenant: &str, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+    let flow = calendar_flow(app, tenant)?;
+    let now = app.shared.clock.now();
+    let mut from = now;
+    let mut days = 7;
+    for (k, v) in query_pairs(query)? {
+        match k {
+            "from" if !v.is_empty() => from = parse_rfc3339("from", &v)?,
+            "days" if !v.is_empty() => {
+                days = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|d| (1..=MAX_CALENDAR_DAYS).contains(d))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "invalid_query",
+                            format!("`days` is a whole number from 1 to {MAX_CALENDAR_DAYS}"),
+                        )
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let zone = app.shared.tenant(tenant).zone;
+    let to = from.saturating_add_millis(days * 86_400_000);
+    let slots: Vec<Value> = flow
+        .slot_starts(from, to, zone)
+        .into_iter()
+        .map(|at| slot_json(at, SlotState::of(&app.shared.calendar, tenant, at, now)))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "tenant": tenant,
+            "timezone": zone.name(),
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "slots": slots,
+        }),
+    ))
+}
+
+/// `PUT` (block) or `DELETE` (open again) `/tenants/{t}/calendar/slots/{start}`;
+/// answers once durable.
+pub async fn set_slot(
+    app: &App,
+    tenant: &str,
+    at: Timestamp,
+    block: bool,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let flow = calendar_flow(app, tenant)?;
+    let zone = app.shared.tenant(tenant).zone;
+    if !flow.bookable(at, zone) {
+        return Err(ApiError::bad(
+            "not_a_slot",
+            format!(
+                "{} is not the start of a bookable slot in {}",
+                rfc3339(at),
+                zone.name()
+            ),
+        ));
+    }
+    let now = app.shared.clock.now();
+    let map = &app.shared.calendar;
+    let write = if block {
+        block_slot(map, tenant, at, now).map_err(|taken| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "slot_taken",
+                format!(
+                    "a customer {} this slot: {}",
+                    if matches!(taken, SlotState::Held(_)) {
+                        "is being offered"
+                    } else {
+                        "booked"
+                    },
+                    slot_json(at, taken)
+                ),
+            )
+        })?
+    } else {
+        unblock_slot(map, tenant, at)
+    };
+    if let Some(w) = write {
+        app.shared
+            .persistence
+            .calendar(vec![w])
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage_failed",
+                    e.to_string(),
+                )
+            })?;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &slot_json(at, SlotState::of(map, tenant, at, now)),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutcomeBody {
+    outcome: String,
+}
+
+/// `POST /conversations/{id}/booking` `{"outcome": "attended" | "no_show"}`:
+/// how the booked appointment went, once its time has come.
+pub async fn booking_outcome(
+    app: &App,
+    id: ConversationId,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+    let b: OutcomeBody = parse_json(&body)?;
+    let outcome = BookingOutcome::parse(&b.outcome).ok_or_else(|| {
+        ApiError::bad("invalid_field", "`outcome` is \"attended\" or \"no_show\"")
+    })?;
+    match app.router.booking_outcome(id, outcome).await? {
+        None => Err(ApiError::not_found(format!("no conversation {id}"))),
+        Some(Err(e @ BookingOutcomeError::NoBooking)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_booking",
+            e.to_string(),
+        )),
+        Some(Err(BookingOutcomeError::NotYet(at))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_yet",
+            format!("the appointment starts at {}", rfc3339(at)),
+        )),
+        Some(Ok(())) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"conversation_id": id.to_string(), "outcome": outcome.as_str()}),
+        )),
+    }
+}

@@ -370,6 +370,27 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             let tenant = known_tenant(app, tenant)?;
             audit_export(app, &tenant, req.uri().query().unwrap_or("")).await
         }
+        (Method::GET, ["api", "v1", "tenants", tenant, "calendar"]) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            crate::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
+        }
+        (
+            Method::PUT | Method::DELETE,
+            ["api", "v1", "tenants", tenant, "calendar", "slots", start],
+        ) => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let start = parse_rfc3339("start", &decode_segment(start)?)?;
+            crate::flows::set_slot(app, &tenant, start, req.method() == Method::PUT).await
+        }
+        (Method::POST, ["api", "v1", "conversations", id, "booking"]) => {
+            admin(app, &req)?;
+            let id: ConversationId = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
+            crate::flows::booking_outcome(app, id, req).await
+        }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
             dead_letters(app).await
@@ -1195,18 +1216,25 @@ const MAX_AUDIT_EXPORT: usize = 1_000_000;
 /// `GET /api/v1/tenants/{t}/audit?contact=&since=`: the tenant's audit
 /// records as NDJSON, in chain order. Without filters the export is the
 /// whole chain and `threadline audit verify` can check it.
-async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiError> {
-    let mut contact = None;
-    let mut since = None;
-    for (k, v) in query
+/// The `key=value` pairs of a query string, values percent-decoded.
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(&str, String)>, ApiError> {
+    query
         .split('&')
         .filter(|p| !p.is_empty())
         .filter_map(|p| p.split_once('='))
-    {
-        let v = percent_encoding::percent_decode_str(v)
-            .decode_utf8()
-            .map_err(|_| ApiError::bad("invalid_query", "query values must be UTF-8"))?
-            .into_owned();
+        .map(|(k, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .map(|v| (k, v.into_owned()))
+                .map_err(|_| ApiError::bad("invalid_query", "query values must be UTF-8"))
+        })
+        .collect()
+}
+
+async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiError> {
+    let mut contact = None;
+    let mut since = None;
+    for (k, v) in query_pairs(query)? {
         match k {
             "contact" if !v.is_empty() => {
                 field_len("contact", &v, MAX_ID_BYTES)?;
@@ -1293,9 +1321,27 @@ fn outcomes_json(app: &App, tenant: &str) -> Value {
             "offered": n(&o.bookings_offered),
             "confirmed": n(&o.bookings_confirmed),
             "rescheduled": n(&o.bookings_rescheduled),
+            "rebooked_self_service": n(&o.bookings_rebooked),
+            "cancelled": n(&o.bookings_cancelled),
+            "attended": n(&o.bookings_attended),
+            "no_shows": n(&o.bookings_no_show),
             "completion_rate": ratio(n(&o.bookings_confirmed), n(&o.bookings_offered)),
+            // Of the bookings customers asked to move, the share they moved
+            // themselves to a new confirmed time.
+            "reschedule_self_service_rate":
+                ratio(n(&o.bookings_rebooked), n(&o.bookings_rescheduled)),
+            // Of the appointments whose outcome was recorded.
+            "no_show_rate": ratio(
+                n(&o.bookings_no_show),
+                n(&o.bookings_no_show) + n(&o.bookings_attended)
+            ),
         },
         "leads_qualified": n(&o.leads_qualified),
+        "leads": {
+            "qualified": n(&o.leads_qualified),
+            "met": n(&o.leads_met),
+            "lead_to_meeting_rate": ratio(n(&o.leads_met), n(&o.leads_qualified)),
+        },
         "escalations": {"total": n(&o.escalations), "taken": taken, "mean_wait_ms": wait_ms},
         "since": "node start",
     })

@@ -222,15 +222,23 @@ async fn a_qualified_lead_reaches_an_agent_with_what_was_captured() {
     let lead = "visitor-lead";
     for (i, text) in [
         "Hi, I'd like a quote to bundle home and auto",
+        "Jordan Lee",
         "next month, we move on the 1st",
         "around 200 a month",
-        "Jordan Lee",
     ]
     .iter()
     .enumerate()
     {
         say(&node, "harbor", "webchat", lead, text, &format!("l{i}")).await;
     }
+    // Hot (80 of 100 points) before the last question: handed over now.
+    let c = node.conversation_of("harbor", lead).await.unwrap();
+    assert_eq!(c["captured"]["score"], 80.0, "{c}");
+    assert_eq!(
+        bot_said(&node, "harbor", lead).await,
+        "Will anyone else be part of the decision?"
+    );
+    say(&node, "harbor", "webchat", lead, "just me", "l9").await;
     assert_eq!(
         bot_said(&node, "harbor", lead).await,
         "Thanks Jordan Lee! A licensed agent will reach out shortly about your bundle quote."
@@ -240,6 +248,19 @@ async fn a_qualified_lead_reaches_an_agent_with_what_was_captured() {
     assert_eq!(slots["coverage"], "bundle");
     assert_eq!(slots["budget"], "around 200 a month");
     assert_eq!(offer["summary"]["name"], "Jordan Lee");
+    // The agent takes it: the qualified lead met a person.
+    send_json(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    next_of(&mut sarah, "assigned").await;
+    let (_, m) = node.get_admin("/api/v1/tenants/harbor/metrics").await;
+    assert_eq!(
+        m["leads"],
+        json!({"qualified": 1, "met": 1, "lead_to_meeting_rate": 1.0}),
+        "{m}"
+    );
     // Flows reload without a restart.
     let (s, v) = node
         .send_admin(Method::POST, "/api/v1/flows/reload", None)
@@ -667,4 +688,222 @@ async fn an_unanswered_follow_up_call_gets_a_text_that_refers_to_it() {
         b == "Hi Dana, we just tried to call you about booking your visit. Reply here whenever suits you."
     })
     .await;
+}
+
+fn reminder_dues(c: &Value) -> Vec<String> {
+    c["timers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "reminder")
+        .map(|t| t["at"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn slot(node: &Node, start: &str) -> Value {
+    let (s, cal) = node
+        .get_admin("/api/v1/tenants/smile/calendar?from=2026-03-05T05:00:00Z&days=7")
+        .await;
+    assert_eq!(s, 200, "{cal}");
+    cal["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["start"] == start)
+        .cloned()
+        .unwrap_or_else(|| panic!("no slot {start} in {cal}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_business_runs_the_calendar_and_records_no_shows_and_customers_move_or_cancel() {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let thu3 = "2026-03-05T20:00:00.000Z"; // Thu 3 PM in New York
+    let thu4 = "2026-03-05T21:00:00.000Z";
+    let fri10 = "2026-03-06T15:00:00.000Z";
+
+    // The calendar comes from the flow's hours; the business blocks Thu 3 PM.
+    let (_, cal) = node
+        .get_admin("/api/v1/tenants/smile/calendar?from=2026-03-05T05:00:00Z&days=1")
+        .await;
+    assert_eq!(cal["timezone"], "America/New_York");
+    assert_eq!(
+        cal["slots"].as_array().unwrap().len(),
+        8,
+        "9 to 5, hourly: {cal}"
+    );
+    assert_eq!(slot(&node, thu3).await["status"], "free");
+    let path = format!("/api/v1/tenants/smile/calendar/slots/{thu3}");
+    let (s, v) = node.send_admin(Method::PUT, &path, None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("blocked")), "{v}");
+    let (s, v) = node
+        .send_admin(
+            Method::PUT,
+            "/api/v1/tenants/smile/calendar/slots/2026-03-05T20:07:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("not_a_slot")),
+        "{v}"
+    );
+    let (s, v) = node.get_admin("/api/v1/tenants/harbor/calendar").await;
+    assert_eq!(s, 404, "a flow without a calendar: {v}");
+
+    // A customer asks for the blocked time and gets the next opening.
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, this is Jordan. I need a cleaning",
+        "j1",
+    )
+    .await;
+    say(&node, "smile", "sms", JORDAN, "Thursday at 3", "j2").await;
+    let offer = bot_said(&node, "smile", JORDAN).await;
+    assert!(offer.contains("Thu Mar 5 at 4:00 PM"), "{offer}");
+    assert_eq!(slot(&node, thu4).await["status"], "held");
+    say(&node, "smile", "sms", JORDAN, "C", "j3").await;
+    let booked = slot(&node, thu4).await;
+    assert_eq!(booked["status"], "booked");
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert_eq!(booked["conversation_id"], c["id"]);
+    assert_eq!(
+        reminder_dues(&c),
+        ["2026-03-04T21:00:00.000Z", "2026-03-05T19:00:00.000Z"],
+        "24 h and 2 h before"
+    );
+    // A booked slot cannot be blocked; the blocked one opens again.
+    let (s, v) = node
+        .send_admin(
+            Method::PUT,
+            &format!("/api/v1/tenants/smile/calendar/slots/{thu4}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("slot_taken")),
+        "{v}"
+    );
+    let (s, _) = node.send_admin(Method::DELETE, &path, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(slot(&node, thu3).await["status"], "free");
+
+    // Moved before its reminders: only the new time's reminders remain.
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "R - could we do Friday at 10am instead?",
+        "j4",
+    )
+    .await;
+    say(&node, "smile", "sms", JORDAN, "yes", "j5").await;
+    assert!(bot_said(&node, "smile", JORDAN)
+        .await
+        .starts_with("You're confirmed for Fri Mar 6 at 10:00 AM"));
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert_eq!(
+        reminder_dues(&c),
+        ["2026-03-05T15:00:00.000Z", "2026-03-06T13:00:00.000Z"]
+    );
+    assert_eq!(slot(&node, thu4).await["status"], "free");
+    assert_eq!(slot(&node, fri10).await["status"], "booked");
+
+    // Another customer books and cancels in the thread.
+    let sam = "+15551230009";
+    say(
+        &node,
+        "smile",
+        "sms",
+        sam,
+        "Hi, I'm Sam. I'd like a checkup Monday at 9",
+        "s1",
+    )
+    .await;
+    say(&node, "smile", "sms", sam, "C", "s2").await;
+    let mon9 = "2026-03-09T13:00:00.000Z"; // Monday 9 AM, daylight time
+    assert_eq!(slot(&node, mon9).await["status"], "booked");
+    say(
+        &node,
+        "smile",
+        "sms",
+        sam,
+        "Please cancel my appointment",
+        "s3",
+    )
+    .await;
+    assert_eq!(
+        bot_said(&node, "smile", sam).await,
+        "Done: your appointment Mon Mar 9 at 9:00 AM is cancelled. Text us any time to book again."
+    );
+    let c = node.conversation_of("smile", sam).await.unwrap();
+    assert!(reminder_dues(&c).is_empty(), "{}", c["timers"]);
+    assert_eq!(c["captured"]["slots"]["booking_status"], "cancelled");
+    assert_eq!(slot(&node, mon9).await["status"], "free");
+
+    // A no-show is recorded by the business once the time has come.
+    let id = node.conversation_of("smile", JORDAN).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let outcome = format!("/api/v1/conversations/{id}/booking");
+    let (s, v) = node
+        .send_admin(Method::POST, &outcome, Some(&json!({"outcome": "no_show"})))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("not_yet")),
+        "{v}"
+    );
+    let (s, v) = node
+        .send_admin(Method::POST, &outcome, Some(&json!({"outcome": "late"})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    node.advance(73.0 * 3600.0).await; // Fri 11:00
+    let (s, v) = node
+        .send_admin(Method::POST, &outcome, Some(&json!({"outcome": "no_show"})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert!(
+        texts(&c).contains(&"[no-show: appointment Fri Mar 6 at 10:00 AM]".to_owned()),
+        "{c}"
+    );
+    assert_eq!(c["captured"]["slots"]["booking_status"], "no_show");
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &outcome,
+            Some(&json!({"outcome": "attended"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("no_booking")),
+        "{v}"
+    );
+
+    let (_, m) = node.get_admin("/api/v1/tenants/smile/metrics").await;
+    let b = &m["bookings"];
+    assert_eq!(
+        (
+            b["confirmed"].as_u64(),
+            b["rescheduled"].as_u64(),
+            b["rebooked_self_service"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1)),
+        "{m}"
+    );
+    assert_eq!(b["reschedule_self_service_rate"], 1.0, "{m}");
+    assert_eq!(
+        (b["cancelled"].as_u64(), b["no_shows"].as_u64()),
+        (Some(1), Some(1)),
+        "{m}"
+    );
+    assert_eq!(b["no_show_rate"], 1.0, "{m}");
 }

@@ -53,6 +53,12 @@ pub enum Op {
         bytes: Vec<u8>,
         done: Option<Done>,
     },
+    /// Calendar changes made by the business (a slot blocked or opened
+    /// again), outside any conversation.
+    Calendar {
+        writes: Vec<crate::store::CalendarWrite>,
+        done: Done,
+    },
     /// The agent pool opened (`hold`: an encoded `OfferHold`) or ended
     /// (`None`) the offer of `conv`, with its expiry timer's index change.
     Offer {
@@ -148,6 +154,15 @@ impl Persistence {
         self.wait_for(|done| Op::Barrier { done }).await
     }
 
+    /// Commits calendar changes made outside any conversation; resolves
+    /// once durable.
+    pub async fn calendar(
+        &self,
+        writes: Vec<crate::store::CalendarWrite>,
+    ) -> Result<(), StoreError> {
+        self.wait_for(|done| Op::Calendar { writes, done }).await
+    }
+
     /// Commits everything queued so far and stops the writer thread.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.wait_for(|done| Op::Shutdown { done }).await
@@ -239,6 +254,16 @@ fn writer_loop(
                         calendar,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
+                    Op::Calendar { writes, .. } => Some(Write::Events {
+                        conv: ConversationId(0),
+                        records: &[],
+                        index: None,
+                        timers: &[],
+                        audit: &[],
+                        outbox: &[],
+                        work: &[],
+                        calendar: writes,
+                    }),
                     Op::Offer {
                         conv, hold, timer, ..
                     } => Some(Write::Offer {
@@ -297,6 +322,7 @@ fn writer_loop(
                 | Op::TimerDelete { done, .. }
                 | Op::Offer { done, .. } => done,
                 Op::DeadLetter { done, .. }
+                | Op::Calendar { done, .. }
                 | Op::Alias { done, .. }
                 | Op::Barrier { done }
                 | Op::Shutdown { done } => Some(done),

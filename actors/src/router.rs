@@ -545,6 +545,18 @@ impl Router {
         .map(|_| ())
     }
 
+    /// The business records how the booked appointment of `conv` went.
+    /// `None`: no such conversation.
+    pub async fn booking_outcome(
+        &self,
+        conv: ConversationId,
+        outcome: crate::conversation::core::BookingOutcome,
+    ) -> Result<Option<Result<(), crate::conversation::core::BookingOutcomeError>>, DeliverError>
+    {
+        self.ask_conv(conv, |reply| ConvMsg::BookingOutcome { outcome, reply })
+            .await
+    }
+
     /// An agent closes `conv` with a disposition.
     pub async fn close_by_agent(
         &self,

@@ -143,6 +143,11 @@ pub enum ConvMsg {
     },
     /// A system note in the transcript.
     Note { text: String, reply: Reply<()> },
+    /// How its booked appointment went.
+    BookingOutcome {
+        outcome: crate::conversation::core::BookingOutcome,
+        reply: Reply<Result<(), crate::conversation::core::BookingOutcomeError>>,
+    },
     /// An agent closes it with a disposition.
     CloseByAgent {
         agent: String,
@@ -181,6 +186,7 @@ impl ConvMsg {
             ConvMsg::Escalate { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::Assign { reply, .. } | ConvMsg::Note { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::CloseByAgent { reply, .. } => drop(reply.send(Err(e))),
+            ConvMsg::BookingOutcome { reply, .. } => drop(reply.send(Err(e))),
             ConvMsg::Passivate { .. } | ConvMsg::StorageFailed => {}
         }
     }
@@ -471,6 +477,29 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
                 let _ = reply.send(r);
             })
             .await;
+        }
+        ConvMsg::BookingOutcome { outcome, reply } => {
+            let shared = st.args.shared.clone();
+            let now = shared.clock.now();
+            let tenant = shared.tenant(st.args.key.tenant());
+            let Some(c) = st.conv.as_mut() else {
+                let _ = reply.send(Ok(Err(
+                    crate::conversation::core::BookingOutcomeError::NoBooking,
+                )));
+                return;
+            };
+            let zone = c.zone(&tenant);
+            match c.booking_outcome(outcome, now, zone) {
+                Ok(events) => {
+                    st.commit(&myself, events, None, move |r| {
+                        let _ = reply.send(r.map(Ok));
+                    })
+                    .await
+                }
+                Err(e) => {
+                    let _ = reply.send(Ok(Err(e)));
+                }
+            }
         }
         ConvMsg::CloseByAgent {
             agent,
@@ -1102,7 +1131,17 @@ fn record_outcomes(
                 match slots.get("booking_status").map(String::as_str) {
                     Some("confirmed") => o.count(&o.bookings_confirmed, tenant),
                     Some("rescheduling") => o.count(&o.bookings_rescheduled, tenant),
+                    Some("cancelled") => o.count(&o.bookings_cancelled, tenant),
+                    Some("attended") => o.count(&o.bookings_attended, tenant),
+                    Some("no_show") => o.count(&o.bookings_no_show, tenant),
                     _ => {}
+                }
+                let set = |k: &str| slots.get(k).is_some_and(|v| v == "1");
+                if set("rebooked") && state.assigned_agent.is_none() {
+                    o.count(&o.bookings_rebooked, tenant);
+                }
+                if set("lead_met") {
+                    o.count(&o.leads_met, tenant);
                 }
                 if slots.get("handoff").map(String::as_str) == Some("qualified") {
                     o.count(&o.leads_qualified, tenant);

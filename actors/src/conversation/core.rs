@@ -95,6 +95,37 @@ impl Default for TenantPolicy {
     }
 }
 
+/// How a booked appointment went, as the business records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingOutcome {
+    Attended,
+    NoShow,
+}
+
+impl BookingOutcome {
+    pub fn parse(s: &str) -> Option<BookingOutcome> {
+        match s {
+            "attended" => Some(BookingOutcome::Attended),
+            "no_show" => Some(BookingOutcome::NoShow),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BookingOutcome::Attended => "attended",
+            BookingOutcome::NoShow => "no_show",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BookingOutcomeError {
+    #[error("the conversation has no booked appointment")]
+    NoBooking,
+    #[error("the appointment has not started yet")]
+    NotYet(Timestamp),
+}
+
 /// A business-initiated message to put through the gate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundSpec {
@@ -1167,16 +1198,14 @@ impl Conversation {
         phrase_elsewhere: bool,
     ) -> (Vec<(u32, ConvEvent)>, Option<String>) {
         let mut events = Vec::new();
-        let zone: chrono_tz::Tz = self
-            .state
-            .captured
-            .facts
-            .get("timezone")
-            .and_then(|z| z.parse().ok())
-            .unwrap_or(tenant.zone);
+        let zone = self.zone(tenant);
         // The customer answered: any follow-up waiting for them is off.
         events.extend(self.stop_cadence());
         let turn = flow.turn(&msg.text, &self.state.captured, now, zone, cal);
+        // A booking moved or cancelled: its reminders are off.
+        if turn.slots.get("booked").is_some_and(String::is_empty) {
+            events.extend(self.cancel_booking_reminders());
+        }
         if let Some(name) = turn
             .slots
             .get("name")
@@ -1228,8 +1257,10 @@ impl Conversation {
                 events.extend(more);
             }
         }
+        let mut reminders = Vec::new();
         for (due, text) in turn.reminders {
             let id = next_id();
+            reminders.push(id.to_string());
             events.extend(self.schedule_timer(
                 id,
                 TimerSpec {
@@ -1239,6 +1270,16 @@ impl Conversation {
                     channel: None,
                 },
             ));
+        }
+        if !reminders.is_empty() {
+            self.push(
+                &mut events,
+                ConvEvent::Understood {
+                    intent: None,
+                    slots: [("booking_reminders".to_owned(), reminders.join(","))].into(),
+                    score: None,
+                },
+            );
         }
         if let Some(reason) = turn.escalate {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
@@ -1342,6 +1383,89 @@ impl Conversation {
     }
 
     /// Cancels the pending follow-up, if any (the customer answered).
+    /// The customer's time zone: what they told us, else the tenant's.
+    pub fn zone(&self, tenant: &TenantPolicy) -> chrono_tz::Tz {
+        self.state
+            .captured
+            .facts
+            .get("timezone")
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(tenant.zone)
+    }
+
+    /// Cancels the reminders of the booking (`booking_reminders`) that are
+    /// still pending.
+    fn cancel_booking_reminders(&mut self) -> Vec<(u32, ConvEvent)> {
+        let ids: Vec<u64> = self
+            .state
+            .captured
+            .slots
+            .get("booking_reminders")
+            .map(|r| r.split(',').filter_map(|i| i.parse().ok()).collect())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        if ids.is_empty() {
+            return events;
+        }
+        for id in ids {
+            if let Some(more) = self.cancel_timer(id) {
+                events.extend(more);
+            }
+        }
+        self.push(
+            &mut events,
+            ConvEvent::Understood {
+                intent: None,
+                slots: [("booking_reminders".to_owned(), String::new())].into(),
+                score: None,
+            },
+        );
+        events
+    }
+
+    /// The business says how a booked appointment went (`attended` or
+    /// `no_show`), once its time has come: a note in the transcript, and
+    /// the booking is over (the customer can book again).
+    pub fn booking_outcome(
+        &mut self,
+        outcome: BookingOutcome,
+        now: Timestamp,
+        zone: chrono_tz::Tz,
+    ) -> Result<Vec<(u32, ConvEvent)>, BookingOutcomeError> {
+        let booked = self
+            .state
+            .captured
+            .slots
+            .get("booked")
+            .and_then(|b| b.parse::<i64>().ok())
+            .map(Timestamp)
+            .ok_or(BookingOutcomeError::NoBooking)?;
+        if now.0 < booked.0 {
+            return Err(BookingOutcomeError::NotYet(booked));
+        }
+        let mut events = self.cancel_booking_reminders();
+        let when = crate::flows::engine::spoken(booked, zone);
+        let label = match outcome {
+            BookingOutcome::Attended => "attended",
+            BookingOutcome::NoShow => "no-show",
+        };
+        events.extend(self.system_note(format!("[{label}: appointment {when}]"), now));
+        self.push(
+            &mut events,
+            ConvEvent::Understood {
+                intent: None,
+                slots: [
+                    ("booked".to_owned(), String::new()),
+                    ("last_booking".to_owned(), booked.0.to_string()),
+                    ("booking_status".to_owned(), outcome.as_str().to_owned()),
+                ]
+                .into(),
+                score: None,
+            },
+        );
+        Ok(events)
+    }
+
     pub fn stop_cadence(&mut self) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
         let Some(id) = self
@@ -1485,7 +1609,23 @@ impl Conversation {
     pub fn assign(&mut self, agent: Option<String>, now: Timestamp) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
         if self.state.assigned_agent != agent {
+            let taken = agent.is_some();
             self.push(&mut events, ConvEvent::AgentAssigned { agent, at: now });
+            // A qualified lead handed to a person has met the business.
+            let slots = &self.state.captured.slots;
+            if taken
+                && slots.get("handoff").map(String::as_str) == Some("qualified")
+                && slots.get("lead_met").is_none_or(|m| m.is_empty())
+            {
+                self.push(
+                    &mut events,
+                    ConvEvent::Understood {
+                        intent: None,
+                        slots: [("lead_met".to_owned(), "1".to_owned())].into(),
+                        score: None,
+                    },
+                );
+            }
         }
         events
     }

@@ -505,8 +505,45 @@ pub fn spoken(at: Timestamp, tz: Tz) -> String {
 }
 
 impl Flow {
+    /// Every bookable slot that starts in [`from`, `to`), local time `tz`
+    /// (open days and hours from the flow's `[calendar]`).
+    pub fn slot_starts(&self, from: Timestamp, to: Timestamp, tz: Tz) -> Vec<Timestamp> {
+        let (Some(c), Some(first), Some(last)) = (
+            &self.spec.calendar,
+            tz.timestamp_millis_opt(from.0).single(),
+            tz.timestamp_millis_opt(to.0).single(),
+        ) else {
+            return Vec::new();
+        };
+        let step = Duration::minutes(c.slot_minutes.into());
+        let mut out = Vec::new();
+        let mut day = first.date_naive();
+        while day <= last.date_naive() {
+            if self.open_days.contains(&day.weekday()) {
+                let mut t = self.open;
+                loop {
+                    // `NaiveTime` wraps at midnight: `end <= t` is a wrap.
+                    let end = t + step;
+                    if end <= t || end > self.close {
+                        break;
+                    }
+                    if let Some(at) = tz.from_local_datetime(&day.and_time(t)).earliest() {
+                        let at = Timestamp(at.timestamp_millis());
+                        if at.0 >= from.0 && at.0 < to.0 {
+                            out.push(at);
+                        }
+                    }
+                    t = end;
+                }
+            }
+            let Some(next) = day.succ_opt() else { break };
+            day = next;
+        }
+        out
+    }
+
     /// Is `at` the start of a bookable slot?
-    fn bookable(&self, at: Timestamp, tz: Tz) -> bool {
+    pub fn bookable(&self, at: Timestamp, tz: Tz) -> bool {
         let Some(c) = &self.spec.calendar else {
             return false;
         };
@@ -647,11 +684,22 @@ impl Flow {
                 t.reply = Some("No problem. What day and time would work better?".into());
                 return t;
             }
-            if nlu::yes_no(text) == Some(true) {
+            let cancel = words.iter().any(|w| w == "cancel");
+            if !cancel && nlu::yes_no(text) == Some(true) {
                 if cal.book(held) {
                     t.slots.insert("held".into(), String::new());
                     t.slots.insert("booked".into(), held.0.to_string());
                     t.slots.insert("booking_status".into(), "confirmed".into());
+                    // What the outcome metrics count: a booking moved by the
+                    // customer, and a qualified lead that became a meeting.
+                    if slots.get("booking_status").map(String::as_str) == Some("rescheduling") {
+                        t.slots.insert("rebooked".into(), "1".into());
+                    }
+                    if slots.get("handoff").map(String::as_str) == Some("qualified")
+                        && slots.get("lead_met").is_none_or(|m| m.is_empty())
+                    {
+                        t.slots.insert("lead_met".into(), "1".into());
+                    }
                     let when = spoken(held, tz);
                     t.reply = Some(format!("You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."));
                     for before in self.reminders.get(&journey).into_iter().flatten() {
@@ -670,7 +718,7 @@ impl Flow {
                 }
                 return t;
             }
-            if nlu::yes_no(text) == Some(false) {
+            if cancel || nlu::yes_no(text) == Some(false) {
                 cal.release(held);
                 t.slots.insert("held".into(), String::new());
                 t.slots.insert("journey".into(), String::new());
@@ -706,6 +754,17 @@ impl Flow {
                     t.reply = more.reply;
                     t.slots.extend(more.slots);
                 }
+                return t;
+            }
+            if words.iter().any(|w| w == "cancel") {
+                cal.release(booked);
+                t.slots.insert("booked".into(), String::new());
+                t.slots.insert("booking_status".into(), "cancelled".into());
+                t.slots.insert("journey".into(), String::new());
+                t.reply = Some(format!(
+                    "Done: your appointment {} is cancelled. Text us any time to book again.",
+                    spoken(booked, tz)
+                ));
                 return t;
             }
             if matches!(w0, Some("c")) || nlu::yes_no(text) == Some(true) && words.len() <= 2 {
@@ -916,7 +975,9 @@ impl Flow {
         merged.slots.extend(t.slots.clone());
         t.reply = Some(fill(&j.done, &merged, &shown, self.persona()));
         t.slots.insert("journey".into(), String::new());
-        if j.handoff {
+        // Unless the lead was already handed over when its score crossed
+        // the threshold.
+        if j.handoff && merged.slots.get("handoff").is_none_or(|h| h.is_empty()) {
             t.escalate = Some(format!("{jname} complete"));
         }
         t

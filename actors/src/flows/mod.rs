@@ -31,6 +31,81 @@ use threadline_protocol::Timestamp;
 
 use crate::store::{slot_key, CalendarWrite, SlotHold};
 
+/// The holder of a slot the business blocked (no conversation has this id).
+pub const BLOCKED: u64 = u64::MAX;
+
+/// A calendar slot as the business sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    Free,
+    /// Offered to the customer of this conversation, until they answer.
+    Held(u64),
+    Booked(u64),
+    Blocked,
+}
+
+impl SlotState {
+    pub fn of(
+        map: &DashMap<String, SlotHold>,
+        tenant: &str,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Self {
+        match map.get(&slot_key(tenant, at)).map(|h| *h) {
+            Some(h) if h.conv == BLOCKED => SlotState::Blocked,
+            Some(h) if h.booked => SlotState::Booked(h.conv),
+            Some(h) if h.until.0 > now.0 => SlotState::Held(h.conv),
+            _ => SlotState::Free,
+        }
+    }
+}
+
+/// The business blocks a slot: nobody is offered it. Refused (with what
+/// holds it) if a customer holds or booked it; the write to commit if it
+/// changed.
+pub fn block_slot(
+    map: &DashMap<String, SlotHold>,
+    tenant: &str,
+    at: Timestamp,
+    now: Timestamp,
+) -> Result<Option<CalendarWrite>, SlotState> {
+    let key = slot_key(tenant, at);
+    let blocked = SlotHold {
+        conv: BLOCKED,
+        booked: true,
+        until: Timestamp(i64::MAX),
+    };
+    match map.entry(key.clone()) {
+        dashmap::Entry::Occupied(o) if o.get().conv == BLOCKED => Ok(None),
+        dashmap::Entry::Occupied(mut o) => {
+            let h = *o.get();
+            if h.booked {
+                Err(SlotState::Booked(h.conv))
+            } else if h.until.0 > now.0 {
+                Err(SlotState::Held(h.conv))
+            } else {
+                o.insert(blocked);
+                Ok(Some(CalendarWrite::Put(key, blocked)))
+            }
+        }
+        dashmap::Entry::Vacant(v) => {
+            v.insert(blocked);
+            Ok(Some(CalendarWrite::Put(key, blocked)))
+        }
+    }
+}
+
+/// The business opens a slot it blocked again; the write, if it was.
+pub fn unblock_slot(
+    map: &DashMap<String, SlotHold>,
+    tenant: &str,
+    at: Timestamp,
+) -> Option<CalendarWrite> {
+    let key = slot_key(tenant, at);
+    map.remove_if(&key, |_, h| h.conv == BLOCKED)
+        .map(|_| CalendarWrite::Delete(key))
+}
+
 /// The node's calendar as one conversation sees it: holds are atomic in
 /// the shared map (one customer per slot, across all conversations), and
 /// each change becomes a write committed with the conversation's events.
