@@ -400,12 +400,7 @@ fn line_at(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].matches('\n').count() + 1
 }
 
-pub fn is_e164(s: &str) -> bool {
-    let Some(d) = s.strip_prefix('+') else {
-        return false;
-    };
-    (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
-}
+pub use threadline_actors::phone::is_e164;
 
 fn is_id(s: &str) -> bool {
     !s.is_empty()

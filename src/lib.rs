@@ -9,7 +9,7 @@ pub mod agents;
 pub mod config;
 pub mod flows;
 pub mod http;
-pub mod phone;
+pub use threadline_actors::phone;
 pub mod providers;
 pub mod twilio;
 pub mod webchat;

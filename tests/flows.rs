@@ -360,11 +360,9 @@ async fn wait_bot(node: &Node, tenant: &str, who: &str, n: usize) -> String {
     panic!("the bot never said a {n}th thing");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thread() {
-    let fake = FakeTwilio::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let flow = dir.path().join("leads.toml");
+/// A node whose `harbor` tenant calls a lead as soon as it scores 70.
+fn lead_calling_node(fake: &FakeTwilio, dir: &std::path::Path) -> Node {
+    let flow = dir.join("leads.toml");
     std::fs::write(
         &flow,
         r#"
@@ -384,7 +382,7 @@ slots = [
 [scoring]
 threshold = 70
 handoff = "call"
-call_greeting = "Hi {name}, this is {persona} from Harbor Insurance, calling about the {coverage} quote you asked for by text."
+call_greeting = "Hi {name}, this is {persona} from Harbor Insurance, calling about the {coverage} quote you asked for {via}."
 rules = [
   { slot = "intent", contains = ["quote"], points = 10 },
   { slot = "coverage", contains = ["bundle"], points = 20 },
@@ -406,7 +404,33 @@ rules = [
             "admin_token = \"test-admin-token\"",
             "admin_token = \"test-admin-token\"\npublic_url = \"https://hooks.example.test\"",
         );
-    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    Node::start_with_config(&cfg, &["--simulated-clock", NOW])
+}
+
+/// The call the fake Twilio was asked to place.
+async fn placed_call(fake: &FakeTwilio) -> Option<std::collections::HashMap<String, String>> {
+    for _ in 0..500 {
+        let call = fake
+            .state
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .find(|(_, f)| f["_resource"] == "Calls")
+            .map(|(_, f)| f.clone());
+        if call.is_some() {
+            return call;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thread() {
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = lead_calling_node(&fake, dir.path());
     for (i, text) in [
         "I want a quote to bundle home and auto",
         "next month",
@@ -421,27 +445,63 @@ rules = [
     assert_eq!(c["captured"]["score"], 70.0, "{c}");
     assert_eq!(c["captured"]["slots"]["handoff"], "qualified");
     // The call goes to the Twilio Calls API, and says the greeting.
-    let mut call = None;
-    for _ in 0..500 {
-        call = fake
-            .state
-            .lock()
-            .unwrap()
-            .accepted
-            .iter()
-            .find(|(_, f)| f["_resource"] == "Calls")
-            .map(|(_, f)| f.clone());
-        if call.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let call = call.unwrap_or_else(|| panic!("no call was placed: {c}"));
+    let call = placed_call(&fake)
+        .await
+        .unwrap_or_else(|| panic!("no call was placed: {c}"));
     assert_eq!(call["To"], JORDAN);
     let voice = texts_where(&c, "channel", "voice");
     assert_eq!(
         voice,
         vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for by text."]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_chat_lead_who_gives_a_number_gets_a_call_that_cites_the_chat() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = lead_calling_node(&fake, dir.path());
+    let url = node
+        .url("/chat/ws?tenant=harbor")
+        .replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    let mut bot = Vec::new();
+    for (i, text) in [
+        "I want a quote to bundle home and auto",
+        "sure, my cell is (555) 123-0001",
+        "next month",
+        "I'm Jordan",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ws.send(Frame::text(
+            json!({"type": "message", "text": text, "id": format!("w{i}")}).to_string(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(next_of(&mut ws, "ack").await["id"], format!("w{i}"));
+        if i == 1 {
+            assert_eq!(next_of(&mut ws, "linked").await["phone"], JORDAN);
+        }
+        bot.push(next_of(&mut ws, "message").await["text"].clone());
+    }
+    // The chat went on in the phone's conversation, and the bot answered
+    // in the chat all along.
+    assert_eq!(bot[2], "And your name?", "{bot:?}");
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
+    assert_eq!(c["captured"]["score"], 70.0, "{c}");
+    assert_eq!(c["captured"]["slots"]["coverage"], "bundle");
+    let call = placed_call(&fake)
+        .await
+        .unwrap_or_else(|| panic!("no call was placed: {c}"));
+    assert_eq!(call["To"], JORDAN);
+    assert_eq!(
+        texts_where(&c, "channel", "voice"),
+        vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for in our website chat."]
     );
 }
 

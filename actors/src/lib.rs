@@ -19,6 +19,7 @@ pub mod flows;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;
+pub mod phone;
 pub mod pool;
 pub mod router;
 pub mod runtime;

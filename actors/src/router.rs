@@ -443,9 +443,19 @@ impl Router {
         let before = self
             .ask(&alias_key, |reply| ConvMsg::View { reply })
             .await?;
-        let (from, messages, mut identities) = match &before {
-            Some(s) => (s.id, s.messages.clone(), s.identities.clone()),
-            None => (ConversationId(0), Vec::new(), Default::default()),
+        let (from, messages, mut identities, captured) = match &before {
+            Some(s) => (
+                s.id,
+                s.messages.clone(),
+                s.identities.clone(),
+                s.captured.clone(),
+            ),
+            None => (
+                ConversationId(0),
+                Vec::new(),
+                Default::default(),
+                Default::default(),
+            ),
         };
         identities.phone = identities.phone.or(Some(canonical.to_owned()));
         let joined = self
@@ -453,6 +463,7 @@ impl Router {
                 from,
                 messages: messages.clone(),
                 identities: identities.clone(),
+                captured: Box::new(captured.clone()),
                 reply,
             })
             .await?;

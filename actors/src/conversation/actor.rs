@@ -127,6 +127,7 @@ pub enum ConvMsg {
         from: ConversationId,
         messages: Vec<threadline_protocol::Message>,
         identities: Identities,
+        captured: Box<threadline_protocol::Captured>,
         reply: Reply<ConversationId>,
     },
     /// Asks for a person; false if an agent already holds it.
@@ -426,6 +427,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             from,
             messages,
             identities,
+            captured,
             reply,
         } => {
             let now = st.args.shared.clock.now();
@@ -434,6 +436,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             let id = conv.id();
             events.extend(conv.link_identity(&identities));
             events.extend(conv.import(from, &messages, now));
+            events.extend(conv.adopt_captured(&captured));
             st.commit(&myself, events, index, move |r| {
                 let _ = reply.send(r.map(|()| id));
             })

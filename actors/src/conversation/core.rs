@@ -2,7 +2,7 @@
 //! and the current time and returns the events to persist. No clock, no
 //! storage, no actor runtime: the shell in `actor.rs` does those.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{ConsentChange, ConsentStatus};
@@ -1285,6 +1285,14 @@ impl Conversation {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
         }
         if let Some(greeting) = turn.call {
+            let via = match msg.channel {
+                Channel::Sms => "by text",
+                Channel::Whatsapp => "on WhatsApp",
+                Channel::Webchat => "in our website chat",
+                Channel::Voice => "on the phone",
+                Channel::Email => "by email",
+            };
+            let greeting = greeting.replace("{via}", via);
             // A qualified lead gets a call now; the call says the greeting
             // (the gate decides, as for any business-initiated call).
             let spec = OutboundSpec {
@@ -1732,6 +1740,68 @@ impl Conversation {
                 copy.delivery = Delivery::Sent;
             }
             self.push(&mut events, ConvEvent::MessageAppended(copy));
+        }
+        events
+    }
+
+    /// What another conversation of this contact learned, when it is
+    /// merged into this one: its name if this one has none, facts this one
+    /// lacks, its slots and intent (the more recent talk: an unfinished
+    /// journey goes on here), and the higher score.
+    pub fn adopt_captured(
+        &mut self,
+        from: &threadline_protocol::Captured,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if let Some(n) = &from.name {
+            events.extend(self.note_profile_name(n));
+        }
+        let facts: BTreeMap<String, String> = from
+            .facts
+            .iter()
+            .filter(|(k, _)| !self.state.captured.facts.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !facts.is_empty() {
+            self.push(
+                &mut events,
+                ConvEvent::ContactUpdated {
+                    name: None,
+                    timezone: None,
+                    region: None,
+                    email: None,
+                    facts,
+                },
+            );
+        }
+        // Not what belongs to the other conversation itself: its timers
+        // and its calendar holds.
+        const OWN: [&str; 6] = [
+            "cadence_timer",
+            "cadence_step",
+            "booking_reminders",
+            "held",
+            "booked",
+            "misunderstood",
+        ];
+        let slots: BTreeMap<String, String> = from
+            .slots
+            .iter()
+            .filter(|(k, v)| !v.is_empty() && !OWN.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let score = from
+            .score
+            .filter(|s| self.state.captured.score.is_none_or(|mine| *s > mine));
+        if !slots.is_empty() || from.intent.is_some() || score.is_some() {
+            self.push(
+                &mut events,
+                ConvEvent::Understood {
+                    intent: from.intent.clone(),
+                    slots,
+                    score,
+                },
+            );
         }
         events
     }

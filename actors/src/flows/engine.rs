@@ -78,14 +78,15 @@ pub struct ScoringSpec {
     /// `agent`: to the agent pool; `call`: a call to the customer now.
     #[serde(default)]
     pub handoff: Handoff,
-    /// What the call says first (with `{name}`, `{persona}` and slots).
+    /// What the call says first (with `{name}`, `{persona}`, slots, and
+    /// `{via}`: where the customer wrote, "by text", "in our website chat").
     #[serde(default = "default_call_greeting")]
     pub call_greeting: String,
     pub rules: Vec<ScoreRule>,
 }
 
 fn default_call_greeting() -> String {
-    "Hi {name}, this is {persona} following up on our chat. Is now a good time to talk?".into()
+    "Hi {name}, this is {persona} following up on what you told us {via}. Is now a good time to talk?".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -207,6 +208,8 @@ pub enum SlotKind {
     Datetime,
     Name,
     Email,
+    /// A phone number, stored in E.164.
+    Phone,
     Choice,
 }
 
@@ -661,6 +664,15 @@ impl Flow {
                 t.slots.insert("name".into(), n);
             }
         }
+        // And their contact details.
+        for (slot, found) in [
+            ("phone", crate::phone::find_in_text(text)),
+            ("email", nlu::email(text)),
+        ] {
+            if let Some(v) = found.filter(|v| slots.get(slot) != Some(v)) {
+                t.slots.insert(slot.into(), v);
+            }
+        }
         let hold_until = now.saturating_add_millis(
             i64::from(self.spec.calendar.as_ref().map_or(15, |c| c.hold_minutes)) * 60_000,
         );
@@ -852,6 +864,8 @@ impl Flow {
             return t;
         };
         let asking = captured.slots.get("asking").cloned().unwrap_or_default();
+        let contact_given =
+            crate::phone::find_in_text(text).is_some() || nlu::email(text).is_some();
         let mut have: BTreeMap<String, String> = captured.slots.clone();
         if let Some(n) = &captured.name {
             have.entry("name".into()).or_insert_with(|| n.clone());
@@ -868,6 +882,7 @@ impl Flow {
                     .map(|w| w.at.0.to_string()),
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),
+                SlotKind::Phone => crate::phone::find_in_text(text),
                 SlotKind::Choice => {
                     // The option the customer names first ("bundle home and
                     // auto" is a bundle).
@@ -887,7 +902,10 @@ impl Flow {
                         .min_by_key(|(at, _)| *at)
                         .map(|(_, o)| o.clone())
                 }
-                SlotKind::Text if asked => Some(text.trim().chars().take(200).collect()),
+                // Contact details are not an answer to a free question.
+                SlotKind::Text if asked && !contact_given => {
+                    Some(text.trim().chars().take(200).collect())
+                }
                 SlotKind::Text => None,
             };
             if let Some(v) = value {
@@ -901,6 +919,16 @@ impl Flow {
             .iter()
             .find(|s| have.get(&s.name).is_none_or(|v| v.is_empty()));
         if let Some(s) = missing {
+            if contact_given && !got_any {
+                // "Here's my number": noted (see `understand`), then the
+                // same question again.
+                t.slots.insert("asking".into(), s.name.clone());
+                t.reply = Some(format!(
+                    "Thanks, noted. {}",
+                    fill(&s.ask, captured, &t.slots, self.persona())
+                ));
+                return t;
+            }
             if !asking.is_empty() && asking == s.name && !got_any {
                 let misses: u32 = captured
                     .slots

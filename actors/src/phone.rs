@@ -3,7 +3,13 @@
 
 use phonenumber::{country, Mode};
 
-use crate::config::is_e164;
+/// `+` and 8 to 15 digits, not starting with 0.
+pub fn is_e164(s: &str) -> bool {
+    let Some(d) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
+}
 
 /// The E.164 form (`+15551234567`) of a number written in any common way;
 /// numbers without a country code are read as North American. `None` when
