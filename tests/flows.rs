@@ -967,3 +967,61 @@ async fn the_business_runs_the_calendar_and_records_no_shows_and_customers_move_
     );
     assert_eq!(b["no_show_rate"], 1.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_use_its_channel_moves_on_and_an_opt_out_ends_the_cadence() {
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dental = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/flows/dental.toml"
+    ))
+    .unwrap();
+    let at = dental.find("steps = [").unwrap();
+    let end = at + dental[at..].find("\n]").unwrap() + 2;
+    let steps = r#"steps = [
+  { after = "25h", channel = "whatsapp", text = "WA: {question}" },
+  { after = "1d", channel = "sms", text = "SMS: {question}" },
+  { after = "1d", channel = "voice", text = "Call: {question}" },
+]"#;
+    let flow = format!("{}{steps}{}", &dental[..at], &dental[end..]);
+    let path = dir.path().join("cadence.toml");
+    std::fs::write(&path, flow).unwrap();
+    let cfg = config(&fake.base).replace(
+        &format!("{}/examples/flows/dental.toml", env!("CARGO_MANIFEST_DIR")),
+        path.to_str().unwrap(),
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    let hello = "Hi, I'm Dana. I'd like to book a cleaning";
+    say(&node, "smile", "whatsapp", JORDAN, hello, "d1").await;
+    // A day later the WhatsApp step cannot go out (the 24-hour window has
+    // closed, and a question is no template): the SMS step goes at once
+    // instead of a day later.
+    node.advance(25.0 * 3600.0).await;
+    texted(&fake, |b| b == "SMS: What day and time work best for you?").await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    let blocked: Vec<String> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["delivery"] == "blocked")
+        .map(|m| format!("{} {}", m["channel"], m["text"]))
+        .collect();
+    assert_eq!(
+        blocked,
+        vec!["\"whatsapp\" \"WA: What day and time work best for you?\""],
+        "{c}"
+    );
+    // The customer opts out: nothing more, on any channel.
+    say(&node, "smile", "sms", JORDAN, "STOP", "d2").await;
+    node.advance(3.0 * 86400.0).await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert!(texts_where(&c, "channel", "voice").is_empty(), "{c}");
+    let pending: Vec<&Value> = c["timers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "follow_up")
+        .collect();
+    assert!(pending.is_empty(), "{pending:?}");
+}

@@ -462,6 +462,8 @@ impl Conversation {
                         },
                     );
                 }
+                // And the follow-ups planned for them end here.
+                events.extend(self.stop_cadence());
                 // One confirmation only; a repeated STOP gets none.
                 (current != ConsentStatus::OptedOut).then(|| {
                     format!(
@@ -1390,7 +1392,6 @@ impl Conversation {
         events
     }
 
-    /// Cancels the pending follow-up, if any (the customer answered).
     /// The customer's time zone: what they told us, else the tenant's.
     pub fn zone(&self, tenant: &TenantPolicy) -> chrono_tz::Tz {
         self.state
@@ -1474,6 +1475,7 @@ impl Conversation {
         Ok(events)
     }
 
+    /// Cancels the pending follow-up, if any (the customer answered).
     pub fn stop_cadence(&mut self) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
         let Some(id) = self
@@ -1529,9 +1531,21 @@ impl Conversation {
             self.state.messages.last().is_some_and(|m| {
                 m.direction == Direction::Outbound && m.delivery != Delivery::Blocked
             });
+        // An opt-out on any channel ends it; a step its channel could not
+        // carry (a closed WhatsApp window, say) hands over to the next one
+        // at once: the customer has already waited that long.
+        let opted_out = Channel::ALL.iter().any(|c| {
+            self.state.consent_for(*c, Purpose::Conversational.as_str()) == ConsentStatus::OptedOut
+        });
         let next = flow
             .follow_up(step + 1, now, &self.state.captured, &question)
-            .filter(|_| went_out);
+            .filter(|_| !opted_out)
+            .map(|mut f| {
+                if !went_out {
+                    f.due = now;
+                }
+                f
+            });
         match next {
             Some(f) => self.schedule_follow_up(f, &question, next_id),
             None => {
