@@ -198,6 +198,10 @@ pub struct JourneySpec {
     /// When complete, hand the conversation to a person (a qualified lead).
     #[serde(default)]
     pub handoff: bool,
+    /// Follow-ups while this journey waits for the customer (instead of
+    /// the flow's `[cadence]`).
+    #[serde(default)]
+    pub cadence: Option<CadenceSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -320,17 +324,24 @@ impl Flow {
                 ));
             }
         }
-        if let Some(c) = &spec.cadence {
+        let cadences =
+            spec.cadence
+                .iter()
+                .map(|c| ("cadence".to_owned(), c))
+                .chain(spec.journeys.iter().filter_map(|(n, j)| {
+                    Some((format!("journeys.{n}.cadence"), j.cadence.as_ref()?))
+                }));
+        for (key, c) in cadences {
             for (i, st) in c.steps.iter().enumerate() {
                 if duration_ms(&st.after).is_none() {
                     return Err(format!(
-                        "cadence.steps[{i}].after: {:?} is not like 2h or 1d",
+                        "{key}.steps[{i}].after: {:?} is not like 2h or 1d",
                         st.after
                     ));
                 }
                 if threadline_protocol::Channel::parse(&st.channel).is_none() {
                     return Err(format!(
-                        "cadence.steps[{i}].channel: {:?} is not sms, voice, whatsapp or webchat",
+                        "{key}.steps[{i}].channel: {:?} is not sms, voice, whatsapp or webchat",
                         st.channel
                     ));
                 }
@@ -417,9 +428,19 @@ impl Flow {
         &self.spec.persona.name
     }
 
+    /// The cadence that applies now: the journey's own, else the flow's.
+    fn cadence_for(&self, captured: &Captured) -> Option<&CadenceSpec> {
+        captured
+            .slots
+            .get("journey")
+            .and_then(|j| self.spec.journeys.get(j))
+            .and_then(|j| j.cadence.as_ref())
+            .or(self.spec.cadence.as_ref())
+    }
+
     /// The text after an unanswered outbound call, if the flow has one.
     pub fn unanswered_call_text(&self, captured: &Captured) -> Option<String> {
-        let t = self.spec.cadence.as_ref()?.unanswered_call.as_ref()?;
+        let t = self.cadence_for(captured)?.unanswered_call.as_ref()?;
         Some(fill(t, captured, &BTreeMap::new(), self.persona()))
     }
 
@@ -432,7 +453,7 @@ impl Flow {
         captured: &Captured,
         question: &str,
     ) -> Option<FollowUp> {
-        let st = self.spec.cadence.as_ref()?.steps.get(step)?;
+        let st = self.cadence_for(captured)?.steps.get(step)?;
         let mut extra = BTreeMap::new();
         extra.insert("question".to_owned(), question.to_owned());
         Some(FollowUp {
@@ -1267,5 +1288,59 @@ slot_minutes = 60
         let mut s = toml_spec(DENTAL);
         s.journeys.get_mut("booking").unwrap().reminders = vec!["soon".into()];
         assert!(Flow::compile(s).unwrap_err().contains("reminder"));
+        let mut s = toml_spec(DENTAL);
+        s.journeys.get_mut("booking").unwrap().cadence = Some(cadence("soon", "sms", "x"));
+        let e = Flow::compile(s).unwrap_err();
+        assert!(e.contains("journeys.booking.cadence.steps[0].after"), "{e}");
+    }
+
+    fn cadence(after: &str, channel: &str, text: &str) -> CadenceSpec {
+        CadenceSpec {
+            steps: vec![CadenceStep {
+                after: after.into(),
+                channel: channel.into(),
+                text: text.into(),
+            }],
+            unanswered_call: None,
+        }
+    }
+
+    #[test]
+    fn a_journey_follows_up_with_its_own_cadence_and_otherwise_the_flows() {
+        let mut s = toml_spec(DENTAL);
+        s.cadence = Some(cadence("1d", "sms", "Still there?"));
+        s.journeys.get_mut("booking").unwrap().cadence =
+            Some(cadence("2h", "whatsapp", "About your booking: {question}"));
+        let f = Flow::compile(s).unwrap();
+        let now = Timestamp(1_772_550_000_000);
+        let mut c = Captured::default();
+        let general = f.follow_up(0, now, &c, "Anything else?").unwrap();
+        assert_eq!(
+            (
+                general.channel,
+                general.due.0 - now.0,
+                general.text.as_str()
+            ),
+            (
+                threadline_protocol::Channel::Sms,
+                86_400_000,
+                "Still there?"
+            )
+        );
+        c.slots.insert("journey".into(), "booking".into());
+        let booking = f.follow_up(0, now, &c, "Which day?").unwrap();
+        assert_eq!(
+            (
+                booking.channel,
+                booking.due.0 - now.0,
+                booking.text.as_str()
+            ),
+            (
+                threadline_protocol::Channel::Whatsapp,
+                7_200_000,
+                "About your booking: Which day?"
+            )
+        );
+        assert!(f.follow_up(1, now, &c, "Which day?").is_none(), "one step");
     }
 }
