@@ -136,13 +136,9 @@ pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result
                 let mut next = api.clone();
                 next.retain(|x| x.id != a.id);
                 next.push(a.clone());
-                app.agents.save(&next).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "storage_failed",
-                        format!("cannot save the agent list: {e}"),
-                    )
-                })?;
+                app.agents
+                    .save(&next)
+                    .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
                 *api = next;
                 let mut tokens = app.agents.tokens.write();
                 tokens.retain(|_, id| *id != a.id);
@@ -169,13 +165,9 @@ pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result
                     return Err(ApiError::not_found(format!("no agent {id}")));
                 }
                 let next: Vec<Agent> = api.iter().filter(|a| a.id != id).cloned().collect();
-                app.agents.save(&next).map_err(|e| {
-                    ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "storage_failed",
-                        format!("cannot save the agent list: {e}"),
-                    )
-                })?;
+                app.agents
+                    .save(&next)
+                    .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
                 *api = next;
                 app.agents.tokens.write().retain(|_, a| a != id);
             }

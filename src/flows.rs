@@ -269,13 +269,7 @@ pub async fn set_slot(
             .persistence
             .calendar(vec![w])
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "storage_failed",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(ApiError::storage)?;
     }
     Ok(json_response(
         StatusCode::OK,

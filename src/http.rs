@@ -120,6 +120,14 @@ impl ApiError {
     pub(crate) fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
+    /// Storage refused a write or read: 500 `storage_failed`.
+    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_failed",
+            e.to_string(),
+        )
+    }
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -1251,13 +1259,7 @@ async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiE
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage_failed",
-            e.to_string(),
-        )
-    })?;
+    .map_err(ApiError::storage)?;
     let mut body = lines.join("\n");
     if !body.is_empty() {
         body.push('\n');
@@ -1270,13 +1272,7 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
     let list = tokio::task::spawn_blocking(move || store.dead_letters(1000))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "storage_failed",
-                e.to_string(),
-            )
-        })?;
+        .map_err(ApiError::storage)?;
     let items: Vec<Value> = list
         .into_iter()
         .map(|(id, d)| {

@@ -147,6 +147,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Which gateway actor `id` is, if it is a registered one.
+    fn gateway_named(&self, id: ractor::ActorId) -> Option<&'static str> {
+        self.gateways
+            .read()
+            .iter()
+            .find(|(_, g)| g.actor.get_id() == id)
+            .map(|(n, _)| *n)
+    }
+
     /// The running gateway `name` (`crate::gateway::GATEWAYS`), if any.
     pub fn gateway(&self, name: &str) -> Option<crate::gateway::GatewayHandle> {
         self.gateways.read().get(name).cloned()
@@ -465,13 +474,7 @@ impl Actor for RootSupervisor {
                     .read()
                     .as_ref()
                     .is_some_and(|s| s.get_id() == cell.get_id());
-                let gateway = st
-                    .shared
-                    .gateways
-                    .read()
-                    .iter()
-                    .find(|(_, g)| g.actor.get_id() == cell.get_id())
-                    .map(|(n, _)| *n);
+                let gateway = st.shared.gateway_named(cell.get_id());
                 let is_pool = st
                     .shared
                     .pool
@@ -512,13 +515,7 @@ impl Actor for RootSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 // Shutdown unregisters gateways before stopping them, so a
                 // gateway still registered here was killed from outside.
-                let gateway = st
-                    .shared
-                    .gateways
-                    .read()
-                    .iter()
-                    .find(|(_, g)| g.actor.get_id() == cell.get_id())
-                    .map(|(n, _)| *n);
+                let gateway = st.shared.gateway_named(cell.get_id());
                 if let Some(name) = gateway {
                     tracing::error!(?reason, gateway = name, "gateway stopped; restarting it");
                     spawn_gateway(&myself, &st.shared, name).await?;

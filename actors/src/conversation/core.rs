@@ -1421,14 +1421,7 @@ impl Conversation {
                 events.extend(more);
             }
         }
-        self.push(
-            &mut events,
-            ConvEvent::Understood {
-                intent: None,
-                slots: [("booking_reminders".to_owned(), String::new())].into(),
-                score: None,
-            },
-        );
+        self.clear_slots(&mut events, &["booking_reminders"]);
         events
     }
 
@@ -1475,6 +1468,21 @@ impl Conversation {
         Ok(events)
     }
 
+    /// Forgets captured slots `keys` (an `Understood` with empty values).
+    fn clear_slots(&mut self, events: &mut Vec<(u32, ConvEvent)>, keys: &[&str]) {
+        self.push(
+            events,
+            ConvEvent::Understood {
+                intent: None,
+                slots: keys
+                    .iter()
+                    .map(|k| (k.to_string(), String::new()))
+                    .collect(),
+                score: None,
+            },
+        );
+    }
+
     /// Cancels the pending follow-up, if any (the customer answered).
     pub fn stop_cadence(&mut self) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
@@ -1490,18 +1498,7 @@ impl Conversation {
         if let Some(more) = self.cancel_timer(id) {
             events.extend(more);
         }
-        self.push(
-            &mut events,
-            ConvEvent::Understood {
-                intent: None,
-                slots: [
-                    ("cadence_timer".to_owned(), String::new()),
-                    ("cadence_step".to_owned(), String::new()),
-                ]
-                .into(),
-                score: None,
-            },
-        );
+        self.clear_slots(&mut events, &["cadence_timer", "cadence_step"]);
         events
     }
 
@@ -1550,18 +1547,7 @@ impl Conversation {
             Some(f) => self.schedule_follow_up(f, &question, next_id),
             None => {
                 let mut events = Vec::new();
-                self.push(
-                    &mut events,
-                    ConvEvent::Understood {
-                        intent: None,
-                        slots: [
-                            ("cadence_timer".to_owned(), String::new()),
-                            ("cadence_step".to_owned(), String::new()),
-                        ]
-                        .into(),
-                        score: None,
-                    },
-                );
+                self.clear_slots(&mut events, &["cadence_timer", "cadence_step"]);
                 events
             }
         }
