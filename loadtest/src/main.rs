@@ -8,9 +8,13 @@
 mod agents;
 mod bot;
 mod client;
+mod fakeprov;
 mod ingest;
 mod node;
 mod outbound;
+mod report;
+mod scenario;
+mod sim;
 mod timers;
 mod webhooks;
 
@@ -29,6 +33,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Simulated customers run a scenario's journeys against a node over
+    /// its real interfaces; the load tester is the providers too, and fails
+    /// (exit 1) when a reply is lost or sent twice.
+    Run(sim::RunArgs),
     /// Durable ingest throughput against a bare hyper endpoint, in one run.
     Ingest(ingest::IngestArgs),
     /// Outbound gate decisions per second, durable with their audit records.
@@ -54,6 +62,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::Run(a) => {
+            if !rt.block_on(sim::run(a))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Ingest(a) => rt.block_on(ingest::run(a)),
         Command::Outbound(a) => rt.block_on(outbound::run(a)),
         Command::Timers(a) => rt.block_on(timers::run(a)),

@@ -1,0 +1,153 @@
+//! The providers the node sends to, played by the load tester: the Twilio
+//! Messages and Calls REST API and the WhatsApp Cloud API messages
+//! endpoint, on loopback. Each message is handed to the simulated customer
+//! it is addressed to (which measures inbound-to-reply latency), and every
+//! idempotency key is remembered, so a message sent twice is counted.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::{DashMap, DashSet};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+
+pub const SID: &str = "AC00000000000000000000000000000000";
+pub const AUTH_TOKEN: &str = "loadtest-auth-token";
+pub const WA_PHONE_ID: &str = "109000000000001";
+pub const WA_TOKEN: &str = "loadtest-wa-token";
+pub const WA_SECRET: &str = "loadtest-app-secret";
+
+/// A message that reached the provider for a customer.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Provider {
+    /// Customer address (E.164) → their inbox.
+    inboxes: DashMap<String, mpsc::UnboundedSender<Arrival>>,
+    keys: DashSet<String>,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Messages for nobody the load tester is simulating now (a reply that
+    /// came after its customer stopped waiting).
+    pub unmatched: AtomicU64,
+    pub calls: AtomicU64,
+}
+
+impl Provider {
+    /// Where messages to `address` go while the customer runs.
+    pub fn inbox(&self, address: &str) -> mpsc::UnboundedReceiver<Arrival> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inboxes.insert(address.to_owned(), tx);
+        rx
+    }
+
+    pub fn close(&self, address: &str) {
+        self.inboxes.remove(address);
+    }
+
+    fn deliver(&self, to: &str, key: &str) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if !key.is_empty() && !self.keys.insert(key.to_owned()) {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let a = Arrival { at: Instant::now() };
+        let sent = self
+            .inboxes
+            .get(to)
+            .map(|tx| tx.send(a).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            self.unmatched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves the fake providers; returns the base URL.
+pub async fn serve(p: Arc<Provider>) -> anyhow::Result<(String, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let p = p.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(p.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((format!("http://{addr}"), addr))
+}
+
+fn answer(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = hyper::StatusCode::from_u16(status).expect("valid status");
+    r
+}
+
+async fn handle(
+    p: Arc<Provider>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+        return Ok(answer(
+            400,
+            serde_json::json!({"message": "unreadable body"}),
+        ));
+    };
+    let n = p.received.load(Ordering::Relaxed);
+    if path == format!("/2010-04-01/Accounts/{SID}/Messages.json") {
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&body).into_owned().collect();
+        let to = form.get("To").cloned().unwrap_or_default();
+        p.deliver(&to, &key);
+        return Ok(answer(
+            201,
+            serde_json::json!({"sid": format!("SM{n:032x}"), "status": "queued"}),
+        ));
+    }
+    if path == format!("/2010-04-01/Accounts/{SID}/Calls.json") {
+        p.calls.fetch_add(1, Ordering::Relaxed);
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&body).into_owned().collect();
+        let to = form.get("To").cloned().unwrap_or_default();
+        p.deliver(&to, &key);
+        return Ok(answer(
+            201,
+            serde_json::json!({"sid": format!("CA{n:032x}"), "status": "queued"}),
+        ));
+    }
+    if path == format!("/{WA_PHONE_ID}/messages") {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let to = format!("+{}", v["to"].as_str().unwrap_or(""));
+        p.deliver(&to, &key);
+        return Ok(answer(
+            200,
+            serde_json::json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.{n:x}")}]}),
+        ));
+    }
+    Ok(answer(404, serde_json::json!({"message": "not found"})))
+}

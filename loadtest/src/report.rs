@@ -1,0 +1,253 @@
+//! What a run found: counts, latency percentiles per interaction kind,
+//! errors by kind, the node's own figures before and after, and a
+//! timeline; as text, JSON and an SVG chart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::client::NodeMetrics;
+
+/// One second of the run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub t: f64,
+    pub sent_per_s: f64,
+    pub replies_per_s: f64,
+    pub reply_p99_ms: f64,
+}
+
+pub struct Report {
+    pub scenario: String,
+    pub label: String,
+    pub model: String,
+    pub seconds: f64,
+    pub journeys: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub replies: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub extra: u64,
+    pub offers_accepted: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latencies: BTreeMap<&'static str, Histogram<u64>>,
+    pub node_before: NodeMetrics,
+    pub node_after: NodeMetrics,
+    pub timeline: Vec<Sample>,
+    pub verified: u64,
+    pub verify_failures: Vec<String>,
+}
+
+/// Node series shown before and after (their growth over the run).
+const NODE_SERIES: [&str; 6] = [
+    "threadline_messages_ingested_total",
+    "threadline_outbound_sent_total",
+    "threadline_webhooks_rejected_total",
+    "threadline_gateway_busy_total",
+    "threadline_conversations_resident",
+    "threadline_process_resident_memory_bytes",
+];
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+impl Report {
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The worst p99 of the inbound-to-reply latencies.
+    pub fn p99_reply_ms(&self) -> f64 {
+        self.latencies
+            .iter()
+            .filter(|(k, _)| k.ends_with(".reply"))
+            .map(|(_, h)| ms(h, 0.99))
+            .fold(0.0, f64::max)
+    }
+
+    /// No lost or duplicated message, and transcripts that check out.
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.verify_failures.is_empty()
+    }
+
+    fn node(&self, name: &str) -> (f64, f64) {
+        (self.node_before.value(name), self.node_after.value(name))
+    }
+
+    pub fn text(&self, rss: Option<f64>) -> String {
+        let mut o = String::new();
+        let rate = |n: u64| n as f64 / self.seconds.max(1e-9);
+        o.push_str(&format!(
+            "\n== {} ({}, {} model, {:.1} s) ==\n",
+            self.scenario, self.label, self.model, self.seconds
+        ));
+        o.push_str(&format!(
+            "journeys {}  messages sent {} ({:.0}/s)  acknowledged {}  replies {} ({:.0}/s)\n",
+            self.journeys,
+            self.sent,
+            rate(self.sent),
+            self.acked,
+            self.replies,
+            rate(self.replies)
+        ));
+        o.push_str(&format!(
+            "lost {}  duplicated {}  extra (not expected, not lost) {}  agent offers accepted {}\n",
+            self.lost, self.duplicated, self.extra, self.offers_accepted
+        ));
+        o.push_str(&format!(
+            "{:<30} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+        ));
+        for (k, h) in &self.latencies {
+            o.push_str(&format!(
+                "{:<30} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                k,
+                h.len(),
+                ms(h, 0.5),
+                ms(h, 0.9),
+                ms(h, 0.99),
+                ms(h, 0.999),
+                h.max() as f64 / 1000.0
+            ));
+        }
+        if self.errors.is_empty() {
+            o.push_str("errors: none\n");
+        } else {
+            for (k, n) in &self.errors {
+                o.push_str(&format!("error {k}: {n}\n"));
+            }
+        }
+        o.push_str("node /metrics (before -> after):\n");
+        for name in NODE_SERIES {
+            let (b, a) = self.node(name);
+            if !(b.is_nan() && a.is_nan()) {
+                o.push_str(&format!("  {name} {b} -> {a}\n"));
+            }
+        }
+        if let Some(r) = rss {
+            o.push_str(&format!(
+                "node RSS at the end: {:.0} MiB\n",
+                r / (1 << 20) as f64
+            ));
+        }
+        o.push_str(&format!(
+            "transcripts checked over REST: {}, failures: {}\n",
+            self.verified,
+            self.verify_failures.len()
+        ));
+        for f in self.verify_failures.iter().take(10) {
+            o.push_str(&format!("  {f}\n"));
+        }
+        o.push_str(if self.passed() {
+            "PASS: every expected reply arrived once\n"
+        } else {
+            "FAIL: messages were lost or duplicated\n"
+        });
+        o
+    }
+
+    pub fn json(&self, rss: Option<f64>) -> Value {
+        let lat: serde_json::Map<String, Value> = self
+            .latencies
+            .iter()
+            .map(|(k, h)| {
+                (
+                    k.to_string(),
+                    json!({"count": h.len(), "p50_ms": ms(h, 0.5), "p90_ms": ms(h, 0.9),
+                           "p99_ms": ms(h, 0.99), "p999_ms": ms(h, 0.999),
+                           "max_ms": h.max() as f64 / 1000.0}),
+                )
+            })
+            .collect();
+        let node: serde_json::Map<String, Value> = NODE_SERIES
+            .iter()
+            .map(|n| {
+                let (b, a) = self.node(n);
+                let f = |x: f64| if x.is_nan() { Value::Null } else { json!(x) };
+                (n.to_string(), json!({"before": f(b), "after": f(a)}))
+            })
+            .collect();
+        json!({
+            "scenario": self.scenario, "label": self.label, "model": self.model,
+            "seconds": self.seconds, "journeys": self.journeys, "sent": self.sent,
+            "acknowledged": self.acked, "replies": self.replies, "lost": self.lost,
+            "duplicated": self.duplicated, "extra": self.extra,
+            "offers_accepted": self.offers_accepted,
+            "messages_per_second": self.sent as f64 / self.seconds.max(1e-9),
+            "errors": self.errors, "latency": lat, "node": node,
+            "node_rss_bytes": rss,
+            "verified": self.verified, "verify_failures": self.verify_failures,
+            "passed": self.passed(),
+            "timeline": self.timeline.iter().map(|s| json!({"t": s.t, "sent_per_s": s.sent_per_s,
+                "replies_per_s": s.replies_per_s, "reply_p99_ms": s.reply_p99_ms})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Throughput (top) and reply p99 (bottom) over time, one line per phase.
+pub fn chart(reports: &[Report], path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(320);
+    // Phases one after another on one time axis.
+    let mut offset = 0.0;
+    type Line = Vec<(f64, f64)>;
+    let mut series: Vec<(String, Line, Line)> = Vec::new();
+    for r in reports {
+        let tput = r
+            .timeline
+            .iter()
+            .map(|s| (offset + s.t, s.sent_per_s))
+            .collect();
+        let p99 = r
+            .timeline
+            .iter()
+            .map(|s| (offset + s.t, s.reply_p99_ms))
+            .collect();
+        series.push((r.label.clone(), tput, p99));
+        offset += r.timeline.last().map_or(0.0, |s| s.t);
+    }
+    let t_max = offset.max(1.0);
+    let y1 = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let y2 = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    let mut c1 = ChartBuilder::on(&top)
+        .caption("customer messages per second", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y1 * 1.1)?;
+    c1.configure_mesh().x_desc("seconds").draw()?;
+    let mut c2 = ChartBuilder::on(&bottom)
+        .caption("inbound-to-reply p99 (ms) per second", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y2 * 1.1)?;
+    c2.configure_mesh().x_desc("seconds").draw()?;
+    for (i, (label, tput, p99)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        c1.draw_series(LineSeries::new(tput, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        c2.draw_series(LineSeries::new(p99, color.stroke_width(2)))?;
+    }
+    if reports.len() > 1 {
+        c1.configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
