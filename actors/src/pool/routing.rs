@@ -4,7 +4,7 @@
 //! move on. Every operation takes `now` and returns effects for the actor
 //! to carry out (send an offer, rescind one, say the customer waits).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use threadline_protocol::{Channel, Timestamp};
 
@@ -176,10 +176,24 @@ pub struct QueueStats {
     pub agents_connected: usize,
 }
 
+/// Where a task stands in line: higher priority first, then older.
+type QueueKey = (i32, Timestamp, u64);
+
+fn queue_key(t: &Task) -> QueueKey {
+    (-t.priority, t.since, t.conv)
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
     agents: BTreeMap<String, AgentState>,
     tasks: BTreeMap<u64, TaskState>,
+    /// Tasks not offered to anyone now, in line order (all tenants), and
+    /// the same per tenant: dispatch walks the line without sorting it,
+    /// and a place in line is counted from the right end.
+    queue: BTreeSet<QueueKey>,
+    tenant_queues: HashMap<String, BTreeSet<QueueKey>>,
+    /// Tasks whose customer has not been told yet that they wait.
+    untold: BTreeSet<u64>,
     /// conversation → the agent holding it, and the task it came from.
     assigned: BTreeMap<u64, (String, Task)>,
     next_offer: u64,
@@ -204,6 +218,57 @@ impl Pool {
             offer_ttl_ms,
             next_offer: 1,
             ..Default::default()
+        }
+    }
+
+    /// Adds a task, in line unless it is offered already.
+    fn insert_task(&mut self, t: TaskState) {
+        if let Some(old) = self.remove_task(t.task.conv) {
+            debug_assert!(false, "task {} inserted twice: {old:?}", t.task.conv);
+        }
+        if t.offered.is_none() {
+            self.line_up(&t.task);
+        }
+        if !t.told_waiting {
+            self.untold.insert(t.task.conv);
+        }
+        self.tasks.insert(t.task.conv, t);
+    }
+
+    fn remove_task(&mut self, conv: u64) -> Option<TaskState> {
+        let t = self.tasks.remove(&conv)?;
+        self.leave_line(&t.task);
+        self.untold.remove(&conv);
+        Some(t)
+    }
+
+    fn line_up(&mut self, t: &Task) {
+        self.queue.insert(queue_key(t));
+        self.tenant_queues
+            .entry(t.tenant.clone())
+            .or_default()
+            .insert(queue_key(t));
+    }
+
+    fn leave_line(&mut self, t: &Task) {
+        self.queue.remove(&queue_key(t));
+        if let Some(q) = self.tenant_queues.get_mut(&t.tenant) {
+            q.remove(&queue_key(t));
+        }
+    }
+
+    /// The offer of `conv` is made (`Some`) or gone (`None`).
+    fn set_offered(&mut self, conv: u64, offered: Option<(String, u64, Timestamp)>) {
+        let Some(t) = self.tasks.get_mut(&conv) else {
+            return;
+        };
+        let was = t.offered.is_some();
+        t.offered = offered;
+        let task = t.task.clone();
+        match (was, self.tasks[&conv].offered.is_some()) {
+            (false, true) => self.leave_line(&task),
+            (true, false) => self.line_up(&task),
+            _ => {}
         }
     }
 
@@ -267,15 +332,12 @@ impl Pool {
         };
         a.offer = Some((offer, conv));
         self.next_offer = self.next_offer.max(offer + 1);
-        self.tasks.insert(
-            conv,
-            TaskState {
-                task,
-                offered: Some((agent.to_owned(), offer, expires)),
-                declined: Vec::new(),
-                told_waiting: true,
-            },
-        );
+        self.insert_task(TaskState {
+            task,
+            offered: Some((agent.to_owned(), offer, expires)),
+            declined: Vec::new(),
+            told_waiting: true,
+        });
         true
     }
 
@@ -336,9 +398,7 @@ impl Pool {
                     agent: id.to_owned(),
                     conv,
                 });
-                if let Some(t) = self.tasks.get_mut(&conv) {
-                    t.offered = None;
-                }
+                self.set_offered(conv, None);
             }
         }
         out.extend(self.dispatch(now));
@@ -385,9 +445,9 @@ impl Pool {
             return Vec::new();
         };
         if let Some(t) = self.tasks.get_mut(&conv) {
-            t.offered = None;
             t.declined.push(id.to_owned());
         }
+        self.set_offered(conv, None);
         vec![Effect::Rescind {
             offer,
             agent: id.to_owned(),
@@ -400,15 +460,12 @@ impl Pool {
         if self.tasks.contains_key(&task.conv) || self.assigned.contains_key(&task.conv) {
             return Vec::new();
         }
-        self.tasks.insert(
-            task.conv,
-            TaskState {
-                task,
-                offered: None,
-                declined: Vec::new(),
-                told_waiting: false,
-            },
-        );
+        self.insert_task(TaskState {
+            task,
+            offered: None,
+            declined: Vec::new(),
+            told_waiting: false,
+        });
         self.dispatch(now)
     }
 
@@ -423,10 +480,7 @@ impl Pool {
             return Err(PoolError::NoSuchOffer(offer));
         };
         a.offer = None;
-        let t = self
-            .tasks
-            .remove(&conv)
-            .expect("an open offer has its task");
+        let t = self.remove_task(conv).expect("an open offer has its task");
         self.agent_mut(agent)?.holding.insert(conv, t.task.lane);
         self.assigned.insert(conv, (agent.to_owned(), t.task));
         let mut out = vec![Effect::Assigned {
@@ -514,15 +568,12 @@ impl Pool {
         };
         // The agent handing it on is not offered it again.
         task.skills.dedup();
-        self.tasks.insert(
-            conv,
-            TaskState {
-                task,
-                offered: None,
-                declined: vec![agent.to_owned()],
-                told_waiting: true,
-            },
-        );
+        self.insert_task(TaskState {
+            task,
+            offered: None,
+            declined: vec![agent.to_owned()],
+            told_waiting: true,
+        });
         out.extend(self.dispatch(now));
         Ok(out)
     }
@@ -570,35 +621,43 @@ impl Pool {
                 agent: agent.to_owned(),
                 conv,
             });
-            self.tasks.insert(
-                conv,
-                TaskState {
-                    // Ahead of newer work: it waited already.
-                    task: Task {
-                        target: None,
-                        ..task
-                    },
-                    offered: None,
-                    declined: vec![agent.to_owned()],
-                    told_waiting: true,
+            self.insert_task(TaskState {
+                // Ahead of newer work: it waited already.
+                task: Task {
+                    target: None,
+                    ..task
                 },
-            );
+                offered: None,
+                declined: vec![agent.to_owned()],
+                told_waiting: true,
+            });
         }
         out.extend(self.dispatch(now));
         out
     }
 
-    /// Offers every waiting task it can, most urgent first.
+    /// Offers every waiting task it can, most urgent first; tells new
+    /// tasks nobody can take now that they wait. Walks the line only while
+    /// some agent could take an offer at all.
     fn dispatch(&mut self, now: Timestamp) -> Vec<Effect> {
-        let mut order: Vec<(i32, Timestamp, u64)> = self
-            .tasks
-            .values()
-            .filter(|t| t.offered.is_none())
-            .map(|t| (-t.task.priority, t.task.since, t.task.conv))
-            .collect();
-        order.sort();
         let mut out = Vec::new();
-        for (_, _, conv) in order {
+        let mut free = self
+            .agents
+            .values()
+            .filter(|a| a.presence == Presence::Available && a.connected && a.offer.is_none())
+            .count();
+        let mut cursor: Option<QueueKey> = None;
+        while free > 0 {
+            let next = match cursor {
+                None => self.queue.iter().next(),
+                Some(k) => self
+                    .queue
+                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
+                    .next(),
+            };
+            let Some(&key) = next else { break };
+            cursor = Some(key);
+            let conv = key.2;
             let t = &self.tasks[&conv];
             let pick = |skip_declined: bool| {
                 self.agents
@@ -609,46 +668,52 @@ impl Pool {
                     .min_by(|a, b| (a.idle_since, &a.spec.id).cmp(&(b.idle_since, &b.spec.id)))
                     .map(|a| a.spec.id.clone())
             };
-            let chosen = pick(true).or_else(|| pick(false));
-            match chosen {
-                Some(agent) => {
-                    let offer = self.next_offer;
-                    self.next_offer += 1;
-                    let expires = now.saturating_add_millis(self.offer_ttl_ms);
-                    self.agents.get_mut(&agent).expect("picked").offer = Some((offer, conv));
-                    let t = self.tasks.get_mut(&conv).expect("listed");
-                    t.offered = Some((agent.clone(), offer, expires));
-                    out.push(Effect::Offer {
-                        offer,
-                        agent,
-                        conv,
-                        expires,
-                    });
-                }
-                None => {
-                    let t = self.tasks.get_mut(&conv).expect("listed");
-                    if !t.told_waiting {
-                        t.told_waiting = true;
-                        let position = self.position(conv);
-                        out.push(Effect::Waiting { conv, position });
-                    }
-                }
+            let Some(agent) = pick(true).or_else(|| pick(false)) else {
+                continue;
+            };
+            let offer = self.next_offer;
+            self.next_offer += 1;
+            let expires = now.saturating_add_millis(self.offer_ttl_ms);
+            self.agents.get_mut(&agent).expect("picked").offer = Some((offer, conv));
+            free -= 1;
+            self.untold.remove(&conv);
+            if let Some(t) = self.tasks.get_mut(&conv) {
+                t.told_waiting = true;
+            }
+            self.set_offered(conv, Some((agent.clone(), offer, expires)));
+            out.push(Effect::Offer {
+                offer,
+                agent,
+                conv,
+                expires,
+            });
+        }
+        // Whoever is still in line and was not told yet waits.
+        for conv in std::mem::take(&mut self.untold) {
+            let position = self.position(conv);
+            if let Some(t) = self.tasks.get_mut(&conv) {
+                t.told_waiting = true;
+                out.push(Effect::Waiting { conv, position });
             }
         }
         out
     }
 
-    /// 1-based place of `conv` among its tenant's tasks not yet offered.
+    /// 1-based place of `conv` among its tenant's tasks not yet offered
+    /// (cheap for the newest, which is where new work lines up).
     pub fn position(&self, conv: u64) -> usize {
         let Some(me) = self.tasks.get(&conv) else {
             return 0;
         };
-        let key = |t: &TaskState| (-t.task.priority, t.task.since, t.task.conv);
-        self.tasks
-            .values()
-            .filter(|t| t.task.tenant == me.task.tenant && key(t) <= key(me))
-            .filter(|t| t.offered.is_none() || t.task.conv == conv)
-            .count()
+        let key = queue_key(&me.task);
+        let Some(q) = self.tenant_queues.get(&me.task.tenant) else {
+            return 1;
+        };
+        let offered = usize::from(!q.contains(&key));
+        match q.last() {
+            Some(last) if *last <= key => q.len() + offered,
+            _ => q.range(..=key).count() + offered,
+        }
     }
 
     pub fn stats(&self, tenant: &str, now: Timestamp) -> QueueStats {
@@ -830,6 +895,81 @@ mod tests {
             }
         );
         assert_eq!(p.holder(1), Some("a"));
+    }
+
+    /// The line index agrees with the tasks, and places in line with a
+    /// count over every task, whatever happened.
+    fn check_line(p: &Pool) {
+        let waiting: BTreeSet<QueueKey> = p
+            .tasks
+            .values()
+            .filter(|t| t.offered.is_none())
+            .map(|t| queue_key(&t.task))
+            .collect();
+        assert_eq!(p.queue, waiting);
+        for t in p.tasks.values() {
+            let me = queue_key(&t.task);
+            let brute = p
+                .tasks
+                .values()
+                .filter(|o| o.task.tenant == t.task.tenant && queue_key(&o.task) <= me)
+                .filter(|o| o.offered.is_none() || o.task.conv == t.task.conv)
+                .count();
+            assert_eq!(p.position(t.task.conv), brute, "task {}", t.task.conv);
+        }
+    }
+
+    #[test]
+    fn the_line_stays_consistent_through_any_mix_of_events() {
+        let mut p = Pool::new(30_000);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for i in 0..4 {
+            p.upsert_agent(agent(&format!("a{i}"), &[], 2), T0);
+        }
+        for step in 0..1000u64 {
+            let now = Timestamp(T0.0 + step as i64 * 1000);
+            let a = format!("a{}", rand(4));
+            match rand(8) {
+                0 | 1 | 2 => {
+                    let mut t = task(rand(200), &[], rand(3) as i32, now.0);
+                    t.tenant = ["acme", "beta"][rand(2) as usize].into();
+                    p.enqueue(t, now);
+                }
+                3 => {
+                    let on = rand(2) == 0;
+                    p.set_connected(&a, on, now);
+                    let _ = p.set_presence(&a, Presence::Available, now);
+                }
+                4 => {
+                    if let Some((o, _)) = p.open_offer(&a) {
+                        let _ = p.reject(&a, o, now);
+                    }
+                }
+                5 => {
+                    if let Some((o, _)) = p.open_offer(&a) {
+                        p.expire_offer(o, now);
+                    }
+                }
+                6 => {
+                    if let Some((o, conv)) = p.open_offer(&a) {
+                        p.accept(&a, o, now).unwrap();
+                        if rand(2) == 0 {
+                            p.release(&a, conv, now).unwrap();
+                        }
+                    }
+                }
+                _ => {
+                    p.requeue_all(&a, now);
+                }
+            }
+            check_line(&p);
+        }
     }
 
     #[test]
