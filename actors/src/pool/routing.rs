@@ -936,7 +936,7 @@ mod tests {
             let now = Timestamp(T0.0 + step as i64 * 1000);
             let a = format!("a{}", rand(4));
             match rand(8) {
-                0 | 1 | 2 => {
+                0..=2 => {
                     let mut t = task(rand(200), &[], rand(3) as i32, now.0);
                     t.tenant = ["acme", "beta"][rand(2) as usize].into();
                     p.enqueue(t, now);
