@@ -60,11 +60,14 @@ impl Report {
         self.errors.values().sum()
     }
 
-    /// The worst p99 of the inbound-to-reply latencies.
+    /// The worst p99 of the inbound-to-reply latencies (of the
+    /// acknowledgements, when no reply is expected).
     pub fn p99_reply_ms(&self) -> f64 {
+        let replies = self.latencies.keys().any(|k| k.ends_with(".reply"));
+        let kind = if replies { ".reply" } else { ".ack" };
         self.latencies
             .iter()
-            .filter(|(k, _)| k.ends_with(".reply"))
+            .filter(|(k, _)| k.ends_with(kind))
             .map(|(_, h)| ms(h, 0.99))
             .fold(0.0, f64::max)
     }

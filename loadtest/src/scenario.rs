@@ -63,6 +63,10 @@ pub struct Load {
     /// A customer's pause before each message: [min, max] milliseconds.
     #[serde(default = "default_think")]
     pub think_ms: [u64; 2],
+    /// Journeys come from this many returning customers (their messages
+    /// continue existing conversations) instead of a new customer each;
+    /// only for journeys that expect no replies.
+    pub identities: Option<u64>,
     /// How long a customer waits for each expected reply.
     #[serde(default = "default_reply_timeout")]
     pub reply_timeout_ms: u64,
@@ -211,6 +215,20 @@ impl Scenario {
         }
         if l.model == Model::Closed && l.customers == 0 {
             return Err("[load] a closed model needs `customers` > 0".into());
+        }
+        if l.identities == Some(0) {
+            return Err("[load] identities must be at least 1".into());
+        }
+        if l.identities.is_some()
+            && self
+                .journeys
+                .iter()
+                .any(|j| j.steps.iter().any(|s| s.replies > 0) || j.channel == Channel::Webchat)
+        {
+            return Err(
+                "[load] returning `identities` are for journeys without replies (replies would mix)"
+                    .into(),
+            );
         }
         if l.think_ms[0] > l.think_ms[1] {
             return Err("[load] think_ms is [min, max]".into());
