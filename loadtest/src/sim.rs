@@ -538,7 +538,8 @@ fn stored_id(channel: Channel, id: &str) -> String {
     }
 }
 
-/// An agent desktop: available, accepts every offer, answers once.
+/// An agent desktop: available, accepts every offer, answers once and
+/// closes the conversation.
 async fn agent(sh: Arc<Shared>, i: usize, offers: Arc<AtomicU64>) {
     let url = format!("ws://{}/agent/ws?token=agent-token-{i}", sh.addr);
     let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
@@ -557,6 +558,9 @@ async fn agent(sh: Arc<Shared>, i: usize, offers: Arc<AtomicU64>) {
         let Ok(v) = serde_json::from_str::<Value>(&t) else {
             continue;
         };
+        if std::env::var_os("LT_DEBUG").is_some() {
+            eprintln!("agent{i} <- {}", &t[..t.len().min(300)]);
+        }
         match v["type"].as_str() {
             Some("offer") => {
                 offers.fetch_add(1, Ordering::Relaxed);
@@ -582,11 +586,15 @@ async fn agent(sh: Arc<Shared>, i: usize, offers: Arc<AtomicU64>) {
                         json!({"type": "send", "conversation_id": conv, "text": reply}).to_string(),
                     ))
                     .await;
+                // Done with it: the desktop has room for the next one.
+                let _ = ws
+                    .send(Frame::text(
+                        json!({"type": "close", "conversation_id": conv, "disposition": "answered"})
+                            .to_string(),
+                    ))
+                    .await;
             }
             _ => {}
-        }
-        if sh.stop.load(Ordering::Relaxed) {
-            break;
         }
     }
 }
