@@ -134,3 +134,39 @@ fn replies_that_never_come_fail_the_run() {
     assert!(r["lost"].as_u64().unwrap() >= 6, "{r:#}");
     assert_eq!(r["passed"], false);
 }
+
+#[test]
+fn callers_talking_to_the_voice_assistant_get_an_answer_each_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows/dental.toml");
+    let path = dir.path().join("voice.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+name = "voice"
+flow = "{flow}"
+voice_assistant = true
+[load]
+model = "closed"
+customers = 4
+messages = 12
+[[journeys]]
+name = "call"
+channel = "voice"
+steps = [
+  {{ say = "Hi, I'd like to book a cleaning", replies = 1 }},
+  {{ say = "Thursday at 3", replies = 1 }},
+]
+"#
+        ),
+    )
+    .unwrap();
+    let (code, r) = run(&path, &["--verify-all"]);
+    assert_eq!(code, 0, "{r:#}");
+    let sent = r["sent"].as_u64().unwrap();
+    assert!(sent >= 12);
+    assert_eq!(r["replies"], sent, "{r:#}");
+    assert_eq!(r["latency"]["voice.speech.reply"]["count"], sent);
+    assert_eq!(r["verify_failures"], serde_json::json!([]));
+}

@@ -19,6 +19,11 @@ pub struct Scenario {
     /// so quiet hours never hold a reply back during a run.
     #[serde(default = "default_clock")]
     pub clock: String,
+    /// The tenant answers calls with the speech assistant (voice journeys
+    /// then speak: `say` steps are speech turns) instead of ringing the
+    /// owner (voice journeys are then `missed_call` steps).
+    #[serde(default)]
+    pub voice_assistant: bool,
     pub load: Load,
     pub journeys: Vec<Journey>,
     #[serde(default)]
@@ -50,7 +55,8 @@ pub struct Load {
     /// Closed model: concurrent customers (conversations in progress).
     #[serde(default = "default_customers")]
     pub customers: usize,
-    /// Open model: journeys started per second (after the ramp).
+    /// Open model: customer messages per second (after the ramp); new
+    /// journeys start at this rate divided by their mean number of steps.
     #[serde(default)]
     pub rate: f64,
     /// Open model: seconds to ramp from 0 to `rate`.
@@ -95,7 +101,8 @@ pub enum Channel {
     Webchat,
     /// The gateway JSON API; replies are recorded (sandbox), not sent.
     Api,
-    /// Twilio voice webhooks: `missed_call` steps.
+    /// Twilio voice webhooks: `missed_call` steps, or speech turns (`say`)
+    /// with `voice_assistant = true`.
     Voice,
 }
 
@@ -183,10 +190,18 @@ impl Scenario {
             }
             for (i, st) in j.steps.iter().enumerate() {
                 match (j.channel, st.missed_call, &st.say) {
-                    (Channel::Voice, true, None) => {}
+                    (Channel::Voice, true, None) if !self.voice_assistant => {}
+                    (Channel::Voice, false, Some(_)) if self.voice_assistant => {
+                        if st.replies > 1 {
+                            return Err(format!(
+                                "journey {:?} step {i}: a speech turn gets one answer",
+                                j.name
+                            ));
+                        }
+                    }
                     (Channel::Voice, _, _) => {
                         return Err(format!(
-                            "journey {:?} step {i}: voice steps are `missed_call = true`",
+                            "journey {:?} step {i}: voice steps are `missed_call = true`, or speech (`say`) with `voice_assistant = true`",
                             j.name
                         ))
                     }
@@ -234,6 +249,16 @@ impl Scenario {
             return Err("[load] think_ms is [min, max]".into());
         }
         Ok(())
+    }
+
+    /// Mean customer messages per journey, by weight.
+    pub fn mean_steps(&self) -> f64 {
+        let total: u32 = self.journeys.iter().map(|j| j.weight).sum();
+        self.journeys
+            .iter()
+            .map(|j| f64::from(j.weight) * j.steps.len() as f64)
+            .sum::<f64>()
+            / f64::from(total.max(1))
     }
 
     /// A journey by weight.

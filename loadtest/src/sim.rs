@@ -213,7 +213,9 @@ gateway_token = "{GATEWAY}"
 quiet_hours_states = []
 owner_phone = "+15550000199"
 missed_call_text = "Sorry we missed your call! How can we help?"
+voice_assistant = {assistant}
 "#,
+        assistant = s.voice_assistant,
         sid = fakeprov::SID,
         auth = fakeprov::AUTH_TOKEN,
         secret = fakeprov::WA_SECRET,
@@ -265,6 +267,9 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
     }
     let mut ids = Vec::new();
     let mut expected = 0;
+    // What the assistant said back to the last speech turn.
+    let mut spoken = false;
+    let mut begun = false;
     for (i, step) in jr.steps.iter().enumerate() {
         let [lo, hi] = sh.scenario.load.think_ms;
         if hi > 0 {
@@ -274,6 +279,7 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
             if sh.over() {
                 break;
             }
+            begun = true;
             sh.journeys.fetch_add(1, Ordering::Relaxed);
         }
         let id = format!("lt{:x}-{n:x}-{i}", sh.run_id);
@@ -285,7 +291,17 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
             Channel::Sms => send_sms(&sh, &phone, &id, &text).await,
             Channel::Whatsapp => send_whatsapp(&sh, &phone, &id, &text, name).await,
             Channel::Api => send_api(&sh, &phone, &id, &text).await,
-            Channel::Voice => missed_call(&sh, &phone, &id).await,
+            Channel::Voice if step.missed_call => missed_call(&sh, &phone, &id).await,
+            Channel::Voice => {
+                let call = format!("lt{:x}-{n:x}", sh.run_id);
+                match speech(&sh, &phone, &call, i + 1, &text).await {
+                    Ok(said) => {
+                        spoken = said;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Channel::Webchat => match ws.as_mut() {
                 Some(s) => send_chat(&sh, s, &id, &text, timeout).await,
                 None => Err("no socket".into()),
@@ -305,6 +321,18 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
             }
         }
         expected += step.replies;
+        if jr.channel == Channel::Voice && !step.missed_call {
+            // The answer to a speech turn is in the webhook's TwiML.
+            if step.replies > 0 {
+                if spoken {
+                    sh.replies.fetch_add(1, Ordering::Relaxed);
+                    sh.record("voice.speech.reply", started.elapsed());
+                } else {
+                    sh.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            continue;
+        }
         for r in 0..step.replies {
             let got = match ws.as_mut() {
                 Some(s) => reply_frame(s, timeout).await,
@@ -342,7 +370,9 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
     if let Some(mut s) = ws {
         let _ = s.close(None).await;
     }
-    sh.done.lock().unwrap().push((address, ids, expected));
+    if begun {
+        sh.done.lock().unwrap().push((address, ids, expected));
+    }
 }
 
 fn ack_kind(c: Channel) -> &'static str {
@@ -434,22 +464,13 @@ async fn send_sms(sh: &Shared, from: &str, id: &str, text: &str) -> Result<(), S
         ("SmsStatus", "received"),
         ("ApiVersion", "2010-04-01"),
     ];
-    let sig = twilio_signature(&format!("{PUBLIC_URL}/webhooks/twilio/sms"), &params);
-    let body = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params)
-        .finish();
-    status_ok(
-        sh.post(
-            "/webhooks/twilio/sms",
-            "application/x-www-form-urlencoded",
-            &[("x-twilio-signature", sig)],
-            body,
-        )
-        .await,
-        200,
-    )
+    twilio_post(sh, "/webhooks/twilio/sms", &params)
+        .await
+        .map(|_| ())
 }
 
+/// A call nobody answers: it rings the owner, then the dial reports
+/// no answer.
 async fn missed_call(sh: &Shared, from: &str, id: &str) -> Result<(), String> {
     let sid = format!("CA{id}");
     let mut params = vec![
@@ -461,29 +482,60 @@ async fn missed_call(sh: &Shared, from: &str, id: &str) -> Result<(), String> {
         ("Direction", "inbound"),
         ("ApiVersion", "2010-04-01"),
     ];
-    for path in [
-        "/webhooks/twilio/voice",
-        "/webhooks/twilio/voice/dial-status",
-    ] {
-        if path.ends_with("dial-status") {
-            params.push(("DialCallStatus", "no-answer"));
-        }
-        let sig = twilio_signature(&format!("{PUBLIC_URL}{path}"), &params);
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params.iter().copied())
-            .finish();
-        status_ok(
-            sh.post(
-                path,
-                "application/x-www-form-urlencoded",
-                &[("x-twilio-signature", sig)],
-                body,
-            )
-            .await,
-            200,
-        )?;
-    }
+    twilio_post(sh, "/webhooks/twilio/voice", &params).await?;
+    params.push(("DialCallStatus", "no-answer"));
+    twilio_post(sh, "/webhooks/twilio/voice/dial-status", &params).await?;
     Ok(())
+}
+
+/// One speech turn of call `call` (turn 1 first answers the call); true
+/// if the assistant said something back.
+async fn speech(
+    sh: &Shared,
+    from: &str,
+    call: &str,
+    turn: usize,
+    text: &str,
+) -> Result<bool, String> {
+    let sid = format!("CA{call}");
+    let mut params = vec![
+        ("CallSid", sid.as_str()),
+        ("AccountSid", fakeprov::SID),
+        ("From", from),
+        ("To", NUMBER),
+        ("CallStatus", "in-progress"),
+        ("Direction", "inbound"),
+        ("ApiVersion", "2010-04-01"),
+    ];
+    if turn == 1 {
+        twilio_post(sh, "/webhooks/twilio/voice", &params).await?;
+    }
+    params.push(("SpeechResult", text));
+    params.push(("Confidence", "0.92"));
+    let path = format!("/webhooks/twilio/voice/gather?turn={turn}");
+    let twiml = twilio_post(sh, &path, &params).await?;
+    Ok(twiml.contains("<Say"))
+}
+
+/// A signed Twilio webhook; the TwiML answer.
+async fn twilio_post(sh: &Shared, path: &str, params: &[(&str, &str)]) -> Result<String, String> {
+    let sig = twilio_signature(&format!("{PUBLIC_URL}{path}"), params);
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter().copied())
+        .finish();
+    match sh
+        .post(
+            path,
+            "application/x-www-form-urlencoded",
+            &[("x-twilio-signature", sig)],
+            body,
+        )
+        .await
+    {
+        Ok((200, b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        Ok((s, _)) => Err(format!("status {s}")),
+        Err(e) => Err(format!("transport: {e}")),
+    }
 }
 
 async fn send_whatsapp(
@@ -686,7 +738,9 @@ async fn phase(
                 let mut rng = fastrand::Rng::with_seed(sh.run_id);
                 let mut running = Vec::new();
                 let mut started = 0u64;
-                let (rate, ramp) = (sh.scenario.load.rate, sh.scenario.load.ramp_secs);
+                // Messages per second → journeys per second.
+                let rate = sh.scenario.load.rate / sh.scenario.mean_steps();
+                let ramp = sh.scenario.load.ramp_secs;
                 while !sh.over() {
                     // Journeys due by now: the integral of the (ramped) rate.
                     let t = start.elapsed().as_secs_f64();
