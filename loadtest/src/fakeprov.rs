@@ -74,8 +74,10 @@ impl Provider {
 }
 
 /// Serves the fake providers; returns the base URL.
-pub async fn serve(p: Arc<Provider>) -> anyhow::Result<(String, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+pub async fn serve(p: Arc<Provider>, at: SocketAddr) -> anyhow::Result<(String, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for provider traffic on {at}: {e}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -37,6 +37,8 @@ enum Command {
     /// its real interfaces; the load tester is the providers too, and fails
     /// (exit 1) when a reply is lost or sent twice.
     Run(sim::RunArgs),
+    /// Print the node config a scenario needs (for `run --url`).
+    NodeConfig(sim::NodeConfigArgs),
     /// Durable ingest throughput against a bare hyper endpoint, in one run.
     Ingest(ingest::IngestArgs),
     /// Outbound gate decisions per second, durable with their audit records.
@@ -62,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
+        Command::NodeConfig(a) => sim::node_config(a),
         Command::Run(a) => {
             if !rt.block_on(sim::run(a))? {
                 std::process::exit(1);

@@ -72,6 +72,35 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Drive a node that is already running here (host:port) instead of
+    /// starting one; it must run the config `node-config` prints for this
+    /// scenario, with its providers pointing at `--provider-listen`.
+    #[arg(long)]
+    pub url: Option<std::net::SocketAddr>,
+    /// Where the fake providers listen.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub provider_listen: std::net::SocketAddr,
+}
+
+#[derive(clap::Args)]
+pub struct NodeConfigArgs {
+    /// The scenario file.
+    #[arg(long)]
+    pub scenario: PathBuf,
+    /// Where the load tester's providers will listen (`run --provider-listen`).
+    #[arg(long)]
+    pub provider_base: String,
+}
+
+/// Prints the node config a scenario needs, for `run --url`.
+pub fn node_config(a: NodeConfigArgs) -> anyhow::Result<()> {
+    let s = Scenario::load(&a.scenario)?;
+    print!("{}", config(&s, a.provider_base.trim_end_matches('/')));
+    eprintln!(
+        "run the node with --simulated-clock {} so quiet hours never hold an answer back",
+        s.clock
+    );
+    Ok(())
 }
 
 /// Everything the customers of one run share.
@@ -928,17 +957,26 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
         s.load.duration_secs = None;
     }
     let provider = Arc::new(Provider::default());
-    let (base, _) = fakeprov::serve(provider.clone()).await?;
-    let node = crate::node::spawn_with_config(
-        &a.node,
-        &config(&s, &base),
-        &["--simulated-clock".into(), s.clock.clone()],
-    )?;
-    let addr = node.addr;
+    let (base, _) = fakeprov::serve(provider.clone(), a.provider_listen).await?;
+    let node = match a.url {
+        Some(_) => None,
+        None => Some(crate::node::spawn_with_config(
+            &a.node,
+            &config(&s, &base),
+            &["--simulated-clock".into(), s.clock.clone()],
+        )?),
+    };
+    let addr = match (&node, a.url) {
+        (Some(n), _) => n.addr,
+        (None, Some(u)) => u,
+        (None, None) => unreachable!("a node is started without --url"),
+    };
     eprintln!(
-        "scenario {:?}: node on {addr} (pid {}), providers on {base}",
+        "scenario {:?}: node on {addr}{}, providers on {base}",
         s.name,
-        node.child.id()
+        node.as_ref()
+            .map(|n| format!(" (pid {})", n.child.id()))
+            .unwrap_or_default()
     );
     let mut reports = Vec::new();
     if let Some(bound) = a.find_knee {
