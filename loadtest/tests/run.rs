@@ -7,9 +7,14 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// The load tester, built next to the node by `cargo test --workspace`.
 fn loadtest() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_threadline")).with_file_name("threadline-loadtest");
+    PathBuf::from(env!("CARGO_BIN_EXE_threadline-loadtest"))
+}
+
+/// The node binary, built next to the load tester by `cargo test
+/// --workspace` (the node's own tests need it).
+fn node() -> PathBuf {
+    let p = loadtest().with_file_name("threadline");
     assert!(
         p.exists(),
         "{} is missing: run the tests with `cargo test --workspace`",
@@ -18,8 +23,11 @@ fn loadtest() -> PathBuf {
     p
 }
 
+/// The repository's example flows.
+const FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/flows");
+
 fn scenario(dir: &std::path::Path, replies: u32) -> PathBuf {
-    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows/dental.toml");
+    let flow = format!("{FLOWS}/dental.toml");
     let path = dir.join("scenario.toml");
     std::fs::write(
         &path,
@@ -71,7 +79,7 @@ fn run(scenario: &std::path::Path, extra: &[&str]) -> (i32, Value) {
         .arg("--scenario")
         .arg(scenario)
         .arg("--node")
-        .arg(env!("CARGO_BIN_EXE_threadline"))
+        .arg(node())
         .args(["--quiet", "--json", "-"])
         .args(extra)
         .output()
@@ -138,7 +146,7 @@ fn replies_that_never_come_fail_the_run() {
 #[test]
 fn callers_talking_to_the_voice_assistant_get_an_answer_each_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows/dental.toml");
+    let flow = format!("{FLOWS}/dental.toml");
     let path = dir.path().join("voice.toml");
     std::fs::write(
         &path,
