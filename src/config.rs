@@ -22,9 +22,25 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     #[serde(default)]
     pub agents: Vec<Agent>,
+    /// Run as one node of a cluster (absent: a single node).
+    pub cluster: Option<Cluster>,
     /// The config file's folder: relative paths in it start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// This node's name, unique in the cluster.
+    pub name: String,
+    /// Where this node listens for its peers (host:port).
+    pub listen: String,
+    /// Peers to join through (host:port).
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Shared secret of the cluster's nodes.
+    pub cookie: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -469,6 +485,7 @@ impl Config {
                 capacity: BTreeMap::from([("chat".into(), 3), ("voice".into(), 1)]),
                 phone: None,
             }],
+            cluster: None,
             base_dir: PathBuf::from("."),
         }
     }
@@ -580,6 +597,37 @@ impl Config {
                 vec![Key("server"), Key("max_body_bytes")],
                 "must be between 1024 and 16777216".into(),
             );
+        }
+        if let Some(c) = &self.cluster {
+            if !is_id(&c.name) {
+                return err(
+                    vec![Key("cluster"), Key("name")],
+                    "must be a name of letters, digits, - and _".into(),
+                );
+            }
+            if c.listen.parse::<SocketAddr>().is_err() {
+                return err(
+                    vec![Key("cluster"), Key("listen")],
+                    format!("{:?} is not an address like 127.0.0.1:7100", c.listen),
+                );
+            }
+            if let Some((i, s)) = c
+                .seeds
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.parse::<SocketAddr>().is_err())
+            {
+                return err(
+                    vec![Key("cluster"), Key("seeds"), Index(i)],
+                    format!("{s:?} is not an address like 127.0.0.2:7100"),
+                );
+            }
+            if c.cookie.len() < 16 {
+                return err(
+                    vec![Key("cluster"), Key("cookie")],
+                    "is required, at least 16 characters".into(),
+                );
+            }
         }
         let r = &self.runtime;
         if r.max_resident_conversations == 0 {

@@ -49,6 +49,8 @@ pub struct App {
     pub chat: Arc<crate::webchat::Hub>,
     /// Agent tokens and API-created agents.
     pub agents: crate::agents::AgentDirectory,
+    /// Cluster membership, when `[cluster]` is configured.
+    pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
 }
 
 impl App {
@@ -69,6 +71,7 @@ impl App {
             gateway_tokens,
             draining: AtomicBool::new(false),
             simulated,
+            cluster: None,
         }
     }
 }
@@ -398,6 +401,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
             crate::flows::booking_outcome(app, id, req).await
+        }
+        (Method::GET, ["api", "v1", "cluster"]) => {
+            admin(app, &req)?;
+            Ok(json_response(StatusCode::OK, &cluster_json(app)))
         }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
@@ -1299,6 +1306,37 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
         StatusCode::OK,
         &json!({ "dead_letters": items }),
     ))
+}
+
+/// `GET /api/v1/cluster`: this node, its live peers, and what it holds.
+fn cluster_json(app: &App) -> Value {
+    let resident = app.router.resident();
+    match &app.cluster {
+        None => json!({
+            "mode": "single",
+            "node": null,
+            "members": [],
+            "conversations": {"this_node": resident},
+        }),
+        Some(c) => {
+            let members: Vec<Value> = c
+                .members()
+                .into_iter()
+                .map(|m| {
+                    json!({"name": m.name, "addr": m.addr, "healthy": true,
+                           "member_for_ms": m.since.elapsed().as_millis() as u64})
+                })
+                .collect();
+            json!({
+                "mode": "cluster",
+                "node": c.spec.name,
+                "listen": c.spec.listen.to_string(),
+                "members": members,
+                "live": c.live_names(),
+                "conversations": {"this_node": resident},
+            })
+        }
+    }
 }
 
 /// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`).

@@ -277,8 +277,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(m) = &manual {
         println!("threadline: simulated clock at {}", http::rfc3339(m.now()));
     }
-    let app = Arc::new(http::App::new(cfg, &runtime, manual));
+    let cluster = match &cfg.cluster {
+        None => None,
+        Some(c) => {
+            let spec = threadline_actors::cluster::ClusterSpec {
+                name: c.name.clone(),
+                listen: c.listen.parse().expect("validated"),
+                seeds: c
+                    .seeds
+                    .iter()
+                    .map(|s| s.parse().expect("validated"))
+                    .collect(),
+                cookie: c.cookie.clone(),
+            };
+            let cl = threadline_actors::cluster::Cluster::start(spec, Duration::from_millis(500))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot start the cluster node: {e}"))?;
+            println!("threadline: cluster node {} on {}", c.name, c.listen);
+            Some(cl)
+        }
+    };
+    let mut app = http::App::new(cfg, &runtime, manual);
+    app.cluster = cluster.clone();
+    let app = Arc::new(app);
     http::serve(app, listener, shutdown_signal(), Duration::from_secs(30)).await;
+    if let Some(c) = &cluster {
+        c.stop();
+    }
     tracing::info!("draining conversations and flushing storage");
     runtime.shutdown().await;
     tracing::info!("stopped");

@@ -49,6 +49,7 @@ impl GatewayHandle {
     }
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum GatewayMsg {
     /// Reports the gateway's work in flight as a metric.
     Tick,

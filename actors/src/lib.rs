@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod consent;
 pub mod conversation;
 pub mod feed;

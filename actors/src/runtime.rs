@@ -340,6 +340,7 @@ impl Runtime {
     }
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum RootMsg {}
 
 struct RootSupervisor;
@@ -638,6 +639,7 @@ fn release_free_memory() {
 /// writer, and on stop commits the queue and joins the thread.
 struct PersistenceActor;
 
+#[derive(ractor_cluster::RactorMessage)]
 enum PersistenceMsg {
     Tick,
 }

@@ -33,6 +33,7 @@ use crate::wheel::{Expired, TimerKey, Wheel};
 /// A timer whose owner could not be reached is tried again this much later.
 const RETRY_MS: i64 = 1_000;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SchedMsg {
     /// A timer was durably scheduled.
     Add(TimerRow),

@@ -69,6 +69,7 @@ impl Default for RetryPolicy {
     }
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SenderMsg {
     Enqueue(OutboxEntry),
     Done { conv: u64, seq: u32 },

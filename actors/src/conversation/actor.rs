@@ -66,6 +66,7 @@ pub struct InboundMeta {
     pub profile_name: Option<String>,
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum ConvMsg {
     Inbound {
         msg: InboundMessage,
@@ -210,6 +211,10 @@ pub struct ConvState {
     poisoned: bool,
     /// Calendar changes to commit with the next events.
     pending_calendar: Vec<crate::store::CalendarWrite>,
+    /// The next commit copies another conversation's history (a merge):
+    /// nobody is shown those messages again, and no outcome is counted
+    /// twice.
+    importing: bool,
 }
 
 impl Actor for ConversationActor {
@@ -229,6 +234,7 @@ impl Actor for ConversationActor {
             since_snapshot: 0,
             poisoned: false,
             pending_calendar: Vec::new(),
+            importing: false,
         })
     }
 
@@ -437,10 +443,12 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             events.extend(conv.link_identity(&identities));
             events.extend(conv.import(from, &messages, now));
             events.extend(conv.adopt_captured(&captured));
+            st.importing = true;
             st.commit(&myself, events, index, move |r| {
                 let _ = reply.send(r.map(|()| id));
             })
             .await;
+            st.importing = false;
         }
         ConvMsg::Escalate {
             reason,
@@ -606,7 +614,7 @@ impl ConvState {
                 }
             )
         });
-        for (_, e) in &events {
+        for (_, e) in events.iter().filter(|_| !self.importing) {
             if let ConvEvent::MessageAppended(m) = e {
                 if self.args.shared.feed.wants(id, m) {
                     published.push(crate::feed::Published {
@@ -619,7 +627,9 @@ impl ConvState {
                 }
             }
         }
-        record_outcomes(&self.args.shared.metrics.outcomes, &conv.state, &events);
+        if !self.importing {
+            record_outcomes(&self.args.shared.metrics.outcomes, &conv.state, &events);
+        }
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);

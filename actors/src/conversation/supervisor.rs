@@ -17,6 +17,7 @@ use super::actor::{ConvArgs, ConvMsg, ConversationActor};
 use super::{ConvKey, Entry, EntryMeta};
 use crate::runtime::Shared;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SupMsg {
     Activate {
         key: ConvKey,

@@ -114,6 +114,7 @@ pub struct Escalation {
 
 type Reply<T> = oneshot::Sender<T>;
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum PoolMsg {
     Upsert(AgentSpec),
     Remove(String, Reply<bool>),
@@ -161,6 +162,8 @@ enum Write {
     /// An offer opened or ended (`Op::Offer`), or a stale offer timer's
     /// row dropped (`Op::TimerDelete`).
     Durable(crate::persistence::Op),
+    /// Answers once every write before it is durable.
+    Flush(oneshot::Sender<()>),
 }
 
 pub struct PoolActor;
@@ -584,6 +587,11 @@ impl Actor for PoolActor {
                         let _ = writer.shared.persistence.submit(op).await;
                         continue;
                     }
+                    Write::Flush(done) => {
+                        let _ = writer.shared.persistence.barrier().await;
+                        let _ = done.send(());
+                        continue;
+                    }
                 };
                 let taken = agent.is_some();
                 if writer.assign(id, agent).await.is_ok() && taken {
@@ -836,7 +844,14 @@ impl Actor for PoolActor {
             PoolMsg::Tick => st.on_time(),
             PoolMsg::Advance(reply) => {
                 st.on_time();
-                let _ = reply.send(());
+                // Simulated time: what the pool decided is durable when
+                // the advance returns (offers and their timers included).
+                let (tx, rx) = oneshot::channel();
+                let _ = st.assignments.send(Write::Flush(tx));
+                tokio::spawn(async move {
+                    let _ = rx.await;
+                    let _ = reply.send(());
+                });
             }
         }
         Ok(())
@@ -891,6 +906,7 @@ pub struct SessionArgs {
     pub events: mpsc::Sender<AgentEvent>,
 }
 
+#[derive(ractor_cluster::RactorMessage)]
 pub enum SessionMsg {
     Deliver(AgentEvent),
 }

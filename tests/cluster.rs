@@ -1,0 +1,124 @@
+//! Cluster membership with ractor_cluster, each node its own process on
+//! loopback: nodes that share the cookie find each other through a seed
+//! (transitively); a node with another cookie never joins.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const COOKIE: &str = "test-cluster-cookie-0001";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(name: &str, port: u16, seeds: &[u16], cookie: &str) -> String {
+    let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "{CONFIG}\n[cluster]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\ncookie = \"{cookie}\"\n",
+        seeds.join(", ")
+    )
+}
+
+async fn cluster(node: &Node) -> Value {
+    let (s, v) = node.get_admin("/api/v1/cluster").await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn names(v: &Value) -> Vec<String> {
+    let mut n: Vec<String> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+/// Waits until `node` sees exactly `want` as its peers.
+async fn sees(node: &Node, want: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = cluster(node).await;
+        if names(&last) == want {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected peers {want:?}, the node reports {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_the_cookie_join_through_a_seed_and_a_wrong_cookie_never_does() {
+    let (p1, p2, p3, p4) = (free_port(), free_port(), free_port(), free_port());
+    let n1 = Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]);
+    let n2 = Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]);
+    let n3 = Node::start_with_config(&config("n3", p3, &[p1], COOKIE), &[]);
+    let intruder = Node::start_with_config(
+        &config("intruder", p4, &[p1], "another-cookie-entirely"),
+        &[],
+    );
+    let v = sees(&n1, &["n2", "n3"]).await;
+    assert_eq!(v["mode"], "cluster");
+    assert_eq!(v["node"], "n1");
+    assert_eq!(v["live"], serde_json::json!(["n1", "n2", "n3"]));
+    // n2 and n3 only named n1, and found each other through it.
+    sees(&n2, &["n1", "n3"]).await;
+    sees(&n3, &["n1", "n2"]).await;
+    // The intruder is refused: nobody lists it, it lists nobody, and it
+    // says why.
+    for _ in 0..100 {
+        if intruder.stderr().contains("did not authenticate") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        intruder
+            .stderr()
+            .contains("did not authenticate: wrong cookie?"),
+        "{}",
+        intruder.stderr()
+    );
+    assert!(names(&cluster(&intruder).await).is_empty());
+    assert_eq!(names(&cluster(&n1).await), ["n2", "n3"]);
+
+    // A node that stops leaves the others' view.
+    drop(n3);
+    sees(&n1, &["n2"]).await;
+    sees(&n2, &["n1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
+    let n = Node::start(&[]);
+    let v = cluster(&n).await;
+    assert_eq!(v["mode"], "single");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    for (bad, key) in [
+        ("name = \"n 1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"0123456789abcdef\"", "cluster.name"),
+        ("name = \"n1\"\nlisten = \"nowhere\"\ncookie = \"0123456789abcdef\"", "cluster.listen"),
+        ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\nseeds = [\"x\"]\ncookie = \"0123456789abcdef\"", "cluster.seeds[0]"),
+        ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"short\"", "cluster.cookie"),
+    ] {
+        std::fs::write(&path, format!("{CONFIG}\n[cluster]\n{bad}\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
