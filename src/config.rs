@@ -41,6 +41,20 @@ pub struct Cluster {
     pub seeds: Vec<String>,
     /// Shared secret of the cluster's nodes.
     pub cookie: String,
+    /// How often each peer is pinged (application heartbeat).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A peer silent this long is down.
+    #[serde(default = "default_failure_after_ms")]
+    pub failure_after_ms: u64,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+
+fn default_failure_after_ms() -> u64 {
+    3000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -620,6 +634,18 @@ impl Config {
                 return err(
                     vec![Key("cluster"), Key("seeds"), Index(i)],
                     format!("{s:?} is not an address like 127.0.0.2:7100"),
+                );
+            }
+            if !(50..=60_000).contains(&c.heartbeat_ms) {
+                return err(
+                    vec![Key("cluster"), Key("heartbeat_ms")],
+                    "must be between 50 and 60000".into(),
+                );
+            }
+            if c.failure_after_ms < 2 * c.heartbeat_ms || c.failure_after_ms > 600_000 {
+                return err(
+                    vec![Key("cluster"), Key("failure_after_ms")],
+                    "must be at least twice heartbeat_ms, and at most 600000".into(),
                 );
             }
             if c.cookie.len() < 16 {

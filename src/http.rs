@@ -1323,8 +1323,9 @@ fn cluster_json(app: &App) -> Value {
                 .members()
                 .into_iter()
                 .map(|m| {
-                    json!({"name": m.name, "addr": m.addr, "healthy": true,
-                           "member_for_ms": m.since.elapsed().as_millis() as u64})
+                    json!({"name": m.name, "addr": m.addr, "healthy": m.healthy,
+                           "member_for_ms": m.since.elapsed().as_millis() as u64,
+                           "last_seen_ms_ago": m.last_seen.elapsed().as_millis() as u64})
                 })
                 .collect();
             json!({

@@ -289,6 +289,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .map(|s| s.parse().expect("validated"))
                     .collect(),
                 cookie: c.cookie.clone(),
+                heartbeat: Duration::from_millis(c.heartbeat_ms),
+                failure_after: Duration::from_millis(c.failure_after_ms),
             };
             let cl = threadline_actors::cluster::Cluster::start(spec, Duration::from_millis(500))
                 .await

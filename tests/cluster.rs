@@ -22,7 +22,7 @@ fn free_port() -> u16 {
 fn config(name: &str, port: u16, seeds: &[u16], cookie: &str) -> String {
     let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     format!(
-        "{CONFIG}\n[cluster]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\ncookie = \"{cookie}\"\n",
+        "{CONFIG}\n[cluster]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{}]\ncookie = \"{cookie}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n",
         seeds.join(", ")
     )
 }
@@ -92,10 +92,59 @@ async fn nodes_with_the_cookie_join_through_a_seed_and_a_wrong_cookie_never_does
     assert!(names(&cluster(&intruder).await).is_empty());
     assert_eq!(names(&cluster(&n1).await), ["n2", "n3"]);
 
+    // A hung node (SIGSTOP: its sockets stay open) is found out by the
+    // heartbeats within the failure time, and comes back on SIGCONT.
+    let stopped = std::time::Instant::now();
+    signal(&n3, libc::SIGSTOP);
+    healthy(&n1, "n3", false).await;
+    let noticed = stopped.elapsed();
+    assert!(
+        noticed < Duration::from_secs(5),
+        "noticed after {noticed:?}"
+    );
+    let v = cluster(&n1).await;
+    assert_eq!(v["live"], serde_json::json!(["n1", "n2"]), "{v}");
+    signal(&n3, libc::SIGCONT);
+    healthy(&n1, "n3", true).await;
+    assert_eq!(
+        cluster(&n1).await["live"],
+        serde_json::json!(["n1", "n2", "n3"])
+    );
+    assert_eq!(
+        names(&cluster(&n3).await),
+        ["n1", "n2"],
+        "one cluster, not two"
+    );
+
     // A node that stops leaves the others' view.
     drop(n3);
     sees(&n1, &["n2"]).await;
     sees(&n2, &["n1"]).await;
+}
+
+fn signal(node: &Node, sig: i32) {
+    unsafe {
+        libc::kill(node.pid() as i32, sig);
+    }
+}
+
+/// Waits until `node` reports peer `peer` as (un)healthy.
+async fn healthy(node: &Node, peer: &str, want: bool) {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        last = cluster(node).await;
+        let h = last["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == peer)
+            .map(|m| m["healthy"] == want);
+        if h == Some(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{peer} never became healthy={want}: {last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

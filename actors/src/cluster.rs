@@ -15,9 +15,51 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+
+/// The process group every node's router joins.
+const ROUTERS: &str = "threadline.routers";
+
+/// What nodes ask each other's router: the remotable actor of a node
+/// (conversations stay local-only).
+#[derive(ractor_cluster::RactorClusterMessage)]
+pub enum RouterMsg {
+    /// Application heartbeat: the caller's name; answers with this node's.
+    #[rpc]
+    Ping(String, RpcReplyPort<String>),
+}
+
+struct RouterActor;
+
+impl Actor for RouterActor {
+    type Msg = RouterMsg;
+    type State = String;
+    type Arguments = String;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        name: String,
+    ) -> Result<String, ActorProcessingErr> {
+        Ok(name)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        name: &mut String,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Ping(_from, reply) => {
+                let _ = reply.send(name.clone());
+            }
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -29,6 +71,10 @@ pub struct ClusterSpec {
     pub seeds: Vec<SocketAddr>,
     /// Shared secret; a peer with another cookie never joins.
     pub cookie: String,
+    /// How often each peer is pinged.
+    pub heartbeat: Duration,
+    /// A peer that has not answered for this long is down.
+    pub failure_after: Duration,
 }
 
 /// A peer as this node sees it.
@@ -38,12 +84,18 @@ pub struct Member {
     /// The peer's address as the session sees it.
     pub addr: String,
     pub since: Instant,
+    /// Answered a heartbeat within the failure time.
+    pub healthy: bool,
+    /// When it last answered (or joined).
+    pub last_seen: Instant,
 }
 
 #[derive(Default)]
 struct View {
     /// Authenticated peers by session actor id.
     peers: BTreeMap<String, Member>,
+    /// When each peer (by name) last answered a heartbeat.
+    answered: BTreeMap<String, Instant>,
 }
 
 /// This node's membership.
@@ -51,6 +103,7 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     server: ActorRef<NodeServerMessage>,
     view: Arc<RwLock<View>>,
+    router: ActorRef<RouterMsg>,
 }
 
 struct Events(Arc<RwLock<View>>);
@@ -79,6 +132,8 @@ impl NodeEventSubscription for Events {
                 name,
                 addr: ses.peer_addr.clone(),
                 since: Instant::now(),
+                healthy: true,
+                last_seen: Instant::now(),
             },
         );
     }
@@ -107,10 +162,73 @@ impl Cluster {
                 subscription: Box::new(Events(view.clone())),
             })
             .map_err(|e| format!("cluster: {e}"))?;
-        let cluster = Arc::new(Cluster { spec, server, view });
+        let (router, _) = Actor::spawn(None, RouterActor, spec.name.clone())
+            .await
+            .map_err(|e| format!("cluster router: {e}"))?;
+        ractor::pg::join(ROUTERS.into(), vec![router.get_cell()]);
+        let cluster = Arc::new(Cluster {
+            spec,
+            server,
+            view,
+            router,
+        });
         let c = cluster.clone();
         tokio::spawn(async move { c.join_seeds(retry).await });
+        let c = cluster.clone();
+        tokio::spawn(async move { c.heartbeats().await });
         Ok(cluster)
+    }
+
+    /// Pings every peer's router each `heartbeat`; a peer silent for
+    /// `failure_after` is marked down (ractor_cluster alone noticed a
+    /// stopped peer only after about 12 s).
+    async fn heartbeats(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.spec.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.server.get_status() != ractor::ActorStatus::Running {
+                return;
+            }
+            let peers: Vec<ActorRef<RouterMsg>> = ractor::pg::get_members(&ROUTERS.to_owned())
+                .into_iter()
+                .filter(|c| !c.get_id().is_local())
+                .map(ActorRef::from)
+                .collect();
+            let me = self.spec.name.clone();
+            let timeout = self.spec.failure_after;
+            let calls = peers.into_iter().map(|p| {
+                let me = me.clone();
+                async move {
+                    p.call(|reply| RouterMsg::Ping(me, reply), Some(timeout))
+                        .await
+                }
+            });
+            let answers = futures_util::future::join_all(calls).await;
+            let now = Instant::now();
+            let mut v = self.view.write();
+            for a in answers {
+                if let Ok(ractor::rpc::CallResult::Success(name)) = a {
+                    v.answered.insert(name, now);
+                }
+            }
+            let View { peers, answered } = &mut *v;
+            for m in peers.values_mut() {
+                let seen = answered
+                    .get(&m.name)
+                    .copied()
+                    .unwrap_or(m.since)
+                    .max(m.since);
+                m.last_seen = seen;
+                let healthy = now.duration_since(seen) < self.spec.failure_after;
+                if m.healthy && !healthy {
+                    tracing::warn!(peer = m.name, "cluster peer stopped answering heartbeats");
+                } else if !m.healthy && healthy {
+                    tracing::info!(peer = m.name, "cluster peer answers heartbeats again");
+                }
+                m.healthy = healthy;
+            }
+        }
     }
 
     /// Connects to every seed not yet a member, again and again; a seed
@@ -161,9 +279,15 @@ impl Cluster {
         by_name.into_values().collect()
     }
 
-    /// Every live node's name, this one included, sorted.
+    /// Every live node's name (answering heartbeats), this one included,
+    /// sorted.
     pub fn live_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.members().into_iter().map(|m| m.name).collect();
+        let mut names: Vec<String> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.healthy)
+            .map(|m| m.name)
+            .collect();
         names.push(self.spec.name.clone());
         names.sort();
         names.dedup();
@@ -171,6 +295,7 @@ impl Cluster {
     }
 
     pub fn stop(&self) {
+        self.router.stop(Some("shutdown".into()));
         self.server.stop(Some("shutdown".into()));
     }
 }
