@@ -292,9 +292,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 heartbeat: Duration::from_millis(c.heartbeat_ms),
                 failure_after: Duration::from_millis(c.failure_after_ms),
             };
-            let cl = threadline_actors::cluster::Cluster::start(spec, Duration::from_millis(500))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot start the cluster node: {e}"))?;
+            let cl = threadline_actors::cluster::Cluster::start(
+                spec,
+                Duration::from_millis(500),
+                runtime.router.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the cluster node: {e}"))?;
             println!("threadline: cluster node {} on {}", c.name, c.listen);
             Some(cl)
         }

@@ -70,7 +70,7 @@ async fn nodes_with_the_cookie_join_through_a_seed_and_a_wrong_cookie_never_does
     let v = sees(&n1, &["n2", "n3"]).await;
     assert_eq!(v["mode"], "cluster");
     assert_eq!(v["node"], "n1");
-    assert_eq!(v["live"], serde_json::json!(["n1", "n2", "n3"]));
+    live(&n1, &["n1", "n2", "n3"]).await;
     // n2 and n3 only named n1, and found each other through it.
     sees(&n2, &["n1", "n3"]).await;
     sees(&n3, &["n1", "n2"]).await;
@@ -170,4 +170,90 @@ async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{key}: {err}");
     }
+}
+
+/// Waits until `node` counts exactly `want` as live (reachable) nodes.
+async fn live(node: &Node, want: &[&str]) {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = cluster(node).await;
+        if last["live"] == serde_json::json!(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected live {want:?}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let nodes = [
+        Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]),
+        Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]),
+        Node::start_with_config(&config("n3", p3, &[p1], COOKIE), &[]),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let contacts = 24;
+    let mut acks = std::collections::HashMap::new();
+    for c in 0..contacts {
+        for m in 0..3 {
+            // Each message of a customer reaches a different node.
+            let node = &nodes[(c + m) % 3];
+            let pid = format!("c{c}m{m}");
+            let (s, v) = node
+                .inbound(
+                    "gw-acme",
+                    &sms("acme", &phone(c), &format!("message {m}"), Some(&pid)),
+                )
+                .await;
+            assert_eq!(s, 202, "{v}");
+            acks.entry(c)
+                .or_insert_with(Vec::new)
+                .push(v["conversation_id"].clone());
+        }
+    }
+    let mut owned = [0usize; 3];
+    for c in 0..contacts {
+        let ids = &acks[&c];
+        assert!(
+            ids.iter().all(|i| *i == ids[0]),
+            "one conversation: {ids:?}"
+        );
+        // Stored on exactly one node, with every message once.
+        let mut holders = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(conv) = n.conversation_of("acme", &phone(c)).await {
+                holders.push(i);
+                assert_eq!(conv["id"], ids[0]);
+                let mut pids: Vec<String> = conv["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|m| m["provider_message_id"].as_str().map(str::to_owned))
+                    .collect();
+                pids.sort();
+                assert_eq!(
+                    pids,
+                    [format!("c{c}m0"), format!("c{c}m1"), format!("c{c}m2")]
+                );
+            }
+        }
+        assert_eq!(holders.len(), 1, "contact {c} is on nodes {holders:?}");
+        owned[holders[0]] += 1;
+    }
+    assert!(
+        owned.iter().all(|n| *n > 0),
+        "every node owns some: {owned:?}"
+    );
+    // A retried webhook is a duplicate wherever it lands.
+    let (s, v) = nodes[2]
+        .inbound(
+            "gw-acme",
+            &sms("acme", &phone(0), "message 0", Some("c0m0")),
+        )
+        .await;
+    assert_eq!((s, v["duplicate"].as_bool()), (202, Some(true)), "{v}");
 }

@@ -18,6 +18,15 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+use threadline_protocol::codec::InboundMessage;
+use threadline_protocol::{ConversationId, MessageId};
+
+use crate::consent::keywords::Keyword;
+use crate::conversation::{ConvKey, InboundAck, InboundMeta};
+use crate::router::{DeliverError, Delivered, Router};
+
+/// How long a forwarded message may take on its owner.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The process group every node's router joins.
 const ROUTERS: &str = "threadline.routers";
@@ -29,32 +38,123 @@ pub enum RouterMsg {
     /// Application heartbeat: the caller's name; answers with this node's.
     #[rpc]
     Ping(String, RpcReplyPort<String>),
+    /// An inbound message for a conversation this node owns (a bincode
+    /// `Forwarded`); answers with a bincode `ForwardResult` once durable.
+    #[rpc]
+    Deliver(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// An inbound message on its way to the node that owns its conversation.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Forwarded {
+    tenant: String,
+    contact: String,
+    msg: InboundMessage,
+    hint: Option<String>,
+    from_state: Option<String>,
+    identities: Option<threadline_protocol::Identities>,
+    profile_name: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+enum ForwardResult {
+    Recorded {
+        conversation: u64,
+        seq: u32,
+        duplicate: bool,
+    },
+    DeadLettered(Option<u64>),
+    Unavailable(String),
+    Storage(String),
+}
+
+fn keyword_name(k: Keyword) -> &'static str {
+    match k {
+        Keyword::OptOut => "opt_out",
+        Keyword::OptIn => "opt_in",
+        Keyword::Help => "help",
+    }
+}
+
+fn keyword_of(s: &str) -> Option<Keyword> {
+    [Keyword::OptOut, Keyword::OptIn, Keyword::Help]
+        .into_iter()
+        .find(|k| keyword_name(*k) == s)
+}
+
+fn wire<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("plain data encodes")
+}
+
+fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
+    bincode::serde::decode_from_slice(b, bincode::config::standard())
+        .ok()
+        .map(|(v, _)| v)
 }
 
 struct RouterActor;
 
+struct RouterState {
+    name: String,
+    router: Router,
+}
+
 impl Actor for RouterActor {
     type Msg = RouterMsg;
-    type State = String;
-    type Arguments = String;
+    type State = RouterState;
+    type Arguments = RouterState;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<RouterMsg>,
-        name: String,
-    ) -> Result<String, ActorProcessingErr> {
-        Ok(name)
+        st: RouterState,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Ok(st)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<RouterMsg>,
         msg: RouterMsg,
-        name: &mut String,
+        st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Ping(_from, reply) => {
-                let _ = reply.send(name.clone());
+                let _ = reply.send(st.name.clone());
+            }
+            RouterMsg::Deliver(bytes, reply) => {
+                // Delivered on its own task: the router stays free for
+                // heartbeats and other deliveries.
+                let router = st.router.clone();
+                tokio::spawn(async move {
+                    let result = match unwire::<Forwarded>(&bytes) {
+                        None => ForwardResult::Unavailable("unreadable forwarded message".into()),
+                        Some(f) => {
+                            let meta = InboundMeta {
+                                hint: f.hint.as_deref().and_then(keyword_of),
+                                from_state: f.from_state,
+                                identities: f.identities,
+                                profile_name: f.profile_name,
+                            };
+                            match router
+                                .deliver_local(&f.tenant, &f.contact, f.msg, meta)
+                                .await
+                            {
+                                Ok(Delivered::Recorded(a)) => ForwardResult::Recorded {
+                                    conversation: a.conversation.0,
+                                    seq: a.message.seq,
+                                    duplicate: a.duplicate,
+                                },
+                                Ok(Delivered::DeadLettered { conversation }) => {
+                                    ForwardResult::DeadLettered(conversation.map(|c| c.0))
+                                }
+                                Err(DeliverError::Unavailable(m)) => ForwardResult::Unavailable(m),
+                                Err(DeliverError::Storage(m)) => ForwardResult::Storage(m),
+                            }
+                        }
+                    };
+                    let _ = reply.send(wire(&result));
+                });
             }
         }
         Ok(())
@@ -96,6 +196,8 @@ struct View {
     peers: BTreeMap<String, Member>,
     /// When each peer (by name) last answered a heartbeat.
     answered: BTreeMap<String, Instant>,
+    /// Each peer's router, by name (learned from heartbeat answers).
+    routers: BTreeMap<String, ActorRef<RouterMsg>>,
 }
 
 /// This node's membership.
@@ -142,7 +244,11 @@ impl NodeEventSubscription for Events {
 impl Cluster {
     /// Starts the node server and joins through the seeds (in the
     /// background, retrying every `retry`).
-    pub async fn start(spec: ClusterSpec, retry: Duration) -> Result<Arc<Cluster>, String> {
+    pub async fn start(
+        spec: ClusterSpec,
+        retry: Duration,
+        router: Router,
+    ) -> Result<Arc<Cluster>, String> {
         let server = NodeServer::new(
             spec.listen.port(),
             spec.cookie.clone(),
@@ -162,9 +268,17 @@ impl Cluster {
                 subscription: Box::new(Events(view.clone())),
             })
             .map_err(|e| format!("cluster: {e}"))?;
-        let (router, _) = Actor::spawn(None, RouterActor, spec.name.clone())
-            .await
-            .map_err(|e| format!("cluster router: {e}"))?;
+        let shared = router.shared.clone();
+        let (router, _) = Actor::spawn(
+            None,
+            RouterActor,
+            RouterState {
+                name: spec.name.clone(),
+                router,
+            },
+        )
+        .await
+        .map_err(|e| format!("cluster router: {e}"))?;
         ractor::pg::join(ROUTERS.into(), vec![router.get_cell()]);
         let cluster = Arc::new(Cluster {
             spec,
@@ -172,6 +286,7 @@ impl Cluster {
             view,
             router,
         });
+        let _ = shared.cluster.set(Arc::downgrade(&cluster));
         let c = cluster.clone();
         tokio::spawn(async move { c.join_seeds(retry).await });
         let c = cluster.clone();
@@ -200,19 +315,24 @@ impl Cluster {
             let calls = peers.into_iter().map(|p| {
                 let me = me.clone();
                 async move {
-                    p.call(|reply| RouterMsg::Ping(me, reply), Some(timeout))
-                        .await
+                    let a = p
+                        .call(|reply| RouterMsg::Ping(me, reply), Some(timeout))
+                        .await;
+                    (p, a)
                 }
             });
             let answers = futures_util::future::join_all(calls).await;
             let now = Instant::now();
             let mut v = self.view.write();
-            for a in answers {
+            for (p, a) in answers {
                 if let Ok(ractor::rpc::CallResult::Success(name)) = a {
-                    v.answered.insert(name, now);
+                    v.answered.insert(name.clone(), now);
+                    v.routers.insert(name, p);
                 }
             }
-            let View { peers, answered } = &mut *v;
+            let View {
+                peers, answered, ..
+            } = &mut *v;
             for m in peers.values_mut() {
                 let seen = answered
                     .get(&m.name)
@@ -282,16 +402,87 @@ impl Cluster {
     /// Every live node's name (answering heartbeats), this one included,
     /// sorted.
     pub fn live_names(&self) -> Vec<String> {
+        // A member counts once its router answered: only then can work
+        // be forwarded to it.
+        let reachable: Vec<String> = self.view.read().routers.keys().cloned().collect();
         let mut names: Vec<String> = self
             .members()
             .into_iter()
-            .filter(|m| m.healthy)
+            .filter(|m| m.healthy && reachable.contains(&m.name))
             .map(|m| m.name)
             .collect();
         names.push(self.spec.name.clone());
         names.sort();
         names.dedup();
         names
+    }
+
+    /// The live node that owns `key`, if it is not this one.
+    pub fn remote_owner(&self, key: &ConvKey) -> Option<String> {
+        let live = self.live_names();
+        let k = format!("{}\0{}", key.tenant(), key.contact());
+        let owner = ranked(&k, &live).first().map(|s| s.to_string())?;
+        (owner != self.spec.name).then_some(owner)
+    }
+
+    /// Delivers an inbound message on `owner` and returns its durable ack;
+    /// unavailable (the caller answers 503, the provider retries) when the
+    /// owner cannot be reached.
+    pub async fn forward(
+        &self,
+        owner: &str,
+        key: &ConvKey,
+        msg: InboundMessage,
+        meta: InboundMeta,
+    ) -> Result<Delivered, DeliverError> {
+        let unavailable =
+            |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
+        let target = self
+            .view
+            .read()
+            .routers
+            .get(owner)
+            .cloned()
+            .ok_or_else(|| unavailable("not reachable yet".into()))?;
+        let req = wire(&Forwarded {
+            tenant: key.tenant().to_owned(),
+            contact: key.contact().to_owned(),
+            msg,
+            hint: meta.hint.map(|k| keyword_name(k).to_owned()),
+            from_state: meta.from_state,
+            identities: meta.identities,
+            profile_name: meta.profile_name,
+        });
+        let answer = target
+            .call(
+                |reply| RouterMsg::Deliver(req, reply),
+                Some(FORWARD_TIMEOUT),
+            )
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let ractor::rpc::CallResult::Success(bytes) = answer else {
+            return Err(unavailable("no answer in time".into()));
+        };
+        match unwire::<ForwardResult>(&bytes) {
+            Some(ForwardResult::Recorded {
+                conversation,
+                seq,
+                duplicate,
+            }) => Ok(Delivered::Recorded(InboundAck {
+                conversation: ConversationId(conversation),
+                message: MessageId {
+                    conversation: ConversationId(conversation),
+                    seq,
+                },
+                duplicate,
+            })),
+            Some(ForwardResult::DeadLettered(c)) => Ok(Delivered::DeadLettered {
+                conversation: c.map(ConversationId),
+            }),
+            Some(ForwardResult::Unavailable(m)) => Err(unavailable(m)),
+            Some(ForwardResult::Storage(m)) => Err(DeliverError::Storage(m)),
+            None => Err(unavailable("unreadable answer".into())),
+        }
     }
 
     pub fn stop(&self) {

@@ -106,8 +106,27 @@ impl Router {
             .await
     }
 
-    /// `deliver`, with what the provider said beyond the message.
+    /// `deliver`, with what the provider said beyond the message. In a
+    /// cluster, a conversation another node owns is delivered there and
+    /// the owner's durable ack returned.
     pub async fn deliver_with(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+        meta: InboundMeta,
+    ) -> Result<Delivered, DeliverError> {
+        let key = self.key(tenant, contact);
+        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+            if let Some(owner) = cluster.remote_owner(&key) {
+                return cluster.forward(&owner, &key, msg, meta).await;
+            }
+        }
+        self.deliver_local(tenant, contact, msg, meta).await
+    }
+
+    /// Delivers to the conversation on this node, whoever owns it.
+    pub(crate) async fn deliver_local(
         &self,
         tenant: &str,
         contact: &str,

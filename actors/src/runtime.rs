@@ -140,6 +140,8 @@ pub struct Shared {
     /// Work in flight each gateway admits.
     pub gateway_limit: usize,
     pub(crate) pool: RwLock<Option<ActorRef<crate::pool::PoolMsg>>>,
+    /// This node's cluster membership, when it runs in a cluster.
+    pub(crate) cluster: std::sync::OnceLock<std::sync::Weak<crate::cluster::Cluster>>,
     /// Conversations an agent holds (the pool's feed listener reads it).
     pub(crate) pool_watched: Arc<crate::pool::actor::Watched>,
     pool_listening: std::sync::atomic::AtomicBool,
@@ -259,6 +261,7 @@ impl Runtime {
             gateways: RwLock::new(HashMap::new()),
             gateway_limit: cfg.gateway_limit.max(1),
             pool: RwLock::new(None),
+            cluster: std::sync::OnceLock::new(),
             pool_watched: Default::default(),
             pool_listening: Default::default(),
             pool_args: Mutex::new(Some((
