@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
-use threadline_protocol::codec::InboundMessage;
+use threadline_protocol::codec::{self, InboundMessage};
 use threadline_protocol::{ConversationId, MessageId};
 
 use crate::consent::keywords::Keyword;
@@ -42,6 +42,10 @@ pub enum RouterMsg {
     /// `Forwarded`); answers with a bincode `ForwardResult` once durable.
     #[rpc]
     Deliver(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// The conversation of (tenant, contact) (a bincode pair); answers
+    /// with a bincode `Option` of its encoded snapshot.
+    #[rpc]
+    View(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// An inbound message on its way to the node that owns its conversation.
@@ -121,6 +125,21 @@ impl Actor for RouterActor {
         match msg {
             RouterMsg::Ping(_from, reply) => {
                 let _ = reply.send(st.name.clone());
+            }
+            RouterMsg::View(bytes, reply) => {
+                let router = st.router.clone();
+                tokio::spawn(async move {
+                    let answer: Result<Option<Vec<u8>>, String> =
+                        match unwire::<(String, String)>(&bytes) {
+                            None => Err("unreadable view request".into()),
+                            Some((t, c)) => router
+                                .view_local(&t, &c)
+                                .await
+                                .map(|s| s.map(|s| codec::encode_snapshot(&s)))
+                                .map_err(|e| e.to_string()),
+                        };
+                    let _ = reply.send(wire(&answer));
+                });
             }
             RouterMsg::Deliver(bytes, reply) => {
                 // Delivered on its own task: the router stays free for
@@ -203,6 +222,7 @@ struct View {
 /// This node's membership.
 pub struct Cluster {
     pub spec: ClusterSpec,
+    metrics: Arc<crate::metrics::Metrics>,
     server: ActorRef<NodeServerMessage>,
     view: Arc<RwLock<View>>,
     router: ActorRef<RouterMsg>,
@@ -281,6 +301,7 @@ impl Cluster {
         .map_err(|e| format!("cluster router: {e}"))?;
         ractor::pg::join(ROUTERS.into(), vec![router.get_cell()]);
         let cluster = Arc::new(Cluster {
+            metrics: shared.metrics.clone(),
             spec,
             server,
             view,
@@ -425,6 +446,54 @@ impl Cluster {
         (owner != self.spec.name).then_some(owner)
     }
 
+    /// Asks `owner` for the conversation of `key`.
+    pub async fn forward_view(
+        &self,
+        owner: &str,
+        key: &ConvKey,
+    ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
+        let unavailable =
+            |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
+        let req = wire(&(key.tenant().to_owned(), key.contact().to_owned()));
+        let bytes = self
+            .call(owner, |reply| RouterMsg::View(req, reply))
+            .await?;
+        match unwire::<Result<Option<Vec<u8>>, String>>(&bytes) {
+            Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(snap))) => codec::decode_snapshot(&snap)
+                .map(Some)
+                .map_err(|e| unavailable(e.to_string())),
+            Some(Err(m)) => Err(unavailable(m)),
+            None => Err(unavailable("unreadable answer".into())),
+        }
+    }
+
+    /// One RPC to `owner`'s router, counted; unavailable when it cannot be
+    /// reached or does not answer in time.
+    async fn call(
+        &self,
+        owner: &str,
+        msg: impl FnOnce(RpcReplyPort<Vec<u8>>) -> RouterMsg,
+    ) -> Result<Vec<u8>, DeliverError> {
+        let unavailable =
+            |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
+        let metrics = &self.metrics;
+        metrics.cluster_forwarded.inc();
+        let target = self.view.read().routers.get(owner).cloned();
+        let result = match target {
+            None => Err(unavailable("not reachable yet".into())),
+            Some(t) => match t.call(msg, Some(FORWARD_TIMEOUT)).await {
+                Ok(ractor::rpc::CallResult::Success(b)) => Ok(b),
+                Ok(_) => Err(unavailable("no answer in time".into())),
+                Err(e) => Err(unavailable(e.to_string())),
+            },
+        };
+        if result.is_err() {
+            metrics.cluster_forward_failures.inc();
+        }
+        result
+    }
+
     /// Delivers an inbound message on `owner` and returns its durable ack;
     /// unavailable (the caller answers 503, the provider retries) when the
     /// owner cannot be reached.
@@ -437,13 +506,6 @@ impl Cluster {
     ) -> Result<Delivered, DeliverError> {
         let unavailable =
             |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
-        let target = self
-            .view
-            .read()
-            .routers
-            .get(owner)
-            .cloned()
-            .ok_or_else(|| unavailable("not reachable yet".into()))?;
         let req = wire(&Forwarded {
             tenant: key.tenant().to_owned(),
             contact: key.contact().to_owned(),
@@ -453,16 +515,9 @@ impl Cluster {
             identities: meta.identities,
             profile_name: meta.profile_name,
         });
-        let answer = target
-            .call(
-                |reply| RouterMsg::Deliver(req, reply),
-                Some(FORWARD_TIMEOUT),
-            )
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let ractor::rpc::CallResult::Success(bytes) = answer else {
-            return Err(unavailable("no answer in time".into()));
-        };
+        let bytes = self
+            .call(owner, |reply| RouterMsg::Deliver(req, reply))
+            .await?;
         match unwire::<ForwardResult>(&bytes) {
             Some(ForwardResult::Recorded {
                 conversation,

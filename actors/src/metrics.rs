@@ -22,6 +22,10 @@ pub struct Metrics {
     pub webhook_rejected: Counter,
     /// Inbound work refused because its gateway was at its limit.
     pub gateway_busy: Counter,
+    /// Inbound messages and reads sent to the node that owns them.
+    pub cluster_forwarded: Counter,
+    /// Forwards that failed (the owner could not be reached in time).
+    pub cluster_forward_failures: Counter,
     /// Offers made to agents.
     pub offers: Counter,
     /// Open agent desktop sessions.
@@ -60,6 +64,8 @@ impl Metrics {
             dead_letters: Counter::default(),
             webhook_rejected: Counter::default(),
             gateway_busy: Counter::default(),
+            cluster_forwarded: Counter::default(),
+            cluster_forward_failures: Counter::default(),
             offers: Counter::default(),
             agent_sessions: Gauge::default(),
             outcomes: Outcomes::default(),
@@ -137,6 +143,16 @@ impl Metrics {
             "agent_sessions",
             "Open agent desktop sessions",
             m.agent_sessions.clone(),
+        );
+        registry.register(
+            "cluster_forwarded",
+            "Inbound messages and reads sent to the cluster node that owns their conversation",
+            m.cluster_forwarded.clone(),
+        );
+        registry.register(
+            "cluster_forward_failures",
+            "Forwards to an owner node that could not be reached in time",
+            m.cluster_forward_failures.clone(),
         );
         registry.register(
             "gateway_busy",

@@ -262,8 +262,24 @@ impl Router {
             .map(|(t, c)| ConvKey::new(&t, &c)))
     }
 
-    /// The contact's current conversation, without creating one.
+    /// The contact's current conversation, without creating one (asked of
+    /// the node that owns it, in a cluster).
     pub async fn view(
+        &self,
+        tenant: &str,
+        contact: &str,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+            let key = self.key(tenant, contact);
+            if let Some(owner) = cluster.remote_owner(&key) {
+                return cluster.forward_view(&owner, &key).await;
+            }
+        }
+        self.view_local(tenant, contact).await
+    }
+
+    /// The contact's conversation on this node.
+    pub(crate) async fn view_local(
         &self,
         tenant: &str,
         contact: &str,
