@@ -121,26 +121,22 @@ async fn handle(
         ));
     };
     let n = p.received.load(Ordering::Relaxed);
-    if path == format!("/2010-04-01/Accounts/{SID}/Messages.json") {
-        let form: std::collections::HashMap<String, String> =
-            form_urlencoded::parse(&body).into_owned().collect();
-        let to = form.get("To").cloned().unwrap_or_default();
-        p.deliver(&to, &key);
-        return Ok(answer(
-            201,
-            serde_json::json!({"sid": format!("SM{n:032x}"), "status": "queued"}),
-        ));
-    }
-    if path == format!("/2010-04-01/Accounts/{SID}/Calls.json") {
-        p.calls.fetch_add(1, Ordering::Relaxed);
-        let form: std::collections::HashMap<String, String> =
-            form_urlencoded::parse(&body).into_owned().collect();
-        let to = form.get("To").cloned().unwrap_or_default();
-        p.deliver(&to, &key);
-        return Ok(answer(
-            201,
-            serde_json::json!({"sid": format!("CA{n:032x}"), "status": "queued"}),
-        ));
+    // Twilio: a text (Messages) or a call (Calls), to `To`.
+    for (resource, sid) in [("Messages", "SM"), ("Calls", "CA")] {
+        if path == format!("/2010-04-01/Accounts/{SID}/{resource}.json") {
+            if resource == "Calls" {
+                p.calls.fetch_add(1, Ordering::Relaxed);
+            }
+            let to = form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "To")
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            p.deliver(&to, &key);
+            return Ok(answer(
+                201,
+                serde_json::json!({"sid": format!("{sid}{n:032x}"), "status": "queued"}),
+            ));
+        }
     }
     if path == format!("/{WA_PHONE_ID}/messages") {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

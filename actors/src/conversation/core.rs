@@ -700,16 +700,7 @@ impl Conversation {
         let state = state.trim().to_ascii_uppercase();
         let valid = state.len() == 2 && state.bytes().all(|b| b.is_ascii_uppercase());
         if valid && self.state.captured.facts.get("provider_state") != Some(&state) {
-            self.push(
-                &mut events,
-                ConvEvent::ContactUpdated {
-                    name: None,
-                    timezone: None,
-                    region: None,
-                    email: None,
-                    facts: [("provider_state".to_owned(), state)].into(),
-                },
-            );
+            self.note_facts(&mut events, [("provider_state".to_owned(), state)].into());
         }
         events
     }
@@ -1468,6 +1459,21 @@ impl Conversation {
         Ok(events)
     }
 
+    /// Records free facts about the contact (a `ContactUpdated` with only
+    /// facts).
+    fn note_facts(&mut self, events: &mut Vec<(u32, ConvEvent)>, facts: BTreeMap<String, String>) {
+        self.push(
+            events,
+            ConvEvent::ContactUpdated {
+                name: None,
+                timezone: None,
+                region: None,
+                email: None,
+                facts,
+            },
+        );
+    }
+
     /// Forgets captured slots `keys` (an `Understood` with empty values).
     fn clear_slots(&mut self, events: &mut Vec<(u32, ConvEvent)>, keys: &[&str]) {
         self.push(
@@ -1763,16 +1769,7 @@ impl Conversation {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         if !facts.is_empty() {
-            self.push(
-                &mut events,
-                ConvEvent::ContactUpdated {
-                    name: None,
-                    timezone: None,
-                    region: None,
-                    email: None,
-                    facts,
-                },
-            );
+            self.note_facts(&mut events, facts);
         }
         // Not what belongs to the other conversation itself: its timers
         // and its calendar holds.
