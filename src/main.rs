@@ -247,6 +247,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     rcfg.simulated_clock = manual.is_some();
+    rcfg.id_tag = cfg
+        .cluster
+        .as_ref()
+        .map(|c| threadline_actors::cluster::id_tag(&c.name));
     let clock: Arc<dyn Clock> = match &manual {
         Some(m) => m.clone(),
         None => Arc::new(SystemClock),

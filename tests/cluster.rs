@@ -238,6 +238,18 @@ async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
             );
         }
     }
+    // Ids are unique across the cluster, and any node reads one by id.
+    let ids: std::collections::HashSet<String> = acks
+        .values()
+        .map(|v| v[0].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), contacts, "{ids:?}");
+    for id in ids.iter().take(6) {
+        for n in &nodes {
+            let (s, v) = n.get_admin(&format!("/api/v1/conversations/{id}")).await;
+            assert_eq!((s, v["id"].as_str()), (200, Some(id.as_str())), "{v}");
+        }
+    }
     // Each conversation lives on one node only, and every node owns some.
     let mut held = Vec::new();
     for n in &nodes {

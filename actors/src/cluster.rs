@@ -46,6 +46,27 @@ pub enum RouterMsg {
     /// with a bincode `Option` of its encoded snapshot.
     #[rpc]
     View(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Conversation by id (a bincode `u64`); answers like `View`.
+    #[rpc]
+    ViewById(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// Low 48 bits of a conversation id: the creating node's counter.
+const ID_LOW: u64 = (1 << 48) - 1;
+
+/// A node's id tag: 16 bits of its name's hash, never 0 (single nodes).
+pub fn id_tag(name: &str) -> u16 {
+    (weight("", name) >> 48) as u16 | 1
+}
+
+/// The first conversation id a node hands out: `next` (from storage) in
+/// the node's tag space.
+pub fn first_id(next: u64, tag: Option<u16>) -> u64 {
+    match tag {
+        None => next,
+        Some(t) if next >> 48 == u64::from(t) => next,
+        Some(t) => (u64::from(t) << 48) | (next & ID_LOW).max(1),
+    }
 }
 
 /// An inbound message on its way to the node that owns its conversation.
@@ -70,6 +91,22 @@ enum ForwardResult {
     DeadLettered(Option<u64>),
     Unavailable(String),
     Storage(String),
+}
+
+/// A `View`/`ViewById` answer from `node`.
+fn decode_view(
+    node: &str,
+    bytes: &[u8],
+) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
+    let unavailable = |why: String| DeliverError::Unavailable(format!("node {node}: {why}"));
+    match unwire::<Result<Option<Vec<u8>>, String>>(bytes) {
+        Some(Ok(None)) => Ok(None),
+        Some(Ok(Some(snap))) => codec::decode_snapshot(&snap)
+            .map(Some)
+            .map_err(|e| unavailable(e.to_string())),
+        Some(Err(m)) => Err(unavailable(m)),
+        None => Err(unavailable("unreadable answer".into())),
+    }
 }
 
 fn keyword_name(k: Keyword) -> &'static str {
@@ -125,6 +162,20 @@ impl Actor for RouterActor {
         match msg {
             RouterMsg::Ping(_from, reply) => {
                 let _ = reply.send(st.name.clone());
+            }
+            RouterMsg::ViewById(bytes, reply) => {
+                let router = st.router.clone();
+                tokio::spawn(async move {
+                    let answer: Result<Option<Vec<u8>>, String> = match unwire::<u64>(&bytes) {
+                        None => Err("unreadable view request".into()),
+                        Some(id) => router
+                            .view_by_id_local(ConversationId(id))
+                            .await
+                            .map(|s| s.map(|s| codec::encode_snapshot(&s)))
+                            .map_err(|e| e.to_string()),
+                    };
+                    let _ = reply.send(wire(&answer));
+                });
             }
             RouterMsg::View(bytes, reply) => {
                 let router = st.router.clone();
@@ -446,26 +497,40 @@ impl Cluster {
         (owner != self.spec.name).then_some(owner)
     }
 
+    /// The live node that created conversation `id` (its tag), if that is
+    /// another node.
+    pub fn remote_creator(&self, id: ConversationId) -> Option<String> {
+        let tag = (id.0 >> 48) as u16;
+        if tag == 0 || tag == id_tag(&self.spec.name) {
+            return None;
+        }
+        self.live_names().into_iter().find(|n| id_tag(n) == tag)
+    }
+
+    /// Asks `node` for conversation `id`.
+    pub async fn forward_view_by_id(
+        &self,
+        node: &str,
+        id: ConversationId,
+    ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
+        let req = wire(&id.0);
+        let bytes = self
+            .call(node, |reply| RouterMsg::ViewById(req, reply))
+            .await?;
+        decode_view(node, &bytes)
+    }
+
     /// Asks `owner` for the conversation of `key`.
     pub async fn forward_view(
         &self,
         owner: &str,
         key: &ConvKey,
     ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
-        let unavailable =
-            |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
         let req = wire(&(key.tenant().to_owned(), key.contact().to_owned()));
         let bytes = self
             .call(owner, |reply| RouterMsg::View(req, reply))
             .await?;
-        match unwire::<Result<Option<Vec<u8>>, String>>(&bytes) {
-            Some(Ok(None)) => Ok(None),
-            Some(Ok(Some(snap))) => codec::decode_snapshot(&snap)
-                .map(Some)
-                .map_err(|e| unavailable(e.to_string())),
-            Some(Err(m)) => Err(unavailable(m)),
-            None => Err(unavailable("unreadable answer".into())),
-        }
+        decode_view(owner, &bytes)
     }
 
     /// One RPC to `owner`'s router, counted; unavailable when it cannot be
@@ -573,6 +638,19 @@ mod tests {
 
     fn nodes(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("node{i}")).collect()
+    }
+
+    #[test]
+    fn conversation_ids_carry_the_creating_nodes_tag() {
+        let tag = id_tag("n1");
+        assert_ne!(tag, 0, "0 is a single node's");
+        assert_ne!(id_tag("n1"), id_tag("n2"));
+        assert_eq!(first_id(7, None), 7);
+        let first = first_id(7, Some(tag));
+        assert_eq!((first >> 48, first & ID_LOW), (u64::from(tag), 7));
+        // A node restarted in the cluster goes on from its own next id.
+        assert_eq!(first_id(first + 5, Some(tag)), first + 5);
+        assert_eq!(first_id(1, Some(tag)) & ID_LOW, 1);
     }
 
     #[test]

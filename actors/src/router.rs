@@ -302,6 +302,19 @@ impl Router {
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationState>, DeliverError> {
+        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+            if let Some(node) = cluster.remote_creator(id) {
+                return cluster.forward_view_by_id(&node, id).await;
+            }
+        }
+        self.view_by_id_local(id).await
+    }
+
+    /// Conversation `id` as this node knows it.
+    pub(crate) async fn view_by_id_local(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, DeliverError> {
         let Some(key) = self.key_of(id).await? else {
             return Ok(None);
         };

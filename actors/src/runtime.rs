@@ -57,6 +57,10 @@ pub struct RuntimeConfig {
     pub retry: crate::sender::RetryPolicy,
     /// Work in flight each channel gateway admits before answering busy.
     pub gateway_limit: usize,
+    /// In a cluster: this node's tag, the top 16 bits of every
+    /// conversation id it creates (`cluster::id_tag`), so ids are unique
+    /// across nodes and name the node that knows them.
+    pub id_tag: Option<u16>,
     /// Each tenant's conversation flow.
     pub flows: HashMap<String, Arc<crate::flows::engine::Flow>>,
     /// Each tenant's external responder.
@@ -88,6 +92,7 @@ impl RuntimeConfig {
             provider: None,
             retry: crate::sender::RetryPolicy::default(),
             gateway_limit: 4096,
+            id_tag: None,
             flows: HashMap::new(),
             responders: HashMap::new(),
             agents: Vec::new(),
@@ -234,7 +239,10 @@ impl Runtime {
             metrics,
             dir: Directory::default(),
             core: cfg.core.clone(),
-            next_conversation: AtomicU64::new(report.next_conversation),
+            next_conversation: AtomicU64::new(crate::cluster::first_id(
+                report.next_conversation,
+                cfg.id_tag,
+            )),
             snapshot_every: cfg.snapshot_every.max(1),
             max_resident: cfg.max_resident.max(1),
             passivate_after: cfg.passivate_after,
