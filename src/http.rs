@@ -404,7 +404,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         }
         (Method::GET, ["api", "v1", "cluster"]) => {
             admin(app, &req)?;
-            Ok(json_response(StatusCode::OK, &cluster_json(app)))
+            Ok(json_response(StatusCode::OK, &cluster_json(app).await))
         }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
@@ -1308,8 +1308,8 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
     ))
 }
 
-/// `GET /api/v1/cluster`: this node, its live peers, and what it holds.
-fn cluster_json(app: &App) -> Value {
+/// `GET /api/v1/cluster`: this node, its live peers, and what each holds.
+async fn cluster_json(app: &App) -> Value {
     let resident = app.router.resident();
     match &app.cluster {
         None => json!({
@@ -1328,13 +1328,14 @@ fn cluster_json(app: &App) -> Value {
                            "last_seen_ms_ago": m.last_seen.elapsed().as_millis() as u64})
                 })
                 .collect();
+            let by_node = c.resident_by_node(resident as u64).await;
             json!({
                 "mode": "cluster",
                 "node": c.spec.name,
                 "listen": c.spec.listen.to_string(),
                 "members": members,
                 "live": c.live_names(),
-                "conversations": {"this_node": resident},
+                "conversations": {"this_node": resident, "by_node": by_node},
             })
         }
     }

@@ -260,6 +260,12 @@ async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
         );
     }
     assert_eq!(held.iter().sum::<u64>(), contacts as u64, "{held:?}");
+    // Any node reports every node's count.
+    let by_node = cluster(&nodes[1]).await["conversations"]["by_node"].clone();
+    assert_eq!(
+        by_node,
+        serde_json::json!({"n1": held[0], "n2": held[1], "n3": held[2]})
+    );
     assert!(
         held.iter().all(|h| *h > 0),
         "every node owns some: {held:?}"

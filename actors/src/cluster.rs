@@ -49,6 +49,9 @@ pub enum RouterMsg {
     /// Conversation by id (a bincode `u64`); answers like `View`.
     #[rpc]
     ViewById(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// How many conversations this node holds in memory now.
+    #[rpc]
+    Resident(String, RpcReplyPort<u64>),
 }
 
 /// Low 48 bits of a conversation id: the creating node's counter.
@@ -162,6 +165,9 @@ impl Actor for RouterActor {
         match msg {
             RouterMsg::Ping(_from, reply) => {
                 let _ = reply.send(st.name.clone());
+            }
+            RouterMsg::Resident(_from, reply) => {
+                let _ = reply.send(st.router.resident() as u64);
             }
             RouterMsg::ViewById(bytes, reply) => {
                 let router = st.router.clone();
@@ -495,6 +501,41 @@ impl Cluster {
         let k = format!("{}\0{}", key.tenant(), key.contact());
         let owner = ranked(&k, &live).first().map(|s| s.to_string())?;
         (owner != self.spec.name).then_some(owner)
+    }
+
+    /// Conversations each live node holds in memory now, by name (this
+    /// node's included; a peer that does not answer in time is left out).
+    pub async fn resident_by_node(&self, mine: u64) -> BTreeMap<String, u64> {
+        let peers: Vec<(String, ActorRef<RouterMsg>)> = {
+            let v = self.view.read();
+            self.live_names()
+                .into_iter()
+                .filter_map(|n| v.routers.get(&n).map(|r| (n, r.clone())))
+                .collect()
+        };
+        let me = self.spec.name.clone();
+        let asks = peers.into_iter().map(|(n, r)| {
+            let me = me.clone();
+            async move {
+                let a = r
+                    .call(
+                        |reply| RouterMsg::Resident(me, reply),
+                        Some(self.spec.heartbeat),
+                    )
+                    .await;
+                match a {
+                    Ok(ractor::rpc::CallResult::Success(c)) => Some((n, c)),
+                    _ => None,
+                }
+            }
+        });
+        let mut out: BTreeMap<String, u64> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        out.insert(me, mine);
+        out
     }
 
     /// The live node that created conversation `id` (its tag), if that is
