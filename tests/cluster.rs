@@ -44,17 +44,40 @@ fn names(v: &Value) -> Vec<String> {
     n
 }
 
-/// Waits until `node` sees exactly `want` as its peers.
-async fn sees(node: &Node, want: &[&str]) -> Value {
+/// Polls `node`'s cluster view until `pred` holds; the view.
+async fn until(node: &Node, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
         last = cluster(node).await;
-        if names(&last) == want {
+        if pred(&last) {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("expected peers {want:?}, the node reports {last}");
+    panic!("expected {what}, the node reports {last}");
+}
+
+/// Waits until `node` sees exactly `want` as its peers.
+async fn sees(node: &Node, want: &[&str]) -> Value {
+    until(node, &format!("peers {want:?}"), |v| names(v) == want).await
+}
+
+/// Waits until `node` counts exactly `want` as live (reachable) nodes.
+async fn live(node: &Node, want: &[&str]) {
+    let want = serde_json::json!(want);
+    until(node, &format!("live {want}"), |v| v["live"] == want).await;
+}
+
+/// Waits until `node` reports peer `peer` as (un)healthy.
+async fn healthy(node: &Node, peer: &str, want: bool) {
+    until(node, &format!("{peer} healthy={want}"), |v| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == peer && m["healthy"] == want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,25 +151,6 @@ fn signal(node: &Node, sig: i32) {
     }
 }
 
-/// Waits until `node` reports peer `peer` as (un)healthy.
-async fn healthy(node: &Node, peer: &str, want: bool) {
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        last = cluster(node).await;
-        let h = last["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == peer)
-            .map(|m| m["healthy"] == want);
-        if h == Some(true) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{peer} never became healthy={want}: {last}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
     let n = Node::start(&[]);
@@ -170,19 +174,6 @@ async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{key}: {err}");
     }
-}
-
-/// Waits until `node` counts exactly `want` as live (reachable) nodes.
-async fn live(node: &Node, want: &[&str]) {
-    let mut last = Value::Null;
-    for _ in 0..300 {
-        last = cluster(node).await;
-        if last["live"] == serde_json::json!(want) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("expected live {want:?}: {last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

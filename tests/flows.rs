@@ -58,6 +58,14 @@ tenants = ["harbor"]
     )
 }
 
+/// A node running both example flows on simulated time, its texts going
+/// to a fake Twilio.
+async fn start() -> (FakeTwilio, Node) {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    (fake, node)
+}
+
 async fn say(node: &Node, tenant: &str, channel: &str, from: &str, text: &str, pid: &str) {
     let mut m = sms(tenant, from, text, Some(pid));
     m["channel"] = json!(channel);
@@ -89,8 +97,7 @@ async fn texted(fake: &FakeTwilio, pred: impl Fn(&str) -> bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread() {
-    let fake = FakeTwilio::start().await;
-    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let (fake, node) = start().await;
     say(
         &node,
         "smile",
@@ -193,25 +200,16 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
         m["first_response"]["mean_ms"], 0.0,
         "answers come in the same instant of simulated time"
     );
-    let prom = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        prom.contains("threadline_bookings_confirmed_total{tenant=\"smile\"} 2"),
-        "{prom}"
+    assert_eq!(
+        node.metric("threadline_bookings_confirmed_total{tenant=\"smile\"}")
+            .await,
+        2.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qualified_lead_reaches_an_agent_with_what_was_captured() {
-    let fake = FakeTwilio::start().await;
-    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let (_fake, node) = start().await;
     let url = node
         .url("/agent/ws?token=agent-sarah")
         .replace("http://", "ws://");
@@ -639,8 +637,7 @@ flow = "{flows}/dental.toml"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_customer_gets_a_text_then_a_call_and_nothing_after_they_answer() {
-    let fake = FakeTwilio::start().await;
-    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let (fake, node) = start().await;
     say(
         &node,
         "smile",
@@ -787,8 +784,7 @@ async fn slot(node: &Node, start: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_business_runs_the_calendar_and_records_no_shows_and_customers_move_or_cancel() {
-    let fake = FakeTwilio::start().await;
-    let node = Node::start_with_config(&config(&fake.base), &["--simulated-clock", NOW]);
+    let (_fake, node) = start().await;
     let thu3 = "2026-03-05T20:00:00.000Z"; // Thu 3 PM in New York
     let thu4 = "2026-03-05T21:00:00.000Z";
     let fri10 = "2026-03-06T15:00:00.000Z";

@@ -42,13 +42,10 @@ pub enum RouterMsg {
     /// `Forwarded`); answers with a bincode `ForwardResult` once durable.
     #[rpc]
     Deliver(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// The conversation of (tenant, contact) (a bincode pair); answers
-    /// with a bincode `Option` of its encoded snapshot.
+    /// A conversation (a bincode `Lookup`); answers with a bincode
+    /// `Result<Option<snapshot bytes>, String>`.
     #[rpc]
     View(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// Conversation by id (a bincode `u64`); answers like `View`.
-    #[rpc]
-    ViewById(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// How many conversations this node holds in memory now.
     #[rpc]
     Resident(String, RpcReplyPort<u64>),
@@ -84,6 +81,13 @@ struct Forwarded {
     profile_name: Option<String>,
 }
 
+/// Which conversation a `View` asks for.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Lookup {
+    Contact(String, String),
+    Id(u64),
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 enum ForwardResult {
     Recorded {
@@ -94,22 +98,6 @@ enum ForwardResult {
     DeadLettered(Option<u64>),
     Unavailable(String),
     Storage(String),
-}
-
-/// A `View`/`ViewById` answer from `node`.
-fn decode_view(
-    node: &str,
-    bytes: &[u8],
-) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
-    let unavailable = |why: String| DeliverError::Unavailable(format!("node {node}: {why}"));
-    match unwire::<Result<Option<Vec<u8>>, String>>(bytes) {
-        Some(Ok(None)) => Ok(None),
-        Some(Ok(Some(snap))) => codec::decode_snapshot(&snap)
-            .map(Some)
-            .map_err(|e| unavailable(e.to_string())),
-        Some(Err(m)) => Err(unavailable(m)),
-        None => Err(unavailable("unreadable answer".into())),
-    }
 }
 
 fn keyword_name(k: Keyword) -> &'static str {
@@ -169,32 +157,17 @@ impl Actor for RouterActor {
             RouterMsg::Resident(_from, reply) => {
                 let _ = reply.send(st.router.resident() as u64);
             }
-            RouterMsg::ViewById(bytes, reply) => {
-                let router = st.router.clone();
-                tokio::spawn(async move {
-                    let answer: Result<Option<Vec<u8>>, String> = match unwire::<u64>(&bytes) {
-                        None => Err("unreadable view request".into()),
-                        Some(id) => router
-                            .view_by_id_local(ConversationId(id))
-                            .await
-                            .map(|s| s.map(|s| codec::encode_snapshot(&s)))
-                            .map_err(|e| e.to_string()),
-                    };
-                    let _ = reply.send(wire(&answer));
-                });
-            }
             RouterMsg::View(bytes, reply) => {
                 let router = st.router.clone();
                 tokio::spawn(async move {
-                    let answer: Result<Option<Vec<u8>>, String> =
-                        match unwire::<(String, String)>(&bytes) {
-                            None => Err("unreadable view request".into()),
-                            Some((t, c)) => router
-                                .view_local(&t, &c)
-                                .await
-                                .map(|s| s.map(|s| codec::encode_snapshot(&s)))
-                                .map_err(|e| e.to_string()),
-                        };
+                    let found = match unwire::<Lookup>(&bytes) {
+                        None => Err(DeliverError::Unavailable("unreadable view request".into())),
+                        Some(Lookup::Contact(t, c)) => router.view_local(&t, &c).await,
+                        Some(Lookup::Id(id)) => router.view_by_id_local(ConversationId(id)).await,
+                    };
+                    let answer: Result<Option<Vec<u8>>, String> = found
+                        .map(|s| s.map(|s| codec::encode_snapshot(&s)))
+                        .map_err(|e| e.to_string());
                     let _ = reply.send(wire(&answer));
                 });
             }
@@ -461,7 +434,7 @@ impl Cluster {
 
     fn is_member_addr(&self, seed: SocketAddr) -> bool {
         // A session's peer address is the seed's for outgoing sessions;
-        // incoming ones carry the peer's ephemeral port, so names count too.
+        // a peer that connected to us first is matched by the seed's port.
         let v = self.view.read();
         v.peers
             .values()
@@ -554,11 +527,7 @@ impl Cluster {
         node: &str,
         id: ConversationId,
     ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
-        let req = wire(&id.0);
-        let bytes = self
-            .call(node, |reply| RouterMsg::ViewById(req, reply))
-            .await?;
-        decode_view(node, &bytes)
+        self.lookup(node, Lookup::Id(id.0)).await
     }
 
     /// Asks `owner` for the conversation of `key`.
@@ -567,11 +536,27 @@ impl Cluster {
         owner: &str,
         key: &ConvKey,
     ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
-        let req = wire(&(key.tenant().to_owned(), key.contact().to_owned()));
-        let bytes = self
-            .call(owner, |reply| RouterMsg::View(req, reply))
-            .await?;
-        decode_view(owner, &bytes)
+        let lookup = Lookup::Contact(key.tenant().to_owned(), key.contact().to_owned());
+        self.lookup(owner, lookup).await
+    }
+
+    /// A `View` RPC to `node`.
+    async fn lookup(
+        &self,
+        node: &str,
+        lookup: Lookup,
+    ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
+        let req = wire(&lookup);
+        let bytes = self.call(node, |reply| RouterMsg::View(req, reply)).await?;
+        let unavailable = |why: String| DeliverError::Unavailable(format!("node {node}: {why}"));
+        match unwire::<Result<Option<Vec<u8>>, String>>(&bytes) {
+            Some(Ok(None)) => Ok(None),
+            Some(Ok(Some(snap))) => codec::decode_snapshot(&snap)
+                .map(Some)
+                .map_err(|e| unavailable(e.to_string())),
+            Some(Err(m)) => Err(unavailable(m)),
+            None => Err(unavailable("unreadable answer".into())),
+        }
     }
 
     /// One RPC to `owner`'s router, counted; unavailable when it cannot be

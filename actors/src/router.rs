@@ -116,8 +116,8 @@ impl Router {
         msg: InboundMessage,
         meta: InboundMeta,
     ) -> Result<Delivered, DeliverError> {
-        let key = self.key(tenant, contact);
         if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+            let key = self.key(tenant, contact);
             if let Some(owner) = cluster.remote_owner(&key) {
                 return cluster.forward(&owner, &key, msg, meta).await;
             }

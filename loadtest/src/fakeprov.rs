@@ -4,7 +4,6 @@
 //! it is addressed to (which measures inbound-to-reply latency), and every
 //! idempotency key is remembered, so a message sent twice is counted.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,9 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use dashmap::{DashMap, DashSet};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 pub const SID: &str = "AC00000000000000000000000000000000";
@@ -24,28 +21,22 @@ pub const WA_PHONE_ID: &str = "109000000000001";
 pub const WA_TOKEN: &str = "loadtest-wa-token";
 pub const WA_SECRET: &str = "loadtest-app-secret";
 
-/// A message that reached the provider for a customer.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    pub at: Instant,
-}
-
 #[derive(Default)]
 pub struct Provider {
-    /// Customer address (E.164) → their inbox.
-    inboxes: DashMap<String, mpsc::UnboundedSender<Arrival>>,
+    /// Customer address (E.164) → their inbox: when each message to them
+    /// arrived.
+    inboxes: DashMap<String, mpsc::UnboundedSender<Instant>>,
     keys: DashSet<String>,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     /// Messages for nobody the load tester is simulating now (a reply that
     /// came after its customer stopped waiting).
     pub unmatched: AtomicU64,
-    pub calls: AtomicU64,
 }
 
 impl Provider {
     /// Where messages to `address` go while the customer runs.
-    pub fn inbox(&self, address: &str) -> mpsc::UnboundedReceiver<Arrival> {
+    pub fn inbox(&self, address: &str) -> mpsc::UnboundedReceiver<Instant> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.inboxes.insert(address.to_owned(), tx);
         rx
@@ -61,7 +52,7 @@ impl Provider {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let a = Arrival { at: Instant::now() };
+        let a = Instant::now();
         let sent = self
             .inboxes
             .get(to)
@@ -79,21 +70,9 @@ pub async fn serve(p: Arc<Provider>, at: SocketAddr) -> anyhow::Result<(String, 
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for provider traffic on {at}: {e}"))?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let p = p.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(p.clone(), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(crate::node::serve_http(listener, move |req| {
+        handle(p.clone(), req)
+    }));
     Ok((format!("http://{addr}"), addr))
 }
 
@@ -103,10 +82,7 @@ fn answer(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(
-    p: Arc<Provider>,
-    req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(p: Arc<Provider>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let key = req
         .headers()
@@ -115,37 +91,31 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
-        return Ok(answer(
-            400,
-            serde_json::json!({"message": "unreadable body"}),
-        ));
+        return answer(400, serde_json::json!({"message": "unreadable body"}));
     };
     let n = p.received.load(Ordering::Relaxed);
     // Twilio: a text (Messages) or a call (Calls), to `To`.
     for (resource, sid) in [("Messages", "SM"), ("Calls", "CA")] {
         if path == format!("/2010-04-01/Accounts/{SID}/{resource}.json") {
-            if resource == "Calls" {
-                p.calls.fetch_add(1, Ordering::Relaxed);
-            }
             let to = form_urlencoded::parse(&body)
                 .find(|(k, _)| k == "To")
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
             p.deliver(&to, &key);
-            return Ok(answer(
+            return answer(
                 201,
                 serde_json::json!({"sid": format!("{sid}{n:032x}"), "status": "queued"}),
-            ));
+            );
         }
     }
     if path == format!("/{WA_PHONE_ID}/messages") {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let to = format!("+{}", v["to"].as_str().unwrap_or(""));
         p.deliver(&to, &key);
-        return Ok(answer(
+        return answer(
             200,
             serde_json::json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.{n:x}")}]}),
-        ));
+        );
     }
-    Ok(answer(404, serde_json::json!({"message": "not found"})))
+    answer(404, serde_json::json!({"message": "not found"}))
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -107,25 +108,39 @@ fn start(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<SpawnedNode
 pub async fn serve_bare() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("threadline listening on http://{}", listener.local_addr()?);
-    {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut r = Response::new(Full::new(Bytes::from_static(
-                        br#"{"conversation_id":"cnv_0000000000000001","message_id":"msg_0000000000000001_2","duplicate":false}"#,
-                    )));
-                    *r.status_mut() = hyper::StatusCode::ACCEPTED;
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+    serve_http(listener, |req| async move {
+        let _ = req.into_body().collect().await;
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            br#"{"conversation_id":"cnv_0000000000000001","message_id":"msg_0000000000000001_2","duplicate":false}"#,
+        )));
+        *r.status_mut() = hyper::StatusCode::ACCEPTED;
+        r
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle`, one task per connection,
+/// until the process ends.
+pub async fn serve_http<F, Fut>(listener: tokio::net::TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
-        }
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }

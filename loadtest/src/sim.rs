@@ -332,7 +332,7 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
                 }
             }
             Channel::Webchat => match ws.as_mut() {
-                Some(s) => send_chat(&sh, s, &id, &text, timeout).await,
+                Some(s) => send_chat(s, &id, &text, timeout).await,
                 None => Err("no socket".into()),
             },
         };
@@ -368,8 +368,7 @@ async fn journey(sh: Arc<Shared>, j: usize, rng: &mut fastrand::Rng) {
                 None => tokio::time::timeout(timeout, inbox.recv())
                     .await
                     .ok()
-                    .flatten()
-                    .map(|a| a.at),
+                    .flatten(),
             };
             match got {
                 Some(at) => {
@@ -453,13 +452,7 @@ async fn reply_frame(ws: &mut Ws, timeout: Duration) -> Option<Instant> {
     }
 }
 
-async fn send_chat(
-    _sh: &Shared,
-    ws: &mut Ws,
-    id: &str,
-    text: &str,
-    timeout: Duration,
-) -> Result<(), String> {
+async fn send_chat(ws: &mut Ws, id: &str, text: &str, timeout: Duration) -> Result<(), String> {
     ws.send(Frame::text(
         json!({"type": "message", "text": text, "id": id}).to_string(),
     ))
@@ -849,6 +842,8 @@ async fn phase(
     for a in agents {
         a.abort();
     }
+    // Late replies and repeats land before they are counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let after = NodeMetrics::fetch(addr).await?;
 
     let hists = sh.hists.lock().unwrap().clone();
@@ -1025,10 +1020,6 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
         }
     } else {
         let (mut r, sh) = phase(s, addr, provider.clone(), a.quiet, "run").await?;
-        // Late replies land before the check.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        r.extra = sh.extra.load(Ordering::Relaxed) + provider.unmatched.load(Ordering::Relaxed);
-        r.duplicated = provider.duplicates.load(Ordering::Relaxed);
         verify(&sh, a.verify_all, &mut r).await;
         reports.push(r);
     }

@@ -1157,15 +1157,9 @@ impl Conversation {
         };
         if fresh {
             if self.state.captured.intent.is_none() && keyword.is_none() {
-                self.push(
+                self.note_facts(
                     events,
-                    ConvEvent::ContactUpdated {
-                        name: None,
-                        timezone: None,
-                        region: None,
-                        email: None,
-                        facts: [("voice_request".to_owned(), text.to_owned())].into(),
-                    },
+                    [("voice_request".to_owned(), text.to_owned())].into(),
                 );
             }
             self.say(events, &reply, now);

@@ -5,6 +5,7 @@
 //! to carry out (send an offer, rescind one, say the customer waits).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 
 use threadline_protocol::{Channel, Timestamp};
 
@@ -183,15 +184,48 @@ fn queue_key(t: &Task) -> QueueKey {
     (-t.priority, t.since, t.conv)
 }
 
+/// Tasks not offered to anyone now, in line order (all tenants), and the
+/// same per tenant: dispatch walks the line without sorting it, and a
+/// place in line is counted from the right end.
+#[derive(Debug, Default)]
+struct Line {
+    all: BTreeSet<QueueKey>,
+    by_tenant: HashMap<String, BTreeSet<QueueKey>>,
+}
+
+impl Line {
+    fn join(&mut self, t: &Task) {
+        self.all.insert(queue_key(t));
+        match self.by_tenant.get_mut(&t.tenant) {
+            Some(q) => {
+                q.insert(queue_key(t));
+            }
+            None => {
+                self.by_tenant
+                    .insert(t.tenant.clone(), BTreeSet::from([queue_key(t)]));
+            }
+        }
+    }
+
+    fn leave(&mut self, t: &Task) {
+        self.all.remove(&queue_key(t));
+        if let Some(q) = self.by_tenant.get_mut(&t.tenant) {
+            q.remove(&queue_key(t));
+        }
+    }
+
+    /// The first task in line after `cursor` (from the front: `None`).
+    fn after(&self, cursor: Option<QueueKey>) -> Option<QueueKey> {
+        let from = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+        self.all.range((from, Bound::Unbounded)).next().copied()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
     agents: BTreeMap<String, AgentState>,
     tasks: BTreeMap<u64, TaskState>,
-    /// Tasks not offered to anyone now, in line order (all tenants), and
-    /// the same per tenant: dispatch walks the line without sorting it,
-    /// and a place in line is counted from the right end.
-    queue: BTreeSet<QueueKey>,
-    tenant_queues: HashMap<String, BTreeSet<QueueKey>>,
+    line: Line,
     /// Tasks whose customer has not been told yet that they wait.
     untold: BTreeSet<u64>,
     /// conversation → the agent holding it, and the task it came from.
@@ -227,7 +261,7 @@ impl Pool {
             debug_assert!(false, "task {} inserted twice: {old:?}", t.task.conv);
         }
         if t.offered.is_none() {
-            self.line_up(&t.task);
+            self.line.join(&t.task);
         }
         if !t.told_waiting {
             self.untold.insert(t.task.conv);
@@ -237,24 +271,9 @@ impl Pool {
 
     fn remove_task(&mut self, conv: u64) -> Option<TaskState> {
         let t = self.tasks.remove(&conv)?;
-        self.leave_line(&t.task);
+        self.line.leave(&t.task);
         self.untold.remove(&conv);
         Some(t)
-    }
-
-    fn line_up(&mut self, t: &Task) {
-        self.queue.insert(queue_key(t));
-        self.tenant_queues
-            .entry(t.tenant.clone())
-            .or_default()
-            .insert(queue_key(t));
-    }
-
-    fn leave_line(&mut self, t: &Task) {
-        self.queue.remove(&queue_key(t));
-        if let Some(q) = self.tenant_queues.get_mut(&t.tenant) {
-            q.remove(&queue_key(t));
-        }
     }
 
     /// The offer of `conv` is made (`Some`) or gone (`None`).
@@ -262,14 +281,12 @@ impl Pool {
         let Some(t) = self.tasks.get_mut(&conv) else {
             return;
         };
-        let was = t.offered.is_some();
-        t.offered = offered;
-        let task = t.task.clone();
-        match (was, self.tasks[&conv].offered.is_some()) {
-            (false, true) => self.leave_line(&task),
-            (true, false) => self.line_up(&task),
+        match (t.offered.is_some(), offered.is_some()) {
+            (false, true) => self.line.leave(&t.task),
+            (true, false) => self.line.join(&t.task),
             _ => {}
         }
+        t.offered = offered;
     }
 
     fn agent_mut(&mut self, id: &str) -> Result<&mut AgentState, PoolError> {
@@ -648,14 +665,9 @@ impl Pool {
             .count();
         let mut cursor: Option<QueueKey> = None;
         while free > 0 {
-            let next = match cursor {
-                None => self.queue.iter().next(),
-                Some(k) => self
-                    .queue
-                    .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))
-                    .next(),
+            let Some(key) = self.line.after(cursor) else {
+                break;
             };
-            let Some(&key) = next else { break };
             cursor = Some(key);
             let conv = key.2;
             let t = &self.tasks[&conv];
@@ -706,7 +718,7 @@ impl Pool {
             return 0;
         };
         let key = queue_key(&me.task);
-        let Some(q) = self.tenant_queues.get(&me.task.tenant) else {
+        let Some(q) = self.line.by_tenant.get(&me.task.tenant) else {
             return 1;
         };
         let offered = usize::from(!q.contains(&key));
@@ -906,7 +918,7 @@ mod tests {
             .filter(|t| t.offered.is_none())
             .map(|t| queue_key(&t.task))
             .collect();
-        assert_eq!(p.queue, waiting);
+        assert_eq!(p.line.all, waiting);
         for t in p.tasks.values() {
             let me = queue_key(&t.task);
             let brute = p
