@@ -47,6 +47,15 @@ pub struct Cluster {
     /// A peer silent this long is down.
     #[serde(default = "default_failure_after_ms")]
     pub failure_after_ms: u64,
+    /// Copies of each conversation: 2 (the default) keeps one replica on
+    /// the next node in hash order, written before anything is
+    /// acknowledged; 1 keeps none.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: u8,
+}
+
+fn default_replication_factor() -> u8 {
+    2
 }
 
 fn default_heartbeat_ms() -> u64 {
@@ -646,6 +655,12 @@ impl Config {
                 return err(
                     vec![Key("cluster"), Key("failure_after_ms")],
                     "must be at least twice heartbeat_ms, and at most 600000".into(),
+                );
+            }
+            if !(1..=2).contains(&c.replication_factor) {
+                return err(
+                    vec![Key("cluster"), Key("replication_factor")],
+                    "must be 1 (no replica) or 2 (one replica)".into(),
                 );
             }
             if c.cookie.len() < 16 {

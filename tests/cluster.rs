@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const COOKIE: &str = "test-cluster-cookie-0001";
 
@@ -270,4 +270,202 @@ async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
         )
         .await;
     assert_eq!((s, v["duplicate"].as_bool()), (202, Some(true)), "{v}");
+}
+
+/// `config` on a simulated clock (a weekday morning: follow-ups are sent).
+fn sim_config(name: &str, port: u16, seeds: &[u16]) -> String {
+    config(name, port, seeds, COOKIE)
+}
+
+const WEEKDAY_MORNING: &str = "2026-03-10T14:00:00Z";
+
+/// Sends customer `c`'s messages through `nodes` in turn until `stop`,
+/// each one again until it is acknowledged (as a provider retries);
+/// returns (provider id, when it was acknowledged), in order.
+async fn customer(
+    nodes: std::sync::Arc<Vec<(String, reqwest::Client)>>,
+    c: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(String, std::time::Instant)> {
+    let mut acked = Vec::new();
+    let mut k = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let pid = format!("c{c}k{k}");
+        let body = sms("acme", &phone(c), &format!("message {k}"), Some(&pid));
+        let mut attempt = 0;
+        loop {
+            let (base, http) = &nodes[(c + k + attempt) % nodes.len()];
+            attempt += 1;
+            let r = http
+                .post(format!("{base}/api/v1/inbound"))
+                .bearer_auth("gw-acme")
+                .timeout(Duration::from_secs(15))
+                .json(&body)
+                .send()
+                .await;
+            if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
+                acked.push((pid.clone(), std::time::Instant::now()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    acked
+}
+
+/// The provider ids in a conversation, in order.
+fn pids(conv: &Value) -> Vec<String> {
+    conv["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["provider_message_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move_back() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let n1 = Node::start_with_config(&sim_config("n1", p1, &[]), &sim);
+    let n2 = Node::start_with_config(&sim_config("n2", p2, &[p1]), &sim);
+    let mut n3 = Node::start_with_config(&sim_config("n3", p3, &[p1]), &sim);
+    for n in [&n1, &n2, &n3] {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    // Customers, each with a follow-up timer set on the node that owns
+    // their conversation (the others answer 404 for it).
+    let customers = 18;
+    let mut owner_of = Vec::new();
+    let mut conv_of = Vec::new();
+    for c in 0..customers {
+        let (s, v) = n1
+            .inbound(
+                "gw-acme",
+                &sms("acme", &phone(c), "hello", Some(&format!("c{c}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let conv = v["conversation_id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/conversations/{conv}/timers");
+        let timer =
+            json!({"in_seconds": 60, "kind": "follow_up", "text": format!("follow-up {c}")});
+        let mut owner = None;
+        for (i, n) in [&n1, &n2, &n3].into_iter().enumerate() {
+            let (s, _) = n
+                .send_admin(reqwest::Method::POST, &path, Some(&timer))
+                .await;
+            if s == 201 {
+                owner = Some(i);
+            }
+        }
+        owner_of.push(owner.expect("the owner schedules it"));
+        conv_of.push(conv);
+    }
+    let victims: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
+    assert!(!victims.is_empty(), "n3 owns some: {owner_of:?}");
+
+    // Load through n1 and n2; n3 is killed in the middle of it.
+    let through = std::sync::Arc::new(vec![
+        (n1.base.clone(), n1.http.clone()),
+        (n2.base.clone(), n2.http.clone()),
+    ]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..customers)
+        .map(|c| tokio::spawn(customer(through.clone(), c, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    n3.sigkill();
+    let killed = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for l in load {
+        acked.push(l.await.unwrap());
+    }
+    // Every customer of n3 went on within 5 s of the kill.
+    for c in &victims {
+        let first_after = acked[*c]
+            .iter()
+            .find(|(_, at)| *at > killed)
+            .map(|(_, at)| at.duration_since(killed))
+            .unwrap_or_else(|| panic!("customer {c} was never answered after the kill"));
+        assert!(
+            first_after < Duration::from_secs(5),
+            "customer {c} waited {first_after:?}"
+        );
+    }
+    // Nothing acknowledged was lost, nothing is there twice, and the
+    // conversation is the one it was.
+    for c in 0..customers {
+        let mut want = vec![format!("c{c}")];
+        want.extend(acked[c].iter().map(|(p, _)| p.clone()));
+        for n in [&n1, &n2] {
+            let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
+            assert_eq!(conv["id"].as_str(), Some(conv_of[c].as_str()));
+            assert_eq!(pids(&conv), want, "customer {c} as node {} sees it", n.base);
+        }
+    }
+    assert!(n1.metric("threadline_cluster_replicated_total").await > 0.0);
+    let promoted = n1.metric("threadline_cluster_promoted_total").await
+        + n2.metric("threadline_cluster_promoted_total").await;
+    assert_eq!(promoted as usize, victims.len(), "each taken over once");
+
+    // The timers of n3's conversations fire on their new owners, once.
+    n1.advance(120.0).await;
+    n2.advance(120.0).await;
+    for c in 0..customers {
+        let conv = n1.conversation_of("acme", &phone(c)).await.unwrap();
+        let sent = texts_where(&conv, "direction", "outbound");
+        let follow = format!("follow-up {c}");
+        assert_eq!(
+            sent.iter().filter(|t| **t == follow).count(),
+            1,
+            "customer {c}: {sent:?}"
+        );
+    }
+
+    // n3 comes back: it catches up, its conversations move back to it, and
+    // every node still reads each conversation whole, once.
+    n3.restart();
+    for n in [&n1, &n2, &n3] {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    for c in &victims {
+        let mut back = false;
+        for _ in 0..200 {
+            let (s, _) = n3
+                .send_admin(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/conversations/{}/timers", conv_of[*c]),
+                    Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "later"})),
+                )
+                .await;
+            if s == 201 {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(back, "customer {c}'s conversation is n3's again");
+    }
+    for c in 0..customers {
+        let (s, v) = n3
+            .inbound(
+                "gw-acme",
+                &sms("acme", &phone(c), "after", Some(&format!("after{c}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(v["conversation_id"].as_str(), Some(conv_of[c].as_str()));
+        let mut want = vec![format!("c{c}")];
+        want.extend(acked[c].iter().map(|(p, _)| p.clone()));
+        want.push(format!("after{c}"));
+        for n in [&n1, &n2, &n3] {
+            let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
+            assert_eq!(pids(&conv), want, "customer {c} after the return");
+        }
+    }
 }

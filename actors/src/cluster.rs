@@ -23,6 +23,7 @@ use threadline_protocol::{ConversationId, MessageId};
 
 use crate::consent::keywords::Keyword;
 use crate::conversation::{ConvKey, InboundAck, InboundMeta};
+use crate::replica::{ReplicaBody, ReplicaEntry, ReplicaMeta, Verdict};
 use crate::router::{DeliverError, Delivered, Router};
 
 /// How long a forwarded message may take on its owner.
@@ -49,6 +50,24 @@ pub enum RouterMsg {
     /// How many conversations this node holds in memory now.
     #[rpc]
     Resident(String, RpcReplyPort<u64>),
+    /// Changes to keep as replicas (a bincode `Vec<ReplicaEntry>`);
+    /// answers a bincode `Result<Vec<Verdict>, String>` once durable.
+    #[rpc]
+    Replicate(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A conversation this node owns now (a bincode `Handover`); answers a
+    /// bincode `Result<Verdict, String>` once installed.
+    #[rpc]
+    Handover(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// A whole conversation moving to the node that owns it now.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Handover {
+    conv: u64,
+    tenant: String,
+    contact: String,
+    epoch: u64,
+    snapshot: Vec<u8>,
 }
 
 /// Low 48 bits of a conversation id: the creating node's counter.
@@ -129,6 +148,8 @@ struct RouterActor;
 struct RouterState {
     name: String,
     router: Router,
+    /// The node's membership (set right after the router starts).
+    cluster: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>>,
 }
 
 impl Actor for RouterActor {
@@ -157,13 +178,59 @@ impl Actor for RouterActor {
             RouterMsg::Resident(_from, reply) => {
                 let _ = reply.send(st.router.resident() as u64);
             }
+            RouterMsg::Replicate(bytes, reply) => {
+                let persistence = st.router.shared.persistence.clone();
+                tokio::spawn(async move {
+                    let answer: Result<Vec<Verdict>, String> =
+                        match unwire::<Vec<ReplicaEntry>>(&bytes) {
+                            None => Err("unreadable replica entries".into()),
+                            Some(entries) => {
+                                let (tx, rx) = tokio::sync::oneshot::channel();
+                                let op = crate::persistence::Op::Replica { entries, reply: tx };
+                                match persistence.submit(op).await {
+                                    Err(e) => Err(e.to_string()),
+                                    Ok(()) => {
+                                        rx.await.unwrap_or_else(|_| Err("writer gone".into()))
+                                    }
+                                }
+                            }
+                        };
+                    let _ = reply.send(wire(&answer));
+                });
+            }
+            RouterMsg::Handover(bytes, reply) => {
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                tokio::spawn(async move {
+                    let answer: Result<Verdict, String> =
+                        match (unwire::<Handover>(&bytes), cluster) {
+                            (None, _) => Err("unreadable handover".into()),
+                            (_, None) => Err("cluster stopping".into()),
+                            (Some(h), Some(c)) => c.receive(h).await,
+                        };
+                    let _ = reply.send(wire(&answer));
+                });
+            }
             RouterMsg::View(bytes, reply) => {
                 let router = st.router.clone();
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
                 tokio::spawn(async move {
                     let found = match unwire::<Lookup>(&bytes) {
                         None => Err(DeliverError::Unavailable("unreadable view request".into())),
                         Some(Lookup::Contact(t, c)) => router.view_local(&t, &c).await,
-                        Some(Lookup::Id(id)) => router.view_by_id_local(ConversationId(id)).await,
+                        Some(Lookup::Id(id)) => {
+                            let id = ConversationId(id);
+                            match router.view_by_id_local(id).await {
+                                Ok(None) => match cluster.as_ref() {
+                                    // It moved on: one more hop, to its owner.
+                                    Some(c) => match c.replica_owner(id).await {
+                                        Some(n) => c.forward_view_by_id(&n, id).await,
+                                        None => Ok(None),
+                                    },
+                                    None => Ok(None),
+                                },
+                                other => other,
+                            }
+                        }
                     };
                     let answer: Result<Option<Vec<u8>>, String> = found
                         .map(|s| s.map(|s| codec::encode_snapshot(&s)))
@@ -224,6 +291,9 @@ pub struct ClusterSpec {
     pub heartbeat: Duration,
     /// A peer that has not answered for this long is down.
     pub failure_after: Duration,
+    /// Copies of each conversation (1: no replica; 2: the owner's and
+    /// one on the next node in hash order).
+    pub replication_factor: u8,
 }
 
 /// A peer as this node sees it.
@@ -247,11 +317,20 @@ struct View {
     answered: BTreeMap<String, Instant>,
     /// Each peer's router, by name (learned from heartbeat answers).
     routers: BTreeMap<String, ActorRef<RouterMsg>>,
+    /// The live set as the last rebalance saw it.
+    balanced: Vec<String>,
 }
 
 /// This node's membership.
 pub struct Cluster {
     pub spec: ClusterSpec,
+    shared: Arc<crate::runtime::Shared>,
+    started: Instant,
+    /// Conversations moving between nodes right now: not served here.
+    moving: dashmap::DashSet<ConvKey>,
+    /// A rebalance is running / another one is wanted after it.
+    rebalancing: std::sync::atomic::AtomicBool,
+    rebalance_again: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
     server: ActorRef<NodeServerMessage>,
     view: Arc<RwLock<View>>,
@@ -319,25 +398,39 @@ impl Cluster {
             })
             .map_err(|e| format!("cluster: {e}"))?;
         let shared = router.shared.clone();
+        let slot: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>> = Default::default();
         let (router, _) = Actor::spawn(
             None,
             RouterActor,
             RouterState {
                 name: spec.name.clone(),
                 router,
+                cluster: slot.clone(),
             },
         )
         .await
         .map_err(|e| format!("cluster router: {e}"))?;
         ractor::pg::join(ROUTERS.into(), vec![router.get_cell()]);
+        let replicate = spec.replication_factor >= 2;
         let cluster = Arc::new(Cluster {
             metrics: shared.metrics.clone(),
+            shared: shared.clone(),
+            started: Instant::now(),
+            moving: Default::default(),
+            rebalancing: Default::default(),
+            rebalance_again: Default::default(),
             spec,
             server,
             view,
             router,
         });
+        let _ = slot.set(Arc::downgrade(&cluster));
         let _ = shared.cluster.set(Arc::downgrade(&cluster));
+        if replicate {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            shared.persistence.replicate_through(tx);
+            tokio::spawn(replicator(Arc::downgrade(&cluster), rx));
+        }
         let c = cluster.clone();
         tokio::spawn(async move { c.join_seeds(retry).await });
         let c = cluster.clone();
@@ -398,6 +491,17 @@ impl Cluster {
                     tracing::info!(peer = m.name, "cluster peer answers heartbeats again");
                 }
                 m.healthy = healthy;
+            }
+            drop(v);
+            let live = self.live_names();
+            let changed = self.view.read().balanced != live;
+            if changed
+                || self
+                    .rebalance_again
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                self.view.write().balanced = live;
+                self.clone().rebalance();
             }
         }
     }
@@ -634,6 +738,645 @@ impl Cluster {
     pub fn stop(&self) {
         self.router.stop(Some("shutdown".into()));
         self.server.stop(Some("shutdown".into()));
+    }
+}
+
+/// Batches of committed changes one replication round takes at most.
+const ROUND_BATCHES: usize = 256;
+
+/// The owner's half of replication: takes committed batches in order,
+/// replicates their changes (each to the next node in hash order), and
+/// completes each batch's callbacks in order once its replicas have them.
+/// A change that could not be replicated completes as unavailable: it is
+/// durable here, but not acknowledged.
+async fn replicator(
+    cluster: std::sync::Weak<Cluster>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::persistence::Committed>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while batches.len() < ROUND_BATCHES {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let failed = match cluster.upgrade() {
+            Some(c) => c.replicate_changes(&mut batches).await,
+            None => batches
+                .iter()
+                .flat_map(|b| {
+                    b.changes
+                        .iter()
+                        .map(|c| (c.conv, "cluster stopped".to_owned()))
+                })
+                .collect(),
+        };
+        for b in batches {
+            for (conv, done) in b.dones {
+                let r = match conv.and_then(|c| failed.get(&c)) {
+                    Some(why) => Err(Arc::new(crate::store::StoreError::Replication(why.clone()))),
+                    None => b.result.clone(),
+                };
+                done(r);
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Whether this node serves conversations yet: once it has heard from
+    /// a peer (or has no seeds), or after a grace period alone. Before, it
+    /// would take conversations its peers own for its own.
+    pub fn serving(&self) -> bool {
+        self.spec.seeds.is_empty()
+            || !self.view.read().answered.is_empty()
+            || self.started.elapsed() > 2 * self.spec.failure_after
+    }
+
+    /// Whether `node` is known to be gone: not live, and either seen
+    /// before or never seen in a long while.
+    fn known_gone(&self, node: &str, live: &[String]) -> bool {
+        !live.iter().any(|n| n == node)
+            && (self.view.read().answered.contains_key(node)
+                || self.started.elapsed() > 3 * self.spec.failure_after)
+    }
+
+    /// Whether a conversation on this node can be served here now: not
+    /// moving, and not only a replica whose owner may still be alive (a
+    /// replica whose owner is gone is taken over first).
+    pub(crate) async fn check_local(&self, key: &ConvKey) -> Result<(), DeliverError> {
+        if !self.serving() {
+            return Err(DeliverError::Unavailable(
+                "this node is joining its cluster".into(),
+            ));
+        }
+        if self.moving.contains(key) {
+            return Err(DeliverError::Unavailable(
+                "the conversation is moving between nodes".into(),
+            ));
+        }
+        if self.spec.replication_factor < 2 || self.shared.dir.by_key.contains_key(key) {
+            return Ok(());
+        }
+        let store = self.shared.persistence.store.clone();
+        let (t, c) = (key.tenant().to_owned(), key.contact().to_owned());
+        let found = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>(match store.conversation_of(&t, &c)? {
+                Some(_) => None,
+                None => store.replica_of(&t, &c)?,
+            })
+        })
+        .await
+        .map_err(|e| DeliverError::Storage(e.to_string()))?
+        .map_err(|e| DeliverError::Storage(e.to_string()))?;
+        let Some(conv) = found else {
+            return Ok(());
+        };
+        let store = self.shared.persistence.store.clone();
+        let replica = tokio::task::spawn_blocking(move || store.replica_state(conv))
+            .await
+            .map_err(|e| DeliverError::Storage(e.to_string()))?
+            .map_err(|e| DeliverError::Storage(e.to_string()))?;
+        let Some((meta, state)) = replica else {
+            return Ok(());
+        };
+        let live = self.live_names();
+        if !self.known_gone(&meta.owner, &live) {
+            return Err(DeliverError::Unavailable(format!(
+                "the conversation is moving here from node {}",
+                meta.owner
+            )));
+        }
+        self.promote(conv, meta, state)
+            .await
+            .map_err(DeliverError::Unavailable)
+    }
+
+    /// The node that keeps the replica of `key` (the next live node in
+    /// hash order), if this node owns it.
+    fn replica_node(&self, key: &ConvKey, live: &[String]) -> Result<String, String> {
+        let k = format!("{}\0{}", key.tenant(), key.contact());
+        let r = ranked(&k, live);
+        match (r.first(), r.get(1)) {
+            (Some(o), _) if *o != self.spec.name => Err(format!("node {o} owns it now")),
+            (_, Some(n)) => Ok((*n).to_owned()),
+            _ => Err("no live node to keep its replica".into()),
+        }
+    }
+
+    /// One RPC to `node`'s router (not counted as a forward).
+    async fn rpc(
+        &self,
+        node: &str,
+        timeout: Duration,
+        msg: impl FnOnce(RpcReplyPort<Vec<u8>>) -> RouterMsg,
+    ) -> Result<Vec<u8>, String> {
+        let target = self.view.read().routers.get(node).cloned();
+        match target {
+            None => Err(format!("node {node} is not reachable")),
+            Some(t) => match t.call(msg, Some(timeout)).await {
+                Ok(ractor::rpc::CallResult::Success(b)) => Ok(b),
+                Ok(_) => Err(format!("node {node} did not answer in time")),
+                Err(e) => Err(format!("node {node}: {e}")),
+            },
+        }
+    }
+
+    async fn send_replicas(
+        &self,
+        node: &str,
+        entries: &[ReplicaEntry],
+    ) -> Result<Vec<Verdict>, String> {
+        let started = Instant::now();
+        let req = wire(&entries);
+        let bytes = self
+            .rpc(node, self.spec.failure_after, |reply| {
+                RouterMsg::Replicate(req, reply)
+            })
+            .await?;
+        self.metrics
+            .cluster_replication_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match unwire::<Result<Vec<Verdict>, String>>(&bytes) {
+            Some(Ok(v)) if v.len() == entries.len() => Ok(v),
+            Some(Ok(_)) => Err(format!("node {node} answered for other entries")),
+            Some(Err(e)) => Err(format!("node {node}: {e}")),
+            None => Err(format!("node {node}: unreadable answer")),
+        }
+    }
+
+    /// Replicates the changes of committed batches; returns the
+    /// conversations whose changes did not reach their replica, and why.
+    async fn replicate_changes(
+        &self,
+        batches: &mut [crate::persistence::Committed],
+    ) -> std::collections::HashMap<u64, String> {
+        use std::collections::HashMap;
+        let mut failed: HashMap<u64, String> = HashMap::new();
+        // One entry per conversation: its records in commit order, the
+        // last route (epoch, last seq).
+        let mut order = Vec::new();
+        let mut merged: HashMap<u64, crate::persistence::Change> = HashMap::new();
+        for b in batches.iter_mut().filter(|b| b.result.is_ok()) {
+            for ch in b.changes.drain(..) {
+                match merged.get_mut(&ch.conv) {
+                    Some(m) => {
+                        m.route = ch.route;
+                        m.records.extend(ch.records);
+                    }
+                    None => {
+                        order.push(ch.conv);
+                        merged.insert(ch.conv, ch);
+                    }
+                }
+            }
+        }
+        if order.is_empty() {
+            return failed;
+        }
+        let live = self.live_names();
+        let mut by_node: BTreeMap<String, Vec<ReplicaEntry>> = BTreeMap::new();
+        let mut routes = HashMap::new();
+        for conv in order {
+            let crate::persistence::Change { route, records, .. } =
+                merged.remove(&conv).expect("merged above");
+            match self.replica_node(&route.key, &live) {
+                Err(why) => {
+                    failed.insert(conv, why);
+                }
+                Ok(node) => {
+                    by_node.entry(node).or_default().push(ReplicaEntry {
+                        conv,
+                        tenant: route.key.tenant().to_owned(),
+                        contact: route.key.contact().to_owned(),
+                        epoch: route.epoch,
+                        owner: self.spec.name.clone(),
+                        body: ReplicaBody::Events {
+                            records,
+                            through: route.through,
+                        },
+                    });
+                    routes.insert(conv, route);
+                }
+            }
+        }
+        let rounds = by_node.into_iter().map(|(node, entries)| async move {
+            let first = self.send_replicas(&node, &entries).await;
+            let mut out: Vec<(u64, Result<(), String>)> = Vec::new();
+            let verdicts = match first {
+                Err(e) => {
+                    return entries.iter().map(|e2| (e2.conv, Err(e.clone()))).collect();
+                }
+                Ok(v) => v,
+            };
+            let mut bases = Vec::new();
+            for (e, v) in entries.into_iter().zip(verdicts) {
+                match v {
+                    Verdict::Stored => out.push((e.conv, Ok(()))),
+                    Verdict::Fenced => out.push((
+                        e.conv,
+                        Err(format!("fenced: node {node} has a newer owner's copy")),
+                    )),
+                    Verdict::NeedBase => bases.push(e),
+                }
+            }
+            if !bases.is_empty() {
+                let store = self.shared.persistence.store.clone();
+                let ids: Vec<u64> = bases.iter().map(|e| e.conv).collect();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    ids.into_iter()
+                        .map(|c| store.load(ConversationId(c)))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                let mut sendable = Vec::new();
+                for (mut e, state) in bases.into_iter().zip(loaded) {
+                    match state {
+                        Ok(Some(s)) => {
+                            e.body = ReplicaBody::Base {
+                                snapshot: codec::encode_snapshot(&s),
+                            };
+                            sendable.push(e);
+                        }
+                        _ => out.push((e.conv, Err("its state could not be read".into()))),
+                    }
+                }
+                self.metrics
+                    .cluster_replica_bases
+                    .inc_by(sendable.len() as u64);
+                match self.send_replicas(&node, &sendable).await {
+                    Err(err) => out.extend(sendable.iter().map(|e| (e.conv, Err(err.clone())))),
+                    Ok(v) => {
+                        for (e, v) in sendable.iter().zip(v) {
+                            out.push((
+                                e.conv,
+                                match v {
+                                    Verdict::Stored => Ok(()),
+                                    _ => Err(format!("node {node} refused its base")),
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            out
+        });
+        for (conv, r) in futures_util::future::join_all(rounds)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            match r {
+                Ok(()) => {
+                    self.metrics.cluster_replicated.inc();
+                }
+                Err(why) => {
+                    if why.starts_with("fenced") {
+                        // A stale copy: its actor must not go on from it.
+                        if let Some(route) = routes.get(&conv) {
+                            self.stop_local(&route.key).await;
+                        }
+                    }
+                    failed.insert(conv, why);
+                }
+            };
+        }
+        self.metrics
+            .cluster_replication_failures
+            .inc_by(failed.len() as u64);
+        failed
+    }
+
+    /// Stops the resident actor of `key`, if any, and waits for it.
+    async fn stop_local(&self, key: &ConvKey) {
+        let entry = self.shared.dir.by_key.get(key).map(|e| e.value().clone());
+        if let Some(e) = entry {
+            self.shared.dir.remove_if_actor(key, e.actor.get_id());
+            let _ = e
+                .actor
+                .stop_and_wait(Some("ownership moved".into()), Some(Duration::from_secs(5)))
+                .await;
+        }
+    }
+
+    /// Moves conversations to where the current membership places them:
+    /// replicas of a lost owner are taken over here, conversations another
+    /// live node owns now are handed to it. Runs on its own task, one at
+    /// a time; what fails is tried again at the next heartbeat.
+    fn rebalance(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.spec.replication_factor < 2 || !self.serving() {
+            return;
+        }
+        if self.rebalancing.swap(true, Ordering::AcqRel) {
+            self.rebalance_again.store(true, Ordering::Relaxed);
+            return;
+        }
+        self.rebalance_again.store(false, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let again = match self.rebalance_once().await {
+                Ok(done) => !done,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster rebalance failed; retrying");
+                    true
+                }
+            };
+            if again {
+                self.rebalance_again.store(true, Ordering::Relaxed);
+            }
+            self.rebalancing.store(false, Ordering::Release);
+        });
+    }
+
+    /// One pass; `Ok(true)` when everything is where it belongs.
+    async fn rebalance_once(&self) -> Result<bool, String> {
+        let live = self.live_names();
+        let store = self.shared.persistence.store.clone();
+        let (replicas, held) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((store.replicas()?, store.held()?))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let me = self.spec.name.as_str();
+        let mut all_done = true;
+        for (conv, meta) in replicas {
+            let k = format!("{}\0{}", meta.tenant, meta.contact);
+            if ranked(&k, &live).first() != Some(&me) || !self.known_gone(&meta.owner, &live) {
+                continue;
+            }
+            let store = self.shared.persistence.store.clone();
+            let state = tokio::task::spawn_blocking(move || store.replica_state(conv))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            if let Some((meta, state)) = state {
+                if let Err(e) = self.promote(conv, meta, state).await {
+                    tracing::warn!(conv, error = %e, "taking over a conversation failed");
+                    all_done = false;
+                }
+            }
+        }
+        for (conv, tenant, contact) in held {
+            let k = format!("{tenant}\0{contact}");
+            let owner = match ranked(&k, &live).first() {
+                Some(o) if *o != me => (*o).to_owned(),
+                _ => continue,
+            };
+            if let Err(e) = self.hand_over(conv, &tenant, &contact, &owner).await {
+                tracing::warn!(conv, owner, error = %e, "handing a conversation over failed");
+                all_done = false;
+            }
+        }
+        Ok(all_done)
+    }
+
+    /// Takes over conversation `conv` from this node's replica (its owner
+    /// is gone), at the next epoch, and gives it a replica of its own.
+    async fn promote(
+        &self,
+        conv: u64,
+        meta: ReplicaMeta,
+        state: threadline_protocol::ConversationState,
+    ) -> Result<(), String> {
+        let key = ConvKey::new(&meta.tenant, &meta.contact);
+        let epoch = meta.epoch + 1;
+        let through = state.last_seq;
+        self.install(conv, &key, epoch, state).await?;
+        self.metrics.cluster_promoted.inc();
+        tracing::info!(conv, from = meta.owner, epoch, "took over a conversation");
+        // Its new replica gets it now, not at its next change.
+        self.sync(conv, key, epoch, through).await;
+        Ok(())
+    }
+
+    /// Installs `state` as this node's copy of `conv` at `epoch`: what was
+    /// here before (a stale copy, a replica) is replaced in one commit, the
+    /// scheduler and the sender learn of its timers and queued messages.
+    async fn install(
+        &self,
+        conv: u64,
+        key: &ConvKey,
+        epoch: u64,
+        state: threadline_protocol::ConversationState,
+    ) -> Result<(), String> {
+        self.moving.insert(key.clone());
+        let r = self.install_moving(conv, key, epoch, state).await;
+        self.moving.remove(key);
+        r
+    }
+
+    async fn install_moving(
+        &self,
+        conv: u64,
+        key: &ConvKey,
+        epoch: u64,
+        state: threadline_protocol::ConversationState,
+    ) -> Result<(), String> {
+        self.stop_local(key).await;
+        let p = &self.shared.persistence;
+        p.barrier().await.map_err(|e| e.to_string())?;
+        let store = p.store.clone();
+        let old = tokio::task::spawn_blocking(move || store.load(ConversationId(conv)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let old_timers: Vec<u64> = old
+            .iter()
+            .flat_map(|s| s.timers.iter().map(|t| t.id))
+            .collect();
+        let (timers, outbox) = crate::replica::derived_rows(&state);
+        let install = crate::replica::Install {
+            conv,
+            tenant: key.tenant().to_owned(),
+            contact: key.contact().to_owned(),
+            epoch,
+            snapshot: codec::encode_snapshot(&state),
+            old_timers: old_timers.clone(),
+            timers: timers.clone(),
+            outbox: outbox.clone(),
+        };
+        p.wait(|done| crate::persistence::Op::Install { install, done })
+            .await
+            .map_err(|e| e.to_string())?;
+        // A delivery that raced the move may have started an actor on the
+        // old copy.
+        self.stop_local(key).await;
+        if let Some(s) = self.shared.scheduler.read().as_ref() {
+            for id in old_timers {
+                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
+            }
+            for row in timers {
+                let _ = s.cast(crate::scheduler::SchedMsg::Add(row));
+            }
+        }
+        if let Some(s) = self.shared.sender.read().as_ref() {
+            for e in outbox {
+                let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the replica of `conv` has everything (an empty change:
+    /// the replica asks for a base if it lacks anything).
+    async fn sync(&self, conv: u64, key: ConvKey, epoch: u64, through: u32) {
+        let route = crate::persistence::Route {
+            key,
+            epoch,
+            through,
+        };
+        let r = self
+            .shared
+            .persistence
+            .wait(|done| crate::persistence::Op::Event {
+                conv: ConversationId(conv),
+                records: Vec::new(),
+                index: None,
+                timers: Vec::new(),
+                audit: Vec::new(),
+                outbox: Vec::new(),
+                work: Vec::new(),
+                calendar: Vec::new(),
+                route: Some(route),
+                done: Some(done),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(conv, error = %e, "the new replica is not in step yet");
+        }
+    }
+
+    /// Hands conversation `conv` to `owner` (the node that owns it under
+    /// the current membership) at the next epoch; this node keeps it as a
+    /// replica. Not served here meanwhile.
+    async fn hand_over(
+        &self,
+        conv: u64,
+        tenant: &str,
+        contact: &str,
+        owner: &str,
+    ) -> Result<(), String> {
+        let key = ConvKey::new(tenant, contact);
+        self.moving.insert(key.clone());
+        let r = self.hand_over_moving(conv, &key, owner).await;
+        self.moving.remove(&key);
+        r
+    }
+
+    async fn hand_over_moving(&self, conv: u64, key: &ConvKey, owner: &str) -> Result<(), String> {
+        self.stop_local(key).await;
+        let p = &self.shared.persistence;
+        p.barrier().await.map_err(|e| e.to_string())?;
+        let store = p.store.clone();
+        let (state, epoch) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                store.load(ConversationId(conv))?,
+                store.epoch(conv)?,
+            ))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let Some(state) = state else {
+            return Ok(());
+        };
+        let epoch = epoch + 1;
+        let snapshot = codec::encode_snapshot(&state);
+        let req = wire(&Handover {
+            conv,
+            tenant: key.tenant().to_owned(),
+            contact: key.contact().to_owned(),
+            epoch,
+            snapshot: snapshot.clone(),
+        });
+        let bytes = self
+            .rpc(owner, FORWARD_TIMEOUT, |reply| {
+                RouterMsg::Handover(req, reply)
+            })
+            .await?;
+        match unwire::<Result<Verdict, String>>(&bytes) {
+            // Fenced: the owner already has a newer copy; this one is stale.
+            Some(Ok(Verdict::Stored | Verdict::Fenced)) => {}
+            Some(Ok(Verdict::NeedBase)) => return Err("unexpected answer".into()),
+            Some(Err(e)) => return Err(format!("node {owner}: {e}")),
+            None => return Err(format!("node {owner}: unreadable answer")),
+        }
+        let old_timers: Vec<u64> = state.timers.iter().map(|t| t.id).collect();
+        let demote = crate::replica::Demote {
+            conv,
+            meta: ReplicaMeta {
+                tenant: key.tenant().to_owned(),
+                contact: key.contact().to_owned(),
+                epoch,
+                owner: owner.to_owned(),
+                last_seq: state.last_seq,
+                unfolded: 0,
+            },
+            snapshot,
+            old_timers: old_timers.clone(),
+        };
+        p.wait(|done| crate::persistence::Op::Demote { demote, done })
+            .await
+            .map_err(|e| e.to_string())?;
+        self.stop_local(key).await;
+        if let Some(s) = self.shared.scheduler.read().as_ref() {
+            for id in old_timers {
+                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
+            }
+        }
+        self.metrics.cluster_handed_over.inc();
+        tracing::info!(conv, to = owner, epoch, "handed a conversation over");
+        Ok(())
+    }
+
+    /// A conversation handed to this node: installed unless this node
+    /// already holds it at the same or a newer epoch.
+    async fn receive(&self, h: Handover) -> Result<Verdict, String> {
+        let store = self.shared.persistence.store.clone();
+        let conv = h.conv;
+        let held = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>(match store.contact_of(ConversationId(conv))? {
+                Some(_) => Some(store.epoch(conv)?),
+                None => None,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if held.is_some_and(|e| e >= h.epoch) {
+            return Ok(Verdict::Fenced);
+        }
+        let state = codec::decode_snapshot(&h.snapshot).map_err(|e| e.to_string())?;
+        let key = ConvKey::new(&h.tenant, &h.contact);
+        let through = state.last_seq;
+        self.install(h.conv, &key, h.epoch, state).await?;
+        self.sync(h.conv, key, h.epoch, through).await;
+        Ok(Verdict::Stored)
+    }
+
+    /// If this node keeps the replica of conversation `id`: the live node
+    /// that owns its key (when that is another node).
+    pub async fn replica_owner(&self, id: ConversationId) -> Option<String> {
+        let store = self.shared.persistence.store.clone();
+        let replica = tokio::task::spawn_blocking(move || store.replica_state(id.0))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        match replica {
+            Some((meta, _)) => {
+                let k = format!("{}\0{}", meta.tenant, meta.contact);
+                let live = self.live_names();
+                ranked(&k, &live)
+                    .first()
+                    .filter(|o| **o != self.spec.name)
+                    .map(|o| (*o).to_owned())
+            }
+            None => None,
+        }
     }
 }
 

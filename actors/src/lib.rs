@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod persistence;
 pub mod phone;
 pub mod pool;
+pub mod replica;
 pub mod router;
 pub mod runtime;
 pub mod scheduler;

@@ -26,6 +26,18 @@ pub struct Metrics {
     pub cluster_forwarded: Counter,
     /// Forwards that failed (the owner could not be reached in time).
     pub cluster_forward_failures: Counter,
+    /// Conversation changes stored on their replica before the ack.
+    pub cluster_replicated: Counter,
+    /// Changes that could not be replicated (not acknowledged).
+    pub cluster_replication_failures: Counter,
+    /// Whole conversations sent to a replica that lacked their base.
+    pub cluster_replica_bases: Counter,
+    /// Replication rounds (one RPC per replica node and round).
+    pub cluster_replication_seconds: Histogram,
+    /// Conversations this node took over from a lost node's replica.
+    pub cluster_promoted: Counter,
+    /// Conversations moved to (or back to) the node that owns them now.
+    pub cluster_handed_over: Counter,
     /// Offers made to agents.
     pub offers: Counter,
     /// Open agent desktop sessions.
@@ -66,6 +78,12 @@ impl Metrics {
             gateway_busy: Counter::default(),
             cluster_forwarded: Counter::default(),
             cluster_forward_failures: Counter::default(),
+            cluster_replicated: Counter::default(),
+            cluster_replication_failures: Counter::default(),
+            cluster_replica_bases: Counter::default(),
+            cluster_replication_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
+            cluster_promoted: Counter::default(),
+            cluster_handed_over: Counter::default(),
             offers: Counter::default(),
             agent_sessions: Gauge::default(),
             outcomes: Outcomes::default(),
@@ -153,6 +171,36 @@ impl Metrics {
             "cluster_forward_failures",
             "Forwards to an owner node that could not be reached in time",
             m.cluster_forward_failures.clone(),
+        );
+        registry.register(
+            "cluster_replicated",
+            "Conversation changes stored on their replica node before they were acknowledged",
+            m.cluster_replicated.clone(),
+        );
+        registry.register(
+            "cluster_replication_failures",
+            "Conversation changes that could not be replicated (answered 503, not acknowledged)",
+            m.cluster_replication_failures.clone(),
+        );
+        registry.register(
+            "cluster_replica_bases",
+            "Whole conversations sent to a replica node that lacked their earlier changes",
+            m.cluster_replica_bases.clone(),
+        );
+        registry.register(
+            "cluster_replication_seconds",
+            "Time of one replication round trip to a replica node, storage included",
+            m.cluster_replication_seconds.clone(),
+        );
+        registry.register(
+            "cluster_promoted",
+            "Conversations this node took over from its replica when their owner was lost",
+            m.cluster_promoted.clone(),
+        );
+        registry.register(
+            "cluster_handed_over",
+            "Conversations this node handed to the node that owns them under the current membership",
+            m.cluster_handed_over.clone(),
         );
         registry.register(
             "gateway_busy",

@@ -18,6 +18,7 @@ use threadline_protocol::ConversationId;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::replica::ClusterWrite;
 use crate::store::{Applied, BatchWriter, OpenReport, Store, StoreError, TimerIndex, Write};
 
 /// Called once the operation is durable (or definitely failed).
@@ -40,7 +41,25 @@ pub enum Op {
         work: Vec<crate::store::WorkWrite>,
         /// Calendar slots held, booked or released.
         calendar: Vec<crate::store::CalendarWrite>,
+        /// In a cluster: where the change is replicated before `done`.
+        route: Option<Route>,
         done: Option<Done>,
+    },
+    /// Replicas of conversations another node owns; `reply` gets one
+    /// verdict per entry once they are durable.
+    Replica {
+        entries: Vec<crate::replica::ReplicaEntry>,
+        reply: oneshot::Sender<Result<Vec<crate::replica::Verdict>, String>>,
+    },
+    /// This node takes a conversation over.
+    Install {
+        install: crate::replica::Install,
+        done: Done,
+    },
+    /// This node hands a conversation over (keeping a replica).
+    Demote {
+        demote: crate::replica::Demote,
+        done: Done,
     },
     /// Drops a timer index row whose owner no longer waits for it.
     TimerDelete {
@@ -89,6 +108,32 @@ pub enum Op {
     },
 }
 
+/// Where a conversation's committed change goes in a cluster: the
+/// conversation's key (its owner and replica follow from it), the epoch
+/// this node holds it at, and its last event seq after the change.
+#[derive(Clone)]
+pub struct Route {
+    pub key: crate::conversation::ConvKey,
+    pub epoch: u64,
+    pub through: u32,
+}
+
+/// One conversation's change in a committed batch, for its replica.
+pub struct Change {
+    pub conv: u64,
+    pub route: Route,
+    pub records: Vec<(u32, Vec<u8>)>,
+}
+
+/// A batch committed locally, handed to the replicator: its changes, and
+/// the callbacks to complete (in order) once the replicas have them.
+pub struct Committed {
+    pub result: Result<(), Arc<StoreError>>,
+    pub changes: Vec<Change>,
+    /// (the conversation whose change it completes, callback).
+    pub dones: Vec<(Option<u64>, Done)>,
+}
+
 /// Upper bound on operations committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
 /// Truncate the log once this many records below the low-water mark exist.
@@ -99,7 +144,12 @@ pub struct Persistence {
     tx: mpsc::Sender<Op>,
     pub store: Arc<Store>,
     healthy: Arc<AtomicBool>,
+    replication: ReplicationHook,
 }
+
+/// Set once a cluster replicates this node's changes: committed batches
+/// go there instead of completing at once.
+type ReplicationHook = Arc<std::sync::OnceLock<mpsc::UnboundedSender<Committed>>>;
 
 pub struct WriterThread {
     handle: Option<JoinHandle<()>>,
@@ -132,12 +182,19 @@ impl Persistence {
         let h = healthy.clone();
         let next_log = report.next_log_key;
         let next_dead = report.next_dead_letter;
+        let replication: ReplicationHook = Default::default();
+        let hook = replication.clone();
         let handle = std::thread::Builder::new()
             .name("threadline-writer".into())
-            .spawn(move || writer_loop(s, rx, next_log, next_dead, metrics, h))
+            .spawn(move || writer_loop(s, rx, next_log, next_dead, metrics, h, hook))
             .expect("spawning the writer thread");
         (
-            Persistence { tx, store, healthy },
+            Persistence {
+                tx,
+                store,
+                healthy,
+                replication,
+            },
             WriterThread {
                 handle: Some(handle),
             },
@@ -181,6 +238,22 @@ impl Persistence {
         }
     }
 
+    /// From now on committed batches complete only once `replicator` has
+    /// replicated them (a cluster with replicas). Set once.
+    pub fn replicate_through(&self, replicator: mpsc::UnboundedSender<Committed>) {
+        let _ = self.replication.set(replicator);
+    }
+
+    /// Whether committed changes are replicated before they complete.
+    pub fn replicating(&self) -> bool {
+        self.replication.get().is_some()
+    }
+
+    /// Submits `op` built around a completion and waits for it.
+    pub async fn wait(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
+        self.wait_for(op).await
+    }
+
     /// False once a commit has failed; readiness reports it.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -198,6 +271,7 @@ fn writer_loop(
     mut next_dead: u64,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
+    replication: ReplicationHook,
 ) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     let mut applied = Vec::with_capacity(MAX_BATCH);
@@ -219,6 +293,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        let mut verdicts: Vec<Vec<crate::replica::Verdict>> = Vec::new();
         let writes_data = batch
             .iter()
             .any(|op| !matches!(op, Op::Barrier { .. } | Op::Shutdown { .. }));
@@ -280,19 +355,56 @@ fn writer_loop(
                     }),
                     Op::DeadLetter { bytes, .. } => Some(Write::DeadLetter { bytes }),
                     Op::Alias { alias, target, .. } => Some(Write::Alias { alias, target }),
-                    Op::Barrier { .. } | Op::Shutdown { .. } => None,
+                    Op::Barrier { .. }
+                    | Op::Shutdown { .. }
+                    | Op::Replica { .. }
+                    | Op::Install { .. }
+                    | Op::Demote { .. } => None,
                 })
                 .chain(truncate.map(|below| Write::Truncate { below }));
+            let mut moved = Vec::new();
+            let cluster: Vec<ClusterWrite> = {
+                let pending = store.pending.lock();
+                let keys = |conv: u64| -> Vec<u64> {
+                    pending
+                        .by_conv
+                        .get(&conv)
+                        .map(|v| v.iter().map(|(_, k)| *k).collect())
+                        .unwrap_or_default()
+                };
+                batch
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Replica { entries, .. } => Some(ClusterWrite::Replica { entries }),
+                        Op::Install { install, .. } => {
+                            moved.push(install.conv);
+                            Some(ClusterWrite::Install {
+                                install,
+                                log_keys: keys(install.conv),
+                            })
+                        }
+                        Op::Demote { demote, .. } => {
+                            moved.push(demote.conv);
+                            Some(ClusterWrite::Demote {
+                                demote,
+                                log_keys: keys(demote.conv),
+                            })
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            };
             applied.clear();
             let r = BatchWriter {
                 next_log_key: &mut next_log,
                 next_dead_letter: &mut next_dead,
                 audit_heads: &mut audit_heads,
             }
-            .commit(&store.db, writes, &mut applied);
+            .commit(&store.db, writes, cluster, &mut applied);
             metrics.observe_commit(batch.len(), started.elapsed());
             match r {
-                Ok(()) => {
+                Ok(v) => {
+                    verdicts = v;
                     if let Some(below) = truncate {
                         truncated_below = below;
                     }
@@ -303,6 +415,9 @@ fn writer_loop(
                             Applied::Snapshotted { conv, seq } => pending.covered(conv, seq),
                             Applied::Nothing => {}
                         }
+                    }
+                    for conv in moved {
+                        pending.covered(conv, u32::MAX);
                     }
                     Ok(())
                 }
@@ -315,20 +430,68 @@ fn writer_loop(
         } else {
             Ok(())
         };
+        let replicator = replication.get();
+        let mut verdicts = verdicts.into_iter();
+        let mut committed = Committed {
+            result: result.clone(),
+            changes: Vec::new(),
+            dones: Vec::new(),
+        };
         for op in batch.drain(..) {
-            let done = match op {
-                Op::Event { done, .. }
-                | Op::Snapshot { done, .. }
+            let (conv, done) = match op {
+                Op::Event {
+                    conv,
+                    records,
+                    route,
+                    done,
+                    ..
+                } => {
+                    if let (Some(route), Some(_)) = (route, replicator) {
+                        committed.changes.push(Change {
+                            conv: conv.0,
+                            route,
+                            records,
+                        });
+                    }
+                    (Some(conv.0), done)
+                }
+                Op::Replica { reply, .. } => {
+                    // A replica answers once durable here, whatever this
+                    // node's own replication is waiting for.
+                    let v = match &result {
+                        Ok(()) => Ok(verdicts.next().unwrap_or_default()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = reply.send(v);
+                    continue;
+                }
+                Op::Install { done, .. } | Op::Demote { done, .. } => {
+                    done(result.clone());
+                    continue;
+                }
+                Op::Snapshot { done, .. }
                 | Op::TimerDelete { done, .. }
-                | Op::Offer { done, .. } => done,
+                | Op::Offer { done, .. } => (None, done),
                 Op::DeadLetter { done, .. }
                 | Op::Calendar { done, .. }
                 | Op::Alias { done, .. }
                 | Op::Barrier { done }
-                | Op::Shutdown { done } => Some(done),
+                | Op::Shutdown { done } => (None, Some(done)),
             };
             if let Some(done) = done {
-                done(result.clone());
+                match replicator {
+                    Some(_) => committed.dones.push((conv, done)),
+                    None => done(result.clone()),
+                }
+            }
+        }
+        if let Some(r) = replicator {
+            if let Err(mpsc::error::SendError(c)) = r.send(committed) {
+                // The replicator is gone (shutdown): nothing can be
+                // acknowledged as replicated.
+                for (_, done) in c.dones {
+                    done(Err(Arc::new(StoreError::WriterGone)));
+                }
             }
         }
     }

@@ -134,6 +134,9 @@ impl Router {
         meta: InboundMeta,
     ) -> Result<Delivered, DeliverError> {
         let key = self.key(tenant, contact);
+        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+            cluster.check_local(&key).await?;
+        }
         let mut failures = 0;
         let mut last_failure = String::new();
         for attempt in 0..MAX_ROUTING_ATTEMPTS {
@@ -160,6 +163,7 @@ impl Router {
                     }
                 }
                 Ok(Err(ConvError::Storage(e))) => return Err(DeliverError::Storage(e)),
+                Ok(Err(ConvError::Unavailable(e))) => return Err(DeliverError::Unavailable(e)),
                 // The actor stopped before handling it: not recorded, resend.
                 Err(_) => Self::backoff(attempt).await,
             }
@@ -231,6 +235,7 @@ impl Router {
             if entry.actor.cast(make(tx)).is_ok() {
                 match rx.await {
                     Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(ConvError::Unavailable(e))) => return Err(DeliverError::Unavailable(e)),
                     Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
                     Err(_) => {}
                 }
@@ -302,12 +307,24 @@ impl Router {
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
-            if let Some(node) = cluster.remote_creator(id) {
-                return cluster.forward_view_by_id(&node, id).await;
+        let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) else {
+            return self.view_by_id_local(id).await;
+        };
+        if cluster.remote_creator(id).is_none() {
+            if let Some(s) = self.view_by_id_local(id).await? {
+                return Ok(Some(s));
             }
         }
-        self.view_by_id_local(id).await
+        // Where it lives: the owner of its key if this node keeps its
+        // replica, else the node that created it (which knows where it
+        // went if it moved).
+        match cluster.replica_owner(id).await {
+            Some(node) => cluster.forward_view_by_id(&node, id).await,
+            None => match cluster.remote_creator(id) {
+                Some(node) => cluster.forward_view_by_id(&node, id).await,
+                None => Ok(None),
+            },
+        }
     }
 
     /// Conversation `id` as this node knows it.

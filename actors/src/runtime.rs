@@ -247,7 +247,12 @@ impl Runtime {
             max_resident: cfg.max_resident.max(1),
             passivate_after: cfg.passivate_after,
             sweep_interval: sweep_interval_for(cfg.passivate_after),
-            next_timer_id: AtomicU64::new(report.next_timer_id),
+            // Timer ids carry the node's tag too: a conversation taken over
+            // brings its timers along.
+            next_timer_id: AtomicU64::new(crate::cluster::first_id(
+                report.next_timer_id,
+                cfg.id_tag,
+            )),
             tenants: cfg
                 .tenants
                 .iter()

@@ -72,6 +72,9 @@ pub enum StoreError {
     },
     #[error("the storage writer has stopped")]
     WriterGone,
+    /// Committed here, but not replicated: not acknowledged.
+    #[error("not replicated: {0}")]
+    Replication(String),
 }
 
 macro_rules! redb_err {
@@ -110,7 +113,7 @@ fn split_contact_key(k: &str) -> Option<(String, String)> {
 /// the log can be truncated is O(log n) however many conversations there are.
 #[derive(Default)]
 pub struct Pending {
-    by_conv: HashMap<u64, Vec<(u32, u64)>>,
+    pub(crate) by_conv: HashMap<u64, Vec<(u32, u64)>>,
     firsts: BTreeMap<u64, u64>,
 }
 
@@ -202,6 +205,7 @@ impl Store {
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
             txn.open_table(OUTBOX)?;
+            Store::create_cluster_tables(&txn)?;
             txn.commit()?;
         }
         let store = Store {
@@ -452,7 +456,7 @@ impl Store {
 }
 
 /// Applies log records (in seq order, skipping those the snapshot covers).
-fn replay(
+pub(crate) fn replay(
     id: ConversationId,
     snapshot: Option<ConversationState>,
     records: &[LogRecord],
@@ -601,12 +605,15 @@ pub(crate) enum Write<'a> {
 }
 
 impl BatchWriter<'_> {
+    /// Commits `writes`, then the cluster's writes (replicas, ownership
+    /// moves), in one durable transaction; returns the replicas' verdicts.
     pub(crate) fn commit<'w>(
         &mut self,
         db: &Database,
         writes: impl Iterator<Item = Write<'w>>,
+        cluster: Vec<crate::replica::ClusterWrite<'w>>,
         out: &mut Vec<Applied>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Vec<crate::replica::Verdict>>, StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         let start_log = *self.next_log_key;
@@ -783,20 +790,41 @@ impl BatchWriter<'_> {
                 }
             }
         }
-        if let Err(e) = txn.commit() {
-            // Nothing of this batch is durable: hand the keys out again.
-            *self.next_log_key = start_log;
-            *self.next_dead_letter = start_dead;
-            for (tenant, head) in heads_before {
-                match head {
-                    Some(h) => self.audit_heads.insert(tenant, h),
-                    None => self.audit_heads.remove(&tenant),
-                };
+        let verdicts = if cluster.is_empty() {
+            Vec::new()
+        } else {
+            match crate::replica::apply(&txn, cluster) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.restore(start_log, start_dead, heads_before);
+                    out.clear();
+                    return Err(e);
+                }
             }
+        };
+        if let Err(e) = txn.commit() {
+            self.restore(start_log, start_dead, heads_before);
             out.clear();
             return Err(e.into());
         }
-        Ok(())
+        Ok(verdicts)
+    }
+
+    /// Nothing of this batch is durable: hand the keys out again.
+    fn restore(
+        &mut self,
+        start_log: u64,
+        start_dead: u64,
+        heads_before: HashMap<String, Option<(u64, crate::audit::Hash)>>,
+    ) {
+        *self.next_log_key = start_log;
+        *self.next_dead_letter = start_dead;
+        for (tenant, head) in heads_before {
+            match head {
+                Some(h) => self.audit_heads.insert(tenant, h),
+                None => self.audit_heads.remove(&tenant),
+            };
+        }
     }
 }
 

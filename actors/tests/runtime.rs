@@ -127,6 +127,7 @@ async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Opti
         timers: vec![],
         audit: vec![],
         outbox: vec![],
+        route: None,
         done: None,
     })
     .await

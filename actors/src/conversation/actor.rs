@@ -45,9 +45,21 @@ pub enum ConvError {
     Panicked(String),
     #[error("{0}")]
     Storage(String),
+    /// Not acknowledged: the cluster could not replicate it (retry).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 type Reply<T> = oneshot::Sender<Result<T, ConvError>>;
+
+/// A failed write as the conversation's callers see it: a change its
+/// replica could not take is unavailable (retry), anything else storage.
+fn conv_error(e: Arc<StoreError>) -> ConvError {
+    match &*e {
+        StoreError::Replication(m) => ConvError::Unavailable(m.clone()),
+        other => ConvError::Storage(other.to_string()),
+    }
+}
 
 /// (tenant, address) to index when a conversation is created.
 type ContactIndex = (String, String);
@@ -207,6 +219,8 @@ pub struct ConvState {
     loaded: bool,
     conv: Option<Conversation>,
     since_snapshot: u32,
+    /// The epoch at which this node holds the conversation (cluster).
+    epoch: u64,
     /// In-memory state holds events whose commit failed: never snapshot it.
     poisoned: bool,
     /// Calendar changes to commit with the next events.
@@ -232,6 +246,7 @@ impl Actor for ConversationActor {
             loaded: false,
             conv: None,
             since_snapshot: 0,
+            epoch: 0,
             poisoned: false,
             pending_calendar: Vec::new(),
             importing: false,
@@ -560,15 +575,17 @@ impl ConvState {
         shared.persistence.barrier().await.map_err(storage)?;
         let store = shared.persistence.store.clone();
         let key = self.args.key.clone();
-        let state = tokio::task::spawn_blocking(move || {
+        let loaded = tokio::task::spawn_blocking(move || {
             match store.conversation_of(key.tenant(), key.contact())? {
-                Some(id) => store.load(id),
-                None => Ok(None),
+                Some(id) => Ok((store.load(id)?, store.epoch(id.0)?)),
+                None => Ok((None, 0)),
             }
         })
         .await
         .map_err(|e| ConvError::Storage(e.to_string()))?
         .map_err(storage)?;
+        let (state, epoch) = loaded;
+        self.epoch = epoch;
         if let Some(state) = state {
             self.args.meta.conv_id.store(state.id.0, Ordering::Relaxed);
             shared.dir.by_id.insert(state.id.0, self.args.key.clone());
@@ -724,16 +741,36 @@ impl ConvState {
                 }),
             ));
         }
+        let route = self
+            .args
+            .shared
+            .persistence
+            .replicating()
+            .then(|| crate::persistence::Route {
+                key: self.args.key.clone(),
+                epoch: self.epoch,
+                through: conv.state.last_seq,
+            });
         if records.is_empty() {
-            // Nothing new: answer once everything before is durable.
-            let done: Done =
-                Box::new(move |r| then(r.map_err(|e| ConvError::Storage(e.to_string()))));
-            let _ = self
-                .args
-                .shared
-                .persistence
-                .submit(Op::Barrier { done })
-                .await;
+            // Nothing new: answer once everything before is durable (and,
+            // in a cluster, once the replica is known to have it all).
+            let done: Done = Box::new(move |r| then(r.map_err(conv_error)));
+            let op = match route {
+                Some(route) => Op::Event {
+                    conv: id,
+                    records: Vec::new(),
+                    index: None,
+                    timers: Vec::new(),
+                    audit: Vec::new(),
+                    outbox: Vec::new(),
+                    work: Vec::new(),
+                    calendar: Vec::new(),
+                    route: Some(route),
+                    done: Some(done),
+                },
+                None => Op::Barrier { done },
+            };
+            let _ = self.args.shared.persistence.submit(op).await;
             return;
         }
         self.since_snapshot += records.len() as u32;
@@ -779,7 +816,7 @@ impl ConvState {
                 then(Ok(()));
             }
             Err(e) => {
-                then(Err(ConvError::Storage(e.to_string())));
+                then(Err(conv_error(e)));
                 let _ = me.cast(ConvMsg::StorageFailed);
             }
         });
@@ -792,6 +829,7 @@ impl ConvState {
             outbox,
             work,
             calendar: std::mem::take(&mut self.pending_calendar),
+            route,
             done: Some(done),
         };
         // If the writer is gone (shutdown) the op and its callback are
