@@ -279,11 +279,103 @@ fn sim_config(name: &str, port: u16, seeds: &[u16]) -> String {
 
 const WEEKDAY_MORNING: &str = "2026-03-10T14:00:00Z";
 
+/// The nodes the load goes to (changed while it runs).
+type Targets = std::sync::Arc<std::sync::RwLock<Vec<(String, reqwest::Client)>>>;
+
+fn targets(nodes: &[&Node]) -> Targets {
+    std::sync::Arc::new(std::sync::RwLock::new(
+        nodes
+            .iter()
+            .map(|n| (n.base.clone(), n.http.clone()))
+            .collect(),
+    ))
+}
+
+/// Every customer's acknowledged messages are in their conversation, in
+/// order, once, as each of `nodes` reads it, in the conversation it was.
+async fn nothing_lost(
+    nodes: &[&Node],
+    acked: &[Vec<(String, std::time::Instant)>],
+    conv_of: &[String],
+) {
+    for (c, acked) in acked.iter().enumerate() {
+        let mut want = vec![format!("c{c}")];
+        want.extend(acked.iter().map(|(p, _)| p.clone()));
+        for n in nodes {
+            let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
+            assert_eq!(conv["id"].as_str(), Some(conv_of[c].as_str()));
+            assert_eq!(pids(&conv), want, "customer {c} as node {} sees it", n.base);
+        }
+    }
+}
+
+/// Each of `victims` had a message acknowledged within 5 s of `since`.
+fn went_on(
+    victims: &[usize],
+    acked: &[Vec<(String, std::time::Instant)>],
+    since: std::time::Instant,
+) {
+    for c in victims {
+        let first_after = acked[*c]
+            .iter()
+            .find(|(_, at)| *at > since)
+            .map(|(_, at)| at.duration_since(since))
+            .unwrap_or_else(|| panic!("customer {c} was never answered after the failure"));
+        assert!(
+            first_after < Duration::from_secs(5),
+            "customer {c} waited {first_after:?}"
+        );
+    }
+}
+
+/// Starts three nodes on a simulated clock and `customers` conversations,
+/// each with a follow-up timer set on its owner; the nodes, each
+/// customer's owner (index) and conversation id.
+async fn three_with_customers(customers: usize) -> ([Node; 3], Vec<usize>, Vec<String>) {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let nodes = [
+        Node::start_with_config(&sim_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&sim_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&sim_config("n3", p3, &[p1]), &sim),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let mut owner_of = Vec::new();
+    let mut conv_of = Vec::new();
+    for c in 0..customers {
+        let (s, v) = nodes[0]
+            .inbound(
+                "gw-acme",
+                &sms("acme", &phone(c), "hello", Some(&format!("c{c}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let conv = v["conversation_id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/conversations/{conv}/timers");
+        let timer =
+            json!({"in_seconds": 60, "kind": "follow_up", "text": format!("follow-up {c}")});
+        let mut owner = None;
+        for (i, n) in nodes.iter().enumerate() {
+            let (s, _) = n
+                .send_admin(reqwest::Method::POST, &path, Some(&timer))
+                .await;
+            if s == 201 {
+                owner = Some(i);
+            }
+        }
+        owner_of.push(owner.expect("the owner schedules it"));
+        conv_of.push(conv);
+    }
+    (nodes, owner_of, conv_of)
+}
+
 /// Sends customer `c`'s messages through `nodes` in turn until `stop`,
 /// each one again until it is acknowledged (as a provider retries);
 /// returns (provider id, when it was acknowledged), in order.
 async fn customer(
-    nodes: std::sync::Arc<Vec<(String, reqwest::Client)>>,
+    nodes: Targets,
     c: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<(String, std::time::Instant)> {
@@ -294,7 +386,10 @@ async fn customer(
         let body = sms("acme", &phone(c), &format!("message {k}"), Some(&pid));
         let mut attempt = 0;
         loop {
-            let (base, http) = &nodes[(c + k + attempt) % nodes.len()];
+            let (base, http) = {
+                let n = nodes.read().unwrap();
+                n[(c + k + attempt) % n.len()].clone()
+            };
             attempt += 1;
             let r = http
                 .post(format!("{base}/api/v1/inbound"))
@@ -327,51 +422,13 @@ fn pids(conv: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move_back() {
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let sim = ["--simulated-clock", WEEKDAY_MORNING];
-    let n1 = Node::start_with_config(&sim_config("n1", p1, &[]), &sim);
-    let n2 = Node::start_with_config(&sim_config("n2", p2, &[p1]), &sim);
-    let mut n3 = Node::start_with_config(&sim_config("n3", p3, &[p1]), &sim);
-    for n in [&n1, &n2, &n3] {
-        live(n, &["n1", "n2", "n3"]).await;
-    }
-    // Customers, each with a follow-up timer set on the node that owns
-    // their conversation (the others answer 404 for it).
     let customers = 18;
-    let mut owner_of = Vec::new();
-    let mut conv_of = Vec::new();
-    for c in 0..customers {
-        let (s, v) = n1
-            .inbound(
-                "gw-acme",
-                &sms("acme", &phone(c), "hello", Some(&format!("c{c}"))),
-            )
-            .await;
-        assert_eq!(s, 202, "{v}");
-        let conv = v["conversation_id"].as_str().unwrap().to_owned();
-        let path = format!("/api/v1/conversations/{conv}/timers");
-        let timer =
-            json!({"in_seconds": 60, "kind": "follow_up", "text": format!("follow-up {c}")});
-        let mut owner = None;
-        for (i, n) in [&n1, &n2, &n3].into_iter().enumerate() {
-            let (s, _) = n
-                .send_admin(reqwest::Method::POST, &path, Some(&timer))
-                .await;
-            if s == 201 {
-                owner = Some(i);
-            }
-        }
-        owner_of.push(owner.expect("the owner schedules it"));
-        conv_of.push(conv);
-    }
+    let ([n1, n2, mut n3], owner_of, conv_of) = three_with_customers(customers).await;
     let victims: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
     assert!(!victims.is_empty(), "n3 owns some: {owner_of:?}");
 
     // Load through n1 and n2; n3 is killed in the middle of it.
-    let through = std::sync::Arc::new(vec![
-        (n1.base.clone(), n1.http.clone()),
-        (n2.base.clone(), n2.http.clone()),
-    ]);
+    let through = targets(&[&n1, &n2]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load: Vec<_> = (0..customers)
         .map(|c| tokio::spawn(customer(through.clone(), c, stop.clone())))
@@ -385,29 +442,11 @@ async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move
     for l in load {
         acked.push(l.await.unwrap());
     }
-    // Every customer of n3 went on within 5 s of the kill.
-    for c in &victims {
-        let first_after = acked[*c]
-            .iter()
-            .find(|(_, at)| *at > killed)
-            .map(|(_, at)| at.duration_since(killed))
-            .unwrap_or_else(|| panic!("customer {c} was never answered after the kill"));
-        assert!(
-            first_after < Duration::from_secs(5),
-            "customer {c} waited {first_after:?}"
-        );
-    }
-    // Nothing acknowledged was lost, nothing is there twice, and the
-    // conversation is the one it was.
-    for c in 0..customers {
-        let mut want = vec![format!("c{c}")];
-        want.extend(acked[c].iter().map(|(p, _)| p.clone()));
-        for n in [&n1, &n2] {
-            let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
-            assert_eq!(conv["id"].as_str(), Some(conv_of[c].as_str()));
-            assert_eq!(pids(&conv), want, "customer {c} as node {} sees it", n.base);
-        }
-    }
+    // Every customer of n3 went on within 5 s of the kill; nothing
+    // acknowledged was lost, nothing is there twice, and the conversation
+    // is the one it was.
+    went_on(&victims, &acked, killed);
+    nothing_lost(&[&n1, &n2], &acked, &conv_of).await;
     assert!(n1.metric("threadline_cluster_replicated_total").await > 0.0);
     let promoted = n1.metric("threadline_cluster_promoted_total").await
         + n2.metric("threadline_cluster_promoted_total").await;
@@ -434,22 +473,7 @@ async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move
         live(n, &["n1", "n2", "n3"]).await;
     }
     for c in &victims {
-        let mut back = false;
-        for _ in 0..200 {
-            let (s, _) = n3
-                .send_admin(
-                    reqwest::Method::POST,
-                    &format!("/api/v1/conversations/{}/timers", conv_of[*c]),
-                    Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "later"})),
-                )
-                .await;
-            if s == 201 {
-                back = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(back, "customer {c}'s conversation is n3's again");
+        owned_by(&n3, &conv_of[*c]).await;
     }
     for c in 0..customers {
         let (s, v) = n3
@@ -460,12 +484,63 @@ async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move
             .await;
         assert_eq!(s, 202, "{v}");
         assert_eq!(v["conversation_id"].as_str(), Some(conv_of[c].as_str()));
-        let mut want = vec![format!("c{c}")];
-        want.extend(acked[c].iter().map(|(p, _)| p.clone()));
-        want.push(format!("after{c}"));
-        for n in [&n1, &n2, &n3] {
-            let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
-            assert_eq!(pids(&conv), want, "customer {c} after the return");
-        }
+        acked[c].push((format!("after{c}"), std::time::Instant::now()));
     }
+    nothing_lost(&[&n1, &n2, &n3], &acked, &conv_of).await;
+}
+
+/// Waits until `node` holds conversation `conv` (it schedules a timer for it).
+async fn owned_by(node: &Node, conv: &str) {
+    for _ in 0..200 {
+        let (s, _) = node
+            .send_admin(
+                reqwest::Method::POST,
+                &format!("/api/v1/conversations/{conv}/timers"),
+                Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "later"})),
+            )
+            .await;
+        if s == 201 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{conv} never came to {}", node.base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_nodes_conversations_continue_and_it_rejoins_without_two_owners() {
+    let customers = 18;
+    let ([n1, n2, n3], owner_of, conv_of) = three_with_customers(customers).await;
+    let victims: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
+    assert!(!victims.is_empty(), "n3 owns some: {owner_of:?}");
+    let through = targets(&[&n1, &n2]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..customers)
+        .map(|c| tokio::spawn(customer(through.clone(), c, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Hung, not dead: its sockets stay open and forwards to it hang.
+    signal(&n3, libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Back, with its old copies in memory; the load now reaches it too.
+    signal(&n3, libc::SIGCONT);
+    through
+        .write()
+        .unwrap()
+        .push((n3.base.clone(), n3.http.clone()));
+    for n in [&n1, &n2, &n3] {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for l in load {
+        acked.push(l.await.unwrap());
+    }
+    went_on(&victims, &acked, stopped);
+    for c in &victims {
+        owned_by(&n3, &conv_of[*c]).await;
+    }
+    nothing_lost(&[&n1, &n2, &n3], &acked, &conv_of).await;
 }

@@ -328,6 +328,8 @@ pub struct Cluster {
     started: Instant,
     /// Conversations moving between nodes right now: not served here.
     moving: dashmap::DashSet<ConvKey>,
+    /// Notified whenever the live set changes.
+    membership: tokio::sync::Notify,
     /// A rebalance is running / another one is wanted after it.
     rebalancing: std::sync::atomic::AtomicBool,
     rebalance_again: std::sync::atomic::AtomicBool,
@@ -417,6 +419,7 @@ impl Cluster {
             shared: shared.clone(),
             started: Instant::now(),
             moving: Default::default(),
+            membership: tokio::sync::Notify::new(),
             rebalancing: Default::default(),
             rebalance_again: Default::default(),
             spec,
@@ -444,11 +447,26 @@ impl Cluster {
     async fn heartbeats(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.spec.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
         loop {
             tick.tick().await;
             if self.server.get_status() != ractor::ActorStatus::Running {
                 return;
             }
+            if last_tick.elapsed() > self.spec.failure_after {
+                // This node itself was paused (SIGSTOP, a stalled VM): the
+                // peers' silence says nothing about them. Start their
+                // clocks again rather than declare everyone else gone.
+                tracing::warn!(
+                    paused_ms = last_tick.elapsed().as_millis() as u64,
+                    "this node was paused; judging its peers afresh"
+                );
+                let now = Instant::now();
+                for t in self.view.write().answered.values_mut() {
+                    *t = now;
+                }
+            }
+            last_tick = Instant::now();
             let peers: Vec<ActorRef<RouterMsg>> = ractor::pg::get_members(&ROUTERS.to_owned())
                 .into_iter()
                 .filter(|c| !c.get_id().is_local())
@@ -495,6 +513,9 @@ impl Cluster {
             drop(v);
             let live = self.live_names();
             let changed = self.view.read().balanced != live;
+            if changed {
+                self.membership.notify_waiters();
+            }
             if changed
                 || self
                     .rebalance_again
@@ -674,15 +695,10 @@ impl Cluster {
             |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
         let metrics = &self.metrics;
         metrics.cluster_forwarded.inc();
-        let target = self.view.read().routers.get(owner).cloned();
-        let result = match target {
-            None => Err(unavailable("not reachable yet".into())),
-            Some(t) => match t.call(msg, Some(FORWARD_TIMEOUT)).await {
-                Ok(ractor::rpc::CallResult::Success(b)) => Ok(b),
-                Ok(_) => Err(unavailable("no answer in time".into())),
-                Err(e) => Err(unavailable(e.to_string())),
-            },
-        };
+        let result = self
+            .rpc(owner, FORWARD_TIMEOUT, msg)
+            .await
+            .map_err(unavailable);
         if result.is_err() {
             metrics.cluster_forward_failures.inc();
         }
@@ -842,7 +858,7 @@ impl Cluster {
             return Ok(());
         };
         let live = self.live_names();
-        if !self.known_gone(&meta.owner, &live) {
+        if !self.known_gone(&meta.owner, &live) || !self.has_majority(&live) {
             return Err(DeliverError::Unavailable(format!(
                 "the conversation is moving here from node {}",
                 meta.owner
@@ -865,7 +881,9 @@ impl Cluster {
         }
     }
 
-    /// One RPC to `node`'s router (not counted as a forward).
+    /// One RPC to `node`'s router. Given up at `timeout`, or as soon as
+    /// the heartbeats find `node` gone (a hung peer keeps its sockets open,
+    /// so the call alone would wait for the whole timeout).
     async fn rpc(
         &self,
         node: &str,
@@ -873,14 +891,36 @@ impl Cluster {
         msg: impl FnOnce(RpcReplyPort<Vec<u8>>) -> RouterMsg,
     ) -> Result<Vec<u8>, String> {
         let target = self.view.read().routers.get(node).cloned();
-        match target {
-            None => Err(format!("node {node} is not reachable")),
-            Some(t) => match t.call(msg, Some(timeout)).await {
+        let Some(t) = target else {
+            return Err(format!("node {node} is not reachable"));
+        };
+        let gone = async {
+            loop {
+                let changed = self.membership.notified();
+                if !self.live_names().iter().any(|n| n == node) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::select! {
+            r = t.call(msg, Some(timeout)) => match r {
                 Ok(ractor::rpc::CallResult::Success(b)) => Ok(b),
                 Ok(_) => Err(format!("node {node} did not answer in time")),
                 Err(e) => Err(format!("node {node}: {e}")),
             },
+            () = gone => Err(format!("node {node} is gone")),
         }
+    }
+
+    /// Whether this node sees a majority of the nodes it has known live
+    /// (itself included). Only then does it take over a lost node's
+    /// conversations: a node cut off from the others (or just resumed
+    /// from a pause) must not take over what they still serve.
+    fn has_majority(&self, live: &[String]) -> bool {
+        let v = self.view.read();
+        let known = v.answered.keys().filter(|n| **n != self.spec.name).count() + 1;
+        live.len() * 2 > known
     }
 
     async fn send_replicas(
@@ -1035,8 +1075,21 @@ impl Cluster {
                 Err(why) => {
                     if why.starts_with("fenced") {
                         // A stale copy: its actor must not go on from it.
+                        // (Not waited for: the actor may itself be waiting
+                        // for this round.)
                         if let Some(route) = routes.get(&conv) {
-                            self.stop_local(&route.key).await;
+                            let entry = self
+                                .shared
+                                .dir
+                                .by_key
+                                .get(&route.key)
+                                .map(|e| e.value().clone());
+                            if let Some(e) = entry {
+                                self.shared
+                                    .dir
+                                    .remove_if_actor(&route.key, e.actor.get_id());
+                                e.actor.stop(Some("fenced".into()));
+                            }
                         }
                     }
                     failed.insert(conv, why);
@@ -1102,7 +1155,8 @@ impl Cluster {
         .map_err(|e| e.to_string())?;
         let me = self.spec.name.as_str();
         let mut all_done = true;
-        for (conv, meta) in replicas {
+        let majority = self.has_majority(&live);
+        for (conv, meta) in replicas.into_iter().filter(|_| majority) {
             let k = format!("{}\0{}", meta.tenant, meta.contact);
             if ranked(&k, &live).first() != Some(&me) || !self.known_gone(&meta.owner, &live) {
                 continue;
