@@ -1,0 +1,282 @@
+//! Replicas in storage: what a replica accepts, asks for, or fences, and
+//! the ownership moves (install, demote), on a real redb file.
+
+use std::sync::Arc;
+
+use threadline_actors::persistence::{Op, Persistence, WriterThread};
+use threadline_actors::replica::{
+    Demote, Install, ReplicaBody, ReplicaEntry, ReplicaMeta, Verdict,
+};
+use threadline_actors::store::Store;
+use threadline_actors::Metrics;
+use threadline_protocol::codec::{self, LogRecord, TimerRow};
+use threadline_protocol::*;
+
+fn record(conv: u64, seq: u32, event: ConvEvent) -> Vec<u8> {
+    codec::encode_log_record(&LogRecord {
+        conv: ConversationId(conv),
+        seq,
+        event,
+    })
+}
+
+fn created(conv: u64, contact: &str) -> ConvEvent {
+    ConvEvent::Created {
+        id: ConversationId(conv),
+        tenant: "acme".into(),
+        contact: contact.into(),
+        identities: Identities::default(),
+        at: Timestamp(1),
+    }
+}
+
+fn appended(seq: u32, text: &str) -> ConvEvent {
+    ConvEvent::MessageAppended(Message {
+        seq,
+        direction: Direction::Inbound,
+        channel: Channel::Sms,
+        author: Author::Customer,
+        text: text.into(),
+        at: Timestamp(2),
+        recorded_at: Timestamp(2),
+        provider_message_id: None,
+        delivery: Delivery::Received,
+        media: vec![],
+    })
+}
+
+/// The events of a conversation `conv` with `n` messages after `Created`:
+/// (seq, event).
+fn events(conv: u64, n: u32) -> Vec<(u32, ConvEvent)> {
+    let mut v = vec![(1, created(conv, "+15550001111"))];
+    for i in 0..n {
+        v.push((i + 2, appended(i + 2, &format!("m{i}"))));
+    }
+    v
+}
+
+fn entry(conv: u64, epoch: u64, evs: &[(u32, ConvEvent)], through: u32) -> ReplicaEntry {
+    ReplicaEntry {
+        conv,
+        tenant: "acme".into(),
+        contact: "+15550001111".into(),
+        epoch,
+        owner: "n1".into(),
+        body: ReplicaBody::Events {
+            records: evs
+                .iter()
+                .map(|(s, e)| (*s, record(conv, *s, e.clone())))
+                .collect(),
+            through,
+        },
+    }
+}
+
+fn state_of(conv: u64, evs: &[(u32, ConvEvent)]) -> ConversationState {
+    let mut s = ConversationState::from_created(&evs[0].1).unwrap();
+    for (seq, e) in &evs[1..] {
+        s.apply(*seq, e).unwrap();
+    }
+    assert_eq!(s.id, ConversationId(conv));
+    s
+}
+
+async fn replicate(p: &Persistence, entries: Vec<ReplicaEntry>) -> Vec<Verdict> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    p.submit(Op::Replica { entries, reply: tx }).await.unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+fn open(dir: &std::path::Path) -> (Arc<Store>, Persistence, WriterThread) {
+    let (store, report) = Store::open(dir, 8 << 20).unwrap();
+    let (p, w) = Persistence::start(store.clone(), &report, 64, Arc::new(Metrics::new()));
+    (store, p, w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_keeps_contiguous_changes_asks_for_a_base_after_a_gap_and_fences_old_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, p, w) = open(dir.path());
+    let evs = events(7, 100);
+    // From the start: stored.
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &evs[..3], 3)]).await,
+        [Verdict::Stored]
+    );
+    // Sent again after a failure (overlapping): still in step.
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &evs[..5], 5)]).await,
+        [Verdict::Stored]
+    );
+    // A gap (seq 7 without 6): the replica asks for the whole conversation.
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &evs[6..8], 8)]).await,
+        [Verdict::NeedBase]
+    );
+    // The owner is further on than what it sent: also a base.
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &evs[5..6], 9)]).await,
+        [Verdict::NeedBase]
+    );
+    let base = ReplicaEntry {
+        body: ReplicaBody::Base {
+            snapshot: codec::encode_snapshot(&state_of(7, &evs[..40])),
+        },
+        ..entry(7, 0, &[], 40)
+    };
+    assert_eq!(replicate(&p, vec![base]).await, [Verdict::Stored]);
+    // Then the rest, past a fold of the replica log (every 64 records).
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &evs[40..], 101)]).await,
+        [Verdict::Stored]
+    );
+    let (meta, state) = store.replica_state(7).unwrap().unwrap();
+    assert_eq!(state, state_of(7, &evs));
+    assert_eq!(
+        (meta.epoch, meta.last_seq, meta.owner.as_str()),
+        (0, 101, "n1")
+    );
+    assert_eq!(store.replica_of("acme", "+15550001111").unwrap(), Some(7));
+    // An owner of an older epoch is fenced; a newer one starts from a base.
+    let more = vec![(102, appended(102, "late"))];
+    let at = |epoch| {
+        let mut e = entry(7, epoch, &more, 102);
+        e.owner = "n3".into();
+        e
+    };
+    let newer = ReplicaEntry {
+        body: ReplicaBody::Base {
+            snapshot: codec::encode_snapshot(&state_of(7, &evs)),
+        },
+        ..at(2)
+    };
+    assert_eq!(replicate(&p, vec![newer]).await, [Verdict::Stored]);
+    assert_eq!(replicate(&p, vec![at(1)]).await, [Verdict::Fenced]);
+    assert_eq!(replicate(&p, vec![at(3)]).await, [Verdict::NeedBase]);
+    assert_eq!(replicate(&p, vec![at(2)]).await, [Verdict::Stored]);
+    assert_eq!(store.replica_state(7).unwrap().unwrap().0.epoch, 2);
+    // A replica without a beginning asks for a base.
+    assert_eq!(
+        replicate(&p, vec![entry(8, 0, &[(5, appended(5, "x"))], 5)]).await,
+        [Verdict::NeedBase]
+    );
+    p.shutdown().await.unwrap();
+    w.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, p, w) = open(dir.path());
+    let conv = 9;
+    // This node holds a stale copy: three events, a timer, a queued message.
+    let timer = PendingTimer {
+        id: 500,
+        due: Timestamp(10_000),
+        kind: TimerKind::FollowUp,
+        text: Some("stale".into()),
+        channel: Some(Channel::Sms),
+    };
+    let stale = vec![
+        (1, created(conv, "+15550001111")),
+        (2, appended(2, "old")),
+        (3, ConvEvent::TimerScheduled(timer.clone())),
+    ];
+    p.wait(|done| Op::Event {
+        conv: ConversationId(conv),
+        records: stale
+            .iter()
+            .map(|(s, e)| (*s, record(conv, *s, e.clone())))
+            .collect(),
+        index: Some(("acme".into(), "+15550001111".into())),
+        timers: vec![threadline_actors::store::TimerIndex::Put(TimerRow {
+            id: 500,
+            due: Timestamp(10_000),
+            owner: codec::TimerOwner::Conversation(ConversationId(conv)),
+        })],
+        audit: vec![],
+        outbox: vec![],
+        work: vec![],
+        calendar: vec![],
+        route: None,
+        done: Some(done),
+    })
+    .await
+    .unwrap();
+    // A held conversation fences any replica traffic for it.
+    assert_eq!(
+        replicate(&p, vec![entry(conv, 5, &stale[..1], 1)]).await,
+        [Verdict::Fenced]
+    );
+
+    // The current copy (from another lineage) arrives at epoch 2.
+    let mut current = events(conv, 4);
+    let fresh = PendingTimer {
+        id: 600,
+        text: Some("fresh".into()),
+        ..timer.clone()
+    };
+    current.push((6, ConvEvent::TimerScheduled(fresh)));
+    let state = state_of(conv, &current);
+    let (timers, outbox) = threadline_actors::replica::derived_rows(&state);
+    p.wait(|done| Op::Install {
+        install: Install {
+            conv,
+            tenant: "acme".into(),
+            contact: "+15550001111".into(),
+            epoch: 2,
+            snapshot: codec::encode_snapshot(&state),
+            old_timers: vec![500],
+            timers,
+            outbox,
+        },
+        done,
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.load(ConversationId(conv)).unwrap().unwrap(), state);
+    assert_eq!(store.epoch(conv).unwrap(), 2);
+    let ids: Vec<u64> = store.timer_rows().unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(
+        ids,
+        [600],
+        "the stale timer is gone, the current one is there"
+    );
+    assert_eq!(store.held().unwrap().len(), 1);
+
+    // Handed on: only a replica stays.
+    p.wait(|done| Op::Demote {
+        demote: Demote {
+            conv,
+            meta: ReplicaMeta {
+                tenant: "acme".into(),
+                contact: "+15550001111".into(),
+                epoch: 3,
+                owner: "n1".into(),
+                last_seq: state.last_seq,
+                unfolded: 0,
+            },
+            snapshot: codec::encode_snapshot(&state),
+            old_timers: vec![600],
+        },
+        done,
+    })
+    .await
+    .unwrap();
+    assert!(store.held().unwrap().is_empty());
+    assert!(store
+        .conversation_of("acme", "+15550001111")
+        .unwrap()
+        .is_none());
+    assert!(store.timer_rows().unwrap().is_empty());
+    let (meta, kept) = store.replica_state(conv).unwrap().unwrap();
+    assert_eq!((meta.epoch, kept), (3, state.clone()));
+    p.shutdown().await.unwrap();
+    w.join();
+    drop((p, store));
+    // And all of it holds after a restart (recovery does not bring the
+    // stale log records back).
+    let (store, _) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert!(store.held().unwrap().is_empty());
+    assert_eq!(store.replica_state(conv).unwrap().unwrap().1, state);
+}
