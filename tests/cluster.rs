@@ -304,7 +304,32 @@ async fn nothing_lost(
         for n in nodes {
             let conv = n.conversation_of("acme", &phone(c)).await.unwrap();
             assert_eq!(conv["id"].as_str(), Some(conv_of[c].as_str()));
-            assert_eq!(pids(&conv), want, "customer {c} as node {} sees it", n.base);
+            let got = pids(&conv);
+            if got != want {
+                let missing: Vec<&String> = want.iter().filter(|p| !got.contains(p)).collect();
+                let extra: Vec<&String> = got.iter().filter(|p| !want.contains(p)).collect();
+                let mut seen = std::collections::HashSet::new();
+                let twice: Vec<&String> = got.iter().filter(|p| !seen.insert(*p)).collect();
+                let logs: Vec<String> = nodes
+                    .iter()
+                    .map(|n| {
+                        n.stderr()
+                            .lines()
+                            .filter(|l| l.contains("conversation") || l.contains("peer"))
+                            .map(|l| l.chars().take(300).collect::<String>())
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .collect();
+                panic!(
+                    "customer {c} (conversation {}) as node {} sees it: missing {:?}.. ({} of them), not acknowledged {extra:?}, twice {twice:?}\nlogs:\n{}",
+                    conv_of[c],
+                    n.base,
+                    missing.first(),
+                    missing.len(),
+                    logs.join("\n----\n")
+                );
+            }
         }
     }
 }

@@ -39,8 +39,9 @@ pub enum RouterMsg {
     /// Application heartbeat: the caller's name; answers with this node's.
     #[rpc]
     Ping(String, RpcReplyPort<String>),
-    /// An inbound message for a conversation this node owns (a bincode
-    /// `Forwarded`); answers with a bincode `ForwardResult` once durable.
+    /// Inbound messages for conversations this node owns (a bincode
+    /// `Vec<Forwarded>`); answers with a bincode `Vec<ForwardResult>`
+    /// (one each, in order) once durable.
     #[rpc]
     Deliver(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// A conversation (a bincode `Lookup`); answers with a bincode
@@ -107,7 +108,7 @@ enum Lookup {
     Id(u64),
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 enum ForwardResult {
     Recorded {
         conversation: u64,
@@ -179,22 +180,26 @@ impl Actor for RouterActor {
                 let _ = reply.send(st.router.resident() as u64);
             }
             RouterMsg::Replicate(bytes, reply) => {
-                let persistence = st.router.shared.persistence.clone();
+                // Submitted here, in the order the owner sent them (its
+                // rounds overlap); only the wait for durability is spawned.
+                let persistence = &st.router.shared.persistence;
+                let queued = match unwire::<Vec<ReplicaEntry>>(&bytes) {
+                    None => Err("unreadable replica entries".to_owned()),
+                    Some(entries) => {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let op = crate::persistence::Op::Replica { entries, reply: tx };
+                        persistence
+                            .submit(op)
+                            .await
+                            .map(|()| rx)
+                            .map_err(|e| e.to_string())
+                    }
+                };
                 tokio::spawn(async move {
-                    let answer: Result<Vec<Verdict>, String> =
-                        match unwire::<Vec<ReplicaEntry>>(&bytes) {
-                            None => Err("unreadable replica entries".into()),
-                            Some(entries) => {
-                                let (tx, rx) = tokio::sync::oneshot::channel();
-                                let op = crate::persistence::Op::Replica { entries, reply: tx };
-                                match persistence.submit(op).await {
-                                    Err(e) => Err(e.to_string()),
-                                    Ok(()) => {
-                                        rx.await.unwrap_or_else(|_| Err("writer gone".into()))
-                                    }
-                                }
-                            }
-                        };
+                    let answer: Result<Vec<Verdict>, String> = match queued {
+                        Err(e) => Err(e),
+                        Ok(rx) => rx.await.unwrap_or_else(|_| Err("writer gone".into())),
+                    };
                     let _ = reply.send(wire(&answer));
                 });
             }
@@ -239,13 +244,17 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Deliver(bytes, reply) => {
-                // Delivered on its own task: the router stays free for
+                // Delivered on their own tasks: the router stays free for
                 // heartbeats and other deliveries.
                 let router = st.router.clone();
                 tokio::spawn(async move {
-                    let result = match unwire::<Forwarded>(&bytes) {
-                        None => ForwardResult::Unavailable("unreadable forwarded message".into()),
-                        Some(f) => {
+                    let Some(batch) = unwire::<Vec<Forwarded>>(&bytes) else {
+                        let _ = reply.send(wire(&Vec::<ForwardResult>::new()));
+                        return;
+                    };
+                    let each = batch.into_iter().map(|f| {
+                        let router = router.clone();
+                        async move {
                             let meta = InboundMeta {
                                 hint: f.hint.as_deref().and_then(keyword_of),
                                 from_state: f.from_state,
@@ -268,8 +277,9 @@ impl Actor for RouterActor {
                                 Err(DeliverError::Storage(m)) => ForwardResult::Storage(m),
                             }
                         }
-                    };
-                    let _ = reply.send(wire(&result));
+                    });
+                    let results = futures_util::future::join_all(each).await;
+                    let _ = reply.send(wire(&results));
                 });
             }
         }
@@ -328,6 +338,13 @@ pub struct Cluster {
     started: Instant,
     /// Conversations moving between nodes right now: not served here.
     moving: dashmap::DashSet<ConvKey>,
+    /// Per owner node: the queue of messages forwarded to it, sent in
+    /// batches (one RPC carries every message queued meanwhile).
+    forwarders: parking_lot::Mutex<
+        std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<ForwardJob>>,
+    >,
+    /// Peers (router actor ids) with a heartbeat ping out.
+    pinging: parking_lot::Mutex<std::collections::HashSet<ractor::ActorId>>,
     /// Notified whenever the live set changes.
     membership: tokio::sync::Notify,
     /// A rebalance is running / another one is wanted after it.
@@ -420,6 +437,8 @@ impl Cluster {
             started: Instant::now(),
             moving: Default::default(),
             membership: tokio::sync::Notify::new(),
+            pinging: Default::default(),
+            forwarders: Default::default(),
             rebalancing: Default::default(),
             rebalance_again: Default::default(),
             spec,
@@ -451,6 +470,7 @@ impl Cluster {
         loop {
             tick.tick().await;
             if self.server.get_status() != ractor::ActorStatus::Running {
+                tracing::info!("cluster node server stopped; heartbeats end");
                 return;
             }
             if last_tick.elapsed() > self.spec.failure_after {
@@ -472,26 +492,31 @@ impl Cluster {
                 .filter(|c| !c.get_id().is_local())
                 .map(ActorRef::from)
                 .collect();
-            let me = self.spec.name.clone();
+            // Each ping runs on its own task and records its answer when
+            // it comes: a peer that does not answer delays nobody's health
+            // (at most one ping per peer is out at a time).
             let timeout = self.spec.failure_after;
-            let calls = peers.into_iter().map(|p| {
-                let me = me.clone();
-                async move {
-                    let a = p
-                        .call(|reply| RouterMsg::Ping(me, reply), Some(timeout))
-                        .await;
-                    (p, a)
+            for p in peers {
+                if !self.pinging.lock().insert(p.get_id()) {
+                    continue;
                 }
-            });
-            let answers = futures_util::future::join_all(calls).await;
+                let (c, me) = (self.clone(), self.spec.name.clone());
+                tokio::spawn(async move {
+                    let a = tokio::time::timeout(
+                        timeout,
+                        p.call(|reply| RouterMsg::Ping(me, reply), Some(timeout)),
+                    )
+                    .await;
+                    if let Ok(Ok(ractor::rpc::CallResult::Success(name))) = a {
+                        let mut v = c.view.write();
+                        v.answered.insert(name.clone(), Instant::now());
+                        v.routers.insert(name, p.clone());
+                    }
+                    c.pinging.lock().remove(&p.get_id());
+                });
+            }
             let now = Instant::now();
             let mut v = self.view.write();
-            for (p, a) in answers {
-                if let Ok(ractor::rpc::CallResult::Success(name)) = a {
-                    v.answered.insert(name.clone(), now);
-                    v.routers.insert(name, p);
-                }
-            }
             let View {
                 peers, answered, ..
             } = &mut *v;
@@ -604,10 +629,10 @@ impl Cluster {
     /// Conversations each live node holds in memory now, by name (this
     /// node's included; a peer that does not answer in time is left out).
     pub async fn resident_by_node(&self, mine: u64) -> BTreeMap<String, u64> {
+        let live = self.live_names();
         let peers: Vec<(String, ActorRef<RouterMsg>)> = {
             let v = self.view.read();
-            self.live_names()
-                .into_iter()
+            live.into_iter()
                 .filter_map(|n| v.routers.get(&n).map(|r| (n, r.clone())))
                 .collect()
         };
@@ -691,16 +716,26 @@ impl Cluster {
         owner: &str,
         msg: impl FnOnce(RpcReplyPort<Vec<u8>>) -> RouterMsg,
     ) -> Result<Vec<u8>, DeliverError> {
+        self.call_counted(owner, 1, msg).await
+    }
+
+    /// `call`, counting `n` forwarded requests.
+    async fn call_counted(
+        &self,
+        owner: &str,
+        n: u64,
+        msg: impl FnOnce(RpcReplyPort<Vec<u8>>) -> RouterMsg,
+    ) -> Result<Vec<u8>, DeliverError> {
         let unavailable =
             |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
         let metrics = &self.metrics;
-        metrics.cluster_forwarded.inc();
+        metrics.cluster_forwarded.inc_by(n);
         let result = self
             .rpc(owner, FORWARD_TIMEOUT, msg)
             .await
             .map_err(unavailable);
         if result.is_err() {
-            metrics.cluster_forward_failures.inc();
+            metrics.cluster_forward_failures.inc_by(n);
         }
         result
     }
@@ -717,7 +752,7 @@ impl Cluster {
     ) -> Result<Delivered, DeliverError> {
         let unavailable =
             |why: String| DeliverError::Unavailable(format!("owner node {owner}: {why}"));
-        let req = wire(&Forwarded {
+        let req = Forwarded {
             tenant: key.tenant().to_owned(),
             contact: key.contact().to_owned(),
             msg,
@@ -725,16 +760,33 @@ impl Cluster {
             from_state: meta.from_state,
             identities: meta.identities,
             profile_name: meta.profile_name,
-        });
-        let bytes = self
-            .call(owner, |reply| RouterMsg::Deliver(req, reply))
-            .await?;
-        match unwire::<ForwardResult>(&bytes) {
-            Some(ForwardResult::Recorded {
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queue = {
+            let mut f = self.forwarders.lock();
+            match f.get(owner) {
+                Some(q) if !q.is_closed() => q.clone(),
+                _ => {
+                    let (q, queued) = tokio::sync::mpsc::unbounded_channel();
+                    let me = self.shared.cluster.get().cloned().unwrap_or_default();
+                    tokio::spawn(forwarder(me, owner.to_owned(), queued));
+                    f.insert(owner.to_owned(), q.clone());
+                    q
+                }
+            }
+        };
+        if queue.send((req, tx)).is_err() {
+            return Err(unavailable("stopping".into()));
+        }
+        let answer = rx
+            .await
+            .unwrap_or_else(|_| ForwardResult::Unavailable("stopping".into()));
+        match answer {
+            ForwardResult::Recorded {
                 conversation,
                 seq,
                 duplicate,
-            }) => Ok(Delivered::Recorded(InboundAck {
+            } => Ok(Delivered::Recorded(InboundAck {
                 conversation: ConversationId(conversation),
                 message: MessageId {
                     conversation: ConversationId(conversation),
@@ -742,12 +794,11 @@ impl Cluster {
                 },
                 duplicate,
             })),
-            Some(ForwardResult::DeadLettered(c)) => Ok(Delivered::DeadLettered {
+            ForwardResult::DeadLettered(c) => Ok(Delivered::DeadLettered {
                 conversation: c.map(ConversationId),
             }),
-            Some(ForwardResult::Unavailable(m)) => Err(unavailable(m)),
-            Some(ForwardResult::Storage(m)) => Err(DeliverError::Storage(m)),
-            None => Err(unavailable("unreadable answer".into())),
+            ForwardResult::Unavailable(m) => Err(DeliverError::Unavailable(m)),
+            ForwardResult::Storage(m) => Err(DeliverError::Storage(m)),
         }
     }
 
@@ -757,8 +808,75 @@ impl Cluster {
     }
 }
 
+/// A message on its way to its owner, and who waits for the answer.
+type ForwardJob = (Forwarded, tokio::sync::oneshot::Sender<ForwardResult>);
+
+/// Forward batches to one node under way at once (messages queue meanwhile
+/// and go in the next batch).
+const FORWARD_BATCHES_IN_FLIGHT: usize = 2;
+/// Messages one forward batch carries at most.
+const FORWARD_BATCH: usize = 512;
+
+/// Sends the messages forwarded to `owner` in batches.
+async fn forwarder(
+    cluster: std::sync::Weak<Cluster>,
+    owner: String,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<ForwardJob>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(FORWARD_BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < FORWARD_BATCH {
+            match queue.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(c) = cluster.upgrade() else {
+            return;
+        };
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            let (reqs, waiters): (Vec<Forwarded>, Vec<_>) = batch.into_iter().unzip();
+            let req = wire(&reqs);
+            let n = waiters.len();
+            let answer = c
+                .call_counted(&owner, n as u64, |reply| RouterMsg::Deliver(req, reply))
+                .await;
+            drop(permit);
+            let results = match answer {
+                Ok(bytes) => match unwire::<Vec<ForwardResult>>(&bytes) {
+                    Some(r) if r.len() == n => r,
+                    _ => vec![ForwardResult::Unavailable("unreadable answer".into()); n],
+                },
+                Err(e) => vec![ForwardResult::Unavailable(e.to_string()); n],
+            };
+            for (w, r) in waiters.into_iter().zip(results) {
+                let _ = w.send(r);
+            }
+        });
+    }
+}
+
+/// A key marked as moving; unmarked when dropped.
+struct MoveGuard<'a> {
+    moving: &'a dashmap::DashSet<ConvKey>,
+    key: ConvKey,
+}
+
+impl Drop for MoveGuard<'_> {
+    fn drop(&mut self) {
+        self.moving.remove(&self.key);
+    }
+}
+
 /// Batches of committed changes one replication round takes at most.
 const ROUND_BATCHES: usize = 256;
+/// Replication rounds under way at once.
+const ROUNDS_IN_FLIGHT: usize = 4;
 
 /// The owner's half of replication: takes committed batches in order,
 /// replicates their changes (each to the next node in hash order), and
@@ -769,33 +887,62 @@ async fn replicator(
     cluster: std::sync::Weak<Cluster>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::persistence::Committed>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batches = vec![first];
-        while batches.len() < ROUND_BATCHES {
-            match rx.try_recv() {
-                Ok(b) => batches.push(b),
-                Err(_) => break,
+    use futures_util::StreamExt;
+    // Rounds overlap (a change does not wait for the round before it to
+    // come back), but complete in commit order.
+    let mut inflight = futures_util::stream::FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some((batches, failed)) = inflight.next(), if !inflight.is_empty() => {
+                complete(batches, failed);
             }
-        }
-        let failed = match cluster.upgrade() {
-            Some(c) => c.replicate_changes(&mut batches).await,
-            None => batches
-                .iter()
-                .flat_map(|b| {
-                    b.changes
-                        .iter()
-                        .map(|c| (c.conv, "cluster stopped".to_owned()))
-                })
-                .collect(),
-        };
-        for b in batches {
-            for (conv, done) in b.dones {
-                let r = match conv.and_then(|c| failed.get(&c)) {
-                    Some(why) => Err(Arc::new(crate::store::StoreError::Replication(why.clone()))),
-                    None => b.result.clone(),
+            first = rx.recv(), if open && inflight.len() < ROUNDS_IN_FLIGHT => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
                 };
-                done(r);
+                let mut batches = vec![first];
+                while batches.len() < ROUND_BATCHES {
+                    match rx.try_recv() {
+                        Ok(b) => batches.push(b),
+                        Err(_) => break,
+                    }
+                }
+                let cluster = cluster.clone();
+                inflight.push_back(async move {
+                    let failed = match cluster.upgrade() {
+                        Some(c) => c.replicate_changes(&mut batches).await,
+                        None => batches
+                            .iter()
+                            .flat_map(|b| {
+                                b.changes
+                                    .iter()
+                                    .map(|c| (c.conv, "cluster stopped".to_owned()))
+                            })
+                            .collect(),
+                    };
+                    (batches, failed)
+                });
             }
+            else => break,
+        }
+    }
+}
+
+/// Completes a round's callbacks, in commit order.
+fn complete(
+    batches: Vec<crate::persistence::Committed>,
+    failed: std::collections::HashMap<u64, String>,
+) {
+    for b in batches {
+        for (conv, done) in b.dones {
+            let r = match conv.and_then(|c| failed.get(&c)) {
+                Some(why) => Err(Arc::new(crate::store::StoreError::Replication(why.clone()))),
+                None => b.result.clone(),
+            };
+            done(r);
         }
     }
 }
@@ -854,7 +1001,7 @@ impl Cluster {
             .await
             .map_err(|e| DeliverError::Storage(e.to_string()))?
             .map_err(|e| DeliverError::Storage(e.to_string()))?;
-        let Some((meta, state)) = replica else {
+        let Some((meta, _)) = replica else {
             return Ok(());
         };
         let live = self.live_names();
@@ -864,7 +1011,7 @@ impl Cluster {
                 meta.owner
             )));
         }
-        self.promote(conv, meta, state)
+        self.promote(conv, key)
             .await
             .map_err(DeliverError::Unavailable)
     }
@@ -1161,16 +1308,10 @@ impl Cluster {
             if ranked(&k, &live).first() != Some(&me) || !self.known_gone(&meta.owner, &live) {
                 continue;
             }
-            let store = self.shared.persistence.store.clone();
-            let state = tokio::task::spawn_blocking(move || store.replica_state(conv))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            if let Some((meta, state)) = state {
-                if let Err(e) = self.promote(conv, meta, state).await {
-                    tracing::warn!(conv, error = %e, "taking over a conversation failed");
-                    all_done = false;
-                }
+            let key = ConvKey::new(&meta.tenant, &meta.contact);
+            if let Err(e) = self.promote(conv, &key).await {
+                tracing::warn!(conv, error = %e, "taking over a conversation failed");
+                all_done = false;
             }
         }
         for (conv, tenant, contact) in held {
@@ -1189,39 +1330,48 @@ impl Cluster {
 
     /// Takes over conversation `conv` from this node's replica (its owner
     /// is gone), at the next epoch, and gives it a replica of its own.
-    async fn promote(
-        &self,
-        conv: u64,
-        meta: ReplicaMeta,
-        state: threadline_protocol::ConversationState,
-    ) -> Result<(), String> {
-        let key = ConvKey::new(&meta.tenant, &meta.contact);
+    async fn promote(&self, conv: u64, key: &ConvKey) -> Result<(), String> {
+        let Some(_guard) = self.lock(key) else {
+            return Err("the conversation is moving".into());
+        };
+        // Read again under the lock: another path may have taken it over
+        // (and changed it) meanwhile.
+        let store = self.shared.persistence.store.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>(match store.contact_of(ConversationId(conv))? {
+                Some(_) => None,
+                None => store.replica_state(conv)?,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let Some((meta, state)) = found else {
+            return Ok(());
+        };
         let epoch = meta.epoch + 1;
         let through = state.last_seq;
-        self.install(conv, &key, epoch, state).await?;
+        self.install_moving(conv, key, epoch, state).await?;
         self.metrics.cluster_promoted.inc();
         tracing::info!(conv, from = meta.owner, epoch, "took over a conversation");
         // Its new replica gets it now, not at its next change.
-        self.sync(conv, key, epoch, through).await;
+        self.sync(conv, key.clone(), epoch, through).await;
         Ok(())
     }
 
-    /// Installs `state` as this node's copy of `conv` at `epoch`: what was
-    /// here before (a stale copy, a replica) is replaced in one commit, the
-    /// scheduler and the sender learn of its timers and queued messages.
-    async fn install(
-        &self,
-        conv: u64,
-        key: &ConvKey,
-        epoch: u64,
-        state: threadline_protocol::ConversationState,
-    ) -> Result<(), String> {
-        self.moving.insert(key.clone());
-        let r = self.install_moving(conv, key, epoch, state).await;
-        self.moving.remove(key);
-        r
+    /// Marks `key` as moving (not served here) until the guard drops;
+    /// `None` if it already is.
+    fn lock(&self, key: &ConvKey) -> Option<MoveGuard<'_>> {
+        self.moving.insert(key.clone()).then(|| MoveGuard {
+            moving: &self.moving,
+            key: key.clone(),
+        })
     }
 
+    /// Installs `state` as this node's copy of `conv` at `epoch` (the
+    /// caller holds the key's lock): what was here before (a stale copy, a
+    /// replica) is replaced in one commit, the scheduler and the sender
+    /// learn of its timers and queued messages.
     async fn install_moving(
         &self,
         conv: u64,
@@ -1314,10 +1464,10 @@ impl Cluster {
         owner: &str,
     ) -> Result<(), String> {
         let key = ConvKey::new(tenant, contact);
-        self.moving.insert(key.clone());
-        let r = self.hand_over_moving(conv, &key, owner).await;
-        self.moving.remove(&key);
-        r
+        let Some(_guard) = self.lock(&key) else {
+            return Err("the conversation is moving".into());
+        };
+        self.hand_over_moving(conv, &key, owner).await
     }
 
     async fn hand_over_moving(&self, conv: u64, key: &ConvKey, owner: &str) -> Result<(), String> {
@@ -1389,6 +1539,10 @@ impl Cluster {
     /// A conversation handed to this node: installed unless this node
     /// already holds it at the same or a newer epoch.
     async fn receive(&self, h: Handover) -> Result<Verdict, String> {
+        let key = ConvKey::new(&h.tenant, &h.contact);
+        let Some(_guard) = self.lock(&key) else {
+            return Err("the conversation is moving here; try again".into());
+        };
         let store = self.shared.persistence.store.clone();
         let conv = h.conv;
         let held = tokio::task::spawn_blocking(move || {
@@ -1404,9 +1558,8 @@ impl Cluster {
             return Ok(Verdict::Fenced);
         }
         let state = codec::decode_snapshot(&h.snapshot).map_err(|e| e.to_string())?;
-        let key = ConvKey::new(&h.tenant, &h.contact);
         let through = state.last_seq;
-        self.install(h.conv, &key, h.epoch, state).await?;
+        self.install_moving(h.conv, &key, h.epoch, state).await?;
         self.sync(h.conv, key, h.epoch, through).await;
         Ok(Verdict::Stored)
     }

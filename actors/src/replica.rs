@@ -143,17 +143,27 @@ pub(crate) fn apply(
     txn: &WriteTransaction,
     writes: Vec<ClusterWrite<'_>>,
 ) -> Result<Vec<Vec<Verdict>>, StoreError> {
-    let mut epochs = txn.open_table(EPOCHS)?;
     let mut metas = txn.open_table(REPLICAS)?;
     let mut rcontacts = txn.open_table(REPLICA_CONTACTS)?;
     let mut rsnaps = txn.open_table(REPLICA_SNAPSHOTS)?;
     let mut rlog = txn.open_table(REPLICA_LOG)?;
-    let mut snaps = txn.open_table(SNAPSHOTS)?;
-    let mut contacts = txn.open_table(CONTACTS)?;
     let mut convs = txn.open_table(CONVERSATIONS)?;
-    let mut log = txn.open_table(LOG)?;
-    let mut timers = txn.open_table(TIMERS)?;
-    let mut outbox = txn.open_table(OUTBOX)?;
+    // The tables of held conversations, only when one moves (replica
+    // writes, the common case, do not need them).
+    let moves = writes
+        .iter()
+        .any(|w| !matches!(w, ClusterWrite::Replica { .. }));
+    let mut held = match moves {
+        true => Some((
+            txn.open_table(EPOCHS)?,
+            txn.open_table(SNAPSHOTS)?,
+            txn.open_table(CONTACTS)?,
+            txn.open_table(LOG)?,
+            txn.open_table(TIMERS)?,
+            txn.open_table(OUTBOX)?,
+        )),
+        false => None,
+    };
     let mut out = Vec::new();
     for w in writes {
         match w {
@@ -174,10 +184,18 @@ pub(crate) fn apply(
                     };
                     let v = match &e.body {
                         ReplicaBody::Base { snapshot } => {
+                            let state = codec::decode_snapshot(snapshot)?;
                             if meta.as_ref().is_some_and(|m| e.epoch < m.epoch) {
                                 Verdict::Fenced
+                            } else if meta
+                                .as_ref()
+                                .is_some_and(|m| e.epoch == m.epoch && m.last_seq >= state.last_seq)
+                            {
+                                // Same owner, and this replica is already
+                                // further on (a base that overlapped later
+                                // changes): it has all of this base.
+                                Verdict::Stored
                             } else {
-                                let state = codec::decode_snapshot(snapshot)?;
                                 rlog.retain_in((e.conv, 0)..=(e.conv, u32::MAX), |_, _| false)?;
                                 rsnaps.insert(e.conv, snapshot.as_slice())?;
                                 let m = ReplicaMeta {
@@ -267,6 +285,8 @@ pub(crate) fn apply(
             }
             ClusterWrite::Install { install, log_keys } => {
                 let c = install.conv;
+                let (epochs, snaps, contacts, log, timers, outbox) =
+                    held.as_mut().expect("opened for moves");
                 for k in log_keys {
                     log.remove(k)?;
                 }
@@ -294,6 +314,8 @@ pub(crate) fn apply(
             }
             ClusterWrite::Demote { demote, log_keys } => {
                 let c = demote.conv;
+                let (epochs, snaps, contacts, log, timers, outbox) =
+                    held.as_mut().expect("opened for moves");
                 for k in log_keys {
                     log.remove(k)?;
                 }

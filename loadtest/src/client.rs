@@ -62,9 +62,20 @@ impl Conn {
     }
 
     pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Bytes)> {
-        let req = Request::get(path)
-            .header("host", self.addr.to_string())
-            .body(Full::new(Bytes::new()))?;
+        self.get_as(path, None).await
+    }
+
+    /// GETs `path`, with a bearer token when one is given.
+    pub async fn get_as(
+        &mut self,
+        path: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let mut req = Request::get(path).header("host", self.addr.to_string());
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Full::new(Bytes::new()))?;
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();

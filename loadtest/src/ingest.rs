@@ -168,7 +168,13 @@ pub type MakeReq = Arc<dyn Fn(usize) -> Req + Send + Sync>;
 
 /// The gateway API request for inbound message `n`.
 pub fn inbound_request(a: &IngestArgs, run_id: u64) -> MakeReq {
-    let (tenant, token, contacts) = (a.tenant.clone(), a.token.clone(), a.contacts);
+    inbound_for(&a.tenant, &a.token, a.contacts, run_id)
+}
+
+/// The gateway API request for inbound message `n` of `tenant`, from one
+/// of `contacts` numbers.
+pub fn inbound_for(tenant: &str, token: &str, contacts: usize, run_id: u64) -> MakeReq {
+    let (tenant, token) = (tenant.to_owned(), token.to_owned());
     Arc::new(move |n| Req {
         path: "/api/v1/inbound".into(),
         content_type: "application/json",
@@ -195,12 +201,24 @@ pub async fn drive(
     seconds: u64,
     make: MakeReq,
 ) -> anyhow::Result<Phase> {
+    drive_spread(name, &[addr], clients, seconds, make).await
+}
+
+/// `drive`, with client `c` talking to `addrs[c % addrs.len()]`.
+pub async fn drive_spread(
+    name: &'static str,
+    addrs: &[SocketAddr],
+    clients: usize,
+    seconds: u64,
+    make: MakeReq,
+) -> anyhow::Result<Phase> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..clients {
+        let addr = addrs[c % addrs.len()];
         let mut conn = Conn::open(addr).await?;
         let (measuring, stop, ok, errors, make) = (
             measuring.clone(),

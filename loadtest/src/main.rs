@@ -8,6 +8,7 @@
 mod agents;
 mod bot;
 mod client;
+mod cluster;
 mod fakeprov;
 mod ingest;
 mod node;
@@ -51,6 +52,9 @@ enum Command {
     Agents(agents::AgentArgs),
     /// Signed Twilio SMS webhooks per second, durable before the 200.
     Webhooks(webhooks::WebhookArgs),
+    /// A cluster of nodes on this machine against one node: durable ingest
+    /// with replication, and what forwarding adds per hop.
+    Cluster(cluster::ClusterArgs),
     /// Resident memory of a node holding many conversations.
     Resident(ingest::ResidentArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest(a) => rt.block_on(ingest::run(a)),
+        Command::Cluster(a) => rt.block_on(cluster::run(a)),
         Command::Outbound(a) => rt.block_on(outbound::run(a)),
         Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),

@@ -215,7 +215,7 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
         .args(["--http", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,threadline_actors::cluster=info")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

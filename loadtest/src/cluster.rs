@@ -1,0 +1,187 @@
+//! The `cluster` measurement: durable ingest of one node against a cluster
+//! of nodes on this machine (replication on), spread over every node, and
+//! the cost of a forwarding hop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::client::{Conn, NodeMetrics};
+use crate::ingest::{drive_spread, inbound_for, Phase};
+use crate::node::{self, SpawnedNode};
+
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// Node binary to start.
+    #[arg(long)]
+    node: PathBuf,
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The cluster's `replication_factor` (2: a replica before each ack).
+    #[arg(long, default_value_t = 2)]
+    replication_factor: u8,
+    /// Concurrent closed-loop clients (spread over the nodes).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds per measured phase (after a 1 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Distinct contacts (conversations) the messages are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    contacts: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const ADMIN: &str = "bench-admin-token";
+const COOKIE: &str = "threadline-bench-cookie";
+
+fn config(cluster: Option<(&str, u16, Option<u16>, u8)>) -> String {
+    let mut c = format!(
+        "[server]\nadmin_token = \"{ADMIN}\"\n\n[[tenants]]\nid = \"demo\"\nname = \"Demo\"\ntimezone = \"America/New_York\"\ngateway_token = \"gw-demo\"\n"
+    );
+    if let Some((name, port, seed, rf)) = cluster {
+        let seeds = seed.map_or(String::new(), |s| format!("\"127.0.0.1:{s}\""));
+        c.push_str(&format!(
+            "\n[cluster]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nseeds = [{seeds}]\ncookie = \"{COOKIE}\"\nreplication_factor = {rf}\n"
+        ));
+    }
+    c
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `addr` counts `n` live nodes.
+async fn until_live(addr: SocketAddr, n: usize) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let mut c = Conn::open(addr).await?;
+        let (s, body) = c.get_as("/api/v1/cluster", Some(ADMIN)).await?;
+        if s == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            if v["live"].as_array().map_or(0, Vec::len) == n {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the cluster never had {n} live nodes")
+}
+
+async fn sum(addrs: &[SocketAddr], name: &str) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for a in addrs {
+        let v = NodeMetrics::fetch(*a).await?.value(name);
+        if v.is_finite() {
+            total += v;
+        }
+    }
+    Ok(total)
+}
+
+pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.nodes >= 2, "a cluster needs 2 nodes or more");
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let make = || inbound_for("demo", "gw-demo", a.contacts, run_id);
+
+    let (single, single_one) = {
+        let n = node::spawn_with_config(&a.node, &config(None), &[])?;
+        eprintln!(
+            "one node: {} clients over {} contacts, {} s",
+            a.clients, a.contacts, a.seconds
+        );
+        let one = drive_spread("single-1-client", &[n.addr], 1, 3, make()).await?;
+        let full = drive_spread("single-node", &[n.addr], a.clients, a.seconds, make()).await?;
+        (full, one)
+    };
+    eprintln!("{}", single_one.line());
+    eprintln!("{}", single.line());
+
+    let ports: Vec<u16> = (0..a.nodes)
+        .map(|_| free_port())
+        .collect::<Result<_, _>>()?;
+    let mut nodes: Vec<SpawnedNode> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let seed = (i > 0).then_some(ports[0]);
+        let cfg = config(Some((
+            &format!("n{}", i + 1),
+            *port,
+            seed,
+            a.replication_factor,
+        )));
+        nodes.push(node::spawn_with_config(&a.node, &cfg, &[])?);
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    for addr in &addrs {
+        until_live(*addr, a.nodes).await?;
+    }
+    eprintln!(
+        "{} nodes, replication factor {}: {} clients spread over them",
+        a.nodes, a.replication_factor, a.clients
+    );
+    // One client: what a message pays for its hop (2 of 3 are forwarded)
+    // and its replica, unloaded.
+    let cluster_one = drive_spread("cluster-1-client", &addrs[..1], 1, 3, make()).await?;
+    eprintln!("{}", cluster_one.line());
+    let spread = drive_spread("cluster-spread", &addrs, a.clients, a.seconds, make()).await?;
+    eprintln!("{}", spread.line());
+    let forwarded = sum(&addrs, "threadline_cluster_forwarded_total").await?;
+    let replicated = sum(&addrs, "threadline_cluster_replicated_total").await?;
+    let failures = sum(&addrs, "threadline_cluster_replication_failures_total").await?;
+    let commits = sum(&addrs, "threadline_commit_batch_size_count").await?;
+    let committed_ops = sum(&addrs, "threadline_commit_batch_size_sum").await?;
+    let rounds = sum(&addrs, "threadline_cluster_replication_seconds_count").await?;
+    let round_secs = sum(&addrs, "threadline_cluster_replication_seconds_sum").await?;
+    // Every client on one node: about (n-1)/n of the messages take a hop.
+    let hop = drive_spread(
+        "cluster-one-door",
+        &addrs[..1],
+        a.clients,
+        a.seconds,
+        make(),
+    )
+    .await?;
+    eprintln!("{}", hop.line());
+    let ratio = spread.rate() / single.rate();
+    let per_round_ms = if rounds > 0.0 {
+        round_secs / rounds * 1000.0
+    } else {
+        0.0
+    };
+    let hop_ms = |p: &Phase, q: f64| p.hist.value_at_quantile(q) as f64 / 1000.0;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "single": single.json(), "cluster": spread.json(), "one_door": hop.json(),
+                "nodes": a.nodes, "replication_factor": a.replication_factor,
+                "ratio": ratio, "forwarded": forwarded, "replicated": replicated,
+                "replication_failures": failures, "replication_round_ms": per_round_ms,
+                "commits": commits, "ops_per_commit": committed_ops / commits.max(1.0),
+                "single_one_client": single_one.json(), "cluster_one_client": cluster_one.json(),
+                "added_unloaded_ms": {"p50": hop_ms(&cluster_one, 0.5) - hop_ms(&single_one, 0.5),
+                                      "p99": hop_ms(&cluster_one, 0.99) - hop_ms(&single_one, 0.99)},
+            })
+        );
+    } else {
+        println!("{}", single_one.line());
+        println!("{}", cluster_one.line());
+        println!("{}", single.line());
+        println!("{}", spread.line());
+        println!("{}", hop.line());
+        println!(
+            "cluster/single {ratio:.3}; forwarded {forwarded:.0}, replicated {replicated:.0} ({failures:.0} failed), mean replication round {per_round_ms:.2} ms; {commits:.0} commits of {:.1} operations",
+            committed_ops / commits.max(1.0)
+        );
+    }
+    Ok(())
+}
