@@ -59,6 +59,25 @@ pub enum RouterMsg {
     /// bincode `Result<Verdict, String>` once installed.
     #[rpc]
     Handover(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// What this node has of a conversation (a bincode `(u64, bool)`: id,
+    /// whether to include the replica's state); answers a bincode `Peek`.
+    #[rpc]
+    Peek(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// What a node has of a conversation, asked before taking it over.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Peek {
+    Nothing,
+    Held {
+        epoch: u64,
+    },
+    Replica {
+        epoch: u64,
+        last_seq: u32,
+        /// The replica's state (a snapshot), when asked for.
+        snapshot: Option<Vec<u8>>,
+    },
 }
 
 /// A whole conversation moving to the node that owns it now.
@@ -199,6 +218,21 @@ impl Actor for RouterActor {
                     let answer: Result<Vec<Verdict>, String> = match queued {
                         Err(e) => Err(e),
                         Ok(rx) => rx.await.unwrap_or_else(|_| Err("writer gone".into())),
+                    };
+                    let _ = reply.send(wire(&answer));
+                });
+            }
+            RouterMsg::Peek(bytes, reply) => {
+                let store = st.router.shared.persistence.store.clone();
+                tokio::spawn(async move {
+                    let answer = match unwire::<(u64, bool)>(&bytes) {
+                        None => Err("unreadable peek".to_owned()),
+                        Some((conv, with_state)) => {
+                            tokio::task::spawn_blocking(move || peek(&store, conv, with_state))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r.map_err(|e| e.to_string()))
+                        }
                     };
                     let _ = reply.send(wire(&answer));
                 });
@@ -861,6 +895,27 @@ async fn forwarder(
     }
 }
 
+/// What `store` has of conversation `conv`.
+fn peek(
+    store: &crate::store::Store,
+    conv: u64,
+    with_state: bool,
+) -> Result<Peek, crate::store::StoreError> {
+    if store.contact_of(ConversationId(conv))?.is_some() {
+        return Ok(Peek::Held {
+            epoch: store.epoch(conv)?,
+        });
+    }
+    Ok(match store.replica_state(conv)? {
+        None => Peek::Nothing,
+        Some((meta, state)) => Peek::Replica {
+            epoch: meta.epoch,
+            last_seq: meta.last_seq,
+            snapshot: with_state.then(|| codec::encode_snapshot(&state)),
+        },
+    })
+}
+
 /// A key marked as moving; unmarked when dropped.
 struct MoveGuard<'a> {
     moving: &'a dashmap::DashSet<ConvKey>,
@@ -1349,7 +1404,38 @@ impl Cluster {
         let Some((meta, state)) = found else {
             return Ok(());
         };
-        let epoch = meta.epoch + 1;
+        // The other live nodes may know better: one of them may hold it
+        // (its owner is not gone after all, or it took it over already),
+        // or keep a fresher replica (this one may be left from a moment
+        // when the owner saw another membership).
+        let (mut best_epoch, mut best_seq, mut state) = (meta.epoch, meta.last_seq, state);
+        for peer in self
+            .live_names()
+            .into_iter()
+            .filter(|n| *n != self.spec.name)
+        {
+            match self.peek(&peer, conv, false).await? {
+                Peek::Nothing => {}
+                Peek::Held { .. } => return Err(format!("node {peer} holds it")),
+                Peek::Replica {
+                    epoch, last_seq, ..
+                } if (epoch, last_seq) > (best_epoch, best_seq) => {
+                    match self.peek(&peer, conv, true).await? {
+                        Peek::Replica {
+                            epoch,
+                            last_seq,
+                            snapshot: Some(snap),
+                        } => {
+                            state = codec::decode_snapshot(&snap).map_err(|e| e.to_string())?;
+                            (best_epoch, best_seq) = (epoch, last_seq);
+                        }
+                        _ => return Err(format!("node {peer}'s replica changed; retrying")),
+                    }
+                }
+                Peek::Replica { .. } => {}
+            }
+        }
+        let epoch = best_epoch + 1;
         let through = state.last_seq;
         self.install_moving(conv, key, epoch, state).await?;
         self.metrics.cluster_promoted.inc();
@@ -1357,6 +1443,21 @@ impl Cluster {
         // Its new replica gets it now, not at its next change.
         self.sync(conv, key.clone(), epoch, through).await;
         Ok(())
+    }
+
+    /// Asks `node` what it has of conversation `conv`.
+    async fn peek(&self, node: &str, conv: u64, with_state: bool) -> Result<Peek, String> {
+        let req = wire(&(conv, with_state));
+        let bytes = self
+            .rpc(node, self.spec.failure_after, |reply| {
+                RouterMsg::Peek(req, reply)
+            })
+            .await?;
+        match unwire::<Result<Peek, String>>(&bytes) {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(e)) => Err(format!("node {node}: {e}")),
+            None => Err(format!("node {node}: unreadable answer")),
+        }
     }
 
     /// Marks `key` as moving (not served here) until the guard drops;
