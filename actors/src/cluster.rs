@@ -1445,6 +1445,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Tells the scheduler which timers moved away (`remove`) and which
+    /// came with a conversation (`add`), once their rows are durable.
+    fn retime(&self, remove: Vec<u64>, add: Vec<threadline_protocol::codec::TimerRow>) {
+        if let Some(s) = self.shared.scheduler.read().as_ref() {
+            for id in remove {
+                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
+            }
+            for row in add {
+                let _ = s.cast(crate::scheduler::SchedMsg::Add(row));
+            }
+        }
+    }
+
     /// Asks `node` what it has of conversation `conv`.
     async fn peek(&self, node: &str, conv: u64, with_state: bool) -> Result<Peek, String> {
         let req = wire(&(conv, with_state));
@@ -1509,14 +1522,7 @@ impl Cluster {
         // A delivery that raced the move may have started an actor on the
         // old copy.
         self.stop_local(key).await;
-        if let Some(s) = self.shared.scheduler.read().as_ref() {
-            for id in old_timers {
-                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
-            }
-            for row in timers {
-                let _ = s.cast(crate::scheduler::SchedMsg::Add(row));
-            }
-        }
+        self.retime(old_timers, timers);
         if let Some(s) = self.shared.sender.read().as_ref() {
             for e in outbox {
                 let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
@@ -1536,18 +1542,7 @@ impl Cluster {
         let r = self
             .shared
             .persistence
-            .wait(|done| crate::persistence::Op::Event {
-                conv: ConversationId(conv),
-                records: Vec::new(),
-                index: None,
-                timers: Vec::new(),
-                audit: Vec::new(),
-                outbox: Vec::new(),
-                work: Vec::new(),
-                calendar: Vec::new(),
-                route: Some(route),
-                done: Some(done),
-            })
+            .wait(|done| crate::persistence::Op::replica_check(ConversationId(conv), route, done))
             .await;
         if let Err(e) = r {
             tracing::warn!(conv, error = %e, "the new replica is not in step yet");
@@ -1627,11 +1622,7 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?;
         self.stop_local(key).await;
-        if let Some(s) = self.shared.scheduler.read().as_ref() {
-            for id in old_timers {
-                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
-            }
-        }
+        self.retime(old_timers, Vec::new());
         self.metrics.cluster_handed_over.inc();
         tracing::info!(conv, to = owner, epoch, "handed a conversation over");
         Ok(())

@@ -173,6 +173,26 @@ impl WriterThread {
     }
 }
 
+impl Op {
+    /// A change with no records: completes once the conversation's replica
+    /// is known to have everything up to `route.through` (it asks for a
+    /// base if not).
+    pub fn replica_check(conv: ConversationId, route: Route, done: Done) -> Op {
+        Op::Event {
+            conv,
+            records: Vec::new(),
+            index: None,
+            timers: Vec::new(),
+            audit: Vec::new(),
+            outbox: Vec::new(),
+            work: Vec::new(),
+            calendar: Vec::new(),
+            route: Some(route),
+            done: Some(done),
+        }
+    }
+}
+
 impl Persistence {
     pub fn start(
         store: Arc<Store>,

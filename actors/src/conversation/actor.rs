@@ -756,18 +756,7 @@ impl ConvState {
             // in a cluster, once the replica is known to have it all).
             let done: Done = Box::new(move |r| then(r.map_err(conv_error)));
             let op = match route {
-                Some(route) => Op::Event {
-                    conv: id,
-                    records: Vec::new(),
-                    index: None,
-                    timers: Vec::new(),
-                    audit: Vec::new(),
-                    outbox: Vec::new(),
-                    work: Vec::new(),
-                    calendar: Vec::new(),
-                    route: Some(route),
-                    done: Some(done),
-                },
+                Some(route) => Op::replica_check(id, route, done),
                 None => Op::Barrier { done },
             };
             let _ = self.args.shared.persistence.submit(op).await;
