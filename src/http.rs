@@ -51,6 +51,8 @@ pub struct App {
     pub agents: crate::agents::AgentDirectory,
     /// Cluster membership, when `[cluster]` is configured.
     pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
+    /// Passes requests on to the node that holds their conversation.
+    proxy: reqwest::Client,
 }
 
 impl App {
@@ -72,6 +74,10 @@ impl App {
             draining: AtomicBool::new(false),
             simulated,
             cluster: None,
+            proxy: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(15))
+                .build()
+                .expect("an HTTP client"),
         }
     }
 }
@@ -275,6 +281,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
     }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
+    if let Some(owner) = held_elsewhere(app, &req, &segs).await? {
+        return pass_on(app, req, &owner).await;
+    }
     match (method, segs.as_slice()) {
         (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         (Method::GET, ["readyz"]) => Ok(readyz(app)),
@@ -480,6 +489,78 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         }
         _ => Err(ApiError::not_found(format!("no endpoint {path}"))),
     }
+}
+
+/// Marks a request one node passed on to another (never passed on again).
+const PASSED_ON: &str = "x-threadline-passed-on";
+
+/// In a cluster: the HTTP address of the node that holds the conversation
+/// a write addressed by conversation id is for, when that is another node.
+async fn held_elsewhere(
+    app: &App,
+    req: &Request<Incoming>,
+    segs: &[&str],
+) -> Result<Option<String>, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(None);
+    };
+    if req.method() != Method::POST || req.headers().contains_key(PASSED_ON) {
+        return Ok(None);
+    }
+    let ["api", "v1", "conversations", id, "escalate" | "booking" | "messages" | "timers"] = segs
+    else {
+        return Ok(None);
+    };
+    // Only an authorized request is passed on.
+    admin(app, req)?;
+    let Ok(id) = id.parse::<ConversationId>() else {
+        return Ok(None);
+    };
+    Ok(cluster.locate(id).await.map(|(_, http)| http))
+}
+
+/// Sends `req` on to the node at `owner` (its HTTP address) and relays
+/// the answer.
+async fn pass_on(app: &App, req: Request<Incoming>, owner: &str) -> Result<Resp, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(
+        Request::from_parts(parts.clone(), body),
+        app.cfg.server.max_body_bytes,
+    )
+    .await?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    let mut out = app
+        .proxy
+        .request(parts.method.clone(), format!("http://{owner}{path}"))
+        .header(PASSED_ON, "1")
+        .body(body);
+    for h in [AUTHORIZATION, CONTENT_TYPE] {
+        if let Some(v) = parts.headers.get(&h) {
+            out = out.header(h, v.clone());
+        }
+    }
+    let unavailable = |e: reqwest::Error| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the node that holds the conversation did not answer: {e}"),
+        )
+    };
+    let answer = out.send().await.map_err(unavailable)?;
+    let status = answer.status();
+    let content_type = answer.headers().get(CONTENT_TYPE).cloned();
+    let bytes = answer.bytes().await.map_err(unavailable)?;
+    let mut r = Response::new(Full::new(bytes));
+    *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(ct) = content_type {
+        if let Ok(v) = HeaderValue::from_bytes(ct.as_bytes()) {
+            r.headers_mut().insert(CONTENT_TYPE, v);
+        }
+    }
+    Ok(r)
 }
 
 fn readyz(app: &App) -> Resp {

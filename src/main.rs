@@ -301,6 +301,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 heartbeat: Duration::from_millis(c.heartbeat_ms),
                 failure_after: Duration::from_millis(c.failure_after_ms),
                 replication_factor: c.replication_factor,
+                http: Some(addr),
             };
             let cl = threadline_actors::cluster::Cluster::start(
                 spec,

@@ -378,19 +378,21 @@ async fn three_with_customers(customers: usize) -> ([Node; 3], Vec<usize>, Vec<S
             .await;
         assert_eq!(s, 202, "{v}");
         let conv = v["conversation_id"].as_str().unwrap().to_owned();
+        // Set through any node: it is passed on to the owner, once.
         let path = format!("/api/v1/conversations/{conv}/timers");
         let timer =
             json!({"in_seconds": 60, "kind": "follow_up", "text": format!("follow-up {c}")});
+        let (s, v) = nodes[c % 3]
+            .send_admin(reqwest::Method::POST, &path, Some(&timer))
+            .await;
+        assert_eq!(s, 201, "{v}");
         let mut owner = None;
         for (i, n) in nodes.iter().enumerate() {
-            let (s, _) = n
-                .send_admin(reqwest::Method::POST, &path, Some(&timer))
-                .await;
-            if s == 201 {
+            if holds(n, &conv).await {
                 owner = Some(i);
             }
         }
-        owner_of.push(owner.expect("the owner schedules it"));
+        owner_of.push(owner.expect("one node holds it"));
         conv_of.push(conv);
     }
     (nodes, owner_of, conv_of)
@@ -517,19 +519,27 @@ async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move
 /// Waits until `node` holds conversation `conv` (it schedules a timer for it).
 async fn owned_by(node: &Node, conv: &str) {
     for _ in 0..200 {
-        let (s, _) = node
-            .send_admin(
-                reqwest::Method::POST,
-                &format!("/api/v1/conversations/{conv}/timers"),
-                Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "later"})),
-            )
-            .await;
-        if s == 201 {
+        if holds(node, conv).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{conv} never came to {}", node.base);
+}
+
+/// Whether `node` itself holds conversation `conv`: it schedules a timer
+/// for it when told not to pass the request on.
+async fn holds(node: &Node, conv: &str) -> bool {
+    let r = node
+        .http
+        .post(node.url(&format!("/api/v1/conversations/{conv}/timers")))
+        .bearer_auth(ADMIN)
+        .header("x-threadline-passed-on", "1")
+        .json(&json!({"in_seconds": 86_400, "kind": "follow_up", "text": "probe"}))
+        .send()
+        .await
+        .unwrap();
+    r.status().as_u16() == 201
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

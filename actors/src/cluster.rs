@@ -36,7 +36,8 @@ const ROUTERS: &str = "threadline.routers";
 /// (conversations stay local-only).
 #[derive(ractor_cluster::RactorClusterMessage)]
 pub enum RouterMsg {
-    /// Application heartbeat: the caller's name; answers with this node's.
+    /// Application heartbeat: the caller's name; answers with this node's
+    /// name, a tab, and its HTTP address (empty if it has none).
     #[rpc]
     Ping(String, RpcReplyPort<String>),
     /// Inbound messages for conversations this node owns (a bincode
@@ -166,7 +167,8 @@ fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
 struct RouterActor;
 
 struct RouterState {
-    name: String,
+    /// `name \t http address`, the heartbeat's answer.
+    ping_answer: String,
     router: Router,
     /// The node's membership (set right after the router starts).
     cluster: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>>,
@@ -193,7 +195,7 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Ping(_from, reply) => {
-                let _ = reply.send(st.name.clone());
+                let _ = reply.send(st.ping_answer.clone());
             }
             RouterMsg::Resident(_from, reply) => {
                 let _ = reply.send(st.router.resident() as u64);
@@ -338,6 +340,8 @@ pub struct ClusterSpec {
     /// Copies of each conversation (1: no replica; 2: the owner's and
     /// one on the next node in hash order).
     pub replication_factor: u8,
+    /// This node's HTTP address, for requests its peers pass on to it.
+    pub http: Option<SocketAddr>,
 }
 
 /// A peer as this node sees it.
@@ -363,6 +367,8 @@ struct View {
     routers: BTreeMap<String, ActorRef<RouterMsg>>,
     /// The live set as the last rebalance saw it.
     balanced: Vec<String>,
+    /// Each peer's HTTP address, by name (from heartbeat answers).
+    http: BTreeMap<String, String>,
 }
 
 /// This node's membership.
@@ -456,7 +462,11 @@ impl Cluster {
             None,
             RouterActor,
             RouterState {
-                name: spec.name.clone(),
+                ping_answer: format!(
+                    "{}\t{}",
+                    spec.name,
+                    spec.http.map(|a| a.to_string()).unwrap_or_default()
+                ),
                 router,
                 cluster: slot.clone(),
             },
@@ -541,8 +551,13 @@ impl Cluster {
                         p.call(|reply| RouterMsg::Ping(me, reply), Some(timeout)),
                     )
                     .await;
-                    if let Ok(Ok(ractor::rpc::CallResult::Success(name))) = a {
+                    if let Ok(Ok(ractor::rpc::CallResult::Success(answer))) = a {
+                        let (name, http) = answer.split_once('\t').unwrap_or((&answer, ""));
+                        let name = name.to_owned();
                         let mut v = c.view.write();
+                        if !http.is_empty() {
+                            v.http.insert(name.clone(), http.to_owned());
+                        }
                         v.answered.insert(name.clone(), Instant::now());
                         v.routers.insert(name, p.clone());
                     }
@@ -1654,6 +1669,25 @@ impl Cluster {
         self.install_moving(h.conv, &key, h.epoch, state).await?;
         self.sync(h.conv, key, h.epoch, through).await;
         Ok(Verdict::Stored)
+    }
+
+    /// Where conversation `id` lives, if on another live node: `(name,
+    /// HTTP address)`. `None` when this node holds it or nobody knows.
+    pub async fn locate(&self, id: ConversationId) -> Option<(String, String)> {
+        let store = self.shared.persistence.store.clone();
+        let held = tokio::task::spawn_blocking(move || store.contact_of(id))
+            .await
+            .ok()?
+            .ok()?;
+        if held.is_some() {
+            return None;
+        }
+        let node = match self.replica_owner(id).await {
+            Some(n) => n,
+            None => self.remote_creator(id)?,
+        };
+        let http = self.view.read().http.get(&node).cloned()?;
+        Some((node, http))
     }
 
     /// If this node keeps the replica of conversation `id`: the live node
