@@ -460,13 +460,31 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             let tid = parse_timer_id(id)
                 .ok_or_else(|| ApiError::bad("invalid_id", format!("{id:?} is not a timer id")))?;
             if app.router.cancel_timer(tid).await? {
-                Ok(json_response(
+                return Ok(json_response(
                     StatusCode::OK,
                     &json!({"id": id, "cancelled": true}),
-                ))
-            } else {
-                Err(ApiError::not_found(format!("no pending timer {id}")))
+                ));
             }
+            // In a cluster the timer may belong to a conversation another
+            // node holds: only that node can cancel it, so ask each.
+            if let (Some(cluster), false) = (&app.cluster, req.headers().contains_key(PASSED_ON)) {
+                for peer in cluster.peer_http() {
+                    let mut ask = app
+                        .proxy
+                        .delete(format!("http://{peer}/api/v1/timers/{id}"))
+                        .header(PASSED_ON, "1");
+                    if let Some(a) = req.headers().get(AUTHORIZATION) {
+                        ask = ask.header(AUTHORIZATION, a.clone());
+                    }
+                    if matches!(ask.send().await, Ok(r) if r.status().as_u16() == 200) {
+                        return Ok(json_response(
+                            StatusCode::OK,
+                            &json!({"id": id, "cancelled": true}),
+                        ));
+                    }
+                }
+            }
+            Err(ApiError::not_found(format!("no pending timer {id}")))
         }
         (Method::POST, ["api", "v1", "clock", "advance"]) if app.simulated.is_some() => {
             admin(app, &req)?;

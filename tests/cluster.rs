@@ -270,6 +270,47 @@ async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
         )
         .await;
     assert_eq!((s, v["duplicate"].as_bool()), (202, Some(true)), "{v}");
+
+    // Writes by conversation id work through any node: a timer set through
+    // one node, cancelled through another, each passed on to the holder.
+    let conv = acks[&0][0].as_str().unwrap().to_owned();
+    let mut holder = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if holds(n, &conv).await {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one node holds it");
+    let (s, v) = nodes[(holder + 1) % 3]
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "through a peer"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let timer = v["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/timers/{timer}");
+    let (s, v) = nodes[(holder + 2) % 3]
+        .send_admin(reqwest::Method::DELETE, &path, None)
+        .await;
+    assert_eq!((s, v["cancelled"].as_bool()), (200, Some(true)), "{v}");
+    let (s, _) = nodes[(holder + 1) % 3]
+        .send_admin(reqwest::Method::DELETE, &path, None)
+        .await;
+    assert_eq!(s, 404, "cancelled once");
+    let c = nodes[holder]
+        .conversation_of("acme", &phone(0))
+        .await
+        .unwrap();
+    assert!(
+        c["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["id"].as_str() != Some(timer.as_str())),
+        "{c}"
+    );
 }
 
 /// `config` on a simulated clock (a weekday morning: follow-ups are sent).

@@ -649,6 +649,16 @@ impl Cluster {
         by_name.into_values().collect()
     }
 
+    /// The HTTP addresses of the other live nodes.
+    pub fn peer_http(&self) -> Vec<String> {
+        let live = self.live_names();
+        let v = self.view.read();
+        live.iter()
+            .filter(|n| **n != self.spec.name)
+            .filter_map(|n| v.http.get(n).cloned())
+            .collect()
+    }
+
     /// Every live node's name (answering heartbeats), this one included,
     /// sorted.
     pub fn live_names(&self) -> Vec<String> {
