@@ -274,13 +274,7 @@ async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
     // Writes by conversation id work through any node: a timer set through
     // one node, cancelled through another, each passed on to the holder.
     let conv = acks[&0][0].as_str().unwrap().to_owned();
-    let mut holder = None;
-    for (i, n) in nodes.iter().enumerate() {
-        if holds(n, &conv).await {
-            holder = Some(i);
-        }
-    }
-    let holder = holder.expect("one node holds it");
+    let holder = holder_of(&nodes, &conv).await;
     let (s, v) = nodes[(holder + 1) % 3]
         .send_admin(
             reqwest::Method::POST,
@@ -427,13 +421,7 @@ async fn three_with_customers(customers: usize) -> ([Node; 3], Vec<usize>, Vec<S
             .send_admin(reqwest::Method::POST, &path, Some(&timer))
             .await;
         assert_eq!(s, 201, "{v}");
-        let mut owner = None;
-        for (i, n) in nodes.iter().enumerate() {
-            if holds(n, &conv).await {
-                owner = Some(i);
-            }
-        }
-        owner_of.push(owner.expect("one node holds it"));
+        owner_of.push(holder_of(&nodes, &conv).await);
         conv_of.push(conv);
     }
     (nodes, owner_of, conv_of)
@@ -566,6 +554,17 @@ async fn owned_by(node: &Node, conv: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{conv} never came to {}", node.base);
+}
+
+/// Which of `nodes` holds conversation `conv`.
+async fn holder_of(nodes: &[Node], conv: &str) -> usize {
+    let mut holder = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if holds(n, conv).await {
+            holder = Some(i);
+        }
+    }
+    holder.expect("one node holds it")
 }
 
 /// Whether `node` itself holds conversation `conv`: it schedules a timer

@@ -876,6 +876,18 @@ const FORWARD_BATCHES_IN_FLIGHT: usize = 2;
 /// Messages one forward batch carries at most.
 const FORWARD_BATCH: usize = 512;
 
+/// `first` and whatever else is queued already, up to `max` in all.
+fn gather<T>(first: T, queue: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) -> Vec<T> {
+    let mut all = vec![first];
+    while all.len() < max {
+        match queue.try_recv() {
+            Ok(x) => all.push(x),
+            Err(_) => break,
+        }
+    }
+    all
+}
+
 /// Sends the messages forwarded to `owner` in batches.
 async fn forwarder(
     cluster: std::sync::Weak<Cluster>,
@@ -887,13 +899,7 @@ async fn forwarder(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH {
-            match queue.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, &mut queue, FORWARD_BATCH);
         let Some(c) = cluster.upgrade() else {
             return;
         };
@@ -983,13 +989,7 @@ async fn replicator(
                     open = false;
                     continue;
                 };
-                let mut batches = vec![first];
-                while batches.len() < ROUND_BATCHES {
-                    match rx.try_recv() {
-                        Ok(b) => batches.push(b),
-                        Err(_) => break,
-                    }
-                }
+                let mut batches = gather(first, &mut rx, ROUND_BATCHES);
                 let cluster = cluster.clone();
                 inflight.push_back(async move {
                     let failed = match cluster.upgrade() {
@@ -1065,23 +1065,18 @@ impl Cluster {
         let store = self.shared.persistence.store.clone();
         let (t, c) = (key.tenant().to_owned(), key.contact().to_owned());
         let found = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>(match store.conversation_of(&t, &c)? {
-                Some(_) => None,
-                None => store.replica_of(&t, &c)?,
-            })
+            if store.conversation_of(&t, &c)?.is_some() {
+                return Ok(None);
+            }
+            match store.replica_of(&t, &c)? {
+                Some(conv) => Ok(store.replica_meta(conv)?.map(|m| (conv, m))),
+                None => Ok::<_, crate::store::StoreError>(None),
+            }
         })
         .await
         .map_err(|e| DeliverError::Storage(e.to_string()))?
         .map_err(|e| DeliverError::Storage(e.to_string()))?;
-        let Some(conv) = found else {
-            return Ok(());
-        };
-        let store = self.shared.persistence.store.clone();
-        let replica = tokio::task::spawn_blocking(move || store.replica_state(conv))
-            .await
-            .map_err(|e| DeliverError::Storage(e.to_string()))?
-            .map_err(|e| DeliverError::Storage(e.to_string()))?;
-        let Some((meta, _)) = replica else {
+        let Some((conv, meta)) = found else {
             return Ok(());
         };
         let live = self.live_names();
@@ -1541,7 +1536,7 @@ impl Cluster {
             timers: timers.clone(),
             outbox: outbox.clone(),
         };
-        p.wait(|done| crate::persistence::Op::Install { install, done })
+        p.wait_for(|done| crate::persistence::Op::Install { install, done })
             .await
             .map_err(|e| e.to_string())?;
         // A delivery that raced the move may have started an actor on the
@@ -1567,7 +1562,9 @@ impl Cluster {
         let r = self
             .shared
             .persistence
-            .wait(|done| crate::persistence::Op::replica_check(ConversationId(conv), route, done))
+            .wait_for(|done| {
+                crate::persistence::Op::replica_check(ConversationId(conv), route, done)
+            })
             .await;
         if let Err(e) = r {
             tracing::warn!(conv, error = %e, "the new replica is not in step yet");
@@ -1643,7 +1640,7 @@ impl Cluster {
             snapshot,
             old_timers: old_timers.clone(),
         };
-        p.wait(|done| crate::persistence::Op::Demote { demote, done })
+        p.wait_for(|done| crate::persistence::Op::Demote { demote, done })
             .await
             .map_err(|e| e.to_string())?;
         self.stop_local(key).await;
@@ -1704,13 +1701,13 @@ impl Cluster {
     /// that owns its key (when that is another node).
     pub async fn replica_owner(&self, id: ConversationId) -> Option<String> {
         let store = self.shared.persistence.store.clone();
-        let replica = tokio::task::spawn_blocking(move || store.replica_state(id.0))
+        let replica = tokio::task::spawn_blocking(move || store.replica_meta(id.0))
             .await
             .ok()
             .and_then(|r| r.ok())
             .flatten();
         match replica {
-            Some((meta, _)) => {
+            Some(meta) => {
                 let k = format!("{}\0{}", meta.tenant, meta.contact);
                 let live = self.live_names();
                 ranked(&k, &live)

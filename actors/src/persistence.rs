@@ -249,7 +249,8 @@ impl Persistence {
         self.wait_for(|done| Op::Shutdown { done }).await
     }
 
-    async fn wait_for(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
+    /// Submits `op` built around a completion and waits for it.
+    pub async fn wait_for(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.submit(op(Box::new(move |r| {
             let _ = tx.send(r);
@@ -271,11 +272,6 @@ impl Persistence {
     /// Whether committed changes are replicated before they complete.
     pub fn replicating(&self) -> bool {
         self.replication.get().is_some()
-    }
-
-    /// Submits `op` built around a completion and waits for it.
-    pub async fn wait(&self, op: impl FnOnce(Done) -> Op) -> Result<(), StoreError> {
-        self.wait_for(op).await
     }
 
     /// False once a commit has failed; readiness reports it.

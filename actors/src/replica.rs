@@ -127,6 +127,31 @@ pub(crate) enum ClusterWrite<'a> {
     },
 }
 
+/// Every key of conversation `conv` in a table keyed by (conversation, seq).
+fn of(conv: u64) -> std::ops::RangeInclusive<(u64, u32)> {
+    (conv, 0)..=(conv, u32::MAX)
+}
+
+/// Drops what a node held of conversation `c` besides its snapshot and
+/// index: its pending log records, its timers, its queued messages.
+fn drop_rows(
+    log: &mut redb::Table<u64, &[u8]>,
+    timers: &mut redb::Table<u64, &[u8]>,
+    outbox: &mut redb::Table<(u64, u32), &[u8]>,
+    c: u64,
+    log_keys: Vec<u64>,
+    old_timers: &[u64],
+) -> Result<(), StoreError> {
+    for k in log_keys {
+        log.remove(k)?;
+    }
+    for id in old_timers {
+        timers.remove(*id)?;
+    }
+    outbox.retain_in(of(c), |_, _| false)?;
+    Ok(())
+}
+
 fn encode_meta(m: &ReplicaMeta) -> Vec<u8> {
     bincode::serde::encode_to_vec(m, bincode::config::standard()).expect("plain data encodes")
 }
@@ -196,7 +221,7 @@ pub(crate) fn apply(
                                 // changes): it has all of this base.
                                 Verdict::Stored
                             } else {
-                                rlog.retain_in((e.conv, 0)..=(e.conv, u32::MAX), |_, _| false)?;
+                                rlog.retain_in(of(e.conv), |_, _| false)?;
                                 rsnaps.insert(e.conv, snapshot.as_slice())?;
                                 let m = ReplicaMeta {
                                     tenant: e.tenant.clone(),
@@ -261,13 +286,13 @@ pub(crate) fn apply(
                                     None => None,
                                 };
                                 let mut recs = Vec::new();
-                                for item in rlog.range((e.conv, 0)..=(e.conv, u32::MAX))? {
+                                for item in rlog.range(of(e.conv))? {
                                     let (_, v) = item?;
                                     recs.push(codec::decode_log_record(v.value())?);
                                 }
                                 if let Some(s) = replay(ConversationId(e.conv), base, &recs)? {
                                     rsnaps.insert(e.conv, codec::encode_snapshot(&s).as_slice())?;
-                                    rlog.retain_in((e.conv, 0)..=(e.conv, u32::MAX), |_, _| false)?;
+                                    rlog.retain_in(of(e.conv), |_, _| false)?;
                                     m.unfolded = 0;
                                 }
                             }
@@ -287,16 +312,10 @@ pub(crate) fn apply(
                 let c = install.conv;
                 let (epochs, snaps, contacts, log, timers, outbox) =
                     held.as_mut().expect("opened for moves");
-                for k in log_keys {
-                    log.remove(k)?;
-                }
-                for id in &install.old_timers {
-                    timers.remove(*id)?;
-                }
+                drop_rows(log, timers, outbox, c, log_keys, &install.old_timers)?;
                 for row in &install.timers {
                     timers.insert(row.id, codec::encode_timer_row(row).as_slice())?;
                 }
-                outbox.retain_in((c, 0)..=(c, u32::MAX), |_, _| false)?;
                 for e in &install.outbox {
                     outbox.insert((c, e.seq), codec::encode_outbox(e).as_slice())?;
                 }
@@ -307,7 +326,7 @@ pub(crate) fn apply(
                 epochs.insert(c, install.epoch)?;
                 metas.remove(c)?;
                 rsnaps.remove(c)?;
-                rlog.retain_in((c, 0)..=(c, u32::MAX), |_, _| false)?;
+                rlog.retain_in(of(c), |_, _| false)?;
                 if rcontacts.get(ck.as_str())?.is_some_and(|v| v.value() == c) {
                     rcontacts.remove(ck.as_str())?;
                 }
@@ -316,13 +335,7 @@ pub(crate) fn apply(
                 let c = demote.conv;
                 let (epochs, snaps, contacts, log, timers, outbox) =
                     held.as_mut().expect("opened for moves");
-                for k in log_keys {
-                    log.remove(k)?;
-                }
-                for id in &demote.old_timers {
-                    timers.remove(*id)?;
-                }
-                outbox.retain_in((c, 0)..=(c, u32::MAX), |_, _| false)?;
+                drop_rows(log, timers, outbox, c, log_keys, &demote.old_timers)?;
                 snaps.remove(c)?;
                 let ck = contact_key(&demote.meta.tenant, &demote.meta.contact);
                 if contacts.get(ck.as_str())?.is_some_and(|v| v.value() == c) {
@@ -330,7 +343,7 @@ pub(crate) fn apply(
                 }
                 convs.remove(c)?;
                 epochs.remove(c)?;
-                rlog.retain_in((c, 0)..=(c, u32::MAX), |_, _| false)?;
+                rlog.retain_in(of(c), |_, _| false)?;
                 rsnaps.insert(c, demote.snapshot.as_slice())?;
                 metas.insert(c, encode_meta(&demote.meta).as_slice())?;
                 rcontacts.insert(ck.as_str(), c)?;
@@ -380,6 +393,13 @@ impl Store {
             .map(|v| v.value()))
     }
 
+    /// What this node's replica of `conv` says about it, if it keeps one.
+    pub fn replica_meta(&self, conv: u64) -> Result<Option<ReplicaMeta>, StoreError> {
+        let r = self.db.begin_read()?;
+        let meta = r.open_table(REPLICAS)?.get(conv)?;
+        meta.map(|m| decode_meta(m.value())).transpose()
+    }
+
     /// A replica's meta and the conversation it describes.
     pub fn replica_state(
         &self,
@@ -395,10 +415,7 @@ impl Store {
             None => None,
         };
         let mut recs = Vec::new();
-        for item in r
-            .open_table(REPLICA_LOG)?
-            .range((conv, 0)..=(conv, u32::MAX))?
-        {
+        for item in r.open_table(REPLICA_LOG)?.range(of(conv))? {
             let (_, v) = item?;
             recs.push(codec::decode_log_record(v.value())?);
         }

@@ -12,38 +12,8 @@ use threadline_actors::Metrics;
 use threadline_protocol::codec::{self, LogRecord, TimerRow};
 use threadline_protocol::*;
 
-fn record(conv: u64, seq: u32, event: ConvEvent) -> Vec<u8> {
-    codec::encode_log_record(&LogRecord {
-        conv: ConversationId(conv),
-        seq,
-        event,
-    })
-}
-
-fn created(conv: u64, contact: &str) -> ConvEvent {
-    ConvEvent::Created {
-        id: ConversationId(conv),
-        tenant: "acme".into(),
-        contact: contact.into(),
-        identities: Identities::default(),
-        at: Timestamp(1),
-    }
-}
-
-fn appended(seq: u32, text: &str) -> ConvEvent {
-    ConvEvent::MessageAppended(Message {
-        seq,
-        direction: Direction::Inbound,
-        channel: Channel::Sms,
-        author: Author::Customer,
-        text: text.into(),
-        at: Timestamp(2),
-        recorded_at: Timestamp(2),
-        provider_message_id: None,
-        delivery: Delivery::Received,
-        media: vec![],
-    })
-}
+mod common;
+use common::{appended, created, record};
 
 /// The events of a conversation `conv` with `n` messages after `Created`:
 /// (seq, event).
@@ -182,7 +152,7 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
         (2, appended(2, "old")),
         (3, ConvEvent::TimerScheduled(timer.clone())),
     ];
-    p.wait(|done| Op::Event {
+    p.wait_for(|done| Op::Event {
         conv: ConversationId(conv),
         records: stale
             .iter()
@@ -219,7 +189,7 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     current.push((6, ConvEvent::TimerScheduled(fresh)));
     let state = state_of(conv, &current);
     let (timers, outbox) = threadline_actors::replica::derived_rows(&state);
-    p.wait(|done| Op::Install {
+    p.wait_for(|done| Op::Install {
         install: Install {
             conv,
             tenant: "acme".into(),
@@ -245,7 +215,7 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     assert_eq!(store.held().unwrap().len(), 1);
 
     // Handed on: only a replica stays.
-    p.wait(|done| Op::Demote {
+    p.wait_for(|done| Op::Demote {
         demote: Demote {
             conv,
             meta: ReplicaMeta {

@@ -10,6 +10,9 @@ use threadline_actors::{Delivered, ManualClock, Metrics, Runtime, RuntimeConfig}
 use threadline_protocol::codec::{self, InboundMessage, LogRecord};
 use threadline_protocol::*;
 
+mod common;
+use common::{appended, created, record};
+
 fn sms(from: &str, text: &str) -> InboundMessage {
     InboundMessage {
         channel: Channel::Sms,
@@ -82,39 +85,6 @@ async fn idle_conversations_are_passivated_by_the_injected_clock_and_come_back()
     let texts: Vec<_> = s.messages.iter().map(|m| m.text.as_str()).collect();
     assert_eq!(texts, ["first", "second"]);
     rt.shutdown().await;
-}
-
-fn record(conv: u64, seq: u32, event: ConvEvent) -> Vec<u8> {
-    codec::encode_log_record(&LogRecord {
-        conv: ConversationId(conv),
-        seq,
-        event,
-    })
-}
-
-fn created(conv: u64, contact: &str) -> ConvEvent {
-    ConvEvent::Created {
-        id: ConversationId(conv),
-        tenant: "acme".into(),
-        contact: contact.into(),
-        identities: Identities::default(),
-        at: Timestamp(1),
-    }
-}
-
-fn appended(seq: u32, text: &str) -> ConvEvent {
-    ConvEvent::MessageAppended(Message {
-        seq,
-        direction: Direction::Inbound,
-        channel: Channel::Sms,
-        author: Author::Customer,
-        text: text.into(),
-        at: Timestamp(2),
-        recorded_at: Timestamp(2),
-        provider_message_id: None,
-        delivery: Delivery::Received,
-        media: vec![],
-    })
 }
 
 async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Option<&str>) {
