@@ -204,11 +204,36 @@ impl Actor for RouterActor {
                 // Submitted here, in the order the owner sent them (its
                 // rounds overlap); only the wait for durability is spawned.
                 let persistence = &st.router.shared.persistence;
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                // Per entry: whether this node is where its replica goes.
+                let mut placed: Vec<bool> = Vec::new();
                 let queued = match unwire::<Vec<ReplicaEntry>>(&bytes) {
                     None => Err("unreadable replica entries".to_owned()),
                     Some(entries) => {
+                        // Only the node after the owner, in this node's own
+                        // view, keeps a replica: a sender that sees another
+                        // membership (a node just back, with stale copies,
+                        // that has not heard of everyone yet) is fenced
+                        // rather than given a replica somewhere else.
+                        let live = cluster.as_ref().map(|c| c.live_names()).unwrap_or_default();
+                        let me = cluster.as_ref().map(|c| c.spec.name.as_str()).unwrap_or("");
+                        placed = entries
+                            .iter()
+                            .map(|e| {
+                                let r = ranked(&format!("{}\0{}", e.tenant, e.contact), &live);
+                                r.first() == Some(&e.owner.as_str()) && r.get(1) == Some(&me)
+                            })
+                            .collect();
+                        let keep: Vec<ReplicaEntry> = entries
+                            .into_iter()
+                            .zip(&placed)
+                            .filter_map(|(e, p)| p.then_some(e))
+                            .collect();
                         let (tx, rx) = tokio::sync::oneshot::channel();
-                        let op = crate::persistence::Op::Replica { entries, reply: tx };
+                        let op = crate::persistence::Op::Replica {
+                            entries: keep,
+                            reply: tx,
+                        };
                         persistence
                             .submit(op)
                             .await
@@ -221,6 +246,16 @@ impl Actor for RouterActor {
                         Err(e) => Err(e),
                         Ok(rx) => rx.await.unwrap_or_else(|_| Err("writer gone".into())),
                     };
+                    let answer = answer.map(|kept| {
+                        let mut kept = kept.into_iter();
+                        placed
+                            .iter()
+                            .map(|p| match p {
+                                true => kept.next().unwrap_or(Verdict::Fenced),
+                                false => Verdict::Fenced,
+                            })
+                            .collect::<Vec<_>>()
+                    });
                     let _ = reply.send(wire(&answer));
                 });
             }
