@@ -459,7 +459,7 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
             },
         }
     }
-    session.stop(Some("desktop disconnected".into()));
+    session.stop();
     app.shared.metrics.websockets.dec();
     let _ = ws.close(None).await;
 }

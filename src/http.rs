@@ -1434,6 +1434,7 @@ async fn cluster_json(app: &App) -> Value {
                 "listen": c.spec.listen.to_string(),
                 "members": members,
                 "live": c.live_names(),
+                "agent_pool": {"home": c.pool_home().unwrap_or_else(|| c.spec.name.clone())},
                 "conversations": {"this_node": resident, "by_node": by_node},
             })
         }

@@ -619,3 +619,228 @@ async fn a_hung_nodes_conversations_continue_and_it_rejoins_without_two_owners()
     }
     nothing_lost(&[&n1, &n2, &n3], &acked, &conv_of).await;
 }
+
+const AGENTS: &str = r#"
+[[agents]]
+id = "sarah"
+name = "Sarah"
+token = "agent-sarah"
+tenants = ["acme"]
+skills = ["en"]
+"#;
+
+/// A node's config with an agent, in a cluster.
+fn agent_config(name: &str, port: u16, seeds: &[u16]) -> String {
+    config(name, port, seeds, COOKIE).replacen("\n[cluster]", &format!("{AGENTS}\n[cluster]"), 1)
+}
+
+/// The agent pool's home as `node` sees it.
+async fn pool_home(node: &Node) -> String {
+    cluster(node).await["agent_pool"]["home"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The pool's home once every one of `nodes` names the same.
+async fn agreed_home(nodes: &[&Node]) -> String {
+    let mut homes = Vec::new();
+    for _ in 0..300 {
+        homes.clear();
+        for n in nodes {
+            homes.push(pool_home(n).await);
+        }
+        if homes.iter().all(|h| *h == homes[0]) {
+            return homes[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the nodes name different pool homes: {homes:?}");
+}
+
+/// A desktop of `token` on `node`, once the node says hello.
+async fn try_desktop(node: &Node, token: &str) -> Option<common::ws::Ws> {
+    let url = node
+        .url(&format!("/agent/ws?token={token}"))
+        .replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+    (common::ws::next_json(&mut ws).await["type"] == "hello").then_some(ws)
+}
+
+/// Frames until the socket closes; panics if it stays open for `secs`.
+async fn closes_within(ws: &mut common::ws::Ws, secs: u64) {
+    use futures_util::StreamExt;
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(until, ws.next()).await {
+            Err(_) => panic!("the desktop stayed connected for {secs} s"),
+            Ok(None | Some(Err(_))) => return,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Reads until an `assigned` frame for `conv`; `None` if the socket closes
+/// first.
+async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
+    use futures_util::StreamExt;
+    loop {
+        let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = f {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["type"] == "assigned" && v["conversation_id"] == conv {
+                return Some(v);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_them_when_the_pools_node_dies(
+) {
+    use common::ws::{next_of, send_json};
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    // Business hours on every node's clock: the agent's second message is
+    // not a direct reply, and must not wait for the morning.
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let mut nodes = [
+        Node::start_with_config(&agent_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&agent_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&agent_config("n3", p3, &[p1]), &sim),
+    ];
+    let names = ["n1", "n2", "n3"];
+    for n in &nodes {
+        live(n, &names).await;
+    }
+    // Every node agrees where the pool runs.
+    let home = agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let h = names.iter().position(|n| *n == home).unwrap();
+    // The desktop on a second node, the customer's conversation on the
+    // third: every step crosses nodes.
+    let (d, o) = ((h + 1) % 3, (h + 2) % 3);
+    let first = "Hi, I'm Jordan. Moving next month, want to bundle home and auto";
+    let (mut contact, mut conv) = (String::new(), String::new());
+    for c in 0..60 {
+        let pid = format!("j{c}");
+        let (s, v) = nodes[h]
+            .inbound("gw-acme", &sms("acme", &phone(c), first, Some(&pid)))
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["conversation_id"].as_str().unwrap().to_owned();
+        if holder_of(&nodes, &id).await == o {
+            (contact, conv) = (phone(c), id);
+            break;
+        }
+    }
+    assert!(
+        !conv.is_empty(),
+        "some customer's conversation is on {}",
+        names[o]
+    );
+
+    let mut sarah = try_desktop(&nodes[d], "agent-sarah").await.expect("hello");
+    send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
+    assert_eq!(next_of(&mut sarah, "status").await["status"], "available");
+    // Every node's agents API shows her connected (the pool's view).
+    for n in &nodes {
+        let (s, v) = n.get_admin("/api/v1/agents").await;
+        assert_eq!(s, 200, "{v}");
+        let me = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "sarah");
+        assert_eq!(me.unwrap()["connected"], true, "{v}");
+    }
+
+    let (s, v) = nodes[d]
+        .inbound(
+            "gw-acme",
+            &sms("acme", &contact, "Can I talk to a person?", Some("person")),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let offer = next_of(&mut sarah, "offer").await;
+    assert_eq!(offer["conversation_id"], conv.as_str());
+    let transcript: Vec<&str> = offer["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(transcript, [first, "Can I talk to a person?"]);
+    send_json(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    let assigned = next_of(&mut sarah, "assigned").await;
+    assert_eq!(assigned["conversation_id"], conv.as_str());
+
+    // The customer's next message, through the pool's node, reaches her live.
+    let (s, _) = nodes[h]
+        .inbound(
+            "gw-acme",
+            &sms("acme", &contact, "Are you there?", Some("there")),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let live_msg = next_of(&mut sarah, "message").await;
+    assert_eq!(live_msg["conversation_id"], conv.as_str());
+    assert_eq!(live_msg["message"]["text"], "Are you there?");
+
+    // Her answer goes through the gate on the node holding the conversation.
+    let reply = "Hi Jordan, yes - bundling before the move works.";
+    send_json(
+        &mut sarah,
+        json!({"type": "send", "conversation_id": conv, "text": reply}),
+    )
+    .await;
+    assert_eq!(next_of(&mut sarah, "sent").await["decision"], "sent");
+    for n in &nodes {
+        let c = n.conversation_of("acme", &contact).await.unwrap();
+        assert_eq!(c["assigned_agent"], "sarah", "{c}");
+        assert_eq!(texts_where(&c, "author", "agent:sarah"), [reply]);
+    }
+
+    // The pool's node dies: her desktop is dropped, and once it is back
+    // the new home gives her the conversation she held.
+    nodes[h].sigkill();
+    closes_within(&mut sarah, 20).await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != h).collect();
+    let mut back = None;
+    for _ in 0..40 {
+        if let Some(mut ws) = try_desktop(&nodes[d], "agent-sarah").await {
+            if assigned_again(&mut ws, &conv).await.is_some() {
+                back = Some(ws);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut sarah = back.expect("the conversation comes back to her desktop");
+    let survivors: Vec<&Node> = rest.iter().map(|i| &nodes[*i]).collect();
+    let new_home = agreed_home(&survivors).await;
+    assert_ne!(new_home, home);
+    let again = "Still here - sending the bundle quote now.";
+    send_json(
+        &mut sarah,
+        json!({"type": "send", "conversation_id": conv, "text": again}),
+    )
+    .await;
+    assert_eq!(next_of(&mut sarah, "sent").await["decision"], "sent");
+    send_json(
+        &mut sarah,
+        json!({"type": "close", "conversation_id": conv, "disposition": "quoted"}),
+    )
+    .await;
+    let closed = next_of(&mut sarah, "conversation_closed").await;
+    assert_eq!(closed["conversation_id"], conv.as_str());
+    let c = nodes[o].conversation_of("acme", &contact).await.unwrap();
+    assert_eq!(texts_where(&c, "author", "agent:sarah"), [reply, again]);
+    assert_eq!(c["status"], "closed", "{c}");
+}

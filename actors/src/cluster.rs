@@ -26,6 +26,10 @@ use crate::conversation::{ConvKey, InboundAck, InboundMeta};
 use crate::replica::{ReplicaBody, ReplicaEntry, ReplicaMeta, Verdict};
 use crate::router::{DeliverError, Delivered, Router};
 
+mod pool;
+pub(crate) use pool::PoolAsk;
+pub use pool::{ConvAnswer, ConvOp, SessionHandle};
+
 /// How long a forwarded message may take on its owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -64,6 +68,15 @@ pub enum RouterMsg {
     /// whether to include the replica's state); answers a bincode `Peek`.
     #[rpc]
     Peek(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A request to the agent pool's home, or to the node holding a
+    /// conversation the pool writes to (a bincode `PoolAsk`); answers a
+    /// bincode `Result<T, String>`.
+    #[rpc]
+    PoolAsk(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// One-way agent pool traffic (a bincode `PoolTell`): escalations,
+    /// desktop commands and held conversations' messages to the home,
+    /// desktop events from the home. In order per sender.
+    PoolTell(Vec<u8>),
 }
 
 /// What a node has of a conversation, asked before taking it over.
@@ -314,6 +327,26 @@ impl Actor for RouterActor {
                     let _ = reply.send(wire(&answer));
                 });
             }
+            RouterMsg::PoolAsk(bytes, reply) => {
+                let router = st.router.clone();
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                tokio::spawn(async move {
+                    let answer = match (unwire::<PoolAsk>(&bytes), cluster) {
+                        (Some(ask), Some(c)) => c.on_pool_ask(router, ask).await,
+                        (None, _) => wire(&Err::<(), _>("unreadable pool request")),
+                        (_, None) => wire(&Err::<(), _>("cluster stopping")),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            RouterMsg::PoolTell(bytes) => {
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                match (unwire::<pool::PoolTell>(&bytes), cluster) {
+                    (Some(tell), Some(c)) => c.on_pool_tell(&st.router, tell),
+                    (None, _) => tracing::warn!("unreadable agent pool message from a peer"),
+                    (_, None) => {}
+                }
+            }
             RouterMsg::Deliver(bytes, reply) => {
                 // Delivered on their own tasks: the router stays free for
                 // heartbeats and other deliveries.
@@ -429,6 +462,8 @@ pub struct Cluster {
     server: ActorRef<NodeServerMessage>,
     view: Arc<RwLock<View>>,
     router: ActorRef<RouterMsg>,
+    /// The agent pool across nodes: its home, relayed desktops.
+    pool: pool::PoolLinks,
 }
 
 struct Events(Arc<RwLock<View>>);
@@ -524,6 +559,7 @@ impl Cluster {
             server,
             view,
             router,
+            pool: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = shared.cluster.set(Arc::downgrade(&cluster));
@@ -624,6 +660,7 @@ impl Cluster {
             let changed = self.view.read().balanced != live;
             if changed {
                 self.membership.notify_waiters();
+                self.pool_membership_changed();
             }
             if changed
                 || self
@@ -1151,22 +1188,24 @@ impl Cluster {
         let Some(t) = target else {
             return Err(format!("node {node} is not reachable"));
         };
-        let gone = async {
-            loop {
-                let changed = self.membership.notified();
-                if !self.live_names().iter().any(|n| n == node) {
-                    return;
-                }
-                changed.await;
-            }
-        };
         tokio::select! {
             r = t.call(msg, Some(timeout)) => match r {
                 Ok(ractor::rpc::CallResult::Success(b)) => Ok(b),
                 Ok(_) => Err(format!("node {node} did not answer in time")),
                 Err(e) => Err(format!("node {node}: {e}")),
             },
-            () = gone => Err(format!("node {node} is gone")),
+            () = self.gone(node) => Err(format!("node {node} is gone")),
+        }
+    }
+
+    /// Resolves once `node` is no longer live.
+    async fn gone(&self, node: &str) {
+        loop {
+            let changed = self.membership.notified();
+            if !self.live_names().iter().any(|n| n == node) {
+                return;
+            }
+            changed.await;
         }
     }
 

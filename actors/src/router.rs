@@ -17,6 +17,7 @@ use threadline_protocol::codec::{self, DeadLetter, InboundMessage, TimerOwner};
 use threadline_protocol::{ConversationId, ConversationState};
 use tokio::sync::oneshot;
 
+use crate::cluster::{ConvAnswer, ConvOp, PoolAsk, SessionHandle};
 use crate::conversation::core::TimerSpec;
 use crate::conversation::supervisor::SupMsg;
 use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
@@ -25,6 +26,13 @@ use crate::runtime::Shared;
 use crate::scheduler::SchedMsg;
 
 pub const MAX_HANDLER_FAILURES: u32 = 3;
+
+/// Agents with their presence and whether a desktop is connected.
+pub type AgentList = Vec<(
+    crate::pool::routing::AgentSpec,
+    crate::pool::routing::Presence,
+    bool,
+)>;
 /// Attempts to reach a live actor (stale directory entries, restarts).
 const MAX_ROUTING_ATTEMPTS: u32 = 50;
 
@@ -360,23 +368,17 @@ impl Router {
     }
 
     /// Puts a business-initiated message to conversation `id` through the
-    /// gate; `None` if there is no such conversation.
+    /// gate (on the node that holds it, in a cluster); `None` if there is
+    /// no such conversation.
     pub async fn send_to_conversation(
         &self,
         id: ConversationId,
         spec: crate::conversation::core::OutboundSpec,
     ) -> Result<Option<crate::conversation::core::SendOutcome>, DeliverError> {
-        let Some(key) = self.key_of(id).await? else {
-            return Ok(None);
-        };
-        Ok(self
-            .ask(&key, |reply| ConvMsg::SendMessage {
-                spec: spec.clone(),
-                create: false,
-                reply,
-            })
-            .await?
-            .map(|(_, o)| o))
+        Ok(match self.conv_op(ConvOp::Send(id, spec), true).await? {
+            Some(ConvAnswer::Sent(o)) => Some(o),
+            _ => None,
+        })
     }
 
     /// Like `send_to_conversation`, addressed to a contact (a conversation
@@ -603,22 +605,16 @@ impl Router {
         conv: ConversationId,
         agent: Option<String>,
     ) -> Result<(), DeliverError> {
-        self.ask_conv(conv, |reply| ConvMsg::Assign {
-            agent: agent.clone(),
-            reply,
-        })
-        .await
-        .map(|_| ())
+        self.conv_op(ConvOp::Assign(conv, agent), true)
+            .await
+            .map(|_| ())
     }
 
     /// A system note in the transcript of `conv`.
     pub async fn note(&self, conv: ConversationId, text: String) -> Result<(), DeliverError> {
-        self.ask_conv(conv, |reply| ConvMsg::Note {
-            text: text.clone(),
-            reply,
-        })
-        .await
-        .map(|_| ())
+        self.conv_op(ConvOp::Note(conv, text), true)
+            .await
+            .map(|_| ())
     }
 
     /// The business records how the booked appointment of `conv` went.
@@ -640,13 +636,88 @@ impl Router {
         agent: &str,
         disposition: &str,
     ) -> Result<(), DeliverError> {
-        self.ask_conv(conv, |reply| ConvMsg::CloseByAgent {
+        let op = ConvOp::Close {
+            conv,
             agent: agent.to_owned(),
             disposition: disposition.to_owned(),
-            reply,
-        })
-        .await
-        .map(|_| ())
+        };
+        self.conv_op(op, true).await.map(|_| ())
+    }
+
+    /// A write the agent pool makes to a conversation: here when this node
+    /// holds it, else (with `forward`, in a cluster) on the node that does.
+    /// `None`: no such conversation.
+    pub(crate) async fn conv_op(
+        &self,
+        op: ConvOp,
+        forward: bool,
+    ) -> Result<Option<ConvAnswer>, DeliverError> {
+        let id = op.conversation();
+        let Some(key) = self.key_of(id).await? else {
+            return match self.cluster().filter(|_| forward) {
+                Some(c) => c.conv_op(op).await,
+                None => Ok(None),
+            };
+        };
+        let watched = &self.shared.pool_watched;
+        Ok(Some(match op {
+            ConvOp::Assign(_, agent) => {
+                let taken = agent.is_some();
+                self.ask(&key, |reply| ConvMsg::Assign {
+                    agent: agent.clone(),
+                    reply,
+                })
+                .await?;
+                // The feed hands this node's messages of held
+                // conversations to the pool, wherever it runs.
+                watched.set(id, taken);
+                ConvAnswer::Done
+            }
+            ConvOp::Note(_, text) => {
+                self.ask(&key, |reply| ConvMsg::Note {
+                    text: text.clone(),
+                    reply,
+                })
+                .await?;
+                ConvAnswer::Done
+            }
+            ConvOp::Close {
+                agent, disposition, ..
+            } => {
+                self.ask(&key, |reply| ConvMsg::CloseByAgent {
+                    agent: agent.clone(),
+                    disposition: disposition.clone(),
+                    reply,
+                })
+                .await?;
+                watched.set(id, false);
+                ConvAnswer::Done
+            }
+            ConvOp::Send(_, spec) => {
+                let sent = self
+                    .ask(&key, |reply| ConvMsg::SendMessage {
+                        spec: spec.clone(),
+                        create: false,
+                        reply,
+                    })
+                    .await?;
+                match sent {
+                    Some((_, outcome)) => ConvAnswer::Sent(outcome),
+                    None => return Ok(None),
+                }
+            }
+        }))
+    }
+
+    fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.shared.cluster.get().and_then(|c| c.upgrade())
+    }
+
+    /// The cluster and the agent pool's home, when the home is another node.
+    fn remote_pool(&self) -> Option<(Arc<crate::cluster::Cluster>, String)> {
+        let c = self.cluster()?;
+        let home = c.pool_home()?;
+        Some((c, home))
     }
 
     fn pool(&self) -> Result<ActorRef<crate::pool::PoolMsg>, DeliverError> {
@@ -655,6 +726,13 @@ impl Router {
             .read()
             .clone()
             .ok_or_else(|| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
+    /// Casts to this node's pool actor (what the cluster passes on to it).
+    pub(crate) fn pool_here(&self, msg: crate::pool::PoolMsg) {
+        if let Ok(p) = self.pool() {
+            let _ = p.cast(msg);
+        }
     }
 
     async fn ask_pool<T>(
@@ -669,8 +747,11 @@ impl Router {
             .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))
     }
 
-    /// Adds or replaces a human agent.
+    /// Adds or replaces a human agent (here, and on the pool's home).
     pub fn upsert_agent(&self, spec: crate::pool::routing::AgentSpec) -> Result<(), DeliverError> {
+        if let Some((c, home)) = self.remote_pool() {
+            c.tell_upsert(&home, spec.clone())?;
+        }
         self.shared.remember_agent(Some(&spec), &spec.id);
         self.pool()?
             .cast(crate::pool::PoolMsg::Upsert(spec))
@@ -679,26 +760,43 @@ impl Router {
 
     /// Removes a human agent; false if unknown.
     pub async fn remove_agent(&self, id: &str) -> Result<bool, DeliverError> {
+        let here = self.remove_agent_here(id).await?;
+        match self.remote_pool() {
+            Some((c, home)) => c.pool_ask(&home, &PoolAsk::Remove(id.to_owned())).await,
+            None => Ok(here),
+        }
+    }
+
+    pub(crate) async fn remove_agent_here(&self, id: &str) -> Result<bool, DeliverError> {
         self.shared.remember_agent(None, id);
         self.ask_pool(|reply| crate::pool::PoolMsg::Remove(id.to_owned(), reply))
             .await
     }
 
-    /// Every agent with presence and whether a desktop is connected.
-    pub async fn agents(
-        &self,
-    ) -> Result<
-        Vec<(
-            crate::pool::routing::AgentSpec,
-            crate::pool::routing::Presence,
-            bool,
-        )>,
-        DeliverError,
-    > {
+    /// Every agent with presence and whether a desktop is connected (as
+    /// the pool's home knows them).
+    pub async fn agents(&self) -> Result<AgentList, DeliverError> {
+        match self.remote_pool() {
+            Some((c, home)) => c.pool_ask(&home, &PoolAsk::List).await,
+            None => self.agents_here().await,
+        }
+    }
+
+    pub(crate) async fn agents_here(&self) -> Result<AgentList, DeliverError> {
         self.ask_pool(crate::pool::PoolMsg::List).await
     }
 
     pub async fn queue_stats(
+        &self,
+        tenant: &str,
+    ) -> Result<crate::pool::routing::QueueStats, DeliverError> {
+        match self.remote_pool() {
+            Some((c, home)) => c.pool_ask(&home, &PoolAsk::Stats(tenant.to_owned())).await,
+            None => self.queue_stats_here(tenant).await,
+        }
+    }
+
+    pub(crate) async fn queue_stats_here(
         &self,
         tenant: &str,
     ) -> Result<crate::pool::routing::QueueStats, DeliverError> {
@@ -711,6 +809,16 @@ impl Router {
 
     /// Whether some agent of `tenant` could take a call right now.
     pub async fn can_take_call(&self, tenant: &str) -> Result<bool, DeliverError> {
+        match self.remote_pool() {
+            Some((c, home)) => {
+                c.pool_ask(&home, &PoolAsk::CanTakeCall(tenant.to_owned()))
+                    .await
+            }
+            None => self.can_take_call_here(tenant).await,
+        }
+    }
+
+    pub(crate) async fn can_take_call_here(&self, tenant: &str) -> Result<bool, DeliverError> {
         self.ask_pool(|reply| crate::pool::PoolMsg::CanTakeCall {
             tenant: tenant.to_owned(),
             reply,
@@ -719,7 +827,23 @@ impl Router {
     }
 
     /// Starts a desktop session for `agent`; its events arrive on `events`.
+    /// In a cluster whose pool runs elsewhere, the session is on the
+    /// pool's home and its events are relayed here.
     pub async fn join_agent(
+        &self,
+        agent: &str,
+        events: tokio::sync::mpsc::Sender<crate::pool::AgentEvent>,
+    ) -> Result<Result<SessionHandle, String>, DeliverError> {
+        if let Some((c, home)) = self.remote_pool() {
+            return c.join_relayed(&home, agent, events).await;
+        }
+        Ok(self
+            .join_agent_here(agent, events)
+            .await?
+            .map(SessionHandle::Local))
+    }
+
+    pub(crate) async fn join_agent_here(
         &self,
         agent: &str,
         events: tokio::sync::mpsc::Sender<crate::pool::AgentEvent>,
@@ -738,12 +862,50 @@ impl Router {
         agent: &str,
         cmd: crate::pool::AgentCommand,
     ) -> Result<(), DeliverError> {
+        if let Some((c, home)) = self.remote_pool() {
+            return c.tell_command(&home, agent, cmd);
+        }
         self.pool()?
             .cast(crate::pool::PoolMsg::Command {
                 agent: agent.to_owned(),
                 cmd,
             })
             .map_err(|_| DeliverError::Unavailable("the agent pool is restarting".into()))
+    }
+
+    /// A committed escalation, for the pool wherever it runs.
+    pub(crate) fn escalated(&self, e: crate::pool::Escalation) {
+        match self.remote_pool() {
+            Some((c, home)) => c.tell_escalated(&home, e),
+            None => self.pool_here(crate::pool::PoolMsg::Escalate(e)),
+        }
+    }
+
+    /// A committed message of a conversation an agent holds, for the pool
+    /// wherever it runs.
+    pub(crate) fn published_to_pool(&self, p: &crate::feed::Published) {
+        match self.remote_pool() {
+            Some((c, home)) => c.tell_published(&home, p.conversation, p.message.clone()),
+            None => self.pool_here(crate::pool::PoolMsg::Published(Box::new(p.clone()))),
+        }
+    }
+
+    /// The pool's rows of the conversations this node holds (not of its
+    /// replicas, nor of conversations that moved away).
+    pub(crate) async fn held_work(
+        &self,
+    ) -> Result<Vec<threadline_protocol::AgentWork>, DeliverError> {
+        self.blocking(|s| {
+            let mut rows = s.agent_work()?;
+            let mut held = Vec::with_capacity(rows.len());
+            for w in rows.drain(..) {
+                if s.contact_of(w.conv)?.is_some() {
+                    held.push(w);
+                }
+            }
+            Ok(held)
+        })
+        .await
     }
 
     /// Records a consent change for a contact; resolves once durable.

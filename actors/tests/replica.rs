@@ -9,7 +9,7 @@ use threadline_actors::replica::{
 };
 use threadline_actors::store::Store;
 use threadline_actors::Metrics;
-use threadline_protocol::codec::{self, LogRecord, TimerRow};
+use threadline_protocol::codec::{self, TimerRow};
 use threadline_protocol::*;
 
 mod common;
@@ -147,7 +147,7 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
         text: Some("stale".into()),
         channel: Some(Channel::Sms),
     };
-    let stale = vec![
+    let stale = [
         (1, created(conv, "+15550001111")),
         (2, appended(2, "old")),
         (3, ConvEvent::TimerScheduled(timer.clone())),

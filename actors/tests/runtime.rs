@@ -7,7 +7,7 @@ use std::time::Duration;
 use threadline_actors::persistence::{Op, Persistence};
 use threadline_actors::store::{log_tail, Store};
 use threadline_actors::{Delivered, ManualClock, Metrics, Runtime, RuntimeConfig};
-use threadline_protocol::codec::{self, InboundMessage, LogRecord};
+use threadline_protocol::codec::{self, InboundMessage};
 use threadline_protocol::*;
 
 mod common;

@@ -786,10 +786,11 @@ impl ConvState {
                     shared.feed.publish(p);
                 }
                 if !escalations.is_empty() {
-                    if let Some(pool) = shared.pool.read().as_ref() {
-                        for e in escalations {
-                            let _ = pool.cast(crate::pool::PoolMsg::Escalate(e));
-                        }
+                    let router = crate::router::Router {
+                        shared: shared.clone(),
+                    };
+                    for e in escalations {
+                        router.escalated(e);
                     }
                 }
                 if !notify.is_empty() {

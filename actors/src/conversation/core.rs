@@ -127,7 +127,7 @@ pub enum BookingOutcomeError {
 }
 
 /// A business-initiated message to put through the gate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OutboundSpec {
     pub text: String,
     pub channel: Option<Channel>,
@@ -137,11 +137,11 @@ pub struct OutboundSpec {
 }
 
 /// What the gate decided for an outbound message.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SendOutcome {
     Sent {
         message: MessageId,
-        rule: &'static str,
+        rule: String,
     },
     Deferred {
         until: Timestamp,
@@ -149,7 +149,7 @@ pub enum SendOutcome {
         rule: String,
     },
     Blocked {
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -566,7 +566,7 @@ impl Conversation {
                 );
                 SendOutcome::Sent {
                     message: self.state.message_id(seq),
-                    rule,
+                    rule: rule.into(),
                 }
             }
             Decision::Defer { until, rule } => {
@@ -592,7 +592,9 @@ impl Conversation {
                     rule,
                 }
             }
-            Decision::Block { reason } => SendOutcome::Blocked { reason },
+            Decision::Block { reason } => SendOutcome::Blocked {
+                reason: reason.into(),
+            },
         };
         (outcome, events)
     }

@@ -26,8 +26,9 @@ use crate::runtime::Shared;
 use crate::scheduler::SchedMsg;
 use crate::store::TimerIndex;
 
-/// What the desktop is told (the WebSocket layer renders it as JSON).
-#[derive(Debug, Clone)]
+/// What the desktop is told (the WebSocket layer renders it as JSON; in
+/// a cluster it crosses to the desktop's node as bincode).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum AgentEvent {
     Hello {
         agent: AgentSpec,
@@ -69,13 +70,13 @@ pub enum AgentEvent {
         stats: QueueStats,
     },
     Error {
-        code: &'static str,
+        code: String,
         message: String,
     },
 }
 
 /// What the desktop asks (parsed from JSON by the WebSocket layer).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum AgentCommand {
     Status(Presence),
     /// How the queues of the agent's tenants stand.
@@ -103,7 +104,7 @@ pub enum AgentCommand {
 }
 
 /// An escalation for the pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Escalation {
     pub conv: ConversationId,
     pub tenant: String,
@@ -151,6 +152,10 @@ pub enum PoolMsg {
     /// End grace periods due on the injected clock.
     Tick,
     Advance(Reply<()>),
+    /// The cluster's pool home moved: every session ends (desktops
+    /// reconnect), and the pool starts afresh: on the home, from the work
+    /// of every live node; elsewhere, empty.
+    Reset,
 }
 
 /// A write to a conversation the pool decided, done in decision order.
@@ -198,10 +203,29 @@ pub struct PoolState {
 #[derive(Default)]
 pub struct Watched(DashMap<u64, ()>);
 
+impl Watched {
+    pub(crate) fn set(&self, conv: ConversationId, held: bool) {
+        if held {
+            self.0.insert(conv.0, ());
+        } else {
+            self.0.remove(&conv.0);
+        }
+    }
+}
+
 /// Hands messages of held conversations to whichever pool actor runs now.
 pub struct PoolListener {
     pub watched: Arc<Watched>,
     pub shared: std::sync::Weak<Shared>,
+}
+
+/// Whether this node runs the pool (a single node always does).
+fn cluster_home(shared: &Shared) -> bool {
+    shared
+        .cluster
+        .get()
+        .and_then(|c| c.upgrade())
+        .is_none_or(|c| c.pool_home().is_none())
 }
 
 impl Listener for PoolListener {
@@ -210,9 +234,7 @@ impl Listener for PoolListener {
     }
     fn published(&self, p: &Published) {
         if let Some(shared) = self.shared.upgrade() {
-            if let Some(pool) = shared.pool.read().as_ref() {
-                let _ = pool.cast(PoolMsg::Published(Box::new(p.clone())));
-            }
+            Router { shared }.published_to_pool(p);
         }
     }
 }
@@ -403,7 +425,7 @@ impl PoolState {
         self.tell(
             agent,
             AgentEvent::Error {
-                code,
+                code: code.into(),
                 message: e.to_string(),
             },
         );
@@ -426,6 +448,37 @@ impl PoolState {
                 },
             );
         }
+    }
+
+    /// The cluster's pool home moved (see `PoolMsg::Reset`).
+    async fn reset(&mut self) {
+        let sessions: Vec<ActorRef<SessionMsg>> =
+            self.sessions.drain().flat_map(|(_, s)| s).collect();
+        for s in &sessions {
+            self.args.shared.metrics.agent_sessions.dec();
+            s.stop(Some("the agent pool moved; reconnect".into()));
+        }
+        let open: Vec<u64> = self.offer_timers.keys().copied().collect();
+        for offer in open {
+            self.offer_ended(offer);
+        }
+        let now = self.now();
+        let agents: Vec<AgentSpec> = self.pool.agents().map(|(s, _, _)| s.clone()).collect();
+        let mut pool = Pool::new(self.args.offer_ttl.as_millis() as i64);
+        for a in agents {
+            pool.upsert_agent(a, now);
+        }
+        let home = cluster_home(&self.args.shared);
+        let rows = match self.args.shared.cluster.get().and_then(|c| c.upgrade()) {
+            Some(c) if home => c.gather_work(&self.router).await,
+            _ => self.router.held_work().await.unwrap_or_default(),
+        };
+        let restored = restore(&self.args, &mut pool, rows, Vec::new(), now, home);
+        self.pool = pool;
+        self.grace = restored.grace;
+        self.tenants = restored.tenants;
+        self.offer_timers = restored.offer_timers;
+        tracing::info!(home, "agent pool reset");
     }
 
     async fn command(&mut self, agent: String, cmd: AgentCommand) {
@@ -466,11 +519,11 @@ impl PoolState {
                                 outcome,
                             },
                             Ok(None) => AgentEvent::Error {
-                                code: "not_found",
+                                code: "not_found".into(),
                                 message: format!("no conversation {conversation}"),
                             },
                             Err(e) => AgentEvent::Error {
-                                code: "unavailable",
+                                code: "unavailable".into(),
                                 message: e.to_string(),
                             },
                         };
@@ -532,7 +585,7 @@ impl PoolState {
                         {
                             Ok(()) => AgentEvent::Closed { conversation },
                             Err(e) => AgentEvent::Error {
-                                code: "unavailable",
+                                code: "unavailable".into(),
                                 message: e.to_string(),
                             },
                         };
@@ -607,7 +660,6 @@ impl Actor for PoolActor {
             }
         });
         // What waited for or was held by an agent before a restart.
-        args.shared.pool_watched.0.clear();
         let store = args.shared.persistence.store.clone();
         let (rows, holds) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((store.agent_work()?, store.offers()?))
@@ -615,57 +667,10 @@ impl Actor for PoolActor {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        let mut holds: HashMap<u64, OfferHold> = holds.into_iter().map(|h| (h.conv.0, h)).collect();
-        let mut offer_timers = HashMap::new();
-        let mut tenants = HashMap::new();
-        let mut grace = HashMap::new();
-        let until = now.saturating_add_millis(args.grace.as_millis() as i64);
-        let mut restored = (0, 0, 0);
-        for w in rows {
-            let task = Task {
-                conv: w.conv.0,
-                tenant: w.tenant.clone(),
-                lane: Lane::of(w.channel),
-                skills: w.skills,
-                priority: w.priority,
-                target: None,
-                since: w.since,
-            };
-            tenants.insert(w.conv.0, w.tenant);
-            let held = match &w.agent {
-                Some(a) => pool.restore_held(a, task.clone()),
-                None => false,
-            };
-            if held {
-                let agent = w.agent.expect("held");
-                args.shared.pool_watched.0.insert(w.conv.0, ());
-                // Their desktop is not back yet: the grace period runs.
-                grace.insert(agent, until);
-                restored.1 += 1;
-            } else if holds
-                .get(&w.conv.0)
-                .is_some_and(|h| pool.restore_offer(&h.agent, task.clone(), h.offer, h.expires))
-            {
-                // Still offered to the same agent until the same deadline;
-                // its timer was restored by the scheduler.
-                let h = holds.remove(&w.conv.0).expect("checked");
-                offer_timers.insert(h.offer, (h.conv.0, h.timer));
-                restored.2 += 1;
-            } else {
-                pool.enqueue(task, now);
-                restored.0 += 1;
-            }
-        }
-        if restored != (0, 0, 0) {
-            tracing::info!(
-                waiting = restored.0,
-                held = restored.1,
-                offered = restored.2,
-                "agent pool restored its work"
-            );
-        }
+        let home = cluster_home(&args.shared);
+        let restored = restore(&args, &mut pool, rows, holds, now, home);
         // Offers of work that ended meanwhile (or of agents now gone).
-        for h in holds.into_values() {
+        for h in restored.stale {
             let _ = assignments.send(Write::Durable(Op::Offer {
                 conv: h.conv,
                 hold: None,
@@ -673,6 +678,8 @@ impl Actor for PoolActor {
                 done: None,
             }));
         }
+        let (grace, tenants, offer_timers) =
+            (restored.grace, restored.tenants, restored.offer_timers);
         Ok(PoolState {
             args,
             pool,
@@ -842,6 +849,7 @@ impl Actor for PoolActor {
                 let _ = reply.send(());
             }
             PoolMsg::Tick => st.on_time(),
+            PoolMsg::Reset => st.reset().await,
             PoolMsg::Advance(reply) => {
                 st.on_time();
                 // Simulated time: what the pool decided is durable when
@@ -893,6 +901,94 @@ impl Actor for PoolActor {
             }
         }
         Ok(())
+    }
+}
+
+/// What the pool starts from after a restart (or a move of its home).
+struct Restored {
+    grace: HashMap<String, Timestamp>,
+    tenants: HashMap<u64, String>,
+    offer_timers: HashMap<u64, (u64, u64)>,
+    /// Offers of work that ended meanwhile (or of agents now gone).
+    stale: Vec<OfferHold>,
+}
+
+/// Puts `rows` back into `pool`: waiting work is queued again, held work
+/// goes back to its agent (whose grace period starts now), an open offer
+/// (`holds`) stays with its agent until its deadline. On a node that is
+/// not the cluster's pool home (`home` false), only which conversations
+/// are held is kept: their messages are passed to the home.
+fn restore(
+    args: &PoolArgs,
+    pool: &mut Pool,
+    rows: Vec<threadline_protocol::AgentWork>,
+    holds: Vec<OfferHold>,
+    now: Timestamp,
+    home: bool,
+) -> Restored {
+    args.shared.pool_watched.0.clear();
+    let rows = if home {
+        rows
+    } else {
+        for w in rows.iter().filter(|w| w.agent.is_some()) {
+            args.shared.pool_watched.0.insert(w.conv.0, ());
+        }
+        Vec::new()
+    };
+    let mut holds: HashMap<u64, OfferHold> = holds.into_iter().map(|h| (h.conv.0, h)).collect();
+    let mut offer_timers = HashMap::new();
+    let mut tenants = HashMap::new();
+    let mut grace = HashMap::new();
+    let until = now.saturating_add_millis(args.grace.as_millis() as i64);
+    let mut restored = (0, 0, 0);
+    for w in rows {
+        let task = Task {
+            conv: w.conv.0,
+            tenant: w.tenant.clone(),
+            lane: Lane::of(w.channel),
+            skills: w.skills,
+            priority: w.priority,
+            target: None,
+            since: w.since,
+        };
+        tenants.insert(w.conv.0, w.tenant);
+        let held = match &w.agent {
+            Some(a) => pool.restore_held(a, task.clone()),
+            None => false,
+        };
+        if held {
+            let agent = w.agent.expect("held");
+            args.shared.pool_watched.0.insert(w.conv.0, ());
+            // Their desktop is not back yet: the grace period runs.
+            grace.insert(agent, until);
+            restored.1 += 1;
+        } else if holds
+            .get(&w.conv.0)
+            .is_some_and(|h| pool.restore_offer(&h.agent, task.clone(), h.offer, h.expires))
+        {
+            // Still offered to the same agent until the same deadline;
+            // its timer was restored by the scheduler.
+            let h = holds.remove(&w.conv.0).expect("checked");
+            offer_timers.insert(h.offer, (h.conv.0, h.timer));
+            restored.2 += 1;
+        } else {
+            pool.enqueue(task, now);
+            restored.0 += 1;
+        }
+    }
+    if restored != (0, 0, 0) {
+        tracing::info!(
+            waiting = restored.0,
+            held = restored.1,
+            offered = restored.2,
+            "agent pool restored its work"
+        );
+    }
+    Restored {
+        grace,
+        tenants,
+        offer_timers,
+        stale: holds.into_values().collect(),
     }
 }
 

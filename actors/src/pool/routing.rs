@@ -44,7 +44,7 @@ impl Lane {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Presence {
     Available,
     Away,
@@ -69,7 +69,7 @@ impl Presence {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentSpec {
     pub id: String,
     pub name: String,
@@ -167,7 +167,7 @@ struct TaskState {
 }
 
 /// Per-tenant queue figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     pub waiting: usize,
     pub offered: usize,
