@@ -102,6 +102,10 @@ fn capacity_json(c: &[u32; 4]) -> Value {
 /// `GET/POST /api/v1/agents`, `DELETE /api/v1/agents/{id}`.
 pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result<Resp, ApiError> {
     admin(app, &req)?;
+    // In a cluster every node keeps the agent list (a desktop may connect
+    // to any of them): a change made here is made on each live peer too.
+    let relay = !crate::http::passed_on(&req);
+    let path = req.uri().path().to_owned();
     match (req.method().clone(), id) {
         (Method::GET, None) => {
             let list = app.router.agents().await?;
@@ -145,10 +149,15 @@ pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result
                 tokens.insert(a.token.clone(), a.id.clone());
             }
             app.router.upsert_agent(spec.clone())?;
+            let failed = match relay {
+                true => crate::http::to_every_peer(app, Method::POST, &path, body).await,
+                false => Vec::new(),
+            };
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"id": spec.id, "name": spec.name, "tenants": spec.tenants,
-                        "skills": spec.skills, "capacity": capacity_json(&spec.capacity)}),
+                        "skills": spec.skills, "capacity": capacity_json(&spec.capacity),
+                        "peers_failed": failed}),
             ))
         }
         (Method::DELETE, Some(id)) => {
@@ -172,9 +181,15 @@ pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result
                 app.agents.tokens.write().retain(|_, a| a != id);
             }
             app.router.remove_agent(id).await?;
+            let failed = match relay {
+                true => {
+                    crate::http::to_every_peer(app, Method::DELETE, &path, Default::default()).await
+                }
+                false => Vec::new(),
+            };
             Ok(json_response(
                 StatusCode::OK,
-                &json!({"id": id, "deleted": true}),
+                &json!({"id": id, "deleted": true, "peers_failed": failed}),
             ))
         }
         _ => Err(ApiError::new(

@@ -537,6 +537,52 @@ async fn held_elsewhere(
     Ok(cluster.locate(id).await.map(|(_, http)| http))
 }
 
+/// Whether `req` was passed on by another node of the cluster.
+pub(crate) fn passed_on(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(PASSED_ON)
+}
+
+/// Sends the same admin request to every other live node (marked as passed
+/// on, so it goes no further); the nodes that did not take it (not 2xx),
+/// by HTTP address. Nothing in a single node.
+pub(crate) async fn to_every_peer(
+    app: &App,
+    method: Method,
+    path: &str,
+    body: bytes::Bytes,
+) -> Vec<String> {
+    let Some(cluster) = &app.cluster else {
+        return Vec::new();
+    };
+    let sends = cluster.peer_http().into_iter().map(|peer| {
+        let req = app
+            .proxy
+            .request(method.clone(), format!("http://{peer}{path}"))
+            .header(PASSED_ON, "1")
+            .header(CONTENT_TYPE, "application/json")
+            .bearer_auth(&app.cfg.server.admin_token)
+            .body(body.clone());
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => {
+                    tracing::warn!(peer, status = %r.status(), "a peer refused an agent change");
+                    Some(peer)
+                }
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "a peer did not take an agent change");
+                    Some(peer)
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(sends)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
 /// Sends `req` on to the node at `owner` (its HTTP address) and relays
 /// the answer.
 async fn pass_on(app: &App, req: Request<Incoming>, owner: &str) -> Result<Resp, ApiError> {

@@ -642,6 +642,32 @@ async fn pool_home(node: &Node) -> String {
         .to_owned()
 }
 
+/// Sends `body` to `node`'s gateway API until it is accepted (as a
+/// provider retries).
+async fn until_accepted(node: &Node, body: &Value) {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (s, v) = node.inbound("gw-acme", body).await;
+        if s == 202 {
+            return;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never accepted: {last}");
+}
+
+/// The next `message` frame carrying `text` (her own messages come too).
+async fn message_with(ws: &mut common::ws::Ws, text: &str) -> Value {
+    for _ in 0..20 {
+        let m = common::ws::next_of(ws, "message").await;
+        if m["message"]["text"] == text {
+            return m;
+        }
+    }
+    panic!("no message {text:?}");
+}
+
 /// The pool's home once every one of `nodes` names the same.
 async fn agreed_home(nodes: &[&Node]) -> String {
     let mut homes = Vec::new();
@@ -742,6 +768,13 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
         names[o]
     );
 
+    // An agent made over the API on one node logs in on another.
+    let lena = json!({"id": "lena", "name": "Lena", "token": "agent-lena", "tenants": ["acme"]});
+    let (s, v) = nodes[o]
+        .send_admin(reqwest::Method::POST, "/api/v1/agents", Some(&lena))
+        .await;
+    assert_eq!((s, &v["peers_failed"]), (201, &json!([])), "{v}");
+    assert!(try_desktop(&nodes[d], "agent-lena").await.is_some());
     let mut sarah = try_desktop(&nodes[d], "agent-sarah").await.expect("hello");
     send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
     assert_eq!(next_of(&mut sarah, "status").await["status"], "available");
@@ -807,6 +840,36 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
         assert_eq!(texts_where(&c, "author", "agent:sarah"), [reply]);
     }
 
+    // The node holding the conversation dies: its replica takes over and
+    // she keeps it. The customer's messages still reach her (once the
+    // take-over is done: 503 until then, and the provider retries), and
+    // her answers still go out.
+    nodes[o].sigkill();
+    until_accepted(&nodes[d], &sms("acme", &contact, "Hello?", Some("hello"))).await;
+    message_with(&mut sarah, "Hello?").await;
+    let reply2 = "Sorry - I'm here. Let's get the quote started.";
+    send_json(
+        &mut sarah,
+        json!({"type": "send", "conversation_id": conv, "text": reply2}),
+    )
+    .await;
+    assert_eq!(next_of(&mut sarah, "sent").await["decision"], "sent");
+    // It comes back, and the conversation moves back to it, still hers.
+    nodes[o].restart();
+    for n in &nodes {
+        live(n, &names).await;
+    }
+    owned_by(&nodes[o], &conv).await;
+    // Until the node back has settled where the pool is, messages it
+    // records reach the desktop only in the transcript (see ARCHITECTURE).
+    assert_eq!(agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await, home);
+    until_accepted(
+        &nodes[h],
+        &sms("acme", &contact, "Back again", Some("back")),
+    )
+    .await;
+    message_with(&mut sarah, "Back again").await;
+
     // The pool's node dies: her desktop is dropped, and once it is back
     // the new home gives her the conversation she held.
     nodes[h].sigkill();
@@ -841,6 +904,9 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
     let closed = next_of(&mut sarah, "conversation_closed").await;
     assert_eq!(closed["conversation_id"], conv.as_str());
     let c = nodes[o].conversation_of("acme", &contact).await.unwrap();
-    assert_eq!(texts_where(&c, "author", "agent:sarah"), [reply, again]);
+    assert_eq!(
+        texts_where(&c, "author", "agent:sarah"),
+        [reply, reply2, again]
+    );
     assert_eq!(c["status"], "closed", "{c}");
 }

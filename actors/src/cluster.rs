@@ -102,6 +102,8 @@ struct Handover {
     contact: String,
     epoch: u64,
     snapshot: Vec<u8>,
+    /// The agent pool's row of it (waiting for or held by an agent).
+    work: Option<threadline_protocol::AgentWork>,
 }
 
 /// Low 48 bits of a conversation id: the creating node's counter.
@@ -437,6 +439,10 @@ struct View {
     balanced: Vec<String>,
     /// Each peer's HTTP address, by name (from heartbeat answers).
     http: BTreeMap<String, String>,
+    /// A peer's session opened or closed since the last heartbeat tick: a
+    /// node that died and came back between two ticks leaves the live set
+    /// as it was, but what it holds is stale and must be rebalanced.
+    sessions_changed: bool,
 }
 
 /// This node's membership.
@@ -472,7 +478,11 @@ impl NodeEventSubscription for Events {
     fn node_session_opened(&self, _ses: NodeServerSessionInformation) {}
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
-        let gone = self.0.write().peers.remove(&ses.actor.get_id().to_string());
+        let gone = {
+            let mut v = self.0.write();
+            v.sessions_changed = true;
+            v.peers.remove(&ses.actor.get_id().to_string())
+        };
         if let Some(m) = gone {
             tracing::warn!(peer = m.name, addr = m.addr, "cluster peer left");
         }
@@ -486,7 +496,9 @@ impl NodeEventSubscription for Events {
             .map(|n| n.name.split('@').next().unwrap_or_default().to_owned())
             .unwrap_or_default();
         tracing::info!(peer = name, addr = ses.peer_addr, "cluster peer joined");
-        self.0.write().peers.insert(
+        let mut v = self.0.write();
+        v.sessions_changed = true;
+        v.peers.insert(
             ses.actor.get_id().to_string(),
             Member {
                 name,
@@ -657,7 +669,11 @@ impl Cluster {
             }
             drop(v);
             let live = self.live_names();
-            let changed = self.view.read().balanced != live;
+            let changed = {
+                let mut v = self.view.write();
+                let rejoined = std::mem::take(&mut v.sessions_changed);
+                v.balanced != live || rejoined
+            };
             if changed {
                 self.membership.notify_waiters();
                 self.pool_membership_changed();
@@ -1531,7 +1547,8 @@ impl Cluster {
         }
         let epoch = best_epoch + 1;
         let through = state.last_seq;
-        self.install_moving(conv, key, epoch, state).await?;
+        let work = crate::replica::derived_work(&state);
+        self.install_moving(conv, key, epoch, state, work).await?;
         self.metrics.cluster_promoted.inc();
         tracing::info!(conv, from = meta.owner, epoch, "took over a conversation");
         // Its new replica gets it now, not at its next change.
@@ -1586,6 +1603,7 @@ impl Cluster {
         key: &ConvKey,
         epoch: u64,
         state: threadline_protocol::ConversationState,
+        work: Option<threadline_protocol::AgentWork>,
     ) -> Result<(), String> {
         self.stop_local(key).await;
         let p = &self.shared.persistence;
@@ -1600,6 +1618,7 @@ impl Cluster {
             .flat_map(|s| s.timers.iter().map(|t| t.id))
             .collect();
         let (timers, outbox) = crate::replica::derived_rows(&state);
+        let held_by_agent = work.as_ref().is_some_and(|w| w.agent.is_some());
         let install = crate::replica::Install {
             conv,
             tenant: key.tenant().to_owned(),
@@ -1609,6 +1628,7 @@ impl Cluster {
             old_timers: old_timers.clone(),
             timers: timers.clone(),
             outbox: outbox.clone(),
+            work,
         };
         p.wait_for(|done| crate::persistence::Op::Install { install, done })
             .await
@@ -1616,6 +1636,10 @@ impl Cluster {
         // A delivery that raced the move may have started an actor on the
         // old copy.
         self.stop_local(key).await;
+        // Its messages go to the agent holding it, through the pool.
+        self.shared
+            .pool_watched
+            .set(ConversationId(conv), held_by_agent);
         self.retime(old_timers, timers);
         if let Some(s) = self.shared.sender.read().as_ref() {
             for e in outbox {
@@ -1667,10 +1691,11 @@ impl Cluster {
         let p = &self.shared.persistence;
         p.barrier().await.map_err(|e| e.to_string())?;
         let store = p.store.clone();
-        let (state, epoch) = tokio::task::spawn_blocking(move || {
+        let (state, epoch, work) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((
                 store.load(ConversationId(conv))?,
                 store.epoch(conv)?,
+                store.agent_work_of(conv)?,
             ))
         })
         .await
@@ -1687,6 +1712,7 @@ impl Cluster {
             contact: key.contact().to_owned(),
             epoch,
             snapshot: snapshot.clone(),
+            work,
         });
         let bytes = self
             .rpc(owner, FORWARD_TIMEOUT, |reply| {
@@ -1718,6 +1744,7 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?;
         self.stop_local(key).await;
+        self.shared.pool_watched.set(ConversationId(conv), false);
         self.retime(old_timers, Vec::new());
         self.metrics.cluster_handed_over.inc();
         tracing::info!(conv, to = owner, epoch, "handed a conversation over");
@@ -1747,7 +1774,8 @@ impl Cluster {
         }
         let state = codec::decode_snapshot(&h.snapshot).map_err(|e| e.to_string())?;
         let through = state.last_seq;
-        self.install_moving(h.conv, &key, h.epoch, state).await?;
+        self.install_moving(h.conv, &key, h.epoch, state, h.work)
+            .await?;
         self.sync(h.conv, key, h.epoch, through).await;
         Ok(Verdict::Stored)
     }

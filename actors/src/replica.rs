@@ -23,7 +23,8 @@ use threadline_protocol::codec::{self, TimerRow};
 use threadline_protocol::{ConversationId, ConversationState, OutboxEntry};
 
 use crate::store::{
-    contact_key, replay, Store, StoreError, CONTACTS, CONVERSATIONS, LOG, OUTBOX, SNAPSHOTS, TIMERS,
+    contact_key, replay, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS, LOG, OUTBOX,
+    SNAPSHOTS, TIMERS,
 };
 
 pub(crate) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
@@ -101,6 +102,8 @@ pub struct Install {
     pub old_timers: Vec<u64>,
     pub timers: Vec<TimerRow>,
     pub outbox: Vec<OutboxEntry>,
+    /// The agent pool's row of it (waiting for or held by an agent).
+    pub work: Option<threadline_protocol::AgentWork>,
 }
 
 /// A conversation this node handed over: its held rows go, a replica stays.
@@ -186,6 +189,7 @@ pub(crate) fn apply(
             txn.open_table(LOG)?,
             txn.open_table(TIMERS)?,
             txn.open_table(OUTBOX)?,
+            txn.open_table(AGENT_WORK)?,
         )),
         false => None,
     };
@@ -310,9 +314,13 @@ pub(crate) fn apply(
             }
             ClusterWrite::Install { install, log_keys } => {
                 let c = install.conv;
-                let (epochs, snaps, contacts, log, timers, outbox) =
+                let (epochs, snaps, contacts, log, timers, outbox, work) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &install.old_timers)?;
+                match &install.work {
+                    Some(w) => work.insert(c, codec::encode_agent_work(w).as_slice())?,
+                    None => work.remove(c)?,
+                };
                 for row in &install.timers {
                     timers.insert(row.id, codec::encode_timer_row(row).as_slice())?;
                 }
@@ -333,9 +341,11 @@ pub(crate) fn apply(
             }
             ClusterWrite::Demote { demote, log_keys } => {
                 let c = demote.conv;
-                let (epochs, snaps, contacts, log, timers, outbox) =
+                let (epochs, snaps, contacts, log, timers, outbox, work) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &demote.old_timers)?;
+                // The pool's row goes with the conversation.
+                work.remove(c)?;
                 snaps.remove(c)?;
                 let ck = contact_key(&demote.meta.tenant, &demote.meta.contact);
                 if contacts.get(ck.as_str())?.is_some_and(|v| v.value() == c) {
@@ -435,6 +445,27 @@ impl Store {
 
 /// What a conversation's state implies for the timer index and the outbox
 /// of the node that holds it.
+/// The agent pool's row of a conversation taken over from a replica: who
+/// holds it is in its state (an escalation still waiting is not).
+pub fn derived_work(state: &ConversationState) -> Option<threadline_protocol::AgentWork> {
+    let agent = state.assigned_agent.clone()?;
+    let channel = state
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.direction == threadline_protocol::Direction::Inbound)
+        .map_or(threadline_protocol::Channel::Sms, |m| m.channel);
+    Some(threadline_protocol::AgentWork {
+        conv: state.id,
+        tenant: state.tenant.clone(),
+        channel,
+        skills: Vec::new(),
+        priority: 0,
+        since: state.updated_at,
+        agent: Some(agent),
+    })
+}
+
 pub fn derived_rows(state: &ConversationState) -> (Vec<TimerRow>, Vec<OutboxEntry>) {
     let owner = codec::TimerOwner::Conversation(state.id);
     let timers = state

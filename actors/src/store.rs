@@ -427,6 +427,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The agent pool's row of conversation `conv`, if any.
+    pub fn agent_work_of(
+        &self,
+        conv: u64,
+    ) -> Result<Option<threadline_protocol::AgentWork>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(AGENT_WORK)?;
+        Ok(match t.get(conv)? {
+            Some(v) => Some(codec::decode_agent_work(v.value())?),
+            None => None,
+        })
+    }
+
     /// Every alias: (`tenant \0 address`, the address it continues).
     pub fn aliases(&self) -> Result<Vec<(String, String)>, StoreError> {
         let r = self.db.begin_read()?;

@@ -189,6 +189,15 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     current.push((6, ConvEvent::TimerScheduled(fresh)));
     let state = state_of(conv, &current);
     let (timers, outbox) = threadline_actors::replica::derived_rows(&state);
+    let work = threadline_protocol::AgentWork {
+        conv: ConversationId(conv),
+        tenant: "acme".into(),
+        channel: Channel::Sms,
+        skills: vec![],
+        priority: 0,
+        since: Timestamp(5_000),
+        agent: Some("sarah".into()),
+    };
     p.wait_for(|done| Op::Install {
         install: Install {
             conv,
@@ -199,12 +208,15 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
             old_timers: vec![500],
             timers,
             outbox,
+            work: Some(work.clone()),
         },
         done,
     })
     .await
     .unwrap();
     assert_eq!(store.load(ConversationId(conv)).unwrap().unwrap(), state);
+    // The agent who held it still does here.
+    assert_eq!(store.agent_work_of(conv).unwrap(), Some(work));
     assert_eq!(store.epoch(conv).unwrap(), 2);
     let ids: Vec<u64> = store.timer_rows().unwrap().iter().map(|t| t.id).collect();
     assert_eq!(
@@ -234,6 +246,11 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     .await
     .unwrap();
     assert!(store.held().unwrap().is_empty());
+    assert_eq!(
+        store.agent_work_of(conv).unwrap(),
+        None,
+        "its pool row went with it"
+    );
     assert!(store
         .conversation_of("acme", "+15550001111")
         .unwrap()
