@@ -166,7 +166,7 @@ enum Write {
     Note(ConversationId, String),
     /// An offer opened or ended (`Op::Offer`), or a stale offer timer's
     /// row dropped (`Op::TimerDelete`).
-    Durable(crate::persistence::Op),
+    Durable(Box<crate::persistence::Op>),
     /// Answers once every write before it is durable.
     Flush(oneshot::Sender<()>),
 }
@@ -370,12 +370,12 @@ impl PoolState {
             expires,
         };
         self.offer_timers.insert(offer, (conv, timer));
-        let _ = self.assignments.send(Write::Durable(Op::Offer {
+        let _ = self.assignments.send(Write::Durable(Box::new(Op::Offer {
             conv: ConversationId(conv),
             hold: Some(encode_offer_hold(&hold)),
             timer: TimerIndex::Put(row),
             done: None,
-        }));
+        })));
         if let Some(s) = shared.scheduler.read().as_ref() {
             let _ = s.cast(SchedMsg::Add(row));
         }
@@ -388,12 +388,12 @@ impl PoolState {
         let Some((conv, timer)) = self.offer_timers.remove(&offer) else {
             return;
         };
-        let _ = self.assignments.send(Write::Durable(Op::Offer {
+        let _ = self.assignments.send(Write::Durable(Box::new(Op::Offer {
             conv: ConversationId(conv),
             hold: None,
             timer: TimerIndex::Delete(timer),
             done: None,
-        }));
+        })));
         if let Some(s) = self.args.shared.scheduler.read().as_ref() {
             let _ = s.cast(SchedMsg::Remove(timer));
         }
@@ -637,7 +637,7 @@ impl Actor for PoolActor {
                         continue;
                     }
                     Write::Durable(op) => {
-                        let _ = writer.shared.persistence.submit(op).await;
+                        let _ = writer.shared.persistence.submit(*op).await;
                         continue;
                     }
                     Write::Flush(done) => {
@@ -671,12 +671,12 @@ impl Actor for PoolActor {
         let restored = restore(&args, &mut pool, rows, holds, now, home);
         // Offers of work that ended meanwhile (or of agents now gone).
         for h in restored.stale {
-            let _ = assignments.send(Write::Durable(Op::Offer {
+            let _ = assignments.send(Write::Durable(Box::new(Op::Offer {
                 conv: h.conv,
                 hold: None,
                 timer: TimerIndex::Delete(h.timer),
                 done: None,
-            }));
+            })));
         }
         let (grace, tenants, offer_timers) =
             (restored.grace, restored.tenants, restored.offer_timers);
@@ -841,10 +841,12 @@ impl Actor for PoolActor {
                     st.apply(effects);
                 } else if !st.offer_timers.values().any(|(_, t)| *t == timer) {
                     // An offer that ended before a crash could record it.
-                    let _ = st.assignments.send(Write::Durable(Op::TimerDelete {
-                        id: timer,
-                        done: None,
-                    }));
+                    let _ = st
+                        .assignments
+                        .send(Write::Durable(Box::new(Op::TimerDelete {
+                            id: timer,
+                            done: None,
+                        })));
                 }
                 let _ = reply.send(());
             }
