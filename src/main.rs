@@ -319,6 +319,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(app);
     http::serve(app, listener, shutdown_signal(), Duration::from_secs(30)).await;
     if let Some(c) = &cluster {
+        c.leave(Duration::from_secs(20)).await;
         c.stop();
     }
     tracing::info!("draining conversations and flushing storage");

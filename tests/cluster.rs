@@ -910,3 +910,57 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
     );
     assert_eq!(c["status"], "closed", "{c}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_hands_its_conversations_over_before_it_exits() {
+    let customers = 12;
+    let (mut nodes, owner_of, conv_of) = three_with_customers(customers).await;
+    let leavers: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
+    assert!(!leavers.is_empty(), "n3 owns some: {owner_of:?}");
+    let status = nodes[2].sigterm();
+    assert!(status.success(), "{status:?}: {}", nodes[2].stderr());
+    assert!(
+        nodes[2].stderr().contains("handed a conversation over"),
+        "{}",
+        nodes[2].stderr()
+    );
+    assert!(!nodes[2].stderr().contains("left the cluster still holding"));
+    let [n1, n2, _] = &nodes;
+    // Nobody had to take one over from a replica: each was handed over,
+    // with its transcript and its follow-up, and is answered at once.
+    for n in [n1, n2] {
+        assert_eq!(n.metric("threadline_cluster_promoted_total").await, 0.0);
+    }
+    for c in &leavers {
+        let conv = &conv_of[*c];
+        let on_n1 = holds(n1, conv).await;
+        assert_ne!(on_n1, holds(n2, conv).await, "{conv} is on one node");
+        let (s, v) = n1
+            .inbound(
+                "gw-acme",
+                &sms(
+                    "acme",
+                    &phone(*c),
+                    "still there?",
+                    Some(&format!("after{c}")),
+                ),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        assert_eq!(v["conversation_id"], conv.as_str());
+        let state = n2.conversation_of("acme", &phone(*c)).await.unwrap();
+        assert_eq!(
+            texts_where(&state, "direction", "inbound"),
+            ["hello", "still there?"]
+        );
+        let follow_up = format!("follow-up {c}");
+        assert!(
+            state["timers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["text"] == follow_up.as_str()),
+            "{state}"
+        );
+    }
+}

@@ -182,8 +182,11 @@ fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
 struct RouterActor;
 
 struct RouterState {
-    /// `name \t http address`, the heartbeat's answer.
+    /// `name \t http address`, the heartbeat's answer (`\t leaving` is
+    /// added while the node leaves).
     ping_answer: String,
+    /// Set when the node leaves the cluster (SIGTERM).
+    leaving: Arc<std::sync::atomic::AtomicBool>,
     router: Router,
     /// The node's membership (set right after the router starts).
     cluster: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>>,
@@ -210,7 +213,11 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Ping(_from, reply) => {
-                let _ = reply.send(st.ping_answer.clone());
+                let mut answer = st.ping_answer.clone();
+                if st.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+                    answer.push_str("\tleaving");
+                }
+                let _ = reply.send(answer);
             }
             RouterMsg::Resident(_from, reply) => {
                 let _ = reply.send(st.router.resident() as u64);
@@ -439,6 +446,8 @@ struct View {
     balanced: Vec<String>,
     /// Each peer's HTTP address, by name (from heartbeat answers).
     http: BTreeMap<String, String>,
+    /// Peers whose heartbeat answers say they are leaving.
+    leaving: std::collections::BTreeSet<String>,
     /// A peer's session opened or closed since the last heartbeat tick: a
     /// node that died and came back between two ticks leaves the live set
     /// as it was, but what it holds is stale and must be rebalanced.
@@ -470,6 +479,12 @@ pub struct Cluster {
     router: ActorRef<RouterMsg>,
     /// The agent pool across nodes: its home, relayed desktops.
     pool: pool::PoolLinks,
+    /// This node is leaving (its heartbeat answers say so: peers stop
+    /// counting it live) ...
+    leaving: Arc<std::sync::atomic::AtomicBool>,
+    /// ... and, once they have heard, no longer counts itself: what it
+    /// holds is handed to the nodes that own it without it.
+    left: std::sync::atomic::AtomicBool,
 }
 
 struct Events(Arc<RwLock<View>>);
@@ -481,7 +496,12 @@ impl NodeEventSubscription for Events {
         let gone = {
             let mut v = self.0.write();
             v.sessions_changed = true;
-            v.peers.remove(&ses.actor.get_id().to_string())
+            let gone = v.peers.remove(&ses.actor.get_id().to_string());
+            if let Some(m) = &gone {
+                // Gone for good: what it had not handed over is taken over.
+                v.leaving.remove(&m.name);
+            }
+            gone
         };
         if let Some(m) = gone {
             tracing::warn!(peer = m.name, addr = m.addr, "cluster peer left");
@@ -540,6 +560,7 @@ impl Cluster {
             .map_err(|e| format!("cluster: {e}"))?;
         let shared = router.shared.clone();
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>> = Default::default();
+        let leaving: Arc<std::sync::atomic::AtomicBool> = Default::default();
         let (router, _) = Actor::spawn(
             None,
             RouterActor,
@@ -551,6 +572,7 @@ impl Cluster {
                 ),
                 router,
                 cluster: slot.clone(),
+                leaving: leaving.clone(),
             },
         )
         .await
@@ -572,6 +594,8 @@ impl Cluster {
             view,
             router,
             pool: Default::default(),
+            leaving,
+            left: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = shared.cluster.set(Arc::downgrade(&cluster));
@@ -635,11 +659,18 @@ impl Cluster {
                     )
                     .await;
                     if let Ok(Ok(ractor::rpc::CallResult::Success(answer))) = a {
-                        let (name, http) = answer.split_once('\t').unwrap_or((&answer, ""));
-                        let name = name.to_owned();
+                        let mut fields = answer.split('\t');
+                        let name = fields.next().unwrap_or_default().to_owned();
+                        let http = fields.next().unwrap_or_default();
+                        let leaving = fields.next() == Some("leaving");
                         let mut v = c.view.write();
                         if !http.is_empty() {
                             v.http.insert(name.clone(), http.to_owned());
+                        }
+                        if leaving {
+                            v.leaving.insert(name.clone());
+                        } else {
+                            v.leaving.remove(&name);
                         }
                         v.answered.insert(name.clone(), Instant::now());
                         v.routers.insert(name, p.clone());
@@ -650,7 +681,10 @@ impl Cluster {
             let now = Instant::now();
             let mut v = self.view.write();
             let View {
-                peers, answered, ..
+                peers,
+                answered,
+                leaving,
+                ..
             } = &mut *v;
             for m in peers.values_mut() {
                 let seen = answered
@@ -662,6 +696,7 @@ impl Cluster {
                 let healthy = now.duration_since(seen) < self.spec.failure_after;
                 if m.healthy && !healthy {
                     tracing::warn!(peer = m.name, "cluster peer stopped answering heartbeats");
+                    leaving.remove(&m.name);
                 } else if !m.healthy && healthy {
                     tracing::info!(peer = m.name, "cluster peer answers heartbeats again");
                 }
@@ -752,14 +787,22 @@ impl Cluster {
     pub fn live_names(&self) -> Vec<String> {
         // A member counts once its router answered: only then can work
         // be forwarded to it.
-        let reachable: Vec<String> = self.view.read().routers.keys().cloned().collect();
+        let (reachable, leaving): (Vec<String>, Vec<String>) = {
+            let v = self.view.read();
+            (
+                v.routers.keys().cloned().collect(),
+                v.leaving.iter().cloned().collect(),
+            )
+        };
         let mut names: Vec<String> = self
             .members()
             .into_iter()
-            .filter(|m| m.healthy && reachable.contains(&m.name))
+            .filter(|m| m.healthy && reachable.contains(&m.name) && !leaving.contains(&m.name))
             .map(|m| m.name)
             .collect();
-        names.push(self.spec.name.clone());
+        if !self.left.load(std::sync::atomic::Ordering::Relaxed) {
+            names.push(self.spec.name.clone());
+        }
         names.sort();
         names.dedup();
         names
@@ -949,6 +992,45 @@ impl Cluster {
         }
     }
 
+    /// Leaves the cluster before the node stops (SIGTERM): peers are told
+    /// through the heartbeats and stop counting this node; then every
+    /// conversation it holds is handed to the node that owns it without
+    /// this one (with its timers, queued messages and agent row), so
+    /// nobody has to wait for the failure time and take it over from a
+    /// replica. Gives up at `deadline`; what is left is then taken over
+    /// as after a crash. Returns how many conversations it still holds.
+    pub async fn leave(&self, deadline: Duration) -> usize {
+        use std::sync::atomic::Ordering;
+        let until = Instant::now() + deadline;
+        // Without replication nothing is moved (each node keeps its own).
+        let peers = self.live_names().len() > 1 && self.spec.replication_factor >= 2;
+        self.leaving.store(true, Ordering::Relaxed);
+        if peers {
+            // Every peer pings each tick: three ticks and they have heard.
+            tokio::time::sleep(3 * self.spec.heartbeat).await;
+        }
+        self.left.store(true, Ordering::Relaxed);
+        tracing::info!("leaving the cluster: handing conversations over");
+        loop {
+            let store = self.shared.persistence.store.clone();
+            let held = tokio::task::spawn_blocking(move || store.held())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map_or(usize::MAX, |h| h.len());
+            if held == 0 || Instant::now() >= until || !peers {
+                if held > 0 {
+                    tracing::warn!(held, "left the cluster still holding conversations");
+                }
+                return held;
+            }
+            // The heartbeats rebalance on the change of the live set; this
+            // asks for another pass in case one failed.
+            self.rebalance_again.store(true, Ordering::Relaxed);
+            tokio::time::sleep(self.spec.heartbeat).await;
+        }
+    }
+
     pub fn stop(&self) {
         self.router.stop(Some("shutdown".into()));
         self.server.stop(Some("shutdown".into()));
@@ -1128,8 +1210,11 @@ impl Cluster {
     /// Whether `node` is known to be gone: not live, and either seen
     /// before or never seen in a long while.
     fn known_gone(&self, node: &str, live: &[String]) -> bool {
+        let v = self.view.read();
+        // A node that is leaving hands its conversations over itself.
         !live.iter().any(|n| n == node)
-            && (self.view.read().answered.contains_key(node)
+            && !v.leaving.contains(node)
+            && (v.answered.contains_key(node)
                 || self.started.elapsed() > 3 * self.spec.failure_after)
     }
 
@@ -1754,6 +1839,9 @@ impl Cluster {
     /// A conversation handed to this node: installed unless this node
     /// already holds it at the same or a newer epoch.
     async fn receive(&self, h: Handover) -> Result<Verdict, String> {
+        if self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("this node is leaving the cluster".into());
+        }
         let key = ConvKey::new(&h.tenant, &h.contact);
         let Some(_guard) = self.lock(&key) else {
             return Err("the conversation is moving here; try again".into());
