@@ -415,6 +415,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             Ok(json_response(StatusCode::OK, &cluster_json(app).await))
         }
+        (Method::DELETE, ["api", "v1", "cluster", "members", name]) => {
+            admin(app, &req)?;
+            forget_node(app, &req, name).await
+        }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
             dead_letters(app).await
@@ -1453,6 +1457,40 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
     ))
 }
 
+/// `DELETE /api/v1/cluster/members/{name}`: a node removed for good is
+/// forgotten here and on every live peer, so the majority a take-over
+/// needs is counted without it.
+async fn forget_node(app: &App, req: &Request<Incoming>, name: &str) -> Result<Resp, ApiError> {
+    use threadline_actors::cluster::ForgetError;
+    let Some(cluster) = &app.cluster else {
+        return Err(ApiError::not_found("this node is not in a cluster"));
+    };
+    match cluster.forget(name) {
+        Err(e @ ForgetError::Live(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "node_live",
+                e.to_string(),
+            ))
+        }
+        // Another node asked: it may know a node this one never heard of.
+        Err(ForgetError::Unknown(_)) if passed_on(req) => {}
+        Err(e @ ForgetError::Unknown(_)) => return Err(ApiError::not_found(e.to_string())),
+        Ok(()) => {}
+    }
+    let failed = match passed_on(req) {
+        true => Vec::new(),
+        false => {
+            let path = req.uri().path().to_owned();
+            to_every_peer(app, Method::DELETE, &path, Default::default()).await
+        }
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"forgotten": name, "known": cluster.known_names(), "peers_failed": failed}),
+    ))
+}
+
 /// `GET /api/v1/cluster`: this node, its live peers, and what each holds.
 async fn cluster_json(app: &App) -> Value {
     let resident = app.router.resident();
@@ -1480,6 +1518,7 @@ async fn cluster_json(app: &App) -> Value {
                 "listen": c.spec.listen.to_string(),
                 "members": members,
                 "live": c.live_names(),
+                "known": c.known_names(),
                 "agent_pool": {"home": c.pool_home().unwrap_or_else(|| c.spec.name.clone())},
                 "conversations": {"this_node": resident, "by_node": by_node},
             })

@@ -964,3 +964,47 @@ async fn a_node_stopped_with_sigterm_hands_its_conversations_over_before_it_exit
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_removed_for_good_is_forgotten_by_every_node_and_a_live_one_cannot_be() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let n1 = Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]);
+    let n2 = Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]);
+    let mut n3 = Node::start_with_config(&config("n3", p3, &[p1], COOKIE), &[]);
+    for n in [&n1, &n2, &n3] {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    n3.sigkill();
+    for n in [&n1, &n2] {
+        live(n, &["n1", "n2"]).await;
+        assert_eq!(cluster(n).await["known"], json!(["n1", "n2", "n3"]));
+    }
+    let forget = |node: &Node, name: &str| {
+        let path = format!("/api/v1/cluster/members/{name}");
+        let (base, http) = (node.base.clone(), node.http.clone());
+        async move {
+            let r = http
+                .delete(format!("{base}{path}"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = forget(&n1, "n2").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("node_live")),
+        "{v}"
+    );
+    let (s, v) = forget(&n1, "n9").await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = forget(&n1, "n3").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["peers_failed"], json!([]));
+    for n in [&n1, &n2] {
+        assert_eq!(cluster(n).await["known"], json!(["n1", "n2"]));
+    }
+}

@@ -400,6 +400,14 @@ impl Actor for RouterActor {
     }
 }
 
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ForgetError {
+    #[error("node {0} is live (or is this node): stop it before forgetting it")]
+    Live(String),
+    #[error("no node {0} is known")]
+    Unknown(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     /// This node's name, unique in the cluster.
@@ -770,6 +778,35 @@ impl Cluster {
             by_name.entry(m.name.clone()).or_insert_with(|| m.clone());
         }
         by_name.into_values().collect()
+    }
+
+    /// Every node this one has heard from (itself included), sorted: a
+    /// take-over needs a majority of them live.
+    pub fn known_names(&self) -> Vec<String> {
+        let v = self.view.read();
+        let mut names: Vec<String> = v.answered.keys().cloned().collect();
+        names.push(self.spec.name.clone());
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Forgets node `name` for good (it was removed and will not return):
+    /// it no longer counts towards the majority a take-over needs. A live
+    /// node, or this one, cannot be forgotten.
+    pub fn forget(&self, name: &str) -> Result<(), ForgetError> {
+        if name == self.spec.name || self.live_names().iter().any(|n| n == name) {
+            return Err(ForgetError::Live(name.to_owned()));
+        }
+        let mut v = self.view.write();
+        if v.answered.remove(name).is_none() {
+            return Err(ForgetError::Unknown(name.to_owned()));
+        }
+        v.routers.remove(name);
+        v.http.remove(name);
+        v.leaving.remove(name);
+        tracing::info!(node = name, "cluster node forgotten");
+        Ok(())
     }
 
     /// The HTTP addresses of the other live nodes.
