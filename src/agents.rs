@@ -512,6 +512,14 @@ fn text_field(v: &Value, name: &str, max: usize) -> Result<String, String> {
 /// Parses one desktop frame into a command for the pool; `Err` is the
 /// error frame to answer with.
 fn on_frame(app: &App, agent: &str, text: &str) -> Result<(), String> {
+    let cmd = parse_frame(text)?;
+    app.router
+        .agent_command(agent, cmd)
+        .map_err(|e| error_frame("unavailable", e.to_string()))
+}
+
+/// An agent desktop's frame as a command, or the error frame to answer.
+pub fn parse_frame(text: &str) -> Result<AgentCommand, String> {
     let v: Value = match serde_json::from_str(text) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
@@ -576,9 +584,7 @@ fn on_frame(app: &App, agent: &str, text: &str) -> Result<(), String> {
         }
         None => return Err(error_frame("invalid_frame", "the frame has no \"type\"")),
     };
-    app.router
-        .agent_command(agent, cmd)
-        .map_err(|e| error_frame("unavailable", e.to_string()))
+    Ok(cmd)
 }
 
 /// `GET /agent`: the desktop.

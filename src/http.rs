@@ -1255,7 +1255,51 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         ));
     }
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
-    let b: InboundBody = parse_json(&body)?;
+    let GatewayInbound { tenant, msg, meta } = parse_inbound(&body)?;
+    let tenant = known_tenant(app, &tenant)?;
+    if tenant != token_tenant {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this gateway token is not valid for tenant {tenant:?}"),
+        ));
+    }
+    let from = msg.from.clone();
+    let delivered = via(app, "api", async {
+        app.router.deliver_with(&tenant, &from, msg, meta).await
+    })
+    .await?;
+    match delivered {
+        Delivered::Recorded(ack) => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "conversation_id": ack.conversation.to_string(),
+                "message_id": ack.message.to_string(),
+                "duplicate": ack.duplicate,
+            }),
+        )),
+        Delivered::DeadLettered { conversation } => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "conversation_id": conversation.map(|c| c.to_string()),
+                "message_id": null,
+                "dead_lettered": true,
+            }),
+        )),
+    }
+}
+
+/// A gateway API message (`POST /api/v1/inbound`), checked field by field.
+pub struct GatewayInbound {
+    pub tenant: String,
+    pub msg: InboundMessage,
+    pub meta: threadline_actors::conversation::InboundMeta,
+}
+
+/// Parses and checks a gateway API body (every field's size and form);
+/// the tenant is checked against the token by the caller.
+pub fn parse_inbound(body: &[u8]) -> Result<GatewayInbound, ApiError> {
+    let b: InboundBody = parse_json(body)?;
     field_len("tenant", &b.tenant, 64)?;
     field_len("channel", &b.channel, 16)?;
     field_len("from", &b.from, MAX_ID_BYTES)?;
@@ -1275,14 +1319,6 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
     }
     for m in &b.media {
         field_len("media", m, MAX_URL_BYTES)?;
-    }
-    let tenant = known_tenant(app, &b.tenant)?;
-    if tenant != token_tenant {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("this gateway token is not valid for tenant {tenant:?}"),
-        ));
     }
     let channel = Channel::parse(&b.channel).ok_or_else(|| {
         ApiError::bad(
@@ -1350,28 +1386,11 @@ async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         at,
         media: b.media,
     };
-    let delivered = via(app, "api", async {
-        app.router.deliver_with(&tenant, &from, msg, meta).await
+    Ok(GatewayInbound {
+        tenant: b.tenant,
+        msg,
+        meta,
     })
-    .await?;
-    match delivered {
-        Delivered::Recorded(ack) => Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({
-                "conversation_id": ack.conversation.to_string(),
-                "message_id": ack.message.to_string(),
-                "duplicate": ack.duplicate,
-            }),
-        )),
-        Delivered::DeadLettered { conversation } => Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({
-                "conversation_id": conversation.map(|c| c.to_string()),
-                "message_id": null,
-                "dead_lettered": true,
-            }),
-        )),
-    }
 }
 
 /// At most this many audit records per export request.

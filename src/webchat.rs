@@ -259,51 +259,87 @@ async fn history(app: &App, tenant: &str, visitor: &str) -> Result<Option<Value>
     })))
 }
 
-async fn on_frame(app: &App, tenant: &str, visitor: &str, text: &str) -> Vec<String> {
+/// What a web-chat visitor sends, checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VisitorFrame {
+    /// A message, with the client's id for it (resends are idempotent).
+    Message {
+        text: String,
+        id: Option<String>,
+    },
+    /// The visitor gives their phone number (E.164).
+    Identify(String),
+    Ping,
+}
+
+/// A visitor's frame, or the error frame to answer.
+pub fn parse_frame(text: &str) -> Result<VisitorFrame, String> {
     let v: Value = match serde_json::from_str(text) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            return vec![error_frame(
+            return Err(error_frame(
                 "invalid_json",
                 "frames are JSON objects with a \"type\"",
-            )]
+            ))
         }
     };
     match v["type"].as_str() {
-        Some("message") => on_message(app, tenant, visitor, &v).await,
+        Some("message") => {
+            let Some(text) = v["text"].as_str().filter(|t| !t.trim().is_empty()) else {
+                return Err(error_frame(
+                    "invalid_field",
+                    "`text` must be a non-empty string",
+                ));
+            };
+            if text.len() > MAX_TEXT_BYTES {
+                return Err(error_frame(
+                    "field_too_long",
+                    format!("`text` exceeds {MAX_TEXT_BYTES} bytes"),
+                ));
+            }
+            let id = v["id"]
+                .as_str()
+                .filter(|i| !i.is_empty() && i.len() <= MAX_ID_BYTES)
+                .map(str::to_owned);
+            Ok(VisitorFrame::Message {
+                text: text.to_owned(),
+                id,
+            })
+        }
         Some("identify") => match v["phone"].as_str().and_then(phone::normalize) {
-            Some(p) => vec![link(app, tenant, visitor, &p).await],
-            None => vec![error_frame(
+            Some(p) => Ok(VisitorFrame::Identify(p)),
+            None => Err(error_frame(
                 "invalid_field",
                 "`phone` must be a phone number",
-            )],
+            )),
         },
-        Some("ping") => vec![json!({"type": "pong"}).to_string()],
-        Some(other) => vec![error_frame(
+        Some("ping") => Ok(VisitorFrame::Ping),
+        Some(other) => Err(error_frame(
             "unknown_type",
             format!("unknown frame type {other:?} (message, identify, ping)"),
-        )],
-        None => vec![error_frame("invalid_frame", "the frame has no \"type\"")],
+        )),
+        None => Err(error_frame("invalid_frame", "the frame has no \"type\"")),
     }
 }
 
-async fn on_message(app: &App, tenant: &str, visitor: &str, v: &Value) -> Vec<String> {
-    let Some(text) = v["text"].as_str().filter(|t| !t.trim().is_empty()) else {
-        return vec![error_frame(
-            "invalid_field",
-            "`text` must be a non-empty string",
-        )];
-    };
-    if text.len() > MAX_TEXT_BYTES {
-        return vec![error_frame(
-            "field_too_long",
-            format!("`text` exceeds {MAX_TEXT_BYTES} bytes"),
-        )];
+async fn on_frame(app: &App, tenant: &str, visitor: &str, text: &str) -> Vec<String> {
+    match parse_frame(text) {
+        Err(e) => vec![e],
+        Ok(VisitorFrame::Message { text, id }) => {
+            on_message(app, tenant, visitor, &text, id.as_deref()).await
+        }
+        Ok(VisitorFrame::Identify(p)) => vec![link(app, tenant, visitor, &p).await],
+        Ok(VisitorFrame::Ping) => vec![json!({"type": "pong"}).to_string()],
     }
-    // A client id makes a resend after a reconnect idempotent.
-    let client_id = v["id"]
-        .as_str()
-        .filter(|i| !i.is_empty() && i.len() <= MAX_ID_BYTES);
+}
+
+async fn on_message(
+    app: &App,
+    tenant: &str,
+    visitor: &str,
+    text: &str,
+    client_id: Option<&str>,
+) -> Vec<String> {
     let pid = match client_id {
         Some(id) => format!("wc:{visitor}:{id}"),
         None => format!("wc:{}", uuid::Uuid::new_v4().simple()),

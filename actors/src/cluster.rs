@@ -1055,7 +1055,9 @@ impl Cluster {
                 .ok()
                 .and_then(|r| r.ok())
                 .map_or(usize::MAX, |h| h.len());
-            if held == 0 || Instant::now() >= until || !peers {
+            // Nobody left to take them (the whole cluster is stopping).
+            let alone = self.live_names().is_empty();
+            if held == 0 || Instant::now() >= until || !peers || alone {
                 if held > 0 {
                     tracing::warn!(held, "left the cluster still holding conversations");
                 }
