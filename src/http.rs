@@ -634,14 +634,16 @@ async fn pass_on(app: &App, req: Request<Incoming>, owner: &str) -> Result<Resp,
 fn readyz(app: &App) -> Resp {
     let draining = app.draining.load(Ordering::SeqCst);
     let storage = app.shared.persistence.healthy();
-    let ok = app.shared.ready() && !draining;
+    // In a cluster: only while this node can take writes.
+    let cluster = app.cluster.as_ref().map(|c| c.ready());
+    let ok = app.shared.ready() && !draining && cluster.unwrap_or(true);
     json_response(
         if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        &json!({"ready": ok, "storage": storage, "draining": draining}),
+        &json!({"ready": ok, "storage": storage, "draining": draining, "cluster": cluster}),
     )
 }
 

@@ -85,6 +85,16 @@ struct ServeArgs {
     /// Enable test-only hooks (a panic trigger message). Never in production.
     #[arg(long, hide = true)]
     test_hooks: bool,
+    /// Log lines as text (for people) or as one JSON object each (for log
+    /// collectors); the level filter is `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -95,13 +105,16 @@ fn main() -> ExitCode {
             command: AuditCommand::Verify { file },
         } => audit_verify(&file),
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
                 )
-                .with_writer(std::io::stderr)
-                .init();
+                .with_writer(std::io::stderr);
+            match args.log_format {
+                LogFormat::Text => logs.init(),
+                LogFormat::Json => logs.json().flatten_event(true).init(),
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

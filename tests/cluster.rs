@@ -966,7 +966,8 @@ async fn a_node_stopped_with_sigterm_hands_its_conversations_over_before_it_exit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_removed_for_good_is_forgotten_by_every_node_and_a_live_one_cannot_be() {
+async fn a_node_removed_for_good_is_forgotten_by_every_node_and_readiness_says_when_writes_can_be_taken(
+) {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let n1 = Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]);
     let n2 = Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]);
@@ -993,6 +994,9 @@ async fn a_node_removed_for_good_is_forgotten_by_every_node_and_a_live_one_canno
             (status, r.json::<Value>().await.unwrap())
         }
     };
+    // Two of three live: still a majority, with a node for the replicas.
+    let (s, v) = n1.get_admin("/readyz").await;
+    assert_eq!((s, v["cluster"].clone()), (200, json!(true)), "{v}");
     let (s, v) = forget(&n1, "n2").await;
     assert_eq!(
         (s, v["error"]["code"].as_str()),
@@ -1007,4 +1011,14 @@ async fn a_node_removed_for_good_is_forgotten_by_every_node_and_a_live_one_canno
     for n in [&n1, &n2] {
         assert_eq!(cluster(n).await["known"], json!(["n1", "n2"]));
     }
+    // Alone, n1 cannot take writes (no replica, no majority): not ready.
+    drop(n2);
+    for _ in 0..200 {
+        if n1.get_admin("/readyz").await.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (s, v) = n1.get_admin("/readyz").await;
+    assert_eq!((s, v["cluster"].clone()), (503, json!(false)), "{v}");
 }

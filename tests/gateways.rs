@@ -995,3 +995,49 @@ fn redirect_of(twiml: &str) -> String {
         .unwrap_or_else(|| panic!("the caller holds: {twiml}"))
         .replace("&amp;", "&")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_and_never_carry_the_secrets() {
+    let twilio = FakeTwilio::start().await;
+    let whatsapp = FakeWhatsapp::start().await;
+    let node = Node::start_with_config(
+        &config(&twilio.base, &whatsapp.base),
+        &["--simulated-clock", MORNING, "--log-format", "json"],
+    );
+    let params = sms_params("SM1", CUSTOMER, ACME_NUMBER, "Hello");
+    let forged = twilio_signature(
+        "not-the-token",
+        &format!("{PUBLIC_URL}/webhooks/twilio/sms"),
+        &params,
+    );
+    let (s, _) = node
+        .twilio_raw(
+            "/webhooks/twilio/sms",
+            form_body(&params).into_bytes(),
+            Some(&forged),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let mut found = None;
+    for _ in 0..100 {
+        found = node
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "refused a Twilio webhook with a wrong signature");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let line = found.expect("the refusal is logged as a JSON line");
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["path"], "/webhooks/twilio/sms", "{line}");
+    // Every line is JSON, and none carries a token or a signature.
+    for l in node.stderr().lines() {
+        assert!(serde_json::from_str::<Value>(l).is_ok(), "not JSON: {l}");
+        for secret in [TOKEN, forged.as_str(), "test-admin-token"] {
+            assert!(!l.contains(secret), "a secret in the log: {l}");
+        }
+    }
+}

@@ -780,6 +780,16 @@ impl Cluster {
         by_name.into_values().collect()
     }
 
+    /// Whether this node can take writes: it has heard from its peers, it
+    /// sees a majority of the nodes it knows, and (with replication) a
+    /// live node to keep its replicas.
+    pub fn ready(&self) -> bool {
+        let live = self.live_names();
+        self.serving()
+            && self.has_majority(&live)
+            && (self.spec.replication_factor < 2 || live.len() >= 2)
+    }
+
     /// Every node this one has heard from (itself included), sorted: a
     /// take-over needs a majority of them live.
     pub fn known_names(&self) -> Vec<String> {
