@@ -419,6 +419,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             forget_node(app, &req, name).await
         }
+        (Method::POST, ["api", "v1", "backup"]) => {
+            admin(app, &req)?;
+            backup(app).await
+        }
         (Method::GET, ["api", "v1", "dead-letters"]) => {
             admin(app, &req)?;
             dead_letters(app).await
@@ -1509,6 +1513,27 @@ async fn forget_node(app: &App, req: &Request<Incoming>, name: &str) -> Result<R
     Ok(json_response(
         StatusCode::OK,
         &json!({"forgotten": name, "known": cluster.known_names(), "peers_failed": failed}),
+    ))
+}
+
+/// `POST /api/v1/backup`: a consistent copy of this node's database, made
+/// while it runs, in `data_dir/backups/` (the node names the file; a
+/// client never chooses a path on the server).
+async fn backup(app: &App) -> Result<Resp, ApiError> {
+    let name = format!(
+        "threadline-{}.redb",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    let path = app.cfg.server.data_dir.join("backups").join(name);
+    let store = app.shared.persistence.store.clone();
+    let to = path.clone();
+    let bytes = tokio::task::spawn_blocking(move || store.backup(&to))
+        .await
+        .map_err(|e| ApiError::storage(e.to_string()))?
+        .map_err(|e| ApiError::storage(e.to_string()))?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"path": path.display().to_string(), "bytes": bytes}),
     ))
 }
 

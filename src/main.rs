@@ -46,6 +46,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Put a backup (`POST /api/v1/backup`) in place as the database of a
+    /// data directory; no node may be running on it.
+    Restore {
+        /// The backup file.
+        backup: PathBuf,
+        /// The data directory (server.data_dir) of the node to restore.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +113,18 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => audit_verify(&file),
+        Command::Restore { backup, data_dir } => {
+            match threadline_actors::store::Store::restore(&backup, &data_dir) {
+                Ok(done) => {
+                    println!("threadline: {done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("threadline: restore refused: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve(args) => {
             let logs = tracing_subscriber::fmt()
                 .with_env_filter(

@@ -526,3 +526,83 @@ async fn with_no_config_serve_starts_a_dev_node_and_prints_its_tokens() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_the_node_runs_restores_every_commit_before_it_and_none_in_part() {
+    let mut node = Node::start(&[]);
+    let (a, c) = (phone(1), phone(2));
+    for k in 0..20 {
+        let (s, v) = node
+            .inbound(
+                "gw-acme",
+                &sms("acme", &a, &format!("a{k}"), Some(&format!("a{k}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // Another customer keeps writing while the backup is taken.
+    let writer = {
+        let (base, http) = (node.base.clone(), node.http.clone());
+        let c = c.clone();
+        tokio::spawn(async move {
+            for k in 0..60 {
+                let r = http
+                    .post(format!("{base}/api/v1/inbound"))
+                    .bearer_auth("gw-acme")
+                    .json(&sms("acme", &c, &format!("c{k}"), Some(&format!("c{k}"))))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+            }
+        })
+    };
+    let (s, backup) = node
+        .send_admin(reqwest::Method::POST, "/api/v1/backup", None)
+        .await;
+    assert_eq!(s, 201, "{backup}");
+    writer.await.unwrap();
+    let path = backup["path"].as_str().unwrap().to_owned();
+    assert!(std::path::Path::new(&path).exists());
+    assert!(backup["bytes"].as_u64().unwrap() > 0);
+    let (s, _) = node
+        .inbound("gw-acme", &sms("acme", &a, "after", Some("after")))
+        .await;
+    assert_eq!(s, 202);
+
+    let restore = |dir: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
+            .args(["restore", &path, "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let data = node.dir.path().join("data");
+    // Not onto a running node.
+    let out = restore(&data);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{out:?}"
+    );
+
+    node.sigkill();
+    let out = restore(&data);
+    assert!(out.status.success(), "{out:?}");
+    node.restart();
+    let conv = node.conversation_of("acme", &a).await.unwrap();
+    let want: Vec<String> = (0..20).map(|k| format!("a{k}")).collect();
+    assert_eq!(
+        texts_where(&conv, "direction", "inbound"),
+        want,
+        "nothing after the backup"
+    );
+    // The other customer's messages are a prefix of what they sent: every
+    // commit before the copy, none after it, none in part.
+    let got = match node.conversation_of("acme", &c).await {
+        Some(conv) => texts_where(&conv, "direction", "inbound"),
+        None => Vec::new(),
+    };
+    let prefix: Vec<String> = (0..got.len()).map(|k| format!("c{k}")).collect();
+    assert_eq!(got, prefix);
+}

@@ -334,6 +334,9 @@ fn writer_loop(
         let writes_data = batch
             .iter()
             .any(|op| !matches!(op, Op::Barrier { .. } | Op::Shutdown { .. }));
+        // A backup copying the file waits for this commit, or this commit
+        // for the backup.
+        let no_backup = writes_data.then(|| store.writing.lock());
         let result = if writes_data {
             let truncate = if next_log >= truncated_below + TRUNCATE_EVERY {
                 let low_water = store.pending.lock().low_water().unwrap_or(next_log);
@@ -467,6 +470,7 @@ fn writer_loop(
         } else {
             Ok(())
         };
+        drop(no_backup);
         let replicator = replication.get();
         let mut verdicts = verdicts.into_iter();
         let mut committed = Committed {

@@ -162,6 +162,11 @@ impl Pending {
 pub struct Store {
     pub(crate) db: Database,
     pub(crate) pending: Mutex<Pending>,
+    /// The database file.
+    path: std::path::PathBuf,
+    /// Held by the writer thread for each write transaction, and by a
+    /// backup while it copies the file: a copy never sees half a commit.
+    pub(crate) writing: Mutex<()>,
 }
 
 /// What `Store::open` found on disk.
@@ -211,9 +216,77 @@ impl Store {
         let store = Store {
             db,
             pending: Mutex::new(Pending::default()),
+            path: dir.join(DB_FILE),
+            writing: Mutex::new(()),
         };
         let report = store.recover()?;
         Ok((Arc::new(store), report))
+    }
+
+    /// Copies the database file to `to` while the node runs: writes wait
+    /// for the copy (no transaction is open meanwhile), so it holds every
+    /// commit made before it and none in part. Returns its size in bytes.
+    pub fn backup(&self, to: &Path) -> Result<u64, StoreError> {
+        let io = |e: std::io::Error| StoreError::Redb(format!("backup to {}: {e}", to.display()));
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let partial = to.with_extension("partial");
+        let bytes = {
+            let _no_writes = self.writing.lock();
+            std::fs::copy(&self.path, &partial).map_err(io)?
+        };
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&partial, to).map_err(io)?;
+        Ok(bytes)
+    }
+
+    /// Puts backup file `backup` in place as the database of data
+    /// directory `dir` (no node may be running on it). The backup is
+    /// opened first, so a file that is not a Threadline database is
+    /// refused; a database already in `dir` is kept beside it as
+    /// `threadline.redb.before-restore`. Returns what was done.
+    pub fn restore(backup: &Path, dir: &Path) -> Result<String, StoreError> {
+        let io = |what: &str, e: std::io::Error| StoreError::Redb(format!("{what}: {e}"));
+        let target = dir.join(DB_FILE);
+        if target.exists() {
+            // A running node holds the file's lock.
+            drop(Database::open(&target).map_err(|e| {
+                StoreError::Redb(format!(
+                    "{} is in use (is a node running on {}?): {e}",
+                    target.display(),
+                    dir.display()
+                ))
+            })?);
+        }
+        {
+            let db = Database::open(backup).map_err(|e| {
+                StoreError::Redb(format!("{} is not a database: {e}", backup.display()))
+            })?;
+            let r = db.begin_read()?;
+            r.open_table(CONVERSATIONS).map_err(|e| {
+                StoreError::Redb(format!(
+                    "{} is not a Threadline database: {e}",
+                    backup.display()
+                ))
+            })?;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io("cannot create the data directory", e))?;
+        let partial = dir.join(format!("{DB_FILE}.partial"));
+        std::fs::copy(backup, &partial).map_err(|e| io("cannot copy the backup", e))?;
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io("cannot flush the copy", e))?;
+        let mut done = format!("restored {} into {}", backup.display(), target.display());
+        if target.exists() {
+            let kept = dir.join(format!("{DB_FILE}.before-restore"));
+            std::fs::rename(&target, &kept).map_err(|e| io("cannot keep the old database", e))?;
+            done.push_str(&format!("; the previous database is {}", kept.display()));
+        }
+        std::fs::rename(&partial, &target).map_err(|e| io("cannot put the backup in place", e))?;
+        Ok(done)
     }
 
     fn recover(&self) -> Result<OpenReport, StoreError> {
