@@ -170,11 +170,12 @@ fn keyword_of(s: &str) -> Option<Keyword> {
 }
 
 fn wire<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).expect("plain data encodes")
+    bincode::serde::encode_to_vec(v, threadline_protocol::codec::wire_config())
+        .expect("plain data encodes")
 }
 
 fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    bincode::serde::decode_from_slice(b, threadline_protocol::codec::wire_config())
         .ok()
         .map(|(v, _)| v)
 }

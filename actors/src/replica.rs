@@ -156,11 +156,12 @@ fn drop_rows(
 }
 
 fn encode_meta(m: &ReplicaMeta) -> Vec<u8> {
-    bincode::serde::encode_to_vec(m, bincode::config::standard()).expect("plain data encodes")
+    bincode::serde::encode_to_vec(m, threadline_protocol::codec::wire_config())
+        .expect("plain data encodes")
 }
 
 fn decode_meta(b: &[u8]) -> Result<ReplicaMeta, StoreError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard())
+    bincode::serde::decode_from_slice(b, threadline_protocol::codec::wire_config())
         .map(|(m, _)| m)
         .map_err(|e| StoreError::Redb(format!("unreadable replica row: {e}")))
 }

@@ -241,3 +241,27 @@ fn agent_work_v1_fixture_still_decodes() {
     let bytes = check("agent_work_v1.bin", codec::encode_agent_work(&w));
     assert_eq!(codec::decode_agent_work(&bytes).unwrap(), w);
 }
+
+/// A record whose length prefix claims gigabytes (found by fuzzing: the
+/// decoder allocated 2.5 GB) is refused without allocating it.
+#[test]
+fn a_forged_length_is_refused_not_allocated() {
+    let bytes = std::fs::read(fixture("forged_length.bin")).unwrap();
+    // An outbox row; refused for its size before anything is allocated.
+    match codec::decode_outbox(&bytes) {
+        Err(codec::CodecError::Corrupt {
+            source: bincode::error::DecodeError::LimitExceeded,
+            ..
+        }) => {}
+        other => panic!("expected the decoding bound to refuse it: {other:?}"),
+    }
+    // Whatever the kind byte says.
+    for kind in 0..=10u8 {
+        let mut b = bytes.clone();
+        b[0] = kind;
+        let _ = codec::decode_log_record(&b);
+        let _ = codec::decode_snapshot(&b);
+        let _ = codec::decode_outbox(&b);
+        let _ = codec::decode_dead_letter(&b);
+    }
+}
