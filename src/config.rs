@@ -79,6 +79,14 @@ pub struct Server {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Requests per second one source (client IP address) may make; 0 is
+    /// no limit. Health, readiness and metrics are never limited.
+    #[serde(default)]
+    pub rate_limit_per_second: u32,
+    /// Requests a source may make at once above its rate (default: twice
+    /// the rate).
+    #[serde(default)]
+    pub rate_limit_burst: Option<u32>,
 }
 
 fn default_http() -> String {
@@ -99,6 +107,8 @@ impl Default for Server {
             data_dir: default_data_dir(),
             admin_token: String::new(),
             max_body_bytes: default_max_body(),
+            rate_limit_per_second: 0,
+            rate_limit_burst: None,
         }
     }
 }
@@ -620,6 +630,20 @@ impl Config {
                 vec![Key("server"), Key("max_body_bytes")],
                 "must be between 1024 and 16777216".into(),
             );
+        }
+        if self.server.rate_limit_per_second > 1_000_000 {
+            return err(
+                vec![Key("server"), Key("rate_limit_per_second")],
+                "must be at most 1000000 (0: no limit)".into(),
+            );
+        }
+        if let Some(b) = self.server.rate_limit_burst {
+            if b == 0 || b > 10_000_000 || self.server.rate_limit_per_second == 0 {
+                return err(
+                    vec![Key("server"), Key("rate_limit_burst")],
+                    "must be between 1 and 10000000, with a rate_limit_per_second".into(),
+                );
+            }
         }
         if let Some(c) = &self.cluster {
             if !is_id(&c.name) {

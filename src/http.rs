@@ -53,6 +53,33 @@ pub struct App {
     pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
     /// Passes requests on to the node that holds their conversation.
     proxy: reqwest::Client,
+    /// Requests per source address (`server.rate_limit_per_second`).
+    limiter: Option<Arc<SourceLimiter>>,
+}
+
+type SourceLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// The per-source limiter of `server`, if one is configured; its memory of
+/// quiet sources is dropped every minute.
+fn source_limiter(server: &crate::config::Server) -> Option<Arc<SourceLimiter>> {
+    let rate = std::num::NonZeroU32::new(server.rate_limit_per_second)?;
+    let burst = server
+        .rate_limit_burst
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2")));
+    let quota = governor::Quota::per_second(rate).allow_burst(burst);
+    let limiter = Arc::new(governor::RateLimiter::keyed(quota));
+    let weak = Arc::downgrade(&limiter);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(l) = weak.upgrade() else { return };
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    });
+    Some(limiter)
 }
 
 impl App {
@@ -64,6 +91,7 @@ impl App {
             .collect();
         let chat = Arc::new(crate::webchat::Hub::default());
         runtime.shared.feed.subscribe(chat.clone());
+        let cfg_server = cfg.server.clone();
         App {
             chat,
             agents: crate::agents::AgentDirectory::new(&cfg),
@@ -74,6 +102,7 @@ impl App {
             draining: AtomicBool::new(false),
             simulated,
             cluster: None,
+            limiter: source_limiter(&cfg_server),
             proxy: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(15))
                 .build()
@@ -251,8 +280,31 @@ pub async fn serve(
     }
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>, _peer: SocketAddr) -> Resp {
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     app.shared.metrics.http_requests.inc();
+    if let Some(limiter) = &app.limiter {
+        let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+        if let (false, Err(not_until)) = (exempt, limiter.check_key(&peer.ip())) {
+            app.shared.metrics.http_client_errors.inc();
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let mut r = error_response(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "more than {} requests a second from {}",
+                    app.cfg.server.rate_limit_per_second,
+                    peer.ip()
+                ),
+            ));
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+            return r;
+        }
+    }
     let resp = if req.uri().path() == "/chat/ws" && req.method() == Method::GET {
         crate::webchat::upgrade(app.clone(), req)
     } else if req.uri().path() == "/agent/ws" && req.method() == Method::GET {

@@ -606,3 +606,87 @@ async fn a_backup_taken_while_the_node_runs_restores_every_commit_before_it_and_
     let prefix: Vec<String> = (0..got.len()).map(|k| format!("c{k}")).collect();
     assert_eq!(got, prefix);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on() {
+    let config = CONFIG.replacen(
+        "admin_token = \"test-admin-token\"",
+        "admin_token = \"test-admin-token\"\nrate_limit_per_second = 2\nrate_limit_burst = 5",
+        1,
+    );
+    let node = Node::start_with_config(&config, &[]);
+    let bodies: Vec<Value> = (0..30)
+        .map(|k| {
+            sms(
+                "acme",
+                &phone(7),
+                &format!("flood {k}"),
+                Some(&format!("f{k}")),
+            )
+        })
+        .collect();
+    let flood = bodies.iter().map(|b| node.inbound("gw-acme", b));
+    let answers = futures_util::future::join_all(flood).await;
+    let accepted = answers.iter().filter(|(s, _)| *s == 202).count();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        (5..=8).contains(&accepted),
+        "the burst, and what the rate let through: {accepted}"
+    );
+    assert_eq!(accepted + refused.len(), 30);
+    assert_eq!(
+        refused[0]["error"]["code"], "rate_limited",
+        "{}",
+        refused[0]
+    );
+    // A refused message was not stored (read from another source: this
+    // one is out of requests).
+    let reader = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
+        .build()
+        .unwrap();
+    let conv: Value = reader
+        .get(node.url(&format!(
+            "/api/v1/tenants/acme/contacts/{}/conversation",
+            phone(7).replace('+', "%2B")
+        )))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(texts_where(&conv, "direction", "inbound").len(), accepted);
+    // Health is never limited.
+    let r = node.http.get(node.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The answer says when to come back.
+    let r = node
+        .http
+        .post(node.url("/api/v1/inbound"))
+        .bearer_auth("gw-acme")
+        .json(&sms("acme", &phone(7), "again", Some("again")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    // Another source (another loopback address) is not held up.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = other
+        .post(node.url("/api/v1/inbound"))
+        .bearer_auth("gw-acme")
+        .json(&sms("acme", &phone(8), "hello", Some("o1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+}
