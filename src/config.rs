@@ -87,6 +87,19 @@ pub struct Server {
     /// the rate).
     #[serde(default)]
     pub rate_limit_burst: Option<u32>,
+    /// Serve HTTPS (and WSS) with this certificate; absent: plain HTTP
+    /// (behind a TLS-terminating proxy).
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first (relative to the config file).
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 fn default_http() -> String {
@@ -109,6 +122,7 @@ impl Default for Server {
             max_body_bytes: default_max_body(),
             rate_limit_per_second: 0,
             rate_limit_burst: None,
+            tls: None,
         }
     }
 }
@@ -630,6 +644,16 @@ impl Config {
                 vec![Key("server"), Key("max_body_bytes")],
                 "must be between 1024 and 16777216".into(),
             );
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !self.base_dir.join(f).is_file() {
+                    return err(
+                        vec![Key("server"), Key("tls"), Key(key)],
+                        format!("{} is not a readable file", f.display()),
+                    );
+                }
+            }
         }
         if self.server.rate_limit_per_second > 1_000_000 {
             return err(

@@ -214,11 +214,48 @@ pub(crate) fn text_response(status: StatusCode, content_type: &'static str, body
     r
 }
 
+/// The TLS acceptor of `server.tls` (files relative to `base`); errors
+/// name the key.
+pub fn tls_acceptor(
+    server: &crate::config::Server,
+    base: &std::path::Path,
+) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(tls) = &server.tls else {
+        return Ok(None);
+    };
+    let cert_path = base.join(&tls.cert_file);
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| anyhow::anyhow!("server.tls.cert_file {}: {e}", cert_path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "server.tls.cert_file {}: no certificate in it",
+            cert_path.display()
+        );
+    }
+    let key_path = base.join(&tls.key_file);
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| anyhow::anyhow!("server.tls.key_file {}: {e}", key_path.display()))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("server.tls: the key does not fit the certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and waits (up to
-/// `grace`) for in-flight requests.
+/// `grace`) for in-flight requests. With `tls`, every connection is
+/// HTTPS (a client that does not finish its handshake in 10 s is dropped).
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
     grace: Duration,
 ) {
@@ -240,30 +277,19 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| {
-                            let app = app.clone();
-                            async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
-                        }),
-                    )
-                    .with_upgrades();
-                let mut stop = stop_rx.clone();
+                let stop = stop_rx.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
-                    tokio::pin!(conn);
-                    let r = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+                    match tls {
+                        None => connection(app, stream, peer, stop).await,
+                        Some(tls) => {
+                            let handshake = tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(stream)) => connection(app, stream, peer, stop).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
                         }
-                    };
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
             }
@@ -277,6 +303,40 @@ pub async fn serve(
     let drained = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("in-flight requests did not finish within the grace period");
+    }
+}
+
+/// One client connection (plain or TLS), until it closes or `stop` flips.
+async fn connection<IO>(
+    app: Arc<App>,
+    io: IO,
+    peer: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024)
+        .serve_connection(
+            TokioIo::new(io),
+            service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+            }),
+        )
+        .with_upgrades();
+    tokio::pin!(conn);
+    let r = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

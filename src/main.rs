@@ -242,6 +242,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid setting {e}"))?;
 
+    let tls = http::tls_acceptor(&cfg.server, &cfg.base_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.http_addr())
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.http))?;
@@ -315,7 +316,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             println!("  agent token:   {} (agent {})", a.token, a.id);
         }
     }
-    println!("threadline listening on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("threadline listening on {scheme}://{addr}");
 
     if let Some(m) = &manual {
         println!("threadline: simulated clock at {}", http::rfc3339(m.now()));
@@ -351,7 +353,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut app = http::App::new(cfg, &runtime, manual);
     app.cluster = cluster.clone();
     let app = Arc::new(app);
-    http::serve(app, listener, shutdown_signal(), Duration::from_secs(30)).await;
+    http::serve(
+        app,
+        listener,
+        tls,
+        shutdown_signal(),
+        Duration::from_secs(30),
+    )
+    .await;
     if let Some(c) = &cluster {
         c.leave(Duration::from_secs(20)).await;
         c.stop();

@@ -690,3 +690,57 @@ async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on()
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_certificate_the_node_serves_https_only() {
+    let certs = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_pem, key_pem) = (key.cert.pem(), key.signing_key.serialize_pem());
+    let (cert_file, key_file) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_file, &cert_pem).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let config = format!(
+        "{CONFIG}\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    );
+    let node = Node::start_with_config(&config, &[]);
+    assert!(node.base.starts_with("https://"), "{}", node.base);
+    let addr: std::net::SocketAddr = node.base.trim_start_matches("https://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}", addr.port());
+    let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .post(format!("{url}/api/v1/inbound"))
+        .bearer_auth("gw-acme")
+        .json(&sms("acme", &phone(1), "over TLS", Some("tls1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    // Plain HTTP on the same port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    // A config naming a missing file is refused with the key.
+    let bad = certs.path().join("bad.toml");
+    std::fs::write(&bad, config.replace("cert.pem", "missing.pem")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("server.tls.cert_file"),
+        "{out:?}"
+    );
+}
