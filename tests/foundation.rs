@@ -723,6 +723,33 @@ async fn with_a_certificate_the_node_serves_https_only() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
+    // The web chat's WebSocket over the same TLS (WSS).
+    let roots = {
+        let mut r = tokio_rustls::rustls::RootCertStore::empty();
+        r.add(key.cert.der().clone()).unwrap();
+        r
+    };
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        format!(
+            "wss://localhost:{}/chat/ws?tenant=acme&visitor=v-tls",
+            addr.port()
+        ),
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            tls,
+        ))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(common::ws::next_json(&mut ws).await["type"], "hello");
     // Plain HTTP on the same port gets no answer.
     let plain = reqwest::Client::new()
         .get(format!("http://{addr}/healthz"))
