@@ -500,7 +500,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
         (Method::GET, ["api", "v1", "tenants", tenant, "audit"]) => {
             admin(app, &req)?;
             let tenant = known_tenant(app, tenant)?;
-            audit_export(app, &tenant, req.uri().query().unwrap_or("")).await
+            audit_export(app, &req, &tenant, req.uri().query().unwrap_or("")).await
         }
         (Method::GET, ["api", "v1", "tenants", tenant, "calendar"]) => {
             admin(app, &req)?;
@@ -1532,7 +1532,12 @@ pub(crate) fn query_pairs(query: &str) -> Result<Vec<(&str, String)>, ApiError> 
         .collect()
 }
 
-async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiError> {
+async fn audit_export(
+    app: &App,
+    req: &Request<Incoming>,
+    tenant: &str,
+    query: &str,
+) -> Result<Resp, ApiError> {
     let mut contact = None;
     let mut since = None;
     for (k, v) in query_pairs(query)? {
@@ -1553,9 +1558,49 @@ async fn audit_export(app: &App, tenant: &str, query: &str) -> Result<Resp, ApiE
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
     .map_err(ApiError::storage)?;
-    let mut body = lines.join("\n");
-    if !body.is_empty() {
-        body.push('\n');
+    let Some(cluster) = &app.cluster else {
+        let mut body = lines.join("\n");
+        if !body.is_empty() {
+            body.push('\n');
+        }
+        return Ok(text_response(StatusCode::OK, "application/x-ndjson", body));
+    };
+    // In a cluster each node seals its own chain: its records name it
+    // (`node`, outside the hash), and an export not passed on by a peer
+    // gathers every live node's.
+    let me = serde_json::to_string(&cluster.spec.name).unwrap_or_default();
+    let mut body = String::new();
+    for l in &lines {
+        if let Some(rest) = l.strip_prefix('{') {
+            body.push_str(&format!("{{\"node\":{me},{rest}\n"));
+        }
+    }
+    if !passed_on(req) {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or(req.uri().path(), |p| p.as_str());
+        for peer in cluster.peer_http() {
+            let answer = app
+                .proxy
+                .get(format!("http://{peer}{path}"))
+                .header(PASSED_ON, "1")
+                .bearer_auth(&app.cfg.server.admin_token)
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => {
+                    body.push_str(&r.text().await.unwrap_or_default());
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("node {peer} did not give its audit records; try again"),
+                    ))
+                }
+            }
+        }
     }
     Ok(text_response(StatusCode::OK, "application/x-ndjson", body))
 }

@@ -87,7 +87,9 @@ pub struct Broken {
 
 /// Checks an exported trail (all records of one or more tenants, in order).
 pub fn verify(input: impl BufRead) -> Result<Verified, Broken> {
-    let mut heads: std::collections::HashMap<String, (u64, String)> = Default::default();
+    // Chains are per tenant, and in a cluster per node too: an export from
+    // a cluster names each record's node (`node`, outside the hash).
+    let mut heads: std::collections::HashMap<(String, String), (u64, String)> = Default::default();
     let mut records = 0;
     for (i, line) in input.lines().enumerate() {
         let line_no = i + 1;
@@ -101,6 +103,11 @@ pub fn verify(input: impl BufRead) -> Result<Verified, Broken> {
         }
         let mut v: Map<String, Value> =
             serde_json::from_str(&line).map_err(|e| broken(format!("not a JSON object: {e}")))?;
+        let node = match v.remove("node") {
+            None => String::new(),
+            Some(Value::String(n)) => n,
+            Some(_) => return Err(broken("node is not a name".into())),
+        };
         let claimed = match v.remove("hash") {
             Some(Value::String(h)) => h,
             _ => return Err(broken("no hash".into())),
@@ -119,8 +126,9 @@ pub fn verify(input: impl BufRead) -> Result<Verified, Broken> {
             .and_then(Value::as_str)
             .ok_or_else(|| broken("no prev".into()))?
             .to_owned();
+        let chain = (node, tenant.clone());
         let (want_seq, want_prev) = heads
-            .get(&tenant)
+            .get(&chain)
             .map(|(s, h)| (s + 1, h.clone()))
             .unwrap_or((1, hex(&GENESIS)));
         if seq != want_seq {
@@ -139,12 +147,13 @@ pub fn verify(input: impl BufRead) -> Result<Verified, Broken> {
                 "tenant {tenant}: record {seq} was altered (hash mismatch)"
             )));
         }
-        heads.insert(tenant, (seq, claimed));
+        heads.insert(chain, (seq, claimed));
         records += 1;
     }
+    let tenants: std::collections::HashSet<&String> = heads.keys().map(|(_, t)| t).collect();
     Ok(Verified {
         records,
-        tenants: heads.len(),
+        tenants: tenants.len(),
     })
 }
 
