@@ -912,15 +912,7 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
 
     // The audit trail read from any node holds every live node's chain,
     // each record naming its node, and it verifies.
-    let r = nodes[d]
-        .http
-        .get(nodes[d].url("/api/v1/tenants/acme/audit"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let trail = r.text().await.unwrap();
+    let trail = audit_export(&nodes[d], "").await;
     let records: Vec<Value> = trail
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -937,13 +929,7 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
         decided.len() >= 2 && on.len() >= 2,
         "decisions sealed on two nodes: {decided:?}"
     );
-    let file = nodes[d].dir.path().join("audit.ndjson");
-    std::fs::write(&file, &trail).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
-        .args(["audit", "verify"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = audit_verify(nodes[d].dir.path(), "audit.ndjson", &trail);
     assert!(out.status.success(), "{out:?}");
 }
 

@@ -220,29 +220,6 @@ async fn consent_recorded_through_the_api_with_its_proof() {
     assert_eq!(s, 404);
 }
 
-async fn audit_export(node: &Node, query: &str) -> String {
-    let r = node
-        .http
-        .get(node.url(&format!("/api/v1/tenants/acme/audit{query}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
-    r.text().await.unwrap()
-}
-
-fn verify(dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
-        .args(["audit", "verify"])
-        .arg(&path)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_records_consent_and_decisions_and_detects_an_edit() {
     let mut node = Node::start(&["--simulated-clock", MORNING]);
@@ -296,7 +273,7 @@ async fn the_audit_trail_records_consent_and_decisions_and_detects_an_edit() {
     assert_eq!(records[1]["detail"]["provider_message_id"], "a1");
     assert_eq!(records[3]["detail"]["rule"], "recipient opted out");
 
-    let ok = verify(node.dir.path(), "audit.ndjson", &text);
+    let ok = audit_verify(node.dir.path(), "audit.ndjson", &text);
     assert!(
         ok.status.success(),
         "{}",
@@ -306,7 +283,7 @@ async fn the_audit_trail_records_consent_and_decisions_and_detects_an_edit() {
 
     // Someone edits the opt-out into an opt-in: detected.
     let edited = text.replacen("\"status\":\"opted_out\"", "\"status\":\"opted_in\"", 1);
-    let bad = verify(node.dir.path(), "edited.ndjson", &edited);
+    let bad = audit_verify(node.dir.path(), "edited.ndjson", &edited);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("line 2"),

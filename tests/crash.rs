@@ -236,22 +236,8 @@ async fn random_sigkills_under_load_lose_nothing_acknowledged_and_send_nothing_t
     assert!(outbound_expected > 0, "the load made decisions");
 
     // The audit chain survived every kill.
-    let r = node
-        .http
-        .get(node.url("/api/v1/tenants/acme/audit"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let trail = r.text().await.unwrap();
-    let file = node.dir.path().join("audit.ndjson");
-    std::fs::write(&file, &trail).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
-        .args(["audit", "verify"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let trail = audit_export(&node, "").await;
+    let out = audit_verify(node.dir.path(), "audit.ndjson", &trail);
     assert!(out.status.success(), "{out:?}");
     println!(
         "crash test: {} texts, {outbound_expected} decided messages, {} audit records",

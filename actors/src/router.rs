@@ -886,7 +886,10 @@ impl Router {
     pub(crate) fn published_to_pool(&self, p: &crate::feed::Published) {
         match self.remote_pool() {
             Some((c, home)) => c.tell_published(&home, p.conversation, p.message.clone()),
-            None => self.pool_here(crate::pool::PoolMsg::Published(Box::new(p.clone()))),
+            None => self.pool_here(crate::pool::PoolMsg::Published {
+                conversation: p.conversation,
+                message: Box::new(p.message.clone()),
+            }),
         }
     }
 

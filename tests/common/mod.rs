@@ -275,3 +275,28 @@ pub fn texts(conv: &Value) -> Vec<String> {
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The tenant acme's audit export (`query`: `?contact=…`, `?since=…`).
+pub async fn audit_export(node: &Node, query: &str) -> String {
+    let r = node
+        .http
+        .get(node.url(&format!("/api/v1/tenants/acme/audit{query}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    r.text().await.unwrap()
+}
+
+/// `threadline audit verify` of `text`, written to `dir/name`.
+pub fn audit_verify(dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .args(["audit", "verify"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}

@@ -355,15 +355,12 @@ impl Cluster {
             PoolTell::Command { agent, cmd } => {
                 router.pool_here(crate::pool::PoolMsg::Command { agent, cmd })
             }
-            PoolTell::Published { conv, message } => router.pool_here(
-                crate::pool::PoolMsg::Published(Box::new(crate::feed::Published {
-                    tenant: String::new(),
+            PoolTell::Published { conv, message } => {
+                router.pool_here(crate::pool::PoolMsg::Published {
                     conversation: conv,
-                    contact: String::new(),
-                    identities: Default::default(),
-                    message,
-                })),
-            ),
+                    message: Box::new(message),
+                })
+            }
             PoolTell::Upsert(spec) => {
                 router.shared.remember_agent(Some(&spec), &spec.id);
                 router.pool_here(crate::pool::PoolMsg::Upsert(spec));

@@ -132,7 +132,12 @@ pub enum PoolMsg {
         agent: String,
         cmd: AgentCommand,
     },
-    Published(Box<Published>),
+    /// A committed message of a held conversation (boxed: a message is
+    /// large next to the other variants).
+    Published {
+        conversation: ConversationId,
+        message: Box<Message>,
+    },
     Stats {
         tenant: String,
         reply: Reply<QueueStats>,
@@ -813,13 +818,16 @@ impl Actor for PoolActor {
                 }
             }
             PoolMsg::Command { agent, cmd } => st.command(agent, cmd).await,
-            PoolMsg::Published(p) => {
-                if let Some(agent) = st.pool.holder(p.conversation.0).map(str::to_owned) {
+            PoolMsg::Published {
+                conversation,
+                message,
+            } => {
+                if let Some(agent) = st.pool.holder(conversation.0).map(str::to_owned) {
                     st.tell(
                         &agent,
                         AgentEvent::Message {
-                            conversation: p.conversation,
-                            message: p.message,
+                            conversation,
+                            message: *message,
                         },
                     );
                 }
