@@ -607,6 +607,15 @@ async fn a_backup_taken_while_the_node_runs_restores_every_commit_before_it_and_
     assert_eq!(got, prefix);
 }
 
+/// An HTTP client whose requests come from loopback address 127.0.0.`n`:
+/// another source as the node sees it.
+fn client_from(n: u8) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, n]))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on() {
     let config = CONFIG.replacen(
@@ -645,10 +654,7 @@ async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on()
     );
     // A refused message was not stored (read from another source: this
     // one is out of requests).
-    let reader = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 3]))
-        .build()
-        .unwrap();
+    let reader = client_from(3);
     let conv: Value = reader
         .get(node.url(&format!(
             "/api/v1/tenants/acme/contacts/{}/conversation",
@@ -677,10 +683,7 @@ async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on()
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.headers().get("retry-after").is_some());
     // Another source (another loopback address) is not held up.
-    let other = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
+    let other = client_from(2);
     let r = other
         .post(node.url("/api/v1/inbound"))
         .bearer_auth("gw-acme")
