@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::http::Body;
 use futures_util::{SinkExt, StreamExt};
-use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -100,7 +100,7 @@ fn capacity_json(c: &[u32; 4]) -> Value {
 }
 
 /// `GET/POST /api/v1/agents`, `DELETE /api/v1/agents/{id}`.
-pub async fn rest(app: &App, req: Request<Incoming>, id: Option<&str>) -> Result<Resp, ApiError> {
+pub async fn rest(app: &App, req: Request<Body>, id: Option<&str>) -> Result<Resp, ApiError> {
     admin(app, &req)?;
     // In a cluster every node keeps the agent list (a desktop may connect
     // to any of them): a change made here is made on each live peer too.
@@ -270,11 +270,7 @@ struct EscalateBody {
 }
 
 /// `POST /api/v1/conversations/{id}/escalate`.
-pub async fn escalate(
-    app: &App,
-    id: ConversationId,
-    req: Request<Incoming>,
-) -> Result<Resp, ApiError> {
+pub async fn escalate(app: &App, id: ConversationId, req: Request<Body>) -> Result<Resp, ApiError> {
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: EscalateBody = if body.is_empty() {
         EscalateBody::default()
@@ -395,7 +391,7 @@ fn event_json(e: &AgentEvent) -> Value {
 }
 
 /// `GET /agent/ws`: the token (Bearer or `?token=`) names the agent.
-pub fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn upgrade(app: Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
     let query_token = req.uri().query().and_then(|q| {
         form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "token")

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -52,6 +52,33 @@ pub struct Cluster {
     /// acknowledged; 1 keeps none.
     #[serde(default = "default_replication_factor")]
     pub replication_factor: u8,
+    /// TLS on every link between nodes (absent: plain TCP, for a private
+    /// network only).
+    #[serde(default)]
+    pub tls: Option<ClusterTls>,
+}
+
+/// `[cluster.tls]`: each node's certificate and the CA that signs every
+/// node's. A node accepts and connects only to nodes whose certificate
+/// that CA signed (mutual TLS); the cookie is checked as well.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// This node's PEM certificate chain, leaf first (relative to the
+    /// config file).
+    pub cert_file: PathBuf,
+    /// Its PEM private key.
+    pub key_file: PathBuf,
+    /// The cluster CA's PEM certificate(s).
+    pub ca_file: PathBuf,
+    /// The name every node's certificate carries (a DNS subject
+    /// alternative name), checked when connecting to a node.
+    #[serde(default = "default_cluster_server_name")]
+    pub server_name: String,
+}
+
+fn default_cluster_server_name() -> String {
+    "threadline-cluster".into()
 }
 
 fn default_replication_factor() -> u8 {
@@ -475,7 +502,13 @@ fn is_id(s: &str) -> bool {
 impl Config {
     /// Parses and validates a config file's text.
     pub fn parse(src: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(src).map_err(|e| {
+        Self::parse_at(src, Path::new("."))
+    }
+
+    /// Parses and checks a config whose relative file names (certificates,
+    /// keys) are relative to `base_dir`, the config file's directory.
+    pub fn parse_at(src: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(src).map_err(|e| {
             let line = e.span().map(|r| line_at(src, r.start));
             ConfigError {
                 key: key_from_toml_error(&e),
@@ -483,6 +516,7 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
+        cfg.base_dir = base_dir.to_path_buf();
         cfg.check().map_err(|(path, message)| ConfigError {
             key: path_text(&path),
             line: line_of(src, &path),
@@ -716,6 +750,26 @@ impl Config {
                     vec![Key("cluster"), Key("cookie")],
                     "is required, at least 16 characters".into(),
                 );
+            }
+            if let Some(tls) = &c.tls {
+                for (key, f) in [
+                    ("cert_file", &tls.cert_file),
+                    ("key_file", &tls.key_file),
+                    ("ca_file", &tls.ca_file),
+                ] {
+                    if !self.base_dir.join(f).is_file() {
+                        return err(
+                            vec![Key("cluster"), Key("tls"), Key(key)],
+                            format!("{} is not a readable file", f.display()),
+                        );
+                    }
+                }
+                if rustls_pki_types::DnsName::try_from(tls.server_name.as_str()).is_err() {
+                    return err(
+                        vec![Key("cluster"), Key("tls"), Key("server_name")],
+                        format!("{:?} is not a DNS name", tls.server_name),
+                    );
+                }
             }
         }
         let r = &self.runtime;

@@ -140,8 +140,9 @@ impl Responder for ChatCompletions {
 
 // ---- The booking API: the calendar and appointment outcomes ----
 
+use crate::http::Body;
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use threadline_actors::conversation::core::{BookingOutcome, BookingOutcomeError};
 use threadline_actors::flows::{block_slot, unblock_slot, SlotState};
@@ -288,7 +289,7 @@ struct OutcomeBody {
 pub async fn booking_outcome(
     app: &App,
     id: ConversationId,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: OutcomeBody = parse_json(&body)?;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
+use threadline_actors::cluster::{PeerAnswer, PeerRequest, RequestHandler};
 use threadline_actors::consent::policy::Purpose;
 use threadline_actors::conversation::core::{OutboundSpec, SendOutcome, TimerSpec};
 use threadline_actors::{DeliverError, Delivered, ManualClock, Router, Runtime};
@@ -51,8 +52,6 @@ pub struct App {
     pub agents: crate::agents::AgentDirectory,
     /// Cluster membership, when `[cluster]` is configured.
     pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
-    /// Passes requests on to the node that holds their conversation.
-    proxy: reqwest::Client,
     /// Requests per source address (`server.rate_limit_per_second`).
     limiter: Option<Arc<SourceLimiter>>,
 }
@@ -103,10 +102,6 @@ impl App {
             simulated,
             cluster: None,
             limiter: source_limiter(&cfg_server),
-            proxy: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(15))
-                .build()
-                .expect("an HTTP client"),
         }
     }
 }
@@ -186,6 +181,9 @@ impl From<DeliverError> for ApiError {
 
 pub(crate) type Resp = Response<Full<Bytes>>;
 
+/// A request's body: what a client sent, or what a peer passed on.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
@@ -212,41 +210,6 @@ pub(crate) fn text_response(status: StatusCode, content_type: &'static str, body
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
-}
-
-/// The TLS acceptor of `server.tls` (files relative to `base`); errors
-/// name the key.
-pub fn tls_acceptor(
-    server: &crate::config::Server,
-    base: &std::path::Path,
-) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let Some(tls) = &server.tls else {
-        return Ok(None);
-    };
-    let cert_path = base.join(&tls.cert_file);
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| anyhow::anyhow!("server.tls.cert_file {}: {e}", cert_path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!(
-            "server.tls.cert_file {}: no certificate in it",
-            cert_path.display()
-        );
-    }
-    let key_path = base.join(&tls.key_file);
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| anyhow::anyhow!("server.tls.key_file {}: {e}", key_path.display()))?;
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| anyhow::anyhow!("server.tls: the key does not fit the certificate: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and waits (up to
@@ -323,7 +286,10 @@ async fn connection<IO>(
             TokioIo::new(io),
             service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(app, req, peer).await) }
+                async move {
+                    let req = req.map(|b: hyper::body::Incoming| b.boxed());
+                    Ok::<_, Infallible>(handle(app, req, peer).await)
+                }
             }),
         )
         .with_upgrades();
@@ -340,7 +306,7 @@ async fn connection<IO>(
     }
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     app.shared.metrics.http_requests.inc();
     if let Some(limiter) = &app.limiter {
         let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
@@ -382,7 +348,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Resp
     resp
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let path = req.uri().path().to_owned();
     if path.len() > MAX_URL_BYTES {
         return Err(ApiError::new(
@@ -527,6 +493,24 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             Ok(json_response(StatusCode::OK, &cluster_json(app).await))
         }
+        (Method::GET, ["api", "v1", "cluster", "conversations", id]) => {
+            admin(app, &req)?;
+            let Some(cluster) = &app.cluster else {
+                return Err(ApiError::not_found("this node is not in a cluster"));
+            };
+            let conv: ConversationId = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
+            let here = cluster.holds(conv).await;
+            let node = match here {
+                true => Some(cluster.spec.name.clone()),
+                false => cluster.locate(conv).await,
+            };
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"id": id, "here": here, "node": node}),
+            ))
+        }
         (Method::DELETE, ["api", "v1", "cluster", "members", name]) => {
             admin(app, &req)?;
             forget_node(app, &req, name).await
@@ -587,16 +571,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
             }
             // In a cluster the timer may belong to a conversation another
             // node holds: only that node can cancel it, so ask each.
-            if let (Some(cluster), false) = (&app.cluster, req.headers().contains_key(PASSED_ON)) {
-                for peer in cluster.peer_http() {
-                    let mut ask = app
-                        .proxy
-                        .delete(format!("http://{peer}/api/v1/timers/{id}"))
-                        .header(PASSED_ON, "1");
-                    if let Some(a) = req.headers().get(AUTHORIZATION) {
-                        ask = ask.header(AUTHORIZATION, a.clone());
-                    }
-                    if matches!(ask.send().await, Ok(r) if r.status().as_u16() == 200) {
+            if let (Some(cluster), false) = (&app.cluster, passed_on(&req)) {
+                for peer in cluster.peer_names() {
+                    let ask = peer_request(&req, Bytes::new());
+                    if matches!(cluster.request(&peer, &ask, PEER_TIMEOUT).await, Ok(a) if a.status == 200)
+                    {
                         return Ok(json_response(
                             StatusCode::OK,
                             &json!({"id": id, "cancelled": true}),
@@ -629,20 +608,25 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
     }
 }
 
-/// Marks a request one node passed on to another (never passed on again).
-const PASSED_ON: &str = "x-threadline-passed-on";
+/// Marks a request another node passed on (over the cluster link): it is
+/// never passed on again. An extension, so no client can set it.
+#[derive(Clone, Copy)]
+struct PassedOn;
 
-/// In a cluster: the HTTP address of the node that holds the conversation
-/// a write addressed by conversation id is for, when that is another node.
+/// How long a node waits for a peer's answer to a request passed on.
+const PEER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// In a cluster: the node that holds the conversation a write addressed
+/// by conversation id is for, when that is another node.
 async fn held_elsewhere(
     app: &App,
-    req: &Request<Incoming>,
+    req: &Request<Body>,
     segs: &[&str],
 ) -> Result<Option<String>, ApiError> {
     let Some(cluster) = &app.cluster else {
         return Ok(None);
     };
-    if req.method() != Method::POST || req.headers().contains_key(PASSED_ON) {
+    if req.method() != Method::POST || passed_on(req) {
         return Ok(None);
     }
     let ["api", "v1", "conversations", id, "escalate" | "booking" | "messages" | "timers"] = segs
@@ -654,17 +638,107 @@ async fn held_elsewhere(
     let Ok(id) = id.parse::<ConversationId>() else {
         return Ok(None);
     };
-    Ok(cluster.locate(id).await.map(|(_, http)| http))
+    Ok(cluster.locate(id).await)
 }
 
 /// Whether `req` was passed on by another node of the cluster.
-pub(crate) fn passed_on(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(PASSED_ON)
+pub(crate) fn passed_on(req: &Request<Body>) -> bool {
+    req.extensions().get::<PassedOn>().is_some()
+}
+
+/// `req` (its method, path and query, authorization and content type)
+/// with `body`, to pass on to a peer.
+fn peer_request(req: &Request<Body>, body: Bytes) -> PeerRequest {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or(req.uri().path(), |p| p.as_str());
+    PeerRequest {
+        method: req.method().to_string(),
+        path: path.to_owned(),
+        headers: [AUTHORIZATION, CONTENT_TYPE]
+            .iter()
+            .filter_map(|h| Some((h.to_string(), req.headers().get(h)?.as_bytes().to_vec())))
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+/// Serves the requests peers pass on to this node, through the same
+/// routes (and authorization) as a client's.
+pub fn peer_handler(app: std::sync::Weak<App>) -> RequestHandler {
+    Arc::new(move |r: PeerRequest| {
+        let app = app.upgrade();
+        Box::pin(async move {
+            let Some(app) = app else {
+                return answer_of(error_response(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the node is stopping",
+                )))
+                .await;
+            };
+            let mut req = Request::new(body_of(Bytes::from(r.body)));
+            match (r.method.parse::<Method>(), r.path.parse::<hyper::Uri>()) {
+                (Ok(m), Ok(u)) => {
+                    *req.method_mut() = m;
+                    *req.uri_mut() = u;
+                }
+                _ => {
+                    return answer_of(error_response(ApiError::bad(
+                        "invalid_request",
+                        "a peer passed on an unreadable request",
+                    )))
+                    .await
+                }
+            }
+            for (k, v) in r.headers {
+                if let (Ok(k), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_bytes(&v),
+                ) {
+                    req.headers_mut().insert(k, v);
+                }
+            }
+            req.extensions_mut().insert(PassedOn);
+            app.shared.metrics.http_requests.inc();
+            let resp = route(&app, req).await.unwrap_or_else(error_response);
+            answer_of(resp).await
+        })
+    })
+}
+
+async fn answer_of(resp: Resp) -> PeerAnswer {
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(never) => match never {},
+    };
+    PeerAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// A peer's answer as this node's response.
+fn response_of(a: PeerAnswer) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(a.body)));
+    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(v) = a.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
 }
 
 /// Sends the same admin request to every other live node (marked as passed
 /// on, so it goes no further); the nodes that did not take it (not 2xx),
-/// by HTTP address. Nothing in a single node.
+/// by name. Nothing in a single node.
 pub(crate) async fn to_every_peer(
     app: &App,
     method: Method,
@@ -674,23 +748,29 @@ pub(crate) async fn to_every_peer(
     let Some(cluster) = &app.cluster else {
         return Vec::new();
     };
-    let sends = cluster.peer_http().into_iter().map(|peer| {
-        let req = app
-            .proxy
-            .request(method.clone(), format!("http://{peer}{path}"))
-            .header(PASSED_ON, "1")
-            .header(CONTENT_TYPE, "application/json")
-            .bearer_auth(&app.cfg.server.admin_token)
-            .body(body.clone());
+    let ask = PeerRequest {
+        method: method.to_string(),
+        path: path.to_owned(),
+        headers: vec![
+            (CONTENT_TYPE.to_string(), b"application/json".to_vec()),
+            (
+                AUTHORIZATION.to_string(),
+                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
+            ),
+        ],
+        body: body.to_vec(),
+    };
+    let sends = cluster.peer_names().into_iter().map(|peer| {
+        let ask = &ask;
         async move {
-            match req.send().await {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => {
-                    tracing::warn!(peer, status = %r.status(), "a peer refused an agent change");
+            match cluster.request(&peer, ask, PEER_TIMEOUT).await {
+                Ok(a) if (200..300).contains(&a.status) => None,
+                Ok(a) => {
+                    tracing::warn!(peer, status = a.status, "a peer refused an admin change");
                     Some(peer)
                 }
                 Err(e) => {
-                    tracing::warn!(peer, error = %e, "a peer did not take an agent change");
+                    tracing::warn!(peer, error = %e, "a peer did not take an admin change");
                     Some(peer)
                 }
             }
@@ -703,48 +783,35 @@ pub(crate) async fn to_every_peer(
         .collect()
 }
 
-/// Sends `req` on to the node at `owner` (its HTTP address) and relays
-/// the answer.
-async fn pass_on(app: &App, req: Request<Incoming>, owner: &str) -> Result<Resp, ApiError> {
+/// Sends `req` on to `owner` (a node's name), over the cluster link, and
+/// relays the answer.
+async fn pass_on(app: &App, req: Request<Body>, owner: &str) -> Result<Resp, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Err(ApiError::not_found("this node is not in a cluster"));
+    };
     let (parts, body) = req.into_parts();
     let body = read_body(
         Request::from_parts(parts.clone(), body),
         app.cfg.server.max_body_bytes,
     )
     .await?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or(parts.uri.path(), |p| p.as_str());
-    let mut out = app
-        .proxy
-        .request(parts.method.clone(), format!("http://{owner}{path}"))
-        .header(PASSED_ON, "1")
-        .body(body);
-    for h in [AUTHORIZATION, CONTENT_TYPE] {
-        if let Some(v) = parts.headers.get(&h) {
-            out = out.header(h, v.clone());
-        }
-    }
-    let unavailable = |e: reqwest::Error| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("the node that holds the conversation did not answer: {e}"),
-        )
-    };
-    let answer = out.send().await.map_err(unavailable)?;
-    let status = answer.status();
-    let content_type = answer.headers().get(CONTENT_TYPE).cloned();
-    let bytes = answer.bytes().await.map_err(unavailable)?;
-    let mut r = Response::new(Full::new(bytes));
-    *r.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    if let Some(ct) = content_type {
-        if let Ok(v) = HeaderValue::from_bytes(ct.as_bytes()) {
-            r.headers_mut().insert(CONTENT_TYPE, v);
-        }
-    }
-    Ok(r)
+    let ask = peer_request(&Request::from_parts(parts, body_of(Bytes::new())), body);
+    let answer = cluster
+        .request(owner, &ask, PEER_TIMEOUT)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the node that holds the conversation did not answer: {e}"),
+            )
+        })?;
+    Ok(response_of(answer))
+}
+
+/// A request body of `bytes`.
+fn body_of(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn readyz(app: &App) -> Resp {
@@ -763,7 +830,7 @@ fn readyz(app: &App) -> Resp {
     )
 }
 
-pub(crate) fn bearer(req: &Request<Incoming>) -> Option<&str> {
+pub(crate) fn bearer(req: &Request<Body>) -> Option<&str> {
     let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -775,7 +842,7 @@ pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-pub(crate) fn admin(app: &App, req: &Request<Incoming>) -> Result<(), ApiError> {
+pub(crate) fn admin(app: &App, req: &Request<Body>) -> Result<(), ApiError> {
     match bearer(req) {
         Some(t) if ct_eq(t, &app.cfg.server.admin_token) => Ok(()),
         Some(_) => Err(ApiError::new(
@@ -817,7 +884,7 @@ pub(crate) fn decode_segment(s: &str) -> Result<String, ApiError> {
 const DRAIN_REFUSED_BODY: usize = 4 << 20;
 
 /// Reads the body, refusing more than `limit` bytes.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -851,7 +918,7 @@ pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<By
     Ok(buf.freeze())
 }
 
-fn require_json(req: &Request<Incoming>) -> Result<(), ApiError> {
+fn require_json(req: &Request<Body>) -> Result<(), ApiError> {
     let ct = req
         .headers()
         .get(CONTENT_TYPE)
@@ -915,7 +982,7 @@ async fn update_contact(
     app: &App,
     tenant: &str,
     address: &str,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Resp, ApiError> {
     require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
@@ -985,7 +1052,7 @@ struct MessageBody {
     subject: Option<String>,
 }
 
-async fn outbound_spec(app: &App, req: Request<Incoming>) -> Result<OutboundSpec, ApiError> {
+async fn outbound_spec(app: &App, req: Request<Body>) -> Result<OutboundSpec, ApiError> {
     require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: MessageBody = parse_json(&body)?;
@@ -1036,7 +1103,7 @@ async fn record_consent(
     app: &App,
     tenant: &str,
     address: &str,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Resp, ApiError> {
     valid_contact(address)?;
     require_json(&req)?;
@@ -1160,7 +1227,7 @@ const MAX_TIMER_AHEAD_MS: i64 = 10 * 366 * 24 * 3_600_000;
 async fn schedule_timer(
     app: &App,
     id: ConversationId,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Resp, ApiError> {
     require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
@@ -1229,7 +1296,7 @@ struct AdvanceBody {
     seconds: f64,
 }
 
-async fn advance_clock(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn advance_clock(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let clock = app.simulated.as_ref().expect("routed only when simulated");
     require_json(&req)?;
     let body = read_body(req, 4096).await?;
@@ -1342,7 +1409,7 @@ pub fn normalize_address(channel: Channel, from: &str) -> Result<String, ApiErro
     })
 }
 
-async fn inbound(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+async fn inbound(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let token_tenant = match bearer(&req) {
         Some(t) => app
             .gateway_tokens
@@ -1534,7 +1601,7 @@ pub(crate) fn query_pairs(query: &str) -> Result<Vec<(&str, String)>, ApiError> 
 
 async fn audit_export(
     app: &App,
-    req: &Request<Incoming>,
+    req: &Request<Body>,
     tenant: &str,
     query: &str,
 ) -> Result<Resp, ApiError> {
@@ -1580,23 +1647,35 @@ async fn audit_export(
             .uri()
             .path_and_query()
             .map_or(req.uri().path(), |p| p.as_str());
-        for peer in cluster.peer_http() {
-            let answer = app
-                .proxy
-                .get(format!("http://{peer}{path}"))
-                .header(PASSED_ON, "1")
-                .bearer_auth(&app.cfg.server.admin_token)
-                .send()
-                .await;
-            match answer {
-                Ok(r) if r.status().is_success() => {
-                    body.push_str(&r.text().await.unwrap_or_default());
+        let ask = PeerRequest {
+            method: "GET".into(),
+            path: path.to_owned(),
+            headers: vec![(
+                AUTHORIZATION.to_string(),
+                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
+            )],
+            body: Vec::new(),
+        };
+        for peer in cluster.peer_names() {
+            match cluster.request(&peer, &ask, PEER_TIMEOUT).await {
+                Ok(a) if (200..300).contains(&a.status) => {
+                    body.push_str(&String::from_utf8_lossy(&a.body));
                 }
-                _ => {
+                Ok(a) => {
                     return Err(ApiError::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "unavailable",
-                        format!("node {peer} did not give its audit records; try again"),
+                        format!(
+                            "node {peer} did not give its audit records ({}); try again",
+                            String::from_utf8_lossy(&a.body)
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        format!("node {peer} did not give its audit records ({e}); try again"),
                     ))
                 }
             }
@@ -1642,7 +1721,7 @@ async fn dead_letters(app: &App) -> Result<Resp, ApiError> {
 /// `DELETE /api/v1/cluster/members/{name}`: a node removed for good is
 /// forgotten here and on every live peer, so the majority a take-over
 /// needs is counted without it.
-async fn forget_node(app: &App, req: &Request<Incoming>, name: &str) -> Result<Resp, ApiError> {
+async fn forget_node(app: &App, req: &Request<Body>, name: &str) -> Result<Resp, ApiError> {
     use threadline_actors::cluster::ForgetError;
     let Some(cluster) = &app.cluster else {
         return Err(ApiError::not_found("this node is not in a cluster"));

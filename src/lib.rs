@@ -11,6 +11,7 @@ pub mod flows;
 pub mod http;
 pub use threadline_actors::phone;
 pub mod providers;
+pub mod tls;
 pub mod twilio;
 pub mod webchat;
 pub mod webhooks;

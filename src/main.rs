@@ -160,11 +160,12 @@ fn main() -> ExitCode {
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let src = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    let mut cfg = Config::parse(&src).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    cfg.base_dir = path
-        .parent()
-        .map(|p| p.to_path_buf())
-        .unwrap_or_else(|| ".".into());
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let cfg =
+        Config::parse_at(&src, base).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(cfg)
 }
@@ -242,7 +243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("invalid setting {e}"))?;
 
-    let tls = http::tls_acceptor(&cfg.server, &cfg.base_dir)?;
+    let tls = threadline::tls::http_acceptor(&cfg.server, &cfg.base_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.http_addr())
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.http))?;
@@ -338,6 +339,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 failure_after: Duration::from_millis(c.failure_after_ms),
                 replication_factor: c.replication_factor,
                 http: Some(addr),
+                tls: threadline::tls::cluster_links(c, &cfg.base_dir)?,
             };
             let cl = threadline_actors::cluster::Cluster::start(
                 spec,
@@ -353,6 +355,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut app = http::App::new(cfg, &runtime, manual);
     app.cluster = cluster.clone();
     let app = Arc::new(app);
+    if let Some(c) = &app.cluster {
+        c.serve_requests(http::peer_handler(Arc::downgrade(&app)));
+    }
     http::serve(
         app,
         listener,

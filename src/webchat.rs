@@ -12,9 +12,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::http::Body;
 use dashmap::DashMap;
 use futures_util::{SinkExt, StreamExt};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -111,7 +111,7 @@ fn valid_visitor(v: &str) -> bool {
 }
 
 /// `GET /chat/ws`: checks the request, answers 101 and serves the socket.
-pub fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn upgrade(app: Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
     let q: Vec<(String, String)> = req
         .uri()
         .query()
@@ -134,7 +134,7 @@ pub fn upgrade(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, ApiError> 
 
 /// Answers a WebSocket upgrade (101) and runs `serve` on the socket; a
 /// request that is not an upgrade gets a 400 JSON error.
-pub fn accept_websocket<F, Fut>(mut req: Request<Incoming>, serve: F) -> Result<Resp, ApiError>
+pub fn accept_websocket<F, Fut>(mut req: Request<Body>, serve: F) -> Result<Resp, ApiError>
 where
     F: FnOnce(Ws) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -386,7 +386,7 @@ async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {
 }
 
 /// `GET /chat?tenant=T`: the widget demo page.
-pub fn page(app: &App, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn page(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
     let tenant = req
         .uri()
         .query()

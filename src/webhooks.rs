@@ -4,7 +4,7 @@
 //! number it was sent to, and the answer (200, TwiML) goes out only once
 //! what it reports is durable.
 
-use hyper::body::Incoming;
+use crate::http::Body;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use threadline_actors::conversation::core::{CallEvent, DeliveryReport, VoiceAction};
@@ -28,7 +28,7 @@ fn twiml(t: Twiml) -> Resp {
 }
 
 /// The query string of `uri` as pairs.
-fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
+fn query_pairs(req: &Request<Body>) -> Vec<(String, String)> {
     req.uri()
         .query()
         .map(|q| {
@@ -43,7 +43,7 @@ fn query_pairs(req: &Request<Incoming>) -> Vec<(String, String)> {
 /// `X-Twilio-Signature` over `public_url` + path + query checks out.
 async fn twilio_form(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<(Vec<(String, String)>, Vec<(String, String)>), ApiError> {
     let Some(tw) = &app.cfg.providers.twilio else {
         return Err(forbidden(
@@ -130,7 +130,7 @@ fn phone_param(params: &[(String, String)], name: &str) -> Result<String, ApiErr
 }
 
 /// `POST /webhooks/twilio/sms`: an inbound SMS or MMS.
-pub async fn twilio_sms(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_sms(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, _) = twilio_form(app, req).await?;
     let tenant = tenant_by_number(app, required(&params, "To")?)?;
     let from = phone_param(&params, "From")?;
@@ -215,7 +215,7 @@ fn query<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// `POST /webhooks/twilio/status`: a message status callback.
-pub async fn twilio_status(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_status(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, q) = twilio_form(app, req).await?;
     let sid = required(&params, "MessageSid")?.to_owned();
     let status = required(&params, "MessageStatus")?.to_ascii_lowercase();
@@ -349,7 +349,7 @@ async fn call(
 }
 
 /// `POST /webhooks/twilio/voice`: an inbound call.
-pub async fn twilio_voice(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_voice(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, _) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let (conv, action) = call(app, tenant, from, CallEvent::Incoming { call_sid }).await?;
@@ -357,7 +357,7 @@ pub async fn twilio_voice(app: &App, req: Request<Incoming>) -> Result<Resp, Api
 }
 
 /// `POST /webhooks/twilio/voice/dial-status`: how ringing the owner ended.
-pub async fn twilio_dial_status(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_dial_status(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, _) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let status = required(&params, "DialCallStatus")?.to_ascii_lowercase();
@@ -373,7 +373,7 @@ pub async fn twilio_dial_status(app: &App, req: Request<Incoming>) -> Result<Res
 }
 
 /// `POST /webhooks/twilio/voice/gather?turn=N`: a speech turn.
-pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, q) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let turn = query(&q, "turn").and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -424,7 +424,7 @@ pub async fn twilio_gather(app: &App, req: Request<Incoming>) -> Result<Resp, Ap
 /// waiting for an agent. Once an agent accepted the offer, their phone
 /// rings (with the whisper); after `HOLD_LIMIT_MS`, the owner's; else the
 /// caller hears that they are still being connected.
-pub async fn twilio_hold(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_hold(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, q) = twilio_form(app, req).await?;
     let (tenant, _, _) = call_parties(app, &params)?;
     let conv = query(&q, "conversation")
@@ -476,7 +476,7 @@ pub async fn twilio_hold(app: &App, req: Request<Incoming>) -> Result<Resp, ApiE
 
 /// `POST /webhooks/twilio/voice/status`: a call status callback. For calls
 /// the node placed (`?c=&m=`), it is the delivery of that message.
-pub async fn twilio_call_status(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_call_status(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, q) = twilio_form(app, req).await?;
     let status = required(&params, "CallStatus")?.to_ascii_lowercase();
     if let (Some(target), Some(delivery)) = (
@@ -496,7 +496,7 @@ pub async fn twilio_call_status(app: &App, req: Request<Incoming>) -> Result<Res
 
 /// `POST /webhooks/twilio/voice/whisper?conversation=ID`: what the person
 /// taking a transferred call hears before being connected.
-pub async fn twilio_whisper(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_whisper(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (_, q) = twilio_form(app, req).await?;
     let id = query(&q, "conversation")
         .and_then(|c| c.parse().ok())
@@ -511,7 +511,7 @@ pub async fn twilio_whisper(app: &App, req: Request<Incoming>) -> Result<Resp, A
 
 /// `POST /webhooks/twilio/voice/outbound?c=&m=`: what a call the node
 /// placed says (the business-initiated message `m` of conversation `c`).
-pub async fn twilio_outbound_call(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn twilio_outbound_call(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (_, q) = twilio_form(app, req).await?;
     let (conv, seq) = message_ref(query(&q, "c"), query(&q, "m"))
         .ok_or_else(|| ApiError::bad("invalid_field", "`c` and `m` are required"))?;
@@ -526,7 +526,7 @@ pub async fn twilio_outbound_call(app: &App, req: Request<Incoming>) -> Result<R
 }
 
 /// `GET /webhooks/whatsapp`: Meta's verification handshake.
-pub fn whatsapp_verify(app: &App, req: &Request<Incoming>) -> Result<Resp, ApiError> {
+pub fn whatsapp_verify(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
     let Some(wa) = &app.cfg.providers.whatsapp else {
         return Err(forbidden("WhatsApp webhooks need [providers.whatsapp]"));
     };
@@ -547,7 +547,7 @@ pub fn whatsapp_verify(app: &App, req: &Request<Incoming>) -> Result<Resp, ApiEr
 }
 
 /// `POST /webhooks/whatsapp`: `messages` and `statuses` notifications.
-pub async fn whatsapp_notify(app: &App, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn whatsapp_notify(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let Some(wa) = &app.cfg.providers.whatsapp else {
         return Err(forbidden("WhatsApp webhooks need [providers.whatsapp]"));
     };

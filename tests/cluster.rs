@@ -163,6 +163,8 @@ async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
         ("name = \"n1\"\nlisten = \"nowhere\"\ncookie = \"0123456789abcdef\"", "cluster.listen"),
         ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\nseeds = [\"x\"]\ncookie = \"0123456789abcdef\"", "cluster.seeds[0]"),
         ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"short\"", "cluster.cookie"),
+        ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"0123456789abcdef\"\n[cluster.tls]\ncert_file = \"missing.pem\"\nkey_file = \"bad.toml\"\nca_file = \"bad.toml\"", "cluster.tls.cert_file"),
+        ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"0123456789abcdef\"\n[cluster.tls]\ncert_file = \"bad.toml\"\nkey_file = \"bad.toml\"\nca_file = \"bad.toml\"\nserver_name = \"not a name\"", "cluster.tls.server_name"),
     ] {
         std::fs::write(&path, format!("{CONFIG}\n[cluster]\n{bad}\n")).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_threadline"))
@@ -567,19 +569,13 @@ async fn holder_of(nodes: &[Node], conv: &str) -> usize {
     holder.expect("one node holds it")
 }
 
-/// Whether `node` itself holds conversation `conv`: it schedules a timer
-/// for it when told not to pass the request on.
+/// Whether `node` itself holds conversation `conv`.
 async fn holds(node: &Node, conv: &str) -> bool {
-    let r = node
-        .http
-        .post(node.url(&format!("/api/v1/conversations/{conv}/timers")))
-        .bearer_auth(ADMIN)
-        .header("x-threadline-passed-on", "1")
-        .json(&json!({"in_seconds": 86_400, "kind": "follow_up", "text": "probe"}))
-        .send()
-        .await
-        .unwrap();
-    r.status().as_u16() == 201
+    let (s, v) = node
+        .get_admin(&format!("/api/v1/cluster/conversations/{conv}"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["here"].as_bool().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1043,4 +1039,187 @@ async fn a_node_removed_for_good_is_forgotten_by_every_node_and_readiness_says_w
     }
     let (s, v) = n1.get_admin("/readyz").await;
     assert_eq!((s, v["cluster"].clone()), (503, json!(false)), "{v}");
+}
+
+/// A cluster CA and node certificates signed by it, in a directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test cluster CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        Pki {
+            dir,
+            ca: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca.pem")).unwrap()
+    }
+
+    /// A node certificate for the cluster's name and 127.0.0.1 (so the
+    /// same one serves the HTTPS listener); its (cert, key) paths.
+    fn node(&self, name: &str) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["threadline-cluster".into(), "127.0.0.1".into()])
+                .unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let (c, k) = (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// `config` with TLS on the cluster links and on the HTTP listener, with
+/// `name`'s certificate from `pki`.
+fn tls_config(name: &str, port: u16, seeds: &[u16], pki: &Pki) -> String {
+    let (cert, key) = pki.node(name);
+    let ca = pki.dir.path().join("ca.pem").display().to_string();
+    format!(
+        "{}\n[cluster.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nca_file = {ca:?}\n\n[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n",
+        config(name, port, seeds, COOKIE)
+    )
+}
+
+/// A node of `tls_config`, its test client trusting `pki`'s CA.
+fn tls_node(name: &str, port: u16, seeds: &[u16], pki: &Pki) -> Node {
+    let mut node = Node::start_with_config(&tls_config(name, port, seeds, pki), &[]);
+    assert!(node.base.starts_with("https://"), "{}", node.base);
+    node.http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cluster_tls_only_nodes_of_the_clusters_ca_join_and_requests_pass_on_between_them() {
+    let pki = Pki::new();
+    let (p1, p2, p3, p4, p5) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let nodes = [
+        tls_node("n1", p1, &[], &pki),
+        tls_node("n2", p2, &[p1], &pki),
+        tls_node("n3", p3, &[p1], &pki),
+    ];
+    // n2 and n3 only named n1, and found each other through it (over TLS,
+    // from the addresses n1's heartbeat answers name).
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    // The right cookie with a certificate from another CA, or with no
+    // TLS at all, never joins.
+    let other_ca = Pki::new();
+    let forged = tls_node("forged", p4, &[p1], &other_ca);
+    let plain = Node::start_with_config(&config("plain", p5, &[p1], COOKIE), &[]);
+    for _ in 0..200 {
+        if forged.stderr().contains("failed the TLS handshake")
+            && plain.stderr().contains("did not authenticate")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        forged.stderr().contains("failed the TLS handshake"),
+        "{}",
+        forged.stderr()
+    );
+    assert!(
+        plain.stderr().contains("did not authenticate"),
+        "{}",
+        plain.stderr()
+    );
+    assert!(names(&cluster(&forged).await).is_empty());
+    assert!(names(&cluster(&plain).await).is_empty());
+    for n in &nodes {
+        assert_eq!(names(&cluster(n).await).len(), 2, "only the CA's nodes");
+    }
+
+    // Traffic through every node lands in one conversation per customer,
+    // on its owner (forwarded over the TLS links).
+    let mut convs = Vec::new();
+    for c in 0..6 {
+        let mut ids = Vec::new();
+        for (m, node) in nodes.iter().enumerate() {
+            let pid = format!("tls-c{c}m{m}");
+            let (s, v) = node
+                .inbound("gw-acme", &sms("acme", &phone(c), "hello", Some(&pid)))
+                .await;
+            assert_eq!(s, 202, "{v}");
+            ids.push(v["conversation_id"].as_str().unwrap().to_owned());
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+        convs.push(ids[0].clone());
+    }
+    // A write through a node that does not hold the conversation is passed
+    // on to the one that does (the HTTPS listeners are never asked): a
+    // client's own "passed on" header changes nothing.
+    for conv in &convs {
+        let holder = holder_of(&nodes, conv).await;
+        let other = &nodes[(holder + 1) % 3];
+        let r = other
+            .http
+            .post(other.url(&format!("/api/v1/conversations/{conv}/timers")))
+            .bearer_auth(ADMIN)
+            .header("x-threadline-passed-on", "1")
+            .json(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "over TLS"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        assert_eq!(holder_of(&nodes, conv).await, holder, "still one holder");
+        let (s, v) = other
+            .get_admin(&format!("/api/v1/cluster/conversations/{conv}"))
+            .await;
+        assert_eq!(
+            (s, v["here"].as_bool(), v["node"].as_str()),
+            (200, Some(false), Some(format!("n{}", holder + 1).as_str())),
+            "{v}"
+        );
+        let (s, v) = other
+            .get_admin(&format!("/api/v1/conversations/{conv}"))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            v["timers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["text"] == "over TLS"),
+            "{v}"
+        );
+    }
 }

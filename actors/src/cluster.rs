@@ -1,10 +1,13 @@
-//! Cluster membership over ractor_cluster (first step of the cluster: who
-//! is in it; placement by rendezvous hashing is computed here too, but
-//! conversations are not yet forwarded or replicated).
+//! The cluster over ractor_cluster: membership and heartbeats, placement
+//! by rendezvous hashing, forwarding, replication, take-over and
+//! hand-over (the agent pool's part is in `pool`, requests passed on
+//! between nodes in `requests`).
 //!
 //! Each node runs a ractor_cluster `NodeServer` on its cluster address and
-//! connects to its seeds (transitively: a seed's peers are connected too).
-//! A peer is a member only once its session has *authenticated*:
+//! connects to its seeds, and to every node its peers name in their
+//! heartbeat answers (so a seed's peers are connected too). With
+//! `tls`, every link is TLS with certificates from the cluster's CA, both
+//! ways. A peer is a member only once its session has *authenticated*:
 //! ractor_cluster's `client_connect` returns `Ok` even when the cookies
 //! differ, so a connection alone proves nothing. Seeds that never
 //! authenticate are logged and retried.
@@ -27,8 +30,10 @@ use crate::replica::{ReplicaBody, ReplicaEntry, ReplicaMeta, Verdict};
 use crate::router::{DeliverError, Delivered, Router};
 
 mod pool;
+mod requests;
 pub(crate) use pool::PoolAsk;
 pub use pool::{ConvAnswer, ConvOp, SessionHandle};
+pub use requests::{PeerAnswer, PeerRequest, RequestHandler};
 
 /// How long a forwarded message may take on its owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +46,8 @@ const ROUTERS: &str = "threadline.routers";
 #[derive(ractor_cluster::RactorClusterMessage)]
 pub enum RouterMsg {
     /// Application heartbeat: the caller's name; answers with this node's
-    /// name, a tab, and its HTTP address (empty if it has none).
+    /// name, its HTTP address (empty if it has none), `leaving` (or
+    /// nothing) and the cluster addresses it links, tab separated.
     #[rpc]
     Ping(String, RpcReplyPort<String>),
     /// Inbound messages for conversations this node owns (a bincode
@@ -77,6 +83,10 @@ pub enum RouterMsg {
     /// desktop commands and held conversations' messages to the home,
     /// desktop events from the home. In order per sender.
     PoolTell(Vec<u8>),
+    /// An HTTP request another node passes on (a bincode `PeerRequest`);
+    /// answers a bincode `Result<PeerAnswer, String>`.
+    #[rpc]
+    Request(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// What a node has of a conversation, asked before taking it over.
@@ -183,8 +193,9 @@ fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
 struct RouterActor;
 
 struct RouterState {
-    /// `name \t http address`, the heartbeat's answer (`\t leaving` is
-    /// added while the node leaves).
+    /// `name \t http address`, the start of the heartbeat's answer; then
+    /// `\t leaving` (or nothing) `\t` and the cluster addresses of this
+    /// node and of its live peers, comma separated.
     ping_answer: String,
     /// Set when the node leaves the cluster (SIGTERM).
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -215,8 +226,13 @@ impl Actor for RouterActor {
         match msg {
             RouterMsg::Ping(_from, reply) => {
                 let mut answer = st.ping_answer.clone();
+                answer.push('\t');
                 if st.leaving.load(std::sync::atomic::Ordering::Relaxed) {
-                    answer.push_str("\tleaving");
+                    answer.push_str("leaving");
+                }
+                answer.push('\t');
+                if let Some(c) = st.cluster.get().and_then(|c| c.upgrade()) {
+                    answer.push_str(&c.links());
                 }
                 let _ = reply.send(answer);
             }
@@ -349,6 +365,16 @@ impl Actor for RouterActor {
                     let _ = reply.send(answer);
                 });
             }
+            RouterMsg::Request(bytes, reply) => {
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                tokio::spawn(async move {
+                    let answer = match cluster {
+                        Some(c) => c.on_request(bytes).await,
+                        None => wire(&Err::<PeerAnswer, _>("cluster stopping")),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
             RouterMsg::PoolTell(bytes) => {
                 let cluster = st.cluster.get().and_then(|c| c.upgrade());
                 match (unwire::<pool::PoolTell>(&bytes), cluster) {
@@ -426,8 +452,28 @@ pub struct ClusterSpec {
     /// Copies of each conversation (1: no replica; 2: the owner's and
     /// one on the next node in hash order).
     pub replication_factor: u8,
-    /// This node's HTTP address, for requests its peers pass on to it.
+    /// This node's HTTP address (shown in the cluster view).
     pub http: Option<SocketAddr>,
+    /// TLS for every link between nodes (absent: plain TCP).
+    pub tls: Option<LinkTls>,
+}
+
+/// TLS for the links between nodes: each node accepts only peers whose
+/// certificate the cluster's CA signed, and checks the same of the
+/// nodes it connects to (which must carry `server_name`).
+#[derive(Clone)]
+pub struct LinkTls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls_pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A peer as this node sees it.
@@ -457,6 +503,12 @@ struct View {
     http: BTreeMap<String, String>,
     /// Peers whose heartbeat answers say they are leaving.
     leaving: std::collections::BTreeSet<String>,
+    /// Each peer's cluster address, by name (from heartbeat answers).
+    links: BTreeMap<String, SocketAddr>,
+    /// Cluster addresses peers named in their heartbeat answers: this
+    /// node connects to each (with TLS, ractor_cluster's own transitive
+    /// connections cannot be used, since they are plain TCP).
+    learned: std::collections::BTreeSet<SocketAddr>,
     /// A peer's session opened or closed since the last heartbeat tick: a
     /// node that died and came back between two ticks leaves the live set
     /// as it was, but what it holds is stale and must be rebalanced.
@@ -494,6 +546,8 @@ pub struct Cluster {
     /// ... and, once they have heard, no longer counts itself: what it
     /// holds is handed to the nodes that own it without it.
     left: std::sync::atomic::AtomicBool,
+    /// Serves the HTTP requests peers pass on (set by the binary).
+    requests: std::sync::OnceLock<RequestHandler>,
 }
 
 struct Events(Arc<RwLock<View>>);
@@ -548,13 +602,22 @@ impl Cluster {
         retry: Duration,
         router: Router,
     ) -> Result<Arc<Cluster>, String> {
+        let (encryption, mode) = match &spec.tls {
+            None => (None, NodeConnectionMode::Transitive),
+            Some(t) => (
+                Some(ractor_cluster::IncomingEncryptionMode::Tls(
+                    t.acceptor.clone(),
+                )),
+                NodeConnectionMode::Isolated,
+            ),
+        };
         let server = NodeServer::new(
             spec.listen.port(),
             spec.cookie.clone(),
             spec.name.clone(),
             spec.listen.ip().to_string(),
-            None,
-            Some(NodeConnectionMode::Transitive),
+            encryption,
+            Some(mode),
         )
         .with_listen_addr(spec.listen.ip());
         let (server, _) = Actor::spawn(None, server, ())
@@ -605,6 +668,7 @@ impl Cluster {
             pool: Default::default(),
             leaving,
             left: Default::default(),
+            requests: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
         let _ = shared.cluster.set(Arc::downgrade(&cluster));
@@ -672,7 +736,17 @@ impl Cluster {
                         let name = fields.next().unwrap_or_default().to_owned();
                         let http = fields.next().unwrap_or_default();
                         let leaving = fields.next() == Some("leaving");
+                        let mut addrs = fields
+                            .next()
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter_map(|a| a.parse::<SocketAddr>().ok());
                         let mut v = c.view.write();
+                        if let Some(own) = addrs.next() {
+                            v.links.insert(name.clone(), own);
+                        }
+                        let listen = c.spec.listen;
+                        v.learned.extend(addrs.filter(|a| *a != listen));
                         if !http.is_empty() {
                             v.http.insert(name.clone(), http.to_owned());
                         }
@@ -739,17 +813,50 @@ impl Cluster {
     async fn join_seeds(self: Arc<Self>, retry: Duration) {
         let mut warned = std::collections::HashSet::new();
         loop {
-            for seed in &self.spec.seeds {
+            // With TLS, the nodes the peers link to (without, ractor_cluster
+            // connects to those itself).
+            let learned: Vec<SocketAddr> = match self.spec.tls {
+                Some(_) => self.view.read().learned.iter().copied().collect(),
+                None => Vec::new(),
+            };
+            let mut targets = self.spec.seeds.clone();
+            for a in learned {
+                if !targets.contains(&a) {
+                    targets.push(a);
+                }
+            }
+            for seed in &targets {
                 if self.is_member_addr(*seed) {
                     continue;
                 }
-                match ractor_cluster::client_connect(&self.server, *seed).await {
+                let connected = match &self.spec.tls {
+                    None => ractor_cluster::client_connect(&self.server, *seed).await,
+                    Some(t) => {
+                        ractor_cluster::client_connect_enc(
+                            &self.server,
+                            *seed,
+                            t.connector.clone(),
+                            t.server_name.clone(),
+                        )
+                        .await
+                    }
+                };
+                match connected {
                     Ok(()) => {
                         tokio::time::sleep(retry).await;
                         if !self.is_member_addr(*seed) && warned.insert(*seed) {
                             tracing::error!(
                                 %seed,
                                 "cluster seed accepted the connection but did not authenticate: wrong cookie?"
+                            );
+                        }
+                    }
+                    Err(ractor_cluster::ClientConnectErr::Encryption(e)) => {
+                        if warned.insert(*seed) {
+                            tracing::error!(
+                                %seed,
+                                error = %e,
+                                "cluster seed failed the TLS handshake: not a certificate of the cluster's CA, or not TLS?"
                             );
                         }
                     }
@@ -767,9 +874,27 @@ impl Cluster {
         // A session's peer address is the seed's for outgoing sessions;
         // a peer that connected to us first is matched by the seed's port.
         let v = self.view.read();
-        v.peers
-            .values()
-            .any(|m| m.addr == seed.to_string() || m.addr.ends_with(&format!(":{}", seed.port())))
+        let linked = |m: &Member| v.links.get(&m.name) == Some(&seed);
+        v.peers.values().any(|m| {
+            linked(m)
+                || m.addr == seed.to_string()
+                || m.addr.ends_with(&format!(":{}", seed.port()))
+        })
+    }
+
+    /// This node's cluster address and its live peers', comma separated
+    /// (the end of a heartbeat answer).
+    fn links(&self) -> String {
+        let live = self.live_names();
+        let v = self.view.read();
+        let mut out = self.spec.listen.to_string();
+        for (name, addr) in &v.links {
+            if *name != self.spec.name && live.contains(name) {
+                out.push(',');
+                out.push_str(&addr.to_string());
+            }
+        }
+        out
     }
 
     /// The authenticated peers, one per name, by name.
@@ -815,19 +940,12 @@ impl Cluster {
         }
         v.routers.remove(name);
         v.http.remove(name);
+        if let Some(addr) = v.links.remove(name) {
+            v.learned.remove(&addr);
+        }
         v.leaving.remove(name);
         tracing::info!(node = name, "cluster node forgotten");
         Ok(())
-    }
-
-    /// The HTTP addresses of the other live nodes.
-    pub fn peer_http(&self) -> Vec<String> {
-        let live = self.live_names();
-        let v = self.view.read();
-        live.iter()
-            .filter(|n| **n != self.spec.name)
-            .filter_map(|n| v.http.get(n).cloned())
-            .collect()
     }
 
     /// Every live node's name (answering heartbeats), this one included,
@@ -1918,23 +2036,25 @@ impl Cluster {
         Ok(Verdict::Stored)
     }
 
-    /// Where conversation `id` lives, if on another live node: `(name,
-    /// HTTP address)`. `None` when this node holds it or nobody knows.
-    pub async fn locate(&self, id: ConversationId) -> Option<(String, String)> {
+    /// Whether this node holds conversation `id` itself (not a replica).
+    pub async fn holds(&self, id: ConversationId) -> bool {
         let store = self.shared.persistence.store.clone();
-        let held = tokio::task::spawn_blocking(move || store.contact_of(id))
-            .await
-            .ok()?
-            .ok()?;
-        if held.is_some() {
+        matches!(
+            tokio::task::spawn_blocking(move || store.contact_of(id)).await,
+            Ok(Ok(Some(_)))
+        )
+    }
+
+    /// Where conversation `id` lives, if on another live node: its name.
+    /// `None` when this node holds it or nobody knows.
+    pub async fn locate(&self, id: ConversationId) -> Option<String> {
+        if self.holds(id).await {
             return None;
         }
-        let node = match self.replica_owner(id).await {
-            Some(n) => n,
-            None => self.remote_creator(id)?,
-        };
-        let http = self.view.read().http.get(&node).cloned()?;
-        Some((node, http))
+        match self.replica_owner(id).await {
+            Some(n) => Some(n),
+            None => self.remote_creator(id),
+        }
     }
 
     /// If this node keeps the replica of conversation `id`: the live node

@@ -416,7 +416,7 @@ impl Cluster {
 
     /// A write to conversation `op` names, on the node that holds it.
     pub(crate) async fn conv_op(&self, op: ConvOp) -> Result<Option<ConvAnswer>, DeliverError> {
-        let Some((node, _)) = self.locate(op.conversation()).await else {
+        let Some(node) = self.locate(op.conversation()).await else {
             return Ok(None);
         };
         self.pool_ask(&node, &PoolAsk::Conv(op)).await
