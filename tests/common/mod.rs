@@ -278,9 +278,14 @@ pub fn texts(conv: &Value) -> Vec<String> {
 
 /// The tenant acme's audit export (`query`: `?contact=…`, `?since=…`).
 pub async fn audit_export(node: &Node, query: &str) -> String {
+    tenant_audit(node, "acme", query).await
+}
+
+/// A tenant's audit export.
+pub async fn tenant_audit(node: &Node, tenant: &str, query: &str) -> String {
     let r = node
         .http
-        .get(node.url(&format!("/api/v1/tenants/acme/audit{query}")))
+        .get(node.url(&format!("/api/v1/tenants/{tenant}/audit{query}")))
         .bearer_auth(ADMIN)
         .send()
         .await
