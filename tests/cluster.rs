@@ -1223,3 +1223,109 @@ async fn with_cluster_tls_only_nodes_of_the_clusters_ca_join_and_requests_pass_o
         );
     }
 }
+
+/// The acme queue's waiting count as `node` reports it (`None` while the
+/// pool is unavailable: 503 while its home moves).
+async fn waiting(node: &Node) -> Option<u64> {
+    let (s, q) = node.get_admin("/api/v1/tenants/acme/queue").await;
+    match s {
+        200 => q["waiting"].as_u64(),
+        503 => None,
+        _ => panic!("{s} {q}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_the_pools_die() {
+    use common::ws::{next_of, send_json};
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let mut nodes = vec![
+        Node::start_with_config(&agent_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&agent_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&agent_config("n3", p3, &[p1]), &sim),
+    ];
+    let names = ["n1", "n2", "n3"];
+    for n in &nodes {
+        live(n, &names).await;
+    }
+    let home = agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let h = names.iter().position(|n| *n == home).unwrap();
+    // A customer whose conversation is held by the pool's own node: its
+    // loss takes both the conversation and the queue.
+    let mut conv = String::new();
+    for c in 0..60 {
+        let (s, v) = nodes[(h + 1) % 3]
+            .inbound(
+                "gw-acme",
+                &sms(
+                    "acme",
+                    &phone(c),
+                    "I need help with my bill",
+                    Some(&format!("w{c}")),
+                ),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["conversation_id"].as_str().unwrap().to_owned();
+        if holder_of(&nodes, &id).await == h {
+            conv = id;
+            break;
+        }
+    }
+    assert!(
+        !conv.is_empty(),
+        "some customer's conversation is on {home}"
+    );
+    // Nobody is available: the customer waits.
+    let (s, v) = nodes[(h + 2) % 3]
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conv}/escalate"),
+            Some(&json!({"reason": "asked for a person", "skills": ["en"]})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    for n in &nodes {
+        assert_eq!(waiting(n).await, Some(1));
+    }
+
+    nodes[h].sigkill();
+    let survivors: Vec<Node> = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| (i != h).then_some(n))
+        .collect();
+    let alive: Vec<&str> = names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| (i != h).then_some(*n))
+        .collect();
+    for n in &survivors {
+        live(n, &alive).await;
+    }
+    agreed_home(&[&survivors[0], &survivors[1]]).await;
+    // The survivors took the conversation over, and the new pool still
+    // has the customer in line.
+    let mut queued = None;
+    for _ in 0..200 {
+        queued = waiting(&survivors[0]).await;
+        if queued == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued, Some(1), "the waiting customer kept their place");
+    // The first agent to become available is offered them, with what they
+    // said.
+    let mut sarah = try_desktop(&survivors[1], "agent-sarah")
+        .await
+        .expect("hello");
+    send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
+    let offer = next_of(&mut sarah, "offer").await;
+    assert_eq!(offer["conversation_id"], conv.as_str(), "{offer}");
+    assert!(
+        offer.to_string().contains("I need help with my bill"),
+        "{offer}"
+    );
+}

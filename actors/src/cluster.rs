@@ -1872,6 +1872,18 @@ impl Cluster {
             .collect();
         let (timers, outbox) = crate::replica::derived_rows(&state);
         let held_by_agent = work.as_ref().is_some_and(|w| w.agent.is_some());
+        // A customer waiting for a person keeps their place: the pool
+        // queues them (again, if it still has them: then nothing changes).
+        let waiting =
+            work.as_ref()
+                .filter(|w| w.agent.is_none())
+                .map(|w| crate::pool::Escalation {
+                    conv: w.conv,
+                    tenant: w.tenant.clone(),
+                    channel: w.channel,
+                    skills: w.skills.clone(),
+                    priority: w.priority,
+                });
         let install = crate::replica::Install {
             conv,
             tenant: key.tenant().to_owned(),
@@ -1893,6 +1905,16 @@ impl Cluster {
         self.shared
             .pool_watched
             .set(ConversationId(conv), held_by_agent);
+        if let Some(e) = waiting {
+            match self.pool_home() {
+                Some(home) => self.tell_escalated(&home, e),
+                None => {
+                    if let Some(p) = self.shared.pool.read().as_ref() {
+                        let _ = p.cast(crate::pool::PoolMsg::Escalate(e));
+                    }
+                }
+            }
+        }
         self.retime(old_timers, timers);
         if let Some(s) = self.shared.sender.read().as_ref() {
             for e in outbox {

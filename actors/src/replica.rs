@@ -444,12 +444,14 @@ impl Store {
     }
 }
 
-/// What a conversation's state implies for the timer index and the outbox
-/// of the node that holds it.
-/// The agent pool's row of a conversation taken over from a replica: who
-/// holds it is in its state (an escalation still waiting is not).
+/// The agent pool's row of a conversation taken over from a replica, from
+/// its state: held by its agent, or waiting for one.
 pub fn derived_work(state: &ConversationState) -> Option<threadline_protocol::AgentWork> {
-    let agent = state.assigned_agent.clone()?;
+    let (agent, skills, priority, since) = match (&state.assigned_agent, &state.waiting) {
+        (Some(a), _) => (Some(a.clone()), Vec::new(), 0, state.updated_at),
+        (None, Some(w)) => (None, w.skills.clone(), w.priority, w.since),
+        (None, None) => return None,
+    };
     let channel = state
         .messages
         .iter()
@@ -460,13 +462,15 @@ pub fn derived_work(state: &ConversationState) -> Option<threadline_protocol::Ag
         conv: state.id,
         tenant: state.tenant.clone(),
         channel,
-        skills: Vec::new(),
-        priority: 0,
-        since: state.updated_at,
-        agent: Some(agent),
+        skills,
+        priority,
+        since,
+        agent,
     })
 }
 
+/// What a conversation's state implies for the timer index and the outbox
+/// of the node that holds it.
 pub fn derived_rows(state: &ConversationState) -> (Vec<TimerRow>, Vec<OutboxEntry>) {
     let owner = codec::TimerOwner::Conversation(state.id);
     let timers = state

@@ -267,3 +267,59 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     assert!(store.held().unwrap().is_empty());
     assert_eq!(store.replica_state(conv).unwrap().unwrap().1, state);
 }
+
+#[test]
+fn a_conversation_taken_over_keeps_its_place_in_the_queue_or_its_agent() {
+    use threadline_actors::replica::derived_work;
+    let mut evs = events(9, 2);
+    let mut state = state_of(9, &evs);
+    assert_eq!(derived_work(&state), None, "nobody asked for a person");
+    evs.push((
+        4,
+        ConvEvent::Escalated {
+            reason: "asked for a person".into(),
+            skills: vec!["es".into()],
+            priority: 3,
+            at: Timestamp(7_000),
+        },
+    ));
+    state = state_of(9, &evs);
+    let waiting = derived_work(&state).expect("a waiting customer keeps their place");
+    assert_eq!(
+        (
+            waiting.agent,
+            waiting.skills,
+            waiting.priority,
+            waiting.since
+        ),
+        (None, vec!["es".to_owned()], 3, Timestamp(7_000))
+    );
+    evs.push((
+        5,
+        ConvEvent::AgentAssigned {
+            agent: Some("sarah".into()),
+            at: Timestamp(8_000),
+        },
+    ));
+    state = state_of(9, &evs);
+    assert_eq!(
+        derived_work(&state).and_then(|w| w.agent),
+        Some("sarah".into())
+    );
+    evs.push((
+        6,
+        ConvEvent::AgentAssigned {
+            agent: None,
+            at: Timestamp(9_000),
+        },
+    ));
+    evs.push((
+        7,
+        ConvEvent::StatusChanged {
+            status: Status::Closed,
+            at: Timestamp(9_000),
+        },
+    ));
+    state = state_of(9, &evs);
+    assert_eq!(derived_work(&state), None, "closed: nobody needs it");
+}

@@ -28,7 +28,7 @@ pub enum Kind {
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
-pub const SNAPSHOT_VERSION: u16 = 3;
+pub const SNAPSHOT_VERSION: u16 = 4;
 /// Version 2 added `TimerOwner::Offer`; version 1 rows decode unchanged.
 pub const TIMER_ROW_VERSION: u16 = 2;
 pub const OUTBOX_VERSION: u16 = 2;
@@ -155,7 +155,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ConversationState, CodecError> {
     match header(Kind::Snapshot, bytes)? {
         (1, p) => decode_exact::<v1::ConversationStateV1>(Kind::Snapshot, 1, p).map(v1::upgrade),
         (2, p) => decode_exact::<v2::ConversationStateV2>(Kind::Snapshot, 2, p).map(v2::upgrade),
-        (3, p) => decode_exact(Kind::Snapshot, 3, p),
+        (3, p) => decode_exact::<v3::ConversationStateV3>(Kind::Snapshot, 3, p).map(v3::upgrade),
+        (4, p) => decode_exact(Kind::Snapshot, 4, p),
         (version, _) => Err(CodecError::UnsupportedVersion {
             kind: Kind::Snapshot,
             version,
@@ -207,6 +208,7 @@ mod v1 {
             timers: Vec::new(),
             last_seq: s.last_seq,
             consent: Vec::new(),
+            waiting: None,
         }
     }
 }
@@ -254,6 +256,59 @@ mod v2 {
             timers: s.timers,
             last_seq: s.last_seq,
             consent: Vec::new(),
+            waiting: None,
+        }
+    }
+}
+
+/// Frozen format version 3 of the snapshot (before `waiting`).
+mod v3 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::conversation::{
+        Captured, Channel, ConsentChange, ConversationState, Identities, Message, PendingTimer,
+        Status,
+    };
+    use crate::ids::ConversationId;
+    use crate::time::Timestamp;
+
+    #[derive(Deserialize, Serialize)]
+    pub struct ConversationStateV3 {
+        pub id: ConversationId,
+        pub tenant: String,
+        pub contact: String,
+        pub identities: Identities,
+        pub status: Status,
+        pub created_at: Timestamp,
+        pub updated_at: Timestamp,
+        pub messages: Vec<Message>,
+        pub captured: Captured,
+        pub channels: Vec<Channel>,
+        pub assigned_agent: Option<String>,
+        pub timers: Vec<PendingTimer>,
+        pub last_seq: u32,
+        pub consent: Vec<ConsentChange>,
+    }
+
+    /// A conversation written before `waiting` existed is read as not
+    /// waiting (its node's pool row still says whether it is).
+    pub fn upgrade(s: ConversationStateV3) -> ConversationState {
+        ConversationState {
+            id: s.id,
+            tenant: s.tenant,
+            contact: s.contact,
+            identities: s.identities,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            messages: s.messages,
+            captured: s.captured,
+            channels: s.channels,
+            assigned_agent: s.assigned_agent,
+            timers: s.timers,
+            last_seq: s.last_seq,
+            consent: s.consent,
+            waiting: None,
         }
     }
 }

@@ -371,6 +371,17 @@ pub struct ConversationState {
     pub last_seq: u32,
     /// Every consent change for this contact, oldest first.
     pub consent: Vec<ConsentChange>,
+    /// Waiting for a person: from an escalation (or an agent letting it
+    /// go) until an agent takes it or it closes.
+    pub waiting: Option<Waiting>,
+}
+
+/// What a conversation waiting for a person asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub skills: Vec<String>,
+    pub priority: i32,
+    pub since: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -406,6 +417,7 @@ impl ConversationState {
                 timers: Vec::new(),
                 last_seq: 1,
                 consent: Vec::new(),
+                waiting: None,
             }),
             _ => Err(ApplyError::NotCreated),
         }
@@ -447,7 +459,12 @@ impl ConversationState {
             ConvEvent::TimerFired { id, .. } | ConvEvent::TimerCancelled { id } => {
                 self.timers.retain(|p| p.id != *id);
             }
-            ConvEvent::StatusChanged { status, .. } => self.status = *status,
+            ConvEvent::StatusChanged { status, .. } => {
+                self.status = *status;
+                if *status == Status::Closed {
+                    self.waiting = None;
+                }
+            }
             ConvEvent::ConsentChanged(c) => self.consent.push(c.clone()),
             // A record of a decision; its effects are their own events.
             ConvEvent::Decided(_) => {}
@@ -488,7 +505,19 @@ impl ConversationState {
                     self.captured.facts.insert(k.clone(), v.clone());
                 }
             }
-            ConvEvent::Escalated { .. } => self.status = Status::Active,
+            ConvEvent::Escalated {
+                skills,
+                priority,
+                at,
+                ..
+            } => {
+                self.status = Status::Active;
+                self.waiting = Some(Waiting {
+                    skills: skills.clone(),
+                    priority: *priority,
+                    since: *at,
+                });
+            }
             ConvEvent::Understood {
                 intent,
                 slots,
@@ -508,7 +537,20 @@ impl ConversationState {
                     self.captured.score = *score;
                 }
             }
-            ConvEvent::AgentAssigned { agent, .. } => self.assigned_agent.clone_from(agent),
+            ConvEvent::AgentAssigned { agent, at } => {
+                self.assigned_agent.clone_from(agent);
+                // Taken: nobody waits. Let go without a close (a transfer,
+                // a requeue): it waits again, as the pool's row says.
+                self.waiting = match agent {
+                    Some(_) => None,
+                    None if self.status == Status::Closed => None,
+                    None => Some(Waiting {
+                        skills: Vec::new(),
+                        priority: 0,
+                        since: *at,
+                    }),
+                };
+            }
             ConvEvent::IdentityLinked(ids) => {
                 let mine = &mut self.identities;
                 for (slot, new) in [

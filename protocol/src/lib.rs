@@ -16,6 +16,7 @@ pub use codec::{
 pub use conversation::{
     Author, Captured, Channel, ConsentChange, ConsentStatus, ConvEvent, ConversationState,
     Delivery, Direction, GateDecision, Identities, Message, PendingTimer, Status, TimerKind,
+    Waiting,
 };
 pub use ids::{ConversationId, MessageId};
 pub use time::Timestamp;

@@ -125,6 +125,71 @@ fn snapshot_v3_fixture_still_decodes() {
     assert_eq!(codec::decode_snapshot(&bytes).unwrap(), v3_state());
 }
 
+fn v4_state() -> ConversationState {
+    let mut s = v3_state();
+    s.apply(
+        6,
+        &ConvEvent::Escalated {
+            reason: "asked for a person".into(),
+            skills: vec!["billing".into()],
+            priority: 2,
+            at: Timestamp(1_795_000_400_000),
+        },
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn snapshot_v4_fixture_still_decodes() {
+    let state = v4_state();
+    assert!(state.waiting.is_some());
+    let bytes = check("snapshot_v4.bin", codec::encode_snapshot(&state));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), state);
+}
+
+#[test]
+fn a_conversation_waits_for_a_person_from_its_escalation_until_taken_or_closed() {
+    let mut s = v4_state();
+    let asked = Waiting {
+        skills: vec!["billing".into()],
+        priority: 2,
+        since: Timestamp(1_795_000_400_000),
+    };
+    assert_eq!(s.waiting, Some(asked));
+    s.apply(
+        7,
+        &ConvEvent::AgentAssigned {
+            agent: Some("sarah".into()),
+            at: Timestamp(1_795_000_500_000),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.waiting, None);
+    // Let go without a close (a requeue): it waits again.
+    s.apply(
+        8,
+        &ConvEvent::AgentAssigned {
+            agent: None,
+            at: Timestamp(1_795_000_600_000),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s.waiting.as_ref().map(|w| w.since),
+        Some(Timestamp(1_795_000_600_000))
+    );
+    s.apply(
+        9,
+        &ConvEvent::StatusChanged {
+            status: Status::Closed,
+            at: Timestamp(1_795_000_700_000),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.waiting, None);
+}
+
 #[test]
 fn timer_row_v1_fixture_still_decodes() {
     let row = TimerRow {
