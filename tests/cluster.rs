@@ -703,9 +703,9 @@ async fn closes_within(ws: &mut common::ws::Ws, secs: u64) {
     }
 }
 
-/// Reads until an `assigned` frame for `conv`; `None` if the socket closes
-/// first.
-async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
+/// Reads until a frame `pred` accepts; `None` if the socket closes first
+/// (or stays quiet for 10 s).
+async fn frame_where(ws: &mut common::ws::Ws, pred: impl Fn(&Value) -> bool) -> Option<Value> {
     use futures_util::StreamExt;
     loop {
         let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -714,11 +714,20 @@ async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
             .ok()?;
         if let tokio_tungstenite::tungstenite::Message::Text(t) = f {
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
-            if v["type"] == "assigned" && v["conversation_id"] == conv {
+            if pred(&v) {
                 return Some(v);
             }
         }
     }
+}
+
+/// Reads until an `assigned` frame for `conv`; `None` if the socket closes
+/// first.
+async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
+    frame_where(ws, |v| {
+        v["type"] == "assigned" && v["conversation_id"] == conv
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,7 +1246,7 @@ async fn waiting(node: &Node) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_the_pools_die() {
-    use common::ws::{next_of, send_json};
+    use common::ws::send_json;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let sim = ["--simulated-clock", WEEKDAY_MORNING];
     let mut nodes = vec![
@@ -1317,12 +1326,19 @@ async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_t
     }
     assert_eq!(queued, Some(1), "the waiting customer kept their place");
     // The first agent to become available is offered them, with what they
-    // said.
-    let mut sarah = try_desktop(&survivors[1], "agent-sarah")
-        .await
-        .expect("hello");
-    send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
-    let offer = next_of(&mut sarah, "offer").await;
+    // said (her desktop reconnects if the pool moves under it).
+    let mut offer = None;
+    for _ in 0..40 {
+        if let Some(mut sarah) = try_desktop(&survivors[1], "agent-sarah").await {
+            send_json(&mut sarah, json!({"type": "status", "status": "available"})).await;
+            offer = frame_where(&mut sarah, |v| v["type"] == "offer").await;
+            if offer.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let offer = offer.expect("an offer for the waiting customer");
     assert_eq!(offer["conversation_id"], conv.as_str(), "{offer}");
     assert!(
         offer.to_string().contains("I need help with my bill"),

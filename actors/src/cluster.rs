@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
@@ -37,6 +38,9 @@ pub use requests::{PeerAnswer, PeerRequest, RequestHandler};
 
 /// How long a forwarded message may take on its owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Conversations taken over or handed over at once by one rebalance.
+const MOVES_AT_ONCE: usize = 32;
 
 /// The process group every node's router joins.
 const ROUTERS: &str = "threadline.routers";
@@ -1311,7 +1315,6 @@ async fn replicator(
     cluster: std::sync::Weak<Cluster>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::persistence::Committed>,
 ) {
-    use futures_util::StreamExt;
     // Rounds overlap (a change does not wait for the round before it to
     // come back), but complete in commit order.
     let mut inflight = futures_util::stream::FuturesOrdered::new();
@@ -1719,31 +1722,49 @@ impl Cluster {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let me = self.spec.name.as_str();
-        let mut all_done = true;
         let majority = self.has_majority(&live);
-        for (conv, meta) in replicas.into_iter().filter(|_| majority) {
-            let k = format!("{}\0{}", meta.tenant, meta.contact);
-            if ranked(&k, &live).first() != Some(&me) || !self.known_gone(&meta.owner, &live) {
-                continue;
-            }
-            let key = ConvKey::new(&meta.tenant, &meta.contact);
-            if let Err(e) = self.promote(conv, &key).await {
-                tracing::warn!(conv, error = %e, "taking over a conversation failed");
-                all_done = false;
-            }
-        }
-        for (conv, tenant, contact) in held {
+        // Each conversation moves on its own (under its own lock), several
+        // at once: their writes share the writer's group commits, and a
+        // node with thousands to move is not held up one round trip at a
+        // time.
+        let promotes = replicas
+            .into_iter()
+            .filter(|_| majority)
+            .filter(|(_, meta)| {
+                let k = format!("{}\0{}", meta.tenant, meta.contact);
+                ranked(&k, &live).first() == Some(&me) && self.known_gone(&meta.owner, &live)
+            })
+            .map(|(conv, meta)| async move {
+                let key = ConvKey::new(&meta.tenant, &meta.contact);
+                let r = self.promote(conv, &key).await;
+                if let Err(e) = &r {
+                    tracing::warn!(conv, error = %e, "taking over a conversation failed");
+                }
+                r.is_ok()
+            });
+        let taken: Vec<bool> = futures_util::stream::iter(promotes)
+            .buffer_unordered(MOVES_AT_ONCE)
+            .collect()
+            .await;
+        let hand_overs = held.into_iter().filter_map(|(conv, tenant, contact)| {
             let k = format!("{tenant}\0{contact}");
             let owner = match ranked(&k, &live).first() {
                 Some(o) if *o != me => (*o).to_owned(),
-                _ => continue,
+                _ => return None,
             };
-            if let Err(e) = self.hand_over(conv, &tenant, &contact, &owner).await {
-                tracing::warn!(conv, owner, error = %e, "handing a conversation over failed");
-                all_done = false;
-            }
-        }
-        Ok(all_done)
+            Some(async move {
+                let r = self.hand_over(conv, &tenant, &contact, &owner).await;
+                if let Err(e) = &r {
+                    tracing::warn!(conv, owner, error = %e, "handing a conversation over failed");
+                }
+                r.is_ok()
+            })
+        });
+        let handed: Vec<bool> = futures_util::stream::iter(hand_overs)
+            .buffer_unordered(MOVES_AT_ONCE)
+            .collect()
+            .await;
+        Ok(taken.into_iter().chain(handed).all(|ok| ok))
     }
 
     /// Takes over conversation `conv` from this node's replica (its owner
