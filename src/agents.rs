@@ -29,33 +29,68 @@ use crate::webchat::{accept_websocket, error_frame, Ws};
 pub struct AgentDirectory {
     /// token → agent id
     tokens: RwLock<HashMap<String, String>>,
-    /// Agents created over the API (persisted in `agents.json`).
-    api: RwLock<Vec<Agent>>,
+    /// Agents created over the API (persisted in `agents.json`), and the
+    /// version of that list.
+    api: RwLock<ApiAgents>,
     config_ids: Vec<String>,
     file: PathBuf,
 }
+
+/// The API-made agents as stored: every change adds one to `version`. In a
+/// cluster the nodes compare (version, digest) and the greater list wins,
+/// so a node that was down while the list changed catches up.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+struct ApiAgents {
+    version: u64,
+    agents: Vec<Agent>,
+}
+
+impl ApiAgents {
+    /// A digest of the list (independent of its order).
+    fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut sorted: Vec<&Agent> = self.agents.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let bytes = serde_json::to_vec(&sorted).expect("agents serialize");
+        format!("{:x}", sha2::Sha256::digest(bytes))
+    }
+}
+
+/// How often a clustered node compares its agent list with its peers'.
+const AGENT_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Events queued for one desktop before it counts as too slow.
 const DESKTOP_QUEUE: usize = 1024;
 
 /// Agents created over the API, as last saved.
 pub fn stored(data_dir: &Path) -> anyhow::Result<Vec<Agent>> {
+    Ok(stored_list(data_dir)?.agents)
+}
+
+/// The stored list with its version (a file from before versions, a bare
+/// array, is version 0).
+fn stored_list(data_dir: &Path) -> anyhow::Result<ApiAgents> {
     let file = data_dir.join("agents.json");
+    let bad =
+        |e: serde_json::Error| anyhow::anyhow!("{} is not a valid agent list: {e}", file.display());
     match std::fs::read(&file) {
-        Ok(b) => Ok(serde_json::from_slice(&b)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid agent list: {e}", file.display()))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(b) if b.trim_ascii_start().starts_with(b"[") => Ok(ApiAgents {
+            version: 0,
+            agents: serde_json::from_slice(&b).map_err(bad)?,
+        }),
+        Ok(b) => serde_json::from_slice(&b).map_err(bad),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ApiAgents::default()),
         Err(e) => Err(e.into()),
     }
 }
 
 impl AgentDirectory {
     pub fn new(cfg: &Config) -> AgentDirectory {
-        let api = stored(&cfg.server.data_dir).unwrap_or_default();
+        let api = stored_list(&cfg.server.data_dir).unwrap_or_default();
         let tokens = cfg
             .agents
             .iter()
-            .chain(api.iter())
+            .chain(api.agents.iter())
             .map(|a| (a.token.clone(), a.id.clone()))
             .collect();
         AgentDirectory {
@@ -75,15 +110,33 @@ impl AgentDirectory {
     }
 
     /// Writes the API agents durably (temp file, fsync, rename).
-    fn save(&self, agents: &[Agent]) -> std::io::Result<()> {
+    fn save(&self, list: &ApiAgents) -> std::io::Result<()> {
         let tmp = self.file.with_extension("json.tmp");
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(agents).expect("agents serialize"))?;
+            f.write_all(&serde_json::to_vec_pretty(list).expect("agents serialize"))?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.file)
+    }
+
+    /// Makes `next` the API agent list (durably first), at `version` (the
+    /// next one when `None`); the previous list.
+    fn replace(&self, next: Vec<Agent>, version: Option<u64>) -> std::io::Result<Vec<Agent>> {
+        let mut api = self.api.write();
+        let list = ApiAgents {
+            version: version.unwrap_or(api.version + 1),
+            agents: next,
+        };
+        self.save(&list)?;
+        let old = std::mem::replace(&mut *api, list);
+        let mut tokens = self.tokens.write();
+        tokens.retain(|_, id| self.config_ids.contains(id));
+        for a in &api.agents {
+            tokens.insert(a.token.clone(), a.id.clone());
+        }
+        Ok(old.agents)
     }
 }
 
@@ -135,19 +188,12 @@ pub async fn rest(app: &App, req: Request<Body>, id: Option<&str>) -> Result<Res
                 ));
             }
             let spec = a.spec();
-            {
-                let mut api = app.agents.api.write();
-                let mut next = api.clone();
-                next.retain(|x| x.id != a.id);
-                next.push(a.clone());
-                app.agents
-                    .save(&next)
-                    .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
-                *api = next;
-                let mut tokens = app.agents.tokens.write();
-                tokens.retain(|_, id| *id != a.id);
-                tokens.insert(a.token.clone(), a.id.clone());
-            }
+            let mut next = app.agents.api.read().agents.clone();
+            next.retain(|x| x.id != a.id);
+            next.push(a.clone());
+            app.agents
+                .replace(next, None)
+                .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
             app.router.upsert_agent(spec.clone())?;
             let failed = match relay {
                 true => crate::http::to_every_peer(app, Method::POST, &path, body).await,
@@ -168,18 +214,14 @@ pub async fn rest(app: &App, req: Request<Body>, id: Option<&str>) -> Result<Res
                     format!("agent {id} is defined in the config file; remove it there"),
                 ));
             }
-            {
-                let mut api = app.agents.api.write();
-                if !api.iter().any(|a| a.id == id) {
-                    return Err(ApiError::not_found(format!("no agent {id}")));
-                }
-                let next: Vec<Agent> = api.iter().filter(|a| a.id != id).cloned().collect();
-                app.agents
-                    .save(&next)
-                    .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
-                *api = next;
-                app.agents.tokens.write().retain(|_, a| a != id);
+            let api = app.agents.api.read().agents.clone();
+            if !api.iter().any(|a| a.id == id) {
+                return Err(ApiError::not_found(format!("no agent {id}")));
             }
+            let next: Vec<Agent> = api.into_iter().filter(|a| a.id != id).collect();
+            app.agents
+                .replace(next, None)
+                .map_err(|e| ApiError::storage(format!("cannot save the agent list: {e}")))?;
             app.router.remove_agent(id).await?;
             let failed = match relay {
                 true => {
@@ -242,6 +284,104 @@ fn validate(app: &App, a: &Agent) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// `GET /api/v1/cluster/agents`, asked by a peer only: this node's API
+/// agent list version and digest, and with `?full` the list itself.
+pub fn peer_view(app: &App, full: bool) -> Resp {
+    let api = app.agents.api.read();
+    let mut v = json!({"version": api.version, "digest": api.digest()});
+    if full {
+        v["agents"] = json!(api.agents);
+    }
+    json_response(StatusCode::OK, &v)
+}
+
+/// In a cluster: every few seconds, compares this node's API agent list
+/// with each live peer's and takes a greater one (by version, then
+/// digest), so a node that missed changes (it was down, or a change did
+/// not reach it) catches up, and every node ends with the same list.
+pub async fn catch_up(app: std::sync::Weak<App>) {
+    use threadline_actors::cluster::PeerRequest;
+    loop {
+        tokio::time::sleep(AGENT_SYNC_EVERY).await;
+        let Some(app) = app.upgrade() else { return };
+        let Some(cluster) = app.cluster.clone() else {
+            return;
+        };
+        let ask = |full: bool| PeerRequest {
+            method: "GET".into(),
+            path: format!("/api/v1/cluster/agents{}", if full { "?full" } else { "" }),
+            headers: vec![(
+                hyper::header::AUTHORIZATION.to_string(),
+                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
+            )],
+            body: Vec::new(),
+        };
+        let timeout = std::time::Duration::from_secs(5);
+        for peer in cluster.peer_names() {
+            let mine = {
+                let api = app.agents.api.read();
+                (api.version, api.digest())
+            };
+            let theirs = match cluster.request(&peer, &ask(false), timeout).await {
+                Ok(a) if a.status == 200 => serde_json::from_slice::<Value>(&a.body).ok(),
+                _ => None,
+            };
+            let Some(t) = theirs else { continue };
+            let theirs = (
+                t["version"].as_u64().unwrap_or(0),
+                t["digest"].as_str().unwrap_or("").to_owned(),
+            );
+            if theirs <= mine {
+                continue;
+            }
+            let full = match cluster.request(&peer, &ask(true), timeout).await {
+                Ok(a) if a.status == 200 => serde_json::from_slice::<ApiAgents>(&a.body).ok(),
+                _ => None,
+            };
+            if let Some(list) = full {
+                adopt(&app, list, &peer).await;
+            }
+        }
+    }
+}
+
+/// Takes a peer's newer API agent list: saved, tokens replaced, the pool
+/// told of every agent added, changed or removed.
+async fn adopt(app: &App, list: ApiAgents, peer: &str) {
+    // Config agents stay as the config says.
+    let next: Vec<Agent> = list
+        .agents
+        .into_iter()
+        .filter(|a| !app.agents.config_ids.contains(&a.id))
+        .collect();
+    let old = match app.agents.replace(next.clone(), Some(list.version)) {
+        Ok(old) => old,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot save the agent list learned from a peer");
+            return;
+        }
+    };
+    let same = |a: &Agent, b: &Agent| serde_json::to_value(a).ok() == serde_json::to_value(b).ok();
+    for a in &next {
+        if !old.iter().any(|o| same(o, a)) {
+            if let Err(e) = app.router.upsert_agent(a.spec()) {
+                tracing::warn!(agent = a.id, error = %e, "agent learned from a peer not added");
+            }
+        }
+    }
+    for o in old.iter().filter(|o| !next.iter().any(|a| a.id == o.id)) {
+        if let Err(e) = app.router.remove_agent(&o.id).await {
+            tracing::warn!(agent = o.id, error = %e, "agent removed on a peer not removed here");
+        }
+    }
+    tracing::info!(
+        peer,
+        version = list.version,
+        agents = next.len(),
+        "agent list caught up from a peer"
+    );
 }
 
 pub fn stats_json(tenant: &str, s: &QueueStats) -> Value {
@@ -590,4 +730,45 @@ pub fn page() -> Resp {
         "text/html; charset=utf-8",
         include_str!("agent.html").to_owned(),
     )
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn a_list_saved_before_versions_reads_as_version_zero_and_the_digest_ignores_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = |id: &str| Agent {
+            id: id.into(),
+            name: String::new(),
+            token: format!("agent-{id}"),
+            tenants: vec!["acme".into()],
+            skills: Vec::new(),
+            capacity: Default::default(),
+            phone: None,
+        };
+        let old = serde_json::to_vec(&vec![agent("a"), agent("b")]).unwrap();
+        std::fs::write(dir.path().join("agents.json"), old).unwrap();
+        let list = stored_list(dir.path()).unwrap();
+        assert_eq!(list.version, 0);
+        assert_eq!(list.agents.len(), 2);
+        let swapped = ApiAgents {
+            version: 0,
+            agents: vec![agent("b"), agent("a")],
+        };
+        assert_eq!(list.digest(), swapped.digest());
+        let versioned = ApiAgents {
+            version: 7,
+            agents: vec![agent("c")],
+        };
+        std::fs::write(
+            dir.path().join("agents.json"),
+            serde_json::to_vec(&versioned).unwrap(),
+        )
+        .unwrap();
+        let back = stored_list(dir.path()).unwrap();
+        assert_eq!((back.version, back.agents.len()), (7, 1));
+        assert_ne!(back.digest(), list.digest());
+    }
 }

@@ -493,6 +493,13 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             Ok(json_response(StatusCode::OK, &cluster_json(app).await))
         }
+        (Method::GET, ["api", "v1", "cluster", "agents"]) if passed_on(&req) => {
+            admin(app, &req)?;
+            Ok(crate::agents::peer_view(
+                app,
+                req.uri().query() == Some("full"),
+            ))
+        }
         (Method::GET, ["api", "v1", "cluster", "conversations", id]) => {
             admin(app, &req)?;
             let Some(cluster) = &app.cluster else {

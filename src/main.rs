@@ -357,6 +357,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(app);
     if let Some(c) = &app.cluster {
         c.serve_requests(http::peer_handler(Arc::downgrade(&app)));
+        tokio::spawn(threadline::agents::catch_up(Arc::downgrade(&app)));
     }
     http::serve(
         app,

@@ -1345,3 +1345,65 @@ async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_t
         "{offer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_while_the_agent_list_changed_catches_up_when_it_is_back() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let mut nodes = [
+        Node::start_with_config(&agent_config("n1", p1, &[]), &[]),
+        Node::start_with_config(&agent_config("n2", p2, &[p1]), &[]),
+        Node::start_with_config(&agent_config("n3", p3, &[p1]), &[]),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let max = json!({"id": "max", "name": "Max", "token": "agent-max", "tenants": ["acme"]});
+    let (s, v) = nodes[0]
+        .send_admin(reqwest::Method::POST, "/api/v1/agents", Some(&max))
+        .await;
+    assert_eq!((s, &v["peers_failed"]), (201, &json!([])), "{v}");
+    assert!(try_desktop(&nodes[2], "agent-max").await.is_some());
+
+    // While n3 is down, Lena is made and Max removed.
+    nodes[2].sigkill();
+    live(&nodes[0], &["n1", "n2"]).await;
+    live(&nodes[1], &["n1", "n2"]).await;
+    // (The pool's home has settled on a survivor: agent changes go
+    // through it.)
+    for _ in 0..100 {
+        if agreed_home(&[&nodes[0], &nodes[1]]).await != "n3" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lena = json!({"id": "lena", "name": "Lena", "token": "agent-lena", "tenants": ["acme"]});
+    let (s, v) = nodes[1]
+        .send_admin(reqwest::Method::POST, "/api/v1/agents", Some(&lena))
+        .await;
+    assert_eq!((s, &v["peers_failed"]), (201, &json!([])), "{v}");
+    let (s, v) = nodes[0]
+        .send_admin(reqwest::Method::DELETE, "/api/v1/agents/max", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+
+    // Back, n3 takes the newer list from its peers.
+    nodes[2].restart();
+    live(&nodes[2], &["n1", "n2", "n3"]).await;
+    let mut lena_in = false;
+    for _ in 0..100 {
+        if try_desktop(&nodes[2], "agent-lena").await.is_some() {
+            lena_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lena_in, "Lena, made while n3 was down, logs in on n3");
+    assert!(
+        try_desktop(&nodes[2], "agent-max").await.is_none(),
+        "Max, removed while n3 was down, no longer does"
+    );
+    // And the list stays caught up after a restart of its own.
+    nodes[2].restart();
+    live(&nodes[2], &["n1", "n2", "n3"]).await;
+    assert!(try_desktop(&nodes[2], "agent-lena").await.is_some());
+}
