@@ -637,6 +637,24 @@ fn agent_config(name: &str, port: u16, seeds: &[u16]) -> String {
     config(name, port, seeds, COOKIE).replacen("\n[cluster]", &format!("{AGENTS}\n[cluster]"), 1)
 }
 
+/// Three nodes with an agent, on a weekday morning (business hours on
+/// every clock), all live and agreed on the pool's home; the home's index.
+async fn three_with_agents() -> (Vec<Node>, usize) {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let nodes = vec![
+        Node::start_with_config(&agent_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&agent_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&agent_config("n3", p3, &[p1]), &sim),
+    ];
+    let names = ["n1", "n2", "n3"];
+    for n in &nodes {
+        live(n, &names).await;
+    }
+    let home = agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    (nodes, names.iter().position(|n| *n == home).unwrap())
+}
+
 /// The agent pool's home as `node` sees it.
 async fn pool_home(node: &Node) -> String {
     cluster(node).await["agent_pool"]["home"]
@@ -741,22 +759,11 @@ async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
 async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_them_when_the_pools_node_dies(
 ) {
     use common::ws::{next_of, send_json};
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
     // Business hours on every node's clock: the agent's second message is
     // not a direct reply, and must not wait for the morning.
-    let sim = ["--simulated-clock", WEEKDAY_MORNING];
-    let mut nodes = [
-        Node::start_with_config(&agent_config("n1", p1, &[]), &sim),
-        Node::start_with_config(&agent_config("n2", p2, &[p1]), &sim),
-        Node::start_with_config(&agent_config("n3", p3, &[p1]), &sim),
-    ];
+    let (mut nodes, h) = three_with_agents().await;
     let names = ["n1", "n2", "n3"];
-    for n in &nodes {
-        live(n, &names).await;
-    }
-    // Every node agrees where the pool runs.
-    let home = agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    let h = names.iter().position(|n| *n == home).unwrap();
+    let home = names[h];
     // The desktop on a second node, the customer's conversation on the
     // third: every step crosses nodes.
     let (d, o) = ((h + 1) % 3, (h + 2) % 3);
@@ -1254,19 +1261,9 @@ async fn waiting(node: &Node) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_the_pools_die() {
     use common::ws::send_json;
-    let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let sim = ["--simulated-clock", WEEKDAY_MORNING];
-    let mut nodes = vec![
-        Node::start_with_config(&agent_config("n1", p1, &[]), &sim),
-        Node::start_with_config(&agent_config("n2", p2, &[p1]), &sim),
-        Node::start_with_config(&agent_config("n3", p3, &[p1]), &sim),
-    ];
+    let (mut nodes, h) = three_with_agents().await;
     let names = ["n1", "n2", "n3"];
-    for n in &nodes {
-        live(n, &names).await;
-    }
-    let home = agreed_home(&[&nodes[0], &nodes[1], &nodes[2]]).await;
-    let h = names.iter().position(|n| *n == home).unwrap();
+    let home = names[h];
     // A customer whose conversation is held by the pool's own node: its
     // loss takes both the conversation and the queue.
     let mut conv = String::new();

@@ -51,6 +51,19 @@ async fn snapshot(node: &Node, tenant: &str, address: &str) -> (Option<Value>, V
     (conv, consent)
 }
 
+/// `tenant`'s conversation with `contact` once it holds `text`.
+async fn recorded(node: &Node, tenant: &str, contact: &str, text: &str) -> Value {
+    for _ in 0..100 {
+        if let Some(c) = node.conversation_of(tenant, contact).await {
+            if texts(&c).iter().any(|t| t == text) {
+                return c;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{tenant}'s conversation with {contact} never held {text:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_gateway_or_agent_token_reads_or_writes_through_an_admin_path() {
     let node = Node::start_with_config(&config(), &[]);
@@ -295,17 +308,7 @@ async fn one_number_or_visitor_id_with_two_tenants_is_two_separate_customers() {
         json!({"type": "message", "text": "acme chat secret 3333"}),
     )
     .await;
-    let mut recorded = false;
-    for _ in 0..100 {
-        if let Some(c) = node.conversation_of("acme", "shared-v").await {
-            if texts(&c).iter().any(|t| t == "acme chat secret 3333") {
-                recorded = true;
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(recorded);
+    recorded(&node, "acme", "shared-v", "acme chat secret 3333").await;
     let (mut v2, _) =
         tokio_tungstenite::connect_async(format!("{url}/chat/ws?tenant=beta&visitor=shared-v"))
             .await
@@ -315,20 +318,9 @@ async fn one_number_or_visitor_id_with_two_tenants_is_two_separate_customers() {
         (hello["type"].as_str(), hello["tenant"].as_str()),
         (Some("hello"), Some("beta"))
     );
-    // Beta has no conversation for the visitor: no history frame at all.
     send_json(&mut v2, json!({"type": "message", "text": "hi beta"})).await;
-    let mut recorded = false;
-    for _ in 0..100 {
-        if let Some(c) = node.conversation_of("beta", "shared-v").await {
-            if texts(&c).iter().any(|t| t == "hi beta") {
-                assert!(!c.to_string().contains("3333"), "{c}");
-                recorded = true;
-                break;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(recorded);
+    let c = recorded(&node, "beta", "shared-v", "hi beta").await;
+    assert!(!c.to_string().contains("3333"), "{c}");
     // Reconnecting to beta, the history is beta's only.
     let (mut v3, _) =
         tokio_tungstenite::connect_async(format!("{url}/chat/ws?tenant=beta&visitor=shared-v"))
