@@ -151,6 +151,19 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!("{}", hop.line());
+    // The last node leaves gracefully (SIGTERM): how long it takes to hand
+    // every conversation it holds to the others.
+    let leaving = nodes.pop().expect("a cluster has nodes");
+    let rest: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let promoted_before = sum(&rest, "threadline_cluster_promoted_total").await?;
+    let (held, took) = leave(leaving).await?;
+    let promoted = sum(&rest, "threadline_cluster_promoted_total").await? - promoted_before;
+    let leave_line = format!(
+        "leave: {held} conversations handed over in {:.2} s ({:.0}/s); {promoted:.0} taken over from replicas",
+        took.as_secs_f64(),
+        held as f64 / took.as_secs_f64().max(1e-9)
+    );
+    eprintln!("{leave_line}");
     let ratio = spread.rate() / single.rate();
     let per_round_ms = if rounds > 0.0 {
         round_secs / rounds * 1000.0
@@ -170,6 +183,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                 "single_one_client": single_one.json(), "cluster_one_client": cluster_one.json(),
                 "added_unloaded_ms": {"p50": hop_ms(&cluster_one, 0.5) - hop_ms(&single_one, 0.5),
                                       "p99": hop_ms(&cluster_one, 0.99) - hop_ms(&single_one, 0.99)},
+                "leave": {"held": held, "seconds": took.as_secs_f64(), "promoted": promoted},
             })
         );
     } else {
@@ -182,6 +196,28 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             "cluster/single {ratio:.3}; forwarded {forwarded:.0}, replicated {replicated:.0} ({failures:.0} failed), mean replication round {per_round_ms:.2} ms; {commits:.0} commits of {:.1} operations",
             committed_ops / commits.max(1.0)
         );
+        println!("{leave_line}");
     }
     Ok(())
+}
+
+/// SIGTERMs `node` (a cluster member) and waits for it to exit: how many
+/// conversations it held, and how long it took.
+async fn leave(mut node: SpawnedNode) -> anyhow::Result<(u64, Duration)> {
+    let mut c = Conn::open(node.addr).await?;
+    let (_, body) = c.get_as("/api/v1/cluster", Some(ADMIN)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let held = v["conversations"]["this_node"].as_u64().unwrap_or(0);
+    drop(c);
+    let started = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()?;
+    for _ in 0..6000 {
+        if node.child.try_wait()?.is_some() {
+            return Ok((held, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::bail!("the leaving node did not exit within 60 s")
 }
