@@ -1806,7 +1806,7 @@ async fn cluster_json(app: &App) -> Value {
                 "node": c.spec.name,
                 "listen": c.spec.listen.to_string(),
                 "members": members,
-                "live": c.live_names(),
+                "live": c.settled_live(),
                 "known": c.known_names(),
                 "agent_pool": {"home": c.pool_home().unwrap_or_else(|| c.spec.name.clone())},
                 "conversations": {"this_node": resident, "by_node": by_node},

@@ -535,6 +535,8 @@ pub struct Cluster {
     pinging: parking_lot::Mutex<std::collections::HashSet<ractor::ActorId>>,
     /// Notified whenever the live set changes.
     membership: tokio::sync::Notify,
+    /// Wakes the heartbeat loop to settle the live set now.
+    settle_now: tokio::sync::Notify,
     /// A rebalance is running / another one is wanted after it.
     rebalancing: std::sync::atomic::AtomicBool,
     rebalance_again: std::sync::atomic::AtomicBool,
@@ -661,6 +663,7 @@ impl Cluster {
             started: Instant::now(),
             moving: Default::default(),
             membership: tokio::sync::Notify::new(),
+            settle_now: tokio::sync::Notify::new(),
             pinging: Default::default(),
             forwarders: Default::default(),
             rebalancing: Default::default(),
@@ -696,7 +699,13 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = Instant::now();
         loop {
-            tick.tick().await;
+            // A tick, or at once when a peer answered for the first time
+            // since the live set was last settled (a node joining serves
+            // only once it is settled).
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.settle_now.notified() => {}
+            }
             if self.server.get_status() != ractor::ActorStatus::Running {
                 tracing::info!("cluster node server stopped; heartbeats end");
                 return;
@@ -760,7 +769,12 @@ impl Cluster {
                             v.leaving.remove(&name);
                         }
                         v.answered.insert(name.clone(), Instant::now());
+                        let new = !v.balanced.contains(&name);
                         v.routers.insert(name, p.clone());
+                        drop(v);
+                        if new {
+                            c.settle_now.notify_one();
+                        }
                     }
                     c.pinging.lock().remove(&p.get_id());
                 });
@@ -950,6 +964,12 @@ impl Cluster {
         v.leaving.remove(name);
         tracing::info!(node = name, "cluster node forgotten");
         Ok(())
+    }
+
+    /// The live set as this node last settled it (placement, the pool's
+    /// home and serving follow it), sorted.
+    pub fn settled_live(&self) -> Vec<String> {
+        self.view.read().balanced.clone()
     }
 
     /// Every live node's name (answering heartbeats), this one included,
@@ -1373,8 +1393,15 @@ impl Cluster {
     /// a peer (or has no seeds), or after a grace period alone. Before, it
     /// would take conversations its peers own for its own.
     pub fn serving(&self) -> bool {
+        // Heard from a peer, and a heartbeat tick has settled the live set
+        // with it (so where the agent pool runs is settled too: what this
+        // node records reaches the right pool from the first message).
+        let settled = || {
+            let v = self.view.read();
+            !v.answered.is_empty() && v.balanced.len() > 1
+        };
         self.spec.seeds.is_empty()
-            || !self.view.read().answered.is_empty()
+            || settled()
             || self.started.elapsed() > 2 * self.spec.failure_after
     }
 
