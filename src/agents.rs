@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::http::Body;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use hyper::{Method, Request, StatusCode};
 use parking_lot::RwLock;
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use crate::http::{
     admin, bearer, ct_eq, json_response, known_tenant, message_json, parse_json, read_body,
     ApiError, App, Resp,
 };
-use crate::webchat::{accept_websocket, error_frame, Ws};
+use crate::webchat::{accept_websocket, close_socket, error_frame, write_frames, Ws};
 
 /// Agent tokens and where each agent was defined.
 pub struct AgentDirectory {
@@ -553,15 +553,13 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
     let session = match app.router.join_agent(&agent, tx).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let _ = ws.send(Frame::text(error_frame("unknown_agent", e))).await;
-            let _ = ws.close(None).await;
+            write_frames(&app, &mut ws, [error_frame("unknown_agent", e)]).await;
+            close_socket(&app, ws).await;
             return;
         }
         Err(e) => {
-            let _ = ws
-                .send(Frame::text(error_frame("unavailable", e.to_string())))
-                .await;
-            let _ = ws.close(None).await;
+            write_frames(&app, &mut ws, [error_frame("unavailable", e.to_string())]).await;
+            close_socket(&app, ws).await;
             return;
         }
     };
@@ -571,20 +569,20 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
             frame = ws.next() => match frame {
                 Some(Ok(Frame::Text(t))) => {
                     if let Err(e) = on_frame(&app, &agent, t.as_str()) {
-                        if ws.send(Frame::text(e)).await.is_err() {
+                        if !write_frames(&app, &mut ws, [e]).await {
                             break;
                         }
                     }
                 }
                 Some(Ok(Frame::Binary(_))) => {
-                    if ws.send(Frame::text(error_frame("unsupported", "send JSON text frames"))).await.is_err() {
+                    if !write_frames(&app, &mut ws, [error_frame("unsupported", "send JSON text frames")]).await {
                         break;
                     }
                 }
                 Some(Ok(Frame::Close(_))) | None => break,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    let _ = ws.send(Frame::text(error_frame("protocol", e.to_string()))).await;
+                    write_frames(&app, &mut ws, [error_frame("protocol", e.to_string())]).await;
                     break;
                 }
             },
@@ -598,11 +596,9 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
                             Err(_) => break,
                         }
                     }
-                    let mut ok = true;
-                    for e in &burst {
-                        ok &= ws.feed(Frame::text(event_json(e).to_string())).await.is_ok();
-                    }
-                    if !ok || ws.flush().await.is_err() {
+                    let frames: Vec<String> =
+                        burst.iter().map(|e| event_json(e).to_string()).collect();
+                    if !write_frames(&app, &mut ws, frames).await {
                         break;
                     }
                 }
@@ -612,7 +608,7 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
     }
     session.stop();
     app.shared.metrics.websockets.dec();
-    let _ = ws.close(None).await;
+    close_socket(&app, ws).await;
 }
 
 fn conversation_field(v: &Value) -> Result<ConversationId, String> {

@@ -114,6 +114,10 @@ pub struct Server {
     /// the rate).
     #[serde(default)]
     pub rate_limit_burst: Option<u32>,
+    /// A WebSocket client that does not take a frame within this long
+    /// (it stopped reading) is disconnected.
+    #[serde(default = "default_ws_write_timeout")]
+    pub websocket_write_timeout_ms: u64,
     /// Serve HTTPS (and WSS) with this certificate; absent: plain HTTP
     /// (behind a TLS-terminating proxy).
     #[serde(default)]
@@ -127,6 +131,10 @@ pub struct Tls {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
+}
+
+fn default_ws_write_timeout() -> u64 {
+    10_000
 }
 
 fn default_http() -> String {
@@ -149,6 +157,7 @@ impl Default for Server {
             max_body_bytes: default_max_body(),
             rate_limit_per_second: 0,
             rate_limit_burst: None,
+            websocket_write_timeout_ms: default_ws_write_timeout(),
             tls: None,
         }
     }
@@ -688,6 +697,12 @@ impl Config {
                     );
                 }
             }
+        }
+        if !(100..=600_000).contains(&self.server.websocket_write_timeout_ms) {
+            return err(
+                vec![Key("server"), Key("websocket_write_timeout_ms")],
+                "must be between 100 and 600000".into(),
+            );
         }
         if self.server.rate_limit_per_second > 1_000_000 {
             return err(

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::http::Body;
 use dashmap::DashMap;
@@ -192,20 +193,48 @@ pub fn error_frame(code: &str, message: impl Into<String>) -> String {
 
 pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// Writes `frames` to `ws` with one flush; false if the socket failed or
+/// the client did not take them within `server.websocket_write_timeout_ms`
+/// (it stopped reading: it is dropped rather than holding its task and
+/// its queue).
+pub async fn write_frames(
+    app: &App,
+    ws: &mut Ws,
+    frames: impl IntoIterator<Item = String>,
+) -> bool {
+    let deadline = Duration::from_millis(app.cfg.server.websocket_write_timeout_ms);
+    let write = async {
+        for f in frames {
+            ws.feed(Frame::text(f)).await?;
+        }
+        ws.flush().await
+    };
+    match tokio::time::timeout(deadline, write).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            tracing::debug!("a WebSocket client stopped reading; disconnecting it");
+            false
+        }
+    }
+}
+
+/// Closes `ws`, waiting no longer than the write deadline.
+pub async fn close_socket(app: &App, mut ws: Ws) {
+    let deadline = Duration::from_millis(app.cfg.server.websocket_write_timeout_ms);
+    let _ = tokio::time::timeout(deadline, ws.close(None)).await;
+}
+
 async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
     let key = hub_key(&tenant, &visitor);
     let (sock, mut outbox) = app.chat.add(&key);
     app.shared.metrics.websockets.inc();
     let hello = json!({"type": "hello", "tenant": tenant, "visitor": visitor});
-    let mut ok = ws.send(Frame::text(hello.to_string())).await.is_ok();
+    let mut ok = write_frames(&app, &mut ws, [hello.to_string()]).await;
     if ok {
         ok = match history(&app, &tenant, &visitor).await {
-            Ok(Some(h)) => ws.send(Frame::text(h.to_string())).await.is_ok(),
+            Ok(Some(h)) => write_frames(&app, &mut ws, [h.to_string()]).await,
             Ok(None) => true,
-            Err(e) => ws
-                .send(Frame::text(error_frame("unavailable", e.message())))
-                .await
-                .is_ok(),
+            Err(e) => write_frames(&app, &mut ws, [error_frame("unavailable", e.message())]).await,
         };
     }
     while ok {
@@ -218,25 +247,23 @@ async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
                     Some(Ok(_)) => vec![], // ping/pong are answered by tungstenite
                     Some(Err(e)) => {
                         // A protocol violation (oversized frame...): say why, then close.
-                        let _ = ws.send(Frame::text(error_frame("protocol", e.to_string()))).await;
+                        write_frames(&app, &mut ws, [error_frame("protocol", e.to_string())]).await;
                         break;
                     }
                 };
-                for a in answer {
-                    if ws.send(Frame::text(a)).await.is_err() {
-                        ok = false;
-                    }
+                if !answer.is_empty() {
+                    ok = write_frames(&app, &mut ws, answer).await;
                 }
             }
             out = outbox.recv() => match out {
-                Some(f) => ok = ws.send(Frame::text(f)).await.is_ok(),
+                Some(f) => ok = write_frames(&app, &mut ws, [f]).await,
                 None => break, // dropped as too slow
             },
         }
     }
     app.chat.remove(&key, sock);
     app.shared.metrics.websockets.dec();
-    let _ = ws.close(None).await;
+    close_socket(&app, ws).await;
 }
 
 /// The `history` frame: what the visitor said and was told in web chat
