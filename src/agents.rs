@@ -302,21 +302,15 @@ pub fn peer_view(app: &App, full: bool) -> Resp {
 /// digest), so a node that missed changes (it was down, or a change did
 /// not reach it) catches up, and every node ends with the same list.
 pub async fn catch_up(app: std::sync::Weak<App>) {
-    use threadline_actors::cluster::PeerRequest;
     loop {
         tokio::time::sleep(AGENT_SYNC_EVERY).await;
         let Some(app) = app.upgrade() else { return };
         let Some(cluster) = app.cluster.clone() else {
             return;
         };
-        let ask = |full: bool| PeerRequest {
-            method: "GET".into(),
-            path: format!("/api/v1/cluster/agents{}", if full { "?full" } else { "" }),
-            headers: vec![(
-                hyper::header::AUTHORIZATION.to_string(),
-                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
-            )],
-            body: Vec::new(),
+        let ask = |full: bool| {
+            let path = format!("/api/v1/cluster/agents{}", if full { "?full" } else { "" });
+            crate::http::admin_request(&app, Method::GET, &path, Default::default())
         };
         let timeout = std::time::Duration::from_secs(5);
         for peer in cluster.peer_names() {

@@ -671,6 +671,23 @@ fn peer_request(req: &Request<Body>, body: Bytes) -> PeerRequest {
     }
 }
 
+/// An admin request of this node's own (the admin token, a JSON body) to
+/// pass on to a peer.
+pub(crate) fn admin_request(app: &App, method: Method, path: &str, body: Bytes) -> PeerRequest {
+    PeerRequest {
+        method: method.to_string(),
+        path: path.to_owned(),
+        headers: vec![
+            (CONTENT_TYPE.to_string(), b"application/json".to_vec()),
+            (
+                AUTHORIZATION.to_string(),
+                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
+            ),
+        ],
+        body: body.to_vec(),
+    }
+}
+
 /// Serves the requests peers pass on to this node, through the same
 /// routes (and authorization) as a client's.
 pub fn peer_handler(app: std::sync::Weak<App>) -> RequestHandler {
@@ -755,23 +772,12 @@ pub(crate) async fn to_every_peer(
     let Some(cluster) = &app.cluster else {
         return Vec::new();
     };
-    let ask = PeerRequest {
-        method: method.to_string(),
-        path: path.to_owned(),
-        headers: vec![
-            (CONTENT_TYPE.to_string(), b"application/json".to_vec()),
-            (
-                AUTHORIZATION.to_string(),
-                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
-            ),
-        ],
-        body: body.to_vec(),
-    };
+    let ask = admin_request(app, method, path, body);
     let sends = cluster.peer_names().into_iter().map(|peer| {
         let ask = &ask;
         async move {
             match cluster.request(&peer, ask, PEER_TIMEOUT).await {
-                Ok(a) if (200..300).contains(&a.status) => None,
+                Ok(a) if a.succeeded() => None,
                 Ok(a) => {
                     tracing::warn!(peer, status = a.status, "a peer refused an admin change");
                     Some(peer)
@@ -1654,18 +1660,10 @@ async fn audit_export(
             .uri()
             .path_and_query()
             .map_or(req.uri().path(), |p| p.as_str());
-        let ask = PeerRequest {
-            method: "GET".into(),
-            path: path.to_owned(),
-            headers: vec![(
-                AUTHORIZATION.to_string(),
-                format!("Bearer {}", app.cfg.server.admin_token).into_bytes(),
-            )],
-            body: Vec::new(),
-        };
+        let ask = admin_request(app, Method::GET, path, Bytes::new());
         for peer in cluster.peer_names() {
             match cluster.request(&peer, &ask, PEER_TIMEOUT).await {
-                Ok(a) if (200..300).contains(&a.status) => {
+                Ok(a) if a.succeeded() => {
                     body.push_str(&String::from_utf8_lossy(&a.body));
                 }
                 Ok(a) => {

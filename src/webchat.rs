@@ -202,7 +202,7 @@ pub async fn write_frames(
     ws: &mut Ws,
     frames: impl IntoIterator<Item = String>,
 ) -> bool {
-    let deadline = Duration::from_millis(app.cfg.server.websocket_write_timeout_ms);
+    let deadline = write_deadline(app);
     let write = async {
         for f in frames {
             ws.feed(Frame::text(f)).await?;
@@ -220,8 +220,14 @@ pub async fn write_frames(
 
 /// Closes `ws`, waiting no longer than the write deadline.
 pub async fn close_socket(app: &App, mut ws: Ws) {
-    let deadline = Duration::from_millis(app.cfg.server.websocket_write_timeout_ms);
+    let deadline = write_deadline(app);
     let _ = tokio::time::timeout(deadline, ws.close(None)).await;
+}
+
+/// How long a client may take to accept a frame
+/// (`server.websocket_write_timeout_ms`).
+fn write_deadline(app: &App) -> Duration {
+    Duration::from_millis(app.cfg.server.websocket_write_timeout_ms)
 }
 
 async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {

@@ -37,6 +37,13 @@ pub struct PeerAnswer {
     pub body: Vec<u8>,
 }
 
+impl PeerAnswer {
+    /// A 2xx answer.
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
 /// Serves a request a peer passed on.
 pub type RequestHandler =
     Arc<dyn Fn(PeerRequest) -> futures_util::future::BoxFuture<'static, PeerAnswer> + Send + Sync>;
