@@ -118,6 +118,10 @@ pub struct Server {
     /// (it stopped reading) is disconnected.
     #[serde(default = "default_ws_write_timeout")]
     pub websocket_write_timeout_ms: u64,
+    /// Requests each gateway (api, twilio, whatsapp, webchat) works on at
+    /// once; beyond it callers get 503 with Retry-After.
+    #[serde(default = "default_gateway_in_flight")]
+    pub max_in_flight_per_gateway: usize,
     /// Serve HTTPS (and WSS) with this certificate; absent: plain HTTP
     /// (behind a TLS-terminating proxy).
     #[serde(default)]
@@ -135,6 +139,9 @@ pub struct Tls {
 
 fn default_ws_write_timeout() -> u64 {
     10_000
+}
+fn default_gateway_in_flight() -> usize {
+    4096
 }
 
 fn default_http() -> String {
@@ -158,6 +165,7 @@ impl Default for Server {
             rate_limit_per_second: 0,
             rate_limit_burst: None,
             websocket_write_timeout_ms: default_ws_write_timeout(),
+            max_in_flight_per_gateway: default_gateway_in_flight(),
             tls: None,
         }
     }
@@ -704,6 +712,12 @@ impl Config {
                 "must be between 100 and 600000".into(),
             );
         }
+        if !(1..=1_000_000).contains(&self.server.max_in_flight_per_gateway) {
+            return err(
+                vec![Key("server"), Key("max_in_flight_per_gateway")],
+                "must be between 1 and 1000000".into(),
+            );
+        }
         if self.server.rate_limit_per_second > 1_000_000 {
             return err(
                 vec![Key("server"), Key("rate_limit_per_second")],
@@ -1120,6 +1134,13 @@ capacity = { chat = 3, voice = 1 }
 
         let e = error_of(&GOOD.replace("gw-beta", "gw-acme"));
         assert_eq!(e.key, "tenants[1].gateway_token");
+
+        let e = error_of(&GOOD.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nmax_in_flight_per_gateway = 0",
+        ));
+        assert_eq!(e.key, "server.max_in_flight_per_gateway");
+        assert_eq!(e.line, Some(4));
     }
 
     #[test]

@@ -252,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut rcfg = RuntimeConfig::new(&cfg.server.data_dir);
     rcfg.max_resident = cfg.runtime.max_resident_conversations;
+    rcfg.gateway_limit = cfg.server.max_in_flight_per_gateway;
     rcfg.passivate_after = Duration::from_secs(cfg.runtime.passivate_after_secs);
     rcfg.snapshot_every = cfg.runtime.snapshot_every_events;
     rcfg.persistence_queue = cfg.runtime.persistence_queue;

@@ -694,6 +694,148 @@ async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on()
     assert_eq!(r.status().as_u16(), 202);
 }
 
+/// `CONFIG` with extra `[server]` keys.
+fn config_with_server(extra: &str) -> String {
+    CONFIG.replacen(
+        "admin_token = \"test-admin-token\"",
+        &format!("admin_token = \"test-admin-token\"\n{extra}"),
+        1,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_beyond_a_gateways_limit_gets_503_with_retry_after_and_nothing_refused_is_stored() {
+    // One request in flight per gateway: concurrent requests overlap while
+    // the first waits for its commit.
+    let node = Node::start_with_config(&config_with_server("max_in_flight_per_gateway = 1"), &[]);
+    let mut accepted: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    for round in 0..50 {
+        let burst = (0..32).map(|k| {
+            let from = phone(1000 + round * 32 + k);
+            let body = sms("acme", &from, "burst", Some(&format!("b{round}-{k}")));
+            let node = &node;
+            async move {
+                let r = node
+                    .http
+                    .post(node.url("/api/v1/inbound"))
+                    .bearer_auth("gw-acme")
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let retry_after = r.headers().get("retry-after").cloned();
+                let v: Value = r.json().await.unwrap();
+                (from, status, retry_after, v)
+            }
+        });
+        for (from, status, retry_after, v) in futures_util::future::join_all(burst).await {
+            match status {
+                202 => accepted.push(from),
+                503 => {
+                    assert_eq!(v["error"]["code"], "busy", "{v}");
+                    let after = retry_after.expect("a 503 says when to retry");
+                    assert!(after.to_str().unwrap().parse::<u64>().unwrap() >= 1);
+                    refused.push(from);
+                }
+                other => panic!("{other}: {v}"),
+            }
+        }
+        if !refused.is_empty() && round >= 2 {
+            break;
+        }
+    }
+    assert!(!refused.is_empty(), "no burst ever found the gateway full");
+    assert!(!accepted.is_empty());
+    // What was refused was not stored; what was acknowledged was, once.
+    for from in &refused {
+        assert_eq!(node.conversation_of("acme", from).await, None, "{from}");
+    }
+    for from in &accepted {
+        let conv = node.conversation_of("acme", from).await.unwrap();
+        assert_eq!(texts_where(&conv, "direction", "inbound"), ["burst"]);
+    }
+    // The caller that retries gets in.
+    for (k, from) in refused.iter().enumerate() {
+        let (s, v) = node
+            .inbound(
+                "gw-acme",
+                &sms("acme", from, "burst", Some(&format!("retry{k}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let conv = node.conversation_of("acme", from).await.unwrap();
+        assert_eq!(texts_where(&conv, "direction", "inbound"), ["burst"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_chat_client_that_stops_reading_is_disconnected_and_stalls_nobody() {
+    use common::ws::*;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Frame;
+
+    let node =
+        Node::start_with_config(&config_with_server("websocket_write_timeout_ms = 500"), &[]);
+    let url = |visitor: &str| {
+        node.url(&format!("/chat/ws?tenant=acme&visitor={visitor}"))
+            .replace("http://", "ws://")
+    };
+    let (mut fast, _) = tokio_tungstenite::connect_async(url("fast")).await.unwrap();
+    assert_eq!(next_json(&mut fast).await["type"], "hello");
+
+    // The slow visitor's socket takes little and it never reads: it only
+    // sends pings, each of which the node answers with a pong.
+    let addr: std::net::SocketAddr = node.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut slow, _) = tokio_tungstenite::client_async(url("slow"), stream)
+        .await
+        .unwrap();
+    let flood = tokio::spawn(async move {
+        for sent in 0..4_000_000u64 {
+            if slow.send(Frame::text(r#"{"type":"ping"}"#)).await.is_err() {
+                return Some(sent);
+            }
+        }
+        None
+    });
+    // Meanwhile the other visitor chats on.
+    for k in 0..20 {
+        send_json(
+            &mut fast,
+            json!({"type": "message", "text": format!("still here {k}"), "id": format!("f{k}")}),
+        )
+        .await;
+        let ack = next_of(&mut fast, "ack").await;
+        assert_eq!(ack["id"], format!("f{k}"));
+    }
+    // Once its unread pongs fill the socket, the node gives up on it.
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(120), flood)
+        .await
+        .expect("the node disconnected the client that stopped reading")
+        .unwrap()
+        .expect("the node disconnected the client that stopped reading");
+    assert!(
+        sent > 1000,
+        "it was dropped only once it fell behind: {sent}"
+    );
+    assert_eq!(node.metric("threadline_websockets_open").await, 1.0);
+    // The visitor who reads is still served, and the dropped one may come back.
+    send_json(
+        &mut fast,
+        json!({"type": "message", "text": "after", "id": "f-after"}),
+    )
+    .await;
+    assert_eq!(next_of(&mut fast, "ack").await["id"], "f-after");
+    let (mut back, _) = tokio_tungstenite::connect_async(url("slow")).await.unwrap();
+    assert_eq!(next_json(&mut back).await["visitor"], "slow");
+    send_json(&mut back, json!({"type": "ping"})).await;
+    assert_eq!(next_of(&mut back, "pong").await["type"], "pong");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_certificate_the_node_serves_https_only() {
     let certs = tempfile::tempdir().unwrap();
