@@ -578,9 +578,12 @@ impl Flow {
         let minutes = (i64::from(t.num_seconds_from_midnight())
             - i64::from(self.open.num_seconds_from_midnight()))
             / 60;
+        // In minutes of the day: a slot must end by closing time (a time
+        // of day plus the slot's length would wrap past midnight).
+        let ends = i64::from(t.num_seconds_from_midnight()) / 60 + i64::from(c.slot_minutes);
         self.open_days.contains(&local.weekday())
             && t >= self.open
-            && t + Duration::minutes(c.slot_minutes.into()) <= self.close
+            && ends <= i64::from(self.close.num_seconds_from_midnight()) / 60
             && t.num_seconds_from_midnight() % 60 == 0
             && minutes % i64::from(c.slot_minutes) == 0
     }
@@ -1171,6 +1174,19 @@ slot_minutes = 60
         assert_eq!(d.reminders.len(), 1);
         assert_eq!(d.reminders[0].0, t("2026-03-03T18:00:00Z"));
         assert!(cal.slots[&t("2026-03-03T20:00:00Z").0].1, "booked");
+    }
+
+    #[test]
+    fn a_slot_is_bookable_only_if_it_ends_by_closing_time_late_evening_too() {
+        let f = flow();
+        let close = f.spec.calendar.as_ref().unwrap().close.clone();
+        assert_eq!(close, "17:00");
+        // Thursday 2026-03-05 in New York (UTC-5).
+        assert!(f.bookable(t("2026-03-05T21:00:00Z"), New_York), "4 PM");
+        assert!(!f.bookable(t("2026-03-05T22:00:00Z"), New_York), "5 PM");
+        // 11 PM plus an hour is midnight, which must not count as before 5 PM.
+        assert!(!f.bookable(t("2026-03-06T04:00:00Z"), New_York), "11 PM");
+        assert!(!f.bookable(t("2026-03-06T04:30:00Z"), New_York), "11:30 PM");
     }
 
     #[test]
