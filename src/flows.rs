@@ -180,6 +180,34 @@ fn slot_json(at: Timestamp, state: SlotState) -> Value {
     })
 }
 
+/// In a cluster, the node whose rows of `tenant`'s calendar decide, when a
+/// calendar request should go there; on that node itself (or for a request
+/// passed on to it) the rows are first made current.
+pub async fn calendar_home(
+    app: &App,
+    req: &Request<Body>,
+    tenant: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(None);
+    };
+    calendar_flow(app, tenant)?;
+    if let Some(home) = cluster
+        .calendar_home(tenant)
+        .filter(|_| !crate::http::passed_on(req))
+    {
+        return Ok(Some(home));
+    }
+    cluster.calendar_ready(tenant).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("calendar: {e}"),
+        )
+    })?;
+    Ok(None)
+}
+
 /// `GET /tenants/{t}/calendar?from=&days=`: every bookable slot in the
 /// range (default: from now, 7 days) and who has it.
 pub fn calendar(app: &App, tenant: &str, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -217,6 +245,8 @@ pub fn calendar(app: &App, tenant: &str, query: &str) -> Result<Response<Full<By
         &json!({
             "tenant": tenant,
             "timezone": zone.name(),
+            // In a cluster: the node whose rows decide (answering here).
+            "home": app.cluster.as_ref().map(|c| c.spec.name.clone()),
             "from": rfc3339(from),
             "to": rfc3339(to),
             "slots": slots,
@@ -271,6 +301,16 @@ pub async fn set_slot(
             .calendar(vec![w])
             .await
             .map_err(ApiError::storage)?;
+        // In a cluster (this is the calendar's home): the replica gets it.
+        if let Some(cluster) = &app.cluster {
+            cluster.calendar_changed(tenant).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("calendar replica: {e}"),
+                )
+            })?;
+        }
     }
     Ok(json_response(
         StatusCode::OK,

@@ -471,6 +471,9 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
         (Method::GET, ["api", "v1", "tenants", tenant, "calendar"]) => {
             admin(app, &req)?;
             let tenant = known_tenant(app, tenant)?;
+            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+                return pass_on(app, req, &home).await;
+            }
             crate::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
         }
         (
@@ -480,6 +483,9 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             admin(app, &req)?;
             let tenant = known_tenant(app, tenant)?;
             let start = parse_rfc3339("start", &decode_segment(start)?)?;
+            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+                return pass_on(app, req, &home).await;
+            }
             crate::flows::set_slot(app, &tenant, start, req.method() == Method::PUT).await
         }
         (Method::POST, ["api", "v1", "conversations", id, "booking"]) => {
@@ -816,7 +822,7 @@ async fn pass_on(app: &App, req: Request<Body>, owner: &str) -> Result<Resp, Api
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                format!("the node that holds the conversation did not answer: {e}"),
+                format!("node {owner}, which this request is for, did not answer: {e}"),
             )
         })?;
     Ok(response_of(answer))

@@ -1411,3 +1411,193 @@ async fn a_node_that_was_down_while_the_agent_list_changed_catches_up_when_it_is
     live(&nodes[2], &["n1", "n2", "n3"]).await;
     assert!(try_desktop(&nodes[2], "agent-lena").await.is_some());
 }
+
+/// `config` with the example dental flow (a calendar) for tenant `smile`.
+fn calendar_config(name: &str, port: u16, seeds: &[u16]) -> String {
+    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flows/dental.toml");
+    format!(
+        "{}\n[[tenants]]\nid = \"smile\"\nname = \"Bright Smile Dental\"\ntimezone = \"America/New_York\"\ngateway_token = \"gw-smile\"\nflow = \"{flow}\"\n",
+        config(name, port, seeds, COOKIE)
+    )
+}
+
+/// Sends `text` from `from` through `node` until it is acknowledged (a 503
+/// is retried, as a provider does).
+async fn say_smile(node: &Node, from: &str, text: &str, pid: &str) {
+    let body = sms("smile", from, text, Some(pid));
+    for _ in 0..100 {
+        let (s, v) = node.inbound("gw-smile", &body).await;
+        match s {
+            202 => return,
+            503 => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("{other}: {v}"),
+        }
+    }
+    panic!("{text:?} from {from} was never acknowledged");
+}
+
+async fn smile_bot_said(node: &Node, who: &str) -> String {
+    let c = node.conversation_of("smile", who).await.unwrap();
+    texts_where(&c, "author", "bot")
+        .last()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The slot a bot's offer names ("... I can do Thu Mar 5 at 3:00 PM for ...").
+fn offered(text: &str) -> String {
+    text.split_once("I can do ")
+        .and_then(|(_, rest)| rest.split_once(" for "))
+        .map(|(slot, _)| slot.to_owned())
+        .unwrap_or_else(|| panic!("not an offer: {text}"))
+}
+
+/// Thursday's and Friday's slots as `node` answers for the calendar:
+/// (start, status, conversation), and the node that decided.
+async fn thursday_friday(node: &Node) -> (Vec<(String, String, String)>, String) {
+    let (s, cal) = node
+        .get_admin("/api/v1/tenants/smile/calendar?from=2026-03-05T05:00:00Z&days=2")
+        .await;
+    assert_eq!(s, 200, "{cal}");
+    let slots = cal["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["start"].as_str().unwrap().to_owned(),
+                x["status"].as_str().unwrap().to_owned(),
+                x["conversation_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    (slots, cal["home"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_on_different_nodes_never_get_the_same_slot_and_bookings_survive_the_calendars_node(
+) {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    // Tuesday 10:00 in New York.
+    let sim = ["--simulated-clock", "2026-03-03T15:00:00Z"];
+    let mut nodes = vec![
+        Node::start_with_config(&calendar_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&calendar_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&calendar_config("n3", p3, &[p1]), &sim),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    // One customer held on each node.
+    let mut on_node: Vec<Option<(String, String)>> = vec![None, None, None];
+    for k in 0..40 {
+        if on_node.iter().all(Option::is_some) {
+            break;
+        }
+        let who = phone(500 + k);
+        say_smile(&nodes[0], &who, "Hi, I need a cleaning", &format!("h{k}")).await;
+        let conv = nodes[0].conversation_of("smile", &who).await.unwrap();
+        let id = conv["id"].as_str().unwrap().to_owned();
+        let i = holder_of(&nodes, &id).await;
+        if on_node[i].is_none() {
+            on_node[i] = Some((who, id));
+        }
+    }
+    let customers: Vec<(String, String)> = on_node
+        .into_iter()
+        .map(|c| c.expect("a customer on every node"))
+        .collect();
+    // All three ask for the same time at once, each through its own node.
+    let asks = customers.iter().enumerate().map(|(i, (who, _))| {
+        let node = &nodes[i];
+        async move { say_smile(node, who, "Thursday at 3", &format!("t{i}")).await }
+    });
+    futures_util::future::join_all(asks).await;
+    let mut offers = Vec::new();
+    for (who, _) in &customers {
+        offers.push(offered(&smile_bot_said(&nodes[0], who).await));
+    }
+    let mut distinct = offers.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "three customers, three slots: {offers:?}"
+    );
+    assert!(
+        offers.iter().any(|o| o == "Thu Mar 5 at 3:00 PM"),
+        "{offers:?}"
+    );
+    // They confirm; every node answers with the same calendar.
+    for (i, (who, _)) in customers.iter().enumerate() {
+        say_smile(&nodes[(i + 1) % 3], who, "C", &format!("c{i}")).await;
+        assert!(
+            smile_bot_said(&nodes[0], who)
+                .await
+                .starts_with("You're confirmed for "),
+            "{who}"
+        );
+    }
+    // The business blocks Friday 10 AM through a node that does not decide.
+    let (_, home) = thursday_friday(&nodes[0]).await;
+    let other = ["n1", "n2", "n3"].iter().position(|n| *n != home).unwrap();
+    let fri10 = "2026-03-06T15:00:00.000Z";
+    let (s, v) = nodes[other]
+        .send_admin(
+            reqwest::Method::PUT,
+            &format!("/api/v1/tenants/smile/calendar/slots/{fri10}"),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("blocked")), "{v}");
+    let (view, home) = thursday_friday(&nodes[0]).await;
+    assert!(view.contains(&(fri10.to_owned(), "blocked".to_owned(), String::new())));
+    let booked: Vec<&(String, String, String)> =
+        view.iter().filter(|(_, s, _)| s == "booked").collect();
+    let mut by: Vec<&str> = booked.iter().map(|(_, _, c)| c.as_str()).collect();
+    by.sort();
+    let mut want: Vec<&str> = customers.iter().map(|(_, id)| id.as_str()).collect();
+    want.sort();
+    assert_eq!(by, want, "{view:?}");
+    for n in &nodes[1..] {
+        assert_eq!(thursday_friday(n).await, (view.clone(), home.clone()));
+    }
+
+    // The node whose rows decided dies: its replica decides now, with
+    // every booking.
+    let h = ["n1", "n2", "n3"].iter().position(|n| *n == home).unwrap();
+    nodes[h].sigkill();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != h).collect();
+    let alive: Vec<&str> = survivors.iter().map(|i| ["n1", "n2", "n3"][*i]).collect();
+    for i in &survivors {
+        live(&nodes[*i], &alive).await;
+    }
+    let (after, new_home) = thursday_friday(&nodes[survivors[0]]).await;
+    assert_ne!(new_home, home);
+    assert_eq!(after, view, "the bookings outlived the node");
+    // A new customer gets none of the booked or blocked slots.
+    let late = phone(900);
+    let door = &nodes[survivors[1]];
+    say_smile(door, &late, "Hi, I need a cleaning", "l1").await;
+    say_smile(door, &late, "Friday at 9", "l2").await;
+    let offer = offered(&smile_bot_said(door, &late).await);
+    assert_eq!(offer, "Fri Mar 6 at 11:00 AM", "9 AM booked, 10 AM blocked");
+    for o in &offers {
+        assert_ne!(&offer, o, "a slot already booked was offered again");
+    }
+    let (now, _) = thursday_friday(&nodes[survivors[1]]).await;
+
+    // The dead node comes back and decides again, from the newest copy (not
+    // its own old rows).
+    nodes[h].restart();
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    for n in &nodes {
+        assert_eq!(thursday_friday(n).await, (now.clone(), home.clone()));
+    }
+    assert!(now
+        .iter()
+        .any(|(at, s, _)| at == "2026-03-06T16:00:00.000Z" && s == "held"));
+}

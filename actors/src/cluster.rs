@@ -30,6 +30,7 @@ use crate::conversation::{ConvKey, InboundAck, InboundMeta};
 use crate::replica::{ReplicaBody, ReplicaEntry, ReplicaMeta, Verdict};
 use crate::router::{DeliverError, Delivered, Router};
 
+mod calendar;
 mod pool;
 mod requests;
 pub(crate) use pool::PoolAsk;
@@ -91,6 +92,10 @@ pub enum RouterMsg {
     /// answers a bincode `Result<PeerAnswer, String>`.
     #[rpc]
     Request(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// A request about a tenant's calendar (a bincode
+    /// `calendar::CalendarAsk`); answers a bincode `Result<T, String>`.
+    #[rpc]
+    Calendar(Vec<u8>, RpcReplyPort<Vec<u8>>),
 }
 
 /// What a node has of a conversation, asked before taking it over.
@@ -379,6 +384,16 @@ impl Actor for RouterActor {
                     let _ = reply.send(answer);
                 });
             }
+            RouterMsg::Calendar(bytes, reply) => {
+                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                tokio::spawn(async move {
+                    let answer = match cluster {
+                        Some(c) => c.on_calendar(bytes).await,
+                        None => wire(&Err::<(), _>("cluster stopping")),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
             RouterMsg::PoolTell(bytes) => {
                 let cluster = st.cluster.get().and_then(|c| c.upgrade());
                 match (unwire::<pool::PoolTell>(&bytes), cluster) {
@@ -546,6 +561,8 @@ pub struct Cluster {
     router: ActorRef<RouterMsg>,
     /// The agent pool across nodes: its home, relayed desktops.
     pool: pool::PoolLinks,
+    /// The tenants' calendars this node decides or replicates.
+    calendar: calendar::CalendarLinks,
     /// This node is leaving (its heartbeat answers say so: peers stop
     /// counting it live) ...
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -673,6 +690,7 @@ impl Cluster {
             view,
             router,
             pool: Default::default(),
+            calendar: Default::default(),
             leaving,
             left: Default::default(),
             requests: Default::default(),

@@ -183,6 +183,11 @@ impl Shared {
         }
     }
 
+    /// This node's cluster membership, when it runs in one.
+    pub fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.cluster.get().and_then(|c| c.upgrade())
+    }
+
     /// The tenant's flow, if it has one.
     pub fn flow(&self, tenant: &str) -> Option<Arc<crate::flows::engine::Flow>> {
         self.flows.read().get(tenant).cloned()

@@ -596,7 +596,7 @@ pub enum OutboxWrite {
 }
 
 /// A calendar slot and who has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SlotHold {
     pub conv: u64,
     pub booked: bool,
@@ -629,7 +629,7 @@ pub fn slot_key(tenant: &str, start: threadline_protocol::Timestamp) -> String {
 }
 
 /// A change to the calendar, committed with the owner's events.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum CalendarWrite {
     Put(String, SlotHold),
     Delete(String),

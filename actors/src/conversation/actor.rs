@@ -611,6 +611,21 @@ impl ConvState {
             return;
         };
         let id = conv.id();
+        // In a cluster, the calendar's home takes the holds and bookings
+        // first; refused, nothing of this change is kept (the conversation
+        // reloads its durable state) and the caller retries.
+        if !self.pending_calendar.is_empty() {
+            if let Some(cluster) = self.args.shared.cluster() {
+                let writes = std::mem::take(&mut self.pending_calendar);
+                let tenant = self.args.key.tenant();
+                if let Err(e) = cluster.calendar_reserve(tenant, id.0, &writes).await {
+                    then(Err(ConvError::Unavailable(e)));
+                    let _ = myself.cast(ConvMsg::StorageFailed);
+                    return;
+                }
+                self.pending_calendar = writes;
+            }
+        }
         let owner = TimerOwner::Conversation(id);
         let mut timers = Vec::new();
         let mut audit = Vec::new();
@@ -838,6 +853,19 @@ impl ConvState {
         reply: Reply<InboundAck>,
     ) {
         let shared = self.args.shared.clone();
+        // In a cluster, the flow books against the calendar's home's rows.
+        if let Some(cluster) = shared.cluster() {
+            let tenant = self.args.key.tenant();
+            if shared
+                .flow(tenant)
+                .is_some_and(|f| f.spec.calendar.is_some())
+            {
+                if let Err(e) = cluster.calendar_refresh(tenant).await {
+                    let _ = reply.send(Err(ConvError::Unavailable(e.to_string())));
+                    return;
+                }
+            }
+        }
         let now = shared.clock.now();
         self.args.meta.touch(now);
         let (mut events, index) = self.create_if_absent(msg.channel, now);
