@@ -527,6 +527,30 @@ async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move
     // n3 comes back: it catches up, its conversations move back to it, and
     // every node still reads each conversation whole, once.
     n3.restart();
+    // At once, before its conversations are handed back, n3 reads them as
+    // they are now, not as its own copy from before the crash (while it
+    // is still joining it answers 503: it cannot tell yet).
+    for c in &victims {
+        let want: usize = acked[*c].len() + 1;
+        let mut got = None;
+        for _ in 0..400 {
+            let (s, v) = n3
+                .get_admin(&format!(
+                    "/api/v1/tenants/acme/contacts/{}/conversation",
+                    phone(*c).replace('+', "%2B")
+                ))
+                .await;
+            match s {
+                200 => {
+                    got = Some(pids(&v).len());
+                    break;
+                }
+                503 => tokio::time::sleep(Duration::from_millis(25)).await,
+                other => panic!("{other}: {v}"),
+            }
+        }
+        assert_eq!(got, Some(want), "customer {c} read through n3 at once");
+    }
     for n in [&n1, &n2, &n3] {
         live(n, &["n1", "n2", "n3"]).await;
     }

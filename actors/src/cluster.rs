@@ -204,7 +204,8 @@ struct RouterActor;
 struct RouterState {
     /// `name \t http address`, the start of the heartbeat's answer; then
     /// `\t leaving` (or nothing) `\t` and the cluster addresses of this
-    /// node and of its live peers, comma separated.
+    /// node and of its live peers, comma separated, `\t` and the names of
+    /// the nodes it counts live, comma separated.
     ping_answer: String,
     /// Set when the node leaves the cluster (SIGTERM).
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -242,6 +243,8 @@ impl Actor for RouterActor {
                 answer.push('\t');
                 if let Some(c) = st.cluster.get().and_then(|c| c.upgrade()) {
                     answer.push_str(&c.links());
+                    answer.push('\t');
+                    answer.push_str(&c.live_names().join(","));
                 }
                 let _ = reply.send(answer);
             }
@@ -532,6 +535,14 @@ struct View {
     /// node that died and came back between two ticks leaves the live set
     /// as it was, but what it holds is stale and must be rebalanced.
     sessions_changed: bool,
+    /// The nodes each peer counts live (from its heartbeat answers): a
+    /// joining node waits to hear from all of them before it settles.
+    vouched: BTreeMap<String, Vec<String>>,
+    /// When a peer first answered this node.
+    first_answer: Option<Instant>,
+    /// This node has settled its live set with the cluster it joined (or
+    /// it has no seeds: it starts one).
+    joined: bool,
 }
 
 /// This node's membership.
@@ -563,6 +574,10 @@ pub struct Cluster {
     pool: pool::PoolLinks,
     /// The tenants' calendars this node decides or replicates.
     calendar: calendar::CalendarLinks,
+    /// Conversations this node held when it started: while it was down
+    /// another node may have taken them over, so its copy may be old until
+    /// it is handed back here or the other node says it has nothing newer.
+    unconfirmed: dashmap::DashMap<ConvKey, u64>,
     /// This node is leaving (its heartbeat answers say so: peers stop
     /// counting it live) ...
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -654,6 +669,17 @@ impl Cluster {
             })
             .map_err(|e| format!("cluster: {e}"))?;
         let shared = router.shared.clone();
+        let unconfirmed = dashmap::DashMap::new();
+        if spec.replication_factor >= 2 {
+            let store = shared.persistence.store.clone();
+            let held = tokio::task::spawn_blocking(move || store.held())
+                .await
+                .map_err(|e| format!("cluster: {e}"))?
+                .map_err(|e| format!("cluster: {e}"))?;
+            for (conv, tenant, contact) in held {
+                unconfirmed.insert(ConvKey::new(&tenant, &contact), conv);
+            }
+        }
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>> = Default::default();
         let leaving: Arc<std::sync::atomic::AtomicBool> = Default::default();
         let (router, _) = Actor::spawn(
@@ -691,6 +717,7 @@ impl Cluster {
             router,
             pool: Default::default(),
             calendar: Default::default(),
+            unconfirmed,
             leaving,
             left: Default::default(),
             requests: Default::default(),
@@ -772,7 +799,16 @@ impl Cluster {
                             .unwrap_or_default()
                             .split(',')
                             .filter_map(|a| a.parse::<SocketAddr>().ok());
+                        let vouched: Vec<String> = fields
+                            .next()
+                            .unwrap_or_default()
+                            .split(',')
+                            .filter(|n| !n.is_empty())
+                            .map(str::to_owned)
+                            .collect();
                         let mut v = c.view.write();
+                        v.vouched.insert(name.clone(), vouched);
+                        v.first_answer.get_or_insert_with(Instant::now);
                         if let Some(own) = addrs.next() {
                             v.links.insert(name.clone(), own);
                         }
@@ -823,6 +859,11 @@ impl Cluster {
             }
             drop(v);
             let live = self.live_names();
+            if !self.joined(&live) {
+                // Joining: settling on part of the cluster would place
+                // conversations and the agent pool where they do not stay.
+                continue;
+            }
             let changed = {
                 let mut v = self.view.write();
                 let rejoined = std::mem::take(&mut v.sessions_changed);
@@ -1407,6 +1448,36 @@ fn complete(
 }
 
 impl Cluster {
+    /// Whether this node has joined its cluster: it has no seeds, or it has
+    /// heard from every node its peers count live (`live` has them all),
+    /// or the failure time has passed since the first peer answered (a
+    /// node they still count may be gone), or nobody answered within twice
+    /// the failure time.
+    fn joined(&self, live: &[String]) -> bool {
+        let mut v = self.view.write();
+        if v.joined || self.spec.seeds.is_empty() {
+            v.joined = true;
+            return true;
+        }
+        // Nobody answered within the grace period: it goes on alone.
+        let alone = self.started.elapsed() > 2 * self.spec.failure_after;
+        let Some(first) = v.first_answer else {
+            v.joined = alone;
+            return alone;
+        };
+        let me = &self.spec.name;
+        let all = v
+            .vouched
+            .values()
+            .flatten()
+            .filter(|n| *n != me && !v.leaving.contains(*n))
+            .all(|n| live.contains(n));
+        if (all && live.len() > 1) || first.elapsed() > self.spec.failure_after {
+            v.joined = true;
+        }
+        v.joined
+    }
+
     /// Whether this node serves conversations yet: once it has heard from
     /// a peer (or has no seeds), or after a grace period alone. Before, it
     /// would take conversations its peers own for its own.
@@ -1478,6 +1549,41 @@ impl Cluster {
         self.promote(conv, key)
             .await
             .map_err(DeliverError::Unavailable)
+    }
+
+    /// Before this node answers a read of `key` from its own copy: the
+    /// node that has a newer one, if this node's copy may be old (it held
+    /// the conversation when it started, and the next node in hash order,
+    /// which took it over meanwhile, still holds it at a newer epoch).
+    /// Unavailable while this node is still joining (it cannot ask yet).
+    pub async fn newer_copy(&self, key: &ConvKey) -> Result<Option<String>, DeliverError> {
+        let Some(conv) = self.unconfirmed.get(key).map(|c| *c) else {
+            return Ok(None);
+        };
+        if !self.serving() {
+            return Err(DeliverError::Unavailable(
+                "this node is joining its cluster".into(),
+            ));
+        }
+        let live = self.live_names();
+        let Ok(other) = self.replica_node(key, &live) else {
+            return Ok(None);
+        };
+        let store = self.shared.persistence.store.clone();
+        let mine = tokio::task::spawn_blocking(move || store.epoch(conv))
+            .await
+            .map_err(|e| DeliverError::Storage(e.to_string()))?
+            .map_err(|e| DeliverError::Storage(e.to_string()))?;
+        Ok(match self.peek(&other, conv, false).await {
+            Ok(Peek::Held { epoch }) if epoch > mine => Some(other),
+            Ok(_) => {
+                // Nobody holds a newer copy: this one is current.
+                self.unconfirmed.remove(key);
+                None
+            }
+            // Unknown for now: this copy is read, and asked about again.
+            Err(_) => None,
+        })
     }
 
     /// The node that keeps the replica of `key` (the next live node in
@@ -1987,6 +2093,8 @@ impl Cluster {
                 let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
             }
         }
+        // What it has now is current.
+        self.unconfirmed.remove(key);
         Ok(())
     }
 
@@ -2084,6 +2192,7 @@ impl Cluster {
         p.wait_for(|done| crate::persistence::Op::Demote { demote, done })
             .await
             .map_err(|e| e.to_string())?;
+        self.unconfirmed.remove(key);
         self.stop_local(key).await;
         self.shared.pool_watched.set(ConversationId(conv), false);
         self.retime(old_timers, Vec::new());

@@ -287,6 +287,11 @@ impl Router {
             if let Some(owner) = cluster.remote_owner(&key) {
                 return cluster.forward_view(&owner, &key).await;
             }
+            // Back from a crash: its copy may be older than the one the
+            // node that stood in for it holds until it is handed back.
+            if let Some(newer) = cluster.newer_copy(&key).await? {
+                return cluster.forward_view(&newer, &key).await;
+            }
         }
         self.view_local(tenant, contact).await
     }
@@ -319,6 +324,11 @@ impl Router {
             return self.view_by_id_local(id).await;
         };
         if cluster.remote_creator(id).is_none() {
+            if let Some(key) = self.key_of(id).await? {
+                if let Some(newer) = cluster.newer_copy(&key).await? {
+                    return cluster.forward_view_by_id(&newer, id).await;
+                }
+            }
             if let Some(s) = self.view_by_id_local(id).await? {
                 return Ok(Some(s));
             }

@@ -35,6 +35,11 @@ pub struct ClusterArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure this many times (a fresh node and cluster each time), then
+    /// report the cluster/single ratio of each and their median: on a
+    /// shared 2-core machine one measurement varies by 10-20%.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 const ADMIN: &str = "bench-admin-token";
@@ -88,6 +93,41 @@ async fn sum(addrs: &[SocketAddr], name: &str) -> anyhow::Result<f64> {
 
 pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.nodes >= 2, "a cluster needs 2 nodes or more");
+    anyhow::ensure!(a.rounds >= 1, "--rounds is at least 1");
+    let mut ratios = Vec::new();
+    for round in 1..=a.rounds {
+        if a.rounds > 1 {
+            eprintln!("round {round} of {}", a.rounds);
+        }
+        ratios.push(run_once(&a).await?);
+    }
+    if a.rounds > 1 {
+        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.len() % 2 == 1 {
+            sorted[sorted.len() / 2]
+        } else {
+            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+        };
+        let line = format!(
+            "cluster/single over {} rounds: {}; median {median:.3}, min {:.3}, max {:.3}",
+            a.rounds,
+            listed.join(" "),
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+        if a.json {
+            println!("{}", json!({"ratios": ratios, "median": median}));
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// One measurement: a node alone, then a cluster; the cluster/single ratio.
+async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
@@ -198,7 +238,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
         );
         println!("{leave_line}");
     }
-    Ok(())
+    Ok(ratio)
 }
 
 /// SIGTERMs `node` (a cluster member) and waits for it to exit: how many

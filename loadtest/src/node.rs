@@ -79,7 +79,10 @@ pub fn spawn_bare() -> anyhow::Result<SpawnedNode> {
 
 fn start(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<SpawnedNode> {
     let mut child = cmd
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOADTEST_NODE_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
