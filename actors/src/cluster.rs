@@ -1551,6 +1551,12 @@ impl Cluster {
             .map_err(DeliverError::Unavailable)
     }
 
+    /// Whether some conversation this node held when it started may still
+    /// be older here than elsewhere (see `newer_copy`).
+    pub fn any_unconfirmed(&self) -> bool {
+        !self.unconfirmed.is_empty()
+    }
+
     /// Before this node answers a read of `key` from its own copy: the
     /// node that has a newer one, if this node's copy may be old (it held
     /// the conversation when it started, and the next node in hash order,

@@ -324,7 +324,11 @@ impl Router {
             return self.view_by_id_local(id).await;
         };
         if cluster.remote_creator(id).is_none() {
-            if let Some(key) = self.key_of(id).await? {
+            let key = match cluster.any_unconfirmed() {
+                true => self.key_of(id).await?,
+                false => None,
+            };
+            if let Some(key) = key {
                 if let Some(newer) = cluster.newer_copy(&key).await? {
                     return cluster.forward_view_by_id(&newer, id).await;
                 }
