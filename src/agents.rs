@@ -319,7 +319,7 @@ pub async fn catch_up(app: std::sync::Weak<App>) {
                 (api.version, api.digest())
             };
             let theirs = match cluster.request(&peer, &ask(false), timeout).await {
-                Ok(a) if a.status == 200 => serde_json::from_slice::<Value>(&a.body).ok(),
+                Ok(a) if a.succeeded() => serde_json::from_slice::<Value>(&a.body).ok(),
                 _ => None,
             };
             let Some(t) = theirs else { continue };
@@ -331,7 +331,7 @@ pub async fn catch_up(app: std::sync::Weak<App>) {
                 continue;
             }
             let full = match cluster.request(&peer, &ask(true), timeout).await {
-                Ok(a) if a.status == 200 => serde_json::from_slice::<ApiAgents>(&a.body).ok(),
+                Ok(a) if a.succeeded() => serde_json::from_slice::<ApiAgents>(&a.body).ok(),
                 _ => None,
             };
             if let Some(list) = full {

@@ -198,13 +198,7 @@ pub async fn calendar_home(
     {
         return Ok(Some(home));
     }
-    cluster.calendar_ready(tenant).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("calendar: {e}"),
-        )
-    })?;
+    cluster.calendar_ready(tenant).await?;
     Ok(None)
 }
 
@@ -303,13 +297,7 @@ pub async fn set_slot(
             .map_err(ApiError::storage)?;
         // In a cluster (this is the calendar's home): the replica gets it.
         if let Some(cluster) = &app.cluster {
-            cluster.calendar_changed(tenant).await.map_err(|e| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    format!("calendar replica: {e}"),
-                )
-            })?;
+            cluster.calendar_changed(tenant).await?;
         }
     }
     Ok(json_response(

@@ -607,6 +607,15 @@ async fn a_backup_taken_while_the_node_runs_restores_every_commit_before_it_and_
     assert_eq!(got, prefix);
 }
 
+/// `CONFIG` with extra `[server]` keys.
+fn config_with_server(extra: &str) -> String {
+    CONFIG.replacen(
+        "admin_token = \"test-admin-token\"",
+        &format!("admin_token = \"test-admin-token\"\n{extra}"),
+        1,
+    )
+}
+
 /// An HTTP client whose requests come from loopback address 127.0.0.`n`:
 /// another source as the node sees it.
 fn client_from(n: u8) -> reqwest::Client {
@@ -618,12 +627,10 @@ fn client_from(n: u8) -> reqwest::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on() {
-    let config = CONFIG.replacen(
-        "admin_token = \"test-admin-token\"",
-        "admin_token = \"test-admin-token\"\nrate_limit_per_second = 2\nrate_limit_burst = 5",
-        1,
+    let node = Node::start_with_config(
+        &config_with_server("rate_limit_per_second = 2\nrate_limit_burst = 5"),
+        &[],
     );
-    let node = Node::start_with_config(&config, &[]);
     let bodies: Vec<Value> = (0..30)
         .map(|k| {
             sms(
@@ -692,15 +699,6 @@ async fn a_flood_from_one_source_is_refused_with_429_while_other_sources_go_on()
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 202);
-}
-
-/// `CONFIG` with extra `[server]` keys.
-fn config_with_server(extra: &str) -> String {
-    CONFIG.replacen(
-        "admin_token = \"test-admin-token\"",
-        &format!("admin_token = \"test-admin-token\"\n{extra}"),
-        1,
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

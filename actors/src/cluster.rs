@@ -201,6 +201,27 @@ fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
 
 struct RouterActor;
 
+/// Answers an RPC on its own task (the router stays free for heartbeats)
+/// with what `answer` makes with this node's cluster; a bincode error
+/// once the cluster is stopping.
+fn answer_on_task<F, Fut>(
+    cluster: &std::sync::OnceLock<std::sync::Weak<Cluster>>,
+    reply: RpcReplyPort<Vec<u8>>,
+    answer: F,
+) where
+    F: FnOnce(Arc<Cluster>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    let cluster = cluster.get().and_then(|c| c.upgrade());
+    tokio::spawn(async move {
+        let bytes = match cluster {
+            Some(c) => answer(c).await,
+            None => wire(&Err::<(), _>("cluster stopping")),
+        };
+        let _ = reply.send(bytes);
+    });
+}
+
 struct RouterState {
     /// `name \t http address`, the start of the heartbeat's answer; then
     /// `\t leaving` (or nothing) `\t` and the cluster addresses of this
@@ -378,24 +399,18 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Request(bytes, reply) => {
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
-                tokio::spawn(async move {
-                    let answer = match cluster {
-                        Some(c) => c.on_request(bytes).await,
-                        None => wire(&Err::<PeerAnswer, _>("cluster stopping")),
-                    };
-                    let _ = reply.send(answer);
-                });
+                answer_on_task(
+                    &st.cluster,
+                    reply,
+                    |c| async move { c.on_request(bytes).await },
+                );
             }
             RouterMsg::Calendar(bytes, reply) => {
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
-                tokio::spawn(async move {
-                    let answer = match cluster {
-                        Some(c) => c.on_calendar(bytes).await,
-                        None => wire(&Err::<(), _>("cluster stopping")),
-                    };
-                    let _ = reply.send(answer);
-                });
+                answer_on_task(
+                    &st.cluster,
+                    reply,
+                    |c| async move { c.on_calendar(bytes).await },
+                );
             }
             RouterMsg::PoolTell(bytes) => {
                 let cluster = st.cluster.get().and_then(|c| c.upgrade());
@@ -1460,7 +1475,7 @@ impl Cluster {
             return true;
         }
         // Nobody answered within the grace period: it goes on alone.
-        let alone = self.started.elapsed() > 2 * self.spec.failure_after;
+        let alone = self.alone_too_long();
         let Some(first) = v.first_answer else {
             v.joined = alone;
             return alone;
@@ -1489,9 +1504,13 @@ impl Cluster {
             let v = self.view.read();
             !v.answered.is_empty() && v.balanced.len() > 1
         };
-        self.spec.seeds.is_empty()
-            || settled()
-            || self.started.elapsed() > 2 * self.spec.failure_after
+        self.spec.seeds.is_empty() || settled() || self.alone_too_long()
+    }
+
+    /// Twice the failure time since this node started: a node that heard
+    /// from no peer by then goes on alone.
+    fn alone_too_long(&self) -> bool {
+        self.started.elapsed() > 2 * self.spec.failure_after
     }
 
     /// Whether `node` is known to be gone: not live, and either seen

@@ -124,7 +124,7 @@ impl Router {
         msg: InboundMessage,
         meta: InboundMeta,
     ) -> Result<Delivered, DeliverError> {
-        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+        if let Some(cluster) = self.shared.cluster() {
             let key = self.key(tenant, contact);
             if let Some(owner) = cluster.remote_owner(&key) {
                 return cluster.forward(&owner, &key, msg, meta).await;
@@ -142,7 +142,7 @@ impl Router {
         meta: InboundMeta,
     ) -> Result<Delivered, DeliverError> {
         let key = self.key(tenant, contact);
-        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+        if let Some(cluster) = self.shared.cluster() {
             cluster.check_local(&key).await?;
         }
         let mut failures = 0;
@@ -282,7 +282,7 @@ impl Router {
         tenant: &str,
         contact: &str,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        if let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) {
+        if let Some(cluster) = self.shared.cluster() {
             let key = self.key(tenant, contact);
             if let Some(owner) = cluster.remote_owner(&key) {
                 return cluster.forward_view(&owner, &key).await;
@@ -320,7 +320,7 @@ impl Router {
         &self,
         id: ConversationId,
     ) -> Result<Option<ConversationState>, DeliverError> {
-        let Some(cluster) = self.shared.cluster.get().and_then(|c| c.upgrade()) else {
+        let Some(cluster) = self.shared.cluster() else {
             return self.view_by_id_local(id).await;
         };
         if cluster.remote_creator(id).is_none() {
@@ -668,7 +668,7 @@ impl Router {
     ) -> Result<Option<ConvAnswer>, DeliverError> {
         let id = op.conversation();
         let Some(key) = self.key_of(id).await? else {
-            return match self.cluster().filter(|_| forward) {
+            return match self.shared.cluster().filter(|_| forward) {
                 Some(c) => c.conv_op(op).await,
                 None => Ok(None),
             };
@@ -723,13 +723,9 @@ impl Router {
         }))
     }
 
-    fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
-        self.shared.cluster.get().and_then(|c| c.upgrade())
-    }
-
     /// The cluster and the agent pool's home, when the home is another node.
     fn remote_pool(&self) -> Option<(Arc<crate::cluster::Cluster>, String)> {
-        let c = self.cluster()?;
+        let c = self.shared.cluster()?;
         let home = c.pool_home()?;
         Some((c, home))
     }

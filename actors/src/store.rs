@@ -605,6 +605,13 @@ pub struct SlotHold {
 }
 
 impl SlotHold {
+    /// Whether conversation `conv` may take this slot from its holder: its
+    /// own, or another customer's hold that lapsed (never a booking or a
+    /// slot the business blocked).
+    pub fn takeable_by(&self, conv: u64, now: threadline_protocol::Timestamp) -> bool {
+        self.conv == conv || (!self.booked && self.until.0 <= now.0)
+    }
+
     fn encode(&self) -> [u8; 17] {
         let mut b = [0u8; 17];
         b[..8].copy_from_slice(&self.conv.to_le_bytes());

@@ -249,15 +249,9 @@ async fn leave(mut node: SpawnedNode) -> anyhow::Result<(u64, Duration)> {
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     let held = v["conversations"]["this_node"].as_u64().unwrap_or(0);
     drop(c);
-    let started = std::time::Instant::now();
-    std::process::Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()?;
-    for _ in 0..6000 {
-        if node.child.try_wait()?.is_some() {
-            return Ok((held, started.elapsed()));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let took = tokio::task::spawn_blocking(move || node.terminate(Duration::from_secs(60))).await?;
+    match took {
+        Some(took) => Ok((held, took)),
+        None => anyhow::bail!("the leaving node did not exit within 60 s"),
     }
-    anyhow::bail!("the leaving node did not exit within 60 s")
 }

@@ -21,23 +21,33 @@ pub struct SpawnedNode {
 
 impl Drop for SpawnedNode {
     fn drop(&mut self) {
-        unsafe_sigterm(&mut self.child);
+        // Graceful stop so the node drains; fall back to kill.
+        if self.terminate(std::time::Duration::from_secs(6)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
-fn unsafe_sigterm(child: &mut Child) {
-    // Graceful stop so the node drains; fall back to kill.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    for _ in 0..300 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+impl SpawnedNode {
+    /// Sends SIGTERM and waits up to `within` for the node to exit: how
+    /// long it took (zero if it had exited already), `None` if it did not.
+    pub fn terminate(&mut self, within: std::time::Duration) -> Option<std::time::Duration> {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Some(std::time::Duration::ZERO);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        while started.elapsed() < within {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Starts `bin serve` (dev config) on a free port with a fresh data dir.

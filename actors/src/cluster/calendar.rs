@@ -77,6 +77,10 @@ fn prefix(tenant: &str) -> String {
     format!("{tenant}\0")
 }
 
+fn unavailable(e: String) -> DeliverError {
+    DeliverError::Unavailable(format!("calendar: {e}"))
+}
+
 impl Cluster {
     /// The nodes in the order of `tenant`'s calendar (home first).
     fn calendar_order(&self, tenant: &str) -> Vec<String> {
@@ -167,6 +171,19 @@ impl Cluster {
             .map_err(|e| format!("node {node}: {e}"))
     }
 
+    /// The version of the last change this node's copy of `tenant` has.
+    fn calendar_version(&self, tenant: &str) -> u64 {
+        self.calendar.versions.get(tenant).map_or(0, |v| *v)
+    }
+
+    /// As the home, under the tenant's lock: one change more, and the rows
+    /// passed to the replica.
+    async fn calendar_changed_locked(&self, tenant: &str) -> Result<(), String> {
+        *self.calendar.versions.entry(tenant.to_owned()).or_default() += 1;
+        self.replicate_calendar(tenant, &self.calendar_order(tenant))
+            .await
+    }
+
     fn calendar_lock(&self, tenant: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.calendar
             .locks
@@ -189,8 +206,7 @@ impl Cluster {
         if self.calendar.adopted.lock().get(tenant) == Some(&live) {
             return Ok(());
         }
-        let mine = self.calendar.versions.get(tenant).map_or(0, |v| *v);
-        let mut copies = vec![(mine, self.calendar_rows(tenant))];
+        let mut copies = vec![(self.calendar_version(tenant), self.calendar_rows(tenant))];
         for peer in order.iter().filter(|n| **n != self.spec.name) {
             let ask = CalendarAsk::Copy {
                 tenant: tenant.to_owned(),
@@ -208,8 +224,8 @@ impl Cluster {
             union(copies.into_iter().flat_map(|(_, r)| r))
         };
         self.store_rows(tenant, rows).await?;
-        self.calendar.versions.insert(tenant.to_owned(), newest + 1);
-        self.replicate_calendar(tenant, &order).await?;
+        self.calendar.versions.insert(tenant.to_owned(), newest);
+        self.calendar_changed_locked(tenant).await?;
         self.calendar.adopted.lock().insert(tenant.to_owned(), live);
         tracing::info!(tenant, "this node decides the tenant's calendar now");
         Ok(())
@@ -222,7 +238,7 @@ impl Cluster {
         };
         let ask = CalendarAsk::Replicate {
             tenant: tenant.to_owned(),
-            version: self.calendar.versions.get(tenant).map_or(0, |v| *v),
+            version: self.calendar_version(tenant),
             rows: self.calendar_rows(tenant),
         };
         self.calendar_ask::<()>(replica, &ask).await
@@ -231,22 +247,15 @@ impl Cluster {
     /// Before a flow runs on `tenant`'s calendar here: this node's rows are
     /// made the home's.
     pub async fn calendar_refresh(&self, tenant: &str) -> Result<(), DeliverError> {
-        let unavailable = |e: String| DeliverError::Unavailable(format!("calendar: {e}"));
-        match self.calendar_home(tenant) {
-            None => {
-                let lock = self.calendar_lock(tenant);
-                let _held = lock.lock().await;
-                self.adopt(tenant).await.map_err(unavailable)
-            }
-            Some(home) => {
-                let ask = CalendarAsk::Current {
-                    tenant: tenant.to_owned(),
-                };
-                let rows: Rows = self.calendar_ask(&home, &ask).await.map_err(unavailable)?;
-                self.replace_rows(tenant, rows);
-                Ok(())
-            }
-        }
+        let Some(home) = self.calendar_home(tenant) else {
+            return self.calendar_ready(tenant).await;
+        };
+        let ask = CalendarAsk::Current {
+            tenant: tenant.to_owned(),
+        };
+        let rows: Rows = self.calendar_ask(&home, &ask).await.map_err(unavailable)?;
+        self.replace_rows(tenant, rows);
+        Ok(())
     }
 
     /// Reserves the holds and bookings conversation `conv` made at the
@@ -264,9 +273,7 @@ impl Cluster {
                 // conversation commits them here, and the replica gets them.
                 let lock = self.calendar_lock(tenant);
                 let _held = lock.lock().await;
-                *self.calendar.versions.entry(tenant.to_owned()).or_default() += 1;
-                let order = self.calendar_order(tenant);
-                if let Err(e) = self.replicate_calendar(tenant, &order).await {
+                if let Err(e) = self.calendar_changed_locked(tenant).await {
                     // Taken here all the same: the replica gets the rows with
                     // the next change, or when the live set changes.
                     tracing::warn!(tenant, error = %e, "calendar replica missed a change");
@@ -292,20 +299,20 @@ impl Cluster {
 
     /// As the home: a change the admin API made to `tenant`'s calendar
     /// (rows already changed here), committed and passed to the replica.
-    pub async fn calendar_changed(&self, tenant: &str) -> Result<(), String> {
+    pub async fn calendar_changed(&self, tenant: &str) -> Result<(), DeliverError> {
         let lock = self.calendar_lock(tenant);
         let _held = lock.lock().await;
-        *self.calendar.versions.entry(tenant.to_owned()).or_default() += 1;
-        self.replicate_calendar(tenant, &self.calendar_order(tenant))
+        self.calendar_changed_locked(tenant)
             .await
+            .map_err(unavailable)
     }
 
     /// As the home, before the admin API reads or changes `tenant`'s
     /// calendar here: its rows are current.
-    pub async fn calendar_ready(&self, tenant: &str) -> Result<(), String> {
+    pub async fn calendar_ready(&self, tenant: &str) -> Result<(), DeliverError> {
         let lock = self.calendar_lock(tenant);
         let _held = lock.lock().await;
-        self.adopt(tenant).await
+        self.adopt(tenant).await.map_err(unavailable)
     }
 
     /// Answers a calendar request from a peer (a bincode `CalendarAsk`).
@@ -315,14 +322,15 @@ impl Cluster {
             Some(CalendarAsk::Copy { tenant }) => {
                 // Another node is taking the calendar.
                 self.calendar.adopted.lock().remove(&tenant);
-                let version = self.calendar.versions.get(&tenant).map_or(0, |v| *v);
-                wire(&Ok::<_, String>((version, self.calendar_rows(&tenant))))
+                let copy = (self.calendar_version(&tenant), self.calendar_rows(&tenant));
+                wire(&Ok::<_, String>(copy))
             }
             Some(CalendarAsk::Current { tenant }) => {
-                let lock = self.calendar_lock(&tenant);
-                let _held = lock.lock().await;
-                let r = self.adopt(&tenant).await;
-                wire(&r.map(|()| self.calendar_rows(&tenant)))
+                let r = self.calendar_ready(&tenant).await;
+                wire(
+                    &r.map(|()| self.calendar_rows(&tenant))
+                        .map_err(|e| e.to_string()),
+                )
             }
             Some(CalendarAsk::Reserve {
                 tenant,
@@ -335,8 +343,7 @@ impl Cluster {
                 rows,
             }) => {
                 self.calendar.adopted.lock().remove(&tenant);
-                let mine = self.calendar.versions.get(&tenant).map_or(0, |v| *v);
-                let r = if version > mine {
+                let r = if version > self.calendar_version(&tenant) {
                     let r = self.store_rows(&tenant, rows).await;
                     if r.is_ok() {
                         self.calendar.versions.insert(tenant, version);
@@ -362,21 +369,22 @@ impl Cluster {
         let p = prefix(tenant);
         let now = self.shared.clock.now();
         let map = &self.shared.calendar;
+        // Checked whole before anything is applied.
+        for w in &writes {
+            let (CalendarWrite::Put(key, _) | CalendarWrite::Delete(key)) = w;
+            if !key.starts_with(&p) {
+                return Err(format!("slot {key:?} is not {tenant}'s"));
+            }
+            if matches!(w, CalendarWrite::Put(_, h) if h.conv != conv || conv == BLOCKED) {
+                return Err("a conversation reserves only its own slots".into());
+            }
+        }
         // Applied one by one; undone if a later one is refused.
         let mut before: Vec<(String, Option<SlotHold>)> = Vec::new();
         let mut taken = false;
         for w in &writes {
-            let key = match w {
-                CalendarWrite::Put(k, _) | CalendarWrite::Delete(k) => k,
-            };
-            if !key.starts_with(&p) {
-                return Err(format!("slot {key:?} is not {tenant}'s"));
-            }
             match w {
                 CalendarWrite::Put(k, h) => {
-                    if h.conv != conv || conv == BLOCKED {
-                        return Err("a conversation reserves only its own slots".into());
-                    }
                     let cur = match map.entry(k.clone()) {
                         dashmap::Entry::Vacant(v) => {
                             v.insert(*h);
@@ -384,7 +392,7 @@ impl Cluster {
                         }
                         dashmap::Entry::Occupied(mut o) => {
                             let c = *o.get();
-                            if c.conv != conv && (c.booked || c.until.0 > now.0) {
+                            if !c.takeable_by(conv, now) {
                                 taken = true;
                                 break;
                             }
@@ -415,9 +423,7 @@ impl Cluster {
             .calendar(writes)
             .await
             .map_err(|e| format!("calendar: {e}"))?;
-        *self.calendar.versions.entry(tenant.to_owned()).or_default() += 1;
-        self.replicate_calendar(tenant, &self.calendar_order(tenant))
-            .await?;
+        self.calendar_changed_locked(tenant).await?;
         Ok(Reserved::Done)
     }
 }

@@ -616,14 +616,16 @@ impl ConvState {
         // reloads its durable state) and the caller retries.
         if !self.pending_calendar.is_empty() {
             if let Some(cluster) = self.args.shared.cluster() {
-                let writes = std::mem::take(&mut self.pending_calendar);
                 let tenant = self.args.key.tenant();
-                if let Err(e) = cluster.calendar_reserve(tenant, id.0, &writes).await {
+                let reserved = cluster
+                    .calendar_reserve(tenant, id.0, &self.pending_calendar)
+                    .await;
+                if let Err(e) = reserved {
+                    self.pending_calendar.clear();
                     then(Err(ConvError::Unavailable(e)));
                     let _ = myself.cast(ConvMsg::StorageFailed);
                     return;
                 }
-                self.pending_calendar = writes;
             }
         }
         let owner = TimerOwner::Conversation(id);

@@ -138,7 +138,7 @@ impl engine::Calendar for SharedCalendar<'_> {
                         ..mine
                     });
                     true
-                } else if !h.booked && h.until.0 <= self.now.0 {
+                } else if h.takeable_by(self.conv, self.now) {
                     // Another customer's hold lapsed.
                     o.insert(mine);
                     true

@@ -474,7 +474,7 @@ impl PoolState {
             pool.upsert_agent(a, now);
         }
         let home = cluster_home(&self.args.shared);
-        let rows = match self.args.shared.cluster.get().and_then(|c| c.upgrade()) {
+        let rows = match self.args.shared.cluster() {
             Some(c) if home => c.gather_work(&self.router).await,
             _ => self.router.held_work().await.unwrap_or_default(),
         };
