@@ -27,6 +27,9 @@ pub struct Provider {
     /// arrived.
     inboxes: DashMap<String, mpsc::UnboundedSender<Instant>>,
     keys: DashSet<String>,
+    /// Each text accepted (once per idempotency key), and how many times:
+    /// a text counted twice was decided twice.
+    pub texts: DashMap<String, u32>,
     pub received: AtomicU64,
     pub duplicates: AtomicU64,
     /// Messages for nobody the load tester is simulating now (a reply that
@@ -46,12 +49,18 @@ impl Provider {
         self.inboxes.remove(address);
     }
 
-    fn deliver(&self, to: &str, key: &str) {
+    /// How many times `text` was accepted.
+    pub fn times_sent(&self, text: &str) -> u32 {
+        self.texts.get(text).map_or(0, |n| *n)
+    }
+
+    fn deliver(&self, to: &str, key: &str, text: &str) {
         self.received.fetch_add(1, Ordering::Relaxed);
         if !key.is_empty() && !self.keys.insert(key.to_owned()) {
             self.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        *self.texts.entry(text.to_owned()).or_default() += 1;
         let a = Instant::now();
         let sent = self
             .inboxes
@@ -97,11 +106,13 @@ async fn handle(p: Arc<Provider>, req: Request<hyper::body::Incoming>) -> Respon
     // Twilio: a text (Messages) or a call (Calls), to `To`.
     for (resource, sid) in [("Messages", "SM"), ("Calls", "CA")] {
         if path == format!("/2010-04-01/Accounts/{SID}/{resource}.json") {
-            let to = form_urlencoded::parse(&body)
-                .find(|(k, _)| k == "To")
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            p.deliver(&to, &key);
+            let field = |name: &str| {
+                form_urlencoded::parse(&body)
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            p.deliver(&field("To"), &key, &field("Body"));
             return answer(
                 201,
                 serde_json::json!({"sid": format!("{sid}{n:032x}"), "status": "queued"}),
@@ -111,7 +122,7 @@ async fn handle(p: Arc<Provider>, req: Request<hyper::body::Incoming>) -> Respon
     if path == format!("/{WA_PHONE_ID}/messages") {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         let to = format!("+{}", v["to"].as_str().unwrap_or(""));
-        p.deliver(&to, &key);
+        p.deliver(&to, &key, v["text"]["body"].as_str().unwrap_or(""));
         return answer(
             200,
             serde_json::json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.{n:x}")}]}),

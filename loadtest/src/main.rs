@@ -5,19 +5,7 @@
 //! `POST /api/v1/inbound`, and reports throughput, latency percentiles and
 //! their ratio.
 
-mod agents;
-mod bot;
-mod client;
-mod cluster;
-mod fakeprov;
-mod ingest;
-mod node;
-mod outbound;
-mod report;
-mod scenario;
-mod sim;
-mod timers;
-mod webhooks;
+use threadline_loadtest::*;
 
 use clap::{Parser, Subcommand};
 
@@ -55,6 +43,11 @@ enum Command {
     /// A cluster of nodes on this machine against one node: durable ingest
     /// with replication, and what forwarding adds per hop.
     Cluster(cluster::ClusterArgs),
+    /// SIGKILL a node at random moments under load, many times, restarting
+    /// it each time; fails (exit 1) unless every acknowledged text is stored
+    /// once, every decision sent once, every timer fired once, and the
+    /// audit chain verifies.
+    Crash(crash::CrashArgs),
     /// Resident memory of a node holding many conversations.
     Resident(ingest::ResidentArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
@@ -83,6 +76,12 @@ fn main() -> anyhow::Result<()> {
         Command::Webhooks(a) => rt.block_on(webhooks::run(a)),
         Command::Agents(a) => rt.block_on(agents::run(a)),
         Command::Bot(a) => rt.block_on(bot::run(a)),
+        Command::Crash(a) => {
+            if !rt.block_on(crash::main(a))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::BareServer => rt.block_on(node::serve_bare()),
     }
 }

@@ -1,9 +1,10 @@
 //! Starting a node binary for a measurement, and the bare endpoint.
 
 use std::convert::Infallible;
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
@@ -16,7 +17,10 @@ use hyper_util::rt::TokioIo;
 pub struct SpawnedNode {
     pub child: Child,
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The command, to start it again on the same data.
+    program: PathBuf,
+    args: Vec<OsString>,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for SpawnedNode {
@@ -30,6 +34,32 @@ impl Drop for SpawnedNode {
 }
 
 impl SpawnedNode {
+    /// The temporary directory the node's data (`data/`) and config live in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The program this node runs.
+    pub fn program(&self) -> &Path {
+        &self.program
+    }
+
+    /// SIGKILL: the process ends at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again, on the same data directory (after
+    /// [`SpawnedNode::kill`]); its new address is in `addr`.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let (child, addr) = launch(&self.program, &self.args)?;
+        self.child = child;
+        self.addr = addr;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits up to `within` for the node to exit: how
     /// long it took (zero if it had exited already), `None` if it did not.
     pub fn terminate(&mut self, within: std::time::Duration) -> Option<std::time::Duration> {
@@ -53,11 +83,12 @@ impl SpawnedNode {
 /// Starts `bin serve` (dev config) on a free port with a fresh data dir.
 pub fn spawn(bin: &Path, extra: &[String]) -> anyhow::Result<SpawnedNode> {
     let dir = tempfile::tempdir()?;
-    let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--http", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(extra);
-    start(cmd, dir)
+    let mut args: Vec<OsString> = ["serve", "--http", "127.0.0.1:0", "--data-dir"]
+        .map(OsString::from)
+        .into();
+    args.push(dir.path().join("data").into());
+    args.extend(extra.iter().map(OsString::from));
+    start(bin.to_owned(), args, dir)
 }
 
 /// Starts `bin serve --config` with `config` written to a fresh data dir.
@@ -69,26 +100,42 @@ pub fn spawn_with_config(
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("threadline.toml");
     std::fs::write(&file, config)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&file)
-        .args(["--http", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(extra);
-    start(cmd, dir)
+    let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), file.into()];
+    args.extend(["--http", "127.0.0.1:0", "--data-dir"].map(OsString::from));
+    args.push(dir.path().join("data").into());
+    args.extend(extra.iter().map(OsString::from));
+    start(bin.to_owned(), args, dir)
 }
 
 /// Starts this program's bare endpoint as a separate process, so it pays
 /// the same cross-process costs as the node it is compared with.
 pub fn spawn_bare() -> anyhow::Result<SpawnedNode> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg("bare-server");
-    start(cmd, tempfile::tempdir()?)
+    start(
+        std::env::current_exe()?,
+        vec!["bare-server".into()],
+        tempfile::tempdir()?,
+    )
 }
 
-fn start(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<SpawnedNode> {
-    let mut child = cmd
+fn start(
+    program: PathBuf,
+    args: Vec<OsString>,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<SpawnedNode> {
+    let (child, addr) = launch(&program, &args)?;
+    Ok(SpawnedNode {
+        child,
+        addr,
+        program,
+        args,
+        dir,
+    })
+}
+
+/// Runs `program args` and waits until it says where it listens.
+fn launch(program: &Path, args: &[OsString]) -> anyhow::Result<(Child, SocketAddr)> {
+    let mut child = Command::new(program)
+        .args(args)
         .env(
             "RUST_LOG",
             std::env::var("LOADTEST_NODE_LOG").unwrap_or("warn".into()),
@@ -104,15 +151,15 @@ fn start(mut cmd: Command, dir: tempfile::TempDir) -> anyhow::Result<SpawnedNode
                     break a.trim().parse()?;
                 }
             }
-            _ => anyhow::bail!("the node exited before listening"),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("the node exited before listening")
+            }
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Ok(SpawnedNode {
-        child,
-        addr,
-        _dir: dir,
-    })
+    Ok((child, addr))
 }
 
 /// A bare hyper HTTP/1.1 endpoint that reads the body and answers 202 with a

@@ -28,11 +28,11 @@ use crate::fakeprov::{self, Provider};
 use crate::report::{Report, Sample};
 use crate::scenario::{Channel, Model, Scenario};
 
-const ADMIN: &str = "loadtest-admin-token";
-const GATEWAY: &str = "gw-loadtest";
-const TENANT: &str = "lt";
-const NUMBER: &str = "+15557654321";
-const PUBLIC_URL: &str = "https://hooks.loadtest.example";
+pub(crate) const ADMIN: &str = "loadtest-admin-token";
+pub(crate) const GATEWAY: &str = "gw-loadtest";
+pub(crate) const TENANT: &str = "lt";
+pub(crate) const NUMBER: &str = "+15557654321";
+pub(crate) const PUBLIC_URL: &str = "https://hooks.loadtest.example";
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -472,11 +472,15 @@ fn status_ok(r: anyhow::Result<(u16, Bytes)>, want: u16) -> Result<(), String> {
     }
 }
 
-async fn send_sms(sh: &Shared, from: &str, id: &str, text: &str) -> Result<(), String> {
-    let sid = format!("SM{id}");
-    let params = [
-        ("MessageSid", sid.as_str()),
-        ("SmsSid", sid.as_str()),
+/// The form Twilio posts for a text `sid` from `from` to the tenant.
+pub(crate) fn sms_params<'a>(
+    sid: &'a str,
+    from: &'a str,
+    text: &'a str,
+) -> [(&'a str, &'a str); 10] {
+    [
+        ("MessageSid", sid),
+        ("SmsSid", sid),
         ("AccountSid", fakeprov::SID),
         ("From", from),
         ("To", NUMBER),
@@ -485,8 +489,12 @@ async fn send_sms(sh: &Shared, from: &str, id: &str, text: &str) -> Result<(), S
         ("NumSegments", "1"),
         ("SmsStatus", "received"),
         ("ApiVersion", "2010-04-01"),
-    ];
-    twilio_post(sh, "/webhooks/twilio/sms", &params)
+    ]
+}
+
+async fn send_sms(sh: &Shared, from: &str, id: &str, text: &str) -> Result<(), String> {
+    let sid = format!("SM{id}");
+    twilio_post(sh, "/webhooks/twilio/sms", &sms_params(&sid, from, text))
         .await
         .map(|_| ())
 }
@@ -539,12 +547,19 @@ async fn speech(
     Ok(twiml.contains("<Say"))
 }
 
-/// A signed Twilio webhook; the TwiML answer.
-async fn twilio_post(sh: &Shared, path: &str, params: &[(&str, &str)]) -> Result<String, String> {
+/// A Twilio webhook to `path` of the node: its form body and its
+/// `X-Twilio-Signature`.
+pub(crate) fn signed_form(path: &str, params: &[(&str, &str)]) -> (String, String) {
     let sig = twilio_signature(&format!("{PUBLIC_URL}{path}"), params);
     let body = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter().copied())
         .finish();
+    (body, sig)
+}
+
+/// A signed Twilio webhook; the TwiML answer.
+async fn twilio_post(sh: &Shared, path: &str, params: &[(&str, &str)]) -> Result<String, String> {
+    let (body, sig) = signed_form(path, params);
     match sh
         .post(
             path,
