@@ -368,9 +368,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Duration::from_secs(30),
     )
     .await;
-    if let Some(c) = &cluster {
+    if let Some(c) = cluster {
         c.leave(Duration::from_secs(20)).await;
         c.stop();
+        // Dropped here: the membership holds the runtime's shared state,
+        // which the shutdown below waits to see released.
     }
     tracing::info!("draining conversations and flushing storage");
     runtime.shutdown().await;

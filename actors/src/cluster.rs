@@ -1291,9 +1291,10 @@ impl Cluster {
                 return held;
             }
             // The heartbeats rebalance on the change of the live set; this
-            // asks for another pass in case one failed.
+            // asks for another pass in case one failed. Looked at more
+            // often than a heartbeat: the node exits as soon as it is done.
             self.rebalance_again.store(true, Ordering::Relaxed);
-            tokio::time::sleep(self.spec.heartbeat).await;
+            tokio::time::sleep(self.spec.heartbeat.min(Duration::from_millis(100))).await;
         }
     }
 
@@ -2255,6 +2256,7 @@ impl Cluster {
         self.install_moving(h.conv, &key, h.epoch, state, h.work)
             .await?;
         self.sync(h.conv, key, h.epoch, through).await;
+        self.metrics.cluster_received.inc();
         Ok(Verdict::Stored)
     }
 

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub cluster_promoted: Counter,
     /// Conversations moved to (or back to) the node that owns them now.
     pub cluster_handed_over: Counter,
+    /// Conversations handed to this node by the node that held them.
+    pub cluster_received: Counter,
     /// Offers made to agents.
     pub offers: Counter,
     /// Open agent desktop sessions.
@@ -84,6 +86,7 @@ impl Metrics {
             cluster_replication_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
             cluster_promoted: Counter::default(),
             cluster_handed_over: Counter::default(),
+            cluster_received: Counter::default(),
             offers: Counter::default(),
             agent_sessions: Gauge::default(),
             outcomes: Outcomes::default(),
@@ -201,6 +204,11 @@ impl Metrics {
             "cluster_handed_over",
             "Conversations this node handed to the node that owns them under the current membership",
             m.cluster_handed_over.clone(),
+        );
+        registry.register(
+            "cluster_received",
+            "Conversations handed to this node by the node that held them (a leave, or a move back)",
+            m.cluster_received.clone(),
         );
         registry.register(
             "gateway_busy",

@@ -196,12 +196,20 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
     let leaving = nodes.pop().expect("a cluster has nodes");
     let rest: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let promoted_before = sum(&rest, "threadline_cluster_promoted_total").await?;
-    let (held, took) = leave(leaving).await?;
+    let left = leave(leaving, &rest).await?;
     let promoted = sum(&rest, "threadline_cluster_promoted_total").await? - promoted_before;
+    let moved = match left.moved {
+        Some(m) => format!(
+            "handed over in {:.2} s ({:.0}/s)",
+            m.as_secs_f64(),
+            left.held as f64 / m.as_secs_f64().max(1e-9)
+        ),
+        None => "not all handed over".to_owned(),
+    };
     let leave_line = format!(
-        "leave: {held} conversations handed over in {:.2} s ({:.0}/s); {promoted:.0} taken over from replicas",
-        took.as_secs_f64(),
-        held as f64 / took.as_secs_f64().max(1e-9)
+        "leave: {} conversations {moved}, the node exited after {:.2} s; {promoted:.0} taken over from replicas",
+        left.held,
+        left.exited.as_secs_f64(),
     );
     eprintln!("{leave_line}");
     let ratio = spread.rate() / single.rate();
@@ -223,7 +231,8 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
                 "single_one_client": single_one.json(), "cluster_one_client": cluster_one.json(),
                 "added_unloaded_ms": {"p50": hop_ms(&cluster_one, 0.5) - hop_ms(&single_one, 0.5),
                                       "p99": hop_ms(&cluster_one, 0.99) - hop_ms(&single_one, 0.99)},
-                "leave": {"held": held, "seconds": took.as_secs_f64(), "promoted": promoted},
+                "leave": {"held": left.held, "handed_over_seconds": left.moved.map(|m| m.as_secs_f64()),
+                          "exit_seconds": left.exited.as_secs_f64(), "promoted": promoted},
             })
         );
     } else {
@@ -241,17 +250,43 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
     Ok(ratio)
 }
 
-/// SIGTERMs `node` (a cluster member) and waits for it to exit: how many
-/// conversations it held, and how long it took.
-async fn leave(mut node: SpawnedNode) -> anyhow::Result<(u64, Duration)> {
+/// What a graceful leave took.
+struct Left {
+    /// Conversations the leaving node held.
+    held: u64,
+    /// From SIGTERM until the other nodes had received all of them (`None`
+    /// if the node exited first).
+    moved: Option<Duration>,
+    /// From SIGTERM until the process exited.
+    exited: Duration,
+}
+
+/// SIGTERMs `node` (a cluster member) and waits for it to exit, watching
+/// the other nodes (`rest`) receive its conversations.
+async fn leave(mut node: SpawnedNode, rest: &[SocketAddr]) -> anyhow::Result<Left> {
+    const RECEIVED: &str = "threadline_cluster_received_total";
     let mut c = Conn::open(node.addr).await?;
     let (_, body) = c.get_as("/api/v1/cluster", Some(ADMIN)).await?;
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     let held = v["conversations"]["this_node"].as_u64().unwrap_or(0);
     drop(c);
-    let took = tokio::task::spawn_blocking(move || node.terminate(Duration::from_secs(60))).await?;
-    match took {
-        Some(took) => Ok((held, took)),
+    let before = sum(rest, RECEIVED).await?;
+    let started = std::time::Instant::now();
+    let exit = tokio::task::spawn_blocking(move || node.terminate(Duration::from_secs(60)));
+    let mut moved = None;
+    while !exit.is_finished() {
+        if sum(rest, RECEIVED).await? - before >= held as f64 {
+            moved = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match exit.await? {
+        Some(exited) => Ok(Left {
+            held,
+            moved,
+            exited,
+        }),
         None => anyhow::bail!("the leaving node did not exit within 60 s"),
     }
 }
