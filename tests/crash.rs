@@ -30,7 +30,8 @@ async fn random_sigkills_under_load_lose_nothing_acknowledged_and_send_nothing_t
     .expect("the crash run ran");
     print!("{}", report.text());
     assert!(report.passed(), "{:#?}", report.failures);
-    assert_eq!(report.kills, kills, "every kill was survived");
+    // The kills cut requests off: the customers had to send again.
+    assert!(report.retries > 0, "{report:?}");
     // The load made every kind of promise that the checks hold it to.
     assert!(report.texts >= 3 * 6, "{report:?}");
     assert!(report.decided > 0, "{report:?}");

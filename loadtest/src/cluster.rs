@@ -105,11 +105,7 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
         let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
         let mut sorted = ratios.clone();
         sorted.sort_by(f64::total_cmp);
-        let median = if sorted.len() % 2 == 1 {
-            sorted[sorted.len() / 2]
-        } else {
-            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
-        };
+        let median = crate::report::median(&ratios);
         let line = format!(
             "cluster/single over {} rounds: {}; median {median:.3}, min {:.3}, max {:.3}",
             a.rounds,

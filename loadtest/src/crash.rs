@@ -353,14 +353,6 @@ async fn conversation_id(client: &mut Client, enc: &str) -> Option<String> {
     v["id"].as_str().map(str::to_owned)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Runs the crash test; the report says whether every promise held.
 pub async fn run(a: CrashArgs) -> anyhow::Result<CrashReport> {
     anyhow::ensure!(a.customers >= 1, "--customers is at least 1");
@@ -423,7 +415,7 @@ pub async fn run(a: CrashArgs) -> anyhow::Result<CrashReport> {
         timers: seen.iter().map(|s| s.timers.len()).sum(),
         unknown: seen.iter().map(|s| s.unknown.len()).sum(),
         audit_records: 0,
-        restart_ms_median: median(restarts.clone()),
+        restart_ms_median: crate::report::median(&restarts),
         restart_ms_max: restarts.iter().copied().fold(0.0, f64::max),
         seconds: 0.0,
         failures: seen.iter().flat_map(|s| s.failures.clone()).collect(),

@@ -254,3 +254,25 @@ pub fn chart(reports: &[Report], path: &Path) -> anyhow::Result<()> {
     root.present()?;
     Ok(())
 }
+
+/// The median of `v` (the mean of the middle two for an even count; 0 for
+/// none).
+pub fn median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&[0.5, 0.1, 0.4]), 0.4);
+        assert!((super::median(&[0.5, 0.1, 0.4, 0.2]) - 0.3).abs() < 1e-12);
+        assert_eq!(super::median(&[]), 0.0);
+    }
+}
