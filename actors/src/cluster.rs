@@ -204,15 +204,12 @@ struct RouterActor;
 /// Answers an RPC on its own task (the router stays free for heartbeats)
 /// with what `answer` makes with this node's cluster; a bincode error
 /// once the cluster is stopping.
-fn answer_on_task<F, Fut>(
-    cluster: &std::sync::OnceLock<std::sync::Weak<Cluster>>,
-    reply: RpcReplyPort<Vec<u8>>,
-    answer: F,
-) where
+fn answer_on_task<F, Fut>(st: &RouterState, reply: RpcReplyPort<Vec<u8>>, answer: F)
+where
     F: FnOnce(Arc<Cluster>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
 {
-    let cluster = cluster.get().and_then(|c| c.upgrade());
+    let cluster = st.cluster();
     tokio::spawn(async move {
         let bytes = match cluster {
             Some(c) => answer(c).await,
@@ -233,6 +230,13 @@ struct RouterState {
     router: Router,
     /// The node's membership (set right after the router starts).
     cluster: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>>,
+}
+
+impl RouterState {
+    /// This node's membership, while it runs.
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().and_then(|c| c.upgrade())
+    }
 }
 
 impl Actor for RouterActor {
@@ -262,7 +266,7 @@ impl Actor for RouterActor {
                     answer.push_str("leaving");
                 }
                 answer.push('\t');
-                if let Some(c) = st.cluster.get().and_then(|c| c.upgrade()) {
+                if let Some(c) = st.cluster() {
                     answer.push_str(&c.links());
                     answer.push('\t');
                     answer.push_str(&c.live_names().join(","));
@@ -276,7 +280,7 @@ impl Actor for RouterActor {
                 // Submitted here, in the order the owner sent them (its
                 // rounds overlap); only the wait for durability is spawned.
                 let persistence = &st.router.shared.persistence;
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                let cluster = st.cluster();
                 // Per entry: whether this node is where its replica goes.
                 let mut placed: Vec<bool> = Vec::new();
                 let queued = match unwire::<Vec<ReplicaEntry>>(&bytes) {
@@ -347,20 +351,17 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Handover(bytes, reply) => {
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
-                tokio::spawn(async move {
-                    let answer: Result<Verdict, String> =
-                        match (unwire::<Handover>(&bytes), cluster) {
-                            (None, _) => Err("unreadable handover".into()),
-                            (_, None) => Err("cluster stopping".into()),
-                            (Some(h), Some(c)) => c.receive(h).await,
-                        };
-                    let _ = reply.send(wire(&answer));
+                answer_on_task(st, reply, |c| async move {
+                    let answer: Result<Verdict, String> = match unwire::<Handover>(&bytes) {
+                        None => Err("unreadable handover".into()),
+                        Some(h) => c.receive(h).await,
+                    };
+                    wire(&answer)
                 });
             }
             RouterMsg::View(bytes, reply) => {
                 let router = st.router.clone();
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                let cluster = st.cluster();
                 tokio::spawn(async move {
                     let found = match unwire::<Lookup>(&bytes) {
                         None => Err(DeliverError::Unavailable("unreadable view request".into())),
@@ -388,32 +389,21 @@ impl Actor for RouterActor {
             }
             RouterMsg::PoolAsk(bytes, reply) => {
                 let router = st.router.clone();
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
-                tokio::spawn(async move {
-                    let answer = match (unwire::<PoolAsk>(&bytes), cluster) {
-                        (Some(ask), Some(c)) => c.on_pool_ask(router, ask).await,
-                        (None, _) => wire(&Err::<(), _>("unreadable pool request")),
-                        (_, None) => wire(&Err::<(), _>("cluster stopping")),
-                    };
-                    let _ = reply.send(answer);
+                answer_on_task(st, reply, |c| async move {
+                    match unwire::<PoolAsk>(&bytes) {
+                        Some(ask) => c.on_pool_ask(router, ask).await,
+                        None => wire(&Err::<(), _>("unreadable pool request")),
+                    }
                 });
             }
             RouterMsg::Request(bytes, reply) => {
-                answer_on_task(
-                    &st.cluster,
-                    reply,
-                    |c| async move { c.on_request(bytes).await },
-                );
+                answer_on_task(st, reply, |c| async move { c.on_request(bytes).await });
             }
             RouterMsg::Calendar(bytes, reply) => {
-                answer_on_task(
-                    &st.cluster,
-                    reply,
-                    |c| async move { c.on_calendar(bytes).await },
-                );
+                answer_on_task(st, reply, |c| async move { c.on_calendar(bytes).await });
             }
             RouterMsg::PoolTell(bytes) => {
-                let cluster = st.cluster.get().and_then(|c| c.upgrade());
+                let cluster = st.cluster();
                 match (unwire::<pool::PoolTell>(&bytes), cluster) {
                     (Some(tell), Some(c)) => c.on_pool_tell(&st.router, tell),
                     (None, _) => tracing::warn!("unreadable agent pool message from a peer"),

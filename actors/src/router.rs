@@ -324,9 +324,11 @@ impl Router {
             return self.view_by_id_local(id).await;
         };
         if cluster.remote_creator(id).is_none() {
-            let key = match cluster.any_unconfirmed() {
-                true => self.key_of(id).await?,
-                false => None,
+            // (Its key is looked up only while some copy may be old.)
+            let key = if cluster.any_unconfirmed() {
+                self.key_of(id).await?
+            } else {
+                None
             };
             if let Some(key) = key {
                 if let Some(newer) = cluster.newer_copy(&key).await? {

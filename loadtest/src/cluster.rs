@@ -103,15 +103,13 @@ pub async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     }
     if a.rounds > 1 {
         let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
-        let mut sorted = ratios.clone();
-        sorted.sort_by(f64::total_cmp);
         let median = crate::report::median(&ratios);
+        let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = ratios.iter().copied().fold(0.0, f64::max);
         let line = format!(
-            "cluster/single over {} rounds: {}; median {median:.3}, min {:.3}, max {:.3}",
+            "cluster/single over {} rounds: {}; median {median:.3}, min {min:.3}, max {max:.3}",
             a.rounds,
             listed.join(" "),
-            sorted[0],
-            sorted[sorted.len() - 1]
         );
         if a.json {
             println!("{}", json!({"ratios": ratios, "median": median}));

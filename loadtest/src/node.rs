@@ -82,13 +82,7 @@ impl SpawnedNode {
 
 /// Starts `bin serve` (dev config) on a free port with a fresh data dir.
 pub fn spawn(bin: &Path, extra: &[String]) -> anyhow::Result<SpawnedNode> {
-    let dir = tempfile::tempdir()?;
-    let mut args: Vec<OsString> = ["serve", "--http", "127.0.0.1:0", "--data-dir"]
-        .map(OsString::from)
-        .into();
-    args.push(dir.path().join("data").into());
-    args.extend(extra.iter().map(OsString::from));
-    start(bin.to_owned(), args, dir)
+    serve_in(bin, tempfile::tempdir()?, None, extra)
 }
 
 /// Starts `bin serve --config` with `config` written to a fresh data dir.
@@ -100,7 +94,20 @@ pub fn spawn_with_config(
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("threadline.toml");
     std::fs::write(&file, config)?;
-    let mut args: Vec<OsString> = vec!["serve".into(), "--config".into(), file.into()];
+    serve_in(bin, dir, Some(file), extra)
+}
+
+/// `bin serve [--config FILE]` on a free port, its data in `dir/data`.
+fn serve_in(
+    bin: &Path,
+    dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+    extra: &[String],
+) -> anyhow::Result<SpawnedNode> {
+    let mut args: Vec<OsString> = vec!["serve".into()];
+    if let Some(file) = config {
+        args.extend(["--config".into(), file.into()]);
+    }
     args.extend(["--http", "127.0.0.1:0", "--data-dir"].map(OsString::from));
     args.push(dir.path().join("data").into());
     args.extend(extra.iter().map(OsString::from));
