@@ -297,6 +297,7 @@ fn writer_loop(
     let mut applied = Vec::with_capacity(MAX_BATCH);
     let mut truncated_below = 0u64;
     let mut audit_heads = crate::store::AuditHeads::new();
+    let mut tail = crate::replica::Tail::default();
     let mut stopping = false;
     let mut last_batch = 0usize;
     while !stopping {
@@ -439,8 +440,15 @@ fn writer_loop(
                 next_log_key: &mut next_log,
                 next_dead_letter: &mut next_dead,
                 audit_heads: &mut audit_heads,
+                tail: &mut tail,
             }
-            .commit(&store.db, writes, cluster, &mut applied);
+            .commit(
+                &store.db,
+                writes,
+                cluster,
+                &store.replica_pending,
+                &mut applied,
+            );
             metrics.observe_commit(batch.len(), started.elapsed());
             match r {
                 Ok(v) => {
@@ -459,6 +467,8 @@ fn writer_loop(
                     for conv in moved {
                         pending.covered(conv, u32::MAX);
                     }
+                    drop(pending);
+                    tail.settle(&mut store.replica_pending.lock());
                     Ok(())
                 }
                 Err(e) => {

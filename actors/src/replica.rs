@@ -7,8 +7,14 @@
 //! - `replicas`: conversation id → `ReplicaMeta` (key, epoch, owner, last seq);
 //! - `replica_contacts`: `tenant \0 address` → conversation id;
 //! - `replica_snapshots`: conversation id → snapshot (the folded base);
-//! - `replica_log`: (conversation id, event seq) → log record, folded into
-//!   the snapshot every `FOLD_EVERY` records.
+//! - `replica_tail`: the records that came since, in arrival order under a
+//!   node-local sequence (appends: the cheap way to write into redb),
+//!   each tagged with its conversation, epoch and event seq; indexed per
+//!   conversation in memory (`Store::replica_pending`), folded into the
+//!   snapshot every `FOLD_EVERY` records of a conversation (or when a
+//!   quiet conversation's records are `TAIL_SPAN` behind the newest), and
+//!   truncated below the oldest record still needed. At open the whole
+//!   tail is folded, so a node starts with it empty.
 //!
 //! Every ownership move raises the conversation's epoch. A replica refuses
 //! events from an epoch older than its own, and a node refuses to keep a
@@ -17,14 +23,19 @@
 //! over) from acknowledging anything, since an owner acknowledges only
 //! once its replica accepted.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::collections::{HashMap, HashSet};
+
+use parking_lot::Mutex;
+use redb::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use threadline_protocol::codec::{self, TimerRow};
-use threadline_protocol::{ConversationId, ConversationState, OutboxEntry};
+use threadline_protocol::{ConversationId, ConversationState, LogRecord, OutboxEntry};
 
 use crate::store::{
-    contact_key, replay, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS, LOG, OUTBOX,
-    SNAPSHOTS, TIMERS,
+    contact_key, replay, Pending, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS, LOG,
+    OUTBOX, SNAPSHOTS, TIMERS,
 };
 
 pub(crate) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
@@ -33,11 +44,143 @@ pub(crate) const REPLICA_CONTACTS: TableDefinition<&str, u64> =
     TableDefinition::new("replica_contacts");
 pub(crate) const REPLICA_SNAPSHOTS: TableDefinition<u64, &[u8]> =
     TableDefinition::new("replica_snapshots");
-pub(crate) const REPLICA_LOG: TableDefinition<(u64, u32), &[u8]> =
-    TableDefinition::new("replica_log");
+pub(crate) const REPLICA_TAIL: TableDefinition<u64, &[u8]> = TableDefinition::new("replica_tail");
+/// The replica records of nodes before the tail: keyed by (conversation,
+/// event seq), so every record was written into a random place of the
+/// tree. Folded into the snapshots and dropped at open.
+const OLD_REPLICA_LOG: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("replica_log");
 
-/// Replica log records of one conversation folded into its snapshot at once.
+/// Replica records of one conversation folded into its snapshot at once.
 const FOLD_EVERY: u32 = 64;
+/// A conversation whose oldest unfolded record is this far behind the
+/// newest is folded, so a quiet one does not keep the tail from being
+/// truncated.
+const TAIL_SPAN: u64 = 1 << 16;
+/// At most this many such folds per commit.
+const FORCED_FOLDS: usize = 64;
+/// The tail is truncated once this many records below the oldest one
+/// still needed can go.
+const TRUNCATE_TAIL_EVERY: u64 = 8192;
+
+/// What a commit did to the replica tail's index, applied to
+/// `Store::replica_pending` once it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TailEffect {
+    Added {
+        conv: u64,
+        seq: u32,
+        key: u64,
+    },
+    /// Folded into the snapshot up to `seq`.
+    Covered {
+        conv: u64,
+        seq: u32,
+    },
+    /// The replica was replaced or went: none of its records is needed.
+    Dropped {
+        conv: u64,
+    },
+}
+
+/// The writer's cursor into the replica tail.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    pub next_key: u64,
+    truncated_below: u64,
+    /// Set by a commit that truncates, until it is known durable.
+    truncating: Option<u64>,
+    pub effects: Vec<TailEffect>,
+}
+
+impl Tail {
+    /// The commit failed: its keys are handed out again.
+    pub(crate) fn undo(&mut self, start: u64) {
+        self.next_key = start;
+        self.truncating = None;
+        self.effects.clear();
+    }
+
+    /// The commit is durable: its effects go into the index.
+    pub(crate) fn settle(&mut self, index: &mut Pending) {
+        if let Some(below) = self.truncating.take() {
+            self.truncated_below = below;
+        }
+        for e in self.effects.drain(..) {
+            match e {
+                TailEffect::Added { conv, seq, key } => index.push(conv, seq, key),
+                TailEffect::Covered { conv, seq } => index.covered(conv, seq),
+                TailEffect::Dropped { conv } => index.covered(conv, u32::MAX),
+            }
+        }
+    }
+}
+
+/// A tail record: conversation, epoch, event seq (little-endian), then the
+/// encoded log record.
+fn tail_record(conv: u64, epoch: u64, seq: u32, record: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + record.len());
+    b.extend_from_slice(&conv.to_le_bytes());
+    b.extend_from_slice(&epoch.to_le_bytes());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.extend_from_slice(record);
+    b
+}
+
+/// (conversation, epoch, the log record) of a tail record.
+fn untail(b: &[u8]) -> Result<(u64, u64, LogRecord), StoreError> {
+    let bad = || StoreError::Redb("unreadable replica tail record".into());
+    let conv = u64::from_le_bytes(b.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let epoch = u64::from_le_bytes(
+        b.get(8..16)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let rec = codec::decode_log_record(b.get(20..).ok_or_else(bad)?)?;
+    Ok((conv, epoch, rec))
+}
+
+/// The records of `conv` at `epoch` among tail records `keys`.
+fn tail_records(
+    tail: &impl ReadableTable<u64, &'static [u8]>,
+    conv: u64,
+    epoch: u64,
+    keys: &[u64],
+) -> Result<Vec<LogRecord>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = tail.get(*k)? {
+            let (c, e, rec) = untail(v.value())?;
+            if c == conv && e == epoch {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Folds records `keys` of replica `conv` (at `epoch`) into its snapshot;
+/// the event seq the snapshot is at then.
+fn fold(
+    rsnaps: &mut redb::Table<u64, &[u8]>,
+    rtail: &redb::Table<u64, &[u8]>,
+    conv: u64,
+    epoch: u64,
+    keys: &[u64],
+) -> Result<Option<u32>, StoreError> {
+    let base = match rsnaps.get(conv)? {
+        Some(v) => Some(codec::decode_snapshot(v.value())?),
+        None => None,
+    };
+    let recs = tail_records(rtail, conv, epoch, keys)?;
+    match replay(ConversationId(conv), base, &recs)? {
+        Some(s) => {
+            rsnaps.insert(conv, codec::encode_snapshot(&s).as_slice())?;
+            Ok(Some(s.last_seq))
+        }
+        None => Ok(None),
+    }
+}
 
 /// What a replica knows of a conversation owned elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,15 +311,41 @@ fn decode_meta(b: &[u8]) -> Result<ReplicaMeta, StoreError> {
 
 /// Applies the cluster's writes of one batch; returns the verdicts of
 /// each `Replica` write, in order.
+/// Tail records are appended under `tail.next_key`; `index` is the tail's
+/// committed index, which this does not change (`tail.effects` say how).
 pub(crate) fn apply(
     txn: &WriteTransaction,
     writes: Vec<ClusterWrite<'_>>,
+    tail: &mut Tail,
+    index: &Mutex<Pending>,
 ) -> Result<Vec<Vec<Verdict>>, StoreError> {
     let mut metas = txn.open_table(REPLICAS)?;
     let mut rcontacts = txn.open_table(REPLICA_CONTACTS)?;
     let mut rsnaps = txn.open_table(REPLICA_SNAPSHOTS)?;
-    let mut rlog = txn.open_table(REPLICA_LOG)?;
+    let mut rtail = txn.open_table(REPLICA_TAIL)?;
     let mut convs = txn.open_table(CONVERSATIONS)?;
+    let start_key = tail.next_key;
+    // This commit's tail records per conversation, and the conversations
+    // whose committed records no longer count (replaced, gone or folded
+    // in this commit).
+    let mut fresh: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut local_only: HashSet<u64> = HashSet::new();
+    let keys_of = |conv: u64, fresh: &HashMap<u64, Vec<u64>>, local_only: &HashSet<u64>| {
+        let mut keys = match local_only.contains(&conv) {
+            true => Vec::new(),
+            false => index.lock().keys(conv),
+        };
+        keys.extend(fresh.get(&conv).into_iter().flatten());
+        keys
+    };
+    let drop_tail = |conv: u64,
+                     tail: &mut Tail,
+                     fresh: &mut HashMap<u64, Vec<u64>>,
+                     local_only: &mut HashSet<u64>| {
+        fresh.remove(&conv);
+        local_only.insert(conv);
+        tail.effects.push(TailEffect::Dropped { conv });
+    };
     // The tables of held conversations, only when one moves (replica
     // writes, the common case, do not need them).
     let moves = writes
@@ -226,7 +395,7 @@ pub(crate) fn apply(
                                 // changes): it has all of this base.
                                 Verdict::Stored
                             } else {
-                                rlog.retain_in(of(e.conv), |_, _| false)?;
+                                drop_tail(e.conv, tail, &mut fresh, &mut local_only);
                                 rsnaps.insert(e.conv, snapshot.as_slice())?;
                                 let m = ReplicaMeta {
                                     tenant: e.tenant.clone(),
@@ -280,24 +449,28 @@ pub(crate) fn apply(
                                     gap = true;
                                     break;
                                 }
-                                rlog.insert((e.conv, *seq), rec.as_slice())?;
+                                let key = tail.next_key;
+                                tail.next_key += 1;
+                                let row = tail_record(e.conv, m.epoch, *seq, rec);
+                                rtail.insert(key, row.as_slice())?;
+                                fresh.entry(e.conv).or_default().push(key);
+                                tail.effects.push(TailEffect::Added {
+                                    conv: e.conv,
+                                    seq: *seq,
+                                    key,
+                                });
                                 m.last_seq = *seq;
                                 m.unfolded += 1;
                             }
                             m.owner = e.owner.clone();
                             if m.unfolded >= FOLD_EVERY {
-                                let base = match rsnaps.get(e.conv)? {
-                                    Some(v) => Some(codec::decode_snapshot(v.value())?),
-                                    None => None,
-                                };
-                                let mut recs = Vec::new();
-                                for item in rlog.range(of(e.conv))? {
-                                    let (_, v) = item?;
-                                    recs.push(codec::decode_log_record(v.value())?);
-                                }
-                                if let Some(s) = replay(ConversationId(e.conv), base, &recs)? {
-                                    rsnaps.insert(e.conv, codec::encode_snapshot(&s).as_slice())?;
-                                    rlog.retain_in(of(e.conv), |_, _| false)?;
+                                let keys = keys_of(e.conv, &fresh, &local_only);
+                                if let Some(seq) =
+                                    fold(&mut rsnaps, &rtail, e.conv, m.epoch, &keys)?
+                                {
+                                    tail.effects.push(TailEffect::Covered { conv: e.conv, seq });
+                                    fresh.remove(&e.conv);
+                                    local_only.insert(e.conv);
                                     m.unfolded = 0;
                                 }
                             }
@@ -318,6 +491,7 @@ pub(crate) fn apply(
                 let (epochs, snaps, contacts, log, timers, outbox, work) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &install.old_timers)?;
+                drop_tail(c, tail, &mut fresh, &mut local_only);
                 match &install.work {
                     Some(w) => work.insert(c, codec::encode_agent_work(w).as_slice())?,
                     None => work.remove(c)?,
@@ -335,7 +509,6 @@ pub(crate) fn apply(
                 epochs.insert(c, install.epoch)?;
                 metas.remove(c)?;
                 rsnaps.remove(c)?;
-                rlog.retain_in(of(c), |_, _| false)?;
                 if rcontacts.get(ck.as_str())?.is_some_and(|v| v.value() == c) {
                     rcontacts.remove(ck.as_str())?;
                 }
@@ -354,12 +527,48 @@ pub(crate) fn apply(
                 }
                 convs.remove(c)?;
                 epochs.remove(c)?;
-                rlog.retain_in(of(c), |_, _| false)?;
+                drop_tail(c, tail, &mut fresh, &mut local_only);
                 rsnaps.insert(c, demote.snapshot.as_slice())?;
                 metas.insert(c, encode_meta(&demote.meta).as_slice())?;
                 rcontacts.insert(ck.as_str(), c)?;
             }
         }
+    }
+    // Quiet conversations far behind in the tail are folded, so that it
+    // can be truncated. The committed index is as it was before this
+    // commit: every record below its low water is garbage now too.
+    let (low, oldest) = {
+        let p = index.lock();
+        (p.low_water(), p.oldest(FORCED_FOLDS))
+    };
+    for (c, first) in oldest {
+        if first + TAIL_SPAN >= tail.next_key {
+            break;
+        }
+        if local_only.contains(&c) {
+            continue;
+        }
+        let meta = match metas.get(c)? {
+            Some(v) => Some(decode_meta(v.value())?),
+            None => None,
+        };
+        let Some(mut m) = meta else {
+            drop_tail(c, tail, &mut fresh, &mut local_only);
+            continue;
+        };
+        let keys = keys_of(c, &fresh, &local_only);
+        if let Some(seq) = fold(&mut rsnaps, &rtail, c, m.epoch, &keys)? {
+            tail.effects.push(TailEffect::Covered { conv: c, seq });
+            fresh.remove(&c);
+            local_only.insert(c);
+            m.unfolded = 0;
+            metas.insert(c, encode_meta(&m).as_slice())?;
+        }
+    }
+    let below = low.unwrap_or(start_key);
+    if below >= tail.truncated_below + TRUNCATE_TAIL_EVERY {
+        rtail.retain_in(..below, |_, _| false)?;
+        tail.truncating = Some(below);
     }
     Ok(out)
 }
@@ -416,7 +625,14 @@ impl Store {
         &self,
         conv: u64,
     ) -> Result<Option<(ReplicaMeta, ConversationState)>, StoreError> {
-        let r = self.db.begin_read()?;
+        // The index and the snapshot the read sees: the writer changes
+        // the index only after a commit, and never truncates a record the
+        // index still lists, so the read holds every record listed (or a
+        // snapshot that covers it).
+        let (keys, r) = {
+            let index = self.replica_pending.lock();
+            (index.keys(conv), self.db.begin_read()?)
+        };
         let Some(meta) = r.open_table(REPLICAS)?.get(conv)? else {
             return Ok(None);
         };
@@ -425,12 +641,14 @@ impl Store {
             Some(v) => Some(codec::decode_snapshot(v.value())?),
             None => None,
         };
-        let mut recs = Vec::new();
-        for item in r.open_table(REPLICA_LOG)?.range(of(conv))? {
-            let (_, v) = item?;
-            recs.push(codec::decode_log_record(v.value())?);
-        }
+        let recs = tail_records(&r.open_table(REPLICA_TAIL)?, conv, meta.epoch, &keys)?;
         Ok(replay(ConversationId(conv), base, &recs)?.map(|s| (meta, s)))
+    }
+
+    /// Records in the replica tail (folded or not, until truncated).
+    pub fn replica_tail_len(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(REPLICA_TAIL)?.len()?)
     }
 
     /// Creates the cluster's tables (at open).
@@ -439,8 +657,88 @@ impl Store {
         txn.open_table(REPLICAS)?;
         txn.open_table(REPLICA_CONTACTS)?;
         txn.open_table(REPLICA_SNAPSHOTS)?;
-        txn.open_table(REPLICA_LOG)?;
+        txn.open_table(REPLICA_TAIL)?;
         Ok(())
+    }
+
+    /// At open: folds every replica tail record (and the records of the
+    /// old `replica_log` table, which goes) into its replica's snapshot,
+    /// so the tail starts empty. Records of an epoch other than the
+    /// replica's (it was replaced by a newer owner's base) or of a replica
+    /// this node no longer keeps are dropped. Returns the records folded.
+    pub(crate) fn recover_replicas(&self) -> Result<usize, StoreError> {
+        let mut by_conv: HashMap<u64, Vec<(u64, LogRecord)>> = HashMap::new();
+        let mut old_table = false;
+        let mut any = false;
+        {
+            let r = self.db.begin_read()?;
+            for item in r.open_table(REPLICA_TAIL)?.iter()? {
+                let (_, v) = item?;
+                let (conv, epoch, rec) = untail(v.value())?;
+                by_conv.entry(conv).or_default().push((epoch, rec));
+                any = true;
+            }
+            match r.open_table(OLD_REPLICA_LOG) {
+                Ok(t) => {
+                    old_table = true;
+                    // It held only the replica's current epoch.
+                    let metas = r.open_table(REPLICAS)?;
+                    for item in t.iter()? {
+                        let (k, v) = item?;
+                        let conv = k.value().0;
+                        let epoch = metas
+                            .get(conv)?
+                            .map(|m| decode_meta(m.value()))
+                            .transpose()?
+                            .map_or(0, |m| m.epoch);
+                        let rec = codec::decode_log_record(v.value())?;
+                        by_conv.entry(conv).or_default().push((epoch, rec));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !any && !old_table {
+            return Ok(0);
+        }
+        let mut folded = 0;
+        let w = self.db.begin_write()?;
+        {
+            let mut metas = w.open_table(REPLICAS)?;
+            let mut rsnaps = w.open_table(REPLICA_SNAPSHOTS)?;
+            for (conv, records) in by_conv {
+                let Some(mut m) = metas
+                    .get(conv)?
+                    .map(|v| decode_meta(v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                let recs: Vec<LogRecord> = records
+                    .into_iter()
+                    .filter(|(e, _)| *e == m.epoch)
+                    .map(|(_, r)| r)
+                    .collect();
+                let base = match rsnaps.get(conv)? {
+                    Some(v) => Some(codec::decode_snapshot(v.value())?),
+                    None => None,
+                };
+                folded += recs.len();
+                if let Some(s) = replay(ConversationId(conv), base, &recs)? {
+                    rsnaps.insert(conv, codec::encode_snapshot(&s).as_slice())?;
+                    m.last_seq = m.last_seq.max(s.last_seq);
+                    m.unfolded = 0;
+                    metas.insert(conv, encode_meta(&m).as_slice())?;
+                }
+            }
+            w.open_table(REPLICA_TAIL)?.retain(|_, _| false)?;
+        }
+        if old_table {
+            w.delete_table(OLD_REPLICA_LOG)?;
+        }
+        w.commit()?;
+        Ok(folded)
     }
 }
 

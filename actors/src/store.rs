@@ -147,6 +147,18 @@ impl Pending {
             }
         }
     }
+    /// The pending log keys of `conv`, oldest first.
+    pub(crate) fn keys(&self, conv: u64) -> Vec<u64> {
+        self.by_conv
+            .get(&conv)
+            .map(|v| v.iter().map(|(_, k)| *k).collect())
+            .unwrap_or_default()
+    }
+    /// The `n` conversations whose oldest pending entries are the oldest,
+    /// with those entries' keys.
+    pub(crate) fn oldest(&self, n: usize) -> Vec<(u64, u64)> {
+        self.firsts.iter().take(n).map(|(k, c)| (*c, *k)).collect()
+    }
     /// The lowest log key still needed; everything below can be truncated.
     pub(crate) fn low_water(&self) -> Option<u64> {
         self.firsts.first_key_value().map(|(k, _)| *k)
@@ -162,6 +174,9 @@ impl Pending {
 pub struct Store {
     pub(crate) db: Database,
     pub(crate) pending: Mutex<Pending>,
+    /// The replica tail's records not folded yet, per conversation (the
+    /// same index as `pending`, over `replica_tail`).
+    pub(crate) replica_pending: Mutex<Pending>,
     /// The database file.
     path: std::path::PathBuf,
     /// Held by the writer thread for each write transaction, and by a
@@ -174,6 +189,8 @@ pub struct Store {
 pub struct OpenReport {
     pub log_records_replayed: usize,
     pub conversations_recovered: usize,
+    /// Replica tail records folded into their replicas' snapshots.
+    pub replica_records_folded: usize,
     pub next_conversation: u64,
     pub next_log_key: u64,
     pub next_dead_letter: u64,
@@ -216,10 +233,12 @@ impl Store {
         let store = Store {
             db,
             pending: Mutex::new(Pending::default()),
+            replica_pending: Mutex::new(Pending::default()),
             path: dir.join(DB_FILE),
             writing: Mutex::new(()),
         };
-        let report = store.recover()?;
+        let mut report = store.recover()?;
+        report.replica_records_folded = store.recover_replicas()?;
         Ok((Arc::new(store), report))
     }
 
@@ -579,6 +598,8 @@ pub(crate) struct BatchWriter<'a> {
     pub next_log_key: &'a mut u64,
     pub next_dead_letter: &'a mut u64,
     pub audit_heads: &'a mut AuditHeads,
+    /// The replica tail's next key, and what the commit did to its index.
+    pub tail: &'a mut crate::replica::Tail,
 }
 
 pub(crate) enum Applied {
@@ -705,12 +726,15 @@ impl BatchWriter<'_> {
         db: &Database,
         writes: impl Iterator<Item = Write<'w>>,
         cluster: Vec<crate::replica::ClusterWrite<'w>>,
+        index: &Mutex<Pending>,
         out: &mut Vec<Applied>,
     ) -> Result<Vec<Vec<crate::replica::Verdict>>, StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         let start_log = *self.next_log_key;
         let start_dead = *self.next_dead_letter;
+        let start_tail = self.tail.next_key;
+        self.tail.effects.clear();
         // Chain heads of the tenants this batch audits, as they were before
         // it: to write once at the end, or to restore if the commit fails.
         let mut heads_before: HashMap<String, Option<(u64, crate::audit::Hash)>> = HashMap::new();
@@ -886,10 +910,11 @@ impl BatchWriter<'_> {
         let verdicts = if cluster.is_empty() {
             Vec::new()
         } else {
-            match crate::replica::apply(&txn, cluster) {
+            match crate::replica::apply(&txn, cluster, self.tail, index) {
                 Ok(v) => v,
                 Err(e) => {
                     self.restore(start_log, start_dead, heads_before);
+                    self.tail.undo(start_tail);
                     out.clear();
                     return Err(e);
                 }
@@ -897,6 +922,7 @@ impl BatchWriter<'_> {
         };
         if let Err(e) = txn.commit() {
             self.restore(start_log, start_dead, heads_before);
+            self.tail.undo(start_tail);
             out.clear();
             return Err(e.into());
         }

@@ -323,3 +323,149 @@ fn a_conversation_taken_over_keeps_its_place_in_the_queue_or_its_agent() {
     state = state_of(9, &evs);
     assert_eq!(derived_work(&state), None, "closed: nobody needs it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_read_after_a_restart_has_every_stored_change_and_none_of_a_replaced_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, p, w) = open(dir.path());
+    // Conversation 7: 20 changes, not folded yet (a fold comes every 64).
+    let seven = events(7, 19);
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &seven, 20)]).await,
+        [Verdict::Stored]
+    );
+    // Conversation 9: 30 changes at epoch 1, then a new owner (epoch 2)
+    // whose history parts at event 21: its base is at 20, its 21 differs.
+    let nine = events(9, 29);
+    assert_eq!(
+        replicate(&p, vec![entry(9, 1, &nine, 30)]).await,
+        [Verdict::Stored]
+    );
+    let base = ReplicaEntry {
+        body: ReplicaBody::Base {
+            snapshot: codec::encode_snapshot(&state_of(9, &nine[..20])),
+        },
+        ..entry(9, 2, &[], 20)
+    };
+    assert_eq!(replicate(&p, vec![base]).await, [Verdict::Stored]);
+    let mut new_owner = nine[..20].to_vec();
+    new_owner.push((21, appended(21, "the new owner's 21")));
+    assert_eq!(
+        replicate(&p, vec![entry(9, 2, &new_owner[20..], 21)]).await,
+        [Verdict::Stored]
+    );
+    let check = |store: &Store| {
+        let (meta, state) = store.replica_state(7).unwrap().unwrap();
+        assert_eq!((meta.last_seq, state), (20, state_of(7, &seven)));
+        let (meta, state) = store.replica_state(9).unwrap().unwrap();
+        assert_eq!((meta.epoch, meta.last_seq), (2, 21));
+        assert_eq!(state, state_of(9, &new_owner));
+    };
+    check(&store);
+    p.shutdown().await.unwrap();
+    w.join();
+    drop((p, store));
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    // The records of the replicas' current epochs: 7's 20, and 9's one
+    // after its base; 9's 30 of epoch 1 are dropped.
+    assert_eq!(report.replica_records_folded, 21);
+    assert_eq!(store.replica_tail_len().unwrap(), 0);
+    check(&store);
+    // Replication goes on from there.
+    let (p, w) = Persistence::start(store.clone(), &report, 64, Arc::new(Metrics::new()));
+    let more = events(7, 20);
+    assert_eq!(
+        replicate(&p, vec![entry(7, 0, &more[20..], 21)]).await,
+        [Verdict::Stored]
+    );
+    assert_eq!(
+        store.replica_state(7).unwrap().unwrap().1,
+        state_of(7, &more)
+    );
+    p.shutdown().await.unwrap();
+    w.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_replica_is_folded_so_the_tail_stays_bounded_under_a_busy_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, p, w) = open(dir.path());
+    let quiet = events(1, 2);
+    assert_eq!(
+        replicate(&p, vec![entry(1, 0, &quiet, 3)]).await,
+        [Verdict::Stored]
+    );
+    // A busy conversation: 150,000 changes, 3,000 at a time.
+    let busy = events(2, 150_000);
+    let mut at = 0;
+    while at < busy.len() {
+        let end = (at + 3000).min(busy.len());
+        let through = busy[end - 1].0;
+        assert_eq!(
+            replicate(&p, vec![entry(2, 0, &busy[at..end], through)]).await,
+            [Verdict::Stored]
+        );
+        at = end;
+    }
+    // The quiet one was folded, and the tail truncated behind it: what
+    // stays is at most the span a record may wait (65,536), one
+    // truncation step (8,192) and one batch.
+    let len = store.replica_tail_len().unwrap();
+    assert!(len < 80_000, "the replica tail holds {len} records");
+    assert_eq!(
+        store.replica_state(1).unwrap().unwrap().1,
+        state_of(1, &quiet)
+    );
+    assert_eq!(
+        store.replica_state(2).unwrap().unwrap().1,
+        state_of(2, &busy)
+    );
+    p.shutdown().await.unwrap();
+    w.join();
+}
+
+#[test]
+fn replicas_in_the_old_replica_log_table_are_kept_at_open_and_the_table_goes() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const OLD: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("replica_log");
+    const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), 8 << 20).unwrap());
+    // What a node of the earlier format left: a replica's meta and its
+    // records keyed by (conversation, event seq).
+    let evs = events(5, 9);
+    {
+        let db = redb::Database::open(dir.path().join("threadline.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let meta = ReplicaMeta {
+                tenant: "acme".into(),
+                contact: "+15550001111".into(),
+                epoch: 3,
+                owner: "n2".into(),
+                last_seq: 10,
+                unfolded: 10,
+            };
+            let bytes = bincode::serde::encode_to_vec(&meta, codec::wire_config()).unwrap();
+            w.open_table(REPLICAS)
+                .unwrap()
+                .insert(5, bytes.as_slice())
+                .unwrap();
+            let mut old = w.open_table(OLD).unwrap();
+            for (seq, e) in &evs {
+                old.insert((5, *seq), record(5, *seq, e.clone()).as_slice())
+                    .unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(report.replica_records_folded, 10);
+    let (meta, state) = store.replica_state(5).unwrap().unwrap();
+    assert_eq!((meta.epoch, meta.last_seq), (3, 10));
+    assert_eq!(state, state_of(5, &evs));
+    drop(store);
+    let db = redb::Database::open(dir.path().join("threadline.redb")).unwrap();
+    let r = db.begin_read().unwrap();
+    assert!(r.open_table(OLD).is_err(), "the old table is gone");
+}

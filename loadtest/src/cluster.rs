@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::client::{Conn, NodeMetrics};
-use crate::ingest::{drive_spread, inbound_for, Phase};
+use crate::ingest::{drive_spread, drive_watched, inbound_for, Phase};
 use crate::node::{self, SpawnedNode};
 
 #[derive(clap::Args)]
@@ -127,18 +127,26 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
         .as_millis() as u64;
     let make = || inbound_for("demo", "gw-demo", a.contacts, run_id);
 
-    let (single, single_one) = {
+    let (single, single_one, single_commits, single_ops) = {
         let n = node::spawn_with_config(&a.node, &config(None), &[])?;
         eprintln!(
             "one node: {} clients over {} contacts, {} s",
             a.clients, a.contacts, a.seconds
         );
         let one = drive_spread("single-1-client", &[n.addr], 1, 3, make()).await?;
-        let full = drive_spread("single-node", &[n.addr], a.clients, a.seconds, make()).await?;
-        (full, one)
+        let pid = [n.child.id()];
+        let full =
+            drive_watched("single-node", &[n.addr], a.clients, a.seconds, make(), &pid).await?;
+        let commits = sum(&[n.addr], "threadline_commit_batch_size_count").await?;
+        let ops = sum(&[n.addr], "threadline_commit_batch_size_sum").await?;
+        (full, one, commits, ops)
     };
     eprintln!("{}", single_one.line());
     eprintln!("{}", single.line());
+    eprintln!(
+        "one node: {single_commits:.0} commits of {:.1} operations",
+        single_ops / single_commits.max(1.0)
+    );
 
     let ports: Vec<u16> = (0..a.nodes)
         .map(|_| free_port())
@@ -166,7 +174,16 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
     // and its replica, unloaded.
     let cluster_one = drive_spread("cluster-1-client", &addrs[..1], 1, 3, make()).await?;
     eprintln!("{}", cluster_one.line());
-    let spread = drive_spread("cluster-spread", &addrs, a.clients, a.seconds, make()).await?;
+    let pids: Vec<u32> = nodes.iter().map(|n| n.child.id()).collect();
+    let spread = drive_watched(
+        "cluster-spread",
+        &addrs,
+        a.clients,
+        a.seconds,
+        make(),
+        &pids,
+    )
+    .await?;
     eprintln!("{}", spread.line());
     let forwarded = sum(&addrs, "threadline_cluster_forwarded_total").await?;
     let replicated = sum(&addrs, "threadline_cluster_replicated_total").await?;
@@ -176,12 +193,13 @@ async fn run_once(a: &ClusterArgs) -> anyhow::Result<f64> {
     let rounds = sum(&addrs, "threadline_cluster_replication_seconds_count").await?;
     let round_secs = sum(&addrs, "threadline_cluster_replication_seconds_sum").await?;
     // Every client on one node: about (n-1)/n of the messages take a hop.
-    let hop = drive_spread(
+    let hop = drive_watched(
         "cluster-one-door",
         &addrs[..1],
         a.clients,
         a.seconds,
         make(),
+        &pids,
     )
     .await?;
     eprintln!("{}", hop.line());

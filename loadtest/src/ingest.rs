@@ -120,6 +120,9 @@ pub struct Phase {
     pub errors: u64,
     pub seconds: f64,
     pub hist: Histogram<u64>,
+    /// The watched nodes' and the load tester's CPU over the measured
+    /// seconds (`drive_watched`).
+    pub cpu: Option<crate::cpu::CpuUse>,
 }
 
 impl Phase {
@@ -135,10 +138,11 @@ impl Phase {
             "seconds": self.seconds, "per_second": self.rate(),
             "latency_ms": {"p50": self.ms(0.5), "p90": self.ms(0.9), "p99": self.ms(0.99),
                            "p999": self.ms(0.999), "max": self.hist.max() as f64 / 1000.0},
+            "cpu": self.cpu.as_ref().map(crate::cpu::CpuUse::json),
         })
     }
     pub fn line(&self) -> String {
-        format!(
+        let mut l = format!(
             "{:<14} {:>9.0}/s  ok {:>8}  errors {:>5}  p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms",
             self.name,
             self.rate(),
@@ -149,7 +153,12 @@ impl Phase {
             self.ms(0.99),
             self.ms(0.999),
             self.hist.max() as f64 / 1000.0
-        )
+        );
+        if let Some(c) = &self.cpu {
+            l.push_str("\n               ");
+            l.push_str(&c.line());
+        }
+        l
     }
 }
 
@@ -212,6 +221,19 @@ pub async fn drive_spread(
     seconds: u64,
     make: MakeReq,
 ) -> anyhow::Result<Phase> {
+    drive_watched(name, addrs, clients, seconds, make, &[]).await
+}
+
+/// `drive_spread`, also reporting the CPU that processes `watch` (the
+/// nodes) and the load tester used per message over the measured seconds.
+pub async fn drive_watched(
+    name: &'static str,
+    addrs: &[SocketAddr],
+    clients: usize,
+    seconds: u64,
+    make: MakeReq,
+    watch: &[u32],
+) -> anyhow::Result<Phase> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -259,8 +281,12 @@ pub async fn drive_spread(
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
+    let cpu_before = (!watch.is_empty())
+        .then(|| crate::cpu::Sample::take(watch))
+        .flatten();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::SeqCst);
+    let cpu_after = cpu_before.as_ref().and(crate::cpu::Sample::take(watch));
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let mut hist = latency_histogram();
@@ -273,6 +299,9 @@ pub async fn drive_spread(
         errors: errors.load(Ordering::SeqCst),
         seconds,
         hist,
+        cpu: cpu_before
+            .zip(cpu_after)
+            .map(|(b, a)| a.since(&b, ok.load(Ordering::SeqCst))),
     })
 }
 

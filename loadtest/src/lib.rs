@@ -6,6 +6,7 @@ pub mod agents;
 pub mod bot;
 pub mod client;
 pub mod cluster;
+pub mod cpu;
 pub mod crash;
 pub mod fakeprov;
 pub mod ingest;
