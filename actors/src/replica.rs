@@ -190,9 +190,11 @@ pub struct ReplicaMeta {
     pub epoch: u64,
     /// The node that sent the last change.
     pub owner: String,
-    /// The last event seq the replica has.
+    /// The last event seq the replica has. (The stored row's is as of its
+    /// last write: the start, a new owner, a base or a fold; the records
+    /// in the tail since are counted in by every read.)
     pub last_seq: u32,
-    /// Records in `replica_log` not folded yet.
+    /// Records in the tail not folded yet.
     pub unfolded: u32,
 }
 
@@ -328,19 +330,39 @@ pub(crate) fn apply(
     // This commit's tail records per conversation, and the conversations
     // whose committed records no longer count (replaced, gone or folded
     // in this commit).
-    let mut fresh: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut fresh: HashMap<u64, Vec<(u32, u64)>> = HashMap::new();
     let mut local_only: HashSet<u64> = HashSet::new();
-    let keys_of = |conv: u64, fresh: &HashMap<u64, Vec<u64>>, local_only: &HashSet<u64>| {
+    let keys_of = |conv: u64, fresh: &HashMap<u64, Vec<(u32, u64)>>, local_only: &HashSet<u64>| {
         let mut keys = match local_only.contains(&conv) {
             true => Vec::new(),
             false => index.lock().keys(conv),
         };
-        keys.extend(fresh.get(&conv).into_iter().flatten());
+        keys.extend(fresh.get(&conv).into_iter().flatten().map(|(_, k)| *k));
         keys
+    };
+    // A replica's row is written when it starts, moves to another owner
+    // or is folded, not for every change: its last seq and unfolded count
+    // are the row's plus the records indexed since (committed, and this
+    // commit's).
+    let current = |conv: u64,
+                   mut m: ReplicaMeta,
+                   fresh: &HashMap<u64, Vec<(u32, u64)>>,
+                   local_only: &HashSet<u64>| {
+        if !local_only.contains(&conv) {
+            if let Some((seq, n)) = index.lock().last(conv) {
+                m.last_seq = m.last_seq.max(seq);
+                m.unfolded = n as u32;
+            }
+        }
+        if let Some(v) = fresh.get(&conv) {
+            m.last_seq = m.last_seq.max(v.last().map_or(0, |(s, _)| *s));
+            m.unfolded += v.len() as u32;
+        }
+        m
     };
     let drop_tail = |conv: u64,
                      tail: &mut Tail,
-                     fresh: &mut HashMap<u64, Vec<u64>>,
+                     fresh: &mut HashMap<u64, Vec<(u32, u64)>>,
                      local_only: &mut HashSet<u64>| {
         fresh.remove(&conv);
         local_only.insert(conv);
@@ -380,7 +402,8 @@ pub(crate) fn apply(
                     let meta = match metas.get(e.conv)? {
                         Some(v) => Some(decode_meta(v.value())?),
                         None => None,
-                    };
+                    }
+                    .map(|m| current(e.conv, m, &fresh, &local_only));
                     let v = match &e.body {
                         ReplicaBody::Base { snapshot } => {
                             let state = codec::decode_snapshot(snapshot)?;
@@ -412,6 +435,7 @@ pub(crate) fn apply(
                             }
                         }
                         ReplicaBody::Events { records, through } => {
+                            let mut write_meta = false;
                             let mut m = match meta {
                                 Some(m) if e.epoch < m.epoch => {
                                     verdicts.push(Verdict::Fenced);
@@ -426,6 +450,7 @@ pub(crate) fn apply(
                                 None if records.first().is_some_and(|(s, _)| *s == 1) => {
                                     let ck = contact_key(&e.tenant, &e.contact);
                                     rcontacts.insert(ck.as_str(), e.conv)?;
+                                    write_meta = true;
                                     ReplicaMeta {
                                         tenant: e.tenant.clone(),
                                         contact: e.contact.clone(),
@@ -453,7 +478,7 @@ pub(crate) fn apply(
                                 tail.next_key += 1;
                                 let row = tail_record(e.conv, m.epoch, *seq, rec);
                                 rtail.insert(key, row.as_slice())?;
-                                fresh.entry(e.conv).or_default().push(key);
+                                fresh.entry(e.conv).or_default().push((*seq, key));
                                 tail.effects.push(TailEffect::Added {
                                     conv: e.conv,
                                     seq: *seq,
@@ -462,7 +487,10 @@ pub(crate) fn apply(
                                 m.last_seq = *seq;
                                 m.unfolded += 1;
                             }
-                            m.owner = e.owner.clone();
+                            if m.owner != e.owner {
+                                m.owner = e.owner.clone();
+                                write_meta = true;
+                            }
                             if m.unfolded >= FOLD_EVERY {
                                 let keys = keys_of(e.conv, &fresh, &local_only);
                                 if let Some(seq) =
@@ -471,10 +499,14 @@ pub(crate) fn apply(
                                     tail.effects.push(TailEffect::Covered { conv: e.conv, seq });
                                     fresh.remove(&e.conv);
                                     local_only.insert(e.conv);
+                                    m.last_seq = m.last_seq.max(seq);
                                     m.unfolded = 0;
+                                    write_meta = true;
                                 }
                             }
-                            metas.insert(e.conv, encode_meta(&m).as_slice())?;
+                            if write_meta {
+                                metas.insert(e.conv, encode_meta(&m).as_slice())?;
+                            }
                             if gap || m.last_seq != *through {
                                 Verdict::NeedBase
                             } else {
@@ -552,7 +584,7 @@ pub(crate) fn apply(
             Some(v) => Some(decode_meta(v.value())?),
             None => None,
         };
-        let Some(mut m) = meta else {
+        let Some(mut m) = meta.map(|m| current(c, m, &fresh, &local_only)) else {
             drop_tail(c, tail, &mut fresh, &mut local_only);
             continue;
         };
@@ -561,6 +593,7 @@ pub(crate) fn apply(
             tail.effects.push(TailEffect::Covered { conv: c, seq });
             fresh.remove(&c);
             local_only.insert(c);
+            m.last_seq = m.last_seq.max(seq);
             m.unfolded = 0;
             metas.insert(c, encode_meta(&m).as_slice())?;
         }
@@ -596,11 +629,19 @@ impl Store {
 
     /// Every replica this node keeps.
     pub fn replicas(&self) -> Result<Vec<(u64, ReplicaMeta)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let (index, r) = {
+            let index = self.replica_pending.lock();
+            (index.lasts(), self.db.begin_read()?)
+        };
         let mut out = Vec::new();
         for item in r.open_table(REPLICAS)?.iter()? {
             let (k, v) = item?;
-            out.push((k.value(), decode_meta(v.value())?));
+            let mut m = decode_meta(v.value())?;
+            if let Some((seq, n)) = index.get(&k.value()) {
+                m.last_seq = m.last_seq.max(*seq);
+                m.unfolded = *n as u32;
+            }
+            out.push((k.value(), m));
         }
         Ok(out)
     }
@@ -615,9 +656,17 @@ impl Store {
 
     /// What this node's replica of `conv` says about it, if it keeps one.
     pub fn replica_meta(&self, conv: u64) -> Result<Option<ReplicaMeta>, StoreError> {
-        let r = self.db.begin_read()?;
+        let (last, r) = {
+            let index = self.replica_pending.lock();
+            (index.last(conv), self.db.begin_read()?)
+        };
         let meta = r.open_table(REPLICAS)?.get(conv)?;
-        meta.map(|m| decode_meta(m.value())).transpose()
+        let mut meta = meta.map(|m| decode_meta(m.value())).transpose()?;
+        if let (Some(m), Some((seq, n))) = (meta.as_mut(), last) {
+            m.last_seq = m.last_seq.max(seq);
+            m.unfolded = n as u32;
+        }
+        Ok(meta)
     }
 
     /// A replica's meta and the conversation it describes.
@@ -642,7 +691,14 @@ impl Store {
             None => None,
         };
         let recs = tail_records(&r.open_table(REPLICA_TAIL)?, conv, meta.epoch, &keys)?;
-        Ok(replay(ConversationId(conv), base, &recs)?.map(|s| (meta, s)))
+        Ok(replay(ConversationId(conv), base, &recs)?.map(|s| {
+            let meta = ReplicaMeta {
+                last_seq: meta.last_seq.max(s.last_seq),
+                unfolded: recs.len() as u32,
+                ..meta
+            };
+            (meta, s)
+        }))
     }
 
     /// Records in the replica tail (folded or not, until truncated).

@@ -154,6 +154,18 @@ impl Pending {
             .map(|v| v.iter().map(|(_, k)| *k).collect())
             .unwrap_or_default()
     }
+    /// The seq of the last pending entry of `conv`, and how many there are.
+    pub(crate) fn last(&self, conv: u64) -> Option<(u32, usize)> {
+        let v = self.by_conv.get(&conv)?;
+        Some((v.last()?.0, v.len()))
+    }
+    /// `last` of every conversation.
+    pub(crate) fn lasts(&self) -> HashMap<u64, (u32, usize)> {
+        self.by_conv
+            .iter()
+            .filter_map(|(c, v)| Some((*c, (v.last()?.0, v.len()))))
+            .collect()
+    }
     /// The `n` conversations whose oldest pending entries are the oldest,
     /// with those entries' keys.
     pub(crate) fn oldest(&self, n: usize) -> Vec<(u64, u64)> {

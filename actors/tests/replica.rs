@@ -382,6 +382,12 @@ async fn a_replica_read_after_a_restart_has_every_stored_change_and_none_of_a_re
         store.replica_state(7).unwrap().unwrap().1,
         state_of(7, &more)
     );
+    // The replica's row is not rewritten for each change; every read
+    // counts the changes since in.
+    assert_eq!(store.replica_meta(7).unwrap().unwrap().last_seq, 21);
+    let listed = store.replicas().unwrap();
+    let seven = listed.iter().find(|(c, _)| *c == 7).unwrap();
+    assert_eq!((seven.1.last_seq, seven.1.unfolded), (21, 1));
     p.shutdown().await.unwrap();
     w.join();
 }
