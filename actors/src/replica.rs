@@ -313,6 +313,7 @@ fn decode_meta(b: &[u8]) -> Result<ReplicaMeta, StoreError> {
 
 /// Applies the cluster's writes of one batch; returns the verdicts of
 /// each `Replica` write, in order.
+///
 /// Tail records are appended under `tail.next_key`; `index` is the tail's
 /// committed index, which this does not change (`tail.effects` say how).
 pub(crate) fn apply(
@@ -596,6 +597,10 @@ pub(crate) fn apply(
             m.last_seq = m.last_seq.max(seq);
             m.unfolded = 0;
             metas.insert(c, encode_meta(&m).as_slice())?;
+        } else {
+            // Nothing of it to fold (no base, no record of its epoch): its
+            // entries must not hold the tail's low water.
+            drop_tail(c, tail, &mut fresh, &mut local_only);
         }
     }
     let below = low.unwrap_or(start_key);
