@@ -629,8 +629,9 @@ struct PassedOn;
 /// How long a node waits for a peer's answer to a request passed on.
 const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// In a cluster: the node that holds the conversation a write addressed
-/// by conversation id is for, when that is another node.
+/// In a cluster: the node a write is for, when that is another node: the
+/// one holding the conversation, for a write addressed by conversation
+/// id; the one owning the contact, for a write addressed by contact.
 async fn held_elsewhere(
     app: &App,
     req: &Request<Body>,
@@ -639,19 +640,33 @@ async fn held_elsewhere(
     let Some(cluster) = &app.cluster else {
         return Ok(None);
     };
-    if req.method() != Method::POST || passed_on(req) {
+    if passed_on(req) {
         return Ok(None);
     }
-    let ["api", "v1", "conversations", id, "escalate" | "booking" | "messages" | "timers"] = segs
-    else {
-        return Ok(None);
-    };
-    // Only an authorized request is passed on.
-    admin(app, req)?;
-    let Ok(id) = id.parse::<ConversationId>() else {
-        return Ok(None);
-    };
-    Ok(cluster.locate(id).await)
+    match (req.method(), segs) {
+        (
+            &Method::POST,
+            ["api", "v1", "conversations", id, "escalate" | "booking" | "messages" | "timers"],
+        ) => {
+            // Only an authorized request is passed on.
+            admin(app, req)?;
+            let Ok(id) = id.parse::<ConversationId>() else {
+                return Ok(None);
+            };
+            Ok(cluster.locate(id).await)
+        }
+        (
+            &Method::POST,
+            ["api", "v1", "tenants", tenant, "contacts", address, "messages" | "consent"],
+        )
+        | (&Method::PUT, ["api", "v1", "tenants", tenant, "contacts", address]) => {
+            admin(app, req)?;
+            let tenant = known_tenant(app, tenant)?;
+            let address = decode_segment(address)?;
+            Ok(cluster.remote_owner(&app.router.key(&tenant, &address)))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether `req` was passed on by another node of the cluster.

@@ -1625,3 +1625,114 @@ async fn customers_on_different_nodes_never_get_the_same_slot_and_bookings_survi
         .iter()
         .any(|(at, s, _)| at == "2026-03-06T16:00:00.000Z" && s == "held"));
 }
+
+/// The consent view of `who` as `node` answers it.
+async fn consent_on(node: &Node, who: &str) -> Value {
+    let (s, v) = node
+        .get_admin(&format!("/api/v1/tenants/acme/contacts/{who}/consent"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// A business message to `who` sent through `node`; its decision.
+async fn business_message(node: &Node, who: &str, text: &str) -> Value {
+    let (s, v) = node
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/acme/contacts/{who}/messages"),
+            Some(&json!({"text": text, "purpose": "conversational"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_through_any_node_is_what_every_node_decides_by_until_start() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let nodes = [
+        Node::start_with_config(&sim_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&sim_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&sim_config("n3", p3, &[p1]), &sim),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let who = phone(7);
+    let (s, v) = nodes[0]
+        .inbound("gw-acme", &sms("acme", &who, "hello", Some("k0")))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let conv = v["conversation_id"].as_str().unwrap().to_owned();
+    let holder = holder_of(&nodes, &conv).await;
+    let (a, b) = (&nodes[(holder + 1) % 3], &nodes[(holder + 2) % 3]);
+    // Before: a business message through a node that does not hold the
+    // conversation is sent.
+    assert_eq!(
+        business_message(a, &who, "Your visit is confirmed").await["decision"],
+        "sent"
+    );
+    // STOP through one node that does not hold it, the business message
+    // through the other: the holder decided both, so it is blocked.
+    let (s, v) = a
+        .inbound("gw-acme", &sms("acme", &who, "STOP", Some("k1")))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    for n in &nodes {
+        assert_eq!(
+            consent_on(n, &who).await["channels"]["sms"]["status"],
+            "opted_out"
+        );
+    }
+    let v = business_message(b, &who, "One more thing").await;
+    assert_eq!(v["decision"], "blocked", "{v}");
+    // START through the other one re-opens SMS everywhere.
+    let (s, v) = b
+        .inbound("gw-acme", &sms("acme", &who, "START", Some("k2")))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    for n in &nodes {
+        assert_eq!(
+            consent_on(n, &who).await["channels"]["sms"]["status"],
+            "opted_in"
+        );
+    }
+    assert_eq!(
+        business_message(a, &who, "Welcome back").await["decision"],
+        "sent"
+    );
+    // A consent recorded and a contact updated through a node that does
+    // not hold the conversation are the holder's too.
+    let (s, v) = b
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/acme/contacts/{who}/consent"),
+            Some(&json!({"status": "opted_out", "channel": "sms", "source": "web_form", "proof": "form 12"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        business_message(a, &who, "Blocked again").await["decision"],
+        "blocked"
+    );
+    let (s, v) = a
+        .send_admin(
+            reqwest::Method::PUT,
+            &format!("/api/v1/tenants/acme/contacts/{who}"),
+            Some(&json!({"name": "Dana"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // All of it is one conversation, on its holder.
+    let c = nodes[holder].conversation_of("acme", &who).await.unwrap();
+    assert_eq!(c["id"].as_str(), Some(conv.as_str()));
+    assert_eq!(c["captured"]["name"], "Dana", "{c}");
+    for n in &nodes {
+        let (s, v) = n.get_admin("/api/v1/cluster").await;
+        assert_eq!(s, 200);
+        let held: u64 = v["conversations"]["this_node"].as_u64().unwrap();
+        assert_eq!(held, u64::from(n.base == nodes[holder].base), "{v}");
+    }
+}
