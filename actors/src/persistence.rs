@@ -406,13 +406,7 @@ fn writer_loop(
             let mut moved = Vec::new();
             let cluster: Vec<ClusterWrite> = {
                 let pending = store.pending.lock();
-                let keys = |conv: u64| -> Vec<u64> {
-                    pending
-                        .by_conv
-                        .get(&conv)
-                        .map(|v| v.iter().map(|(_, k)| *k).collect())
-                        .unwrap_or_default()
-                };
+                let keys = |conv: u64| pending.keys(conv);
                 batch
                     .iter()
                     .filter_map(|op| match op {

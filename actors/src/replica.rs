@@ -168,12 +168,19 @@ fn fold(
     epoch: u64,
     keys: &[u64],
 ) -> Result<Option<u32>, StoreError> {
-    let base = match rsnaps.get(conv)? {
-        Some(v) => Some(codec::decode_snapshot(v.value())?),
-        None => None,
-    };
     let recs = tail_records(rtail, conv, epoch, keys)?;
-    match replay(ConversationId(conv), base, &recs)? {
+    fold_records(rsnaps, conv, &recs)
+}
+
+/// Folds `recs` into the replica snapshot of `conv`; the event seq the
+/// snapshot is at then.
+fn fold_records(
+    rsnaps: &mut redb::Table<u64, &[u8]>,
+    conv: u64,
+    recs: &[LogRecord],
+) -> Result<Option<u32>, StoreError> {
+    let base = snapshot_in(rsnaps, conv)?;
+    match replay(ConversationId(conv), base, recs)? {
         Some(s) => {
             rsnaps.insert(conv, codec::encode_snapshot(&s).as_slice())?;
             Ok(Some(s.last_seq))
@@ -305,6 +312,37 @@ fn encode_meta(m: &ReplicaMeta) -> Vec<u8> {
         .expect("plain data encodes")
 }
 
+/// The replica row of `conv` in `table`, if any.
+fn meta_in(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    conv: u64,
+) -> Result<Option<ReplicaMeta>, StoreError> {
+    table.get(conv)?.map(|v| decode_meta(v.value())).transpose()
+}
+
+/// The replica snapshot of `conv` in `table`, if any.
+fn snapshot_in(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    conv: u64,
+) -> Result<Option<ConversationState>, StoreError> {
+    Ok(table
+        .get(conv)?
+        .map(|v| codec::decode_snapshot(v.value()))
+        .transpose()?)
+}
+
+impl ReplicaMeta {
+    /// The row as it stands with the tail's indexed records since it was
+    /// written: (seq of the last, how many), if any.
+    fn with_tail(mut self, indexed: Option<(u32, usize)>) -> ReplicaMeta {
+        if let Some((seq, n)) = indexed {
+            self.last_seq = self.last_seq.max(seq);
+            self.unfolded = n as u32;
+        }
+        self
+    }
+}
+
 fn decode_meta(b: &[u8]) -> Result<ReplicaMeta, StoreError> {
     bincode::serde::decode_from_slice(b, threadline_protocol::codec::wire_config())
         .map(|(m, _)| m)
@@ -346,15 +384,13 @@ pub(crate) fn apply(
     // are the row's plus the records indexed since (committed, and this
     // commit's).
     let current = |conv: u64,
-                   mut m: ReplicaMeta,
+                   m: ReplicaMeta,
                    fresh: &HashMap<u64, Vec<(u32, u64)>>,
                    local_only: &HashSet<u64>| {
-        if !local_only.contains(&conv) {
-            if let Some((seq, n)) = index.lock().last(conv) {
-                m.last_seq = m.last_seq.max(seq);
-                m.unfolded = n as u32;
-            }
-        }
+        let mut m = match local_only.contains(&conv) {
+            true => m,
+            false => m.with_tail(index.lock().last(conv)),
+        };
         if let Some(v) = fresh.get(&conv) {
             m.last_seq = m.last_seq.max(v.last().map_or(0, |(s, _)| *s));
             m.unfolded += v.len() as u32;
@@ -400,11 +436,8 @@ pub(crate) fn apply(
                         verdicts.push(Verdict::Fenced);
                         continue;
                     }
-                    let meta = match metas.get(e.conv)? {
-                        Some(v) => Some(decode_meta(v.value())?),
-                        None => None,
-                    }
-                    .map(|m| current(e.conv, m, &fresh, &local_only));
+                    let meta =
+                        meta_in(&metas, e.conv)?.map(|m| current(e.conv, m, &fresh, &local_only));
                     let v = match &e.body {
                         ReplicaBody::Base { snapshot } => {
                             let state = codec::decode_snapshot(snapshot)?;
@@ -581,11 +614,7 @@ pub(crate) fn apply(
         if local_only.contains(&c) {
             continue;
         }
-        let meta = match metas.get(c)? {
-            Some(v) => Some(decode_meta(v.value())?),
-            None => None,
-        };
-        let Some(mut m) = meta.map(|m| current(c, m, &fresh, &local_only)) else {
+        let Some(mut m) = meta_in(&metas, c)?.map(|m| current(c, m, &fresh, &local_only)) else {
             drop_tail(c, tail, &mut fresh, &mut local_only);
             continue;
         };
@@ -641,11 +670,7 @@ impl Store {
         let mut out = Vec::new();
         for item in r.open_table(REPLICAS)?.iter()? {
             let (k, v) = item?;
-            let mut m = decode_meta(v.value())?;
-            if let Some((seq, n)) = index.get(&k.value()) {
-                m.last_seq = m.last_seq.max(*seq);
-                m.unfolded = *n as u32;
-            }
+            let m = decode_meta(v.value())?.with_tail(index.get(&k.value()).copied());
             out.push((k.value(), m));
         }
         Ok(out)
@@ -665,13 +690,7 @@ impl Store {
             let index = self.replica_pending.lock();
             (index.last(conv), self.db.begin_read()?)
         };
-        let meta = r.open_table(REPLICAS)?.get(conv)?;
-        let mut meta = meta.map(|m| decode_meta(m.value())).transpose()?;
-        if let (Some(m), Some((seq, n))) = (meta.as_mut(), last) {
-            m.last_seq = m.last_seq.max(seq);
-            m.unfolded = n as u32;
-        }
-        Ok(meta)
+        Ok(meta_in(&r.open_table(REPLICAS)?, conv)?.map(|m| m.with_tail(last)))
     }
 
     /// A replica's meta and the conversation it describes.
@@ -687,14 +706,10 @@ impl Store {
             let index = self.replica_pending.lock();
             (index.keys(conv), self.db.begin_read()?)
         };
-        let Some(meta) = r.open_table(REPLICAS)?.get(conv)? else {
+        let Some(meta) = meta_in(&r.open_table(REPLICAS)?, conv)? else {
             return Ok(None);
         };
-        let meta = decode_meta(meta.value())?;
-        let base = match r.open_table(REPLICA_SNAPSHOTS)?.get(conv)? {
-            Some(v) => Some(codec::decode_snapshot(v.value())?),
-            None => None,
-        };
+        let base = snapshot_in(&r.open_table(REPLICA_SNAPSHOTS)?, conv)?;
         let recs = tail_records(&r.open_table(REPLICA_TAIL)?, conv, meta.epoch, &keys)?;
         Ok(replay(ConversationId(conv), base, &recs)?.map(|s| {
             let meta = ReplicaMeta {
@@ -747,11 +762,7 @@ impl Store {
                     for item in t.iter()? {
                         let (k, v) = item?;
                         let conv = k.value().0;
-                        let epoch = metas
-                            .get(conv)?
-                            .map(|m| decode_meta(m.value()))
-                            .transpose()?
-                            .map_or(0, |m| m.epoch);
+                        let epoch = meta_in(&metas, conv)?.map_or(0, |m| m.epoch);
                         let rec = codec::decode_log_record(v.value())?;
                         by_conv.entry(conv).or_default().push((epoch, rec));
                     }
@@ -769,11 +780,7 @@ impl Store {
             let mut metas = w.open_table(REPLICAS)?;
             let mut rsnaps = w.open_table(REPLICA_SNAPSHOTS)?;
             for (conv, records) in by_conv {
-                let Some(mut m) = metas
-                    .get(conv)?
-                    .map(|v| decode_meta(v.value()))
-                    .transpose()?
-                else {
+                let Some(mut m) = meta_in(&metas, conv)? else {
                     continue;
                 };
                 let recs: Vec<LogRecord> = records
@@ -781,14 +788,9 @@ impl Store {
                     .filter(|(e, _)| *e == m.epoch)
                     .map(|(_, r)| r)
                     .collect();
-                let base = match rsnaps.get(conv)? {
-                    Some(v) => Some(codec::decode_snapshot(v.value())?),
-                    None => None,
-                };
                 folded += recs.len();
-                if let Some(s) = replay(ConversationId(conv), base, &recs)? {
-                    rsnaps.insert(conv, codec::encode_snapshot(&s).as_slice())?;
-                    m.last_seq = m.last_seq.max(s.last_seq);
+                if let Some(seq) = fold_records(&mut rsnaps, conv, &recs)? {
+                    m.last_seq = m.last_seq.max(seq);
                     m.unfolded = 0;
                     metas.insert(conv, encode_meta(&m).as_slice())?;
                 }

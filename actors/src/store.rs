@@ -407,13 +407,7 @@ impl Store {
     /// The caller must have passed a persistence barrier, so that everything
     /// submitted before is committed and listed in `Pending`.
     pub fn load(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
-        let keys: Vec<u64> = self
-            .pending
-            .lock()
-            .by_conv
-            .get(&id.0)
-            .map(|v| v.iter().map(|(_, k)| *k).collect())
-            .unwrap_or_default();
+        let keys = self.pending.lock().keys(id.0);
         let r = self.db.begin_read()?;
         let snapshot = match r.open_table(SNAPSHOTS)?.get(id.0)? {
             Some(v) => Some(codec::decode_snapshot(v.value())?),

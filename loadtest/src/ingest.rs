@@ -286,7 +286,9 @@ pub async fn drive_watched(
         .flatten();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     measuring.store(false, Ordering::SeqCst);
-    let cpu_after = cpu_before.as_ref().and(crate::cpu::Sample::take(watch));
+    let cpu_after = cpu_before
+        .as_ref()
+        .and_then(|_| crate::cpu::Sample::take(watch));
     let seconds = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let mut hist = latency_histogram();
