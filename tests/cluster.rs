@@ -347,6 +347,14 @@ async fn nothing_lost(
                 let extra: Vec<&String> = got.iter().filter(|p| !want.contains(p)).collect();
                 let mut seen = std::collections::HashSet::new();
                 let twice: Vec<&String> = got.iter().filter(|p| !seen.insert(*p)).collect();
+                if let Some(dir) = std::env::var_os("THREADLINE_TEST_TRACE") {
+                    for (i, n) in nodes.iter().enumerate() {
+                        let _ = std::fs::write(
+                            std::path::Path::new(&dir).join(format!("node{i}.log")),
+                            n.all_stderr(),
+                        );
+                    }
+                }
                 let logs: Vec<String> = nodes
                     .iter()
                     .map(|n| {
@@ -359,10 +367,9 @@ async fn nothing_lost(
                     })
                     .collect();
                 panic!(
-                    "customer {c} (conversation {}) as node {} sees it: missing {:?}.. ({} of them), not acknowledged {extra:?}, twice {twice:?}\nlogs:\n{}",
+                    "customer {c} (conversation {}) as node {} sees it: missing {missing:?} ({} of them), not acknowledged {extra:?}, twice {twice:?}; it has {got:?}\nlogs:\n{}",
                     conv_of[c],
                     n.base,
-                    missing.first(),
                     missing.len(),
                     logs.join("\n----\n")
                 );
@@ -437,6 +444,17 @@ async fn customer(
     c: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Vec<(String, std::time::Instant)> {
+    customer_giving_up_after(nodes, c, stop, Duration::from_secs(15)).await
+}
+
+/// `customer`, giving up on a node that has not answered in `patience`
+/// (and sending the same message through the next).
+async fn customer_giving_up_after(
+    nodes: Targets,
+    c: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    patience: Duration,
+) -> Vec<(String, std::time::Instant)> {
     let mut acked = Vec::new();
     let mut k = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -452,11 +470,14 @@ async fn customer(
             let r = http
                 .post(format!("{base}/api/v1/inbound"))
                 .bearer_auth("gw-acme")
-                .timeout(Duration::from_secs(15))
+                .timeout(patience)
                 .json(&body)
                 .send()
                 .await;
             if matches!(&r, Ok(r) if r.status().as_u16() == 202) {
+                if std::env::var_os("THREADLINE_TEST_TRACE").is_some() {
+                    eprintln!("ack {pid} by {base} at {:?}", std::time::SystemTime::now());
+                }
                 acked.push((pid.clone(), std::time::Instant::now()));
                 break;
             }
@@ -1735,4 +1756,143 @@ async fn a_stop_through_any_node_is_what_every_node_decides_by_until_start() {
         let held: u64 = v["conversations"]["this_node"].as_u64().unwrap();
         assert_eq!(held, u64::from(n.base == nodes[holder].base), "{v}");
     }
+}
+
+/// Three nodes under load through all of them; one is killed and
+/// restarted on its data halfway; after the load all three stop
+/// gracefully (each hands its conversations over as it leaves). Each then
+/// starts again on its own data, and every acknowledged message is there.
+/// (A node killed once used to refuse its data after the graceful stop: a
+/// conversation it had handed over kept a log record without a snapshot.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_starts_again_on_its_data_after_a_kill_and_a_graceful_stop() {
+    let customers = 30;
+    let (mut nodes, _owner_of, conv_of) = three_with_customers(customers).await;
+    let through = targets(&nodes.iter().collect::<Vec<_>>());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..customers)
+        .map(|c| tokio::spawn(customer(through.clone(), c, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nodes[2].sigkill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nodes[2].restart();
+    through.write().unwrap()[2] = (nodes[2].base.clone(), nodes[2].http.clone());
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for l in load {
+        acked.push(l.await.unwrap());
+    }
+    for n in nodes.iter_mut() {
+        let status = n.sigterm();
+        assert!(status.success(), "{status:?}: {}", n.stderr());
+    }
+    // Each starts again on its data (the harness fails if one exits
+    // before it listens), the three settle, and nothing acknowledged is
+    // missing.
+    for n in nodes.iter_mut() {
+        n.restart();
+    }
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if n.stderr().contains("quarantined") {
+            let all: Vec<String> = nodes.iter().map(|n| n.all_stderr()).collect();
+            panic!("node {i} set records aside:\n{}", all.join("\n=========\n"));
+        }
+    }
+    // Everything was left on the last node to stop: once each
+    // conversation has been handed to its owner (one holder each), every
+    // node reads each one whole.
+    for conv in &conv_of {
+        settled_on_one(&nodes, conv).await;
+    }
+    let [n1, n2, n3] = &nodes;
+    nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
+}
+
+/// Waits until exactly one of `nodes` holds conversation `conv`, and no
+/// node says it is moving.
+async fn settled_on_one(nodes: &[Node], conv: &str) {
+    for _ in 0..400 {
+        let mut holding = 0;
+        for n in nodes {
+            holding += usize::from(holds(n, conv).await);
+        }
+        if holding == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{conv} is not held by exactly one node");
+}
+
+/// The nemesis: three nodes under load through all of them (clients give
+/// up on a silent node after 2 s and send the same message through
+/// another); each round kills one node and restarts it on its data, then
+/// pauses another (SIGSTOP) for 6 s. Afterwards every acknowledged
+/// message is in its conversation exactly once, in order, as every node
+/// reads it. `THREADLINE_NEMESIS_ROUNDS` sets the rounds (1 by default;
+/// the long mode runs many).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "loses acknowledged messages after a kill and a pause: under investigation (issue 26)"]
+async fn nothing_acknowledged_is_lost_through_kills_and_pauses_under_load() {
+    let rounds: usize = std::env::var("THREADLINE_NEMESIS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let customers = 24;
+    let (mut nodes, _owner_of, conv_of) = three_with_customers(customers).await;
+    let through = targets(&nodes.iter().collect::<Vec<_>>());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..customers)
+        .map(|c| {
+            tokio::spawn(customer_giving_up_after(
+                through.clone(),
+                c,
+                stop.clone(),
+                Duration::from_secs(2),
+            ))
+        })
+        .collect();
+    let (mut kills, mut pauses) = (0, 0);
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let victim = round % 3;
+        nodes[victim].sigkill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        nodes[victim].restart();
+        through.write().unwrap()[victim] = (nodes[victim].base.clone(), nodes[victim].http.clone());
+        for n in &nodes {
+            live(n, &["n1", "n2", "n3"]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let hung = (round + 1) % 3;
+        signal(&nodes[hung], libc::SIGSTOP);
+        pauses += 1;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        signal(&nodes[hung], libc::SIGCONT);
+        for n in &nodes {
+            live(n, &["n1", "n2", "n3"]).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for l in load {
+        acked.push(l.await.unwrap());
+    }
+    let total: usize = acked.iter().map(Vec::len).sum();
+    for conv in &conv_of {
+        settled_on_one(&nodes, conv).await;
+    }
+    let [n1, n2, n3] = &nodes;
+    nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
+    eprintln!("nemesis: {rounds} rounds, {kills} kills, {pauses} pauses, {total} messages acknowledged, 0 lost");
 }

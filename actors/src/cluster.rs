@@ -113,6 +113,14 @@ enum Peek {
     },
 }
 
+/// Why a hand-over did not complete.
+enum HandoverError {
+    /// The receiver did not take the conversation: it stays here.
+    Refused(String),
+    /// Unknown whether the receiver took it.
+    InDoubt(String),
+}
+
 /// A whole conversation moving to the node that owns it now.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Handover {
@@ -583,6 +591,11 @@ pub struct Cluster {
     /// another node may have taken them over, so its copy may be old until
     /// it is handed back here or the other node says it has nothing newer.
     unconfirmed: dashmap::DashMap<ConvKey, u64>,
+    /// Conversations whose hand-over got no answer: the receiver may have
+    /// installed them, so they stay sealed here (the writer takes none of
+    /// their writes) until a hand-over is answered, they are installed
+    /// here again, or every live peer says it has no newer copy.
+    in_doubt: dashmap::DashSet<u64>,
     /// This node is leaving (its heartbeat answers say so: peers stop
     /// counting it live) ...
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -723,6 +736,7 @@ impl Cluster {
             pool: Default::default(),
             calendar: Default::default(),
             unconfirmed,
+            in_doubt: Default::default(),
             leaving,
             left: Default::default(),
             requests: Default::default(),
@@ -1917,10 +1931,14 @@ impl Cluster {
             let k = format!("{tenant}\0{contact}");
             let owner = match ranked(&k, &live).first() {
                 Some(o) if *o != me => (*o).to_owned(),
+                _ if self.in_doubt.contains(&conv) => String::new(),
                 _ => return None,
             };
             Some(async move {
-                let r = self.hand_over(conv, &tenant, &contact, &owner).await;
+                let r = match owner.is_empty() {
+                    true => self.settle_in_doubt(conv).await,
+                    false => self.hand_over(conv, &tenant, &contact, &owner).await,
+                };
                 if let Err(e) = &r {
                     tracing::warn!(conv, owner, error = %e, "handing a conversation over failed");
                 }
@@ -2047,8 +2065,25 @@ impl Cluster {
         work: Option<threadline_protocol::AgentWork>,
     ) -> Result<(), String> {
         self.stop_local(key).await;
+        // Sealed: no write of the copy replaced here is taken from now on
+        // (an actor that raced the move, or its snapshot as it stops).
+        self.seal(conv, true).await?;
+        let r = self.install_sealed(conv, key, epoch, state, work).await;
+        if r.is_err() && !self.in_doubt.contains(&conv) {
+            self.seal(conv, false).await?;
+        }
+        r
+    }
+
+    async fn install_sealed(
+        &self,
+        conv: u64,
+        key: &ConvKey,
+        epoch: u64,
+        state: threadline_protocol::ConversationState,
+        work: Option<threadline_protocol::AgentWork>,
+    ) -> Result<(), String> {
         let p = &self.shared.persistence;
-        p.barrier().await.map_err(|e| e.to_string())?;
         let store = p.store.clone();
         let old = tokio::task::spawn_blocking(move || store.load(ConversationId(conv)))
             .await
@@ -2086,6 +2121,7 @@ impl Cluster {
         p.wait_for(|done| crate::persistence::Op::Install { install, done })
             .await
             .map_err(|e| e.to_string())?;
+        self.in_doubt.remove(&conv);
         // A delivery that raced the move may have started an actor on the
         // old copy.
         self.stop_local(key).await;
@@ -2153,21 +2189,53 @@ impl Cluster {
 
     async fn hand_over_moving(&self, conv: u64, key: &ConvKey, owner: &str) -> Result<(), String> {
         self.stop_local(key).await;
+        // Sealed first: from here the writer takes no change of it, so the
+        // state read next is everything this node will ever have of it at
+        // this epoch, and nothing acknowledged here is left out of what the
+        // new owner gets.
+        self.seal(conv, true).await?;
+        match self.hand_over_sealed(conv, key, owner).await {
+            Ok(()) => Ok(()),
+            Err(HandoverError::Refused(e)) => {
+                // The receiver did not take it: it is served here again.
+                self.in_doubt.remove(&conv);
+                self.seal(conv, false).await?;
+                Err(e)
+            }
+            Err(HandoverError::InDoubt(e)) => {
+                self.in_doubt.insert(conv);
+                Err(e)
+            }
+        }
+    }
+
+    /// Seals (`true`) or unseals conversation `conv` in the writer.
+    async fn seal(&self, conv: u64, sealed: bool) -> Result<(), String> {
+        self.shared
+            .persistence
+            .wait_for(|done| crate::persistence::Op::Seal { conv, sealed, done })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn hand_over_sealed(
+        &self,
+        conv: u64,
+        key: &ConvKey,
+        owner: &str,
+    ) -> Result<(), HandoverError> {
+        let refused = HandoverError::Refused;
         let p = &self.shared.persistence;
-        p.barrier().await.map_err(|e| e.to_string())?;
         let store = p.store.clone();
         let (state, epoch, work) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                store.load(ConversationId(conv))?,
-                store.epoch(conv)?,
-                store.agent_work_of(conv)?,
-            ))
+            let (state, epoch) = store.load_held(ConversationId(conv))?;
+            Ok::<_, crate::store::StoreError>((state, epoch, store.agent_work_of(conv)?))
         })
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| refused(e.to_string()))?
+        .map_err(|e| refused(e.to_string()))?;
         let Some(state) = state else {
-            return Ok(());
+            return Err(refused("not held here".into()));
         };
         let epoch = epoch + 1;
         let snapshot = codec::encode_snapshot(&state);
@@ -2179,17 +2247,23 @@ impl Cluster {
             snapshot: snapshot.clone(),
             work,
         });
+        // No answer: the receiver may have installed it or not.
         let bytes = self
             .rpc(owner, FORWARD_TIMEOUT, |reply| {
                 RouterMsg::Handover(req, reply)
             })
-            .await?;
+            .await
+            .map_err(HandoverError::InDoubt)?;
         match unwire::<Result<Verdict, String>>(&bytes) {
             // Fenced: the owner already has a newer copy; this one is stale.
             Some(Ok(Verdict::Stored | Verdict::Fenced)) => {}
-            Some(Ok(Verdict::NeedBase)) => return Err("unexpected answer".into()),
-            Some(Err(e)) => return Err(format!("node {owner}: {e}")),
-            None => return Err(format!("node {owner}: unreadable answer")),
+            Some(Ok(Verdict::NeedBase)) => return Err(refused("unexpected answer".into())),
+            Some(Err(e)) => return Err(refused(format!("node {owner}: {e}"))),
+            None => {
+                return Err(HandoverError::InDoubt(format!(
+                    "node {owner}: unreadable answer"
+                )))
+            }
         }
         let old_timers: Vec<u64> = state.timers.iter().map(|t| t.id).collect();
         let demote = crate::replica::Demote {
@@ -2205,9 +2279,12 @@ impl Cluster {
             snapshot,
             old_timers: old_timers.clone(),
         };
+        // The owner has it: if this commit fails, the conversation stays
+        // sealed here (its copy is stale) and the hand-over is tried again.
         p.wait_for(|done| crate::persistence::Op::Demote { demote, done })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| HandoverError::InDoubt(e.to_string()))?;
+        self.in_doubt.remove(&conv);
         self.unconfirmed.remove(key);
         self.stop_local(key).await;
         self.shared.pool_watched.set(ConversationId(conv), false);
@@ -2215,6 +2292,30 @@ impl Cluster {
         self.metrics.cluster_handed_over.inc();
         tracing::info!(conv, to = owner, epoch, "handed a conversation over");
         Ok(())
+    }
+
+    /// A conversation whose hand-over got no answer, that this node owns
+    /// again: unsealed once no live peer holds a newer copy (one that does
+    /// hands it back here at a newer epoch).
+    async fn settle_in_doubt(&self, conv: u64) -> Result<(), String> {
+        let store = self.shared.persistence.store.clone();
+        let mine = tokio::task::spawn_blocking(move || store.epoch(conv))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for peer in self
+            .live_names()
+            .into_iter()
+            .filter(|n| *n != self.spec.name)
+        {
+            if let Peek::Held { epoch } = self.peek(&peer, conv, false).await? {
+                if epoch > mine {
+                    return Err(format!("node {peer} holds a newer copy"));
+                }
+            }
+        }
+        self.in_doubt.remove(&conv);
+        self.seal(conv, false).await
     }
 
     /// A conversation handed to this node: installed unless this node

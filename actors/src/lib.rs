@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod consent;
 pub mod conversation;
 pub mod feed;
+mod fence;
 pub mod flows;
 pub mod gateway;
 pub mod metrics;

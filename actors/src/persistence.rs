@@ -61,6 +61,14 @@ pub enum Op {
         demote: crate::replica::Demote,
         done: Done,
     },
+    /// From the moment this op is taken, the writer takes no write of
+    /// `conv` (`sealed`), until a move installs it or `sealed: false`
+    /// restores what it took before (the move was abandoned). See `fence`.
+    Seal {
+        conv: u64,
+        sealed: bool,
+        done: Done,
+    },
     /// Drops a timer index row whose owner no longer waits for it.
     TimerDelete {
         id: u64,
@@ -70,6 +78,8 @@ pub enum Op {
         conv: ConversationId,
         seq: u32,
         bytes: Vec<u8>,
+        /// The epoch the writing actor loaded the conversation at.
+        epoch: u64,
         done: Option<Done>,
     },
     /// Calendar changes made by the business (a slot blocked or opened
@@ -298,6 +308,7 @@ fn writer_loop(
     let mut truncated_below = 0u64;
     let mut audit_heads = crate::store::AuditHeads::new();
     let mut tail = crate::replica::Tail::default();
+    let mut fences = crate::fence::Fences::default();
     let mut stopping = false;
     let mut last_batch = 0usize;
     while !stopping {
@@ -331,10 +342,14 @@ fn writer_loop(
             }
         }
         last_batch = batch.len();
+        let undo = fence_batch(&store, &mut fences, &mut batch);
         let mut verdicts: Vec<Vec<crate::replica::Verdict>> = Vec::new();
-        let writes_data = batch
-            .iter()
-            .any(|op| !matches!(op, Op::Barrier { .. } | Op::Shutdown { .. }));
+        let writes_data = batch.iter().any(|op| {
+            !matches!(
+                op,
+                Op::Barrier { .. } | Op::Shutdown { .. } | Op::Seal { .. }
+            )
+        });
         // A backup copying the file waits for this commit, or this commit
         // for the backup.
         let no_backup = writes_data.then(|| store.writing.lock());
@@ -400,7 +415,8 @@ fn writer_loop(
                     | Op::Shutdown { .. }
                     | Op::Replica { .. }
                     | Op::Install { .. }
-                    | Op::Demote { .. } => None,
+                    | Op::Demote { .. }
+                    | Op::Seal { .. } => None,
                 })
                 .chain(truncate.map(|below| Write::Truncate { below }));
             let mut moved = Vec::new();
@@ -466,6 +482,7 @@ fn writer_loop(
                     Ok(())
                 }
                 Err(e) => {
+                    fences.undo(undo);
                     tracing::error!(error = %e, ops = batch.len(), "durable commit failed");
                     healthy.store(false, Ordering::Relaxed);
                     Err(Arc::new(e))
@@ -510,7 +527,7 @@ fn writer_loop(
                     let _ = reply.send(v);
                     continue;
                 }
-                Op::Install { done, .. } | Op::Demote { done, .. } => {
+                Op::Install { done, .. } | Op::Demote { done, .. } | Op::Seal { done, .. } => {
                     done(result.clone());
                     continue;
                 }
@@ -540,4 +557,84 @@ fn writer_loop(
             }
         }
     }
+}
+
+/// Applies the ownership fence (`crate::fence`) to a batch in the order
+/// the writer took it: refused writes leave the batch, failed with
+/// `StoreError::Moved` (nothing of them is written). A hand-over whose
+/// snapshot misses an event committed here is refused too (the mover
+/// seals first, so this does not happen). Returns what to undo if the
+/// batch's commit fails.
+fn fence_batch(
+    store: &Store,
+    fences: &mut crate::fence::Fences,
+    batch: &mut Vec<Op>,
+) -> crate::fence::Undo {
+    use crate::fence::Step;
+    let steps: Vec<Step> = {
+        let pending = store.pending.lock();
+        batch
+            .iter()
+            .map(|op| match op {
+                Op::Event { conv, route, .. } => Step::Write {
+                    conv: conv.0,
+                    epoch: route.as_ref().map_or(0, |r| r.epoch),
+                },
+                Op::Snapshot { conv, epoch, .. } => Step::Write {
+                    conv: conv.0,
+                    epoch: *epoch,
+                },
+                Op::Seal {
+                    conv, sealed: true, ..
+                } => Step::Seal { conv: *conv },
+                Op::Seal {
+                    conv,
+                    sealed: false,
+                    ..
+                } => Step::Unseal { conv: *conv },
+                Op::Install { install, .. } => Step::Install {
+                    conv: install.conv,
+                    epoch: install.epoch,
+                },
+                Op::Demote { demote, .. } => match pending.last(demote.conv) {
+                    Some((seq, _)) if seq > demote.meta.last_seq => Step::Write {
+                        // Refused below: it would drop committed events.
+                        conv: demote.conv,
+                        epoch: u64::MAX,
+                    },
+                    _ => Step::Demote { conv: demote.conv },
+                },
+                _ => Step::Other,
+            })
+            .collect()
+    };
+    let (refused, undo) = fences.admit(&steps);
+    if refused.iter().any(|r| *r) {
+        let ops = std::mem::take(batch);
+        for (op, refuse) in ops.into_iter().zip(refused) {
+            if !refuse {
+                batch.push(op);
+                continue;
+            }
+            let (conv, done) = match op {
+                Op::Event { conv, done, .. } | Op::Snapshot { conv, done, .. } => (conv.0, done),
+                Op::Demote { demote, done } => {
+                    tracing::error!(
+                        conv = demote.conv,
+                        seq = demote.meta.last_seq,
+                        "a hand-over's snapshot misses events committed here; not handed over"
+                    );
+                    (demote.conv, Some(done))
+                }
+                _ => continue,
+            };
+            if let Some(done) = done {
+                done(Err(Arc::new(StoreError::Moved(format!(
+                    "conversation {} moved while this change was under way",
+                    ConversationId(conv)
+                )))));
+            }
+        }
+    }
+    undo
 }

@@ -39,6 +39,13 @@ use crate::store::{
 };
 
 pub(crate) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
+/// conversation → the first log key that counts for it: it moved (was
+/// installed or handed over) in the commit before that key. Log records
+/// of it below are of the copy the move replaced: snapshots covered them
+/// but the log keeps them until it is truncated, and they must never be
+/// replayed (onto no snapshot, or onto another lineage's). Emptied at
+/// open, when the whole log has been folded.
+pub(crate) const MOVED: TableDefinition<u64, u64> = TableDefinition::new("moved");
 pub(crate) const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
 pub(crate) const REPLICA_CONTACTS: TableDefinition<&str, u64> =
     TableDefinition::new("replica_contacts");
@@ -359,6 +366,7 @@ pub(crate) fn apply(
     writes: Vec<ClusterWrite<'_>>,
     tail: &mut Tail,
     index: &Mutex<Pending>,
+    log_next: u64,
 ) -> Result<Vec<Vec<Verdict>>, StoreError> {
     let mut metas = txn.open_table(REPLICAS)?;
     let mut rcontacts = txn.open_table(REPLICA_CONTACTS)?;
@@ -419,6 +427,7 @@ pub(crate) fn apply(
             txn.open_table(TIMERS)?,
             txn.open_table(OUTBOX)?,
             txn.open_table(AGENT_WORK)?,
+            txn.open_table(MOVED)?,
         )),
         false => None,
     };
@@ -554,9 +563,10 @@ pub(crate) fn apply(
             }
             ClusterWrite::Install { install, log_keys } => {
                 let c = install.conv;
-                let (epochs, snaps, contacts, log, timers, outbox, work) =
+                let (epochs, snaps, contacts, log, timers, outbox, work, moved) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &install.old_timers)?;
+                moved.insert(c, log_next)?;
                 drop_tail(c, tail, &mut fresh, &mut local_only);
                 match &install.work {
                     Some(w) => work.insert(c, codec::encode_agent_work(w).as_slice())?,
@@ -581,9 +591,10 @@ pub(crate) fn apply(
             }
             ClusterWrite::Demote { demote, log_keys } => {
                 let c = demote.conv;
-                let (epochs, snaps, contacts, log, timers, outbox, work) =
+                let (epochs, snaps, contacts, log, timers, outbox, work, moved) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &demote.old_timers)?;
+                moved.insert(c, log_next)?;
                 // The pool's row goes with the conversation.
                 work.remove(c)?;
                 snaps.remove(c)?;
@@ -730,6 +741,7 @@ impl Store {
     /// Creates the cluster's tables (at open).
     pub(crate) fn create_cluster_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
         txn.open_table(EPOCHS)?;
+        txn.open_table(MOVED)?;
         txn.open_table(REPLICAS)?;
         txn.open_table(REPLICA_CONTACTS)?;
         txn.open_table(REPLICA_SNAPSHOTS)?;

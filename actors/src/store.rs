@@ -50,6 +50,9 @@ pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new(
 /// conversation → its open offer (`OfferHold`), kept by the agent pool.
 pub(crate) const OFFERS: TableDefinition<u64, &[u8]> = TableDefinition::new("offers");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
+/// Log records set aside at open because they do not replay onto what the
+/// store holds of their conversation (log key → the record as it was).
+pub(crate) const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
 
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
 pub(crate) type AuditHeads = HashMap<String, (u64, crate::audit::Hash)>;
@@ -75,6 +78,10 @@ pub enum StoreError {
     /// Committed here, but not replicated: not acknowledged.
     #[error("not replicated: {0}")]
     Replication(String),
+    /// Refused by the ownership fence: the conversation moved (or is
+    /// moving) away from the copy the writer loaded. Nothing was written.
+    #[error("{0}")]
+    Moved(String),
 }
 
 macro_rules! redb_err {
@@ -203,6 +210,13 @@ pub struct OpenReport {
     pub conversations_recovered: usize,
     /// Replica tail records folded into their replicas' snapshots.
     pub replica_records_folded: usize,
+    /// Log records of copies that moved away (covered by the snapshot
+    /// they had, not truncated yet), dropped.
+    pub log_records_of_moved_copies: usize,
+    /// Conversations whose log records did not replay at open: the records
+    /// were set aside (`quarantine` table) and the rest of the node serves.
+    /// (conversation, what was wrong, records set aside).
+    pub quarantined: Vec<(ConversationId, String, usize)>,
     pub next_conversation: u64,
     pub next_log_key: u64,
     pub next_dead_letter: u64,
@@ -239,6 +253,7 @@ impl Store {
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_HEADS)?;
             txn.open_table(OUTBOX)?;
+            txn.open_table(QUARANTINE)?;
             Store::create_cluster_tables(&txn)?;
             txn.commit()?;
         }
@@ -323,35 +338,72 @@ impl Store {
     fn recover(&self) -> Result<OpenReport, StoreError> {
         let mut report = OpenReport::default();
         // Group the log tail by conversation.
-        let mut tail: HashMap<u64, Vec<LogRecord>> = HashMap::new();
-        let (max_log, max_conv, max_dead) = {
+        let mut tail: HashMap<u64, Vec<(u64, LogRecord)>> = HashMap::new();
+        let (max_log, max_conv, max_dead, any_moved) = {
             let r = self.db.begin_read()?;
             let log = r.open_table(LOG)?;
+            // Records of a copy that moved away (or was replaced) count not.
+            let mut moved: HashMap<u64, u64> = HashMap::new();
+            for item in r.open_table(crate::replica::MOVED)?.iter()? {
+                let (c, k) = item?;
+                moved.insert(c.value(), k.value());
+            }
             for item in log.iter()? {
-                let (_, v) = item?;
+                let (k, v) = item?;
                 let rec = codec::decode_log_record(v.value())?;
-                tail.entry(rec.conv.0).or_default().push(rec);
+                if moved.get(&rec.conv.0).is_some_and(|from| k.value() < *from) {
+                    report.log_records_of_moved_copies += 1;
+                    continue;
+                }
+                tail.entry(rec.conv.0).or_default().push((k.value(), rec));
                 report.log_records_replayed += 1;
             }
             let last = |t: Option<u64>| t.map_or(0, |k| k + 1);
             let max_log = last(log.last()?.map(|(k, _)| k.value()));
             let max_conv = last(r.open_table(CONVERSATIONS)?.last()?.map(|(k, _)| k.value()));
             let max_dead = last(r.open_table(DEAD_LETTERS)?.last()?.map(|(k, _)| k.value()));
-            (max_log, max_conv, max_dead)
+            (max_log, max_conv, max_dead, !moved.is_empty())
         };
         let mut max_conv = max_conv;
-        if !tail.is_empty() {
+        if !tail.is_empty() || any_moved || report.log_records_of_moved_copies > 0 {
             let w = self.db.begin_write()?;
             {
                 let mut snaps = w.open_table(SNAPSHOTS)?;
                 let mut contacts = w.open_table(CONTACTS)?;
                 let mut convs = w.open_table(CONVERSATIONS)?;
-                for (conv, records) in tail {
+                let mut quarantine = w.open_table(QUARANTINE)?;
+                let log = w.open_table(LOG)?;
+                for (conv, keyed) in tail {
                     let existing = match snaps.get(conv)? {
                         Some(v) => Some(codec::decode_snapshot(v.value())?),
                         None => None,
                     };
-                    let state = replay(ConversationId(conv), existing, &records)?;
+                    let (keys, records): (Vec<u64>, Vec<LogRecord>) = keyed.into_iter().unzip();
+                    let state = match replay(ConversationId(conv), existing, &records) {
+                        Ok(state) => state,
+                        Err(e) => {
+                            // One conversation's records do not hold the
+                            // whole node's data hostage: they are set
+                            // aside, kept for an operator, and said.
+                            for k in &keys {
+                                if let Some(v) = log.get(*k)? {
+                                    quarantine.insert(*k, v.value())?;
+                                }
+                            }
+                            tracing::error!(
+                                conversation = %ConversationId(conv),
+                                records = keys.len(),
+                                error = %e,
+                                "log records that do not replay were quarantined; the conversation is served as its snapshot had it"
+                            );
+                            report.quarantined.push((
+                                ConversationId(conv),
+                                e.to_string(),
+                                keys.len(),
+                            ));
+                            continue;
+                        }
+                    };
                     if let Some(state) = state {
                         let key = contact_key(&state.tenant, &state.contact);
                         contacts.insert(key.as_str(), conv)?;
@@ -361,7 +413,10 @@ impl Store {
                         report.conversations_recovered += 1;
                     }
                 }
+                drop(log);
                 w.open_table(LOG)?.retain(|_, _| false)?;
+                // The log is empty now: no record is of a moved copy.
+                w.open_table(crate::replica::MOVED)?.retain(|_, _| false)?;
             }
             w.commit()?;
         }
@@ -407,8 +462,22 @@ impl Store {
     /// The caller must have passed a persistence barrier, so that everything
     /// submitted before is committed and listed in `Pending`.
     pub fn load(&self, id: ConversationId) -> Result<Option<ConversationState>, StoreError> {
+        Ok(self.load_held(id)?.0)
+    }
+
+    /// `load`, and the epoch this node holds the conversation at, read in
+    /// one transaction (an actor writes at the epoch its state is from:
+    /// the writer's fence refuses its writes once the conversation moved).
+    pub fn load_held(
+        &self,
+        id: ConversationId,
+    ) -> Result<(Option<ConversationState>, u64), StoreError> {
         let keys = self.pending.lock().keys(id.0);
         let r = self.db.begin_read()?;
+        let epoch = r
+            .open_table(crate::replica::EPOCHS)?
+            .get(id.0)?
+            .map_or(0, |v| v.value());
         let snapshot = match r.open_table(SNAPSHOTS)?.get(id.0)? {
             Some(v) => Some(codec::decode_snapshot(v.value())?),
             None => None,
@@ -420,7 +489,7 @@ impl Store {
                 records.push(codec::decode_log_record(v.value())?);
             }
         }
-        replay(id, snapshot, &records)
+        Ok((replay(id, snapshot, &records)?, epoch))
     }
 
     /// Whether outbound message (conv, seq) still waits for its provider.
@@ -916,7 +985,7 @@ impl BatchWriter<'_> {
         let verdicts = if cluster.is_empty() {
             Vec::new()
         } else {
-            match crate::replica::apply(&txn, cluster, self.tail, index) {
+            match crate::replica::apply(&txn, cluster, self.tail, index, *self.next_log_key) {
                 Ok(v) => v,
                 Err(e) => {
                     self.restore(start_log, start_dead, heads_before);

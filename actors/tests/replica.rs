@@ -475,3 +475,193 @@ fn replicas_in_the_old_replica_log_table_are_kept_at_open_and_the_table_goes() {
     let r = db.begin_read().unwrap();
     assert!(r.open_table(OLD).is_err(), "the old table is gone");
 }
+
+/// A held conversation's events, written as its actor writes them
+/// (`epoch`: the epoch the actor loaded it at; 0 until it first moves).
+fn held_event(conv: u64, seq: u32, e: ConvEvent, epoch: u64, done: Done) -> Op {
+    let route = (epoch > 0).then(|| threadline_actors::persistence::Route {
+        key: threadline_actors::conversation::ConvKey::new("acme", "+15550001111"),
+        epoch,
+        through: seq,
+    });
+    Op::Event {
+        conv: ConversationId(conv),
+        records: vec![(seq, record(conv, seq, e))],
+        index: (seq == 1).then(|| ("acme".into(), "+15550001111".into())),
+        timers: vec![],
+        audit: vec![],
+        outbox: vec![],
+        work: vec![],
+        calendar: vec![],
+        route,
+        done: Some(done),
+    }
+}
+
+fn snapshot_op(state: &ConversationState, epoch: u64, done: Done) -> Op {
+    Op::Snapshot {
+        conv: state.id,
+        seq: state.last_seq,
+        bytes: codec::encode_snapshot(state),
+        epoch,
+        done: Some(done),
+    }
+}
+
+use threadline_actors::persistence::Done;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_moved_writes_nothing_more_and_the_node_opens_its_data_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, p, w) = open(dir.path());
+    let conv = 9;
+    let evs = events(conv, 2);
+    for (seq, e) in &evs {
+        p.wait_for(|done| held_event(conv, *seq, e.clone(), 0, done))
+            .await
+            .unwrap();
+    }
+    let state = state_of(conv, &evs);
+    // Its actor's snapshot covers the log records (which the log keeps
+    // until it is truncated).
+    p.wait_for(|done| snapshot_op(&state, 0, done))
+        .await
+        .unwrap();
+    // A hand-over seals it: the actor that loaded it (a delivery that
+    // raced the move) writes nothing more, nor does its snapshot.
+    p.wait_for(|done| Op::Seal {
+        conv,
+        sealed: true,
+        done,
+    })
+    .await
+    .unwrap();
+    let raced = p
+        .wait_for(|done| held_event(conv, 4, appended(4, "raced"), 0, done))
+        .await;
+    assert!(raced.is_err(), "refused while sealed");
+    p.wait_for(|done| Op::Demote {
+        demote: Demote {
+            conv,
+            meta: ReplicaMeta {
+                tenant: "acme".into(),
+                contact: "+15550001111".into(),
+                epoch: 1,
+                owner: "n2".into(),
+                last_seq: state.last_seq,
+                unfolded: 0,
+            },
+            snapshot: codec::encode_snapshot(&state),
+            old_timers: vec![],
+        },
+        done,
+    })
+    .await
+    .unwrap();
+    // After the hand-over: the stale actor's event and its snapshot on stop.
+    let late = p
+        .wait_for(|done| held_event(conv, 4, appended(4, "late"), 0, done))
+        .await;
+    assert!(late.is_err(), "refused once handed over");
+    assert!(p
+        .wait_for(|done| snapshot_op(&state, 0, done))
+        .await
+        .is_err());
+    assert!(store.held().unwrap().is_empty());
+    p.shutdown().await.unwrap();
+    w.join();
+    drop((p, store));
+
+    // The node opens its data again, with nothing set aside.
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
+    assert!(store.held().unwrap().is_empty());
+    assert_eq!(store.replica_state(conv).unwrap().unwrap().1, state);
+    let (p, w) = Persistence::start(store.clone(), &report, 64, Arc::new(Metrics::new()));
+
+    // Handed back at epoch 2 with two more messages: the copy installed is
+    // what a stale actor's snapshot cannot overwrite; an actor that loads
+    // it at epoch 2 writes on.
+    let mut newer = evs.clone();
+    newer.push((4, appended(4, "on n2")));
+    newer.push((5, appended(5, "on n2 again")));
+    let newer_state = state_of(conv, &newer);
+    p.wait_for(|done| Op::Seal {
+        conv,
+        sealed: true,
+        done,
+    })
+    .await
+    .unwrap();
+    p.wait_for(|done| Op::Install {
+        install: Install {
+            conv,
+            tenant: "acme".into(),
+            contact: "+15550001111".into(),
+            epoch: 2,
+            snapshot: codec::encode_snapshot(&newer_state),
+            old_timers: vec![],
+            timers: vec![],
+            outbox: vec![],
+            work: None,
+        },
+        done,
+    })
+    .await
+    .unwrap();
+    assert!(p
+        .wait_for(|done| snapshot_op(&state, 0, done))
+        .await
+        .is_err());
+    p.wait_for(|done| held_event(conv, 6, appended(6, "back"), 2, done))
+        .await
+        .unwrap();
+    let (loaded, epoch) = store.load_held(ConversationId(conv)).unwrap();
+    newer.push((6, appended(6, "back")));
+    assert_eq!((loaded.unwrap(), epoch), (state_of(conv, &newer), 2));
+    p.shutdown().await.unwrap();
+    w.join();
+}
+
+#[test]
+fn log_records_that_do_not_replay_are_set_aside_and_the_rest_of_the_node_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (store, p, w) = open(dir.path());
+    let good = events(3, 2);
+    rt.block_on(async {
+        for (seq, e) in &good {
+            p.wait_for(|done| held_event(3, *seq, e.clone(), 0, done))
+                .await
+                .unwrap();
+        }
+        p.shutdown().await.unwrap();
+    });
+    w.join();
+    drop((p, store));
+    // A data directory of an earlier node: a log record of a conversation
+    // it had handed over (no snapshot, nothing before it).
+    {
+        let db = redb::Database::open(dir.path().join("threadline.redb")).unwrap();
+        let t = db.begin_write().unwrap();
+        t.open_table(redb::TableDefinition::<u64, &[u8]>::new("log"))
+            .unwrap()
+            .insert(1 << 40, record(77, 24, appended(24, "orphan")).as_slice())
+            .unwrap();
+        t.commit().unwrap();
+    }
+    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert_eq!(report.quarantined.len(), 1);
+    let (conv, why, n) = &report.quarantined[0];
+    assert_eq!((*conv, *n), (ConversationId(77), 1));
+    assert!(why.contains("log starts at event 24"), "{why}");
+    assert_eq!(
+        store.load(ConversationId(3)).unwrap().unwrap(),
+        state_of(3, &good)
+    );
+    assert!(store.load(ConversationId(77)).unwrap().is_none());
+    drop(store);
+    // Set aside once: the next open finds nothing to set aside.
+    let (_, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    assert!(report.quarantined.is_empty());
+}

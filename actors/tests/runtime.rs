@@ -109,6 +109,7 @@ async fn snapshot(p: &Persistence, s: &ConversationState) {
         conv: s.id,
         seq: s.last_seq,
         bytes: codec::encode_snapshot(s),
+        epoch: 0,
         done: None,
     })
     .await

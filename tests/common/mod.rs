@@ -99,6 +99,27 @@ impl Node {
         }
     }
 
+    /// Everything every run of the node on this data directory logged.
+    pub fn all_stderr(&self) -> String {
+        let mut logs: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().contains("stderr-"))
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| {
+                format!(
+                    "--- {}\n{}",
+                    p.display(),
+                    std::fs::read_to_string(p).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
@@ -215,7 +236,11 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
         .args(["--http", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .args(extra)
-        .env("RUST_LOG", "warn,threadline_actors::cluster=info")
+        .env(
+            "RUST_LOG",
+            std::env::var("THREADLINE_TEST_LOG")
+                .unwrap_or_else(|_| "warn,threadline_actors::cluster=info".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

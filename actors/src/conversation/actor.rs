@@ -56,7 +56,7 @@ type Reply<T> = oneshot::Sender<Result<T, ConvError>>;
 /// replica could not take is unavailable (retry), anything else storage.
 fn conv_error(e: Arc<StoreError>) -> ConvError {
     match &*e {
-        StoreError::Replication(m) => ConvError::Unavailable(m.clone()),
+        StoreError::Replication(m) | StoreError::Moved(m) => ConvError::Unavailable(m.clone()),
         other => ConvError::Storage(other.to_string()),
     }
 }
@@ -577,7 +577,7 @@ impl ConvState {
         let key = self.args.key.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             match store.conversation_of(key.tenant(), key.contact())? {
-                Some(id) => Ok((store.load(id)?, store.epoch(id.0)?)),
+                Some(id) => store.load_held(id),
                 None => Ok((None, 0)),
             }
         })
@@ -1077,6 +1077,7 @@ impl ConvState {
             conv: conv.id(),
             seq: conv.state.last_seq,
             bytes: codec::encode_snapshot(&conv.state),
+            epoch: self.epoch,
             done,
         };
         self.since_snapshot = 0;
