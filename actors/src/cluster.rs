@@ -596,6 +596,9 @@ pub struct Cluster {
     /// their writes) until a hand-over is answered, they are installed
     /// here again, or every live peer says it has no newer copy.
     in_doubt: dashmap::DashSet<u64>,
+    /// This node has no seeds but was in a cluster before (it keeps
+    /// replicas): it joins like a node with seeds (`first_node`).
+    rejoining: bool,
     /// This node is leaving (its heartbeat answers say so: peers stop
     /// counting it live) ...
     leaving: Arc<std::sync::atomic::AtomicBool>,
@@ -688,12 +691,20 @@ impl Cluster {
             .map_err(|e| format!("cluster: {e}"))?;
         let shared = router.shared.clone();
         let unconfirmed = dashmap::DashMap::new();
+        let mut rejoining = false;
         if spec.replication_factor >= 2 {
             let store = shared.persistence.store.clone();
-            let held = tokio::task::spawn_blocking(move || store.held())
-                .await
-                .map_err(|e| format!("cluster: {e}"))?
-                .map_err(|e| format!("cluster: {e}"))?;
+            let (held, replicas) = tokio::task::spawn_blocking(move || {
+                Ok::<_, crate::store::StoreError>((store.held()?, store.replicas()?.len()))
+            })
+            .await
+            .map_err(|e| format!("cluster: {e}"))?
+            .map_err(|e| format!("cluster: {e}"))?;
+            // A node that keeps replicas has had peers: even with no seeds
+            // of its own, it waits for them (they name it as their seed)
+            // before it serves, or it would take every conversation for
+            // its own and start new ones for contacts its peers hold.
+            rejoining = replicas > 0;
             for (conv, tenant, contact) in held {
                 unconfirmed.insert(ConvKey::new(&tenant, &contact), conv);
             }
@@ -736,6 +747,7 @@ impl Cluster {
             pool: Default::default(),
             calendar: Default::default(),
             unconfirmed,
+            rejoining,
             in_doubt: Default::default(),
             leaving,
             left: Default::default(),
@@ -1475,7 +1487,7 @@ impl Cluster {
     /// the failure time.
     fn joined(&self, live: &[String]) -> bool {
         let mut v = self.view.write();
-        if v.joined || self.spec.seeds.is_empty() {
+        if v.joined || self.first_node() {
             v.joined = true;
             return true;
         }
@@ -1509,7 +1521,13 @@ impl Cluster {
             let v = self.view.read();
             !v.answered.is_empty() && v.balanced.len() > 1
         };
-        self.spec.seeds.is_empty() || settled() || self.alone_too_long()
+        self.first_node() || settled() || self.alone_too_long()
+    }
+
+    /// A node with no seeds that was never in a cluster: it starts one,
+    /// and serves at once.
+    fn first_node(&self) -> bool {
+        self.spec.seeds.is_empty() && !self.rejoining
     }
 
     /// Twice the failure time since this node started: a node that heard
@@ -1817,6 +1835,14 @@ impl Cluster {
             .into_iter()
             .flatten()
         {
+            tracing::debug!(
+                conv,
+                through = routes.get(&conv).map(|r| r.through),
+                epoch = routes.get(&conv).map(|r| r.epoch),
+                outcome = ?r,
+                live = ?live,
+                "replicated a change"
+            );
             match r {
                 Ok(()) => {
                     self.metrics.cluster_replicated.inc();
@@ -2006,6 +2032,13 @@ impl Cluster {
         }
         let epoch = best_epoch + 1;
         let through = state.last_seq;
+        tracing::debug!(
+            conv,
+            epoch,
+            through,
+            replica_seq = meta.last_seq,
+            "taking over from the replica"
+        );
         let work = crate::replica::derived_work(&state);
         self.install_moving(conv, key, epoch, state, work).await?;
         self.metrics.cluster_promoted.inc();
@@ -2330,15 +2363,27 @@ impl Cluster {
         };
         let store = self.shared.persistence.store.clone();
         let conv = h.conv;
-        let held = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>(match store.contact_of(ConversationId(conv))? {
+        let (t, c) = (h.tenant.clone(), h.contact.clone());
+        let (held, other) = tokio::task::spawn_blocking(move || {
+            let held = match store.contact_of(ConversationId(conv))? {
                 Some(_) => Some(store.epoch(conv)?),
                 None => None,
-            })
+            };
+            let other = store.conversation_of(&t, &c)?.filter(|o| o.0 != conv);
+            Ok::<_, crate::store::StoreError>((held, other))
         })
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+        if let Some(other) = other {
+            // The contact is one conversation here already: a second one
+            // for it (started by a node that served before it knew its
+            // peers) must not take its place.
+            return Err(format!(
+                "the contact's conversation here is {other}, not {}",
+                ConversationId(conv)
+            ));
+        }
         if held.is_some_and(|e| e >= h.epoch) {
             return Ok(Verdict::Fenced);
         }

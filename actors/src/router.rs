@@ -160,7 +160,16 @@ impl Router {
                 continue;
             }
             match rx.await {
-                Ok(Ok(ack)) => return Ok(Delivered::Recorded(ack)),
+                Ok(Ok(ack)) => {
+                    tracing::debug!(
+                        conv = ack.conversation.0,
+                        seq = ack.message.seq,
+                        duplicate = ack.duplicate,
+                        pid = ?msg.provider_message_id,
+                        "inbound recorded"
+                    );
+                    return Ok(Delivered::Recorded(ack));
+                }
                 Ok(Err(ConvError::Panicked(why))) => {
                     failures += 1;
                     last_failure = why;
