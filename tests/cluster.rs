@@ -1773,24 +1773,11 @@ async fn every_node_starts_again_on_its_data_after_a_kill_and_a_graceful_stop() 
     let customers = 30;
     let (mut nodes, _owner_of, conv_of) = three_with_customers(customers).await;
     let through = targets(&nodes.iter().collect::<Vec<_>>());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..customers)
-        .map(|c| tokio::spawn(customer(through.clone(), c, stop.clone())))
-        .collect();
+    let load = Load::start(&through, customers, Duration::from_secs(15));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    nodes[2].sigkill();
+    kill_and_restart(&mut nodes, 2, &through, Duration::from_secs(3)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    nodes[2].restart();
-    through.write().unwrap()[2] = (nodes[2].base.clone(), nodes[2].http.clone());
-    for n in &nodes {
-        live(n, &["n1", "n2", "n3"]).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for l in load {
-        acked.push(l.await.unwrap());
-    }
+    let acked = load.finish().await;
     for n in nodes.iter_mut() {
         let status = n.sigterm();
         assert!(status.success(), "{status:?}: {}", n.stderr());
@@ -1852,33 +1839,13 @@ async fn nothing_acknowledged_is_lost_through_kills_and_pauses_under_load() {
     let customers = 24;
     let (mut nodes, _owner_of, conv_of) = three_with_customers(customers).await;
     let through = targets(&nodes.iter().collect::<Vec<_>>());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..customers)
-        .map(|c| {
-            tokio::spawn(customer_giving_up_after(
-                through.clone(),
-                c,
-                stop.clone(),
-                Duration::from_secs(2),
-            ))
-        })
-        .collect();
-    let (mut kills, mut pauses) = (0, 0);
+    let load = Load::start(&through, customers, Duration::from_secs(2));
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let victim = round % 3;
-        nodes[victim].sigkill();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        nodes[victim].restart();
-        through.write().unwrap()[victim] = (nodes[victim].base.clone(), nodes[victim].http.clone());
-        for n in &nodes {
-            live(n, &["n1", "n2", "n3"]).await;
-        }
+        kill_and_restart(&mut nodes, round % 3, &through, Duration::from_millis(2500)).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let hung = (round + 1) % 3;
         signal(&nodes[hung], libc::SIGSTOP);
-        pauses += 1;
         tokio::time::sleep(Duration::from_secs(6)).await;
         signal(&nodes[hung], libc::SIGCONT);
         for n in &nodes {
@@ -1886,16 +1853,61 @@ async fn nothing_acknowledged_is_lost_through_kills_and_pauses_under_load() {
         }
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for l in load {
-        acked.push(l.await.unwrap());
-    }
+    let acked = load.finish().await;
     let total: usize = acked.iter().map(Vec::len).sum();
     for conv in &conv_of {
         settled_on_one(&nodes, conv).await;
     }
     let [n1, n2, n3] = &nodes;
     nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
-    eprintln!("nemesis: {rounds} rounds, {kills} kills, {pauses} pauses, {total} messages acknowledged, 0 lost");
+    eprintln!(
+        "nemesis: {rounds} rounds (a kill and a pause each), {total} messages acknowledged, 0 lost"
+    );
+}
+
+/// Customers writing through `through` until `finish`.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    customers: Vec<tokio::task::JoinHandle<Vec<(String, std::time::Instant)>>>,
+}
+
+impl Load {
+    /// `customers` customers, each giving up on a silent node after
+    /// `patience`.
+    fn start(through: &Targets, customers: usize, patience: Duration) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let customers = (0..customers)
+            .map(|c| {
+                tokio::spawn(customer_giving_up_after(
+                    through.clone(),
+                    c,
+                    stop.clone(),
+                    patience,
+                ))
+            })
+            .collect();
+        Load { stop, customers }
+    }
+
+    /// Stops the customers; what each had acknowledged.
+    async fn finish(self) -> Vec<Vec<(String, std::time::Instant)>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for c in self.customers {
+            acked.push(c.await.unwrap());
+        }
+        acked
+    }
+}
+
+/// SIGKILLs `nodes[i]`, restarts it on its data after `down`, sends the
+/// load to its new address, and waits until all three count each other live.
+async fn kill_and_restart(nodes: &mut [Node; 3], i: usize, through: &Targets, down: Duration) {
+    nodes[i].sigkill();
+    tokio::time::sleep(down).await;
+    nodes[i].restart();
+    through.write().unwrap()[i] = (nodes[i].base.clone(), nodes[i].http.clone());
+    for n in nodes.iter() {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
 }

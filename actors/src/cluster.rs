@@ -695,7 +695,7 @@ impl Cluster {
         if spec.replication_factor >= 2 {
             let store = shared.persistence.store.clone();
             let (held, replicas) = tokio::task::spawn_blocking(move || {
-                Ok::<_, crate::store::StoreError>((store.held()?, store.replicas()?.len()))
+                Ok::<_, crate::store::StoreError>((store.held()?, store.keeps_replicas()?))
             })
             .await
             .map_err(|e| format!("cluster: {e}"))?
@@ -704,7 +704,7 @@ impl Cluster {
             // of its own, it waits for them (they name it as their seed)
             // before it serves, or it would take every conversation for
             // its own and start new ones for contacts its peers hold.
-            rejoining = replicas > 0;
+            rejoining = replicas;
             for (conv, tenant, contact) in held {
                 unconfirmed.insert(ConvKey::new(&tenant, &contact), conv);
             }
@@ -1955,15 +1955,17 @@ impl Cluster {
             .await;
         let hand_overs = held.into_iter().filter_map(|(conv, tenant, contact)| {
             let k = format!("{tenant}\0{contact}");
+            // Another live node's to hold (`Some`), or this node's, with a
+            // hand-over in doubt to settle (`None`).
             let owner = match ranked(&k, &live).first() {
-                Some(o) if *o != me => (*o).to_owned(),
-                _ if self.in_doubt.contains(&conv) => String::new(),
+                Some(o) if *o != me => Some((*o).to_owned()),
+                _ if self.in_doubt.contains(&conv) => None,
                 _ => return None,
             };
             Some(async move {
-                let r = match owner.is_empty() {
-                    true => self.settle_in_doubt(conv).await,
-                    false => self.hand_over(conv, &tenant, &contact, &owner).await,
+                let r = match &owner {
+                    Some(owner) => self.hand_over(conv, &tenant, &contact, owner).await,
+                    None => self.settle_in_doubt(conv).await,
                 };
                 if let Err(e) = &r {
                     tracing::warn!(conv, owner, error = %e, "handing a conversation over failed");
@@ -2101,86 +2103,78 @@ impl Cluster {
         // Sealed: no write of the copy replaced here is taken from now on
         // (an actor that raced the move, or its snapshot as it stops).
         self.seal(conv, true).await?;
-        let r = self.install_sealed(conv, key, epoch, state, work).await;
-        if r.is_err() && !self.in_doubt.contains(&conv) {
-            self.seal(conv, false).await?;
-        }
-        r
-    }
-
-    async fn install_sealed(
-        &self,
-        conv: u64,
-        key: &ConvKey,
-        epoch: u64,
-        state: threadline_protocol::ConversationState,
-        work: Option<threadline_protocol::AgentWork>,
-    ) -> Result<(), String> {
-        let p = &self.shared.persistence;
-        let store = p.store.clone();
-        let old = tokio::task::spawn_blocking(move || store.load(ConversationId(conv)))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let old_timers: Vec<u64> = old
-            .iter()
-            .flat_map(|s| s.timers.iter().map(|t| t.id))
-            .collect();
-        let (timers, outbox) = crate::replica::derived_rows(&state);
-        let held_by_agent = work.as_ref().is_some_and(|w| w.agent.is_some());
-        // A customer waiting for a person keeps their place: the pool
-        // queues them (again, if it still has them: then nothing changes).
-        let waiting =
-            work.as_ref()
-                .filter(|w| w.agent.is_none())
-                .map(|w| crate::pool::Escalation {
-                    conv: w.conv,
-                    tenant: w.tenant.clone(),
-                    channel: w.channel,
-                    skills: w.skills.clone(),
-                    priority: w.priority,
-                });
-        let install = crate::replica::Install {
-            conv,
-            tenant: key.tenant().to_owned(),
-            contact: key.contact().to_owned(),
-            epoch,
-            snapshot: codec::encode_snapshot(&state),
-            old_timers: old_timers.clone(),
-            timers: timers.clone(),
-            outbox: outbox.clone(),
-            work,
-        };
-        p.wait_for(|done| crate::persistence::Op::Install { install, done })
-            .await
-            .map_err(|e| e.to_string())?;
-        self.in_doubt.remove(&conv);
-        // A delivery that raced the move may have started an actor on the
-        // old copy.
-        self.stop_local(key).await;
-        // Its messages go to the agent holding it, through the pool.
-        self.shared
-            .pool_watched
-            .set(ConversationId(conv), held_by_agent);
-        if let Some(e) = waiting {
-            match self.pool_home() {
-                Some(home) => self.tell_escalated(&home, e),
-                None => {
-                    if let Some(p) = self.shared.pool.read().as_ref() {
-                        let _ = p.cast(crate::pool::PoolMsg::Escalate(e));
+        let installed = async {
+            let p = &self.shared.persistence;
+            let store = p.store.clone();
+            let old = tokio::task::spawn_blocking(move || store.load(ConversationId(conv)))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let old_timers: Vec<u64> = old
+                .iter()
+                .flat_map(|s| s.timers.iter().map(|t| t.id))
+                .collect();
+            let (timers, outbox) = crate::replica::derived_rows(&state);
+            let held_by_agent = work.as_ref().is_some_and(|w| w.agent.is_some());
+            // A customer waiting for a person keeps their place: the pool
+            // queues them (again, if it still has them: then nothing changes).
+            let waiting =
+                work.as_ref()
+                    .filter(|w| w.agent.is_none())
+                    .map(|w| crate::pool::Escalation {
+                        conv: w.conv,
+                        tenant: w.tenant.clone(),
+                        channel: w.channel,
+                        skills: w.skills.clone(),
+                        priority: w.priority,
+                    });
+            let install = crate::replica::Install {
+                conv,
+                tenant: key.tenant().to_owned(),
+                contact: key.contact().to_owned(),
+                epoch,
+                snapshot: codec::encode_snapshot(&state),
+                old_timers: old_timers.clone(),
+                timers: timers.clone(),
+                outbox: outbox.clone(),
+                work,
+            };
+            p.wait_for(|done| crate::persistence::Op::Install { install, done })
+                .await
+                .map_err(|e| e.to_string())?;
+            self.in_doubt.remove(&conv);
+            // A delivery that raced the move may have started an actor on the
+            // old copy.
+            self.stop_local(key).await;
+            // Its messages go to the agent holding it, through the pool.
+            self.shared
+                .pool_watched
+                .set(ConversationId(conv), held_by_agent);
+            if let Some(e) = waiting {
+                match self.pool_home() {
+                    Some(home) => self.tell_escalated(&home, e),
+                    None => {
+                        if let Some(p) = self.shared.pool.read().as_ref() {
+                            let _ = p.cast(crate::pool::PoolMsg::Escalate(e));
+                        }
                     }
                 }
             }
-        }
-        self.retime(old_timers, timers);
-        if let Some(s) = self.shared.sender.read().as_ref() {
-            for e in outbox {
-                let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
+            self.retime(old_timers, timers);
+            if let Some(s) = self.shared.sender.read().as_ref() {
+                for e in outbox {
+                    let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
+                }
             }
+            // What it has now is current.
+            self.unconfirmed.remove(key);
+            Ok(())
         }
-        // What it has now is current.
-        self.unconfirmed.remove(key);
-        Ok(())
+        .await;
+        if installed.is_err() && !self.in_doubt.contains(&conv) {
+            self.seal(conv, false).await?;
+        }
+        installed
     }
 
     /// Makes sure the replica of `conv` has everything (an empty change:

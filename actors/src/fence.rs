@@ -59,6 +59,9 @@ pub(crate) enum Step {
     Demote {
         conv: u64,
     },
+    /// A write refused whatever the fence says (a hand-over that would
+    /// drop committed events).
+    Refused,
     /// Anything else.
     Other,
 }
@@ -132,11 +135,17 @@ impl Fences {
                     self.set(conv, Some(Fence::Gone), &mut undo);
                     false
                 }
+                Step::Refused => true,
                 Step::Other => false,
             };
             refused.push(refuse);
         }
         (refused, undo)
+    }
+
+    /// Whether no conversation is fenced (none moved while the node runs).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_conv.is_empty()
     }
 
     /// The batch's commit failed: its fence changes are taken back.

@@ -571,6 +571,13 @@ fn fence_batch(
     batch: &mut Vec<Op>,
 ) -> crate::fence::Undo {
     use crate::fence::Step;
+    let moves = batch
+        .iter()
+        .any(|op| matches!(op, Op::Seal { .. } | Op::Install { .. } | Op::Demote { .. }));
+    if !moves && fences.is_empty() {
+        // Nothing moved while this node runs (a single node, always).
+        return crate::fence::Undo::default();
+    }
     let steps: Vec<Step> = {
         let pending = store.pending.lock();
         batch
@@ -597,11 +604,8 @@ fn fence_batch(
                     epoch: install.epoch,
                 },
                 Op::Demote { demote, .. } => match pending.last(demote.conv) {
-                    Some((seq, _)) if seq > demote.meta.last_seq => Step::Write {
-                        // Refused below: it would drop committed events.
-                        conv: demote.conv,
-                        epoch: u64::MAX,
-                    },
+                    // It would drop committed events.
+                    Some((seq, _)) if seq > demote.meta.last_seq => Step::Refused,
                     _ => Step::Demote { conv: demote.conv },
                 },
                 _ => Step::Other,

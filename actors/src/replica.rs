@@ -732,6 +732,12 @@ impl Store {
         }))
     }
 
+    /// Whether this node keeps any replica (it has had peers).
+    pub fn keeps_replicas(&self) -> Result<bool, StoreError> {
+        let r = self.db.begin_read()?;
+        Ok(r.open_table(REPLICAS)?.first()?.is_some())
+    }
+
     /// Records in the replica tail (folded or not, until truncated).
     pub fn replica_tail_len(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read()?;

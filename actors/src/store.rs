@@ -365,7 +365,7 @@ impl Store {
             (max_log, max_conv, max_dead, !moved.is_empty())
         };
         let mut max_conv = max_conv;
-        if !tail.is_empty() || any_moved || report.log_records_of_moved_copies > 0 {
+        if !tail.is_empty() || any_moved {
             let w = self.db.begin_write()?;
             {
                 let mut snaps = w.open_table(SNAPSHOTS)?;

@@ -510,6 +510,17 @@ fn snapshot_op(state: &ConversationState, epoch: u64, done: Done) -> Op {
 
 use threadline_actors::persistence::Done;
 
+/// Seals `conv` in the writer, as a mover does first.
+async fn seal(p: &Persistence, conv: u64) {
+    p.wait_for(|done| Op::Seal {
+        conv,
+        sealed: true,
+        done,
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_moved_writes_nothing_more_and_the_node_opens_its_data_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -529,13 +540,7 @@ async fn a_copy_that_moved_writes_nothing_more_and_the_node_opens_its_data_again
         .unwrap();
     // A hand-over seals it: the actor that loaded it (a delivery that
     // raced the move) writes nothing more, nor does its snapshot.
-    p.wait_for(|done| Op::Seal {
-        conv,
-        sealed: true,
-        done,
-    })
-    .await
-    .unwrap();
+    seal(&p, conv).await;
     let raced = p
         .wait_for(|done| held_event(conv, 4, appended(4, "raced"), 0, done))
         .await;
@@ -586,13 +591,7 @@ async fn a_copy_that_moved_writes_nothing_more_and_the_node_opens_its_data_again
     newer.push((4, appended(4, "on n2")));
     newer.push((5, appended(5, "on n2 again")));
     let newer_state = state_of(conv, &newer);
-    p.wait_for(|done| Op::Seal {
-        conv,
-        sealed: true,
-        done,
-    })
-    .await
-    .unwrap();
+    seal(&p, conv).await;
     p.wait_for(|done| Op::Install {
         install: Install {
             conv,
