@@ -122,6 +122,14 @@ pub struct Server {
     /// once; beyond it callers get 503 with Retry-After.
     #[serde(default = "default_gateway_in_flight")]
     pub max_in_flight_per_gateway: usize,
+    /// A request whose whole body has not arrived this long after its
+    /// headers is answered 408 and its connection closed.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Connections open at once (HTTP and the WebSockets upgraded from
+    /// them); beyond it the listener stops accepting until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Serve HTTPS (and WSS) with this certificate; absent: plain HTTP
     /// (behind a TLS-terminating proxy).
     #[serde(default)]
@@ -142,6 +150,12 @@ fn default_ws_write_timeout() -> u64 {
 }
 fn default_gateway_in_flight() -> usize {
     4096
+}
+fn default_body_timeout() -> u64 {
+    15_000
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_http() -> String {
@@ -166,6 +180,8 @@ impl Default for Server {
             rate_limit_burst: None,
             websocket_write_timeout_ms: default_ws_write_timeout(),
             max_in_flight_per_gateway: default_gateway_in_flight(),
+            body_timeout_ms: default_body_timeout(),
+            max_connections: default_max_connections(),
             tls: None,
         }
     }
@@ -710,6 +726,18 @@ impl Config {
             return err(
                 vec![Key("server"), Key("websocket_write_timeout_ms")],
                 "must be between 100 and 600000".into(),
+            );
+        }
+        if !(100..=600_000).contains(&self.server.body_timeout_ms) {
+            return err(
+                vec![Key("server"), Key("body_timeout_ms")],
+                "must be between 100 and 600000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return err(
+                vec![Key("server"), Key("max_connections")],
+                "must be between 1 and 1000000".into(),
             );
         }
         if !(1..=1_000_000).contains(&self.server.max_in_flight_per_gateway) {

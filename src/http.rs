@@ -201,6 +201,11 @@ fn error_response(e: ApiError) -> Resp {
         r.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if e.status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of its body may still come: the connection ends here.
+        r.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 
@@ -226,17 +231,26 @@ pub async fn serve(
     // ones (WebSockets) live on their own tasks and end with the process.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = tokio::task::JoinSet::new();
+    // One permit per open connection (an upgraded WebSocket keeps its
+    // connection's): at the cap the listener stops accepting, and the
+    // kernel's backlog holds newcomers until a connection closes.
+    let slots = Arc::new(tokio::sync::Semaphore::new(app.cfg.server.max_connections));
+    let mut accept_failures = AcceptFailures::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
+            permit = slots.clone().acquire_owned() => {
+                let permit = ConnPermit(Arc::new(permit.expect("never closed")));
+                let (stream, peer) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            accept_failures.note(&e);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                    _ = &mut shutdown => break,
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
@@ -244,11 +258,11 @@ pub async fn serve(
                 let tls = tls.clone();
                 conns.spawn(async move {
                     match tls {
-                        None => connection(app, stream, peer, stop).await,
+                        None => connection(app, stream, peer, stop, permit).await,
                         Some(tls) => {
                             let handshake = tokio::time::timeout(Duration::from_secs(10), tls.accept(stream));
                             match handshake.await {
-                                Ok(Ok(stream)) => connection(app, stream, peer, stop).await,
+                                Ok(Ok(stream)) => connection(app, stream, peer, stop, permit).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
@@ -269,12 +283,45 @@ pub async fn serve(
     }
 }
 
+/// A slot of `server.max_connections`, held by a connection's task and by
+/// each request of it (a WebSocket upgraded from it keeps it while open).
+#[derive(Clone)]
+pub(crate) struct ConnPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// When the request's body must have arrived (`server.body_timeout_ms`
+/// after its headers).
+#[derive(Clone, Copy)]
+struct BodyDeadline(tokio::time::Instant);
+
+/// Failed accepts (the file-descriptor limit, say) are logged once per
+/// ten seconds with how many there were, not once each.
+#[derive(Default)]
+struct AcceptFailures {
+    since_logged: u64,
+    logged_at: Option<std::time::Instant>,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, e: &std::io::Error) {
+        self.since_logged += 1;
+        if self
+            .logged_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(error = %e, failures = self.since_logged, "accepting connections failed");
+            self.since_logged = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
+    }
+}
+
 /// One client connection (plain or TLS), until it closes or `stop` flips.
 async fn connection<IO>(
     app: Arc<App>,
     io: IO,
     peer: SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    permit: ConnPermit,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -286,8 +333,13 @@ async fn connection<IO>(
             TokioIo::new(io),
             service_fn(move |req| {
                 let app = app.clone();
+                let permit = permit.clone();
                 async move {
-                    let req = req.map(|b: hyper::body::Incoming| b.boxed());
+                    let mut req = req.map(|b: hyper::body::Incoming| b.boxed());
+                    let deadline = tokio::time::Instant::now()
+                        + Duration::from_millis(app.cfg.server.body_timeout_ms);
+                    req.extensions_mut().insert(BodyDeadline(deadline));
+                    req.extensions_mut().insert(permit);
                     Ok::<_, Infallible>(handle(app, req, peer).await)
                 }
             }),
@@ -919,6 +971,31 @@ const DRAIN_REFUSED_BODY: usize = 4 << 20;
 
 /// Reads the body, refusing more than `limit` bytes.
 pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let deadline = req.extensions().get::<BodyDeadline>().map(|d| d.0);
+    let body = req.into_body();
+    if let Some(deadline) = deadline {
+        return match tokio::time::timeout_at(deadline, read_limited(body, declared, limit)).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time".to_owned(),
+            )),
+        };
+    }
+    read_limited(body, declared, limit).await
+}
+
+/// `read_body` without the deadline.
+async fn read_limited(
+    mut body: Body,
+    declared: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -926,11 +1003,6 @@ pub(crate) async fn read_body(req: Request<Body>, limit: usize) -> Result<Bytes,
             format!("the request body exceeds {limit} bytes"),
         )
     };
-    let declared = req
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut body = req.into_body();
     if declared.is_some_and(|len| len > limit as u64) {
         if declared.is_some_and(|len| len <= DRAIN_REFUSED_BODY as u64) {
             let _ = Limited::new(body, DRAIN_REFUSED_BODY).collect().await;

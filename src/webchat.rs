@@ -157,7 +157,10 @@ where
         ));
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // The socket keeps its connection's slot of `server.max_connections`.
+    let slot = req.extensions().get::<crate::http::ConnPermit>().cloned();
     tokio::spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()

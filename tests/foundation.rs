@@ -608,14 +608,6 @@ async fn a_backup_taken_while_the_node_runs_restores_every_commit_before_it_and_
 }
 
 /// `CONFIG` with extra `[server]` keys.
-fn config_with_server(extra: &str) -> String {
-    CONFIG.replacen(
-        "admin_token = \"test-admin-token\"",
-        &format!("admin_token = \"test-admin-token\"\n{extra}"),
-        1,
-    )
-}
-
 /// An HTTP client whose requests come from loopback address 127.0.0.`n`:
 /// another source as the node sees it.
 fn client_from(n: u8) -> reqwest::Client {
@@ -792,9 +784,18 @@ async fn a_web_chat_client_that_stops_reading_is_disconnected_and_stalls_nobody(
     let (mut slow, _) = tokio_tungstenite::client_async(url("slow"), stream)
         .await
         .unwrap();
+    // Pings go out in pipelined bursts (one write per burst, not per
+    // frame), so the socket fills in a few seconds even on a busy machine.
     let flood = tokio::spawn(async move {
-        for sent in 0..4_000_000u64 {
-            if slow.send(Frame::text(r#"{"type":"ping"}"#)).await.is_err() {
+        let mut sent = 0u64;
+        while sent < 4_000_000 {
+            for _ in 0..512 {
+                if slow.feed(Frame::text(r#"{"type":"ping"}"#)).await.is_err() {
+                    return Some(sent);
+                }
+                sent += 1;
+            }
+            if slow.flush().await.is_err() {
                 return Some(sent);
             }
         }

@@ -1,5 +1,48 @@
 //! Test harness: runs the real `threadline` binary on a free loopback port
 //! with a temporary data directory, and talks to it over HTTP.
+//!
+//! # What the end-to-end tests cover
+//!
+//! End-to-end tests that start the real binary on a free port with a temp
+//! data directory (`tests/common/mod.rs`): durability under SIGKILL, dedup
+//! across restarts, ordering, panic isolation and dead letters, passivation,
+//! drain, bad input, config errors, a backup taken under writes and restored,
+//! per-source rate limits, HTTPS and WSS (`foundation.rs`); tenant isolation
+//! and token separation as attacks: every admin path with every other kind of
+//! token, a gateway for another tenant, one number or visitor id with two
+//! tenants (`isolation.rs`); the load tester's crash run against the binary,
+//! 50 random SIGKILLs under load with every acknowledged text stored once,
+//! every decision sent once, every timer fired once and the audit chain
+//! intact (`crash.rs`, `THREADLINE_CRASH_KILLS` for long runs); timers and
+//! lifecycle on a simulated clock, across SIGKILL (`timers.rs`); keywords,
+//! the gate, the consent API and the audit chain (`consent.rs`); delivery
+//! through a fake Twilio server: retries, idempotency across SIGKILL, 21610,
+//! withdrawal, WhatsApp templates (`senders.rs`); the gateways with webhooks
+//! signed by an independent helper (`tests/common/webhooks.rs`, checked
+//! against the published vectors): signatures, one conversation across SMS,
+//! voice, WhatsApp and web chat, the voice assistant, status callbacks out of
+//! order, bad input, outbound calls (`gateways.rs`); the agent pool over real
+//! WebSockets: escalation to reply over SMS, offer timeout and rejection, the
+//! reconnect grace, tenant isolation, the agents API (`agents.rs`); booking
+//! and lead journeys with the example flows on simulated time (`flows.rs`);
+//! the desktop page in headless chromium driven by Playwright (`browser.rs` +
+//! `tests/browser/`, installed by `.ci/run`); clusters of separate node
+//! processes on loopback: joins through a seed, a wrong cookie refused,
+//! SIGSTOP detected and SIGCONT recovered, traffic to every node stored once
+//! on its owner, a node SIGKILLed under load (its customers answered by the
+//! others within 5 s, every acknowledged message there once, its timers
+//! firing on the new owners, ownership moving back when it returns) and a
+//! node hung under load and resumed (its stale copies fenced), an agent on
+//! one node answering a conversation held on another through the pool's home,
+//! and keeping it when the conversation's node dies and returns and when the
+//! pool's node dies, a waiting customer keeping their place when the
+//! conversation's node and the pool's die at once, a node back from down
+//! catching up with the agent list, a SIGTERMed node handing its
+//! conversations over, forgetting a removed node, a cluster with TLS links
+//! and HTTPS listeners that refuses nodes of another CA or without TLS and
+//! passes writes on between its nodes (`cluster.rs`); replica storage
+//! verdicts, install and demote on a real redb file
+//! (`actors/tests/replica.rs`).
 #![allow(dead_code)]
 
 pub mod fake_provider;
@@ -263,6 +306,15 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
     // Keep draining stdout so the node never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, base, log)
+}
+
+/// `CONFIG` with `extra` keys in its `[server]` section.
+pub fn config_with_server(extra: &str) -> String {
+    CONFIG.replacen(
+        "admin_token = \"test-admin-token\"",
+        &format!("admin_token = \"test-admin-token\"\n{extra}"),
+        1,
+    )
 }
 
 pub fn sms(tenant: &str, from: &str, text: &str, pid: Option<&str>) -> Value {
