@@ -1002,10 +1002,14 @@ impl Config {
                     );
                 }
             }
-            for list in [&t.opt_out_keywords, &t.opt_in_keywords, &t.help_keywords] {
+            for (key, list) in [
+                ("opt_out_keywords", &t.opt_out_keywords),
+                ("opt_in_keywords", &t.opt_in_keywords),
+                ("help_keywords", &t.help_keywords),
+            ] {
                 if list.len() > 100 || list.iter().any(|k| k.trim().is_empty() || k.len() > 64) {
                     return err(
-                        at("opt_out_keywords"),
+                        at(key),
                         "keyword lists hold at most 100 non-empty entries of at most 64 bytes"
                             .into(),
                     );
@@ -1169,6 +1173,12 @@ capacity = { chat = 3, voice = 1 }
         ));
         assert_eq!(e.key, "server.max_in_flight_per_gateway");
         assert_eq!(e.line, Some(4));
+
+        let e = error_of(&GOOD.replace(
+            "gateway_token = \"gw-beta\"",
+            "gateway_token = \"gw-beta\"\nopt_in_keywords = [\" \"]",
+        ));
+        assert_eq!(e.key, "tenants[1].opt_in_keywords");
     }
 
     #[test]
