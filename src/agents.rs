@@ -1,6 +1,16 @@
 //! Human agents over HTTP: the agents REST API, queue stats, escalation,
 //! and the agent desktop WebSocket (`GET /agent/ws`) with its JSON frames
-//! (CONTRACT.md). The pool actor decides; this module only speaks JSON.
+//! (docs/http-api.md). The pool actor decides; this module only speaks JSON.
+//!
+//! # The agents API and desktop
+//!
+//! the agents REST API (`data_dir/agents.json` for API-made agents, with a
+//! version every change raises; in a cluster `catch_up` compares (version,
+//! digest) with each peer every 2 s over `GET /api/v1/cluster/agents`, which
+//! only a peer can ask, and adopts a greater list), queue stats, escalation,
+//! and the agent desktop WebSocket: JSON frames parsed into `AgentCommand`s,
+//! `AgentEvent`s rendered as JSON; the desktop page is plain HTML and
+//! JavaScript.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

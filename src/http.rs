@@ -153,10 +153,12 @@ impl ApiError {
     pub(crate) fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
     }
-    /// Storage refused a write or read: 500 `storage_failed`.
+    /// Storage refused a write or read: 503 `storage_failed` with
+    /// `Retry-After` (nothing was acknowledged; the caller tries again, on
+    /// this node once it is restarted or on another).
     pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
             "storage_failed",
             e.to_string(),
         )
@@ -172,9 +174,7 @@ impl From<DeliverError> for ApiError {
             DeliverError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
-            DeliverError::Storage(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_failed", m)
-            }
+            DeliverError::Storage(m) => ApiError::storage(m),
         }
     }
 }
@@ -415,7 +415,7 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
         return pass_on(app, req, &owner).await;
     }
     match (method, segs.as_slice()) {
-        (Method::GET, ["healthz"]) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        (Method::GET, ["healthz"]) => Ok(healthz(app)),
         (Method::GET, ["readyz"]) => Ok(readyz(app)),
         (Method::GET, ["metrics"]) => Ok(text_response(
             StatusCode::OK,
@@ -898,6 +898,20 @@ async fn pass_on(app: &App, req: Request<Body>, owner: &str) -> Result<Resp, Api
 /// A request body of `bytes`.
 fn body_of(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// Liveness: 503 once storage has failed (a commit did not go through),
+/// so a supervisor restarts the node, which opens its data afresh.
+fn healthz(app: &App) -> Resp {
+    let storage = app.shared.persistence.healthy();
+    json_response(
+        if storage {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({"status": if storage { "ok" } else { "unhealthy" }, "storage": storage}),
+    )
 }
 
 fn readyz(app: &App) -> Resp {

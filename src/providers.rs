@@ -5,6 +5,16 @@
 //! Every request carries the message id as its idempotency key
 //! (`Idempotency-Key` and Twilio's `I-Twilio-Idempotency-Token`), so a
 //! message resent after a crash can be recognised by the provider.
+//!
+//! # Wire formats
+//!
+//! the outbound wire formats: Twilio Messages and Calls REST (form, basic
+//! auth; status callbacks carry `?c=<conversation>&m=<seq>` so a status lands
+//! on its message whatever order it comes in; a call's `Url` is our TwiML
+//! that says the message) and the WhatsApp Cloud API messages endpoint (text
+//! inside the 24-hour window, the tenant's approved template outside it;
+//! `biz_opaque_callback_data` names the message), behind
+//! `threadline_actors::sender::Provider`.
 
 use std::sync::Arc;
 use std::time::Duration;

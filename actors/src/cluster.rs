@@ -11,6 +11,121 @@
 //! ractor_cluster's `client_connect` returns `Ok` even when the cookies
 //! differ, so a connection alone proves nothing. Seeds that never
 //! authenticate are logged and retried.
+//!
+//! # Membership, forwarding, replication and moves
+//!
+//! membership over ractor_cluster (a `NodeServer`; joins through seeds, and
+//! to every cluster address a peer's heartbeat answer names, since
+//! ractor_cluster's own transitive connects are plain TCP; members only once
+//! authenticated; with `LinkTls`, every link is mutual TLS: the acceptor asks
+//! for a client certificate of the cluster CA, the connector checks the
+//! peer's against it and `server_name`), one remotable router actor per node
+//! in the `threadline.routers` process group (`RouterMsg`: `Ping` heartbeats,
+//! `Deliver` forwarded inbound in batches, `View` reads, `Resident` counts,
+//! `Replicate` replica changes, `Handover` a conversation moving to its
+//! owner; payloads are bincode), rendezvous placement (`ranked`) over the
+//! live nodes (healthy and reachable). Every other message type is local-only
+//! (`#[derive(RactorMessage)]`). Heartbeats: one ping task per peer, health
+//! judged every tick from the answers; a node that finds itself paused (a
+//! tick later than `failure_after`) judges its peers afresh instead of
+//! declaring them gone. Forwarding: `Router::deliver_with` asks the cluster
+//! for a remote owner; messages for one owner queue and go in batches (two
+//! RPCs in flight per peer). An RPC is abandoned as soon as its peer leaves
+//! the live set. Replication (`replication_factor = 2`): the writer hands
+//! each committed batch to the replicator task instead of completing it; the
+//! replicator sends each conversation's new records to the next live node in
+//! hash order (rounds overlap, four at most, and complete in commit order)
+//! and completes the callbacks once the replica answered `Stored`; a replica
+//! that lacks earlier changes answers `NeedBase` and gets the whole
+//! conversation; `Fenced` (the replica holds a newer epoch) fails the change
+//! and stops the stale actor. Rebalance, on every change of the live set:
+//! replicas whose owner is gone are taken over (`promote`: epoch + 1, timers
+//! to the scheduler, queued messages to the sender, a base to the new
+//! replica), only by a node that sees a majority of the nodes it has known;
+//! conversations another live node now owns are handed to it (`hand_over`:
+//! epoch + 1; this node keeps a replica). A conversation being moved is
+//! locked (`moving`): not served, not moved twice. A node with seeds serves
+//! nothing until it has joined: it settles its live set (`balanced`, which
+//! placement and the pool's home follow) only once every node its peers count
+//! live (the last field of their heartbeat answers, `vouched`) answers it
+//! too, or the failure time has passed since the first answer (`joined`); a
+//! peer answering for the first time settles the live set at once
+//! (`settle_now`) rather than at the next tick. The conversations it held
+//! when it started are `unconfirmed`: a read of one first asks the next node
+//! in hash order (the one that stood in for it) whether it holds a newer
+//! epoch, and is answered there if so (`newer_copy`), until the conversation
+//! is handed back or found current. Writes addressed by conversation id, or
+//! by contact (business messages, consent, contact details), are passed on by
+//! `src/http.rs` (`held_elsewhere`, `pass_on`) to the node that holds the
+//! conversation (or owns the contact), over the cluster link
+//! (`cluster/requests.rs`); a timer this node does not hold is cancelled by
+//! asking each live peer. Conversation and timer ids carry the creating
+//! node's 16-bit tag. A peer whose session closed and opened again between
+//! two ticks is rebalanced like a change of the live set. Graceful leave
+//! (`Cluster::leave`, on SIGTERM): the heartbeat answer says `leaving`, peers
+//! stop counting the node live and do not take its conversations over
+//! (`known_gone` is false for a leaving peer while it answers); three ticks
+//! later the node stops counting itself, and its own rebalance hands every
+//! conversation over; it refuses hand-overs to itself meanwhile. It looks at
+//! what it still holds every 100 ms (or every tick, if shorter) and leaves
+//! once it holds nothing, or after 20 s; `src/main.rs` then drops the
+//! membership before the runtime's shutdown, which waits for the last
+//! reference to the shared state. `forget` drops a node removed for good from
+//! the known set (`DELETE /api/v1/cluster/members/{name}`).
+//!
+//! # Invariants
+//!
+//! Each conversation lives on one node, the first of `ranked(key, live)`; its
+//! replica is on the second. Invariants:
+//!
+//! - In a cluster with `replication_factor = 2`, a 2xx means the change is
+//!   durable on the owner *and* on its replica: the writer commits, the
+//!   replicator gets the replica's `Stored`, and only then completes the
+//!   change's callback. No live replica, no ack (503): two live nodes are
+//!   needed to write, three to survive the loss of one.
+//! - An ownership move (take-over or hand-over) raises the conversation's
+//!   epoch. A replica refuses changes from an older epoch and from anyone
+//!   while it holds the conversation itself, so a stale owner (paused, cut
+//!   off) can commit locally but never acknowledge.
+//! - A lost owner's conversations are taken over only by the next node in
+//!   hash order (the one with the replica), and only while it sees a majority
+//!   of the nodes it has known.
+//! - A moving conversation is served by nobody on the moving node (503, the
+//!   caller retries), and moved by one path at a time.
+//! - The writer decides which writes of a moving conversation it takes
+//!   (`fence.rs`, in the order it takes operations): a mover seals the
+//!   conversation before it reads the state it moves, so that state holds
+//!   everything this node will ever commit of it at that epoch; once
+//!   installed at epoch `e` only actors that loaded it at `e` write; once
+//!   handed over nobody does. A stale actor (a delivery that raced the move,
+//!   or its snapshot as it stops) is refused (503), never written over the
+//!   copy that replaced it. A hand-over that got no answer stays sealed until
+//!   it is answered, installed here again, or no live peer has a newer copy.
+//! - What a node keeps of a conversation it gave away is a replica, never a
+//!   log tail without its snapshot: every move records, in the same commit,
+//!   the first log key that counts for the conversation (`moved`); records
+//!   below it (covered by a snapshot, not truncated yet) are never replayed.
+//!   A conversation whose records still do not replay at open is set aside
+//!   (`quarantine` table, ERROR in the log) and the node serves the rest.
+//! - What moves with a conversation: its state (transcript, captured facts,
+//!   consent ledger), its pending timers, its queued outbound messages
+//!   (re-sent with the same idempotency key), the agent pool's row (on a
+//!   take-over, derived from the state: who holds it, or its place in the
+//!   queue). What does not: its audit records (each node's chain keeps the
+//!   decisions it sealed; an export from any node gathers every live node's,
+//!   each record naming its node outside the hash, and `verify` checks one
+//!   chain per node and tenant) and its calendar holds, which belong to the
+//!   tenant's calendar home (`cluster/calendar.rs`), not to the
+//!   conversation's node.
+//! - A calendar slot is given to a customer only by the tenant's calendar
+//!   home (in a cluster), before the conversation acknowledges anything that
+//!   depends on it.
+//! - One pool routes for the cluster, on its home; every other node only
+//!   relays. A conversation is written only by the node that holds it, the
+//!   pool included (`ConvOp`).
+//! - A leaving node's conversations are handed over by the node itself;
+//!   nobody promotes a replica of a peer that says it is leaving while it
+//!   still answers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -14,6 +14,17 @@
 //! is acknowledged only once durable, so nothing acknowledged depends on
 //! the gateway, and work that fails unacknowledged is retried by its
 //! provider (provider message ids make the retry idempotent).
+//!
+//! # Gateways
+//!
+//! the channel gateway actors (`api`, `twilio`, `whatsapp`, `webchat`),
+//! supervised by the root. Each owns an admission semaphore: inbound work
+//! beyond its in-flight limit is refused (503, Retry-After) instead of
+//! queueing without bound. A gateway that fails or is killed is restarted by
+//! the root with fresh admission; until then it admits nothing (503); work it
+//! had admitted finishes on its callers' tasks and is acked only once
+//! durable. Root shutdown waits for each child, and `Runtime::shutdown` for
+//! the last reference to the node's shared state.
 
 use std::future::Future;
 use std::sync::Arc;

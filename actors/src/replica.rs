@@ -22,6 +22,35 @@
 //! is the fence that keeps a stale owner (a paused node that was taken
 //! over) from acknowledging anything, since an owner acknowledges only
 //! once its replica accepted.
+//!
+//! # Tables and writes
+//!
+//! the cluster's tables (`epochs`, `replicas`, `replica_contacts`,
+//! `replica_snapshots`, `replica_tail`) and their writes inside the writer's
+//! transaction. Replica records are appended to `replica_tail` under a
+//! node-local sequence (random keys made every record a write into a random
+//! leaf: the replica's writes cost several times the owner's), tagged with
+//! conversation, epoch and seq, indexed per conversation in memory
+//! (`Store::replica_pending`, a `Pending` like the log's, changed only after
+//! a commit: `Tail::settle`), and truncated below the index's low water; a
+//! conversation quiet for `TAIL_SPAN` records is folded so the tail stays
+//! bounded; at open the whole tail (and an earlier node's `replica_log`,
+//! which is dropped) is folded into `replica_snapshots`, keeping only records
+//! of each replica's current epoch. A replica's `replicas` row is written
+//! when it starts, gets a new owner, a base or a fold, not for every change:
+//! every read (`replica_meta`, `replicas`, `replica_state`, and the writer
+//! itself) adds the index's records since to its last seq. Replica changes
+//! come with their verdicts (contiguous records stored, folded every 64; a
+//! gap or a newer epoch asks for a base; an older epoch, or a conversation
+//! this node holds, is fenced), `Install` (a conversation taken over:
+//! snapshot, index, epoch, timer and outbox rows replaced, stale log records
+//! and replica rows dropped) and `Demote` (handed over: held rows dropped, a
+//! replica kept). The pool's `agent_work` row moves with the conversation:
+//! `Install` writes the one the hand-over carried (or, for a take-over,
+//! `derived_work`: who holds it, or that it waits, from its state's
+//! `assigned_agent` and `waiting`), `Demote` drops it; a waiting row
+//! installed is queued again at the pool's home (`enqueue` ignores a
+//! conversation it already has).
 
 use std::collections::{HashMap, HashSet};
 

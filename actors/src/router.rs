@@ -8,6 +8,19 @@
 //! restart), the message was not recorded and is sent again. A message that
 //! makes the conversation's handler fail `MAX_HANDLER_FAILURES` times is
 //! parked in the dead-letter table instead.
+//!
+//! # Identity
+//!
+//! A conversation is keyed by (tenant, address); the phone number in E.164 is
+//! the address shared by SMS, voice and WhatsApp (`wa_id` digits get their
+//! `+`). A WhatsApp user without a number (a business-scoped id) keys their
+//! own conversation. A web-chat visitor is keyed by their visitor id until
+//! they give a number: then `Router::link` moves their messages into the
+//! phone's conversation and stores an alias (visitor → phone) in the same
+//! kind of durable write as everything else; from then on every address is
+//! resolved through the alias map before routing. The visitor's socket shows
+//! only web-chat messages: a typed number proves nothing about who typed it,
+//! so SMS and call history stay with the business.
 
 use std::sync::Arc;
 use std::time::Duration;

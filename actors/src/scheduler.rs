@@ -14,6 +14,24 @@
 //! Time comes from the injected clock. In real time a driver task wakes the
 //! actor at the next deadline; with a simulated clock nothing fires until
 //! `Advance`, which returns once everything due has been handled.
+//!
+//! # Timers
+//!
+//! A timer belongs to its owner (today: a conversation). Scheduling, firing
+//! and cancelling are events in the owner's log (`TimerScheduled`,
+//! `TimerFired`, `TimerCancelled`); the writer updates the `timers` index
+//! table in the same transaction, and only then is the scheduler told (`Add`,
+//! `Remove`). At start the scheduler loads the index; a timer already overdue
+//! fires at once. Delivery is at least once; the owner's list of pending
+//! timers makes it exactly once as seen from outside: a fire for an id it is
+//! not waiting for is ignored (and its index row dropped). A fired timer's
+//! effects and its `TimerFired` are one write, so a crash can never keep one
+//! without the other. Effects are stamped with the due time, so a simulated
+//! jump of the clock gives the same outcome as time passing.
+//!
+//! Each conversation keeps at most one lifecycle timer, re-evaluated when it
+//! fires (active → inactive → closed, per-tenant silences); inbound messages
+//! only move it earlier when a closed or inactive conversation reopens.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU64;

@@ -16,6 +16,25 @@
 //! A conversation's durable state is its snapshot plus the log records with
 //! a higher event seq. Which log records those are is kept in memory in
 //! `Pending` (rebuilt from the log at start).
+//!
+//! # Storage design
+//!
+//! - `log` is keyed by a node-wide monotonic `u64`, so appends are sequential
+//!   (the cheapest redb insert). A record is (conversation, event seq,
+//!   event).
+//! - A conversation's durable state = its snapshot + its log records with a
+//!   higher seq. `Pending` says which log keys those are, so a restarted
+//!   actor reads only its own records.
+//! - Snapshots are written every `snapshot_every_events` events, on
+//!   passivation and at shutdown; when one commits, `Pending` drops the
+//!   records it covers and the writer truncates the log below the lowest
+//!   still-needed key.
+//! - At open, every log record not covered by a snapshot is folded into a new
+//!   snapshot, so a node starts with an empty log and empty `Pending`.
+//! - The writer's channel is FIFO and batches commit in order: when an
+//!   operation completes, everything submitted before it is durable. A new
+//!   actor passes a barrier before loading, so it never misses a
+//!   predecessor's queued writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

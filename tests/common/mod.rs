@@ -91,7 +91,12 @@ impl Node {
     }
 
     pub fn start_with_config(config: &str, extra: &[&str]) -> Node {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), config, extra)
+    }
+
+    /// Starts a node in `dir` (its data in `dir/data`, which the caller
+    /// may have prepared: a mount point, say).
+    pub fn start_in(dir: tempfile::TempDir, config: &str, extra: &[&str]) -> Node {
         std::fs::write(dir.path().join("threadline.toml"), config).unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, base, stderr_log) = spawn(dir.path(), &extra);

@@ -18,6 +18,23 @@
 //! version of the last change it has, so the replica's copy wins over a
 //! restarted node's old rows. With no versions at all (every node restarted)
 //! it takes the union, a slot taken in any copy staying taken.
+//!
+//! # Calendars across nodes
+//!
+//! each tenant's calendar across nodes. The home is the first node of
+//! `ranked("calendar\0" + tenant, settled live)`, the second keeps the
+//! replica. `RouterMsg::Calendar` carries a bincode `CalendarAsk`: `Copy` (a
+//! node's rows and version, as they are), `Current` (the home's rows),
+//! `Reserve` (a conversation's calendar writes, checked against the home's
+//! rows with the `SharedCalendar` rules, all or none), `Replicate` (the
+//! home's rows after a change, taken if its version is newer). The
+//! conversation actor refreshes the tenant's rows from the home before its
+//! flow runs (`calendar_refresh`) and reserves its `pending_calendar` before
+//! it commits (`calendar_reserve`); refused, it answers 503 and reloads its
+//! durable state (`StorageFailed`: the in-memory change is dropped). The home
+//! serialises changes per tenant (`locks`), and adopts the calendar once per
+//! live set (`adopt`: the newest copy by version, or the union when none has
+//! a version).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -11,6 +11,28 @@
 //! (within the grace, as after a restart), and the new home rebuilds the
 //! queue from the `agent_work` rows of every live node, each reporting the
 //! conversations it holds.
+//!
+//! # The pool across nodes
+//!
+//! the agent pool across nodes. The pool's home is the first node of
+//! `ranked(POOL_KEY, live)` as the heartbeats last settled it (`pool_home`:
+//! routing follows the pools' state, not a fresh look at the live set).
+//! `RouterMsg::PoolAsk` (RPC) and `PoolTell` (cast, in order per sender)
+//! carry a bincode `PoolAsk` / `PoolTell`: escalations, desktop commands,
+//! held conversations' messages, agent upserts, joins, lists and stats go to
+//! the home; `ConvOp` (assign, note, send, close) goes to the node that holds
+//! the conversation (`locate`); `Work` asks a node for the `agent_work` rows
+//! of the conversations it holds. A desktop on a node that is not the home is
+//! *relayed*: the node keeps its event queue under a relay id
+//! (`SessionHandle::Relayed`), the home runs a proxy session whose events go
+//! back in bursts (`PoolTell::Events`), ended by `Leave`, `Ended` or the node
+//! leaving the live set. When the home moves, every node drops its relayed
+//! desktops and casts `PoolMsg::Reset` to its pool: sessions end (desktops
+//! reconnect), open offers end, and the new home rebuilds from `gather_work`
+//! (held work back to its agent with the grace period). The feed listener of
+//! every node passes messages of held conversations (`Watched`, kept by the
+//! node that holds the conversation: set by `ConvOp::Assign`/`Close`, by an
+//! install, by the pool's restore) to the home.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

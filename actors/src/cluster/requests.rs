@@ -8,6 +8,17 @@
 //! peers cannot check, and are open to every client. The answering node
 //! runs the request through its own HTTP routes (the binary's handler),
 //! authorization included.
+//!
+//! # Requests between nodes
+//!
+//! HTTP requests passed between nodes as `RouterMsg::Request` (a bincode
+//! `PeerRequest`: method, path, the authorization and content-type headers,
+//! body; answered by a `PeerAnswer`), never over the peers' HTTP listeners.
+//! The binary sets the handler (`http::peer_handler`): the request runs
+//! through the same routes and authorization as a client's, marked with the
+//! `PassedOn` extension (no client can set it) so it is never passed on
+//! again. Bodies over 12 MiB are refused both ways (a frame over
+//! ractor_cluster's 16 MiB would drop the session).
 
 use std::sync::Arc;
 use std::time::Duration;

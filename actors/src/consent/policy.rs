@@ -48,7 +48,7 @@ pub enum Consent {
     Unknown,
 }
 
-/// Jurisdictions with their own calling/texting hours (COMPLIANCE.md).
+/// Jurisdictions with their own calling/texting hours (docs/compliance.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
     Federal,

@@ -4,6 +4,25 @@
 //! `asking`, `held`, `booked`, `misunderstood`), so every channel, and the
 //! agent, sees it. Booking slots are held through a `Calendar` the caller
 //! provides (in-memory and atomic; the caller makes it durable).
+//!
+//! # The engine
+//!
+//! a flow file compiled (`Flow::compile` names what is wrong) and one pure
+//! function per customer turn: escalation words, booking holds and C/R,
+//! journeys that fill slots and ask for the next, intent replies,
+//! misunderstanding counted into an escalation. Its state is in the
+//! conversation's captured slots. `flows/mod.rs`: the shared calendar
+//! (`SharedCalendar`): holds are atomic in a DashMap across conversations,
+//! and each change is a `calendar` row committed with the conversation's
+//! events (reloaded at start); slots the business blocks over the API are
+//! rows held by `BLOCKED` (`Op::Calendar`). In a cluster the node's map is,
+//! for a tenant whose calendar home is elsewhere, a copy refreshed from the
+//! home (`cluster/calendar.rs`). Booking reminders' timer ids are kept in the
+//! `booking_reminders` slot, so a moved, cancelled or finished booking
+//! cancels them; `rebooked`, `lead_met` and `booking_status` slots are what
+//! the outcome metrics count. A merge of conversations (web chat joining a
+//! phone) carries the captured facts, except the merged conversation's own
+//! timers and holds.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,22 @@
 //! Conversation flows: built-in understanding (`nlu`) and the flow engine
 //! that turns a tenant's flow file into replies, captured facts and
 //! escalations.
+//!
+//! # Where flows attach
+//!
+//! The flow engine runs inside the conversation actor after the keyword check
+//! (`Conversation::converse`); its replies are direct replies through the
+//! gate, its reminders are the conversation's timers, its hand-offs are
+//! `Escalated` events. An external responder (`flows::Responder`, the HTTP
+//! side in `src/flows.rs`) phrases a reply after the inbound is durable, on a
+//! spawned task with a timeout, and sends it back to the conversation as a
+//! `SendMessage`; on timeout the built-in draft goes. Outcome metrics are
+//! derived from the committed events (`record_outcomes` in the actor; the
+//! escalation wait in the pool). A cadence is one pending `FollowUp` timer
+//! named in the captured slots (`cadence_timer`, `cadence_step`): a customer
+//! message cancels it, a fired step schedules the next if it went out.
+//! Provider webhooks live in `src/` and reach conversations only through a
+//! gateway and `Router`.
 
 pub mod engine;
 pub mod nlu;

@@ -3,6 +3,19 @@
 //! out the policy's effects: offers with the conversation's context,
 //! assignments recorded in the conversation, honest wait messages, live
 //! messages to whoever holds a conversation, and the reconnect grace.
+//!
+//! # What the pool actor does
+//!
+//! the pool actor carries out the policy's effects (offers with the
+//! conversation, assignment recorded in the conversation with
+//! `AgentAssigned`, the wait message, live messages through the feed), owns
+//! one `AgentSession` actor per desktop (its events go to the WebSocket task
+//! through a bounded channel; a desktop that cannot keep up loses its session
+//! and reconnects within the grace). An offer's deadline is a durable
+//! scheduler timer (`TimerOwner::Offer`) written with the offer (`offers`
+//! row) through the pool's ordered write task; when it fires the pool moves
+//! the offer on. Grace periods end on the injected clock (a 100 ms tick, or
+//! `clock/advance`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
