@@ -130,6 +130,14 @@ pub struct Server {
     /// them); beyond it the listener stops accepting until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A web-chat socket that sends no frame this long is closed (the
+    /// widget pings while its page is open).
+    #[serde(default = "default_ws_idle_timeout")]
+    pub websocket_idle_timeout_ms: u64,
+    /// Web-chat sockets one source (client IP address) may hold open at
+    /// once; beyond it the upgrade is refused with 429.
+    #[serde(default = "default_ws_per_source")]
+    pub websockets_per_source: usize,
     /// Serve HTTPS (and WSS) with this certificate; absent: plain HTTP
     /// (behind a TLS-terminating proxy).
     #[serde(default)]
@@ -157,6 +165,12 @@ fn default_body_timeout() -> u64 {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_ws_idle_timeout() -> u64 {
+    120_000
+}
+fn default_ws_per_source() -> usize {
+    64
+}
 
 fn default_http() -> String {
     "127.0.0.1:8080".into()
@@ -182,6 +196,8 @@ impl Default for Server {
             max_in_flight_per_gateway: default_gateway_in_flight(),
             body_timeout_ms: default_body_timeout(),
             max_connections: default_max_connections(),
+            websocket_idle_timeout_ms: default_ws_idle_timeout(),
+            websockets_per_source: default_ws_per_source(),
             tls: None,
         }
     }
@@ -732,6 +748,18 @@ impl Config {
             return err(
                 vec![Key("server"), Key("body_timeout_ms")],
                 "must be between 100 and 600000".into(),
+            );
+        }
+        if !(1_000..=86_400_000).contains(&self.server.websocket_idle_timeout_ms) {
+            return err(
+                vec![Key("server"), Key("websocket_idle_timeout_ms")],
+                "must be between 1000 and 86400000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.server.websockets_per_source) {
+            return err(
+                vec![Key("server"), Key("websockets_per_source")],
+                "must be between 1 and 1000000".into(),
             );
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {

@@ -56,6 +56,16 @@ pub struct App {
     limiter: Option<Arc<SourceLimiter>>,
 }
 
+impl App {
+    /// Whether a frame from `ip` may be taken now under the per-source rate
+    /// (`server.rate_limit_per_second`; always, with no limit set).
+    pub(crate) fn source_allows(&self, ip: std::net::IpAddr) -> bool {
+        self.limiter
+            .as_ref()
+            .is_none_or(|l| l.check_key(&ip).is_ok())
+    }
+}
+
 type SourceLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
 
 /// The per-source limiter of `server`, if one is configured; its memory of
@@ -288,6 +298,10 @@ pub async fn serve(
 #[derive(Clone)]
 pub(crate) struct ConnPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
+/// The address a request came from (a peer's passed-on request has none).
+#[derive(Clone, Copy)]
+pub(crate) struct ClientAddr(pub SocketAddr);
+
 /// When the request's body must have arrived (`server.body_timeout_ms`
 /// after its headers).
 #[derive(Clone, Copy)]
@@ -339,6 +353,7 @@ async fn connection<IO>(
                     let deadline = tokio::time::Instant::now()
                         + Duration::from_millis(app.cfg.server.body_timeout_ms);
                     req.extensions_mut().insert(BodyDeadline(deadline));
+                    req.extensions_mut().insert(ClientAddr(peer));
                     req.extensions_mut().insert(permit);
                     Ok::<_, Infallible>(handle(app, req, peer).await)
                 }

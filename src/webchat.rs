@@ -40,11 +40,50 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// Frames queued for one socket before it counts as too slow and is closed.
 const SOCKET_QUEUE: usize = 256;
 
-/// Open visitor sockets: `tenant \0 visitor` → (socket id, its queue).
+/// Identity claims (a phone number given) one socket may make.
+const CLAIMS_PER_SOCKET: u32 = 5;
+/// A socket's read buffer: small, since most sockets are idle most of the
+/// time (tungstenite's default of 128 KiB per socket was most of an idle
+/// socket's memory). Larger frames are still read whole.
+const READ_BUFFER: usize = 4096;
+
+/// Open visitor sockets: `tenant \0 visitor` → (socket id, its queue);
+/// and how many each source holds open.
 #[derive(Default)]
 pub struct Hub {
     sockets: DashMap<String, Vec<(u64, mpsc::Sender<String>)>>,
     next: AtomicU64,
+    per_source: DashMap<std::net::IpAddr, usize>,
+}
+
+/// One source's open socket, counted until dropped.
+struct SourceSlot {
+    hub: Arc<Hub>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Some(mut n) = self.hub.per_source.get_mut(&self.ip) {
+            *n -= 1;
+        }
+        self.hub.per_source.remove_if(&self.ip, |_, n| *n == 0);
+    }
+}
+
+impl Hub {
+    /// A slot for one more socket of `ip`, if it holds fewer than `max`.
+    fn take_slot(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut n = self.per_source.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            hub: self.clone(),
+            ip,
+        })
+    }
 }
 
 fn hub_key(tenant: &str, visitor: &str) -> String {
@@ -130,7 +169,31 @@ pub fn upgrade(app: Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
         }
         None => format!("v_{}", uuid::Uuid::new_v4().simple()),
     };
-    accept_websocket(req, move |ws| serve(app, ws, tenant, visitor))
+    let ip = req
+        .extensions()
+        .get::<crate::http::ClientAddr>()
+        .map(|a| a.0.ip());
+    let slot = match ip {
+        Some(ip) => Some(
+            app.chat
+                .take_slot(ip, app.cfg.server.websockets_per_source)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_sockets",
+                        format!(
+                            "{ip} holds {} web-chat sockets already",
+                            app.cfg.server.websockets_per_source
+                        ),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    accept_websocket(req, move |ws| async move {
+        let _slot = slot;
+        serve(app, ws, tenant, visitor, ip).await
+    })
 }
 
 /// Answers a WebSocket upgrade (101) and runs `serve` on the socket; a
@@ -165,7 +228,8 @@ where
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(MAX_FRAME_BYTES))
-                    .max_frame_size(Some(MAX_FRAME_BYTES));
+                    .max_frame_size(Some(MAX_FRAME_BYTES))
+                    .read_buffer_size(READ_BUFFER);
                 let ws = WebSocketStream::from_raw_socket(
                     TokioIo::new(upgraded),
                     Role::Server,
@@ -233,7 +297,13 @@ fn write_deadline(app: &App) -> Duration {
     Duration::from_millis(app.cfg.server.websocket_write_timeout_ms)
 }
 
-async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
+async fn serve(
+    app: Arc<App>,
+    mut ws: Ws,
+    tenant: String,
+    visitor: String,
+    ip: Option<std::net::IpAddr>,
+) {
     let key = hub_key(&tenant, &visitor);
     let (sock, mut outbox) = app.chat.add(&key);
     app.shared.metrics.websockets.inc();
@@ -246,11 +316,20 @@ async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
             Err(e) => write_frames(&app, &mut ws, [error_frame("unavailable", e.message())]).await,
         };
     }
+    let idle = Duration::from_millis(app.cfg.server.websocket_idle_timeout_ms);
+    let mut idle_until = tokio::time::Instant::now() + idle;
+    let mut claims = 0u32;
     while ok {
         tokio::select! {
             frame = ws.next() => {
+                idle_until = tokio::time::Instant::now() + idle;
                 let answer = match frame {
-                    Some(Ok(Frame::Text(t))) => on_frame(&app, &tenant, &visitor, t.as_str()).await,
+                    Some(Ok(Frame::Text(_))) if ip.is_some_and(|ip| !app.source_allows(ip)) => {
+                        vec![error_frame("rate_limited", "too many frames from this address; slow down")]
+                    }
+                    Some(Ok(Frame::Text(t))) => {
+                        on_frame(&app, &tenant, &visitor, t.as_str(), &mut claims).await
+                    }
                     Some(Ok(Frame::Binary(_))) => vec![error_frame("unsupported", "send JSON text frames")],
                     Some(Ok(Frame::Close(_))) | None => break,
                     Some(Ok(_)) => vec![], // ping/pong are answered by tungstenite
@@ -268,6 +347,10 @@ async fn serve(app: Arc<App>, mut ws: Ws, tenant: String, visitor: String) {
                 Some(f) => ok = write_frames(&app, &mut ws, [f]).await,
                 None => break, // dropped as too slow
             },
+            _ = tokio::time::sleep_until(idle_until) => {
+                write_frames(&app, &mut ws, [error_frame("idle", "no frame for too long; reconnect to go on")]).await;
+                break;
+            }
         }
     }
     app.chat.remove(&key, sock);
@@ -358,13 +441,20 @@ pub fn parse_frame(text: &str) -> Result<VisitorFrame, String> {
     }
 }
 
-async fn on_frame(app: &App, tenant: &str, visitor: &str, text: &str) -> Vec<String> {
+/// A frame's answers; `claims` counts the socket's identity claims.
+async fn on_frame(
+    app: &App,
+    tenant: &str,
+    visitor: &str,
+    text: &str,
+    claims: &mut u32,
+) -> Vec<String> {
     match parse_frame(text) {
         Err(e) => vec![e],
         Ok(VisitorFrame::Message { text, id }) => {
-            on_message(app, tenant, visitor, &text, id.as_deref()).await
+            on_message(app, tenant, visitor, &text, id.as_deref(), claims).await
         }
-        Ok(VisitorFrame::Identify(p)) => vec![link(app, tenant, visitor, &p).await],
+        Ok(VisitorFrame::Identify(p)) => vec![claim(app, tenant, visitor, &p, claims).await],
         Ok(VisitorFrame::Ping) => vec![json!({"type": "pong"}).to_string()],
     }
 }
@@ -375,6 +465,7 @@ async fn on_message(
     visitor: &str,
     text: &str,
     client_id: Option<&str>,
+    claims: &mut u32,
 ) -> Vec<String> {
     let pid = match client_id {
         Some(id) => format!("wc:{visitor}:{id}"),
@@ -408,9 +499,22 @@ async fn on_message(
         Err(e) => return vec![error_frame("unavailable", e.message())],
     };
     if let Some(p) = phone::find_in_text(text) {
-        out.push(link(app, tenant, visitor, &p).await);
+        out.push(claim(app, tenant, visitor, &p, claims).await);
     }
     out
+}
+
+/// The visitor says they are `phone`: linked, unless the socket has made
+/// `CLAIMS_PER_SOCKET` claims already.
+async fn claim(app: &App, tenant: &str, visitor: &str, phone: &str, claims: &mut u32) -> String {
+    if *claims >= CLAIMS_PER_SOCKET {
+        return error_frame(
+            "too_many_claims",
+            format!("a socket may give a phone number at most {CLAIMS_PER_SOCKET} times"),
+        );
+    }
+    *claims += 1;
+    link(app, tenant, visitor, phone).await
 }
 
 async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {

@@ -51,5 +51,6 @@ pub mod outbound;
 pub mod report;
 pub mod scenario;
 pub mod sim;
+pub mod sockets;
 pub mod timers;
 pub mod webhooks;

@@ -50,6 +50,8 @@ enum Command {
     Crash(crash::CrashArgs),
     /// Resident memory of a node holding many conversations.
     Resident(ingest::ResidentArgs),
+    /// Resident memory of a node holding many idle web-chat sockets.
+    Sockets(sockets::SocketArgs),
     /// Serve the bare hyper endpoint (started by `ingest` as its own process).
     #[command(hide = true)]
     BareServer,
@@ -73,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Outbound(a) => rt.block_on(outbound::run(a)),
         Command::Timers(a) => rt.block_on(timers::run(a)),
         Command::Resident(a) => rt.block_on(ingest::resident(a)),
+        Command::Sockets(a) => rt.block_on(sockets::run(a)),
         Command::Webhooks(a) => rt.block_on(webhooks::run(a)),
         Command::Agents(a) => rt.block_on(agents::run(a)),
         Command::Bot(a) => rt.block_on(bot::run(a)),
