@@ -310,7 +310,7 @@ async fn serve(
     let hello = json!({"type": "hello", "tenant": tenant, "visitor": visitor});
     let mut ok = write_frames(&app, &mut ws, [hello.to_string()]).await;
     if ok {
-        ok = match history(&app, &tenant, &visitor).await {
+        ok = match Box::pin(history(&app, &tenant, &visitor)).await {
             Ok(Some(h)) => write_frames(&app, &mut ws, [h.to_string()]).await,
             Ok(None) => true,
             Err(e) => write_frames(&app, &mut ws, [error_frame("unavailable", e.message())]).await,
@@ -327,8 +327,11 @@ async fn serve(
                     Some(Ok(Frame::Text(_))) if ip.is_some_and(|ip| !app.source_allows(ip)) => {
                         vec![error_frame("rate_limited", "too many frames from this address; slow down")]
                     }
+                    // Boxed, like the history below: a task is sized by
+                    // the largest future it may hold, and an idle socket
+                    // would pay for the router's.
                     Some(Ok(Frame::Text(t))) => {
-                        on_frame(&app, &tenant, &visitor, t.as_str(), &mut claims).await
+                        Box::pin(on_frame(&app, &tenant, &visitor, t.as_str(), &mut claims)).await
                     }
                     Some(Ok(Frame::Binary(_))) => vec![error_frame("unsupported", "send JSON text frames")],
                     Some(Ok(Frame::Close(_))) | None => break,
