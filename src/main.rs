@@ -24,6 +24,34 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// when the node runs with `--test-hooks`.
 const PANIC_TRIGGER: &str = "__threadline_test_panic__";
 
+/// Test hook: the first delivery of this exact outbound text panics inside
+/// the sender when the node runs with `--test-hooks`.
+const SENDER_PANIC_TRIGGER: &str = "__threadline_test_sender_panic__";
+
+/// The provider, with the sender panic hook.
+struct PanicOnce {
+    inner: Arc<dyn threadline_actors::sender::Provider>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl threadline_actors::sender::Provider for PanicOnce {
+    fn channels(&self, tenant: &str) -> Vec<threadline_protocol::Channel> {
+        self.inner.channels(tenant)
+    }
+    fn send(
+        &self,
+        entry: &threadline_protocol::OutboxEntry,
+        key: &str,
+    ) -> threadline_actors::sender::BoxFuture<threadline_actors::sender::Attempt> {
+        if entry.body == SENDER_PANIC_TRIGGER
+            && !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("test hook: the sender panics");
+        }
+        self.inner.send(entry, key)
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "threadline",
@@ -273,7 +301,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     rcfg.agent_grace = Duration::from_secs(cfg.runtime.agent_grace_secs);
     rcfg.wait_text = cfg.runtime.agent_wait_text.clone();
     if let Some(p) = threadline::providers::Providers::from_config(&cfg)? {
-        rcfg.provider = Some(p);
+        rcfg.provider = Some(match args.test_hooks {
+            true => Arc::new(PanicOnce {
+                inner: p,
+                fired: Default::default(),
+            }),
+            false => p,
+        });
     }
     rcfg.retry = threadline_actors::sender::RetryPolicy {
         attempts: cfg.providers.retry_attempts,

@@ -325,3 +325,44 @@ reminder = {{ name = "appointment_reminder", language = "en_US" }}
                "components": [{"type": "body", "parameters": [{"type": "text", "text": "Your cleaning is tomorrow at 3pm"}]}]})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_panics_is_restarted_and_every_queued_message_goes_out_once() {
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(
+        &config(&fake.base),
+        &["--simulated-clock", MORNING, "--test-hooks"],
+    );
+    opt_in(&node).await;
+    // Its first delivery panics inside the sender (a bug in a provider).
+    send(&node, "__threadline_test_sender_panic__", "conversational").await;
+    send(&node, "Your cleaning is confirmed", "conversational").await;
+    // A new sender takes over from the outbox: both go out, once each.
+    for text in [
+        "__threadline_test_sender_panic__",
+        "Your cleaning is confirmed",
+    ] {
+        assert_eq!(delivery_of(&node, text).await["delivery"], "sent", "{text}");
+    }
+    send(&node, "See you Tuesday", "conversational").await;
+    assert_eq!(
+        delivery_of(&node, "See you Tuesday").await["delivery"],
+        "sent"
+    );
+    let mut bodies = fake.accepted_bodies();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "See you Tuesday",
+            "Your cleaning is confirmed",
+            "__threadline_test_sender_panic__"
+        ],
+        "{bodies:?}"
+    );
+    assert!(
+        node.stderr().contains("sender failed; restarting it"),
+        "{}",
+        node.stderr()
+    );
+}

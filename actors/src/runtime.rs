@@ -380,6 +380,8 @@ struct RootArgs {
 struct RootState {
     shared: Arc<Shared>,
     persistence: ActorRef<PersistenceMsg>,
+    /// The sender's provider and retries, to start it again.
+    provider: Option<(Arc<dyn crate::sender::Provider>, crate::sender::RetryPolicy)>,
 }
 
 impl Actor for RootSupervisor {
@@ -415,23 +417,12 @@ impl Actor for RootSupervisor {
         let rows = args.timers.lock().take().unwrap_or_default();
         spawn_scheduler(&myself, &args.shared, rows).await?;
         if let Some((provider, retry, backlog)) = args.provider.clone() {
-            let (s, _) = Actor::spawn_linked(
-                None,
-                crate::sender::Sender,
-                crate::sender::SenderArgs {
-                    shared: args.shared.clone(),
-                    provider,
-                    retry,
-                    backlog,
-                },
-                myself.get_cell(),
-            )
-            .await?;
-            *args.shared.sender.write() = Some(s);
+            spawn_sender(&myself, &args.shared, provider, retry, backlog).await?;
         }
         Ok(RootState {
             shared: args.shared,
             persistence,
+            provider: args.provider.map(|(p, r, _)| (p, r)),
         })
     }
 
@@ -503,7 +494,22 @@ impl Actor for RootSupervisor {
                     .read()
                     .as_ref()
                     .is_some_and(|p| p.get_id() == cell.get_id());
-                if is_pool {
+                let is_sender = st
+                    .shared
+                    .sender
+                    .read()
+                    .as_ref()
+                    .is_some_and(|s| s.get_id() == cell.get_id());
+                if is_sender {
+                    tracing::error!(error = %err, "sender failed; restarting it from the outbox");
+                    *st.shared.sender.write() = None;
+                    let store = st.shared.persistence.store.clone();
+                    let backlog =
+                        tokio::task::spawn_blocking(move || store.outbox_entries()).await??;
+                    if let Some((provider, retry)) = st.provider.clone() {
+                        spawn_sender(&myself, &st.shared, provider, retry, backlog).await?;
+                    }
+                } else if is_pool {
                     // Agents reconnect; conversations they held keep their
                     // assignment in their own state.
                     tracing::error!(error = %err, "agent pool failed; restarting it");
@@ -549,6 +555,29 @@ impl Actor for RootSupervisor {
         }
         Ok(())
     }
+}
+
+async fn spawn_sender(
+    root: &ActorRef<RootMsg>,
+    shared: &Arc<Shared>,
+    provider: Arc<dyn crate::sender::Provider>,
+    retry: crate::sender::RetryPolicy,
+    backlog: Vec<threadline_protocol::OutboxEntry>,
+) -> Result<(), ActorProcessingErr> {
+    let (s, _) = Actor::spawn_linked(
+        None,
+        crate::sender::Sender,
+        crate::sender::SenderArgs {
+            shared: shared.clone(),
+            provider,
+            retry,
+            backlog,
+        },
+        root.get_cell(),
+    )
+    .await?;
+    *shared.sender.write() = Some(s);
+    Ok(())
 }
 
 async fn spawn_conversations(

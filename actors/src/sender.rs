@@ -72,7 +72,14 @@ impl Default for RetryPolicy {
 #[derive(ractor_cluster::RactorMessage)]
 pub enum SenderMsg {
     Enqueue(OutboxEntry),
-    Done { conv: u64, seq: u32 },
+    Done {
+        conv: u64,
+        seq: u32,
+    },
+    /// A delivery task panicked: the sender fails, and its supervisor
+    /// starts a new one from the outbox (nothing it held is lost: every
+    /// queued message is an outbox row until its outcome is recorded).
+    Failed(String),
 }
 
 pub struct Sender;
@@ -133,7 +140,8 @@ impl Actor for Sender {
                     .metrics
                     .outbound_in_flight
                     .set(st.in_flight.len() as i64);
-                tokio::spawn(async move {
+                let crashed = myself.clone();
+                let delivery = async move {
                     // Still wanted? (An opt-out blocks queued messages.)
                     let still = |store: Arc<crate::store::Store>, c: u64, s: u32| async move {
                         tokio::task::spawn_blocking(move || store.outbox_contains(c, s))
@@ -172,8 +180,21 @@ impl Actor for Sender {
                         conv: entry.conv.0,
                         seq: entry.seq,
                     });
+                };
+                tokio::spawn(async move {
+                    use futures_util::FutureExt;
+                    if let Err(panic) = std::panic::AssertUnwindSafe(delivery).catch_unwind().await
+                    {
+                        let why = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a delivery panicked".into());
+                        let _ = crashed.cast(SenderMsg::Failed(why));
+                    }
                 });
             }
+            SenderMsg::Failed(why) => return Err(why.into()),
             SenderMsg::Done { conv, seq } => {
                 st.in_flight.remove(&(conv, seq));
                 st.shared

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Import cycles between the modules of each crate.
+
+A module refers to another through `crate::a::b` or `super::` paths. Two
+modules in one cycle (a strongly connected component of that graph),
+other than a parent and its child, are coupled both ways. The cycles that
+exist today are listed in `.ci/import-cycles.baseline` (one cycle per
+line: its modules, sorted, space-separated); this fails (exit 1) when a
+module joins a cycle that the baseline does not list, and says when a
+listed cycle has shrunk or gone, so the baseline can be tightened.
+
+Usage: python3 .ci/import-cycles.py [--write-baseline]
+"""
+import os
+import re
+import sys
+
+CRATES = ["protocol/src", "actors/src", "src", "loadtest/src"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = os.path.join(ROOT, ".ci", "import-cycles.baseline")
+PATH_RE = re.compile(r"\b(crate|super)((?:::[a-z_][a-z0-9_]*)+)")
+
+
+def modules(src):
+    """module path (tuple) -> file, for every .rs file of a crate."""
+    out = {}
+    for dirpath, _, files in os.walk(src):
+        for f in files:
+            if not f.endswith(".rs"):
+                continue
+            rel = os.path.relpath(os.path.join(dirpath, f), src)[:-3].split(os.sep)
+            if rel[-1] in ("mod", "lib", "main"):
+                rel = rel[:-1]
+            out[tuple(rel)] = os.path.join(dirpath, f)
+    return out
+
+
+def resolve(mods, path):
+    """The longest module that `path` (a tuple) starts with."""
+    for n in range(len(path), -1, -1):
+        if path[:n] in mods:
+            return path[:n]
+    return ()
+
+
+def graph(src):
+    mods = modules(src)
+    edges = {m: set() for m in mods}
+    for m, f in mods.items():
+        text = open(f, encoding="utf-8").read()
+        # Test modules may reach anywhere.
+        text = text.split("#[cfg(test)]")[0]
+        for kind, rest in PATH_RE.findall(text):
+            parts = tuple(rest.split("::")[1:])
+            if kind == "crate":
+                target = resolve(mods, parts)
+            else:
+                ups = 1 + len([p for p in parts if p == "super"])
+                rest = tuple(p for p in parts if p != "super")
+                target = resolve(mods, m[: max(len(m) - ups, 0)] + rest)
+            if target and target != m and target[: len(m)] != m and m[: len(target)] != target:
+                edges[m].add(target)
+    return edges
+
+
+def sccs(edges):
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    sys.setrecursionlimit(10000)
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def cycles():
+    found = []
+    for crate in CRATES:
+        for comp in sccs(graph(os.path.join(ROOT, crate))):
+            names = sorted(crate + ":" + "::".join(m) for m in comp)
+            found.append(names)
+    return sorted(found)
+
+
+def main():
+    found = cycles()
+    if "--write-baseline" in sys.argv:
+        with open(BASELINE, "w") as f:
+            for c in found:
+                f.write(" ".join(c) + "\n")
+        print(f"wrote {len(found)} cycles to {BASELINE}")
+        return 0
+    allowed = []
+    if os.path.exists(BASELINE):
+        allowed = [set(l.split()) for l in open(BASELINE) if l.strip()]
+    bad = 0
+    for c in found:
+        if not any(set(c) <= a for a in allowed):
+            print("new import cycle: " + " -> ".join(c))
+            bad += 1
+    for a in allowed:
+        size = max((len(set(c) & a) for c in found), default=0)
+        if size < len(a):
+            print(f"a baseline cycle shrank ({len(a)} -> {size} modules): tighten the baseline with --write-baseline")
+    print(f"import cycles: {len(found)} ({sum(len(c) for c in found)} modules), {bad} new")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
