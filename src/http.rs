@@ -941,7 +941,7 @@ fn readyz(app: &App) -> Resp {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        &json!({"ready": ok, "storage": storage, "draining": draining, "cluster": cluster}),
+        &json!({"ready": ok, "storage": storage, "intact": app.shared.persistence.intact(), "draining": draining, "cluster": cluster}),
     )
 }
 

@@ -83,6 +83,14 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
+    /// Decode every stored record of a data directory (no node may be
+    /// running on it) and list the damaged ones by conversation; exit 0 if
+    /// none is, 1 otherwise.
+    CheckData {
+        /// The data directory (server.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -149,6 +157,34 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("threadline: restore refused: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckData { data_dir } => {
+            match threadline_actors::store::Store::check_data(&data_dir) {
+                Ok(damage) if damage.is_empty() => {
+                    println!(
+                        "threadline: every stored record in {} decodes",
+                        data_dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(damage) => {
+                    for d in &damage {
+                        let conv = d
+                            .conversation
+                            .map_or_else(|| "-".to_owned(), |c| c.to_string());
+                        println!("damaged\t{}\t{conv}\t{}", d.table, d.error);
+                    }
+                    eprintln!(
+                        "threadline: {} damaged records; restore the data directory from a backup (threadline restore)",
+                        damage.len()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("threadline: cannot check {}: {e}", data_dir.display());
                     ExitCode::FAILURE
                 }
             }

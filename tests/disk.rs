@@ -103,3 +103,73 @@ async fn a_full_disk_answers_503_with_retry_after_and_unhealthy_and_loses_nothin
     assert_eq!(s, 202, "{v}");
     drop(node);
 }
+
+/// Replaces every occurrence of `from` in `file` with `to` (same length).
+fn damage(file: &Path, from: &[u8], to: &[u8]) -> usize {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(from.len()).position(|w| w == from) {
+        bytes[i + at..i + at + to.len()].copy_from_slice(to);
+        i += at + from.len();
+        n += 1;
+    }
+    std::fs::write(file, bytes).unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_records_are_found_logged_and_stop_the_node_acknowledging_writes() {
+    let mut node = Node::start(&[]);
+    let (s, v) = node
+        .inbound(
+            "gw-acme",
+            &sms("acme", &phone(1), "my code is ZEBRA-7731", Some("a-1")),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let damaged_conv = v["conversation_id"].as_str().unwrap().to_owned();
+    let (s, _) = node
+        .inbound("gw-acme", &sms("acme", &phone(2), "hello", Some("b-1")))
+        .await;
+    assert_eq!(s, 202);
+    assert!(node.sigterm().success());
+    // A byte of the stored text changes on disk.
+    let file = node.dir.path().join("data").join("threadline.redb");
+    assert!(damage(&file, b"ZEBRA-7731", b"ZEBRA-7732") > 0);
+
+    node.restart();
+    // Found at open, logged with the conversation, and the node is not
+    // ready: it acknowledges nothing more into this database.
+    assert!(
+        node.stderr().contains("damaged record found at open"),
+        "{}",
+        node.stderr()
+    );
+    assert!(node.stderr().contains(&damaged_conv), "{}", node.stderr());
+    let (s, ready) = node.get_admin("/readyz").await;
+    assert_eq!(
+        (s, &ready["intact"]),
+        (503, &serde_json::json!(false)),
+        "{ready}"
+    );
+    let (s, v) = node
+        .inbound("gw-acme", &sms("acme", &phone(2), "again", Some("b-2")))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "storage_failed");
+    // The other contact's history still reads.
+    let other = node.conversation_of("acme", &phone(2)).await.unwrap();
+    assert_eq!(texts(&other), ["hello"]);
+
+    // On demand, with the node stopped: the damaged records by conversation.
+    assert!(node.sigterm().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .args(["check-data", "--data-dir"])
+        .arg(node.dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&damaged_conv), "{listed}");
+}

@@ -284,9 +284,16 @@ impl Persistence {
         self.replication.get().is_some()
     }
 
-    /// False once a commit has failed; readiness reports it.
+    /// False once a commit has failed (liveness and readiness report
+    /// it: a restart opens the data afresh).
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// False once damaged data was found (readiness reports it; a restart
+    /// does not help: restore from a backup).
+    pub fn intact(&self) -> bool {
+        !self.store.is_damaged()
     }
 
     pub fn queue_len(&self) -> usize {
@@ -353,7 +360,13 @@ fn writer_loop(
         // A backup copying the file waits for this commit, or this commit
         // for the backup.
         let no_backup = writes_data.then(|| store.writing.lock());
-        let result = if writes_data {
+        let result = if writes_data && store.is_damaged() {
+            // Nothing more is acknowledged into a database known damaged.
+            fences.undo(undo);
+            Err(Arc::new(StoreError::Damaged(
+                "the database holds damaged data; restore from a backup".into(),
+            )))
+        } else if writes_data {
             let truncate = if next_log >= truncated_below + TRUNCATE_EVERY {
                 let low_water = store.pending.lock().low_water().unwrap_or(next_log);
                 (low_water >= truncated_below + TRUNCATE_EVERY).then_some(low_water)

@@ -738,6 +738,13 @@ impl Store {
         &self,
         conv: u64,
     ) -> Result<Option<(ReplicaMeta, ConversationState)>, StoreError> {
+        self.noted(self.read_replica(conv), "replica")
+    }
+
+    fn read_replica(
+        &self,
+        conv: u64,
+    ) -> Result<Option<(ReplicaMeta, ConversationState)>, StoreError> {
         // The index and the snapshot the read sees: the writer changes
         // the index only after a commit, and never truncates a record the
         // index still lists, so the read holds every record listed (or a

@@ -170,7 +170,7 @@ impl Shared {
 
     /// True while storage commits succeed and the actor tree is up.
     pub fn ready(&self) -> bool {
-        self.persistence.healthy() && self.supervisor.read().is_some()
+        self.persistence.healthy() && self.persistence.intact() && self.supervisor.read().is_some()
     }
 
     /// Keeps the agent list the pool restarts with in step with the API.

@@ -86,7 +86,11 @@ pub enum StoreError {
     #[error("storage: {0}")]
     Redb(String),
     #[error("stored data is unreadable: {0}")]
-    Codec(#[from] codec::CodecError),
+    Codec(codec::CodecError),
+    /// Stored bytes changed under the store (a checksum that does not
+    /// match, a value or page that does not parse): restore from a backup.
+    #[error("stored data is damaged: {0}")]
+    Damaged(String),
     #[error("stored events of {conv} do not replay: {detail}")]
     Replay {
         conv: ConversationId,
@@ -103,6 +107,24 @@ pub enum StoreError {
     Moved(String),
 }
 
+impl From<codec::CodecError> for StoreError {
+    fn from(e: codec::CodecError) -> Self {
+        match e.is_damage() {
+            true => StoreError::Damaged(e.to_string()),
+            false => StoreError::Codec(e),
+        }
+    }
+}
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Corrupted(m) => StoreError::Damaged(m),
+            other => StoreError::Redb(other.to_string()),
+        }
+    }
+}
+
 macro_rules! redb_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
@@ -115,7 +137,6 @@ redb_err!(
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
-    redb::StorageError,
     redb::CommitError,
     redb::SetDurabilityError
 );
@@ -220,6 +241,9 @@ pub struct Store {
     /// Held by the writer thread for each write transaction, and by a
     /// backup while it copies the file: a copy never sees half a commit.
     pub(crate) writing: Mutex<()>,
+    /// Set once a read (or the check at open) found damaged data: the
+    /// node is not ready and the writer commits nothing more.
+    damaged: std::sync::atomic::AtomicBool,
 }
 
 /// What `Store::open` found on disk.
@@ -244,6 +268,87 @@ pub struct OpenReport {
     pub timers: Vec<TimerRow>,
     /// Every outbound message waiting for its provider, for the sender.
     pub outbox: Vec<threadline_protocol::OutboxEntry>,
+    /// Stored values that did not decode (the check at open).
+    pub damaged: Vec<Damage>,
+}
+
+/// A stored value that does not decode.
+#[derive(Debug, Clone)]
+pub struct Damage {
+    pub table: &'static str,
+    /// The conversation it belongs to, where the key says.
+    pub conversation: Option<ConversationId>,
+    pub error: String,
+}
+
+/// Decodes every value of the tables that hold encoded records.
+fn check_values(db: &Database) -> Result<Vec<Damage>, StoreError> {
+    let r = db.begin_read()?;
+    let mut out = Vec::new();
+    let mut note = |table: &'static str, conversation: Option<u64>, e: Option<String>| {
+        if let Some(error) = e {
+            out.push(Damage {
+                table,
+                conversation: conversation.map(ConversationId),
+                error,
+            });
+        }
+    };
+    let err = |r: Result<(), codec::CodecError>| r.err().map(|e| e.to_string());
+    for (name, t) in [
+        ("snapshots", SNAPSHOTS),
+        ("replica_snapshots", crate::replica::REPLICA_SNAPSHOTS),
+    ] {
+        for row in r.open_table(t)?.iter()? {
+            let (k, v) = row?;
+            note(
+                name,
+                Some(k.value()),
+                err(codec::decode_snapshot(v.value()).map(drop)),
+            );
+        }
+    }
+    for row in r.open_table(LOG)?.iter()? {
+        let (_, v) = row?;
+        note(
+            "log",
+            None,
+            err(codec::decode_log_record(v.value()).map(drop)),
+        );
+    }
+    for row in r.open_table(TIMERS)?.iter()? {
+        let (_, v) = row?;
+        note(
+            "timers",
+            None,
+            err(codec::decode_timer_row(v.value()).map(drop)),
+        );
+    }
+    for row in r.open_table(OUTBOX)?.iter()? {
+        let (k, v) = row?;
+        note(
+            "outbox",
+            Some(k.value().0),
+            err(codec::decode_outbox(v.value()).map(drop)),
+        );
+    }
+    for row in r.open_table(AGENT_WORK)?.iter()? {
+        let (k, v) = row?;
+        note(
+            "agent_work",
+            Some(k.value()),
+            err(codec::decode_agent_work(v.value()).map(drop)),
+        );
+    }
+    for row in r.open_table(OFFERS)?.iter()? {
+        let (k, v) = row?;
+        note(
+            "offers",
+            Some(k.value()),
+            err(codec::decode_offer_hold(v.value()).map(drop)),
+        );
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -282,10 +387,45 @@ impl Store {
             replica_pending: Mutex::new(Pending::default()),
             path: dir.join(DB_FILE),
             writing: Mutex::new(()),
+            damaged: Default::default(),
         };
         let mut report = store.recover()?;
         report.replica_records_folded = store.recover_replicas()?;
+        report.damaged = check_values(&store.db)?;
+        for d in &report.damaged {
+            tracing::error!(table = d.table, conversation = ?d.conversation.map(|c| c.to_string()), error = %d.error, "damaged record found at open; restore from a backup");
+        }
+        if !report.damaged.is_empty() {
+            store
+                .damaged
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok((Arc::new(store), report))
+    }
+
+    /// Whether damaged data was found: readiness is off and the writer
+    /// commits nothing more (see `OpenReport::damaged`).
+    pub fn is_damaged(&self) -> bool {
+        self.damaged.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Notes what a read found: damage is logged and stops the node
+    /// taking writes.
+    pub(crate) fn noted<T>(&self, r: Result<T, StoreError>, what: &str) -> Result<T, StoreError> {
+        if let Err(StoreError::Damaged(m)) = &r {
+            if !self.damaged.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                tracing::error!(read = what, error = %m, "damaged data read; the node takes no more writes (restore from a backup)");
+            }
+        }
+        r
+    }
+
+    /// Checks every stored value of the database in `dir` (no node may be
+    /// running on it): the damaged ones, by table and conversation.
+    pub fn check_data(dir: &Path) -> Result<Vec<Damage>, StoreError> {
+        let db = Database::open(dir.join(DB_FILE))
+            .map_err(|e| StoreError::Redb(format!("cannot open {}: {e}", dir.display())))?;
+        check_values(&db)
     }
 
     /// Copies the database file to `to` while the node runs: writes wait
@@ -358,6 +498,7 @@ impl Store {
         let mut report = OpenReport::default();
         // Group the log tail by conversation.
         let mut tail: HashMap<u64, Vec<(u64, LogRecord)>> = HashMap::new();
+        let mut undecodable: Vec<(u64, String)> = Vec::new();
         let (max_log, max_conv, max_dead, any_moved) = {
             let r = self.db.begin_read()?;
             let log = r.open_table(LOG)?;
@@ -369,7 +510,14 @@ impl Store {
             }
             for item in log.iter()? {
                 let (k, v) = item?;
-                let rec = codec::decode_log_record(v.value())?;
+                let rec = match codec::decode_log_record(v.value()) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        // Whose it was cannot be told: set aside.
+                        undecodable.push((k.value(), e.to_string()));
+                        continue;
+                    }
+                };
                 if moved.get(&rec.conv.0).is_some_and(|from| k.value() < *from) {
                     report.log_records_of_moved_copies += 1;
                     continue;
@@ -384,7 +532,7 @@ impl Store {
             (max_log, max_conv, max_dead, !moved.is_empty())
         };
         let mut max_conv = max_conv;
-        if !tail.is_empty() || any_moved {
+        if !tail.is_empty() || any_moved || !undecodable.is_empty() {
             let w = self.db.begin_write()?;
             {
                 let mut snaps = w.open_table(SNAPSHOTS)?;
@@ -392,13 +540,23 @@ impl Store {
                 let mut convs = w.open_table(CONVERSATIONS)?;
                 let mut quarantine = w.open_table(QUARANTINE)?;
                 let log = w.open_table(LOG)?;
+                for (k, e) in &undecodable {
+                    if let Some(v) = log.get(*k)? {
+                        quarantine.insert(*k, v.value())?;
+                    }
+                    tracing::error!(log_key = k, error = %e, "a damaged log record was quarantined");
+                    report.quarantined.push((ConversationId(0), e.clone(), 1));
+                }
                 for (conv, keyed) in tail {
                     let existing = match snaps.get(conv)? {
-                        Some(v) => Some(codec::decode_snapshot(v.value())?),
-                        None => None,
+                        Some(v) => codec::decode_snapshot(v.value()).map(Some),
+                        None => Ok(None),
                     };
                     let (keys, records): (Vec<u64>, Vec<LogRecord>) = keyed.into_iter().unzip();
-                    let state = match replay(ConversationId(conv), existing, &records) {
+                    let replayed = existing
+                        .map_err(StoreError::from)
+                        .and_then(|existing| replay(ConversationId(conv), existing, &records));
+                    let state = match replayed {
                         Ok(state) => state,
                         Err(e) => {
                             // One conversation's records do not hold the
@@ -488,6 +646,13 @@ impl Store {
     /// one transaction (an actor writes at the epoch its state is from:
     /// the writer's fence refuses its writes once the conversation moved).
     pub fn load_held(
+        &self,
+        id: ConversationId,
+    ) -> Result<(Option<ConversationState>, u64), StoreError> {
+        self.noted(self.read_held(id), "conversation")
+    }
+
+    fn read_held(
         &self,
         id: ConversationId,
     ) -> Result<(Option<ConversationState>, u64), StoreError> {

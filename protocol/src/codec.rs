@@ -1,8 +1,12 @@
 //! Versioned binary formats for everything Threadline stores.
 //!
-//! Every stored value starts with a 4-byte header: a kind byte, a reserved
-//! zero byte and a little-endian `u16` format version, followed by the
-//! bincode 2 (standard config) encoding of that version's type. Writers
+//! Every stored value starts with a 4-byte header: a kind byte, a flags
+//! byte and a little-endian `u16` format version, followed by the
+//! bincode 2 (standard config) encoding of that version's type. Flag bit 0
+//! (`CHECKSUMMED`) says a CRC-32 of everything before it (header and
+//! payload) follows as 4 little-endian bytes: a value whose bytes changed
+//! on disk decodes to `CodecError::Damaged` instead of to other content.
+//! Values written before the flag existed (flags 0) still decode. Writers
 //! always write the current version; readers accept every version listed in
 //! `decode_*` and upgrade it to the current type. A change to a stored type
 //! adds a new version (keeping the old type as `...V{n}` here and its
@@ -36,8 +40,15 @@ pub const DEAD_LETTER_VERSION: u16 = 1;
 pub const AGENT_WORK_VERSION: u16 = 1;
 pub const OFFER_HOLD_VERSION: u16 = 1;
 
+/// Flags byte: a CRC-32 trailer follows the payload.
+const CHECKSUMMED: u8 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// The value's checksum does not match its bytes (or its flags are
+    /// unknown): the storage under it was damaged.
+    #[error("damaged {kind:?}: its checksum does not match its bytes")]
+    Damaged { kind: Kind },
     #[error("stored value too short for its header")]
     Truncated,
     #[error("stored value is a {found:?}, expected {expected:?}")]
@@ -79,12 +90,14 @@ fn config() -> WireConfig {
 fn encode<T: Serialize>(kind: Kind, version: u16, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(kind as u8);
-    out.push(0);
+    out.push(CHECKSUMMED);
     out.extend_from_slice(&version.to_le_bytes());
     // Encoding plain data into a Vec cannot fail: every type here is
     // serde-derived without custom serializers.
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .expect("encoding plain data into a Vec cannot fail");
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -99,7 +112,36 @@ fn header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
             found: bytes[0],
         });
     }
-    Ok((u16::from_le_bytes([bytes[2], bytes[3]]), &bytes[4..]))
+    let version = u16::from_le_bytes([bytes[2], bytes[3]]);
+    match bytes[1] {
+        0 => Ok((version, &bytes[4..])),
+        CHECKSUMMED => {
+            if bytes.len() < 8 {
+                return Err(CodecError::Damaged { kind });
+            }
+            let (body, trailer) = bytes.split_at(bytes.len() - 4);
+            let stored = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+            if crc32fast::hash(body) != stored {
+                return Err(CodecError::Damaged { kind });
+            }
+            Ok((version, &body[4..]))
+        }
+        _ => Err(CodecError::Damaged { kind }),
+    }
+}
+
+impl CodecError {
+    /// Whether the bytes were damaged (checksum, or a payload that does not
+    /// decode), rather than of an unknown kind or version.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            CodecError::Damaged { .. }
+                | CodecError::Corrupt { .. }
+                | CodecError::Trailing { .. }
+                | CodecError::Truncated
+        )
+    }
 }
 
 fn decode_exact<T: DeserializeOwned>(
@@ -520,22 +562,45 @@ mod tests {
             decode_log_record(&bytes),
             Err(CodecError::WrongKind { .. })
         ));
+        // A checksummed value whose header or length changed is damage.
         let mut future = bytes.clone();
         future[2] = 99;
         assert!(matches!(
             decode_snapshot(&future),
-            Err(CodecError::UnsupportedVersion { version: 99, .. })
+            Err(CodecError::Damaged { .. })
         ));
-        assert!(matches!(
-            decode_snapshot(&bytes[..3]),
-            Err(CodecError::Truncated)
-        ));
-        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(matches!(
             decode_snapshot(&longer),
+            Err(CodecError::Damaged { .. })
+        ));
+        assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
+        assert!(matches!(
+            decode_snapshot(&bytes[..3]),
+            Err(CodecError::Truncated)
+        ));
+        // The same without a checksum (as written before it existed).
+        let mut plain = bytes[..bytes.len() - 4].to_vec();
+        plain[1] = 0;
+        assert_eq!(decode_snapshot(&plain).unwrap(), state());
+        plain[2] = 99;
+        assert!(matches!(
+            decode_snapshot(&plain),
+            Err(CodecError::UnsupportedVersion { version: 99, .. })
+        ));
+        plain[2] = SNAPSHOT_VERSION as u8;
+        plain.push(0);
+        assert!(matches!(
+            decode_snapshot(&plain),
             Err(CodecError::Trailing { .. })
+        ));
+        // Unknown flags are damage too.
+        let mut flagged = bytes.clone();
+        flagged[1] = 0x80;
+        assert!(matches!(
+            decode_snapshot(&flagged),
+            Err(CodecError::Damaged { .. })
         ));
     }
 }

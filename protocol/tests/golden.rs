@@ -330,3 +330,30 @@ fn a_forged_length_is_refused_not_allocated() {
         let _ = codec::decode_dead_letter(&b);
     }
 }
+
+/// The checksummed envelope (flags bit 0, CRC-32 trailer), introduced with
+/// log record version 1 unchanged: it decodes, and one changed byte of
+/// the payload is reported as damage, not read as other content.
+#[test]
+fn a_checksummed_record_decodes_and_a_changed_byte_is_damage() {
+    let bytes = check(
+        "log_record_v1_checksummed.bin",
+        codec::encode_log_record(&v1_log_record()),
+    );
+    assert_eq!(bytes[1], 1, "the flags byte says checksummed");
+    assert_eq!(codec::decode_log_record(&bytes).unwrap(), v1_log_record());
+    let text = b"cleaning";
+    let at = bytes
+        .windows(text.len())
+        .position(|w| w == text)
+        .expect("the text is in the record");
+    let mut damaged = bytes.clone();
+    damaged[at] = b'C';
+    let e = codec::decode_log_record(&damaged).unwrap_err();
+    assert!(e.is_damage(), "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    // The unchecksummed record of before still decodes.
+    let old = std::fs::read(fixture("log_record_v1.bin")).unwrap();
+    assert_eq!(old[1], 0);
+    assert_eq!(codec::decode_log_record(&old).unwrap(), v1_log_record());
+}
