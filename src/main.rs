@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckData { data_dir } => {
-            match threadline_actors::store::Store::check_data(&data_dir) {
+            match threadline_actors::replica::check_data(&data_dir) {
                 Ok(damage) if damage.is_empty() => {
                     println!(
                         "threadline: every stored record in {} decodes",

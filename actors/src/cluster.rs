@@ -1352,6 +1352,8 @@ impl Cluster {
             match f.get(owner) {
                 Some(q) if !q.is_closed() => q.clone(),
                 _ => {
+                    // Unbounded: each job is a caller waiting for its
+                    // answer, admitted by a gateway (bounded there).
                     let (q, queued) = tokio::sync::mpsc::unbounded_channel();
                     let me = self.shared.cluster.get().cloned().unwrap_or_default();
                     tokio::spawn(forwarder(me, owner.to_owned(), queued));

@@ -162,7 +162,12 @@ pub struct Persistence {
 }
 
 /// Set once a cluster replicates this node's changes: committed batches
-/// go there instead of completing at once.
+/// go there instead of completing at once. Unbounded on purpose: the
+/// writer thread must never block on the async replicator, and what can
+/// wait in it is bounded upstream, since every change it holds is a
+/// caller still waiting for its completion, admitted by a gateway
+/// (`server.max_in_flight_per_gateway`) or by an actor's one message at a
+/// time.
 type ReplicationHook = Arc<std::sync::OnceLock<mpsc::UnboundedSender<Committed>>>;
 
 pub struct WriterThread {
@@ -459,19 +464,34 @@ fn writer_loop(
                     .collect()
             };
             applied.clear();
+            // The cluster's writes (replicas, ownership moves) go into the
+            // same transaction, after the batch's own.
+            let start_tail = tail.next_key;
+            tail.effects.clear();
+            let mut cluster = Some(cluster);
+            let mut cluster_writes = |txn: &redb::WriteTransaction, log_next: u64| {
+                let writes = cluster.take().unwrap_or_default();
+                match writes.is_empty() {
+                    true => Ok(Vec::new()),
+                    false => crate::replica::apply(
+                        txn,
+                        writes,
+                        &mut tail,
+                        &store.replica_pending,
+                        log_next,
+                    ),
+                }
+            };
             let r = BatchWriter {
                 next_log_key: &mut next_log,
                 next_dead_letter: &mut next_dead,
                 audit_heads: &mut audit_heads,
-                tail: &mut tail,
             }
-            .commit(
-                &store.db,
-                writes,
-                cluster,
-                &store.replica_pending,
-                &mut applied,
-            );
+            .commit(&store.db, writes, Some(&mut cluster_writes), &mut applied);
+            if r.is_err() {
+                // Nothing of it is durable: its tail keys are handed out again.
+                tail.undo(start_tail);
+            }
             metrics.observe_commit(batch.len(), started.elapsed());
             match r {
                 Ok(v) => {

@@ -63,18 +63,10 @@ use threadline_protocol::codec::{self, TimerRow};
 use threadline_protocol::{ConversationId, ConversationState, LogRecord, OutboxEntry};
 
 use crate::store::{
-    contact_key, replay, Pending, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS, LOG,
-    OUTBOX, SNAPSHOTS, TIMERS,
+    contact_key, replay, Damage, Pending, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS,
+    EPOCHS, LOG, MOVED, OUTBOX, SNAPSHOTS, TIMERS,
 };
 
-pub(crate) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
-/// conversation → the first log key that counts for it: it moved (was
-/// installed or handed over) in the commit before that key. Log records
-/// of it below are of the copy the move replaced: snapshots covered them
-/// but the log keeps them until it is truncated, and they must never be
-/// replayed (onto no snapshot, or onto another lineage's). Emptied at
-/// open, when the whole log has been folded.
-pub(crate) const MOVED: TableDefinition<u64, u64> = TableDefinition::new("moved");
 pub(crate) const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
 pub(crate) const REPLICA_CONTACTS: TableDefinition<&str, u64> =
     TableDefinition::new("replica_contacts");
@@ -680,6 +672,44 @@ pub(crate) fn apply(
     Ok(out)
 }
 
+/// The cluster's tables in the node's database, for `Store::open_with`.
+pub struct ReplicaTables;
+
+impl crate::store::Extension for ReplicaTables {
+    fn create_tables(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        Store::create_cluster_tables(txn)
+    }
+    fn recover(&self, store: &Store) -> Result<usize, StoreError> {
+        store.recover_replicas()
+    }
+    fn check(&self, r: &redb::ReadTransaction, out: &mut Vec<Damage>) -> Result<(), StoreError> {
+        for row in r.open_table(REPLICA_SNAPSHOTS)?.iter()? {
+            let (k, v) = row?;
+            if let Err(e) = codec::decode_snapshot(v.value()) {
+                out.push(Damage {
+                    table: "replica_snapshots",
+                    conversation: Some(ConversationId(k.value())),
+                    error: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the node's store with the cluster's tables (what a node runs on).
+pub fn open(
+    dir: &std::path::Path,
+    cache_bytes: usize,
+) -> Result<(std::sync::Arc<Store>, crate::store::OpenReport), StoreError> {
+    Store::open_with(dir, cache_bytes, &ReplicaTables)
+}
+
+/// `Store::check_data` of a node's data directory, replicas included.
+pub fn check_data(dir: &std::path::Path) -> Result<Vec<Damage>, StoreError> {
+    Store::check_data(dir, &ReplicaTables)
+}
+
 impl Store {
     /// The epoch at which this node holds conversation `conv` (0 until its
     /// ownership first moves).
@@ -782,8 +812,6 @@ impl Store {
 
     /// Creates the cluster's tables (at open).
     pub(crate) fn create_cluster_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-        txn.open_table(EPOCHS)?;
-        txn.open_table(MOVED)?;
         txn.open_table(REPLICAS)?;
         txn.open_table(REPLICA_CONTACTS)?;
         txn.open_table(REPLICA_SNAPSHOTS)?;

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::persistence::{Persistence, WriterThread};
 use crate::router::Router;
 use crate::scheduler::{SchedArgs, SchedMsg, Scheduler};
-use crate::store::{OpenReport, Store, StoreError};
+use crate::store::{OpenReport, StoreError};
 use threadline_protocol::codec::TimerRow;
 
 #[derive(Clone)]
@@ -233,9 +233,10 @@ impl Runtime {
     ) -> Result<Runtime, StoreError> {
         let dir = cfg.data_dir.clone();
         let cache = cfg.storage_cache_bytes;
-        let (store, report) = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
-            .await
-            .map_err(|e| StoreError::Redb(e.to_string()))??;
+        let (store, report) =
+            tokio::task::spawn_blocking(move || crate::replica::open(&dir, cache))
+                .await
+                .map_err(|e| StoreError::Redb(e.to_string()))??;
         let (persistence, writer) =
             Persistence::start(store, &report, cfg.persistence_queue, metrics.clone());
         let shared = Arc::new(Shared {

@@ -69,6 +69,17 @@ pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new(
 /// conversation → its open offer (`OfferHold`), kept by the agent pool.
 pub(crate) const OFFERS: TableDefinition<u64, &[u8]> = TableDefinition::new("offers");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
+/// conversation → the epoch at which this node holds it (no row: 0, it
+/// never moved). Raised by every ownership move.
+pub(crate) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
+/// conversation → the first log key that counts for it: it moved (was
+/// installed or handed over) in the commit before that key. Log records
+/// of it below are of the copy the move replaced: snapshots covered them
+/// but the log keeps them until it is truncated, and they must never be
+/// replayed (onto no snapshot, or onto another lineage's). Emptied at
+/// open, when the whole log has been folded.
+pub(crate) const MOVED: TableDefinition<u64, u64> = TableDefinition::new("moved");
+
 /// Log records set aside at open because they do not replay onto what the
 /// store holds of their conversation (log key → the record as it was).
 pub(crate) const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
@@ -272,6 +283,32 @@ pub struct OpenReport {
     pub damaged: Vec<Damage>,
 }
 
+/// What another part of the node keeps in the same database (the
+/// cluster's replicas): its tables are created and recovered at open and
+/// checked with the rest. The store knows nothing of what they hold.
+pub trait Extension {
+    fn create_tables(&self, txn: &redb::WriteTransaction) -> Result<(), StoreError>;
+    /// Recovery at open, after the store's own; how many records it folded.
+    fn recover(&self, store: &Store) -> Result<usize, StoreError>;
+    /// Adds its damaged values to `out`.
+    fn check(&self, r: &redb::ReadTransaction, out: &mut Vec<Damage>) -> Result<(), StoreError>;
+}
+
+/// A store with nothing beside its own tables.
+pub struct NoExtension;
+
+impl Extension for NoExtension {
+    fn create_tables(&self, _: &redb::WriteTransaction) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn recover(&self, _: &Store) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    fn check(&self, _: &redb::ReadTransaction, _: &mut Vec<Damage>) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// A stored value that does not decode.
 #[derive(Debug, Clone)]
 pub struct Damage {
@@ -282,7 +319,7 @@ pub struct Damage {
 }
 
 /// Decodes every value of the tables that hold encoded records.
-fn check_values(db: &Database) -> Result<Vec<Damage>, StoreError> {
+fn check_values(db: &Database, ext: &dyn Extension) -> Result<Vec<Damage>, StoreError> {
     let r = db.begin_read()?;
     let mut out = Vec::new();
     let mut note = |table: &'static str, conversation: Option<u64>, e: Option<String>| {
@@ -295,18 +332,13 @@ fn check_values(db: &Database) -> Result<Vec<Damage>, StoreError> {
         }
     };
     let err = |r: Result<(), codec::CodecError>| r.err().map(|e| e.to_string());
-    for (name, t) in [
-        ("snapshots", SNAPSHOTS),
-        ("replica_snapshots", crate::replica::REPLICA_SNAPSHOTS),
-    ] {
-        for row in r.open_table(t)?.iter()? {
-            let (k, v) = row?;
-            note(
-                name,
-                Some(k.value()),
-                err(codec::decode_snapshot(v.value()).map(drop)),
-            );
-        }
+    for row in r.open_table(SNAPSHOTS)?.iter()? {
+        let (k, v) = row?;
+        note(
+            "snapshots",
+            Some(k.value()),
+            err(codec::decode_snapshot(v.value()).map(drop)),
+        );
     }
     for row in r.open_table(LOG)?.iter()? {
         let (_, v) = row?;
@@ -348,6 +380,7 @@ fn check_values(db: &Database) -> Result<Vec<Damage>, StoreError> {
             err(codec::decode_offer_hold(v.value()).map(drop)),
         );
     }
+    ext.check(&r, &mut out)?;
     Ok(out)
 }
 
@@ -356,6 +389,15 @@ impl Store {
     /// that a snapshot does not cover yet into a fresh snapshot, so a node
     /// starts with an empty log tail.
     pub fn open(dir: &Path, cache_bytes: usize) -> Result<(Arc<Store>, OpenReport), StoreError> {
+        Self::open_with(dir, cache_bytes, &NoExtension)
+    }
+
+    /// `open`, with `ext`'s tables beside the store's.
+    pub fn open_with(
+        dir: &Path,
+        cache_bytes: usize,
+        ext: &dyn Extension,
+    ) -> Result<(Arc<Store>, OpenReport), StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Redb(format!("cannot create {}: {e}", dir.display())))?;
         let db = Database::builder()
@@ -378,7 +420,9 @@ impl Store {
             txn.open_table(AUDIT_HEADS)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(QUARANTINE)?;
-            Store::create_cluster_tables(&txn)?;
+            txn.open_table(EPOCHS)?;
+            txn.open_table(MOVED)?;
+            ext.create_tables(&txn)?;
             txn.commit()?;
         }
         let store = Store {
@@ -390,8 +434,8 @@ impl Store {
             damaged: Default::default(),
         };
         let mut report = store.recover()?;
-        report.replica_records_folded = store.recover_replicas()?;
-        report.damaged = check_values(&store.db)?;
+        report.replica_records_folded = ext.recover(&store)?;
+        report.damaged = check_values(&store.db, ext)?;
         for d in &report.damaged {
             tracing::error!(table = d.table, conversation = ?d.conversation.map(|c| c.to_string()), error = %d.error, "damaged record found at open; restore from a backup");
         }
@@ -422,10 +466,10 @@ impl Store {
 
     /// Checks every stored value of the database in `dir` (no node may be
     /// running on it): the damaged ones, by table and conversation.
-    pub fn check_data(dir: &Path) -> Result<Vec<Damage>, StoreError> {
+    pub fn check_data(dir: &Path, ext: &dyn Extension) -> Result<Vec<Damage>, StoreError> {
         let db = Database::open(dir.join(DB_FILE))
             .map_err(|e| StoreError::Redb(format!("cannot open {}: {e}", dir.display())))?;
-        check_values(&db)
+        check_values(&db, ext)
     }
 
     /// Copies the database file to `to` while the node runs: writes wait
@@ -504,7 +548,7 @@ impl Store {
             let log = r.open_table(LOG)?;
             // Records of a copy that moved away (or was replaced) count not.
             let mut moved: HashMap<u64, u64> = HashMap::new();
-            for item in r.open_table(crate::replica::MOVED)?.iter()? {
+            for item in r.open_table(MOVED)?.iter()? {
                 let (c, k) = item?;
                 moved.insert(c.value(), k.value());
             }
@@ -593,7 +637,7 @@ impl Store {
                 drop(log);
                 w.open_table(LOG)?.retain(|_, _| false)?;
                 // The log is empty now: no record is of a moved copy.
-                w.open_table(crate::replica::MOVED)?.retain(|_, _| false)?;
+                w.open_table(MOVED)?.retain(|_, _| false)?;
             }
             w.commit()?;
         }
@@ -658,10 +702,7 @@ impl Store {
     ) -> Result<(Option<ConversationState>, u64), StoreError> {
         let keys = self.pending.lock().keys(id.0);
         let r = self.db.begin_read()?;
-        let epoch = r
-            .open_table(crate::replica::EPOCHS)?
-            .get(id.0)?
-            .map_or(0, |v| v.value());
+        let epoch = r.open_table(EPOCHS)?.get(id.0)?.map_or(0, |v| v.value());
         let snapshot = match r.open_table(SNAPSHOTS)?.get(id.0)? {
             Some(v) => Some(codec::decode_snapshot(v.value())?),
             None => None,
@@ -857,9 +898,12 @@ pub(crate) struct BatchWriter<'a> {
     pub next_log_key: &'a mut u64,
     pub next_dead_letter: &'a mut u64,
     pub audit_heads: &'a mut AuditHeads,
-    /// The replica tail's next key, and what the commit did to its index.
-    pub tail: &'a mut crate::replica::Tail,
 }
+
+/// Further writes in a batch's transaction (the cluster's), given the
+/// log's next key once the batch's events are in; what they return.
+pub(crate) type ExtraWrites<'e, R> =
+    &'e mut dyn FnMut(&redb::WriteTransaction, u64) -> Result<R, StoreError>;
 
 pub(crate) enum Applied {
     Logged { conv: u64, seq: u32, key: u64 },
@@ -980,20 +1024,17 @@ pub(crate) enum Write<'a> {
 impl BatchWriter<'_> {
     /// Commits `writes`, then the cluster's writes (replicas, ownership
     /// moves), in one durable transaction; returns the replicas' verdicts.
-    pub(crate) fn commit<'w>(
+    pub(crate) fn commit<'w, R: Default>(
         &mut self,
         db: &Database,
         writes: impl Iterator<Item = Write<'w>>,
-        cluster: Vec<crate::replica::ClusterWrite<'w>>,
-        index: &Mutex<Pending>,
+        extra: Option<ExtraWrites<'_, R>>,
         out: &mut Vec<Applied>,
-    ) -> Result<Vec<Vec<crate::replica::Verdict>>, StoreError> {
+    ) -> Result<R, StoreError> {
         let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         let start_log = *self.next_log_key;
         let start_dead = *self.next_dead_letter;
-        let start_tail = self.tail.next_key;
-        self.tail.effects.clear();
         // Chain heads of the tenants this batch audits, as they were before
         // it: to write once at the end, or to restore if the commit fails.
         let mut heads_before: HashMap<String, Option<(u64, crate::audit::Hash)>> = HashMap::new();
@@ -1166,26 +1207,16 @@ impl BatchWriter<'_> {
                 }
             }
         }
-        let verdicts = if cluster.is_empty() {
-            Vec::new()
-        } else {
-            match crate::replica::apply(&txn, cluster, self.tail, index, *self.next_log_key) {
-                Ok(v) => v,
-                Err(e) => {
-                    self.restore(start_log, start_dead, heads_before);
-                    self.tail.undo(start_tail);
-                    out.clear();
-                    return Err(e);
-                }
-            }
+        let extra = match extra {
+            None => Ok(R::default()),
+            Some(f) => f(&txn, *self.next_log_key),
         };
-        if let Err(e) = txn.commit() {
+        let committed = extra.and_then(|r| txn.commit().map(|()| r).map_err(StoreError::from));
+        if committed.is_err() {
             self.restore(start_log, start_dead, heads_before);
-            self.tail.undo(start_tail);
             out.clear();
-            return Err(e.into());
         }
-        Ok(verdicts)
+        committed
     }
 
     /// Nothing of this batch is durable: hand the keys out again.

@@ -58,7 +58,7 @@ async fn replicate(p: &Persistence, entries: Vec<ReplicaEntry>) -> Vec<Verdict> 
 }
 
 fn open(dir: &std::path::Path) -> (Arc<Store>, Persistence, WriterThread) {
-    let (store, report) = Store::open(dir, 8 << 20).unwrap();
+    let (store, report) = threadline_actors::replica::open(dir, 8 << 20).unwrap();
     let (p, w) = Persistence::start(store.clone(), &report, 64, Arc::new(Metrics::new()));
     (store, p, w)
 }
@@ -263,7 +263,7 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
     drop((p, store));
     // And all of it holds after a restart (recovery does not bring the
     // stale log records back).
-    let (store, _) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (store, _) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     assert!(store.held().unwrap().is_empty());
     assert_eq!(store.replica_state(conv).unwrap().unwrap().1, state);
 }
@@ -365,7 +365,7 @@ async fn a_replica_read_after_a_restart_has_every_stored_change_and_none_of_a_re
     p.shutdown().await.unwrap();
     w.join();
     drop((p, store));
-    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (store, report) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     // The records of the replicas' current epochs: 7's 20, and 9's one
     // after its base; 9's 30 of epoch 1 are dropped.
     assert_eq!(report.replica_records_folded, 21);
@@ -436,7 +436,7 @@ fn replicas_in_the_old_replica_log_table_are_kept_at_open_and_the_table_goes() {
     const OLD: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("replica_log");
     const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path(), 8 << 20).unwrap());
+    drop(threadline_actors::replica::open(dir.path(), 8 << 20).unwrap());
     // What a node of the earlier format left: a replica's meta and its
     // records keyed by (conversation, event seq).
     let evs = events(5, 9);
@@ -465,7 +465,7 @@ fn replicas_in_the_old_replica_log_table_are_kept_at_open_and_the_table_goes() {
         }
         w.commit().unwrap();
     }
-    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (store, report) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     assert_eq!(report.replica_records_folded, 10);
     let (meta, state) = store.replica_state(5).unwrap().unwrap();
     assert_eq!((meta.epoch, meta.last_seq), (3, 10));
@@ -578,7 +578,7 @@ async fn a_copy_that_moved_writes_nothing_more_and_the_node_opens_its_data_again
     drop((p, store));
 
     // The node opens its data again, with nothing set aside.
-    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (store, report) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     assert!(report.quarantined.is_empty(), "{:?}", report.quarantined);
     assert!(store.held().unwrap().is_empty());
     assert_eq!(store.replica_state(conv).unwrap().unwrap().1, state);
@@ -649,7 +649,7 @@ fn log_records_that_do_not_replay_are_set_aside_and_the_rest_of_the_node_opens()
             .unwrap();
         t.commit().unwrap();
     }
-    let (store, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (store, report) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     assert_eq!(report.quarantined.len(), 1);
     let (conv, why, n) = &report.quarantined[0];
     assert_eq!((*conv, *n), (ConversationId(77), 1));
@@ -661,6 +661,6 @@ fn log_records_that_do_not_replay_are_set_aside_and_the_rest_of_the_node_opens()
     assert!(store.load(ConversationId(77)).unwrap().is_none());
     drop(store);
     // Set aside once: the next open finds nothing to set aside.
-    let (_, report) = Store::open(dir.path(), 8 << 20).unwrap();
+    let (_, report) = threadline_actors::replica::open(dir.path(), 8 << 20).unwrap();
     assert!(report.quarantined.is_empty());
 }

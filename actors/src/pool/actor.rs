@@ -644,6 +644,9 @@ impl Actor for PoolActor {
         let router = Router {
             shared: args.shared.clone(),
         };
+        // Unbounded: the pool actor must not wait on its own writes; each
+        // is an assignment or release of a conversation, at most a few per
+        // offer, and offers are bounded by agents' capacity.
         let (assignments, mut rx) = mpsc::unbounded_channel::<Write>();
         let writer = router.clone();
         tokio::spawn(async move {
