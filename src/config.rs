@@ -738,41 +738,42 @@ impl Config {
                 }
             }
         }
-        if !(100..=600_000).contains(&self.server.websocket_write_timeout_ms) {
-            return err(
-                vec![Key("server"), Key("websocket_write_timeout_ms")],
-                "must be between 100 and 600000".into(),
-            );
-        }
-        if !(100..=600_000).contains(&self.server.body_timeout_ms) {
-            return err(
-                vec![Key("server"), Key("body_timeout_ms")],
-                "must be between 100 and 600000".into(),
-            );
-        }
-        if !(1_000..=86_400_000).contains(&self.server.websocket_idle_timeout_ms) {
-            return err(
-                vec![Key("server"), Key("websocket_idle_timeout_ms")],
-                "must be between 1000 and 86400000".into(),
-            );
-        }
-        if !(1..=1_000_000).contains(&self.server.websockets_per_source) {
-            return err(
-                vec![Key("server"), Key("websockets_per_source")],
-                "must be between 1 and 1000000".into(),
-            );
-        }
-        if !(1..=1_000_000).contains(&self.server.max_connections) {
-            return err(
-                vec![Key("server"), Key("max_connections")],
-                "must be between 1 and 1000000".into(),
-            );
-        }
-        if !(1..=1_000_000).contains(&self.server.max_in_flight_per_gateway) {
-            return err(
-                vec![Key("server"), Key("max_in_flight_per_gateway")],
-                "must be between 1 and 1000000".into(),
-            );
+        // Bounded numbers of `[server]`: (key, value, least, most).
+        let s = &self.server;
+        for (key, value, least, most) in [
+            (
+                "websocket_write_timeout_ms",
+                s.websocket_write_timeout_ms,
+                100,
+                600_000,
+            ),
+            ("body_timeout_ms", s.body_timeout_ms, 100, 600_000),
+            (
+                "websocket_idle_timeout_ms",
+                s.websocket_idle_timeout_ms,
+                1_000,
+                86_400_000,
+            ),
+            (
+                "websockets_per_source",
+                s.websockets_per_source as u64,
+                1,
+                1_000_000,
+            ),
+            ("max_connections", s.max_connections as u64, 1, 1_000_000),
+            (
+                "max_in_flight_per_gateway",
+                s.max_in_flight_per_gateway as u64,
+                1,
+                1_000_000,
+            ),
+        ] {
+            if !(least..=most).contains(&value) {
+                return err(
+                    vec![Key("server"), Key(key)],
+                    format!("must be between {least} and {most}"),
+                );
+            }
         }
         if self.server.rate_limit_per_second > 1_000_000 {
             return err(

@@ -476,31 +476,12 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let is_conversations = st
-                    .shared
-                    .supervisor
-                    .read()
-                    .as_ref()
-                    .is_some_and(|s| s.get_id() == cell.get_id());
-                let is_scheduler = st
-                    .shared
-                    .scheduler
-                    .read()
-                    .as_ref()
-                    .is_some_and(|s| s.get_id() == cell.get_id());
-                let gateway = st.shared.gateway_named(cell.get_id());
-                let is_pool = st
-                    .shared
-                    .pool
-                    .read()
-                    .as_ref()
-                    .is_some_and(|p| p.get_id() == cell.get_id());
-                let is_sender = st
-                    .shared
-                    .sender
-                    .read()
-                    .as_ref()
-                    .is_some_and(|s| s.get_id() == cell.get_id());
+                let id = cell.get_id();
+                let is_conversations = is_child(&st.shared.supervisor, id);
+                let is_scheduler = is_child(&st.shared.scheduler, id);
+                let gateway = st.shared.gateway_named(id);
+                let is_pool = is_child(&st.shared.pool, id);
+                let is_sender = is_child(&st.shared.sender, id);
                 if is_sender {
                     tracing::error!(error = %err, "sender failed; restarting it from the outbox");
                     *st.shared.sender.write() = None;
@@ -556,6 +537,11 @@ impl Actor for RootSupervisor {
         }
         Ok(())
     }
+}
+
+/// Whether the child in `slot` is actor `id`.
+fn is_child<M: ractor::Message>(slot: &RwLock<Option<ActorRef<M>>>, id: ractor::ActorId) -> bool {
+    slot.read().as_ref().is_some_and(|a| a.get_id() == id)
 }
 
 async fn spawn_sender(

@@ -332,54 +332,26 @@ fn check_values(db: &Database, ext: &dyn Extension) -> Result<Vec<Damage>, Store
         }
     };
     let err = |r: Result<(), codec::CodecError>| r.err().map(|e| e.to_string());
-    for row in r.open_table(SNAPSHOTS)?.iter()? {
-        let (k, v) = row?;
-        note(
-            "snapshots",
-            Some(k.value()),
-            err(codec::decode_snapshot(v.value()).map(drop)),
-        );
+    // Each table: its values decoded, the conversation read off the key.
+    macro_rules! scan {
+        ($table:expr, $name:literal, $conv:expr, $decode:path) => {
+            for row in r.open_table($table)?.iter()? {
+                let (k, v) = row?;
+                note($name, $conv(k.value()), err($decode(v.value()).map(drop)));
+            }
+        };
     }
-    for row in r.open_table(LOG)?.iter()? {
-        let (_, v) = row?;
-        note(
-            "log",
-            None,
-            err(codec::decode_log_record(v.value()).map(drop)),
-        );
-    }
-    for row in r.open_table(TIMERS)?.iter()? {
-        let (_, v) = row?;
-        note(
-            "timers",
-            None,
-            err(codec::decode_timer_row(v.value()).map(drop)),
-        );
-    }
-    for row in r.open_table(OUTBOX)?.iter()? {
-        let (k, v) = row?;
-        note(
-            "outbox",
-            Some(k.value().0),
-            err(codec::decode_outbox(v.value()).map(drop)),
-        );
-    }
-    for row in r.open_table(AGENT_WORK)?.iter()? {
-        let (k, v) = row?;
-        note(
-            "agent_work",
-            Some(k.value()),
-            err(codec::decode_agent_work(v.value()).map(drop)),
-        );
-    }
-    for row in r.open_table(OFFERS)?.iter()? {
-        let (k, v) = row?;
-        note(
-            "offers",
-            Some(k.value()),
-            err(codec::decode_offer_hold(v.value()).map(drop)),
-        );
-    }
+    scan!(SNAPSHOTS, "snapshots", Some, codec::decode_snapshot);
+    scan!(LOG, "log", |_| None, codec::decode_log_record);
+    scan!(TIMERS, "timers", |_| None, codec::decode_timer_row);
+    scan!(
+        OUTBOX,
+        "outbox",
+        |k: (u64, u32)| Some(k.0),
+        codec::decode_outbox
+    );
+    scan!(AGENT_WORK, "agent_work", Some, codec::decode_agent_work);
+    scan!(OFFERS, "offers", Some, codec::decode_offer_hold);
     ext.check(&r, &mut out)?;
     Ok(out)
 }
