@@ -1797,14 +1797,40 @@ async fn every_node_starts_again_on_its_data_after_a_kill_and_a_graceful_stop() 
             panic!("node {i} set records aside:\n{}", all.join("\n=========\n"));
         }
     }
-    // Everything was left on the last node to stop: once each
-    // conversation has been handed to its owner (one holder each), every
-    // node reads each one whole.
+    // Everything was left on the last node to stop. While the
+    // conversations are handed to their owners, every node finds each
+    // one (never "not found"; 503 while one is moving), and once each has
+    // one holder every node reads each one whole.
+    for n in &nodes {
+        for (c, conv) in conv_of.iter().enumerate() {
+            assert_eq!(
+                found_while_moving(n, &phone(c)).await["id"].as_str(),
+                Some(conv.as_str())
+            );
+        }
+    }
     for conv in &conv_of {
         settled_on_one(&nodes, conv).await;
     }
     let [n1, n2, n3] = &nodes;
     nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
+}
+
+/// The contact's conversation read through `node`, waiting out 503s (a
+/// conversation moving between nodes); a 404 fails.
+async fn found_while_moving(node: &Node, contact: &str) -> Value {
+    let path = format!(
+        "/api/v1/tenants/acme/contacts/{}/conversation",
+        contact.replace('+', "%2B")
+    );
+    for _ in 0..400 {
+        match node.get_admin(&path).await {
+            (200, v) => return v,
+            (503, _) => tokio::time::sleep(Duration::from_millis(25)).await,
+            (s, v) => panic!("{contact} through {}: {s} {v}", node.base),
+        }
+    }
+    panic!("{contact} stayed unavailable through {}", node.base);
 }
 
 /// Waits until exactly one of `nodes` holds conversation `conv`, and no

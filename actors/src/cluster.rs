@@ -281,8 +281,13 @@ struct Forwarded {
 /// Which conversation a `View` asks for.
 #[derive(serde::Serialize, serde::Deserialize)]
 enum Lookup {
+    /// A contact's conversation, read on its owner: if the owner has none
+    /// yet, it asks the other live nodes (`ContactHere`), since one of them
+    /// may still hold it until it is handed over.
     Contact(String, String),
     Id(u64),
+    /// A contact's conversation as this node holds it, and no further.
+    ContactHere(String, String),
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -488,7 +493,14 @@ impl Actor for RouterActor {
                 tokio::spawn(async move {
                     let found = match unwire::<Lookup>(&bytes) {
                         None => Err(DeliverError::Unavailable("unreadable view request".into())),
-                        Some(Lookup::Contact(t, c)) => router.view_local(&t, &c).await,
+                        Some(Lookup::Contact(t, c)) => match router.view_local(&t, &c).await {
+                            Ok(None) => match cluster.as_ref() {
+                                Some(c2) => c2.held_by_a_peer(&ConvKey::new(&t, &c)).await,
+                                None => Ok(None),
+                            },
+                            other => other,
+                        },
+                        Some(Lookup::ContactHere(t, c)) => router.view_local(&t, &c).await,
                         Some(Lookup::Id(id)) => {
                             let id = ConversationId(id);
                             match router.view_by_id_local(id).await {
@@ -1273,6 +1285,33 @@ impl Cluster {
     ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
         let lookup = Lookup::Contact(key.tenant().to_owned(), key.contact().to_owned());
         self.lookup(owner, lookup).await
+    }
+
+    /// The conversation of `key` as another live node holds it, if one
+    /// does: this node owns `key` but has nothing of it (it is still to be
+    /// handed over here, after a restart of the cluster, say).
+    /// (The furthest copy, if more than one node still holds one.)
+    pub async fn held_by_a_peer(
+        &self,
+        key: &ConvKey,
+    ) -> Result<Option<threadline_protocol::ConversationState>, DeliverError> {
+        if self.spec.replication_factor < 2 {
+            return Ok(None);
+        }
+        let mut best: Option<threadline_protocol::ConversationState> = None;
+        for peer in self
+            .live_names()
+            .into_iter()
+            .filter(|n| *n != self.spec.name)
+        {
+            let here = Lookup::ContactHere(key.tenant().to_owned(), key.contact().to_owned());
+            if let Some(s) = self.lookup(&peer, here).await? {
+                if best.as_ref().is_none_or(|b| s.last_seq > b.last_seq) {
+                    best = Some(s);
+                }
+            }
+        }
+        Ok(best)
     }
 
     /// A `View` RPC to `node`.

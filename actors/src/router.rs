@@ -314,6 +314,10 @@ impl Router {
             if let Some(newer) = cluster.newer_copy(&key).await? {
                 return cluster.forward_view(&newer, &key).await;
             }
+            return match self.view_local(tenant, contact).await? {
+                Some(s) => Ok(Some(s)),
+                None => cluster.held_by_a_peer(&key).await,
+            };
         }
         self.view_local(tenant, contact).await
     }
