@@ -11,6 +11,13 @@ use serde_json::{json, Value};
 
 const COOKIE: &str = "test-cluster-cookie-0001";
 
+/// The tests that put heavy load on the machine (the restart and nemesis
+/// runs) take this exclusively, every other test shares it: on 2 cores a
+/// heavy run beside another test starved that test's nodes of heartbeats
+/// (it saw a join time out now and then), and the heavy runs measure
+/// nothing for others' benefit.
+static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -82,6 +89,7 @@ async fn healthy(node: &Node, peer: &str, want: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_the_cookie_join_through_a_seed_and_a_wrong_cookie_never_does() {
+    let _load = LOAD.read().await;
     let (p1, p2, p3, p4) = (free_port(), free_port(), free_port(), free_port());
     let n1 = Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]);
     let n2 = Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]);
@@ -153,6 +161,7 @@ fn signal(node: &Node, sig: i32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
+    let _load = LOAD.read().await;
     let n = Node::start(&[]);
     let v = cluster(&n).await;
     assert_eq!(v["mode"], "single");
@@ -180,6 +189,7 @@ async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_to_any_node_lands_in_one_conversation_on_its_owner() {
+    let _load = LOAD.read().await;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let nodes = [
         Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]),
@@ -505,6 +515,7 @@ fn pids(conv: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_conversations_and_timers_continue_on_the_others_and_move_back() {
+    let _load = LOAD.read().await;
     let customers = 18;
     let ([n1, n2, mut n3], owner_of, conv_of) = three_with_customers(customers).await;
     let victims: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
@@ -636,6 +647,7 @@ async fn holds(node: &Node, conv: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_nodes_conversations_continue_and_it_rejoins_without_two_owners() {
+    let _load = LOAD.read().await;
     let customers = 18;
     let ([n1, n2, n3], owner_of, conv_of) = three_with_customers(customers).await;
     let victims: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
@@ -807,6 +819,7 @@ async fn assigned_again(ws: &mut common::ws::Ws, conv: &str) -> Option<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_them_when_the_pools_node_dies(
 ) {
+    let _load = LOAD.read().await;
     use common::ws::{next_of, send_json};
     // Business hours on every node's clock: the agent's second message is
     // not a direct reply, and must not wait for the morning.
@@ -1003,6 +1016,7 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_sigterm_hands_its_conversations_over_before_it_exits() {
+    let _load = LOAD.read().await;
     let customers = 12;
     let (mut nodes, owner_of, conv_of) = three_with_customers(customers).await;
     let leavers: Vec<usize> = (0..customers).filter(|c| owner_of[*c] == 2).collect();
@@ -1058,6 +1072,7 @@ async fn a_node_stopped_with_sigterm_hands_its_conversations_over_before_it_exit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_removed_for_good_is_forgotten_by_every_node_and_readiness_says_when_writes_can_be_taken(
 ) {
+    let _load = LOAD.read().await;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let n1 = Node::start_with_config(&config("n1", p1, &[], COOKIE), &[]);
     let n2 = Node::start_with_config(&config("n2", p2, &[p1], COOKIE), &[]);
@@ -1193,6 +1208,7 @@ fn tls_node(name: &str, port: u16, seeds: &[u16], pki: &Pki) -> Node {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cluster_tls_only_nodes_of_the_clusters_ca_join_and_requests_pass_on_between_them() {
+    let _load = LOAD.read().await;
     let pki = Pki::new();
     let (p1, p2, p3, p4, p5) = (
         free_port(),
@@ -1309,6 +1325,7 @@ async fn waiting(node: &Node) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_the_pools_die() {
+    let _load = LOAD.read().await;
     use common::ws::send_json;
     let (mut nodes, h) = three_with_agents().await;
     let names = ["n1", "n2", "n3"];
@@ -1401,6 +1418,7 @@ async fn a_customer_waiting_for_an_agent_keeps_their_place_when_their_node_and_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_was_down_while_the_agent_list_changed_catches_up_when_it_is_back() {
+    let _load = LOAD.read().await;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let mut nodes = [
         Node::start_with_config(&agent_config("n1", p1, &[]), &[]),
@@ -1526,6 +1544,7 @@ async fn thursday_friday(node: &Node) -> (Vec<(String, String, String)>, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customers_on_different_nodes_never_get_the_same_slot_and_bookings_survive_the_calendars_node(
 ) {
+    let _load = LOAD.read().await;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     // Tuesday 10:00 in New York.
     let sim = ["--simulated-clock", "2026-03-03T15:00:00Z"];
@@ -1675,6 +1694,7 @@ async fn business_message(node: &Node, who: &str, text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_through_any_node_is_what_every_node_decides_by_until_start() {
+    let _load = LOAD.read().await;
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     let sim = ["--simulated-clock", WEEKDAY_MORNING];
     let nodes = [
@@ -1770,6 +1790,7 @@ async fn a_stop_through_any_node_is_what_every_node_decides_by_until_start() {
 /// conversation it had handed over kept a log record without a snapshot.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_starts_again_on_its_data_after_a_kill_and_a_graceful_stop() {
+    let _load = LOAD.write().await;
     let customers = 30;
     let (mut nodes, _owner_of, conv_of) = three_with_customers(customers).await;
     let through = targets(&nodes.iter().collect::<Vec<_>>());
@@ -1858,6 +1879,7 @@ async fn settled_on_one(nodes: &[Node], conv: &str) {
 /// the long mode runs many).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acknowledged_is_lost_through_kills_and_pauses_under_load() {
+    let _load = LOAD.write().await;
     let rounds: usize = std::env::var("THREADLINE_NEMESIS_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
