@@ -411,6 +411,10 @@ pub struct Tenant {
     pub whatsapp_templates: std::collections::BTreeMap<String, WhatsappTemplate>,
     /// The tenant's conversation flow (TOML), relative to the config file.
     pub flow: Option<PathBuf>,
+    /// A flow compiled into the binary (the development node's dental
+    /// example), used when `flow` is unset; never read from a config file.
+    #[serde(skip)]
+    pub builtin_flow: Option<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -573,9 +577,19 @@ impl Config {
         })?;
         Ok(cfg)
     }
+}
 
-    /// The development node: one `demo` tenant, the sandbox provider, one
-    /// demo agent, fixed tokens printed at start.
+/// The development node's flow: the dental example, compiled in so the
+/// node converses wherever it is started from.
+pub const DEV_FLOW: (&str, &str) = (
+    "examples/flows/dental.toml (built in)",
+    include_str!("../examples/flows/dental.toml"),
+);
+
+impl Config {
+    /// The development node: one `demo` tenant running the dental example
+    /// flow, the sandbox provider, one demo agent, fixed tokens printed at
+    /// start.
     pub fn dev() -> Config {
         Config {
             server: Server {
@@ -605,6 +619,7 @@ impl Config {
                 missed_call_text: None,
                 whatsapp_templates: Default::default(),
                 flow: None,
+                builtin_flow: Some(DEV_FLOW),
             }],
             agents: vec![Agent {
                 id: "demo-agent".into(),

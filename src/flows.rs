@@ -22,11 +22,17 @@ pub fn load(cfg: &Config) -> Result<(Flows, Responders), String> {
     let mut out = HashMap::new();
     let mut responders: Responders = HashMap::new();
     for (i, t) in cfg.tenants.iter().enumerate() {
-        let Some(rel) = &t.flow else { continue };
-        let path = cfg.base_dir.join(rel);
         let key = format!("tenants[{i}].flow");
-        let src = std::fs::read_to_string(&path)
-            .map_err(|e| format!("`{key}`: cannot read {}: {e}", path.display()))?;
+        let (path, src) = match (&t.flow, t.builtin_flow) {
+            (Some(rel), _) => {
+                let path = cfg.base_dir.join(rel);
+                let src = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("`{key}`: cannot read {}: {e}", path.display()))?;
+                (path, src)
+            }
+            (None, Some((name, text))) => (std::path::PathBuf::from(name), text.to_owned()),
+            (None, None) => continue,
+        };
         if src.len() > 1 << 20 {
             return Err(format!("`{key}`: {} is larger than 1 MiB", path.display()));
         }

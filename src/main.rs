@@ -379,7 +379,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
 
     if dev {
-        println!("threadline: development node (no --config): tenant \"demo\", sandbox provider, data in {}", cfg.server.data_dir.display());
+        println!(
+            "threadline: development node (no --config): tenant \"demo\" running the dental example flow, sandbox provider, data in {}",
+            cfg.server.data_dir.display()
+        );
         println!("  admin token:   {}", cfg.server.admin_token);
         for t in &cfg.tenants {
             println!("  gateway token: {} (tenant {})", t.gateway_token, t.id);

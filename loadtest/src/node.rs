@@ -80,9 +80,35 @@ impl SpawnedNode {
     }
 }
 
-/// Starts `bin serve` (dev config) on a free port with a fresh data dir.
+/// The development node's tenant, tokens and agent without its flow: the
+/// runs that measure ingest, timers and outbound sends measure the runtime,
+/// not the bot's replies (the dev node itself runs the dental example).
+const DEV_WITHOUT_FLOW: &str = r#"
+[server]
+admin_token = "dev-admin-token"
+
+[[tenants]]
+id = "demo"
+name = "Demo Business"
+timezone = "America/New_York"
+sms_numbers = ["+15550000100"]
+owner_phone = "+15550000199"
+help_text = "Demo Business: reply STOP to opt out."
+gateway_token = "gw-demo"
+
+[[agents]]
+id = "demo-agent"
+name = "Demo Agent"
+token = "agent-demo"
+tenants = ["demo"]
+skills = ["en"]
+capacity = { chat = 3, voice = 1 }
+"#;
+
+/// Starts `bin serve` with the development node's settings, without its
+/// flow, on a free port with a fresh data dir.
 pub fn spawn(bin: &Path, extra: &[String]) -> anyhow::Result<SpawnedNode> {
-    serve_in(bin, tempfile::tempdir()?, None, extra)
+    spawn_with_config(bin, DEV_WITHOUT_FLOW, extra)
 }
 
 /// Starts `bin serve --config` with `config` written to a fresh data dir.
