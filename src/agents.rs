@@ -403,9 +403,9 @@ pub async fn queue(app: &App, tenant: &str) -> Result<Resp, ApiError> {
     Ok(json_response(StatusCode::OK, &stats_json(&tenant, &s)))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EscalateBody {
+pub(crate) struct EscalateBody {
     #[serde(default)]
     skills: Vec<String>,
     #[serde(default)]

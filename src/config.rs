@@ -449,7 +449,7 @@ fn default_timezone() -> String {
     "UTC".into()
 }
 
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Agent {
     pub id: String,

@@ -312,9 +312,9 @@ pub async fn set_slot(
     ))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct OutcomeBody {
+pub(crate) struct OutcomeBody {
     outcome: String,
 }
 

@@ -29,7 +29,9 @@ use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind,
 use tokio::net::TcpListener;
 
 use crate::config::{is_e164, Config};
+use crate::routes::{BodyKind, Matched, Op, Operation};
 use crate::webhooks;
+use tracing::Instrument;
 
 pub const MAX_TEXT_BYTES: usize = 8 * 1024;
 pub const MAX_ID_BYTES: usize = 128;
@@ -147,6 +149,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// For 405: the methods the path takes (`Allow`).
+    allow: Option<String>,
 }
 
 impl ApiError {
@@ -155,6 +159,27 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
+        }
+    }
+    /// 405 for a path that exists with other methods, naming them.
+    pub(crate) fn method_not_allowed(req: &Request<Body>, allowed: Vec<&Method>) -> Self {
+        let allow = allowed
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        ApiError {
+            allow: Some(allow.clone()),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not supported on {} (allowed: {allow})",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
         }
     }
     pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
@@ -210,6 +235,15 @@ fn error_response(e: ApiError) -> Resp {
     if e.status == StatusCode::SERVICE_UNAVAILABLE {
         r.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"threadline\""),
+        );
+    }
+    if let Some(allow) = e.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        r.headers_mut().insert(hyper::header::ALLOW, allow);
     }
     if e.status == StatusCode::REQUEST_TIMEOUT {
         // The rest of its body may still come: the connection ends here.
@@ -374,7 +408,69 @@ async fn connection<IO>(
 }
 
 async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
-    app.shared.metrics.http_requests.inc();
+    let started = std::time::Instant::now();
+    let method = method_label(req.method());
+    let template = crate::routes::template(req.method(), req.uri().path());
+    let rid = request_id(&req);
+    let span = tracing::info_span!("request", id = %rid.to_str().unwrap_or(""));
+    let mut resp = answer(&app, req, peer).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let took = started.elapsed();
+    resp.headers_mut().insert(X_REQUEST_ID, rid);
+    app.shared
+        .metrics
+        .observe_http(method, template, status, took);
+    span.in_scope(|| {
+        tracing::info!(
+            target: "threadline::access",
+            method,
+            route = template,
+            status,
+            latency_ms = took.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    resp
+}
+
+const X_REQUEST_ID: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-request-id");
+
+/// The request's id: the client's `X-Request-Id` when it is short and
+/// plain (letters, digits, `-_.:`), else a new one, unique in this process.
+fn request_id(req: &Request<Body>) -> HeaderValue {
+    if let Some(v) = req.headers().get(X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=64).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u128() as u32);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:08x}{n:012x}")).expect("hex is a valid header value")
+}
+
+/// The method as a bounded metric label.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The answer to one request: the per-source rate limit, then the route.
+async fn answer(app: &Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     if let Some(limiter) = &app.limiter {
         let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
         if let (false, Err(not_until)) = (exempt, limiter.check_key(&peer.ip())) {
@@ -398,14 +494,7 @@ async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
             return r;
         }
     }
-    let resp = if req.uri().path() == "/chat/ws" && req.method() == Method::GET {
-        crate::webchat::upgrade(app.clone(), req)
-    } else if req.uri().path() == "/agent/ws" && req.method() == Method::GET {
-        crate::agents::upgrade(app.clone(), req)
-    } else {
-        route(&app, req).await
-    };
-    let resp = match resp {
+    let resp = match route(app, req).await {
         Ok(r) => r,
         Err(e) => error_response(e),
     };
@@ -415,7 +504,7 @@ async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     resp
 }
 
-async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
+async fn route(app: &Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
     let path = req.uri().path().to_owned();
     if path.len() > MAX_URL_BYTES {
         return Err(ApiError::new(
@@ -424,45 +513,45 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             "the request path is too long",
         ));
     }
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = req.method().clone();
-    if let Some(owner) = held_elsewhere(app, &req, &segs).await? {
+    let (op, params) = match crate::routes::find(req.method(), &path) {
+        Matched::Found(op, params) => (op, params),
+        Matched::WrongMethod(allowed) => return Err(ApiError::method_not_allowed(&req, allowed)),
+        Matched::NotFound => return Err(ApiError::not_found(format!("no endpoint {path}"))),
+    };
+    check_content_type(op, &req)?;
+    if let Some(owner) = held_elsewhere(app, &req, op.op, &params).await? {
         return pass_on(app, req, &owner).await;
     }
-    match (method, segs.as_slice()) {
-        (Method::GET, ["healthz"]) => Ok(healthz(app)),
-        (Method::GET, ["readyz"]) => Ok(readyz(app)),
-        (Method::GET, ["metrics"]) => Ok(text_response(
+    match op.op {
+        Op::Healthz => Ok(healthz(app)),
+        Op::Readyz => Ok(readyz(app)),
+        Op::Metrics => Ok(text_response(
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
             app.shared.metrics.render(),
         )),
-        (Method::POST, ["api", "v1", "inbound"]) => inbound(app, req).await,
-        (Method::POST, ["webhooks", "twilio", "sms"]) => webhooks::twilio_sms(app, req).await,
-        (Method::POST, ["webhooks", "twilio", "status"]) => webhooks::twilio_status(app, req).await,
-        (Method::POST, ["webhooks", "twilio", "voice"]) => webhooks::twilio_voice(app, req).await,
-        (Method::POST, ["webhooks", "twilio", "voice", "dial-status"]) => {
-            webhooks::twilio_dial_status(app, req).await
-        }
-        (Method::POST, ["webhooks", "twilio", "voice", "gather"]) => {
-            webhooks::twilio_gather(app, req).await
-        }
-        (Method::POST, ["webhooks", "twilio", "voice", "status"]) => {
-            webhooks::twilio_call_status(app, req).await
-        }
-        (Method::POST, ["webhooks", "twilio", "voice", "hold"]) => {
-            webhooks::twilio_hold(app, req).await
-        }
-        (Method::POST, ["webhooks", "twilio", "voice", "whisper"]) => {
-            webhooks::twilio_whisper(app, req).await
-        }
-        (Method::POST, ["webhooks", "twilio", "voice", "outbound"]) => {
-            webhooks::twilio_outbound_call(app, req).await
-        }
-        (Method::GET, ["webhooks", "whatsapp"]) => webhooks::whatsapp_verify(app, &req),
-        (Method::GET, ["chat"]) => crate::webchat::page(app, &req),
-        (Method::GET, ["agent"]) => Ok(crate::agents::page()),
-        (Method::POST, ["api", "v1", "flows", "reload"]) => {
+        Op::OpenApi => Ok(text_response(
+            StatusCode::OK,
+            "application/json",
+            crate::openapi::document_text(),
+        )),
+        Op::ChatSocket => crate::webchat::upgrade(app.clone(), req),
+        Op::AgentSocket => crate::agents::upgrade(app.clone(), req),
+        Op::Inbound => inbound(app, req).await,
+        Op::TwilioSms => webhooks::twilio_sms(app, req).await,
+        Op::TwilioStatus => webhooks::twilio_status(app, req).await,
+        Op::TwilioVoice => webhooks::twilio_voice(app, req).await,
+        Op::TwilioDialStatus => webhooks::twilio_dial_status(app, req).await,
+        Op::TwilioGather => webhooks::twilio_gather(app, req).await,
+        Op::TwilioCallStatus => webhooks::twilio_call_status(app, req).await,
+        Op::TwilioHold => webhooks::twilio_hold(app, req).await,
+        Op::TwilioWhisper => webhooks::twilio_whisper(app, req).await,
+        Op::TwilioOutboundCall => webhooks::twilio_outbound_call(app, req).await,
+        Op::WhatsappVerify => webhooks::whatsapp_verify(app, &req),
+        Op::WhatsappNotify => webhooks::whatsapp_notify(app, req).await,
+        Op::ChatPage => crate::webchat::page(app, &req),
+        Op::AgentPage => Ok(crate::agents::page()),
+        Op::FlowsReload => {
             admin(app, &req)?;
             match crate::flows::load(&app.cfg) {
                 Ok((flows, responders)) => {
@@ -474,42 +563,40 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
                 Err(e) => Err(ApiError::bad("invalid_flow", e)),
             }
         }
-        (_, ["api", "v1", "agents"]) => crate::agents::rest(app, req, None).await,
-        (_, ["api", "v1", "agents", id]) => {
-            let id = decode_segment(id)?;
+        Op::AgentsList | Op::AgentsCreate => crate::agents::rest(app, req, None).await,
+        Op::AgentsDelete => {
+            let id = decode_segment(param(&params, "id"))?;
             crate::agents::rest(app, req, Some(&id)).await
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "metrics"]) => {
+        Op::TenantMetrics => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, &decode_segment(tenant)?)?;
+            let tenant = known_tenant(app, &decode_segment(param(&params, "tenant"))?)?;
             Ok(json_response(StatusCode::OK, &outcomes_json(app, &tenant)))
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "queue"]) => {
+        Op::TenantQueue => {
             admin(app, &req)?;
-            crate::agents::queue(app, &decode_segment(tenant)?).await
+            crate::agents::queue(app, &decode_segment(param(&params, "tenant"))?).await
         }
-        (Method::POST, ["api", "v1", "conversations", id, "escalate"]) => {
+        Op::Escalate => {
             admin(app, &req)?;
+            let id = param(&params, "id");
             let id: ConversationId = id
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
             crate::agents::escalate(app, id, req).await
         }
-        (Method::POST, ["webhooks", "whatsapp"]) => webhooks::whatsapp_notify(app, req).await,
-        (Method::GET, ["api", "v1", "conversations", id]) => {
+        Op::ConversationGet => {
             admin(app, &req)?;
-            let id: ConversationId = id.parse().map_err(|_| {
-                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
-            })?;
+            let id = conversation_id(param(&params, "id"))?;
             match app.router.view_by_id(id).await? {
                 Some(s) => Ok(json_response(StatusCode::OK, &conversation_json(&s))),
                 None => Err(ApiError::not_found(format!("no conversation {id}"))),
             }
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "contacts", address, "conversation"]) => {
+        Op::ContactConversation => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let address = decode_segment(param(&params, "address"))?;
             match app.router.view(&tenant, &address).await? {
                 Some(s) => Ok(json_response(StatusCode::OK, &conversation_json(&s))),
                 None => Err(ApiError::not_found(format!(
@@ -517,67 +604,69 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
                 ))),
             }
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "contacts", address, "consent"]) => {
+        Op::ContactConsentGet => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let address = decode_segment(param(&params, "address"))?;
             let state = app.router.view(&tenant, &address).await?;
             Ok(json_response(StatusCode::OK, &consent_json(state.as_ref())))
         }
-        (Method::POST, ["api", "v1", "tenants", tenant, "contacts", address, "consent"]) => {
+        Op::ContactConsentPost => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let address = decode_segment(param(&params, "address"))?;
             record_consent(app, &tenant, &address, req).await
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "audit"]) => {
+        Op::Audit => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
             audit_export(app, &req, &tenant, req.uri().query().unwrap_or("")).await
         }
-        (Method::GET, ["api", "v1", "tenants", tenant, "calendar"]) => {
+        Op::Calendar => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
             if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
                 return pass_on(app, req, &home).await;
             }
             crate::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
         }
-        (
-            Method::PUT | Method::DELETE,
-            ["api", "v1", "tenants", tenant, "calendar", "slots", start],
-        ) => {
+        Op::SlotBlock | Op::SlotUnblock => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let start = parse_rfc3339("start", &decode_segment(start)?)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let start = parse_rfc3339("start", &decode_segment(param(&params, "start"))?)?;
             if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
                 return pass_on(app, req, &home).await;
             }
-            crate::flows::set_slot(app, &tenant, start, req.method() == Method::PUT).await
+            crate::flows::set_slot(app, &tenant, start, op.op == Op::SlotBlock).await
         }
-        (Method::POST, ["api", "v1", "conversations", id, "booking"]) => {
+        Op::BookingOutcome => {
             admin(app, &req)?;
+            let id = param(&params, "id");
             let id: ConversationId = id
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
             crate::flows::booking_outcome(app, id, req).await
         }
-        (Method::GET, ["api", "v1", "cluster"]) => {
+        Op::Cluster => {
             admin(app, &req)?;
             Ok(json_response(StatusCode::OK, &cluster_json(app).await))
         }
-        (Method::GET, ["api", "v1", "cluster", "agents"]) if passed_on(&req) => {
+        Op::ClusterAgents => {
+            if !passed_on(&req) {
+                return Err(ApiError::not_found(format!("no endpoint {path}")));
+            }
             admin(app, &req)?;
             Ok(crate::agents::peer_view(
                 app,
                 req.uri().query() == Some("full"),
             ))
         }
-        (Method::GET, ["api", "v1", "cluster", "conversations", id]) => {
+        Op::ClusterConversation => {
             admin(app, &req)?;
             let Some(cluster) = &app.cluster else {
                 return Err(ApiError::not_found("this node is not in a cluster"));
             };
+            let id = param(&params, "id");
             let conv: ConversationId = id
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
@@ -591,40 +680,38 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
                 &json!({"id": id, "here": here, "node": node}),
             ))
         }
-        (Method::DELETE, ["api", "v1", "cluster", "members", name]) => {
+        Op::ClusterForget => {
             admin(app, &req)?;
-            forget_node(app, &req, name).await
+            forget_node(app, &req, param(&params, "name")).await
         }
-        (Method::POST, ["api", "v1", "backup"]) => {
+        Op::Backup => {
             admin(app, &req)?;
             backup(app).await
         }
-        (Method::GET, ["api", "v1", "dead-letters"]) => {
+        Op::DeadLetters => {
             admin(app, &req)?;
             dead_letters(app).await
         }
-        (Method::POST, ["api", "v1", "conversations", id, "messages"]) => {
+        Op::ConversationMessages => {
             admin(app, &req)?;
-            let id: ConversationId = id.parse().map_err(|_| {
-                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
-            })?;
+            let id = conversation_id(param(&params, "id"))?;
             let spec = outbound_spec(app, req).await?;
             match app.router.send_to_conversation(id, spec).await? {
                 Some(outcome) => Ok(json_response(StatusCode::ACCEPTED, &outcome_json(&outcome))),
                 None => Err(ApiError::not_found(format!("no conversation {id}"))),
             }
         }
-        (Method::PUT, ["api", "v1", "tenants", tenant, "contacts", address]) => {
+        Op::ContactPut => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let address = decode_segment(param(&params, "address"))?;
             valid_contact(&address)?;
             update_contact(app, &tenant, &address, req).await
         }
-        (Method::POST, ["api", "v1", "tenants", tenant, "contacts", address, "messages"]) => {
+        Op::ContactMessages => {
             admin(app, &req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let address = decode_segment(param(&params, "address"))?;
             valid_contact(&address)?;
             let spec = outbound_spec(app, req).await?;
             let (conv, outcome) = app.router.send_to_contact(&tenant, &address, spec).await?;
@@ -632,15 +719,14 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             v["conversation_id"] = json!(conv.to_string());
             Ok(json_response(StatusCode::ACCEPTED, &v))
         }
-        (Method::POST, ["api", "v1", "conversations", id, "timers"]) => {
+        Op::ConversationTimers => {
             admin(app, &req)?;
-            let id: ConversationId = id.parse().map_err(|_| {
-                ApiError::bad("invalid_id", format!("{id:?} is not a conversation id"))
-            })?;
+            let id = conversation_id(param(&params, "id"))?;
             schedule_timer(app, id, req).await
         }
-        (Method::DELETE, ["api", "v1", "timers", id]) => {
+        Op::TimerCancel => {
             admin(app, &req)?;
+            let id = param(&params, "id");
             let tid = parse_timer_id(id)
                 .ok_or_else(|| ApiError::bad("invalid_id", format!("{id:?} is not a timer id")))?;
             if app.router.cancel_timer(tid).await? {
@@ -665,27 +751,62 @@ async fn route(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             }
             Err(ApiError::not_found(format!("no pending timer {id}")))
         }
-        (Method::POST, ["api", "v1", "clock", "advance"]) if app.simulated.is_some() => {
+        Op::ClockAdvance => {
+            if app.simulated.is_none() {
+                return Err(ApiError::not_found(
+                    "the clock is not simulated (serve --simulated-clock)",
+                ));
+            }
             admin(app, &req)?;
             advance_clock(app, req).await
         }
-        (_, ["healthz" | "readyz" | "metrics"])
-        | (_, ["api", "v1", "inbound" | "dead-letters"])
-        | (_, ["api", "v1", "conversations", _])
-        | (_, ["api", "v1", "conversations", _, "timers" | "messages"])
-        | (_, ["api", "v1", "tenants", _, "contacts", _, "messages"])
-        | (_, ["api", "v1", "tenants", _, "contacts", _])
-        | (_, ["api", "v1", "timers", _])
-        | (_, ["api", "v1", "tenants", _, "audit"])
-        | (_, ["api", "v1", "tenants", _, "contacts", _, "conversation" | "consent"]) => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not supported on {path}", req.method()),
-            ))
-        }
-        _ => Err(ApiError::not_found(format!("no endpoint {path}"))),
     }
+}
+
+/// A path parameter the matched template has.
+fn param<'v>(params: &matchit::Params<'_, 'v>, name: &str) -> &'v str {
+    params.get(name).unwrap_or_default()
+}
+
+fn conversation_id(id: &str) -> Result<ConversationId, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad("invalid_id", format!("{id:?} is not a conversation id")))
+}
+
+/// The content-type rule, from the route table: an operation that takes
+/// JSON gets `application/json`, a Twilio webhook gets a form; an
+/// optional body may be absent. Anything else is 415 before the handler.
+fn check_content_type(op: &Operation, req: &Request<Body>) -> Result<(), ApiError> {
+    let want = match op.body {
+        BodyKind::None => return Ok(()),
+        BodyKind::OptionalJson(_) if !has_body(req) => return Ok(()),
+        BodyKind::Json(_) | BodyKind::OptionalJson(_) => "application/json",
+        BodyKind::Form => "application/x-www-form-urlencoded",
+    };
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be {want} (got {ct:?})"),
+        ))
+    }
+}
+
+/// Whether the request says it has a body.
+fn has_body(req: &Request<Body>) -> bool {
+    let h = req.headers();
+    h.contains_key(hyper::header::TRANSFER_ENCODING)
+        || h.get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// Marks a request another node passed on (over the cluster link): it is
@@ -702,7 +823,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 async fn held_elsewhere(
     app: &App,
     req: &Request<Body>,
-    segs: &[&str],
+    op: Op,
+    params: &matchit::Params<'_, '_>,
 ) -> Result<Option<String>, ApiError> {
     let Some(cluster) = &app.cluster else {
         return Ok(None);
@@ -710,26 +832,19 @@ async fn held_elsewhere(
     if passed_on(req) {
         return Ok(None);
     }
-    match (req.method(), segs) {
-        (
-            &Method::POST,
-            ["api", "v1", "conversations", id, "escalate" | "booking" | "messages" | "timers"],
-        ) => {
+    match op {
+        Op::Escalate | Op::BookingOutcome | Op::ConversationMessages | Op::ConversationTimers => {
             // Only an authorized request is passed on.
             admin(app, req)?;
-            let Ok(id) = id.parse::<ConversationId>() else {
+            let Ok(id) = param(params, "id").parse::<ConversationId>() else {
                 return Ok(None);
             };
             Ok(cluster.locate(id).await)
         }
-        (
-            &Method::POST,
-            ["api", "v1", "tenants", tenant, "contacts", address, "messages" | "consent"],
-        )
-        | (&Method::PUT, ["api", "v1", "tenants", tenant, "contacts", address]) => {
+        Op::ContactMessages | Op::ContactConsentPost | Op::ContactPut => {
             admin(app, req)?;
-            let tenant = known_tenant(app, tenant)?;
-            let address = decode_segment(address)?;
+            let tenant = known_tenant(app, param(params, "tenant"))?;
+            let address = decode_segment(param(params, "address"))?;
             Ok(cluster.remote_owner(&app.router.key(&tenant, &address)))
         }
         _ => Ok(None),
@@ -813,7 +928,6 @@ pub fn peer_handler(app: std::sync::Weak<App>) -> RequestHandler {
                 }
             }
             req.extensions_mut().insert(PassedOn);
-            app.shared.metrics.http_requests.inc();
             let resp = route(&app, req).await.unwrap_or_else(error_response);
             answer_of(resp).await
         })
@@ -1053,24 +1167,6 @@ async fn read_limited(
     Ok(buf.freeze())
 }
 
-fn require_json(req: &Request<Body>) -> Result<(), ApiError> {
-    let ct = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    if mime.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type must be application/json (got {ct:?})"),
-        ))
-    }
-}
-
 pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| ApiError::bad("invalid_utf8", format!("the body is not valid UTF-8: {e}")))?;
@@ -1102,9 +1198,9 @@ fn valid_contact(address: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ContactBody {
+pub(crate) struct ContactBody {
     name: Option<String>,
     timezone: Option<String>,
     region: Option<String>,
@@ -1119,7 +1215,6 @@ async fn update_contact(
     address: &str,
     req: Request<Body>,
 ) -> Result<Resp, ApiError> {
-    require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: ContactBody = parse_json(&body)?;
     field_len("name", b.name.as_deref().unwrap_or(""), 256)?;
@@ -1176,9 +1271,9 @@ async fn update_contact(
     Ok(json_response(StatusCode::OK, &conversation_json(&state)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct MessageBody {
+pub(crate) struct MessageBody {
     text: String,
     channel: Option<String>,
     purpose: String,
@@ -1188,7 +1283,6 @@ struct MessageBody {
 }
 
 async fn outbound_spec(app: &App, req: Request<Body>) -> Result<OutboundSpec, ApiError> {
-    require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: MessageBody = parse_json(&body)?;
     if b.text.trim().is_empty() {
@@ -1224,9 +1318,9 @@ pub(crate) fn outcome_json(o: &SendOutcome) -> Value {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ConsentBody {
+pub(crate) struct ConsentBody {
     status: String,
     channel: Option<String>,
     purpose: Option<String>,
@@ -1241,7 +1335,6 @@ async fn record_consent(
     req: Request<Body>,
 ) -> Result<Resp, ApiError> {
     valid_contact(address)?;
-    require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: ConsentBody = parse_json(&body)?;
     let status = threadline_protocol::ConsentStatus::parse(&b.status)
@@ -1346,9 +1439,9 @@ fn parse_timer_id(s: &str) -> Option<u64> {
     .flatten()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TimerBody {
+pub(crate) struct TimerBody {
     at: Option<String>,
     in_seconds: Option<i64>,
     kind: String,
@@ -1364,7 +1457,6 @@ async fn schedule_timer(
     id: ConversationId,
     req: Request<Body>,
 ) -> Result<Resp, ApiError> {
-    require_json(&req)?;
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: TimerBody = parse_json(&body)?;
     let now = app.shared.clock.now();
@@ -1425,15 +1517,14 @@ async fn schedule_timer(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AdvanceBody {
+pub(crate) struct AdvanceBody {
     seconds: f64,
 }
 
 async fn advance_clock(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let clock = app.simulated.as_ref().expect("routed only when simulated");
-    require_json(&req)?;
     let body = read_body(req, 4096).await?;
     let b: AdvanceBody = parse_json(&body)?;
     if !(b.seconds.is_finite() && b.seconds >= 0.0 && b.seconds <= 10.0 * 366.0 * 86_400.0) {
@@ -1450,8 +1541,8 @@ async fn advance_clock(app: &App, req: Request<Body>) -> Result<Resp, ApiError> 
     ))
 }
 
-#[derive(Deserialize)]
-struct InboundBody {
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(crate) struct InboundBody {
     tenant: String,
     channel: String,
     from: String,
@@ -1566,7 +1657,6 @@ async fn inbound(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
             ))
         }
     };
-    require_json(&req)?;
     if app.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

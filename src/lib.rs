@@ -1,5 +1,4 @@
-//! The Threadline node: configuration, the HTTP surface and (in later
-//! issues) the provider wire formats. The binary in `main.rs` wires these
+//! The Threadline node: configuration, the HTTP surface and the provider wire formats. The binary in `main.rs` wires these
 //! to the actor runtime in `threadline-actors`.
 //!
 //! Architecture invariant: only this crate knows HTTP, WebSocket and
@@ -9,8 +8,10 @@ pub mod agents;
 pub mod config;
 pub mod flows;
 pub mod http;
+pub mod openapi;
 pub use threadline_actors::phone;
 pub mod providers;
+pub mod routes;
 pub mod tls;
 pub mod twilio;
 pub mod webchat;

@@ -69,6 +69,9 @@ enum Command {
     Serve(ServeArgs),
     /// Validate a config file; exit 0 if valid, 1 otherwise.
     CheckConfig { file: PathBuf },
+    /// Print the HTTP API's OpenAPI 3.1 description (also served at
+    /// /api/v1/openapi.json).
+    Openapi,
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -146,6 +149,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
+        Command::Openapi => {
+            print!("{}", threadline::openapi::document_text());
+            ExitCode::SUCCESS
+        }
         Command::Audit {
             command: AuditCommand::Verify { file },
         } => audit_verify(&file),
@@ -195,6 +202,7 @@ fn main() -> ExitCode {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
                 )
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr);
             match args.log_format {
                 LogFormat::Text => logs.init(),

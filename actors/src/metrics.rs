@@ -52,7 +52,11 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub persistence_queue: Gauge,
     pub resident_memory_bytes: Gauge,
-    pub http_requests: Counter,
+    /// HTTP requests answered, by method, route template and status.
+    pub http_requests: prometheus_client::metrics::family::Family<HttpLabels, Counter>,
+    /// How long HTTP requests took to answer, by method and route template.
+    pub http_request_duration_seconds:
+        prometheus_client::metrics::family::Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub http_client_errors: Counter,
     /// Open WebSocket connections (web-chat visitors, agent desktops).
     pub websockets: Gauge,
@@ -67,7 +71,17 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("threadline");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector::new()));
+        let registry = root.sub_registry_with_prefix("threadline");
+        registry.register(
+            "build",
+            "The running build of threadline",
+            prometheus_client::metrics::info::Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("rust_version", env!("CARGO_PKG_RUST_VERSION")),
+            ]),
+        );
         let m = Metrics {
             conversations_resident: Gauge::default(),
             conversations_activated: Counter::default(),
@@ -95,7 +109,11 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.000_125, 2.0, 14)),
             persistence_queue: Gauge::default(),
             resident_memory_bytes: Gauge::default(),
-            http_requests: Counter::default(),
+            http_requests: Default::default(),
+            http_request_duration_seconds:
+                prometheus_client::metrics::family::Family::new_with_constructor(|| {
+                    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+                }),
             http_client_errors: Counter::default(),
             websockets: Gauge::default(),
             timers_pending: Gauge::default(),
@@ -159,7 +177,7 @@ impl Metrics {
             "Conversations offered to human agents",
             m.offers.clone(),
         );
-        m.outcomes.register(&mut registry);
+        m.outcomes.register(registry);
         registry.register(
             "agent_sessions",
             "Open agent desktop sessions",
@@ -242,8 +260,13 @@ impl Metrics {
         );
         registry.register(
             "http_requests",
-            "HTTP requests handled",
+            "HTTP requests answered, by method, route template and status",
             m.http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's head to its response, by method and route template",
+            m.http_request_duration_seconds.clone(),
         );
         registry.register(
             "http_client_errors",
@@ -285,7 +308,30 @@ impl Metrics {
             "Queued outbound messages withdrawn before sending (opt-out)",
             m.outbound_withdrawn.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
+    }
+
+    /// Counts one answered HTTP request and its latency.
+    pub fn observe_http(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                route,
+                status,
+            })
+            .inc();
+        self.http_request_duration_seconds
+            .get_or_create(&RouteLabels { method, route })
+            .observe(took.as_secs_f64());
     }
 
     pub fn observe_commit(&self, ops: usize, took: Duration) {
@@ -313,6 +359,131 @@ pub fn resident_memory_bytes() -> i64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// The labels of HTTP request counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    /// The route template (`/api/v1/conversations/{id}`), never the path:
+    /// the series stay bounded whatever clients ask for.
+    pub route: &'static str,
+    pub status: u16,
+}
+
+/// The labels of HTTP latency histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+/// The conventional `process_*` metrics, read from /proc at each scrape
+/// (Linux; elsewhere only the start time).
+#[derive(Debug)]
+struct ProcessCollector {
+    start_time: f64,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        ProcessCollector { start_time }
+    }
+}
+
+/// Linux's USER_HZ, the unit of /proc's CPU times (fixed by the ABI).
+const USER_HZ: f64 = 100.0;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let gauge = |encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     v: f64|
+         -> Result<(), std::fmt::Error> {
+            let g = ConstGauge::new(v);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+        };
+        gauge(
+            &mut encoder,
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds",
+            self.start_time,
+        )?;
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return Ok(());
+        };
+        // Fields after the command name (which may hold spaces), from
+        // field 3 (state) on: utime and stime are fields 14 and 15, the
+        // thread count 20, the virtual size (bytes) 23, the RSS (pages) 24.
+        let rest: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(u), Some(s)) = (field(14), field(15)) {
+            let c = ConstCounter::new((u + s) / USER_HZ);
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent, in seconds",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        if let Some(t) = field(20) {
+            gauge(&mut encoder, "process_threads", "Number of OS threads", t)?;
+        }
+        if let Some(v) = field(23) {
+            gauge(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                v,
+            )?;
+        }
+        gauge(
+            &mut encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            resident_memory_bytes() as f64,
+        )?;
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Number of open file descriptors",
+                fds.count() as f64,
+            )?;
+        }
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .find(|l| l.starts_with("Max open files"))?
+                    .split_whitespace()
+                    .nth(3)?
+                    .parse::<f64>()
+                    .ok()
+            });
+        if let Some(m) = max_fds {
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                m,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The label of per-gateway series.
