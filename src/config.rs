@@ -559,24 +559,215 @@ impl Config {
     }
 
     /// Parses and checks a config whose relative file names (certificates,
-    /// keys) are relative to `base_dir`, the config file's directory.
+    /// keys) are relative to `base_dir`, the config file's directory; the
+    /// first problem found.
     pub fn parse_at(src: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|r| line_at(src, r.start));
-            ConfigError {
-                key: key_from_toml_error(&e),
-                line,
-                message: e.message().trim().to_owned(),
-            }
-        })?;
-        cfg.base_dir = base_dir.to_path_buf();
-        cfg.check().map_err(|(path, message)| ConfigError {
-            key: path_text(&path),
-            line: line_of(src, &path),
-            message,
-        })?;
-        Ok(cfg)
+        Self::parse_all(src, base_dir).map_err(|mut e| e.swap_remove(0))
     }
+
+    /// Parses and checks a config, reporting every problem, each with its
+    /// key path and line. A value of the wrong type or an unknown key is
+    /// reported and set aside so the rest is still read and checked.
+    pub fn parse_all(src: &str, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
+        let mut text = src.to_owned();
+        let mut errors = Vec::new();
+        let cfg = loop {
+            match toml::from_str::<Config>(&text) {
+                Ok(cfg) => break Some(cfg),
+                Err(e) => {
+                    let path = match key_from_toml_error(&e) {
+                        Some(k) if !k.contains('.') => {
+                            e.span().and_then(|r| key_path_at(&text, r.start))
+                        }
+                        _ => e.span().and_then(|r| key_path_at(&text, r.start)),
+                    };
+                    let (key, line) = match &path {
+                        Some(p) => (owned_path_text(p), owned_line_of(src, p)),
+                        None => (
+                            key_from_toml_error(&e).unwrap_or_else(|| "(syntax)".into()),
+                            e.span().map(|r| line_at(&text, r.start)),
+                        ),
+                    };
+                    errors.push(ConfigError {
+                        key,
+                        line,
+                        message: plain_types(e.message().trim()),
+                    });
+                    // Set the offending key aside and read the rest; a
+                    // missing key or a syntax error ends the reading.
+                    match path.and_then(|p| without(&text, &p)) {
+                        Some(rest) if errors.len() < 100 => text = rest,
+                        _ => break None,
+                    }
+                }
+            }
+        };
+        let Some(mut cfg) = cfg else {
+            errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+            return Err(errors);
+        };
+        cfg.base_dir = base_dir.to_path_buf();
+        errors.extend(
+            cfg.check_all()
+                .into_iter()
+                .map(|(path, message)| ConfigError {
+                    key: path_text(&path),
+                    line: line_of(src, &path),
+                    message,
+                }),
+        );
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        match errors.is_empty() {
+            true => Ok(cfg),
+            false => Err(errors),
+        }
+    }
+}
+
+/// A deserializer's message in the config's words, not Rust's: "expected
+/// usize" reads "expected a whole number".
+fn plain_types(m: &str) -> String {
+    let mut out = m.to_owned();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list [...]"),
+        ("expected a map", "expected a table"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
+}
+
+/// A key path with owned keys (from a parse error's position).
+#[derive(Debug, Clone)]
+enum OwnedSeg {
+    Key(String),
+    Index(usize),
+}
+
+fn owned_path_text(path: &[OwnedSeg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            OwnedSeg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            OwnedSeg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn owned_line_of(src: &str, path: &[OwnedSeg]) -> Option<usize> {
+    let leaked: Vec<Seg> = path
+        .iter()
+        .map(|s| match s {
+            OwnedSeg::Key(k) => Seg::Key(Box::leak(k.clone().into_boxed_str())),
+            OwnedSeg::Index(i) => Seg::Index(*i),
+        })
+        .collect();
+    line_of(src, &leaked)
+}
+
+/// The path of the innermost key whose entry (key or value) covers
+/// `offset` in `src`.
+fn key_path_at(src: &str, offset: usize) -> Option<Vec<OwnedSeg>> {
+    fn covers(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+        span.is_some_and(|r| r.start <= offset && offset < r.end.max(r.start + 1))
+    }
+    fn walk_table(t: &toml_edit::Table, offset: usize, path: &mut Vec<OwnedSeg>) -> bool {
+        for (k, item) in t.iter() {
+            let (key, _) = t.get_key_value(k).expect("iterated key");
+            if covers(key.span(), offset) {
+                path.push(OwnedSeg::Key(k.to_owned()));
+                return true;
+            }
+            path.push(OwnedSeg::Key(k.to_owned()));
+            if walk_item(item, offset, path) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut Vec<OwnedSeg>) -> bool {
+        match item {
+            toml_edit::Item::Table(t) => walk_table(t, offset, path),
+            toml_edit::Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    path.push(OwnedSeg::Index(i));
+                    if walk_table(t, offset, path) {
+                        return true;
+                    }
+                    path.pop();
+                }
+                false
+            }
+            toml_edit::Item::Value(v) => {
+                if !covers(v.span(), offset) {
+                    return false;
+                }
+                if let toml_edit::Value::InlineTable(t) = v {
+                    for (k, v) in t.iter() {
+                        path.push(OwnedSeg::Key(k.to_owned()));
+                        if covers(v.span(), offset) {
+                            return true;
+                        }
+                        path.pop();
+                    }
+                }
+                true
+            }
+            toml_edit::Item::None => false,
+        }
+    }
+    let doc = toml_edit::Document::parse(src).ok()?;
+    let mut path = Vec::new();
+    walk_table(doc.as_table(), offset, &mut path).then_some(path)
+}
+
+/// `src` without the entry at `path`, if it can be removed.
+fn without(src: &str, path: &[OwnedSeg]) -> Option<String> {
+    let mut doc: toml_edit::DocumentMut = src.parse().ok()?;
+    let (last, parents) = path.split_last()?;
+    let OwnedSeg::Key(last) = last else {
+        return None;
+    };
+    let mut item: &mut toml_edit::Item = doc.as_item_mut();
+    for seg in parents {
+        item = match seg {
+            OwnedSeg::Key(k) => item.get_mut(k.as_str())?,
+            OwnedSeg::Index(i) => match item {
+                // `[[tenants]]` entries: only a key directly in one is set
+                // aside (a deeper one ends the reading).
+                toml_edit::Item::ArrayOfTables(a) if parents.len() == 2 => {
+                    a.get_mut(*i)?.remove(last)?;
+                    return Some(doc.to_string());
+                }
+                other => other.get_mut(*i)?,
+            },
+        };
+    }
+    match item {
+        toml_edit::Item::Table(t) => t.remove(last)?,
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
+            toml_edit::Item::Value(t.remove(last)?)
+        }
+        _ => return None,
+    };
+    Some(doc.to_string())
 }
 
 /// The development node's flow: the dental example, compiled in so the
@@ -710,46 +901,55 @@ impl Config {
         })
     }
 
-    /// Checks every semantic rule; returns the offending key's path.
+    /// Checks every semantic rule; returns the first offending key's path.
     fn check(&self) -> Result<(), (Vec<Seg>, String)> {
+        match self.check_all().into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every semantic rule; returns every offending key's path and
+    /// what is wrong with it.
+    fn check_all(&self) -> Vec<(Vec<Seg>, String)> {
+        let mut errs: Vec<(Vec<Seg>, String)> = Vec::new();
         use Seg::{Index, Key};
-        let err = |path: Vec<Seg>, m: String| Err((path, m));
         if self.server.http.parse::<SocketAddr>().is_err() {
-            return err(
+            errs.push((
                 vec![Key("server"), Key("http")],
                 format!(
                     "{:?} is not an address like 127.0.0.1:8080",
                     self.server.http
                 ),
-            );
+            ));
         }
         if let Some(u) = &self.server.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 {
-                return err(
+                errs.push((
                     vec![Key("server"), Key("public_url")],
                     "must be an http:// or https:// URL".into(),
-                );
+                ));
             }
         }
         if self.server.admin_token.len() < 8 {
-            return err(
+            errs.push((
                 vec![Key("server"), Key("admin_token")],
                 "is required, at least 8 characters".into(),
-            );
+            ));
         }
         if !(1024..=16 << 20).contains(&self.server.max_body_bytes) {
-            return err(
+            errs.push((
                 vec![Key("server"), Key("max_body_bytes")],
                 "must be between 1024 and 16777216".into(),
-            );
+            ));
         }
         if let Some(tls) = &self.server.tls {
             for (key, f) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
                 if !self.base_dir.join(f).is_file() {
-                    return err(
+                    errs.push((
                         vec![Key("server"), Key("tls"), Key(key)],
                         format!("{} is not a readable file", f.display()),
-                    );
+                    ));
                 }
             }
         }
@@ -784,38 +984,38 @@ impl Config {
             ),
         ] {
             if !(least..=most).contains(&value) {
-                return err(
+                errs.push((
                     vec![Key("server"), Key(key)],
                     format!("must be between {least} and {most}"),
-                );
+                ));
             }
         }
         if self.server.rate_limit_per_second > 1_000_000 {
-            return err(
+            errs.push((
                 vec![Key("server"), Key("rate_limit_per_second")],
                 "must be at most 1000000 (0: no limit)".into(),
-            );
+            ));
         }
         if let Some(b) = self.server.rate_limit_burst {
             if b == 0 || b > 10_000_000 || self.server.rate_limit_per_second == 0 {
-                return err(
+                errs.push((
                     vec![Key("server"), Key("rate_limit_burst")],
                     "must be between 1 and 10000000, with a rate_limit_per_second".into(),
-                );
+                ));
             }
         }
         if let Some(c) = &self.cluster {
             if !is_id(&c.name) {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("name")],
                     "must be a name of letters, digits, - and _".into(),
-                );
+                ));
             }
             if c.listen.parse::<SocketAddr>().is_err() {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("listen")],
                     format!("{:?} is not an address like 127.0.0.1:7100", c.listen),
-                );
+                ));
             }
             if let Some((i, s)) = c
                 .seeds
@@ -823,34 +1023,34 @@ impl Config {
                 .enumerate()
                 .find(|(_, s)| s.parse::<SocketAddr>().is_err())
             {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("seeds"), Index(i)],
                     format!("{s:?} is not an address like 127.0.0.2:7100"),
-                );
+                ));
             }
             if !(50..=60_000).contains(&c.heartbeat_ms) {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("heartbeat_ms")],
                     "must be between 50 and 60000".into(),
-                );
+                ));
             }
             if c.failure_after_ms < 2 * c.heartbeat_ms || c.failure_after_ms > 600_000 {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("failure_after_ms")],
                     "must be at least twice heartbeat_ms, and at most 600000".into(),
-                );
+                ));
             }
             if !(1..=2).contains(&c.replication_factor) {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("replication_factor")],
                     "must be 1 (no replica) or 2 (one replica)".into(),
-                );
+                ));
             }
             if c.cookie.len() < 16 {
-                return err(
+                errs.push((
                     vec![Key("cluster"), Key("cookie")],
                     "is required, at least 16 characters".into(),
-                );
+                ));
             }
             if let Some(tls) = &c.tls {
                 for (key, f) in [
@@ -859,63 +1059,63 @@ impl Config {
                     ("ca_file", &tls.ca_file),
                 ] {
                     if !self.base_dir.join(f).is_file() {
-                        return err(
+                        errs.push((
                             vec![Key("cluster"), Key("tls"), Key(key)],
                             format!("{} is not a readable file", f.display()),
-                        );
+                        ));
                     }
                 }
                 if rustls_pki_types::DnsName::try_from(tls.server_name.as_str()).is_err() {
-                    return err(
+                    errs.push((
                         vec![Key("cluster"), Key("tls"), Key("server_name")],
                         format!("{:?} is not a DNS name", tls.server_name),
-                    );
+                    ));
                 }
             }
         }
         let r = &self.runtime;
         if r.max_resident_conversations == 0 {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("max_resident_conversations")],
                 "must be at least 1".into(),
-            );
+            ));
         }
         if r.passivate_after_secs == 0 {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("passivate_after_secs")],
                 "must be at least 1".into(),
-            );
+            ));
         }
         if r.snapshot_every_events == 0 {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("snapshot_every_events")],
                 "must be at least 1".into(),
-            );
+            ));
         }
         if !(4..=65_536).contains(&r.storage_cache_mb) {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("storage_cache_mb")],
                 "must be between 4 and 65536".into(),
-            );
+            ));
         }
         if !(16..=1 << 22).contains(&r.persistence_queue) {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("persistence_queue")],
                 "must be between 16 and 4194304".into(),
-            );
+            ));
         }
         let p = &self.providers;
         if !(1..=50).contains(&p.retry_attempts) {
-            return err(
+            errs.push((
                 vec![Key("providers"), Key("retry_attempts")],
                 "must be between 1 and 50".into(),
-            );
+            ));
         }
         if !(1..=60_000).contains(&p.retry_base_ms) {
-            return err(
+            errs.push((
                 vec![Key("providers"), Key("retry_base_ms")],
                 "must be between 1 and 60000".into(),
-            );
+            ));
         }
         for (name, base) in [
             ("twilio", p.twilio.as_ref().map(|t| &t.api_base)),
@@ -923,18 +1123,18 @@ impl Config {
         ] {
             if let Some(b) = base {
                 if !(b.starts_with("http://") || b.starts_with("https://")) {
-                    return err(
+                    errs.push((
                         vec![Key("providers"), Key(name), Key("api_base")],
                         "must be an http:// or https:// URL".into(),
-                    );
+                    ));
                 }
             }
         }
         if self.tenants.is_empty() {
-            return err(
+            errs.push((
                 vec![Key("tenants")],
                 "at least one [[tenants]] entry is required".into(),
-            );
+            ));
         }
         let mut ids = HashSet::new();
         let mut numbers = std::collections::HashMap::new();
@@ -943,99 +1143,99 @@ impl Config {
         for (i, t) in self.tenants.iter().enumerate() {
             let at = |k| vec![Key("tenants"), Index(i), Key(k)];
             if !is_id(&t.id) {
-                return err(at("id"), "must be 1-64 letters, digits, '-' or '_'".into());
+                errs.push((at("id"), "must be 1-64 letters, digits, '-' or '_'".into()));
             }
             if !ids.insert(t.id.as_str()) {
-                return err(at("id"), format!("duplicate tenant id {:?}", t.id));
+                errs.push((at("id"), format!("duplicate tenant id {:?}", t.id)));
             }
             if t.timezone.parse::<chrono_tz::Tz>().is_err() {
-                return err(
+                errs.push((
                     at("timezone"),
                     format!("unknown IANA time zone {:?}", t.timezone),
-                );
+                ));
             }
             for (j, n) in t.sms_numbers.iter().enumerate() {
                 if !is_e164(n) {
-                    return err(
+                    errs.push((
                         vec![Key("tenants"), Index(i), Key("sms_numbers"), Index(j)],
                         format!("{n:?} is not an E.164 number like +15557654321"),
-                    );
+                    ));
                 }
             }
             if let Some(p) = &t.owner_phone {
                 if !is_e164(p) {
-                    return err(at("owner_phone"), format!("{p:?} is not an E.164 number"));
+                    errs.push((at("owner_phone"), format!("{p:?} is not an E.164 number")));
                 }
             }
             for (j, n) in t.sms_numbers.iter().enumerate() {
                 if let Some(other) = numbers.insert(n.as_str(), t.id.as_str()) {
-                    return err(
+                    errs.push((
                         vec![Key("tenants"), Index(i), Key("sms_numbers"), Index(j)],
                         format!("{n} is already a number of tenant {other:?}"),
-                    );
+                    ));
                 }
             }
             if let Some(w) = &t.whatsapp_phone_number_id {
                 if w.is_empty() || w.len() > 64 || !w.bytes().all(|b| b.is_ascii_digit()) {
-                    return err(
+                    errs.push((
                         at("whatsapp_phone_number_id"),
                         "must be the digits of a WhatsApp phone number id".into(),
-                    );
+                    ));
                 }
                 if let Some(other) = wa_ids.insert(w.as_str(), t.id.as_str()) {
-                    return err(
+                    errs.push((
                         at("whatsapp_phone_number_id"),
                         format!("{w} is already used by tenant {other:?}"),
-                    );
+                    ));
                 }
             }
             if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
-                return err(at("missed_call_text"), "must be at most 1600 bytes".into());
+                errs.push((at("missed_call_text"), "must be at most 1600 bytes".into()));
             }
             for (purpose, tpl) in &t.whatsapp_templates {
                 if !["conversational", "reminder", "marketing"].contains(&purpose.as_str()) {
-                    return err(
+                    errs.push((
                         at("whatsapp_templates"),
                         format!("{purpose:?}: the purpose must be conversational, reminder or marketing"),
-                    );
+                    ));
                 }
                 if tpl.name.is_empty()
                     || tpl.name.len() > 512
                     || tpl.language.is_empty()
                     || tpl.language.len() > 16
                 {
-                    return err(
+                    errs.push((
                         at("whatsapp_templates"),
                         format!(
                             "{purpose}: needs a template `name` and a `language` code like en_US"
                         ),
-                    );
+                    ));
                 }
             }
             const TEN_YEARS: u64 = 10 * 366 * 24 * 3600;
             if !(60..=TEN_YEARS).contains(&t.inactive_after_secs) {
-                return err(
+                errs.push((
                     at("inactive_after_secs"),
                     "must be between 60 and 316224000".into(),
-                );
+                ));
             }
             if !(60..=TEN_YEARS).contains(&t.close_after_secs) {
-                return err(
+                errs.push((
                     at("close_after_secs"),
                     "must be between 60 and 316224000".into(),
-                );
+                ));
             }
             for (j, p) in t.language_packs.iter().enumerate() {
                 if threadline_actors::consent::keywords::language_pack(p).is_none() {
-                    return err(
+                    errs.push((
                         vec![Key("tenants"), Index(i), Key("language_packs"), Index(j)],
                         format!("unknown language pack {p:?} (available: es)"),
-                    );
+                    ));
                 }
             }
             for (j, st) in t.quiet_hours_states.iter().enumerate() {
                 if threadline_actors::consent::policy::Rule::for_state(st).is_none() {
-                    return err(
+                    errs.push((
                         vec![
                             Key("tenants"),
                             Index(i),
@@ -1043,7 +1243,7 @@ impl Config {
                             Index(j),
                         ],
                         format!("{st:?} has no rules here (FL, OK, MD, WA, CT, TX, AL)"),
-                    );
+                    ));
                 }
             }
             for (key, list) in [
@@ -1052,102 +1252,102 @@ impl Config {
                 ("help_keywords", &t.help_keywords),
             ] {
                 if list.len() > 100 || list.iter().any(|k| k.trim().is_empty() || k.len() > 64) {
-                    return err(
+                    errs.push((
                         at(key),
                         "keyword lists hold at most 100 non-empty entries of at most 64 bytes"
                             .into(),
-                    );
+                    ));
                 }
             }
             if t.help_text.len() > 1600 {
-                return err(at("help_text"), "at most 1600 bytes".into());
+                errs.push((at("help_text"), "at most 1600 bytes".into()));
             }
             if t.gateway_token.len() < 6 {
-                return err(
+                errs.push((
                     at("gateway_token"),
                     "is required, at least 6 characters".into(),
-                );
+                ));
             }
             if !tokens.insert(t.gateway_token.as_str())
                 || t.gateway_token == self.server.admin_token
             {
-                return err(
+                errs.push((
                     at("gateway_token"),
                     "must be unique among all tokens".into(),
-                );
+                ));
             }
         }
         if !(1..=3600).contains(&self.runtime.offer_timeout_secs) {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("offer_timeout_secs")],
                 "must be between 1 and 3600".into(),
-            );
+            ));
         }
         if self.runtime.agent_grace_secs > 86_400 {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("agent_grace_secs")],
                 "must be at most 86400".into(),
-            );
+            ));
         }
         if self.runtime.agent_wait_text.len() > 1600 {
-            return err(
+            errs.push((
                 vec![Key("runtime"), Key("agent_wait_text")],
                 "must be at most 1600 bytes".into(),
-            );
+            ));
         }
         let mut agent_ids = HashSet::new();
         for (i, a) in self.agents.iter().enumerate() {
             let at = |k| vec![Key("agents"), Index(i), Key(k)];
             if !is_id(&a.id) {
-                return err(at("id"), "must be 1-64 letters, digits, '-' or '_'".into());
+                errs.push((at("id"), "must be 1-64 letters, digits, '-' or '_'".into()));
             }
             if !agent_ids.insert(a.id.as_str()) {
-                return err(at("id"), format!("duplicate agent id {:?}", a.id));
+                errs.push((at("id"), format!("duplicate agent id {:?}", a.id)));
             }
             if a.token.len() < 6 {
-                return err(at("token"), "is required, at least 6 characters".into());
+                errs.push((at("token"), "is required, at least 6 characters".into()));
             }
             if !tokens.insert(a.token.as_str()) || a.token == self.server.admin_token {
-                return err(at("token"), "must be unique among all tokens".into());
+                errs.push((at("token"), "must be unique among all tokens".into()));
             }
             for (j, t) in a.tenants.iter().enumerate() {
                 if !ids.contains(t.as_str()) {
-                    return err(
+                    errs.push((
                         vec![Key("agents"), Index(i), Key("tenants"), Index(j)],
                         format!("unknown tenant {t:?}"),
-                    );
+                    ));
                 }
             }
             if a.phone.as_ref().is_some_and(|p| !is_e164(p)) {
-                return err(
+                errs.push((
                     at("phone"),
                     "must be an E.164 number like +15550001111".into(),
-                );
+                ));
             }
             for k in a.capacity.keys() {
                 if !["chat", "sms", "whatsapp", "voice"].contains(&k.as_str()) {
-                    return err(
+                    errs.push((
                         at("capacity"),
                         format!("unknown channel {k:?} (chat, sms, whatsapp, voice)"),
-                    );
+                    ));
                 }
             }
         }
-        Ok(())
+        errs
     }
 }
 
 /// The key a serde/TOML error is about, when its message names one.
-fn key_from_toml_error(e: &toml::de::Error) -> String {
+fn key_from_toml_error(e: &toml::de::Error) -> Option<String> {
     let m = e.message();
     for marker in ["unknown field `", "missing field `", "duplicate key `"] {
         if let Some(rest) = m.split_once(marker).map(|(_, r)| r) {
             if let Some((k, _)) = rest.split_once('`') {
-                return k.to_owned();
+                return Some(k.to_owned());
             }
         }
     }
-    "(syntax)".into()
+    None
 }
 
 #[cfg(test)]
@@ -1227,13 +1427,62 @@ capacity = { chat = 3, voice = 1 }
 
     #[test]
     fn syntax_and_unknown_keys_name_the_line() {
-        let e = error_of(&GOOD.replace("admin_token", "admin_tokn"));
-        assert_eq!(e.key, "admin_tokn");
+        let errors = Config::parse_all(&GOOD.replace("admin_token", "admin_tokn"), Path::new("."))
+            .unwrap_err();
+        let e = errors
+            .iter()
+            .find(|e| e.key == "server.admin_tokn")
+            .unwrap();
         assert_eq!(e.line, Some(4));
         let e = error_of("[server\nhttp = 1");
         assert_eq!(e.line, Some(1));
         let e = error_of(&GOOD.replace("id = \"beta\"\n", ""));
         assert_eq!(e.key, "id");
+    }
+
+    /// Five broken keys of three kinds (a wrong type, an unknown key, three
+    /// rules) are all reported in one run, each with its path and line.
+    #[test]
+    fn every_error_is_reported_at_once_with_its_key_and_line() {
+        let src = GOOD
+            .replace(
+                "http = \"127.0.0.1:0\"",
+                "http = \"127.0.0.1:0\"\nmax_body_bytes = \"64k\"\nbogus = 1",
+            )
+            .replace("admin_token = \"admin-secret\"", "admin_token = \"short\"")
+            .replace("America/New_York", "America/NewYork")
+            .replace(
+                "gateway_token = \"gw-beta\"",
+                "gateway_token = \"gw-beta\"\nsms_numbers = [\"555\"]",
+            );
+        let errors = Config::parse_all(&src, Path::new(".")).unwrap_err();
+        let got: Vec<(String, Option<usize>)> =
+            errors.iter().map(|e| (e.key.clone(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("server.max_body_bytes".to_owned(), Some(4)),
+                ("server.bogus".to_owned(), Some(5)),
+                ("server.admin_token".to_owned(), Some(6)),
+                ("tenants[0].timezone".to_owned(), Some(10)),
+                ("tenants[1].sms_numbers[0]".to_owned(), Some(18)),
+            ],
+            "{errors:?}"
+        );
+        assert!(errors[0].message.contains("64k"), "{}", errors[0]);
+        assert!(
+            errors[0].message.contains("expected a whole number"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let src = include_str!("../threadline.example.toml");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cfg = Config::parse_all(src, base).unwrap_or_else(|e| panic!("{e:?}"));
+        crate::flows::load(&cfg).unwrap();
     }
 
     #[test]

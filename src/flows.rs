@@ -76,10 +76,13 @@ impl ChatCompletions {
         };
         let timeout = Duration::from_millis(r.timeout_ms);
         Ok(ChatCompletions {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| e.to_string())?,
+            http: {
+                crate::tls::install_default_provider();
+                reqwest::Client::builder()
+            }
+            .timeout(timeout)
+            .build()
+            .map_err(|e| e.to_string())?,
             url: r.url.clone(),
             model: r.model.clone(),
             key,

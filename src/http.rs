@@ -410,9 +410,11 @@ async fn connection<IO>(
 async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     let started = std::time::Instant::now();
     let method = method_label(req.method());
-    let template = crate::routes::template(req.method(), req.uri().path());
+    let template = crate::routes::template(req.uri().path());
     let rid = request_id(&req);
-    let span = tracing::info_span!("request", id = %rid.to_str().unwrap_or(""));
+    // At error level so that it is on whenever anything is logged: every
+    // line written while the request is handled carries its id.
+    let span = tracing::error_span!("request", id = %rid.to_str().unwrap_or(""));
     let mut resp = answer(&app, req, peer).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     let took = started.elapsed();

@@ -242,9 +242,35 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// Reports every problem of a config file (and its flow files), each with
+/// its key path and line.
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match load_config(file) {
-        Ok(c) => {
+    let src = match std::fs::read_to_string(file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot read config {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut problems: Vec<String> = Vec::new();
+    let cfg = match Config::parse_all(&src, base) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            problems.extend(errors.iter().map(|e| format!("{}: {e}", file.display())));
+            None
+        }
+    };
+    if let Some(c) = &cfg {
+        if let Err(e) = threadline::flows::load(c) {
+            problems.push(format!("{}: {e}", file.display()));
+        }
+    }
+    match (cfg, problems.is_empty()) {
+        (Some(c), true) => {
             println!(
                 "{}: ok ({} tenants, {} agents)",
                 file.display(),
@@ -253,8 +279,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("{e:#}");
+        _ => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found", problems.len());
             ExitCode::FAILURE
         }
     }

@@ -72,6 +72,8 @@ pub fn document() -> Value {
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer", "description": "`server.admin_token`"},
                 "gateway": {"type": "http", "scheme": "bearer", "description": "A tenant's `gateway_token`"},
+                "agent": {"type": "http", "scheme": "bearer", "description": "An agent's token"},
+                "agent_query": {"type": "apiKey", "in": "query", "name": "token", "description": "An agent's token, for browsers that cannot set headers on a WebSocket"},
                 "twilio": {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature", "description": "Twilio's HMAC-SHA1 request signature over the public URL and the form"},
                 "meta": {"type": "apiKey", "in": "header", "name": "X-Hub-Signature-256", "description": "Meta's HMAC-SHA256 of the body with the app secret"},
                 "verify_token": {"type": "apiKey", "in": "query", "name": "hub.verify_token", "description": "`providers.whatsapp.verify_token`"}
@@ -104,7 +106,8 @@ fn operation(o: &Operation, generator: &mut schemars::SchemaGenerator) -> Value 
     v.insert("summary".into(), json!(o.summary));
     v.insert("tags".into(), json!([o.tag]));
     let security = match o.auth {
-        Auth::Public | Auth::AgentToken => json!([]),
+        Auth::Public => json!([]),
+        Auth::AgentToken => json!([{"agent": []}, {"agent_query": []}]),
         Auth::Admin => json!([{"admin": []}]),
         Auth::Gateway => json!([{"gateway": []}]),
         Auth::Twilio => json!([{"twilio": []}]),
@@ -159,9 +162,9 @@ pub fn errors(o: &Operation) -> Vec<u16> {
     let mut out: Vec<u16> = o.extra.to_vec();
     let has_params = o.path.contains('{') || !query_params(o.op).is_empty();
     match o.auth {
-        Auth::Admin | Auth::Gateway => out.push(401),
+        Auth::Admin | Auth::Gateway | Auth::AgentToken => out.push(401),
         Auth::Twilio | Auth::Meta | Auth::MetaVerifyToken => out.push(403),
-        Auth::Public | Auth::AgentToken => {}
+        Auth::Public => {}
     }
     if has_params || !matches!(o.body, BodyKind::None) || o.auth == Auth::AgentToken {
         out.push(400);
@@ -257,6 +260,14 @@ fn query_params(op: Op) -> Vec<Value> {
         ],
         Op::ChatPage => vec![json!({"name": "tenant", "in": "query", "required": true,
             "schema": {"type": "string"}, "description": "The tenant whose chat this is"})],
+        Op::ChatSocket => vec![
+            json!({"name": "tenant", "in": "query", "required": true,
+                   "schema": {"type": "string"}, "description": "The tenant whose chat this is"}),
+            q(
+                "visitor",
+                "The visitor id to resume (from an earlier `welcome` frame)",
+            ),
+        ],
         Op::WhatsappVerify => vec![
             q("hub.mode", "`subscribe`"),
             q("hub.challenge", "Echoed back on success"),

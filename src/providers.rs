@@ -62,10 +62,13 @@ impl Providers {
         if p.twilio.is_none() && p.whatsapp.is_none() {
             return Ok(None);
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+        let http = {
+            crate::tls::install_default_provider();
+            reqwest::Client::builder()
+        }
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
         Ok(Some(Arc::new(Providers {
             http,
             twilio: p.twilio.as_ref().map(|t| Twilio {

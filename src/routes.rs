@@ -79,7 +79,7 @@ pub enum Auth {
     Meta,
     /// The WhatsApp verify token in the query.
     MetaVerifyToken,
-    /// An agent token, sent in the socket's first frame.
+    /// An agent's token (`Authorization: Bearer` or `?token=`).
     AgentToken,
 }
 
@@ -152,495 +152,107 @@ use BodyKind::{Form, Json, OptionalJson};
 const NONE: BodyKind = BodyKind::None;
 
 /// Every operation, in the order the API reference lists them.
+#[rustfmt::skip]
 pub static OPERATIONS: &[Operation] = &[
-    op!(
-        Healthz,
-        GET,
-        "/healthz",
-        "operations",
-        Public,
-        NONE,
-        &[200, 503],
-        "Liveness: 200 while the node can commit to storage"
-    ),
-    op!(
-        Readyz,
-        GET,
-        "/readyz",
-        "operations",
-        Public,
-        NONE,
-        &[200, 503],
-        "Readiness: storage open and intact, not draining, cluster joined"
-    ),
-    op!(
-        Metrics,
-        GET,
-        "/metrics",
-        "operations",
-        Public,
-        NONE,
-        &[200],
-        "Prometheus metrics in the OpenMetrics text format"
-    ),
-    op!(
-        OpenApi,
-        GET,
-        "/api/v1/openapi.json",
-        "operations",
-        Public,
-        NONE,
-        &[200],
-        "This API description (OpenAPI 3.1)"
-    ),
-    op!(
-        Inbound,
-        POST,
-        "/api/v1/inbound",
-        "gateway",
-        Gateway,
-        Json(schema::<InboundBody>),
-        &[202],
-        "Ingest a customer's message; 202 once it is durably committed"
-    ),
-    op!(
-        TwilioSms,
-        POST,
-        "/webhooks/twilio/sms",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio inbound SMS/MMS webhook (answers TwiML)"
-    ),
-    op!(
-        TwilioStatus,
-        POST,
-        "/webhooks/twilio/status",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio message status callback"
-    ),
-    op!(
-        TwilioVoice,
-        POST,
-        "/webhooks/twilio/voice",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio inbound call webhook (answers TwiML)"
-    ),
-    op!(
-        TwilioDialStatus,
-        POST,
-        "/webhooks/twilio/voice/dial-status",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio <Dial> action: the forwarded call's outcome"
-    ),
-    op!(
-        TwilioGather,
-        POST,
-        "/webhooks/twilio/voice/gather",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio <Gather> action: the caller's speech"
-    ),
-    op!(
-        TwilioCallStatus,
-        POST,
-        "/webhooks/twilio/voice/status",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio call status callback"
-    ),
-    op!(
-        TwilioHold,
-        POST,
-        "/webhooks/twilio/voice/hold",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio hold music while an agent is found"
-    ),
-    op!(
-        TwilioWhisper,
-        POST,
-        "/webhooks/twilio/voice/whisper",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio whisper to the agent before a warm transfer connects"
-    ),
-    op!(
-        TwilioOutboundCall,
-        POST,
-        "/webhooks/twilio/voice/outbound",
-        "webhooks",
-        Twilio,
-        Form,
-        &[200],
-        "Twilio webhook of a call the node placed"
-    ),
-    op!(
-        WhatsappVerify,
-        GET,
-        "/webhooks/whatsapp",
-        "webhooks",
-        MetaVerifyToken,
-        NONE,
-        &[200],
-        "WhatsApp Cloud API webhook verification (hub.challenge)"
-    ),
-    op!(
-        WhatsappNotify,
-        POST,
-        "/webhooks/whatsapp",
-        "webhooks",
-        Meta,
-        Json(schema::<serde_json::Value>),
-        &[200],
-        "WhatsApp Cloud API notifications (messages and statuses)"
-    ),
-    op!(
-        ChatPage,
-        GET,
-        "/chat",
-        "pages",
-        Public,
-        NONE,
-        &[200],
-        "The web chat page of a tenant (`?tenant=`)"
-    ),
-    op!(
-        ChatSocket,
-        GET,
-        "/chat/ws",
-        "pages",
-        Public,
-        NONE,
-        &[101],
-        "Web chat WebSocket (see docs/websockets.md)"
-    ),
-    op!(
-        AgentPage,
-        GET,
-        "/agent",
-        "pages",
-        Public,
-        NONE,
-        &[200],
-        "The agent desktop page"
-    ),
-    op!(
-        AgentSocket,
-        GET,
-        "/agent/ws",
-        "pages",
-        AgentToken,
-        NONE,
-        &[101],
-        "Agent desktop WebSocket (see docs/websockets.md)"
-    ),
-    op!(
-        FlowsReload,
-        POST,
-        "/api/v1/flows/reload",
-        "flows",
-        Admin,
-        NONE,
-        &[200],
-        "Reload every tenant's flow file; nothing changes if one is invalid"
-    ),
-    op!(
-        AgentsList,
-        GET,
-        "/api/v1/agents",
-        "agents",
-        Admin,
-        NONE,
-        &[200],
-        "List agents with their presence"
-    ),
-    op!(
-        AgentsCreate,
-        POST,
-        "/api/v1/agents",
-        "agents",
-        Admin,
-        Json(schema::<AgentBody>),
-        &[201],
-        &[409],
-        "Create or replace an agent (not one defined in the config file)"
-    ),
-    op!(
-        AgentsDelete,
-        DELETE,
-        "/api/v1/agents/{id}",
-        "agents",
-        Admin,
-        NONE,
-        &[200],
-        &[409],
-        "Remove an agent created through the API"
-    ),
-    op!(
-        TenantMetrics,
-        GET,
-        "/api/v1/tenants/{tenant}/metrics",
-        "tenants",
-        Admin,
-        NONE,
-        &[200],
-        "A tenant's outcomes: bookings, leads, first response"
-    ),
-    op!(
-        TenantQueue,
-        GET,
-        "/api/v1/tenants/{tenant}/queue",
-        "agents",
-        Admin,
-        NONE,
-        &[200],
-        "Conversations waiting for an agent"
-    ),
-    op!(
-        Escalate,
-        POST,
-        "/api/v1/conversations/{id}/escalate",
-        "agents",
-        Admin,
-        OptionalJson(schema::<EscalateBody>),
-        &[202],
-        "Hand a conversation to the agent pool"
-    ),
-    op!(
-        ConversationGet,
-        GET,
-        "/api/v1/conversations/{id}",
-        "conversations",
-        Admin,
-        NONE,
-        &[200],
-        "A conversation: transcript, what is known, timers"
-    ),
-    op!(
-        ContactConversation,
-        GET,
-        "/api/v1/tenants/{tenant}/contacts/{address}/conversation",
-        "conversations",
-        Admin,
-        NONE,
-        &[200],
-        "A contact's conversation with a tenant"
-    ),
-    op!(
-        ContactConsentGet,
-        GET,
-        "/api/v1/tenants/{tenant}/contacts/{address}/consent",
-        "consent",
-        Admin,
-        NONE,
-        &[200],
-        "A contact's consent records"
-    ),
-    op!(
-        ContactConsentPost,
-        POST,
-        "/api/v1/tenants/{tenant}/contacts/{address}/consent",
-        "consent",
-        Admin,
-        Json(schema::<ConsentBody>),
-        &[200],
-        "Record an opt-in or opt-out with its source and proof"
-    ),
-    op!(
-        ContactPut,
-        PUT,
-        "/api/v1/tenants/{tenant}/contacts/{address}",
-        "conversations",
-        Admin,
-        Json(schema::<ContactBody>),
-        &[200],
-        "Set what is known of a contact (name, time zone, region, facts)"
-    ),
-    op!(
-        ContactMessages,
-        POST,
-        "/api/v1/tenants/{tenant}/contacts/{address}/messages",
-        "messages",
-        Admin,
-        Json(schema::<MessageBody>),
-        &[202],
-        "Send a business message to a contact, through the consent gate"
-    ),
-    op!(
-        Audit,
-        GET,
-        "/api/v1/tenants/{tenant}/audit",
-        "consent",
-        Admin,
-        NONE,
-        &[200],
-        "The tenant's hash-chained consent audit trail (NDJSON)"
-    ),
-    op!(
-        Calendar,
-        GET,
-        "/api/v1/tenants/{tenant}/calendar",
-        "bookings",
-        Admin,
-        NONE,
-        &[200],
-        "The tenant's calendar: open, held, booked and blocked slots"
-    ),
-    op!(
-        SlotBlock,
-        PUT,
-        "/api/v1/tenants/{tenant}/calendar/slots/{start}",
-        "bookings",
-        Admin,
-        NONE,
-        &[200],
-        &[409],
-        "Block a slot (RFC 3339 start)"
-    ),
-    op!(
-        SlotUnblock,
-        DELETE,
-        "/api/v1/tenants/{tenant}/calendar/slots/{start}",
-        "bookings",
-        Admin,
-        NONE,
-        &[200],
-        "Unblock a slot"
-    ),
-    op!(
-        BookingOutcome,
-        POST,
-        "/api/v1/conversations/{id}/booking",
-        "bookings",
-        Admin,
-        Json(schema::<OutcomeBody>),
-        &[200],
-        &[409],
-        "Record how a booked appointment went (attended, no_show)"
-    ),
-    op!(
-        Cluster,
-        GET,
-        "/api/v1/cluster",
-        "cluster",
-        Admin,
-        NONE,
-        &[200],
-        "Cluster membership as this node sees it"
-    ),
+    op!(Healthz, GET, "/healthz", "operations", Public, NONE, &[200, 503],
+        "Liveness: 200 while the node can commit to storage"),
+    op!(Readyz, GET, "/readyz", "operations", Public, NONE, &[200, 503],
+        "Readiness: storage open and intact, not draining, cluster joined"),
+    op!(Metrics, GET, "/metrics", "operations", Public, NONE, &[200],
+        "Prometheus metrics in the OpenMetrics text format"),
+    op!(OpenApi, GET, "/api/v1/openapi.json", "operations", Public, NONE, &[200],
+        "This API description (OpenAPI 3.1)"),
+    op!(Inbound, POST, "/api/v1/inbound", "gateway", Gateway, Json(schema::<InboundBody>), &[202],
+        "Ingest a customer's message; 202 once it is durably committed"),
+    op!(TwilioSms, POST, "/webhooks/twilio/sms", "webhooks", Twilio, Form, &[200],
+        "Twilio inbound SMS/MMS webhook (answers TwiML)"),
+    op!(TwilioStatus, POST, "/webhooks/twilio/status", "webhooks", Twilio, Form, &[200],
+        "Twilio message status callback"),
+    op!(TwilioVoice, POST, "/webhooks/twilio/voice", "webhooks", Twilio, Form, &[200],
+        "Twilio inbound call webhook (answers TwiML)"),
+    op!(TwilioDialStatus, POST, "/webhooks/twilio/voice/dial-status", "webhooks", Twilio, Form, &[200],
+        "Twilio <Dial> action: the forwarded call's outcome"),
+    op!(TwilioGather, POST, "/webhooks/twilio/voice/gather", "webhooks", Twilio, Form, &[200],
+        "Twilio <Gather> action: the caller's speech"),
+    op!(TwilioCallStatus, POST, "/webhooks/twilio/voice/status", "webhooks", Twilio, Form, &[200],
+        "Twilio call status callback"),
+    op!(TwilioHold, POST, "/webhooks/twilio/voice/hold", "webhooks", Twilio, Form, &[200],
+        "Twilio hold music while an agent is found"),
+    op!(TwilioWhisper, POST, "/webhooks/twilio/voice/whisper", "webhooks", Twilio, Form, &[200],
+        "Twilio whisper to the agent before a warm transfer connects"),
+    op!(TwilioOutboundCall, POST, "/webhooks/twilio/voice/outbound", "webhooks", Twilio, Form, &[200],
+        "Twilio webhook of a call the node placed"),
+    op!(WhatsappVerify, GET, "/webhooks/whatsapp", "webhooks", MetaVerifyToken, NONE, &[200],
+        "WhatsApp Cloud API webhook verification (hub.challenge)"),
+    op!(WhatsappNotify, POST, "/webhooks/whatsapp", "webhooks", Meta, Json(schema::<serde_json::Value>), &[200],
+        "WhatsApp Cloud API notifications (messages and statuses)"),
+    op!(ChatPage, GET, "/chat", "pages", Public, NONE, &[200],
+        "The web chat page of a tenant (`?tenant=`)"),
+    op!(ChatSocket, GET, "/chat/ws", "pages", Public, NONE, &[101],
+        "Web chat WebSocket (see docs/websockets.md)"),
+    op!(AgentPage, GET, "/agent", "pages", Public, NONE, &[200],
+        "The agent desktop page"),
+    op!(AgentSocket, GET, "/agent/ws", "pages", AgentToken, NONE, &[101],
+        "Agent desktop WebSocket (see docs/websockets.md)"),
+    op!(FlowsReload, POST, "/api/v1/flows/reload", "flows", Admin, NONE, &[200],
+        "Reload every tenant's flow file; nothing changes if one is invalid"),
+    op!(AgentsList, GET, "/api/v1/agents", "agents", Admin, NONE, &[200],
+        "List agents with their presence"),
+    op!(AgentsCreate, POST, "/api/v1/agents", "agents", Admin, Json(schema::<AgentBody>), &[201], &[409],
+        "Create or replace an agent (not one defined in the config file)"),
+    op!(AgentsDelete, DELETE, "/api/v1/agents/{id}", "agents", Admin, NONE, &[200], &[409],
+        "Remove an agent created through the API"),
+    op!(TenantMetrics, GET, "/api/v1/tenants/{tenant}/metrics", "tenants", Admin, NONE, &[200],
+        "A tenant's outcomes: bookings, leads, first response"),
+    op!(TenantQueue, GET, "/api/v1/tenants/{tenant}/queue", "agents", Admin, NONE, &[200],
+        "Conversations waiting for an agent"),
+    op!(Escalate, POST, "/api/v1/conversations/{id}/escalate", "agents", Admin, OptionalJson(schema::<EscalateBody>), &[202],
+        "Hand a conversation to the agent pool"),
+    op!(ConversationGet, GET, "/api/v1/conversations/{id}", "conversations", Admin, NONE, &[200],
+        "A conversation: transcript, what is known, timers"),
+    op!(ContactConversation, GET, "/api/v1/tenants/{tenant}/contacts/{address}/conversation", "conversations", Admin, NONE, &[200],
+        "A contact's conversation with a tenant"),
+    op!(ContactConsentGet, GET, "/api/v1/tenants/{tenant}/contacts/{address}/consent", "consent", Admin, NONE, &[200],
+        "A contact's consent records"),
+    op!(ContactConsentPost, POST, "/api/v1/tenants/{tenant}/contacts/{address}/consent", "consent", Admin, Json(schema::<ConsentBody>), &[201],
+        "Record an opt-in or opt-out with its source and proof"),
+    op!(ContactPut, PUT, "/api/v1/tenants/{tenant}/contacts/{address}", "conversations", Admin, Json(schema::<ContactBody>), &[200],
+        "Set what is known of a contact (name, time zone, region, facts)"),
+    op!(ContactMessages, POST, "/api/v1/tenants/{tenant}/contacts/{address}/messages", "messages", Admin, Json(schema::<MessageBody>), &[202],
+        "Send a business message to a contact, through the consent gate"),
+    op!(Audit, GET, "/api/v1/tenants/{tenant}/audit", "consent", Admin, NONE, &[200],
+        "The tenant's hash-chained consent audit trail (NDJSON)"),
+    op!(Calendar, GET, "/api/v1/tenants/{tenant}/calendar", "bookings", Admin, NONE, &[200],
+        "The tenant's calendar: open, held, booked and blocked slots"),
+    op!(SlotBlock, PUT, "/api/v1/tenants/{tenant}/calendar/slots/{start}", "bookings", Admin, NONE, &[200], &[409],
+        "Block a slot (RFC 3339 start)"),
+    op!(SlotUnblock, DELETE, "/api/v1/tenants/{tenant}/calendar/slots/{start}", "bookings", Admin, NONE, &[200],
+        "Unblock a slot"),
+    op!(BookingOutcome, POST, "/api/v1/conversations/{id}/booking", "bookings", Admin, Json(schema::<OutcomeBody>), &[200], &[409],
+        "Record how a booked appointment went (attended, no_show)"),
+    op!(Cluster, GET, "/api/v1/cluster", "cluster", Admin, NONE, &[200],
+        "Cluster membership as this node sees it"),
     Operation {
         documented: false,
-        ..op!(
-            ClusterAgents,
-            GET,
-            "/api/v1/cluster/agents",
-            "cluster",
-            Admin,
-            NONE,
-            &[200],
-            "Internal: a peer's agent view (only over the cluster link)"
-        )
+        ..op!(ClusterAgents, GET, "/api/v1/cluster/agents", "cluster", Admin, NONE, &[200],
+        "Internal: a peer's agent view (only over the cluster link)")
     },
-    op!(
-        ClusterConversation,
-        GET,
-        "/api/v1/cluster/conversations/{id}",
-        "cluster",
-        Admin,
-        NONE,
-        &[200],
-        "Which node holds a conversation"
-    ),
-    op!(
-        ClusterForget,
-        DELETE,
-        "/api/v1/cluster/members/{name}",
-        "cluster",
-        Admin,
-        NONE,
-        &[200],
-        &[409],
-        "Remove a node that is gone for good from the membership"
-    ),
-    op!(
-        Backup,
-        POST,
-        "/api/v1/backup",
-        "operations",
-        Admin,
-        NONE,
-        &[200],
-        "Write a consistent copy of the data directory"
-    ),
-    op!(
-        DeadLetters,
-        GET,
-        "/api/v1/dead-letters",
-        "operations",
-        Admin,
-        NONE,
-        &[200],
-        "Messages that could not be handled, with the reason"
-    ),
-    op!(
-        ConversationMessages,
-        POST,
-        "/api/v1/conversations/{id}/messages",
-        "messages",
-        Admin,
-        Json(schema::<MessageBody>),
-        &[202],
-        "Send a business message in a conversation, through the consent gate"
-    ),
-    op!(
-        ConversationTimers,
-        POST,
-        "/api/v1/conversations/{id}/timers",
-        "timers",
-        Admin,
-        Json(schema::<TimerBody>),
-        &[201],
-        "Schedule a follow-up or reminder; 201 once durable"
-    ),
-    op!(
-        TimerCancel,
-        DELETE,
-        "/api/v1/timers/{id}",
-        "timers",
-        Admin,
-        NONE,
-        &[200],
-        "Cancel a pending timer"
-    ),
-    op!(
-        ClockAdvance,
-        POST,
-        "/api/v1/clock/advance",
-        "operations",
-        Admin,
-        Json(schema::<AdvanceBody>),
-        &[200],
-        "Move the simulated clock (only with serve --simulated-clock; 404 otherwise)"
-    ),
+    op!(ClusterConversation, GET, "/api/v1/cluster/conversations/{id}", "cluster", Admin, NONE, &[200],
+        "Which node holds a conversation"),
+    op!(ClusterForget, DELETE, "/api/v1/cluster/members/{name}", "cluster", Admin, NONE, &[200], &[409],
+        "Remove a node that is gone for good from the membership"),
+    op!(Backup, POST, "/api/v1/backup", "operations", Admin, NONE, &[201],
+        "Write a consistent copy of the data directory"),
+    op!(DeadLetters, GET, "/api/v1/dead-letters", "operations", Admin, NONE, &[200],
+        "Messages that could not be handled, with the reason"),
+    op!(ConversationMessages, POST, "/api/v1/conversations/{id}/messages", "messages", Admin, Json(schema::<MessageBody>), &[202],
+        "Send a business message in a conversation, through the consent gate"),
+    op!(ConversationTimers, POST, "/api/v1/conversations/{id}/timers", "timers", Admin, Json(schema::<TimerBody>), &[201],
+        "Schedule a follow-up or reminder; 201 once durable"),
+    op!(TimerCancel, DELETE, "/api/v1/timers/{id}", "timers", Admin, NONE, &[200],
+        "Cancel a pending timer"),
+    op!(ClockAdvance, POST, "/api/v1/clock/advance", "operations", Admin, Json(schema::<AdvanceBody>), &[200],
+        "Move the simulated clock (only with serve --simulated-clock; 404 otherwise)"),
 ];
 
 /// A request matched against the table.
@@ -680,10 +292,10 @@ pub fn find<'p>(method: &Method, path: &'p str) -> Matched<'p> {
 
 /// The route template a request is counted and logged under: the
 /// operation's path, or `unmatched` (bounded labels whatever is asked).
-pub fn template(method: &Method, path: &str) -> &'static str {
-    match find(method, path) {
-        Matched::Found(o, _) => o.path,
-        _ => "unmatched",
+pub fn template(path: &str) -> &'static str {
+    match matcher().at(path) {
+        Ok(m) => m.value[0].path,
+        Err(_) => "unmatched",
     }
 }
 

@@ -9,8 +9,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls;
 
+/// The one TLS crypto backend of the binary: aws-lc-rs (the cluster
+/// transport's tokio-rustls needs it; the HTTPS server, the cluster's TLS
+/// and the provider clients all use it).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Makes aws-lc-rs the process's default TLS provider (the outbound HTTP
+/// clients take the default); idempotent.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// The certificates in the PEM file `key` names (`base`-relative).

@@ -153,3 +153,56 @@ async fn the_readme_first_message_gets_the_bots_reply_and_books_to_confirmation(
         .count();
     assert_eq!(reminders, 2, "the booking's two reminders: {v}");
 }
+
+#[test]
+fn check_config_accepts_the_example_and_reports_every_error_of_a_broken_file() {
+    let bin = env!("CARGO_BIN_EXE_threadline");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/threadline.example.toml");
+    let out = Command::new(bin)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"[server]
+admin_token = "short"
+max_body_bytes = "64k"
+bogus = 1
+
+[[tenants]]
+id = "acme"
+timezone = "America/NewYork"
+gateway_token = "gw-acme"
+sms_numbers = ["555"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (line, key) in [
+        (2, "server.admin_token"),
+        (3, "server.max_body_bytes"),
+        (4, "server.bogus"),
+        (8, "tenants[0].timezone"),
+        (10, "tenants[0].sms_numbers[0]"),
+    ] {
+        assert!(
+            err.contains(&format!("line {line}: `{key}`")),
+            "line {line} `{key}` reported:\n{err}"
+        );
+    }
+    assert!(err.contains("5 problem(s) found"), "{err}");
+}

@@ -552,10 +552,16 @@ async fn check(
 /// when a promise broke.
 pub async fn main(a: CrashArgs) -> anyhow::Result<bool> {
     let json_to = a.json.clone();
+    let started_at = std::time::SystemTime::now();
     let report = run(a).await?;
-    print!("{}", report.text());
+    // With `--json -` standard output carries only the JSON.
+    match json_to.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+        true => eprint!("{}", report.text()),
+        false => print!("{}", report.text()),
+    }
     if let Some(path) = json_to {
-        let v = serde_json::to_string_pretty(&report)?;
+        let v = crate::report::envelope("crash", started_at, None, serde_json::to_value(&report)?);
+        let v = serde_json::to_string_pretty(&v)?;
         if path.as_os_str() == "-" {
             println!("{v}");
         } else {

@@ -175,7 +175,13 @@ fn launch(program: &Path, args: &[OsString]) -> anyhow::Result<(Child, SocketAdd
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn()?;
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start the node {}: {e} (build it with `cargo build --release`, or name it with --node)",
+                program.display()
+            )
+        })?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let addr = loop {
         match lines.next() {

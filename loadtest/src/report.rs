@@ -16,7 +16,40 @@ pub struct Sample {
     pub t: f64,
     pub sent_per_s: f64,
     pub replies_per_s: f64,
+    pub reply_p50_ms: f64,
     pub reply_p99_ms: f64,
+}
+
+/// The version of the JSON reports' layout; raised when a field changes
+/// meaning or goes away (new fields do not raise it).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A JSON report with what a machine reading it needs to compare runs:
+/// the layout version, the tool and node versions, when it started, and
+/// the command line (the options used).
+pub fn envelope(
+    command: &str,
+    started_at: std::time::SystemTime,
+    node_version: Option<String>,
+    body: Value,
+) -> Value {
+    let started = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut v = json!({
+        "schema_version": SCHEMA_VERSION,
+        "tool": "threadline-loadtest",
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "node_version": node_version,
+        "command": command,
+        "options": std::env::args().skip(1).collect::<Vec<_>>(),
+        "started_at": chrono::DateTime::<chrono::Utc>::from(std::time::UNIX_EPOCH + started)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    if let (Value::Object(o), Value::Object(b)) = (&mut v, body) {
+        o.extend(b);
+    }
+    v
 }
 
 pub struct Report {
@@ -186,68 +219,105 @@ impl Report {
             "verified": self.verified, "verify_failures": self.verify_failures,
             "passed": self.passed(),
             "timeline": self.timeline.iter().map(|s| json!({"t": s.t, "sent_per_s": s.sent_per_s,
-                "replies_per_s": s.replies_per_s, "reply_p99_ms": s.reply_p99_ms})).collect::<Vec<_>>(),
+                "replies_per_s": s.replies_per_s, "reply_p50_ms": s.reply_p50_ms,
+                "reply_p99_ms": s.reply_p99_ms})).collect::<Vec<_>>(),
         })
     }
 }
 
-/// Throughput (top) and reply p99 (bottom) over time, one line per phase.
+/// Throughput (top: messages sent and replies received per second) and
+/// reply latency (bottom: p50 and p99 per second) over time, phases one
+/// after another on one time axis, with a title, legends and both axes
+/// labelled.
 pub fn chart(reports: &[Report], path: &Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (960, 640)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, bottom) = root.split_vertically(320);
-    // Phases one after another on one time axis.
-    let mut offset = 0.0;
+    let scenario = reports.first().map_or("", |r| r.scenario.as_str());
+    let root = root.titled(
+        &format!("threadline-loadtest: {scenario}"),
+        ("sans-serif", 22),
+    )?;
+    let (top, bottom) = root.split_vertically(340);
     type Line = Vec<(f64, f64)>;
-    let mut series: Vec<(String, Line, Line)> = Vec::new();
+    struct Phase {
+        label: String,
+        sent: Line,
+        replies: Line,
+        p50: Line,
+        p99: Line,
+    }
+    let mut offset = 0.0;
+    let mut phases = Vec::new();
     for r in reports {
-        let tput = r
-            .timeline
-            .iter()
-            .map(|s| (offset + s.t, s.sent_per_s))
-            .collect();
-        let p99 = r
-            .timeline
-            .iter()
-            .map(|s| (offset + s.t, s.reply_p99_ms))
-            .collect();
-        series.push((r.label.clone(), tput, p99));
+        let line = |f: fn(&Sample) -> f64| -> Line {
+            r.timeline.iter().map(|s| (offset + s.t, f(s))).collect()
+        };
+        phases.push(Phase {
+            label: r.label.clone(),
+            sent: line(|s| s.sent_per_s),
+            replies: line(|s| s.replies_per_s),
+            p50: line(|s| s.reply_p50_ms),
+            p99: line(|s| s.reply_p99_ms),
+        });
         offset += r.timeline.last().map_or(0.0, |s| s.t);
     }
     let t_max = offset.max(1.0);
-    let y1 = series
-        .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.1))
-        .fold(1.0, f64::max);
-    let y2 = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.1))
-        .fold(1.0, f64::max);
+    let top_of = |f: fn(&Phase) -> [&Line; 2]| {
+        phases
+            .iter()
+            .flat_map(|p| f(p).into_iter().flat_map(|l| l.iter().map(|x| x.1)))
+            .fold(1.0, f64::max)
+            * 1.15
+    };
+    let y1 = top_of(|p| [&p.sent, &p.replies]);
+    let y2 = top_of(|p| [&p.p50, &p.p99]);
     let mut c1 = ChartBuilder::on(&top)
-        .caption("customer messages per second", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y1 * 1.1)?;
-    c1.configure_mesh().x_desc("seconds").draw()?;
+        .caption("throughput", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..y1)?;
+    c1.configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("per second")
+        .draw()?;
     let mut c2 = ChartBuilder::on(&bottom)
-        .caption("inbound-to-reply p99 (ms) per second", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..t_max, 0.0..y2 * 1.1)?;
-    c2.configure_mesh().x_desc("seconds").draw()?;
-    for (i, (label, tput, p99)) in series.into_iter().enumerate() {
+        .caption("inbound-to-reply latency", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..t_max, 0.0..y2)?;
+    c2.configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("milliseconds")
+        .draw()?;
+    let several = phases.len() > 1;
+    for (i, p) in phases.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        c1.draw_series(LineSeries::new(tput, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
-        c2.draw_series(LineSeries::new(p99, color.stroke_width(2)))?;
+        let name = |what: &str| match several {
+            true => format!("{what} ({})", p.label),
+            false => what.to_owned(),
+        };
+        let solid = color.stroke_width(2);
+        let thin = color.mix(0.55).stroke_width(1);
+        c1.draw_series(LineSeries::new(p.sent, solid))?
+            .label(name("messages sent/s"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], solid));
+        c1.draw_series(LineSeries::new(p.replies, thin))?
+            .label(name("replies/s"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], thin));
+        c2.draw_series(LineSeries::new(p.p99, solid))?
+            .label(name("p99"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], solid));
+        c2.draw_series(LineSeries::new(p.p50, thin))?
+            .label(name("p50"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], thin));
     }
-    if reports.len() > 1 {
-        c1.configure_series_labels()
-            .background_style(WHITE.mix(0.8))
+    for c in [&mut c1, &mut c2] {
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
     }

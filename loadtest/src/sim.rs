@@ -816,9 +816,12 @@ async fn phase(
             sh.sent.load(Ordering::Relaxed),
             sh.replies.load(Ordering::Relaxed),
         );
-        let p99 = {
+        let (p50, p99) = {
             let mut w = sh.window.lock().unwrap();
-            let p = w.value_at_quantile(0.99) as f64 / 1000.0;
+            let p = (
+                w.value_at_quantile(0.5) as f64 / 1000.0,
+                w.value_at_quantile(0.99) as f64 / 1000.0,
+            );
             w.reset();
             p
         };
@@ -826,6 +829,7 @@ async fn phase(
             t,
             sent_per_s: (sent - last.0) as f64,
             replies_per_s: (replies - last.1) as f64,
+            reply_p50_ms: p50,
             reply_p99_ms: p99,
         });
         last = (sent, replies);
@@ -951,6 +955,7 @@ async fn verify(sh: &Shared, all: bool, report: &mut Report) {
 }
 
 pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
+    let started_at = std::time::SystemTime::now();
     let mut s = Scenario::load(&a.scenario)?;
     if let Some(c) = a.customers {
         s.load.customers = c;
@@ -1030,8 +1035,8 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
             .nth(1)
             .map(|r| r.sent as f64 / r.seconds);
         match knee {
-            Some(k) => println!("knee: about {k:.0} messages/s with p99 under {bound} ms"),
-            None => println!("knee: the first step already crossed {bound} ms"),
+            Some(k) => eprintln!("knee: about {k:.0} messages/s with p99 under {bound} ms"),
+            None => eprintln!("knee: the first step already crossed {bound} ms"),
         }
     } else {
         let (mut r, sh) = phase(s, addr, provider.clone(), a.quiet, "run").await?;
@@ -1042,12 +1047,24 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
         r.node_after
             .value("threadline_process_resident_memory_bytes")
     });
+    let node_version = node_version(addr).await;
     drop(node);
+    // With `--json -` standard output carries only the JSON; the human
+    // report goes to standard error.
+    let json_on_stdout = a.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
     for r in &reports {
-        print!("{}", r.text(rss));
+        match json_on_stdout {
+            true => eprint!("{}", r.text(rss)),
+            false => print!("{}", r.text(rss)),
+        }
     }
     if let Some(path) = &a.json {
-        let v = json!({"reports": reports.iter().map(|r| r.json(rss)).collect::<Vec<_>>()});
+        let v = crate::report::envelope(
+            "run",
+            started_at,
+            node_version,
+            json!({"reports": reports.iter().map(|r| r.json(rss)).collect::<Vec<_>>()}),
+        );
         if path.as_os_str() == "-" {
             println!("{v}");
         } else {
@@ -1059,4 +1076,16 @@ pub async fn run(a: RunArgs) -> anyhow::Result<bool> {
         eprintln!("chart written to {}", path.display());
     }
     Ok(reports.iter().all(|r| r.passed()))
+}
+
+/// The node's version, from its `threadline_build_info` metric.
+pub async fn node_version(addr: std::net::SocketAddr) -> Option<String> {
+    let mut c = crate::client::Conn::open(addr).await.ok()?;
+    let (_, body) = c.get("/metrics").await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("threadline_build_info{"))?;
+    let v = line.split("version=\"").nth(1)?;
+    Some(v[..v.find('"')?].to_owned())
 }

@@ -286,7 +286,9 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
         .args(extra)
         .env(
             "RUST_LOG",
-            std::env::var("THREADLINE_TEST_LOG")
+            // A test may set its node's filter in `dir/log-filter`.
+            std::fs::read_to_string(dir.join("log-filter"))
+                .or_else(|_| std::env::var("THREADLINE_TEST_LOG"))
                 .unwrap_or_else(|_| "warn,threadline_actors::cluster=info".into()),
         )
         .stdout(Stdio::piped())

@@ -320,6 +320,7 @@ impl Flow {
         if spec.persona.name.trim().is_empty() {
             return Err("persona.name must not be empty".into());
         }
+        check_placeholders(&spec)?;
         for i in &spec.intents {
             match (&i.reply, &i.journey) {
                 (None, None) => {
@@ -510,6 +511,79 @@ pub struct Turn {
     pub score: Option<u32>,
     /// Call the customer now, saying this (a qualified lead, `handoff = "call"`).
     pub call: Option<String>,
+}
+
+/// Every `{placeholder}` a text of the flow uses must be one the engine
+/// fills (`name`, `persona`, a slot of the flow; `question` in follow-ups,
+/// `via` in call greetings), or it would reach customers literally.
+fn check_placeholders(spec: &FlowSpec) -> Result<(), String> {
+    let slots: Vec<&str> = spec
+        .journeys
+        .values()
+        .flat_map(|j| j.slots.iter().map(|s| s.name.as_str()))
+        .collect();
+    let check = |key: String, text: &str, extra: &[&str]| -> Result<(), String> {
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else { break };
+            let word = &after[..close];
+            let is_word =
+                !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if is_word
+                && !["name", "persona"].contains(&word)
+                && !slots.contains(&word)
+                && !extra.contains(&word)
+            {
+                let mut known: Vec<&str> = vec!["name", "persona"];
+                known.extend(extra.iter().copied());
+                known.extend(slots.iter().copied());
+                return Err(format!(
+                    "{key}: unknown placeholder {{{word}}} (known: {})",
+                    known
+                        .iter()
+                        .map(|k| format!("{{{k}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            rest = &after[close + 1..];
+        }
+        Ok(())
+    };
+    check("fallback".into(), &spec.fallback, &[])?;
+    for (i, intent) in spec.intents.iter().enumerate() {
+        if let Some(r) = &intent.reply {
+            check(format!("intents[{i}].reply"), r, &[])?;
+        }
+    }
+    let cadences = spec
+        .cadence
+        .iter()
+        .map(|c| ("cadence".to_owned(), c))
+        .chain(
+            spec.journeys
+                .iter()
+                .filter_map(|(n, j)| Some((format!("journeys.{n}.cadence"), j.cadence.as_ref()?))),
+        );
+    for (key, c) in cadences {
+        for (i, st) in c.steps.iter().enumerate() {
+            check(format!("{key}.steps[{i}].text"), &st.text, &["question"])?;
+        }
+        if let Some(t) = &c.unanswered_call {
+            check(format!("{key}.unanswered_call"), t, &[])?;
+        }
+    }
+    for (n, j) in &spec.journeys {
+        check(format!("journeys.{n}.done"), &j.done, &[])?;
+        for (i, s) in j.slots.iter().enumerate() {
+            check(format!("journeys.{n}.slots[{i}].ask"), &s.ask, &[])?;
+        }
+    }
+    if let Some(sc) = &spec.scoring {
+        check("scoring.call_greeting".into(), &sc.call_greeting, &["via"])?;
+    }
+    Ok(())
 }
 
 fn fill(
@@ -1092,6 +1166,21 @@ open = "09:00"
 close = "17:00"
 slot_minutes = 60
 "#;
+
+    #[test]
+    fn a_misspelt_placeholder_is_refused_before_it_reaches_a_customer() {
+        let bad = DENTAL.replace("for your {service}", "for your {servce}");
+        let e = Flow::compile(toml_spec(&bad)).unwrap_err();
+        assert!(e.contains("journeys.booking.done"), "{e}");
+        assert!(e.contains("{servce}"), "{e}");
+        assert!(e.contains("{service}"), "the known ones are listed: {e}");
+        let bad = DENTAL.replace("9 to 5.", "9 to 5, {nme}.");
+        let e = Flow::compile(toml_spec(&bad)).unwrap_err();
+        assert!(e.starts_with("intents[1].reply"), "{e}");
+        // Braces that are not placeholders stay allowed.
+        let fine = DENTAL.replace("9 to 5.", "9 to 5 {see below} or {}.");
+        Flow::compile(toml_spec(&fine)).unwrap();
+    }
 
     fn flow() -> Flow {
         Flow::compile(toml_spec(DENTAL)).unwrap()
