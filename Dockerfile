@@ -9,9 +9,8 @@
 # Needs BuildKit (the default builder since Docker 23) for the cache mounts.
 # See docs/deployment.md.
 
-# The toolchain the project builds and tests with. The workspace declares
-# rust-version 1.85, but the locked dependencies need a newer compiler
-# (redb 4.5 asks for 1.90), so 1.85 cannot build this tree.
+# The toolchain the project builds and tests with (the workspace's
+# rust-version, 1.90, is the oldest the locked dependencies accept).
 ARG RUST_VERSION=1.95
 
 # ---- build ------------------------------------------------------------
@@ -19,7 +18,7 @@ ARG RUST_VERSION=1.95
 # so it must not be built against a newer one than it runs on.
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
-# The slim image's gcc is all the C parts need (ring, aws-lc-sys, mimalloc);
+# The slim image's gcc is all the C parts need (aws-lc-sys, mimalloc);
 # TLS is rustls and the CA roots are compiled in, so no OpenSSL.
 COPY . .
 # The registry and target directories are cache mounts, so a rebuild after a
