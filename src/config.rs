@@ -24,9 +24,50 @@ pub struct Config {
     pub agents: Vec<Agent>,
     /// Run as one node of a cluster (absent: a single node).
     pub cluster: Option<Cluster>,
+    /// Traces and other telemetry sent elsewhere (absent: none).
+    #[serde(default)]
+    pub telemetry: Telemetry,
     /// The config file's folder: relative paths in it start here.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// Export request traces over OTLP (HTTP/protobuf).
+    pub otlp: Option<Otlp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// The collector's OTLP/HTTP base address; spans go to
+    /// `{endpoint}/v1/traces` (a collector listens on port 4318).
+    pub endpoint: String,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of requests traced, 0.0 to 1.0 (a traced caller's
+    /// `traceparent` decision is kept).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// How long spans wait to be sent in one batch, in milliseconds.
+    #[serde(default = "default_batch_delay_ms")]
+    pub batch_delay_ms: u64,
+    /// Extra HTTP headers for the collector (an API key, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_service_name() -> String {
+    "threadline".into()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_batch_delay_ms() -> u64 {
+    5000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -822,6 +863,7 @@ impl Config {
                 phone: None,
             }],
             cluster: None,
+            telemetry: Telemetry::default(),
             base_dir: PathBuf::from("."),
         }
     }
@@ -912,8 +954,28 @@ impl Config {
     /// Checks every semantic rule; returns every offending key's path and
     /// what is wrong with it.
     fn check_all(&self) -> Vec<(Vec<Seg>, String)> {
-        let mut errs: Vec<(Vec<Seg>, String)> = Vec::new();
         use Seg::{Index, Key};
+        let mut errs: Vec<(Vec<Seg>, String)> = Vec::new();
+        if let Some(o) = &self.telemetry.otlp {
+            let at = |k: &'static str| vec![Key("telemetry"), Key("otlp"), Key(k)];
+            if !(o.endpoint.starts_with("http://") || o.endpoint.starts_with("https://"))
+                || o.endpoint.len() > 2048
+            {
+                errs.push((at("endpoint"), "must be an http:// or https:// URL".into()));
+            }
+            if !(0.0..=1.0).contains(&o.sample_ratio) {
+                errs.push((at("sample_ratio"), "must be between 0.0 and 1.0".into()));
+            }
+            if !(10..=60_000).contains(&o.batch_delay_ms) {
+                errs.push((at("batch_delay_ms"), "must be between 10 and 60000".into()));
+            }
+            if o.service_name.is_empty() || o.service_name.len() > 128 {
+                errs.push((at("service_name"), "must be 1 to 128 characters".into()));
+            }
+            if o.headers.len() > 16 {
+                errs.push((at("headers"), "at most 16 headers".into()));
+            }
+        }
         if self.server.http.parse::<SocketAddr>().is_err() {
             errs.push((
                 vec![Key("server"), Key("http")],

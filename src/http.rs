@@ -414,9 +414,20 @@ async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     let rid = request_id(&req);
     // At error level so that it is on whenever anything is logged: every
     // line written while the request is handled carries its id.
-    let span = tracing::error_span!("request", id = %rid.to_str().unwrap_or(""));
+    // The `otel.*` and `http.*` fields name the span as an OpenTelemetry
+    // server span when traces are exported (`[telemetry.otlp]`).
+    let span = tracing::error_span!(
+        "request",
+        id = %rid.to_str().unwrap_or(""),
+        otel.name = %format_args!("{method} {template}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = template,
+        http.response.status_code = tracing::field::Empty,
+    );
     let mut resp = answer(&app, req, peer).instrument(span.clone()).await;
     let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
     let took = started.elapsed();
     resp.headers_mut().insert(X_REQUEST_ID, rid);
     app.shared

@@ -12,6 +12,7 @@ pub mod openapi;
 pub use threadline_actors::phone;
 pub mod providers;
 pub mod routes;
+pub mod telemetry;
 pub mod tls;
 pub mod twilio;
 pub mod webchat;

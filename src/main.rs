@@ -197,17 +197,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => {
-            let logs = tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr);
-            match args.log_format {
-                LogFormat::Text => logs.init(),
-                LogFormat::Json => logs.json().flatten_event(true).init(),
-            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -218,7 +207,30 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(args)) {
+            // The trace exporter is part of the logging set-up, so it is
+            // read before the node starts (`serve` reads the file again
+            // and reports its problems).
+            let otlp = args
+                .config
+                .as_ref()
+                .and_then(|p| load_config(p).ok())
+                .and_then(|c| c.telemetry.otlp);
+            let traces =
+                match otlp.map(|o| threadline::telemetry::provider(&o, rt.handle().clone())) {
+                    None => None,
+                    Some(Ok(p)) => Some(p),
+                    Some(Err(e)) => {
+                        eprintln!("threadline: `telemetry.otlp`: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            init_logs(args.log_format, traces.as_ref());
+            let result = rt.block_on(serve(args));
+            if let Some(t) = traces {
+                // The last batch of spans.
+                let _ = t.shutdown();
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("threadline: {e:#}");
@@ -227,6 +239,34 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr (text, without colour unless stderr is a terminal, or
+/// JSON), filtered by `RUST_LOG` (default `info`), and spans to the OTLP
+/// exporter when one is configured.
+fn init_logs(format: LogFormat, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = matches!(format, LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
+    let json = matches!(format, LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .with(traces.map(threadline::telemetry::layer))
+        .init();
 }
 
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
