@@ -300,23 +300,23 @@ pub fn chart(reports: &[Report], path: &Path) -> anyhow::Result<()> {
             false => what.to_owned(),
         };
         let solid = color.stroke_width(2);
-        let thin = color.mix(0.55).stroke_width(1);
+        let thin = BLACK.mix(0.7).stroke_width(2);
         c1.draw_series(LineSeries::new(p.sent, solid))?
             .label(name("messages sent/s"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], solid));
-        c1.draw_series(LineSeries::new(p.replies, thin))?
+        c1.draw_series(DashedLineSeries::new(p.replies, 6, 4, thin))?
             .label(name("replies/s"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], thin));
         c2.draw_series(LineSeries::new(p.p99, solid))?
             .label(name("p99"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], solid));
-        c2.draw_series(LineSeries::new(p.p50, thin))?
+        c2.draw_series(DashedLineSeries::new(p.p50, 6, 4, thin))?
             .label(name("p50"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], thin));
     }
     for c in [&mut c1, &mut c2] {
         c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()?;
