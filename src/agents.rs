@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::bodies::EscalateBody;
 use crate::http::Body;
 use futures_util::StreamExt;
 use hyper::{Method, Request, StatusCode};
@@ -401,16 +402,6 @@ pub async fn queue(app: &App, tenant: &str) -> Result<Resp, ApiError> {
     let tenant = known_tenant(app, tenant)?;
     let s = app.router.queue_stats(&tenant).await?;
     Ok(json_response(StatusCode::OK, &stats_json(&tenant, &s)))
-}
-
-#[derive(Deserialize, Default, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct EscalateBody {
-    #[serde(default)]
-    skills: Vec<String>,
-    #[serde(default)]
-    priority: i32,
-    reason: Option<String>,
 }
 
 /// `POST /api/v1/conversations/{id}/escalate`.

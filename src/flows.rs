@@ -11,6 +11,7 @@ use threadline_actors::flows::engine::{Flow, FlowSpec, ResponderSpec};
 use threadline_actors::flows::{Responder, ResponderRequest};
 use threadline_actors::sender::BoxFuture;
 
+use crate::bodies::OutcomeBody;
 use crate::config::Config;
 
 pub type Flows = HashMap<String, Arc<Flow>>;
@@ -313,12 +314,6 @@ pub async fn set_slot(
         StatusCode::OK,
         &slot_json(at, SlotState::of(map, tenant, at, now)),
     ))
-}
-
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct OutcomeBody {
-    outcome: String,
 }
 
 /// `POST /conversations/{id}/booking` `{"outcome": "attended" | "no_show"}`:

@@ -28,6 +28,7 @@ use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{Channel, ConversationId, ConversationState, TimerKind, Timestamp};
 use tokio::net::TcpListener;
 
+use crate::bodies::{AdvanceBody, ConsentBody, ContactBody, InboundBody, MessageBody, TimerBody};
 use crate::config::{is_e164, Config};
 use crate::routes::{BodyKind, Matched, Op, Operation};
 use crate::webhooks;
@@ -1211,17 +1212,6 @@ fn valid_contact(address: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ContactBody {
-    name: Option<String>,
-    timezone: Option<String>,
-    region: Option<String>,
-    email: Option<String>,
-    #[serde(default)]
-    facts: std::collections::BTreeMap<String, String>,
-}
-
 async fn update_contact(
     app: &App,
     tenant: &str,
@@ -1284,17 +1274,6 @@ async fn update_contact(
     Ok(json_response(StatusCode::OK, &conversation_json(&state)))
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MessageBody {
-    text: String,
-    channel: Option<String>,
-    purpose: String,
-    /// Accepted and kept for the caller; frequency caps count every
-    /// business-initiated message of the purpose for now.
-    subject: Option<String>,
-}
-
 async fn outbound_spec(app: &App, req: Request<Body>) -> Result<OutboundSpec, ApiError> {
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: MessageBody = parse_json(&body)?;
@@ -1329,16 +1308,6 @@ pub(crate) fn outcome_json(o: &SendOutcome) -> Value {
         }),
         SendOutcome::Blocked { reason } => json!({"decision": "blocked", "reason": reason}),
     }
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ConsentBody {
-    status: String,
-    channel: Option<String>,
-    purpose: Option<String>,
-    source: String,
-    proof: Option<String>,
 }
 
 async fn record_consent(
@@ -1452,16 +1421,6 @@ fn parse_timer_id(s: &str) -> Option<u64> {
     .flatten()
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct TimerBody {
-    at: Option<String>,
-    in_seconds: Option<i64>,
-    kind: String,
-    text: Option<String>,
-    channel: Option<String>,
-}
-
 /// The longest a timer may be scheduled ahead: ten years.
 const MAX_TIMER_AHEAD_MS: i64 = 10 * 366 * 24 * 3_600_000;
 
@@ -1530,12 +1489,6 @@ async fn schedule_timer(
     }
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AdvanceBody {
-    seconds: f64,
-}
-
 async fn advance_clock(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let clock = app.simulated.as_ref().expect("routed only when simulated");
     let body = read_body(req, 4096).await?;
@@ -1552,25 +1505,6 @@ async fn advance_clock(app: &App, req: Request<Body>) -> Result<Resp, ApiError> 
         StatusCode::OK,
         &json!({"now": rfc3339(now), "fired": fired}),
     ))
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(crate) struct InboundBody {
-    tenant: String,
-    channel: String,
-    from: String,
-    to: Option<String>,
-    #[serde(default)]
-    text: String,
-    provider_message_id: Option<String>,
-    at: Option<String>,
-    #[serde(default)]
-    media: Vec<String>,
-    /// The provider's keyword classification: STOP, START or HELP
-    /// (Twilio's `OptOutType`). Honoured, never required.
-    opt_out_type: Option<String>,
-    /// The sender's US state as the provider knows it (Twilio `FromState`).
-    from_state: Option<String>,
 }
 
 /// An optional `channel` field of a request body.

@@ -5,6 +5,7 @@
 //! provider formats; the actors see normalized events.
 
 pub mod agents;
+pub mod bodies;
 pub mod config;
 pub mod flows;
 pub mod http;

@@ -143,10 +143,11 @@ macro_rules! op {
     };
 }
 
-use crate::agents::EscalateBody;
+use crate::bodies::{
+    AdvanceBody, ConsentBody, ContactBody, EscalateBody, InboundBody, MessageBody, OutcomeBody,
+    TimerBody,
+};
 use crate::config::Agent as AgentBody;
-use crate::flows::OutcomeBody;
-use crate::http::{AdvanceBody, ConsentBody, ContactBody, InboundBody, MessageBody, TimerBody};
 use BodyKind::{Form, Json, OptionalJson};
 
 const NONE: BodyKind = BodyKind::None;
