@@ -2024,7 +2024,10 @@ pub fn message_json(conv: ConversationId, m: &threadline_protocol::Message) -> V
         "text": m.text,
         "at": rfc3339(m.at),
         "recorded_at": rfc3339(m.recorded_at),
-        "delivery": m.delivery.as_str(),
+        // Internal entries (notes, dispositions, merge notices) read
+        // `internal`, records written before that state existed included.
+        "delivery": if m.is_internal() { "internal" } else { m.delivery.as_str() },
+        "internal": m.is_internal(),
         "provider_message_id": m.provider_message_id,
         "media": m.media,
     })

@@ -126,7 +126,9 @@ impl Hub {
 
 impl Listener for Hub {
     fn wants(&self, _conv: threadline_protocol::ConversationId, m: &Message) -> bool {
-        m.channel == Channel::Webchat && m.direction == Direction::Outbound
+        // Internal entries (transfer notes, dispositions, merge notices)
+        // never reach the visitor.
+        m.channel == Channel::Webchat && m.direction == Direction::Outbound && !m.is_internal()
     }
 
     fn published(&self, p: &Published) {
@@ -371,7 +373,7 @@ async fn history(app: &App, tenant: &str, visitor: &str) -> Result<Option<Value>
     let messages: Vec<Value> = state
         .messages
         .iter()
-        .filter(|m| m.channel == Channel::Webchat && !m.text.starts_with("[continued in"))
+        .filter(|m| m.channel == Channel::Webchat && !m.is_internal())
         .map(message_frame)
         .collect();
     Ok(Some(json!({

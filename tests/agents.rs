@@ -615,3 +615,115 @@ async fn an_offer_open_at_a_crash_keeps_its_agent_and_its_deadline() {
         "{q}"
     );
 }
+
+/// Transfer notes and dispositions are for the business: the customer in
+/// web chat sees the agent's words, never a note, live or in the history
+/// after a reconnect; REST shows the notes as internal entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_notes_never_reach_the_web_chat_customer() {
+    let (_fake, node) = start().await;
+    let mut sarah = desktop(&node, "agent-sarah").await;
+    available(&mut sarah).await;
+    let url = node
+        .url("/chat/ws?tenant=acme&visitor=visitor-notes")
+        .replace("http://", "ws://");
+    let (mut visitor, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut visitor).await["type"], "hello");
+    send_json(
+        &mut visitor,
+        json!({"type": "message", "text": "I'd like to speak to someone please"}),
+    )
+    .await;
+    let offer = next_of(&mut sarah, "offer").await;
+    let conv = offer["conversation_id"].clone();
+    send(
+        &mut sarah,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    next_of(&mut sarah, "assigned").await;
+    send(
+        &mut sarah,
+        json!({"type": "send", "conversation_id": conv, "text": "Hi, Sarah here."}),
+    )
+    .await;
+    let mut omar = desktop(&node, "agent-omar").await;
+    available(&mut omar).await;
+    send(
+        &mut sarah,
+        json!({"type": "transfer", "conversation_id": conv, "to_agent": "omar",
+               "note": "INTERNAL: customer is difficult"}),
+    )
+    .await;
+    let offer = next_of(&mut omar, "offer").await;
+    send(
+        &mut omar,
+        json!({"type": "accept", "offer_id": offer["offer_id"]}),
+    )
+    .await;
+    let assigned = next_of(&mut omar, "assigned").await;
+    assert!(
+        assigned
+            .to_string()
+            .contains("INTERNAL: customer is difficult"),
+        "the next agent reads the note: {assigned}"
+    );
+    send(
+        &mut omar,
+        json!({"type": "close", "conversation_id": conv, "disposition": "booked"}),
+    )
+    .await;
+    next_of(&mut omar, "conversation_closed").await;
+    // A last business message: everything the visitor is pushed before it
+    // is what they may see.
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/visitor-notes/messages",
+            Some(&json!({"text": "Thanks for chatting", "purpose": "conversational", "channel": "webchat"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let mut seen = Vec::new();
+    loop {
+        let f = next_json(&mut visitor).await;
+        if f["type"] == "message" {
+            let t = f["text"].as_str().unwrap().to_owned();
+            let last = t == "Thanks for chatting";
+            seen.push(t);
+            if last {
+                break;
+            }
+        }
+    }
+    assert!(seen.iter().any(|t| t == "Hi, Sarah here."), "{seen:?}");
+    for t in &seen {
+        assert!(
+            !t.contains("INTERNAL") && !t.contains("[closed by") && !t.contains("[transfer"),
+            "the customer was shown {t:?}"
+        );
+    }
+    // Nor in the history a reconnecting page gets.
+    drop(visitor);
+    let (mut again, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let history = next_of(&mut again, "history").await;
+    let h = history.to_string();
+    assert!(h.contains("Hi, Sarah here."), "{h}");
+    assert!(!h.contains("INTERNAL") && !h.contains("[closed by"), "{h}");
+    // Over REST they are internal entries, not sent messages.
+    let c = node.conversation_of("acme", "visitor-notes").await.unwrap();
+    let notes: Vec<&Value> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["author"] == "system" && m["text"].as_str().unwrap().starts_with('['))
+        .collect();
+    assert_eq!(notes.len(), 2, "the transfer note and the disposition: {c}");
+    for n in notes {
+        assert_eq!(
+            (n["delivery"].as_str(), n["internal"].as_bool()),
+            (Some("internal"), Some(true)),
+            "{n}"
+        );
+    }
+}

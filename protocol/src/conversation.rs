@@ -88,6 +88,11 @@ pub enum Delivery {
     Failed,
     /// Not sent: the outbound gate refused it (consent, WhatsApp window).
     Blocked,
+    /// An internal entry (a transfer note, a disposition, a merge notice):
+    /// for the business and its agents, never sent to the customer on any
+    /// channel, never counted as sent. Appended last, so records written
+    /// before it existed decode unchanged.
+    Internal,
 }
 
 impl Delivery {
@@ -100,6 +105,7 @@ impl Delivery {
             Delivery::Read => "read",
             Delivery::Failed => "failed",
             Delivery::Blocked => "blocked",
+            Delivery::Internal => "internal",
         }
     }
 }
@@ -170,6 +176,26 @@ pub struct Message {
     pub provider_message_id: Option<String>,
     pub delivery: Delivery,
     pub media: Vec<String>,
+}
+
+/// The system notes of records written before `Delivery::Internal`
+/// existed (stored as outbound `sent`), by how they begin.
+const LEGACY_NOTES: [&str; 3] = [
+    "[transfer note from ",
+    "[closed by ",
+    "[continued in conversation ",
+];
+
+impl Message {
+    /// Whether this entry is internal: for the business and its agents,
+    /// never for the customer (see `Delivery::Internal`; older records'
+    /// system notes included).
+    pub fn is_internal(&self) -> bool {
+        self.delivery == Delivery::Internal
+            || (self.author == Author::System
+                && self.direction == Direction::Outbound
+                && LEGACY_NOTES.iter().any(|p| self.text.starts_with(p)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -627,6 +653,39 @@ mod tests {
             delivery: Delivery::Received,
             media: vec![],
         })
+    }
+
+    #[test]
+    fn internal_entries_are_marked_and_older_notes_are_recognized() {
+        let note = |delivery, text: &str| Message {
+            seq: 3,
+            direction: Direction::Outbound,
+            channel: Channel::Webchat,
+            author: Author::System,
+            text: text.into(),
+            at: Timestamp(1),
+            recorded_at: Timestamp(1),
+            provider_message_id: None,
+            delivery,
+            media: vec![],
+        };
+        assert!(note(Delivery::Internal, "[transfer note from a to b: x]").is_internal());
+        // Written before `Internal` existed: a system note stored as sent.
+        assert!(note(Delivery::Sent, "[closed by agent:a: booked]").is_internal());
+        assert!(note(Delivery::Sent, "[continued in conversation cnv_1]").is_internal());
+        // A keyword confirmation is a system message the customer must get.
+        assert!(!note(
+            Delivery::Sent,
+            "You are unsubscribed. Reply START to resubscribe."
+        )
+        .is_internal());
+        // The new state encodes after the others: older records keep theirs.
+        let mut m = note(Delivery::Internal, "[closed by agent:a: x]");
+        m.seq = 2;
+        let mut s = ConversationState::from_created(&created()).unwrap();
+        s.apply(2, &ConvEvent::MessageAppended(m)).unwrap();
+        let back = crate::codec::decode_snapshot(&crate::codec::encode_snapshot(&s)).unwrap();
+        assert_eq!(back.messages[0].delivery, Delivery::Internal);
     }
 
     #[test]

@@ -263,11 +263,13 @@ fn delivery_rank(d: Delivery) -> u8 {
         Delivery::Delivered => 4,
         Delivery::Read => 5,
         Delivery::Blocked => 6,
+        Delivery::Internal => 7,
     }
 }
 
 fn delivery_advances(from: Delivery, to: Delivery) -> bool {
-    from != Delivery::Blocked && delivery_rank(to) > delivery_rank(from)
+    !matches!(from, Delivery::Blocked | Delivery::Internal)
+        && delivery_rank(to) > delivery_rank(from)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1526,10 +1528,10 @@ impl Conversation {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let question = slots.get("cadence_question").cloned().unwrap_or_default();
-        let went_out =
-            self.state.messages.last().is_some_and(|m| {
-                m.direction == Direction::Outbound && m.delivery != Delivery::Blocked
-            });
+        let went_out = self.state.messages.last().is_some_and(|m| {
+            m.direction == Direction::Outbound
+                && !matches!(m.delivery, Delivery::Blocked | Delivery::Internal)
+        });
         // An opt-out on any channel ends it; a step its channel could not
         // carry (a closed WhatsApp window, say) hands over to the next one
         // at once: the customer has already waited that long.
@@ -1663,7 +1665,7 @@ impl Conversation {
             text,
             now,
             now,
-            Delivery::Sent,
+            Delivery::Internal,
         );
     }
 
