@@ -4,6 +4,14 @@
 //! with `Allow` from it, enforces its content types, labels metrics and
 //! the access log with its templates, and the OpenAPI document
 //! (`openapi.rs`) is generated from it.
+//!
+//! Matching is matchit's, the router inside axum. axum itself is not used:
+//! the connection layer it would wrap (connection and per-source limits,
+//! body deadlines, TLS, graceful drain, requests passed on by cluster
+//! peers, which arrive without a socket) is hyper-level code the node
+//! needs anyway, and every handler already takes the request and answers
+//! a response; axum would add a tower stack and extractors around the
+//! same calls without removing any of that code.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
