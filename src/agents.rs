@@ -267,7 +267,15 @@ fn validate(app: &App, a: &Agent) -> Result<(), ApiError> {
     if a.token.len() < 6 || a.token.len() > 256 {
         return bad("`token` must be 6-256 characters".into());
     }
+    // Unique across every kind of token, however it was made: an agent
+    // token equal to a gateway's would let that gateway's integrator sign
+    // in as an agent.
     if ct_eq(&a.token, &app.cfg.server.admin_token)
+        || app
+            .cfg
+            .tenants
+            .iter()
+            .any(|t| ct_eq(&a.token, &t.gateway_token))
         || app
             .agents
             .agent_of(&a.token)

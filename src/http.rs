@@ -1535,9 +1535,23 @@ pub fn parse_rfc3339(name: &str, s: &str) -> Result<Timestamp, ApiError> {
 
 pub use threadline_actors::clock::rfc3339;
 
-/// Checks a sender address for its channel and returns its normalized form.
+/// Checks a sender address for its channel and returns its normalized form:
+/// the one identity every door (the gateway API, the webhooks) gives a
+/// customer. A WhatsApp sender written as a `wa_id` (`15551234567`) or in
+/// E.164 is the phone number `+15551234567`; only a business-scoped user id
+/// without a number stays as it is.
 pub fn normalize_address(channel: Channel, from: &str) -> Result<String, ApiError> {
     let from = from.trim();
+    if channel == Channel::Whatsapp {
+        let phone = match from.strip_prefix('+') {
+            Some(_) if is_e164(from) => crate::phone::normalize(from),
+            Some(_) => None,
+            None => crate::phone::from_wa_id(from),
+        };
+        if let Some(p) = phone {
+            return Ok(p);
+        }
+    }
     let ok = match channel {
         Channel::Sms | Channel::Voice => is_e164(from),
         // E.164, or a business-scoped user id when no number is shared.

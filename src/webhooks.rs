@@ -587,10 +587,7 @@ pub async fn whatsapp_notify(app: &App, req: Request<Body>) -> Result<Resp, ApiE
         field_len("from", &m.from, MAX_ID_BYTES)?;
         // The phone number is the identity; a business-scoped id without
         // one keys its own conversation.
-        let contact = match phone::from_wa_id(&m.from) {
-            Some(p) => p,
-            None => crate::http::normalize_address(Channel::Whatsapp, &m.from)?,
-        };
+        let contact = crate::http::normalize_address(Channel::Whatsapp, &m.from)?;
         let msg = InboundMessage {
             channel: Channel::Whatsapp,
             from: contact.clone(),

@@ -393,6 +393,14 @@ async fn agents_are_managed_over_rest_and_bad_tokens_are_refused() {
             "duplicate token",
         ),
         (
+            json!({"id": "z", "token": "gw-beta", "tenants": ["acme"]}),
+            "another tenant's gateway token",
+        ),
+        (
+            json!({"id": "z", "token": "test-admin-token", "tenants": ["acme"]}),
+            "the admin token",
+        ),
+        (
             json!({"id": "z", "token": "tok-123456", "tenants": ["nope"]}),
             "unknown tenant",
         ),

@@ -497,3 +497,40 @@ async fn provider_hints_and_from_state_reach_the_ledger_and_the_gate() {
         assert_eq!(s, 400, "{k}");
     }
 }
+
+/// The gateway API gives a WhatsApp customer the identity the webhook
+/// does: `15554440001` (a wa_id) and `+15554440001` are one conversation,
+/// and a STOP through one form leaves the other unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_customer_is_one_identity_whichever_form_the_gateway_sends() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let wa = |from: &str, text: &str, pid: &str| {
+        json!({"tenant": "acme", "channel": "whatsapp", "from": from, "text": text,
+               "provider_message_id": pid})
+    };
+    let (s, a) = node
+        .inbound("gw-acme", &wa("15554440001", "hi", "w1"))
+        .await;
+    assert_eq!(s, 202, "{a}");
+    let (s, b) = node
+        .inbound("gw-acme", &wa("+15554440001", "still me", "w2"))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(
+        a["conversation_id"], b["conversation_id"],
+        "one conversation"
+    );
+    let (s, _) = node
+        .inbound("gw-acme", &wa("15554440001", "STOP", "w3"))
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(consent(&node, "+15554440001").await["status"], "opted_out");
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B15554440001/messages",
+            Some(&json!({"text": "Sale!", "purpose": "conversational", "channel": "whatsapp"})),
+        )
+        .await;
+    assert_eq!((s, v["decision"].as_str()), (202, Some("blocked")), "{v}");
+}
