@@ -87,15 +87,29 @@ async fn stop_blocks_follow_ups_with_exactly_one_confirmation_and_start_reopens(
         (Some("bot"), Some("blocked"))
     );
 
-    // START re-opens SMS, with its confirmation.
+    // START restores what the STOP took (every channel, under
+    // revoke-all), with its confirmation: the customer who just
+    // resubscribed reads as opted in. Marketing is not a keyword's to
+    // grant: it goes back to needing a written opt-in.
     node.inbound("gw-acme", &sms("acme", who, "START", Some("m4")))
         .await;
     let c = consent(&node, who).await;
-    assert_eq!(c["channels"]["sms"]["status"], "opted_in");
-    assert_eq!(
-        c["status"], "opted_out",
-        "other channels stay revoked until re-consented"
-    );
+    assert_eq!(c["status"], "opted_in", "{c}");
+    for ch in ["sms", "whatsapp", "voice"] {
+        assert_eq!(c["channels"][ch]["status"], "opted_in", "{ch}: {c}");
+        assert_eq!(c["channels"][ch]["purposes"]["conversational"], "opted_in");
+        assert_eq!(c["channels"][ch]["purposes"]["reminder"], "opted_in");
+        assert_eq!(c["channels"][ch]["purposes"]["marketing"], "unknown");
+    }
+    let enc = who.replace('+', "%2B");
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/tenants/acme/contacts/{enc}/messages"),
+            Some(&json!({"text": "20% off whitening!", "purpose": "marketing"})),
+        )
+        .await;
+    assert_eq!((s, v["decision"].as_str()), (202, Some("blocked")), "{v}");
     follow_up(&node, &conv, 60, "Welcome back").await;
     node.advance(120.0).await;
     let c = node.conversation_of("acme", who).await.unwrap();

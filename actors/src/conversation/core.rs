@@ -399,6 +399,18 @@ impl Conversation {
         )
     }
 
+    /// The channels the opt-out in effect on `ch` covers: `None` for every
+    /// channel (a revoke-all STOP or an opt-out recorded for all).
+    fn opt_out_scope(&self, ch: Channel) -> Option<Channel> {
+        self.state
+            .consent
+            .iter()
+            .rev()
+            .find(|c| c.covers(ch, "conversational"))
+            .filter(|c| c.status == ConsentStatus::OptedOut)
+            .map_or(Some(ch), |c| c.channel)
+    }
+
     /// Consent effects of an inbound message (opt-out, opt-in, help),
     /// after it was recorded. `hint` is the provider's own classification.
     pub fn on_keywords(
@@ -479,10 +491,26 @@ impl Conversation {
                 let reopen = current == ConsentStatus::OptedOut
                     || (!is_yes && current != ConsentStatus::OptedIn);
                 if reopen {
-                    self.push(
-                        &mut events,
-                        ConvEvent::ConsentChanged(change(ConsentStatus::OptedIn, Some(ch))),
-                    );
+                    // START restores what the STOP took, on the channels
+                    // it covered (all of them under revoke-all): the
+                    // opt-out is lifted, and the purposes a keyword can
+                    // grant (conversational, reminder) are opted in.
+                    // Marketing goes back to needing a written opt-in.
+                    let scope = match current {
+                        ConsentStatus::OptedOut => self.opt_out_scope(ch),
+                        _ => Some(ch),
+                    };
+                    if current == ConsentStatus::OptedOut {
+                        self.push(
+                            &mut events,
+                            ConvEvent::ConsentChanged(change(ConsentStatus::Unknown, scope)),
+                        );
+                    }
+                    for purpose in [Purpose::Conversational, Purpose::Reminder] {
+                        let mut c = change(ConsentStatus::OptedIn, scope);
+                        c.purpose = Some(purpose.as_str().into());
+                        self.push(&mut events, ConvEvent::ConsentChanged(c));
+                    }
                 }
                 reopen.then(|| {
                     format!(
