@@ -450,6 +450,13 @@ pub struct Tenant {
     /// single body parameter.
     #[serde(default)]
     pub whatsapp_templates: std::collections::BTreeMap<String, WhatsappTemplate>,
+    /// What a business-initiated conversational or reminder message (or
+    /// call) needs on record: `relationship_or_consent` (the customer has
+    /// contacted the business at that address, or consent is recorded) or
+    /// `consent` (consent recorded). Marketing always needs a written
+    /// opt-in.
+    #[serde(default = "default_outreach_basis")]
+    pub outreach_basis: String,
     /// The tenant's conversation flow (TOML), relative to the config file.
     pub flow: Option<PathBuf>,
     /// A flow compiled into the binary (the development node's dental
@@ -464,6 +471,10 @@ pub struct WhatsappTemplate {
     pub name: String,
     #[serde(default = "default_template_language")]
     pub language: String,
+}
+
+fn default_outreach_basis() -> String {
+    "relationship_or_consent".into()
 }
 
 fn default_template_language() -> String {
@@ -850,6 +861,7 @@ impl Config {
                 voice_assistant: false,
                 missed_call_text: None,
                 whatsapp_templates: Default::default(),
+                outreach_basis: default_outreach_basis(),
                 flow: None,
                 builtin_flow: Some(DEV_FLOW),
             }],
@@ -912,6 +924,10 @@ impl Config {
                         &t.language_packs,
                     ),
                     revoke_all: t.revoke_all,
+                    outreach_basis: threadline_actors::consent::policy::OutreachBasis::parse(
+                        &t.outreach_basis,
+                    )
+                    .unwrap_or_default(),
                     zone: t.timezone.parse().unwrap_or(chrono_tz::UTC),
                     strict_rules: t
                         .quiet_hours_states
@@ -1253,6 +1269,16 @@ impl Config {
             }
             if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
                 errs.push((at("missed_call_text"), "must be at most 1600 bytes".into()));
+            }
+            if threadline_actors::consent::policy::OutreachBasis::parse(&t.outreach_basis).is_none()
+            {
+                errs.push((
+                    at("outreach_basis"),
+                    format!(
+                        "{:?} is not relationship_or_consent or consent",
+                        t.outreach_basis
+                    ),
+                ));
             }
             for (purpose, tpl) in &t.whatsapp_templates {
                 if !["conversational", "reminder", "marketing"].contains(&purpose.as_str()) {

@@ -548,3 +548,101 @@ async fn a_whatsapp_customer_is_one_identity_whichever_form_the_gateway_sends() 
         .await;
     assert_eq!((s, v["decision"].as_str()), (202, Some("blocked")), "{v}");
 }
+
+/// A business-initiated message or call needs a basis: a number that never
+/// contacted the business and has no consent on record gets nothing (no
+/// text, no automated call); once the customer has written, or consent is
+/// recorded, it goes, and the decision names the basis it used, in the
+/// answer and in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outreach_needs_a_basis_and_the_decision_names_it() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let send = |who: &'static str, channel: &'static str| {
+        let node = &node;
+        async move {
+            let enc = who.replace('+', "%2B");
+            node.send_admin(
+                Method::POST,
+                &format!("/api/v1/tenants/acme/contacts/{enc}/messages"),
+                Some(
+                    &json!({"text": "Your balance is $120", "purpose": "conversational",
+                             "channel": channel}),
+                ),
+            )
+            .await
+        }
+    };
+    // A stranger: neither a text nor a call.
+    for channel in ["sms", "voice"] {
+        let (s, v) = send("+15551249001", channel).await;
+        assert_eq!(
+            (s, v["decision"].as_str()),
+            (202, Some("blocked")),
+            "{channel}: {v}"
+        );
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no consent on record"),
+            "{v}"
+        );
+    }
+    let c = node.conversation_of("acme", "+15551249001").await.unwrap();
+    assert!(
+        c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["delivery"] == "blocked"),
+        "nothing went out: {c}"
+    );
+
+    // A customer who texted the business: an existing relationship.
+    node.inbound(
+        "gw-acme",
+        &sms("acme", "+15551249002", "hi, any news on my claim?", None),
+    )
+    .await;
+    node.advance(3600.0).await;
+    let (s, v) = send("+15551249002", "sms").await;
+    assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("basis: the customer contacted"),
+        "{v}"
+    );
+
+    // Consent recorded through the API (a web form): consent on record.
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B15551249003/consent",
+            Some(
+                &json!({"status": "opted_in", "channel": "sms", "source": "web_form",
+                         "proof": "form 77"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = send("+15551249003", "sms").await;
+    assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("basis: consent on record"),
+        "{v}"
+    );
+
+    // The audit trail names each basis, and the missing one.
+    let audit = tenant_audit(&node, "acme", "").await;
+    assert!(audit.contains("no basis: no consent on record"), "{audit}");
+    assert!(
+        audit.contains("basis: the customer contacted the business"),
+        "{audit}"
+    );
+    assert!(audit.contains("basis: consent on record"), "{audit}");
+}

@@ -41,6 +41,37 @@ impl Purpose {
     }
 }
 
+/// What a business-initiated conversational or reminder message needs on
+/// record (marketing always needs a written opt-in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutreachBasis {
+    /// Consent on record, or an existing relationship: the customer has
+    /// contacted the business at this address (texted or called this
+    /// number, wrote on this WhatsApp or web-chat identity).
+    #[default]
+    RelationshipOrConsent,
+    /// Consent on record only.
+    Consent,
+}
+
+impl OutreachBasis {
+    pub fn parse(s: &str) -> Option<OutreachBasis> {
+        match s {
+            "relationship_or_consent" => Some(OutreachBasis::RelationshipOrConsent),
+            "consent" => Some(OutreachBasis::Consent),
+            _ => None,
+        }
+    }
+}
+
+/// The basis a decision rests on, named in the decision's rule.
+pub const BASIS_CONSENT: &str = "consent on record";
+pub const BASIS_RELATIONSHIP: &str = "the customer contacted the business at this address";
+pub const BASIS_REPLY: &str = "a reply to the customer's message";
+/// The refusal when nothing on record allows a business-initiated message.
+pub const NO_BASIS: &str =
+    "no basis: no consent on record and no earlier contact from the customer at this address";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consent {
     OptedIn,
@@ -279,6 +310,9 @@ pub struct Request<'a> {
     pub confirmation: bool,
     /// A direct reply to a message the customer just sent.
     pub direct_reply: bool,
+    /// What on record allows a business-initiated message (`None`:
+    /// nothing; conversational and reminder messages are then refused).
+    pub basis: Option<&'static str>,
     pub location: &'a Location,
     /// Business-initiated messages already sent to this contact with this
     /// subject, newest last (only the last 24 hours matter).
@@ -291,9 +325,16 @@ pub struct Request<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Send { rule: &'static str },
-    Defer { until: Timestamp, rule: String },
-    Block { reason: &'static str },
+    Send {
+        rule: std::borrow::Cow<'static, str>,
+    },
+    Defer {
+        until: Timestamp,
+        rule: String,
+    },
+    Block {
+        reason: &'static str,
+    },
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -402,7 +443,7 @@ pub const WHATSAPP_TEMPLATE_RULE: &str = "approved WhatsApp template outside the
 pub fn decide(r: &Request) -> Decision {
     if r.confirmation {
         return Decision::Send {
-            rule: "opt-out/opt-in confirmation",
+            rule: "opt-out/opt-in confirmation".into(),
         };
     }
     if r.consent == Consent::OptedOut {
@@ -414,6 +455,9 @@ pub fn decide(r: &Request) -> Decision {
         return Decision::Block {
             reason: "marketing requires an opt-in",
         };
+    }
+    if !r.direct_reply && r.basis.is_none() {
+        return Decision::Block { reason: NO_BASIS };
     }
     if r.channel == Channel::Whatsapp {
         let in_window = r
@@ -428,7 +472,7 @@ pub fn decide(r: &Request) -> Decision {
         if !in_window {
             return match next_allowed(r.now, r.location, r.sent_on_subject) {
                 Some((at, _)) if at == r.now => Decision::Send {
-                    rule: WHATSAPP_TEMPLATE_RULE,
+                    rule: WHATSAPP_TEMPLATE_RULE.into(),
                 },
                 Some((until, rule)) => Decision::Defer { until, rule },
                 None => Decision::Block {
@@ -439,12 +483,12 @@ pub fn decide(r: &Request) -> Decision {
     }
     if r.direct_reply && r.purpose == Purpose::Conversational {
         return Decision::Send {
-            rule: "direct reply",
+            rule: "direct reply".into(),
         };
     }
     match next_allowed(r.now, r.location, r.sent_on_subject) {
         Some((at, _)) if at == r.now => Decision::Send {
-            rule: "within allowed hours",
+            rule: "within allowed hours".into(),
         },
         Some((until, rule)) => Decision::Defer { until, rule },
         None => Decision::Block {
@@ -480,6 +524,7 @@ mod tests {
             consent: Consent::OptedIn,
             confirmation: false,
             direct_reply: false,
+            basis: Some(BASIS_CONSENT),
             location: l,
             sent_on_subject: &[],
             whatsapp_last_inbound: None,
@@ -754,9 +799,7 @@ mod tests {
         r.direct_reply = true;
         assert!(matches!(
             decide(&r),
-            Decision::Send {
-                rule: "direct reply"
-            }
+            Decision::Send { rule } if rule == "direct reply"
         ));
         r.direct_reply = false;
         assert!(matches!(decide(&r), Decision::Defer { .. }));
@@ -780,7 +823,7 @@ mod tests {
         assert_eq!(
             decide(&r),
             Decision::Send {
-                rule: WHATSAPP_TEMPLATE_RULE
+                rule: WHATSAPP_TEMPLATE_RULE.into(),
             },
             "a template to an opted-in user"
         );

@@ -63,6 +63,8 @@ pub struct TenantPolicy {
     /// Purposes with an approved WhatsApp template (used outside the
     /// 24-hour window; the sender renders the template).
     pub whatsapp_templates: Vec<String>,
+    /// What a business-initiated message needs on record.
+    pub outreach_basis: policy::OutreachBasis,
 }
 
 impl TenantPolicy {
@@ -91,6 +93,7 @@ impl Default for TenantPolicy {
             voice_assistant: false,
             missed_call_text: String::new(),
             whatsapp_templates: Vec::new(),
+            outreach_basis: policy::OutreachBasis::default(),
         }
     }
 }
@@ -886,7 +889,8 @@ impl Conversation {
                 m.direction == Direction::Inbound && m.channel == Channel::Whatsapp
             })
             .map(|m| m.recorded_at);
-        policy::decide(&policy::Request {
+        let basis = self.basis(channel, consent, direct_reply, tenant);
+        let decision = policy::decide(&policy::Request {
             now,
             channel,
             purpose,
@@ -894,6 +898,7 @@ impl Conversation {
             consent,
             confirmation: false,
             direct_reply,
+            basis,
             location: &location,
             sent_on_subject: &sent,
             whatsapp_last_inbound,
@@ -901,7 +906,49 @@ impl Conversation {
                 .whatsapp_templates
                 .iter()
                 .any(|p| p == purpose.as_str()),
-        })
+        });
+        // The decision names the basis it rests on.
+        match (decision, basis) {
+            (Decision::Send { rule }, Some(b)) => Decision::Send {
+                rule: format!("{rule}; basis: {b}").into(),
+            },
+            (Decision::Defer { until, rule }, Some(b)) => Decision::Defer {
+                until,
+                rule: format!("{rule}; basis: {b}"),
+            },
+            (d, _) => d,
+        }
+    }
+
+    /// What on record allows a business-initiated message on `channel`:
+    /// consent, a reply to what the customer just wrote, or (where the
+    /// tenant accepts it) an existing relationship: the customer has
+    /// written or called at the address this channel reaches.
+    fn basis(
+        &self,
+        channel: Channel,
+        consent: Consent,
+        direct_reply: bool,
+        tenant: &TenantPolicy,
+    ) -> Option<&'static str> {
+        if consent == Consent::OptedIn {
+            return Some(policy::BASIS_CONSENT);
+        }
+        if direct_reply {
+            return Some(policy::BASIS_REPLY);
+        }
+        // A phone number is reached by text and by call alike.
+        let same_address = |c: Channel| match channel {
+            Channel::Sms | Channel::Voice => matches!(c, Channel::Sms | Channel::Voice),
+            other => c == other,
+        };
+        let contacted = self.state.messages.iter().any(|m| {
+            m.direction == Direction::Inbound
+                && m.author == Author::Customer
+                && same_address(m.channel)
+        });
+        (tenant.outreach_basis == policy::OutreachBasis::RelationshipOrConsent && contacted)
+            .then_some(policy::BASIS_RELATIONSHIP)
     }
 
     /// A step of a phone call. Returns what the call should do next and
@@ -1058,7 +1105,7 @@ impl Conversation {
     /// direct reply, recorded as decided and sent (TwiML carries it).
     fn say(&mut self, events: &mut Vec<(u32, ConvEvent)>, text: &str, now: Timestamp) {
         let decision = Decision::Send {
-            rule: "in-call reply",
+            rule: "in-call reply".into(),
         };
         self.record_decision(
             events,
