@@ -448,6 +448,18 @@ async fn explicit_contact_location_beats_the_area_code() {
     assert_eq!(v["captured"]["name"], "Jordan");
     assert_eq!(v["captured"]["facts"]["pet"], "dog");
     assert_eq!(v["identities"]["email"], "jordan@example.com");
+    // Reminders by text agreed on a web form: the basis.
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B13055550003/consent",
+            Some(
+                &json!({"status": "opted_in", "channel": "sms", "purpose": "reminder",
+                         "source": "web_form", "proof": "form 3"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201);
     let r = send(
         &node,
         who,

@@ -814,6 +814,19 @@ async fn web_chat_messages_flow_both_ways_and_bad_frames_get_error_frames() {
 async fn a_business_message_on_the_voice_channel_places_a_twilio_call_that_says_it() {
     let env = start().await;
     let node = &env.node;
+    // The customer agreed to be called (a web form): the basis a call
+    // to a number that never contacted the business needs.
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B15551234567/consent",
+            Some(
+                &json!({"status": "opted_in", "channel": "voice", "purpose": "reminder",
+                         "source": "web_form", "proof": "form 9"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201);
     let (s, v) = node
         .send_admin(
             Method::POST,

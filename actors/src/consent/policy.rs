@@ -46,8 +46,8 @@ impl Purpose {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutreachBasis {
     /// Consent on record, or an existing relationship: the customer has
-    /// contacted the business at this address (texted or called this
-    /// number, wrote on this WhatsApp or web-chat identity).
+    /// contacted the business (texted, called, wrote on WhatsApp or in web
+    /// chat) and the address is one of theirs in that conversation.
     #[default]
     RelationshipOrConsent,
     /// Consent on record only.
@@ -66,11 +66,12 @@ impl OutreachBasis {
 
 /// The basis a decision rests on, named in the decision's rule.
 pub const BASIS_CONSENT: &str = "consent on record";
-pub const BASIS_RELATIONSHIP: &str = "the customer contacted the business at this address";
+pub const BASIS_RELATIONSHIP: &str =
+    "the customer contacted the business, and this address is theirs";
 pub const BASIS_REPLY: &str = "a reply to the customer's message";
 /// The refusal when nothing on record allows a business-initiated message.
 pub const NO_BASIS: &str =
-    "no basis: no consent on record and no earlier contact from the customer at this address";
+    "no basis: no consent on record and the customer never contacted the business";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consent {

@@ -711,7 +711,9 @@ impl ConvState {
             }
             match &event {
                 ConvEvent::Decided(d) => {
-                    template = (d.rule == crate::consent::policy::WHATSAPP_TEMPLATE_RULE)
+                    template = d
+                        .rule
+                        .starts_with(crate::consent::policy::WHATSAPP_TEMPLATE_RULE)
                         .then(|| d.purpose.clone());
                 }
                 ConvEvent::MessageAppended(m)

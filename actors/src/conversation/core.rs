@@ -889,7 +889,7 @@ impl Conversation {
                 m.direction == Direction::Inbound && m.channel == Channel::Whatsapp
             })
             .map(|m| m.recorded_at);
-        let basis = self.basis(channel, consent, direct_reply, tenant);
+        let basis = self.basis(consent, direct_reply, tenant);
         let decision = policy::decide(&policy::Request {
             now,
             channel,
@@ -907,8 +907,9 @@ impl Conversation {
                 .iter()
                 .any(|p| p == purpose.as_str()),
         });
-        // The decision names the basis it rests on.
-        match (decision, basis) {
+        // The decision names the basis it rests on (a direct reply's rule
+        // already says it).
+        match (decision, basis.filter(|b| *b != policy::BASIS_REPLY)) {
             (Decision::Send { rule }, Some(b)) => Decision::Send {
                 rule: format!("{rule}; basis: {b}").into(),
             },
@@ -920,13 +921,11 @@ impl Conversation {
         }
     }
 
-    /// What on record allows a business-initiated message on `channel`:
-    /// consent, a reply to what the customer just wrote, or (where the
-    /// tenant accepts it) an existing relationship: the customer has
-    /// written or called at the address this channel reaches.
+    /// What on record allows a business-initiated message: consent for
+    /// its channel and purpose, a reply to what the customer just wrote,
+    /// or (where the tenant accepts it) an existing relationship.
     fn basis(
         &self,
-        channel: Channel,
         consent: Consent,
         direct_reply: bool,
         tenant: &TenantPolicy,
@@ -937,16 +936,14 @@ impl Conversation {
         if direct_reply {
             return Some(policy::BASIS_REPLY);
         }
-        // A phone number is reached by text and by call alike.
-        let same_address = |c: Channel| match channel {
-            Channel::Sms | Channel::Voice => matches!(c, Channel::Sms | Channel::Voice),
-            other => c == other,
-        };
-        let contacted = self.state.messages.iter().any(|m| {
-            m.direction == Direction::Inbound
-                && m.author == Author::Customer
-                && same_address(m.channel)
-        });
+        // The customer wrote or called in this conversation, and the
+        // address the channel reaches is one of theirs in it (the number
+        // they texted from, or gave in a chat).
+        let contacted = self
+            .state
+            .messages
+            .iter()
+            .any(|m| m.direction == Direction::Inbound && m.author == Author::Customer);
         (tenant.outreach_basis == policy::OutreachBasis::RelationshipOrConsent && contacted)
             .then_some(policy::BASIS_RELATIONSHIP)
     }
