@@ -560,9 +560,27 @@ fn path_text(path: &[Seg]) -> String {
     s
 }
 
+/// One step of a key path, borrowed (from `Seg` or `OwnedSeg`).
+#[derive(Clone, Copy)]
+enum SegRef<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
 /// The 1-based line where the value at `path` (or its nearest present
 /// ancestor) is written.
 fn line_of(src: &str, path: &[Seg]) -> Option<usize> {
+    let path: Vec<SegRef> = path
+        .iter()
+        .map(|s| match s {
+            Seg::Key(k) => SegRef::Key(k),
+            Seg::Index(i) => SegRef::Index(*i),
+        })
+        .collect();
+    line_of_path(src, &path)
+}
+
+fn line_of_path(src: &str, path: &[SegRef]) -> Option<usize> {
     enum Cur<'a> {
         Table(&'a toml_edit::Table),
         Item(&'a toml_edit::Item),
@@ -572,13 +590,13 @@ fn line_of(src: &str, path: &[Seg]) -> Option<usize> {
     let mut span = None;
     for seg in path {
         let next = match (&cur, seg) {
-            (Cur::Table(t), Seg::Key(k)) => t.get(k).map(Cur::Item),
-            (Cur::Item(toml_edit::Item::ArrayOfTables(a)), Seg::Index(i)) => {
+            (Cur::Table(t), SegRef::Key(k)) => t.get(k).map(Cur::Item),
+            (Cur::Item(toml_edit::Item::ArrayOfTables(a)), SegRef::Index(i)) => {
                 a.get(*i).map(Cur::Table)
             }
-            (Cur::Item(it), Seg::Key(k)) => it.get(*k).map(Cur::Item),
-            (Cur::Item(it), Seg::Index(i)) => it.get(*i).map(Cur::Item),
-            (Cur::Table(_), Seg::Index(_)) => None,
+            (Cur::Item(it), SegRef::Key(k)) => it.get(*k).map(Cur::Item),
+            (Cur::Item(it), SegRef::Index(i)) => it.get(*i).map(Cur::Item),
+            (Cur::Table(_), SegRef::Index(_)) => None,
         };
         let Some(next) = next else { break };
         let s = match &next {
@@ -723,14 +741,14 @@ fn owned_path_text(path: &[OwnedSeg]) -> String {
 }
 
 fn owned_line_of(src: &str, path: &[OwnedSeg]) -> Option<usize> {
-    let leaked: Vec<Seg> = path
+    let path: Vec<SegRef> = path
         .iter()
         .map(|s| match s {
-            OwnedSeg::Key(k) => Seg::Key(Box::leak(k.clone().into_boxed_str())),
-            OwnedSeg::Index(i) => Seg::Index(*i),
+            OwnedSeg::Key(k) => SegRef::Key(k),
+            OwnedSeg::Index(i) => SegRef::Index(*i),
         })
         .collect();
-    line_of(src, &leaked)
+    line_of_path(src, &path)
 }
 
 /// The path of the innermost key whose entry (key or value) covers
