@@ -1294,6 +1294,7 @@ async fn outbound_spec(app: &App, req: Request<Body>) -> Result<OutboundSpec, Ap
         channel,
         purpose,
         agent: None,
+        requested: false,
     })
 }
 

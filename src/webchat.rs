@@ -6,8 +6,12 @@
 //! are acknowledged once durable. Bot, agent and system messages on the
 //! web-chat channel reach every open socket of the visitor through the
 //! runtime's message feed. A visitor who writes their phone number (or
-//! sends `{"type": "identify", "phone": ...}`) is joined to the phone's
-//! conversation, so SMS and voice continue it.
+//! sends `{"type": "identify", "phone": ...}`) makes a claim: a one-time
+//! code goes to that number by SMS, and only once the visitor sends it back
+//! (`{"type": "verify", "code": ...}`, or types it) is the chat joined to
+//! the phone's conversation, so SMS and voice continue it. Until then the
+//! visitor is a contact of their own: nothing meant for the number reaches
+//! the socket, and nothing the visitor types changes the number's consent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +46,14 @@ const SOCKET_QUEUE: usize = 256;
 
 /// Identity claims (a phone number given) one socket may make.
 const CLAIMS_PER_SOCKET: u32 = 5;
+/// Claims (codes sent) one source address may make per hour.
+const CLAIMS_PER_SOURCE_PER_HOUR: u32 = 10;
+/// How long a code is good for, and how many wrong tries it takes.
+const CODE_TTL_MS: i64 = 10 * 60 * 1000;
+const CODE_ATTEMPTS: u32 = 5;
+/// Pending claims and per-source counts kept at most (beyond: new claims
+/// wait until old ones expire).
+const MAX_PENDING_CLAIMS: usize = 100_000;
 /// A socket's read buffer: small, since most sockets are idle most of the
 /// time (tungstenite's default of 128 KiB per socket was most of an idle
 /// socket's memory). Larger frames are still read whole.
@@ -54,6 +66,18 @@ pub struct Hub {
     sockets: DashMap<String, Vec<(u64, mpsc::Sender<String>)>>,
     next: AtomicU64,
     per_source: DashMap<std::net::IpAddr, usize>,
+    /// Claims waiting for their code: `tenant \0 visitor` → claim.
+    claims: DashMap<String, PendingClaim>,
+    /// Codes sent per source in the current hour: (hour start, count).
+    claims_per_source: DashMap<std::net::IpAddr, (i64, u32)>,
+}
+
+/// A phone number a visitor said is theirs, and the code sent to it.
+struct PendingClaim {
+    phone: String,
+    code: String,
+    expires: i64,
+    attempts: u32,
 }
 
 /// One source's open socket, counted until dropped.
@@ -320,7 +344,12 @@ async fn serve(
     }
     let idle = Duration::from_millis(app.cfg.server.websocket_idle_timeout_ms);
     let mut idle_until = tokio::time::Instant::now() + idle;
-    let mut claims = 0u32;
+    let mut me = Visitor {
+        tenant: &tenant,
+        visitor: &visitor,
+        ip,
+        claims: 0,
+    };
     while ok {
         tokio::select! {
             frame = ws.next() => {
@@ -333,7 +362,7 @@ async fn serve(
                     // the largest future it may hold, and an idle socket
                     // would pay for the router's.
                     Some(Ok(Frame::Text(t))) => {
-                        Box::pin(on_frame(&app, &tenant, &visitor, t.as_str(), &mut claims)).await
+                        Box::pin(on_frame(&app, &mut me, t.as_str())).await
                     }
                     Some(Ok(Frame::Binary(_))) => vec![error_frame("unsupported", "send JSON text frames")],
                     Some(Ok(Frame::Close(_))) | None => break,
@@ -393,6 +422,8 @@ pub enum VisitorFrame {
     },
     /// The visitor gives their phone number (E.164).
     Identify(String),
+    /// The code sent to the number the visitor gave.
+    Verify(String),
     Ping,
 }
 
@@ -437,41 +468,61 @@ pub fn parse_frame(text: &str) -> Result<VisitorFrame, String> {
                 "`phone` must be a phone number",
             )),
         },
+        Some("verify") => match v["code"].as_str().map(str::trim) {
+            Some(c) if c.len() == 6 && c.bytes().all(|b| b.is_ascii_digit()) => {
+                Ok(VisitorFrame::Verify(c.to_owned()))
+            }
+            _ => Err(error_frame(
+                "invalid_field",
+                "`code` must be the 6 digits sent",
+            )),
+        },
         Some("ping") => Ok(VisitorFrame::Ping),
         Some(other) => Err(error_frame(
             "unknown_type",
-            format!("unknown frame type {other:?} (message, identify, ping)"),
+            format!("unknown frame type {other:?} (message, identify, verify, ping)"),
         )),
         None => Err(error_frame("invalid_frame", "the frame has no \"type\"")),
     }
 }
 
-/// A frame's answers; `claims` counts the socket's identity claims.
-async fn on_frame(
-    app: &App,
-    tenant: &str,
-    visitor: &str,
-    text: &str,
-    claims: &mut u32,
-) -> Vec<String> {
+/// Who is on the other end of a socket, and what it has claimed.
+struct Visitor<'a> {
+    tenant: &'a str,
+    visitor: &'a str,
+    ip: Option<std::net::IpAddr>,
+    /// Identity claims this socket made.
+    claims: u32,
+}
+
+/// A frame's answers.
+async fn on_frame(app: &App, v: &mut Visitor<'_>, text: &str) -> Vec<String> {
     match parse_frame(text) {
         Err(e) => vec![e],
         Ok(VisitorFrame::Message { text, id }) => {
-            on_message(app, tenant, visitor, &text, id.as_deref(), claims).await
+            // The code, typed as a message while a claim waits for it.
+            let t = text.trim();
+            if t.len() == 6
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && app.chat.claims.contains_key(&hub_key(v.tenant, v.visitor))
+            {
+                return vec![verify(app, v, t).await];
+            }
+            on_message(app, v, &text, id.as_deref()).await
         }
-        Ok(VisitorFrame::Identify(p)) => vec![claim(app, tenant, visitor, &p, claims).await],
+        Ok(VisitorFrame::Identify(p)) => vec![claim(app, v, &p).await],
+        Ok(VisitorFrame::Verify(code)) => vec![verify(app, v, &code).await],
         Ok(VisitorFrame::Ping) => vec![json!({"type": "pong"}).to_string()],
     }
 }
 
 async fn on_message(
     app: &App,
-    tenant: &str,
-    visitor: &str,
+    v: &mut Visitor<'_>,
     text: &str,
     client_id: Option<&str>,
-    claims: &mut u32,
 ) -> Vec<String> {
+    let (tenant, visitor) = (v.tenant, v.visitor);
     let pid = match client_id {
         Some(id) => format!("wc:{visitor}:{id}"),
         None => format!("wc:{}", uuid::Uuid::new_v4().simple()),
@@ -504,22 +555,130 @@ async fn on_message(
         Err(e) => return vec![error_frame("unavailable", e.message())],
     };
     if let Some(p) = phone::find_in_text(text) {
-        out.push(claim(app, tenant, visitor, &p, claims).await);
+        out.push(claim(app, v, &p).await);
     }
     out
 }
 
-/// The visitor says they are `phone`: linked, unless the socket has made
-/// `CLAIMS_PER_SOCKET` claims already.
-async fn claim(app: &App, tenant: &str, visitor: &str, phone: &str, claims: &mut u32) -> String {
-    if *claims >= CLAIMS_PER_SOCKET {
+/// The visitor says `phone` is theirs: a code goes to it by SMS (through
+/// the gate, as a reply the customer asked for: an opted-out number gets
+/// none), and the claim waits for it. Limited per socket and per source.
+async fn claim(app: &App, v: &mut Visitor<'_>, phone: &str) -> String {
+    if v.claims >= CLAIMS_PER_SOCKET {
         return error_frame(
             "too_many_claims",
             format!("a socket may give a phone number at most {CLAIMS_PER_SOCKET} times"),
         );
     }
-    *claims += 1;
-    link(app, tenant, visitor, phone).await
+    let now = app.shared.clock.now().0;
+    let hub = &app.chat;
+    hub.claims.retain(|_, c| c.expires > now);
+    if hub.claims.len() >= MAX_PENDING_CLAIMS {
+        return error_frame(
+            "busy",
+            "too many numbers are being verified; try again later",
+        );
+    }
+    if let Some(ip) = v.ip {
+        let hour = now - now.rem_euclid(3_600_000);
+        if hub.claims_per_source.len() >= MAX_PENDING_CLAIMS {
+            hub.claims_per_source.retain(|_, (h, _)| *h == hour);
+        }
+        let mut e = hub.claims_per_source.entry(ip).or_insert((hour, 0));
+        if e.0 != hour {
+            *e = (hour, 0);
+        }
+        if e.1 >= CLAIMS_PER_SOURCE_PER_HOUR {
+            return error_frame(
+                "too_many_claims",
+                format!("at most {CLAIMS_PER_SOURCE_PER_HOUR} numbers an hour from one address"),
+            );
+        }
+        e.1 += 1;
+    }
+    v.claims += 1;
+    let code = format!("{:06}", uuid::Uuid::new_v4().as_u128() % 1_000_000);
+    let name = app
+        .cfg
+        .tenant(v.tenant)
+        .map(|t| {
+            if t.name.is_empty() {
+                t.id.clone()
+            } else {
+                t.name.clone()
+            }
+        })
+        .unwrap_or_default();
+    let spec = threadline_actors::conversation::core::OutboundSpec {
+        text: format!(
+            "{name}: your web chat code is {code}. It expires in 10 minutes. If you did not ask for it, ignore this message."
+        ),
+        channel: Some(Channel::Sms),
+        purpose: threadline_actors::consent::policy::Purpose::Conversational,
+        agent: None,
+        requested: true,
+    };
+    use threadline_actors::conversation::core::SendOutcome;
+    match via(
+        app,
+        "webchat",
+        app.router.send_to_contact(v.tenant, phone, spec),
+    )
+    .await
+    {
+        Ok((_, SendOutcome::Sent { .. })) => {
+            hub.claims.insert(
+                hub_key(v.tenant, v.visitor),
+                PendingClaim {
+                    phone: phone.to_owned(),
+                    code,
+                    expires: now + CODE_TTL_MS,
+                    attempts: 0,
+                },
+            );
+            json!({"type": "code_sent", "phone": phone, "expires_in_seconds": CODE_TTL_MS / 1000})
+                .to_string()
+        }
+        Ok(_) => error_frame(
+            "cannot_verify",
+            "no code can be sent to that number; it stays unlinked",
+        ),
+        Err(e) => error_frame("unavailable", e.message()),
+    }
+}
+
+/// The code the visitor sends back: right, and the chat joins the number's
+/// conversation; wrong, expired or tried too often, and it stays apart.
+async fn verify(app: &App, v: &mut Visitor<'_>, code: &str) -> String {
+    let key = hub_key(v.tenant, v.visitor);
+    let now = app.shared.clock.now().0;
+    let phone = {
+        let Some(mut c) = app.chat.claims.get_mut(&key) else {
+            return error_frame("no_claim", "no phone number is waiting for a code");
+        };
+        if c.expires <= now {
+            drop(c);
+            app.chat.claims.remove(&key);
+            return error_frame("code_expired", "the code expired; give the number again");
+        }
+        let right: bool = subtle::ConstantTimeEq::ct_eq(c.code.as_bytes(), code.as_bytes()).into();
+        if !right {
+            c.attempts += 1;
+            let spent = c.attempts >= CODE_ATTEMPTS;
+            drop(c);
+            if spent {
+                app.chat.claims.remove(&key);
+                return error_frame(
+                    "too_many_attempts",
+                    "too many wrong codes; give the number again",
+                );
+            }
+            return error_frame("invalid_code", "that is not the code we sent");
+        }
+        c.phone.clone()
+    };
+    app.chat.claims.remove(&key);
+    link(app, v.tenant, v.visitor, &phone).await
 }
 
 async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {

@@ -484,18 +484,34 @@ async fn a_web_chat_lead_who_gives_a_number_gets_a_call_that_cites_the_chat() {
         // The ack, the bot's answer (and the link) may come in any order.
         let mut want = vec!["ack", "message"];
         if i == 1 {
-            want.push("linked");
+            want.push("code_sent");
         }
         while !want.is_empty() {
             let f = next_json(&mut ws).await;
             let kind = f["type"].as_str().unwrap_or("").to_owned();
             match kind.as_str() {
                 "ack" => assert_eq!(f["id"], format!("w{i}")),
-                "linked" => assert_eq!(f["phone"], JORDAN),
+                "code_sent" => assert_eq!(f["phone"], JORDAN),
                 "message" if f["author"] == "bot" => bot.push(f["text"].clone()),
                 _ => continue,
             }
             want.retain(|w| *w != kind);
+        }
+        if i == 1 {
+            // The number is the visitor's once they send back its code.
+            let code = common::chat_code(&node, "harbor", JORDAN).await;
+            ws.send(Frame::text(
+                json!({"type": "verify", "code": code}).to_string(),
+            ))
+            .await
+            .unwrap();
+            loop {
+                let f = next_json(&mut ws).await;
+                if f["type"] == "linked" {
+                    assert_eq!(f["phone"], JORDAN);
+                    break;
+                }
+            }
         }
     }
     // The chat went on in the phone's conversation, and the bot answered

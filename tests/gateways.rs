@@ -373,6 +373,19 @@ async fn texts_calls_whatsapp_and_web_chat_are_one_conversation() {
     .await
     .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "ack");
+    // A claim: a code goes to the number by SMS, and the visitor types it.
+    let sent = next_json(&mut ws).await;
+    assert_eq!(
+        (sent["type"].as_str(), sent["phone"].as_str()),
+        (Some("code_sent"), Some(CUSTOMER)),
+        "{sent}"
+    );
+    let code = chat_code(node, "acme", CUSTOMER).await;
+    ws.send(Frame::text(
+        json!({"type": "message", "text": code, "id": "c3"}).to_string(),
+    ))
+    .await
+    .unwrap();
     let linked = next_json(&mut ws).await;
     assert_eq!(linked["type"], "linked", "{linked}");
     assert_eq!(linked["phone"], CUSTOMER);

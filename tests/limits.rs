@@ -231,7 +231,7 @@ async fn chat_frames_count_against_the_source_rate_and_a_socket_gives_a_number_f
             json!({"type": "identify", "phone": phone(900 + k)}),
         )
         .await;
-        assert_eq!(next_json(&mut ws).await["type"], "linked");
+        assert_eq!(next_json(&mut ws).await["type"], "code_sent");
     }
     send_json(&mut ws, json!({"type": "identify", "phone": phone(999)})).await;
     let f = next_json(&mut ws).await;

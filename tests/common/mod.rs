@@ -389,3 +389,23 @@ pub fn audit_verify(dir: &std::path::Path, name: &str, text: &str) -> std::proce
         .output()
         .unwrap()
 }
+
+/// The web-chat verification code last texted to `phone` (read from its
+/// conversation, as the customer would read their SMS).
+pub async fn chat_code(node: &Node, tenant: &str, phone: &str) -> String {
+    let c = node
+        .conversation_of(tenant, phone)
+        .await
+        .unwrap_or_else(|| panic!("{phone} has no conversation"));
+    let text = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter_map(|m| m["text"].as_str())
+        .find(|t| t.contains("web chat code is "))
+        .unwrap_or_else(|| panic!("no code was texted to {phone}: {c}"))
+        .to_owned();
+    let after = text.split("web chat code is ").nth(1).unwrap();
+    after[..6].to_owned()
+}

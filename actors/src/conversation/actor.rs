@@ -985,6 +985,7 @@ impl ConvState {
                         channel: Some(channel),
                         purpose: crate::consent::policy::Purpose::Conversational,
                         agent: None,
+                        requested: false,
                     },
                     create: false,
                     reply: tx,

@@ -137,6 +137,10 @@ pub struct OutboundSpec {
     pub purpose: Purpose,
     /// The human agent writing it (`None`: the business's automation).
     pub agent: Option<String>,
+    /// The customer asked for this very message (a web-chat verification
+    /// code): a reply to their request, sent at once unless they opted out.
+    #[serde(default)]
+    pub requested: bool,
 }
 
 /// What the gate decided for an outbound message.
@@ -574,7 +578,18 @@ impl Conversation {
                     && (m.channel == channel || (m.channel == Channel::Voice && channel == Channel::Sms))
                     && now.0 - m.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
             });
-        let decision = self.gate(channel, spec.purpose, now, tenant, direct_reply);
+        let decision = match self.gate(
+            channel,
+            spec.purpose,
+            now,
+            tenant,
+            direct_reply || spec.requested,
+        ) {
+            Decision::Send { .. } if spec.requested => Decision::Send {
+                rule: "requested by the customer (a web-chat verification code)".into(),
+            },
+            d => d,
+        };
         let mut events = Vec::with_capacity(3);
         self.record_decision(
             &mut events,
@@ -1148,6 +1163,7 @@ impl Conversation {
             channel: Some(Channel::Sms),
             purpose: Purpose::Conversational,
             agent: None,
+            requested: false,
         };
         let (_, more) = self.send_message(spec, now, tenant, next_id);
         events.extend(more);
@@ -1315,6 +1331,7 @@ impl Conversation {
                     channel: Some(msg.channel),
                     purpose: Purpose::Conversational,
                     agent: None,
+                    requested: false,
                 };
                 let (_, more) = self.send_message(spec, now, tenant, next_id);
                 events.extend(more);
@@ -1363,6 +1380,7 @@ impl Conversation {
                 channel: Some(Channel::Voice),
                 purpose: Purpose::Conversational,
                 agent: None,
+                requested: false,
             };
             let (_, more) = self.send_message(spec, now, tenant, next_id);
             events.extend(more);
@@ -1406,6 +1424,7 @@ impl Conversation {
             channel: Some(Channel::Sms),
             purpose: Purpose::Conversational,
             agent: None,
+            requested: false,
         };
         self.send_message(spec, now, tenant, next_id).1
     }

@@ -344,6 +344,7 @@ impl PoolState {
                             channel: None,
                             purpose: Purpose::Conversational,
                             agent: None,
+                            requested: false,
                         };
                         let _ = router
                             .send_to_conversation(ConversationId(conv), spec)
@@ -530,6 +531,7 @@ impl PoolState {
                             channel: None,
                             purpose: Purpose::Conversational,
                             agent: Some(author),
+                            requested: false,
                         };
                         let e = match router.send_to_conversation(conversation, spec).await {
                             Ok(Some(outcome)) => AgentEvent::Sent {
