@@ -457,6 +457,15 @@ pub struct Tenant {
     /// opt-in.
     #[serde(default = "default_outreach_basis")]
     pub outreach_basis: String,
+    /// Sending hours for numbers outside the US, in the recipient's zone
+    /// when known, else the tenant's: `"HH:MM-HH:MM"`. US state rules never
+    /// apply to them.
+    #[serde(default = "default_quiet_hours_abroad")]
+    pub quiet_hours_abroad: String,
+    /// Hours for particular countries (ISO 3166 codes such as `GB`),
+    /// instead of `quiet_hours_abroad`.
+    #[serde(default)]
+    pub quiet_hours_by_country: BTreeMap<String, String>,
     /// The tenant's conversation flow (TOML), relative to the config file.
     pub flow: Option<PathBuf>,
     /// A flow compiled into the binary (the development node's dental
@@ -471,6 +480,22 @@ pub struct WhatsappTemplate {
     pub name: String,
     #[serde(default = "default_template_language")]
     pub language: String,
+}
+
+fn default_quiet_hours_abroad() -> String {
+    "08:00-21:00".into()
+}
+
+/// `"HH:MM-HH:MM"` as minutes after midnight, start before end.
+pub fn parse_window(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let m = |t: &str| {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let (a, b) = (m(a)?, m(b)?);
+    (a < b).then_some((a, b))
 }
 
 fn default_outreach_basis() -> String {
@@ -880,6 +905,8 @@ impl Config {
                 missed_call_text: None,
                 whatsapp_templates: Default::default(),
                 outreach_basis: default_outreach_basis(),
+                quiet_hours_abroad: default_quiet_hours_abroad(),
+                quiet_hours_by_country: Default::default(),
                 flow: None,
                 builtin_flow: Some(DEV_FLOW),
             }],
@@ -946,6 +973,14 @@ impl Config {
                         &t.outreach_basis,
                     )
                     .unwrap_or_default(),
+                    abroad: threadline_actors::consent::policy::AbroadHours {
+                        default: parse_window(&t.quiet_hours_abroad).unwrap_or((480, 1260)),
+                        by_country: t
+                            .quiet_hours_by_country
+                            .iter()
+                            .filter_map(|(c, w)| Some((c.to_ascii_uppercase(), parse_window(w)?)))
+                            .collect(),
+                    },
                     zone: t.timezone.parse().unwrap_or(chrono_tz::UTC),
                     strict_rules: t
                         .quiet_hours_states
@@ -1287,6 +1322,29 @@ impl Config {
             }
             if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
                 errs.push((at("missed_call_text"), "must be at most 1600 bytes".into()));
+            }
+            if parse_window(&t.quiet_hours_abroad).is_none() {
+                errs.push((
+                    at("quiet_hours_abroad"),
+                    format!(
+                        "{:?} is not a window like \"08:00-21:00\"",
+                        t.quiet_hours_abroad
+                    ),
+                ));
+            }
+            for (c, w) in &t.quiet_hours_by_country {
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    errs.push((
+                        at("quiet_hours_by_country"),
+                        format!("{c:?} is not a two-letter country code"),
+                    ));
+                }
+                if parse_window(w).is_none() {
+                    errs.push((
+                        at("quiet_hours_by_country"),
+                        format!("{c}: {w:?} is not a window like \"09:00-20:00\""),
+                    ));
+                }
             }
             if threadline_actors::consent::policy::OutreachBasis::parse(&t.outreach_basis).is_none()
             {

@@ -658,3 +658,68 @@ async fn outreach_needs_a_basis_and_the_decision_names_it() {
     );
     assert!(audit.contains("basis: consent on record"), "{audit}");
 }
+
+/// Every number gets the rules of its place: a New York number is judged by
+/// New York's (federal) hours, not the strictest set the tenant enables
+/// for unknown places; a +91 number of a clinic in Kolkata gets the
+/// tenant's hours abroad in Kolkata time, never a US state's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_number_gets_the_rules_of_its_place() {
+    // 08:00 in New York (EDT).
+    let node = Node::start(&["--simulated-clock", "2026-03-10T12:00:00Z"]);
+    let ny = "+12125550147";
+    node.inbound("gw-acme", &sms("acme", ny, "hi", Some("ny1")))
+        .await;
+    node.advance(1800.0).await;
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B12125550147/messages",
+            Some(&json!({"text": "Your cleaning is tomorrow", "purpose": "reminder"})),
+        )
+        .await;
+    // 08:30 is inside the federal window (Connecticut's, the strictest
+    // enabled, opens at 09:00).
+    assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
+
+    let config = r#"
+[server]
+admin_token = "test-admin-token"
+
+[[tenants]]
+id = "smile"
+name = "Smile Kolkata"
+timezone = "Asia/Kolkata"
+gateway_token = "gw-smile"
+quiet_hours_abroad = "09:00-20:00"
+"#;
+    // 21:00 in Kolkata.
+    let node = Node::start_with_config(config, &["--simulated-clock", "2026-03-10T15:30:00Z"]);
+    let consent = json!({"status": "opted_in", "channel": "sms", "purpose": "reminder",
+                         "source": "web_form", "proof": "form 1"});
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/smile/contacts/%2B919876543210/consent",
+            Some(&consent),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/smile/contacts/%2B919876543210/messages",
+            Some(&json!({"text": "Your cleaning is tomorrow", "purpose": "reminder"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["decision"].as_str(), v["until"].as_str()),
+        (202, Some("deferred"), Some("2026-03-11T03:30:00.000Z")),
+        "09:00 Kolkata the next morning: {v}"
+    );
+    let rule = v["rule"].as_str().unwrap();
+    assert!(rule.contains("outside the US"), "{rule}");
+    for state in ["Florida", "Texas", "Connecticut", "federal"] {
+        assert!(!rule.contains(state), "{rule}");
+    }
+}

@@ -21,4 +21,5 @@
 //! events.
 
 pub mod keywords;
+pub mod nanp;
 pub mod policy;

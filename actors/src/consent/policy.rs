@@ -91,6 +91,10 @@ pub enum Rule {
     Connecticut,
     Texas,
     Alabama,
+    /// The tenant's sending hours for a number outside the US (minutes
+    /// after local midnight, start and end): US state rules never apply
+    /// there.
+    Abroad(u16, u16),
 }
 
 pub const STATE_RULES: [Rule; 7] = [
@@ -127,6 +131,7 @@ impl Rule {
             Rule::Connecticut => "Connecticut",
             Rule::Texas => "Texas",
             Rule::Alabama => "Alabama",
+            Rule::Abroad(..) => "the tenant's hours for numbers outside the US",
         }
     }
 
@@ -144,6 +149,7 @@ impl Rule {
             Rule::Texas => Some((9 * H, 21 * H)),
             Rule::Alabama if date.weekday() == Weekday::Sun || us_holiday(date) => None,
             Rule::Alabama => Some((8 * H, 20 * H)),
+            Rule::Abroad(start, end) => Some((u32::from(start), u32::from(end))),
         }
     }
 
@@ -198,21 +204,37 @@ pub struct Location {
     pub source: &'static str,
 }
 
+/// The zones a US state, DC or territory spans (every one must allow a
+/// message when only the state is known).
 fn zones_of_state(code: &str) -> &'static [Tz] {
     use chrono_tz::America::*;
+    use chrono_tz::Pacific::{Guam, Honolulu, Pago_Pago, Saipan};
     match code.to_ascii_uppercase().trim_start_matches("US-") {
-        "FL" => &[New_York, Chicago],
-        "OK" | "AL" => &[Chicago],
-        "MD" | "CT" => &[New_York],
-        "WA" => &[Los_Angeles],
-        "TX" => &[Chicago, Denver],
+        "CT" | "DE" | "DC" | "GA" | "ME" | "MD" | "MA" | "NH" | "NJ" | "NY" | "NC" | "OH"
+        | "PA" | "RI" | "SC" | "VT" | "VA" | "WV" => &[New_York],
+        "MI" => &[Detroit, Chicago],
+        "IN" => &[Indiana::Indianapolis, Chicago],
+        "KY" | "TN" | "FL" => &[New_York, Chicago],
+        "AL" | "AR" | "IL" | "IA" | "LA" | "MN" | "MS" | "MO" | "OK" | "WI" => &[Chicago],
+        "KS" | "NE" | "ND" | "SD" | "TX" => &[Chicago, Denver],
+        "CO" | "MT" | "NM" | "UT" | "WY" => &[Denver],
+        "AZ" => &[Phoenix],
+        "ID" | "OR" => &[Boise, Los_Angeles],
+        "CA" | "NV" | "WA" => &[Los_Angeles],
+        "AK" => &[Anchorage, Adak],
+        "HI" => &[Honolulu],
+        "PR" => &[Puerto_Rico],
+        "VI" => &[St_Thomas],
+        "GU" => &[Guam],
+        "MP" => &[Saipan],
+        "AS" => &[Pago_Pago],
         _ => &[],
     }
 }
 
-/// (state, zones) of a North American area code in a jurisdiction with its
-/// own rules. Other area codes are not placed.
-fn area_code(e164: &str) -> Option<(&'static str, &'static [Tz])> {
+/// (state, zones) of an area code of a state with its own rules, zone by
+/// zone where the state spans several (the panhandle, west Texas).
+fn special_area_code(e164: &str) -> Option<(&'static str, &'static [Tz])> {
     use chrono_tz::America::*;
     let digits = e164.strip_prefix("+1")?;
     let code = digits.get(..3)?;
@@ -245,9 +267,41 @@ fn area_code(e164: &str) -> Option<(&'static str, &'static [Tz])> {
     })
 }
 
+/// The tenant's sending hours for numbers outside the US: a default
+/// window and windows by country (ISO 3166 code, or `+NN` for a calling
+/// code the metadata does not place).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbroadHours {
+    pub default: (u16, u16),
+    pub by_country: Vec<(String, (u16, u16))>,
+}
+
+impl Default for AbroadHours {
+    /// 08:00 to 21:00 local, as the US federal window.
+    fn default() -> Self {
+        AbroadHours {
+            default: (8 * 60, 21 * 60),
+            by_country: Vec::new(),
+        }
+    }
+}
+
+impl AbroadHours {
+    fn rule(&self, country: &str) -> Rule {
+        let (s, e) = self
+            .by_country
+            .iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(country))
+            .map_or(self.default, |(_, w)| *w);
+        Rule::Abroad(s, e)
+    }
+}
+
 /// Resolves the recipient's location: explicit contact data (region and
-/// zone), then the provider's `FromState`, then the phone's area code, then
-/// the tenant's zone with every rule the tenant enables (the strictest).
+/// zone), then the provider's `FromState`, then the phone number (its
+/// area code's state, a US territory, or another country, which gets the
+/// tenant's hours abroad and never US state rules), then the tenant's zone
+/// with every rule the tenant enables (the strictest).
 pub fn locate(
     region: Option<&str>,
     contact_zone: Option<Tz>,
@@ -255,6 +309,7 @@ pub fn locate(
     phone: Option<&str>,
     tenant_zone: Tz,
     tenant_rules: &[Rule],
+    abroad: &AbroadHours,
 ) -> Location {
     let with_state = |state: &str, zones: &[Tz], source| {
         let mut rules = vec![Rule::Federal];
@@ -273,6 +328,16 @@ pub fn locate(
     if let Some(r) = region.filter(|r| r.len() >= 2) {
         return with_state(r, zones_of_state(r), "contact region");
     }
+    let place = phone.and_then(super::nanp::place);
+    if let Some(super::nanp::Place::Abroad(country)) = &place {
+        // Outside the US, whatever else is known: the tenant's hours for
+        // that country, in the contact's zone or the tenant's.
+        return Location {
+            rules: vec![abroad.rule(country)],
+            zones: vec![contact_zone.unwrap_or(tenant_zone)],
+            source: "phone number outside the US",
+        };
+    }
     if let Some(z) = contact_zone {
         // A known zone but no state: that zone, and the strictest rules.
         let mut rules = vec![Rule::Federal];
@@ -286,8 +351,17 @@ pub fn locate(
     if let Some(s) = provider_state.filter(|s| s.len() == 2) {
         return with_state(s, zones_of_state(s), "provider FromState");
     }
-    if let Some((state, zones)) = phone.and_then(area_code) {
+    if let Some((state, zones)) = phone.and_then(special_area_code) {
         return with_state(state, zones, "area code");
+    }
+    match place {
+        Some(super::nanp::Place::UsState(state)) => {
+            return with_state(state, zones_of_state(state), "area code");
+        }
+        Some(super::nanp::Place::UsTerritory(t)) => {
+            return with_state(t, zones_of_state(t), "US territory");
+        }
+        _ => {}
     }
     let mut rules = vec![Rule::Federal];
     rules.extend_from_slice(tenant_rules);
@@ -668,7 +742,15 @@ mod tests {
 
     #[test]
     fn the_panhandle_must_be_allowed_in_both_of_its_zones() {
-        let l = locate(None, None, None, Some("+18505551234"), New_York, &[]);
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+18505551234"),
+            New_York,
+            &[],
+            &AbroadHours::default(),
+        );
         assert_eq!(l.zones, vec![New_York, Chicago]);
         assert!(l.rules.contains(&Rule::Florida));
         // 08:30 Eastern is 07:30 Central: wait for 08:00 Central (09:00 ET).
@@ -689,12 +771,21 @@ mod tests {
             Some("+13055551234"),
             New_York,
             tenant,
+            &AbroadHours::default(),
         );
         assert_eq!(
             (l.source, l.zones.clone()),
             ("contact region", vec![Chicago, Denver])
         );
-        let l = locate(None, Some(Los_Angeles), Some("FL"), None, New_York, tenant);
+        let l = locate(
+            None,
+            Some(Los_Angeles),
+            Some("FL"),
+            None,
+            New_York,
+            tenant,
+            &AbroadHours::default(),
+        );
         assert_eq!(l.zones, vec![Los_Angeles]);
         let l = locate(
             None,
@@ -703,20 +794,132 @@ mod tests {
             Some("+13055551234"),
             New_York,
             tenant,
+            &AbroadHours::default(),
         );
         assert_eq!(
             (l.source, l.rules.clone()),
             ("provider FromState", vec![Rule::Federal, Rule::Washington])
         );
-        let l = locate(None, None, None, Some("+13055551234"), Chicago, tenant);
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+13055551234"),
+            Chicago,
+            tenant,
+            &AbroadHours::default(),
+        );
         assert_eq!((l.source, l.zones.clone()), ("area code", vec![New_York]));
-        let l = locate(None, None, None, Some("+12125551234"), Chicago, tenant);
+        // A New York number is in New York: federal rules, Eastern time
+        // (it used to get the tenant's strictest set, Florida's hours).
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+12125551234"),
+            Chicago,
+            tenant,
+            &AbroadHours::default(),
+        );
+        assert_eq!(
+            (l.source, l.rules.clone(), l.zones.clone()),
+            ("area code", vec![Rule::Federal], vec![New_York])
+        );
+        // A toll-free number is nowhere in particular: the strictest set.
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+18005551234"),
+            Chicago,
+            tenant,
+            &AbroadHours::default(),
+        );
         assert_eq!(l.source, "tenant zone, strictest rules");
         assert_eq!(
             l.rules,
             vec![Rule::Federal, Rule::Florida, Rule::Connecticut]
         );
         assert_eq!(l.zones, vec![Chicago]);
+        // A US territory: federal rules in its own zone.
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+17875551234"),
+            Chicago,
+            tenant,
+            &AbroadHours::default(),
+        );
+        assert_eq!(
+            (l.rules.clone(), l.zones.clone()),
+            (vec![Rule::Federal], vec![chrono_tz::America::Puerto_Rico])
+        );
+    }
+
+    /// Numbers outside the US never get US rules: a clinic in Kolkata
+    /// texting an Indian number uses its own hours there, in its zone; a
+    /// country the tenant set hours for uses those.
+    #[test]
+    fn numbers_abroad_get_the_tenants_hours_never_us_state_rules() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let strict = &STATE_RULES;
+        let abroad = AbroadHours {
+            default: (9 * 60, 20 * 60),
+            by_country: vec![("GB".into(), (10 * 60, 18 * 60))],
+        };
+        let l = locate(
+            None,
+            None,
+            Some("FL"),
+            Some("+919876543210"),
+            kolkata,
+            strict,
+            &abroad,
+        );
+        assert_eq!(
+            (l.rules.clone(), l.zones.clone()),
+            (vec![Rule::Abroad(9 * 60, 20 * 60)], vec![kolkata])
+        );
+        // 21:00 in Kolkata is 15:30 UTC: outside the tenant's 09-20 window,
+        // deferred to 09:00 Kolkata (03:30 UTC).
+        let d = decide(&req(t("2026-03-10T15:30:00Z"), Purpose::Reminder, &l));
+        assert_eq!(until(d), t("2026-03-11T03:30:00Z"));
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+442079460000"),
+            kolkata,
+            strict,
+            &abroad,
+        );
+        assert_eq!(l.rules, vec![Rule::Abroad(10 * 60, 18 * 60)]);
+        // Canada is North American, not US.
+        let l = locate(
+            None,
+            None,
+            None,
+            Some("+14165551234"),
+            New_York,
+            strict,
+            &AbroadHours::default(),
+        );
+        assert_eq!(l.rules, vec![Rule::Abroad(8 * 60, 21 * 60)]);
+        assert!(!l.rules.iter().any(|r| STATE_RULES.contains(r)));
+    }
+
+    /// Every state, DC and territory has the zones its local time may be in.
+    #[test]
+    fn every_state_has_its_zones() {
+        for st in [
+            "AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "DC", "FL", "GA", "HI", "ID", "IL",
+            "IN", "IA", "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE",
+            "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD",
+            "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY", "PR", "VI", "GU", "AS", "MP",
+        ] {
+            assert!(!zones_of_state(st).is_empty(), "{st}");
+        }
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct TenantPolicy {
     pub whatsapp_templates: Vec<String>,
     /// What a business-initiated message needs on record.
     pub outreach_basis: policy::OutreachBasis,
+    /// Sending hours for numbers outside the US.
+    pub abroad: policy::AbroadHours,
 }
 
 impl TenantPolicy {
@@ -94,6 +96,7 @@ impl Default for TenantPolicy {
             missed_call_text: String::new(),
             whatsapp_templates: Vec::new(),
             outreach_basis: policy::OutreachBasis::default(),
+            abroad: policy::AbroadHours::default(),
         }
     }
 }
@@ -871,6 +874,7 @@ impl Conversation {
             s.identities.phone.as_deref(),
             tenant.zone,
             &tenant.strict_rules,
+            &tenant.abroad,
         );
         let day_ago = now.0 - 86_400_000;
         // Caps count business-initiated messages: a bot's answer to the
