@@ -28,8 +28,9 @@ pub(crate) struct MessageBody {
     pub text: String,
     pub channel: Option<String>,
     pub purpose: String,
-    /// Accepted and kept for the caller; frequency caps count every
-    /// business-initiated message of the purpose for now.
+    /// What the message is about: frequency caps (Florida, Oklahoma,
+    /// Maryland: three a day) count the messages on the same subject.
+    /// Default: the purpose.
     pub subject: Option<String>,
 }
 

@@ -1295,6 +1295,7 @@ async fn outbound_spec(app: &App, req: Request<Body>) -> Result<OutboundSpec, Ap
         purpose,
         agent: None,
         requested: false,
+        subject: b.subject.filter(|s| !s.trim().is_empty()),
     })
 }
 

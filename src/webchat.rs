@@ -617,6 +617,7 @@ async fn claim(app: &App, v: &mut Visitor<'_>, phone: &str) -> String {
         purpose: threadline_actors::consent::policy::Purpose::Conversational,
         agent: None,
         requested: true,
+        subject: None,
     };
     use threadline_actors::conversation::core::SendOutcome;
     match via(

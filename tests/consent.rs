@@ -723,3 +723,44 @@ quiet_hours_abroad = "09:00-20:00"
         assert!(!rule.contains(state), "{rule}");
     }
 }
+
+/// Florida caps three business-initiated messages a day on the same
+/// subject: a fourth on that subject waits, one on another subject goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn florida_caps_count_messages_on_the_same_subject_only() {
+    let node = Node::start(&["--simulated-clock", MORNING]);
+    let who = "+13055550177";
+    node.inbound("gw-acme", &sms("acme", who, "hi", Some("fl1")))
+        .await;
+    node.advance(3600.0).await;
+    let send = |subject: &'static str| {
+        let node = &node;
+        async move {
+            node.send_admin(
+                Method::POST,
+                "/api/v1/tenants/acme/contacts/%2B13055550177/messages",
+                Some(
+                    &json!({"text": format!("About {subject}"), "purpose": "reminder",
+                             "subject": subject}),
+                ),
+            )
+            .await
+            .1
+        }
+    };
+    for k in 0..3 {
+        let v = send("cleaning").await;
+        assert_eq!(v["decision"], "sent", "{k}: {v}");
+    }
+    let v = send("cleaning").await;
+    assert_eq!(v["decision"], "deferred", "{v}");
+    assert!(
+        v["rule"]
+            .as_str()
+            .unwrap()
+            .contains("Florida frequency cap"),
+        "{v}"
+    );
+    let v = send("billing").await;
+    assert_eq!(v["decision"], "sent", "another subject is not capped: {v}");
+}

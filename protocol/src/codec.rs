@@ -32,7 +32,7 @@ pub enum Kind {
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
-pub const SNAPSHOT_VERSION: u16 = 4;
+pub const SNAPSHOT_VERSION: u16 = 5;
 /// Version 2 added `TimerOwner::Offer`; version 1 rows decode unchanged.
 pub const TIMER_ROW_VERSION: u16 = 2;
 pub const OUTBOX_VERSION: u16 = 2;
@@ -198,7 +198,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<ConversationState, CodecError> {
         (1, p) => decode_exact::<v1::ConversationStateV1>(Kind::Snapshot, 1, p).map(v1::upgrade),
         (2, p) => decode_exact::<v2::ConversationStateV2>(Kind::Snapshot, 2, p).map(v2::upgrade),
         (3, p) => decode_exact::<v3::ConversationStateV3>(Kind::Snapshot, 3, p).map(v3::upgrade),
-        (4, p) => decode_exact(Kind::Snapshot, 4, p),
+        (4, p) => decode_exact::<v4::ConversationStateV4>(Kind::Snapshot, 4, p).map(v4::upgrade),
+        (5, p) => decode_exact(Kind::Snapshot, 5, p),
         (version, _) => Err(CodecError::UnsupportedVersion {
             kind: Kind::Snapshot,
             version,
@@ -251,6 +252,7 @@ mod v1 {
             last_seq: s.last_seq,
             consent: Vec::new(),
             waiting: None,
+            subjects: Default::default(),
         }
     }
 }
@@ -299,6 +301,7 @@ mod v2 {
             last_seq: s.last_seq,
             consent: Vec::new(),
             waiting: None,
+            subjects: Default::default(),
         }
     }
 }
@@ -351,6 +354,61 @@ mod v3 {
             last_seq: s.last_seq,
             consent: s.consent,
             waiting: None,
+            subjects: Default::default(),
+        }
+    }
+}
+
+/// Frozen format version 4 of the snapshot (before `subjects`).
+mod v4 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::conversation::{
+        Captured, Channel, ConsentChange, ConversationState, Identities, Message, PendingTimer,
+        Status, Waiting,
+    };
+    use crate::ids::ConversationId;
+    use crate::time::Timestamp;
+
+    #[derive(Deserialize, Serialize)]
+    pub struct ConversationStateV4 {
+        pub id: ConversationId,
+        pub tenant: String,
+        pub contact: String,
+        pub identities: Identities,
+        pub status: Status,
+        pub created_at: Timestamp,
+        pub updated_at: Timestamp,
+        pub messages: Vec<Message>,
+        pub captured: Captured,
+        pub channels: Vec<Channel>,
+        pub assigned_agent: Option<String>,
+        pub timers: Vec<PendingTimer>,
+        pub last_seq: u32,
+        pub consent: Vec<ConsentChange>,
+        pub waiting: Option<Waiting>,
+    }
+
+    /// A conversation written before subjects were kept has none: its
+    /// earlier messages count towards every subject's cap (the safe side).
+    pub fn upgrade(s: ConversationStateV4) -> ConversationState {
+        ConversationState {
+            id: s.id,
+            tenant: s.tenant,
+            contact: s.contact,
+            identities: s.identities,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            messages: s.messages,
+            captured: s.captured,
+            channels: s.channels,
+            assigned_agent: s.assigned_agent,
+            timers: s.timers,
+            last_seq: s.last_seq,
+            consent: s.consent,
+            waiting: s.waiting,
+            subjects: Default::default(),
         }
     }
 }

@@ -374,6 +374,13 @@ pub enum ConvEvent {
         slots: BTreeMap<String, String>,
         score: Option<f32>,
     },
+    /// The subject of business-initiated message `seq` (frequency caps
+    /// count messages on the same subject). Appended last: records written
+    /// before it existed decode unchanged.
+    SubjectNoted {
+        seq: u32,
+        subject: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -400,6 +407,9 @@ pub struct ConversationState {
     /// Waiting for a person: from an escalation (or an agent letting it
     /// go) until an agent takes it or it closes.
     pub waiting: Option<Waiting>,
+    /// The subject of each business-initiated message the gate let out, by
+    /// message `seq` (messages recorded before subjects were kept have none).
+    pub subjects: BTreeMap<u32, String>,
 }
 
 /// What a conversation waiting for a person asked for.
@@ -444,6 +454,7 @@ impl ConversationState {
                 last_seq: 1,
                 consent: Vec::new(),
                 waiting: None,
+                subjects: BTreeMap::new(),
             }),
             _ => Err(ApplyError::NotCreated),
         }
@@ -543,6 +554,9 @@ impl ConversationState {
                     priority: *priority,
                     since: *at,
                 });
+            }
+            ConvEvent::SubjectNoted { seq, subject } => {
+                self.subjects.insert(*seq, subject.clone());
             }
             ConvEvent::Understood {
                 intent,

@@ -148,6 +148,30 @@ fn snapshot_v4_fixture_still_decodes() {
     assert_eq!(codec::decode_snapshot(&bytes).unwrap(), state);
 }
 
+fn v5_state() -> ConversationState {
+    let mut s = v4_state();
+    s.apply(
+        7,
+        &ConvEvent::SubjectNoted {
+            seq: 2,
+            subject: "spring sale".into(),
+        },
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn snapshot_v5_fixture_still_decodes() {
+    let state = v5_state();
+    assert_eq!(
+        state.subjects.get(&2).map(String::as_str),
+        Some("spring sale")
+    );
+    let bytes = check("snapshot_v5.bin", codec::encode_snapshot(&state));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), state);
+}
+
 #[test]
 fn a_conversation_waits_for_a_person_from_its_escalation_until_taken_or_closed() {
     let mut s = v4_state();

@@ -986,6 +986,7 @@ impl ConvState {
                         purpose: crate::consent::policy::Purpose::Conversational,
                         agent: None,
                         requested: false,
+                        subject: None,
                     },
                     create: false,
                     reply: tx,

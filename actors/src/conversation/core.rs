@@ -144,6 +144,9 @@ pub struct OutboundSpec {
     /// code): a reply to their request, sent at once unless they opted out.
     #[serde(default)]
     pub requested: bool,
+    /// What it is about, for frequency caps (default: its purpose).
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// What the gate decided for an outbound message.
@@ -581,9 +584,14 @@ impl Conversation {
                     && (m.channel == channel || (m.channel == Channel::Voice && channel == Channel::Sms))
                     && now.0 - m.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
             });
+        let subject = spec
+            .subject
+            .clone()
+            .unwrap_or_else(|| spec.purpose.as_str().to_owned());
         let decision = match self.gate(
             channel,
             spec.purpose,
+            &subject,
             now,
             tenant,
             direct_reply || spec.requested,
@@ -615,6 +623,9 @@ impl Conversation {
                     now,
                     tenant.delivery_for(channel),
                 );
+                if !direct_reply && !spec.requested {
+                    self.push(&mut events, ConvEvent::SubjectNoted { seq, subject });
+                }
                 SendOutcome::Sent {
                     message: self.state.message_id(seq),
                     rule: rule.into(),
@@ -855,6 +866,7 @@ impl Conversation {
         &self,
         channel: Channel,
         purpose: Purpose,
+        subject: &str,
         now: Timestamp,
         tenant: &TenantPolicy,
         direct_reply: bool,
@@ -891,11 +903,15 @@ impl Conversation {
                         p.direction == Direction::Inbound
                             && m.recorded_at.0 - p.recorded_at.0 <= DIRECT_REPLY_WINDOW_MS
                     });
+                // On the same subject; a message recorded before subjects
+                // were kept counts for every subject (the safe side).
+                let same_subject = s.subjects.get(&m.seq).is_none_or(|x| x == subject);
                 m.direction == Direction::Outbound
                     && m.author == Author::Bot
                     && m.delivery != Delivery::Blocked
                     && m.recorded_at.0 > day_ago
                     && !answers
+                    && same_subject
             })
             .map(|(_, m)| m.recorded_at)
             .collect();
@@ -913,7 +929,7 @@ impl Conversation {
             now,
             channel,
             purpose,
-            subject: purpose.as_str(),
+            subject,
             consent,
             confirmation: false,
             direct_reply,
@@ -1168,6 +1184,7 @@ impl Conversation {
             purpose: Purpose::Conversational,
             agent: None,
             requested: false,
+            subject: None,
         };
         let (_, more) = self.send_message(spec, now, tenant, next_id);
         events.extend(more);
@@ -1336,6 +1353,7 @@ impl Conversation {
                     purpose: Purpose::Conversational,
                     agent: None,
                     requested: false,
+                    subject: None,
                 };
                 let (_, more) = self.send_message(spec, now, tenant, next_id);
                 events.extend(more);
@@ -1385,6 +1403,7 @@ impl Conversation {
                 purpose: Purpose::Conversational,
                 agent: None,
                 requested: false,
+                subject: None,
             };
             let (_, more) = self.send_message(spec, now, tenant, next_id);
             events.extend(more);
@@ -1429,6 +1448,7 @@ impl Conversation {
             purpose: Purpose::Conversational,
             agent: None,
             requested: false,
+            subject: None,
         };
         self.send_message(spec, now, tenant, next_id).1
     }
@@ -2011,18 +2031,28 @@ impl Conversation {
                 let text = timer.text.clone().unwrap_or_default();
                 self.push(&mut events, ConvEvent::TimerFired { id, at: now });
                 // Judged at the due time, as if the clock had stopped there.
-                let decision = self.gate(channel, purpose, at, tenant, false);
+                let decision = self.gate(channel, purpose, purpose.as_str(), at, tenant, false);
                 self.record_decision(&mut events, channel, purpose, &decision, &text, at);
                 match decision {
-                    Decision::Send { .. } => self.outbound(
-                        &mut events,
-                        channel,
-                        Author::Bot,
-                        text,
-                        at,
-                        now,
-                        tenant.delivery_for(channel),
-                    ),
+                    Decision::Send { .. } => {
+                        let seq = self.state.next_seq();
+                        self.outbound(
+                            &mut events,
+                            channel,
+                            Author::Bot,
+                            text,
+                            at,
+                            now,
+                            tenant.delivery_for(channel),
+                        );
+                        self.push(
+                            &mut events,
+                            ConvEvent::SubjectNoted {
+                                seq,
+                                subject: purpose.as_str().to_owned(),
+                            },
+                        );
+                    }
                     Decision::Block { .. } => self.outbound(
                         &mut events,
                         channel,

@@ -345,6 +345,7 @@ impl PoolState {
                             purpose: Purpose::Conversational,
                             agent: None,
                             requested: false,
+                            subject: None,
                         };
                         let _ = router
                             .send_to_conversation(ConversationId(conv), spec)
@@ -532,6 +533,7 @@ impl PoolState {
                             purpose: Purpose::Conversational,
                             agent: Some(author),
                             requested: false,
+                            subject: None,
                         };
                         let e = match router.send_to_conversation(conversation, spec).await {
                             Ok(Some(outcome)) => AgentEvent::Sent {
