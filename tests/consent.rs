@@ -649,8 +649,31 @@ async fn outreach_needs_a_basis_and_the_decision_names_it() {
         "{v}"
     );
 
-    // The audit trail names each basis, and the missing one.
+    // The audit trail verifies and names each basis, and the missing one:
+    // every decision that let a message out says what it rests on.
     let audit = tenant_audit(&node, "acme", "").await;
+    let out = audit_verify(node.dir.path(), "audit.ndjson", &audit);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut decisions = 0;
+    for line in audit.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let d = &r["detail"];
+        if r["kind"] == "decision" {
+            decisions += 1;
+        }
+        if d["decision"] == "sent" || d["decision"] == "deferred" {
+            let rule = d["rule"].as_str().unwrap();
+            assert!(
+                rule.contains("basis: ") || rule.starts_with("direct reply"),
+                "a decision without its basis: {r}"
+            );
+        }
+    }
+    assert!(decisions >= 4, "{audit}");
     assert!(audit.contains("no basis: no consent on record"), "{audit}");
     assert!(
         audit.contains("basis: the customer contacted the business"),

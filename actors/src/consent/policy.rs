@@ -947,6 +947,25 @@ mod tests {
         assert!(matches!(decide(&r), Decision::Send { .. }));
     }
 
+    /// The rolling day is 24 real hours, also across the spring-forward
+    /// night: three sends on Saturday 10:00-12:00 EST hold a fourth on the
+    /// same subject until 11:00 EDT Sunday (not 10:00, the same wall time).
+    #[test]
+    fn a_cap_across_the_dst_change_counts_real_hours() {
+        let l = loc(&[Rule::Federal, Rule::Florida], &[New_York]);
+        let sent = [
+            t("2026-03-07T15:00:00Z"),
+            t("2026-03-07T16:00:00Z"),
+            t("2026-03-07T17:00:00Z"),
+        ];
+        let mut r = req(t("2026-03-08T14:30:00Z"), Purpose::Marketing, &l);
+        r.sent_on_subject = &sent;
+        assert_eq!(until(decide(&r)), t("2026-03-08T15:00:00.001Z"));
+        // Another subject (the core passes none of these sends): goes now.
+        r.sent_on_subject = &[];
+        assert!(matches!(decide(&r), Decision::Send { .. }));
+    }
+
     #[test]
     fn a_cap_release_inside_quiet_hours_waits_for_the_morning() {
         let l = loc(&[Rule::Federal, Rule::Florida], &[New_York]);
