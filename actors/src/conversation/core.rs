@@ -2384,7 +2384,15 @@ mod tests {
         let events = c
             .fire_timer(7, Timestamp(NOON_ET + 5_003), &t, &mut next)
             .unwrap();
-        assert_eq!(events.len(), 3, "fired, the gate's decision, the message");
+        assert_eq!(
+            events.len(),
+            4,
+            "fired, the gate's decision, the message, its subject"
+        );
+        assert!(matches!(
+            &events[3].1,
+            ConvEvent::SubjectNoted { subject, .. } if subject == "conversational"
+        ));
         assert!(matches!(&events[1].1, ConvEvent::Decided(d) if d.decision == "sent"));
         let out = c.state.messages.last().unwrap();
         assert_eq!(
