@@ -41,6 +41,37 @@ pub async fn run(a: OutboundArgs) -> anyhow::Result<()> {
         (None, Some(addr)) => addr,
         (None, None) => anyhow::bail!("give --node BINARY or --addr HOST:PORT"),
     };
+    // Every contact has consent on record (a web form, say), so the gate
+    // decides real sends: without a basis it would refuse them all.
+    let seeded = Arc::new(AtomicU64::new(0));
+    let mut seeders = Vec::new();
+    for _ in 0..a.clients {
+        let mut conn = Conn::open(addr).await?;
+        let (seeded, contacts) = (seeded.clone(), a.contacts);
+        seeders.push(tokio::spawn(async move {
+            loop {
+                let c = seeded.fetch_add(1, Ordering::Relaxed);
+                if c >= contacts {
+                    break;
+                }
+                let path = format!("/api/v1/tenants/demo/contacts/%2B1557{c:07}/consent");
+                let body =
+                    json!({"status": "opted_in", "source": "import", "proof": "loadtest seed"});
+                let (s, _, b) = conn
+                    .post_json(&path, "dev-admin-token", body.to_string())
+                    .await?;
+                anyhow::ensure!(
+                    s == 201,
+                    "consent answered {s}: {}",
+                    String::from_utf8_lossy(&b)
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in seeders {
+        t.await??;
+    }
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
