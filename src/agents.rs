@@ -723,12 +723,9 @@ pub fn parse_frame(text: &str) -> Result<AgentCommand, String> {
 }
 
 /// `GET /agent`: the desktop.
+/// `GET /agent`: the desktop, which nobody may frame (clickjacking).
 pub fn page() -> Resp {
-    crate::http::text_response(
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        include_str!("agent.html").to_owned(),
-    )
+    crate::http::html_page(include_str!("agent.html").to_owned(), "'none'")
 }
 
 #[cfg(test)]

@@ -457,6 +457,10 @@ pub struct Tenant {
     /// opt-in.
     #[serde(default = "default_outreach_basis")]
     pub outreach_basis: String,
+    /// The sites that may embed the web chat page in a frame (origins such
+    /// as `https://www.example.com`); default: only this node's own pages.
+    #[serde(default)]
+    pub chat_frame_ancestors: Vec<String>,
     /// Sending hours for numbers outside the US, in the recipient's zone
     /// when known, else the tenant's: `"HH:MM-HH:MM"`. US state rules never
     /// apply to them.
@@ -905,6 +909,7 @@ impl Config {
                 missed_call_text: None,
                 whatsapp_templates: Default::default(),
                 outreach_basis: default_outreach_basis(),
+                chat_frame_ancestors: Vec::new(),
                 quiet_hours_abroad: default_quiet_hours_abroad(),
                 quiet_hours_by_country: Default::default(),
                 flow: None,
@@ -1322,6 +1327,28 @@ impl Config {
             }
             if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
                 errs.push((at("missed_call_text"), "must be at most 1600 bytes".into()));
+            }
+            for (j, o) in t.chat_frame_ancestors.iter().enumerate() {
+                let host = o
+                    .strip_prefix("https://")
+                    .or_else(|| o.strip_prefix("http://"))
+                    .unwrap_or("");
+                if host.is_empty()
+                    || o.len() > 256
+                    || !host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:*".contains(&b))
+                {
+                    errs.push((
+                        vec![
+                            Key("tenants"),
+                            Index(i),
+                            Key("chat_frame_ancestors"),
+                            Index(j),
+                        ],
+                        format!("{o:?} is not an origin like https://www.example.com"),
+                    ));
+                }
             }
             if parse_window(&t.quiet_hours_abroad).is_none() {
                 errs.push((

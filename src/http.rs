@@ -223,8 +223,12 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub(crate) fn json_response(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
@@ -259,6 +263,49 @@ pub(crate) fn text_response(status: StatusCode, content_type: &'static str, body
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A page of ours (the web chat, the agent desktop) with the headers a
+/// browser needs to keep it safe: a Content-Security-Policy allowing only
+/// the page's own inline scripts (by hash) and same-origin connections,
+/// who may frame it (`frame_ancestors`, CSP syntax: `'none'`, `'self'` or
+/// origins), no MIME sniffing, no referrer.
+pub(crate) fn html_page(html: String, frame_ancestors: &str) -> Resp {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let mut scripts = String::new();
+    let mut rest = html.as_str();
+    while let Some(start) = rest.find("<script>") {
+        let body = &rest[start + "<script>".len()..];
+        let Some(end) = body.find("</script>") else {
+            break;
+        };
+        let digest = sha2::Sha256::digest(body[..end].as_bytes());
+        scripts.push_str(&format!(
+            " 'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ));
+        rest = &body[end..];
+    }
+    let csp = format!(
+        "default-src 'none'; script-src{scripts}; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors {frame_ancestors}"
+    );
+    let mut r = text_response(StatusCode::OK, "text/html; charset=utf-8", html);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(hyper::header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        hyper::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     r
 }
 

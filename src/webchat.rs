@@ -34,9 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::http::{
-    known_tenant, text_response, via, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES,
-};
+use crate::http::{known_tenant, via, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES};
 use crate::phone;
 
 /// Largest frame a visitor may send.
@@ -716,9 +714,11 @@ pub fn page(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
     let html = include_str!("chat.html")
         .replace("{{TENANT}}", &quick_xml::escape::escape(tenant.as_str()))
         .replace("{{NAME}}", &quick_xml::escape::escape(name.as_str()));
-    Ok(text_response(
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        html,
-    ))
+    let ancestors = app
+        .cfg
+        .tenant(&tenant)
+        .map(|t| t.chat_frame_ancestors.join(" "))
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| "'self'".to_owned());
+    Ok(crate::http::html_page(html, &ancestors))
 }

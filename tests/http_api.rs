@@ -269,6 +269,24 @@ async fn conventions_a_client_relies_on() {
         assert!(seen.insert(id), "request ids are unique");
     }
 
+    // The pages say what a browser may run and who may frame them.
+    for (path, ancestors) in [
+        ("/agent", "frame-ancestors 'none'"),
+        ("/chat?tenant=acme", "frame-ancestors 'self'"),
+    ] {
+        let r = http.get(node.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(csp.contains(ancestors), "{path}: {csp}");
+        assert!(csp.contains("script-src 'sha256-"), "{path}: {csp}");
+        assert!(!csp.contains("script-src 'unsafe-inline'"), "{path}: {csp}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    }
+
     // Metrics: OpenMetrics, with the build and per-route series.
     let r = http.get(node.url("/metrics")).send().await.unwrap();
     assert!(r.headers()["content-type"]
