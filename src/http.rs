@@ -281,7 +281,7 @@ pub(crate) fn html_page(html: String, frame_ancestors: &str) -> Resp {
         let Some(end) = body.find("</script>") else {
             break;
         };
-        let digest = sha2::Sha256::digest(body[..end].as_bytes());
+        let digest = sha2::Sha256::digest(&body.as_bytes()[..end]);
         scripts.push_str(&format!(
             " 'sha256-{}'",
             base64::engine::general_purpose::STANDARD.encode(digest)
