@@ -34,7 +34,7 @@ use crate::http::{
     admin, bearer, ct_eq, json_response, known_tenant, message_json, parse_json, read_body,
     ApiError, App, Resp,
 };
-use crate::webchat::{accept_websocket, close_socket, error_frame, write_frames, Ws};
+use crate::webchat::{accept_websocket, close_socket, error_frame, write_frames, Closing, Ws};
 
 /// Agent tokens and where each agent was defined.
 pub struct AgentDirectory {
@@ -557,18 +557,24 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             write_frames(&app, &mut ws, [error_frame("unknown_agent", e)]).await;
-            close_socket(&app, ws).await;
+            close_socket(&app, ws, Closing::Normal).await;
             return;
         }
         Err(e) => {
             write_frames(&app, &mut ws, [error_frame("unavailable", e.to_string())]).await;
-            close_socket(&app, ws).await;
+            close_socket(&app, ws, Closing::Normal).await;
             return;
         }
     };
     app.shared.metrics.websockets.inc();
+    let mut stopping = app.stopping.subscribe();
+    let mut why = Closing::Normal;
     loop {
         tokio::select! {
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                why = Closing::Away;
+                break;
+            }
             frame = ws.next() => match frame {
                 Some(Ok(Frame::Text(t))) => {
                     if let Err(e) = on_frame(&app, &agent, t.as_str()) {
@@ -586,6 +592,7 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     write_frames(&app, &mut ws, [error_frame("protocol", e.to_string())]).await;
+                    why = Closing::Protocol;
                     break;
                 }
             },
@@ -611,7 +618,7 @@ async fn serve(app: Arc<App>, mut ws: Ws, agent: String) {
     }
     session.stop();
     app.shared.metrics.websockets.dec();
-    close_socket(&app, ws).await;
+    close_socket(&app, ws, why).await;
 }
 
 fn conversation_field(v: &Value) -> Result<ConversationId, String> {

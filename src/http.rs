@@ -47,6 +47,9 @@ pub struct App {
     /// Gateway token → tenant id.
     gateway_tokens: HashMap<String, String>,
     pub draining: AtomicBool,
+    /// Flips to true when the node starts draining: open WebSockets close
+    /// with 1001 (going away) so their clients reconnect elsewhere or later.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// The clock, when it is simulated (`--simulated-clock`).
     simulated: Option<Arc<ManualClock>>,
     /// Open web-chat sockets.
@@ -112,6 +115,7 @@ impl App {
             shared: runtime.shared.clone(),
             gateway_tokens,
             draining: AtomicBool::new(false),
+            stopping: tokio::sync::watch::Sender::new(false),
             simulated,
             cluster: None,
             limiter: source_limiter(&cfg_server),
@@ -367,6 +371,7 @@ pub async fn serve(
         }
     }
     app.draining.store(true, Ordering::SeqCst);
+    app.stopping.send_replace(true);
     drop(listener);
     let _ = stop_tx.send(true);
     let drained = async { while conns.join_next().await.is_some() {} };

@@ -309,10 +309,41 @@ pub async fn write_frames(
     }
 }
 
-/// Closes `ws`, waiting no longer than the write deadline.
-pub async fn close_socket(app: &App, mut ws: Ws) {
+/// Why a socket ends, as its close frame says it.
+#[derive(Debug, Clone, Copy)]
+pub enum Closing {
+    /// The client closed, went idle, or the session ended: 1000.
+    Normal,
+    /// The node is draining: 1001, reconnect (elsewhere or later).
+    Away,
+    /// The client broke the protocol (a frame too large...): 1002.
+    Protocol,
+}
+
+/// Closes `ws` with a close code (a client that closed first gets its
+/// close answered), waiting no longer than the write deadline.
+pub async fn close_socket(app: &App, mut ws: Ws, why: Closing) {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let (code, reason) = match why {
+        Closing::Normal => (CloseCode::Normal, ""),
+        Closing::Away => (CloseCode::Away, "the node is restarting; reconnect"),
+        Closing::Protocol => (CloseCode::Protocol, "protocol error"),
+    };
     let deadline = write_deadline(app);
-    let _ = tokio::time::timeout(deadline, ws.close(None)).await;
+    let close = async {
+        // A close the client started is answered by tungstenite on the
+        // next flush; one the node starts carries its code.
+        if ws.flush().await.is_ok() {
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))
+                .await;
+        }
+    };
+    let _ = tokio::time::timeout(deadline, close).await;
 }
 
 /// How long a client may take to accept a frame
@@ -348,8 +379,14 @@ async fn serve(
         ip,
         claims: 0,
     };
+    let mut stopping = app.stopping.subscribe();
+    let mut why = Closing::Normal;
     while ok {
         tokio::select! {
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                why = Closing::Away;
+                break;
+            }
             frame = ws.next() => {
                 idle_until = tokio::time::Instant::now() + idle;
                 let answer = match frame {
@@ -368,6 +405,7 @@ async fn serve(
                     Some(Err(e)) => {
                         // A protocol violation (oversized frame...): say why, then close.
                         write_frames(&app, &mut ws, [error_frame("protocol", e.to_string())]).await;
+                        why = Closing::Protocol;
                         break;
                     }
                 };
@@ -387,7 +425,7 @@ async fn serve(
     }
     app.chat.remove(&key, sock);
     app.shared.metrics.websockets.dec();
-    close_socket(&app, ws).await;
+    close_socket(&app, ws, why).await;
 }
 
 /// The `history` frame: what the visitor said and was told in web chat

@@ -50,20 +50,9 @@ tenants = ["acme"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_accepts_an_offer_and_replies_in_the_desktop_page() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
-    if !ready {
-        assert_ne!(
-            std::env::var("THREADLINE_BROWSER_TESTS").as_deref(),
-            Ok("require"),
-            "the browser test needs {chromium} and `npm ci --prefix tests/browser` (.ci/run installs both)"
-        );
-        eprintln!(
-            "SKIPPED: no {chromium} or tests/browser/node_modules (run .ci/run to install them)"
-        );
+    let Some((dir, chromium)) = browser() else {
         return;
-    }
+    };
     let fake = FakeTwilio::start().await;
     let node = Node::start_with_config(&config(&fake.base), &[]);
     let shot = node.dir.path().join("agent-desktop.png");
@@ -126,6 +115,138 @@ async fn an_agent_accepts_an_offer_and_replies_in_the_desktop_page() {
     // Kept for people to look at: target/agent-desktop.png.
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agent-desktop.png");
     let _ = std::fs::copy(&shot, keep);
+}
+
+/// The scripts' folder and chromium, when both are there; otherwise the
+/// test is skipped (or fails, in CI: `THREADLINE_BROWSER_TESTS=require`).
+fn browser() -> Option<(std::path::PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ready = Path::new(&chromium).exists() && dir.join("node_modules/playwright-core").exists();
+    if !ready {
+        assert_ne!(
+            std::env::var("THREADLINE_BROWSER_TESTS").as_deref(),
+            Ok("require"),
+            "the browser test needs {chromium} and `npm ci --prefix tests/browser` (.ci/run installs both)"
+        );
+        eprintln!(
+            "SKIPPED: no {chromium} or tests/browser/node_modules (run .ci/run to install them)"
+        );
+        return None;
+    }
+    Some((dir, chromium))
+}
+
+/// A node on a fixed port, so a restarted one is found where the page
+/// left it.
+fn node_on(port: u16, dir: &Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_threadline"))
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("threadline.toml"))
+        .args(["--http", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        let l = lines
+            .next()
+            .expect("the node says where it listens")
+            .unwrap();
+        if l.starts_with("threadline listening on") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+/// A chat message typed while the node restarts is kept by the page (also
+/// when the customer closes the tab and comes back) and arrives once the
+/// node is back, exactly once; the socket is told to go away (1001) when
+/// the node drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_message_typed_during_a_restart_arrives_once() {
+    let Some((scripts, chromium)) = browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("threadline.toml"),
+        config("http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut node = node_on(port, dir.path());
+    let shot = dir.path().join("chat.png");
+    let mut page = Command::new("node")
+        .arg(scripts.join("chat_resend.mjs"))
+        .arg(&base)
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut to_page = page.stdin.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = page.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let visitor = expect(&mut rx, "VISITOR").await;
+    let visitor = visitor.trim_start_matches("VISITOR ").to_owned();
+    expect(&mut rx, "READY").await;
+    // A graceful stop: the page's socket is closed with 1001.
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    assert!(node.wait().unwrap().success());
+    use std::io::Write;
+    writeln!(to_page, "DOWN").unwrap();
+    expect(&mut rx, "SENT").await;
+    assert_eq!(
+        expect(&mut rx, "CLOSED").await,
+        "CLOSED 1001",
+        "a draining node tells the page to go away and come back"
+    );
+    let mut node = node_on(port, dir.path());
+    writeln!(to_page, "UP").unwrap();
+    let log = expect(&mut rx, "LOG").await;
+    expect(&mut rx, "DONE").await;
+    drop(to_page);
+    assert!(page.wait().unwrap().success());
+    assert!(log.contains("during the restart"), "{log}");
+    let c: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{base}/api/v1/tenants/acme/contacts/{visitor}/conversation"
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let said = texts_where(&c, "author", "customer");
+    assert_eq!(said, ["before the restart", "during the restart"], "{c}");
+    let _ = std::fs::copy(
+        &shot,
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chat-restart.png"),
+    );
+    let _ = node.kill();
+    let _ = node.wait();
 }
 
 /// The browser script's next line starting with `what`.
