@@ -249,6 +249,82 @@ async fn a_chat_message_typed_during_a_restart_arrives_once() {
     let _ = node.wait();
 }
 
+/// The desktop refuses a wrong token on its sign-in screen, and keeps the
+/// agent's chosen status across a node restart: the next customer who
+/// asks for a person is offered to them (the node forgets presence when
+/// it restarts; the desktop tells it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desktop_keeps_the_agents_status_across_a_restart() {
+    let Some((scripts, chromium)) = browser() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("threadline.toml"),
+        config("http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut node = node_on(port, dir.path());
+    let shot = dir.path().join("desktop.png");
+    let mut page = Command::new("node")
+        .arg(scripts.join("agent_restart.mjs"))
+        .args([&base, "agent-sarah"])
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut to_page = page.stdin.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = page.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let refused = expect(&mut rx, "REFUSED").await;
+    assert!(refused.contains("Sign-in failed"), "{refused}");
+    expect(&mut rx, "READY").await;
+    unsafe { libc::kill(node.id() as i32, libc::SIGTERM) };
+    assert!(node.wait().unwrap().success());
+    let mut node = node_on(port, dir.path());
+    use std::io::Write;
+    writeln!(to_page, "UP").unwrap();
+    expect(&mut rx, "BACK").await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/inbound"))
+        .bearer_auth("gw-acme")
+        .json(&sms(
+            "acme",
+            "+15551230002",
+            "Can I talk to a person?",
+            Some("r1"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let offer = expect(&mut rx, "OFFER").await;
+    assert!(offer.contains("Can I talk to a person?"), "{offer}");
+    expect(&mut rx, "DONE").await;
+    drop(to_page);
+    assert!(page.wait().unwrap().success());
+    let _ = std::fs::copy(
+        &shot,
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/desktop-restart.png"),
+    );
+    let _ = node.kill();
+    let _ = node.wait();
+}
+
 /// The browser script's next line starting with `what`.
 async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> String {
     loop {
