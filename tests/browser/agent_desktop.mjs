@@ -22,10 +22,10 @@ try {
   await page.waitForFunction(() => document.querySelector('#conn').textContent === 'connected');
   await page.waitForTimeout(200);
   console.log('READY');
-  const accept = await page.waitForSelector('.offer .accept', { timeout: 20000 });
+  await page.waitForSelector('.offer .accept', { timeout: 20000 });
   const offerText = await page.textContent('.offer');
   console.log('OFFER ' + offerText.replace(/\s+/g, ' '));
-  await accept.click();
+  await page.locator('.offer .accept').first().click();
   await page.waitForSelector('#transcript .msg', { timeout: 10000 });
   const transcript = await page.textContent('#transcript');
   console.log('TRANSCRIPT ' + transcript.replace(/\s+/g, ' '));
