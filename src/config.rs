@@ -674,12 +674,13 @@ impl Config {
             match toml::from_str::<Config>(&text) {
                 Ok(cfg) => break Some(cfg),
                 Err(e) => {
-                    let path = match key_from_toml_error(&e) {
-                        Some(k) if !k.contains('.') => {
-                            e.span().and_then(|r| key_path_at(&text, r.start))
-                        }
-                        _ => e.span().and_then(|r| key_path_at(&text, r.start)),
-                    };
+                    let mut path = e.span().and_then(|r| key_path_at(&text, r.start));
+                    // A missing key is named inside the table that lacks it.
+                    let missing = e.message().contains("missing field `");
+                    if let (true, Some(p), Some(k)) = (missing, &mut path, key_from_toml_error(&e))
+                    {
+                        p.push(OwnedSeg::Key(k));
+                    }
                     let (key, line) = match &path {
                         Some(p) => (owned_path_text(p), owned_line_of(src, p)),
                         None => (
@@ -803,11 +804,13 @@ fn key_path_at(src: &str, offset: usize) -> Option<Vec<OwnedSeg>> {
     }
     fn walk_item(item: &toml_edit::Item, offset: usize, path: &mut Vec<OwnedSeg>) -> bool {
         match item {
-            toml_edit::Item::Table(t) => walk_table(t, offset, path),
+            toml_edit::Item::Table(t) => walk_table(t, offset, path) || covers(t.span(), offset),
             toml_edit::Item::ArrayOfTables(a) => {
                 for (i, t) in a.iter().enumerate() {
                     path.push(OwnedSeg::Index(i));
-                    if walk_table(t, offset, path) {
+                    // A key in the entry, or else the entry itself (its
+                    // header: where a missing key is reported).
+                    if walk_table(t, offset, path) || covers(t.span(), offset) {
                         return true;
                     }
                     path.pop();
@@ -1628,7 +1631,10 @@ capacity = { chat = 3, voice = 1 }
         let e = error_of("[server\nhttp = 1");
         assert_eq!(e.line, Some(1));
         let e = error_of(&GOOD.replace("id = \"beta\"\n", ""));
-        assert_eq!(e.key, "id");
+        assert_eq!(
+            e.key, "tenants[1].id",
+            "a missing key is named in its table"
+        );
     }
 
     /// Five broken keys of three kinds (a wrong type, an unknown key, three
