@@ -574,16 +574,30 @@ enum Seg {
 }
 
 fn path_text(path: &[Seg]) -> String {
+    segs_text(path.iter().map(Seg::as_ref))
+}
+
+impl Seg {
+    fn as_ref(&self) -> SegRef<'static> {
+        match self {
+            Seg::Key(k) => SegRef::Key(k),
+            Seg::Index(i) => SegRef::Index(*i),
+        }
+    }
+}
+
+/// `tenants[0].timezone` from its steps.
+fn segs_text<'a>(path: impl Iterator<Item = SegRef<'a>>) -> String {
     let mut s = String::new();
     for seg in path {
         match seg {
-            Seg::Key(k) => {
+            SegRef::Key(k) => {
                 if !s.is_empty() {
                     s.push('.');
                 }
                 s.push_str(k);
             }
-            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+            SegRef::Index(i) => s.push_str(&format!("[{i}]")),
         }
     }
     s
@@ -599,13 +613,7 @@ enum SegRef<'a> {
 /// The 1-based line where the value at `path` (or its nearest present
 /// ancestor) is written.
 fn line_of(src: &str, path: &[Seg]) -> Option<usize> {
-    let path: Vec<SegRef> = path
-        .iter()
-        .map(|s| match s {
-            Seg::Key(k) => SegRef::Key(k),
-            Seg::Index(i) => SegRef::Index(*i),
-        })
-        .collect();
+    let path: Vec<SegRef> = path.iter().map(Seg::as_ref).collect();
     line_of_path(src, &path)
 }
 
@@ -755,30 +763,21 @@ enum OwnedSeg {
 }
 
 fn owned_path_text(path: &[OwnedSeg]) -> String {
-    let mut s = String::new();
-    for seg in path {
-        match seg {
-            OwnedSeg::Key(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            OwnedSeg::Index(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
+    segs_text(path.iter().map(OwnedSeg::as_ref))
 }
 
 fn owned_line_of(src: &str, path: &[OwnedSeg]) -> Option<usize> {
-    let path: Vec<SegRef> = path
-        .iter()
-        .map(|s| match s {
+    let path: Vec<SegRef> = path.iter().map(OwnedSeg::as_ref).collect();
+    line_of_path(src, &path)
+}
+
+impl OwnedSeg {
+    fn as_ref(&self) -> SegRef<'_> {
+        match self {
             OwnedSeg::Key(k) => SegRef::Key(k),
             OwnedSeg::Index(i) => SegRef::Index(*i),
-        })
-        .collect();
-    line_of_path(src, &path)
+        }
+    }
 }
 
 /// The path of the innermost key whose entry (key or value) covers

@@ -463,7 +463,10 @@ async fn connection<IO>(
 async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     let started = std::time::Instant::now();
     let method = method_label(req.method());
-    let template = crate::routes::template(req.uri().path());
+    // The route is looked up once: for the labels here and the dispatch.
+    let path = req.uri().path().to_owned();
+    let found = crate::routes::find(req.method(), &path);
+    let template = found.template();
     let rid = request_id(&req);
     // At error level so that it is on whenever anything is logged: every
     // line written while the request is handled carries its id.
@@ -478,7 +481,9 @@ async fn handle(app: Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
         http.route = template,
         http.response.status_code = tracing::field::Empty,
     );
-    let mut resp = answer(&app, req, peer).instrument(span.clone()).await;
+    let mut resp = answer(&app, req, peer, found)
+        .instrument(span.clone())
+        .await;
     let status = resp.status().as_u16();
     span.record("http.response.status_code", status);
     let took = started.elapsed();
@@ -536,7 +541,7 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 /// The answer to one request: the per-source rate limit, then the route.
-async fn answer(app: &Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
+async fn answer(app: &Arc<App>, req: Request<Body>, peer: SocketAddr, found: Matched<'_>) -> Resp {
     if let Some(limiter) = &app.limiter {
         let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
         if let (false, Err(not_until)) = (exempt, limiter.check_key(&peer.ip())) {
@@ -560,7 +565,7 @@ async fn answer(app: &Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
             return r;
         }
     }
-    let resp = match route(app, req).await {
+    let resp = match route(app, req, found).await {
         Ok(r) => r,
         Err(e) => error_response(e),
     };
@@ -570,7 +575,8 @@ async fn answer(app: &Arc<App>, req: Request<Body>, peer: SocketAddr) -> Resp {
     resp
 }
 
-async fn route(app: &Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
+/// Dispatches a request on its entry of the route table.
+async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result<Resp, ApiError> {
     let path = req.uri().path().to_owned();
     if path.len() > MAX_URL_BYTES {
         return Err(ApiError::new(
@@ -579,9 +585,11 @@ async fn route(app: &Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
             "the request path is too long",
         ));
     }
-    let (op, params) = match crate::routes::find(req.method(), &path) {
+    let (op, params) = match found {
         Matched::Found(op, params) => (op, params),
-        Matched::WrongMethod(allowed) => return Err(ApiError::method_not_allowed(&req, allowed)),
+        Matched::WrongMethod(_, allowed) => {
+            return Err(ApiError::method_not_allowed(&req, allowed))
+        }
         Matched::NotFound => return Err(ApiError::not_found(format!("no endpoint {path}"))),
     };
     check_content_type(op, &req)?;
@@ -599,7 +607,7 @@ async fn route(app: &Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
         Op::OpenApi => Ok(text_response(
             StatusCode::OK,
             "application/json",
-            crate::openapi::document_text(),
+            crate::openapi::document_text().to_owned(),
         )),
         Op::ChatSocket => crate::webchat::upgrade(app.clone(), req),
         Op::AgentSocket => crate::agents::upgrade(app.clone(), req),
@@ -994,7 +1002,9 @@ pub fn peer_handler(app: std::sync::Weak<App>) -> RequestHandler {
                 }
             }
             req.extensions_mut().insert(PassedOn);
-            let resp = route(&app, req).await.unwrap_or_else(error_response);
+            let path = req.uri().path().to_owned();
+            let found = crate::routes::find(req.method(), &path);
+            let resp = route(&app, req, found).await.unwrap_or_else(error_response);
             answer_of(resp).await
         })
     })

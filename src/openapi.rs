@@ -10,11 +10,15 @@ use serde_json::{json, Map, Value};
 
 use crate::routes::{Auth, BodyKind, Op, Operation, OPERATIONS};
 
-/// The document, as pretty JSON with a final newline.
-pub fn document_text() -> String {
-    let mut s = serde_json::to_string_pretty(&document()).expect("a JSON value serializes");
-    s.push('\n');
-    s
+/// The document, as pretty JSON with a final newline (made once: it
+/// depends only on the binary).
+pub fn document_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let mut s = serde_json::to_string_pretty(&document()).expect("a JSON value serializes");
+        s.push('\n');
+        s
+    })
 }
 
 /// The document.

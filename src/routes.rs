@@ -267,9 +267,22 @@ pub static OPERATIONS: &[Operation] = &[
 /// A request matched against the table.
 pub enum Matched<'p> {
     Found(&'static Operation, matchit::Params<'static, 'p>),
-    /// The path exists, not with this method: these are allowed.
-    WrongMethod(Vec<&'static Method>),
+    /// The path exists (this template), not with this method: these are
+    /// allowed.
+    WrongMethod(&'static str, Vec<&'static Method>),
     NotFound,
+}
+
+impl Matched<'_> {
+    /// The route template a request is counted and logged under: the
+    /// matched path's, or `unmatched` (bounded labels whatever is asked).
+    pub fn template(&self) -> &'static str {
+        match self {
+            Matched::Found(o, _) => o.path,
+            Matched::WrongMethod(t, _) => t,
+            Matched::NotFound => "unmatched",
+        }
+    }
 }
 
 fn matcher() -> &'static matchit::Router<Vec<&'static Operation>> {
@@ -295,16 +308,7 @@ pub fn find<'p>(method: &Method, path: &'p str) -> Matched<'p> {
     };
     match m.value.iter().find(|o| o.method == *method) {
         Some(o) => Matched::Found(o, m.params),
-        None => Matched::WrongMethod(m.value.iter().map(|o| &o.method).collect()),
-    }
-}
-
-/// The route template a request is counted and logged under: the
-/// operation's path, or `unmatched` (bounded labels whatever is asked).
-pub fn template(path: &str) -> &'static str {
-    match matcher().at(path) {
-        Ok(m) => m.value[0].path,
-        Err(_) => "unmatched",
+        None => Matched::WrongMethod(m.value[0].path, m.value.iter().map(|o| &o.method).collect()),
     }
 }
 
@@ -326,7 +330,7 @@ mod tests {
     #[test]
     fn a_known_path_with_another_method_lists_the_allowed_ones() {
         match find(&Method::PATCH, "/api/v1/tenants/demo/calendar/slots/x") {
-            Matched::WrongMethod(m) => assert_eq!(m, [&Method::PUT, &Method::DELETE]),
+            Matched::WrongMethod(_, m) => assert_eq!(m, [&Method::PUT, &Method::DELETE]),
             _ => panic!("expected 405"),
         }
         assert!(matches!(find(&Method::GET, "/nope"), Matched::NotFound));

@@ -56,22 +56,17 @@ async fn an_agent_accepts_an_offer_and_replies_in_the_desktop_page() {
     let fake = FakeTwilio::start().await;
     let node = Node::start_with_config(&config(&fake.base), &[]);
     let shot = node.dir.path().join("agent-desktop.png");
-    let mut browser = Command::new("node")
-        .arg(dir.join("agent_desktop.mjs"))
-        .args([&node.base, "agent-sarah", REPLY])
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let out = browser.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut browser, _stdin, mut rx) = run_script(
+        &dir,
+        &chromium,
+        "agent_desktop.mjs",
+        &[
+            node.base.as_ref(),
+            "agent-sarah".as_ref(),
+            REPLY.as_ref(),
+            shot.as_ref(),
+        ],
+    );
     expect(&mut rx, "READY").await;
     let (s, v) = node
         .inbound(
@@ -175,38 +170,14 @@ async fn a_chat_message_typed_during_a_restart_arrives_once() {
     let Some((scripts, chromium)) = browser() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("threadline.toml"),
-        config("http://127.0.0.1:9"),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut node = node_on(port, dir.path());
+    let (dir, port, base, mut node) = restartable_node();
     let shot = dir.path().join("chat.png");
-    let mut page = Command::new("node")
-        .arg(scripts.join("chat_resend.mjs"))
-        .arg(&base)
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let mut to_page = page.stdin.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let out = page.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut page, mut to_page, mut rx) = run_script(
+        &scripts,
+        &chromium,
+        "chat_resend.mjs",
+        &[base.as_ref(), shot.as_ref()],
+    );
     let visitor = expect(&mut rx, "VISITOR").await;
     let visitor = visitor.trim_start_matches("VISITOR ").to_owned();
     expect(&mut rx, "READY").await;
@@ -258,38 +229,14 @@ async fn the_desktop_keeps_the_agents_status_across_a_restart() {
     let Some((scripts, chromium)) = browser() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("threadline.toml"),
-        config("http://127.0.0.1:9"),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut node = node_on(port, dir.path());
+    let (dir, port, base, mut node) = restartable_node();
     let shot = dir.path().join("desktop.png");
-    let mut page = Command::new("node")
-        .arg(scripts.join("agent_restart.mjs"))
-        .args([&base, "agent-sarah"])
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node runs");
-    let mut to_page = page.stdin.take().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let out = page.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut page, mut to_page, mut rx) = run_script(
+        &scripts,
+        &chromium,
+        "agent_restart.mjs",
+        &[base.as_ref(), "agent-sarah".as_ref(), shot.as_ref()],
+    );
     let refused = expect(&mut rx, "REFUSED").await;
     assert!(refused.contains("Sign-in failed"), "{refused}");
     expect(&mut rx, "READY").await;
@@ -323,6 +270,56 @@ async fn the_desktop_keeps_the_agents_status_across_a_restart() {
     );
     let _ = node.kill();
     let _ = node.wait();
+}
+
+/// Runs the browser script `name` with `args`: its stdin, and its stdout
+/// lines as they come.
+fn run_script(
+    scripts: &Path,
+    chromium: &str,
+    name: &str,
+    args: &[&std::ffi::OsStr],
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut child = Command::new("node")
+        .arg(scripts.join(name))
+        .args(args)
+        .env("CHROMIUM", chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let stdin = child.stdin.take().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, stdin, rx)
+}
+
+/// A node on a free port it keeps across restarts (`node_on`), with this
+/// file's config: its folder, port and base URL.
+fn restartable_node() -> (tempfile::TempDir, u16, String, std::process::Child) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("threadline.toml"),
+        config("http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = node_on(port, dir.path());
+    (dir, port, format!("http://127.0.0.1:{port}"), node)
 }
 
 /// The browser script's next line starting with `what`.

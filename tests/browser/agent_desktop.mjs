@@ -2,14 +2,10 @@
 // sign in, go available, accept the offer that arrives, reply, screenshot.
 // Usage: node agent_desktop.mjs BASE_URL TOKEN REPLY SCREENSHOT
 // Prints READY once available and DONE after the reply was sent.
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 
 const [base, token, reply, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
   page.on('pageerror', (e) => { console.error('page error:', e.message); process.exitCode = 3; });

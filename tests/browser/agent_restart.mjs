@@ -4,17 +4,13 @@
 // customer who asks for a person is offered to them.
 // Usage: node agent_restart.mjs BASE_URL TOKEN SCREENSHOT
 // Reads UP on stdin; prints REFUSED, READY, BACK, OFFER and DONE.
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 import * as readline from 'node:readline';
 
 const [base, token, screenshot] = process.argv.slice(2);
 const rl = readline.createInterface({ input: process.stdin });
 const lines = rl[Symbol.asyncIterator]();
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
   page.on('pageerror', (e) => { console.error('page error:', e.message); process.exitCode = 3; });

@@ -3,7 +3,7 @@
 // and sent once the node is back. Reads DOWN and UP on stdin; prints
 // READY, SENT, VISITOR <id> and DONE.
 // Usage: node chat_resend.mjs BASE_URL SCREENSHOT
-import { chromium } from 'playwright-core';
+import { launch } from './launch.mjs';
 import * as readline from 'node:readline';
 
 const [base, screenshot] = process.argv.slice(2);
@@ -13,11 +13,7 @@ async function expect(word) {
   const { value } = await lines.next();
   if (value !== word) throw new Error(`expected ${word}, got ${value}`);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-         '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const noPending = () => document.querySelectorAll('.pending').length === 0;
 try {
   const context = await browser.newContext({ viewport: { width: 420, height: 700 } });
