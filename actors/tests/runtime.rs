@@ -333,3 +333,68 @@ async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
     drop((shared, first));
     rt.shutdown().await;
 }
+
+/// Replaces every occurrence of `from` in `file` by `to` (same length).
+fn damage(file: &std::path::Path, from: &[u8], to: &[u8]) -> usize {
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut n = 0;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(from.len()).position(|w| w == from) {
+        bytes[i + at..i + at + to.len()].copy_from_slice(to);
+        i += at + from.len();
+        n += 1;
+    }
+    std::fs::write(file, bytes).unwrap();
+    n
+}
+
+/// A write the store refused is never shown by a read, not even by one
+/// the conversation answers while that write is still on its way to the
+/// disk (the actor takes its next message before its commit is done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_never_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        Runtime::start(
+            RuntimeConfig::new(dir.path()),
+            Arc::new(ManualClock::new(Timestamp(1_800_000_000_000))),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap()
+    };
+    let rt = start().await;
+    for (c, text) in [
+        ("+15550000001", "code ZEBRA-7731"),
+        ("+15550000002", "hello"),
+    ] {
+        rt.router.deliver("acme", c, sms(c, text)).await.unwrap();
+    }
+    rt.shutdown().await;
+    // Damage found at open: the node commits nothing more.
+    let file = dir.path().join(threadline_actors::store::DB_FILE);
+    assert!(damage(&file, b"ZEBRA-7731", b"ZEBRA-7732") > 0);
+    let rt = Arc::new(start().await);
+    let contact = "+15550000002";
+    for i in 0..40 {
+        let text = format!("again {i}");
+        let write = {
+            let rt = rt.clone();
+            let text = text.clone();
+            tokio::spawn(async move {
+                rt.router
+                    .deliver("acme", contact, sms(contact, &text))
+                    .await
+            })
+        };
+        while !write.is_finished() {
+            if let Ok(Some(s)) = rt.router.view("acme", contact).await {
+                let texts: Vec<_> = s.messages.iter().map(|m| m.text.as_str()).collect();
+                assert_eq!(texts, ["hello"], "round {i}");
+            }
+        }
+        assert!(write.await.unwrap().is_err(), "round {i}: refused");
+    }
+    let s = rt.router.view("acme", contact).await.unwrap().unwrap();
+    assert_eq!(s.messages.len(), 1);
+}

@@ -208,6 +208,28 @@ impl ConvMsg {
 
 pub struct ConversationActor;
 
+/// The actor's commits in flight. The actor takes its next message before
+/// its last commit is durable, so its in-memory state may be ahead of the
+/// disk: a read waits for what it shows to be durable, and once a commit
+/// has failed the state is known wrong and nothing more is served from it
+/// (the actor stops and its successor reloads what is durable).
+#[derive(Default)]
+struct Commits {
+    in_flight: std::sync::atomic::AtomicU32,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+impl Commits {
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// What a caller sees of a conversation whose earlier write failed.
+fn reloading() -> ConvError {
+    ConvError::Unavailable("an earlier write of this conversation failed; retry".into())
+}
+
 pub struct ConvArgs {
     pub key: ConvKey,
     pub meta: Arc<EntryMeta>,
@@ -223,6 +245,9 @@ pub struct ConvState {
     epoch: u64,
     /// In-memory state holds events whose commit failed: never snapshot it.
     poisoned: bool,
+    /// Commits submitted and not yet answered, and whether one failed:
+    /// what a read shows must be durable.
+    commits: Arc<Commits>,
     /// Calendar changes to commit with the next events.
     pending_calendar: Vec<crate::store::CalendarWrite>,
     /// The next commit copies another conversation's history (a merge):
@@ -248,6 +273,7 @@ impl Actor for ConversationActor {
             since_snapshot: 0,
             epoch: 0,
             poisoned: false,
+            commits: Arc::default(),
             pending_calendar: Vec::new(),
             importing: false,
         })
@@ -261,7 +287,7 @@ impl Actor for ConversationActor {
         myself: ActorRef<ConvMsg>,
         st: &mut ConvState,
     ) -> Result<(), ActorProcessingErr> {
-        if st.since_snapshot > 0 && !st.poisoned {
+        if st.since_snapshot > 0 && !st.poisoned && !st.commits.failed() {
             let (tx, rx) = oneshot::channel();
             if st
                 .snapshot(Some(Box::new(move |r| {
@@ -295,6 +321,10 @@ impl Actor for ConversationActor {
 
 async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
     let needs_state = !matches!(msg, ConvMsg::Passivate { .. } | ConvMsg::StorageFailed);
+    if needs_state && st.commits.failed() {
+        msg.fail(reloading());
+        return;
+    }
     if needs_state {
         if let Err(e) = st.ensure_loaded().await {
             msg.fail(e);
@@ -305,9 +335,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
         ConvMsg::Inbound { msg, meta, reply } => {
             st.on_inbound(&myself, msg, meta, reply).await;
         }
-        ConvMsg::View { reply } => {
-            let _ = reply.send(Ok(st.conv.as_ref().map(|c| c.state.clone())));
-        }
+        ConvMsg::View { reply } => st.view(reply).await,
         ConvMsg::ScheduleTimer { spec, reply } => {
             let shared = st.args.shared.clone();
             let Some(conv) = st.conv.as_mut() else {
@@ -622,6 +650,7 @@ impl ConvState {
                     .await;
                 if let Err(e) = reserved {
                     self.pending_calendar.clear();
+                    self.commits.failed.store(true, Ordering::SeqCst);
                     then(Err(ConvError::Unavailable(e)));
                     let _ = myself.cast(ConvMsg::StorageFailed);
                     return;
@@ -782,6 +811,8 @@ impl ConvState {
             return;
         }
         self.since_snapshot += records.len() as u32;
+        let commits = self.commits.clone();
+        commits.in_flight.fetch_add(1, Ordering::SeqCst);
         let me = myself.clone();
         let shared = self.args.shared.clone();
         let notify = timers.clone();
@@ -794,6 +825,7 @@ impl ConvState {
             .collect();
         let done: Done = Box::new(move |r| match r {
             Ok(()) => {
+                commits.in_flight.fetch_sub(1, Ordering::SeqCst);
                 if !queued.is_empty() {
                     if let Some(s) = shared.sender.read().as_ref() {
                         for e in queued {
@@ -825,6 +857,10 @@ impl ConvState {
                 then(Ok(()));
             }
             Err(e) => {
+                // Known before anyone hears of the failure: no read
+                // answered after this shows the refused events.
+                commits.failed.store(true, Ordering::SeqCst);
+                commits.in_flight.fetch_sub(1, Ordering::SeqCst);
                 then(Err(conv_error(e)));
                 let _ = me.cast(ConvMsg::StorageFailed);
             }
@@ -847,6 +883,34 @@ impl ConvState {
         if self.since_snapshot >= self.args.shared.snapshot_every {
             self.snapshot(None).await;
         }
+    }
+
+    /// The conversation as it is durably: at once when nothing is on its
+    /// way to the disk, else once what the state shows is committed.
+    async fn view(&mut self, reply: Reply<Option<ConversationState>>) {
+        let state = self.conv.as_ref().map(|c| c.state.clone());
+        // (A failing commit marks the failure before it leaves the count.)
+        if self.commits.in_flight.load(Ordering::SeqCst) == 0 {
+            let _ = reply.send(match self.commits.failed() {
+                true => Err(reloading()),
+                false => Ok(state),
+            });
+            return;
+        }
+        let commits = self.commits.clone();
+        let done: Done = Box::new(move |r| {
+            let _ = reply.send(match r {
+                Err(e) => Err(conv_error(e)),
+                Ok(()) if commits.failed() => Err(reloading()),
+                Ok(()) => Ok(state),
+            });
+        });
+        let _ = self
+            .args
+            .shared
+            .persistence
+            .submit(Op::Barrier { done })
+            .await;
     }
 
     async fn on_inbound(
