@@ -1149,11 +1149,21 @@ impl Config {
                     "must be a name of letters, digits, - and _".into(),
                 ));
             }
-            if c.listen.parse::<SocketAddr>().is_err() {
-                errs.push((
+            match c.listen.parse::<SocketAddr>() {
+                Err(_) => errs.push((
                     vec![Key("cluster"), Key("listen")],
                     format!("{:?} is not an address like 127.0.0.1:7100", c.listen),
-                ));
+                )),
+                // Peers are told this address: it must reach this node.
+                Ok(a) if a.ip().is_unspecified() => errs.push((
+                    vec![Key("cluster"), Key("listen")],
+                    format!(
+                        "{:?} is announced to the peers, so it must be this node's own address (not {})",
+                        c.listen,
+                        a.ip()
+                    ),
+                )),
+                Ok(_) => {}
             }
             if let Some((i, s)) = c
                 .seeds

@@ -170,6 +170,7 @@ async fn a_single_node_says_so_and_bad_cluster_config_names_the_key() {
     for (bad, key) in [
         ("name = \"n 1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"0123456789abcdef\"", "cluster.name"),
         ("name = \"n1\"\nlisten = \"nowhere\"\ncookie = \"0123456789abcdef\"", "cluster.listen"),
+        ("name = \"n1\"\nlisten = \"0.0.0.0:7100\"\ncookie = \"0123456789abcdef\"", "cluster.listen"),
         ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\nseeds = [\"x\"]\ncookie = \"0123456789abcdef\"", "cluster.seeds[0]"),
         ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"short\"", "cluster.cookie"),
         ("name = \"n1\"\nlisten = \"127.0.0.1:7100\"\ncookie = \"0123456789abcdef\"\n[cluster.tls]\ncert_file = \"missing.pem\"\nkey_file = \"bad.toml\"\nca_file = \"bad.toml\"", "cluster.tls.cert_file"),
@@ -1957,5 +1958,35 @@ async fn kill_and_restart(nodes: &mut [Node; 3], i: usize, through: &Targets, do
     through.write().unwrap()[i] = (nodes[i].base.clone(), nodes[i].http.clone());
     for n in nodes.iter() {
         live(n, &["n1", "n2", "n3"]).await;
+    }
+}
+
+/// Nodes on separate hosts usually share one cluster port. Three TLS
+/// nodes on 127.0.0.1, .2 and .3, all on the same port, where the last two
+/// name only the first: all three link to each other (a node once took any
+/// peer on the seed's port for that seed, and never linked to the third).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_nodes_on_separate_hosts_sharing_one_port_form_a_full_mesh() {
+    let _load = LOAD.read().await;
+    let pki = Pki::new();
+    let port = free_port();
+    let node = |i: u8, seeds: &[u8]| {
+        let name = format!("n{i}");
+        let (cert, key) = pki.node(&name);
+        let ca = pki.dir.path().join("ca.pem").display().to_string();
+        let seeds: Vec<String> = seeds
+            .iter()
+            .map(|s| format!("\"127.0.0.{s}:{port}\""))
+            .collect();
+        let config = format!(
+            "{CONFIG}\n[cluster]\nname = \"{name}\"\nlisten = \"127.0.0.{i}:{port}\"\nseeds = [{}]\ncookie = \"{COOKIE}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n\n[cluster.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\nca_file = {ca:?}\n",
+            seeds.join(", ")
+        );
+        Node::start_with_config(&config, &[])
+    };
+    let nodes = [node(1, &[]), node(2, &[1]), node(3, &[1])];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+        assert_eq!(names(&cluster(n).await).len(), 2, "linked to both others");
     }
 }

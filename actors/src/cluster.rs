@@ -1106,15 +1106,16 @@ impl Cluster {
     }
 
     fn is_member_addr(&self, seed: SocketAddr) -> bool {
-        // A session's peer address is the seed's for outgoing sessions;
-        // a peer that connected to us first is matched by the seed's port.
+        // A session's peer address is the seed's for outgoing sessions; a
+        // peer that connected to us first is known by the listen address
+        // its heartbeat answers announce. (Never by the port alone: nodes
+        // on separate hosts usually share one.) Until that first answer,
+        // a connection to it may be made twice; the names dedupe it.
         let v = self.view.read();
         let linked = |m: &Member| v.links.get(&m.name) == Some(&seed);
-        v.peers.values().any(|m| {
-            linked(m)
-                || m.addr == seed.to_string()
-                || m.addr.ends_with(&format!(":{}", seed.port()))
-        })
+        v.peers
+            .values()
+            .any(|m| linked(m) || m.addr == seed.to_string())
     }
 
     /// This node's cluster address and its live peers', comma separated
