@@ -462,6 +462,7 @@ fn summary(s: &ConversationState) -> Value {
         "intent": s.captured.intent,
         "facts": s.captured.facts,
         "slots": s.captured.slots,
+        "booking": crate::http::booking_json(s),
         "last_customer_message": last,
         "messages": s.messages.len(),
     })

@@ -2111,6 +2111,25 @@ pub fn message_json(conv: ConversationId, m: &threadline_protocol::Message) -> V
     })
 }
 
+/// The conversation's appointment (`null` if it never had one): its
+/// time, service and status, a time offered while the customer decides,
+/// and its pending reminders.
+pub fn booking_json(s: &ConversationState) -> Value {
+    let Some(b) = &s.journey.booking else {
+        return Value::Null;
+    };
+    json!({
+        "service": b.service,
+        "status": b.status.as_str(),
+        "start": b.start.map(rfc3339),
+        "offer": b.offer.map(|o| json!({"start": rfc3339(o.start), "held_until": rfc3339(o.until)})),
+        "reminders": b.reminders.iter().filter_map(|id| s.timers.iter().find(|t| t.id == *id)).map(|t| json!({
+            "id": timer_id_text(t.id),
+            "at": rfc3339(t.due),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub fn conversation_json(s: &ConversationState) -> Value {
     let messages: Vec<Value> = s.messages.iter().map(|m| message_json(s.id, m)).collect();
     json!({
@@ -2133,6 +2152,12 @@ pub fn conversation_json(s: &ConversationState) -> Value {
             "score": s.captured.score,
             "facts": s.captured.facts,
         },
+        "journey": {
+            "active": s.journey.active,
+            "asking": s.journey.asking,
+            "handoff": s.journey.handoff,
+        },
+        "booking": booking_json(s),
         "assigned_agent": s.assigned_agent,
         "timers": s.timers.iter().map(|t| json!({
             "id": timer_id_text(t.id),

@@ -552,16 +552,18 @@ impl Router {
         let before = self
             .ask(&alias_key, |reply| ConvMsg::View { reply })
             .await?;
-        let (from, messages, mut identities, captured) = match &before {
+        let (from, messages, mut identities, captured, journey) = match &before {
             Some(s) => (
                 s.id,
                 s.messages.clone(),
                 s.identities.clone(),
                 s.captured.clone(),
+                s.journey.clone(),
             ),
             None => (
                 ConversationId(0),
                 Vec::new(),
+                Default::default(),
                 Default::default(),
                 Default::default(),
             ),
@@ -572,7 +574,7 @@ impl Router {
                 from,
                 messages: messages.clone(),
                 identities: identities.clone(),
-                captured: Box::new(captured.clone()),
+                captured: Box::new((captured.clone(), journey.clone())),
                 reply,
             })
             .await?;

@@ -32,7 +32,7 @@ pub enum Kind {
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
-pub const SNAPSHOT_VERSION: u16 = 5;
+pub const SNAPSHOT_VERSION: u16 = 6;
 /// Version 2 added `TimerOwner::Offer`; version 1 rows decode unchanged.
 pub const TIMER_ROW_VERSION: u16 = 2;
 pub const OUTBOX_VERSION: u16 = 2;
@@ -195,11 +195,20 @@ pub fn encode_snapshot(s: &ConversationState) -> Vec<u8> {
 
 pub fn decode_snapshot(bytes: &[u8]) -> Result<ConversationState, CodecError> {
     match header(Kind::Snapshot, bytes)? {
-        (1, p) => decode_exact::<v1::ConversationStateV1>(Kind::Snapshot, 1, p).map(v1::upgrade),
-        (2, p) => decode_exact::<v2::ConversationStateV2>(Kind::Snapshot, 2, p).map(v2::upgrade),
-        (3, p) => decode_exact::<v3::ConversationStateV3>(Kind::Snapshot, 3, p).map(v3::upgrade),
-        (4, p) => decode_exact::<v4::ConversationStateV4>(Kind::Snapshot, 4, p).map(v4::upgrade),
-        (5, p) => decode_exact(Kind::Snapshot, 5, p),
+        (1, p) => decode_exact::<v1::ConversationStateV1>(Kind::Snapshot, 1, p)
+            .map(v1::upgrade)
+            .map(v5::journey_from_slots),
+        (2, p) => decode_exact::<v2::ConversationStateV2>(Kind::Snapshot, 2, p)
+            .map(v2::upgrade)
+            .map(v5::journey_from_slots),
+        (3, p) => decode_exact::<v3::ConversationStateV3>(Kind::Snapshot, 3, p)
+            .map(v3::upgrade)
+            .map(v5::journey_from_slots),
+        (4, p) => decode_exact::<v4::ConversationStateV4>(Kind::Snapshot, 4, p)
+            .map(v4::upgrade)
+            .map(v5::journey_from_slots),
+        (5, p) => decode_exact::<v5::ConversationStateV5>(Kind::Snapshot, 5, p).map(v5::upgrade),
+        (6, p) => decode_exact(Kind::Snapshot, 6, p),
         (version, _) => Err(CodecError::UnsupportedVersion {
             kind: Kind::Snapshot,
             version,
@@ -253,6 +262,7 @@ mod v1 {
             consent: Vec::new(),
             waiting: None,
             subjects: Default::default(),
+            journey: Default::default(),
         }
     }
 }
@@ -302,6 +312,7 @@ mod v2 {
             consent: Vec::new(),
             waiting: None,
             subjects: Default::default(),
+            journey: Default::default(),
         }
     }
 }
@@ -355,6 +366,7 @@ mod v3 {
             consent: s.consent,
             waiting: None,
             subjects: Default::default(),
+            journey: Default::default(),
         }
     }
 }
@@ -409,7 +421,72 @@ mod v4 {
             consent: s.consent,
             waiting: s.waiting,
             subjects: Default::default(),
+            journey: Default::default(),
         }
+    }
+}
+
+/// Frozen format version 5 of the snapshot (before `journey`: the flow's
+/// machine state was kept in the captured slots).
+mod v5 {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::conversation::{
+        Captured, Channel, ConsentChange, ConversationState, Identities, Message, PendingTimer,
+        Status, Waiting,
+    };
+    use crate::ids::ConversationId;
+    use crate::time::Timestamp;
+
+    #[derive(Deserialize, Serialize)]
+    pub struct ConversationStateV5 {
+        pub id: ConversationId,
+        pub tenant: String,
+        pub contact: String,
+        pub identities: Identities,
+        pub status: Status,
+        pub created_at: Timestamp,
+        pub updated_at: Timestamp,
+        pub messages: Vec<Message>,
+        pub captured: Captured,
+        pub channels: Vec<Channel>,
+        pub assigned_agent: Option<String>,
+        pub timers: Vec<PendingTimer>,
+        pub last_seq: u32,
+        pub consent: Vec<ConsentChange>,
+        pub waiting: Option<Waiting>,
+        pub subjects: BTreeMap<u32, String>,
+    }
+
+    pub fn upgrade(s: ConversationStateV5) -> ConversationState {
+        journey_from_slots(ConversationState {
+            id: s.id,
+            tenant: s.tenant,
+            contact: s.contact,
+            identities: s.identities,
+            status: s.status,
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            messages: s.messages,
+            captured: s.captured,
+            channels: s.channels,
+            assigned_agent: s.assigned_agent,
+            timers: s.timers,
+            last_seq: s.last_seq,
+            consent: s.consent,
+            waiting: s.waiting,
+            subjects: s.subjects,
+            journey: Default::default(),
+        })
+    }
+
+    /// The journey, the booking and the cadence out of the slots where
+    /// older versions kept them.
+    pub fn journey_from_slots(mut s: ConversationState) -> ConversationState {
+        s.journey.absorb_legacy(&mut s.captured.slots);
+        s
     }
 }
 

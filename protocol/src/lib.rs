@@ -14,9 +14,9 @@ pub use codec::{
     AgentWork, DeadLetter, InboundMessage, LogRecord, OfferHold, OutboxEntry, TimerOwner, TimerRow,
 };
 pub use conversation::{
-    Author, Captured, Channel, ConsentChange, ConsentStatus, ConvEvent, ConversationState,
-    Delivery, Direction, GateDecision, Identities, Message, PendingTimer, Status, TimerKind,
-    Waiting,
+    Author, Booking, BookingStatus, Cadence, Captured, Channel, ConsentChange, ConsentStatus,
+    ConvEvent, ConversationState, Delivery, Direction, GateDecision, Identities, Journey, Message,
+    Offer, PendingTimer, Status, TimerKind, Waiting,
 };
 pub use ids::{ConversationId, MessageId};
 pub use time::Timestamp;

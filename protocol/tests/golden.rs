@@ -172,6 +172,74 @@ fn snapshot_v5_fixture_still_decodes() {
     assert_eq!(codec::decode_snapshot(&bytes).unwrap(), state);
 }
 
+/// A version-5 snapshot kept the flow's machine state in the captured
+/// slots (a booked cleaning, its reminders, a pending follow-up): it
+/// decodes into the typed journey, and the slots keep only what the
+/// customer said.
+#[test]
+fn a_v5_snapshot_of_a_booking_upgrades_to_the_typed_journey() {
+    let bytes = std::fs::read(fixture("snapshot_v5_booking.bin")).unwrap();
+    let s = codec::decode_snapshot(&bytes).unwrap();
+    let keys: Vec<&str> = s.captured.slots.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["service", "when"]);
+    assert_eq!(
+        s.journey,
+        Journey {
+            active: Some("booking".into()),
+            asking: None,
+            misunderstood: 1,
+            booking: Some(Booking {
+                service: "booking".into(),
+                status: BookingStatus::Confirmed,
+                start: Some(Timestamp(1_795_100_000_000)),
+                offer: None,
+                reminders: vec![91, 92],
+            }),
+            cadence: Some(Cadence {
+                timer: 93,
+                step: 1,
+                question: "Still want that cleaning?".into(),
+            }),
+            handoff: None,
+            lead_met: false,
+        }
+    );
+}
+
+fn v6_state() -> ConversationState {
+    let mut s = v5_state();
+    s.apply(
+        8,
+        &ConvEvent::JourneyChanged(Journey {
+            active: Some("cleaning".into()),
+            asking: None,
+            misunderstood: 0,
+            booking: Some(Booking {
+                service: "cleaning".into(),
+                status: BookingStatus::Rescheduling,
+                start: Some(Timestamp(1_795_100_000_000)),
+                offer: Some(Offer {
+                    start: Timestamp(1_795_200_000_000),
+                    until: Timestamp(1_795_000_900_000),
+                }),
+                reminders: vec![91],
+            }),
+            cadence: None,
+            handoff: Some("qualified".into()),
+            lead_met: true,
+        }),
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn snapshot_v6_fixture_still_decodes() {
+    let state = v6_state();
+    let bytes = check("snapshot_v6.bin", codec::encode_snapshot(&state));
+    assert_eq!(codec::decode_snapshot(&bytes).unwrap(), state);
+}
+
 #[test]
 fn a_conversation_waits_for_a_person_from_its_escalation_until_taken_or_closed() {
     let mut s = v4_state();

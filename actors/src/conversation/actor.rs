@@ -140,7 +140,8 @@ pub enum ConvMsg {
         from: ConversationId,
         messages: Vec<threadline_protocol::Message>,
         identities: Identities,
-        captured: Box<threadline_protocol::Captured>,
+        /// What the other conversation knew, and where it stood.
+        captured: Box<(threadline_protocol::Captured, threadline_protocol::Journey)>,
         reply: Reply<ConversationId>,
     },
     /// Asks for a person; false if an agent already holds it.
@@ -245,6 +246,8 @@ pub struct ConvState {
     epoch: u64,
     /// In-memory state holds events whose commit failed: never snapshot it.
     poisoned: bool,
+    /// The journey as the outcome metrics last counted it.
+    journey_seen: threadline_protocol::Journey,
     /// Commits submitted and not yet answered, and whether one failed:
     /// what a read shows must be durable.
     commits: Arc<Commits>,
@@ -274,6 +277,7 @@ impl Actor for ConversationActor {
             epoch: 0,
             poisoned: false,
             commits: Arc::default(),
+            journey_seen: Default::default(),
             pending_calendar: Vec::new(),
             importing: false,
         })
@@ -485,7 +489,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             let id = conv.id();
             events.extend(conv.link_identity(&identities));
             events.extend(conv.import(from, &messages, now));
-            events.extend(conv.adopt_captured(&captured));
+            events.extend(conv.adopt_captured(&captured.0, &captured.1));
             st.importing = true;
             st.commit(&myself, events, index, move |r| {
                 let _ = reply.send(r.map(|()| id));
@@ -617,6 +621,7 @@ impl ConvState {
         if let Some(state) = state {
             self.args.meta.conv_id.store(state.id.0, Ordering::Relaxed);
             shared.dir.by_id.insert(state.id.0, self.args.key.clone());
+            self.journey_seen.clone_from(&state.journey);
             self.conv = Some(Conversation::from_state(state));
         }
         self.loaded = true;
@@ -691,8 +696,14 @@ impl ConvState {
             }
         }
         if !self.importing {
-            record_outcomes(&self.args.shared.metrics.outcomes, &conv.state, &events);
+            record_outcomes(
+                &self.args.shared.metrics.outcomes,
+                &conv.state,
+                &events,
+                &self.journey_seen,
+            );
         }
+        self.journey_seen.clone_from(&conv.state.journey);
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);
@@ -1228,9 +1239,11 @@ fn record_outcomes(
     o: &crate::metrics::Outcomes,
     state: &ConversationState,
     events: &[(u32, ConvEvent)],
+    seen: &threadline_protocol::Journey,
 ) {
-    use threadline_protocol::{Author, Direction};
+    use threadline_protocol::{Author, BookingStatus as S, Direction};
     let tenant = state.tenant.as_str();
+    let mut prev = seen.clone();
     for (_, e) in events {
         match e {
             ConvEvent::MessageAppended(m) => {
@@ -1264,28 +1277,46 @@ fn record_outcomes(
                     }
                 }
             }
-            ConvEvent::Understood { slots, .. } => {
-                if slots.get("held").is_some_and(|h| !h.is_empty()) {
+            ConvEvent::JourneyChanged(j) => {
+                let (b0, b1) = (prev.booking.as_ref(), j.booking.as_ref());
+                let offer = |b: Option<&threadline_protocol::Booking>| b.and_then(|b| b.offer);
+                if offer(b1).is_some() && offer(b1) != offer(b0) {
                     o.count(&o.bookings_offered, tenant);
                 }
-                match slots.get("booking_status").map(String::as_str) {
-                    Some("confirmed") => o.count(&o.bookings_confirmed, tenant),
-                    Some("rescheduling") => o.count(&o.bookings_rescheduled, tenant),
-                    Some("cancelled") => o.count(&o.bookings_cancelled, tenant),
-                    Some("attended") => o.count(&o.bookings_attended, tenant),
-                    Some("no_show") => o.count(&o.bookings_no_show, tenant),
+                let (s0, s1) = (b0.map(|b| b.status), b1.map(|b| b.status));
+                let moved = b0.and_then(|b| b.start) != b1.and_then(|b| b.start);
+                match s1 {
+                    Some(S::Confirmed) if s0 != Some(S::Confirmed) || moved => {
+                        if s0 == Some(S::Rescheduling) && !moved {
+                            // Kept the old time: nothing new.
+                        } else {
+                            o.count(&o.bookings_confirmed, tenant);
+                            if s0 == Some(S::Rescheduling) && state.assigned_agent.is_none() {
+                                o.count(&o.bookings_rebooked, tenant);
+                            }
+                        }
+                    }
+                    Some(S::Rescheduling) if s0 != Some(S::Rescheduling) => {
+                        o.count(&o.bookings_rescheduled, tenant)
+                    }
+                    Some(S::Cancelled) if s0 != Some(S::Cancelled) => {
+                        o.count(&o.bookings_cancelled, tenant)
+                    }
+                    Some(S::Attended) if s0 != Some(S::Attended) => {
+                        o.count(&o.bookings_attended, tenant)
+                    }
+                    Some(S::NoShow) if s0 != Some(S::NoShow) => {
+                        o.count(&o.bookings_no_show, tenant)
+                    }
                     _ => {}
                 }
-                let set = |k: &str| slots.get(k).is_some_and(|v| v == "1");
-                if set("rebooked") && state.assigned_agent.is_none() {
-                    o.count(&o.bookings_rebooked, tenant);
-                }
-                if set("lead_met") {
+                if j.lead_met && !prev.lead_met {
                     o.count(&o.leads_met, tenant);
                 }
-                if slots.get("handoff").map(String::as_str) == Some("qualified") {
+                if j.handoff.as_deref() == Some("qualified") && prev.handoff.is_none() {
                     o.count(&o.leads_qualified, tenant);
                 }
+                prev = j.clone();
             }
             ConvEvent::Escalated { .. } => o.count(&o.escalations, tenant),
             _ => {}

@@ -577,8 +577,10 @@ impl Conversation {
         next_id: &mut dyn FnMut() -> u64,
     ) -> (SendOutcome, Vec<(u32, ConvEvent)>) {
         let channel = self.channel_or_last_inbound(spec.channel);
+        // (Internal entries, notes for the record, are no turn of the
+        // conversation: a reply after one still answers the customer.)
         let direct_reply = spec.purpose == Purpose::Conversational
-            && self.state.messages.last().is_some_and(|m| {
+            && self.state.messages.iter().rev().find(|m| !m.is_internal()).is_some_and(|m| {
                 m.direction == Direction::Inbound
                     // Texting back after a call answers the call.
                     && (m.channel == channel || (m.channel == Channel::Voice && channel == Channel::Sms))
@@ -1301,11 +1303,14 @@ impl Conversation {
         let zone = self.zone(tenant);
         // The customer answered: any follow-up waiting for them is off.
         events.extend(self.stop_cadence());
-        let turn = flow.turn(&msg.text, &self.state.captured, now, zone, cal);
-        // A booking moved or cancelled: its reminders are off.
-        if turn.slots.get("booked").is_some_and(String::is_empty) {
-            events.extend(self.cancel_booking_reminders());
-        }
+        let turn = flow.turn(
+            &msg.text,
+            &self.state.captured,
+            &self.state.journey,
+            now,
+            zone,
+            cal,
+        );
         if let Some(name) = turn
             .slots
             .get("name")
@@ -1324,21 +1329,19 @@ impl Conversation {
                 },
             );
         }
+        events.extend(self.journey_to(turn.journey, turn.reminders, now, zone, next_id));
         let mut draft = None;
-        let waits = self
-            .state
-            .captured
-            .slots
-            .get("asking")
-            .is_some_and(|a| !a.is_empty())
+        let waits = self.state.journey.asking.is_some()
             || self
                 .state
-                .captured
-                .slots
-                .get("held")
-                .is_some_and(|h| !h.is_empty());
+                .journey
+                .booking
+                .as_ref()
+                .is_some_and(|b| b.offer.is_some());
         if let (true, Some(question)) = (waits, turn.reply.clone()) {
-            if let Some(f) = flow.follow_up(0, now, &self.state.captured, &question) {
+            if let Some(f) =
+                flow.follow_up(0, now, &self.state.captured, &self.state.journey, &question)
+            {
                 events.extend(self.schedule_follow_up(f, &question, next_id));
             }
         }
@@ -1358,30 +1361,6 @@ impl Conversation {
                 let (_, more) = self.send_message(spec, now, tenant, next_id);
                 events.extend(more);
             }
-        }
-        let mut reminders = Vec::new();
-        for (due, text) in turn.reminders {
-            let id = next_id();
-            reminders.push(id.to_string());
-            events.extend(self.schedule_timer(
-                id,
-                TimerSpec {
-                    due,
-                    kind: TimerKind::Reminder,
-                    text: Some(text),
-                    channel: None,
-                },
-            ));
-        }
-        if !reminders.is_empty() {
-            self.push(
-                &mut events,
-                ConvEvent::Understood {
-                    intent: None,
-                    slots: [("booking_reminders".to_owned(), reminders.join(","))].into(),
-                    score: None,
-                },
-            );
         }
         if let Some(reason) = turn.escalate {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
@@ -1437,7 +1416,7 @@ impl Conversation {
             _ => false,
         });
         let Some(text) = unanswered
-            .then(|| flow.unanswered_call_text(&self.state.captured))
+            .then(|| flow.unanswered_call_text(&self.state.captured, &self.state.journey))
             .flatten()
         else {
             return Vec::new();
@@ -1477,22 +1456,13 @@ impl Conversation {
                 channel: Some(channel),
             },
         );
-        self.push(
-            &mut events,
-            ConvEvent::Understood {
-                intent: None,
-                slots: [
-                    ("cadence_timer".to_owned(), id.to_string()),
-                    ("cadence_step".to_owned(), f.step.to_string()),
-                    (
-                        "cadence_question".to_owned(),
-                        question.chars().take(300).collect(),
-                    ),
-                ]
-                .into(),
-                score: None,
-            },
-        );
+        let mut journey = self.state.journey.clone();
+        journey.cadence = Some(threadline_protocol::Cadence {
+            timer: id,
+            step: f.step as u32,
+            question: question.chars().take(300).collect(),
+        });
+        self.push(&mut events, ConvEvent::JourneyChanged(journey));
         events
     }
 
@@ -1506,26 +1476,54 @@ impl Conversation {
             .unwrap_or(tenant.zone)
     }
 
-    /// Cancels the reminders of the booking (`booking_reminders`) that are
-    /// still pending.
-    fn cancel_booking_reminders(&mut self) -> Vec<(u32, ConvEvent)> {
-        let ids: Vec<u64> = self
-            .state
-            .captured
-            .slots
-            .get("booking_reminders")
-            .map(|r| r.split(',').filter_map(|i| i.parse().ok()).collect())
-            .unwrap_or_default();
+    /// Moves the conversation to `journey` (what the flow decided): the
+    /// reminders of a booking that changed are cancelled, `reminders` (of
+    /// the booking now confirmed) are scheduled and kept in it, and each
+    /// change of the appointment is noted in the transcript for the people
+    /// who read it.
+    fn journey_to(
+        &mut self,
+        mut journey: threadline_protocol::Journey,
+        reminders: Vec<(Timestamp, String)>,
+        now: Timestamp,
+        zone: chrono_tz::Tz,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
-        if ids.is_empty() {
-            return events;
-        }
-        for id in ids {
-            if let Some(more) = self.cancel_timer(id) {
-                events.extend(more);
+        let before = self.state.journey.booking.clone();
+        let kept: Vec<u64> = journey
+            .booking
+            .as_ref()
+            .map(|b| b.reminders.clone())
+            .unwrap_or_default();
+        for id in before.iter().flat_map(|b| b.reminders.iter()) {
+            if !kept.contains(id) {
+                if let Some(more) = self.cancel_timer(*id) {
+                    events.extend(more);
+                }
             }
         }
-        self.clear_slots(&mut events, &["booking_reminders"]);
+        for (due, text) in reminders {
+            let id = next_id();
+            events.extend(self.schedule_timer(
+                id,
+                TimerSpec {
+                    due,
+                    kind: TimerKind::Reminder,
+                    text: Some(text),
+                    channel: None,
+                },
+            ));
+            if let Some(b) = &mut journey.booking {
+                b.reminders.push(id);
+            }
+        }
+        if let Some(note) = booking_note(before.as_ref(), journey.booking.as_ref(), zone) {
+            self.note_for_record(&mut events, note, now);
+        }
+        if journey != self.state.journey {
+            self.push(&mut events, ConvEvent::JourneyChanged(journey));
+        }
         events
     }
 
@@ -1538,38 +1536,27 @@ impl Conversation {
         now: Timestamp,
         zone: chrono_tz::Tz,
     ) -> Result<Vec<(u32, ConvEvent)>, BookingOutcomeError> {
-        let booked = self
+        let booking = self
             .state
-            .captured
-            .slots
-            .get("booked")
-            .and_then(|b| b.parse::<i64>().ok())
-            .map(Timestamp)
+            .journey
+            .booking
+            .clone()
             .ok_or(BookingOutcomeError::NoBooking)?;
+        let booked = booking.booked().ok_or(BookingOutcomeError::NoBooking)?;
         if now.0 < booked.0 {
             return Err(BookingOutcomeError::NotYet(booked));
         }
-        let mut events = self.cancel_booking_reminders();
-        let when = crate::flows::engine::spoken(booked, zone);
-        let label = match outcome {
-            BookingOutcome::Attended => "attended",
-            BookingOutcome::NoShow => "no-show",
-        };
-        events.extend(self.system_note(format!("[{label}: appointment {when}]"), now));
-        self.push(
-            &mut events,
-            ConvEvent::Understood {
-                intent: None,
-                slots: [
-                    ("booked".to_owned(), String::new()),
-                    ("last_booking".to_owned(), booked.0.to_string()),
-                    ("booking_status".to_owned(), outcome.as_str().to_owned()),
-                ]
-                .into(),
-                score: None,
+        let mut journey = self.state.journey.clone();
+        journey.booking = Some(threadline_protocol::Booking {
+            status: match outcome {
+                BookingOutcome::Attended => threadline_protocol::BookingStatus::Attended,
+                BookingOutcome::NoShow => threadline_protocol::BookingStatus::NoShow,
             },
-        );
-        Ok(events)
+            offer: None,
+            reminders: Vec::new(),
+            ..booking
+        });
+        Ok(self.journey_to(journey, Vec::new(), now, zone, &mut || 0))
     }
 
     /// Records free facts about the contact (a `ContactUpdated` with only
@@ -1587,38 +1574,23 @@ impl Conversation {
         );
     }
 
-    /// Forgets captured slots `keys` (an `Understood` with empty values).
-    fn clear_slots(&mut self, events: &mut Vec<(u32, ConvEvent)>, keys: &[&str]) {
-        self.push(
-            events,
-            ConvEvent::Understood {
-                intent: None,
-                slots: keys
-                    .iter()
-                    .map(|k| (k.to_string(), String::new()))
-                    .collect(),
-                score: None,
-            },
-        );
-    }
-
     /// Cancels the pending follow-up, if any (the customer answered).
     pub fn stop_cadence(&mut self) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
-        let Some(id) = self
-            .state
-            .captured
-            .slots
-            .get("cadence_timer")
-            .and_then(|t| t.parse::<u64>().ok())
-        else {
+        let Some(id) = self.state.journey.cadence.as_ref().map(|c| c.timer) else {
             return events;
         };
         if let Some(more) = self.cancel_timer(id) {
             events.extend(more);
         }
-        self.clear_slots(&mut events, &["cadence_timer", "cadence_step"]);
+        self.end_cadence(&mut events);
         events
+    }
+
+    fn end_cadence(&mut self, events: &mut Vec<(u32, ConvEvent)>) {
+        let mut journey = self.state.journey.clone();
+        journey.cadence = None;
+        self.push(events, ConvEvent::JourneyChanged(journey));
     }
 
     /// After follow-up timer `id` fired: the next step, if the last one
@@ -1630,19 +1602,11 @@ impl Conversation {
         now: Timestamp,
         next_id: &mut dyn FnMut() -> u64,
     ) -> Vec<(u32, ConvEvent)> {
-        let slots = &self.state.captured.slots;
-        if slots
-            .get("cadence_timer")
-            .and_then(|t| t.parse::<u64>().ok())
-            != Some(id)
-        {
+        let Some(cadence) = self.state.journey.cadence.clone().filter(|c| c.timer == id) else {
             return Vec::new();
-        }
-        let step: usize = slots
-            .get("cadence_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let question = slots.get("cadence_question").cloned().unwrap_or_default();
+        };
+        let step = cadence.step as usize;
+        let question = cadence.question;
         let went_out = self.state.messages.last().is_some_and(|m| {
             m.direction == Direction::Outbound
                 && !matches!(m.delivery, Delivery::Blocked | Delivery::Internal)
@@ -1654,7 +1618,13 @@ impl Conversation {
             self.state.consent_for(*c, Purpose::Conversational.as_str()) == ConsentStatus::OptedOut
         });
         let next = flow
-            .follow_up(step + 1, now, &self.state.captured, &question)
+            .follow_up(
+                step + 1,
+                now,
+                &self.state.captured,
+                &self.state.journey,
+                &question,
+            )
             .filter(|_| !opted_out)
             .map(|mut f| {
                 if !went_out {
@@ -1666,7 +1636,7 @@ impl Conversation {
             Some(f) => self.schedule_follow_up(f, &question, next_id),
             None => {
                 let mut events = Vec::new();
-                self.clear_slots(&mut events, &["cadence_timer", "cadence_step"]);
+                self.end_cadence(&mut events);
                 events
             }
         }
@@ -1739,19 +1709,11 @@ impl Conversation {
             let taken = agent.is_some();
             self.push(&mut events, ConvEvent::AgentAssigned { agent, at: now });
             // A qualified lead handed to a person has met the business.
-            let slots = &self.state.captured.slots;
-            if taken
-                && slots.get("handoff").map(String::as_str) == Some("qualified")
-                && slots.get("lead_met").is_none_or(|m| m.is_empty())
-            {
-                self.push(
-                    &mut events,
-                    ConvEvent::Understood {
-                        intent: None,
-                        slots: [("lead_met".to_owned(), "1".to_owned())].into(),
-                        score: None,
-                    },
-                );
+            let j = &self.state.journey;
+            if taken && j.handoff.as_deref() == Some("qualified") && !j.lead_met {
+                let mut journey = j.clone();
+                journey.lead_met = true;
+                self.push(&mut events, ConvEvent::JourneyChanged(journey));
             }
         }
         events
@@ -1870,6 +1832,7 @@ impl Conversation {
     pub fn adopt_captured(
         &mut self,
         from: &threadline_protocol::Captured,
+        journey: &threadline_protocol::Journey,
     ) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
         if let Some(n) = &from.name {
@@ -1884,20 +1847,12 @@ impl Conversation {
         if !facts.is_empty() {
             self.note_facts(&mut events, facts);
         }
-        // Not what belongs to the other conversation itself: its timers
-        // and its calendar holds.
-        const OWN: [&str; 6] = [
-            "cadence_timer",
-            "cadence_step",
-            "booking_reminders",
-            "held",
-            "booked",
-            "misunderstood",
-        ];
+        // (Not the other conversation's journey: its timers and its
+        // calendar holds are its own.)
         let slots: BTreeMap<String, String> = from
             .slots
             .iter()
-            .filter(|(k, v)| !v.is_empty() && !OWN.contains(&k.as_str()))
+            .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let score = from
@@ -1912,6 +1867,20 @@ impl Conversation {
                     score,
                 },
             );
+        }
+        // The journey under way goes on here; the other's booking and
+        // follow-up stay its own (their holds and timers are its).
+        let mut mine = self.state.journey.clone();
+        if mine.active.is_none() && journey.active.is_some() {
+            mine.active.clone_from(&journey.active);
+            mine.asking.clone_from(&journey.asking);
+        }
+        if mine.handoff.is_none() {
+            mine.handoff.clone_from(&journey.handoff);
+        }
+        mine.lead_met |= journey.lead_met;
+        if mine != self.state.journey {
+            self.push(&mut events, ConvEvent::JourneyChanged(mine));
         }
         events
     }
@@ -2529,5 +2498,51 @@ mod tests {
         let ids = identities_for(Channel::Whatsapp, "+15551234567");
         assert_eq!(ids.whatsapp.as_deref(), Some("15551234567"));
         assert_eq!(ids.phone.as_deref(), Some("+15551234567"));
+    }
+}
+
+/// How a change of the appointment reads in the transcript (an internal
+/// note for agents and the business; customers are told in the reply).
+fn booking_note(
+    before: Option<&threadline_protocol::Booking>,
+    after: Option<&threadline_protocol::Booking>,
+    zone: chrono_tz::Tz,
+) -> Option<String> {
+    use threadline_protocol::BookingStatus as S;
+    let at = |t: Option<Timestamp>| {
+        t.map(|t| crate::flows::engine::spoken(t, zone))
+            .unwrap_or_default()
+    };
+    let (b0, b1) = (before.map(|b| b.status), after.map(|b| b.status));
+    let service = after.or(before).map(|b| b.service.as_str()).unwrap_or("");
+    let (start0, start1) = (before.and_then(|b| b.start), after.and_then(|b| b.start));
+    match (b0, b1) {
+        (Some(S::Rescheduling), Some(S::Confirmed)) if start0 == start1 => Some(format!(
+            "[reschedule dropped: {service} stays {}]",
+            at(start1)
+        )),
+        (Some(S::Rescheduling), Some(S::Confirmed)) => Some(format!(
+            "[booking moved: {service} from {} to {}]",
+            at(start0),
+            at(start1)
+        )),
+        (x, Some(S::Confirmed)) if x != Some(S::Confirmed) || start0 != start1 => {
+            Some(format!("[booking confirmed: {service} {}]", at(start1)))
+        }
+        (Some(S::Confirmed), Some(S::Rescheduling)) => Some(format!(
+            "[reschedule asked: {service} {} stays booked until a new time is confirmed]",
+            at(start0)
+        )),
+        (Some(x), Some(S::Cancelled)) if x != S::Cancelled => Some(format!(
+            "[booking cancelled by the customer: {service} {}]",
+            at(start0)
+        )),
+        (x, Some(S::Attended)) if x != Some(S::Attended) => {
+            Some(format!("[attended: appointment {}]", at(start1)))
+        }
+        (x, Some(S::NoShow)) if x != Some(S::NoShow) => {
+            Some(format!("[no-show: appointment {}]", at(start1)))
+        }
+        _ => None,
     }
 }

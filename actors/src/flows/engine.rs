@@ -29,9 +29,9 @@ use std::collections::BTreeMap;
 use chrono::{Datelike, Duration, NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 use serde::Deserialize;
-use threadline_protocol::{Captured, Timestamp};
+use threadline_protocol::{Booking, BookingStatus, Captured, Journey, Offer, Timestamp};
 
-use super::nlu::{self, IntentModel};
+use super::nlu::{self, AppointmentAsk, IntentModel};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -449,18 +449,18 @@ impl Flow {
     }
 
     /// The cadence that applies now: the journey's own, else the flow's.
-    fn cadence_for(&self, captured: &Captured) -> Option<&CadenceSpec> {
-        captured
-            .slots
-            .get("journey")
+    fn cadence_for(&self, journey: &Journey) -> Option<&CadenceSpec> {
+        journey
+            .active
+            .as_ref()
             .and_then(|j| self.spec.journeys.get(j))
             .and_then(|j| j.cadence.as_ref())
             .or(self.spec.cadence.as_ref())
     }
 
     /// The text after an unanswered outbound call, if the flow has one.
-    pub fn unanswered_call_text(&self, captured: &Captured) -> Option<String> {
-        let t = self.cadence_for(captured)?.unanswered_call.as_ref()?;
+    pub fn unanswered_call_text(&self, captured: &Captured, journey: &Journey) -> Option<String> {
+        let t = self.cadence_for(journey)?.unanswered_call.as_ref()?;
         Some(fill(t, captured, &BTreeMap::new(), self.persona()))
     }
 
@@ -471,9 +471,10 @@ impl Flow {
         step: usize,
         now: Timestamp,
         captured: &Captured,
+        journey: &Journey,
         question: &str,
     ) -> Option<FollowUp> {
-        let st = self.cadence_for(captured)?.steps.get(step)?;
+        let st = self.cadence_for(journey)?.steps.get(step)?;
         let mut extra = BTreeMap::new();
         extra.insert("question".to_owned(), question.to_owned());
         Some(FollowUp {
@@ -511,6 +512,8 @@ pub struct Turn {
     pub score: Option<u32>,
     /// Call the customer now, saying this (a qualified lead, `handoff = "call"`).
     pub call: Option<String>,
+    /// Where the conversation stands after this message.
+    pub journey: Journey,
 }
 
 /// Every `{placeholder}` a text of the flow uses must be one the engine
@@ -689,6 +692,7 @@ impl Flow {
         now: Timestamp,
         cal: &mut dyn Calendar,
         until: Timestamp,
+        exclude: Option<Timestamp>,
     ) -> Option<Timestamp> {
         let c = self.spec.calendar.as_ref()?;
         let step = i64::from(c.slot_minutes) * 60_000;
@@ -698,7 +702,7 @@ impl Flow {
         let end = start + 14 * 86_400_000;
         while at < end {
             let ts = Timestamp(at);
-            if self.bookable(ts, tz) && cal.hold(ts, until) {
+            if self.bookable(ts, tz) && Some(ts) != exclude && cal.hold(ts, until) {
                 return Some(ts);
             }
             at += if self.bookable(ts, tz) {
@@ -710,16 +714,23 @@ impl Flow {
         None
     }
 
-    /// One customer message, given what the conversation knows.
+    /// One customer message, given what the conversation knows and where
+    /// it stands. The returned turn carries the journey as it is after
+    /// the message (`Turn::journey`).
     pub fn turn(
         &self,
         text: &str,
         captured: &Captured,
+        journey: &Journey,
         now: Timestamp,
         tz: Tz,
         cal: &mut dyn Calendar,
     ) -> Turn {
-        let mut t = self.understand(text, captured, now, tz, cal);
+        let mut t = Turn {
+            journey: journey.clone(),
+            ..Turn::default()
+        };
+        self.understand(&mut t, text, captured, now, tz, cal);
         let Some(scoring) = &self.spec.scoring else {
             return t;
         };
@@ -733,9 +744,8 @@ impl Flow {
         if before != Some(score) {
             t.score = Some(score);
         }
-        let handed = captured.slots.get("handoff").is_some_and(|h| !h.is_empty());
-        if score >= scoring.threshold && !handed && t.escalate.is_none() {
-            t.slots.insert("handoff".into(), "qualified".into());
+        if score >= scoring.threshold && t.journey.handoff.is_none() && t.escalate.is_none() {
+            t.journey.handoff = Some("qualified".into());
             match scoring.handoff {
                 Handoff::Agent => t.escalate = Some(format!("qualified lead (score {score})")),
                 Handoff::Call => {
@@ -755,13 +765,13 @@ impl Flow {
 
     fn understand(
         &self,
+        t: &mut Turn,
         text: &str,
         captured: &Captured,
         now: Timestamp,
         tz: Tz,
         cal: &mut dyn Calendar,
-    ) -> Turn {
-        let mut t = Turn::default();
+    ) {
         let slots = &captured.slots;
         let words = crate::consent::keywords::normalize(text);
         if let Some(k) = self
@@ -773,7 +783,7 @@ impl Flow {
             t.reply = Some(
                 "I'm connecting you with someone from our team who can help with that.".into(),
             );
-            return t;
+            return;
         }
         // Someone's name, wherever it comes up.
         if captured.name.is_none() && !slots.contains_key("name") {
@@ -790,128 +800,25 @@ impl Flow {
                 t.slots.insert(slot.into(), v);
             }
         }
-        let hold_until = now.saturating_add_millis(
-            i64::from(self.spec.calendar.as_ref().map_or(15, |c| c.hold_minutes)) * 60_000,
-        );
-        // A held booking waits for C (confirm) or R (another time).
-        if let Some(held) = slots
-            .get("held")
-            .and_then(|h| h.parse::<i64>().ok())
-            .map(Timestamp)
-        {
-            let journey = slots.get("journey").cloned().unwrap_or_default();
-            let w0 = words.first().map(String::as_str);
-            let reschedule = matches!(
-                w0,
-                Some("r" | "reschedule" | "change" | "another" | "different")
-            );
-            if reschedule {
-                cal.release(held);
-                t.slots.insert("held".into(), String::new());
-                t.slots.insert("when".into(), String::new());
-                t.slots.insert("asking".into(), "when".into());
-                t.reply = Some("No problem. What day and time would work better?".into());
-                return t;
-            }
-            let cancel = words.iter().any(|w| w == "cancel");
-            if !cancel && nlu::yes_no(text) == Some(true) {
-                if cal.book(held) {
-                    t.slots.insert("held".into(), String::new());
-                    t.slots.insert("booked".into(), held.0.to_string());
-                    t.slots.insert("booking_status".into(), "confirmed".into());
-                    // What the outcome metrics count: a booking moved by the
-                    // customer, and a qualified lead that became a meeting.
-                    if slots.get("booking_status").map(String::as_str) == Some("rescheduling") {
-                        t.slots.insert("rebooked".into(), "1".into());
-                    }
-                    if slots.get("handoff").map(String::as_str) == Some("qualified")
-                        && slots.get("lead_met").is_none_or(|m| m.is_empty())
-                    {
-                        t.slots.insert("lead_met".into(), "1".into());
-                    }
-                    let when = spoken(held, tz);
-                    t.reply = Some(format!("You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."));
-                    for before in self.reminders.get(&journey).into_iter().flatten() {
-                        let at = Timestamp(held.0 - before);
-                        if at.0 > now.0 {
-                            t.reminders.push((at, format!("Reminder: your appointment is {when}. Reply C to confirm or R to reschedule.")));
-                        }
-                    }
-                } else {
-                    t.slots.insert("held".into(), String::new());
-                    t.slots.insert("asking".into(), "when".into());
-                    t.reply = Some(
-                        "Sorry, that time was just taken. What other day and time would work?"
-                            .into(),
-                    );
-                }
-                return t;
-            }
-            if cancel || nlu::yes_no(text) == Some(false) {
-                cal.release(held);
-                t.slots.insert("held".into(), String::new());
-                t.slots.insert("journey".into(), String::new());
-                t.reply =
-                    Some("Okay, I've let that time go. Anything else I can help with?".into());
-                return t;
-            }
-        }
-        // A confirmed booking: R reschedules it.
-        if let Some(booked) = slots
-            .get("booked")
-            .and_then(|h| h.parse::<i64>().ok())
-            .map(Timestamp)
-        {
-            let w0 = words.first().map(String::as_str);
-            if matches!(w0, Some("r" | "reschedule")) || words.iter().any(|w| w == "reschedule") {
-                cal.release(booked);
-                t.slots.insert("booked".into(), String::new());
-                t.slots
-                    .insert("booking_status".into(), "rescheduling".into());
-                t.slots.insert("journey".into(), "booking".into());
-                t.slots.insert("when".into(), String::new());
-                t.slots.insert("asking".into(), "when".into());
-                t.reply =
-                    Some("Sure, let's find a new time. What day and time work for you?".into());
-                // A new time may already be in this message.
-                if let Some(w) = nlu::when(text, now, tz).filter(|w| w.has_day || w.has_time) {
-                    let mut merged = captured.clone();
-                    merged.slots.extend(t.slots.clone());
-                    merged.slots.retain(|_, v| !v.is_empty());
-                    let _ = w;
-                    let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
-                    t.reply = more.reply;
-                    t.slots.extend(more.slots);
-                }
-                return t;
-            }
-            if words.iter().any(|w| w == "cancel") {
-                cal.release(booked);
-                t.slots.insert("booked".into(), String::new());
-                t.slots.insert("booking_status".into(), "cancelled".into());
-                t.slots.insert("journey".into(), String::new());
-                t.reply = Some(format!(
-                    "Done: your appointment {} is cancelled. Text us any time to book again.",
-                    spoken(booked, tz)
-                ));
-                return t;
-            }
-            if matches!(w0, Some("c")) || nlu::yes_no(text) == Some(true) && words.len() <= 2 {
-                t.reply = Some(format!("Thanks, see you {}!", spoken(booked, tz)));
-                return t;
-            }
+        if self.appointment_turn(t, text, captured, now, tz, cal) {
+            return;
         }
         // In a journey: fill what it asked for, then what else is missing.
-        if slots.get("journey").is_some_and(|j| !j.is_empty()) {
+        if t.journey.active.is_some() {
             let mut merged = captured.clone();
             merged.slots.extend(t.slots.clone());
-            let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
+            let mut more = Turn {
+                journey: t.journey.clone(),
+                ..Turn::default()
+            };
+            self.continue_journey(&mut more, text, &merged, now, tz, cal);
             if more.reply.is_some() || more.escalate.is_some() {
                 t.slots.extend(more.slots);
                 t.reply = more.reply;
                 t.escalate = more.escalate;
                 t.reminders = more.reminders;
-                return t;
+                t.journey = more.journey;
+                return;
             }
         }
         match nlu::classify(&self.intents, text, self.spec.min_confidence) {
@@ -923,32 +830,34 @@ impl Flow {
                     .find(|i| i.name == name)
                     .expect("compiled");
                 t.intent = Some(name.to_owned());
-                t.slots.insert("misunderstood".into(), String::new());
+                t.journey.misunderstood = 0;
                 if let Some(j) = &intent.journey {
-                    t.slots.insert("journey".into(), j.clone());
+                    if self.spec.journeys.get(j).is_some_and(|s| s.booking) {
+                        if let Some(b) = t.journey.booking.as_ref().filter(|b| b.booked().is_some())
+                        {
+                            // Booking again while booked is moving it.
+                            let start = b.booked().expect("filtered");
+                            self.start_reschedule(t, text, captured, start, now, tz, cal);
+                            return;
+                        }
+                    }
+                    t.journey.active = Some(j.clone());
                     let mut merged = captured.clone();
                     merged.slots.extend(t.slots.clone());
                     merged.slots.retain(|_, v| !v.is_empty());
-                    let more = self.continue_journey(text, &merged, now, tz, cal, hold_until);
-                    t.slots.extend(more.slots);
-                    t.reply = more.reply;
-                    t.reminders = more.reminders;
+                    self.continue_journey(t, text, &merged, now, tz, cal);
                 } else if let Some(r) = &intent.reply {
                     t.reply = Some(fill(r, captured, &t.slots, self.persona()));
                 }
             }
             None => {
-                let misses: u32 = slots
-                    .get("misunderstood")
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0)
-                    + 1;
-                t.slots.insert("misunderstood".into(), misses.to_string());
+                let misses = t.journey.misunderstood + 1;
+                t.journey.misunderstood = misses;
                 if misses >= self.spec.escalation.max_misunderstood {
                     t.escalate = Some(format!("{misses} messages in a row not understood"));
                     t.reply =
                         Some("Let me get someone from our team to help you with this.".into());
-                    t.slots.insert("misunderstood".into(), String::new());
+                    t.journey.misunderstood = 0;
                 } else {
                     t.reply = Some(fill(
                         &self.spec.fallback,
@@ -959,28 +868,319 @@ impl Flow {
                 }
             }
         }
-        t
     }
 
-    /// Fills the current journey's slots from `text`, asks for the next
-    /// missing one, or completes it (holding a booking slot).
-    fn continue_journey(
+    /// The appointment's lifecycle: a time offered waits for yes (or C),
+    /// another time, or no; a booked appointment can be moved, cancelled
+    /// or asked about, in plain words. True if the message was about it.
+    fn appointment_turn(
         &self,
+        t: &mut Turn,
         text: &str,
         captured: &Captured,
         now: Timestamp,
         tz: Tz,
         cal: &mut dyn Calendar,
-        hold_until: Timestamp,
-    ) -> Turn {
-        let mut t = Turn::default();
-        let Some(jname) = captured.slots.get("journey").filter(|j| !j.is_empty()) else {
-            return t;
+    ) -> bool {
+        let Some(b) = t.journey.booking.clone() else {
+            return false;
         };
-        let Some(j) = self.spec.journeys.get(jname) else {
-            return t;
+        let ask = nlu::appointment_ask(text);
+        let booked = b.booked();
+        let words = crate::consent::keywords::normalize(text);
+        if ask == Some(AppointmentAsk::When) {
+            t.reply = Some(match (booked, b.offer) {
+                (Some(s), Some(o)) => format!(
+                    "Your appointment is {}. I'm holding {} for you as the new time: reply YES to move it there.",
+                    spoken(s, tz),
+                    spoken(o.start, tz)
+                ),
+                (Some(s), None) => format!(
+                    "Your appointment is {}. Reply R to reschedule, or tell me if you need to cancel.",
+                    spoken(s, tz)
+                ),
+                (None, Some(o)) => format!(
+                    "Nothing is booked yet: I'm holding {} for you. Reply YES to confirm it.",
+                    spoken(o.start, tz)
+                ),
+                (None, None) => "I don't see an appointment booked for you. Would you like to book one?".into(),
+            });
+            return true;
+        }
+        if ask == Some(AppointmentAsk::Cancel) && (booked.is_some() || b.offer.is_some()) {
+            if let Some(o) = b.offer {
+                cal.release(o.start);
+            }
+            let service = b.service.clone();
+            if let Some(s) = booked {
+                cal.release(s);
+                t.journey.booking = Some(Booking {
+                    status: BookingStatus::Cancelled,
+                    offer: None,
+                    reminders: Vec::new(),
+                    ..b
+                });
+                t.reply = Some(format!(
+                    "Done: your appointment {} is cancelled. Text us any time to book again.",
+                    spoken(s, tz)
+                ));
+            } else {
+                t.journey.booking = None;
+                t.reply =
+                    Some("Okay, I've let that time go. Anything else I can help with?".into());
+            }
+            t.journey.active = None;
+            t.journey.asking = None;
+            t.slots.extend(self.datetime_cleared(&service));
+            return true;
+        }
+        if let Some(offer) = b.offer {
+            let yes = nlu::yes_no(text) == Some(true) && ask.is_none();
+            let w = nlu::when(text, now, tz).filter(|w| w.has_day || w.has_time);
+            if yes && w.is_none() {
+                self.confirm(t, &b, offer, captured, now, tz, cal);
+                return true;
+            }
+            if ask == Some(AppointmentAsk::Reschedule) || w.is_some() {
+                // Another time than the one offered.
+                cal.release(offer.start);
+                let mut nb = b.clone();
+                nb.offer = None;
+                if booked.is_none() {
+                    nb.status = BookingStatus::Offered;
+                }
+                t.journey.booking = Some(nb);
+                self.ask_new_time(t, text, captured, now, tz, cal, &b.service);
+                return true;
+            }
+            if nlu::yes_no(text) == Some(false) || words.iter().any(|w| w == "nevermind") {
+                cal.release(offer.start);
+                match booked {
+                    Some(s) => {
+                        t.journey.booking = Some(Booking {
+                            status: BookingStatus::Confirmed,
+                            offer: None,
+                            ..b
+                        });
+                        t.reply = Some(format!(
+                            "Okay, I've kept your appointment {}. Anything else I can help with?",
+                            spoken(s, tz)
+                        ));
+                    }
+                    None => {
+                        t.journey.booking = None;
+                        t.reply = Some(
+                            "Okay, I've let that time go. Anything else I can help with?".into(),
+                        );
+                    }
+                }
+                t.journey.active = None;
+                t.journey.asking = None;
+                return true;
+            }
+            return false;
+        }
+        let Some(start) = booked else {
+            return false;
         };
-        let asking = captured.slots.get("asking").cloned().unwrap_or_default();
+        if b.status == BookingStatus::Rescheduling {
+            let keep = nlu::yes_no(text) == Some(false)
+                || words
+                    .windows(2)
+                    .any(|w| w == ["keep", "it"] || w == ["never", "mind"]);
+            if keep {
+                t.journey.booking = Some(Booking {
+                    status: BookingStatus::Confirmed,
+                    ..b
+                });
+                t.journey.active = None;
+                t.journey.asking = None;
+                t.reply = Some(format!(
+                    "Okay, I've kept your appointment {}.",
+                    spoken(start, tz)
+                ));
+                return true;
+            }
+            // A time answers the reschedule (the journey asks for it).
+            return false;
+        }
+        if ask == Some(AppointmentAsk::Reschedule) {
+            self.start_reschedule(t, text, captured, start, now, tz, cal);
+            return true;
+        }
+        if words.first().is_some_and(|w| w == "c")
+            || nlu::yes_no(text) == Some(true) && words.len() <= 2
+        {
+            t.reply = Some(format!("Thanks, see you {}!", spoken(start, tz)));
+            return true;
+        }
+        false
+    }
+
+    /// The customer wants to move their appointment at `start`: it stays
+    /// theirs until a new time is confirmed.
+    #[allow(clippy::too_many_arguments)]
+    fn start_reschedule(
+        &self,
+        t: &mut Turn,
+        text: &str,
+        captured: &Captured,
+        start: Timestamp,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+    ) {
+        let Some(mut b) = t.journey.booking.clone() else {
+            return;
+        };
+        b.status = BookingStatus::Rescheduling;
+        let service = b.service.clone();
+        t.journey.booking = Some(b);
+        t.reply = Some(format!(
+            "Sure, let's find a new time. Your appointment {} stays booked until you confirm a new one. What day and time work for you?",
+            spoken(start, tz)
+        ));
+        self.ask_new_time(t, text, captured, now, tz, cal, &service);
+    }
+
+    /// Asks for a new time in `service`'s journey, or offers one at once
+    /// if `text` names it.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_new_time(
+        &self,
+        t: &mut Turn,
+        text: &str,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+        service: &str,
+    ) {
+        t.journey.active = Some(service.to_owned());
+        let cleared = self.datetime_cleared(service);
+        let slot = cleared.keys().next().cloned();
+        t.slots.extend(cleared);
+        t.journey.asking = slot;
+        if t.reply.is_none() {
+            t.reply = Some("No problem. What day and time would work better?".into());
+        }
+        if nlu::when(text, now, tz).is_some_and(|w| w.has_day || w.has_time) {
+            let mut merged = captured.clone();
+            merged.slots.extend(t.slots.clone());
+            merged.slots.retain(|_, v| !v.is_empty());
+            let mut more = Turn {
+                journey: t.journey.clone(),
+                ..Turn::default()
+            };
+            self.continue_journey(&mut more, text, &merged, now, tz, cal);
+            if more.reply.is_some() {
+                t.reply = more.reply;
+                t.escalate = more.escalate;
+                t.slots.extend(more.slots);
+                t.journey = more.journey;
+            }
+        }
+    }
+
+    /// The datetime slot of `service`'s journey, emptied (to ask again).
+    fn datetime_cleared(&self, service: &str) -> BTreeMap<String, String> {
+        self.spec
+            .journeys
+            .get(service)
+            .and_then(|j| j.slots.iter().find(|s| s.kind == SlotKind::Datetime))
+            .map(|s| (s.name.clone(), String::new()))
+            .into_iter()
+            .collect()
+    }
+
+    /// The customer said yes to `offer`: booked (and, for a move, the old
+    /// time given back and its reminders replaced), or taken meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn confirm(
+        &self,
+        t: &mut Turn,
+        b: &Booking,
+        offer: Offer,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+    ) {
+        if !cal.book(offer.start) {
+            t.journey.booking = Some(Booking {
+                offer: None,
+                ..b.clone()
+            })
+            .filter(|b| b.booked().is_some());
+            t.journey.active = Some(b.service.clone());
+            let cleared = self.datetime_cleared(&b.service);
+            t.journey.asking = cleared.keys().next().cloned();
+            t.slots.extend(cleared);
+            t.reply =
+                Some("Sorry, that time was just taken. What other day and time would work?".into());
+            return;
+        }
+        let moved_from = b.booked().filter(|s| *s != offer.start);
+        if let Some(old) = moved_from {
+            cal.release(old);
+        }
+        t.journey.booking = Some(Booking {
+            service: b.service.clone(),
+            status: BookingStatus::Confirmed,
+            start: Some(offer.start),
+            offer: None,
+            // New reminders replace the old (the caller cancels those).
+            reminders: Vec::new(),
+        });
+        t.journey.active = None;
+        t.journey.asking = None;
+        // A qualified lead that became a meeting.
+        if t.journey.handoff.as_deref() == Some("qualified") {
+            t.journey.lead_met = true;
+        }
+        let when = spoken(offer.start, tz);
+        t.reply = Some(match moved_from {
+            Some(old) => format!(
+                "Done: your appointment is moved from {} to {when}. We'll send you a reminder. Reply R any time to reschedule.",
+                spoken(old, tz)
+            ),
+            None => format!(
+                "You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."
+            ),
+        });
+        let _ = captured;
+        for before in self.reminders.get(&b.service).into_iter().flatten() {
+            let at = Timestamp(offer.start.0 - before);
+            if at.0 > now.0 {
+                t.reminders.push((
+                    at,
+                    format!("Reminder: your appointment is {when}. Reply C to confirm or R to reschedule."),
+                ));
+            }
+        }
+    }
+
+    /// Fills the current journey's slots from `text`, asks for the next
+    /// missing one, or completes it (offering a booking slot).
+    fn continue_journey(
+        &self,
+        t: &mut Turn,
+        text: &str,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+    ) {
+        let Some(jname) = t.journey.active.clone() else {
+            return;
+        };
+        let Some(j) = self.spec.journeys.get(&jname) else {
+            return;
+        };
+        let hold_until = now.saturating_add_millis(
+            i64::from(self.spec.calendar.as_ref().map_or(15, |c| c.hold_minutes)) * 60_000,
+        );
+        let asking = t.journey.asking.clone().unwrap_or_default();
         let contact_given =
             crate::phone::find_in_text(text).is_some() || nlu::email(text).is_some();
         let mut have: BTreeMap<String, String> = captured.slots.clone();
@@ -996,7 +1196,7 @@ impl Flow {
             let value = match s.kind {
                 SlotKind::Datetime => nlu::when(text, now, tz)
                     .filter(|w| w.has_day || w.has_time)
-                    .map(|w| w.at.0.to_string()),
+                    .and_then(|w| slot_time_text(w.at, tz)),
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),
                 SlotKind::Phone => crate::phone::find_in_text(text),
@@ -1039,33 +1239,29 @@ impl Flow {
             if contact_given && !got_any {
                 // "Here's my number": noted (see `understand`), then the
                 // same question again.
-                t.slots.insert("asking".into(), s.name.clone());
+                t.journey.asking = Some(s.name.clone());
                 t.reply = Some(format!(
                     "Thanks, noted. {}",
                     fill(&s.ask, captured, &t.slots, self.persona())
                 ));
-                return t;
+                return;
             }
             if !asking.is_empty() && asking == s.name && !got_any {
-                let misses: u32 = captured
-                    .slots
-                    .get("misunderstood")
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(0)
-                    + 1;
-                t.slots.insert("misunderstood".into(), misses.to_string());
+                let misses = t.journey.misunderstood + 1;
+                t.journey.misunderstood = misses;
                 if misses > self.spec.escalation.max_misunderstood {
                     t.escalate = Some(format!("could not get the customer's {}", s.name));
                     t.reply =
                         Some("Let me get someone from our team to help you with this.".into());
-                    return t;
+                    return;
                 }
             }
-            t.slots.insert("asking".into(), s.name.clone());
+            t.journey.asking = Some(s.name.clone());
             t.reply = Some(fill(&s.ask, captured, &t.slots, self.persona()));
-            return t;
+            return;
         }
-        t.slots.insert("asking".into(), String::new());
+        t.journey.asking = None;
+        t.journey.misunderstood = 0;
         let mut shown = t.slots.clone();
         if j.booking {
             let slot = j
@@ -1075,20 +1271,44 @@ impl Flow {
                 .expect("compiled: a booking has a datetime slot");
             let wanted = have
                 .get(&slot.name)
-                .and_then(|v| v.parse::<i64>().ok())
-                .map(Timestamp)
+                .and_then(|v| slot_time(v))
                 .unwrap_or(now);
-            let exact =
-                self.bookable(wanted, tz) && wanted.0 > now.0 && cal.hold(wanted, hold_until);
+            // A move never offers the time already booked.
+            let current = t.journey.booking.as_ref().and_then(Booking::booked);
+            if let Some(old) = t.journey.booking.as_ref().and_then(|b| b.offer) {
+                cal.release(old.start);
+            }
+            let exact = self.bookable(wanted, tz)
+                && wanted.0 > now.0
+                && Some(wanted) != current
+                && cal.hold(wanted, hold_until);
             let held = if exact {
                 Some(wanted)
             } else {
-                self.next_free(wanted, tz, now, cal, hold_until)
+                self.next_free(wanted, tz, now, cal, hold_until, current)
             };
             match held {
                 Some(h) => {
-                    t.slots.insert("held".into(), h.0.to_string());
-                    t.slots.insert(slot.name.clone(), h.0.to_string());
+                    let offer = Offer {
+                        start: h,
+                        until: hold_until,
+                    };
+                    t.journey.booking = Some(match t.journey.booking.take() {
+                        Some(b) if b.booked().is_some() => Booking {
+                            offer: Some(offer),
+                            ..b
+                        },
+                        _ => Booking {
+                            service: jname.clone(),
+                            status: BookingStatus::Offered,
+                            start: None,
+                            offer: Some(offer),
+                            reminders: Vec::new(),
+                        },
+                    });
+                    if let Some(v) = slot_time_text(h, tz) {
+                        t.slots.insert(slot.name.clone(), v);
+                    }
                     shown.insert(slot.name.clone(), spoken(h, tz));
                     let lead = if exact {
                         String::new()
@@ -1108,25 +1328,44 @@ impl Flow {
                     ));
                 }
                 None => {
+                    if let Some(b) = &mut t.journey.booking {
+                        b.offer = None;
+                    }
+                    t.journey.booking = t.journey.booking.take().filter(|b| b.booked().is_some());
                     t.slots.insert(slot.name.clone(), String::new());
-                    t.slots.insert("asking".into(), slot.name.clone());
+                    t.journey.asking = Some(slot.name.clone());
                     t.reply = Some("I couldn't find an opening in the next two weeks. Let me get someone to help.".into());
                     t.escalate = Some("no bookable slot in two weeks".into());
                 }
             }
-            return t;
+            return;
         }
         let mut merged = captured.clone();
         merged.slots.extend(t.slots.clone());
         t.reply = Some(fill(&j.done, &merged, &shown, self.persona()));
-        t.slots.insert("journey".into(), String::new());
+        t.journey.active = None;
         // Unless the lead was already handed over when its score crossed
         // the threshold.
-        if j.handoff && merged.slots.get("handoff").is_none_or(|h| h.is_empty()) {
+        if j.handoff && t.journey.handoff.is_none() {
             t.escalate = Some(format!("{jname} complete"));
         }
-        t
     }
+}
+
+/// A datetime slot's value as stored: RFC 3339 in the customer's zone.
+fn slot_time_text(at: Timestamp, tz: Tz) -> Option<String> {
+    tz.timestamp_millis_opt(at.0)
+        .single()
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, false))
+}
+
+/// A datetime slot's value read back (RFC 3339, or the epoch milliseconds
+/// older records kept).
+pub fn slot_time(v: &str) -> Option<Timestamp> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|d| Timestamp(d.timestamp_millis()))
+        .or_else(|| v.parse::<i64>().ok().map(Timestamp))
 }
 
 #[cfg(test)]
@@ -1229,16 +1468,38 @@ slot_minutes = 60
         Timestamp(DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis())
     }
 
-    fn apply(c: &mut Captured, turn: &Turn) {
-        for (k, v) in &turn.slots {
-            if v.is_empty() {
-                c.slots.remove(k);
-            } else {
-                c.slots.insert(k.clone(), v.clone());
+    /// What a conversation knows and where it stands, as the core keeps it.
+    #[derive(Default, Clone)]
+    struct Conv {
+        c: Captured,
+        j: Journey,
+    }
+
+    impl Conv {
+        /// The customer says `text`; the turn is applied as the core would.
+        fn say(&mut self, f: &Flow, text: &str, now: Timestamp, cal: &mut Cal) -> Turn {
+            let turn = f.turn(text, &self.c, &self.j, now, New_York, cal);
+            for (k, v) in &turn.slots {
+                if v.is_empty() {
+                    self.c.slots.remove(k);
+                } else {
+                    self.c.slots.insert(k.clone(), v.clone());
+                }
             }
+            if turn.intent.is_some() {
+                self.c.intent.clone_from(&turn.intent);
+            }
+            self.j = turn.journey.clone();
+            // The core keeps the reminders it scheduled in the booking.
+            if let Some(b) = &mut self.j.booking {
+                b.reminders
+                    .extend((0..turn.reminders.len()).map(|i| 100 + i as u64));
+            }
+            turn
         }
-        if turn.intent.is_some() {
-            c.intent.clone_from(&turn.intent);
+
+        fn booking(&self) -> &Booking {
+            self.j.booking.as_ref().expect("a booking")
         }
     }
 
@@ -1251,33 +1512,32 @@ slot_minutes = 60
             me: 1,
             ..Default::default()
         };
-        let mut c = Captured::default();
+        let mut c = Conv::default();
         let now = t(NOW);
-        let a = f.turn(
-            "Hi, I'm Jordan. I need a cleaning",
-            &c,
-            now,
-            New_York,
-            &mut cal,
-        );
-        apply(&mut c, &a);
+        let a = c.say(&f, "Hi, I'm Jordan. I need a cleaning", now, &mut cal);
         assert_eq!(a.intent.as_deref(), Some("book"));
         assert_eq!(a.reply.as_deref(), Some("What day and time work for you?"));
-        assert_eq!(c.slots["service"], "cleaning");
-        assert_eq!(c.slots["name"], "Jordan");
-        let b = f.turn("Tuesday at 3", &c, now, New_York, &mut cal);
-        apply(&mut c, &b);
+        assert_eq!(c.c.slots["service"], "cleaning");
+        assert_eq!(c.c.slots["name"], "Jordan");
+        assert_eq!(c.j.active.as_deref(), Some("booking"));
+        assert_eq!(c.j.asking.as_deref(), Some("when"));
+        let b = c.say(&f, "Tuesday at 3", now, &mut cal);
         assert_eq!(
             b.reply.as_deref(),
             Some("I can do Tue Mar 3 at 3:00 PM for your cleaning. Reply C to confirm or R for another time.")
         );
-        let d = f.turn("C", &c, now, New_York, &mut cal);
-        apply(&mut c, &d);
+        // The customer's time, as they would read it: RFC 3339 in their zone.
+        assert_eq!(c.c.slots["when"], "2026-03-03T15:00:00-05:00");
+        assert_eq!(c.booking().status, BookingStatus::Offered);
+        assert_eq!(c.booking().offer.unwrap().start, t("2026-03-03T20:00:00Z"));
+        let d = c.say(&f, "C", now, &mut cal);
         assert!(d
             .reply
             .unwrap()
             .starts_with("You're confirmed for Tue Mar 3 at 3:00 PM"));
-        assert_eq!(c.slots["booking_status"], "confirmed");
+        assert_eq!(c.booking().status, BookingStatus::Confirmed);
+        assert_eq!(c.booking().start, Some(t("2026-03-03T20:00:00Z")));
+        assert_eq!(c.j.active, None, "the journey is over");
         // 24 h before is already past; 2 h before is 13:00.
         assert_eq!(d.reminders.len(), 1);
         assert_eq!(d.reminders[0].0, t("2026-03-03T18:00:00Z"));
@@ -1305,43 +1565,138 @@ slot_minutes = 60
             me: 1,
             ..Default::default()
         };
-        let mut first = Captured::default();
-        let r = f.turn(
-            "book a checkup thursday at 10am",
-            &first,
-            now,
-            New_York,
-            &mut cal,
-        );
-        apply(&mut first, &r);
-        assert!(first.slots.contains_key("held"));
+        let mut first = Conv::default();
+        first.say(&f, "book a checkup thursday at 10am", now, &mut cal);
+        let first_offer = first.booking().offer.unwrap().start;
         // The second customer asks for the same time while it is held.
         cal.me = 2;
-        let mut second = Captured::default();
-        let r = f.turn(
-            "book a checkup thursday at 10am",
-            &second,
-            now,
-            New_York,
-            &mut cal,
-        );
-        apply(&mut second, &r);
+        let mut second = Conv::default();
+        let r = second.say(&f, "book a checkup thursday at 10am", now, &mut cal);
         let reply = r.reply.unwrap();
         assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available; the closest opening is Thu Mar 5 at 11:00 AM."), "{reply}");
-        assert_ne!(first.slots["held"], second.slots["held"]);
+        assert_ne!(first_offer, second.booking().offer.unwrap().start);
         // Outside opening hours: the next opening.
         cal.me = 3;
-        let r = f.turn(
-            "book a cleaning saturday at 10am",
-            &Captured::default(),
-            now,
-            New_York,
-            &mut cal,
-        );
+        let r = Conv::default().say(&f, "book a cleaning saturday at 10am", now, &mut cal);
         assert!(r
             .reply
             .unwrap()
             .contains("the closest opening is Mon Mar 9 at 9:00 AM"));
+    }
+
+    /// Books `when` for the conversation of `cal.me`, confirmed.
+    fn booked(f: &Flow, cal: &mut Cal, when: &str) -> Conv {
+        let mut c = Conv::default();
+        c.say(f, &format!("book a cleaning {when}"), t(NOW), cal);
+        c.say(f, "yes", t(NOW), cal);
+        assert_eq!(c.booking().status, BookingStatus::Confirmed, "{when}");
+        c
+    }
+
+    /// The double booking seen on a clinic's line: a move asked in plain
+    /// words keeps the old time booked until the new one is confirmed, so
+    /// nobody else can take it meanwhile, and the old time is given back
+    /// only then.
+    #[test]
+    fn a_move_in_plain_words_holds_the_new_time_before_giving_back_the_old() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut a = booked(&f, &mut cal, "thursday at 11am");
+        let thu = t("2026-03-05T16:00:00Z");
+        assert_eq!(a.booking().start, Some(thu));
+        let r = a.say(&f, "I'd like to move my appointment", now, &mut cal);
+        assert!(r.reply.unwrap().contains("stays booked until you confirm"));
+        assert_eq!(a.booking().status, BookingStatus::Rescheduling);
+        assert_eq!(
+            cal.slots[&thu.0],
+            (1, true),
+            "still booked for the customer"
+        );
+        assert!(r.reminders.is_empty());
+        assert_eq!(a.booking().reminders.len(), 2, "reminders kept until moved");
+        let r = a.say(&f, "reschedule to friday at 3pm please", now, &mut cal);
+        assert!(r.reply.unwrap().contains("Fri Mar 6 at 3:00 PM"));
+        let fri = t("2026-03-06T20:00:00Z");
+        assert_eq!(a.booking().offer.map(|o| o.start), Some(fri));
+        assert_eq!(cal.slots[&thu.0], (1, true));
+        // Another customer asks for Thursday 11: it is still taken.
+        cal.me = 2;
+        let mut b = Conv::default();
+        let r = b.say(&f, "book a cleaning thursday at 11am", now, &mut cal);
+        assert!(r.reply.unwrap().contains("isn't available"));
+        cal.me = 1;
+        let r = a.say(&f, "yes", now, &mut cal);
+        assert!(
+            r.reply.as_deref().unwrap().starts_with(
+                "Done: your appointment is moved from Thu Mar 5 at 11:00 AM to Fri Mar 6 at 3:00 PM"
+            ),
+            "{r:?}"
+        );
+        assert_eq!(a.booking().status, BookingStatus::Confirmed);
+        assert_eq!(a.booking().start, Some(fri));
+        assert!(a.booking().reminders.iter().all(|id| *id >= 100));
+        assert!(!cal.slots.contains_key(&thu.0), "given back once moved");
+        assert_eq!(cal.slots[&fri.0], (1, true));
+    }
+
+    #[test]
+    fn a_move_never_offers_the_time_already_booked_and_can_be_dropped() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut a = booked(&f, &mut cal, "thursday at 11am");
+        let r = a.say(&f, "can we push it back to thursday at 11am", now, &mut cal);
+        let reply = r.reply.unwrap();
+        assert!(
+            reply.contains("closest opening is Thu Mar 5 at 12:00 PM"),
+            "{reply}"
+        );
+        // Changing their mind keeps what they had.
+        let r = a.say(&f, "no, never mind", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Okay, I've kept your appointment Thu Mar 5 at 11:00 AM. Anything else I can help with?")
+        );
+        assert_eq!(a.booking().status, BookingStatus::Confirmed);
+        assert_eq!(a.booking().offer, None);
+        assert_eq!(cal.slots.len(), 1, "the offered time is free again");
+    }
+
+    /// The phantom cancellation: "I can't make it anymore" cancels for
+    /// real: the time is free, the reminders go, the reply says so.
+    #[test]
+    fn a_cancel_in_plain_words_frees_the_time_and_drops_the_reminders() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut a = booked(&f, &mut cal, "thursday at 11am");
+        let r = a.say(&f, "when is my appointment?", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Your appointment is Thu Mar 5 at 11:00 AM. Reply R to reschedule, or tell me if you need to cancel.")
+        );
+        let r = a.say(&f, "I can't make it anymore", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Done: your appointment Thu Mar 5 at 11:00 AM is cancelled. Text us any time to book again.")
+        );
+        assert_eq!(a.booking().status, BookingStatus::Cancelled);
+        assert!(a.booking().reminders.is_empty());
+        assert!(cal.slots.is_empty());
+        // And one can book again afterwards.
+        let r = a.say(&f, "book a cleaning friday at 10am", now, &mut cal);
+        assert!(r.reply.unwrap().contains("Fri Mar 6 at 10:00 AM"));
+        assert_eq!(a.booking().status, BookingStatus::Offered);
     }
 
     #[test]
@@ -1352,48 +1707,25 @@ slot_minutes = 60
             me: 1,
             ..Default::default()
         };
-        let mut c = Captured::default();
-        for msg in ["book a cleaning friday at 2pm", "yes"] {
-            let r = f.turn(msg, &c, now, New_York, &mut cal);
-            apply(&mut c, &r);
-        }
-        let booked = c.slots["booked"].clone();
-        let r = f.turn(
-            "R, can we do monday at 11am instead",
-            &c,
-            now,
-            New_York,
-            &mut cal,
-        );
-        apply(&mut c, &r);
+        let mut c = booked(&f, &mut cal, "friday at 2pm");
+        let old = c.booking().start.unwrap();
+        let r = c.say(&f, "R, can we do monday at 11am instead", now, &mut cal);
         assert!(r.reply.unwrap().contains("Mon Mar 9 at 11:00 AM"));
+        c.say(&f, "C", now, &mut cal);
         assert!(
-            !cal.slots.contains_key(&booked.parse::<i64>().unwrap()),
+            !cal.slots.contains_key(&old.0),
             "the old slot is free again"
         );
-        let r = f.turn(
-            "when are you open?",
-            &Captured::default(),
-            now,
-            New_York,
-            &mut cal,
-        );
+        let r = Conv::default().say(&f, "when are you open?", now, &mut cal);
         assert_eq!(
             r.reply.as_deref(),
             Some("We're open Monday to Friday, 9 to 5.")
         );
-        let r = f.turn(
-            "it's an emergency, my tooth is bleeding",
-            &Captured::default(),
-            now,
-            New_York,
-            &mut cal,
-        );
+        let r = Conv::default().say(&f, "it's an emergency, my tooth is bleeding", now, &mut cal);
         assert!(r.escalate.is_some());
-        let mut c = Captured::default();
+        let mut c = Conv::default();
         for _ in 0..2 {
-            let r = f.turn("purple monkey dishwasher", &c, now, New_York, &mut cal);
-            apply(&mut c, &r);
+            let r = c.say(&f, "purple monkey dishwasher", now, &mut cal);
             if r.escalate.is_some() {
                 return;
             }
@@ -1437,8 +1769,9 @@ slot_minutes = 60
             Some(cadence("2h", "whatsapp", "About your booking: {question}"));
         let f = Flow::compile(s).unwrap();
         let now = Timestamp(1_772_550_000_000);
-        let mut c = Captured::default();
-        let general = f.follow_up(0, now, &c, "Anything else?").unwrap();
+        let c = Captured::default();
+        let mut j = Journey::default();
+        let general = f.follow_up(0, now, &c, &j, "Anything else?").unwrap();
         assert_eq!(
             (
                 general.channel,
@@ -1451,8 +1784,8 @@ slot_minutes = 60
                 "Still there?"
             )
         );
-        c.slots.insert("journey".into(), "booking".into());
-        let booking = f.follow_up(0, now, &c, "Which day?").unwrap();
+        j.active = Some("booking".into());
+        let booking = f.follow_up(0, now, &c, &j, "Which day?").unwrap();
         assert_eq!(
             (
                 booking.channel,
@@ -1465,6 +1798,9 @@ slot_minutes = 60
                 "About your booking: Which day?"
             )
         );
-        assert!(f.follow_up(1, now, &c, "Which day?").is_none(), "one step");
+        assert!(
+            f.follow_up(1, now, &c, &j, "Which day?").is_none(),
+            "one step"
+        );
     }
 }

@@ -663,3 +663,117 @@ mod tests {
         assert_eq!(classify(&models, "the weather is nice", 0.3), None);
     }
 }
+
+/// What a customer asks about the appointment they have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppointmentAsk {
+    /// Another time: "move", "push it back", "can we do friday instead", "R".
+    Reschedule,
+    /// Call it off: "cancel my appointment", "I can't make it".
+    Cancel,
+    /// "When is my appointment?"
+    When,
+}
+
+/// Reads `text` as a request about an existing appointment, if it is one.
+/// Phrases are matched on whole words after `normalize` (apostrophes
+/// vanish: "can't" is "cant").
+pub fn appointment_ask(text: &str) -> Option<AppointmentAsk> {
+    let w = crate::consent::keywords::normalize(text);
+    let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
+    let any = |phrases: &[&[&str]]| phrases.iter().any(|p| has(p));
+    if w.len() == 1 && matches!(w[0].as_str(), "r" | "reschedule") {
+        return Some(AppointmentAsk::Reschedule);
+    }
+    // A question about when comes first: "when is my appointment, I might
+    // need to move it" asks; the next message moves.
+    let asks_when = any(&[
+        &["when", "is", "my"],
+        &["whens", "my"],
+        &["what", "time", "is", "my"],
+        &["what", "day", "is", "my"],
+        &["when", "am", "i", "booked"],
+        &["when", "am", "i", "scheduled"],
+        &["when", "was", "my"],
+        &["do", "i", "have", "an", "appointment"],
+        &["remind", "me", "when"],
+    ]);
+    if asks_when {
+        return Some(AppointmentAsk::When);
+    }
+    let cancels = any(&[
+        &["cancel"],
+        &["cancel", "it"],
+        &["call", "it", "off"],
+        &["cant", "make", "it"],
+        &["cannot", "make", "it"],
+        &["can", "not", "make", "it"],
+        &["wont", "make", "it"],
+        &["wont", "be", "able", "to", "make"],
+        &["not", "going", "to", "make", "it"],
+        &["not", "gonna", "make", "it"],
+        &["cant", "come"],
+        &["cant", "attend"],
+        &["wont", "be", "coming"],
+        &["no", "longer", "need"],
+        &["dont", "need", "the", "appointment"],
+    ]) && !any(&[&["dont", "cancel"], &["not", "cancel"]]);
+    if cancels && !w.iter().any(|x| x == "instead" || x == "reschedule") {
+        return Some(AppointmentAsk::Cancel);
+    }
+    let moves = any(&[
+        &["reschedule"],
+        &["rebook"],
+        &["move"],
+        &["moving"],
+        &["push", "it", "back"],
+        &["push", "back"],
+        &["push", "it"],
+        &["bring", "it", "forward"],
+        &["change", "my", "appointment"],
+        &["change", "the", "appointment"],
+        &["change", "the", "time"],
+        &["change", "the", "day"],
+        &["change", "it"],
+        &["different", "time"],
+        &["different", "day"],
+        &["another", "time"],
+        &["another", "day"],
+        &["other", "time"],
+        &["later", "time"],
+        &["earlier", "time"],
+        &["instead"],
+    ]);
+    moves.then_some(AppointmentAsk::Reschedule)
+}
+
+#[cfg(test)]
+mod appointment_tests {
+    use super::*;
+
+    #[test]
+    fn requests_about_an_appointment_in_plain_words() {
+        use AppointmentAsk::*;
+        for (text, want) in [
+            ("I'd like to move my appointment", Some(Reschedule)),
+            ("reschedule to friday at 3pm please", Some(Reschedule)),
+            ("can we push it back an hour?", Some(Reschedule)),
+            ("can we do friday instead", Some(Reschedule)),
+            ("R", Some(Reschedule)),
+            ("Need a different time", Some(Reschedule)),
+            ("cancel my appointment", Some(Cancel)),
+            ("I can't make it anymore", Some(Cancel)),
+            ("I won't be able to make it tomorrow", Some(Cancel)),
+            ("sorry, can't come on thursday", Some(Cancel)),
+            ("when is my appointment?", Some(When)),
+            ("what time is my appointment", Some(When)),
+            ("When's my appointment again", Some(When)),
+            ("please don't cancel it, see you then", None),
+            ("yes", None),
+            ("thanks, see you thursday", None),
+            ("what are your hours", None),
+        ] {
+            assert_eq!(appointment_ask(text), want, "{text}");
+        }
+    }
+}
