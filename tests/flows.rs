@@ -396,14 +396,13 @@ rules = [
 "#,
     )
     .unwrap();
-    let cfg = config(&fake.base)
-        .replace(
-            &format!(
-                "{}/examples/flows/insurance.toml",
-                env!("CARGO_MANIFEST_DIR")
-            ),
-            flow.to_str().unwrap(),
-        );
+    let cfg = config(&fake.base).replace(
+        &format!(
+            "{}/examples/flows/insurance.toml",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        flow.to_str().unwrap(),
+    );
     Node::start_with_config(&cfg, &["--simulated-clock", NOW])
 }
 
