@@ -2088,7 +2088,9 @@ fn outcomes_json(app: &App, tenant: &str) -> Value {
             "lead_to_meeting_rate": ratio(n(&o.leads_met), n(&o.leads_qualified)),
         },
         "escalations": {"total": n(&o.escalations), "taken": taken, "mean_wait_ms": wait_ms},
-        "since": "node start",
+        // Counts are kept with the data; the escalation wait and the
+        // Prometheus histograms since the node started.
+        "since": "data created",
     })
 }
 

@@ -1176,6 +1176,16 @@ async fn moves_and_cancellations_in_plain_words_never_double_book_a_slot() {
         "{notes:?}"
     );
     assert!(fake.accepted_bodies().iter().all(|b| !b.starts_with('[')));
+    // The outcomes, each counted once and kept across the restart.
+    let (_, m) = node.get_admin("/api/v1/tenants/smile/metrics").await;
+    assert_eq!(m["bookings"]["confirmed"], 3, "Ana twice, Ben once: {m}");
+    assert_eq!(m["bookings"]["rescheduled"], 1, "{m}");
+    assert_eq!(m["bookings"]["rebooked_self_service"], 1, "{m}");
+    assert_eq!(m["bookings"]["cancelled"], 1, "{m}");
+    assert_eq!(m["first_response"]["conversations"], 2, "{m}");
+    node.restart();
+    let (_, again) = node.get_admin("/api/v1/tenants/smile/metrics").await;
+    assert_eq!(again, m);
     // Reminders go out for the moved time only.
     node.advance(56.0 * 3600.0).await; // Thu 15:00 EST: 24 h before Friday 3 PM
     texted(&fake, |b| {

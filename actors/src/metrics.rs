@@ -622,6 +622,50 @@ impl Outcomes {
         );
     }
 
+    /// Each counter by the name it is kept under (in the store and in
+    /// Prometheus).
+    fn by_name(&self, name: &str) -> Option<&PerTenant> {
+        Some(match name {
+            "missed_calls" => &self.missed_calls,
+            "missed_calls_recovered" => &self.missed_calls_recovered,
+            "bookings_offered" => &self.bookings_offered,
+            "bookings_confirmed" => &self.bookings_confirmed,
+            "bookings_rescheduled" => &self.bookings_rescheduled,
+            "bookings_rebooked" => &self.bookings_rebooked,
+            "bookings_cancelled" => &self.bookings_cancelled,
+            "bookings_attended" => &self.bookings_attended,
+            "bookings_no_show" => &self.bookings_no_show,
+            "leads_qualified" => &self.leads_qualified,
+            "leads_met" => &self.leads_met,
+            "escalations" => &self.escalations,
+            _ => return None,
+        })
+    }
+
+    /// Starts the counts where the store left them (`tenant`, `name`,
+    /// value rows as `Tally` writes them): the outcomes survive restarts.
+    pub fn restore(&self, rows: impl IntoIterator<Item = (String, String, u64)>) {
+        for (tenant, name, v) in rows {
+            if let Some(c) = self.by_name(&name) {
+                c.get_or_create(&TenantLabel { tenant }).inc_by(v);
+            } else if let Some(which) = name.strip_suffix("_ms") {
+                let which = if which == "first_response" {
+                    "first_response"
+                } else {
+                    continue;
+                };
+                self.waits.entry((tenant, which)).or_default().0 += v;
+            } else if let Some(which) = name.strip_suffix("_count") {
+                let which = if which == "first_response" {
+                    "first_response"
+                } else {
+                    continue;
+                };
+                self.waits.entry((tenant, which)).or_default().1 += v;
+            }
+        }
+    }
+
     pub fn count(&self, c: &PerTenant, tenant: &str) {
         c.get_or_create(&TenantLabel {
             tenant: tenant.to_owned(),
@@ -659,5 +703,44 @@ impl Outcomes {
             Some(e) if e.1 > 0 => (Some(e.0 as f64 / e.1 as f64), e.1),
             _ => (None, 0),
         }
+    }
+}
+
+/// The outcomes of one commit: counted now, and the same increments kept
+/// to be written with the commit's events (`store` table `outcomes`), so
+/// the counts survive a restart.
+pub struct Tally<'a> {
+    outcomes: &'a Outcomes,
+    tenant: &'a str,
+    /// (tenant\0name, increment), for the store.
+    pub durable: Vec<(String, u64)>,
+}
+
+impl<'a> Tally<'a> {
+    pub fn new(outcomes: &'a Outcomes, tenant: &'a str) -> Self {
+        Tally {
+            outcomes,
+            tenant,
+            durable: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, name: &str, v: u64) {
+        self.durable.push((format!("{}\0{name}", self.tenant), v));
+    }
+
+    /// One more of counter `name` (see `Outcomes::by_name`).
+    pub fn count(&mut self, name: &'static str) {
+        if let Some(c) = self.outcomes.by_name(name) {
+            self.outcomes.count(c, self.tenant);
+            self.keep(name, 1);
+        }
+    }
+
+    /// A first response after `ms`.
+    pub fn first_response(&mut self, ms: i64) {
+        self.outcomes.wait("first_response", self.tenant, ms);
+        self.keep("first_response_ms", ms.max(0) as u64);
+        self.keep("first_response_count", 1);
     }
 }

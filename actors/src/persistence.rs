@@ -41,6 +41,8 @@ pub enum Op {
         work: Vec<crate::store::WorkWrite>,
         /// Calendar slots held, booked or released.
         calendar: Vec<crate::store::CalendarWrite>,
+        /// Outcome counts to add (`metrics::Tally`).
+        outcomes: Vec<(String, u64)>,
         /// In a cluster: where the change is replicated before `done`.
         route: Option<Route>,
         done: Option<Done>,
@@ -202,6 +204,7 @@ impl Op {
             outbox: Vec::new(),
             work: Vec::new(),
             calendar: Vec::new(),
+            outcomes: Vec::new(),
             route: Some(route),
             done: Some(done),
         }
@@ -391,6 +394,7 @@ fn writer_loop(
                         outbox,
                         work,
                         calendar,
+                        outcomes,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
@@ -401,6 +405,7 @@ fn writer_loop(
                         outbox,
                         work,
                         calendar,
+                        outcomes,
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Calendar { writes, .. } => Some(Write::Events {
@@ -412,6 +417,7 @@ fn writer_loop(
                         outbox: &[],
                         work: &[],
                         calendar: writes,
+                        outcomes: &[],
                     }),
                     Op::Offer {
                         conv, hold, timer, ..

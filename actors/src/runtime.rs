@@ -239,6 +239,8 @@ impl Runtime {
                 .map_err(|e| StoreError::Redb(e.to_string()))??;
         let (persistence, writer) =
             Persistence::start(store, &report, cfg.persistence_queue, metrics.clone());
+        // The business's outcomes count on from where they were.
+        metrics.outcomes.restore(persistence.store.outcomes()?);
         let shared = Arc::new(Shared {
             persistence: persistence.clone(),
             clock,

@@ -68,6 +68,9 @@ pub(crate) const CALENDAR: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const AGENT_WORK: TableDefinition<u64, &[u8]> = TableDefinition::new("agent_work");
 /// conversation → its open offer (`OfferHold`), kept by the agent pool.
 pub(crate) const OFFERS: TableDefinition<u64, &[u8]> = TableDefinition::new("offers");
+/// Outcome counts by `tenant\0name` (`metrics::Tally`), added to in the
+/// commit of the events that achieved them.
+pub(crate) const OUTCOMES: TableDefinition<&str, u64> = TableDefinition::new("outcomes");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
 /// conversation → the epoch at which this node holds it (no row: 0, it
 /// never moved). Raised by every ownership move.
@@ -386,6 +389,7 @@ impl Store {
             txn.open_table(AGENT_WORK)?;
             txn.open_table(OFFERS)?;
             txn.open_table(CALENDAR)?;
+            txn.open_table(OUTCOMES)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
@@ -766,6 +770,20 @@ impl Store {
         Ok(out)
     }
 
+    /// The outcome counts kept so far: (tenant, name, value).
+    pub fn outcomes(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(OUTCOMES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let Some((tenant, name)) = k.value().split_once('\0') {
+                out.push((tenant.to_owned(), name.to_owned(), v.value()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Open offers the agent pool made, by conversation.
     pub fn offers(&self) -> Result<Vec<threadline_protocol::OfferHold>, StoreError> {
         let r = self.db.begin_read()?;
@@ -964,6 +982,7 @@ pub(crate) enum Write<'a> {
         outbox: &'a [OutboxWrite],
         work: &'a [WorkWrite],
         calendar: &'a [CalendarWrite],
+        outcomes: &'a [(String, u64)],
     },
     Snapshot {
         conv: ConversationId,
@@ -1024,6 +1043,7 @@ impl BatchWriter<'_> {
             let mut work_t = txn.open_table(AGENT_WORK)?;
             let mut calendar_t = txn.open_table(CALENDAR)?;
             let mut offers_t = txn.open_table(OFFERS)?;
+            let mut outcomes_t = txn.open_table(OUTCOMES)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -1036,7 +1056,12 @@ impl BatchWriter<'_> {
                         outbox,
                         work,
                         calendar,
+                        outcomes,
                     } => {
+                        for (k, inc) in outcomes {
+                            let now = outcomes_t.get(k.as_str())?.map_or(0, |v| v.value());
+                            outcomes_t.insert(k.as_str(), now.saturating_add(*inc))?;
+                        }
                         for w in calendar {
                             match w {
                                 CalendarWrite::Put(k, h) => {

@@ -695,14 +695,16 @@ impl ConvState {
                 }
             }
         }
-        if !self.importing {
+        let outcomes = if self.importing {
+            Vec::new()
+        } else {
             record_outcomes(
                 &self.args.shared.metrics.outcomes,
                 &conv.state,
                 &events,
                 &self.journey_seen,
-            );
-        }
+            )
+        };
         self.journey_seen.clone_from(&conv.state.journey);
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
@@ -885,6 +887,7 @@ impl ConvState {
             outbox,
             work,
             calendar: std::mem::take(&mut self.pending_calendar),
+            outcomes,
             route,
             done: Some(done),
         };
@@ -1240,16 +1243,16 @@ fn record_outcomes(
     state: &ConversationState,
     events: &[(u32, ConvEvent)],
     seen: &threadline_protocol::Journey,
-) {
+) -> Vec<(String, u64)> {
     use threadline_protocol::{Author, BookingStatus as S, Direction};
-    let tenant = state.tenant.as_str();
+    let mut t = crate::metrics::Tally::new(o, &state.tenant);
     let mut prev = seen.clone();
     for (_, e) in events {
         match e {
             ConvEvent::MessageAppended(m) => {
                 let earlier = || state.messages.iter().take_while(|x| x.seq < m.seq);
                 if m.author == Author::System && m.text == "[missed call]" {
-                    o.count(&o.missed_calls, tenant);
+                    t.count("missed_calls");
                 }
                 if m.direction == Direction::Inbound
                     && m.author == Author::Customer
@@ -1259,7 +1262,7 @@ fn record_outcomes(
                         .last()
                         .is_some_and(|x| x.author == Author::System && x.text == "[missed call]")
                 {
-                    o.count(&o.missed_calls_recovered, tenant);
+                    t.count("missed_calls_recovered");
                 }
                 let answers = matches!(m.author, Author::Bot | Author::Agent(_));
                 if m.direction == Direction::Outbound && answers {
@@ -1269,11 +1272,7 @@ fn record_outcomes(
                             && matches!(x.author, Author::Bot | Author::Agent(_))
                     });
                     if let (Some(first), false) = (first_in, answered_before) {
-                        o.wait(
-                            "first_response",
-                            tenant,
-                            m.recorded_at.0 - first.recorded_at.0,
-                        );
+                        t.first_response(m.recorded_at.0 - first.recorded_at.0);
                     }
                 }
             }
@@ -1281,7 +1280,7 @@ fn record_outcomes(
                 let (b0, b1) = (prev.booking.as_ref(), j.booking.as_ref());
                 let offer = |b: Option<&threadline_protocol::Booking>| b.and_then(|b| b.offer);
                 if offer(b1).is_some() && offer(b1) != offer(b0) {
-                    o.count(&o.bookings_offered, tenant);
+                    t.count("bookings_offered");
                 }
                 let (s0, s1) = (b0.map(|b| b.status), b1.map(|b| b.status));
                 let moved = b0.and_then(|b| b.start) != b1.and_then(|b| b.start);
@@ -1290,36 +1289,31 @@ fn record_outcomes(
                         if s0 == Some(S::Rescheduling) && !moved {
                             // Kept the old time: nothing new.
                         } else {
-                            o.count(&o.bookings_confirmed, tenant);
+                            t.count("bookings_confirmed");
                             if s0 == Some(S::Rescheduling) && state.assigned_agent.is_none() {
-                                o.count(&o.bookings_rebooked, tenant);
+                                t.count("bookings_rebooked");
                             }
                         }
                     }
                     Some(S::Rescheduling) if s0 != Some(S::Rescheduling) => {
-                        o.count(&o.bookings_rescheduled, tenant)
+                        t.count("bookings_rescheduled")
                     }
-                    Some(S::Cancelled) if s0 != Some(S::Cancelled) => {
-                        o.count(&o.bookings_cancelled, tenant)
-                    }
-                    Some(S::Attended) if s0 != Some(S::Attended) => {
-                        o.count(&o.bookings_attended, tenant)
-                    }
-                    Some(S::NoShow) if s0 != Some(S::NoShow) => {
-                        o.count(&o.bookings_no_show, tenant)
-                    }
+                    Some(S::Cancelled) if s0 != Some(S::Cancelled) => t.count("bookings_cancelled"),
+                    Some(S::Attended) if s0 != Some(S::Attended) => t.count("bookings_attended"),
+                    Some(S::NoShow) if s0 != Some(S::NoShow) => t.count("bookings_no_show"),
                     _ => {}
                 }
                 if j.lead_met && !prev.lead_met {
-                    o.count(&o.leads_met, tenant);
+                    t.count("leads_met");
                 }
                 if j.handoff.as_deref() == Some("qualified") && prev.handoff.is_none() {
-                    o.count(&o.leads_qualified, tenant);
+                    t.count("leads_qualified");
                 }
                 prev = j.clone();
             }
-            ConvEvent::Escalated { .. } => o.count(&o.escalations, tenant),
+            ConvEvent::Escalated { .. } => t.count("escalations"),
             _ => {}
         }
     }
+    t.durable
 }
