@@ -212,6 +212,82 @@ pub async fn calendar_home(
     Ok(None)
 }
 
+/// At most this many days of appointments in one bookings read.
+const MAX_BOOKINGS_DAYS: i64 = 92;
+
+/// `GET /tenants/{t}/bookings?from=&to=`: the booked appointments that
+/// start in [`from`, `to`) (default: from now, 31 days), earliest first,
+/// each with its conversation's contact, service and status. Read from the
+/// calendar's rows (each booked slot names its conversation), then from
+/// each conversation.
+pub async fn bookings(
+    app: &App,
+    tenant: &str,
+    query: &str,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    calendar_flow(app, tenant)?;
+    let now = app.shared.clock.now();
+    let (mut from, mut to) = (now, None);
+    for (k, v) in query_pairs(query)? {
+        match k {
+            "from" if !v.is_empty() => from = parse_rfc3339("from", &v)?,
+            "to" if !v.is_empty() => to = Some(parse_rfc3339("to", &v)?),
+            _ => {}
+        }
+    }
+    let to = to.unwrap_or(from.saturating_add_millis(31 * 86_400_000));
+    if to.0 <= from.0 || to.0 - from.0 > MAX_BOOKINGS_DAYS * 86_400_000 {
+        return Err(ApiError::bad(
+            "invalid_query",
+            format!("`to` must be after `from`, at most {MAX_BOOKINGS_DAYS} days later"),
+        ));
+    }
+    let (low, high) = (
+        threadline_actors::store::slot_key(tenant, from),
+        threadline_actors::store::slot_key(tenant, to),
+    );
+    let mut booked: Vec<(String, u64)> = app
+        .shared
+        .calendar
+        .iter()
+        .filter(|e| e.key().as_str() >= low.as_str() && e.key().as_str() < high.as_str())
+        .filter(|e| e.value().booked && e.value().conv != threadline_actors::flows::BLOCKED)
+        .map(|e| (e.key().clone(), e.value().conv))
+        .collect();
+    booked.sort();
+    let mut out = Vec::with_capacity(booked.len());
+    for (key, conv) in booked {
+        let start = key
+            .rsplit('\0')
+            .next()
+            .and_then(|h| i64::from_str_radix(h, 16).ok())
+            .map(Timestamp)
+            .unwrap_or(from);
+        let id = ConversationId(conv);
+        let s = app.router.view_by_id(id).await?;
+        let b = s.as_ref().and_then(|s| s.journey.booking.as_ref());
+        out.push(json!({
+            "start": rfc3339(start),
+            "conversation_id": id.to_string(),
+            "contact": s.as_ref().map(|s| s.contact.clone()),
+            "name": s.as_ref().and_then(|s| s.captured.name.clone()),
+            "service": b.map(|b| b.service.clone()),
+            "status": b.map(|b| b.status.as_str()),
+            "moving_to": b.and_then(|b| b.offer).map(|o| rfc3339(o.start)),
+        }));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "tenant": tenant,
+            "timezone": app.shared.tenant(tenant).zone.name(),
+            "from": rfc3339(from),
+            "to": rfc3339(to),
+            "bookings": out,
+        }),
+    ))
+}
+
 /// `GET /tenants/{t}/calendar?from=&days=`: every bookable slot in the
 /// range (default: from now, 7 days) and who has it.
 pub fn calendar(app: &App, tenant: &str, query: &str) -> Result<Response<Full<Bytes>>, ApiError> {

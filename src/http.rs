@@ -704,6 +704,14 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             }
             crate::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
         }
+        Op::Bookings => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+                return pass_on(app, req, &home).await;
+            }
+            crate::flows::bookings(app, &tenant, req.uri().query().unwrap_or("")).await
+        }
         Op::SlotBlock | Op::SlotUnblock => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
@@ -2122,6 +2130,7 @@ pub fn booking_json(s: &ConversationState) -> Value {
     };
     json!({
         "service": b.service,
+        "journey": b.journey,
         "status": b.status.as_str(),
         "start": b.start.map(rfc3339),
         "offer": b.offer.map(|o| json!({"start": rfc3339(o.start), "held_until": rfc3339(o.until)})),

@@ -262,6 +262,16 @@ fn query_params(op: Op) -> Vec<Value> {
             q("from", "The first day shown (RFC 3339; default now)"),
             q("days", "How many days (default 7)"),
         ],
+        Op::Bookings => vec![
+            q(
+                "from",
+                "Appointments starting at or after (RFC 3339; default now)",
+            ),
+            q(
+                "to",
+                "and before (RFC 3339; default 31 days later, at most 92)",
+            ),
+        ],
         Op::ChatPage => vec![json!({"name": "tenant", "in": "query", "required": true,
             "schema": {"type": "string"}, "description": "The tenant whose chat this is"})],
         Op::ChatSocket => vec![

@@ -1171,11 +1171,30 @@ async fn moves_and_cancellations_in_plain_words_never_double_book_a_slot() {
     let notes = texts_where(&a, "delivery", "internal");
     assert!(
         notes.iter().any(|n| n.starts_with(
-            "[booking moved: booking from Thu Mar 5 at 11:00 AM to Fri Mar 6 at 3:00 PM"
+            "[booking moved: cleaning from Thu Mar 5 at 11:00 AM to Fri Mar 6 at 3:00 PM"
         )),
         "{notes:?}"
     );
     assert!(fake.accepted_bodies().iter().all(|b| !b.starts_with('[')));
+    // The business's list of appointments, with their conversations.
+    let (s, list) = node
+        .get_admin(
+            "/api/v1/tenants/smile/bookings?from=2026-03-03T00:00:00Z&to=2026-03-10T00:00:00Z",
+        )
+        .await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(
+        list["bookings"],
+        json!([{"start": fri3, "conversation_id": a["id"], "contact": ana, "name": "Ana",
+                "service": "cleaning", "status": "confirmed", "moving_to": null}]),
+        "{list}"
+    );
+    let (s, bad) = node
+        .get_admin(
+            "/api/v1/tenants/smile/bookings?from=2026-03-10T00:00:00Z&to=2026-03-03T00:00:00Z",
+        )
+        .await;
+    assert_eq!((s, &bad["error"]["code"]), (400, &json!("invalid_query")));
     // The outcomes, each counted once and kept across the restart.
     let (_, m) = node.get_admin("/api/v1/tenants/smile/metrics").await;
     assert_eq!(m["bookings"]["confirmed"], 3, "Ana twice, Ben once: {m}");

@@ -188,7 +188,10 @@ pub struct Journey {
 /// `offer.until`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Booking {
-    /// The journey that books it (the flow's name for the service).
+    /// The flow journey that books it.
+    pub journey: String,
+    /// What is booked, as the customer chose it (the journey's `service`
+    /// slot; else the journey's name).
     pub service: String,
     pub status: BookingStatus,
     /// The appointment's time (none while a first time is only offered).
@@ -357,9 +360,10 @@ impl Journey {
     }
 
     fn booking_mut(&mut self) -> &mut Booking {
-        let service = self.active.clone().unwrap_or_default();
+        let journey = self.active.clone().unwrap_or_default();
         self.booking.get_or_insert(Booking {
-            service,
+            service: journey.clone(),
+            journey,
             status: BookingStatus::Offered,
             start: None,
             offer: None,

@@ -189,6 +189,7 @@ fn a_v5_snapshot_of_a_booking_upgrades_to_the_typed_journey() {
             asking: None,
             misunderstood: 1,
             booking: Some(Booking {
+                journey: "booking".into(),
                 service: "booking".into(),
                 status: BookingStatus::Confirmed,
                 start: Some(Timestamp(1_795_100_000_000)),
@@ -215,6 +216,7 @@ fn v6_state() -> ConversationState {
             asking: None,
             misunderstood: 0,
             booking: Some(Booking {
+                journey: "booking".into(),
                 service: "cleaning".into(),
                 status: BookingStatus::Rescheduling,
                 start: Some(Timestamp(1_795_100_000_000)),

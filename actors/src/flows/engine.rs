@@ -911,7 +911,7 @@ impl Flow {
             if let Some(o) = b.offer {
                 cal.release(o.start);
             }
-            let service = b.service.clone();
+            let journey = b.journey.clone();
             if let Some(s) = booked {
                 cal.release(s);
                 t.journey.booking = Some(Booking {
@@ -931,7 +931,7 @@ impl Flow {
             }
             t.journey.active = None;
             t.journey.asking = None;
-            t.slots.extend(self.datetime_cleared(&service));
+            t.slots.extend(self.datetime_cleared(&journey));
             return true;
         }
         if let Some(offer) = b.offer {
@@ -950,7 +950,7 @@ impl Flow {
                     nb.status = BookingStatus::Offered;
                 }
                 t.journey.booking = Some(nb);
-                self.ask_new_time(t, text, captured, now, tz, cal, &b.service);
+                self.ask_new_time(t, text, captured, now, tz, cal, &b.journey);
                 return true;
             }
             if nlu::yes_no(text) == Some(false) || words.iter().any(|w| w == "nevermind") {
@@ -1034,16 +1034,16 @@ impl Flow {
             return;
         };
         b.status = BookingStatus::Rescheduling;
-        let service = b.service.clone();
+        let journey = b.journey.clone();
         t.journey.booking = Some(b);
         t.reply = Some(format!(
             "Sure, let's find a new time. Your appointment {} stays booked until you confirm a new one. What day and time work for you?",
             spoken(start, tz)
         ));
-        self.ask_new_time(t, text, captured, now, tz, cal, &service);
+        self.ask_new_time(t, text, captured, now, tz, cal, &journey);
     }
 
-    /// Asks for a new time in `service`'s journey, or offers one at once
+    /// Asks for a new time in `journey`, or offers one at once
     /// if `text` names it.
     #[allow(clippy::too_many_arguments)]
     fn ask_new_time(
@@ -1054,10 +1054,10 @@ impl Flow {
         now: Timestamp,
         tz: Tz,
         cal: &mut dyn Calendar,
-        service: &str,
+        journey: &str,
     ) {
-        t.journey.active = Some(service.to_owned());
-        let cleared = self.datetime_cleared(service);
+        t.journey.active = Some(journey.to_owned());
+        let cleared = self.datetime_cleared(journey);
         let slot = cleared.keys().next().cloned();
         t.slots.extend(cleared);
         t.journey.asking = slot;
@@ -1082,11 +1082,11 @@ impl Flow {
         }
     }
 
-    /// The datetime slot of `service`'s journey, emptied (to ask again).
-    fn datetime_cleared(&self, service: &str) -> BTreeMap<String, String> {
+    /// The datetime slot of `journey`, emptied (to ask again).
+    fn datetime_cleared(&self, journey: &str) -> BTreeMap<String, String> {
         self.spec
             .journeys
-            .get(service)
+            .get(journey)
             .and_then(|j| j.slots.iter().find(|s| s.kind == SlotKind::Datetime))
             .map(|s| (s.name.clone(), String::new()))
             .into_iter()
@@ -1112,8 +1112,8 @@ impl Flow {
                 ..b.clone()
             })
             .filter(|b| b.booked().is_some());
-            t.journey.active = Some(b.service.clone());
-            let cleared = self.datetime_cleared(&b.service);
+            t.journey.active = Some(b.journey.clone());
+            let cleared = self.datetime_cleared(&b.journey);
             t.journey.asking = cleared.keys().next().cloned();
             t.slots.extend(cleared);
             t.reply =
@@ -1125,6 +1125,7 @@ impl Flow {
             cal.release(old);
         }
         t.journey.booking = Some(Booking {
+            journey: b.journey.clone(),
             service: b.service.clone(),
             status: BookingStatus::Confirmed,
             start: Some(offer.start),
@@ -1149,7 +1150,7 @@ impl Flow {
             ),
         });
         let _ = captured;
-        for before in self.reminders.get(&b.service).into_iter().flatten() {
+        for before in self.reminders.get(&b.journey).into_iter().flatten() {
             let at = Timestamp(offer.start.0 - before);
             if at.0 > now.0 {
                 t.reminders.push((
@@ -1299,7 +1300,12 @@ impl Flow {
                             ..b
                         },
                         _ => Booking {
-                            service: jname.clone(),
+                            journey: jname.clone(),
+                            service: have
+                                .get("service")
+                                .filter(|v| !v.is_empty())
+                                .cloned()
+                                .unwrap_or_else(|| jname.clone()),
                             status: BookingStatus::Offered,
                             start: None,
                             offer: Some(offer),
