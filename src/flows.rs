@@ -402,7 +402,10 @@ pub async fn booking_outcome(
     let body = read_body(req, app.cfg.server.max_body_bytes).await?;
     let b: OutcomeBody = parse_json(&body)?;
     let outcome = BookingOutcome::parse(&b.outcome).ok_or_else(|| {
-        ApiError::bad("invalid_field", "`outcome` is \"attended\" or \"no_show\"")
+        ApiError::bad(
+            "invalid_field",
+            "`outcome` is \"attended\", \"no_show\" or \"cancelled\"",
+        )
     })?;
     match app.router.booking_outcome(id, outcome).await? {
         None => Err(ApiError::not_found(format!("no conversation {id}"))),

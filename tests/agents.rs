@@ -158,8 +158,10 @@ async fn a_customer_who_asks_for_a_person_gets_an_agent_who_opens_mid_conversati
         transcript,
         vec![
             "Hi, I'm Jordan. Moving next month, want to bundle home and auto",
-            "Can I talk to a person?"
-        ]
+            "Can I talk to a person?",
+            "[handed to a person: the customer asked for a person]"
+        ],
+        "the agent reads why, as an internal entry"
     );
     assert_eq!(offer["summary"]["current_channel"], "sms");
     assert_eq!(offer["expires_in_ms"], 30_000);
@@ -726,7 +728,11 @@ async fn internal_notes_never_reach_the_web_chat_customer() {
         .iter()
         .filter(|m| m["author"] == "system" && m["text"].as_str().unwrap().starts_with('['))
         .collect();
-    assert_eq!(notes.len(), 2, "the transfer note and the disposition: {c}");
+    assert_eq!(
+        notes.len(),
+        3,
+        "why it was handed over, the transfer note and the disposition: {c}"
+    );
     for n in notes {
         assert_eq!(
             (n["delivery"].as_str(), n["internal"].as_bool()),

@@ -152,7 +152,7 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
     // Reminders at 24 h and 2 h before (Wed 15:00 and Thu 13:00 local).
     node.advance(29.0 * 3600.0).await; // Wed 15:00 EST
     texted(&fake, |b| {
-        b.starts_with("Reminder: your appointment is Thu Mar 5 at 3:00 PM")
+        b.starts_with("Reminder from Bright Smile Dental: your cleaning is Thu Mar 5 at 3:00 PM")
     })
     .await;
     node.advance(22.0 * 3600.0).await; // Thu 13:00 EST
@@ -161,7 +161,7 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
         reminders = fake
             .accepted_bodies()
             .into_iter()
-            .filter(|b| b.starts_with("Reminder:"))
+            .filter(|b| b.starts_with("Reminder from"))
             .collect();
         if reminders.len() == 2 {
             break;
@@ -600,7 +600,7 @@ flow = "{flows}/dental.toml"
         if fake
             .accepted_bodies()
             .iter()
-            .filter(|b| b.starts_with("Reminder:"))
+            .filter(|b| b.starts_with("Reminder from"))
             .count()
             == 2
         {
@@ -611,7 +611,7 @@ flow = "{flows}/dental.toml"
     assert_eq!(
         fake.accepted_bodies()
             .iter()
-            .filter(|b| b.starts_with("Reminder:"))
+            .filter(|b| b.starts_with("Reminder from"))
             .count(),
         2
     );
@@ -1208,7 +1208,7 @@ async fn moves_and_cancellations_in_plain_words_never_double_book_a_slot() {
     // Reminders go out for the moved time only.
     node.advance(56.0 * 3600.0).await; // Thu 15:00 EST: 24 h before Friday 3 PM
     texted(&fake, |b| {
-        b.starts_with("Reminder: your appointment is Fri Mar 6 at 3:00 PM")
+        b.starts_with("Reminder from Bright Smile Dental: your cleaning is Fri Mar 6 at 3:00 PM")
     })
     .await;
     assert!(
@@ -1217,5 +1217,207 @@ async fn moves_and_cancellations_in_plain_words_never_double_book_a_slot() {
             .iter()
             .any(|b| b.contains("Thu Mar 5 at 11:00 AM") && b.starts_with("Reminder")),
         "no reminder for the old time"
+    );
+}
+
+/// The clinic's flow on WhatsApp and SMS, with a reminder template.
+async fn start_with_whatsapp() -> (FakeTwilio, common::fake_provider::FakeWhatsapp, Node) {
+    use common::fake_provider::{FakeWhatsapp, WA_PHONE_ID, WA_TOKEN};
+    let fake = FakeTwilio::start().await;
+    let wa = FakeWhatsapp::start().await;
+    let cfg = config(&fake.base)
+        .replace(
+            "[[tenants]]\nid = \"smile\"",
+            &format!(
+                "[providers.whatsapp]\napp_secret = \"{WA_SECRET}\"\nverify_token = \"verify-me\"\naccess_token = \"{WA_TOKEN}\"\napi_base = \"{}\"\n\n[[tenants]]\nid = \"smile\"\nwhatsapp_phone_number_id = \"{WA_PHONE_ID}\"",
+                wa.base
+            ),
+        )
+        .replace(
+            "flow = \"",
+            "whatsapp_templates = { reminder = { name = \"appointment_reminder\", language = \"en_US\" } }\nflow = \"",
+        );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    (fake, wa, node)
+}
+
+const WA_SECRET: &str = "test_app_secret";
+
+/// A customer writing on WhatsApp (a signed Cloud API notification).
+async fn wa_in(node: &Node, wa_id: &str, text: &str, id: &str) {
+    let body =
+        common::webhooks::whatsapp_text(common::fake_provider::WA_PHONE_ID, wa_id, id, text, "Dee");
+    let (s, v) = node.whatsapp(WA_SECRET, &body).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// The WhatsApp texts the fake Cloud API was asked to send.
+fn wa_sent(wa: &common::fake_provider::FakeWhatsapp) -> Vec<Value> {
+    wa.sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// On WhatsApp the journey asks for the reminder opt-in it needs, keeps
+/// the customer's YES as consent with the message as proof, and the
+/// reminder goes out as the tenant's template outside the 24-hour window.
+/// A customer who says no gets the reminder on the next channel the gate
+/// allows (a text), never silently nothing; each service has its own
+/// reminder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatsapp_reminders_are_asked_for_and_sent_as_templates_or_on_another_channel() {
+    let (fake, wa, node) = start_with_whatsapp().await;
+    let dee = "15551230021";
+    wa_in(
+        &node,
+        dee,
+        "Hi, I need a cleaning thursday at 11am",
+        "wamid.D1",
+    )
+    .await;
+    wa_in(&node, dee, "yes", "wamid.D2").await;
+    let said = bot_said(&node, "smile", &format!("+{dee}")).await;
+    assert!(
+        said.starts_with("You're confirmed for Thu Mar 5 at 11:00 AM")
+            && said.ends_with("Can we send your reminder here on WhatsApp? Reply YES."),
+        "{said}"
+    );
+    wa_in(&node, dee, "YES", "wamid.D3").await;
+    assert_eq!(
+        bot_said(&node, "smile", &format!("+{dee}")).await,
+        "Thanks! Your reminder will come here on WhatsApp."
+    );
+    let (s, consent) = node
+        .get_admin(&format!("/api/v1/tenants/smile/contacts/%2B{dee}/consent"))
+        .await;
+    assert_eq!(s, 200, "{consent}");
+    assert_eq!(
+        consent["channels"]["whatsapp"]["purposes"]["reminder"], "opted_in",
+        "{consent}"
+    );
+    let records = consent["history"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["status"] == "opted_in"
+            && r["channel"] == "whatsapp"
+            && r["purpose"] == "reminder"
+            && r["raw_text"] == "YES"
+            && r["provider_message_id"] == "wamid.D3"),
+        "{consent}"
+    );
+    // A whitening for Eli, who says no to WhatsApp reminders.
+    let eli = "15551230022";
+    wa_in(&node, eli, "I'd like whitening friday at 2pm", "wamid.E1").await;
+    wa_in(&node, eli, "C", "wamid.E2").await;
+    wa_in(&node, eli, "no thanks", "wamid.E3").await;
+    assert_eq!(
+        bot_said(&node, "smile", &format!("+{eli}")).await,
+        "Okay, no reminder on WhatsApp."
+    );
+    let e = node
+        .conversation_of("smile", &format!("+{eli}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        reminder_dues(&e),
+        ["2026-03-04T19:00:00.000Z", "2026-03-06T17:00:00.000Z"],
+        "whitening: 48 h and 2 h before"
+    );
+
+    // Wednesday 11:00: 25 hours after Dee last wrote, the window is shut.
+    node.advance(25.0 * 3600.0).await;
+    let mut template = None;
+    for _ in 0..500 {
+        template = wa_sent(&wa).into_iter().find(|v| v["type"] == "template");
+        if template.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let template = template.expect("the reminder went as a template");
+    assert_eq!(template["to"], dee);
+    assert_eq!(template["template"]["name"], "appointment_reminder");
+    let param = template["template"]["components"][0]["parameters"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        param,
+        "Bright Smile Dental: your cleaning is Thu Mar 5 at 11:00 AM. Reply C to confirm or R to reschedule.",
+        "{template}"
+    );
+    // Eli's whitening reminder (48 h before: Wed 14:00) cannot go on
+    // WhatsApp: it goes by text instead.
+    node.advance(3.0 * 3600.0).await;
+    let text = texted(&fake, |b| {
+        b.contains("your whitening is Fri Mar 6 at 2:00 PM")
+    })
+    .await;
+    assert!(text.contains("skip coffee"), "{text}");
+    let e = node
+        .conversation_of("smile", &format!("+{eli}"))
+        .await
+        .unwrap();
+    let blocked: Vec<&Value> = e["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["delivery"] == "blocked")
+        .collect();
+    assert_eq!(blocked.len(), 1, "{e}");
+    assert_eq!(blocked[0]["channel"], "whatsapp");
+}
+
+/// A bare opt-out keyword during a booking stays an opt-out, and the
+/// appointment becomes a question for a person: it is offered to the
+/// pool with the reason and stays on the calendar until someone cancels
+/// it (which frees the time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_with_an_appointment_booked_is_handed_to_a_person() {
+    let (_fake, node) = start().await;
+    let fay = "+15551230031";
+    sms_in(&node, fay, "Hi, I need a checkup thursday at 2pm", "F1").await;
+    sms_in(&node, fay, "C", "F2").await;
+    let thu2 = "2026-03-05T19:00:00.000Z";
+    assert_eq!(slot(&node, thu2).await["status"], "booked");
+    sms_in(&node, fay, "Cancel", "F3").await;
+    let c = node.conversation_of("smile", fay).await.unwrap();
+    let last = texts_where(&c, "author", "system");
+    assert!(
+        last.iter().any(|t| t.contains("you are unsubscribed")),
+        "the opt-out stands: {last:?}"
+    );
+    assert_eq!(c["booking"]["status"], "confirmed", "still booked");
+    assert_eq!(slot(&node, thu2).await["status"], "booked");
+    let (_, q) = node.get_admin("/api/v1/tenants/smile/queue").await;
+    assert_eq!(q["waiting"], 1, "{q}");
+    let id = c["id"].as_str().unwrap().to_owned();
+    let notes = texts_where(&c, "delivery", "internal");
+    assert!(
+        notes.iter().any(|n| n.starts_with(
+            "[handed to a person: opted out (\"Cancel\") with a checkup booked for Thu Mar 5 at 2:00 PM"
+        )),
+        "{notes:?}"
+    );
+    // A person decides: the business cancels it, and the time is free.
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{id}/booking"),
+            Some(&json!({"outcome": "cancelled"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(slot(&node, thu2).await["status"], "free");
+    let c = node.conversation_of("smile", fay).await.unwrap();
+    assert_eq!(c["booking"]["status"], "cancelled");
+    assert!(reminder_dues(&c).is_empty());
+    assert!(
+        texts_where(&c, "delivery", "internal")
+            .iter()
+            .any(|t| t
+                .starts_with("[booking cancelled by the business: checkup Thu Mar 5 at 2:00 PM"))
     );
 }

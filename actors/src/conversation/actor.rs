@@ -547,7 +547,14 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
                 return;
             };
             let zone = c.zone(&tenant);
-            match c.booking_outcome(outcome, now, zone) {
+            let mut cal = crate::flows::SharedCalendar {
+                map: &shared.calendar,
+                tenant: st.args.key.tenant(),
+                conv: c.id().0,
+                now,
+                writes: &mut st.pending_calendar,
+            };
+            match c.booking_outcome(outcome, now, zone, &mut cal) {
                 Ok(events) => {
                     st.commit(&myself, events, None, move |r| {
                         let _ = reply.send(r.map(Ok));
@@ -970,7 +977,10 @@ impl ConvState {
                 // Consent keywords are handled before any conversation logic.
                 let keyword = conv.on_keywords(&msg, meta.hint, now, &tenant);
                 let plain = keyword.is_empty();
+                let zone = conv.zone(&tenant);
+                let exception = conv.booking_exception(&keyword, now, zone);
                 events.extend(keyword);
+                events.extend(exception);
                 let person = plain
                     && conv.state.assigned_agent.is_none()
                     && super::core::wants_a_person(&msg.text);

@@ -106,6 +106,24 @@ impl Default for TenantPolicy {
 pub enum BookingOutcome {
     Attended,
     NoShow,
+    /// The business cancels it (a person deciding an exception).
+    Cancelled,
+}
+
+/// The slot a customer on WhatsApp is asked about after booking: may the
+/// reminder come here (`journey.asking`)?
+pub const REMINDER_OPT_IN: &str = "whatsapp_reminder_opt_in";
+
+/// Who and what a journey change happens with.
+struct JourneyChange<'a> {
+    now: Timestamp,
+    zone: chrono_tz::Tz,
+    /// The channel the customer wrote on (reminders go there).
+    channel: Option<Channel>,
+    /// The tenant's name (`{business}` in reminders).
+    business: &'a str,
+    /// Who made the change, as the transcript note says it.
+    by: &'static str,
 }
 
 impl BookingOutcome {
@@ -113,6 +131,7 @@ impl BookingOutcome {
         match s {
             "attended" => Some(BookingOutcome::Attended),
             "no_show" => Some(BookingOutcome::NoShow),
+            "cancelled" => Some(BookingOutcome::Cancelled),
             _ => None,
         }
     }
@@ -120,6 +139,7 @@ impl BookingOutcome {
         match self {
             BookingOutcome::Attended => "attended",
             BookingOutcome::NoShow => "no_show",
+            BookingOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -1303,6 +1323,47 @@ impl Conversation {
         let zone = self.zone(tenant);
         // The customer answered: any follow-up waiting for them is off.
         events.extend(self.stop_cadence());
+        if self.state.journey.asking.as_deref() == Some(REMINDER_OPT_IN) {
+            let mut journey = self.state.journey.clone();
+            journey.asking = None;
+            self.push(&mut events, ConvEvent::JourneyChanged(journey));
+            let answer = crate::flows::nlu::yes_no(&msg.text).map(|yes| {
+                if yes {
+                    // Their own words in the thread are the proof.
+                    self.push(
+                        &mut events,
+                        ConvEvent::ConsentChanged(threadline_protocol::ConsentChange {
+                            status: ConsentStatus::OptedIn,
+                            channel: Some(Channel::Whatsapp),
+                            purpose: Some(Purpose::Reminder.as_str().into()),
+                            source: "reply".into(),
+                            keyword: None,
+                            raw_text: Some(msg.text.chars().take(160).collect()),
+                            provider_message_id: msg.provider_message_id.clone(),
+                            proof: Some(
+                                "answered yes when asked in the WhatsApp thread whether the appointment reminder may come there".into(),
+                            ),
+                            at: now,
+                        }),
+                    );
+                    "Thanks! Your reminder will come here on WhatsApp."
+                } else {
+                    "Okay, no reminder on WhatsApp."
+                }
+            });
+            if let Some(text) = answer {
+                let spec = OutboundSpec {
+                    text: text.into(),
+                    channel: Some(msg.channel),
+                    purpose: Purpose::Conversational,
+                    agent: None,
+                    requested: false,
+                    subject: None,
+                };
+                events.extend(self.send_message(spec, now, tenant, next_id).1);
+                return (events, None);
+            }
+        }
         let turn = flow.turn(
             &msg.text,
             &self.state.captured,
@@ -1329,7 +1390,38 @@ impl Conversation {
                 },
             );
         }
-        events.extend(self.journey_to(turn.journey, turn.reminders, now, zone, next_id));
+        let ctx = JourneyChange {
+            now,
+            zone,
+            channel: Some(msg.channel),
+            business: &tenant.name,
+            by: "the customer",
+        };
+        let confirmed_before = self.state.journey.booking.as_ref().and_then(|b| b.booked());
+        events.extend(self.journey_to(turn.journey, turn.reminders, &ctx, next_id));
+        // Reminders on WhatsApp outside the 24-hour window go as the
+        // tenant's template, to customers who said yes to them here.
+        let mut reply = turn.reply;
+        let confirmed_now = self.state.journey.booking.as_ref().and_then(|b| b.booked());
+        if confirmed_now.is_some()
+            && confirmed_now != confirmed_before
+            && msg.channel == Channel::Whatsapp
+            && tenant
+                .whatsapp_templates
+                .iter()
+                .any(|p| p == Purpose::Reminder.as_str())
+            && self
+                .state
+                .consent_for(Channel::Whatsapp, Purpose::Reminder.as_str())
+                != ConsentStatus::OptedIn
+        {
+            if let Some(r) = &mut reply {
+                r.push_str(" Can we send your reminder here on WhatsApp? Reply YES.");
+                let mut journey = self.state.journey.clone();
+                journey.asking = Some(REMINDER_OPT_IN.into());
+                self.push(&mut events, ConvEvent::JourneyChanged(journey));
+            }
+        }
         let mut draft = None;
         let waits = self.state.journey.asking.is_some()
             || self
@@ -1338,14 +1430,14 @@ impl Conversation {
                 .booking
                 .as_ref()
                 .is_some_and(|b| b.offer.is_some());
-        if let (true, Some(question)) = (waits, turn.reply.clone()) {
+        if let (true, Some(question)) = (waits, reply.clone()) {
             if let Some(f) =
                 flow.follow_up(0, now, &self.state.captured, &self.state.journey, &question)
             {
                 events.extend(self.schedule_follow_up(f, &question, next_id));
             }
         }
-        if let Some(text) = turn.reply {
+        if let Some(text) = reply {
             if phrase_elsewhere {
                 // An external responder phrases it after the commit.
                 draft = Some(text);
@@ -1484,9 +1576,8 @@ impl Conversation {
     fn journey_to(
         &mut self,
         mut journey: threadline_protocol::Journey,
-        reminders: Vec<(Timestamp, String)>,
-        now: Timestamp,
-        zone: chrono_tz::Tz,
+        reminders: Vec<crate::flows::engine::Reminder>,
+        ctx: &JourneyChange<'_>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
@@ -1503,23 +1594,32 @@ impl Conversation {
                 }
             }
         }
-        for (due, text) in reminders {
+        for r in reminders {
             let id = next_id();
+            // On the channel the customer booked on, in its words if the
+            // flow has them.
+            let text = ctx
+                .channel
+                .and_then(|c| r.by_channel.get(&c))
+                .unwrap_or(&r.text)
+                .replace("{business}", ctx.business);
             events.extend(self.schedule_timer(
                 id,
                 TimerSpec {
-                    due,
+                    due: r.at,
                     kind: TimerKind::Reminder,
                     text: Some(text),
-                    channel: None,
+                    channel: ctx.channel,
                 },
             ));
             if let Some(b) = &mut journey.booking {
                 b.reminders.push(id);
             }
         }
-        if let Some(note) = booking_note(before.as_ref(), journey.booking.as_ref(), zone) {
-            self.note_for_record(&mut events, note, now);
+        if let Some(note) =
+            booking_note(before.as_ref(), journey.booking.as_ref(), ctx.zone, ctx.by)
+        {
+            self.note_for_record(&mut events, note, ctx.now);
         }
         if journey != self.state.journey {
             self.push(&mut events, ConvEvent::JourneyChanged(journey));
@@ -1527,14 +1627,50 @@ impl Conversation {
         events
     }
 
+    /// A keyword opt-out (`keyword`: its events) while an appointment is
+    /// booked: the opt-out stands, and the appointment becomes a question
+    /// for a person (it stays on the calendar until someone decides).
+    pub fn booking_exception(
+        &mut self,
+        keyword: &[(u32, ConvEvent)],
+        now: Timestamp,
+        zone: chrono_tz::Tz,
+    ) -> Vec<(u32, ConvEvent)> {
+        let opted_out = keyword.iter().find_map(|(_, e)| match e {
+            ConvEvent::ConsentChanged(c) if c.status == ConsentStatus::OptedOut => {
+                Some(c.raw_text.clone().unwrap_or_default())
+            }
+            _ => None,
+        });
+        let booked = self
+            .state
+            .journey
+            .booking
+            .as_ref()
+            .and_then(|b| b.booked().map(|s| (b.service.clone(), s)));
+        match (opted_out, booked) {
+            (Some(said), Some((service, start))) if self.state.assigned_agent.is_none() => {
+                let reason = format!(
+                    "opted out ({:?}) with a {service} booked for {}: the opt-out stands; decide whether the appointment stays",
+                    said.trim(),
+                    crate::flows::engine::spoken(start, zone)
+                );
+                self.escalate(&reason, Vec::new(), 0, now)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The business says how a booked appointment went (`attended` or
-    /// `no_show`), once its time has come: a note in the transcript, and
-    /// the booking is over (the customer can book again).
+    /// `no_show`, once its time has come) or cancels it (`cancelled`, which
+    /// frees its time): a note in the transcript, and the booking is over
+    /// (the customer can book again).
     pub fn booking_outcome(
         &mut self,
         outcome: BookingOutcome,
         now: Timestamp,
         zone: chrono_tz::Tz,
+        cal: &mut dyn crate::flows::engine::Calendar,
     ) -> Result<Vec<(u32, ConvEvent)>, BookingOutcomeError> {
         let booking = self
             .state
@@ -1543,7 +1679,7 @@ impl Conversation {
             .clone()
             .ok_or(BookingOutcomeError::NoBooking)?;
         let booked = booking.booked().ok_or(BookingOutcomeError::NoBooking)?;
-        if now.0 < booked.0 {
+        if now.0 < booked.0 && outcome != BookingOutcome::Cancelled {
             return Err(BookingOutcomeError::NotYet(booked));
         }
         let mut journey = self.state.journey.clone();
@@ -1551,12 +1687,23 @@ impl Conversation {
             status: match outcome {
                 BookingOutcome::Attended => threadline_protocol::BookingStatus::Attended,
                 BookingOutcome::NoShow => threadline_protocol::BookingStatus::NoShow,
+                BookingOutcome::Cancelled => threadline_protocol::BookingStatus::Cancelled,
             },
             offer: None,
             reminders: Vec::new(),
             ..booking
         });
-        Ok(self.journey_to(journey, Vec::new(), now, zone, &mut || 0))
+        if outcome == BookingOutcome::Cancelled {
+            cal.release(booked);
+        }
+        let ctx = JourneyChange {
+            now,
+            zone,
+            channel: None,
+            business: "",
+            by: "the business",
+        };
+        Ok(self.journey_to(journey, Vec::new(), &ctx, &mut || 0))
     }
 
     /// Records free facts about the contact (a `ContactUpdated` with only
@@ -1689,6 +1836,8 @@ impl Conversation {
     ) -> Vec<(u32, ConvEvent)> {
         let mut events = Vec::new();
         if self.state.assigned_agent.is_none() {
+            // Why, for the person who takes it (and the business's view).
+            self.note_for_record(&mut events, format!("[handed to a person: {reason}]"), now);
             self.push(
                 &mut events,
                 ConvEvent::Escalated {
@@ -2022,15 +2171,72 @@ impl Conversation {
                             },
                         );
                     }
-                    Decision::Block { .. } => self.outbound(
-                        &mut events,
-                        channel,
-                        Author::Bot,
-                        text,
-                        at,
-                        now,
-                        Delivery::Blocked,
-                    ),
+                    Decision::Block { reason } => {
+                        // A reminder its channel cannot carry goes on the
+                        // next channel the gate allows; if none does, the
+                        // business is told (never silently dropped).
+                        let fallback = (purpose == Purpose::Reminder)
+                            .then(|| {
+                                [Channel::Sms, Channel::Whatsapp, Channel::Webchat]
+                                    .into_iter()
+                                    .filter(|c| {
+                                        *c != channel
+                                            && self.state.identities.address_for(*c).is_some()
+                                    })
+                                    .find_map(|c| {
+                                        let d = self.gate(
+                                            c,
+                                            purpose,
+                                            purpose.as_str(),
+                                            at,
+                                            tenant,
+                                            false,
+                                        );
+                                        matches!(d, Decision::Send { .. }).then_some((c, d))
+                                    })
+                            })
+                            .flatten();
+                        self.outbound(
+                            &mut events,
+                            channel,
+                            Author::Bot,
+                            text.clone(),
+                            at,
+                            now,
+                            Delivery::Blocked,
+                        );
+                        match fallback {
+                            Some((c, d)) => {
+                                self.record_decision(&mut events, c, purpose, &d, &text, at);
+                                let seq = self.state.next_seq();
+                                self.outbound(
+                                    &mut events,
+                                    c,
+                                    Author::Bot,
+                                    text,
+                                    at,
+                                    now,
+                                    tenant.delivery_for(c),
+                                );
+                                self.push(
+                                    &mut events,
+                                    ConvEvent::SubjectNoted {
+                                        seq,
+                                        subject: purpose.as_str().to_owned(),
+                                    },
+                                );
+                            }
+                            None if purpose == Purpose::Reminder
+                                && self.state.assigned_agent.is_none() =>
+                            {
+                                let why = format!(
+                                    "an appointment reminder could not go out on any channel ({reason}): tell the customer another way"
+                                );
+                                events.extend(self.escalate(&why, Vec::new(), 0, now));
+                            }
+                            None => {}
+                        }
+                    }
                     // Held, not dropped: the same message waits as a new timer.
                     Decision::Defer { until, .. } => {
                         let new_id = next_id();
@@ -2507,6 +2713,7 @@ fn booking_note(
     before: Option<&threadline_protocol::Booking>,
     after: Option<&threadline_protocol::Booking>,
     zone: chrono_tz::Tz,
+    by: &str,
 ) -> Option<String> {
     use threadline_protocol::BookingStatus as S;
     let at = |t: Option<Timestamp>| {
@@ -2534,7 +2741,7 @@ fn booking_note(
             at(start0)
         )),
         (Some(x), Some(S::Cancelled)) if x != S::Cancelled => Some(format!(
-            "[booking cancelled by the customer: {service} {}]",
+            "[booking cancelled by {by}: {service} {}]",
             at(start0)
         )),
         (x, Some(S::Attended)) if x != Some(S::Attended) => {

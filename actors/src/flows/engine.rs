@@ -214,6 +214,18 @@ pub struct JourneySpec {
     /// Reminders before a confirmed booking: "24h", "2h", "30m".
     #[serde(default)]
     pub reminders: Vec<String>,
+    /// What a reminder says: `{name}`, `{service}`, `{when}` (in the
+    /// customer's zone), `{business}`, `{persona}`. Default: "Reminder: your
+    /// {service} is {when}. Reply C to confirm or R to reschedule."
+    #[serde(default)]
+    pub reminder_text: Option<String>,
+    /// The reminder's text on one channel (`sms`, `whatsapp`, `webchat`).
+    #[serde(default)]
+    pub reminder_text_by_channel: BTreeMap<String, String>,
+    /// Per service (a value of the journey's `service` slot): its own
+    /// lead times and texts, instead of the journey's.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
     /// When complete, hand the conversation to a person (a qualified lead).
     #[serde(default)]
     pub handoff: bool,
@@ -221,6 +233,38 @@ pub struct JourneySpec {
     /// the flow's `[cadence]`).
     #[serde(default)]
     pub cadence: Option<CadenceSpec>,
+}
+
+/// One service's own reminders.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub reminders: Option<Vec<String>>,
+    pub reminder_text: Option<String>,
+    #[serde(default)]
+    pub reminder_text_by_channel: BTreeMap<String, String>,
+}
+
+/// The reminders a confirmed booking gets, compiled.
+#[derive(Debug, Clone, Default)]
+struct ReminderPlan {
+    /// Milliseconds before the appointment.
+    leads: Vec<i64>,
+    text: String,
+    by_channel: BTreeMap<threadline_protocol::Channel, String>,
+}
+
+const DEFAULT_REMINDER: &str =
+    "Reminder: your {service} is {when}. Reply C to confirm or R to reschedule.";
+
+/// A reminder to schedule for a confirmed booking: its time and what it
+/// says (on a given channel, if the flow says so). `{business}` is left for
+/// the caller, who knows the tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reminder {
+    pub at: Timestamp,
+    pub text: String,
+    pub by_channel: BTreeMap<threadline_protocol::Channel, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -299,7 +343,8 @@ pub struct Flow {
     open_days: Vec<chrono::Weekday>,
     open: NaiveTime,
     close: NaiveTime,
-    reminders: BTreeMap<String, Vec<i64>>,
+    /// By (journey, service); the service "" is the journey's own.
+    reminders: BTreeMap<(String, String), ReminderPlan>,
 }
 
 fn duration_ms(s: &str) -> Option<i64> {
@@ -387,13 +432,48 @@ impl Flow {
                     "journey {name:?} books, so the flow needs a [calendar]"
                 ));
             }
-            let mut r = Vec::new();
-            for d in &j.reminders {
-                r.push(duration_ms(d).ok_or_else(|| {
-                    format!("journey {name:?}: reminder {d:?} is not like 24h, 2h or 30m")
-                })?);
+            let leads = |list: &[String]| -> Result<Vec<i64>, String> {
+                list.iter()
+                    .map(|d| {
+                        duration_ms(d).ok_or_else(|| {
+                            format!("journey {name:?}: reminder {d:?} is not like 24h, 2h or 30m")
+                        })
+                    })
+                    .collect()
+            };
+            let by_channel = |m: &BTreeMap<String, String>| {
+                m.iter()
+                    .map(|(c, t)| {
+                        threadline_protocol::Channel::parse(c)
+                            .map(|c| (c, t.clone()))
+                            .ok_or_else(|| {
+                                format!("journey {name:?}: reminder_text_by_channel: {c:?} is not a channel")
+                            })
+                    })
+                    .collect::<Result<BTreeMap<_, _>, String>>()
+            };
+            let base = ReminderPlan {
+                leads: leads(&j.reminders)?,
+                text: j
+                    .reminder_text
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_REMINDER.to_owned()),
+                by_channel: by_channel(&j.reminder_text_by_channel)?,
+            };
+            for (service, sv) in &j.services {
+                let mut plan = base.clone();
+                if let Some(r) = &sv.reminders {
+                    plan.leads = leads(r)?;
+                }
+                if let Some(t) = &sv.reminder_text {
+                    plan.text.clone_from(t);
+                    plan.by_channel.clear();
+                }
+                plan.by_channel
+                    .extend(by_channel(&sv.reminder_text_by_channel)?);
+                reminders.insert((name.clone(), service.clone()), plan);
             }
-            reminders.insert(name.clone(), r);
+            reminders.insert((name.clone(), String::new()), base);
             for s in &j.slots {
                 if s.kind == SlotKind::Choice && s.options.is_empty() {
                     return Err(format!(
@@ -506,8 +586,8 @@ pub struct Turn {
     pub slots: BTreeMap<String, String>,
     /// Hand the conversation to a person, for this reason.
     pub escalate: Option<String>,
-    /// Reminders to schedule: (when, text).
-    pub reminders: Vec<(Timestamp, String)>,
+    /// Reminders to schedule.
+    pub reminders: Vec<Reminder>,
     /// The lead score, when the flow scores and it changed.
     pub score: Option<u32>,
     /// Call the customer now, saying this (a qualified lead, `handoff = "call"`).
@@ -578,6 +658,30 @@ fn check_placeholders(spec: &FlowSpec) -> Result<(), String> {
         }
     }
     for (n, j) in &spec.journeys {
+        let reminder = ["when", "service", "business"];
+        let texts = j
+            .reminder_text
+            .iter()
+            .map(|t| (format!("journeys.{n}.reminder_text"), t))
+            .chain(
+                j.reminder_text_by_channel
+                    .iter()
+                    .map(|(c, t)| (format!("journeys.{n}.reminder_text_by_channel.{c}"), t)),
+            )
+            .chain(j.services.iter().flat_map(|(sv, s)| {
+                s.reminder_text
+                    .iter()
+                    .map(move |t| (format!("journeys.{n}.services.{sv}.reminder_text"), t))
+                    .chain(s.reminder_text_by_channel.iter().map(move |(c, t)| {
+                        (
+                            format!("journeys.{n}.services.{sv}.reminder_text_by_channel.{c}"),
+                            t,
+                        )
+                    }))
+            }));
+        for (key, t) in texts {
+            check(key, t, &reminder)?;
+        }
         check(format!("journeys.{n}.done"), &j.done, &[])?;
         for (i, s) in j.slots.iter().enumerate() {
             check(format!("journeys.{n}.slots[{i}].ask"), &s.ask, &[])?;
@@ -610,7 +714,8 @@ fn fill(
             .replace(" {name}", "")
             .replace("{name}", ""),
     };
-    for (k, v) in captured.slots.iter().chain(extra.iter()) {
+    // What the caller says (a time as spoken, say) before what was captured.
+    for (k, v) in extra.iter().chain(captured.slots.iter()) {
         out = out.replace(&format!("{{{k}}}"), v);
     }
     out
@@ -1149,14 +1254,24 @@ impl Flow {
                 "You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."
             ),
         });
-        let _ = captured;
-        for before in self.reminders.get(&b.journey).into_iter().flatten() {
-            let at = Timestamp(offer.start.0 - before);
-            if at.0 > now.0 {
-                t.reminders.push((
-                    at,
-                    format!("Reminder: your appointment is {when}. Reply C to confirm or R to reschedule."),
-                ));
+        let plan = self
+            .reminders
+            .get(&(b.journey.clone(), b.service.clone()))
+            .or_else(|| self.reminders.get(&(b.journey.clone(), String::new())));
+        if let Some(plan) = plan {
+            let mut extra = BTreeMap::new();
+            extra.insert("when".to_owned(), when.clone());
+            extra.insert("service".to_owned(), b.service.clone());
+            let text = |t: &str| fill(t, captured, &extra, self.persona());
+            for before in &plan.leads {
+                let at = Timestamp(offer.start.0 - before);
+                if at.0 > now.0 {
+                    t.reminders.push(Reminder {
+                        at,
+                        text: text(&plan.text),
+                        by_channel: plan.by_channel.iter().map(|(c, t)| (*c, text(t))).collect(),
+                    });
+                }
             }
         }
     }
