@@ -122,6 +122,10 @@ fn default_cluster_server_name() -> String {
     "threadline-cluster".into()
 }
 
+fn default_stalled_after_minutes() -> u32 {
+    60
+}
+
 fn default_replication_factor() -> u8 {
     2
 }
@@ -444,6 +448,11 @@ pub struct Tenant {
     /// The text sent after a missed call; empty sends none. Default: a
     /// short note with the tenant's name.
     pub missed_call_text: Option<String>,
+    /// A conversation counts as stalled (`GET …/leakage`) once the
+    /// customer's last message, or the flow's last question, has waited
+    /// this long.
+    #[serde(default = "default_stalled_after_minutes")]
+    pub stalled_after_minutes: u32,
     /// Approved WhatsApp templates by purpose (`conversational`,
     /// `reminder`, `marketing`): outside the 24-hour window a message of
     /// that purpose goes out as this template, its text as the template's
@@ -909,6 +918,7 @@ impl Config {
                 quiet_hours_states: default_quiet_states(),
                 voice_assistant: false,
                 missed_call_text: None,
+                stalled_after_minutes: default_stalled_after_minutes(),
                 whatsapp_templates: Default::default(),
                 outreach_basis: default_outreach_basis(),
                 chat_frame_ancestors: Vec::new(),
@@ -1339,6 +1349,12 @@ impl Config {
             }
             if t.missed_call_text.as_ref().is_some_and(|m| m.len() > 1600) {
                 errs.push((at("missed_call_text"), "must be at most 1600 bytes".into()));
+            }
+            if !(1..=43_200).contains(&t.stalled_after_minutes) {
+                errs.push((
+                    at("stalled_after_minutes"),
+                    "must be between 1 and 43200 (30 days)".into(),
+                ));
             }
             for (j, o) in t.chat_frame_ancestors.iter().enumerate() {
                 let host = o

@@ -647,6 +647,11 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let tenant = known_tenant(app, &decode_segment(param(&params, "tenant"))?)?;
             Ok(json_response(StatusCode::OK, &outcomes_json(app, &tenant)))
         }
+        Op::TenantLeakage => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, &decode_segment(param(&params, "tenant"))?)?;
+            leakage(app, &tenant).await
+        }
         Op::TenantQueue => {
             admin(app, &req)?;
             crate::agents::queue(app, &decode_segment(param(&params, "tenant"))?).await
@@ -2056,6 +2061,84 @@ async fn cluster_json(app: &App) -> Value {
             })
         }
     }
+}
+
+/// `GET /tenants/{t}/leakage`: the customers the business is losing, from
+/// the summaries of the conversations this node holds. A missed call is
+/// lost until the customer writes back; a conversation is stalled when the
+/// customer's last message has waited `stalled_after_minutes` for an
+/// answer, or the flow's last question (or a time it offered) has waited
+/// that long with no follow-up planned. Closed conversations are not
+/// counted.
+async fn leakage(app: &App, tenant: &str) -> Result<Resp, ApiError> {
+    let store = app.shared.persistence.store.clone();
+    let t = tenant.to_owned();
+    let summaries = tokio::task::spawn_blocking(move || store.summaries(&t))
+        .await
+        .map_err(ApiError::storage)?
+        .map_err(ApiError::storage)?;
+    let now = app.shared.clock.now();
+    let after_ms = i64::from(
+        app.cfg
+            .tenant(tenant)
+            .map_or(60, |t| t.stalled_after_minutes),
+    ) * 60_000;
+    let mut missed = Vec::new();
+    let mut stalled = Vec::new();
+    let mut missed_by: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let mut stalled_by: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    let row = |s: &threadline_protocol::ConversationSummary, since, channel: Channel, why| {
+        json!({
+            "conversation_id": s.conv.to_string(),
+            "contact": s.contact,
+            "name": s.name,
+            "channel": channel.as_str(),
+            "since": rfc3339(since),
+            "waiting_ms": now.0 - since.0,
+            "reason": why,
+            "assigned_agent": s.assigned_agent,
+        })
+    };
+    for s in summaries
+        .iter()
+        .filter(|s| s.status != threadline_protocol::Status::Closed)
+    {
+        if let Some(at) = s.missed_call {
+            *missed_by.entry(Channel::Voice.as_str()).or_default() += 1;
+            missed.push(row(
+                s,
+                at,
+                Channel::Voice,
+                "missed call, no word from the customer since",
+            ));
+        }
+        let waiting = s
+            .unanswered
+            .map(|(at, ch)| (at, ch, "the customer's last message has no answer"))
+            .or(s
+                .journey_idle
+                .map(|(at, ch)| (at, ch, "the bot's question waits with no follow-up planned")));
+        if let Some((at, ch, why)) = waiting.filter(|(at, _, _)| now.0 - at.0 >= after_ms) {
+            if ch != Channel::Voice || s.missed_call.is_none() {
+                *stalled_by.entry(ch.as_str()).or_default() += 1;
+                stalled.push(row(s, at, ch, why));
+            }
+        }
+    }
+    let oldest_first = |v: &mut Vec<Value>| {
+        v.sort_by(|a, b| a["since"].as_str().cmp(&b["since"].as_str()));
+    };
+    oldest_first(&mut missed);
+    oldest_first(&mut stalled);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "tenant": tenant,
+            "stalled_after_minutes": after_ms / 60_000,
+            "missed_calls_not_recovered": {"count": missed.len(), "by_channel": missed_by, "conversations": missed},
+            "stalled": {"count": stalled.len(), "by_channel": stalled_by, "conversations": stalled},
+        }),
+    ))
 }
 
 /// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`).

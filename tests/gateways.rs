@@ -1067,3 +1067,91 @@ async fn logs_can_be_json_lines_and_never_carry_the_secrets() {
         }
     }
 }
+
+/// The leakage a business asks about: a missed call nobody heard back
+/// from, and a customer's message left unanswered past the tenant's
+/// stalled time, counted by channel and listed; each leaves the list once
+/// the customer writes back or is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_calls_and_stalled_conversations_are_counted_and_listed() {
+    let env = start().await;
+    let node = &env.node;
+    let caller = "+15551239901";
+    // A call nobody answered.
+    node.twilio(
+        TOKEN,
+        "/webhooks/twilio/voice",
+        &call_params("CA90", caller, ACME_NUMBER),
+    )
+    .await;
+    let mut dial = call_params("CA90", caller, ACME_NUMBER);
+    dial.push(("DialCallStatus", "no-answer"));
+    dial.push(("DialCallSid", "CA91"));
+    let (s, _) = node
+        .twilio(TOKEN, "/webhooks/twilio/voice/dial-status", &dial)
+        .await;
+    assert_eq!(s, 200);
+    // A text nobody answers (acme has no flow: a person must).
+    let texter = "+15551239902";
+    let (s, _) = node
+        .twilio(
+            TOKEN,
+            "/webhooks/twilio/sms",
+            &sms_params(
+                "SM90",
+                texter,
+                ACME_NUMBER,
+                "Can someone call me back about my bill?",
+            ),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Not stalled yet.
+    let (s, v) = node.get_admin("/api/v1/tenants/acme/leakage").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stalled_after_minutes"], 60);
+    assert_eq!(v["missed_calls_not_recovered"]["count"], 1, "{v}");
+    assert_eq!(
+        v["missed_calls_not_recovered"]["by_channel"],
+        json!({"voice": 1})
+    );
+    assert_eq!(
+        v["missed_calls_not_recovered"]["conversations"][0]["contact"],
+        caller
+    );
+    assert_eq!(v["stalled"]["count"], 0, "{v}");
+    // Two hours pass.
+    node.advance(2.0 * 3600.0).await;
+    let (_, v) = node.get_admin("/api/v1/tenants/acme/leakage").await;
+    assert_eq!(v["stalled"]["count"], 1, "{v}");
+    assert_eq!(v["stalled"]["by_channel"], json!({"sms": 1}));
+    let row = &v["stalled"]["conversations"][0];
+    assert_eq!(row["contact"], texter);
+    assert_eq!(row["reason"], "the customer's last message has no answer");
+    assert_eq!(row["waiting_ms"], 7_200_000);
+    // The caller writes back and the texter is answered: nothing leaks.
+    let (s, _) = node
+        .twilio(
+            TOKEN,
+            "/webhooks/twilio/sms",
+            &sms_params("SM91", caller, ACME_NUMBER, "Hi, I just called"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let body = json!({"text": "Sure, calling you now.", "purpose": "conversational"});
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/tenants/acme/contacts/%2B15551239902/messages",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let (_, v) = node.get_admin("/api/v1/tenants/acme/leakage").await;
+    assert_eq!(v["missed_calls_not_recovered"]["count"], 0, "{v}");
+    assert_eq!(v["stalled"]["count"], 0, "the caller's text is fresh: {v}");
+    // The caller's own text, unanswered two hours, stalls in turn.
+    node.advance(2.0 * 3600.0).await;
+    let (_, before) = node.get_admin("/api/v1/tenants/acme/leakage").await;
+    assert_eq!(before["stalled"]["count"], 1, "{before}");
+}

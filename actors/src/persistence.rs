@@ -43,6 +43,8 @@ pub enum Op {
         calendar: Vec<crate::store::CalendarWrite>,
         /// Outcome counts to add (`metrics::Tally`).
         outcomes: Vec<(String, u64)>,
+        /// The conversation's summary after these events: (tenant, bytes).
+        summary: Option<(String, Vec<u8>)>,
         /// In a cluster: where the change is replicated before `done`.
         route: Option<Route>,
         done: Option<Done>,
@@ -205,6 +207,7 @@ impl Op {
             work: Vec::new(),
             calendar: Vec::new(),
             outcomes: Vec::new(),
+            summary: None,
             route: Some(route),
             done: Some(done),
         }
@@ -395,6 +398,7 @@ fn writer_loop(
                         work,
                         calendar,
                         outcomes,
+                        summary,
                         ..
                     } => Some(Write::Events {
                         conv: *conv,
@@ -406,6 +410,7 @@ fn writer_loop(
                         work,
                         calendar,
                         outcomes,
+                        summary: summary.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
                     }),
                     Op::TimerDelete { id, .. } => Some(Write::TimerDelete { id: *id }),
                     Op::Calendar { writes, .. } => Some(Write::Events {
@@ -418,6 +423,7 @@ fn writer_loop(
                         work: &[],
                         calendar: writes,
                         outcomes: &[],
+                        summary: None,
                     }),
                     Op::Offer {
                         conv, hold, timer, ..

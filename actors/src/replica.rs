@@ -64,7 +64,7 @@ use threadline_protocol::{ConversationId, ConversationState, LogRecord, OutboxEn
 
 use crate::store::{
     contact_key, replay, Damage, Pending, Store, StoreError, AGENT_WORK, CONTACTS, CONVERSATIONS,
-    EPOCHS, LOG, MOVED, OUTBOX, SNAPSHOTS, TIMERS,
+    EPOCHS, LOG, MOVED, OUTBOX, SNAPSHOTS, SUMMARIES, TIMERS,
 };
 
 pub(crate) const REPLICAS: TableDefinition<u64, &[u8]> = TableDefinition::new("replicas");
@@ -449,6 +449,7 @@ pub(crate) fn apply(
             txn.open_table(OUTBOX)?,
             txn.open_table(AGENT_WORK)?,
             txn.open_table(MOVED)?,
+            txn.open_table(SUMMARIES)?,
         )),
         false => None,
     };
@@ -584,7 +585,7 @@ pub(crate) fn apply(
             }
             ClusterWrite::Install { install, log_keys } => {
                 let c = install.conv;
-                let (epochs, snaps, contacts, log, timers, outbox, work, moved) =
+                let (epochs, snaps, contacts, log, timers, outbox, work, moved, summaries) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &install.old_timers)?;
                 moved.insert(c, log_next)?;
@@ -600,6 +601,13 @@ pub(crate) fn apply(
                     outbox.insert((c, e.seq), codec::encode_outbox(e).as_slice())?;
                 }
                 snaps.insert(c, install.snapshot.as_slice())?;
+                // Listed here from now on.
+                if let Ok(state) = codec::decode_snapshot(&install.snapshot) {
+                    summaries.insert(
+                        (install.tenant.as_str(), c),
+                        codec::encode_summary(&codec::ConversationSummary::of(&state)).as_slice(),
+                    )?;
+                }
                 let ck = contact_key(&install.tenant, &install.contact);
                 contacts.insert(ck.as_str(), c)?;
                 convs.insert(c, ck.as_str())?;
@@ -612,13 +620,14 @@ pub(crate) fn apply(
             }
             ClusterWrite::Demote { demote, log_keys } => {
                 let c = demote.conv;
-                let (epochs, snaps, contacts, log, timers, outbox, work, moved) =
+                let (epochs, snaps, contacts, log, timers, outbox, work, moved, summaries) =
                     held.as_mut().expect("opened for moves");
                 drop_rows(log, timers, outbox, c, log_keys, &demote.old_timers)?;
                 moved.insert(c, log_next)?;
                 // The pool's row goes with the conversation.
                 work.remove(c)?;
                 snaps.remove(c)?;
+                summaries.remove((demote.meta.tenant.as_str(), c))?;
                 let ck = contact_key(&demote.meta.tenant, &demote.meta.contact);
                 if contacts.get(ck.as_str())?.is_some_and(|v| v.value() == c) {
                     contacts.remove(ck.as_str())?;

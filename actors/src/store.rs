@@ -71,6 +71,9 @@ pub(crate) const OFFERS: TableDefinition<u64, &[u8]> = TableDefinition::new("off
 /// Outcome counts by `tenant\0name` (`metrics::Tally`), added to in the
 /// commit of the events that achieved them.
 pub(crate) const OUTCOMES: TableDefinition<&str, u64> = TableDefinition::new("outcomes");
+/// What lists show of each conversation held here, by (tenant, id)
+/// (`codec::ConversationSummary`), written with its events.
+pub(crate) const SUMMARIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("summaries");
 pub(crate) const OUTBOX: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("outbox");
 /// conversation → the epoch at which this node holds it (no row: 0, it
 /// never moved). Raised by every ownership move.
@@ -390,6 +393,7 @@ impl Store {
             txn.open_table(OFFERS)?;
             txn.open_table(CALENDAR)?;
             txn.open_table(OUTCOMES)?;
+            txn.open_table(SUMMARIES)?;
             txn.open_table(META)?;
             txn.open_table(TIMERS)?;
             txn.open_table(AUDIT)?;
@@ -559,6 +563,7 @@ impl Store {
                 let mut contacts = w.open_table(CONTACTS)?;
                 let mut convs = w.open_table(CONVERSATIONS)?;
                 let mut quarantine = w.open_table(QUARANTINE)?;
+                let mut summaries = w.open_table(SUMMARIES)?;
                 let log = w.open_table(LOG)?;
                 for (k, e) in &undecodable {
                     if let Some(v) = log.get(*k)? {
@@ -606,6 +611,11 @@ impl Store {
                         contacts.insert(key.as_str(), conv)?;
                         convs.insert(conv, key.as_str())?;
                         snaps.insert(conv, codec::encode_snapshot(&state).as_slice())?;
+                        summaries.insert(
+                            (state.tenant.as_str(), conv),
+                            codec::encode_summary(&codec::ConversationSummary::of(&state))
+                                .as_slice(),
+                        )?;
                         max_conv = max_conv.max(conv + 1);
                         report.conversations_recovered += 1;
                     }
@@ -617,6 +627,7 @@ impl Store {
             }
             w.commit()?;
         }
+        self.backfill_summaries()?;
         report.next_log_key = max_log;
         report.next_conversation = max_conv.max(1);
         report.next_dead_letter = max_dead;
@@ -634,6 +645,45 @@ impl Store {
             .max(hwm)
             + 1;
         Ok(report)
+    }
+
+    /// Data written before conversations had summaries gets them, once.
+    fn backfill_summaries(&self) -> Result<(), StoreError> {
+        let r = self.db.begin_read()?;
+        if !redb::ReadableTableMetadata::is_empty(&r.open_table(SUMMARIES)?)? {
+            return Ok(());
+        }
+        let snaps = r.open_table(SNAPSHOTS)?;
+        let mut rows = Vec::new();
+        for row in snaps.iter()? {
+            let (k, v) = row?;
+            // A damaged snapshot is reported by the integrity check.
+            if let Ok(state) = codec::decode_snapshot(v.value()) {
+                rows.push((
+                    state.tenant.clone(),
+                    k.value(),
+                    codec::encode_summary(&codec::ConversationSummary::of(&state)),
+                ));
+            }
+        }
+        drop(snaps);
+        drop(r);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(SUMMARIES)?;
+            for (tenant, conv, bytes) in &rows {
+                t.insert((tenant.as_str(), *conv), bytes.as_slice())?;
+            }
+        }
+        w.commit()?;
+        tracing::info!(
+            conversations = rows.len(),
+            "conversation summaries written for existing data"
+        );
+        Ok(())
     }
 
     /// The current conversation of a contact, if any.
@@ -766,6 +816,21 @@ impl Store {
             if let Some(h) = SlotHold::decode(v.value()) {
                 out.push((k.value().to_owned(), h));
             }
+        }
+        Ok(out)
+    }
+
+    /// The summaries of `tenant`'s conversations held here.
+    pub fn summaries(&self, tenant: &str) -> Result<Vec<codec::ConversationSummary>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SUMMARIES)?;
+        let mut out = Vec::new();
+        for row in t.range((tenant, 0)..=(tenant, u64::MAX))? {
+            let (_, v) = row?;
+            out.push(self.noted(
+                codec::decode_summary(v.value()).map_err(StoreError::from),
+                "summary",
+            )?);
         }
         Ok(out)
     }
@@ -983,6 +1048,8 @@ pub(crate) enum Write<'a> {
         work: &'a [WorkWrite],
         calendar: &'a [CalendarWrite],
         outcomes: &'a [(String, u64)],
+        /// The conversation's summary after these events (tenant, bytes).
+        summary: Option<(&'a str, &'a [u8])>,
     },
     Snapshot {
         conv: ConversationId,
@@ -1044,6 +1111,7 @@ impl BatchWriter<'_> {
             let mut calendar_t = txn.open_table(CALENDAR)?;
             let mut offers_t = txn.open_table(OFFERS)?;
             let mut outcomes_t = txn.open_table(OUTCOMES)?;
+            let mut summaries_t = txn.open_table(SUMMARIES)?;
             let mut timer_hwm = 0u64;
             for w in writes {
                 match w {
@@ -1057,7 +1125,11 @@ impl BatchWriter<'_> {
                         work,
                         calendar,
                         outcomes,
+                        summary,
                     } => {
+                        if let Some((tenant, bytes)) = summary {
+                            summaries_t.insert((tenant, conv.0), bytes)?;
+                        }
                         for (k, inc) in outcomes {
                             let now = outcomes_t.get(k.as_str())?.map_or(0, |v| v.value());
                             outcomes_t.insert(k.as_str(), now.saturating_add(*inc))?;

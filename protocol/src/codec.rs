@@ -29,6 +29,7 @@ pub enum Kind {
     Outbox = 5,
     AgentWork = 6,
     OfferHold = 7,
+    Summary = 8,
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
@@ -39,6 +40,7 @@ pub const OUTBOX_VERSION: u16 = 2;
 pub const DEAD_LETTER_VERSION: u16 = 1;
 pub const AGENT_WORK_VERSION: u16 = 1;
 pub const OFFER_HOLD_VERSION: u16 = 1;
+pub const SUMMARY_VERSION: u16 = 1;
 
 /// Flags byte: a CRC-32 trailer follows the payload.
 const CHECKSUMMED: u8 = 1;
@@ -649,6 +651,120 @@ pub fn encode_dead_letter(d: &DeadLetter) -> Vec<u8> {
 
 pub fn decode_dead_letter(bytes: &[u8]) -> Result<DeadLetter, CodecError> {
     decode_only_v1(Kind::DeadLetter, bytes)
+}
+
+/// What lists of conversations show of one, kept beside it (the store's
+/// `summaries` table, written in the same commit as its events): who,
+/// where, the last message, and what needs the business's attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conv: ConversationId,
+    pub tenant: String,
+    pub contact: String,
+    pub name: Option<String>,
+    pub status: crate::conversation::Status,
+    pub channels: Vec<Channel>,
+    pub updated_at: Timestamp,
+    /// The last message a person would read (not internal entries): its
+    /// author label, channel, time and first 160 characters.
+    pub last: Option<(String, Channel, Timestamp, String)>,
+    pub assigned_agent: Option<String>,
+    /// Waiting for a person since.
+    pub waiting_since: Option<Timestamp>,
+    /// The appointment's status and time.
+    pub booking: Option<(crate::conversation::BookingStatus, Option<Timestamp>)>,
+    /// Opted out on some channel.
+    pub opted_out: bool,
+    /// The customer's last message has no answer yet: since when, and on
+    /// which channel.
+    pub unanswered: Option<(Timestamp, Channel)>,
+    /// The last thing from the customer is a missed call nobody heard
+    /// back from: when.
+    pub missed_call: Option<Timestamp>,
+    /// The flow asked the customer something (or offered a time) and no
+    /// follow-up is planned: since the question, on its channel.
+    pub journey_idle: Option<(Timestamp, Channel)>,
+}
+
+impl ConversationSummary {
+    /// Reads `s` from its last message back to the customer's last one
+    /// (a commit pays for what happened since, not for the transcript).
+    pub fn of(s: &ConversationState) -> ConversationSummary {
+        use crate::conversation::{Author, ConsentStatus, Direction};
+        let mut last = None;
+        let mut answered = false;
+        let mut unanswered = None;
+        let mut missed_call = None;
+        let mut bot_last = None;
+        for m in s.messages.iter().rev().filter(|m| !m.is_internal()) {
+            if last.is_none() {
+                last = Some((
+                    m.author.label(),
+                    m.channel,
+                    m.recorded_at,
+                    m.text.chars().take(160).collect(),
+                ));
+            }
+            let customer = m.direction == Direction::Inbound && m.author == Author::Customer;
+            if customer {
+                if !answered {
+                    unanswered = Some((m.recorded_at, m.channel));
+                }
+                break;
+            }
+            if m.direction == Direction::Outbound
+                && matches!(m.author, Author::Bot | Author::Agent(_))
+            {
+                answered = true;
+                if m.author == Author::Bot && bot_last.is_none() {
+                    bot_last = Some((m.recorded_at, m.channel));
+                }
+            }
+            if m.direction == Direction::Inbound
+                && m.author == Author::System
+                && m.text == "[missed call]"
+                && missed_call.is_none()
+            {
+                missed_call = Some(m.recorded_at);
+            }
+        }
+        let j = &s.journey;
+        let asks = j.asking.is_some() || j.booking.as_ref().is_some_and(|b| b.offer.is_some());
+        let journey_idle = (asks && j.cadence.is_none() && unanswered.is_none())
+            .then_some(bot_last)
+            .flatten();
+        ConversationSummary {
+            conv: s.id,
+            tenant: s.tenant.clone(),
+            contact: s.contact.clone(),
+            name: s.captured.name.clone(),
+            status: s.status,
+            channels: s.channels.clone(),
+            updated_at: s.updated_at,
+            last,
+            assigned_agent: s.assigned_agent.clone(),
+            waiting_since: s.waiting.as_ref().map(|w| w.since),
+            booking: j.booking.as_ref().map(|b| (b.status, b.start)),
+            opted_out: s
+                .consent
+                .iter()
+                .any(|c| c.status == ConsentStatus::OptedOut)
+                && crate::conversation::Channel::ALL
+                    .iter()
+                    .any(|c| s.consent_for(*c, "conversational") == ConsentStatus::OptedOut),
+            unanswered,
+            missed_call,
+            journey_idle,
+        }
+    }
+}
+
+pub fn encode_summary(s: &ConversationSummary) -> Vec<u8> {
+    encode(Kind::Summary, SUMMARY_VERSION, s)
+}
+
+pub fn decode_summary(bytes: &[u8]) -> Result<ConversationSummary, CodecError> {
+    decode_only_v1(Kind::Summary, bytes)
 }
 
 #[cfg(test)]

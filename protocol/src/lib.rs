@@ -11,7 +11,8 @@ pub mod ids;
 pub mod time;
 
 pub use codec::{
-    AgentWork, DeadLetter, InboundMessage, LogRecord, OfferHold, OutboxEntry, TimerOwner, TimerRow,
+    AgentWork, ConversationSummary, DeadLetter, InboundMessage, LogRecord, OfferHold, OutboxEntry,
+    TimerOwner, TimerRow,
 };
 pub use conversation::{
     Author, Booking, BookingStatus, Cadence, Captured, Channel, ConsentChange, ConsentStatus,

@@ -451,3 +451,84 @@ fn a_checksummed_record_decodes_and_a_changed_byte_is_damage() {
     assert_eq!(old[1], 0);
     assert_eq!(codec::decode_log_record(&old).unwrap(), v1_log_record());
 }
+
+fn summary_state() -> ConversationState {
+    let mut s = v6_state();
+    let reply = Message {
+        seq: 9,
+        direction: Direction::Outbound,
+        channel: Channel::Sms,
+        author: Author::Bot,
+        text: "Which day suits you?".into(),
+        at: Timestamp(1_795_000_700_000),
+        recorded_at: Timestamp(1_795_000_700_000),
+        provider_message_id: None,
+        delivery: Delivery::Sent,
+        media: vec![],
+    };
+    s.apply(9, &ConvEvent::MessageAppended(reply)).unwrap();
+    s
+}
+
+#[test]
+fn summary_v1_fixture_still_decodes() {
+    let sum = ConversationSummary::of(&summary_state());
+    let bytes = check("summary_v1.bin", codec::encode_summary(&sum));
+    assert_eq!(codec::decode_summary(&bytes).unwrap(), sum);
+}
+
+/// What needs the business's attention, read from a conversation: the
+/// customer's message with no answer, a missed call nobody heard back
+/// from, a question of the flow with no follow-up planned.
+#[test]
+fn a_summary_says_what_waits_for_the_business() {
+    let s = v1_state();
+    let sum = ConversationSummary::of(&s);
+    assert_eq!(
+        sum.unanswered,
+        Some((Timestamp(1_795_000_001_500), Channel::Sms)),
+        "the customer's message is unanswered"
+    );
+    assert_eq!(sum.missed_call, None);
+    assert_eq!(
+        sum.last.as_ref().map(|l| l.3.as_str()),
+        Some("I need a cleaning next week")
+    );
+    // Answered: nothing waits. The journey asked something (v6 has an
+    // offer pending) and no follow-up is planned: the flow's question idles.
+    let sum = ConversationSummary::of(&summary_state());
+    assert_eq!(sum.unanswered, None);
+    assert_eq!(
+        sum.journey_idle,
+        Some((Timestamp(1_795_000_700_000), Channel::Sms))
+    );
+    assert_eq!(
+        sum.booking,
+        Some((
+            BookingStatus::Rescheduling,
+            Some(Timestamp(1_795_100_000_000))
+        ))
+    );
+    // A missed call after the customer's last message.
+    let mut s = v1_state();
+    s.apply(
+        3,
+        &ConvEvent::MessageAppended(Message {
+            seq: 3,
+            direction: Direction::Inbound,
+            channel: Channel::Voice,
+            author: Author::System,
+            text: "[missed call]".into(),
+            at: Timestamp(1_795_000_900_000),
+            recorded_at: Timestamp(1_795_000_900_000),
+            provider_message_id: Some("CA1".into()),
+            delivery: Delivery::Received,
+            media: vec![],
+        }),
+    )
+    .unwrap();
+    assert_eq!(
+        ConversationSummary::of(&s).missed_call,
+        Some(Timestamp(1_795_000_900_000))
+    );
+}

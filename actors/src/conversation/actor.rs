@@ -895,6 +895,12 @@ impl ConvState {
             work,
             calendar: std::mem::take(&mut self.pending_calendar),
             outcomes,
+            summary: Some((
+                conv.state.tenant.clone(),
+                threadline_protocol::codec::encode_summary(
+                    &threadline_protocol::codec::ConversationSummary::of(&conv.state),
+                ),
+            )),
             route,
             done: Some(done),
         };
