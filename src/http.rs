@@ -645,12 +645,67 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::TenantMetrics => {
             admin(app, &req)?;
             let tenant = known_tenant(app, &decode_segment(param(&params, "tenant"))?)?;
-            Ok(json_response(StatusCode::OK, &outcomes_json(app, &tenant)))
+            let mut raw = outcome_counts(app, &tenant);
+            if this_node_only(&req) {
+                return Ok(json_response(StatusCode::OK, &raw));
+            }
+            // In a cluster, every node counts what its conversations did.
+            let path = format!("/api/v1/tenants/{tenant}/metrics?node=this");
+            let (theirs, missing) = from_every_peer(app, &path).await;
+            for v in theirs {
+                if let (Some(mine), Some(more)) = (raw.as_object_mut(), v.as_object()) {
+                    for (k, n) in more {
+                        let add = n.as_u64().unwrap_or(0);
+                        let e = mine.entry(k.clone()).or_insert(json!(0));
+                        *e = json!(e.as_u64().unwrap_or(0) + add);
+                    }
+                }
+            }
+            let mut out = outcomes_json(&tenant, &raw);
+            if !missing.is_empty() {
+                out["nodes_missing"] = json!(missing);
+            }
+            Ok(json_response(StatusCode::OK, &out))
         }
         Op::TenantLeakage => {
             admin(app, &req)?;
             let tenant = known_tenant(app, &decode_segment(param(&params, "tenant"))?)?;
-            leakage(app, &tenant).await
+            let mut out = leakage(app, &tenant).await?;
+            if !this_node_only(&req) {
+                // In a cluster, each node lists the conversations it holds.
+                let path = format!("/api/v1/tenants/{tenant}/leakage?node=this");
+                let (theirs, missing) = from_every_peer(app, &path).await;
+                for v in theirs {
+                    for part in ["missed_calls_not_recovered", "stalled"] {
+                        let more = &v[part];
+                        let mine = &mut out[part];
+                        mine["count"] = json!(
+                            mine["count"].as_u64().unwrap_or(0)
+                                + more["count"].as_u64().unwrap_or(0)
+                        );
+                        if let (Some(by), Some(add)) = (
+                            mine["by_channel"].as_object_mut(),
+                            more["by_channel"].as_object(),
+                        ) {
+                            for (ch, k) in add {
+                                let e = by.entry(ch.clone()).or_insert(json!(0));
+                                *e = json!(e.as_u64().unwrap_or(0) + k.as_u64().unwrap_or(0));
+                            }
+                        }
+                        if let (Some(list), Some(add)) = (
+                            mine["conversations"].as_array_mut(),
+                            more["conversations"].as_array(),
+                        ) {
+                            list.extend(add.iter().cloned());
+                            list.sort_by(|a, b| a["since"].as_str().cmp(&b["since"].as_str()));
+                        }
+                    }
+                }
+                if !missing.is_empty() {
+                    out["nodes_missing"] = json!(missing);
+                }
+            }
+            Ok(json_response(StatusCode::OK, &out))
         }
         Op::TenantQueue => {
             admin(app, &req)?;
@@ -1085,6 +1140,43 @@ pub(crate) async fn to_every_peer(
         .into_iter()
         .flatten()
         .collect()
+}
+
+/// Asks every other live node for `path` (an admin GET, marked as passed
+/// on): the JSON bodies of the nodes that answered 2xx, and the names of
+/// those that did not. Nothing in a single node.
+pub(crate) async fn from_every_peer(app: &App, path: &str) -> (Vec<Value>, Vec<String>) {
+    let Some(cluster) = &app.cluster else {
+        return (Vec::new(), Vec::new());
+    };
+    let ask = admin_request(app, Method::GET, path, Bytes::new());
+    let asks = cluster.peer_names().into_iter().map(|peer| {
+        let ask = &ask;
+        async move {
+            match cluster.request(&peer, ask, PEER_TIMEOUT).await {
+                Ok(a) if a.succeeded() => {
+                    serde_json::from_slice::<Value>(&a.body).map_err(|_| peer)
+                }
+                _ => Err(peer),
+            }
+        }
+    });
+    let mut out = (Vec::new(), Vec::new());
+    for r in futures_util::future::join_all(asks).await {
+        match r {
+            Ok(v) => out.0.push(v),
+            Err(peer) => out.1.push(peer),
+        }
+    }
+    out
+}
+
+/// Whether the query asks for this node's own part only (`?node=this`,
+/// how nodes ask each other for what they hold).
+fn this_node_only(req: &Request<Body>) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "node=this"))
 }
 
 /// Sends `req` on to `owner` (a node's name), over the cluster link, and
@@ -2070,7 +2162,7 @@ async fn cluster_json(app: &App) -> Value {
 /// answer, or the flow's last question (or a time it offered) has waited
 /// that long with no follow-up planned. Closed conversations are not
 /// counted.
-async fn leakage(app: &App, tenant: &str) -> Result<Resp, ApiError> {
+async fn leakage(app: &App, tenant: &str) -> Result<Value, ApiError> {
     let store = app.shared.persistence.store.clone();
     let t = tenant.to_owned();
     let summaries = tokio::task::spawn_blocking(move || store.summaries(&t))
@@ -2130,55 +2222,86 @@ async fn leakage(app: &App, tenant: &str) -> Result<Resp, ApiError> {
     };
     oldest_first(&mut missed);
     oldest_first(&mut stalled);
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "tenant": tenant,
-            "stalled_after_minutes": after_ms / 60_000,
-            "missed_calls_not_recovered": {"count": missed.len(), "by_channel": missed_by, "conversations": missed},
-            "stalled": {"count": stalled.len(), "by_channel": stalled_by, "conversations": stalled},
-        }),
-    ))
+    Ok(json!({
+        "tenant": tenant,
+        "stalled_after_minutes": after_ms / 60_000,
+        "missed_calls_not_recovered": {"count": missed.len(), "by_channel": missed_by, "conversations": missed},
+        "stalled": {"count": stalled.len(), "by_channel": stalled_by, "conversations": stalled},
+    }))
 }
 
 /// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`).
-fn outcomes_json(app: &App, tenant: &str) -> Value {
+/// This node's outcome counts for `tenant`, by name (and the waits as sums
+/// and counts), as nodes add them up.
+fn outcome_counts(app: &App, tenant: &str) -> Value {
     let o = &app.shared.metrics.outcomes;
     let n = |c| o.get(c, tenant);
-    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
-    let (first_ms, answered) = o.mean_wait("first_response", tenant);
-    let (wait_ms, taken) = o.mean_wait("escalation_wait", tenant);
+    let (first_ms, answered) = o.wait_sums("first_response", tenant);
+    let (wait_ms, taken) = o.wait_sums("escalation_wait", tenant);
     json!({
-        "tenant": tenant,
-        "first_response": {"mean_ms": first_ms, "conversations": answered},
         "missed_calls": n(&o.missed_calls),
         "missed_calls_recovered": n(&o.missed_calls_recovered),
+        "bookings_offered": n(&o.bookings_offered),
+        "bookings_confirmed": n(&o.bookings_confirmed),
+        "bookings_rescheduled": n(&o.bookings_rescheduled),
+        "bookings_rebooked": n(&o.bookings_rebooked),
+        "bookings_cancelled": n(&o.bookings_cancelled),
+        "bookings_attended": n(&o.bookings_attended),
+        "bookings_no_show": n(&o.bookings_no_show),
+        "leads_qualified": n(&o.leads_qualified),
+        "leads_met": n(&o.leads_met),
+        "escalations": n(&o.escalations),
+        "first_response_ms": first_ms,
+        "first_response_count": answered,
+        "escalation_wait_ms": wait_ms,
+        "escalation_wait_count": taken,
+    })
+}
+
+/// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`),
+/// from the counts of `outcome_counts` (added up over the nodes).
+fn outcomes_json(tenant: &str, c: &Value) -> Value {
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+    let mean = |sum: &str, count: &str| ratio(n(sum), n(count));
+    json!({
+        "tenant": tenant,
+        "first_response": {
+            "mean_ms": mean("first_response_ms", "first_response_count"),
+            "conversations": n("first_response_count"),
+        },
+        "missed_calls": n("missed_calls"),
+        "missed_calls_recovered": n("missed_calls_recovered"),
         "bookings": {
-            "offered": n(&o.bookings_offered),
-            "confirmed": n(&o.bookings_confirmed),
-            "rescheduled": n(&o.bookings_rescheduled),
-            "rebooked_self_service": n(&o.bookings_rebooked),
-            "cancelled": n(&o.bookings_cancelled),
-            "attended": n(&o.bookings_attended),
-            "no_shows": n(&o.bookings_no_show),
-            "completion_rate": ratio(n(&o.bookings_confirmed), n(&o.bookings_offered)),
+            "offered": n("bookings_offered"),
+            "confirmed": n("bookings_confirmed"),
+            "rescheduled": n("bookings_rescheduled"),
+            "rebooked_self_service": n("bookings_rebooked"),
+            "cancelled": n("bookings_cancelled"),
+            "attended": n("bookings_attended"),
+            "no_shows": n("bookings_no_show"),
+            "completion_rate": ratio(n("bookings_confirmed"), n("bookings_offered")),
             // Of the bookings customers asked to move, the share they moved
             // themselves to a new confirmed time.
             "reschedule_self_service_rate":
-                ratio(n(&o.bookings_rebooked), n(&o.bookings_rescheduled)),
+                ratio(n("bookings_rebooked"), n("bookings_rescheduled")),
             // Of the appointments whose outcome was recorded.
             "no_show_rate": ratio(
-                n(&o.bookings_no_show),
-                n(&o.bookings_no_show) + n(&o.bookings_attended)
+                n("bookings_no_show"),
+                n("bookings_no_show") + n("bookings_attended")
             ),
         },
-        "leads_qualified": n(&o.leads_qualified),
+        "leads_qualified": n("leads_qualified"),
         "leads": {
-            "qualified": n(&o.leads_qualified),
-            "met": n(&o.leads_met),
-            "lead_to_meeting_rate": ratio(n(&o.leads_met), n(&o.leads_qualified)),
+            "qualified": n("leads_qualified"),
+            "met": n("leads_met"),
+            "lead_to_meeting_rate": ratio(n("leads_met"), n("leads_qualified")),
         },
-        "escalations": {"total": n(&o.escalations), "taken": taken, "mean_wait_ms": wait_ms},
+        "escalations": {
+            "total": n("escalations"),
+            "taken": n("escalation_wait_count"),
+            "mean_wait_ms": mean("escalation_wait_ms", "escalation_wait_count"),
+        },
         // Counts are kept with the data; the escalation wait and the
         // Prometheus histograms since the node started.
         "since": "data created",

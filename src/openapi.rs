@@ -262,6 +262,10 @@ fn query_params(op: Op) -> Vec<Value> {
             q("from", "The first day shown (RFC 3339; default now)"),
             q("days", "How many days (default 7)"),
         ],
+        Op::TenantMetrics | Op::TenantLeakage => vec![q(
+            "node",
+            "`this`: only what this node holds, unsummed (how nodes ask each other)",
+        )],
         Op::Bookings => vec![
             q(
                 "from",

@@ -1632,6 +1632,28 @@ async fn customers_on_different_nodes_never_get_the_same_slot_and_bookings_survi
     for n in &nodes[1..] {
         assert_eq!(thursday_friday(n).await, (view.clone(), home.clone()));
     }
+    // Every node counts what its conversations did, and any node answers
+    // for the tenant with the sum; every node lists the same bookings.
+    for n in &nodes {
+        let (s, m) = n.get_admin("/api/v1/tenants/smile/metrics").await;
+        assert_eq!(s, 200, "{m}");
+        assert_eq!(m["bookings"]["confirmed"], 3, "{m}");
+        assert!(m.get("nodes_missing").is_none(), "{m}");
+        let (s, list) = n
+            .get_admin(
+                "/api/v1/tenants/smile/bookings?from=2026-03-03T00:00:00Z&to=2026-03-10T00:00:00Z",
+            )
+            .await;
+        assert_eq!(s, 200, "{list}");
+        let mut ids: Vec<&str> = list["bookings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["conversation_id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, want, "{list}");
+    }
 
     // The node whose rows decided dies: its replica decides now, with
     // every booking.

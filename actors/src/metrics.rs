@@ -697,6 +697,13 @@ impl Outcomes {
         e.1 += 1;
     }
 
+    /// Total wait in ms and how many (nodes add these up).
+    pub fn wait_sums(&self, which: &'static str, tenant: &str) -> (u64, u64) {
+        self.waits
+            .get(&(tenant.to_owned(), which))
+            .map_or((0, 0), |e| *e)
+    }
+
     /// Mean wait in ms and how many, for the REST view.
     pub fn mean_wait(&self, which: &'static str, tenant: &str) -> (Option<f64>, u64) {
         match self.waits.get(&(tenant.to_owned(), which)) {

@@ -1,28 +1,32 @@
 //! The flow engine: a tenant's flow file compiled into intents, journeys
 //! (slot filling) and escalation rules, and one pure function per customer
-//! turn. Its state lives in the conversation's captured slots (`journey`,
-//! `asking`, `held`, `booked`, `misunderstood`), so every channel, and the
-//! agent, sees it. Booking slots are held through a `Calendar` the caller
-//! provides (in-memory and atomic; the caller makes it durable).
+//! turn (`Flow::turn`): given what the customer told us (`Captured`) and
+//! where the conversation stands (the typed `Journey`), it returns the
+//! reply, the slots learned, and the journey after the message. Booking
+//! slots are held through a `Calendar` the caller provides (in-memory and
+//! atomic; the caller makes it durable).
 //!
-//! # The engine
+//! # The appointment's life
 //!
-//! a flow file compiled (`Flow::compile` names what is wrong) and one pure
-//! function per customer turn: escalation words, booking holds and C/R,
-//! journeys that fill slots and ask for the next, intent replies,
-//! misunderstanding counted into an escalation. Its state is in the
-//! conversation's captured slots. `flows/mod.rs`: the shared calendar
+//! A booking journey fills its slots, then offers a time (held until
+//! `hold_minutes`): yes or C books it, another time or R offers again, no
+//! lets it go. A booked appointment is moved (`nlu::appointment_ask`:
+//! "move", "push it back", "instead", R), cancelled ("cancel my
+//! appointment", "I can't make it") or asked about ("when is my
+//! appointment?") in plain words. A move keeps the booked time until the
+//! new one is confirmed (`confirm` then gives the old one back), never
+//! offers the booked time again, and is dropped with no or "never mind".
+//! Confirming returns the reminders of the booking's service (`services`,
+//! else the journey's) with their texts per channel; the caller schedules
+//! them and keeps their timer ids in the booking, so a moved or cancelled
+//! booking cancels them. `flows/mod.rs`: the shared calendar
 //! (`SharedCalendar`): holds are atomic in a DashMap across conversations,
 //! and each change is a `calendar` row committed with the conversation's
 //! events (reloaded at start); slots the business blocks over the API are
-//! rows held by `BLOCKED` (`Op::Calendar`). In a cluster the node's map is,
-//! for a tenant whose calendar home is elsewhere, a copy refreshed from the
-//! home (`cluster/calendar.rs`). Booking reminders' timer ids are kept in the
-//! `booking_reminders` slot, so a moved, cancelled or finished booking
-//! cancels them; `rebooked`, `lead_met` and `booking_status` slots are what
-//! the outcome metrics count. A merge of conversations (web chat joining a
-//! phone) carries the captured facts, except the merged conversation's own
-//! timers and holds.
+//! rows held by `BLOCKED`. In a cluster the node's map is, for a tenant
+//! whose calendar home is elsewhere, a copy refreshed from the home
+//! (`cluster/calendar.rs`). A merge of conversations carries the captured
+//! facts and the journey under way, not the merged conversation's booking.
 
 use std::collections::BTreeMap;
 

@@ -13,8 +13,8 @@
 //! `SendMessage`; on timeout the built-in draft goes. Outcome metrics are
 //! derived from the committed events (`record_outcomes` in the actor; the
 //! escalation wait in the pool). A cadence is one pending `FollowUp` timer
-//! named in the captured slots (`cadence_timer`, `cadence_step`): a customer
-//! message cancels it, a fired step schedules the next if it went out.
+//! named in the journey (`Journey::cadence`): a customer message cancels
+//! it, a fired step schedules the next if it went out.
 //! Provider webhooks live in `src/` and reach conversations only through a
 //! gateway and `Router`.
 
