@@ -178,7 +178,8 @@ async fn a_customer_who_asks_for_a_person_gets_an_agent_who_opens_mid_conversati
             .as_array()
             .unwrap()
             .len(),
-        2
+        3,
+        "the two messages and why it came to a person"
     );
 
     // The customer's next message reaches the agent live.

@@ -887,7 +887,14 @@ async fn an_agent_on_any_node_answers_conversations_held_elsewhere_and_keeps_the
         .iter()
         .map(|m| m["text"].as_str().unwrap())
         .collect();
-    assert_eq!(transcript, [first, "Can I talk to a person?"]);
+    assert_eq!(
+        transcript,
+        [
+            first,
+            "Can I talk to a person?",
+            "[handed to a person: the customer asked for a person]"
+        ]
+    );
     send_json(
         &mut sarah,
         json!({"type": "accept", "offer_id": offer["offer_id"]}),

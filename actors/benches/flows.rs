@@ -62,7 +62,14 @@ fn main() {
     let c = Captured::default();
     for i in 0..n {
         let t = texts[i % texts.len()];
-        black_box(flow.turn(black_box(t), &c, now, New_York, &mut NoCalendar));
+        black_box(flow.turn(
+            black_box(t),
+            &c,
+            &threadline_protocol::Journey::default(),
+            now,
+            New_York,
+            &mut NoCalendar,
+        ));
     }
     let s = started.elapsed().as_secs_f64();
     println!(

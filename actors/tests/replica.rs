@@ -168,6 +168,8 @@ async fn install_replaces_what_a_node_held_and_demote_leaves_only_a_replica() {
         outbox: vec![],
         work: vec![],
         calendar: vec![],
+        outcomes: vec![],
+        summary: None,
         route: None,
         done: Some(done),
     })
@@ -493,6 +495,8 @@ fn held_event(conv: u64, seq: u32, e: ConvEvent, epoch: u64, done: Done) -> Op {
         outbox: vec![],
         work: vec![],
         calendar: vec![],
+        outcomes: vec![],
+        summary: None,
         route,
         done: Some(done),
     }

@@ -91,6 +91,8 @@ async fn event(p: &Persistence, conv: u64, seq: u32, e: ConvEvent, contact: Opti
     p.submit(Op::Event {
         work: vec![],
         calendar: vec![],
+        outcomes: vec![],
+        summary: None,
         conv: ConversationId(conv),
         records: vec![(seq, record(conv, seq, e))],
         index: contact.map(|c| ("acme".to_owned(), c.to_owned())),

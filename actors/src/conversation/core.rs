@@ -2331,6 +2331,53 @@ impl Conversation {
     }
 }
 
+/// How a change of the appointment reads in the transcript (an internal
+/// note for agents and the business; customers are told in the reply).
+fn booking_note(
+    before: Option<&threadline_protocol::Booking>,
+    after: Option<&threadline_protocol::Booking>,
+    zone: chrono_tz::Tz,
+    by: &str,
+) -> Option<String> {
+    use threadline_protocol::BookingStatus as S;
+    let at = |t: Option<Timestamp>| {
+        t.map(|t| crate::flows::engine::spoken(t, zone))
+            .unwrap_or_default()
+    };
+    let (b0, b1) = (before.map(|b| b.status), after.map(|b| b.status));
+    let service = after.or(before).map(|b| b.service.as_str()).unwrap_or("");
+    let (start0, start1) = (before.and_then(|b| b.start), after.and_then(|b| b.start));
+    match (b0, b1) {
+        (Some(S::Rescheduling), Some(S::Confirmed)) if start0 == start1 => Some(format!(
+            "[reschedule dropped: {service} stays {}]",
+            at(start1)
+        )),
+        (Some(S::Rescheduling), Some(S::Confirmed)) => Some(format!(
+            "[booking moved: {service} from {} to {}]",
+            at(start0),
+            at(start1)
+        )),
+        (x, Some(S::Confirmed)) if x != Some(S::Confirmed) || start0 != start1 => {
+            Some(format!("[booking confirmed: {service} {}]", at(start1)))
+        }
+        (Some(S::Confirmed), Some(S::Rescheduling)) => Some(format!(
+            "[reschedule asked: {service} {} stays booked until a new time is confirmed]",
+            at(start0)
+        )),
+        (Some(x), Some(S::Cancelled)) if x != S::Cancelled => Some(format!(
+            "[booking cancelled by {by}: {service} {}]",
+            at(start0)
+        )),
+        (x, Some(S::Attended)) if x != Some(S::Attended) => {
+            Some(format!("[attended: appointment {}]", at(start1)))
+        }
+        (x, Some(S::NoShow)) if x != Some(S::NoShow) => {
+            Some(format!("[no-show: appointment {}]", at(start1)))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2704,52 +2751,5 @@ mod tests {
         let ids = identities_for(Channel::Whatsapp, "+15551234567");
         assert_eq!(ids.whatsapp.as_deref(), Some("15551234567"));
         assert_eq!(ids.phone.as_deref(), Some("+15551234567"));
-    }
-}
-
-/// How a change of the appointment reads in the transcript (an internal
-/// note for agents and the business; customers are told in the reply).
-fn booking_note(
-    before: Option<&threadline_protocol::Booking>,
-    after: Option<&threadline_protocol::Booking>,
-    zone: chrono_tz::Tz,
-    by: &str,
-) -> Option<String> {
-    use threadline_protocol::BookingStatus as S;
-    let at = |t: Option<Timestamp>| {
-        t.map(|t| crate::flows::engine::spoken(t, zone))
-            .unwrap_or_default()
-    };
-    let (b0, b1) = (before.map(|b| b.status), after.map(|b| b.status));
-    let service = after.or(before).map(|b| b.service.as_str()).unwrap_or("");
-    let (start0, start1) = (before.and_then(|b| b.start), after.and_then(|b| b.start));
-    match (b0, b1) {
-        (Some(S::Rescheduling), Some(S::Confirmed)) if start0 == start1 => Some(format!(
-            "[reschedule dropped: {service} stays {}]",
-            at(start1)
-        )),
-        (Some(S::Rescheduling), Some(S::Confirmed)) => Some(format!(
-            "[booking moved: {service} from {} to {}]",
-            at(start0),
-            at(start1)
-        )),
-        (x, Some(S::Confirmed)) if x != Some(S::Confirmed) || start0 != start1 => {
-            Some(format!("[booking confirmed: {service} {}]", at(start1)))
-        }
-        (Some(S::Confirmed), Some(S::Rescheduling)) => Some(format!(
-            "[reschedule asked: {service} {} stays booked until a new time is confirmed]",
-            at(start0)
-        )),
-        (Some(x), Some(S::Cancelled)) if x != S::Cancelled => Some(format!(
-            "[booking cancelled by {by}: {service} {}]",
-            at(start0)
-        )),
-        (x, Some(S::Attended)) if x != Some(S::Attended) => {
-            Some(format!("[attended: appointment {}]", at(start1)))
-        }
-        (x, Some(S::NoShow)) if x != Some(S::NoShow) => {
-            Some(format!("[no-show: appointment {}]", at(start1)))
-        }
-        _ => None,
     }
 }

@@ -1665,7 +1665,7 @@ slot_minutes = 60
         assert_eq!(c.j.active, None, "the journey is over");
         // 24 h before is already past; 2 h before is 13:00.
         assert_eq!(d.reminders.len(), 1);
-        assert_eq!(d.reminders[0].0, t("2026-03-03T18:00:00Z"));
+        assert_eq!(d.reminders[0].at, t("2026-03-03T18:00:00Z"));
         assert!(cal.slots[&t("2026-03-03T20:00:00Z").0].1, "booked");
     }
 
@@ -1822,6 +1822,68 @@ slot_minutes = 60
         let r = a.say(&f, "book a cleaning friday at 10am", now, &mut cal);
         assert!(r.reply.unwrap().contains("Fri Mar 6 at 10:00 AM"));
         assert_eq!(a.booking().status, BookingStatus::Offered);
+    }
+
+    /// The transitions around an offer: no lets it go, another time
+    /// replaces it, a question is answered, and a time taken meanwhile
+    /// (the hold lapsed) is said so; a move that loses its new time keeps
+    /// the old one; a cancel during a move frees both.
+    #[test]
+    fn offers_declined_replaced_lost_and_moves_cancelled() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut c = Conv::default();
+        c.say(&f, "book a cleaning thursday at 10am", now, &mut cal);
+        let r = c.say(&f, "when is my appointment", now, &mut cal);
+        assert!(r
+            .reply
+            .unwrap()
+            .starts_with("Nothing is booked yet: I'm holding Thu Mar 5 at 10:00 AM"));
+        let r = c.say(&f, "how about friday at 10 instead", now, &mut cal);
+        assert!(r.reply.unwrap().contains("Fri Mar 6 at 10:00 AM"));
+        assert_eq!(cal.slots.len(), 1, "the first offer is given back");
+        let r = c.say(&f, "no", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Okay, I've let that time go. Anything else I can help with?")
+        );
+        assert_eq!(c.j.booking, None);
+        assert!(cal.slots.is_empty());
+
+        // The offered time is taken by someone else before the yes.
+        let mut c = booked(&f, &mut cal, "thursday at 11am");
+        c.say(&f, "R", now, &mut cal);
+        c.say(&f, "friday at 9am", now, &mut cal);
+        let fri9 = c.booking().offer.unwrap().start;
+        cal.slots.insert(fri9.0, (2, true));
+        let r = c.say(&f, "yes", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Sorry, that time was just taken. What other day and time would work?")
+        );
+        assert_eq!(c.booking().status, BookingStatus::Rescheduling);
+        assert_eq!(
+            c.booking().start,
+            Some(t("2026-03-05T16:00:00Z")),
+            "still booked"
+        );
+        assert_eq!(cal.slots[&t("2026-03-05T16:00:00Z").0], (1, true));
+        // A new time, then a cancel while it is offered: both are freed.
+        c.say(&f, "friday at 11am", now, &mut cal);
+        assert!(c.booking().offer.is_some());
+        let r = c.say(&f, "actually just cancel it", now, &mut cal);
+        assert!(r.reply.unwrap().contains("is cancelled"));
+        assert_eq!(c.booking().status, BookingStatus::Cancelled);
+        assert_eq!(
+            cal.slots.len(),
+            1,
+            "only the other customer's booking: {:?}",
+            cal.slots
+        );
     }
 
     #[test]
