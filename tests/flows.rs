@@ -1421,3 +1421,59 @@ async fn an_opt_out_with_an_appointment_booked_is_handed_to_a_person() {
                 .starts_with("[booking cancelled by the business: checkup Thu Mar 5 at 2:00 PM"))
     );
 }
+
+/// A reminder the consent gate holds back stays the booking's: a move
+/// cancels it; and one held until too close to the appointment is noted,
+/// not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_reminders_follow_the_booking_and_never_arrive_at_the_appointment() {
+    let (fake, node) = start().await;
+    let gus = "+15551230041";
+    // Wednesday 10 AM: its 2-hour reminder is due at 8 AM.
+    sms_in(&node, gus, "Hi, I need a cleaning wednesday at 10am", "G1").await;
+    sms_in(&node, gus, "C", "G2").await;
+    // Tuesday 10:00 → Wednesday 7:59.
+    node.advance(21.0 * 3600.0 + 59.0 * 60.0).await;
+    node.advance(120.0).await;
+    let c = node.conversation_of("smile", gus).await.unwrap();
+    // Quiet hours held it until 9:00; held, it is still the booking's.
+    assert_eq!(reminder_dues(&c), ["2026-03-04T14:00:00.000Z"]);
+    assert_eq!(
+        c["booking"]["reminders"],
+        json!([{"id": c["timers"][1]["id"], "at": "2026-03-04T14:00:00.000Z"}]),
+        "{}",
+        c["timers"]
+    );
+    // The customer moves it: no reminder for Wednesday goes out after.
+    sms_in(&node, gus, "can we move it to friday at 3pm", "G3").await;
+    sms_in(&node, gus, "C", "G4").await;
+    let before = fake.accepted_bodies().len();
+    node.advance(4.0 * 3600.0).await;
+    let late: Vec<String> = fake.accepted_bodies()[before..]
+        .iter()
+        .filter(|b| b.starts_with("Reminder") && b.contains("Wed Mar 4"))
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "{late:?}");
+
+    // Thursday 9 AM: its 2-hour reminder (7 AM) would be held until the
+    // appointment itself; it is noted for the business, not sent.
+    let hal = "+15551230042";
+    sms_in(&node, hal, "Hi, I need a checkup thursday at 9am", "H1").await;
+    sms_in(&node, hal, "C", "H2").await;
+    node.advance(22.0 * 3600.0).await; // Thursday 10:00
+    let h = node.conversation_of("smile", hal).await.unwrap();
+    assert!(
+        !fake
+            .accepted_bodies()
+            .iter()
+            .any(|b| b.starts_with("Reminder") && b.contains("Thu Mar 5 at 9:00 AM")),
+        "no reminder at the appointment's own time"
+    );
+    let notes = texts_where(&h, "delivery", "internal");
+    assert!(
+        notes.iter().any(|n| n.starts_with("[reminder not sent: ")
+            && n.contains("too close to the appointment Thu Mar 5 at 9:00 AM")),
+        "{notes:?}"
+    );
+}

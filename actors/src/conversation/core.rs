@@ -2238,18 +2238,52 @@ impl Conversation {
                         }
                     }
                     // Held, not dropped: the same message waits as a new timer.
-                    Decision::Defer { until, .. } => {
-                        let new_id = next_id();
-                        self.push(
-                            &mut events,
-                            ConvEvent::TimerScheduled(PendingTimer {
-                                id: new_id,
-                                due: until,
-                                kind: timer.kind,
-                                text: timer.text.clone(),
-                                channel: Some(channel),
-                            }),
-                        );
+                    Decision::Defer { until, rule } => {
+                        // A booking's reminder held past the appointment
+                        // (less than half an hour before it) is useless:
+                        // it is noted, not sent.
+                        let mine = self
+                            .state
+                            .journey
+                            .booking
+                            .as_ref()
+                            .filter(|b| b.reminders.contains(&id))
+                            .cloned();
+                        let start = mine.as_ref().and_then(|b| b.booked());
+                        if let Some(start) = start.filter(|s| until.0 > s.0 - 30 * 60_000) {
+                            let zone = self.zone(tenant);
+                            self.note_for_record(
+                                &mut events,
+                                format!(
+                                    "[reminder not sent: {rule} held it until {}, too close to the appointment {}]",
+                                    crate::flows::engine::spoken(until, zone),
+                                    crate::flows::engine::spoken(start, zone)
+                                ),
+                                now,
+                            );
+                        } else {
+                            let new_id = next_id();
+                            self.push(
+                                &mut events,
+                                ConvEvent::TimerScheduled(PendingTimer {
+                                    id: new_id,
+                                    due: until,
+                                    kind: timer.kind,
+                                    text: timer.text.clone(),
+                                    channel: Some(channel),
+                                }),
+                            );
+                            // Still the booking's: a move or a cancel
+                            // cancels it too.
+                            if let Some(mut b) = mine {
+                                for r in b.reminders.iter_mut().filter(|r| **r == id) {
+                                    *r = new_id;
+                                }
+                                let mut journey = self.state.journey.clone();
+                                journey.booking = Some(b);
+                                self.push(&mut events, ConvEvent::JourneyChanged(journey));
+                            }
+                        }
                     }
                 }
             }

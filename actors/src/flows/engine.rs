@@ -942,15 +942,22 @@ impl Flow {
                 t.journey.misunderstood = 0;
                 if let Some(j) = &intent.journey {
                     if self.spec.journeys.get(j).is_some_and(|s| s.booking) {
-                        if let Some(b) = t.journey.booking.as_ref().filter(|b| b.booked().is_some())
-                        {
+                        let upcoming = t
+                            .journey
+                            .booking
+                            .as_ref()
+                            .and_then(Booking::booked)
+                            .filter(|s| s.0 > now.0);
+                        if let Some(start) = upcoming {
                             // Booking again while booked is moving it.
-                            let start = b.booked().expect("filtered");
                             self.start_reschedule(t, text, captured, start, now, tz, cal);
                             return;
                         }
                     }
                     t.journey.active = Some(j.clone());
+                    // A new booking asks its time afresh (not the last
+                    // booking's).
+                    t.slots.extend(self.datetime_cleared(j));
                     let mut merged = captured.clone();
                     merged.slots.extend(t.slots.clone());
                     merged.slots.retain(|_, v| !v.is_empty());
@@ -995,12 +1002,22 @@ impl Flow {
             return false;
         };
         let ask = nlu::appointment_ask(text);
-        let booked = b.booked();
+        // An appointment whose time has passed is history: asking about
+        // it, moving it or cancelling it starts from nothing booked.
+        let past = b.booked().filter(|s| s.0 <= now.0);
+        let booked = b.booked().filter(|s| s.0 > now.0);
         let words = crate::consent::keywords::normalize(text);
+        if let (Some(AppointmentAsk::When), Some(p), None) = (ask, past, b.offer) {
+            t.reply = Some(format!(
+                "Your last appointment was {}. Would you like to book another?",
+                spoken(p, tz)
+            ));
+            return true;
+        }
         if ask == Some(AppointmentAsk::When) {
             t.reply = Some(match (booked, b.offer) {
                 (Some(s), Some(o)) => format!(
-                    "Your appointment is {}. I'm holding {} for you as the new time: reply YES to move it there.",
+                    "Your appointment is {}. I'm holding {} for you as the new time: reply C to move it there.",
                     spoken(s, tz),
                     spoken(o.start, tz)
                 ),
@@ -1009,7 +1026,7 @@ impl Flow {
                     spoken(s, tz)
                 ),
                 (None, Some(o)) => format!(
-                    "Nothing is booked yet: I'm holding {} for you. Reply YES to confirm it.",
+                    "Nothing is booked yet: I'm holding {} for you. Reply C to confirm it.",
                     spoken(o.start, tz)
                 ),
                 (None, None) => "I don't see an appointment booked for you. Would you like to book one?".into(),
@@ -1044,25 +1061,24 @@ impl Flow {
             return true;
         }
         if let Some(offer) = b.offer {
-            let yes = nlu::yes_no(text) == Some(true) && ask.is_none();
+            let keeps = nlu::keeps(text);
+            let yes = nlu::yes_no(text) == Some(true) && ask.is_none() && !keeps;
             let w = nlu::when(text, now, tz).filter(|w| w.has_day || w.has_time);
             if yes && w.is_none() {
                 self.confirm(t, &b, offer, captured, now, tz, cal);
                 return true;
             }
-            if ask == Some(AppointmentAsk::Reschedule) || w.is_some() {
+            if !keeps && (ask == Some(AppointmentAsk::Reschedule) || w.is_some()) {
                 // Another time than the one offered.
                 cal.release(offer.start);
-                let mut nb = b.clone();
-                nb.offer = None;
-                if booked.is_none() {
-                    nb.status = BookingStatus::Offered;
-                }
-                t.journey.booking = Some(nb);
+                t.journey.booking = booked.map(|_| Booking {
+                    offer: None,
+                    ..b.clone()
+                });
                 self.ask_new_time(t, text, captured, now, tz, cal, &b.journey);
                 return true;
             }
-            if nlu::yes_no(text) == Some(false) || words.iter().any(|w| w == "nevermind") {
+            if nlu::yes_no(text) == Some(false) || keeps {
                 cal.release(offer.start);
                 match booked {
                     Some(s) => {
@@ -1093,10 +1109,7 @@ impl Flow {
             return false;
         };
         if b.status == BookingStatus::Rescheduling {
-            let keep = nlu::yes_no(text) == Some(false)
-                || words
-                    .windows(2)
-                    .any(|w| w == ["keep", "it"] || w == ["never", "mind"]);
+            let keep = nlu::yes_no(text) == Some(false) || nlu::keeps(text);
             if keep {
                 t.journey.booking = Some(Booking {
                     status: BookingStatus::Confirmed,
@@ -1249,15 +1262,6 @@ impl Flow {
             t.journey.lead_met = true;
         }
         let when = spoken(offer.start, tz);
-        t.reply = Some(match moved_from {
-            Some(old) => format!(
-                "Done: your appointment is moved from {} to {when}. We'll send you a reminder. Reply R any time to reschedule.",
-                spoken(old, tz)
-            ),
-            None => format!(
-                "You're confirmed for {when}. We'll send you a reminder. Reply R any time to reschedule."
-            ),
-        });
         let plan = self
             .reminders
             .get(&(b.journey.clone(), b.service.clone()))
@@ -1278,6 +1282,19 @@ impl Flow {
                 }
             }
         }
+        // A reminder is promised only if one will come.
+        let remind = if t.reminders.is_empty() {
+            ""
+        } else {
+            " We'll send you a reminder."
+        };
+        t.reply = Some(match moved_from {
+            Some(old) => format!(
+                "Done: your appointment is moved from {} to {when}.{remind} Reply R any time to reschedule.",
+                spoken(old, tz)
+            ),
+            None => format!("You're confirmed for {when}.{remind} Reply R any time to reschedule."),
+        });
     }
 
     /// Fills the current journey's slots from `text`, asks for the next
@@ -1301,6 +1318,13 @@ impl Flow {
             i64::from(self.spec.calendar.as_ref().map_or(15, |c| c.hold_minutes)) * 60_000,
         );
         let asking = t.journey.asking.clone().unwrap_or_default();
+        let moving_from = t
+            .journey
+            .booking
+            .as_ref()
+            .filter(|b| b.status == BookingStatus::Rescheduling)
+            .and_then(Booking::booked)
+            .filter(|s| s.0 > now.0);
         let contact_given =
             crate::phone::find_in_text(text).is_some() || nlu::email(text).is_some();
         let mut have: BTreeMap<String, String> = captured.slots.clone();
@@ -1316,7 +1340,12 @@ impl Flow {
             let value = match s.kind {
                 SlotKind::Datetime => nlu::when(text, now, tz)
                     .filter(|w| w.has_day || w.has_time)
-                    .and_then(|w| slot_time_text(w.at, tz)),
+                    .map(|w| match moving_from {
+                        // "12pm" while moving Friday's appointment is Friday.
+                        Some(day) if w.has_time && !w.has_day => on_day_of(w.at, day, tz),
+                        _ => w.at,
+                    })
+                    .and_then(|at| slot_time_text(at, tz)),
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),
                 SlotKind::Phone => crate::phone::find_in_text(text),
@@ -1394,7 +1423,12 @@ impl Flow {
                 .and_then(|v| slot_time(v))
                 .unwrap_or(now);
             // A move never offers the time already booked.
-            let current = t.journey.booking.as_ref().and_then(Booking::booked);
+            let current = t
+                .journey
+                .booking
+                .as_ref()
+                .and_then(Booking::booked)
+                .filter(|s| s.0 > now.0);
             if let Some(old) = t.journey.booking.as_ref().and_then(|b| b.offer) {
                 cal.release(old.start);
             }
@@ -1414,7 +1448,7 @@ impl Flow {
                         until: hold_until,
                     };
                     t.journey.booking = Some(match t.journey.booking.take() {
-                        Some(b) if b.booked().is_some() => Booking {
+                        Some(b) if b.booked().is_some_and(|s| s.0 > now.0) => Booking {
                             offer: Some(offer),
                             ..b
                         },
@@ -1475,6 +1509,19 @@ impl Flow {
             t.escalate = Some(format!("{jname} complete"));
         }
     }
+}
+
+/// The time of day of `at`, on the day of `day` (both in `tz`).
+fn on_day_of(at: Timestamp, day: Timestamp, tz: Tz) -> Timestamp {
+    let (Some(a), Some(d)) = (
+        tz.timestamp_millis_opt(at.0).single(),
+        tz.timestamp_millis_opt(day.0).single(),
+    ) else {
+        return at;
+    };
+    tz.from_local_datetime(&d.date_naive().and_time(a.time()))
+        .earliest()
+        .map_or(at, |x| Timestamp(x.timestamp_millis()))
 }
 
 /// A datetime slot's value as stored: RFC 3339 in the customer's zone.
@@ -1884,6 +1931,76 @@ slot_minutes = 60
             "only the other customer's booking: {:?}",
             cal.slots
         );
+    }
+
+    /// What customers typed that was misread (found trying the flow as
+    /// they would): "keep" drops a move even with a day in it, a bare
+    /// time while moving is on the appointment's own day, an appointment
+    /// in the past is history, and a reminder is promised only if one
+    /// will come.
+    #[test]
+    fn keeping_moving_to_a_bare_time_past_appointments_and_honest_promises() {
+        let f = flow();
+        let now = t(NOW);
+        let mut cal = Cal {
+            me: 1,
+            ..Default::default()
+        };
+        let mut c = booked(&f, &mut cal, "wednesday at 2pm");
+        c.say(&f, "actually can i move it", now, &mut cal);
+        let r = c.say(&f, "no nvm, ill keep wednesday", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Okay, I've kept your appointment Wed Mar 4 at 2:00 PM.")
+        );
+        assert_eq!(c.booking().status, BookingStatus::Confirmed);
+        c.say(&f, "R", now, &mut cal);
+        let r = c.say(&f, "12pm", now, &mut cal);
+        assert!(
+            r.reply
+                .as_deref()
+                .unwrap()
+                .contains("Wed Mar 4 at 12:00 PM"),
+            "the appointment's own day: {r:?}"
+        );
+        let r = c.say(&f, "forget it ill just keep my wed appt", now, &mut cal);
+        assert!(r
+            .reply
+            .unwrap()
+            .starts_with("Okay, I've kept your appointment Wed Mar 4 at 2:00 PM"));
+        assert_eq!(cal.slots.len(), 1, "the offered noon is free again");
+
+        // A week later the appointment is history.
+        let later = t("2026-03-10T15:00:00Z");
+        let r = c.say(&f, "whens my appt", later, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Your last appointment was Wed Mar 4 at 2:00 PM. Would you like to book another?")
+        );
+        let r = c.say(&f, "book a cleaning thursday at 10am", later, &mut cal);
+        assert!(r.reply.unwrap().contains("Thu Mar 12 at 10:00 AM"));
+        assert_eq!(
+            c.booking().status,
+            BookingStatus::Offered,
+            "a new booking, not a move"
+        );
+        // An hour away: no reminder can come, none is promised.
+        let soon = t("2026-03-12T14:00:00Z");
+        let mut d = Conv::default();
+        cal.me = 2;
+        d.say(&f, "book a cleaning today at 10am", soon, &mut cal);
+        let r = d.say(&f, "yes", soon, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("You're confirmed for Thu Mar 12 at 11:00 AM. Reply R any time to reschedule.")
+        );
+        // R on an offer before anything is booked leaves nothing half-made.
+        let mut e = Conv::default();
+        cal.me = 3;
+        e.say(&f, "book a cleaning friday at 10am", now, &mut cal);
+        e.say(&f, "R", now, &mut cal);
+        assert_eq!(e.j.booking, None);
+        assert_eq!(e.j.asking.as_deref(), Some("when"));
     }
 
     #[test]

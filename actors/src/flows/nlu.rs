@@ -664,6 +664,18 @@ mod tests {
     }
 }
 
+/// "never mind", "keep it", "I'll keep my wednesday appointment": the
+/// customer drops a change and keeps what they have.
+pub fn keeps(text: &str) -> bool {
+    let w = crate::consent::keywords::normalize(text);
+    let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
+    w.iter()
+        .any(|x| matches!(x.as_str(), "keep" | "nevermind" | "nvm"))
+        || has(&["never", "mind"])
+        || has(&["forget", "it"])
+        || has(&["leave", "it"])
+}
+
 /// What a customer asks about the appointment they have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppointmentAsk {
