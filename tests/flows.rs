@@ -1368,6 +1368,25 @@ async fn whatsapp_reminders_are_asked_for_and_sent_as_templates_or_on_another_ch
         .collect();
     assert_eq!(blocked.len(), 1, "{e}");
     assert_eq!(blocked[0]["channel"], "whatsapp");
+
+    // Eli cancels in words on WhatsApp: the slot is free and the 2-hour
+    // reminder is gone.
+    wa_in(&node, eli, "sorry i cant make it anymore", "wamid.E4").await;
+    let said = bot_said(&node, "smile", &format!("+{eli}")).await;
+    assert_eq!(
+        said,
+        "Done: your appointment Fri Mar 6 at 2:00 PM is cancelled. Text us any time to book again."
+    );
+    let e = node
+        .conversation_of("smile", &format!("+{eli}"))
+        .await
+        .unwrap();
+    assert_eq!(e["booking"]["status"], "cancelled");
+    assert!(reminder_dues(&e).is_empty(), "{}", e["timers"]);
+    assert_eq!(
+        slot(&node, "2026-03-06T19:00:00.000Z").await["status"],
+        "free"
+    );
 }
 
 /// A bare opt-out keyword during a booking stays an opt-out, and the
