@@ -719,6 +719,48 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
             crate::agents::escalate(app, id, req).await
         }
+        Op::Conversations => {
+            admin(app, &req)?;
+            let tenant = known_tenant(app, param(&params, "tenant"))?;
+            let query = req.uri().query().unwrap_or("");
+            let f = crate::listing::Filter::parse(query)?;
+            // One more than a page, to know whether another follows.
+            let mut want = crate::listing::Filter::parse(query)?;
+            want.limit = f.limit + 1;
+            let mut rows = crate::listing::rows(app, &tenant, &want).await?;
+            if f.this_node {
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"conversations": rows}),
+                ));
+            }
+            let mut path = format!("/api/v1/tenants/{tenant}/conversations?node=this");
+            for (k, v) in query_pairs(query)? {
+                if k != "node" && k != "limit" {
+                    path.push_str(&format!("&{k}={}", urlencoding_component(&v)));
+                }
+            }
+            path.push_str(&format!("&limit={}", (f.limit + 1).min(200)));
+            let (theirs, missing) = from_every_peer(app, &path).await;
+            for v in theirs {
+                if let Some(more) = v["conversations"].as_array() {
+                    rows.extend(more.iter().cloned());
+                }
+            }
+            let mut out = crate::listing::page(&tenant, rows, f.limit);
+            if !missing.is_empty() {
+                out["nodes_missing"] = json!(missing);
+            }
+            Ok(json_response(StatusCode::OK, &out))
+        }
+        Op::ConversationTranscript => {
+            admin(app, &req)?;
+            let id = conversation_id(param(&params, "id"))?;
+            match app.router.view_by_id(id).await? {
+                Some(s) => crate::listing::messages(&s, req.uri().query().unwrap_or("")),
+                None => Err(ApiError::not_found(format!("no conversation {id}"))),
+            }
+        }
         Op::ConversationGet => {
             admin(app, &req)?;
             let id = conversation_id(param(&params, "id"))?;
@@ -1169,6 +1211,11 @@ pub(crate) async fn from_every_peer(app: &App, path: &str) -> (Vec<Value>, Vec<S
         }
     }
     out
+}
+
+/// `v` percent-encoded for a query string.
+fn urlencoding_component(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
 /// Whether the query asks for this node's own part only (`?node=this`,

@@ -266,6 +266,32 @@ fn query_params(op: Op) -> Vec<Value> {
             "node",
             "`this`: only what this node holds, unsummed (how nodes ask each other)",
         )],
+        Op::Conversations => vec![
+            q("status", "active, inactive or closed"),
+            q("channel", "Only conversations that used this channel"),
+            q("waiting", "true: waiting for a person; false: not"),
+            q("agent", "Only those this agent holds"),
+            q("booked", "true: with a booked appointment; false: without"),
+            q("opted_out", "true: opted out on some channel; false: not"),
+            q("updated_since", "Only those updated at or after (RFC 3339)"),
+            q(
+                "q",
+                "Words that must all be in the name, the address or the last message",
+            ),
+            q("limit", "Rows in the page (1 to 200, default 50)"),
+            q("cursor", "The `next_cursor` of the page before"),
+            q(
+                "node",
+                "`this`: only what this node holds (how nodes ask each other)",
+            ),
+        ],
+        Op::ConversationTranscript => vec![
+            q(
+                "before",
+                "The page ends before this message (a message id; default: the newest)",
+            ),
+            q("limit", "Messages in the page (1 to 500, default 50)"),
+        ],
         Op::Bookings => vec![
             q(
                 "from",

@@ -1660,6 +1660,27 @@ async fn customers_on_different_nodes_never_get_the_same_slot_and_bookings_survi
             .collect();
         ids.sort();
         assert_eq!(ids, want, "{list}");
+        // The conversations list is the same through every node, one page
+        // at a time.
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (s, v) = n
+                .get_admin(&format!(
+                    "/api/v1/tenants/smile/conversations?booked=true&limit=2&cursor={cursor}"
+                ))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            for c in v["conversations"].as_array().unwrap() {
+                seen.push(c["id"].as_str().unwrap().to_owned());
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, want, "through {}", n.base);
     }
 
     // The node whose rows decided dies: its replica decides now, with

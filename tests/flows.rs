@@ -1496,3 +1496,146 @@ async fn held_back_reminders_follow_the_booking_and_never_arrive_at_the_appointm
         "{notes:?}"
     );
 }
+
+/// The business's list of conversations: every channel, filtered the ways
+/// a front desk asks (waiting for a person, booked, opted out, a channel, a
+/// name), most recently updated first, paged by cursor with nothing
+/// repeated or lost; and a long transcript paged back from the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_business_lists_filters_and_pages_its_conversations() {
+    let (_fake, node) = start().await;
+    let ann = "+15551230051";
+    sms_in(
+        &node,
+        ann,
+        "Hi, I'm Ann. I need a cleaning thursday at 11am",
+        "L1",
+    )
+    .await;
+    sms_in(&node, ann, "C", "L2").await;
+    say(
+        &node,
+        "smile",
+        "webchat",
+        "visitor-51",
+        "can I talk to a person please",
+        "L3",
+    )
+    .await;
+    say(
+        &node,
+        "smile",
+        "whatsapp",
+        "+15551230053",
+        "what are your hours?",
+        "L4",
+    )
+    .await;
+    sms_in(&node, "+15551230054", "STOP", "L5").await;
+    node.advance(60.0).await;
+    sms_in(&node, "+15551230055", "Do you take Delta insurance?", "L6").await;
+
+    let list = |q: &str| {
+        let node = &node;
+        let q = q.to_owned();
+        async move {
+            let (s, v) = node
+                .get_admin(&format!("/api/v1/tenants/smile/conversations?{q}"))
+                .await;
+            assert_eq!(s, 200, "{q}: {v}");
+            v
+        }
+    };
+    let contacts = |v: &Value| -> Vec<String> {
+        v["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["contact"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = list("").await;
+    let everyone = contacts(&all);
+    assert_eq!(everyone.len(), 5, "{all}");
+    assert_eq!(
+        everyone[0], "+15551230055",
+        "the latest first: {everyone:?}"
+    );
+    assert_eq!(all["next_cursor"], Value::Null);
+    assert_eq!(contacts(&list("channel=webchat").await), ["visitor-51"]);
+    assert_eq!(contacts(&list("waiting=true").await), ["visitor-51"]);
+    assert_eq!(contacts(&list("booked=true").await), [ann]);
+    assert_eq!(contacts(&list("opted_out=true").await), ["+15551230054"]);
+    assert_eq!(contacts(&list("q=ann").await), [ann]);
+    assert_eq!(
+        contacts(&list("q=delta%20insurance").await),
+        ["+15551230055"]
+    );
+    assert_eq!(
+        contacts(&list("updated_since=2026-03-03T15:00:30Z").await),
+        ["+15551230055"]
+    );
+    let row = &list("booked=true").await["conversations"][0];
+    assert_eq!(row["name"], "Ann");
+    assert_eq!(row["booking"]["status"], "confirmed");
+    assert_eq!(row["last_message"]["author"], "bot");
+    // Pages of two: every conversation once, in the same order.
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..5 {
+        let v = list(&format!("limit=2&cursor={cursor}")).await;
+        paged.extend(contacts(&v));
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, everyone);
+    // Bad input is a clear 400.
+    for bad in ["limit=0", "status=sleeping", "waiting=maybe", "cursor=zz"] {
+        let (s, v) = node
+            .get_admin(&format!("/api/v1/tenants/smile/conversations?{bad}"))
+            .await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (400, &json!("invalid_query")),
+            "{bad}"
+        );
+    }
+
+    // Ann's transcript, two messages a page, back from the newest.
+    let id = node.conversation_of("smile", ann).await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let full = node.conversation_of("smile", ann).await.unwrap();
+    let want: Vec<String> = full["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut got: Vec<String> = Vec::new();
+    let mut before = String::new();
+    loop {
+        let (s, v) = node
+            .get_admin(&format!(
+                "/api/v1/conversations/{id}/messages?limit=2&before={before}"
+            ))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let page: Vec<String> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(page.len() <= 2);
+        got.splice(0..0, page);
+        match v["next_before"].as_str() {
+            Some(b) => before = b.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(got, want);
+}

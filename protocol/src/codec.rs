@@ -668,6 +668,9 @@ pub struct ConversationSummary {
     /// The last message a person would read (not internal entries): its
     /// author label, channel, time and first 160 characters.
     pub last: Option<(String, Channel, Timestamp, String)>,
+    /// The texts of the last three messages a person would read (160
+    /// characters each), newest first: what a search looks in.
+    pub recent: Vec<String>,
     pub assigned_agent: Option<String>,
     /// Waiting for a person since.
     pub waiting_since: Option<Timestamp>,
@@ -696,6 +699,14 @@ impl ConversationSummary {
         let mut unanswered = None;
         let mut missed_call = None;
         let mut bot_last = None;
+        let recent: Vec<String> = s
+            .messages
+            .iter()
+            .rev()
+            .filter(|m| !m.is_internal())
+            .take(3)
+            .map(|m| m.text.chars().take(160).collect())
+            .collect();
         for m in s.messages.iter().rev().filter(|m| !m.is_internal()) {
             if last.is_none() {
                 last = Some((
@@ -742,6 +753,7 @@ impl ConversationSummary {
             channels: s.channels.clone(),
             updated_at: s.updated_at,
             last,
+            recent,
             assigned_agent: s.assigned_agent.clone(),
             waiting_since: s.waiting.as_ref().map(|w| w.since),
             booking: j.booking.as_ref().map(|b| (b.status, b.start)),
