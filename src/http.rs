@@ -54,6 +54,8 @@ pub struct App {
     simulated: Option<Arc<ManualClock>>,
     /// Open web-chat sockets.
     pub chat: Arc<crate::webchat::Hub>,
+    /// Open inbox sockets.
+    pub inbox: Arc<crate::inbox::Watchers>,
     /// Agent tokens and API-created agents.
     pub agents: crate::agents::AgentDirectory,
     /// Cluster membership, when `[cluster]` is configured.
@@ -106,9 +108,12 @@ impl App {
             .collect();
         let chat = Arc::new(crate::webchat::Hub::default());
         runtime.shared.feed.subscribe(chat.clone());
+        let inbox = Arc::new(crate::inbox::Watchers::default());
+        runtime.shared.feed.subscribe(inbox.clone());
         let cfg_server = cfg.server.clone();
         App {
             chat,
+            inbox,
             agents: crate::agents::AgentDirectory::new(&cfg),
             cfg,
             router: runtime.router.clone(),
@@ -625,6 +630,8 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::WhatsappNotify => webhooks::whatsapp_notify(app, req).await,
         Op::ChatPage => crate::webchat::page(app, &req),
         Op::AgentPage => Ok(crate::agents::page()),
+        Op::InboxPage => Ok(crate::inbox::page()),
+        Op::InboxSocket => crate::inbox::upgrade(app.clone(), req),
         Op::FlowsReload => {
             admin(app, &req)?;
             match crate::flows::load(&app.cfg) {

@@ -9,6 +9,7 @@ pub mod bodies;
 pub mod config;
 pub mod flows;
 pub mod http;
+pub mod inbox;
 pub mod listing;
 pub mod openapi;
 pub use threadline_actors::phone;

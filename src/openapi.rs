@@ -78,6 +78,7 @@ pub fn document() -> Value {
                 "gateway": {"type": "http", "scheme": "bearer", "description": "A tenant's `gateway_token`"},
                 "agent": {"type": "http", "scheme": "bearer", "description": "An agent's token"},
                 "agent_query": {"type": "apiKey", "in": "query", "name": "token", "description": "An agent's token, for browsers that cannot set headers on a WebSocket"},
+                "admin_query": {"type": "apiKey", "in": "query", "name": "token", "description": "`server.admin_token`, for browsers that cannot set headers on a WebSocket"},
                 "twilio": {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature", "description": "Twilio's HMAC-SHA1 request signature over the public URL and the form"},
                 "meta": {"type": "apiKey", "in": "header", "name": "X-Hub-Signature-256", "description": "Meta's HMAC-SHA256 of the body with the app secret"},
                 "verify_token": {"type": "apiKey", "in": "query", "name": "hub.verify_token", "description": "`providers.whatsapp.verify_token`"}
@@ -112,6 +113,7 @@ fn operation(o: &Operation, generator: &mut schemars::SchemaGenerator) -> Value 
     let security = match o.auth {
         Auth::Public => json!([]),
         Auth::AgentToken => json!([{"agent": []}, {"agent_query": []}]),
+        Auth::AdminQuery => json!([{"admin": []}, {"admin_query": []}]),
         Auth::Admin => json!([{"admin": []}]),
         Auth::Gateway => json!([{"gateway": []}]),
         Auth::Twilio => json!([{"twilio": []}]),
@@ -166,11 +168,14 @@ pub fn errors(o: &Operation) -> Vec<u16> {
     let mut out: Vec<u16> = o.extra.to_vec();
     let has_params = o.path.contains('{') || !query_params(o.op).is_empty();
     match o.auth {
-        Auth::Admin | Auth::Gateway | Auth::AgentToken => out.push(401),
+        Auth::Admin | Auth::Gateway | Auth::AgentToken | Auth::AdminQuery => out.push(401),
         Auth::Twilio | Auth::Meta | Auth::MetaVerifyToken => out.push(403),
         Auth::Public => {}
     }
-    if has_params || !matches!(o.body, BodyKind::None) || o.auth == Auth::AgentToken {
+    if has_params
+        || !matches!(o.body, BodyKind::None)
+        || matches!(o.auth, Auth::AgentToken | Auth::AdminQuery)
+    {
         out.push(400);
     }
     if o.path.contains('{')
@@ -302,6 +307,8 @@ fn query_params(op: Op) -> Vec<Value> {
                 "and before (RFC 3339; default 31 days later, at most 92)",
             ),
         ],
+        Op::InboxSocket => vec![json!({"name": "tenant", "in": "query", "required": true,
+            "schema": {"type": "string"}, "description": "The tenant whose conversations to follow"})],
         Op::ChatPage => vec![json!({"name": "tenant", "in": "query", "required": true,
             "schema": {"type": "string"}, "description": "The tenant whose chat this is"})],
         Op::ChatSocket => vec![

@@ -42,6 +42,8 @@ pub enum Op {
     ChatSocket,
     AgentPage,
     AgentSocket,
+    InboxPage,
+    InboxSocket,
     FlowsReload,
     AgentsList,
     AgentsCreate,
@@ -93,6 +95,9 @@ pub enum Auth {
     MetaVerifyToken,
     /// An agent's token (`Authorization: Bearer` or `?token=`).
     AgentToken,
+    /// The admin token as `Authorization: Bearer` or `?token=` (a
+    /// browser's WebSocket cannot set headers).
+    AdminQuery,
 }
 
 /// A request schema: puts the type's schema in the generator's
@@ -207,6 +212,10 @@ pub static OPERATIONS: &[Operation] = &[
         "The agent desktop page"),
     op!(AgentSocket, GET, "/agent/ws", "pages", AgentToken, NONE, &[101],
         "Agent desktop WebSocket (see docs/websockets.md)"),
+    op!(InboxPage, GET, "/inbox", "pages", Public, NONE, &[200],
+        "The business's inbox page: every conversation, live"),
+    op!(InboxSocket, GET, "/inbox/ws", "pages", AdminQuery, NONE, &[101],
+        "Inbox WebSocket: which of a tenant's conversations changed (`?tenant=`; see docs/websockets.md)"),
     op!(FlowsReload, POST, "/api/v1/flows/reload", "flows", Admin, NONE, &[200],
         "Reload every tenant's flow file; nothing changes if one is invalid"),
     op!(AgentsList, GET, "/api/v1/agents", "agents", Admin, NONE, &[200],

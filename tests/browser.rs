@@ -334,3 +334,82 @@ async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &st
         }
     }
 }
+
+/// The business's inbox: every conversation of three channels listed,
+/// one opened from the keyboard with its thread, a new customer appearing
+/// live, the waiting filter, and the page usable at 390 px (no sideways
+/// scrolling). Screenshots kept in target/inbox-1366.png and
+/// target/inbox-390.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_lists_every_conversation_and_updates_live() {
+    let Some((dir, chromium)) = browser() else {
+        return;
+    };
+    let fake = FakeTwilio::start().await;
+    let node = Node::start_with_config(&config(&fake.base), &[]);
+    for (channel, from, text) in [
+        ("sms", "+15551230071", "Hi, do you do renters insurance?"),
+        ("whatsapp", "+15551230072", "Hello from WhatsApp"),
+        ("webchat", "visitor-73", "Can I talk to a person?"),
+    ] {
+        let mut m = sms("acme", from, text, None);
+        m["channel"] = serde_json::json!(channel);
+        let (s, v) = node.inbound("gw-acme", &m).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    let wide = node.dir.path().join("inbox-1366.png");
+    let narrow = node.dir.path().join("inbox-390.png");
+    let (mut browser, _stdin, mut rx) = run_script(
+        &dir,
+        &chromium,
+        "inbox.mjs",
+        &[
+            node.base.as_ref(),
+            "test-admin-token".as_ref(),
+            "acme".as_ref(),
+            wide.as_ref(),
+            narrow.as_ref(),
+        ],
+    );
+    let list = expect(&mut rx, "LIST").await;
+    for who in ["+15551230071", "+15551230072", "visitor-73"] {
+        assert!(list.contains(who), "{list}");
+    }
+    let thread = expect(&mut rx, "THREAD").await;
+    assert!(
+        thread.contains("Can I talk to a person?"),
+        "the newest first: {thread}"
+    );
+    assert!(
+        thread.contains("[handed to a person: the customer asked for a person]"),
+        "the business sees why: {thread}"
+    );
+    expect(&mut rx, "READY").await;
+    let (s, _) = node
+        .inbound(
+            "gw-acme",
+            &sms("acme", "+15551230074", "Is anyone there?", None),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let live = expect(&mut rx, "LIVE").await;
+    assert!(
+        live.starts_with("LIVE +15551230074"),
+        "the newest on top: {live}"
+    );
+    let waiting = expect(&mut rx, "WAITING").await;
+    assert_eq!(waiting, "WAITING visitor-73");
+    let width = expect(&mut rx, "NARROW").await;
+    assert!(
+        width["NARROW ".len()..].parse::<u32>().unwrap() <= 390,
+        "no sideways scrolling at 390 px: {width}"
+    );
+    expect(&mut rx, "DONE").await;
+    assert!(browser.wait().unwrap().success());
+    for (shot, keep) in [
+        (&wide, "target/inbox-1366.png"),
+        (&narrow, "target/inbox-390.png"),
+    ] {
+        let _ = std::fs::copy(shot, Path::new(env!("CARGO_MANIFEST_DIR")).join(keep));
+    }
+}
