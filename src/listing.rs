@@ -209,6 +209,10 @@ pub fn page(tenant: &str, mut rows: Vec<Value>, limit: usize) -> Value {
             .unwrap_or((0, 0))
     };
     rows.sort_by_key(|v| std::cmp::Reverse(key(v)));
+    // A conversation caught mid-move may be listed by two nodes: the
+    // newest row counts.
+    let mut seen = std::collections::HashSet::new();
+    rows.retain(|v| seen.insert(v["id"].as_str().unwrap_or_default().to_owned()));
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next = more
