@@ -630,8 +630,8 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::WhatsappNotify => webhooks::whatsapp_notify(app, req).await,
         Op::ChatPage => crate::webchat::page(app, &req),
         Op::AgentPage => Ok(crate::agents::page()),
-        Op::InboxPage => Ok(crate::inbox::page()),
-        Op::InboxSocket => crate::inbox::upgrade(app.clone(), req),
+        Op::InboxPage => Ok(html_page(include_str!("inbox.html").to_owned(), "'none'")),
+        Op::InboxSocket => crate::webchat::inbox_upgrade(app.clone(), req),
         Op::FlowsReload => {
             admin(app, &req)?;
             match crate::flows::load(&app.cfg) {
@@ -730,11 +730,16 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
             let query = req.uri().query().unwrap_or("");
-            let f = crate::listing::Filter::parse(query)?;
+            let pairs = query_pairs(query)?;
+            let bad = |e: String| ApiError::bad("invalid_query", e);
+            let f = crate::listing::Filter::parse(&pairs).map_err(bad)?;
             // One more than a page, to know whether another follows.
-            let mut want = crate::listing::Filter::parse(query)?;
+            let mut want = crate::listing::Filter::parse(&pairs).map_err(bad)?;
             want.limit = f.limit + 1;
-            let mut rows = crate::listing::rows(app, &tenant, &want).await?;
+            let mut rows =
+                crate::listing::rows(app.shared.persistence.store.clone(), &tenant, &want)
+                    .await
+                    .map_err(ApiError::storage)?;
             if f.this_node {
                 return Ok(json_response(
                     StatusCode::OK,
@@ -764,7 +769,12 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             admin(app, &req)?;
             let id = conversation_id(param(&params, "id"))?;
             match app.router.view_by_id(id).await? {
-                Some(s) => crate::listing::messages(&s, req.uri().query().unwrap_or("")),
+                Some(s) => {
+                    let pairs = query_pairs(req.uri().query().unwrap_or(""))?;
+                    let v = crate::listing::messages(&s, &pairs, |m| message_json(s.id, m))
+                        .map_err(|e| ApiError::bad("invalid_query", e))?;
+                    Ok(json_response(StatusCode::OK, &v))
+                }
                 None => Err(ApiError::not_found(format!("no conversation {id}"))),
             }
         }

@@ -9,14 +9,16 @@
 //! cluster each node lists what it holds after the cursor and the node
 //! asked merges them (`?node=this` is one node's part).
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Response, StatusCode};
+use std::sync::Arc;
+
 use serde_json::{json, Value};
+use threadline_actors::clock::rfc3339;
+use threadline_actors::store::Store;
 use threadline_protocol::codec::ConversationSummary;
 use threadline_protocol::{Channel, Status, Timestamp};
 
-use crate::http::{json_response, parse_rfc3339, query_pairs, rfc3339, ApiError, App};
+/// A query that cannot be served: what was wrong (a 400 `invalid_query`).
+pub type QueryError = String;
 
 /// Rows in one page unless `limit` says fewer (at most `MAX_LIMIT`).
 const DEFAULT_LIMIT: usize = 50;
@@ -45,24 +47,23 @@ pub struct Filter {
     pub this_node: bool,
 }
 
-fn flag(k: &str, v: &str) -> Result<bool, ApiError> {
+fn flag(k: &str, v: &str) -> Result<bool, QueryError> {
     match v {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ApiError::bad(
-            "invalid_query",
-            format!("`{k}` is true or false"),
-        )),
+        _ => Err(format!("`{k}` is true or false")),
     }
 }
 
 impl Filter {
-    pub fn parse(query: &str) -> Result<Filter, ApiError> {
+    /// From the query's (name, decoded value) pairs.
+    pub fn parse(pairs: &[(&str, String)]) -> Result<Filter, QueryError> {
         let mut f = Filter {
             limit: DEFAULT_LIMIT,
             ..Filter::default()
         };
-        for (k, v) in query_pairs(query)? {
+        for (k, v) in pairs {
+            let (k, v) = (*k, v.clone());
             if v.is_empty() {
                 continue;
             }
@@ -72,27 +73,25 @@ impl Filter {
                         "active" => Status::Active,
                         "inactive" => Status::Inactive,
                         "closed" => Status::Closed,
-                        _ => {
-                            return Err(ApiError::bad(
-                                "invalid_query",
-                                "`status` is active, inactive or closed",
-                            ))
-                        }
+                        _ => return Err("`status` is active, inactive or closed".into()),
                     })
                 }
                 "channel" => {
                     f.channel = Some(Channel::parse(&v).ok_or_else(|| {
-                        ApiError::bad(
-                            "invalid_query",
-                            "`channel` is sms, voice, whatsapp, webchat or email",
-                        )
+                        "`channel` is sms, voice, whatsapp, webchat or email".to_owned()
                     })?)
                 }
                 "waiting" => f.waiting = Some(flag(k, &v)?),
                 "booked" => f.booked = Some(flag(k, &v)?),
                 "opted_out" => f.opted_out = Some(flag(k, &v)?),
                 "agent" => f.agent = Some(v.chars().take(64).collect()),
-                "updated_since" => f.updated_since = Some(parse_rfc3339("updated_since", &v)?),
+                "updated_since" => {
+                    f.updated_since = Some(
+                        chrono::DateTime::parse_from_rfc3339(&v)
+                            .map(|d| Timestamp(d.timestamp_millis()))
+                            .map_err(|e| format!("`updated_since` is not RFC 3339: {e}"))?,
+                    )
+                }
                 "q" => {
                     f.words = v
                         .to_lowercase()
@@ -106,12 +105,7 @@ impl Filter {
                         .parse::<usize>()
                         .ok()
                         .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::bad(
-                                "invalid_query",
-                                format!("`limit` is a whole number from 1 to {MAX_LIMIT}"),
-                            )
-                        })?
+                        .ok_or_else(|| format!("`limit` is a whole number from 1 to {MAX_LIMIT}"))?
                 }
                 "cursor" => f.after = Some(parse_cursor(&v)?),
                 "node" => f.this_node = v == "this",
@@ -153,8 +147,8 @@ fn cursor_of(updated_at: i64, conv: u64) -> String {
     format!("{updated_at:x}.{conv:x}")
 }
 
-fn parse_cursor(v: &str) -> Result<(i64, u64), ApiError> {
-    let bad = || ApiError::bad("invalid_query", "`cursor` is the `next_cursor` of a page");
+fn parse_cursor(v: &str) -> Result<(i64, u64), QueryError> {
+    let bad = || "`cursor` is the `next_cursor` of a page".to_owned();
     let (a, b) = v.split_once('.').ok_or_else(bad)?;
     Ok((
         i64::from_str_radix(a, 16).map_err(|_| bad())?,
@@ -185,14 +179,13 @@ fn row(s: &ConversationSummary) -> Value {
 }
 
 /// This node's rows of `tenant` that `f` admits, in order, at most
-/// `f.limit`.
-pub async fn rows(app: &App, tenant: &str, f: &Filter) -> Result<Vec<Value>, ApiError> {
-    let store = app.shared.persistence.store.clone();
+/// `f.limit`; `Err` is a storage failure.
+pub async fn rows(store: Arc<Store>, tenant: &str, f: &Filter) -> Result<Vec<Value>, String> {
     let t = tenant.to_owned();
     let mut all = tokio::task::spawn_blocking(move || store.summaries(&t))
         .await
-        .map_err(ApiError::storage)?
-        .map_err(ApiError::storage)?;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     all.retain(|s| f.admits(s));
     all.sort_by_key(|s| std::cmp::Reverse((s.updated_at.0, s.conv.0)));
     all.truncate(f.limit);
@@ -223,15 +216,16 @@ pub fn page(tenant: &str, mut rows: Vec<Value>, limit: usize) -> Value {
 
 /// `GET /conversations/{id}/messages?before=&limit=`: the messages before
 /// message `before` (a message id, or its sequence number), oldest first,
-/// and the cursor for the page before them.
+/// each as `render` shows it, and the cursor for the page before them.
 pub fn messages(
     s: &threadline_protocol::ConversationState,
-    query: &str,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+    pairs: &[(&str, String)],
+    render: impl Fn(&threadline_protocol::Message) -> Value,
+) -> Result<Value, QueryError> {
     let mut before = u32::MAX;
     let mut limit = DEFAULT_MESSAGES;
-    for (k, v) in query_pairs(query)? {
-        match k {
+    for (k, v) in pairs {
+        match *k {
             "before" if !v.is_empty() => {
                 before = v
                     .parse::<threadline_protocol::MessageId>()
@@ -239,34 +233,21 @@ pub fn messages(
                     .filter(|m| m.conversation == s.id)
                     .map(|m| m.seq)
                     .or_else(|| v.parse().ok())
-                    .ok_or_else(|| {
-                        ApiError::bad(
-                            "invalid_query",
-                            "`before` is a message id of this conversation",
-                        )
-                    })?
+                    .ok_or_else(|| "`before` is a message id of this conversation".to_owned())?
             }
             "limit" if !v.is_empty() => {
                 limit = v
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=MAX_MESSAGES).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad(
-                            "invalid_query",
-                            format!("`limit` is a whole number from 1 to {MAX_MESSAGES}"),
-                        )
-                    })?
+                    .ok_or_else(|| format!("`limit` is a whole number from 1 to {MAX_MESSAGES}"))?
             }
             _ => {}
         }
     }
     let end = s.messages.partition_point(|m| m.seq < before);
     let start = end.saturating_sub(limit);
-    let page: Vec<Value> = s.messages[start..end]
-        .iter()
-        .map(|m| crate::http::message_json(s.id, m))
-        .collect();
+    let page: Vec<Value> = s.messages[start..end].iter().map(render).collect();
     let next = (start > 0).then(|| {
         threadline_protocol::MessageId {
             conversation: s.id,
@@ -274,13 +255,10 @@ pub fn messages(
         }
         .to_string()
     });
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "conversation_id": s.id.to_string(),
-            "total": s.messages.len(),
-            "messages": page,
-            "next_before": next,
-        }),
-    ))
+    Ok(json!({
+        "conversation_id": s.id.to_string(),
+        "total": s.messages.len(),
+        "messages": page,
+        "next_before": next,
+    }))
 }

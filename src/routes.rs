@@ -214,7 +214,7 @@ pub static OPERATIONS: &[Operation] = &[
         "Agent desktop WebSocket (see docs/websockets.md)"),
     op!(InboxPage, GET, "/inbox", "pages", Public, NONE, &[200],
         "The business's inbox page: every conversation, live"),
-    op!(InboxSocket, GET, "/inbox/ws", "pages", AdminQuery, NONE, &[101],
+    op!(InboxSocket, GET, "/inbox/ws", "pages", AdminQuery, NONE, &[101], &[404],
         "Inbox WebSocket: which of a tenant's conversations changed (`?tenant=`; see docs/websockets.md)"),
     op!(FlowsReload, POST, "/api/v1/flows/reload", "flows", Admin, NONE, &[200],
         "Reload every tenant's flow file; nothing changes if one is invalid"),

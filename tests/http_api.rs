@@ -160,7 +160,7 @@ async fn every_documented_operation_answers_a_status_it_declares() {
                 .header("Sec-WebSocket-Version", "13")
                 .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
         }
-        if path == "/chat" || path == "/chat/ws" {
+        if path == "/chat" || path == "/chat/ws" || path == "/inbox/ws" {
             req = req.query(&[("tenant", "acme")]);
         }
         let r = req.send().await.unwrap();
