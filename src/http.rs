@@ -660,13 +660,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let path = format!("/api/v1/tenants/{tenant}/metrics?node=this");
             let (theirs, missing) = from_every_peer(app, &path).await;
             for v in theirs {
-                if let (Some(mine), Some(more)) = (raw.as_object_mut(), v.as_object()) {
-                    for (k, n) in more {
-                        let add = n.as_u64().unwrap_or(0);
-                        let e = mine.entry(k.clone()).or_insert(json!(0));
-                        *e = json!(e.as_u64().unwrap_or(0) + add);
-                    }
-                }
+                add_counts(&mut raw, &v);
             }
             let mut out = outcomes_json(&tenant, &raw);
             if !missing.is_empty() {
@@ -690,15 +684,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                             mine["count"].as_u64().unwrap_or(0)
                                 + more["count"].as_u64().unwrap_or(0)
                         );
-                        if let (Some(by), Some(add)) = (
-                            mine["by_channel"].as_object_mut(),
-                            more["by_channel"].as_object(),
-                        ) {
-                            for (ch, k) in add {
-                                let e = by.entry(ch.clone()).or_insert(json!(0));
-                                *e = json!(e.as_u64().unwrap_or(0) + k.as_u64().unwrap_or(0));
-                            }
-                        }
+                        add_counts(&mut mine["by_channel"], &more["by_channel"]);
                         if let (Some(list), Some(add)) = (
                             mine["conversations"].as_array_mut(),
                             more["conversations"].as_array(),
@@ -731,15 +717,14 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let tenant = known_tenant(app, param(&params, "tenant"))?;
             let query = req.uri().query().unwrap_or("");
             let pairs = query_pairs(query)?;
-            let bad = |e: String| ApiError::bad("invalid_query", e);
-            let f = crate::listing::Filter::parse(&pairs).map_err(bad)?;
+            let mut f = crate::listing::Filter::parse(&pairs)
+                .map_err(|e| ApiError::bad("invalid_query", e))?;
             // One more than a page, to know whether another follows.
-            let mut want = crate::listing::Filter::parse(&pairs).map_err(bad)?;
-            want.limit = f.limit + 1;
-            let mut rows =
-                crate::listing::rows(app.shared.persistence.store.clone(), &tenant, &want)
-                    .await
-                    .map_err(ApiError::storage)?;
+            let limit = f.limit;
+            f.limit += 1;
+            let mut rows = crate::listing::rows(app.shared.persistence.store.clone(), &tenant, &f)
+                .await
+                .map_err(ApiError::storage)?;
             if f.this_node {
                 return Ok(json_response(
                     StatusCode::OK,
@@ -749,17 +734,20 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let mut path = format!("/api/v1/tenants/{tenant}/conversations?node=this");
             for (k, v) in query_pairs(query)? {
                 if k != "node" && k != "limit" {
-                    path.push_str(&format!("&{k}={}", urlencoding_component(&v)));
+                    path.push_str(&format!(
+                        "&{k}={}",
+                        form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                    ));
                 }
             }
-            path.push_str(&format!("&limit={}", (f.limit + 1).min(200)));
+            path.push_str(&format!("&limit={}", f.limit.min(200)));
             let (theirs, missing) = from_every_peer(app, &path).await;
             for v in theirs {
                 if let Some(more) = v["conversations"].as_array() {
                     rows.extend(more.iter().cloned());
                 }
             }
-            let mut out = crate::listing::page(&tenant, rows, f.limit);
+            let mut out = crate::listing::page(&tenant, rows, limit);
             if !missing.is_empty() {
                 out["nodes_missing"] = json!(missing);
             }
@@ -1165,74 +1153,72 @@ fn response_of(a: PeerAnswer) -> Resp {
     r
 }
 
-/// Sends the same admin request to every other live node (marked as passed
-/// on, so it goes no further); the nodes that did not take it (not 2xx),
-/// by name. Nothing in a single node.
+/// Sends one admin request to every other live node (marked as passed on,
+/// so it goes no further): each peer's name and answer. Nothing in a
+/// single node.
+async fn ask_every_peer(
+    app: &App,
+    method: Method,
+    path: &str,
+    body: bytes::Bytes,
+) -> Vec<(String, Result<PeerAnswer, String>)> {
+    let Some(cluster) = &app.cluster else {
+        return Vec::new();
+    };
+    let ask = admin_request(app, method, path, body);
+    let asks = cluster.peer_names().into_iter().map(|peer| {
+        let ask = &ask;
+        async move {
+            let answer = cluster
+                .request(&peer, ask, PEER_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string());
+            (peer, answer)
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// Sends the same admin change to every other live node; the nodes that
+/// did not take it (not 2xx), by name.
 pub(crate) async fn to_every_peer(
     app: &App,
     method: Method,
     path: &str,
     body: bytes::Bytes,
 ) -> Vec<String> {
-    let Some(cluster) = &app.cluster else {
-        return Vec::new();
-    };
-    let ask = admin_request(app, method, path, body);
-    let sends = cluster.peer_names().into_iter().map(|peer| {
-        let ask = &ask;
-        async move {
-            match cluster.request(&peer, ask, PEER_TIMEOUT).await {
-                Ok(a) if a.succeeded() => None,
-                Ok(a) => {
-                    tracing::warn!(peer, status = a.status, "a peer refused an admin change");
-                    Some(peer)
-                }
-                Err(e) => {
-                    tracing::warn!(peer, error = %e, "a peer did not take an admin change");
-                    Some(peer)
-                }
+    let mut refused = Vec::new();
+    for (peer, answer) in ask_every_peer(app, method, path, body).await {
+        match answer {
+            Ok(a) if a.succeeded() => {}
+            Ok(a) => {
+                tracing::warn!(peer, status = a.status, "a peer refused an admin change");
+                refused.push(peer);
+            }
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "a peer did not take an admin change");
+                refused.push(peer);
             }
         }
-    });
-    futures_util::future::join_all(sends)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    }
+    refused
 }
 
-/// Asks every other live node for `path` (an admin GET, marked as passed
-/// on): the JSON bodies of the nodes that answered 2xx, and the names of
-/// those that did not. Nothing in a single node.
+/// Asks every other live node for `path` (an admin GET): the JSON bodies
+/// of the nodes that answered 2xx, and the names of those that did not.
 pub(crate) async fn from_every_peer(app: &App, path: &str) -> (Vec<Value>, Vec<String>) {
-    let Some(cluster) = &app.cluster else {
-        return (Vec::new(), Vec::new());
-    };
-    let ask = admin_request(app, Method::GET, path, Bytes::new());
-    let asks = cluster.peer_names().into_iter().map(|peer| {
-        let ask = &ask;
-        async move {
-            match cluster.request(&peer, ask, PEER_TIMEOUT).await {
-                Ok(a) if a.succeeded() => {
-                    serde_json::from_slice::<Value>(&a.body).map_err(|_| peer)
-                }
-                _ => Err(peer),
-            }
-        }
-    });
     let mut out = (Vec::new(), Vec::new());
-    for r in futures_util::future::join_all(asks).await {
-        match r {
-            Ok(v) => out.0.push(v),
-            Err(peer) => out.1.push(peer),
+    for (peer, answer) in ask_every_peer(app, Method::GET, path, Bytes::new()).await {
+        match answer
+            .ok()
+            .filter(PeerAnswer::succeeded)
+            .and_then(|a| serde_json::from_slice::<Value>(&a.body).ok())
+        {
+            Some(v) => out.0.push(v),
+            None => out.1.push(peer),
         }
     }
     out
-}
-
-/// `v` percent-encoded for a query string.
-fn urlencoding_component(v: &str) -> String {
-    form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
 /// Whether the query asks for this node's own part only (`?node=this`,
@@ -2299,27 +2285,27 @@ async fn leakage(app: &App, tenant: &str) -> Result<Value, ApiError> {
 /// and counts), as nodes add them up.
 fn outcome_counts(app: &App, tenant: &str) -> Value {
     let o = &app.shared.metrics.outcomes;
-    let n = |c| o.get(c, tenant);
-    let (first_ms, answered) = o.wait_sums("first_response", tenant);
-    let (wait_ms, taken) = o.wait_sums("escalation_wait", tenant);
-    json!({
-        "missed_calls": n(&o.missed_calls),
-        "missed_calls_recovered": n(&o.missed_calls_recovered),
-        "bookings_offered": n(&o.bookings_offered),
-        "bookings_confirmed": n(&o.bookings_confirmed),
-        "bookings_rescheduled": n(&o.bookings_rescheduled),
-        "bookings_rebooked": n(&o.bookings_rebooked),
-        "bookings_cancelled": n(&o.bookings_cancelled),
-        "bookings_attended": n(&o.bookings_attended),
-        "bookings_no_show": n(&o.bookings_no_show),
-        "leads_qualified": n(&o.leads_qualified),
-        "leads_met": n(&o.leads_met),
-        "escalations": n(&o.escalations),
-        "first_response_ms": first_ms,
-        "first_response_count": answered,
-        "escalation_wait_ms": wait_ms,
-        "escalation_wait_count": taken,
-    })
+    let mut counts: serde_json::Map<String, Value> = o
+        .counters()
+        .into_iter()
+        .map(|(name, _, c)| (name.to_owned(), json!(o.get(c, tenant))))
+        .collect();
+    for which in ["first_response", "escalation_wait"] {
+        let (ms, n) = o.wait_sums(which, tenant);
+        counts.insert(format!("{which}_ms"), json!(ms));
+        counts.insert(format!("{which}_count"), json!(n));
+    }
+    Value::Object(counts)
+}
+
+/// Adds the numbers of `more` into `mine`, key by key (nodes' counts).
+fn add_counts(mine: &mut Value, more: &Value) {
+    if let (Some(mine), Some(more)) = (mine.as_object_mut(), more.as_object()) {
+        for (k, n) in more {
+            let e = mine.entry(k.clone()).or_insert(json!(0));
+            *e = json!(e.as_u64().unwrap_or(0) + n.as_u64().unwrap_or(0));
+        }
+    }
 }
 
 /// What a tenant's conversations achieved (`GET /tenants/{t}/metrics`),

@@ -549,8 +549,10 @@ impl Default for Outcomes {
 }
 
 impl Outcomes {
-    fn register(&self, r: &mut Registry) {
-        for (name, help, c) in [
+    /// Every counter: its name (in Prometheus, in the store's `outcomes`
+    /// table and in the REST counts), its help, and the counter.
+    pub fn counters(&self) -> [(&'static str, &'static str, &PerTenant); 12] {
+        [
             ("missed_calls", "Calls nobody answered", &self.missed_calls),
             (
                 "missed_calls_recovered",
@@ -607,7 +609,11 @@ impl Outcomes {
                 "Conversations handed to a person",
                 &self.escalations,
             ),
-        ] {
+        ]
+    }
+
+    fn register(&self, r: &mut Registry) {
+        for (name, help, c) in self.counters() {
             r.register(name, help, c.clone());
         }
         r.register(
@@ -622,24 +628,11 @@ impl Outcomes {
         );
     }
 
-    /// Each counter by the name it is kept under (in the store and in
-    /// Prometheus).
     fn by_name(&self, name: &str) -> Option<&PerTenant> {
-        Some(match name {
-            "missed_calls" => &self.missed_calls,
-            "missed_calls_recovered" => &self.missed_calls_recovered,
-            "bookings_offered" => &self.bookings_offered,
-            "bookings_confirmed" => &self.bookings_confirmed,
-            "bookings_rescheduled" => &self.bookings_rescheduled,
-            "bookings_rebooked" => &self.bookings_rebooked,
-            "bookings_cancelled" => &self.bookings_cancelled,
-            "bookings_attended" => &self.bookings_attended,
-            "bookings_no_show" => &self.bookings_no_show,
-            "leads_qualified" => &self.leads_qualified,
-            "leads_met" => &self.leads_met,
-            "escalations" => &self.escalations,
-            _ => return None,
-        })
+        self.counters()
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, _, c)| c)
     }
 
     /// Starts the counts where the store left them (`tenant`, `name`,
@@ -648,20 +641,10 @@ impl Outcomes {
         for (tenant, name, v) in rows {
             if let Some(c) = self.by_name(&name) {
                 c.get_or_create(&TenantLabel { tenant }).inc_by(v);
-            } else if let Some(which) = name.strip_suffix("_ms") {
-                let which = if which == "first_response" {
-                    "first_response"
-                } else {
-                    continue;
-                };
-                self.waits.entry((tenant, which)).or_default().0 += v;
-            } else if let Some(which) = name.strip_suffix("_count") {
-                let which = if which == "first_response" {
-                    "first_response"
-                } else {
-                    continue;
-                };
-                self.waits.entry((tenant, which)).or_default().1 += v;
+            } else if name == "first_response_ms" {
+                self.waits.entry((tenant, "first_response")).or_default().0 += v;
+            } else if name == "first_response_count" {
+                self.waits.entry((tenant, "first_response")).or_default().1 += v;
             }
         }
     }

@@ -712,7 +712,13 @@ impl ConvState {
                 &self.journey_seen,
             )
         };
-        self.journey_seen.clone_from(&conv.state.journey);
+        // (Most commits do not change the journey: no copy for them.)
+        if events
+            .iter()
+            .any(|(_, e)| matches!(e, ConvEvent::JourneyChanged(_)))
+        {
+            self.journey_seen.clone_from(&conv.state.journey);
+        }
         for (seq, event) in events {
             if let Some(draft) = audit_draft(&self.args.key, id, &event) {
                 audit.push(draft);

@@ -1610,6 +1610,16 @@ slot_minutes = 60
         me: u64,
     }
 
+    impl Cal {
+        /// An empty calendar, as seen by conversation `me`.
+        fn of(me: u64) -> Cal {
+            Cal {
+                me,
+                ..Default::default()
+            }
+        }
+    }
+
     impl Calendar for Cal {
         fn hold(&mut self, start: Timestamp, _until: Timestamp) -> bool {
             match self.slots.get(&start.0) {
@@ -1680,10 +1690,7 @@ slot_minutes = 60
     #[test]
     fn a_booking_from_intent_to_confirmation_with_reminders() {
         let f = flow();
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut c = Conv::default();
         let now = t(NOW);
         let a = c.say(&f, "Hi, I'm Jordan. I need a cleaning", now, &mut cal);
@@ -1733,10 +1740,7 @@ slot_minutes = 60
     fn a_taken_slot_offers_the_next_opening_and_two_customers_never_share_one() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut first = Conv::default();
         first.say(&f, "book a checkup thursday at 10am", now, &mut cal);
         let first_offer = first.booking().offer.unwrap().start;
@@ -1773,10 +1777,7 @@ slot_minutes = 60
     fn a_move_in_plain_words_holds_the_new_time_before_giving_back_the_old() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut a = booked(&f, &mut cal, "thursday at 11am");
         let thu = t("2026-03-05T16:00:00Z");
         assert_eq!(a.booking().start, Some(thu));
@@ -1819,10 +1820,7 @@ slot_minutes = 60
     fn a_move_never_offers_the_time_already_booked_and_can_be_dropped() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut a = booked(&f, &mut cal, "thursday at 11am");
         let r = a.say(&f, "can we push it back to thursday at 11am", now, &mut cal);
         let reply = r.reply.unwrap();
@@ -1847,10 +1845,7 @@ slot_minutes = 60
     fn a_cancel_in_plain_words_frees_the_time_and_drops_the_reminders() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut a = booked(&f, &mut cal, "thursday at 11am");
         let r = a.say(&f, "when is my appointment?", now, &mut cal);
         assert_eq!(
@@ -1879,10 +1874,7 @@ slot_minutes = 60
     fn offers_declined_replaced_lost_and_moves_cancelled() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut c = Conv::default();
         c.say(&f, "book a cleaning thursday at 10am", now, &mut cal);
         let r = c.say(&f, "when is my appointment", now, &mut cal);
@@ -1942,10 +1934,7 @@ slot_minutes = 60
     fn keeping_moving_to_a_bare_time_past_appointments_and_honest_promises() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut c = booked(&f, &mut cal, "wednesday at 2pm");
         c.say(&f, "actually can i move it", now, &mut cal);
         let r = c.say(&f, "no nvm, ill keep wednesday", now, &mut cal);
@@ -2007,10 +1996,7 @@ slot_minutes = 60
     fn reschedule_escalation_and_plain_answers() {
         let f = flow();
         let now = t(NOW);
-        let mut cal = Cal {
-            me: 1,
-            ..Default::default()
-        };
+        let mut cal = Cal::of(1);
         let mut c = booked(&f, &mut cal, "friday at 2pm");
         let old = c.booking().start.unwrap();
         let r = c.say(&f, "R, can we do monday at 11am instead", now, &mut cal);
