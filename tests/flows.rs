@@ -1639,3 +1639,51 @@ async fn the_business_lists_filters_and_pages_its_conversations() {
     }
     assert_eq!(got, want);
 }
+
+/// A follow-up the consent gate holds back (quiet hours at night) is
+/// still the cadence's: when the customer answers before it goes out, it
+/// never goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_follow_up_is_called_off_when_the_customer_answers() {
+    let (fake, node) = start().await;
+    let ivy = "+15551230061";
+    // Tuesday 20:00 in New York: the bot asks, the follow-up is due at 22:00.
+    node.advance(10.0 * 3600.0).await;
+    sms_in(&node, ivy, "Hi, I'd like to book a visit", "I1").await;
+    node.advance(2.5 * 3600.0).await; // 22:30: held for the morning
+    let c = node.conversation_of("smile", ivy).await.unwrap();
+    let held: Vec<&Value> = c["timers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "follow_up")
+        .collect();
+    assert_eq!(held.len(), 1, "{}", c["timers"]);
+    assert!(
+        !fake
+            .accepted_bodies()
+            .iter()
+            .any(|b| b.starts_with("Just checking in")),
+        "nothing at night"
+    );
+    // She answers at 23:00; the morning comes.
+    node.advance(1800.0).await;
+    sms_in(&node, ivy, "a cleaning please", "I2").await;
+    let c = node.conversation_of("smile", ivy).await.unwrap();
+    assert!(
+        !c["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == held[0]["id"]),
+        "the held follow-up is off: {}",
+        c["timers"]
+    );
+    node.advance(12.0 * 3600.0).await;
+    let sent: Vec<String> = fake
+        .accepted_bodies()
+        .into_iter()
+        .filter(|b| b.starts_with("Just checking in") && b.contains("come in for"))
+        .collect();
+    assert!(sent.is_empty(), "{sent:?}");
+}

@@ -2273,14 +2273,19 @@ impl Conversation {
                                     channel: Some(channel),
                                 }),
                             );
-                            // Still the booking's: a move or a cancel
-                            // cancels it too.
-                            if let Some(mut b) = mine {
+                            // Still what the journey held it as (a
+                            // booking's reminder, the cadence's follow-up):
+                            // a move, a cancel or an answer cancels it too.
+                            let mut journey = self.state.journey.clone();
+                            if let Some(b) = &mut journey.booking {
                                 for r in b.reminders.iter_mut().filter(|r| **r == id) {
                                     *r = new_id;
                                 }
-                                let mut journey = self.state.journey.clone();
-                                journey.booking = Some(b);
+                            }
+                            if let Some(c) = journey.cadence.as_mut().filter(|c| c.timer == id) {
+                                c.timer = new_id;
+                            }
+                            if journey != self.state.journey {
                                 self.push(&mut events, ConvEvent::JourneyChanged(journey));
                             }
                         }
