@@ -41,7 +41,9 @@
 //! and stops the stale actor. Rebalance, on every change of the live set:
 //! replicas whose owner is gone are taken over (`promote`: epoch + 1, timers
 //! to the scheduler, queued messages to the sender, a base to the new
-//! replica), only by a node that sees a majority of the nodes it has known;
+//! replica), only once a majority of the nodes it has known count the owner
+//! gone (`gone_for_a_majority`: this node and the live peers whose
+//! heartbeat answers leave it out);
 //! conversations another live node now owns are handed to it (`hand_over`:
 //! epoch + 1; this node keeps a replica). A conversation being moved is
 //! locked (`moving`): not served, not moved twice. A node with seeds serves
@@ -88,8 +90,9 @@
 //!   while it holds the conversation itself, so a stale owner (paused, cut
 //!   off) can commit locally but never acknowledge.
 //! - A lost owner's conversations are taken over only by the next node in
-//!   hash order (the one with the replica), and only while it sees a majority
-//!   of the nodes it has known.
+//!   hash order (the one with the replica), and only once a majority of the
+//!   nodes it has known count the owner gone; a node that does not reach a
+//!   majority serves no conversation (`check_local`).
 //! - A moving conversation is served by nobody on the moving node (503, the
 //!   caller retries), and moved by one path at a time.
 //! - The writer decides which writes of a moving conversation it takes
@@ -1704,6 +1707,35 @@ impl Cluster {
                 || self.started.elapsed() > 3 * self.spec.failure_after)
     }
 
+    /// Whether a majority of the nodes this one knows count `node` gone:
+    /// this node (it does: `known_gone`) and each live peer whose latest
+    /// heartbeat answer leaves `node` out of the nodes it counts live.
+    /// Only then are `node`'s conversations taken over. A node's own view
+    /// is not enough: where the network is cut between two nodes only,
+    /// both still reach the third and each sees a majority; each would
+    /// take the other's conversations over while the other, still
+    /// reached by the third, goes on serving and acknowledging them (two
+    /// owners at once). A node that a majority has not heard from for the
+    /// failure time cannot reach a majority itself, so it serves nothing
+    /// (`check_local`).
+    fn gone_for_a_majority(&self, node: &str, live: &[String]) -> bool {
+        if !self.known_gone(node, live) {
+            return false;
+        }
+        let v = self.view.read();
+        let known = v.answered.keys().filter(|n| **n != self.spec.name).count() + 1;
+        let agree = 1 + live
+            .iter()
+            .filter(|p| **p != self.spec.name)
+            .filter(|p| {
+                v.vouched
+                    .get(*p)
+                    .is_some_and(|theirs| !theirs.iter().any(|n| n == node))
+            })
+            .count();
+        agree * 2 > known
+    }
+
     /// Whether a conversation on this node can be served here now: not
     /// moving, and not only a replica whose owner may still be alive (a
     /// replica whose owner is gone is taken over first).
@@ -1711,6 +1743,15 @@ impl Cluster {
         if !self.serving() {
             return Err(DeliverError::Unavailable(
                 "this node is joining its cluster".into(),
+            ));
+        }
+        if !self.has_majority(&self.live_names()) {
+            // Cut off from most of its cluster, this node may be holding
+            // a conversation the others have taken over, or (for a contact
+            // it does not know) start a second one beside the one they
+            // hold: it serves nothing until it sees a majority again.
+            return Err(DeliverError::Unavailable(
+                "this node does not reach a majority of its cluster".into(),
             ));
         }
         if self.moving.contains(key) {
@@ -1739,7 +1780,7 @@ impl Cluster {
             return Ok(());
         };
         let live = self.live_names();
-        if !self.known_gone(&meta.owner, &live) || !self.has_majority(&live) {
+        if !self.gone_for_a_majority(&meta.owner, &live) {
             return Err(DeliverError::Unavailable(format!(
                 "the conversation is moving here from node {}",
                 meta.owner
@@ -2086,17 +2127,16 @@ impl Cluster {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let me = self.spec.name.as_str();
-        let majority = self.has_majority(&live);
         // Each conversation moves on its own (under its own lock), several
         // at once: their writes share the writer's group commits, and a
         // node with thousands to move is not held up one round trip at a
         // time.
         let promotes = replicas
             .into_iter()
-            .filter(|_| majority)
             .filter(|(_, meta)| {
                 let k = format!("{}\0{}", meta.tenant, meta.contact);
-                ranked(&k, &live).first() == Some(&me) && self.known_gone(&meta.owner, &live)
+                ranked(&k, &live).first() == Some(&me)
+                    && self.gone_for_a_majority(&meta.owner, &live)
             })
             .map(|(conv, meta)| async move {
                 let key = ConvKey::new(&meta.tenant, &meta.contact);

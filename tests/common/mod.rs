@@ -83,6 +83,9 @@ pub struct Node {
     pub extra: Vec<String>,
     pub http: reqwest::Client,
     stderr_log: PathBuf,
+    /// The network namespace the node runs in and its address there
+    /// (`None`: the host's, on 127.0.0.1).
+    netns: Option<(String, String)>,
 }
 
 impl Node {
@@ -97,10 +100,27 @@ impl Node {
     /// Starts a node in `dir` (its data in `dir/data`, which the caller
     /// may have prepared: a mount point, say).
     pub fn start_in(dir: tempfile::TempDir, config: &str, extra: &[&str]) -> Node {
+        Self::start_at(dir, None, config, extra)
+    }
+
+    /// Starts a node inside network namespace `ns`, its HTTP server on
+    /// `ip` (an address of that namespace the test reaches).
+    pub fn start_in_netns(ns: &str, ip: &str, config: &str, extra: &[&str]) -> Node {
+        let at = Some((ns.to_owned(), ip.to_owned()));
+        Self::start_at(tempfile::tempdir().unwrap(), at, config, extra)
+    }
+
+    fn start_at(
+        dir: tempfile::TempDir,
+        netns: Option<(String, String)>,
+        config: &str,
+        extra: &[&str],
+    ) -> Node {
         std::fs::write(dir.path().join("threadline.toml"), config).unwrap();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, base, stderr_log) = spawn(dir.path(), &extra);
+        let (child, base, stderr_log) = spawn(dir.path(), netns.as_ref(), &extra);
         Node {
+            netns,
             dir,
             base,
             child,
@@ -117,7 +137,7 @@ impl Node {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, base, log) = spawn(self.dir.path(), &self.extra);
+        let (child, base, log) = spawn(self.dir.path(), self.netns.as_ref(), &self.extra);
         self.child = child;
         self.base = base;
         self.stderr_log = log;
@@ -269,7 +289,14 @@ impl Drop for Node {
     }
 }
 
-fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
+/// Starts `threadline serve` on `dir`, in `netns` (namespace, address)
+/// when given: `ip netns exec` enters it and execs the node, so the child's
+/// pid is the node's.
+fn spawn(
+    dir: &Path,
+    netns: Option<&(String, String)>,
+    extra: &[String],
+) -> (Child, String, PathBuf) {
     let log = dir.join(format!(
         "stderr-{}.log",
         std::time::SystemTime::now()
@@ -277,11 +304,20 @@ fn spawn(dir: &Path, extra: &[String]) -> (Child, String, PathBuf) {
             .unwrap()
             .as_nanos()
     ));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_threadline"))
+    let node = env!("CARGO_BIN_EXE_threadline");
+    let (mut command, http) = match netns {
+        None => (Command::new(node), "127.0.0.1:0".to_owned()),
+        Some((ns, ip)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, node]);
+            (c, format!("{ip}:0"))
+        }
+    };
+    let mut child = command
         .arg("serve")
         .arg("--config")
         .arg(dir.join("threadline.toml"))
-        .args(["--http", "127.0.0.1:0", "--data-dir"])
+        .args(["--http", &http, "--data-dir"])
         .arg(dir.join("data"))
         .args(extra)
         .env(
