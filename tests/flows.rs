@@ -131,7 +131,8 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
     assert_eq!(c["booking"]["status"], "confirmed");
     assert_eq!(c["captured"]["slots"]["service"], "cleaning");
 
-    // A second customer asks for the same time: the next opening instead.
+    // A second customer asks for the same time: the nearest opening
+    // instead, and the nearest on the other side as an option.
     say(
         &node,
         "smile",
@@ -144,7 +145,7 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
     let other = bot_said(&node, "smile", "visitor-7").await;
     assert!(
         other.starts_with(
-            "Thu Mar 5 at 3:00 PM isn't available; the closest opening is Thu Mar 5 at 4:00 PM."
+            "Thu Mar 5 at 3:00 PM isn't available; the closest opening is Thu Mar 5 at 4:00 PM (or 2:00 PM, if that suits you better: just say so)."
         ),
         "{other}"
     );
@@ -1686,4 +1687,98 @@ async fn a_held_back_follow_up_is_called_off_when_the_customer_answers() {
         .filter(|b| b.starts_with("Just checking in") && b.contains("come in for"))
         .collect();
     assert!(sent.is_empty(), "{sent:?}");
+}
+
+/// Issue 22's transcripts, typed as customers type them, over signed
+/// Twilio webhooks: each gets the answer a person at the front desk
+/// would give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_ordinary_phrasing_gets_the_answer_a_person_would_give() {
+    let (_fake, node) = start().await;
+    // A time alone, casually written, books; "yea" confirms; "push it
+    // back an hour" moves by an hour (5 PM is past closing: 3 PM, the
+    // nearest that day, is offered).
+    let hal = "+15551230051";
+    sms_in(&node, hal, "can u do tmrw around 4ish?", "H1").await;
+    let said = bot_said(&node, "smile", hal).await;
+    assert!(
+        said.contains("What would you like to come in for"),
+        "{said}"
+    );
+    sms_in(&node, hal, "a cleaning", "H2").await;
+    let said = bot_said(&node, "smile", hal).await;
+    assert!(said.contains("Wed Mar 4 at 4:00 PM"), "{said}");
+    sms_in(&node, hal, "yea", "H3").await;
+    let said = bot_said(&node, "smile", hal).await;
+    assert!(
+        said.starts_with("You're confirmed for Wed Mar 4 at 4:00 PM"),
+        "{said}"
+    );
+    sms_in(&node, hal, "can we push it back an hour?", "H4").await;
+    let said = bot_said(&node, "smile", hal).await;
+    assert!(
+        said.contains(
+            "Wed Mar 4 at 5:00 PM isn't available; the closest opening is Wed Mar 4 at 3:00 PM"
+        ),
+        "{said}"
+    );
+    // Thanks twice is no reason to hand over.
+    sms_in(&node, hal, "no keep it, thx", "H5").await;
+    sms_in(&node, hal, "thx", "H6").await;
+    sms_in(&node, hal, "thanks!", "H7").await;
+    let c = node.conversation_of("smile", hal).await.unwrap();
+    assert_eq!(c["assigned_agent"], Value::Null);
+    assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
+    assert_eq!(c["booking"]["start"], "2026-03-04T21:00:00.000Z");
+    assert_eq!(
+        bot_said(&node, "smile", hal).await,
+        "You're welcome! Anything else, just text us."
+    );
+    let (_, q) = node.get_admin("/api/v1/tenants/smile/queue").await;
+    assert_eq!(q["waiting"], 0, "{q}");
+
+    // The truth about the assistant.
+    let ida = "+15551230052";
+    sms_in(&node, ida, "Wait, am I talking to a robot?", "I1").await;
+    let said = bot_said(&node, "smile", ida).await;
+    assert!(
+        said.starts_with("I'm Ava, an automated assistant."),
+        "{said}"
+    );
+    // Mentioning someone is not asking for a person; asking is.
+    sms_in(&node, ida, "I'm calling for someone else", "I2").await;
+    let (_, q) = node.get_admin("/api/v1/tenants/smile/queue").await;
+    assert_eq!(q["waiting"], 0, "{q}");
+    sms_in(&node, ida, "Can I speak with someone real?", "I3").await;
+    let (_, q) = node.get_admin("/api/v1/tenants/smile/queue").await;
+    assert_eq!(q["waiting"], 1, "{q}");
+
+    // Opt-outs in ordinary words; asking to keep texting is not one.
+    let jo = "+15551230053";
+    sms_in(
+        &node,
+        jo,
+        "please don't stop texting me the reminders",
+        "J1",
+    )
+    .await;
+    assert_ne!(consent_status(&node, jo).await, "opted_out");
+    let kim = "+15551230054";
+    sms_in(&node, kim, "wrong number", "K1").await;
+    assert_eq!(consent_status(&node, kim).await, "opted_out");
+    let lou = "+15551230055";
+    sms_in(&node, lou, "no more texts please", "L1").await;
+    assert_eq!(consent_status(&node, lou).await, "opted_out");
+}
+
+/// The contact's consent status, as the API reads it.
+async fn consent_status(node: &Node, who: &str) -> String {
+    let (s, v) = node
+        .get_admin(&format!(
+            "/api/v1/tenants/smile/contacts/{}/consent",
+            who.replace('+', "%2B")
+        ))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v["status"].as_str().unwrap_or_default().to_owned()
 }

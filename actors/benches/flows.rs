@@ -20,6 +20,9 @@ impl Calendar for NoCalendar {
     fn book(&mut self, _: Timestamp) -> bool {
         true
     }
+    fn free(&self, _: Timestamp) -> bool {
+        true
+    }
 }
 
 fn main() {

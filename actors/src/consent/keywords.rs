@@ -182,6 +182,11 @@ impl Keywords {
             "don't",
             "do",
             "never",
+            "more",
+            "wrong",
+            "alone",
+            "lose",
+            "delete",
         ]
         .iter()
         .chain(STOP_VERBS)
@@ -261,8 +266,11 @@ fn revocation(w: &[String]) -> bool {
     let is = |i: usize, set: &[&str]| w.get(i).is_some_and(|x| set.contains(&x.as_str()));
     let word = |i: usize, s: &str| w.get(i).is_some_and(|x| x == s);
     for i in 0..w.len() {
-        let negated_before =
-            i > 0 && (is(i - 1, CANT) || (word(i - 1, "not") && i > 1 && is(i - 2, CANT)));
+        // "can't stop", "don't stop", "please do not stop", "never quit".
+        let negated_before = i > 0
+            && (is(i - 1, CANT)
+                || is(i - 1, NEGATIONS)
+                || (word(i - 1, "not") && i > 1 && (is(i - 2, CANT) || word(i - 2, "do"))));
         // "stop texting me", "please stop sending me messages", "quit calling"
         if is(i, STOP_VERBS) && !negated_before && (1..=3).any(|d| is(i + d, CONTACT_WORDS)) {
             return true;
@@ -271,6 +279,10 @@ fn revocation(w: &[String]) -> bool {
         let negation = is(i, NEGATIONS) || (word(i, "do") && word(i + 1, "not"));
         if negation {
             let from = if word(i, "do") { i + 2 } else { i + 1 };
+            if is(from, STOP_VERBS) {
+                // "don't stop texting me": the opposite of a revocation.
+                continue;
+            }
             for j in from..from + 2 {
                 if is(j, CONTACT_WORDS) && (1..=2).any(|d| word(j + d, "me") || word(j + d, "us")) {
                     return true;
@@ -284,6 +296,27 @@ fn revocation(w: &[String]) -> bool {
         // "remove me from your list", "take me off your list"
         if (word(i, "remove") && word(i + 1, "me"))
             || (word(i, "take") && word(i + 1, "me") && word(i + 2, "off"))
+        {
+            return true;
+        }
+        // "no more texts", "no more calls please"
+        if word(i, "no") && word(i + 1, "more") && (2..=3).any(|d| is(i + d, CONTACT_WORDS)) {
+            return true;
+        }
+        // "wrong number", "you have the wrong person" (not "not the wrong
+        // number")
+        if word(i, "wrong")
+            && (word(i + 1, "number") || word(i + 1, "person") || word(i + 1, "guy"))
+            && !(i > 0 && word(i - 1, "not"))
+            && !(i > 1 && word(i - 2, "not"))
+        {
+            return true;
+        }
+        // "leave me alone", "lose my number", "delete my number"
+        if (word(i, "leave") && word(i + 1, "me") && word(i + 2, "alone") && !negated_before)
+            || ((word(i, "lose") || word(i, "delete"))
+                && word(i + 1, "my")
+                && word(i + 2, "number"))
         {
             return true;
         }
@@ -340,6 +373,13 @@ mod tests {
             ("remove me from your list", out),
             ("take me off your list", out),
             ("I want to opt out", out),
+            ("wrong number", out),
+            ("Sorry, you have the wrong number", out),
+            ("wrong person, this isn't Dana", out),
+            ("no more texts", out),
+            ("No more messages please!", out),
+            ("leave me alone", out),
+            ("please lose my number", out),
             ("START", Some(Keyword::OptIn)),
             ("unstop", Some(Keyword::OptIn)),
             ("Yes", Some(Keyword::OptIn)),
@@ -347,6 +387,13 @@ mod tests {
             ("info?", Some(Keyword::Help)),
             // Not keywords: sentences that merely contain one.
             ("I can't stop laughing", None),
+            ("please don't stop texting me the reminders", None),
+            ("this is not the wrong number, it's me", None),
+            ("I have no more questions", None),
+            ("no more than an hour please", None),
+            ("don't leave me alone on hold", None),
+            ("can you leave me a voicemail", None),
+            ("is the number I gave wrong?", None),
             ("see you at the end", None),
             ("I need to cancel my appointment", None),
             ("stop by tomorrow at 3", None),

@@ -995,7 +995,7 @@ impl ConvState {
                 events.extend(exception);
                 let person = plain
                     && conv.state.assigned_agent.is_none()
-                    && super::core::wants_a_person(&msg.text);
+                    && crate::flows::nlu::wants_person(&msg.text);
                 if person {
                     events.extend(conv.escalate(
                         "the customer asked for a person",

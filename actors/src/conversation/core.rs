@@ -199,38 +199,6 @@ pub struct TimerSpec {
     pub channel: Option<Channel>,
 }
 
-/// Whether a customer's message asks for a human ("can I talk to a
-/// person", "agent please", "real person").
-pub fn wants_a_person(text: &str) -> bool {
-    let t = text.to_lowercase();
-    let words: Vec<&str> = t
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let has = |w: &str| words.contains(&w);
-    let asks = [
-        "talk", "speak", "chat", "connect", "transfer", "want", "need", "get", "give",
-    ]
-    .iter()
-    .any(|w| has(w));
-    let person = [
-        "person",
-        "human",
-        "agent",
-        "representative",
-        "operator",
-        "someone",
-        "somebody",
-        "staff",
-    ]
-    .iter()
-    .any(|w| has(w));
-    (asks && person)
-        || t.contains("real person")
-        || (words.len() <= 3
-            && (has("agent") || has("human") || has("representative") || has("operator")))
-}
-
 /// A speech conversation ends after this many turns.
 pub const MAX_SPEECH_TURNS: u32 = 12;
 

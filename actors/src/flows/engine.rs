@@ -35,7 +35,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use threadline_protocol::{Booking, BookingStatus, Captured, Journey, Offer, Timestamp};
 
-use super::nlu::{self, AppointmentAsk, IntentModel};
+use super::nlu::{self, AppointmentAsk, IntentModel, SmallTalk};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -579,6 +579,8 @@ pub trait Calendar {
     fn release(&mut self, start: Timestamp);
     /// Turns this conversation's hold at `start` into a booking.
     fn book(&mut self, start: Timestamp) -> bool;
+    /// Whether `hold(start)` would succeed now (nothing is held).
+    fn free(&self, start: Timestamp) -> bool;
 }
 
 /// What one customer turn produced.
@@ -733,6 +735,14 @@ pub fn spoken(at: Timestamp, tz: Tz) -> String {
         .unwrap_or_default()
 }
 
+/// The time of day alone: "3:00 PM".
+pub fn spoken_time(at: Timestamp, tz: Tz) -> String {
+    tz.timestamp_millis_opt(at.0)
+        .single()
+        .map(|d| d.format("%-I:%M %p").to_string())
+        .unwrap_or_default()
+}
+
 impl Flow {
     /// Every bookable slot that starts in [`from`, `to`), local time `tz`
     /// (open days and hours from the flow's `[calendar]`).
@@ -791,6 +801,62 @@ impl Flow {
             && ends <= i64::from(self.close.num_seconds_from_midnight()) / 60
             && t.num_seconds_from_midnight() % 60 == 0
             && minutes % i64::from(c.slot_minutes) == 0
+    }
+
+    /// The opening nearest `wanted` on its day, later or earlier (later
+    /// first at equal distance), held; and the nearest free one on the
+    /// other side of `wanted`, if any, as an alternative (not held).
+    /// `None` when that day has no opening: the caller searches forward.
+    #[allow(clippy::too_many_arguments)]
+    fn nearest_free(
+        &self,
+        wanted: Timestamp,
+        tz: Tz,
+        now: Timestamp,
+        cal: &mut dyn Calendar,
+        until: Timestamp,
+        exclude: Option<Timestamp>,
+    ) -> Option<(Timestamp, Option<Timestamp>)> {
+        let c = self.spec.calendar.as_ref()?;
+        let step = i64::from(c.slot_minutes) * 60_000;
+        let day = tz.timestamp_millis_opt(wanted.0).single()?.date_naive();
+        let earliest = now.0 + 60 * 60_000;
+        let usable = |at: i64| {
+            let ts = Timestamp(at);
+            at >= earliest
+                && Some(ts) != exclude
+                && self.bookable(ts, tz)
+                && tz
+                    .timestamp_millis_opt(at)
+                    .single()
+                    .is_some_and(|d| d.date_naive() == day)
+        };
+        let per_day = 24 * 60 / i64::from(c.slot_minutes).max(1);
+        let mut found: Option<(Timestamp, bool)> = None;
+        for k in 1..=per_day {
+            for (at, later) in [(wanted.0 + k * step, true), (wanted.0 - k * step, false)] {
+                if usable(at) && cal.free(Timestamp(at)) && cal.hold(Timestamp(at), until) {
+                    found = Some((Timestamp(at), later));
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        let (held, later) = found?;
+        // The closest free time on the other side, to offer as well.
+        let other = (1..=per_day)
+            .map(|k| {
+                if later {
+                    wanted.0 - k * step
+                } else {
+                    wanted.0 + k * step
+                }
+            })
+            .find(|at| usable(*at) && cal.free(Timestamp(*at)))
+            .map(Timestamp);
+        Some((held, other))
     }
 
     /// The first bookable, free slot at or after `from` (two weeks ahead).
@@ -894,6 +960,16 @@ impl Flow {
             );
             return;
         }
+        // "Are you a real person?" asks about the assistant; "can I talk
+        // to a real person" asks for one.
+        if self.small_talk(t, text) {
+            return;
+        }
+        if nlu::wants_person(text) {
+            t.escalate = Some("the customer asked for a person".into());
+            t.reply = Some("Of course: I'm connecting you with someone from our team.".into());
+            return;
+        }
         // Someone's name, wherever it comes up.
         if captured.name.is_none() && !slots.contains_key("name") {
             if let Some(n) = nlu::name(text, false) {
@@ -930,8 +1006,11 @@ impl Flow {
                 return;
             }
         }
-        match nlu::classify(&self.intents, text, self.spec.min_confidence) {
-            Some((name, _score)) => {
+        let intent = nlu::classify(&self.intents, text, self.spec.min_confidence)
+            .map(|(name, _)| name)
+            .or_else(|| self.asks_for_a_time(text, now, tz));
+        match intent {
+            Some(name) => {
                 let intent = self
                     .spec
                     .intents
@@ -1139,6 +1218,69 @@ impl Flow {
         false
     }
 
+    /// "Can u do tmrw around 4ish?" with nothing else said: a customer
+    /// naming a clock time asks for an appointment, when the flow books
+    /// through exactly one intent. That intent's name.
+    fn asks_for_a_time(&self, text: &str, now: Timestamp, tz: Tz) -> Option<&str> {
+        nlu::when(text, now, tz).filter(|w| w.has_time)?;
+        let mut booking = self.spec.intents.iter().filter(|i| {
+            i.journey
+                .as_ref()
+                .and_then(|j| self.spec.journeys.get(j))
+                .is_some_and(|j| j.booking)
+        });
+        match (booking.next(), booking.next()) {
+            (Some(i), None) => Some(i.name.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Answers small talk (`nlu::small_talk`) without counting it as a
+    /// message not understood: the truth about the assistant, thanks and
+    /// goodbyes; a bare "ok" or 👍 gets no reply unless it answers
+    /// something pending (a question, an offer, a booking). True when
+    /// handled.
+    fn small_talk(&self, t: &mut Turn, text: &str) -> bool {
+        let pending = t.journey.active.is_some()
+            || t.journey.asking.is_some()
+            || t.journey
+                .booking
+                .as_ref()
+                .is_some_and(|b| b.offer.is_some() || b.status == BookingStatus::Rescheduling);
+        match nlu::small_talk(text) {
+            Some(SmallTalk::AsksIfBot) => {
+                t.reply = Some(format!(
+                    "I'm {}, an automated assistant. If you'd rather talk to a person, just say so and I'll get someone from our team.",
+                    self.persona()
+                ));
+                true
+            }
+            Some(SmallTalk::Thanks) if !pending => {
+                t.reply = Some("You're welcome! Anything else, just text us.".into());
+                true
+            }
+            Some(SmallTalk::Thanks) => {
+                t.reply = Some("You're welcome!".into());
+                true
+            }
+            Some(SmallTalk::Bye) if !pending => {
+                t.reply = Some("Talk soon!".into());
+                true
+            }
+            Some(SmallTalk::Ack)
+                if !pending
+                    && t.journey
+                        .booking
+                        .as_ref()
+                        .and_then(Booking::booked)
+                        .is_none() =>
+            {
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The customer wants to move their appointment at `start`: it stays
     /// theirs until a new time is confirmed.
     #[allow(clippy::too_many_arguments)]
@@ -1162,7 +1304,9 @@ impl Flow {
             "Sure, let's find a new time. Your appointment {} stays booked until you confirm a new one. What day and time work for you?",
             spoken(start, tz)
         ));
-        self.ask_new_time(t, text, captured, now, tz, cal, &journey);
+        // "Push it back an hour": the time is the booked one, moved.
+        let moved = nlu::shift_minutes(text).map(|m| Timestamp(start.0 + m * 60_000));
+        self.ask_new_time_at(t, text, moved, captured, now, tz, cal, &journey);
     }
 
     /// Asks for a new time in `journey`, or offers one at once
@@ -1178,18 +1322,45 @@ impl Flow {
         cal: &mut dyn Calendar,
         journey: &str,
     ) {
+        self.ask_new_time_at(t, text, None, captured, now, tz, cal, journey);
+    }
+
+    /// `ask_new_time`, offering `at` (a time the customer gave relative
+    /// to their booking) when given.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_new_time_at(
+        &self,
+        t: &mut Turn,
+        text: &str,
+        at: Option<Timestamp>,
+        captured: &Captured,
+        now: Timestamp,
+        tz: Tz,
+        cal: &mut dyn Calendar,
+        journey: &str,
+    ) {
         t.journey.active = Some(journey.to_owned());
         let cleared = self.datetime_cleared(journey);
         let slot = cleared.keys().next().cloned();
         t.slots.extend(cleared);
-        t.journey.asking = slot;
+        t.journey.asking = slot.clone();
         if t.reply.is_none() {
             t.reply = Some("No problem. What day and time would work better?".into());
         }
-        if nlu::when(text, now, tz).is_some_and(|w| w.has_day || w.has_time) {
+        let at = at
+            .zip(slot)
+            .and_then(|(at, slot)| Some((slot, slot_time_text(at, tz)?)));
+        if at.is_some() || nlu::when(text, now, tz).is_some_and(|w| w.has_day || w.has_time) {
             let mut merged = captured.clone();
             merged.slots.extend(t.slots.clone());
             merged.slots.retain(|_, v| !v.is_empty());
+            let text = match at {
+                Some((slot, v)) => {
+                    merged.slots.insert(slot, v);
+                    ""
+                }
+                None => text,
+            };
             let mut more = Turn {
                 journey: t.journey.clone(),
                 ..Turn::default()
@@ -1436,8 +1607,23 @@ impl Flow {
                 && wanted.0 > now.0
                 && Some(wanted) != current
                 && cal.hold(wanted, hold_until);
+            // A time the customer named that is taken: the nearest opening
+            // that day, either side, with the other side as an
+            // alternative; else the next one after it.
+            let named_time = wanted.0 > now.0
+                && tz
+                    .timestamp_millis_opt(wanted.0)
+                    .single()
+                    .is_some_and(|d| d.time() != self.open);
+            let mut alternative = None;
             let held = if exact {
                 Some(wanted)
+            } else if let Some((h, other)) = named_time
+                .then(|| self.nearest_free(wanted, tz, now, cal, hold_until, current))
+                .flatten()
+            {
+                alternative = other;
+                Some(h)
             } else {
                 self.next_free(wanted, tz, now, cal, hold_until, current)
             };
@@ -1469,14 +1655,19 @@ impl Flow {
                         t.slots.insert(slot.name.clone(), v);
                     }
                     shown.insert(slot.name.clone(), spoken(h, tz));
-                    let lead = if exact {
-                        String::new()
-                    } else {
-                        format!(
+                    let lead = match (exact, alternative) {
+                        (true, _) => String::new(),
+                        (false, Some(other)) => format!(
+                            "{} isn't available; the closest opening is {} (or {}, if that suits you better: just say so). ",
+                            spoken(wanted, tz),
+                            spoken(h, tz),
+                            spoken_time(other, tz)
+                        ),
+                        (false, None) => format!(
                             "{} isn't available; the closest opening is {}. ",
                             spoken(wanted, tz),
                             spoken(h, tz)
-                        )
+                        ),
                     };
                     let mut merged = captured.clone();
                     merged.slots.extend(t.slots.clone());
@@ -1644,6 +1835,9 @@ slot_minutes = 60
                 _ => false,
             }
         }
+        fn free(&self, start: Timestamp) -> bool {
+            self.slots.get(&start.0).is_none_or(|(c, _)| *c == self.me)
+        }
     }
 
     fn t(s: &str) -> Timestamp {
@@ -1749,7 +1943,7 @@ slot_minutes = 60
         let mut second = Conv::default();
         let r = second.say(&f, "book a checkup thursday at 10am", now, &mut cal);
         let reply = r.reply.unwrap();
-        assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available; the closest opening is Thu Mar 5 at 11:00 AM."), "{reply}");
+        assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available; the closest opening is Thu Mar 5 at 11:00 AM (or 9:00 AM, if that suits you better: just say so)."), "{reply}");
         assert_ne!(first_offer, second.booking().offer.unwrap().start);
         // Outside opening hours: the next opening.
         cal.me = 3;
@@ -1758,6 +1952,112 @@ slot_minutes = 60
             .reply
             .unwrap()
             .contains("the closest opening is Mon Mar 9 at 9:00 AM"));
+    }
+
+    /// Messages as customers type them (issue 22's transcripts): each gets
+    /// the answer a person at the front desk would give.
+    #[test]
+    fn customers_plain_words_get_the_answer_a_person_would_give() {
+        let f = flow();
+        let now = t(NOW); // Tue Mar 3, 10:00 in New York
+        let mut cal = Cal::of(1);
+        // "4ish" is 4 PM; "tmrw" is tomorrow; a time alone asks for an
+        // appointment.
+        let mut c = Conv::default();
+        let r = c.say(&f, "can u do tmrw around 4ish?", now, &mut cal);
+        assert_eq!(c.j.active.as_deref(), Some("booking"), "{r:?}");
+        let r = c.say(&f, "a cleaning", now, &mut cal);
+        assert_eq!(
+            c.booking().offer.unwrap().start,
+            t("2026-03-04T21:00:00Z"),
+            "{r:?}"
+        );
+        // "yea" confirms.
+        c.say(&f, "yea", now, &mut cal);
+        assert_eq!(c.booking().status, BookingStatus::Confirmed);
+        // "push it back an hour" moves it by an hour: 5 PM is past
+        // closing, so the nearest opening that day, earlier, is offered.
+        let r = c.say(&f, "can we push it back an hour?", now, &mut cal);
+        let reply = r.reply.unwrap();
+        assert!(
+            reply.contains(
+                "Wed Mar 4 at 5:00 PM isn't available; the closest opening is Wed Mar 4 at 3:00 PM"
+            ),
+            "{reply}"
+        );
+        c.say(&f, "no, keep it", now, &mut cal);
+        assert_eq!(c.booking().start, Some(t("2026-03-04T21:00:00Z")));
+        // An hour earlier is free: offered as asked.
+        let r = c.say(&f, "could we do an hour earlier?", now, &mut cal);
+        assert!(r
+            .reply
+            .unwrap()
+            .starts_with("I can do Wed Mar 4 at 3:00 PM"));
+
+        // A taken hour: the nearest either side, the other as an option.
+        cal.me = 2;
+        let mut d = Conv::default();
+        d.say(&f, "book a checkup thursday at 2pm", now, &mut cal);
+        d.say(&f, "yes", now, &mut cal);
+        cal.me = 3;
+        let mut e = Conv::default();
+        let r = e.say(&f, "book a checkup thursday at 2pm", now, &mut cal);
+        let reply = r.reply.unwrap();
+        assert!(reply.starts_with("Thu Mar 5 at 2:00 PM isn't available; the closest opening is Thu Mar 5 at 3:00 PM (or 1:00 PM"), "{reply}");
+
+        // Thanks, goodbyes and "ok" are not misunderstandings: no hand-off
+        // however many.
+        let mut g = Conv::default();
+        for text in ["thx", "thanks so much!", "ok", "👍", "bye!", "thank you"] {
+            let r = g.say(&f, text, now, &mut cal);
+            assert_eq!(r.escalate, None, "{text}");
+            assert_eq!(g.j.misunderstood, 0, "{text}");
+        }
+        assert_eq!(
+            g.say(&f, "thx", now, &mut cal).reply.as_deref(),
+            Some("You're welcome! Anything else, just text us.")
+        );
+        assert_eq!(
+            g.say(&f, "ok", now, &mut cal).reply,
+            None,
+            "nothing to answer"
+        );
+
+        // The truth about the assistant, from the persona.
+        let r = g.say(&f, "Wait, am I talking to a robot?", now, &mut cal);
+        assert!(r
+            .reply
+            .unwrap()
+            .starts_with("I'm Ava, an automated assistant."));
+        let r = g.say(&f, "are you a real person", now, &mut cal);
+        assert!(r
+            .reply
+            .unwrap()
+            .starts_with("I'm Ava, an automated assistant."));
+
+        // Asking for a person hands over; mentioning one does not.
+        for text in [
+            "agent please",
+            "can I talk to a person",
+            "Can I speak with someone real?",
+            "a human please",
+            "representative",
+        ] {
+            let r = Conv::default().say(&f, text, now, &mut cal);
+            assert_eq!(
+                r.escalate.as_deref(),
+                Some("the customer asked for a person"),
+                "{text}"
+            );
+        }
+        for text in [
+            "I'm calling for someone else",
+            "I'm a travel agent",
+            "my son will talk to his dentist",
+        ] {
+            let r = Conv::default().say(&f, text, now, &mut cal);
+            assert_eq!(r.escalate, None, "{text}");
+        }
     }
 
     /// Books `when` for the conversation of `cal.me`, confirmed.

@@ -181,6 +181,12 @@ impl engine::Calendar for SharedCalendar<'_> {
         }
     }
 
+    fn free(&self, start: Timestamp) -> bool {
+        self.map
+            .get(&slot_key(self.tenant, start))
+            .is_none_or(|h| h.conv == self.conv || h.takeable_by(self.conv, self.now))
+    }
+
     fn book(&mut self, start: Timestamp) -> bool {
         let key = slot_key(self.tenant, start);
         let booked = match self.map.get_mut(&key) {

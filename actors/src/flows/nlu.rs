@@ -103,6 +103,11 @@ pub fn yes_no(text: &str) -> Option<bool> {
     const YES: &[&str] = &[
         "yes",
         "yeah",
+        "yea",
+        "ya",
+        "yah",
+        "yess",
+        "yesss",
         "yep",
         "yup",
         "sure",
@@ -118,6 +123,9 @@ pub fn yes_no(text: &str) -> Option<bool> {
         "c",
         "perfect",
         "sounds",
+        "alright",
+        "k",
+        "kk",
     ];
     const NO: &[&str] = &["no", "nope", "nah", "n", "not", "cancel", "negative"];
     if w.len() <= 6 && YES.contains(&first) {
@@ -351,10 +359,13 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
                 } else if let Some(t) = clock(w, next) {
                     // A number is a time only when it reads as one: "3pm",
                     // "3:30", "3 pm", "at 3" (not "2 crowns", "budget 1500").
-                    let marked = w.ends_with("am") || w.ends_with("pm") || w.contains(':');
+                    let marked = w.ends_with("am")
+                        || w.ends_with("pm")
+                        || w.ends_with("ish")
+                        || w.contains(':');
                     let prev = i.checked_sub(1).map(|p| words[p].as_str());
                     if marked
-                        || matches!(next, Some("am" | "pm" | "oclock"))
+                        || matches!(next, Some("am" | "pm" | "oclock" | "ish"))
                         || matches!(
                             prev,
                             Some("at" | "by" | "around" | "after" | "before" | "from")
@@ -493,7 +504,8 @@ fn clock(w: &str, next: Option<&str>) -> Option<NaiveTime> {
         return None;
     }
     let (mut h, m): (u32, u32) = match (num.len(), suffix) {
-        (1 | 2, "" | "am" | "pm" | "oclock") => (num.parse().ok()?, 0),
+        // "4ish" is about 4: the hour itself.
+        (1 | 2, "" | "am" | "pm" | "oclock" | "ish") => (num.parse().ok()?, 0),
         (3 | 4, "") if next.is_none_or(|n| n != "th") => {
             let v: u32 = num.parse().ok()?;
             (v / 100, v % 100)
@@ -546,6 +558,9 @@ mod tests {
             // 8-11 without am/pm is business hours: 9 has passed, so tomorrow.
             ("at 9", "Wed 2026-03-04 09:00 EST"),
             ("at 4", "Tue 2026-03-03 16:00 EST"),
+            ("can u do tmrw around 4ish?", "Wed 2026-03-04 16:00 EST"),
+            ("thursday 11ish", "Thu 2026-03-05 11:00 EST"),
+            ("friday 2 ish", "Fri 2026-03-06 14:00 EST"),
             ("March 14th at 11am", "Sat 2026-03-14 11:00 EDT"),
             ("the 20th in the morning", "Fri 2026-03-20 09:00 EDT"),
             ("Monday", "Mon 2026-03-09 09:00 EDT"),
@@ -664,6 +679,259 @@ mod tests {
     }
 }
 
+/// A message that asks nothing of the flow, or asks about the assistant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmallTalk {
+    /// "thanks!", "thx", "thank you so much"
+    Thanks,
+    /// "ok", "cool", "got it", "👍": nothing to answer unless it answers
+    /// a question the bot asked.
+    Ack,
+    /// "bye", "see you then", "have a good day"
+    Bye,
+    /// "are you a bot?", "am I talking to a real person?"
+    AsksIfBot,
+}
+
+/// Reads `text` as small talk, if that is all it is (at most eight words,
+/// every one of them small talk), or as a question whether the customer
+/// is talking to a machine.
+pub fn small_talk(text: &str) -> Option<SmallTalk> {
+    let w = normalize(text);
+    let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
+    let any = |set: &[&str]| w.iter().any(|x| set.contains(&x.as_str()));
+    let only = |set: &[&str]| w.iter().all(|x| set.contains(&x.as_str()));
+    let about_bot = any(&["bot", "robot", "chatbot", "automated", "ai", "human"])
+        || has(&["real", "person"])
+        || has(&["live", "person"])
+        || w.last().is_some_and(|x| x == "real");
+    let asks = has(&["are", "you"])
+        || has(&["are", "u"])
+        || has(&["r", "u"])
+        || has(&["is", "this"])
+        || has(&["am", "i", "talking"])
+        || has(&["am", "i", "texting"])
+        || has(&["am", "i", "chatting"])
+        || has(&["am", "i", "speaking"]);
+    if about_bot && asks && w.len() <= 12 {
+        return Some(SmallTalk::AsksIfBot);
+    }
+    if w.is_empty() {
+        // Only emoji: a thumbs-up, a smile.
+        return text
+            .chars()
+            .any(|c| !c.is_ascii() && !c.is_whitespace())
+            .then_some(SmallTalk::Ack);
+    }
+    if w.len() > 8 {
+        return None;
+    }
+    const THANKS: &[&str] = &[
+        "thanks",
+        "thank",
+        "thx",
+        "ty",
+        "tysm",
+        "thankyou",
+        "appreciate",
+        "appreciated",
+        "cheers",
+        "tks",
+        "thnx",
+        "thanx",
+    ];
+    const POLITE: &[&str] = &[
+        "you", "u", "so", "very", "much", "a", "lot", "it", "i", "really", "ok", "okay", "great",
+        "cool", "perfect", "awesome", "again", "for", "that", "the", "help", "all", "your",
+    ];
+    const BYE: &[&str] = &[
+        "bye",
+        "goodbye",
+        "byee",
+        "cya",
+        "ttyl",
+        "later",
+        "see",
+        "you",
+        "ya",
+        "then",
+        "have",
+        "a",
+        "good",
+        "great",
+        "nice",
+        "day",
+        "night",
+        "evening",
+        "weekend",
+        "talk",
+        "soon",
+        "u",
+        "thanks",
+        "ok",
+        "okay",
+        "there",
+        "tomorrow",
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+    ];
+    const ACK: &[&str] = &[
+        "ok",
+        "okay",
+        "k",
+        "kk",
+        "cool",
+        "great",
+        "got",
+        "it",
+        "noted",
+        "alright",
+        "awesome",
+        "nice",
+        "understood",
+        "gotcha",
+    ];
+    let thanks = any(THANKS);
+    if thanks
+        && w.iter()
+            .all(|x| THANKS.contains(&x.as_str()) || POLITE.contains(&x.as_str()))
+    {
+        return Some(SmallTalk::Thanks);
+    }
+    if (any(&["bye", "goodbye", "byee", "cya", "ttyl"])
+        || has(&["see", "you"])
+        || has(&["see", "ya"])
+        || has(&["have", "a"]))
+        && only(BYE)
+    {
+        return Some(SmallTalk::Bye);
+    }
+    if only(ACK) || w == ["will", "do"] {
+        return Some(SmallTalk::Ack);
+    }
+    None
+}
+
+/// The customer asks for a person: "talk to a person", "can I speak with
+/// someone real", "a human please", "representative". Not "I'm calling for
+/// someone else" or "I'm a travel agent": the words must ask.
+pub fn wants_person(text: &str) -> bool {
+    if small_talk(text) == Some(SmallTalk::AsksIfBot) {
+        // "Are you a real person?" asks about the assistant.
+        return false;
+    }
+    let w = normalize(text);
+    let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
+    const WHO: &[&str] = &[
+        "person",
+        "human",
+        "someone",
+        "somebody",
+        "agent",
+        "representative",
+        "rep",
+        "staff",
+        "operator",
+        "manager",
+        "people",
+        "real",
+        "actual",
+        "live",
+        "man",
+        "woman",
+        "receptionist",
+    ];
+    // "talk to a person", "speak with someone", "chat with a human".
+    for (i, x) in w.iter().enumerate() {
+        if matches!(
+            x.as_str(),
+            "talk" | "speak" | "chat" | "connect" | "transfer" | "put"
+        ) {
+            let after = &w[i + 1..w.len().min(i + 6)];
+            let towards = after
+                .first()
+                .is_some_and(|a| matches!(a.as_str(), "to" | "with" | "me"));
+            let who = after.iter().any(|a| WHO.contains(&a.as_str()));
+            let elsewhere = after.iter().any(|a| a == "else");
+            if towards && who && !elsewhere {
+                return true;
+            }
+        }
+    }
+    // A short request: "a human please", "representative", "real person".
+    let short = w.len() <= 5;
+    short
+        && (has(&["real", "person"])
+            || has(&["a", "human"])
+            || has(&["live", "agent"])
+            || has(&["live", "person"])
+            || w.iter()
+                .any(|x| matches!(x.as_str(), "representative" | "operator" | "human"))
+            || (w.len() <= 3 && w.iter().any(|x| x == "agent")))
+        && !w.iter().any(|x| matches!(x.as_str(), "im" | "am"))
+}
+
+/// How far a customer moves what they have, if they say so in hours or
+/// minutes: "push it back an hour" is +60, "can we do 30 minutes earlier"
+/// is -30, "an hour later" is +60. `None` without an amount and a
+/// direction.
+pub fn shift_minutes(text: &str) -> Option<i64> {
+    let w = normalize(text);
+    let mut amount: Option<i64> = None;
+    for (i, x) in w.iter().enumerate() {
+        let unit = match x.as_str() {
+            "hour" | "hours" | "hr" | "hrs" => 60,
+            "minutes" | "minute" | "mins" | "min" => 1,
+            "half" if w.get(i + 1).is_some_and(|n| n == "hour") => {
+                amount = Some(30);
+                continue;
+            }
+            _ => continue,
+        };
+        if amount.is_some() {
+            continue;
+        }
+        let n = i.checked_sub(1).map(|p| w[p].as_str());
+        let half = i >= 2 && w[i - 2] == "half";
+        let count: i64 = match n {
+            Some("a" | "an") if half && unit == 60 => {
+                amount = Some(30);
+                continue;
+            }
+            Some("a" | "an" | "one") => 1,
+            Some("two") => 2,
+            Some("three") => 3,
+            Some(d) if d.parse::<i64>().is_ok() => d.parse().expect("checked"),
+            Some("half") => {
+                amount = Some(30);
+                continue;
+            }
+            _ => continue,
+        };
+        amount = Some(count * unit);
+    }
+    let amount = amount.filter(|a| *a > 0 && *a <= 12 * 60)?;
+    let later = w
+        .iter()
+        .any(|x| matches!(x.as_str(), "back" | "later" | "after"));
+    let earlier = w.iter().any(|x| {
+        matches!(
+            x.as_str(),
+            "earlier" | "forward" | "sooner" | "before" | "up"
+        )
+    });
+    match (later, earlier) {
+        (true, false) => Some(amount),
+        (false, true) => Some(-amount),
+        _ => None,
+    }
+}
+
 /// "never mind", "keep it", "I'll keep my wednesday appointment": the
 /// customer drops a change and keeps what they have.
 pub fn keeps(text: &str) -> bool {
@@ -756,12 +1024,54 @@ pub fn appointment_ask(text: &str) -> Option<AppointmentAsk> {
         &["earlier", "time"],
         &["instead"],
     ]);
-    moves.then_some(AppointmentAsk::Reschedule)
+    (moves || shift_minutes(text).is_some()).then_some(AppointmentAsk::Reschedule)
 }
 
 #[cfg(test)]
 mod appointment_tests {
     use super::*;
+
+    #[test]
+    fn small_talk_is_told_apart_from_requests() {
+        use SmallTalk::*;
+        for (text, want) in [
+            ("thx", Some(Thanks)),
+            ("Thank you so much!!", Some(Thanks)),
+            ("ok thanks", Some(Thanks)),
+            ("ty", Some(Thanks)),
+            ("ok", Some(Ack)),
+            ("got it", Some(Ack)),
+            ("👍", Some(Ack)),
+            ("bye!", Some(Bye)),
+            ("see you thursday", Some(Bye)),
+            ("have a good day", Some(Bye)),
+            ("Wait, am I talking to a robot?", Some(AsksIfBot)),
+            ("r u a bot", Some(AsksIfBot)),
+            ("is this automated?", Some(AsksIfBot)),
+            ("are you real?", Some(AsksIfBot)),
+            ("thanks, can I book a cleaning", None),
+            ("ok what times do you have tomorrow", None),
+            ("is this the real address?", None),
+            ("?", None),
+        ] {
+            assert_eq!(small_talk(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn moves_by_an_amount() {
+        for (text, want) in [
+            ("can we push it back an hour?", Some(60)),
+            ("push it back 2 hours", Some(120)),
+            ("could we do 30 minutes earlier", Some(-30)),
+            ("half an hour later please", Some(30)),
+            ("an hour earlier?", Some(-60)),
+            ("can we move it", None),
+            ("I'll be an hour", None),
+        ] {
+            assert_eq!(shift_minutes(text), want, "{text}");
+        }
+    }
 
     #[test]
     fn requests_about_an_appointment_in_plain_words() {
