@@ -138,10 +138,11 @@ impl Twiml {
         self.body.push_str(&format!("<Say>{}</Say>", esc(text)));
         self
     }
-    /// `<Gather input="speech" action=...>` saying `prompt`.
+    /// `<Gather input="speech dtmf" action=...>` saying `prompt`: the
+    /// caller answers in words or with one key.
     pub fn gather_speech(mut self, action: &str, prompt: &str) -> Twiml {
         self.body.push_str(&format!(
-            "<Gather input=\"speech\" action=\"{}\" method=\"POST\" speechTimeout=\"auto\"><Say>{}</Say></Gather>",
+            "<Gather input=\"speech dtmf\" numDigits=\"1\" action=\"{}\" method=\"POST\" speechTimeout=\"auto\" timeout=\"6\"><Say>{}</Say></Gather>",
             esc(action),
             esc(prompt)
         ));

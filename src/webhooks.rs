@@ -296,21 +296,26 @@ fn render(action: VoiceAction, conv: ConversationId) -> Resp {
             let w = whisper.then(|| format!("{WHISPER}?conversation={}", conv.0));
             Twiml::new().dial(DIAL_STATUS, &number, w.as_deref())
         }
-        VoiceAction::Gather { prompt, turn } => {
+        VoiceAction::Gather {
+            prompt,
+            turn,
+            silence,
+        } => {
             let action = format!("{GATHER}?turn={turn}");
-            // If the caller says nothing, the call ends politely.
+            // If the caller says nothing, the same turn again, counted.
+            let silent = format!("{GATHER}?turn={turn}&silence={}", silence + 1);
             Twiml::new()
                 .gather_speech(&action, &prompt)
-                .say("Sorry, I did not hear anything. Goodbye.")
-                .hangup()
+                .redirect(&silent)
         }
         VoiceAction::Transfer {
             fallback: Some(owner),
+            ..
         } => {
             let w = format!("{WHISPER}?conversation={}", conv.0);
             Twiml::new().dial(DIAL_STATUS, &owner, Some(&w))
         }
-        VoiceAction::Transfer { fallback: None } => Twiml::new()
+        VoiceAction::Transfer { fallback: None, .. } => Twiml::new()
             .say("Nobody can take your call right now. Someone will get back to you soon. Goodbye.")
             .hangup(),
         VoiceAction::Hangup { text } => {
@@ -377,8 +382,22 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
     let (params, q) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let turn = query(&q, "turn").and_then(|t| t.parse().ok()).unwrap_or(1);
-    let text = param(&params, "SpeechResult").unwrap_or("").to_owned();
+    let silence = query(&q, "silence")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let mut text = param(&params, "SpeechResult").unwrap_or("").to_owned();
     field_len("SpeechResult", &text, MAX_TEXT_BYTES)?;
+    if text.trim().is_empty() {
+        // A key instead of words: 1 is yes, 2 is no, 0 a person.
+        text = match param(&params, "Digits").unwrap_or("").trim() {
+            "1" => "yes (pressed 1)".into(),
+            "2" => "no (pressed 2)".into(),
+            "0" => "(pressed 0)".into(),
+            "" => String::new(),
+            other => format!("(pressed {})", other.chars().take(8).collect::<String>()),
+        };
+    }
+    let spoke = !text.trim().is_empty();
     let (conv, action) = call(
         app,
         tenant.clone(),
@@ -387,21 +406,17 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
             call_sid,
             turn,
             text,
+            silence: if spoke { 0 } else { silence },
         },
     )
     .await?;
-    if let VoiceAction::Transfer { fallback } = &action {
+    if let VoiceAction::Transfer { fallback, reason } = &action {
         // A person: if an agent could answer, the call is offered like any
         // conversation (live calls first) and the caller holds until one
         // accepts; otherwise the owner, or a call back later.
         if app.router.can_take_call(&tenant).await? {
             app.router
-                .escalate(
-                    conv,
-                    "the caller asked for a person",
-                    Vec::new(),
-                    LIVE_CALL_PRIORITY,
-                )
+                .escalate(conv, reason, Vec::new(), LIVE_CALL_PRIORITY)
                 .await?;
             let since = app.shared.clock.now().0;
             let hold = format!("{HOLD}?conversation={}&since={since}", conv.0);
@@ -412,9 +427,7 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
             ));
         }
         if fallback.is_none() {
-            app.router
-                .escalate(conv, "the caller asked for a person", Vec::new(), 0)
-                .await?;
+            app.router.escalate(conv, reason, Vec::new(), 0).await?;
         }
     }
     Ok(render(action, conv))

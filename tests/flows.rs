@@ -1782,3 +1782,206 @@ async fn consent_status(node: &Node, who: &str) -> String {
     assert_eq!(s, 200, "{v}");
     v["status"].as_str().unwrap_or_default().to_owned()
 }
+
+/// A TwiML verb as a caller's phone would act on it: its name, its
+/// attributes and its text (a `<Say>` inside a `<Gather>` is a verb of
+/// its own, after the `<Gather>`).
+#[derive(Debug)]
+struct Verb {
+    name: String,
+    attrs: std::collections::HashMap<String, String>,
+    text: String,
+}
+
+/// The verbs of a TwiML document, read with an XML parser.
+fn verbs(twiml: &str) -> Vec<Verb> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(twiml);
+    let mut out: Vec<Verb> = Vec::new();
+    loop {
+        match reader.read_event().expect("TwiML is well-formed XML") {
+            Event::Start(e) | Event::Empty(e) => {
+                let name = e.name().as_ref().to_owned();
+                let attrs = e
+                    .attributes()
+                    .map(|a| {
+                        let a = a.unwrap();
+                        (
+                            a.key.as_ref().to_owned(),
+                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                                .unwrap()
+                                .into_owned(),
+                        )
+                    })
+                    .collect();
+                out.push(Verb {
+                    name,
+                    attrs,
+                    text: String::new(),
+                });
+            }
+            Event::Text(t) => {
+                if let Some(v) = out.last_mut() {
+                    v.text.push_str(&t.xml10_content());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(v) = out.last_mut() {
+                    v.text.push_str(match &*r {
+                        "quot" => "\"",
+                        "amp" => "&",
+                        "apos" => "'",
+                        "lt" => "<",
+                        "gt" => ">",
+                        other => panic!("entity {other}"),
+                    });
+                }
+            }
+            Event::Eof => return out,
+            _ => {}
+        }
+    }
+}
+
+/// What the call says next (every `<Say>`, joined) and where its
+/// `<Gather>` posts the answer, if it listens.
+fn heard(twiml: &str) -> (String, Option<String>) {
+    let v = verbs(twiml);
+    let said = v
+        .iter()
+        .filter(|v| v.name == "Say")
+        .map(|v| v.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let gather = v.iter().find(|v| v.name == "Gather").map(|g| {
+        assert_eq!(g.attrs["input"], "speech dtmf", "speech or a key");
+        g.attrs["action"].clone()
+    });
+    (said, gather)
+}
+
+/// A caller of the clinic, through Twilio's signed voice webhooks: the
+/// call's next step after saying `speech` (or pressing `digits`) at `at`.
+async fn caller(node: &Node, sid: &str, at: &str, speech: &str, digits: &str) -> String {
+    let mut p = vec![
+        ("CallSid", sid),
+        ("AccountSid", SID),
+        ("From", "+15551230061"),
+        ("To", "+15557654321"),
+        ("CallStatus", "in-progress"),
+        ("Direction", "inbound"),
+    ];
+    if !speech.is_empty() {
+        p.push(("SpeechResult", speech));
+        p.push(("Confidence", "0.92"));
+    }
+    if !digits.is_empty() {
+        p.push(("Digits", digits));
+    }
+    let (s, twiml) = node.twilio(TOKEN, at, &p).await;
+    assert_eq!(s, 200, "{twiml}");
+    twiml
+}
+
+/// The flow on the phone: a caller books a cleaning by speech and
+/// confirms with a key, hears the hours, mentions someone without being
+/// transferred, and reaches a person by asking; silence is asked about
+/// once, with the keypad offered, then goes to a person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() {
+    let fake = FakeTwilio::start().await;
+    let cfg = config(&fake.base).replace(
+        "gateway_token = \"gw-smile\"\n",
+        "gateway_token = \"gw-smile\"\nvoice_assistant = true\nowner_phone = \"+15550009999\"\n",
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    let (said, next) = heard(&caller(&node, "CA1", "/webhooks/twilio/voice", "", "").await);
+    assert!(
+        said.starts_with("Hi, thanks for calling Bright Smile Dental."),
+        "{said}"
+    );
+    let next = next.expect("it listens");
+    // Booking by speech, in the flow's words made for the ear.
+    let (said, next) = heard(
+        &caller(
+            &node,
+            "CA1",
+            &next,
+            "I'd like a cleaning thursday at 3pm",
+            "",
+        )
+        .await,
+    );
+    assert!(said.contains("Thu Mar 5 at 3:00 PM"), "{said}");
+    assert!(said.contains("Say yes or press 1 to confirm"), "{said}");
+    assert!(!said.contains("Reply C"), "{said}");
+    // Confirmed with a key.
+    let (said, next) = heard(&caller(&node, "CA1", &next.unwrap(), "", "1").await);
+    assert!(
+        said.starts_with("You're confirmed for Thu Mar 5 at 3:00 PM"),
+        "{said}"
+    );
+    let c = node.conversation_of("smile", "+15551230061").await.unwrap();
+    assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
+    assert_eq!(c["booking"]["start"], "2026-03-05T20:00:00.000Z");
+    // The hours, as the flow answers them.
+    let (said, next) =
+        heard(&caller(&node, "CA1", &next.unwrap(), "what are your hours", "").await);
+    assert!(said.starts_with("We're open Monday to Friday"), "{said}");
+    // Someone else is mentioned: no transfer.
+    let twiml = caller(
+        &node,
+        "CA1",
+        &next.unwrap(),
+        "I'm calling for someone else too",
+        "",
+    )
+    .await;
+    assert!(!twiml.contains("<Dial"), "{twiml}");
+    let (_, next) = heard(&twiml);
+    // Silence: asked once more with the keypad, then a person.
+    let next = next.unwrap();
+    let silent = verbs(&twiml)
+        .into_iter()
+        .find(|v| v.name == "Redirect")
+        .expect("silence goes somewhere")
+        .text;
+    assert_eq!(silent, format!("{next}&silence=1"));
+    let (said, _) = heard(&caller(&node, "CA1", &silent, "", "").await);
+    assert!(said.contains("press 0 to talk to a person"), "{said}");
+    let twiml = caller(&node, "CA1", &format!("{next}&silence=2"), "", "").await;
+    assert!(
+        twiml.contains(">+15550009999</Number>"),
+        "the owner rings: {twiml}"
+    );
+    // A new call starts from what is known; asking for a person
+    // transfers at once.
+    let (said, _) = heard(&caller(&node, "CA2", "/webhooks/twilio/voice", "", "").await);
+    assert!(
+        said.contains("I see your cleaning is booked for Thu Mar 5 at 3:00 PM."),
+        "{said}"
+    );
+    let twiml = caller(
+        &node,
+        "CA2",
+        "/webhooks/twilio/voice/gather?turn=1",
+        "can I speak with a real person",
+        "",
+    )
+    .await;
+    assert!(twiml.contains(">+15550009999</Number>"), "{twiml}");
+    let c = node.conversation_of("smile", "+15551230061").await.unwrap();
+    // The thread holds the call as it went, keys included.
+    let turns: Vec<String> = texts_where(&c, "channel", "voice")
+        .into_iter()
+        .filter(|t| !t.starts_with('['))
+        .collect();
+    for said in [
+        "I'd like a cleaning thursday at 3pm",
+        "yes (pressed 1)",
+        "what are your hours",
+        "can I speak with a real person",
+    ] {
+        assert!(turns.iter().any(|t| t == said), "{said}: {turns:?}");
+    }
+}

@@ -460,7 +460,8 @@ async fn the_voice_assistant_greets_with_what_the_customer_texted_and_transfers_
         .await;
     assert_eq!(s, 200, "{twiml}");
     assert!(
-        twiml.contains(r#"<Gather input="speech" action="/webhooks/twilio/voice/gather?turn=1""#),
+        twiml.contains(r#"action="/webhooks/twilio/voice/gather?turn=1""#)
+            && twiml.contains(r#"<Gather input="speech dtmf""#),
         "{twiml}"
     );
     assert!(

@@ -440,7 +440,22 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             let conv = st.conv.as_mut().expect("created above");
             let id = conv.id();
             let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-            let (action, more) = conv.on_call(&event, now, &tenant, &mut next_id);
+            // The voice assistant runs the tenant's flow, unless a person
+            // holds the conversation.
+            let flow = shared
+                .flow(st.args.key.tenant())
+                .filter(|_| tenant.voice_assistant && conv.state.assigned_agent.is_none());
+            let mut cal = crate::flows::SharedCalendar {
+                map: &shared.calendar,
+                tenant: st.args.key.tenant(),
+                conv: id.0,
+                now,
+                writes: &mut st.pending_calendar,
+            };
+            let with_flow = flow
+                .as_deref()
+                .map(|f| (f, &mut cal as &mut dyn crate::flows::engine::Calendar));
+            let (action, more) = conv.on_call(&event, now, &tenant, with_flow, &mut next_id);
             events.extend(more);
             if !events.is_empty() {
                 events.extend(conv.ensure_lifecycle(now, &tenant.lifecycle, &mut next_id));

@@ -214,6 +214,8 @@ pub enum CallEvent {
         call_sid: String,
         turn: u32,
         text: String,
+        /// Turns in a row the caller said nothing (0: they spoke).
+        silence: u32,
     },
 }
 
@@ -223,14 +225,42 @@ pub enum VoiceAction {
     /// Ring `number`; with `whisper`, the person answering first hears a
     /// summary of the conversation (a warm transfer).
     Dial { number: String, whisper: bool },
-    /// Say `prompt` and listen for speech turn `turn`.
-    Gather { prompt: String, turn: u32 },
+    /// Say `prompt` and listen for speech turn `turn` (speech or a key);
+    /// `silence`: turns in a row the caller has said nothing so far.
+    Gather {
+        prompt: String,
+        turn: u32,
+        silence: u32,
+    },
     /// Connect the caller to a person: an available agent with a phone if
     /// there is one (the gateway asks the pool), else `fallback` (the
     /// owner), else the call ends and the conversation waits for an agent.
-    Transfer { fallback: Option<String> },
+    Transfer {
+        fallback: Option<String>,
+        /// Why, for the agent who takes it.
+        reason: String,
+    },
     /// Say `text`, if any, and hang up.
     Hangup { text: Option<String> },
+}
+
+/// A flow's text, worded for a caller: what a texter replies with a
+/// letter, a caller says or presses ("Reply C to confirm or R for another
+/// time" becomes "Say yes or press 1 to confirm, or tell me another time").
+pub fn for_the_ear(text: &str) -> String {
+    text.replace(
+        "Reply C to confirm or R for another time",
+        "Say yes or press 1 to confirm, or tell me another time",
+    )
+    .replace("Reply C to confirm", "Say yes or press 1 to confirm")
+    .replace("reply C to confirm", "say yes or press 1 to confirm")
+    .replace(
+        "reply C to move it there",
+        "say yes or press 1 to move it there",
+    )
+    .replace("Reply R to reschedule", "Say reschedule to move it")
+    .replace("Text us any time", "Call or text us any time")
+    .replace("just text us", "just call or text us")
 }
 
 fn channel_words(c: Channel) -> &'static str {
@@ -981,6 +1011,10 @@ impl Conversation {
         event: &CallEvent,
         now: Timestamp,
         tenant: &TenantPolicy,
+        flow: Option<(
+            &crate::flows::engine::Flow,
+            &mut dyn crate::flows::engine::Calendar,
+        )>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> (VoiceAction, Vec<(u32, ConvEvent)>) {
         let mut events = Vec::new();
@@ -994,11 +1028,15 @@ impl Conversation {
                     now,
                 );
                 if tenant.voice_assistant {
-                    let prompt = self.greeting(tenant);
+                    let prompt = self.greeting(tenant, now);
                     if fresh {
                         self.say(&mut events, &prompt, now);
                     }
-                    VoiceAction::Gather { prompt, turn: 1 }
+                    VoiceAction::Gather {
+                        prompt,
+                        turn: 1,
+                        silence: 0,
+                    }
                 } else if let Some(owner) = &tenant.owner_phone {
                     VoiceAction::Dial {
                         number: owner.clone(),
@@ -1035,7 +1073,18 @@ impl Conversation {
                 call_sid,
                 turn,
                 text,
-            } => self.speech_turn(&mut events, call_sid, *turn, text, now, tenant, next_id),
+                silence,
+            } => self.speech_turn(
+                &mut events,
+                call_sid,
+                *turn,
+                *silence,
+                text,
+                now,
+                tenant,
+                flow,
+                next_id,
+            ),
         };
         (action, events)
     }
@@ -1070,17 +1119,39 @@ impl Conversation {
 
     /// What the voice assistant says first: the tenant, then what the
     /// conversation already knows, so the caller does not repeat it.
-    fn greeting(&self, tenant: &TenantPolicy) -> String {
+    fn greeting(&self, tenant: &TenantPolicy, now: Timestamp) -> String {
         let mut out = format!("Hi, thanks for calling {}.", tenant.name);
         if let Some(name) = &self.state.captured.name {
             out = format!("Hi {name}, thanks for calling {}.", tenant.name);
         }
+        // The caller's last request in writing, worth repeating: not a
+        // bare "ok" or "thanks" (quoting those reads as a glitch).
         let earlier = self.state.messages.iter().rev().find(|m| {
             m.direction == Direction::Inbound
                 && m.author == Author::Customer
                 && m.channel != Channel::Voice
                 && !m.text.trim().is_empty()
+                && !m.text.starts_with('[')
         });
+        let earlier = earlier.filter(|m| {
+            crate::flows::nlu::small_talk(&m.text).is_none()
+                && crate::flows::nlu::yes_no(&m.text).is_none()
+                && m.text.split_whitespace().count() >= 3
+        });
+        let booked = self
+            .state
+            .journey
+            .booking
+            .as_ref()
+            .and_then(|b| b.booked().map(|s| (b.service.clone(), s)))
+            .filter(|(_, s)| s.0 > now.0);
+        if let Some((service, start)) = booked {
+            out.push_str(&format!(
+                " I see your {service} is booked for {}. How can I help?",
+                crate::flows::engine::spoken(start, self.zone(tenant))
+            ));
+            return out;
+        }
         match earlier {
             Some(m) => out.push_str(&format!(
                 " You mentioned over {} that \"{}\". How can I help with that?",
@@ -1180,28 +1251,62 @@ impl Conversation {
         events.extend(more);
     }
 
+    /// One speech (or keypad) turn of the voice assistant. With the
+    /// tenant's flow, the turn goes through it as a text would (intents,
+    /// answers, booking, hand-off), in words for the ear; without one, the
+    /// caller is heard, noted and asked for more. Keywords, a request for
+    /// a person (or 0 on the keypad) and goodbyes come first.
     #[allow(clippy::too_many_arguments)]
     fn speech_turn(
         &mut self,
         events: &mut Vec<(u32, ConvEvent)>,
         call_sid: &str,
         turn: u32,
+        silence: u32,
         text: &str,
         now: Timestamp,
         tenant: &TenantPolicy,
+        flow: Option<(
+            &crate::flows::engine::Flow,
+            &mut dyn crate::flows::engine::Calendar,
+        )>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> VoiceAction {
         let key = format!("{call_sid}/turn/{turn}");
         let text = text.trim();
         if text.is_empty() {
+            // Silence: once more with the keypad offered, then a person.
+            if silence >= 2 {
+                return VoiceAction::Transfer {
+                    fallback: tenant.owner_phone.clone(),
+                    reason: "the caller said nothing".into(),
+                };
+            }
             return VoiceAction::Gather {
-                prompt: "Sorry, I did not catch that. Could you say it again?".into(),
+                prompt: "Sorry, I didn't hear anything. You can tell me what you need, or press 0 to talk to a person.".into(),
                 turn,
+                silence: silence + 1,
             };
         }
         let fresh = self.note(events, Author::Customer, text, &key, now);
+        if !fresh {
+            // A webhook repeated: the same answer, nothing decided again.
+            let said = self
+                .state
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.channel == Channel::Voice && m.author == Author::Bot)
+                .map(|m| m.text.clone())
+                .unwrap_or_else(|| "Is there anything else I can help with?".into());
+            return VoiceAction::Gather {
+                prompt: said,
+                turn: turn + 1,
+                silence: 0,
+            };
+        }
         let keyword = tenant.keywords.classify(text, None);
-        if fresh && keyword.is_some() {
+        if keyword.is_some() {
             let msg = InboundMessage {
                 channel: Channel::Voice,
                 from: self.state.contact.clone(),
@@ -1214,40 +1319,73 @@ impl Conversation {
             events.extend(self.on_keywords(&msg, None, now, tenant));
         }
         let lower = text.to_lowercase();
-        let words: Vec<&str> = lower
-            .split(|c: char| !c.is_alphanumeric() && c != '\'')
-            .filter(|w| !w.is_empty())
-            .collect();
-        let has = |w: &[&str]| words.iter().any(|x| w.contains(x));
+        let pressed_zero = lower.contains("(pressed 0)");
+        let goodbye = crate::flows::nlu::small_talk(text)
+            == Some(crate::flows::nlu::SmallTalk::Bye)
+            || lower.contains("that's all")
+            || lower.contains("no thanks");
         let (reply, action) = if keyword == Some(Keyword::OptOut) {
             let t = format!(
                 "Understood. {} will not contact you again. Goodbye.",
                 tenant.name
             );
             (t.clone(), VoiceAction::Hangup { text: Some(t) })
-        } else if has(&[
-            "agent",
-            "person",
-            "human",
-            "representative",
-            "operator",
-            "someone",
-            "somebody",
-        ]) {
+        } else if pressed_zero || crate::flows::nlu::wants_person(text) {
             let t = "Let me connect you with someone who can help. One moment.".to_string();
+            let reason = "the caller asked for a person".to_string();
             (
                 t,
                 VoiceAction::Transfer {
                     fallback: tenant.owner_phone.clone(),
+                    reason,
                 },
             )
-        } else if has(&["bye", "goodbye"])
-            || lower.contains("that's all")
-            || lower.contains("no thanks")
-            || turn >= MAX_SPEECH_TURNS
-        {
+        } else if goodbye || turn >= MAX_SPEECH_TURNS {
             let t = format!("Thanks for calling {}. Goodbye.", tenant.name);
             (t.clone(), VoiceAction::Hangup { text: Some(t) })
+        } else if let Some((flow, cal)) = flow {
+            let zone = self.zone(tenant);
+            let t = flow.turn(
+                text,
+                &self.state.captured,
+                &self.state.journey,
+                now,
+                zone,
+                cal,
+            );
+            let ctx = JourneyChange {
+                now,
+                zone,
+                channel: Some(Channel::Voice),
+                business: &tenant.name,
+                by: "the customer",
+            };
+            events.extend(self.absorb_turn(&t, &ctx, next_id));
+            match t.escalate {
+                Some(reason) => (
+                    t.reply.map(|r| for_the_ear(&r)).unwrap_or_else(|| {
+                        "Let me connect you with someone who can help. One moment.".into()
+                    }),
+                    VoiceAction::Transfer {
+                        fallback: tenant.owner_phone.clone(),
+                        reason,
+                    },
+                ),
+                None => {
+                    let r = t
+                        .reply
+                        .map(|r| for_the_ear(&r))
+                        .unwrap_or_else(|| "Is there anything else I can help with?".into());
+                    (
+                        r.clone(),
+                        VoiceAction::Gather {
+                            prompt: r,
+                            turn: turn + 1,
+                            silence: 0,
+                        },
+                    )
+                }
+            }
         } else {
             let t = "Thank you, I have noted that. Is there anything else?".to_string();
             (
@@ -1255,20 +1393,49 @@ impl Conversation {
                 VoiceAction::Gather {
                     prompt: t,
                     turn: turn + 1,
+                    silence: 0,
                 },
             )
         };
-        if fresh {
-            if self.state.captured.intent.is_none() && keyword.is_none() {
-                self.note_facts(
-                    events,
-                    [("voice_request".to_owned(), text.to_owned())].into(),
-                );
-            }
-            self.say(events, &reply, now);
+        if self.state.captured.intent.is_none() && keyword.is_none() {
+            self.note_facts(
+                events,
+                [("voice_request".to_owned(), text.to_owned())].into(),
+            );
         }
-        let _ = next_id;
+        self.say(events, &reply, now);
         action
+    }
+
+    /// What the conversation keeps of a flow turn: the name it learned,
+    /// what it understood, and the journey it moved to (with reminders).
+    fn absorb_turn(
+        &mut self,
+        turn: &crate::flows::engine::Turn,
+        ctx: &JourneyChange<'_>,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> Vec<(u32, ConvEvent)> {
+        let mut events = Vec::new();
+        if let Some(name) = turn
+            .slots
+            .get("name")
+            .filter(|_| self.state.captured.name.is_none())
+        {
+            let name = name.clone();
+            events.extend(self.note_profile_name(&name));
+        }
+        if turn.intent.is_some() || !turn.slots.is_empty() || turn.score.is_some() {
+            self.push(
+                &mut events,
+                ConvEvent::Understood {
+                    intent: turn.intent.clone(),
+                    slots: turn.slots.clone(),
+                    score: turn.score.map(|s| s as f32),
+                },
+            );
+        }
+        events.extend(self.journey_to(turn.journey.clone(), turn.reminders.clone(), ctx, next_id));
+        events
     }
 
     /// The tenant's flow answers a customer message: what it understood,
@@ -1340,24 +1507,6 @@ impl Conversation {
             zone,
             cal,
         );
-        if let Some(name) = turn
-            .slots
-            .get("name")
-            .filter(|_| self.state.captured.name.is_none())
-        {
-            let name = name.clone();
-            events.extend(self.note_profile_name(&name));
-        }
-        if turn.intent.is_some() || !turn.slots.is_empty() || turn.score.is_some() {
-            self.push(
-                &mut events,
-                ConvEvent::Understood {
-                    intent: turn.intent.clone(),
-                    slots: turn.slots.clone(),
-                    score: turn.score.map(|s| s as f32),
-                },
-            );
-        }
         let ctx = JourneyChange {
             now,
             zone,
@@ -1366,7 +1515,7 @@ impl Conversation {
             by: "the customer",
         };
         let confirmed_before = self.state.journey.booking.as_ref().and_then(|b| b.booked());
-        events.extend(self.journey_to(turn.journey, turn.reminders, &ctx, next_id));
+        events.extend(self.absorb_turn(&turn, &ctx, next_id));
         // Reminders on WhatsApp outside the 24-hour window go as the
         // tenant's template, to customers who said yes to them here.
         let mut reply = turn.reply;
