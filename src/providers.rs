@@ -150,7 +150,14 @@ impl Providers {
                 let url = self
                     .callback("/webhooks/twilio/voice/outbound", e)
                     .ok_or("calls need server.public_url: Twilio fetches the call's TwiML there")?;
-                let mut form = vec![("To", e.to.clone()), ("Url", url)];
+                // Answering-machine detection: Twilio fetches the TwiML once
+                // it knows who answered (`AnsweredBy`), after the beep for a
+                // machine, so a voicemail is left whole.
+                let mut form = vec![
+                    ("To", e.to.clone()),
+                    ("Url", url),
+                    ("MachineDetection", "DetectMessageEnd".to_owned()),
+                ];
                 if let Some(cb) = self.callback("/webhooks/twilio/voice/status", e) {
                     form.push(("StatusCallback", cb));
                 }

@@ -334,9 +334,15 @@ fn call_parties(
     app: &App,
     params: &[(String, String)],
 ) -> Result<(String, String, String), ApiError> {
+    let sid = required(params, "CallSid")?.to_owned();
+    // A call the business placed: its number is `From`, the customer `To`.
+    if param(params, "Direction").is_some_and(|d| d.starts_with("outbound")) {
+        let tenant = tenant_by_number(app, required(params, "From")?)?;
+        let to = phone_param(params, "To")?;
+        return Ok((tenant, to, sid));
+    }
     let tenant = tenant_by_number(app, required(params, "To")?)?;
     let from = phone_param(params, "From")?;
-    let sid = required(params, "CallSid")?.to_owned();
     Ok((tenant, from, sid))
 }
 
@@ -525,9 +531,29 @@ pub async fn twilio_whisper(app: &App, req: Request<Body>) -> Result<Resp, ApiEr
 /// `POST /webhooks/twilio/voice/outbound?c=&m=`: what a call the node
 /// placed says (the business-initiated message `m` of conversation `c`).
 pub async fn twilio_outbound_call(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
-    let (_, q) = twilio_form(app, req).await?;
+    let (params, q) = twilio_form(app, req).await?;
     let (conv, seq) = message_ref(query(&q, "c"), query(&q, "m"))
         .ok_or_else(|| ApiError::bad("invalid_field", "`c` and `m` are required"))?;
+    // Who answered (Twilio's answering-machine detection); with the call's
+    // parties, the conversation decides: a conversation, or a voicemail.
+    let machine =
+        param(&params, "AnsweredBy").is_some_and(|a| a.starts_with("machine") || a == "fax");
+    if let Ok((tenant, contact, call_sid)) = call_parties(app, &params) {
+        let (id, action) = call(
+            app,
+            tenant,
+            contact,
+            CallEvent::Answered {
+                call_sid,
+                seq,
+                machine,
+            },
+        )
+        .await?;
+        if id == conv {
+            return Ok(render(action, conv));
+        }
+    }
     let text = app
         .router
         .view_by_id(conv)

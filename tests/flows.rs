@@ -1985,3 +1985,126 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         assert!(turns.iter().any(|t| t == said), "{said}: {turns:?}");
     }
 }
+
+/// The call the fake Twilio was asked to place to `to`, once it was.
+async fn call_to(fake: &FakeTwilio, to: &str) -> std::collections::HashMap<String, String> {
+    for _ in 0..500 {
+        let call = fake
+            .state
+            .lock()
+            .unwrap()
+            .accepted
+            .iter()
+            .find(|(_, f)| f["_resource"] == "Calls" && f["To"] == to)
+            .map(|(_, f)| f.clone());
+        if let Some(c) = call {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no call to {to}");
+}
+
+/// The business calls a customer (a message on the voice channel). A
+/// person answering hears it and the call goes on through the flow: they
+/// book by speech and confirm with a key. A voicemail answering another
+/// call gets a short message, and the flow's unanswered-call text follows
+/// by SMS, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicemail_for_a_machine() {
+    let (fake, node) = start().await;
+    let (pat, quinn) = ("+15551230071", "+15551230072");
+    for who in [pat, quinn] {
+        let enc = who.replace('+', "%2B");
+        // They asked to be called and texted (a web form).
+        for channel in ["voice", "sms"] {
+            let consent = json!({"status": "opted_in", "channel": channel,
+                "purpose": "conversational", "source": "web_form", "proof": "form 12"});
+            let (s, v) = node
+                .send_admin(
+                    Method::POST,
+                    &format!("/api/v1/tenants/smile/contacts/{enc}/consent"),
+                    Some(&consent),
+                )
+                .await;
+            assert_eq!(s, 201, "{v}");
+        }
+        let (s, v) = node
+            .send_admin(
+                Method::POST,
+                &format!("/api/v1/tenants/smile/contacts/{enc}/messages"),
+                Some(&json!({"text": "Hi, this is Ava from Bright Smile Dental: you're due for a cleaning.",
+                             "channel": "voice", "purpose": "conversational"})),
+            )
+            .await;
+        assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
+    }
+    // A person answers.
+    let call = call_to(&fake, pat).await;
+    assert_eq!(call["MachineDetection"], "DetectMessageEnd");
+    let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
+    let leg = |sid: &'static str, answered_by: &'static str| {
+        vec![
+            ("CallSid", sid),
+            ("AccountSid", SID),
+            ("From", "+15557654321"),
+            ("To", if sid == "CA71" { pat } else { quinn }),
+            ("CallStatus", "in-progress"),
+            ("Direction", "outbound-api"),
+            ("AnsweredBy", answered_by),
+        ]
+    };
+    let (s, twiml) = node.twilio(TOKEN, &url, &leg("CA71", "human")).await;
+    assert_eq!(s, 200, "{twiml}");
+    let (said, next) = heard(&twiml);
+    assert_eq!(
+        said,
+        "Hi, this is Ava from Bright Smile Dental: you're due for a cleaning."
+    );
+    let next = next.expect("the call listens");
+    let mut turn = leg("CA71", "human");
+    turn.push((
+        "SpeechResult",
+        "oh great, can I get a cleaning thursday at 10am",
+    ));
+    let (_, twiml) = node.twilio(TOKEN, &next, &turn).await;
+    let (said, next) = heard(&twiml);
+    assert!(said.contains("Thu Mar 5 at 10:00 AM"), "{said}");
+    let mut key = leg("CA71", "human");
+    key.push(("Digits", "1"));
+    let (_, twiml) = node.twilio(TOKEN, &next.unwrap(), &key).await;
+    let (said, _) = heard(&twiml);
+    assert!(
+        said.starts_with("You're confirmed for Thu Mar 5 at 10:00 AM"),
+        "{said}"
+    );
+    let c = node.conversation_of("smile", pat).await.unwrap();
+    assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
+
+    // A machine answers the other call: a voicemail, then the text.
+    let call = call_to(&fake, quinn).await;
+    let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
+    for _ in 0..2 {
+        // Twilio may fetch it twice: one voicemail, one text.
+        let (s, twiml) = node
+            .twilio(TOKEN, &url, &leg("CA72", "machine_end_beep"))
+            .await;
+        assert_eq!(s, 200, "{twiml}");
+        let v = verbs(&twiml);
+        assert!(v.iter().all(|v| v.name != "Gather"), "{twiml}");
+        assert!(v.iter().any(|v| v.name == "Hangup"), "{twiml}");
+        let (said, _) = heard(&twiml);
+        assert!(
+            said.ends_with("Sorry we missed you. We'll follow up by text."),
+            "{said}"
+        );
+    }
+    let text = texted(&fake, |b| b.contains("we just tried to call you")).await;
+    assert!(text.starts_with("Hi"), "{text}");
+    let c = node.conversation_of("smile", quinn).await.unwrap();
+    let sms_sent = texts_where(&c, "channel", "sms");
+    assert_eq!(sms_sent.len(), 1, "{sms_sent:?}");
+    assert!(texts_where(&c, "author", "system")
+        .iter()
+        .any(|t| t == "[voicemail: the call was answered by a machine]"));
+}

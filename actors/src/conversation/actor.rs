@@ -440,11 +440,12 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             let conv = st.conv.as_mut().expect("created above");
             let id = conv.id();
             let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
-            // The voice assistant runs the tenant's flow, unless a person
+            // The tenant's flow runs the call (the voice assistant on
+            // calls in, the business's own calls out), unless a person
             // holds the conversation.
             let flow = shared
                 .flow(st.args.key.tenant())
-                .filter(|_| tenant.voice_assistant && conv.state.assigned_agent.is_none());
+                .filter(|_| conv.state.assigned_agent.is_none());
             let mut cal = crate::flows::SharedCalendar {
                 map: &shared.calendar,
                 tenant: st.args.key.tenant(),

@@ -217,6 +217,14 @@ pub enum CallEvent {
         /// Turns in a row the caller said nothing (0: they spoke).
         silence: u32,
     },
+    /// A call the business placed (saying message `seq`) was answered: by
+    /// a person, or (`machine`, Twilio's answering-machine detection) by
+    /// voicemail.
+    Answered {
+        call_sid: String,
+        seq: u32,
+        machine: bool,
+    },
 }
 
 /// What the call does next (rendered as TwiML by the gateway).
@@ -1069,6 +1077,20 @@ impl Conversation {
                 }
                 VoiceAction::Hangup { text: None }
             }
+            CallEvent::Answered {
+                call_sid,
+                seq,
+                machine,
+            } => self.answered(
+                &mut events,
+                call_sid,
+                *seq,
+                *machine,
+                now,
+                tenant,
+                flow,
+                next_id,
+            ),
             CallEvent::Speech {
                 call_sid,
                 turn,
@@ -1249,6 +1271,85 @@ impl Conversation {
         };
         let (_, more) = self.send_message(spec, now, tenant, next_id);
         events.extend(more);
+    }
+
+    /// A call the business placed was answered. A person hears its
+    /// message and, with the tenant's flow, the call goes on as a
+    /// conversation (speech turns through the flow); a machine gets a
+    /// short voicemail, and the flow's unanswered-call text follows
+    /// through the gate (once per call).
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &mut self,
+        events: &mut Vec<(u32, ConvEvent)>,
+        call_sid: &str,
+        seq: u32,
+        machine: bool,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        flow: Option<(
+            &crate::flows::engine::Flow,
+            &mut dyn crate::flows::engine::Calendar,
+        )>,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> VoiceAction {
+        let Some(said) = self
+            .state
+            .messages
+            .binary_search_by_key(&seq, |m| m.seq)
+            .ok()
+            .map(|i| self.state.messages[i].text.clone())
+        else {
+            return VoiceAction::Hangup { text: None };
+        };
+        let flow = flow.map(|(f, _)| f);
+        if machine {
+            let text = flow
+                .and_then(|f| f.unanswered_call_text(&self.state.captured, &self.state.journey));
+            let voicemail = match &text {
+                Some(_) => format!("{said} Sorry we missed you. We'll follow up by text."),
+                None => format!("{said} Sorry we missed you. Please call us back when you can."),
+            };
+            let fresh = self.note(
+                events,
+                Author::System,
+                "[voicemail: the call was answered by a machine]",
+                &format!("{call_sid}/voicemail"),
+                now,
+            );
+            if fresh {
+                self.say(events, &voicemail, now);
+                if let Some(text) = text {
+                    let spec = OutboundSpec {
+                        text,
+                        channel: Some(Channel::Sms),
+                        purpose: Purpose::Conversational,
+                        agent: None,
+                        requested: false,
+                        subject: None,
+                    };
+                    events.extend(self.send_message(spec, now, tenant, next_id).1);
+                }
+            }
+            return VoiceAction::Hangup {
+                text: Some(voicemail),
+            };
+        }
+        self.note(
+            events,
+            Author::System,
+            "[call answered]",
+            &format!("{call_sid}/answered"),
+            now,
+        );
+        match flow {
+            Some(_) => VoiceAction::Gather {
+                prompt: said,
+                turn: 1,
+                silence: 0,
+            },
+            None => VoiceAction::Hangup { text: Some(said) },
+        }
     }
 
     /// One speech (or keypad) turn of the voice assistant. With the
