@@ -2108,3 +2108,54 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
         .iter()
         .any(|t| t == "[voicemail: the call was answered by a machine]"));
 }
+
+/// A lead who asked for a person is the person's to call: crossing the
+/// scoring threshold while they wait in the queue places no automated
+/// call (one was placed that nobody asked for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_waiting_for_a_person_gets_no_automated_call() {
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = lead_calling_node(&fake, dir.path());
+    say(
+        &node,
+        "harbor",
+        "sms",
+        JORDAN,
+        "can I talk to a person",
+        "p0",
+    )
+    .await;
+    let (_, q) = node.get_admin("/api/v1/tenants/harbor/queue").await;
+    assert_eq!(q["waiting"], 1, "{q}");
+    for (i, text) in [
+        "I want a quote to bundle home and auto",
+        "next month",
+        "I'm Jordan",
+    ]
+    .iter()
+    .enumerate()
+    {
+        say(&node, "harbor", "sms", JORDAN, text, &format!("q{i}")).await;
+    }
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
+    assert_eq!(
+        c["captured"]["score"], 70.0,
+        "the threshold was crossed: {c}"
+    );
+    assert!(
+        texts_where(&c, "channel", "voice").is_empty(),
+        "no call: {c}"
+    );
+    let calls = fake
+        .state
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|(_, f)| f["_resource"] == "Calls")
+        .count();
+    assert_eq!(calls, 0);
+    let (_, q) = node.get_admin("/api/v1/tenants/harbor/queue").await;
+    assert_eq!(q["waiting"], 1, "still the person's: {q}");
+}

@@ -1675,7 +1675,10 @@ impl Conversation {
         if let Some(reason) = turn.escalate {
             events.extend(self.escalate(&reason, Vec::new(), 0, now));
         }
-        if let Some(greeting) = turn.call {
+        // A conversation people have (waiting for one, or held) gets no
+        // automated call: the person decides how to reach the customer.
+        let with_people = self.state.waiting.is_some() || self.state.assigned_agent.is_some();
+        if let Some(greeting) = turn.call.filter(|_| !with_people) {
             let via = match msg.channel {
                 Channel::Sms => "by text",
                 Channel::Whatsapp => "on WhatsApp",
@@ -2357,6 +2360,14 @@ impl Conversation {
         let at = timer.due;
         let mut events = Vec::with_capacity(3);
         match timer.kind {
+            TimerKind::FollowUp
+                if self.channel_or_last_inbound(timer.channel) == Channel::Voice
+                    && (self.state.waiting.is_some() || self.state.assigned_agent.is_some()) =>
+            {
+                // The cadence's call, while people have the conversation:
+                // not placed (they decide how to reach the customer).
+                self.push(&mut events, ConvEvent::TimerFired { id, at: now });
+            }
             TimerKind::FollowUp | TimerKind::Reminder | TimerKind::Marketing => {
                 let channel = self.channel_or_last_inbound(timer.channel);
                 let purpose = match timer.kind {
