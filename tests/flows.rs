@@ -2159,3 +2159,43 @@ async fn a_lead_waiting_for_a_person_gets_no_automated_call() {
     let (_, q) = node.get_admin("/api/v1/tenants/harbor/queue").await;
     assert_eq!(q["waiting"], 1, "still the person's: {q}");
 }
+
+/// The cadence's call step is not placed while the conversation waits
+/// for a person (the business handed it over after the first text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cadence_places_no_call_while_a_person_has_the_conversation() {
+    let (fake, node) = start().await;
+    say(
+        &node,
+        "smile",
+        "sms",
+        JORDAN,
+        "Hi, I'm Dana. I'd like to book a cleaning",
+        "d1",
+    )
+    .await;
+    node.advance(2.0 * 3600.0).await;
+    texted(&fake, |b| b.starts_with("Just checking in:")).await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    let id = c["id"].as_str().unwrap().to_owned();
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &format!("/api/v1/conversations/{id}/escalate"),
+            Some(&json!({"reason": "the owner wants to call her herself"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    node.advance(24.0 * 3600.0).await;
+    let c = node.conversation_of("smile", JORDAN).await.unwrap();
+    assert!(texts_where(&c, "channel", "voice").is_empty(), "{c}");
+    let calls = fake
+        .state
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|(_, f)| f["_resource"] == "Calls")
+        .count();
+    assert_eq!(calls, 0);
+}
