@@ -148,6 +148,11 @@ pub struct Server {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub admin_token: String,
+    /// A bearer token that reads what the admin token reads (every GET of
+    /// the API, the inbox socket) and changes nothing: for supervisors and
+    /// dashboards.
+    #[serde(default)]
+    pub supervisor_token: Option<String>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -234,6 +239,7 @@ impl Default for Server {
             public_url: None,
             data_dir: default_data_dir(),
             admin_token: String::new(),
+            supervisor_token: None,
             max_body_bytes: default_max_body(),
             rate_limit_per_second: 0,
             rate_limit_burst: None,
@@ -895,6 +901,7 @@ impl Config {
         Config {
             server: Server {
                 admin_token: "dev-admin-token".into(),
+                supervisor_token: None,
                 ..Server::default()
             },
             runtime: Runtime::default(),
@@ -1084,6 +1091,14 @@ impl Config {
                 vec![Key("server"), Key("admin_token")],
                 "is required, at least 8 characters".into(),
             ));
+        }
+        if let Some(s) = &self.server.supervisor_token {
+            if s.len() < 8 || *s == self.server.admin_token {
+                errs.push((
+                    vec![Key("server"), Key("supervisor_token")],
+                    "must be at least 8 characters and differ from admin_token".into(),
+                ));
+            }
         }
         if !(1024..=16 << 20).contains(&self.server.max_body_bytes) {
             errs.push((
@@ -1660,6 +1675,22 @@ capacity = { chat = 3, voice = 1 }
             e.key, "tenants[1].id",
             "a missing key is named in its table"
         );
+    }
+
+    /// A supervisor token must not be the admin token (it would write).
+    #[test]
+    fn a_supervisor_token_equal_to_the_admin_token_is_refused() {
+        let src = GOOD.replace(
+            "admin_token = \"admin-secret\"",
+            "admin_token = \"admin-secret\"\nsupervisor_token = \"admin-secret\"",
+        );
+        let errors = Config::parse_all(&src, Path::new(".")).unwrap_err();
+        assert_eq!(errors[0].key, "server.supervisor_token", "{errors:?}");
+        let src = GOOD.replace(
+            "admin_token = \"admin-secret\"",
+            "admin_token = \"admin-secret\"\nsupervisor_token = \"reads-only-please\"",
+        );
+        Config::parse_all(&src, Path::new(".")).unwrap();
     }
 
     /// Five broken keys of three kinds (a wrong type, an unknown key, three

@@ -1302,9 +1302,25 @@ pub(crate) fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
+/// Whether `token` is the supervisor token (which reads only).
+pub(crate) fn is_supervisor(app: &App, token: &str) -> bool {
+    app.cfg
+        .server
+        .supervisor_token
+        .as_deref()
+        .is_some_and(|s| ct_eq(token, s))
+}
+
 pub(crate) fn admin(app: &App, req: &Request<Body>) -> Result<(), ApiError> {
+    let reads = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
     match bearer(req) {
         Some(t) if ct_eq(t, &app.cfg.server.admin_token) => Ok(()),
+        Some(t) if is_supervisor(app, t) && reads => Ok(()),
+        Some(t) if is_supervisor(app, t) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the supervisor token only reads; changes need the admin token",
+        )),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -325,3 +325,71 @@ async fn conventions_a_client_relies_on() {
     assert!(!log.contains(ADMIN), "the access log never shows a token");
     assert!(!log.contains('\u{1b}'), "no colour codes in a log file");
 }
+
+/// A supervisor's token reads what the admin token reads (the list, a
+/// conversation, the inbox socket) and changes nothing: a write with it
+/// is 403 with a JSON error, and nothing is written.
+#[tokio::test]
+async fn the_supervisor_token_reads_everything_and_changes_nothing() {
+    let node = Node::start_with_config(
+        &common::config_with_server("supervisor_token = \"test-supervisor-token\""),
+        &[],
+    );
+    let (s, v) = node
+        .inbound(
+            "gw-acme",
+            &common::sms("acme", "+15550001111", "hello", Some("s1")),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let read = |path: &str| {
+        node.http
+            .get(node.url(path))
+            .bearer_auth("test-supervisor-token")
+            .send()
+    };
+    let r = read("/api/v1/tenants/acme/conversations").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1, "{list}");
+    let r = read("/api/v1/tenants/acme/contacts/%2B15550001111/conversation")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A write: refused, said why, not written.
+    let r = node
+        .http
+        .post(node.url("/api/v1/tenants/acme/contacts/%2B15550001111/messages"))
+        .bearer_auth("test-supervisor-token")
+        .json(&json!({"text": "hi from a supervisor", "purpose": "conversational"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "forbidden", "{e}");
+    let c = node.conversation_of("acme", "+15550001111").await.unwrap();
+    assert_eq!(c["messages"].as_array().unwrap().len(), 1, "{c}");
+    // Another token reads nothing.
+    let r = node
+        .http
+        .get(node.url("/api/v1/tenants/acme/conversations"))
+        .bearer_auth("not-the-supervisor")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The inbox socket takes it.
+    let url = format!(
+        "{}/inbox/ws?tenant=acme&token=test-supervisor-token",
+        node.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let first = common::ws::next_json(&mut ws).await;
+    assert!(first.is_object(), "{first}");
+    let bad = format!(
+        "{}/inbox/ws?tenant=acme&token=nope",
+        node.base.replace("http://", "ws://")
+    );
+    assert!(tokio_tungstenite::connect_async(&bad).await.is_err());
+}
