@@ -18,12 +18,25 @@ const COOKIE: &str = "test-cluster-cookie-0001";
 /// nothing for others' benefit.
 static LOAD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// A port for a node's cluster listener, below the kernel's ephemeral range
+/// (32768 and up here): a port taken from that range and given back could
+/// be handed to another process's `:0` socket (a node's HTTP listener in a
+/// test running beside this one) before the node binds it, and the node
+/// would then never join.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(k.wrapping_mul(7919)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn config(name: &str, port: u16, seeds: &[u16], cookie: &str) -> String {

@@ -58,6 +58,9 @@ const OPT_OUT: &[&str] = &[
     "opt me out",
     "unsubscribe me",
     "remove me",
+    "stop it",
+    "just stop",
+    "unsub",
 ];
 const OPT_IN: &[&str] = &["start", "yes", "unstop"];
 const HELP: &[&str] = &["help", "info"];
@@ -102,6 +105,9 @@ const CONTACT_WORDS: &[&str] = &[
     "spamming",
     "spam",
     "sms",
+    "reminders",
+    "notifications",
+    "alerts",
 ];
 const NEGATIONS: &[&str] = &["dont", "never"];
 const CANT: &[&str] = &["cant", "cannot", "couldnt", "wont", "wouldnt", "didnt"];
@@ -183,6 +189,12 @@ impl Keywords {
             "do",
             "never",
             "more",
+            "enough",
+            "cancel",
+            "reminders",
+            "texts",
+            "calls",
+            "msgs",
             "wrong",
             "alone",
             "lose",
@@ -258,8 +270,19 @@ impl Keywords {
             return Some(Keyword::OptIn);
         }
         // 2. Ordinary-language revocations.
-        revocation(&words).then_some(Keyword::OptOut)
+        (revocation(&words) || revocation_marks(text)).then_some(Keyword::OptOut)
     }
+}
+
+/// Revocations that only punctuation tells: a sentence that ends in a
+/// separate "stop" ("i never signed up for this, stop"), and "wrong #".
+fn revocation_marks(text: &str) -> bool {
+    let t = text.trim().trim_end_matches(['.', '!', ' ']).to_lowercase();
+    let ends_in_stop = t
+        .strip_suffix("stop")
+        .map(str::trim_end)
+        .is_some_and(|before| before.ends_with([',', '.', ';', '!', '-', ':']));
+    ends_in_stop || t.contains("wrong #")
 }
 
 fn revocation(w: &[String]) -> bool {
@@ -289,13 +312,62 @@ fn revocation(w: &[String]) -> bool {
                 }
             }
         }
-        // "unsubscribe", "unsubscribe me", "how do I unsubscribe"
-        if word(i, "unsubscribe") && !negated_before {
+        // "unsubscribe", "unsubscribe me", "how do I unsubscribe", "unsub"
+        if (word(i, "unsubscribe") || word(i, "unsub")) && !negated_before {
             return true;
         }
-        // "remove me from your list", "take me off your list"
-        if (word(i, "remove") && word(i + 1, "me"))
-            || (word(i, "take") && word(i + 1, "me") && word(i + 2, "off"))
+        // "remove me from your list", "take me off your list", "remove
+        // this number", "take my number off" (not "don't remove me from
+        // the waitlist")
+        let this_number = |j: usize| {
+            (word(j, "this") || word(j, "my")) && (word(j + 1, "number") || word(j + 1, "phone"))
+        };
+        if !negated_before
+            && ((word(i, "remove") && (word(i + 1, "me") || this_number(i + 1)))
+                || (word(i, "take")
+                    && (word(i + 1, "me") && word(i + 2, "off")
+                        || this_number(i + 1) && word(i + 3, "off"))))
+        {
+            return true;
+        }
+        // "i don't want these texts anymore", "dont want any more calls"
+        if word(i, "dont") && word(i + 1, "want") && (2..=4).any(|d| is(i + d, CONTACT_WORDS)) {
+            return true;
+        }
+        // "cancel these texts", "cancel all the reminders" (not "cancel my
+        // appointment", nor "cancel the call tomorrow": plural, ongoing)
+        if word(i, "cancel")
+            && !negated_before
+            && (1..=3).any(|d| {
+                is(
+                    i + d,
+                    &[
+                        "texts",
+                        "messages",
+                        "msgs",
+                        "calls",
+                        "reminders",
+                        "notifications",
+                        "alerts",
+                        "emails",
+                    ],
+                )
+            })
+        {
+            return true;
+        }
+        // "enough with the texts already"
+        if word(i, "enough") && (1..=3).any(|d| is(i + d, CONTACT_WORDS)) {
+            return true;
+        }
+        // "no texts pls", "no calls" (plural: "no text came" is not one)
+        if word(i, "no")
+            && w.get(i + 1).is_some_and(|x| {
+                matches!(
+                    x.as_str(),
+                    "texts" | "calls" | "messages" | "msgs" | "emails"
+                )
+            })
         {
             return true;
         }
@@ -305,10 +377,24 @@ fn revocation(w: &[String]) -> bool {
         }
         // "wrong number", "you have the wrong person" (not "not the wrong
         // number")
+        // The sender's own mistake ("I texted the wrong number") or a
+        // record to fix ("the wrong number on file for my husband") is not.
+        let sender_erred = (1..=3).any(|d| {
+            i >= d
+                && is(
+                    i - d,
+                    &[
+                        "texted", "called", "dialed", "dialled", "messaged", "sent", "typed",
+                    ],
+                )
+        });
+        let a_record = is(i + 2, &["on", "for", "in", "earlier", "listed", "saved"]);
         if word(i, "wrong")
             && (word(i + 1, "number") || word(i + 1, "person") || word(i + 1, "guy"))
             && !(i > 0 && word(i - 1, "not"))
             && !(i > 1 && word(i - 2, "not"))
+            && !sender_erred
+            && !a_record
         {
             return true;
         }

@@ -14,7 +14,9 @@ const STOPWORDS: &[&str] = &[
     "a", "an", "the", "i", "im", "me", "my", "to", "for", "of", "and", "or", "is", "are", "am",
     "be", "it", "its", "this", "that", "in", "on", "at", "you", "your", "we", "our", "do", "can",
     "could", "would", "will", "please", "hi", "hello", "hey", "so", "just", "with", "some", "any",
-    "like", "want", "need", "get", "id", "ill", "there", "what", "how",
+    "like", "want", "need", "get", "id", "ill", "there", "what", "how", "which", "u", "ur", "r",
+    "guys", "does", "did", "have", "got", "know", "tell", "pls", "plz", "thx", "ya", "yall", "hey",
+    "here", "was", "were", "has", "been", "if", "just",
 ];
 
 /// An intent the flow file defines.
@@ -25,6 +27,9 @@ pub struct IntentModel {
     examples: Vec<Vec<String>>,
     /// Keywords or phrases (normalized words) that mark the intent.
     keywords: Vec<Vec<String>>,
+    /// The one-word keywords as written (normalized, not stemmed), long
+    /// enough to be matched with a typo ("apointment", "insurence").
+    fuzzy: Vec<String>,
 }
 
 fn content_words(text: &str) -> Vec<String> {
@@ -55,6 +60,12 @@ impl IntentModel {
                 .map(|k| normalize(k).iter().map(|w| stem(w)).collect::<Vec<_>>())
                 .filter(|k: &Vec<String>| !k.is_empty())
                 .collect(),
+            fuzzy: keywords
+                .iter()
+                .map(|k| normalize(k))
+                .filter(|k| k.len() == 1 && k[0].chars().count() >= 6)
+                .map(|mut k| k.remove(0))
+                .collect(),
         }
     }
 }
@@ -72,6 +83,7 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
         w.dedup();
         w
     };
+    let raw = normalize(text);
     let mut best: Option<(&str, f32)> = None;
     for m in models {
         let mut score = 0f32;
@@ -79,6 +91,20 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
             if all.windows(k.len()).any(|win| win == k.as_slice()) {
                 score = score.max(0.85);
             }
+        }
+        // A keyword with a typo: one letter off (two in long words), the
+        // first letter right.
+        if score < 0.75
+            && m.fuzzy.iter().any(|k| {
+                raw.iter().any(|w| {
+                    let limit = if k.chars().count() >= 9 { 2 } else { 1 };
+                    w.chars().next() == k.chars().next()
+                        && w.len().abs_diff(k.len()) <= limit
+                        && strsim::damerau_levenshtein(w, k) <= limit
+                })
+            })
+        {
+            score = 0.75;
         }
         for ex in &m.examples {
             if ex.is_empty() || words.is_empty() {
@@ -99,6 +125,10 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
 /// Yes, no, or neither.
 pub fn yes_no(text: &str) -> Option<bool> {
     let w = normalize(text);
+    if w.is_empty() && text.contains(['\u{1F44D}', '\u{1F44C}', '\u{2705}']) {
+        // 👍, 👌, ✅
+        return Some(true);
+    }
     let first = w.first().map(String::as_str)?;
     const YES: &[&str] = &[
         "yes",
@@ -128,11 +158,37 @@ pub fn yes_no(text: &str) -> Option<bool> {
         "kk",
     ];
     const NO: &[&str] = &["no", "nope", "nah", "n", "not", "cancel", "negative"];
+    let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
+    // Refusals in other words come first: "that doesn't work for me".
+    let refuses = has(&["doesnt", "work"])
+        || has(&["dont", "work"])
+        || has(&["wont", "work"])
+        || has(&["rather", "not"])
+        || has(&["not", "really"])
+        || has(&["cant", "do", "that"])
+        || has(&["no", "thanks"]);
+    if w.len() <= 8 && refuses {
+        return Some(false);
+    }
     if w.len() <= 6 && YES.contains(&first) {
         return Some(true);
     }
     if w.len() <= 6 && NO.contains(&first) {
         return Some(false);
+    }
+    let agrees = has(&["go", "ahead"])
+        || has(&["thats", "fine"])
+        || has(&["that", "works"])
+        || has(&["works", "for", "me"])
+        || has(&["for", "sure"])
+        || has(&["of", "course"])
+        || has(&["please", "do"])
+        || has(&["lets", "do", "it"])
+        || has(&["book", "it"])
+        || has(&["sounds", "good"])
+        || has(&["sounds", "great"]);
+    if w.len() <= 8 && agrees {
+        return Some(true);
     }
     None
 }
@@ -290,14 +346,105 @@ pub fn local(tz: Tz, d: NaiveDate, t: NaiveTime) -> Timestamp {
 
 /// Words for date and time reading: lowercase, split on anything but
 /// letters, digits, ':' and '/' (so "3:30pm" and "3/14" stay whole).
+/// Casual spellings become the usual word ("2morrow" is "tomorrow"), a few
+/// phrases one token ("day after tomorrow", "o'clock", "first thing",
+/// "end of the day"), and number words digits ("two thirty" is "2:30").
 fn time_words(text: &str) -> Vec<String> {
-    text.to_lowercase()
+    let raw: Vec<String> = text
+        .to_lowercase()
+        .replace('@', " at ")
+        .replace(['\'', '\u{2019}'], "")
         .split(|c: char| !(c.is_alphanumeric() || c == ':' || c == '/'))
         .map(|w| w.trim_matches([':', '/']))
         .filter(|w| !w.is_empty())
-        .map(str::to_owned)
-        .collect()
+        .map(|w| match w {
+            "2morrow" | "2moro" | "tomorow" | "tmw" | "tomm" | "tmrow" | "2mrw" | "tommorow"
+            | "tommorrow" => "tomorrow".to_owned(),
+            "thurs" | "thur" | "thu" => "thursday".to_owned(),
+            "tues" | "tue" => "tuesday".to_owned(),
+            "weds" | "wed" => "wednesday".to_owned(),
+            "noonish" => "noon".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+    let number = |w: &str| -> Option<u32> {
+        Some(match w {
+            "one" => 1,
+            "two" => 2,
+            "three" => 3,
+            "four" => 4,
+            "five" => 5,
+            "six" => 6,
+            "seven" => 7,
+            "eight" => 8,
+            "nine" => 9,
+            "ten" => 10,
+            "eleven" => 11,
+            "twelve" => 12,
+            _ => return None,
+        })
+    };
+    let minutes = |w: &str| -> Option<u32> {
+        Some(match w {
+            "fifteen" => 15,
+            "thirty" => 30,
+            "forty" | "fortyfive" => 45,
+            _ => return None,
+        })
+    };
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let w = raw[i].as_str();
+        let at = |k: usize| raw.get(i + k).map(String::as_str);
+        let phrase = |p: &[&str]| p.iter().enumerate().all(|(k, x)| at(k) == Some(*x));
+        if phrase(&["day", "after", "tomorrow"]) || phrase(&["day", "after", "tmrw"]) {
+            out.push("dayaftertomorrow".into());
+            i += 3;
+        } else if phrase(&["o", "clock"]) {
+            out.push("oclock".into());
+            i += 2;
+        } else if phrase(&["first", "thing"]) {
+            out.push("firstthing".into());
+            i += 2;
+        } else if phrase(&["end", "of", "the", "day"]) {
+            out.push("endofday".into());
+            i += 4;
+        } else if phrase(&["end", "of", "day"]) {
+            out.push("endofday".into());
+            i += 3;
+        } else if let Some(h) = number(w) {
+            // "two thirty", "four forty five", "four o'clock", "at four".
+            match at(1).and_then(minutes) {
+                Some(m) => {
+                    out.push(format!("{h}:{m:02}"));
+                    i += if at(1) == Some("forty") && at(2) == Some("five") {
+                        3
+                    } else {
+                        2
+                    };
+                }
+                None => {
+                    out.push(h.to_string());
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(w.to_owned());
+            i += 1;
+        }
+    }
+    out
 }
+
+/// Nouns a small number counts rather than tells the time of ("2 kids",
+/// "3 fillings", "the 3rd floor").
+const COUNTED: &[&str] = &[
+    "kid", "kids", "child", "children", "people", "person", "of", "fillings", "filling", "teeth",
+    "tooth", "crowns", "crown", "floor", "years", "year", "yrs", "weeks", "week", "days", "day",
+    "months", "month", "minutes", "mins", "hours", "hrs", "times", "visits", "x", "percent",
+    "dollars", "bucks", "grade", "st", "street", "ave", "avenue", "rd", "road", "blocks", "miles",
+];
 
 /// Finds a date and/or time in `text`, relative to `now` in `tz`.
 pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
@@ -308,6 +455,9 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
     let mut part: Option<u32> = None; // hour implied by morning/afternoon/evening
     let mut pm_hint: Option<bool> = None;
     let mut named_today = false;
+    // A small number with nothing saying it is a time: one if the message
+    // names a day or a part of it ("tmrw 9", "this afternoon maybe 3").
+    let mut bare: Option<NaiveTime> = None;
     let mut i = 0;
     while i < words.len() {
         let w = words[i].as_str();
@@ -321,6 +471,59 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
                 }
             }
             "tomorrow" | "tmrw" | "tmr" => day = Some(today + Duration::days(1)),
+            "dayaftertomorrow" => day = Some(today + Duration::days(2)),
+            "firstthing" => {
+                part = Some(9);
+                pm_hint = Some(false);
+            }
+            "lunch" | "lunchtime" => {
+                part = Some(12);
+                pm_hint = Some(true);
+            }
+            "endofday" => {
+                part = Some(16);
+                pm_hint = Some(true);
+            }
+            // "half past 2", "quarter past 3", "quarter to 4".
+            "half" | "quarter"
+                if matches!(next, Some("past" | "to"))
+                    && words
+                        .get(i + 2)
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .is_some_and(|h| (1..=12).contains(&h)) =>
+            {
+                let h: u32 = words[i + 2].parse().expect("checked");
+                let (h, m) = match (w, next) {
+                    ("half", Some("past")) => (h, 30),
+                    ("quarter", Some("past")) => (h, 15),
+                    ("quarter", _) => (if h == 1 { 12 } else { h - 1 }, 45),
+                    _ => (h, 0),
+                };
+                time = NaiveTime::from_hms_opt(h, m, 0);
+                i += 2;
+            }
+            // "in an hour", "in 2 hours", "in 30 minutes", "2 hrs from now".
+            "in" if relative_minutes(&words[i + 1..]).is_some() => {
+                let m = relative_minutes(&words[i + 1..]).expect("checked");
+                let at = Timestamp(now.0 + m * 60_000);
+                return Some(When {
+                    at,
+                    has_time: true,
+                    has_day: false,
+                });
+            }
+            _ if next == Some("from")
+                && words.get(i + 2).map(String::as_str) == Some("now")
+                && i > 0
+                && relative_minutes(&words[i - 1..=i]).is_some() =>
+            {
+                let m = relative_minutes(&words[i - 1..=i]).expect("checked");
+                return Some(When {
+                    at: Timestamp(now.0 + m * 60_000),
+                    has_time: true,
+                    has_day: false,
+                });
+            }
             "morning" => {
                 part = Some(9);
                 pm_hint = Some(false);
@@ -342,7 +545,18 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
             }
             "next" | "this" if next.and_then(weekday).is_some() => {
                 let wd = weekday(next.expect("checked")).expect("checked");
-                day = Some(next_weekday(today, wd, true));
+                day = Some(if w == "next" {
+                    // "Next Wednesday" is Wednesday of next week (weeks
+                    // run Monday to Sunday): said on a Tuesday, eight days
+                    // away, not tomorrow.
+                    let monday = today
+                        + Duration::days(7 - i64::from(today.weekday().num_days_from_monday()));
+                    monday + Duration::days(i64::from(wd.num_days_from_monday()))
+                } else {
+                    // "This Friday": the coming one.
+                    next_weekday(today, wd, false)
+                });
+                named_today = w == "this" && day == Some(today);
                 i += 1;
             }
             _ => {
@@ -356,27 +570,72 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
                         day = date_ahead(today, m, d);
                         i += 1;
                     }
-                } else if let Some(t) = clock(w, next) {
+                } else if let Some(t) = clock(w, next).filter(|_| {
+                    // A phone number ("555 0123") is not a time.
+                    !(w.len() >= 3
+                        && w.chars().all(|c| c.is_ascii_digit())
+                        && next
+                            .is_some_and(|n| n.len() >= 3 && n.chars().all(|c| c.is_ascii_digit())))
+                }) {
                     // A number is a time only when it reads as one: "3pm",
-                    // "3:30", "3 pm", "at 3" (not "2 crowns", "budget 1500").
+                    // "3:30", "3 pm", "at 3", "between 2 and 4", "is 11
+                    // ok", "5 works" (not "2 crowns", "budget 1500").
                     let marked = w.ends_with("am")
                         || w.ends_with("pm")
                         || w.ends_with("ish")
                         || w.contains(':');
                     let prev = i.checked_sub(1).map(|p| words[p].as_str());
-                    if marked
+                    let small = w.len() <= 2;
+                    let counted = next.is_some_and(|n| COUNTED.contains(&n));
+                    if counted && !marked {
+                        // "like 3 years", "at 2 kids' practice": a count.
+                    } else if marked
                         || matches!(next, Some("am" | "pm" | "oclock" | "ish"))
                         || matches!(
                             prev,
-                            Some("at" | "by" | "around" | "after" | "before" | "from")
+                            Some(
+                                "at" | "by"
+                                    | "around"
+                                    | "after"
+                                    | "before"
+                                    | "from"
+                                    | "between"
+                                    | "about"
+                                    | "abt"
+                                    | "like"
+                                    | "maybe"
+                                    | "say"
+                            )
                         )
+                        || (small
+                            && time.is_none()
+                            && matches!(
+                                next,
+                                Some(
+                                    "ok" | "okay"
+                                        | "works"
+                                        | "work"
+                                        | "good"
+                                        | "fine"
+                                        | "pls"
+                                        | "please"
+                                )
+                            ))
                     {
-                        time = Some(t);
+                        if time.is_none() {
+                            time = Some(t);
+                        }
+                    } else if small {
+                        bare.get_or_insert(t);
                     }
                 } else if let Some((m, d)) = slash_date(w) {
                     day = date_ahead(today, m, d);
                 } else if let Some(d) = ordinal(w).filter(|_| {
-                    w.ends_with("th") || w.ends_with("st") || w.ends_with("nd") || w.ends_with("rd")
+                    (w.ends_with("th")
+                        || w.ends_with("st")
+                        || w.ends_with("nd")
+                        || w.ends_with("rd"))
+                        && !next.is_some_and(|n| COUNTED.contains(&n))
                 }) {
                     if let Some(m) = next.and_then(month) {
                         day = date_ahead(today, m, d);
@@ -388,6 +647,9 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
             }
         }
         i += 1;
+    }
+    if time.is_none() && (day.is_some() || part.is_some()) {
+        time = bare;
     }
     // A bare hour: business sense (1-7 is afternoon) unless told.
     if let Some(t) = time {
@@ -424,6 +686,25 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
         has_time: time_given || part.is_some(),
         has_day,
     })
+}
+
+/// Minutes in "an hour", "2 hours", "30 minutes", "half an hour", "2 hrs"
+/// at the start of `w`.
+fn relative_minutes(w: &[String]) -> Option<i64> {
+    let first = w.first()?.as_str();
+    let second = w.get(1).map(String::as_str);
+    let (count, unit) = match (first, second) {
+        ("half", Some("an" | "a")) if w.get(2).is_some_and(|u| u == "hour") => return Some(30),
+        ("an" | "a" | "one", Some(u)) => (1, u),
+        (n, Some(u)) => (n.parse::<i64>().ok().filter(|n| (1..=12).contains(n))?, u),
+        _ => return None,
+    };
+    let per = match unit {
+        "hour" | "hours" | "hr" | "hrs" => 60,
+        "minute" | "minutes" | "min" | "mins" => 1,
+        _ => return None,
+    };
+    Some(count * per)
 }
 
 /// The coming `wd`: today counts unless `after_today` ("next Tuesday"
@@ -552,6 +833,10 @@ mod tests {
             ("tomorrow at 3", "Wed 2026-03-04 15:00 EST"),
             ("Tuesday at 3", "Tue 2026-03-03 15:00 EST"),
             ("next Tuesday afternoon", "Tue 2026-03-10 14:00 EDT"),
+            // "Next <weekday>" is that day of next week (Monday to Sunday).
+            ("next wednesday at 3", "Wed 2026-03-11 15:00 EDT"),
+            ("next monday morning", "Mon 2026-03-09 09:00 EDT"),
+            ("this friday at 2", "Fri 2026-03-06 14:00 EST"),
             ("can I come thursday at 10am?", "Thu 2026-03-05 10:00 EST"),
             ("friday 3:30pm works", "Fri 2026-03-06 15:30 EST"),
             ("today at noon", "Tue 2026-03-03 12:00 EST"),
@@ -701,11 +986,22 @@ pub fn small_talk(text: &str) -> Option<SmallTalk> {
     let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
     let any = |set: &[&str]| w.iter().any(|x| set.contains(&x.as_str()));
     let only = |set: &[&str]| w.iter().all(|x| set.contains(&x.as_str()));
-    let about_bot = any(&["bot", "robot", "chatbot", "automated", "ai", "human"])
+    let about_bot = any(&[
+        "bot",
+        "robot",
+        "chatbot",
+        "automated",
+        "automatic",
+        "ai",
+        "human",
+        "machine",
+    ]) || has(&["auto", "generated"])
         || has(&["real", "person"])
         || has(&["live", "person"])
         || w.last().is_some_and(|x| x == "real");
     let asks = has(&["are", "you"])
+        || has(&["are", "these"])
+        || has(&["is", "it"])
         || has(&["are", "u"])
         || has(&["r", "u"])
         || has(&["is", "this"])
@@ -741,10 +1037,41 @@ pub fn small_talk(text: &str) -> Option<SmallTalk> {
         "thanx",
     ];
     const POLITE: &[&str] = &[
-        "you", "u", "so", "very", "much", "a", "lot", "it", "i", "really", "ok", "okay", "great",
-        "cool", "perfect", "awesome", "again", "for", "that", "the", "help", "all", "your",
+        "you",
+        "u",
+        "so",
+        "very",
+        "much",
+        "a",
+        "lot",
+        "it",
+        "i",
+        "really",
+        "ok",
+        "okay",
+        "great",
+        "cool",
+        "perfect",
+        "awesome",
+        "again",
+        "for",
+        "that",
+        "the",
+        "help",
+        "all",
+        "your",
+        "bunch",
+        "tons",
+        "ton",
+        "heaps",
+        "everything",
+        "ya",
+        "yall",
+        "guys",
     ];
     const BYE: &[&str] = &[
+        "goodnight",
+        "night",
         "bye",
         "goodbye",
         "byee",
@@ -781,6 +1108,11 @@ pub fn small_talk(text: &str) -> Option<SmallTalk> {
         "sunday",
     ];
     const ACK: &[&str] = &[
+        "okie",
+        "okey",
+        "oki",
+        "aight",
+        "ight",
         "ok",
         "okay",
         "k",
@@ -803,8 +1135,16 @@ pub fn small_talk(text: &str) -> Option<SmallTalk> {
     {
         return Some(SmallTalk::Thanks);
     }
-    if (any(&["bye", "goodbye", "byee", "cya", "ttyl"])
-        || has(&["see", "you"])
+    if (any(&[
+        "bye",
+        "goodbye",
+        "byee",
+        "cya",
+        "ttyl",
+        "goodnight",
+        "night",
+        "soon",
+    ]) || has(&["see", "you"])
         || has(&["see", "ya"])
         || has(&["have", "a"]))
         && only(BYE)
@@ -832,6 +1172,8 @@ pub fn wants_person(text: &str) -> bool {
         "human",
         "someone",
         "somebody",
+        "anyone",
+        "anybody",
         "agent",
         "representative",
         "rep",
@@ -845,7 +1187,50 @@ pub fn wants_person(text: &str) -> bool {
         "man",
         "woman",
         "receptionist",
+        "desk",
+        "office",
+        "dr",
+        "doctor",
+        "dentist",
+        "hygienist",
+        "nurse",
     ];
+    // Someone to call or text them back: "can someone from the office call
+    // me back", "pls have someone call me", "can a receptionist text me".
+    let asker = |x: &String| {
+        matches!(
+            x.as_str(),
+            "someone" | "somebody" | "receptionist" | "person" | "human" | "anyone"
+        )
+    };
+    let callback = w.windows(2).enumerate().any(|(i, p)| {
+        let verb = match p[0].as_str() {
+            "call" | "text" | "ring" | "phone" => true,
+            // "give me a call", "give me a ring" (not "give me directions")
+            "give" => w
+                .get(i + 2..(i + 4).min(w.len()))
+                .is_some_and(|r| r.iter().any(|x| x == "call" || x == "ring")),
+            _ => false,
+        };
+        verb && p[1] == "me" && w[..i].iter().any(asker)
+    });
+    // "is there a person i can call", "is there anyone there i can talk to".
+    let is_there = has(&["is", "there"])
+        && w.iter().any(asker)
+        && w.iter()
+            .any(|x| matches!(x.as_str(), "call" | "talk" | "speak"));
+    // "i want a person", "need a human", "can a person help me".
+    let wants = has(&["want", "a", "person"])
+        || has(&["want", "a", "human"])
+        || has(&["need", "a", "person"])
+        || has(&["need", "a", "human"])
+        || has(&["a", "person", "help"])
+        || has(&["someone", "help", "me"])
+        || has(&["put", "me", "through"])
+        || has(&["customer", "service"]);
+    if callback || is_there || wants {
+        return true;
+    }
     // "talk to a person", "speak with someone", "chat with a human".
     for (i, x) in w.iter().enumerate() {
         if matches!(
@@ -853,9 +1238,36 @@ pub fn wants_person(text: &str) -> bool {
             "talk" | "speak" | "chat" | "connect" | "transfer" | "put"
         ) {
             let after = &w[i + 1..w.len().min(i + 6)];
-            let towards = after
-                .first()
-                .is_some_and(|a| matches!(a.as_str(), "to" | "with" | "me"));
+            let declined = (1..=3)
+                .any(|d| i >= d && matches!(w[i - d].as_str(), "dont" | "never" | "no" | "not"));
+            // The customer asks for themselves: "can i talk", "let me
+            // talk", "i'd like to speak", or the message starts with it (not
+            // "my son will talk to his dentist").
+            let mine = i == 0
+                || (1..=3).any(|d| {
+                    i >= d
+                        && matches!(
+                            w[i - d].as_str(),
+                            "i" | "me"
+                                | "can"
+                                | "could"
+                                | "let"
+                                | "want"
+                                | "need"
+                                | "id"
+                                | "like"
+                                | "please"
+                                | "pls"
+                                | "may"
+                                | "wanna"
+                                | "just"
+                        )
+                });
+            let towards = !declined
+                && mine
+                && after
+                    .first()
+                    .is_some_and(|a| matches!(a.as_str(), "to" | "with" | "me"));
             let who = after.iter().any(|a| WHO.contains(&a.as_str()));
             let elsewhere = after.iter().any(|a| a == "else");
             if towards && who && !elsewhere {
@@ -976,8 +1388,28 @@ pub fn appointment_ask(text: &str) -> Option<AppointmentAsk> {
         &["when", "am", "i", "scheduled"],
         &["when", "was", "my"],
         &["do", "i", "have", "an", "appointment"],
+        &["do", "i", "have", "an", "appt"],
+        &["do", "i", "have", "something"],
+        &["do", "i", "have", "anything"],
         &["remind", "me", "when"],
-    ]);
+        &["remind", "me", "what"],
+        &["forgot", "when"],
+        &["forgot", "what"],
+        &["what", "time", "should", "i"],
+        &["what", "time", "do", "i"],
+        &["what", "date"],
+        &["what", "day", "was"],
+        &["what", "day", "am", "i"],
+        &["what", "day", "is", "it"],
+        &["resend", "the", "time"],
+        &["is", "my", "appt"],
+        &["is", "my", "appointment"],
+        &["whens", "my"],
+        &["when", "do", "i", "come"],
+    ]) || (w.len() <= 8
+        && has(&["is", "it"])
+        && w.iter().any(|x| x == "or")
+        && w.iter().filter(|x| weekday(x).is_some()).count() >= 2);
     if asks_when {
         return Some(AppointmentAsk::When);
     }
@@ -997,6 +1429,14 @@ pub fn appointment_ask(text: &str) -> Option<AppointmentAsk> {
         &["wont", "be", "coming"],
         &["no", "longer", "need"],
         &["dont", "need", "the", "appointment"],
+        &["dont", "need", "the", "appt"],
+        &["wont", "be", "able", "to", "come"],
+        &["not", "coming"],
+        &["call", "off"],
+        &["scratch", "my"],
+        &["take", "me", "off", "the", "schedule"],
+        &["cant", "come", "in"],
+        &["wont", "make"],
     ]) && !any(&[&["dont", "cancel"], &["not", "cancel"]]);
     if cancels && !w.iter().any(|x| x == "instead" || x == "reschedule") {
         return Some(AppointmentAsk::Cancel);
@@ -1023,6 +1463,17 @@ pub fn appointment_ask(text: &str) -> Option<AppointmentAsk> {
         &["later", "time"],
         &["earlier", "time"],
         &["instead"],
+        &["resched"],
+        &["bump", "me"],
+        &["bump", "it"],
+        &["another", "date"],
+        &["different", "date"],
+        &["anything", "later"],
+        &["anything", "earlier"],
+        &["too", "early"],
+        &["too", "late"],
+        &["switch", "to"],
+        &["swap", "to"],
     ]);
     (moves || shift_minutes(text).is_some()).then_some(AppointmentAsk::Reschedule)
 }
