@@ -1102,7 +1102,7 @@ async fn missed_calls_and_stalled_conversations_are_counted_and_listed() {
                 "SM90",
                 texter,
                 ACME_NUMBER,
-                "Can someone call me back about my bill?",
+                "Is my bill from March paid already?",
             ),
         )
         .await;
