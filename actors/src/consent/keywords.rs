@@ -121,6 +121,22 @@ fn invisible(c: char) -> bool {
 
 /// The normalized words of `text`.
 pub fn normalize(text: &str) -> Vec<String> {
+    if text.is_ascii() {
+        // NFKC, invisible characters and confusables are all outside
+        // ASCII: the same words, without walking the Unicode tables.
+        let mut words = Vec::new();
+        for w in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '\'')) {
+            let w: String = w
+                .chars()
+                .filter(|c| *c != '\'')
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            if !w.is_empty() {
+                words.push(w);
+            }
+        }
+        return words;
+    }
     let mut folded = String::with_capacity(text.len());
     for c in text.nfkc().filter(|c| !invisible(*c)) {
         if c.is_ascii() {

@@ -962,10 +962,10 @@ impl Flow {
         }
         // "Are you a real person?" asks about the assistant; "can I talk
         // to a real person" asks for one.
-        if self.small_talk(t, text) {
+        if self.small_talk(t, &words, text) {
             return;
         }
-        if nlu::wants_person(text) {
+        if nlu::wants_person_words(&words, text) {
             t.escalate = Some("the customer asked for a person".into());
             t.reply = Some("Of course: I'm connecting you with someone from our team.".into());
             return;
@@ -1006,7 +1006,7 @@ impl Flow {
                 return;
             }
         }
-        let intent = nlu::classify(&self.intents, text, self.spec.min_confidence)
+        let intent = nlu::classify_words(&self.intents, &words, self.spec.min_confidence)
             .map(|(name, _)| name)
             .or_else(|| self.asks_for_a_time(text, now, tz));
         match intent {
@@ -1240,14 +1240,14 @@ impl Flow {
     /// goodbyes; a bare "ok" or 👍 gets no reply unless it answers
     /// something pending (a question, an offer, a booking). True when
     /// handled.
-    fn small_talk(&self, t: &mut Turn, text: &str) -> bool {
+    fn small_talk(&self, t: &mut Turn, words: &[String], text: &str) -> bool {
         let pending = t.journey.active.is_some()
             || t.journey.asking.is_some()
             || t.journey
                 .booking
                 .as_ref()
                 .is_some_and(|b| b.offer.is_some() || b.status == BookingStatus::Rescheduling);
-        match nlu::small_talk(text) {
+        match nlu::small_talk_words(words, text) {
             Some(SmallTalk::AsksIfBot) => {
                 t.reply = Some(format!(
                     "I'm {}, an automated assistant. If you'd rather talk to a person, just say so and I'll get someone from our team.",

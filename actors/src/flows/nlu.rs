@@ -72,7 +72,16 @@ impl IntentModel {
 
 /// The best intent for `text` and how sure (0..1); `None` below `floor`.
 pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option<(&'a str, f32)> {
-    let all: Vec<String> = normalize(text).iter().map(|w| stem(w)).collect();
+    classify_words(models, &normalize(text), floor)
+}
+
+/// `classify` of a message already normalized (`normalize`).
+pub fn classify_words<'a>(
+    models: &'a [IntentModel],
+    raw: &[String],
+    floor: f32,
+) -> Option<(&'a str, f32)> {
+    let all: Vec<String> = raw.iter().map(|w| stem(w)).collect();
     let words = {
         let mut w: Vec<String> = all
             .iter()
@@ -83,7 +92,6 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
         w.dedup();
         w
     };
-    let raw = normalize(text);
     let mut best: Option<(&str, f32)> = None;
     for m in models {
         let mut score = 0f32;
@@ -92,20 +100,7 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
                 score = score.max(0.85);
             }
         }
-        // A keyword with a typo: one letter off (two in long words), the
-        // first letter right.
-        if score < 0.75
-            && m.fuzzy.iter().any(|k| {
-                raw.iter().any(|w| {
-                    let limit = if k.chars().count() >= 9 { 2 } else { 1 };
-                    w.chars().next() == k.chars().next()
-                        && w.len().abs_diff(k.len()) <= limit
-                        && strsim::damerau_levenshtein(w, k) <= limit
-                })
-            })
-        {
-            score = 0.75;
-        }
+
         for ex in &m.examples {
             if ex.is_empty() || words.is_empty() {
                 continue;
@@ -117,6 +112,22 @@ pub fn classify<'a>(models: &'a [IntentModel], text: &str, floor: f32) -> Option
         }
         if best.is_none_or(|(_, b)| score > b) {
             best = Some((m.name.as_str(), score));
+        }
+    }
+    // Nothing certain: a keyword with a typo ("apointment", "insurence"),
+    // one letter off (two in long words), the first letter right.
+    if best.is_none_or(|(_, s)| s < 0.75) {
+        let near = |k: &str| {
+            let limit = if k.len() >= 9 { 2 } else { 1 };
+            raw.iter().any(|w| {
+                w.len() >= 5
+                    && w.as_bytes()[0] == k.as_bytes()[0]
+                    && w.len().abs_diff(k.len()) <= limit
+                    && strsim::osa_distance(w, k) <= limit
+            })
+        };
+        if let Some(m) = models.iter().find(|m| m.fuzzy.iter().any(|k| near(k))) {
+            best = Some((m.name.as_str(), 0.75));
         }
     }
     best.filter(|(_, s)| *s >= floor)
@@ -350,10 +361,11 @@ pub fn local(tz: Tz, d: NaiveDate, t: NaiveTime) -> Timestamp {
 /// phrases one token ("day after tomorrow", "o'clock", "first thing",
 /// "end of the day"), and number words digits ("two thirty" is "2:30").
 fn time_words(text: &str) -> Vec<String> {
-    let raw: Vec<String> = text
-        .to_lowercase()
-        .replace('@', " at ")
-        .replace(['\'', '\u{2019}'], "")
+    let mut lower = text.to_lowercase();
+    if lower.contains(['@', '\'', '\u{2019}']) {
+        lower = lower.replace('@', " at ").replace(['\'', '\u{2019}'], "");
+    }
+    let raw: Vec<String> = lower
         .split(|c: char| !(c.is_alphanumeric() || c == ':' || c == '/'))
         .map(|w| w.trim_matches([':', '/']))
         .filter(|w| !w.is_empty())
@@ -982,7 +994,11 @@ pub enum SmallTalk {
 /// every one of them small talk), or as a question whether the customer
 /// is talking to a machine.
 pub fn small_talk(text: &str) -> Option<SmallTalk> {
-    let w = normalize(text);
+    small_talk_words(&normalize(text), text)
+}
+
+/// `small_talk` of `text` already normalized into `w`.
+pub fn small_talk_words(w: &[String], text: &str) -> Option<SmallTalk> {
     let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
     let any = |set: &[&str]| w.iter().any(|x| set.contains(&x.as_str()));
     let only = |set: &[&str]| w.iter().all(|x| set.contains(&x.as_str()));
@@ -1161,11 +1177,16 @@ pub fn small_talk(text: &str) -> Option<SmallTalk> {
 /// someone real", "a human please", "representative". Not "I'm calling for
 /// someone else" or "I'm a travel agent": the words must ask.
 pub fn wants_person(text: &str) -> bool {
-    if small_talk(text) == Some(SmallTalk::AsksIfBot) {
-        // "Are you a real person?" asks about the assistant.
-        return false;
-    }
-    let w = normalize(text);
+    wants_person_words(&normalize(text), text)
+}
+
+/// `wants_person` of `text` already normalized into `w`.
+pub fn wants_person_words(w: &[String], text: &str) -> bool {
+    // "Are you a real person?" asks about the assistant.
+    asks_for_person(w) && small_talk_words(w, text) != Some(SmallTalk::AsksIfBot)
+}
+
+fn asks_for_person(w: &[String]) -> bool {
     let has = |phrase: &[&str]| w.windows(phrase.len()).any(|x| x == phrase);
     const WHO: &[&str] = &[
         "person",
