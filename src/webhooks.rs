@@ -522,7 +522,14 @@ pub async fn twilio_whisper(app: &App, req: Request<Body>) -> Result<Resp, ApiEr
         .map(ConversationId)
         .ok_or_else(|| ApiError::bad("invalid_field", "`conversation` is required"))?;
     let text = match app.router.view_by_id(id).await? {
-        Some(s) => threadline_actors::conversation::core::Conversation::from_state(s).whisper(),
+        Some(s) => {
+            let zone = app
+                .cfg
+                .tenant(&s.tenant)
+                .and_then(|t| t.timezone.parse().ok())
+                .unwrap_or(chrono_tz::UTC);
+            threadline_actors::conversation::core::Conversation::from_state(s).whisper(zone)
+        }
         None => "Incoming call.".into(),
     };
     Ok(twiml(Twiml::new().say(&text)))

@@ -1970,6 +1970,24 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
     )
     .await;
     assert!(twiml.contains(">+15550009999</Number>"), "{twiml}");
+    // Whoever answers hears what is known in a sentence or two.
+    let whisper = verbs(&twiml)
+        .into_iter()
+        .find(|v| v.name == "Number")
+        .and_then(|v| v.attrs.get("url").cloned())
+        .expect("a warm transfer");
+    let w = caller(&node, "CA3", &whisper, "", "").await;
+    let (said, _) = heard(&w);
+    assert!(said.starts_with("Call from +15551230061."), "{said}");
+    assert!(
+        said.contains("Asked about: hours."),
+        "the last thing asked: {said}"
+    );
+    assert!(
+        said.contains("Booked: cleaning, Thu Mar 5 at 3:00 PM."),
+        "{said}"
+    );
+    assert!(said.contains("can I speak with a real person"), "{said}");
     let c = node.conversation_of("smile", "+15551230061").await.unwrap();
     // The thread holds the call as it went, keys included.
     let turns: Vec<String> = texts_where(&c, "channel", "voice")

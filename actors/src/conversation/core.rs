@@ -1111,16 +1111,63 @@ impl Conversation {
         (action, events)
     }
 
-    /// A summary for the person a call is transferred to.
-    pub fn whisper(&self) -> String {
-        let who = self
-            .state
-            .captured
+    /// A summary for the person a call is transferred to: who, what they
+    /// want and what is known, the booking, why a person is needed, then
+    /// their last words on any channel. Times in `zone`.
+    pub fn whisper(&self, zone: chrono_tz::Tz) -> String {
+        let c = &self.state.captured;
+        let who = c
             .name
             .clone()
             .or_else(|| self.state.identities.phone.clone())
             .unwrap_or_else(|| self.state.contact.clone());
         let mut out = format!("Call from {who}.");
+        let booked = self
+            .state
+            .journey
+            .booking
+            .as_ref()
+            .and_then(|b| b.booked().map(|s| (b.service.clone(), s)));
+        // What the booking says is said with it.
+        let in_booking = |v: &String| {
+            booked.as_ref().is_some_and(|(service, _)| {
+                v == service || crate::flows::engine::slot_time(v).is_some()
+            })
+        };
+        let facts: Vec<String> = c
+            .slots
+            .iter()
+            .filter(|(k, v)| k.as_str() != "name" && !v.is_empty() && !in_booking(v))
+            .map(|(k, v)| {
+                let v = crate::flows::engine::slot_time(v)
+                    .map(|t| crate::flows::engine::spoken(t, zone))
+                    .unwrap_or_else(|| v.clone());
+                format!("{} {v}", k.replace('_', " "))
+            })
+            .collect();
+        match (&c.intent, facts.is_empty()) {
+            (Some(i), true) => out.push_str(&format!(" Asked about: {}.", i.replace('_', " "))),
+            (Some(i), false) => out.push_str(&format!(
+                " Asked about: {} ({}).",
+                i.replace('_', " "),
+                facts.join(", ")
+            )),
+            (None, false) => out.push_str(&format!(" Known: {}.", facts.join(", "))),
+            (None, true) => {}
+        }
+        if let Some((service, start)) = booked {
+            out.push_str(&format!(
+                " Booked: {service}, {}.",
+                crate::flows::engine::spoken(start, zone)
+            ));
+        }
+        if let Some(reason) = self.state.messages.iter().rev().find_map(|m| {
+            m.text
+                .strip_prefix("[handed to a person: ")
+                .and_then(|r| r.strip_suffix(']'))
+        }) {
+            out.push_str(&format!(" Handed over: {reason}."));
+        }
         let recent: Vec<&Message> = self
             .state
             .messages
