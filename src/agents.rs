@@ -709,6 +709,10 @@ pub fn parse_frame(text: &str) -> Result<AgentCommand, String> {
                 note: v["note"].as_str().map(|n| n.chars().take(1000).collect()),
             }
         }
+        Some("note") => AgentCommand::Note {
+            conversation: conversation_field(&v)?,
+            text: text_field(&v, "text", 2000)?,
+        },
         Some("close") => AgentCommand::Close {
             conversation: conversation_field(&v)?,
             disposition: v["disposition"]

@@ -81,6 +81,17 @@ pub(crate) struct EscalateBody {
     pub reason: Option<String>,
 }
 
+/// A private note on a conversation: for the business and its agents,
+/// never sent to the customer.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoteBody {
+    /// At most 2,000 characters.
+    pub text: String,
+    /// Who writes it (shown with the note).
+    pub author: Option<String>,
+}
+
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OutcomeBody {

@@ -836,6 +836,36 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
             crate::flows::booking_outcome(app, id, req).await
         }
+        Op::ConversationNotes => {
+            admin(app, &req)?;
+            let id = param(&params, "id");
+            let id: ConversationId = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
+            let body = read_body(req, app.cfg.server.max_body_bytes).await?;
+            let b: crate::bodies::NoteBody = parse_json(&body)?;
+            let text = b.text.trim();
+            if text.is_empty() || text.chars().count() > 2000 {
+                return Err(ApiError::bad(
+                    "invalid_field",
+                    "`text` is required, at most 2000 characters",
+                ));
+            }
+            let by = b
+                .author
+                .map(|a| a.trim().chars().take(100).collect::<String>())
+                .filter(|a| !a.is_empty())
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default();
+            let note = format!("[private note{by}: {text}]");
+            if !app.router.add_note(id, note.clone()).await? {
+                return Err(ApiError::not_found(format!("no conversation {id}")));
+            }
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"conversation_id": id.to_string(), "note": note}),
+            ))
+        }
         Op::Cluster => {
             admin(app, &req)?;
             Ok(json_response(StatusCode::OK, &cluster_json(app).await))
@@ -1022,7 +1052,11 @@ async fn held_elsewhere(
         return Ok(None);
     }
     match op {
-        Op::Escalate | Op::BookingOutcome | Op::ConversationMessages | Op::ConversationTimers => {
+        Op::Escalate
+        | Op::BookingOutcome
+        | Op::ConversationNotes
+        | Op::ConversationMessages
+        | Op::ConversationTimers => {
             // Only an authorized request is passed on.
             admin(app, req)?;
             let Ok(id) = param(params, "id").parse::<ConversationId>() else {

@@ -66,6 +66,7 @@ pub enum Op {
     SlotBlock,
     SlotUnblock,
     BookingOutcome,
+    ConversationNotes,
     Cluster,
     ClusterAgents,
     ClusterConversation,
@@ -161,8 +162,8 @@ macro_rules! op {
 }
 
 use crate::bodies::{
-    AdvanceBody, ConsentBody, ContactBody, EscalateBody, InboundBody, MessageBody, OutcomeBody,
-    TimerBody,
+    AdvanceBody, ConsentBody, ContactBody, EscalateBody, InboundBody, MessageBody, NoteBody,
+    OutcomeBody, TimerBody,
 };
 use crate::config::Agent as AgentBody;
 use BodyKind::{Form, Json, OptionalJson};
@@ -260,6 +261,8 @@ pub static OPERATIONS: &[Operation] = &[
         "Unblock a slot"),
     op!(BookingOutcome, POST, "/api/v1/conversations/{id}/booking", "bookings", Admin, Json(schema::<OutcomeBody>), &[200], &[409],
         "Record how a booked appointment went (attended, no_show)"),
+    op!(ConversationNotes, POST, "/api/v1/conversations/{id}/notes", "conversations", Admin, Json(schema::<NoteBody>), &[201], &[404],
+        "Add a private note to a conversation: an internal entry of its transcript, never sent to the customer"),
     op!(Cluster, GET, "/api/v1/cluster", "cluster", Admin, NONE, &[200],
         "Cluster membership as this node sees it"),
     Operation {

@@ -679,6 +679,47 @@ async fn internal_notes_never_reach_the_web_chat_customer() {
             .contains("INTERNAL: customer is difficult"),
         "the next agent reads the note: {assigned}"
     );
+    // Private notes: from the desktop, and from the business over REST
+    // (not by an agent who does not hold it: an error frame).
+    send(
+        &mut omar,
+        json!({"type": "note", "conversation_id": conv, "text": "PRIVATE: prefers Fridays"}),
+    )
+    .await;
+    send(
+        &mut sarah,
+        json!({"type": "note", "conversation_id": conv, "text": "PRIVATE: not mine any more"}),
+    )
+    .await;
+    assert_eq!(next_of(&mut sarah, "error").await["code"], "not_yours");
+    let path = format!("/api/v1/conversations/{}/notes", conv.as_str().unwrap());
+    let (s, v) = node
+        .send_admin(
+            Method::POST,
+            &path,
+            Some(&json!({"text": "PRIVATE: VIP, be kind", "author": "the owner"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        v["note"],
+        "[private note from the owner: PRIVATE: VIP, be kind]"
+    );
+    let (s, v) = node
+        .send_admin(Method::POST, &path, Some(&json!({"text": "  "})))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    let (s, _) = node
+        .send_admin(
+            Method::POST,
+            "/api/v1/conversations/cnv_00000000deadbeef/notes",
+            Some(&json!({"text": "nobody"})),
+        )
+        .await;
+    assert_eq!(s, 404);
     send(
         &mut omar,
         json!({"type": "close", "conversation_id": conv, "disposition": "booked"}),
@@ -710,7 +751,10 @@ async fn internal_notes_never_reach_the_web_chat_customer() {
     assert!(seen.iter().any(|t| t == "Hi, Sarah here."), "{seen:?}");
     for t in &seen {
         assert!(
-            !t.contains("INTERNAL") && !t.contains("[closed by") && !t.contains("[transfer"),
+            !t.contains("INTERNAL")
+                && !t.contains("PRIVATE")
+                && !t.contains("[closed by")
+                && !t.contains("[transfer"),
             "the customer was shown {t:?}"
         );
     }
@@ -720,7 +764,10 @@ async fn internal_notes_never_reach_the_web_chat_customer() {
     let history = next_of(&mut again, "history").await;
     let h = history.to_string();
     assert!(h.contains("Hi, Sarah here."), "{h}");
-    assert!(!h.contains("INTERNAL") && !h.contains("[closed by"), "{h}");
+    assert!(
+        !h.contains("INTERNAL") && !h.contains("PRIVATE") && !h.contains("[closed by"),
+        "{h}"
+    );
     // Over REST they are internal entries, not sent messages.
     let c = node.conversation_of("acme", "visitor-notes").await.unwrap();
     let notes: Vec<&Value> = c["messages"]
@@ -731,8 +778,8 @@ async fn internal_notes_never_reach_the_web_chat_customer() {
         .collect();
     assert_eq!(
         notes.len(),
-        3,
-        "why it was handed over, the transfer note and the disposition: {c}"
+        5,
+        "why it was handed over, the transfer note, two private notes and the disposition: {c}"
     );
     for n in notes {
         assert_eq!(

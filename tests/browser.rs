@@ -107,6 +107,18 @@ async fn an_agent_accepts_an_offer_and_replies_in_the_desktop_page() {
     assert!(delivered, "the reply reached the fake Twilio server");
     let c = node.conversation_of("acme", "+15551230001").await.unwrap();
     assert_eq!(texts_where(&c, "author", "agent:sarah"), vec![REPLY]);
+    // The private note written in the page is an internal entry, never
+    // sent.
+    assert!(
+        texts_where(&c, "delivery", "internal").contains(
+            &"[private note from agent:sarah: Prefers mornings, allergic to latex]".to_owned()
+        ),
+        "{c}"
+    );
+    assert!(!fake
+        .accepted_bodies()
+        .iter()
+        .any(|b| b.contains("allergic")));
     // Kept for people to look at: target/agent-desktop.png.
     let keep = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/agent-desktop.png");
     let _ = std::fs::copy(&shot, keep);

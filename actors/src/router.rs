@@ -655,6 +655,15 @@ impl Router {
     }
 
     /// A system note in the transcript of `conv`.
+    /// A private note on `conv` (an internal entry); false: no such
+    /// conversation.
+    pub async fn add_note(&self, conv: ConversationId, text: String) -> Result<bool, DeliverError> {
+        Ok(self
+            .conv_op(ConvOp::Note(conv, text), true)
+            .await?
+            .is_some())
+    }
+
     pub async fn note(&self, conv: ConversationId, text: String) -> Result<(), DeliverError> {
         self.conv_op(ConvOp::Note(conv, text), true)
             .await

@@ -29,6 +29,11 @@ try {
   await page.click('#send');
   await page.waitForFunction((r) => [...document.querySelectorAll('#transcript .msg .text')]
     .some((e) => e.textContent === r), reply, { timeout: 10000 });
+  // A private note, from the same box.
+  await page.fill('#reply', 'Prefers mornings, allergic to latex');
+  await page.click('#note');
+  await page.waitForFunction(() => [...document.querySelectorAll('#transcript .msg .text')]
+    .some((e) => e.textContent.includes('Prefers mornings, allergic to latex')), null, { timeout: 10000 });
   await page.screenshot({ path: screenshot });
   console.log('DONE');
 } finally {

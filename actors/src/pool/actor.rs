@@ -114,6 +114,12 @@ pub enum AgentCommand {
         conversation: ConversationId,
         disposition: String,
     },
+    /// A private note on a conversation the agent holds (an internal entry
+    /// of the transcript, never sent to the customer).
+    Note {
+        conversation: ConversationId,
+        text: String,
+    },
 }
 
 /// An escalation for the pool.
@@ -584,6 +590,15 @@ impl PoolState {
                     }
                 }
                 r
+            }
+            AgentCommand::Note { conversation, text } => {
+                if self.pool.holder(conversation.0) != Some(agent.as_str()) {
+                    Err(PoolError::NotHolding)
+                } else {
+                    let text = format!("[private note from agent:{agent}: {text}]");
+                    let _ = self.assignments.send(Write::Note(conversation, text));
+                    Ok(Vec::new())
+                }
             }
             AgentCommand::Close {
                 conversation,
