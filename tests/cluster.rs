@@ -1972,17 +1972,25 @@ async fn nothing_acknowledged_is_lost_through_kills_and_pauses_under_load() {
             live(n, &["n1", "n2", "n3"]).await;
         }
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let acked = load.finish().await;
-    let total: usize = acked.iter().map(Vec::len).sum();
-    for conv in &conv_of {
-        settled_on_one(&nodes, conv).await;
-    }
-    let [n1, n2, n3] = &nodes;
-    nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
+    let total = after_the_faults(&nodes, load, &conv_of).await;
     eprintln!(
         "nemesis: {rounds} rounds (a kill and a pause each), {total} messages acknowledged, 0 lost"
     );
+}
+
+/// Stops the load a second after the last fault, waits until each
+/// conversation is held by one node, and checks that every acknowledged
+/// message is there once, in order, through every node; how many were
+/// acknowledged.
+async fn after_the_faults(nodes: &[Node; 3], load: Load, conv_of: &[String]) -> usize {
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acked = load.finish().await;
+    for conv in conv_of {
+        settled_on_one(nodes, conv).await;
+    }
+    let [n1, n2, n3] = nodes;
+    nothing_lost(&[n1, n2, n3], &acked, conv_of).await;
+    acked.iter().map(Vec::len).sum()
 }
 
 /// Customers writing through `through` until `finish`.
@@ -2258,14 +2266,7 @@ async fn nothing_acknowledged_is_lost_through_partitions_kills_and_healing() {
         kill_and_restart(&mut nodes, a, &through, Duration::from_millis(2500)).await;
         faults += 3;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let acked = load.finish().await;
-    let total: usize = acked.iter().map(Vec::len).sum();
-    for conv in &conv_of {
-        settled_on_one(&nodes, conv).await;
-    }
-    let [n1, n2, n3] = &nodes;
-    nothing_lost(&[n1, n2, n3], &acked, &conv_of).await;
+    let total = after_the_faults(&nodes, load, &conv_of).await;
     eprintln!(
         "partitions: {rounds} rounds, {faults} faults (an isolated node, a cut pair, a kill each), {total} messages acknowledged, 0 lost"
     );

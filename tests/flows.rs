@@ -407,6 +407,21 @@ rules = [
     Node::start_with_config(&cfg, &["--simulated-clock", NOW])
 }
 
+/// Jordan answers the lead flow's questions by text, to a score of 70
+/// (the threshold).
+async fn qualify(node: &Node) {
+    for (i, text) in [
+        "I want a quote to bundle home and auto",
+        "next month",
+        "I'm Jordan",
+    ]
+    .iter()
+    .enumerate()
+    {
+        say(node, "harbor", "sms", JORDAN, text, &format!("q{i}")).await;
+    }
+}
+
 /// The call the fake Twilio was asked to place.
 async fn placed_call(fake: &FakeTwilio) -> Option<std::collections::HashMap<String, String>> {
     for _ in 0..500 {
@@ -431,16 +446,7 @@ async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thr
     let fake = FakeTwilio::start().await;
     let dir = tempfile::tempdir().unwrap();
     let node = lead_calling_node(&fake, dir.path());
-    for (i, text) in [
-        "I want a quote to bundle home and auto",
-        "next month",
-        "I'm Jordan",
-    ]
-    .iter()
-    .enumerate()
-    {
-        say(&node, "harbor", "sms", JORDAN, text, &format!("q{i}")).await;
-    }
+    qualify(&node).await;
     let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     assert_eq!(c["captured"]["score"], 70.0, "{c}");
     assert_eq!(c["journey"]["handoff"], "qualified");
@@ -2146,16 +2152,7 @@ async fn a_lead_waiting_for_a_person_gets_no_automated_call() {
     .await;
     let (_, q) = node.get_admin("/api/v1/tenants/harbor/queue").await;
     assert_eq!(q["waiting"], 1, "{q}");
-    for (i, text) in [
-        "I want a quote to bundle home and auto",
-        "next month",
-        "I'm Jordan",
-    ]
-    .iter()
-    .enumerate()
-    {
-        say(&node, "harbor", "sms", JORDAN, text, &format!("q{i}")).await;
-    }
+    qualify(&node).await;
     let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     assert_eq!(
         c["captured"]["score"], 70.0,

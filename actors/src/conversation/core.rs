@@ -1492,23 +1492,16 @@ impl Conversation {
             let t = format!("Thanks for calling {}. Goodbye.", tenant.name);
             (t.clone(), VoiceAction::Hangup { text: Some(t) })
         } else if let Some((flow, cal)) = flow {
-            let zone = self.zone(tenant);
-            let t = flow.turn(
+            let t = self.flow_turn(
+                flow,
                 text,
-                &self.state.captured,
-                &self.state.journey,
+                Channel::Voice,
+                events,
                 now,
-                zone,
+                tenant,
                 cal,
+                next_id,
             );
-            let ctx = JourneyChange {
-                now,
-                zone,
-                channel: Some(Channel::Voice),
-                business: &tenant.name,
-                by: "the customer",
-            };
-            events.extend(self.absorb_turn(&t, &ctx, next_id));
             match t.escalate {
                 Some(reason) => (
                     t.reply.map(|r| for_the_ear(&r)).unwrap_or_else(|| {
@@ -1553,6 +1546,43 @@ impl Conversation {
         }
         self.say(events, &reply, now);
         action
+    }
+
+    /// The customer's `text` on `channel` through the tenant's flow (a
+    /// text or a speech turn alike): what the conversation keeps of it
+    /// (the name it learned, what it understood, the journey it moved to
+    /// and its reminders) goes into `events`; the turn, for its reply,
+    /// hand-off and call.
+    #[allow(clippy::too_many_arguments)]
+    fn flow_turn(
+        &mut self,
+        flow: &crate::flows::engine::Flow,
+        text: &str,
+        channel: Channel,
+        events: &mut Vec<(u32, ConvEvent)>,
+        now: Timestamp,
+        tenant: &TenantPolicy,
+        cal: &mut dyn crate::flows::engine::Calendar,
+        next_id: &mut dyn FnMut() -> u64,
+    ) -> crate::flows::engine::Turn {
+        let zone = self.zone(tenant);
+        let turn = flow.turn(
+            text,
+            &self.state.captured,
+            &self.state.journey,
+            now,
+            zone,
+            cal,
+        );
+        let ctx = JourneyChange {
+            now,
+            zone,
+            channel: Some(channel),
+            business: &tenant.name,
+            by: "the customer",
+        };
+        events.extend(self.absorb_turn(&turn, &ctx, next_id));
+        turn
     }
 
     /// What the conversation keeps of a flow turn: the name it learned,
@@ -1603,7 +1633,6 @@ impl Conversation {
         phrase_elsewhere: bool,
     ) -> (Vec<(u32, ConvEvent)>, Option<String>) {
         let mut events = Vec::new();
-        let zone = self.zone(tenant);
         // The customer answered: any follow-up waiting for them is off.
         events.extend(self.stop_cadence());
         if self.state.journey.asking.as_deref() == Some(REMINDER_OPT_IN) {
@@ -1647,23 +1676,17 @@ impl Conversation {
                 return (events, None);
             }
         }
-        let turn = flow.turn(
-            &msg.text,
-            &self.state.captured,
-            &self.state.journey,
-            now,
-            zone,
-            cal,
-        );
-        let ctx = JourneyChange {
-            now,
-            zone,
-            channel: Some(msg.channel),
-            business: &tenant.name,
-            by: "the customer",
-        };
         let confirmed_before = self.state.journey.booking.as_ref().and_then(|b| b.booked());
-        events.extend(self.absorb_turn(&turn, &ctx, next_id));
+        let turn = self.flow_turn(
+            flow,
+            &msg.text,
+            msg.channel,
+            &mut events,
+            now,
+            tenant,
+            cal,
+            next_id,
+        );
         // Reminders on WhatsApp outside the 24-hour window go as the
         // tenant's template, to customers who said yes to them here.
         let mut reply = turn.reply;
