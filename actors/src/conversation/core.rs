@@ -169,6 +169,21 @@ pub struct OutboundSpec {
     pub subject: Option<String>,
 }
 
+impl OutboundSpec {
+    /// A conversational message of the business's automation on `channel`
+    /// (`None`: the customer's current one).
+    pub fn automated(text: impl Into<String>, channel: Option<Channel>) -> OutboundSpec {
+        OutboundSpec {
+            text: text.into(),
+            channel,
+            purpose: Purpose::Conversational,
+            agent: None,
+            requested: false,
+            subject: None,
+        }
+    }
+}
+
 /// What the gate decided for an outbound message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum SendOutcome {
@@ -198,6 +213,12 @@ pub struct TimerSpec {
     pub text: Option<String>,
     pub channel: Option<Channel>,
 }
+
+/// The tenant's flow and the calendar it books in, when a call runs it.
+pub type FlowOnCall<'a> = Option<(
+    &'a crate::flows::engine::Flow,
+    &'a mut dyn crate::flows::engine::Calendar,
+)>;
 
 /// A speech conversation ends after this many turns.
 pub const MAX_SPEECH_TURNS: u32 = 12;
@@ -1019,10 +1040,7 @@ impl Conversation {
         event: &CallEvent,
         now: Timestamp,
         tenant: &TenantPolicy,
-        flow: Option<(
-            &crate::flows::engine::Flow,
-            &mut dyn crate::flows::engine::Calendar,
-        )>,
+        flow: FlowOnCall<'_>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> (VoiceAction, Vec<(u32, ConvEvent)>) {
         let mut events = Vec::new();
@@ -1308,14 +1326,7 @@ impl Conversation {
         if tenant.missed_call_text.is_empty() {
             return;
         }
-        let spec = OutboundSpec {
-            text: tenant.missed_call_text.clone(),
-            channel: Some(Channel::Sms),
-            purpose: Purpose::Conversational,
-            agent: None,
-            requested: false,
-            subject: None,
-        };
+        let spec = OutboundSpec::automated(tenant.missed_call_text.clone(), Some(Channel::Sms));
         let (_, more) = self.send_message(spec, now, tenant, next_id);
         events.extend(more);
     }
@@ -1334,10 +1345,7 @@ impl Conversation {
         machine: bool,
         now: Timestamp,
         tenant: &TenantPolicy,
-        flow: Option<(
-            &crate::flows::engine::Flow,
-            &mut dyn crate::flows::engine::Calendar,
-        )>,
+        flow: FlowOnCall<'_>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> VoiceAction {
         let Some(said) = self
@@ -1367,14 +1375,7 @@ impl Conversation {
             if fresh {
                 self.say(events, &voicemail, now);
                 if let Some(text) = text {
-                    let spec = OutboundSpec {
-                        text,
-                        channel: Some(Channel::Sms),
-                        purpose: Purpose::Conversational,
-                        agent: None,
-                        requested: false,
-                        subject: None,
-                    };
+                    let spec = OutboundSpec::automated(text, Some(Channel::Sms));
                     events.extend(self.send_message(spec, now, tenant, next_id).1);
                 }
             }
@@ -1414,10 +1415,7 @@ impl Conversation {
         text: &str,
         now: Timestamp,
         tenant: &TenantPolicy,
-        flow: Option<(
-            &crate::flows::engine::Flow,
-            &mut dyn crate::flows::engine::Calendar,
-        )>,
+        flow: FlowOnCall<'_>,
         next_id: &mut dyn FnMut() -> u64,
     ) -> VoiceAction {
         let key = format!("{call_sid}/turn/{turn}");
@@ -1664,14 +1662,7 @@ impl Conversation {
                 }
             });
             if let Some(text) = answer {
-                let spec = OutboundSpec {
-                    text: text.into(),
-                    channel: Some(msg.channel),
-                    purpose: Purpose::Conversational,
-                    agent: None,
-                    requested: false,
-                    subject: None,
-                };
+                let spec = OutboundSpec::automated(text, Some(msg.channel));
                 events.extend(self.send_message(spec, now, tenant, next_id).1);
                 return (events, None);
             }
@@ -1730,14 +1721,7 @@ impl Conversation {
                 // An external responder phrases it after the commit.
                 draft = Some(text);
             } else {
-                let spec = OutboundSpec {
-                    text,
-                    channel: Some(msg.channel),
-                    purpose: Purpose::Conversational,
-                    agent: None,
-                    requested: false,
-                    subject: None,
-                };
+                let spec = OutboundSpec::automated(text, Some(msg.channel));
                 let (_, more) = self.send_message(spec, now, tenant, next_id);
                 events.extend(more);
             }
@@ -1759,14 +1743,7 @@ impl Conversation {
             let greeting = greeting.replace("{via}", via);
             // A qualified lead gets a call now; the call says the greeting
             // (the gate decides, as for any business-initiated call).
-            let spec = OutboundSpec {
-                text: greeting,
-                channel: Some(Channel::Voice),
-                purpose: Purpose::Conversational,
-                agent: None,
-                requested: false,
-                subject: None,
-            };
+            let spec = OutboundSpec::automated(greeting, Some(Channel::Voice));
             let (_, more) = self.send_message(spec, now, tenant, next_id);
             events.extend(more);
         }
@@ -1804,14 +1781,7 @@ impl Conversation {
         else {
             return Vec::new();
         };
-        let spec = OutboundSpec {
-            text,
-            channel: Some(Channel::Sms),
-            purpose: Purpose::Conversational,
-            agent: None,
-            requested: false,
-            subject: None,
-        };
+        let spec = OutboundSpec::automated(text, Some(Channel::Sms));
         self.send_message(spec, now, tenant, next_id).1
     }
 
