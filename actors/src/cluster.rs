@@ -23,7 +23,7 @@
 //! in the `threadline.routers` process group (`RouterMsg`: `Ping` heartbeats,
 //! `Deliver` forwarded inbound in batches, `View` reads, `Resident` counts,
 //! `Replicate` replica changes, `Handover` a conversation moving to its
-//! owner; payloads are bincode), rendezvous placement (`ranked`) over the
+//! owner; payloads are versioned postcard: `codec::encode_wire`), rendezvous placement (`ranked`) over the
 //! live nodes (healthy and reachable). Every other message type is local-only
 //! (`#[derive(RactorMessage)]`). Heartbeats: one ping task per peer, health
 //! judged every tick from the answers; a node that finds itself paused (a
@@ -151,6 +151,8 @@ use crate::router::{DeliverError, Delivered, Router};
 mod calendar;
 mod pool;
 mod requests;
+#[cfg(test)]
+mod wire_golden;
 pub(crate) use pool::PoolAsk;
 pub use pool::{ConvAnswer, ConvOp, SessionHandle};
 pub use requests::{PeerAnswer, PeerRequest, RequestHandler};
@@ -168,52 +170,65 @@ const ROUTERS: &str = "threadline.routers";
 /// (conversations stay local-only).
 #[derive(ractor_cluster::RactorClusterMessage)]
 pub enum RouterMsg {
-    /// Application heartbeat: the caller's name; answers with this node's
-    /// name, its HTTP address (empty if it has none), `leaving` (or
-    /// nothing) and the cluster addresses it links, tab separated.
+    /// Application heartbeat: the caller's name (a wire `String`);
+    /// answers a wire `Heartbeat`.
     #[rpc]
-    Ping(String, RpcReplyPort<String>),
-    /// Inbound messages for conversations this node owns (a bincode
-    /// `Vec<Forwarded>`); answers with a bincode `Vec<ForwardResult>`
+    Ping(Vec<u8>, RpcReplyPort<Vec<u8>>),
+    /// Inbound messages for conversations this node owns (a wire
+    /// `Vec<Forwarded>`); answers with a wire `Vec<ForwardResult>`
     /// (one each, in order) once durable.
     #[rpc]
     Deliver(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// A conversation (a bincode `Lookup`); answers with a bincode
+    /// A conversation (a wire `Lookup`); answers with a wire
     /// `Result<Option<snapshot bytes>, String>`.
     #[rpc]
     View(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// How many conversations this node holds in memory now.
     #[rpc]
     Resident(String, RpcReplyPort<u64>),
-    /// Changes to keep as replicas (a bincode `Vec<ReplicaEntry>`);
-    /// answers a bincode `Result<Vec<Verdict>, String>` once durable.
+    /// Changes to keep as replicas (a wire `Vec<ReplicaEntry>`);
+    /// answers a wire `Result<Vec<Verdict>, String>` once durable.
     #[rpc]
     Replicate(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// A conversation this node owns now (a bincode `Handover`); answers a
-    /// bincode `Result<Verdict, String>` once installed.
+    /// A conversation this node owns now (a wire `Handover`); answers a
+    /// wire `Result<Verdict, String>` once installed.
     #[rpc]
     Handover(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// What this node has of a conversation (a bincode `(u64, bool)`: id,
-    /// whether to include the replica's state); answers a bincode `Peek`.
+    /// What this node has of a conversation (a wire `(u64, bool)`: id,
+    /// whether to include the replica's state); answers a wire `Peek`.
     #[rpc]
     Peek(Vec<u8>, RpcReplyPort<Vec<u8>>),
     /// A request to the agent pool's home, or to the node holding a
-    /// conversation the pool writes to (a bincode `PoolAsk`); answers a
-    /// bincode `Result<T, String>`.
+    /// conversation the pool writes to (a wire `PoolAsk`); answers a
+    /// wire `Result<T, String>`.
     #[rpc]
     PoolAsk(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// One-way agent pool traffic (a bincode `PoolTell`): escalations,
+    /// One-way agent pool traffic (a wire `PoolTell`): escalations,
     /// desktop commands and held conversations' messages to the home,
     /// desktop events from the home. In order per sender.
     PoolTell(Vec<u8>),
-    /// An HTTP request another node passes on (a bincode `PeerRequest`);
-    /// answers a bincode `Result<PeerAnswer, String>`.
+    /// An HTTP request another node passes on (a wire `PeerRequest`);
+    /// answers a wire `Result<PeerAnswer, String>`.
     #[rpc]
     Request(Vec<u8>, RpcReplyPort<Vec<u8>>),
-    /// A request about a tenant's calendar (a bincode
-    /// `calendar::CalendarAsk`); answers a bincode `Result<T, String>`.
+    /// A request about a tenant's calendar (a wire
+    /// `calendar::CalendarAsk`); answers a wire `Result<T, String>`.
     #[rpc]
     Calendar(Vec<u8>, RpcReplyPort<Vec<u8>>),
+}
+
+/// A node's answer to a heartbeat.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    name: String,
+    /// Its HTTP address, if it has one.
+    http: Option<String>,
+    /// It is leaving the cluster (SIGTERM).
+    leaving: bool,
+    /// Its cluster address, then those of its live peers.
+    links: Vec<SocketAddr>,
+    /// The names of the nodes it counts live (`vouched`).
+    live: Vec<String>,
 }
 
 /// What a node has of a conversation, asked before taking it over.
@@ -319,21 +334,31 @@ fn keyword_of(s: &str) -> Option<Keyword> {
         .find(|k| keyword_name(*k) == s)
 }
 
+/// A payload for a peer: the wire version, then postcard.
 fn wire<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serde::encode_to_vec(v, threadline_protocol::codec::wire_config())
-        .expect("plain data encodes")
+    threadline_protocol::codec::encode_wire(v)
 }
 
+/// A peer's payload, if it is of this node's wire version and reads as a
+/// `T` (why not is logged: a peer of another version, or a bug).
 fn unwire<T: serde::de::DeserializeOwned>(b: &[u8]) -> Option<T> {
-    bincode::serde::decode_from_slice(b, threadline_protocol::codec::wire_config())
-        .ok()
-        .map(|(v, _)| v)
+    match threadline_protocol::codec::decode_wire(b) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                expected = std::any::type_name::<T>(),
+                "unreadable payload from a peer"
+            );
+            None
+        }
+    }
 }
 
 struct RouterActor;
 
 /// Answers an RPC on its own task (the router stays free for heartbeats)
-/// with what `answer` makes with this node's cluster; a bincode error
+/// with what `answer` makes with this node's cluster; an error
 /// once the cluster is stopping.
 fn answer_on_task<F, Fut>(st: &RouterState, reply: RpcReplyPort<Vec<u8>>, answer: F)
 where
@@ -351,11 +376,9 @@ where
 }
 
 struct RouterState {
-    /// `name \t http address`, the start of the heartbeat's answer; then
-    /// `\t leaving` (or nothing) `\t` and the cluster addresses of this
-    /// node and of its live peers, comma separated, `\t` and the names of
-    /// the nodes it counts live, comma separated.
-    ping_answer: String,
+    /// This node's name and HTTP address, for the heartbeat's answer.
+    name: String,
+    http: Option<String>,
     /// Set when the node leaves the cluster (SIGTERM).
     leaving: Arc<std::sync::atomic::AtomicBool>,
     router: Router,
@@ -391,18 +414,17 @@ impl Actor for RouterActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RouterMsg::Ping(_from, reply) => {
-                let mut answer = st.ping_answer.clone();
-                answer.push('\t');
-                if st.leaving.load(std::sync::atomic::Ordering::Relaxed) {
-                    answer.push_str("leaving");
-                }
-                answer.push('\t');
-                if let Some(c) = st.cluster() {
-                    answer.push_str(&c.links());
-                    answer.push('\t');
-                    answer.push_str(&c.live_names().join(","));
-                }
-                let _ = reply.send(answer);
+                let (links, live) = match st.cluster() {
+                    Some(c) => (c.links(), c.live_names()),
+                    None => (Vec::new(), Vec::new()),
+                };
+                let _ = reply.send(wire(&Heartbeat {
+                    name: st.name.clone(),
+                    http: st.http.clone(),
+                    leaving: st.leaving.load(std::sync::atomic::Ordering::Relaxed),
+                    links,
+                    live,
+                }));
             }
             RouterMsg::Resident(_from, reply) => {
                 let _ = reply.send(st.router.resident() as u64);
@@ -702,6 +724,9 @@ pub struct Cluster {
     >,
     /// Peers (router actor ids) with a heartbeat ping out.
     pinging: parking_lot::Mutex<std::collections::HashSet<ractor::ActorId>>,
+    /// Peers already logged for answering in another wire version (they
+    /// are never counted live).
+    other_wire: parking_lot::Mutex<std::collections::HashSet<ractor::ActorId>>,
     /// Notified whenever the live set changes.
     membership: tokio::sync::Notify,
     /// Wakes the heartbeat loop to settle the live set now.
@@ -845,11 +870,8 @@ impl Cluster {
             None,
             RouterActor,
             RouterState {
-                ping_answer: format!(
-                    "{}\t{}",
-                    spec.name,
-                    spec.http.map(|a| a.to_string()).unwrap_or_default()
-                ),
+                name: spec.name.clone(),
+                http: spec.http.map(|a| a.to_string()),
                 router,
                 cluster: slot.clone(),
                 leaving: leaving.clone(),
@@ -867,6 +889,7 @@ impl Cluster {
             membership: tokio::sync::Notify::new(),
             settle_now: tokio::sync::Notify::new(),
             pinging: Default::default(),
+            other_wire: Default::default(),
             forwarders: Default::default(),
             rebalancing: Default::default(),
             rebalance_again: Default::default(),
@@ -943,30 +966,42 @@ impl Cluster {
                 if !self.pinging.lock().insert(p.get_id()) {
                     continue;
                 }
-                let (c, me) = (self.clone(), self.spec.name.clone());
+                let (c, me) = (self.clone(), wire(&self.spec.name));
                 tokio::spawn(async move {
                     let a = tokio::time::timeout(
                         timeout,
                         p.call(|reply| RouterMsg::Ping(me, reply), Some(timeout)),
                     )
                     .await;
-                    if let Ok(Ok(ractor::rpc::CallResult::Success(answer))) = a {
-                        let mut fields = answer.split('\t');
-                        let name = fields.next().unwrap_or_default().to_owned();
-                        let http = fields.next().unwrap_or_default();
-                        let leaving = fields.next() == Some("leaving");
-                        let mut addrs = fields
-                            .next()
-                            .unwrap_or_default()
-                            .split(',')
-                            .filter_map(|a| a.parse::<SocketAddr>().ok());
-                        let vouched: Vec<String> = fields
-                            .next()
-                            .unwrap_or_default()
-                            .split(',')
-                            .filter(|n| !n.is_empty())
-                            .map(str::to_owned)
-                            .collect();
+                    let answer = match a {
+                        Ok(Ok(ractor::rpc::CallResult::Success(bytes))) => {
+                            match threadline_protocol::codec::decode_wire::<Heartbeat>(&bytes) {
+                                Ok(h) => Some(h),
+                                Err(e) => {
+                                    if c.other_wire.lock().insert(p.get_id()) {
+                                        tracing::error!(
+                                            peer = %p.get_id().node(),
+                                            error = %e,
+                                            "a cluster peer answers heartbeats in another \
+                                             format; it is not counted live (run one \
+                                             Threadline version in a cluster)"
+                                        );
+                                    }
+                                    None
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    if let Some(Heartbeat {
+                        name,
+                        http,
+                        leaving,
+                        links,
+                        live: vouched,
+                    }) = answer
+                    {
+                        let mut addrs = links.into_iter();
                         let mut v = c.view.write();
                         v.vouched.insert(name.clone(), vouched);
                         v.first_answer.get_or_insert_with(Instant::now);
@@ -975,8 +1010,8 @@ impl Cluster {
                         }
                         let listen = c.spec.listen;
                         v.learned.extend(addrs.filter(|a| *a != listen));
-                        if !http.is_empty() {
-                            v.http.insert(name.clone(), http.to_owned());
+                        if let Some(http) = http {
+                            v.http.insert(name.clone(), http);
                         }
                         if leaving {
                             v.leaving.insert(name.clone());
@@ -1121,16 +1156,15 @@ impl Cluster {
             .any(|m| linked(m) || m.addr == seed.to_string())
     }
 
-    /// This node's cluster address and its live peers', comma separated
-    /// (the end of a heartbeat answer).
-    fn links(&self) -> String {
+    /// This node's cluster address, then its live peers' (for the
+    /// heartbeat's answer).
+    fn links(&self) -> Vec<SocketAddr> {
         let live = self.live_names();
         let v = self.view.read();
-        let mut out = self.spec.listen.to_string();
+        let mut out = vec![self.spec.listen];
         for (name, addr) in &v.links {
             if *name != self.spec.name && live.contains(name) {
-                out.push(',');
-                out.push_str(&addr.to_string());
+                out.push(*addr);
             }
         }
         out

@@ -335,9 +335,11 @@ fn drop_rows(
     Ok(())
 }
 
+/// Format version of the replica row (`Kind::ReplicaMeta`).
+const REPLICA_META_VERSION: u16 = 1;
+
 fn encode_meta(m: &ReplicaMeta) -> Vec<u8> {
-    bincode::serde::encode_to_vec(m, threadline_protocol::codec::wire_config())
-        .expect("plain data encodes")
+    codec::encode(codec::Kind::ReplicaMeta, REPLICA_META_VERSION, m)
 }
 
 /// The replica row of `conv` in `table`, if any.
@@ -371,10 +373,21 @@ impl ReplicaMeta {
     }
 }
 
+/// A replica row: headed and checksummed since postcard; before, bare
+/// bincode with no header. A bare row is read as such only when it does
+/// not carry the header (its kind byte and a matching checksum).
 fn decode_meta(b: &[u8]) -> Result<ReplicaMeta, StoreError> {
-    bincode::serde::decode_from_slice(b, threadline_protocol::codec::wire_config())
-        .map(|(m, _)| m)
-        .map_err(|e| StoreError::Redb(format!("unreadable replica row: {e}")))
+    match codec::decode_only_v1(codec::Kind::ReplicaMeta, b) {
+        Ok(m) => Ok(m),
+        Err(e) if b.first() == Some(&(codec::Kind::ReplicaMeta as u8)) && !e.is_damage() => {
+            Err(StoreError::Redb(format!("unreadable replica row: {e}")))
+        }
+        Err(headed) => codec::decode_bare_bincode(b).map_err(|bare| {
+            StoreError::Redb(format!(
+                "unreadable replica row: {headed} (as a row of before: {bare})"
+            ))
+        }),
+    }
 }
 
 /// Applies the cluster's writes of one batch; returns the verdicts of
@@ -956,4 +969,50 @@ pub fn derived_rows(state: &ConversationState) -> (Vec<TimerRow>, Vec<OutboxEntr
         })
         .collect();
     (timers, outbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn meta() -> ReplicaMeta {
+        ReplicaMeta {
+            tenant: "clinic-01".into(),
+            contact: "+15551234567".into(),
+            epoch: 3,
+            owner: "n2".into(),
+            last_seq: 41,
+            unfolded: 5,
+        }
+    }
+
+    /// A replica row written before the header (bare bincode) still
+    /// reads, even one whose first byte is the header's kind byte (a
+    /// tenant name of 9 bytes); rows are now written headed, checksummed
+    /// postcard, and read back; a damaged headed row is not read as a
+    /// bare one.
+    #[test]
+    fn replica_rows_of_before_and_now_read_back() {
+        let bare = std::fs::read(fixture("replica_meta_bare_bincode.bin")).unwrap();
+        assert_eq!(bare[0], codec::Kind::ReplicaMeta as u8);
+        assert_eq!(decode_meta(&bare).unwrap(), meta());
+        let now = encode_meta(&meta());
+        let path = fixture("replica_meta_v1.bin");
+        if std::env::var_os("THREADLINE_WRITE_FIXTURES").is_some() && !path.exists() {
+            std::fs::write(&path, &now).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap();
+        assert_eq!(golden, now, "the writer's bytes changed");
+        assert_eq!(decode_meta(&golden).unwrap(), meta());
+        let mut damaged = golden.clone();
+        let at = damaged.len() - 6;
+        damaged[at] ^= 0x40;
+        assert!(decode_meta(&damaged).is_err());
+    }
 }

@@ -454,7 +454,8 @@ fn replicas_in_the_old_replica_log_table_are_kept_at_open_and_the_table_goes() {
                 last_seq: 10,
                 unfolded: 10,
             };
-            let bytes = bincode::serde::encode_to_vec(&meta, codec::wire_config()).unwrap();
+            // Written as rows were before the header: bare bincode.
+            let bytes = bincode::serde::encode_to_vec(&meta, bincode::config::standard()).unwrap();
             w.open_table(REPLICAS)
                 .unwrap()
                 .insert(5, bytes.as_slice())

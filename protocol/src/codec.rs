@@ -1,16 +1,27 @@
-//! Versioned binary formats for everything Threadline stores.
+//! Versioned binary formats for everything Threadline stores, and the
+//! envelope of everything its nodes send each other.
 //!
 //! Every stored value starts with a 4-byte header: a kind byte, a flags
 //! byte and a little-endian `u16` format version, followed by the
-//! bincode 2 (standard config) encoding of that version's type. Flag bit 0
-//! (`CHECKSUMMED`) says a CRC-32 of everything before it (header and
-//! payload) follows as 4 little-endian bytes: a value whose bytes changed
-//! on disk decodes to `CodecError::Damaged` instead of to other content.
-//! Values written before the flag existed (flags 0) still decode. Writers
-//! always write the current version; readers accept every version listed in
-//! `decode_*` and upgrade it to the current type. A change to a stored type
-//! adds a new version (keeping the old type as `...V{n}` here and its
-//! upgrade function) and a golden fixture under `protocol/tests/fixtures/`.
+//! encoding of that version's type. Flag bit 0 (`CHECKSUMMED`) says a
+//! CRC-32 of everything before it (header and payload) follows as 4
+//! little-endian bytes: a value whose bytes changed on disk decodes to
+//! `CodecError::Damaged` instead of to other content. Flag bit 1
+//! (`POSTCARD`) says the payload is postcard (1.x); without it, it is
+//! bincode 2 (standard config), which every value written before
+//! postcard used. Values written before the checksum existed (flags 0)
+//! still decode. Writers always write the current version, checksummed,
+//! in postcard; readers accept every version listed in `decode_*`, in
+//! either encoding, and upgrade it to the current type. A change to a
+//! stored type adds a new version (keeping the old type as `...V{n}` here
+//! and its upgrade function) and a golden fixture under
+//! `protocol/tests/fixtures/`.
+//!
+//! Between nodes, every payload is `WIRE_VERSION` (one byte) followed by
+//! the postcard encoding of its type (`encode_wire` / `decode_wire`); a
+//! payload of another version is refused by name, never decoded as
+//! something else. The types themselves live with the code that sends
+//! them, each with a golden fixture.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -30,6 +41,8 @@ pub enum Kind {
     AgentWork = 6,
     OfferHold = 7,
     Summary = 8,
+    /// A replica's row of a conversation it keeps (`actors::replica`).
+    ReplicaMeta = 9,
 }
 
 pub const LOG_RECORD_VERSION: u16 = 1;
@@ -44,6 +57,46 @@ pub const SUMMARY_VERSION: u16 = 1;
 
 /// Flags byte: a CRC-32 trailer follows the payload.
 const CHECKSUMMED: u8 = 1;
+/// Flags byte: the payload is postcard (else bincode 2, standard config).
+const POSTCARD: u8 = 2;
+
+/// The version of the envelope of node-to-node payloads (version 1 was
+/// bare bincode, without this byte).
+pub const WIRE_VERSION: u8 = 2;
+
+/// Why a node-to-node payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload of wire version {found}, this node speaks {WIRE_VERSION}")]
+    Version { found: u8 },
+    #[error("unreadable payload: {0}")]
+    Corrupt(#[from] postcard::Error),
+    #[error("payload has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// A node-to-node payload: the wire version, then `value` in postcard.
+pub fn encode_wire<T: Serialize>(value: &T) -> Vec<u8> {
+    let out = vec![WIRE_VERSION];
+    postcard::to_extend(value, out).expect("encoding plain data into a Vec cannot fail")
+}
+
+/// Reads a node-to-node payload of this node's wire version.
+pub fn decode_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    match bytes.split_first() {
+        None => Err(WireError::Empty),
+        Some((&WIRE_VERSION, payload)) => {
+            let (value, rest) = postcard::take_from_bytes(payload)?;
+            match rest.len() {
+                0 => Ok(value),
+                n => Err(WireError::Trailing(n)),
+            }
+        }
+        Some((&found, _)) => Err(WireError::Version { found }),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -57,11 +110,11 @@ pub enum CodecError {
     WrongKind { expected: Kind, found: u8 },
     #[error("unsupported {kind:?} format version {version}")]
     UnsupportedVersion { kind: Kind, version: u16 },
-    #[error("corrupt {kind:?} (version {version}): {source}")]
+    #[error("corrupt {kind:?} (version {version}): {reason}")]
     Corrupt {
         kind: Kind,
         version: u16,
-        source: bincode::error::DecodeError,
+        reason: String,
     },
     #[error("{kind:?} has {extra} trailing bytes")]
     Trailing { kind: Kind, extra: usize },
@@ -73,38 +126,44 @@ pub enum CodecError {
 /// Threadline writes is far smaller (a message's text is at most 8 KiB).
 pub const MAX_DECODED_BYTES: usize = 256 << 20;
 
-/// The bincode configuration of every stored and exchanged format.
-pub type WireConfig = bincode::config::Configuration<
+/// The bincode configuration of the values written before postcard.
+type BincodeConfig = bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
     bincode::config::Limit<MAX_DECODED_BYTES>,
 >;
 
 /// Standard bincode with the decoding bound.
-pub fn wire_config() -> WireConfig {
+fn config() -> BincodeConfig {
     bincode::config::standard().with_limit::<MAX_DECODED_BYTES>()
 }
 
-fn config() -> WireConfig {
-    wire_config()
-}
-
-fn encode<T: Serialize>(kind: Kind, version: u16, value: &T) -> Vec<u8> {
+/// `value` as format `version` of `kind`: the header, postcard, the CRC.
+/// For stored types defined outside this crate; the ones here have their
+/// own `encode_*`.
+pub fn encode<T: Serialize>(kind: Kind, version: u16, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.push(kind as u8);
-    out.push(CHECKSUMMED);
+    out.push(CHECKSUMMED | POSTCARD);
     out.extend_from_slice(&version.to_le_bytes());
     // Encoding plain data into a Vec cannot fail: every type here is
     // serde-derived without custom serializers.
-    bincode::serde::encode_into_std_write(value, &mut out, config())
-        .expect("encoding plain data into a Vec cannot fail");
+    let mut out =
+        postcard::to_extend(value, out).expect("encoding plain data into a Vec cannot fail");
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
+/// A stored value's payload and how it is encoded.
+#[derive(Clone, Copy)]
+pub struct Payload<'a> {
+    bytes: &'a [u8],
+    postcard: bool,
+}
+
 /// Splits the header off; returns (version, payload).
-fn header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
+fn header(kind: Kind, bytes: &[u8]) -> Result<(u16, Payload<'_>), CodecError> {
     if bytes.len() < 4 {
         return Err(CodecError::Truncated);
     }
@@ -115,8 +174,17 @@ fn header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
         });
     }
     let version = u16::from_le_bytes([bytes[2], bytes[3]]);
-    match bytes[1] {
-        0 => Ok((version, &bytes[4..])),
+    let flags = bytes[1];
+    let postcard = flags & POSTCARD != 0;
+    match flags & !POSTCARD {
+        // Unchecksummed values predate postcard.
+        0 if !postcard => Ok((
+            version,
+            Payload {
+                bytes: &bytes[4..],
+                postcard,
+            },
+        )),
         CHECKSUMMED => {
             if bytes.len() < 8 {
                 return Err(CodecError::Damaged { kind });
@@ -126,7 +194,13 @@ fn header(kind: Kind, bytes: &[u8]) -> Result<(u16, &[u8]), CodecError> {
             if crc32fast::hash(body) != stored {
                 return Err(CodecError::Damaged { kind });
             }
-            Ok((version, &body[4..]))
+            Ok((
+                version,
+                Payload {
+                    bytes: &body[4..],
+                    postcard,
+                },
+            ))
         }
         _ => Err(CodecError::Damaged { kind }),
     }
@@ -149,26 +223,42 @@ impl CodecError {
 fn decode_exact<T: DeserializeOwned>(
     kind: Kind,
     version: u16,
-    payload: &[u8],
+    payload: Payload<'_>,
 ) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(payload, config()).map_err(|source| {
-        CodecError::Corrupt {
-            kind,
-            version,
-            source,
-        }
-    })?;
-    if used != payload.len() {
-        return Err(CodecError::Trailing {
-            kind,
-            extra: payload.len() - used,
-        });
+    let corrupt = |reason: String| CodecError::Corrupt {
+        kind,
+        version,
+        reason,
+    };
+    let (value, extra) = if payload.postcard {
+        let (value, rest) =
+            postcard::take_from_bytes(payload.bytes).map_err(|e| corrupt(e.to_string()))?;
+        (value, rest.len())
+    } else {
+        let (value, used) = bincode::serde::decode_from_slice(payload.bytes, config())
+            .map_err(|e| corrupt(e.to_string()))?;
+        (value, payload.bytes.len() - used)
+    };
+    if extra != 0 {
+        return Err(CodecError::Trailing { kind, extra });
     }
     Ok(value)
 }
 
+/// Reads bincode 2 (standard config) with no header: how a few stored
+/// values were written before they had one (the replica rows). For
+/// readers of those, after the headed format did not match.
+/// Every byte must be used.
+pub fn decode_bare_bincode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match bincode::serde::decode_from_slice(bytes, config()) {
+        Ok((v, used)) if used == bytes.len() => Ok(v),
+        Ok((_, used)) => Err(format!("{} trailing bytes", bytes.len() - used)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Decodes a kind that has only ever had format version 1.
-fn decode_only_v1<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecError> {
+pub fn decode_only_v1<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecError> {
     match header(kind, bytes)? {
         (1, p) => decode_exact(kind, 1, p),
         (version, _) => Err(CodecError::UnsupportedVersion { kind, version }),

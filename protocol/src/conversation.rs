@@ -528,7 +528,7 @@ pub enum ConvEvent {
         at: Timestamp,
     },
     MessageAppended(Message),
-    // New variants go at the end: bincode stores the variant index.
+    // New variants go at the end: the encodings store the variant index.
     TimerScheduled(PendingTimer),
     /// Timer `id` came due and its effects (events after it) were applied.
     TimerFired {

@@ -23,7 +23,7 @@
 //!
 //! each tenant's calendar across nodes. The home is the first node of
 //! `ranked("calendar\0" + tenant, settled live)`, the second keeps the
-//! replica. `RouterMsg::Calendar` carries a bincode `CalendarAsk`: `Copy` (a
+//! replica. `RouterMsg::Calendar` carries a wire `CalendarAsk`: `Copy` (a
 //! node's rows and version, as they are), `Current` (the home's rows),
 //! `Reserve` (a conversation's calendar writes, checked against the home's
 //! rows with the `SharedCalendar` rules, all or none), `Replicate` (the
@@ -332,7 +332,7 @@ impl Cluster {
         self.adopt(tenant).await.map_err(unavailable)
     }
 
-    /// Answers a calendar request from a peer (a bincode `CalendarAsk`).
+    /// Answers a calendar request from a peer (a wire `CalendarAsk`).
     pub(super) async fn on_calendar(&self, bytes: Vec<u8>) -> Vec<u8> {
         match unwire::<CalendarAsk>(&bytes) {
             None => wire(&Err::<(), _>("unreadable calendar request")),

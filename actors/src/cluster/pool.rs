@@ -18,7 +18,7 @@
 //! `ranked(POOL_KEY, live)` as the heartbeats last settled it (`pool_home`:
 //! routing follows the pools' state, not a fresh look at the live set).
 //! `RouterMsg::PoolAsk` (RPC) and `PoolTell` (cast, in order per sender)
-//! carry a bincode `PoolAsk` / `PoolTell`: escalations, desktop commands,
+//! carry a wire `PoolAsk` / `PoolTell`: escalations, desktop commands,
 //! held conversations' messages, agent upserts, joins, lists and stats go to
 //! the home; `ConvOp` (assign, note, send, close) goes to the node that holds
 //! the conversation (`locate`); `Work` asks a node for the `agent_work` rows
@@ -56,7 +56,7 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// desktop is connected to: a desktop that cannot keep up is dropped).
 const PROXY_QUEUE: usize = 256;
 
-/// Requests that want an answer (a bincode `Result<T, String>`).
+/// Requests that want an answer (a wire `Result<T, String>`).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) enum PoolAsk {
     /// A desktop of `agent` connected to `node`, which relays its events
@@ -390,7 +390,7 @@ impl Cluster {
         }
     }
 
-    /// What the router actor answers to a `PoolAsk` (a bincode
+    /// What the router actor answers to a `PoolAsk` (a wire
     /// `Result<T, String>`).
     pub(super) async fn on_pool_ask(
         self: std::sync::Arc<Self>,

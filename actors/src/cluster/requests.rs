@@ -11,7 +11,7 @@
 //!
 //! # Requests between nodes
 //!
-//! HTTP requests passed between nodes as `RouterMsg::Request` (a bincode
+//! HTTP requests passed between nodes as `RouterMsg::Request` (a wire
 //! `PeerRequest`: method, path, the authorization and content-type headers,
 //! body; answered by a `PeerAnswer`), never over the peers' HTTP listeners.
 //! The binary sets the handler (`http::peer_handler`): the request runs
@@ -89,7 +89,7 @@ impl Cluster {
             .map_err(|e| format!("node {node}: {e}"))
     }
 
-    /// Answers a request a peer passed on (a bincode `PeerRequest`).
+    /// Answers a request a peer passed on (a wire `PeerRequest`).
     pub(super) async fn on_request(&self, bytes: Vec<u8>) -> Vec<u8> {
         let answer = match (unwire::<PeerRequest>(&bytes), self.requests.get()) {
             (None, _) => Err("unreadable request".to_owned()),

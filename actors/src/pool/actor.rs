@@ -40,7 +40,7 @@ use crate::scheduler::SchedMsg;
 use crate::store::TimerIndex;
 
 /// What the desktop is told (the WebSocket layer renders it as JSON; in
-/// a cluster it crosses to the desktop's node as bincode).
+/// a cluster it crosses to the desktop's node as a wire payload).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum AgentEvent {
     Hello {

@@ -1,0 +1,257 @@
+//! Golden fixtures of what nodes send each other: one per payload type of
+//! `RouterMsg`, each written once when its wire version was introduced
+//! (`THREADLINE_WRITE_FIXTURES=1 cargo test -p threadline-actors --lib
+//! wire_golden`) and never regenerated. A change to a type that changes
+//! these bytes needs a new `WIRE_VERSION` (nodes of two versions do not
+//! count each other live), and new fixtures.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use threadline_protocol::{Channel, Timestamp};
+
+use super::calendar::CalendarAsk;
+use super::pool::PoolTell;
+use super::*;
+use crate::consent::policy::Purpose;
+use crate::conversation::core::OutboundSpec;
+use crate::pool::Escalation;
+use crate::replica::ReplicaBody;
+use crate::store::{CalendarWrite, SlotHold};
+
+/// `value` as sent now equals the fixture, and the fixture reads back as a
+/// `T` that is sent as the same bytes.
+fn golden<T: Serialize + DeserializeOwned>(name: &str, value: T) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/wire")
+        .join(name);
+    let now = wire(&value);
+    if std::env::var_os("THREADLINE_WRITE_FIXTURES").is_some() && !path.exists() {
+        std::fs::write(&path, &now).unwrap();
+    }
+    let fixture =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {} missing: {e}", path.display()));
+    assert_eq!(fixture[0], codec::WIRE_VERSION, "{name}");
+    assert_eq!(now, fixture, "{name}: the bytes sent changed");
+    let back: T = unwire(&fixture).unwrap_or_else(|| panic!("{name} does not read back"));
+    assert_eq!(wire(&back), fixture, "{name}: does not read back the same");
+}
+
+fn inbound() -> InboundMessage {
+    InboundMessage {
+        channel: Channel::Sms,
+        from: "+15551234567".into(),
+        to: Some("+15550001111".into()),
+        text: "can u do tmrw around 4ish?".into(),
+        provider_message_id: Some("SM1".into()),
+        at: Some(Timestamp(1_795_000_000_000)),
+        media: vec![],
+    }
+}
+
+#[test]
+fn membership_forwarding_and_reads() {
+    golden("ping_v2.bin", "n1".to_owned());
+    golden(
+        "heartbeat_v2.bin",
+        Heartbeat {
+            name: "n2".into(),
+            http: Some("10.0.0.2:8080".into()),
+            leaving: false,
+            links: vec!["10.0.0.2:7400".parse().unwrap()],
+            live: vec!["n1".into(), "n2".into(), "n3".into()],
+        },
+    );
+    golden(
+        "deliver_v2.bin",
+        vec![Forwarded {
+            tenant: "dental".into(),
+            contact: "+15551234567".into(),
+            msg: inbound(),
+            hint: None,
+            from_state: Some("TX".into()),
+            identities: None,
+            profile_name: Some("Jordan".into()),
+        }],
+    );
+    golden(
+        "deliver_answer_v2.bin",
+        vec![
+            ForwardResult::Recorded {
+                conversation: 0x2a,
+                seq: 7,
+                duplicate: false,
+            },
+            ForwardResult::DeadLettered(Some(0x2b)),
+            ForwardResult::Unavailable("not the owner".into()),
+            ForwardResult::Storage("disk full".into()),
+        ],
+    );
+    golden(
+        "view_v2.bin",
+        vec![
+            Lookup::Contact("dental".into(), "+15551234567".into()),
+            Lookup::Id(0x2a),
+            Lookup::ContactHere("dental".into(), "+15551234567".into()),
+        ],
+    );
+    golden(
+        "view_answer_v2.bin",
+        Ok::<Option<Vec<u8>>, String>(Some(vec![2, 3, 1, 0])),
+    );
+}
+
+#[test]
+fn replication_and_moves() {
+    golden(
+        "replicate_v2.bin",
+        vec![
+            ReplicaEntry {
+                conv: 0x2a,
+                tenant: "dental".into(),
+                contact: "+15551234567".into(),
+                epoch: 3,
+                owner: "n1".into(),
+                body: ReplicaBody::Events {
+                    records: vec![(8, vec![1, 3, 1, 0, 42])],
+                    through: 8,
+                },
+            },
+            ReplicaEntry {
+                conv: 0x2b,
+                tenant: "dental".into(),
+                contact: "+15557654321".into(),
+                epoch: 1,
+                owner: "n1".into(),
+                body: ReplicaBody::Base {
+                    snapshot: vec![2, 3, 6, 0],
+                },
+            },
+        ],
+    );
+    golden(
+        "replicate_answer_v2.bin",
+        Ok::<_, String>(vec![Verdict::Stored, Verdict::NeedBase, Verdict::Fenced]),
+    );
+    golden(
+        "handover_v2.bin",
+        Handover {
+            conv: 0x2a,
+            tenant: "dental".into(),
+            contact: "+15551234567".into(),
+            epoch: 4,
+            snapshot: vec![2, 3, 6, 0],
+            work: Some(threadline_protocol::AgentWork {
+                conv: ConversationId(0x2a),
+                tenant: "dental".into(),
+                channel: Channel::Sms,
+                skills: vec!["es".into()],
+                priority: 2,
+                since: Timestamp(1_795_000_000_000),
+                agent: None,
+            }),
+        },
+    );
+    golden("handover_answer_v2.bin", Ok::<_, String>(Verdict::Stored));
+    golden("peek_v2.bin", (0x2a_u64, true));
+    golden(
+        "peek_answer_v2.bin",
+        vec![
+            Ok::<_, String>(Peek::Nothing),
+            Ok(Peek::Held { epoch: 3 }),
+            Ok(Peek::Replica {
+                epoch: 3,
+                last_seq: 8,
+                snapshot: Some(vec![2, 3, 6, 0]),
+            }),
+            Err("cluster stopping".into()),
+        ],
+    );
+}
+
+#[test]
+fn the_pool_requests_and_the_calendar() {
+    golden(
+        "pool_ask_v2.bin",
+        vec![
+            PoolAsk::Join {
+                agent: "sarah".into(),
+                node: "n2".into(),
+                relay: 5,
+            },
+            PoolAsk::Work,
+            PoolAsk::Conv(ConvOp::Send(
+                ConversationId(0x2a),
+                OutboundSpec {
+                    text: "See you at 4".into(),
+                    channel: Some(Channel::Sms),
+                    purpose: Purpose::Conversational,
+                    agent: Some("sarah".into()),
+                    requested: false,
+                    subject: None,
+                },
+            )),
+            PoolAsk::Conv(ConvOp::Close {
+                conv: ConversationId(0x2a),
+                agent: "sarah".into(),
+                disposition: "booked".into(),
+            }),
+        ],
+    );
+    golden(
+        "pool_tell_v2.bin",
+        vec![
+            PoolTell::Escalate(Escalation {
+                conv: ConversationId(0x2a),
+                tenant: "dental".into(),
+                channel: Channel::Sms,
+                skills: vec!["es".into()],
+                priority: 1,
+            }),
+            PoolTell::Leave {
+                node: "n2".into(),
+                relay: 5,
+            },
+            PoolTell::Ended(5),
+        ],
+    );
+    golden(
+        "request_v2.bin",
+        PeerRequest {
+            method: "POST".into(),
+            path: "/api/v1/conversations/cnv_2a/notes".into(),
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body: br#"{"text":"called back"}"#.to_vec(),
+        },
+    );
+    golden(
+        "request_answer_v2.bin",
+        Ok::<_, String>(PeerAnswer {
+            status: 201,
+            content_type: Some("application/json".into()),
+            body: b"{}".to_vec(),
+        }),
+    );
+    golden(
+        "calendar_v2.bin",
+        vec![
+            CalendarAsk::Copy {
+                tenant: "dental".into(),
+            },
+            CalendarAsk::Reserve {
+                tenant: "dental".into(),
+                conv: 0x2a,
+                writes: vec![
+                    CalendarWrite::Put(
+                        "2026-03-04T16:00".into(),
+                        SlotHold {
+                            conv: 0x2a,
+                            booked: false,
+                            until: Timestamp(1_795_000_300_000),
+                        },
+                    ),
+                    CalendarWrite::Delete("2026-03-04T15:00".into()),
+                ],
+            },
+        ],
+    );
+}
