@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Builds actors/data/nanp-area-codes.tsv: every North American area code
+"""Builds core/data/nanp-area-codes.tsv: every North American area code
 of a US state, DC or a Canadian province, with its two-letter code.
 
 Source: libphonenumber's English geocoding data for country code 1
@@ -7,7 +7,7 @@ Source: libphonenumber's English geocoding data for country code 1
 entries (`1NPA|Region`) name the state or province of each area code.
 Usage:
 
-    python3 tools/nanp-area-codes.py PATH/TO/1.txt SOURCE-COMMIT > actors/data/nanp-area-codes.tsv
+    python3 tools/nanp-area-codes.py PATH/TO/1.txt SOURCE-COMMIT > core/data/nanp-area-codes.tsv
 
 US territories (PR, VI, GU, AS, MP) and the other NANP countries are told
 apart by the phone-number metadata the node already carries (the

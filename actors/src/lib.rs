@@ -10,18 +10,13 @@
 //!   commit holding the message returned with immediate durability.
 //! - Time comes from the injected `Clock`, never from the system directly.
 
-pub mod audit;
-pub mod clock;
 pub mod cluster;
-pub mod consent;
 pub mod conversation;
 pub mod feed;
-mod fence;
 pub mod flows;
 pub mod gateway;
 pub mod metrics;
 pub mod persistence;
-pub mod phone;
 pub mod pool;
 pub mod replica;
 pub mod router;
@@ -29,7 +24,9 @@ pub mod runtime;
 pub mod scheduler;
 pub mod sender;
 pub mod store;
-pub mod wheel;
+
+// The pure parts live in the domain crate; re-exported at their old paths.
+pub use threadline_core::{audit, clock, consent, fence, phone, wheel};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use metrics::Metrics;

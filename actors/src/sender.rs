@@ -45,12 +45,7 @@ pub trait Provider: Send + Sync + 'static {
     fn send(&self, entry: &OutboxEntry, key: &str) -> BoxFuture<Attempt>;
 }
 
-/// The final outcome of a message at its provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Sent { provider_id: Option<String> },
-    Failed { error: String, opted_out: bool },
-}
+pub use threadline_core::delivery::Outcome;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {

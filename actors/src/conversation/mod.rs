@@ -3,8 +3,9 @@
 //! actors that the router reads.
 
 pub mod actor;
-pub mod core;
 pub mod supervisor;
+
+pub use threadline_core::conversation::core;
 
 use std::borrow::Borrow;
 use std::fmt;

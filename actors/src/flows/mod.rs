@@ -18,21 +18,9 @@
 //! Provider webhooks live in `src/` and reach conversations only through a
 //! gateway and `Router`.
 
-pub mod engine;
-pub mod nlu;
+pub use threadline_core::flows::{engine, nlu};
 
-/// What an external responder is asked for one reply.
-#[derive(Debug, Clone)]
-pub struct ResponderRequest {
-    pub tenant: String,
-    pub persona: String,
-    /// What the conversation knows (name, intent, slots, facts).
-    pub facts: Vec<(String, String)>,
-    /// Recent transcript, oldest first: (who, text).
-    pub transcript: Vec<(String, String)>,
-    /// The built-in flow's reply, sent if the responder fails.
-    pub draft: String,
-}
+pub use threadline_core::flows::ResponderRequest;
 
 /// An external responder (an LLM endpoint): only `src/` knows its wire
 /// format. Errors and timeouts fall back to the draft.

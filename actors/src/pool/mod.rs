@@ -27,6 +27,7 @@
 //! owner, the conversation stays queued for a call back.
 
 pub mod actor;
-pub mod routing;
+
+pub use threadline_core::pool::routing;
 
 pub use actor::{AgentCommand, AgentEvent, Escalation, PoolMsg, SessionMsg};

@@ -1,12 +1,12 @@
-//! `cargo bench -p threadline-actors --bench consent`: pure gate decisions
+//! `cargo bench -p threadline-core --bench consent`: pure gate decisions
 //! and keyword classifications per second.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use chrono_tz::America::{Chicago, New_York};
-use threadline_actors::consent::keywords::Keywords;
-use threadline_actors::consent::policy::{decide, Consent, Location, Purpose, Request, Rule};
+use threadline_core::consent::keywords::Keywords;
+use threadline_core::consent::policy::{decide, Consent, Location, Purpose, Request, Rule};
 use threadline_protocol::{Channel, Timestamp};
 
 fn main() {
@@ -50,7 +50,7 @@ fn main() {
                 consent: Consent::OptedIn,
                 confirmation: false,
                 direct_reply: false,
-                basis: Some(threadline_actors::consent::policy::BASIS_CONSENT),
+                basis: Some(threadline_core::consent::policy::BASIS_CONSENT),
                 location: loc,
                 sent_on_subject: &sent,
                 whatsapp_last_inbound: None,
@@ -58,7 +58,7 @@ fn main() {
             };
             if matches!(
                 black_box(decide(black_box(&r))),
-                threadline_actors::consent::policy::Decision::Send { .. }
+                threadline_core::consent::policy::Decision::Send { .. }
             ) {
                 sends += 1;
             }
@@ -82,7 +82,7 @@ fn main() {
             consent: Consent::OptedIn,
             confirmation: false,
             direct_reply: false,
-            basis: Some(threadline_actors::consent::policy::BASIS_CONSENT),
+            basis: Some(threadline_core::consent::policy::BASIS_CONSENT),
             location: &florida,
             sent_on_subject: &[],
             whatsapp_last_inbound: None,

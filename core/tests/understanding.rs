@@ -1,7 +1,7 @@
 //! The built-in understanding, measured on customer messages as people
 //! write them (`tests/eval/messages.tsv`: category, message, what a person
 //! at the front desk would understand). Prints a table of accuracy per
-//! category (`cargo test -p threadline-actors --test understanding --
+//! category (`cargo test -p threadline-core --test understanding --
 //! --nocapture`) and fails when a category falls below its floor, or when
 //! a revocation or a request for a person is missed.
 
@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use chrono::TimeZone;
 use chrono_tz::America::New_York;
-use threadline_actors::consent::keywords::{Keyword, Keywords};
-use threadline_actors::flows::engine::{Calendar, Flow, FlowSpec};
-use threadline_actors::flows::nlu::{self, AppointmentAsk, SmallTalk};
+use threadline_core::consent::keywords::{Keyword, Keywords};
+use threadline_core::flows::engine::{Calendar, Flow, FlowSpec};
+use threadline_core::flows::nlu::{self, AppointmentAsk, SmallTalk};
 use threadline_protocol::{Captured, Journey, Timestamp};
 
 /// Tuesday 2026-03-03 10:00 in New York: the instant the set is labelled at.

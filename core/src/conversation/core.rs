@@ -716,14 +716,14 @@ impl Conversation {
     pub fn delivery_update(
         &mut self,
         seq: u32,
-        outcome: crate::sender::Outcome,
+        outcome: crate::delivery::Outcome,
         now: Timestamp,
     ) -> Vec<(u32, ConvEvent)> {
         let (delivery, provider_message_id, error, opted_out) = match outcome {
-            crate::sender::Outcome::Sent { provider_id } => {
+            crate::delivery::Outcome::Sent { provider_id } => {
                 (Delivery::Sent, provider_id, None, false)
             }
-            crate::sender::Outcome::Failed { error, opted_out } => {
+            crate::delivery::Outcome::Failed { error, opted_out } => {
                 (Delivery::Failed, None, Some(error), opted_out)
             }
         };

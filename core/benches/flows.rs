@@ -1,4 +1,4 @@
-//! `cargo bench -p threadline-actors --bench flows`: built-in understanding
+//! `cargo bench -p threadline-core --bench flows`: built-in understanding
 //! turns per second (intent classification and slot extraction) and whole
 //! flow-engine turns, pure.
 
@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use chrono_tz::America::New_York;
-use threadline_actors::flows::engine::{Calendar, Flow, FlowSpec};
-use threadline_actors::flows::nlu;
+use threadline_core::flows::engine::{Calendar, Flow, FlowSpec};
+use threadline_core::flows::nlu;
 use threadline_protocol::{Captured, Timestamp};
 
 struct NoCalendar;

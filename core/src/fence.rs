@@ -30,7 +30,7 @@
 use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fence {
+pub enum Fence {
     Epoch(u64),
     Sealed { before: Option<u64> },
     Gone,
@@ -38,7 +38,7 @@ pub(crate) enum Fence {
 
 /// What one operation of a batch means to the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub enum Step {
     /// Events or a snapshot of `conv` from an actor that loaded it at `epoch`.
     Write {
         conv: u64,
@@ -68,10 +68,10 @@ pub(crate) enum Step {
 
 /// What a batch changed, to put back if its commit fails.
 #[derive(Debug, Default)]
-pub(crate) struct Undo(Vec<(u64, Option<Fence>)>);
+pub struct Undo(Vec<(u64, Option<Fence>)>);
 
 #[derive(Debug, Default)]
-pub(crate) struct Fences {
+pub struct Fences {
     by_conv: HashMap<u64, Fence>,
 }
 
@@ -95,7 +95,7 @@ impl Fences {
     /// Decides a batch in order: `true` for each step whose write is
     /// refused. The fence changes of the batch take effect at once; `undo`
     /// them if the batch's commit fails.
-    pub(crate) fn admit(&mut self, steps: &[Step]) -> (Vec<bool>, Undo) {
+    pub fn admit(&mut self, steps: &[Step]) -> (Vec<bool>, Undo) {
         let mut undo = Undo::default();
         let moved: HashSet<u64> = steps
             .iter()
@@ -144,12 +144,12 @@ impl Fences {
     }
 
     /// Whether no conversation is fenced (none moved while the node runs).
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.by_conv.is_empty()
     }
 
     /// The batch's commit failed: its fence changes are taken back.
-    pub(crate) fn undo(&mut self, undo: Undo) {
+    pub fn undo(&mut self, undo: Undo) {
         for (conv, before) in undo.0.into_iter().rev() {
             match before {
                 Some(f) => self.by_conv.insert(conv, f),
