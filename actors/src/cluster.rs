@@ -2284,13 +2284,11 @@ impl Cluster {
     /// Tells the scheduler which timers moved away (`remove`) and which
     /// came with a conversation (`add`), once their rows are durable.
     fn retime(&self, remove: Vec<u64>, add: Vec<threadline_protocol::codec::TimerRow>) {
-        if let Some(s) = self.shared.scheduler.read().as_ref() {
-            for id in remove {
-                let _ = s.cast(crate::scheduler::SchedMsg::Remove(id));
-            }
-            for row in add {
-                let _ = s.cast(crate::scheduler::SchedMsg::Add(row));
-            }
+        for id in remove {
+            self.shared.scheduler.remove(id);
+        }
+        for row in add {
+            self.shared.scheduler.add(row);
         }
     }
 
@@ -2392,11 +2390,7 @@ impl Cluster {
                 }
             }
             self.retime(old_timers, timers);
-            if let Some(s) = self.shared.sender.read().as_ref() {
-                for e in outbox {
-                    let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
-                }
-            }
+            self.shared.outbox.enqueue(outbox);
             // What it has now is current.
             self.unconfirmed.remove(key);
             Ok(())

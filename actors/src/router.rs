@@ -36,7 +36,6 @@ use crate::conversation::supervisor::SupMsg;
 use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
 use crate::persistence::Op;
 use crate::runtime::Shared;
-use crate::scheduler::SchedMsg;
 
 pub const MAX_HANDLER_FAILURES: u32 = 3;
 
@@ -63,6 +62,11 @@ pub enum DeliverError {
     Unavailable(String),
     #[error("storage failed: {0}")]
     Storage(String),
+}
+
+/// The scheduler is not running: try again.
+fn unavailable(e: crate::scheduler::Stopped) -> DeliverError {
+    DeliverError::Unavailable(e.to_string())
 }
 
 #[derive(Clone)]
@@ -997,23 +1001,9 @@ impl Router {
         }
     }
 
-    /// Asks the scheduler something and waits for its answer.
-    async fn ask_scheduler<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> SchedMsg,
-    ) -> Result<T, DeliverError> {
-        let stopped = || DeliverError::Unavailable("the scheduler is not running".into());
-        let sched = self.shared.scheduler.read().clone().ok_or_else(stopped)?;
-        let (tx, rx) = oneshot::channel();
-        sched.cast(make(tx)).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())
-    }
-
     /// Cancels a pending timer; false if unknown or already fired.
     pub async fn cancel_timer(&self, id: u64) -> Result<bool, DeliverError> {
-        let owner = self
-            .ask_scheduler(|reply| SchedMsg::Owner { id, reply })
-            .await?;
+        let owner = self.shared.scheduler.owner(id).await.map_err(unavailable)?;
         match owner {
             // An offer ends when its agent answers or it expires.
             None | Some(TimerOwner::Offer { .. }) => Ok(false),
@@ -1033,9 +1023,7 @@ impl Router {
     /// With a simulated clock: handles every timer, offer and grace period
     /// that came due.
     pub async fn advance_timers(&self) -> Result<usize, DeliverError> {
-        let fired = self
-            .ask_scheduler(|reply| SchedMsg::Advance { reply })
-            .await?;
+        let fired = self.shared.scheduler.advance().await.map_err(unavailable)?;
         self.ask_pool(crate::pool::PoolMsg::Advance).await?;
         Ok(fired)
     }

@@ -28,7 +28,8 @@ use crate::conversation::{ConvMsg, Directory};
 use crate::metrics::Metrics;
 use crate::persistence::{Persistence, WriterThread};
 use crate::router::Router;
-use crate::scheduler::{SchedArgs, SchedMsg, Scheduler};
+use crate::scheduler::{SchedArgs, Scheduler, SchedulerHandle, TimerSink};
+use crate::sender::{DeliverySink, OutboxHandle, Outcome};
 use crate::store::{OpenReport, StoreError};
 use threadline_protocol::codec::TimerRow;
 
@@ -138,8 +139,8 @@ pub struct Shared {
     /// Each tenant's external responder, if its flow names one.
     pub responders: RwLock<HashMap<String, Arc<dyn crate::flows::Responder>>>,
     pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
-    pub(crate) scheduler: RwLock<Option<ActorRef<SchedMsg>>>,
-    pub(crate) sender: RwLock<Option<ActorRef<crate::sender::SenderMsg>>>,
+    pub scheduler: SchedulerHandle,
+    pub outbox: OutboxHandle,
     /// The channel gateways by name (`crate::gateway::GATEWAYS`).
     pub(crate) gateways: RwLock<HashMap<&'static str, crate::gateway::GatewayHandle>>,
     /// Work in flight each gateway admits.
@@ -292,8 +293,8 @@ impl Runtime {
                 cfg.wait_text.clone(),
             ))),
             supervisor: RwLock::new(None),
-            scheduler: RwLock::new(None),
-            sender: RwLock::new(None),
+            scheduler: SchedulerHandle::default(),
+            outbox: OutboxHandle::default(),
         });
         let (root, root_done) = Actor::spawn(
             None,
@@ -455,8 +456,8 @@ impl Actor for RootSupervisor {
             .map(|(_, g)| g.actor.get_cell())
             .collect();
         children.extend(st.shared.pool.write().take().map(|a| a.get_cell()));
-        children.extend(st.shared.sender.write().take().map(|a| a.get_cell()));
-        children.extend(st.shared.scheduler.write().take().map(|a| a.get_cell()));
+        children.extend(st.shared.outbox.set(None).map(|a| a.get_cell()));
+        children.extend(st.shared.scheduler.set(None).map(|a| a.get_cell()));
         children.extend(st.shared.supervisor.write().take().map(|a| a.get_cell()));
         for c in children {
             let _ = c
@@ -480,13 +481,13 @@ impl Actor for RootSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let id = cell.get_id();
                 let is_conversations = is_child(&st.shared.supervisor, id);
-                let is_scheduler = is_child(&st.shared.scheduler, id);
+                let is_scheduler = st.shared.scheduler.is(id);
                 let gateway = st.shared.gateway_named(id);
                 let is_pool = is_child(&st.shared.pool, id);
-                let is_sender = is_child(&st.shared.sender, id);
+                let is_sender = st.shared.outbox.is(id);
                 if is_sender {
                     tracing::error!(error = %err, "sender failed; restarting it from the outbox");
-                    *st.shared.sender.write() = None;
+                    st.shared.outbox.set(None);
                     let store = st.shared.persistence.store.clone();
                     let backlog =
                         tokio::task::spawn_blocking(move || store.outbox_entries()).await??;
@@ -510,7 +511,7 @@ impl Actor for RootSupervisor {
                     spawn_gateway(&myself, &st.shared, name).await?;
                 } else if is_scheduler {
                     tracing::error!(error = %err, "scheduler failed; reloading timers");
-                    *st.shared.scheduler.write() = None;
+                    st.shared.scheduler.set(None);
                     let store = st.shared.persistence.store.clone();
                     let rows = tokio::task::spawn_blocking(move || store.timer_rows()).await??;
                     spawn_scheduler(&myself, &st.shared, rows).await?;
@@ -557,7 +558,12 @@ async fn spawn_sender(
         None,
         crate::sender::Sender,
         crate::sender::SenderArgs {
-            shared: shared.clone(),
+            metrics: shared.metrics.clone(),
+            sink: Arc::new(Deliveries {
+                router: Router {
+                    shared: shared.clone(),
+                },
+            }),
             provider,
             retry,
             backlog,
@@ -565,7 +571,7 @@ async fn spawn_sender(
         root.get_cell(),
     )
     .await?;
-    *shared.sender.write() = Some(s);
+    shared.outbox.set(Some(s));
     Ok(())
 }
 
@@ -652,15 +658,75 @@ async fn spawn_scheduler(
         None,
         Scheduler,
         SchedArgs {
-            shared: shared.clone(),
+            clock: shared.clock.clone(),
+            metrics: shared.metrics.clone(),
+            sink: Arc::new(Router {
+                shared: shared.clone(),
+            }),
             rows,
             real_time: !shared.simulated_clock,
         },
         root.get_cell(),
     )
     .await?;
-    *shared.scheduler.write() = Some(s);
+    shared.scheduler.set(Some(s));
     Ok(())
+}
+
+/// Due timers go to their owner through the router.
+impl TimerSink for Router {
+    fn fire(
+        &self,
+        owner: threadline_protocol::codec::TimerOwner,
+        id: u64,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        let router = self.clone();
+        Box::pin(async move {
+            router
+                .fire_timer(owner, id)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The sender's view of the node: the outbox in the store, and the
+/// conversations through the router.
+struct Deliveries {
+    router: Router,
+}
+
+impl DeliverySink for Deliveries {
+    fn wanted(
+        &self,
+        conv: threadline_protocol::ConversationId,
+        seq: u32,
+    ) -> crate::sender::BoxFuture<bool> {
+        let store = self.router.shared.persistence.store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.outbox_contains(conv.0, seq))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(true)
+        })
+    }
+
+    fn record(
+        &self,
+        conv: threadline_protocol::ConversationId,
+        seq: u32,
+        outcome: Outcome,
+    ) -> crate::sender::BoxFuture<Result<(), String>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            router
+                .record_delivery(conv, seq, outcome)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
 }
 
 /// Hands memory that is free inside the allocator's arenas back to the OS.

@@ -15,6 +15,11 @@
 //! actor at the next deadline; with a simulated clock nothing fires until
 //! `Advance`, which returns once everything due has been handled.
 //!
+//! The scheduler knows nothing of the node: it is given a clock, the
+//! metrics and a `TimerSink` that takes each due timer to its owner (the
+//! runtime passes its router). The rest of the node reaches it through
+//! its `SchedulerHandle`.
+//!
 //! # Timers
 //!
 //! A timer belongs to its owner (today: a conversation). Scheduling, firing
@@ -39,14 +44,81 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use threadline_protocol::codec::{TimerOwner, TimerRow};
 use threadline_protocol::Timestamp;
 use tokio::sync::{oneshot, Notify};
 
-use crate::router::Router;
-use crate::runtime::Shared;
+use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::wheel::{Expired, TimerKey, Wheel};
+
+/// Where due timers go: to their owner, which records the fire (or
+/// ignores an id it no longer waits for). An error means the owner could
+/// not be reached; the timer is tried again a second later.
+pub trait TimerSink: Send + Sync + 'static {
+    fn fire(&self, owner: TimerOwner, id: u64) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// The scheduler is not running (it is restarting, or the node stops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the scheduler is not running")]
+pub struct Stopped;
+
+/// The running scheduler, as the rest of the node reaches it; empty
+/// while it (re)starts. Durable changes to the timers index are told
+/// here after their commit.
+#[derive(Default)]
+pub struct SchedulerHandle(RwLock<Option<ActorRef<SchedMsg>>>);
+
+impl SchedulerHandle {
+    /// A timer was durably scheduled.
+    pub fn add(&self, row: TimerRow) {
+        if let Some(s) = self.0.read().as_ref() {
+            let _ = s.cast(SchedMsg::Add(row));
+        }
+    }
+
+    /// A timer was durably fired or cancelled.
+    pub fn remove(&self, id: u64) {
+        if let Some(s) = self.0.read().as_ref() {
+            let _ = s.cast(SchedMsg::Remove(id));
+        }
+    }
+
+    /// Who owns pending timer `id`.
+    pub async fn owner(&self, id: u64) -> Result<Option<TimerOwner>, Stopped> {
+        self.ask(|reply| SchedMsg::Owner { id, reply }).await
+    }
+
+    /// Fires everything due at the clock's time and waits until handled;
+    /// how many fired.
+    pub async fn advance(&self) -> Result<usize, Stopped> {
+        self.ask(|reply| SchedMsg::Advance { reply }).await
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> SchedMsg,
+    ) -> Result<T, Stopped> {
+        let sched = self.0.read().clone().ok_or(Stopped)?;
+        let (tx, rx) = oneshot::channel();
+        sched.cast(make(tx)).map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// The scheduler now running (`None`: none).
+    pub fn set(&self, actor: Option<ActorRef<SchedMsg>>) -> Option<ActorRef<SchedMsg>> {
+        std::mem::replace(&mut *self.0.write(), actor)
+    }
+
+    /// Whether actor `id` is the running scheduler.
+    pub fn is(&self, id: ractor::ActorId) -> bool {
+        self.0.read().as_ref().is_some_and(|a| a.get_id() == id)
+    }
+}
 
 /// A timer whose owner could not be reached is tried again this much later.
 const RETRY_MS: i64 = 1_000;
@@ -74,7 +146,9 @@ pub enum SchedMsg {
 pub struct Scheduler;
 
 pub struct SchedArgs {
-    pub shared: Arc<Shared>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub sink: Arc<dyn TimerSink>,
     pub rows: Vec<TimerRow>,
     pub real_time: bool,
 }
@@ -86,7 +160,9 @@ struct Entry {
 }
 
 pub struct SchedState {
-    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn TimerSink>,
     wheel: Wheel,
     timers: HashMap<u64, Entry>,
     in_flight: HashSet<u64>,
@@ -112,7 +188,7 @@ impl Actor for Scheduler {
         myself: ActorRef<SchedMsg>,
         args: SchedArgs,
     ) -> Result<SchedState, ActorProcessingErr> {
-        let now = args.shared.clock.now();
+        let now = args.clock.now();
         let mut st = SchedState {
             wheel: Wheel::with_capacity(ms(now), args.rows.len()),
             timers: HashMap::with_capacity(args.rows.len()),
@@ -123,7 +199,9 @@ impl Actor for Scheduler {
             next_due: Arc::new(AtomicI64::new(i64::MAX)),
             wake: Arc::new(Notify::new()),
             expired: Vec::new(),
-            shared: args.shared,
+            clock: args.clock,
+            metrics: args.metrics,
+            sink: args.sink,
         };
         for row in args.rows {
             st.add(row);
@@ -132,7 +210,7 @@ impl Actor for Scheduler {
         if st.real_time {
             spawn_driver(
                 myself.clone(),
-                st.shared.clock.clone(),
+                st.clock.clone(),
                 st.next_due.clone(),
                 st.wake.clone(),
             );
@@ -169,9 +247,9 @@ impl Actor for Scheduler {
                 st.in_flight.remove(&id);
                 if ok {
                     st.timers.remove(&id);
-                    st.shared.metrics.timers_fired.inc();
+                    st.metrics.timers_fired.inc();
                 } else if let Some(e) = st.timers.get_mut(&id) {
-                    let retry = st.shared.clock.now().saturating_add_millis(RETRY_MS);
+                    let retry = st.clock.now().saturating_add_millis(RETRY_MS);
                     e.key = Some(
                         st.wheel
                             .insert(ms(retry), NonZeroU64::new(id).expect("ids start at 1")),
@@ -184,7 +262,7 @@ impl Actor for Scheduler {
                 let _ = reply.send(st.timers.get(&id).map(|e| e.owner));
             }
         }
-        st.shared.metrics.timers_pending.set(st.timers.len() as i64);
+        st.metrics.timers_pending.set(st.timers.len() as i64);
         Ok(())
     }
 }
@@ -225,7 +303,7 @@ impl SchedState {
     /// Expires what is due and delivers it: each owner's timers one after
     /// another in (deadline, id) order, different owners in parallel.
     fn fire_due(&mut self, myself: &ActorRef<SchedMsg>) {
-        let now = self.shared.clock.now();
+        let now = self.clock.now();
         self.expired.clear();
         self.wheel.poll(ms(now), &mut self.expired);
         let mut by_owner: HashMap<TimerOwner, Vec<u64>> = HashMap::new();
@@ -238,7 +316,7 @@ impl SchedState {
             entry.key = None;
             if self.real_time {
                 let late = (now.0 - entry.due.0).max(0) as f64 / 1000.0;
-                self.shared.metrics.timer_lateness_seconds.observe(late);
+                self.metrics.timer_lateness_seconds.observe(late);
             }
             self.in_flight.insert(id);
             self.fired_for_waiters += 1;
@@ -250,13 +328,11 @@ impl SchedState {
         }
         for owner in order {
             let ids = by_owner.remove(&owner).unwrap_or_default();
-            let router = Router {
-                shared: self.shared.clone(),
-            };
+            let sink = self.sink.clone();
             let me = myself.clone();
             tokio::spawn(async move {
                 for id in ids {
-                    let ok = router.fire_timer(owner, id).await.is_ok();
+                    let ok = sink.fire(owner, id).await.is_ok();
                     let _ = me.cast(SchedMsg::Handled { id, ok });
                 }
             });
@@ -285,7 +361,7 @@ fn spawn_driver(
     me: ActorRef<SchedMsg>,
     // The clock alone: the driver may outlive the scheduler by a tick and
     // must not hold the node's storage open.
-    clock: Arc<dyn crate::clock::Clock>,
+    clock: Arc<dyn Clock>,
     next_due: Arc<AtomicI64>,
     wake: Arc<Notify>,
 ) {

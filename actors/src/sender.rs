@@ -10,6 +10,10 @@
 //! the customer once.
 //!
 //! Providers are injected (`Provider`): wire formats live in the binary.
+//! The sender knows nothing of the node: it is given the metrics and a
+//! `DeliverySink` that says whether a message is still wanted and takes
+//! each outcome to its conversation (the runtime passes its router and
+//! store). The rest of the node reaches it through its `OutboxHandle`.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -17,11 +21,52 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use threadline_protocol::{Channel, OutboxEntry};
+use threadline_protocol::{Channel, ConversationId, OutboxEntry};
 
-use crate::router::Router;
-use crate::runtime::Shared;
+use crate::metrics::Metrics;
+
+/// Where a message's fate goes. `wanted`: whether it is still in the
+/// outbox (an opt-out withdraws queued messages); `record`: its outcome,
+/// to its conversation, whose event deletes the outbox row (an error: try
+/// again).
+pub trait DeliverySink: Send + Sync + 'static {
+    fn wanted(&self, conv: ConversationId, seq: u32) -> BoxFuture<bool>;
+    fn record(
+        &self,
+        conv: ConversationId,
+        seq: u32,
+        outcome: Outcome,
+    ) -> BoxFuture<Result<(), String>>;
+}
+
+/// The running sender, as the rest of the node reaches it; empty while it
+/// (re)starts (the outbox keeps every message meanwhile, and a new sender
+/// starts from it).
+#[derive(Default)]
+pub struct OutboxHandle(RwLock<Option<ActorRef<SenderMsg>>>);
+
+impl OutboxHandle {
+    /// Messages durably put in the outbox, to deliver.
+    pub fn enqueue(&self, entries: impl IntoIterator<Item = OutboxEntry>) {
+        if let Some(s) = self.0.read().as_ref() {
+            for e in entries {
+                let _ = s.cast(SenderMsg::Enqueue(e));
+            }
+        }
+    }
+
+    /// The sender now running (`None`: none).
+    pub fn set(&self, actor: Option<ActorRef<SenderMsg>>) -> Option<ActorRef<SenderMsg>> {
+        std::mem::replace(&mut *self.0.write(), actor)
+    }
+
+    /// Whether actor `id` is the running sender.
+    pub fn is(&self, id: ractor::ActorId) -> bool {
+        self.0.read().as_ref().is_some_and(|a| a.get_id() == id)
+    }
+}
 
 /// What a provider said to one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,14 +125,16 @@ pub enum SenderMsg {
 pub struct Sender;
 
 pub struct SenderArgs {
-    pub shared: Arc<Shared>,
+    pub metrics: Arc<Metrics>,
+    pub sink: Arc<dyn DeliverySink>,
     pub provider: Arc<dyn Provider>,
     pub retry: RetryPolicy,
     pub backlog: Vec<OutboxEntry>,
 }
 
 pub struct SenderState {
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    sink: Arc<dyn DeliverySink>,
     provider: Arc<dyn Provider>,
     retry: RetryPolicy,
     in_flight: HashSet<(u64, u32)>,
@@ -107,7 +154,8 @@ impl Actor for Sender {
             let _ = myself.cast(SenderMsg::Enqueue(e));
         }
         Ok(SenderState {
-            shared: args.shared,
+            metrics: args.metrics,
+            sink: args.sink,
             provider: args.provider,
             retry: args.retry,
             in_flight: HashSet::new(),
@@ -126,28 +174,15 @@ impl Actor for Sender {
                     return Ok(());
                 }
                 let (provider, retry, me) = (st.provider.clone(), st.retry, myself.clone());
-                let router = Router {
-                    shared: st.shared.clone(),
-                };
-                let store = st.shared.persistence.store.clone();
-                let metrics = st.shared.metrics.clone();
-                st.shared
-                    .metrics
-                    .outbound_in_flight
-                    .set(st.in_flight.len() as i64);
+                let sink = st.sink.clone();
+                let metrics = st.metrics.clone();
+                st.metrics.outbound_in_flight.set(st.in_flight.len() as i64);
                 let crashed = myself.clone();
                 let delivery = async move {
                     // Still wanted? (An opt-out blocks queued messages.)
-                    let still = |store: Arc<crate::store::Store>, c: u64, s: u32| async move {
-                        tokio::task::spawn_blocking(move || store.outbox_contains(c, s))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or(true)
-                    };
                     let (c, s) = (entry.conv.0, entry.seq);
                     let outcome =
-                        deliver(&*provider, &entry, retry, || still(store.clone(), c, s)).await;
+                        deliver(&*provider, &entry, retry, || sink.wanted(entry.conv, s)).await;
                     let Some(outcome) = outcome else {
                         metrics.outbound_withdrawn.inc();
                         let _ = me.cast(SenderMsg::Done { conv: c, seq: s });
@@ -161,8 +196,8 @@ impl Actor for Sender {
                     // until it does (the outbox keeps the message meanwhile).
                     let mut wait = Duration::from_millis(50);
                     for _ in 0..20 {
-                        if router
-                            .record_delivery(entry.conv, entry.seq, outcome.clone())
+                        if sink
+                            .record(entry.conv, entry.seq, outcome.clone())
                             .await
                             .is_ok()
                         {
@@ -192,10 +227,7 @@ impl Actor for Sender {
             SenderMsg::Failed(why) => return Err(why.into()),
             SenderMsg::Done { conv, seq } => {
                 st.in_flight.remove(&(conv, seq));
-                st.shared
-                    .metrics
-                    .outbound_in_flight
-                    .set(st.in_flight.len() as i64);
+                st.metrics.outbound_in_flight.set(st.in_flight.len() as i64);
             }
         }
         Ok(())

@@ -29,7 +29,6 @@ use super::{ConvKey, EntryMeta};
 use crate::audit::AuditDraft;
 use crate::persistence::{Done, Op};
 use crate::runtime::Shared;
-use crate::scheduler::SchedMsg;
 use crate::store::{OutboxWrite, StoreError, TimerIndex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -868,13 +867,7 @@ impl ConvState {
         let done: Done = Box::new(move |r| match r {
             Ok(()) => {
                 commits.in_flight.fetch_sub(1, Ordering::SeqCst);
-                if !queued.is_empty() {
-                    if let Some(s) = shared.sender.read().as_ref() {
-                        for e in queued {
-                            let _ = s.cast(crate::sender::SenderMsg::Enqueue(e));
-                        }
-                    }
-                }
+                shared.outbox.enqueue(queued);
                 for p in &published {
                     shared.feed.publish(p);
                 }
@@ -886,14 +879,10 @@ impl ConvState {
                         router.escalated(e);
                     }
                 }
-                if !notify.is_empty() {
-                    if let Some(s) = shared.scheduler.read().as_ref() {
-                        for t in notify {
-                            let _ = s.cast(match t {
-                                TimerIndex::Put(row) => SchedMsg::Add(row),
-                                TimerIndex::Delete(id) => SchedMsg::Remove(id),
-                            });
-                        }
+                for t in notify {
+                    match t {
+                        TimerIndex::Put(row) => shared.scheduler.add(row),
+                        TimerIndex::Delete(id) => shared.scheduler.remove(id),
                     }
                 }
                 then(Ok(()));

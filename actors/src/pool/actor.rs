@@ -36,7 +36,6 @@ use crate::feed::{Listener, Published};
 use crate::persistence::Op;
 use crate::router::Router;
 use crate::runtime::Shared;
-use crate::scheduler::SchedMsg;
 use crate::store::TimerIndex;
 
 /// What the desktop is told (the WebSocket layer renders it as JSON; in
@@ -402,9 +401,7 @@ impl PoolState {
             timer: TimerIndex::Put(row),
             done: None,
         })));
-        if let Some(s) = shared.scheduler.read().as_ref() {
-            let _ = s.cast(SchedMsg::Add(row));
-        }
+        shared.scheduler.add(row);
     }
 
     /// The offer was accepted, rejected, withdrawn or expired. Called
@@ -420,9 +417,7 @@ impl PoolState {
             timer: TimerIndex::Delete(timer),
             done: None,
         })));
-        if let Some(s) = self.args.shared.scheduler.read().as_ref() {
-            let _ = s.cast(SchedMsg::Remove(timer));
-        }
+        self.args.shared.scheduler.remove(timer);
     }
 
     fn on_time(&mut self) {
