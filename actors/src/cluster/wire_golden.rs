@@ -7,7 +7,8 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use threadline_protocol::{Channel, Timestamp};
+use threadline_protocol::codec::{self, InboundMessage};
+use threadline_protocol::{Channel, ConversationId, Timestamp};
 
 use super::calendar::CalendarAsk;
 use super::pool::PoolTell;
@@ -15,7 +16,7 @@ use super::*;
 use crate::consent::policy::Purpose;
 use crate::conversation::core::OutboundSpec;
 use crate::pool::Escalation;
-use crate::replica::ReplicaBody;
+use crate::replica::{ReplicaBody, ReplicaEntry, Verdict};
 use crate::store::{CalendarWrite, SlotHold};
 
 /// `value` as sent now equals the fixture, and the fixture reads back as a
