@@ -1,0 +1,407 @@
+//! Commands and reads addressed to one conversation: views, business
+//! messages, contact details, deliveries, calls, consent, identity links and
+//! timers.
+
+use super::*;
+
+use threadline_protocol::codec::TimerOwner;
+use threadline_protocol::{ConversationId, ConversationState};
+use tokio::sync::oneshot;
+
+use crate::cluster::{ConvAnswer, ConvOp};
+use crate::conversation::core::TimerSpec;
+use crate::conversation::{ConvError, ConvKey, ConvMsg};
+use crate::persistence::Op;
+
+impl Router {
+    /// The contact's current conversation, without creating one (asked of
+    /// the node that owns it, in a cluster).
+    pub async fn view(
+        &self,
+        tenant: &str,
+        contact: &str,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        if let Some(cluster) = self.shared.cluster() {
+            let key = self.key(tenant, contact);
+            if let Some(owner) = cluster.remote_owner(&key) {
+                return cluster.forward_view(&owner, &key).await;
+            }
+            // Back from a crash: its copy may be older than the one the
+            // node that stood in for it holds until it is handed back.
+            if let Some(newer) = cluster.newer_copy(&key).await? {
+                return cluster.forward_view(&newer, &key).await;
+            }
+            return match self.view_local(tenant, contact).await? {
+                Some(s) => Ok(Some(s)),
+                None => cluster.held_by_a_peer(&key).await,
+            };
+        }
+        self.view_local(tenant, contact).await
+    }
+
+    /// The contact's conversation on this node.
+    pub(crate) async fn view_local(
+        &self,
+        tenant: &str,
+        contact: &str,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let key = self.key(tenant, contact);
+        if !self.shared.dir.by_key.contains_key(&key) {
+            let (t, c) = (tenant.to_owned(), contact.to_owned());
+            if self
+                .blocking(move |s| s.conversation_of(&t, &c))
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+        }
+        self.ask(&key, |reply| ConvMsg::View { reply }).await
+    }
+
+    pub async fn view_by_id(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let Some(cluster) = self.shared.cluster() else {
+            return self.view_by_id_local(id).await;
+        };
+        if cluster.remote_creator(id).is_none() {
+            // (Its key is looked up only while some copy may be old.)
+            let key = if cluster.any_unconfirmed() {
+                self.key_of(id).await?
+            } else {
+                None
+            };
+            if let Some(key) = key {
+                if let Some(newer) = cluster.newer_copy(&key).await? {
+                    return cluster.forward_view_by_id(&newer, id).await;
+                }
+            }
+            if let Some(s) = self.view_by_id_local(id).await? {
+                return Ok(Some(s));
+            }
+        }
+        // Where it lives: the owner of its key if this node keeps its
+        // replica, else the node that created it (which knows where it
+        // went if it moved).
+        match cluster.replica_owner(id).await {
+            Some(node) => cluster.forward_view_by_id(&node, id).await,
+            None => match cluster.remote_creator(id) {
+                Some(node) => cluster.forward_view_by_id(&node, id).await,
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Conversation `id` as this node knows it.
+    pub(crate) async fn view_by_id_local(
+        &self,
+        id: ConversationId,
+    ) -> Result<Option<ConversationState>, DeliverError> {
+        let Some(key) = self.key_of(id).await? else {
+            return Ok(None);
+        };
+        // The contact may since have moved on to a newer conversation.
+        Ok(self
+            .ask(&key, |reply| ConvMsg::View { reply })
+            .await?
+            .filter(|s| s.id == id))
+    }
+
+    /// Schedules a timer owned by conversation `id`; resolves once durable.
+    /// `None` if there is no such conversation.
+    pub async fn schedule_timer(
+        &self,
+        id: ConversationId,
+        spec: TimerSpec,
+    ) -> Result<Option<u64>, DeliverError> {
+        let Some(key) = self.key_of(id).await? else {
+            return Ok(None);
+        };
+        self.ask(&key, |reply| ConvMsg::ScheduleTimer {
+            spec: spec.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Puts a business-initiated message to conversation `id` through the
+    /// gate (on the node that holds it, in a cluster); `None` if there is
+    /// no such conversation.
+    pub async fn send_to_conversation(
+        &self,
+        id: ConversationId,
+        spec: crate::conversation::core::OutboundSpec,
+    ) -> Result<Option<crate::conversation::core::SendOutcome>, DeliverError> {
+        Ok(match self.conv_op(ConvOp::Send(id, spec), true).await? {
+            Some(ConvAnswer::Sent(o)) => Some(o),
+            _ => None,
+        })
+    }
+
+    /// Like `send_to_conversation`, addressed to a contact (a conversation
+    /// is started if the contact has none).
+    pub async fn send_to_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        spec: crate::conversation::core::OutboundSpec,
+    ) -> Result<(ConversationId, crate::conversation::core::SendOutcome), DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::SendMessage {
+            spec: spec.clone(),
+            create: true,
+            reply,
+        })
+        .await?
+        .ok_or_else(|| DeliverError::Storage("conversation was not created".into()))
+    }
+
+    /// Records what is known of a contact (a `ConvEvent::ContactUpdated`);
+    /// resolves with the conversation once durable.
+    pub async fn update_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        update: threadline_protocol::ConvEvent,
+    ) -> Result<ConversationState, DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::UpdateContact {
+            update: update.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Records the provider outcome of a queued outbound message.
+    pub async fn record_delivery(
+        &self,
+        conv: ConversationId,
+        seq: u32,
+        outcome: crate::sender::Outcome,
+    ) -> Result<(), DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(());
+        };
+        self.ask(&key, |reply| ConvMsg::Delivery {
+            seq,
+            outcome: outcome.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// A step of a phone call from `contact`; resolves with what the call
+    /// does next once its events are durable.
+    pub async fn call(
+        &self,
+        tenant: &str,
+        contact: &str,
+        event: crate::conversation::core::CallEvent,
+    ) -> Result<(ConversationId, crate::conversation::core::VoiceAction), DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::Call {
+            event: event.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// A provider's delivery report, for message `seq` of conversation
+    /// `conv`. False if there is no such conversation.
+    pub async fn provider_status(
+        &self,
+        conv: ConversationId,
+        seq: u32,
+        report: crate::conversation::core::DeliveryReport,
+    ) -> Result<bool, DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(false);
+        };
+        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+            seq: Some(seq),
+            report: report.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// A provider's delivery report for the outbound message to `contact`
+    /// that carries the report's provider id. False if the contact has no
+    /// conversation.
+    pub async fn provider_status_for_contact(
+        &self,
+        tenant: &str,
+        contact: &str,
+        report: crate::conversation::core::DeliveryReport,
+    ) -> Result<bool, DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+            seq: None,
+            report: report.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Joins the conversation of `alias` (a web-chat visitor) to the one of
+    /// `canonical` (their phone number): the phone conversation takes over
+    /// the visitor's messages and addresses, the alias is stored, and the
+    /// visitor's own conversation closes. Every step is idempotent, so a
+    /// crash part-way is repaired by linking again. Returns the joined
+    /// conversation.
+    pub async fn link(
+        &self,
+        tenant: &str,
+        alias: &str,
+        canonical: &str,
+    ) -> Result<ConversationId, DeliverError> {
+        let alias_key = ConvKey::new(tenant, alias);
+        let target = self.key(tenant, canonical);
+        if alias_key == target {
+            return self
+                .view(tenant, canonical)
+                .await?
+                .map(|s| s.id)
+                .ok_or_else(|| DeliverError::Storage("no conversation to link".into()));
+        }
+        let before = self
+            .ask(&alias_key, |reply| ConvMsg::View { reply })
+            .await?;
+        let (from, messages, mut identities, captured, journey) = match &before {
+            Some(s) => (
+                s.id,
+                s.messages.clone(),
+                s.identities.clone(),
+                s.captured.clone(),
+                s.journey.clone(),
+            ),
+            None => (
+                ConversationId(0),
+                Vec::new(),
+                Default::default(),
+                Default::default(),
+                Default::default(),
+            ),
+        };
+        identities.phone = identities.phone.or(Some(canonical.to_owned()));
+        let joined = self
+            .ask(&target, |reply| ConvMsg::Merge {
+                from,
+                messages: messages.clone(),
+                identities: identities.clone(),
+                captured: Box::new((captured.clone(), journey.clone())),
+                reply,
+            })
+            .await?;
+        let (tx, rx) = oneshot::channel();
+        let alias_row = crate::store::contact_key(tenant, alias);
+        self.shared
+            .persistence
+            .submit(Op::Alias {
+                alias: alias_row.clone(),
+                target: target.contact().to_owned(),
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .await
+            .map_err(|e| DeliverError::Unavailable(e.to_string()))?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
+            Err(_) => return Err(DeliverError::Unavailable("storage writer stopped".into())),
+        }
+        self.shared
+            .aliases
+            .insert(alias_row, target.contact().to_owned());
+        if before.is_some() {
+            self.ask(&alias_key, |reply| ConvMsg::CloseMerged {
+                into: joined,
+                reply,
+            })
+            .await?;
+            // The closed conversation's actor is no longer routed to.
+            if let Some((_, e)) = self.shared.dir.by_key.remove(&alias_key) {
+                e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
+            }
+        }
+        Ok(joined)
+    }
+
+    pub(super) async fn ask_conv<T>(
+        &self,
+        conv: ConversationId,
+        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
+    ) -> Result<Option<T>, DeliverError> {
+        let Some(key) = self.key_of(conv).await? else {
+            return Ok(None);
+        };
+        self.ask(&key, make).await.map(Some)
+    }
+
+    /// Records a consent change for a contact; resolves once durable.
+    pub async fn record_consent(
+        &self,
+        tenant: &str,
+        contact: &str,
+        change: threadline_protocol::ConsentChange,
+    ) -> Result<ConversationId, DeliverError> {
+        let key = self.key(tenant, contact);
+        self.ask(&key, |reply| ConvMsg::RecordConsent {
+            change: change.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Delivers a due timer to its owner; resolves once the owner handled it.
+    pub async fn fire_timer(&self, owner: TimerOwner, id: u64) -> Result<(), DeliverError> {
+        match owner {
+            TimerOwner::Conversation(conv) => {
+                let Some(key) = self.key_of(conv).await? else {
+                    return Ok(());
+                };
+                self.ask(&key, |reply| ConvMsg::FireTimer { id, reply })
+                    .await
+            }
+            TimerOwner::Offer { conv, offer } => {
+                self.ask_pool(|reply| crate::pool::PoolMsg::OfferDue {
+                    conv: conv.0,
+                    offer,
+                    timer: id,
+                    reply,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Cancels a pending timer; false if unknown or already fired.
+    pub async fn cancel_timer(&self, id: u64) -> Result<bool, DeliverError> {
+        let owner = self.shared.scheduler.owner(id).await.map_err(unavailable)?;
+        match owner {
+            // An offer ends when its agent answers or it expires.
+            None | Some(TimerOwner::Offer { .. }) => Ok(false),
+            Some(TimerOwner::Conversation(conv)) => {
+                let Some(key) = self.key_of(conv).await? else {
+                    return Ok(false);
+                };
+                self.ask(&key, |reply| ConvMsg::CancelTimer { id, reply })
+                    .await
+            }
+        }
+    }
+
+    /// Simulated clock: fires every timer due at the clock's current time
+    /// and returns once all were handled (including timers their handlers
+    /// scheduled that were already due). Returns how many fired.
+    /// With a simulated clock: handles every timer, offer and grace period
+    /// that came due.
+    pub async fn advance_timers(&self) -> Result<usize, DeliverError> {
+        let fired = self.shared.scheduler.advance().await.map_err(unavailable)?;
+        self.ask_pool(crate::pool::PoolMsg::Advance).await?;
+        Ok(fired)
+    }
+}

@@ -1,0 +1,307 @@
+//! The router: the one way into conversations. (tenant, contact) → the live
+//! actor, activating it through the supervisor when it is not resident.
+//! Callers never hold actor refs; a later cluster layer can forward to a
+//! remote owner here without touching them.
+//!
+//! Delivery is at-least-once towards the actor and idempotent inside it:
+//! when an actor stops with the message still queued (passivation, a
+//! restart), the message was not recorded and is sent again. A message that
+//! makes the conversation's handler fail `MAX_HANDLER_FAILURES` times is
+//! parked in the dead-letter table instead.
+//!
+//! # Identity
+//!
+//! A conversation is keyed by (tenant, address); the phone number in E.164 is
+//! the address shared by SMS, voice and WhatsApp (`wa_id` digits get their
+//! `+`). A WhatsApp user without a number (a business-scoped id) keys their
+//! own conversation. A web-chat visitor is keyed by their visitor id until
+//! they give a number: then `Router::link` moves their messages into the
+//! phone's conversation and stores an alias (visitor → phone) in the same
+//! kind of durable write as everything else; from then on every address is
+//! resolved through the alias map before routing. The visitor's socket shows
+//! only web-chat messages: a typed number proves nothing about who typed it,
+//! so SMS and call history stay with the business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use threadline_protocol::codec::{self, DeadLetter, InboundMessage};
+use threadline_protocol::ConversationId;
+use tokio::sync::oneshot;
+
+use crate::conversation::supervisor::SupMsg;
+use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
+use crate::persistence::Op;
+use crate::runtime::Shared;
+
+mod agents;
+mod conversations;
+
+pub const MAX_HANDLER_FAILURES: u32 = 3;
+
+/// Agents with their presence and whether a desktop is connected.
+pub type AgentList = Vec<(
+    crate::pool::routing::AgentSpec,
+    crate::pool::routing::Presence,
+    bool,
+)>;
+/// Attempts to reach a live actor (stale directory entries, restarts).
+const MAX_ROUTING_ATTEMPTS: u32 = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    Recorded(InboundAck),
+    DeadLettered {
+        conversation: Option<ConversationId>,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliverError {
+    #[error("the node is not accepting work: {0}")]
+    Unavailable(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// The scheduler is not running: try again.
+fn unavailable(e: crate::scheduler::Stopped) -> DeliverError {
+    DeliverError::Unavailable(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct Router {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Router {
+    /// The routing key of `contact`: the address it is an alias of, if any.
+    pub fn key(&self, tenant: &str, contact: &str) -> ConvKey {
+        if !self.shared.aliases.is_empty() {
+            let k = crate::store::contact_key(tenant, contact);
+            if let Some(target) = self.shared.aliases.get(&k) {
+                return ConvKey::new(tenant, target.value());
+            }
+        }
+        ConvKey::new(tenant, contact)
+    }
+
+    async fn entry(&self, key: &ConvKey) -> Result<Entry, DeliverError> {
+        if let Some(e) = self.shared.dir.by_key.get(key) {
+            return Ok(e.clone());
+        }
+        let sup = self
+            .shared
+            .supervisor
+            .read()
+            .clone()
+            .ok_or_else(|| DeliverError::Unavailable("conversations are not running".into()))?;
+        let (tx, rx) = oneshot::channel();
+        sup.cast(SupMsg::Activate {
+            key: key.clone(),
+            reply: tx,
+        })
+        .map_err(|_| DeliverError::Unavailable("conversation supervisor stopped".into()))?;
+        match rx.await {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(e)) => Err(DeliverError::Unavailable(e)),
+            Err(_) => Err(DeliverError::Unavailable(
+                "conversation supervisor stopped".into(),
+            )),
+        }
+    }
+
+    async fn backoff(attempt: u32) {
+        if attempt < 3 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(20)))).await;
+        }
+    }
+
+    /// Records an inbound message in the contact's conversation; resolves
+    /// once it is durable.
+    pub async fn deliver(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+    ) -> Result<Delivered, DeliverError> {
+        self.deliver_with(tenant, contact, msg, InboundMeta::default())
+            .await
+    }
+
+    /// `deliver`, with what the provider said beyond the message. In a
+    /// cluster, a conversation another node owns is delivered there and
+    /// the owner's durable ack returned.
+    pub async fn deliver_with(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+        meta: InboundMeta,
+    ) -> Result<Delivered, DeliverError> {
+        if let Some(cluster) = self.shared.cluster() {
+            let key = self.key(tenant, contact);
+            if let Some(owner) = cluster.remote_owner(&key) {
+                return cluster.forward(&owner, &key, msg, meta).await;
+            }
+        }
+        self.deliver_local(tenant, contact, msg, meta).await
+    }
+
+    /// Delivers to the conversation on this node, whoever owns it.
+    pub(crate) async fn deliver_local(
+        &self,
+        tenant: &str,
+        contact: &str,
+        msg: InboundMessage,
+        meta: InboundMeta,
+    ) -> Result<Delivered, DeliverError> {
+        let key = self.key(tenant, contact);
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.check_local(&key).await?;
+        }
+        let mut failures = 0;
+        let mut last_failure = String::new();
+        for attempt in 0..MAX_ROUTING_ATTEMPTS {
+            let entry = self.entry(&key).await?;
+            let (tx, rx) = oneshot::channel();
+            let sent = entry.actor.cast(ConvMsg::Inbound {
+                msg: msg.clone(),
+                meta: meta.clone(),
+                reply: tx,
+            });
+            if sent.is_err() {
+                Self::backoff(attempt).await;
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(ack)) => {
+                    tracing::debug!(
+                        conv = ack.conversation.0,
+                        seq = ack.message.seq,
+                        duplicate = ack.duplicate,
+                        pid = ?msg.provider_message_id,
+                        "inbound recorded"
+                    );
+                    return Ok(Delivered::Recorded(ack));
+                }
+                Ok(Err(ConvError::Panicked(why))) => {
+                    failures += 1;
+                    last_failure = why;
+                    if failures >= MAX_HANDLER_FAILURES {
+                        return self
+                            .dead_letter(tenant, contact, msg, failures, last_failure)
+                            .await;
+                    }
+                }
+                Ok(Err(ConvError::Storage(e))) => return Err(DeliverError::Storage(e)),
+                Ok(Err(ConvError::Unavailable(e))) => return Err(DeliverError::Unavailable(e)),
+                // The actor stopped before handling it: not recorded, resend.
+                Err(_) => Self::backoff(attempt).await,
+            }
+        }
+        Err(DeliverError::Unavailable(format!(
+            "conversation unreachable after {MAX_ROUTING_ATTEMPTS} attempts {last_failure}"
+        )))
+    }
+
+    async fn dead_letter(
+        &self,
+        tenant: &str,
+        contact: &str,
+        message: InboundMessage,
+        attempts: u32,
+        error: String,
+    ) -> Result<Delivered, DeliverError> {
+        let (t, c) = (tenant.to_owned(), contact.to_owned());
+        let conversation = self
+            .blocking(move |s| s.conversation_of(&t, &c))
+            .await
+            .ok()
+            .flatten();
+        let bytes = codec::encode_dead_letter(&DeadLetter {
+            tenant: tenant.to_owned(),
+            contact: contact.to_owned(),
+            conversation,
+            message,
+            attempts,
+            error,
+            at: self.shared.clock.now(),
+        });
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .persistence
+            .submit(Op::DeadLetter {
+                bytes,
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            })
+            .await
+            .map_err(|e| DeliverError::Unavailable(e.to_string()))?;
+        match rx.await {
+            Ok(Ok(())) => {
+                self.shared.metrics.dead_letters.inc();
+                tracing::error!(
+                    tenant,
+                    contact,
+                    "message dead-lettered after {attempts} failures"
+                );
+                Ok(Delivered::DeadLettered { conversation })
+            }
+            Ok(Err(e)) => Err(DeliverError::Storage(e.to_string())),
+            Err(_) => Err(DeliverError::Unavailable("storage writer stopped".into())),
+        }
+    }
+
+    /// Sends a request to the conversation of `key` and waits for its
+    /// answer, resending when the actor stopped before handling it.
+    async fn ask<T>(
+        &self,
+        key: &ConvKey,
+        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
+    ) -> Result<T, DeliverError> {
+        for attempt in 0..MAX_ROUTING_ATTEMPTS {
+            let entry = self.entry(key).await?;
+            let (tx, rx) = oneshot::channel();
+            if entry.actor.cast(make(tx)).is_ok() {
+                match rx.await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(ConvError::Unavailable(e))) => return Err(DeliverError::Unavailable(e)),
+                    Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
+                    Err(_) => {}
+                }
+            }
+            Self::backoff(attempt).await;
+        }
+        Err(DeliverError::Unavailable("conversation unreachable".into()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, DeliverError> {
+        let store = self.shared.persistence.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| DeliverError::Storage(e.to_string()))?
+            .map_err(|e| DeliverError::Storage(e.to_string()))
+    }
+
+    /// The routing key of a conversation id, if the conversation exists.
+    async fn key_of(&self, id: ConversationId) -> Result<Option<ConvKey>, DeliverError> {
+        if let Some(k) = self.shared.dir.by_id.get(&id.0) {
+            return Ok(Some(k.clone()));
+        }
+        Ok(self
+            .blocking(move |s| s.contact_of(id))
+            .await?
+            .map(|(t, c)| ConvKey::new(&t, &c)))
+    }
+
+    pub fn resident(&self) -> usize {
+        self.shared.dir.by_key.len()
+    }
+}
