@@ -370,13 +370,8 @@ impl RouterState {
     }
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ForgetError {
-    #[error("node {0} is live (or is this node): stop it before forgetting it")]
-    Live(String),
-    #[error("no node {0} is known")]
-    Unknown(String),
-}
+pub use threadline_core::membership::ForgetError;
+use threadline_core::membership::{Answer, Membership, MembershipConfig};
 
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -432,38 +427,21 @@ pub struct Member {
     pub last_seen: Instant,
 }
 
-#[derive(Default)]
+/// What this node knows of its peers: membership (the pure rules, in
+/// `threadline_core::membership`) and how to reach each peer.
 struct View {
-    /// Authenticated peers by session actor id.
-    peers: BTreeMap<String, Member>,
-    /// When each peer (by name) last answered a heartbeat.
-    answered: BTreeMap<String, Instant>,
+    /// Sessions, answers, the live set and the majority rules.
+    m: Membership,
     /// Each peer's router, by name (learned from heartbeat answers).
     routers: BTreeMap<String, ActorRef<RouterMsg>>,
-    /// The live set as the last rebalance saw it.
-    balanced: Vec<String>,
     /// Each peer's HTTP address, by name (from heartbeat answers).
     http: BTreeMap<String, String>,
-    /// Peers whose heartbeat answers say they are leaving.
-    leaving: std::collections::BTreeSet<String>,
     /// Each peer's cluster address, by name (from heartbeat answers).
     links: BTreeMap<String, SocketAddr>,
     /// Cluster addresses peers named in their heartbeat answers: this
     /// node connects to each (with TLS, ractor_cluster's own transitive
     /// connections cannot be used, since they are plain TCP).
     learned: std::collections::BTreeSet<SocketAddr>,
-    /// A peer's session opened or closed since the last heartbeat tick: a
-    /// node that died and came back between two ticks leaves the live set
-    /// as it was, but what it holds is stale and must be rebalanced.
-    sessions_changed: bool,
-    /// The nodes each peer counts live (from its heartbeat answers): a
-    /// joining node waits to hear from all of them before it settles.
-    vouched: BTreeMap<String, Vec<String>>,
-    /// When a peer first answered this node.
-    first_answer: Option<Instant>,
-    /// This node has settled its live set with the cluster it joined (or
-    /// it has no seeds: it starts one).
-    joined: bool,
 }
 
 /// This node's membership.
@@ -507,20 +485,17 @@ pub struct Cluster {
     /// their writes) until a hand-over is answered, they are installed
     /// here again, or every live peer says it has no newer copy.
     in_doubt: dashmap::DashSet<u64>,
-    /// This node has no seeds but was in a cluster before (it keeps
-    /// replicas): it joins like a node with seeds (`first_node`).
-    rejoining: bool,
     /// This node is leaving (its heartbeat answers say so: peers stop
     /// counting it live) ...
+    /// (Once they have heard, it no longer counts itself live: `View::m`,
+    /// `Membership::leave`.)
     leaving: Arc<std::sync::atomic::AtomicBool>,
-    /// ... and, once they have heard, no longer counts itself: what it
-    /// holds is handed to the nodes that own it without it.
-    left: std::sync::atomic::AtomicBool,
     /// Serves the HTTP requests peers pass on (set by the binary).
     requests: std::sync::OnceLock<RequestHandler>,
 }
 
-struct Events(Arc<RwLock<View>>);
+/// Session events into the view; times count from `started`.
+struct Events(Arc<RwLock<View>>, Instant);
 
 impl Cluster {
     /// Starts the node server and joins through the seeds (in the
@@ -551,11 +526,22 @@ impl Cluster {
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| format!("cluster.listen {}: {e}", spec.listen))?;
-        let view = Arc::new(RwLock::new(View::default()));
+        let started = Instant::now();
+        let view = Arc::new(RwLock::new(View {
+            m: Membership::new(MembershipConfig {
+                name: spec.name.clone(),
+                failure_after: spec.failure_after.as_millis() as u64,
+                first_node: spec.seeds.is_empty(),
+            }),
+            routers: BTreeMap::new(),
+            http: BTreeMap::new(),
+            links: BTreeMap::new(),
+            learned: Default::default(),
+        }));
         server
             .cast(NodeServerMessage::SubscribeToEvents {
                 id: "threadline-membership".into(),
-                subscription: Box::new(Events(view.clone())),
+                subscription: Box::new(Events(view.clone(), started)),
             })
             .map_err(|e| format!("cluster: {e}"))?;
         let shared = router.shared.clone();
@@ -578,6 +564,9 @@ impl Cluster {
                 unconfirmed.insert(ConvKey::new(&tenant, &contact), conv);
             }
         }
+        view.write()
+            .m
+            .set_first_node(spec.seeds.is_empty() && !rejoining);
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>> = Default::default();
         let leaving: Arc<std::sync::atomic::AtomicBool> = Default::default();
         let (router, _) = Actor::spawn(
@@ -598,7 +587,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             metrics: shared.metrics.clone(),
             shared: shared.clone(),
-            started: Instant::now(),
+            started,
             moving: Default::default(),
             membership: tokio::sync::Notify::new(),
             settle_now: tokio::sync::Notify::new(),
@@ -614,10 +603,8 @@ impl Cluster {
             pool: Default::default(),
             calendar: Default::default(),
             unconfirmed,
-            rejoining,
             in_doubt: Default::default(),
             leaving,
-            left: Default::default(),
             requests: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
@@ -651,7 +638,7 @@ impl Cluster {
             // Every peer pings each tick: three ticks and they have heard.
             tokio::time::sleep(3 * self.spec.heartbeat).await;
         }
-        self.left.store(true, Ordering::Relaxed);
+        self.view.write().m.leave();
         tracing::info!("leaving the cluster: handing conversations over");
         loop {
             let store = self.shared.persistence.store.clone();

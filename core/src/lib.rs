@@ -20,6 +20,7 @@ pub mod conversation;
 pub mod delivery;
 pub mod fence;
 pub mod flows;
+pub mod membership;
 pub mod phone;
 pub mod pool;
 pub mod wheel;
