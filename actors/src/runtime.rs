@@ -335,13 +335,7 @@ impl Runtime {
     /// stops the tree; the persistence actor commits the queue and joins the
     /// writer thread last. Nothing is started after this.
     pub async fn shutdown(self) {
-        let actors: Vec<ActorRef<ConvMsg>> = self
-            .shared
-            .dir
-            .by_key
-            .iter()
-            .map(|e| e.value().actor.clone())
-            .collect();
+        let actors: Vec<ActorRef<ConvMsg>> = self.shared.dir.actors();
         for a in &actors {
             let _ = a.drain();
         }

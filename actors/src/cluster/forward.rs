@@ -250,7 +250,7 @@ impl Cluster {
                 "the conversation is moving between nodes".into(),
             ));
         }
-        if self.spec.replication_factor < 2 || self.shared.dir.by_key.contains_key(key) {
+        if self.spec.replication_factor < 2 || self.shared.dir.contains(key) {
             return Ok(());
         }
         let store = self.shared.persistence.store.clone();

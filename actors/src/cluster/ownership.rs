@@ -3,7 +3,6 @@
 
 use super::*;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use threadline_protocol::codec::{self};
@@ -15,14 +14,7 @@ use crate::replica::{ReplicaMeta, Verdict};
 impl Cluster {
     /// Stops the resident actor of `key`, if any, and waits for it.
     pub(super) async fn stop_local(&self, key: &ConvKey) {
-        let entry = self.shared.dir.by_key.get(key).map(|e| e.value().clone());
-        if let Some(e) = entry {
-            self.shared.dir.remove_if_actor(key, e.actor.get_id());
-            let _ = e
-                .actor
-                .stop_and_wait(Some("ownership moved".into()), Some(Duration::from_secs(5)))
-                .await;
-        }
+        self.shared.dir.stop_and_wait(key, "ownership moved").await;
     }
 
     /// Moves conversations to where the current membership places them:

@@ -189,18 +189,7 @@ impl Cluster {
                         // (Not waited for: the actor may itself be waiting
                         // for this round.)
                         if let Some(route) = routes.get(&conv) {
-                            let entry = self
-                                .shared
-                                .dir
-                                .by_key
-                                .get(&route.key)
-                                .map(|e| e.value().clone());
-                            if let Some(e) = entry {
-                                self.shared
-                                    .dir
-                                    .remove_if_actor(&route.key, e.actor.get_id());
-                                e.actor.stop(Some("fenced".into()));
-                            }
+                            self.shared.dir.stop(&route.key, "fenced");
                         }
                     }
                     failed.insert(conv, why);

@@ -50,15 +50,17 @@ impl fmt::Display for ConvKey {
     }
 }
 
-/// Live conversation actors. Written only by the conversation supervisor
-/// (insertions, removal of failed actors) and by an actor removing itself
-/// when it passivates; read by everyone.
+/// Live conversation actors. Private to this module: written only by the
+/// conversation supervisor (insertions, removal of failed actors), by an
+/// actor removing itself when it passivates, and through the evictions
+/// below (`stop`, `stop_and_wait`, `passivate`), which the router and the
+/// cluster call; read by everyone through its methods.
 #[derive(Default)]
 pub struct Directory {
     /// `tenant \0 address` → the live actor.
-    pub by_key: DashMap<ConvKey, Entry>,
+    by_key: DashMap<ConvKey, Entry>,
     /// conversation id → key, for resident conversations.
-    pub by_id: DashMap<u64, ConvKey>,
+    by_id: DashMap<u64, ConvKey>,
 }
 
 #[derive(Clone)]
@@ -84,6 +86,71 @@ impl EntryMeta {
 }
 
 impl Directory {
+    /// The live actor of `key`, if resident.
+    pub fn get(&self, key: &ConvKey) -> Option<Entry> {
+        self.by_key.get(key).map(|e| e.value().clone())
+    }
+
+    pub fn contains(&self, key: &ConvKey) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    /// The key of resident conversation `id`.
+    pub fn key_of(&self, id: u64) -> Option<ConvKey> {
+        self.by_id.get(&id).map(|k| k.value().clone())
+    }
+
+    /// How many conversations are resident.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Every resident conversation's actor.
+    pub fn actors(&self) -> Vec<ActorRef<ConvMsg>> {
+        self.by_key
+            .iter()
+            .map(|e| e.value().actor.clone())
+            .collect()
+    }
+
+    /// Evicts `key`'s actor and stops it (it is no longer the owner's:
+    /// fenced). Messages it had queued are dropped; their callers retry.
+    pub fn stop(&self, key: &ConvKey, why: &str) {
+        if let Some(e) = self.get(key) {
+            self.remove_if_actor(key, e.actor.get_id());
+            e.actor.stop(Some(why.to_owned()));
+        }
+    }
+
+    /// Evicts `key`'s actor, stops it and waits for it (at most 5 s): its
+    /// conversation moves to another node.
+    pub async fn stop_and_wait(&self, key: &ConvKey, why: &str) {
+        if let Some(e) = self.get(key) {
+            self.remove_if_actor(key, e.actor.get_id());
+            let _ = e
+                .actor
+                .stop_and_wait(
+                    Some(why.to_owned()),
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
+        }
+    }
+
+    /// Evicts `key`'s actor (nothing is routed to it any more) and lets it
+    /// passivate after what it has queued.
+    pub fn passivate(&self, key: &ConvKey) {
+        if let Some((_, e)) = self.by_key.remove(key) {
+            let conv = e.meta.conv_id.load(Ordering::Relaxed);
+            self.by_id.remove_if(&conv, |_, k| k == key);
+            e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
+        }
+    }
+
     /// Removes `key` only if it still maps to the actor `id`.
     pub fn remove_if_actor(&self, key: &ConvKey, id: ractor::ActorId) -> bool {
         match self.by_key.remove_if(key, |_, e| e.actor.get_id() == id) {

@@ -46,7 +46,7 @@ impl Router {
         contact: &str,
     ) -> Result<Option<ConversationState>, DeliverError> {
         let key = self.key(tenant, contact);
-        if !self.shared.dir.by_key.contains_key(&key) {
+        if !self.shared.dir.contains(&key) {
             let (t, c) = (tenant.to_owned(), contact.to_owned());
             if self
                 .blocking(move |s| s.conversation_of(&t, &c))
@@ -323,9 +323,7 @@ impl Router {
             })
             .await?;
             // The closed conversation's actor is no longer routed to.
-            if let Some((_, e)) = self.shared.dir.by_key.remove(&alias_key) {
-                e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
-            }
+            self.shared.dir.passivate(&alias_key);
         }
         Ok(joined)
     }

@@ -87,8 +87,8 @@ impl Router {
     }
 
     async fn entry(&self, key: &ConvKey) -> Result<Entry, DeliverError> {
-        if let Some(e) = self.shared.dir.by_key.get(key) {
-            return Ok(e.clone());
+        if let Some(e) = self.shared.dir.get(key) {
+            return Ok(e);
         }
         let sup = self
             .shared
@@ -292,8 +292,8 @@ impl Router {
 
     /// The routing key of a conversation id, if the conversation exists.
     async fn key_of(&self, id: ConversationId) -> Result<Option<ConvKey>, DeliverError> {
-        if let Some(k) = self.shared.dir.by_id.get(&id.0) {
-            return Ok(Some(k.clone()));
+        if let Some(k) = self.shared.dir.key_of(id.0) {
+            return Ok(Some(k));
         }
         Ok(self
             .blocking(move |s| s.contact_of(id))
@@ -302,6 +302,6 @@ impl Router {
     }
 
     pub fn resident(&self) -> usize {
-        self.shared.dir.by_key.len()
+        self.shared.dir.len()
     }
 }
