@@ -296,45 +296,29 @@ fn timer_row_v1_fixture_still_decodes() {
     assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
 }
 
-#[test]
-fn timer_row_v2_fixture_still_decodes() {
-    let row = TimerRow {
+fn timer_row_v2() -> TimerRow {
+    TimerRow {
         id: 78,
         due: Timestamp(1_795_000_130_000),
         owner: TimerOwner::Offer {
             conv: ConversationId(0x2c),
             offer: 5,
         },
-    };
-    let bytes = check("timer_row_v2.bin", codec::encode_timer_row(&row));
-    assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
+    }
 }
 
-#[test]
-fn offer_hold_v1_fixture_still_decodes() {
-    let h = OfferHold {
+fn offer_hold() -> OfferHold {
+    OfferHold {
         conv: ConversationId(0x2c),
         agent: "sarah".into(),
         offer: 5,
         timer: 78,
         expires: Timestamp(1_795_000_130_000),
-    };
-    let bytes = check("offer_hold_v1.bin", codec::encode_offer_hold(&h));
-    assert_eq!(codec::decode_offer_hold(&bytes).unwrap(), h);
+    }
 }
 
-#[test]
-fn log_record_v1_fixture_still_decodes() {
-    let bytes = check(
-        "log_record_v1.bin",
-        codec::encode_log_record(&v1_log_record()),
-    );
-    assert_eq!(codec::decode_log_record(&bytes).unwrap(), v1_log_record());
-}
-
-#[test]
-fn dead_letter_v1_fixture_still_decodes() {
-    let d = codec::DeadLetter {
+fn dead_letter() -> codec::DeadLetter {
+    codec::DeadLetter {
         tenant: "acme".into(),
         contact: "+15551234567".into(),
         conversation: Some(ConversationId(0x2a)),
@@ -350,7 +334,59 @@ fn dead_letter_v1_fixture_still_decodes() {
         attempts: 3,
         error: "panicked".into(),
         at: Timestamp(1),
-    };
+    }
+}
+
+fn outbox_v2() -> OutboxEntry {
+    OutboxEntry {
+        conv: ConversationId(0x2b),
+        seq: 4,
+        tenant: "acme".into(),
+        to: "15551234567".into(),
+        channel: Channel::Whatsapp,
+        body: "Your cleaning is tomorrow at 3".into(),
+        template: Some("reminder".into()),
+    }
+}
+
+fn agent_work() -> AgentWork {
+    AgentWork {
+        conv: ConversationId(0x2c),
+        tenant: "acme".into(),
+        channel: Channel::Sms,
+        skills: vec!["es".into()],
+        priority: 2,
+        since: Timestamp(1_795_000_000_000),
+        agent: Some("sarah".into()),
+    }
+}
+
+#[test]
+fn timer_row_v2_fixture_still_decodes() {
+    let row = timer_row_v2();
+    let bytes = check("timer_row_v2.bin", codec::encode_timer_row(&row));
+    assert_eq!(codec::decode_timer_row(&bytes).unwrap(), row);
+}
+
+#[test]
+fn offer_hold_v1_fixture_still_decodes() {
+    let h = offer_hold();
+    let bytes = check("offer_hold_v1.bin", codec::encode_offer_hold(&h));
+    assert_eq!(codec::decode_offer_hold(&bytes).unwrap(), h);
+}
+
+#[test]
+fn log_record_v1_fixture_still_decodes() {
+    let bytes = check(
+        "log_record_v1.bin",
+        codec::encode_log_record(&v1_log_record()),
+    );
+    assert_eq!(codec::decode_log_record(&bytes).unwrap(), v1_log_record());
+}
+
+#[test]
+fn dead_letter_v1_fixture_still_decodes() {
+    let d = dead_letter();
     let bytes = check("dead_letter_v1.bin", codec::encode_dead_letter(&d));
     assert_eq!(codec::decode_dead_letter(&bytes).unwrap(), d);
 }
@@ -373,30 +409,14 @@ fn outbox_v1_fixture_still_decodes() {
 
 #[test]
 fn outbox_v2_fixture_still_decodes() {
-    let e = OutboxEntry {
-        conv: ConversationId(0x2b),
-        seq: 4,
-        tenant: "acme".into(),
-        to: "15551234567".into(),
-        channel: Channel::Whatsapp,
-        body: "Your cleaning is tomorrow at 3".into(),
-        template: Some("reminder".into()),
-    };
+    let e = outbox_v2();
     let bytes = check("outbox_v2.bin", codec::encode_outbox(&e));
     assert_eq!(codec::decode_outbox(&bytes).unwrap(), e);
 }
 
 #[test]
 fn agent_work_v1_fixture_still_decodes() {
-    let w = AgentWork {
-        conv: ConversationId(0x2c),
-        tenant: "acme".into(),
-        channel: Channel::Sms,
-        skills: vec!["es".into()],
-        priority: 2,
-        since: Timestamp(1_795_000_000_000),
-        agent: Some("sarah".into()),
-    };
+    let w = agent_work();
     let bytes = check("agent_work_v1.bin", codec::encode_agent_work(&w));
     assert_eq!(codec::decode_agent_work(&bytes).unwrap(), w);
 }
@@ -562,76 +582,31 @@ fn every_kind_as_written_now_is_postcard_and_matches_its_fixture() {
     );
     golden(
         "timer_row_v2_postcard.bin",
-        TimerRow {
-            id: 78,
-            due: Timestamp(1_795_000_130_000),
-            owner: TimerOwner::Offer {
-                conv: ConversationId(0x2c),
-                offer: 5,
-            },
-        },
+        timer_row_v2(),
         codec::encode_timer_row,
         codec::decode_timer_row,
     );
     golden(
         "outbox_v2_postcard.bin",
-        OutboxEntry {
-            conv: ConversationId(0x2b),
-            seq: 4,
-            tenant: "acme".into(),
-            to: "15551234567".into(),
-            channel: Channel::Whatsapp,
-            body: "Your cleaning is tomorrow at 3".into(),
-            template: Some("reminder".into()),
-        },
+        outbox_v2(),
         codec::encode_outbox,
         codec::decode_outbox,
     );
     golden(
         "agent_work_v1_postcard.bin",
-        AgentWork {
-            conv: ConversationId(0x2c),
-            tenant: "acme".into(),
-            channel: Channel::Sms,
-            skills: vec!["es".into()],
-            priority: 2,
-            since: Timestamp(1_795_000_000_000),
-            agent: Some("sarah".into()),
-        },
+        agent_work(),
         codec::encode_agent_work,
         codec::decode_agent_work,
     );
     golden(
         "offer_hold_v1_postcard.bin",
-        OfferHold {
-            conv: ConversationId(0x2c),
-            agent: "sarah".into(),
-            offer: 5,
-            timer: 78,
-            expires: Timestamp(1_795_000_130_000),
-        },
+        offer_hold(),
         codec::encode_offer_hold,
         codec::decode_offer_hold,
     );
     golden(
         "dead_letter_v1_postcard.bin",
-        codec::DeadLetter {
-            tenant: "acme".into(),
-            contact: "+15551234567".into(),
-            conversation: Some(ConversationId(0x2a)),
-            message: InboundMessage {
-                channel: Channel::Sms,
-                from: "+15551234567".into(),
-                to: None,
-                text: "boom".into(),
-                provider_message_id: Some("p-1".into()),
-                at: None,
-                media: vec![],
-            },
-            attempts: 3,
-            error: "panicked".into(),
-            at: Timestamp(1),
-        },
+        dead_letter(),
         codec::encode_dead_letter,
         codec::decode_dead_letter,
     );
