@@ -2273,3 +2273,121 @@ async fn nothing_acknowledged_is_lost_through_partitions_kills_and_healing() {
     drop(nodes);
     drop(net);
 }
+
+/// A node cut off from both others writes and sends nothing: a business
+/// message, a consent record or a contact update through it is refused
+/// (503) instead of being written into a conversation the others may have
+/// taken over, or into a second conversation for the contact. Healed, the
+/// same request goes through, once, into the contact's one conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_writes_and_sends_nothing_for_any_conversation() {
+    let _load = LOAD.write().await;
+    let Some(net) = Net::new(3) else {
+        eprintln!("skipped: this machine does not let the test make network namespaces");
+        return;
+    };
+    let port = 7400;
+    let seed = format!("\"{}:{port}\"", net.addr(1));
+    let node = |i: usize| {
+        let listen = format!("{}:{port}", net.addr(i));
+        let seeds = if i == 1 { String::new() } else { seed.clone() };
+        let config = format!(
+            "{CONFIG}\n[cluster]\nname = \"n{i}\"\nlisten = \"{listen}\"\nseeds = [{seeds}]\ncookie = \"{COOKIE}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n"
+        );
+        Node::start_in_netns(&net.ns(i), &net.addr(i), &config, &[])
+    };
+    let nodes = [node(1), node(2), node(3)];
+    let all = ["n1", "n2", "n3"];
+    for n in &nodes {
+        live(n, &all).await;
+    }
+    // Customers who texted first: each has one conversation somewhere.
+    let who: Vec<String> = (0..6).map(|c| phone(40 + c)).collect();
+    let mut conv_of = Vec::new();
+    for (c, w) in who.iter().enumerate() {
+        let (s, v) = nodes[c % 3]
+            .inbound(
+                "gw-acme",
+                &sms("acme", w, "hello", Some(&format!("iso{c}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        conv_of.push(v["conversation_id"].as_str().unwrap().to_owned());
+    }
+    net.cut(3, 1, true);
+    net.cut(3, 2, true);
+    live(&nodes[2], &["n3"]).await;
+    let isolated = &nodes[2];
+    for w in &who {
+        let (s, v) = isolated
+            .send_admin(
+                reqwest::Method::POST,
+                &format!("/api/v1/tenants/acme/contacts/{w}/messages"),
+                Some(&json!({"text": "Your visit is confirmed", "purpose": "conversational"})),
+            )
+            .await;
+        assert_eq!(s, 503, "a business message through a node alone: {v}");
+        assert!(v["error"]["message"].is_string(), "a JSON error: {v}");
+        let (s, v) = isolated
+            .send_admin(
+                reqwest::Method::POST,
+                &format!("/api/v1/tenants/acme/contacts/{w}/consent"),
+                Some(&json!({"status": "opted_out", "channel": "sms", "source": "web_form"})),
+            )
+            .await;
+        assert_eq!(s, 503, "a consent record through a node alone: {v}");
+        let (s, v) = isolated
+            .send_admin(
+                reqwest::Method::PUT,
+                &format!("/api/v1/tenants/acme/contacts/{w}"),
+                Some(&json!({"name": "Sam"})),
+            )
+            .await;
+        assert_eq!(s, 503, "a contact update through a node alone: {v}");
+    }
+    // A contact nobody knows: no conversation is started for it either.
+    let stranger = phone(60);
+    let (s, v) = isolated
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/acme/contacts/{stranger}/messages"),
+            Some(&json!({"text": "Hello from the clinic", "purpose": "conversational"})),
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    net.cut(3, 1, false);
+    net.cut(3, 2, false);
+    for n in &nodes {
+        live(n, &all).await;
+    }
+    // Healed: each goes through once, into the contact's one conversation,
+    // and nothing the node refused was written anywhere.
+    for (c, w) in who.iter().enumerate() {
+        for n in &nodes {
+            let conv = n
+                .conversation_of("acme", w)
+                .await
+                .expect("the conversation");
+            assert_eq!(conv["id"], conv_of[c], "one conversation for {w}");
+            assert!(
+                !texts(&conv).iter().any(|t| t == "Your visit is confirmed"),
+                "nothing refused was written: {:?}",
+                texts(&conv)
+            );
+            assert_ne!(conv["captured"]["name"], "Sam");
+        }
+        let v = business_message(isolated, w, "Your visit is confirmed").await;
+        assert_eq!(v["decision"], "sent", "{v}");
+        let conv = nodes[0].conversation_of("acme", w).await.unwrap();
+        assert_eq!(conv["id"], conv_of[c]);
+        assert_eq!(
+            texts(&conv)
+                .iter()
+                .filter(|t| *t == "Your visit is confirmed")
+                .count(),
+            1
+        );
+    }
+    drop(nodes);
+    drop(net);
+}

@@ -104,7 +104,7 @@ impl Router {
         Ok(Some(match op {
             ConvOp::Assign(_, agent) => {
                 let taken = agent.is_some();
-                self.ask(&key, |reply| ConvMsg::Assign {
+                self.ask_write(&key, |reply| ConvMsg::Assign {
                     agent: agent.clone(),
                     reply,
                 })
@@ -115,7 +115,7 @@ impl Router {
                 ConvAnswer::Done
             }
             ConvOp::Note(_, text) => {
-                self.ask(&key, |reply| ConvMsg::Note {
+                self.ask_write(&key, |reply| ConvMsg::Note {
                     text: text.clone(),
                     reply,
                 })
@@ -125,7 +125,7 @@ impl Router {
             ConvOp::Close {
                 agent, disposition, ..
             } => {
-                self.ask(&key, |reply| ConvMsg::CloseByAgent {
+                self.ask_write(&key, |reply| ConvMsg::CloseByAgent {
                     agent: agent.clone(),
                     disposition: disposition.clone(),
                     reply,
@@ -136,7 +136,7 @@ impl Router {
             }
             ConvOp::Send(_, spec) => {
                 let sent = self
-                    .ask(&key, |reply| ConvMsg::SendMessage {
+                    .ask_write(&key, |reply| ConvMsg::SendMessage {
                         spec: spec.clone(),
                         create: false,
                         reply,

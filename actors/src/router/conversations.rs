@@ -119,7 +119,7 @@ impl Router {
         let Some(key) = self.key_of(id).await? else {
             return Ok(None);
         };
-        self.ask(&key, |reply| ConvMsg::ScheduleTimer {
+        self.ask_write(&key, |reply| ConvMsg::ScheduleTimer {
             spec: spec.clone(),
             reply,
         })
@@ -149,7 +149,7 @@ impl Router {
         spec: crate::conversation::core::OutboundSpec,
     ) -> Result<(ConversationId, crate::conversation::core::SendOutcome), DeliverError> {
         let key = self.key(tenant, contact);
-        self.ask(&key, |reply| ConvMsg::SendMessage {
+        self.ask_write(&key, |reply| ConvMsg::SendMessage {
             spec: spec.clone(),
             create: true,
             reply,
@@ -167,7 +167,7 @@ impl Router {
         update: threadline_protocol::ConvEvent,
     ) -> Result<ConversationState, DeliverError> {
         let key = self.key(tenant, contact);
-        self.ask(&key, |reply| ConvMsg::UpdateContact {
+        self.ask_write(&key, |reply| ConvMsg::UpdateContact {
             update: update.clone(),
             reply,
         })
@@ -201,7 +201,7 @@ impl Router {
         event: crate::conversation::core::CallEvent,
     ) -> Result<(ConversationId, crate::conversation::core::VoiceAction), DeliverError> {
         let key = self.key(tenant, contact);
-        self.ask(&key, |reply| ConvMsg::Call {
+        self.ask_write(&key, |reply| ConvMsg::Call {
             event: event.clone(),
             reply,
         })
@@ -219,7 +219,7 @@ impl Router {
         let Some(key) = self.key_of(conv).await? else {
             return Ok(false);
         };
-        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+        self.ask_write(&key, |reply| ConvMsg::ProviderStatus {
             seq: Some(seq),
             report: report.clone(),
             reply,
@@ -237,7 +237,7 @@ impl Router {
         report: crate::conversation::core::DeliveryReport,
     ) -> Result<bool, DeliverError> {
         let key = self.key(tenant, contact);
-        self.ask(&key, |reply| ConvMsg::ProviderStatus {
+        self.ask_write(&key, |reply| ConvMsg::ProviderStatus {
             seq: None,
             report: report.clone(),
             reply,
@@ -287,7 +287,7 @@ impl Router {
         };
         identities.phone = identities.phone.or(Some(canonical.to_owned()));
         let joined = self
-            .ask(&target, |reply| ConvMsg::Merge {
+            .ask_write(&target, |reply| ConvMsg::Merge {
                 from,
                 messages: messages.clone(),
                 identities: identities.clone(),
@@ -317,7 +317,7 @@ impl Router {
             .aliases
             .insert(alias_row, target.contact().to_owned());
         if before.is_some() {
-            self.ask(&alias_key, |reply| ConvMsg::CloseMerged {
+            self.ask_write(&alias_key, |reply| ConvMsg::CloseMerged {
                 into: joined,
                 reply,
             })
@@ -336,7 +336,7 @@ impl Router {
         let Some(key) = self.key_of(conv).await? else {
             return Ok(None);
         };
-        self.ask(&key, make).await.map(Some)
+        self.ask_write(&key, make).await.map(Some)
     }
 
     /// Records a consent change for a contact; resolves once durable.
@@ -347,7 +347,7 @@ impl Router {
         change: threadline_protocol::ConsentChange,
     ) -> Result<ConversationId, DeliverError> {
         let key = self.key(tenant, contact);
-        self.ask(&key, |reply| ConvMsg::RecordConsent {
+        self.ask_write(&key, |reply| ConvMsg::RecordConsent {
             change: change.clone(),
             reply,
         })
@@ -361,7 +361,7 @@ impl Router {
                 let Some(key) = self.key_of(conv).await? else {
                     return Ok(());
                 };
-                self.ask(&key, |reply| ConvMsg::FireTimer { id, reply })
+                self.ask_write(&key, |reply| ConvMsg::FireTimer { id, reply })
                     .await
             }
             TimerOwner::Offer { conv, offer } => {
@@ -386,7 +386,7 @@ impl Router {
                 let Some(key) = self.key_of(conv).await? else {
                     return Ok(false);
                 };
-                self.ask(&key, |reply| ConvMsg::CancelTimer { id, reply })
+                self.ask_write(&key, |reply| ConvMsg::CancelTimer { id, reply })
                     .await
             }
         }

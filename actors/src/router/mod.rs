@@ -279,6 +279,23 @@ impl Router {
         Err(DeliverError::Unavailable("conversation unreachable".into()))
     }
 
+    /// `ask` for a command that writes (or sends). In a cluster it runs
+    /// only where the conversation may be served (`Cluster::check_local`:
+    /// joined, a majority of the cluster in reach, not moving): a node cut
+    /// off from its cluster must not write, or send a message, for a
+    /// conversation the others may have taken over. Refused: 503, the
+    /// caller retries (the scheduler a second later).
+    pub(super) async fn ask_write<T>(
+        &self,
+        key: &ConvKey,
+        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
+    ) -> Result<T, DeliverError> {
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.check_local(key).await?;
+        }
+        self.ask(key, make).await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
