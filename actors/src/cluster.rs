@@ -1,7 +1,8 @@
 //! The cluster over ractor_cluster. This file holds the types, the
 //! node's view of its peers and `Cluster::start`; each concern is a child
-//! module: `membership` (heartbeats, joining, the majority rules),
-//! `placement` (rendezvous hashing, id tags), `router` (what a node
+//! module: `membership` (heartbeats and sessions into
+//! `threadline_core::membership`; placement is
+//! `threadline_core::placement`), `router` (what a node
 //! answers its peers), `forward` (to the owner, and whether this node may
 //! serve), `replicate`, `ownership` (take-over and hand-over), `pool` (one
 //! agent pool for the cluster), `calendar` (each tenant's calendar home),
@@ -154,14 +155,13 @@ mod calendar;
 mod forward;
 mod membership;
 mod ownership;
-mod placement;
 mod pool;
 mod replicate;
 mod requests;
 mod router;
 #[cfg(test)]
 mod wire_golden;
-pub use placement::{first_id, id_tag, ranked};
+pub use threadline_core::placement::{first_id, id_tag, ranked};
 // Free functions of one part that the others call.
 use forward::gather;
 use ownership::peek;

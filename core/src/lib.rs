@@ -8,6 +8,8 @@
 //!   number is (`nanp`).
 //! - `flows`: the flow engine and the built-in understanding.
 //! - `pool::routing`: which agent gets which conversation.
+//! - `membership` and `placement`: who is live in a cluster, the
+//!   majority rules, and which node owns a key (rendezvous hashing).
 //! - `wheel`: the timing wheel; `fence`: which writes of a moving
 //!   conversation the writer takes; `audit`: the hash chain;
 //!   `phone`: numbers as identity; `clock`: the injected time;
@@ -22,6 +24,7 @@ pub mod fence;
 pub mod flows;
 pub mod membership;
 pub mod phone;
+pub mod placement;
 pub mod pool;
 pub mod wheel;
 

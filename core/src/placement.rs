@@ -2,7 +2,7 @@
 //! conversation ids.
 
 /// Low 48 bits of a conversation id: the creating node's counter.
-const ID_LOW: u64 = (1 << 48) - 1;
+pub const ID_LOW: u64 = (1 << 48) - 1;
 
 /// A node's id tag: 16 bits of its name's hash, never 0 (single nodes).
 pub fn id_tag(name: &str) -> u16 {
@@ -30,7 +30,7 @@ pub fn ranked<'a>(key: &str, nodes: &'a [String]) -> Vec<&'a str> {
 }
 
 /// A stable 64-bit weight of (key, node): the first 8 bytes of SHA-256.
-pub(super) fn weight(key: &str, node: &str) -> u64 {
+pub fn weight(key: &str, node: &str) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(node.as_bytes());
