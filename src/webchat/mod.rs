@@ -19,23 +19,26 @@ use std::time::Duration;
 
 use crate::http::Body;
 use dashmap::DashMap;
-use futures_util::{SinkExt, StreamExt};
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use futures_util::StreamExt;
+use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 use threadline_actors::feed::{Listener, Published};
 use threadline_actors::Delivered;
 use threadline_protocol::codec::InboundMessage;
 use threadline_protocol::{Channel, Direction, Message};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::http::{known_tenant, via, ApiError, App, Resp, MAX_ID_BYTES, MAX_TEXT_BYTES};
 use crate::phone;
+
+mod claims;
+mod inbox;
+mod socket;
+
+use claims::{claim, verify};
+pub use inbox::inbox_upgrade;
+pub use socket::*;
 
 /// Largest frame a visitor may send.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024;
@@ -218,138 +221,6 @@ pub fn upgrade(app: Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
         let _slot = slot;
         serve(app, ws, tenant, visitor, ip).await
     })
-}
-
-/// Answers a WebSocket upgrade (101) and runs `serve` on the socket; a
-/// request that is not an upgrade gets a 400 JSON error.
-pub fn accept_websocket<F, Fut>(mut req: Request<Body>, serve: F) -> Result<Resp, ApiError>
-where
-    F: FnOnce(Ws) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let is_ws = req
-        .headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = req
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .cloned()
-        .filter(|_| is_ws)
-    else {
-        return Err(ApiError::bad(
-            "websocket_required",
-            "this endpoint speaks WebSocket: send an Upgrade: websocket request",
-        ));
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    // The socket keeps its connection's slot of `server.max_connections`.
-    let slot = req.extensions().get::<crate::http::ConnPermit>().cloned();
-    tokio::spawn(async move {
-        let _slot = slot;
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(MAX_FRAME_BYTES))
-                    .max_frame_size(Some(MAX_FRAME_BYTES))
-                    .read_buffer_size(READ_BUFFER);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                serve(ws).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
-        }
-    });
-    let mut r = Response::new(Default::default());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
-            .expect("a base64 accept key is a valid header value"),
-    );
-    Ok(r)
-}
-
-pub fn error_frame(code: &str, message: impl Into<String>) -> String {
-    json!({"type": "error", "code": code, "message": message.into()}).to_string()
-}
-
-pub type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Writes `frames` to `ws` with one flush; false if the socket failed or
-/// the client did not take them within `server.websocket_write_timeout_ms`
-/// (it stopped reading: it is dropped rather than holding its task and
-/// its queue).
-pub async fn write_frames(
-    app: &App,
-    ws: &mut Ws,
-    frames: impl IntoIterator<Item = String>,
-) -> bool {
-    let deadline = write_deadline(app);
-    let write = async {
-        for f in frames {
-            ws.feed(Frame::text(f)).await?;
-        }
-        ws.flush().await
-    };
-    match tokio::time::timeout(deadline, write).await {
-        Ok(r) => r.is_ok(),
-        Err(_) => {
-            tracing::debug!("a WebSocket client stopped reading; disconnecting it");
-            false
-        }
-    }
-}
-
-/// Why a socket ends, as its close frame says it.
-#[derive(Debug, Clone, Copy)]
-pub enum Closing {
-    /// The client closed, went idle, or the session ended: 1000.
-    Normal,
-    /// The node is draining: 1001, reconnect (elsewhere or later).
-    Away,
-    /// The client broke the protocol (a frame too large...): 1002.
-    Protocol,
-}
-
-/// Closes `ws` with a close code (a client that closed first gets its
-/// close answered), waiting no longer than the write deadline.
-pub async fn close_socket(app: &App, mut ws: Ws, why: Closing) {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    let (code, reason) = match why {
-        Closing::Normal => (CloseCode::Normal, ""),
-        Closing::Away => (CloseCode::Away, "the node is restarting; reconnect"),
-        Closing::Protocol => (CloseCode::Protocol, "protocol error"),
-    };
-    let deadline = write_deadline(app);
-    let close = async {
-        // A close the client started is answered by tungstenite on the
-        // next flush; one the node starts carries its code.
-        if ws.flush().await.is_ok() {
-            let _ = ws
-                .close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))
-                .await;
-        }
-    };
-    let _ = tokio::time::timeout(deadline, close).await;
-}
-
-/// How long a client may take to accept a frame
-/// (`server.websocket_write_timeout_ms`).
-fn write_deadline(app: &App) -> Duration {
-    Duration::from_millis(app.cfg.server.websocket_write_timeout_ms)
 }
 
 async fn serve(
@@ -596,136 +467,6 @@ async fn on_message(
     out
 }
 
-/// The visitor says `phone` is theirs: a code goes to it by SMS (through
-/// the gate, as a reply the customer asked for: an opted-out number gets
-/// none), and the claim waits for it. Limited per socket and per source.
-async fn claim(app: &App, v: &mut Visitor<'_>, phone: &str) -> String {
-    if v.claims >= CLAIMS_PER_SOCKET {
-        return error_frame(
-            "too_many_claims",
-            format!("a socket may give a phone number at most {CLAIMS_PER_SOCKET} times"),
-        );
-    }
-    let now = app.shared.clock.now().0;
-    let hub = &app.chat;
-    hub.claims.retain(|_, c| c.expires > now);
-    if hub.claims.len() >= MAX_PENDING_CLAIMS {
-        return error_frame(
-            "busy",
-            "too many numbers are being verified; try again later",
-        );
-    }
-    if let Some(ip) = v.ip {
-        let hour = now - now.rem_euclid(3_600_000);
-        if hub.claims_per_source.len() >= MAX_PENDING_CLAIMS {
-            hub.claims_per_source.retain(|_, (h, _)| *h == hour);
-        }
-        let mut e = hub.claims_per_source.entry(ip).or_insert((hour, 0));
-        if e.0 != hour {
-            *e = (hour, 0);
-        }
-        if e.1 >= CLAIMS_PER_SOURCE_PER_HOUR {
-            return error_frame(
-                "too_many_claims",
-                format!("at most {CLAIMS_PER_SOURCE_PER_HOUR} numbers an hour from one address"),
-            );
-        }
-        e.1 += 1;
-    }
-    v.claims += 1;
-    let code = format!("{:06}", uuid::Uuid::new_v4().as_u128() % 1_000_000);
-    let name = app
-        .cfg
-        .tenant(v.tenant)
-        .map(|t| {
-            if t.name.is_empty() {
-                t.id.clone()
-            } else {
-                t.name.clone()
-            }
-        })
-        .unwrap_or_default();
-    let spec = threadline_actors::conversation::core::OutboundSpec {
-        text: format!(
-            "{name}: your web chat code is {code}. It expires in 10 minutes. If you did not ask for it, ignore this message."
-        ),
-        channel: Some(Channel::Sms),
-        purpose: threadline_actors::consent::policy::Purpose::Conversational,
-        agent: None,
-        requested: true,
-        subject: None,
-    };
-    use threadline_actors::conversation::core::SendOutcome;
-    match via(
-        app,
-        "webchat",
-        app.router.send_to_contact(v.tenant, phone, spec),
-    )
-    .await
-    {
-        Ok((_, SendOutcome::Sent { .. })) => {
-            hub.claims.insert(
-                hub_key(v.tenant, v.visitor),
-                PendingClaim {
-                    phone: phone.to_owned(),
-                    code,
-                    expires: now + CODE_TTL_MS,
-                    attempts: 0,
-                },
-            );
-            json!({"type": "code_sent", "phone": phone, "expires_in_seconds": CODE_TTL_MS / 1000})
-                .to_string()
-        }
-        Ok(_) => error_frame(
-            "cannot_verify",
-            "no code can be sent to that number; it stays unlinked",
-        ),
-        Err(e) => error_frame("unavailable", e.message()),
-    }
-}
-
-/// The code the visitor sends back: right, and the chat joins the number's
-/// conversation; wrong, expired or tried too often, and it stays apart.
-async fn verify(app: &App, v: &mut Visitor<'_>, code: &str) -> String {
-    let key = hub_key(v.tenant, v.visitor);
-    let now = app.shared.clock.now().0;
-    let phone = {
-        let Some(mut c) = app.chat.claims.get_mut(&key) else {
-            return error_frame("no_claim", "no phone number is waiting for a code");
-        };
-        if c.expires <= now {
-            drop(c);
-            app.chat.claims.remove(&key);
-            return error_frame("code_expired", "the code expired; give the number again");
-        }
-        let right: bool = subtle::ConstantTimeEq::ct_eq(c.code.as_bytes(), code.as_bytes()).into();
-        if !right {
-            c.attempts += 1;
-            let spent = c.attempts >= CODE_ATTEMPTS;
-            drop(c);
-            if spent {
-                app.chat.claims.remove(&key);
-                return error_frame(
-                    "too_many_attempts",
-                    "too many wrong codes; give the number again",
-                );
-            }
-            return error_frame("invalid_code", "that is not the code we sent");
-        }
-        c.phone.clone()
-    };
-    app.chat.claims.remove(&key);
-    link(app, v.tenant, v.visitor, &phone).await
-}
-
-async fn link(app: &App, tenant: &str, visitor: &str, phone: &str) -> String {
-    match via(app, "webchat", app.router.link(tenant, visitor, phone)).await {
-        Ok(conv) => json!({"type": "linked", "phone": phone, "conversation_id": conv.to_string()})
-            .to_string(),
-        Err(e) => error_frame("unavailable", e.message()),
-    }
-}
-
 /// `GET /chat?tenant=T`: the widget demo page.
 pub fn page(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
     let tenant = req
@@ -749,7 +490,7 @@ pub fn page(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
             }
         })
         .unwrap_or_default();
-    let html = include_str!("chat.html")
+    let html = include_str!("../chat.html")
         .replace("{{TENANT}}", &quick_xml::escape::escape(tenant.as_str()))
         .replace("{{NAME}}", &quick_xml::escape::escape(name.as_str()));
     let ancestors = app
@@ -762,101 +503,3 @@ pub fn page(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
 }
 
 // ---- The inbox socket (`/inbox/ws`): which conversations changed ----
-
-/// `GET /inbox/ws?tenant=…` with the admin token (Bearer or `?token=`).
-pub fn inbox_upgrade(app: Arc<App>, req: Request<Body>) -> Result<Resp, ApiError> {
-    let pairs: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let token = crate::http::bearer(&req)
-        .map(str::to_owned)
-        .or(get("token"));
-    // The inbox only reads: the supervisor token will do.
-    let allowed = token.as_deref().is_some_and(|t| {
-        crate::http::ct_eq(t, &app.cfg.server.admin_token) || crate::http::is_supervisor(&app, t)
-    });
-    if !allowed {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin or supervisor token is required (Authorization: Bearer or ?token=)",
-        ));
-    }
-    let tenant = get("tenant").unwrap_or_default();
-    let tenant = crate::http::known_tenant(&app, &tenant)?;
-    accept_websocket(req, move |ws| serve_inbox(app, ws, tenant))
-}
-
-async fn serve_inbox(app: Arc<App>, mut ws: Ws, tenant: String) {
-    let watchers = app.inbox.clone();
-    let mut watch = watchers.watch();
-    let rx = &mut watch.rx;
-    app.shared.metrics.websockets.inc();
-    let mut stopping = app.stopping.subscribe();
-    let mut why = Closing::Normal;
-    let hello = json!({"type": "hello", "tenant": tenant}).to_string();
-    if write_frames(&app, &mut ws, [hello]).await {
-        loop {
-            tokio::select! {
-                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                    why = Closing::Away;
-                    break;
-                }
-                frame = ws.next() => match frame {
-                    Some(Ok(Frame::Close(_))) | None => break,
-                    Some(Ok(Frame::Text(_) | Frame::Binary(_))) => {
-                        let e = error_frame("unsupported", "the inbox socket only sends");
-                        if !write_frames(&app, &mut ws, [e]).await {
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => {
-                        why = Closing::Protocol;
-                        break;
-                    }
-                },
-                change = rx.recv() => {
-                    // What changed since the last write, once each.
-                    let mut ids = Vec::new();
-                    let mut resync = false;
-                    let mut next = change;
-                    loop {
-                        match next {
-                            Ok((t, id)) if t == tenant && !ids.contains(&id) => ids.push(id),
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => resync = true,
-                            Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                        }
-                        if ids.len() >= 64 {
-                            break;
-                        }
-                        next = match rx.try_recv() {
-                            Ok(v) => Ok(v),
-                            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
-                                Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
-                            }
-                            Err(_) => break,
-                        };
-                    }
-                    let frame = if resync {
-                        json!({"type": "resync"})
-                    } else if ids.is_empty() {
-                        continue;
-                    } else {
-                        json!({"type": "changed", "conversations": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()})
-                    };
-                    if !write_frames(&app, &mut ws, [frame.to_string()]).await {
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    drop(watch);
-    app.shared.metrics.websockets.dec();
-    close_socket(&app, ws, why).await;
-}
