@@ -2,6 +2,13 @@
 //! the health endpoints. Every handler checks auth and input limits before
 //! anything reaches the actors, and every error is JSON:
 //! `{"error": {"code": ..., "message": ...}}`.
+//!
+//! This file is the server and `route`, the one `match` from each
+//! operation of the route table (`crate::routes`) to its handler; it is
+//! over 800 lines because that match is one table and reads best whole.
+//! Handlers live in `api`, `ops` and the channel modules; reading requests
+//! in `body`, authorization in `auth`, errors in `error`, views in
+//! `views`, passing on to the holding node in `peers`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
