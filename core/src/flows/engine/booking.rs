@@ -100,7 +100,15 @@ impl Flow {
                     offer: None,
                     ..b.clone()
                 });
-                self.ask_new_time(t, text, captured, now, tz, cal, &b.journey);
+                // A correction keeps what it does not change: "make it 4"
+                // is the offered day at 4, "make it Thursday" Thursday at
+                // the offered time.
+                let at = w.and_then(|w| match (w.has_day, w.has_time) {
+                    (false, true) => Some(on_day_of(w.at, offer.start, tz)),
+                    (true, false) => Some(on_day_of(offer.start, w.at, tz)),
+                    _ => None,
+                });
+                self.ask_new_time_at(t, text, at, captured, now, tz, cal, &b.journey);
                 return true;
             }
             if nlu::yes_no(text) == Some(false) || keeps {
@@ -192,24 +200,9 @@ impl Flow {
         self.ask_new_time_at(t, text, moved, captured, now, tz, cal, &journey);
     }
 
-    /// Asks for a new time in `journey`, or offers one at once
-    /// if `text` names it.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn ask_new_time(
-        &self,
-        t: &mut Turn,
-        text: &str,
-        captured: &Captured,
-        now: Timestamp,
-        tz: Tz,
-        cal: &mut dyn Calendar,
-        journey: &str,
-    ) {
-        self.ask_new_time_at(t, text, None, captured, now, tz, cal, journey);
-    }
-
-    /// `ask_new_time`, offering `at` (a time the customer gave relative
-    /// to their booking) when given.
+    /// Asks for a new time in `journey`, or offers one at once if `text`
+    /// names it, or `at` (a time the customer gave relative to their
+    /// booking or to the offer on the table) when given.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn ask_new_time_at(
         &self,
@@ -395,8 +388,10 @@ impl Flow {
                 SlotKind::Datetime => nlu::when(text, now, tz)
                     .filter(|w| w.has_day || w.has_time)
                     .map(|w| match moving_from {
-                        // "12pm" while moving Friday's appointment is Friday.
+                        // "12pm" while moving Friday's appointment is Friday;
+                        // "Thursday" is Thursday at the booked time.
                         Some(day) if w.has_time && !w.has_day => on_day_of(w.at, day, tz),
+                        Some(from) if w.has_day && !w.has_time => on_day_of(from, w.at, tz),
                         _ => w.at,
                     })
                     .and_then(|at| slot_time_text(at, tz)),

@@ -660,3 +660,37 @@ fn a_journey_follows_up_with_its_own_cadence_and_otherwise_the_flows() {
         "one step"
     );
 }
+
+/// Corrections as people write them keep what they do not change: "make
+/// it 4" is the offered day at 4, "3 instead" too, "make it Thursday" is
+/// Thursday at the time on the table, and after booking, "actually make it
+/// 2" moves the appointment to 2 that day.
+#[test]
+fn a_correction_changes_only_what_it_names() {
+    let f = flow();
+    let now = t(NOW); // Tue Mar 3, 10:00 in New York
+    let mut cal = Cal::of(1);
+    let mut c = Conv::default();
+    let offered = |c: &Conv| c.booking().offer.map(|o| o.start);
+    c.say(&f, "I need a cleaning", now, &mut cal);
+    c.say(&f, "tomorrow at 2pm", now, &mut cal);
+    assert_eq!(offered(&c), Some(t("2026-03-04T19:00:00Z")));
+    let r = c.say(&f, "actually make it 4", now, &mut cal);
+    assert_eq!(offered(&c), Some(t("2026-03-04T21:00:00Z")), "{r:?}");
+    let r = c.say(&f, "actually can we do 3 instead", now, &mut cal);
+    assert_eq!(offered(&c), Some(t("2026-03-04T20:00:00Z")), "{r:?}");
+    let r = c.say(&f, "no wait, 11am", now, &mut cal);
+    assert_eq!(offered(&c), Some(t("2026-03-04T16:00:00Z")), "{r:?}");
+    c.say(&f, "yes", now, &mut cal);
+    assert_eq!(c.booking().status, BookingStatus::Confirmed);
+    assert_eq!(c.booking().start, Some(t("2026-03-04T16:00:00Z")));
+    // Booked: a correction moves it, and it stays booked until confirmed.
+    let r = c.say(&f, "actually make it 2", now, &mut cal);
+    assert_eq!(c.booking().status, BookingStatus::Rescheduling, "{r:?}");
+    assert_eq!(offered(&c), Some(t("2026-03-04T19:00:00Z")), "{r:?}");
+    let r = c.say(&f, "make it thursday", now, &mut cal);
+    assert_eq!(offered(&c), Some(t("2026-03-05T19:00:00Z")), "{r:?}");
+    c.say(&f, "yes", now, &mut cal);
+    assert_eq!(c.booking().status, BookingStatus::Confirmed);
+    assert_eq!(c.booking().start, Some(t("2026-03-05T19:00:00Z")));
+}

@@ -312,9 +312,21 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
                     let prev = i.checked_sub(1).map(|p| words[p].as_str());
                     let small = w.len() <= 2;
                     let counted = next.is_some_and(|n| COUNTED.contains(&n));
+                    // A correction: "make it 4", "change it to 4", "move
+                    // to 4", "4 instead".
+                    let before = i.checked_sub(2).map(|p| words[p].as_str());
+                    let corrects = small
+                        && (matches!(
+                            (before, prev),
+                            (
+                                Some("make" | "change" | "move" | "switch" | "bump" | "it"),
+                                Some("it" | "to")
+                            )
+                        ) || next == Some("instead"));
                     if counted && !marked {
                         // "like 3 years", "at 2 kids' practice": a count.
                     } else if marked
+                        || corrects
                         || matches!(next, Some("am" | "pm" | "oclock" | "ish"))
                         || matches!(
                             prev,
