@@ -2167,6 +2167,26 @@ impl Net {
 }
 
 impl Net {
+    /// Three nodes, one in each namespace (n1 the seed), once all count
+    /// all three live.
+    async fn start_nodes(&self) -> [Node; 3] {
+        let port = 7400;
+        let seed = format!("\"{}:{port}\"", self.addr(1));
+        let node = |i: usize| {
+            let listen = format!("{}:{port}", self.addr(i));
+            let seeds = if i == 1 { String::new() } else { seed.clone() };
+            let config = format!(
+                "{CONFIG}\n[cluster]\nname = \"n{i}\"\nlisten = \"{listen}\"\nseeds = [{seeds}]\ncookie = \"{COOKIE}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n"
+            );
+            Node::start_in_netns(&self.ns(i), &self.addr(i), &config, &[])
+        };
+        let nodes = [node(1), node(2), node(3)];
+        for n in &nodes {
+            live(n, &["n1", "n2", "n3"]).await;
+        }
+        nodes
+    }
+
     fn remove(&self, nodes: usize) {
         for i in 1..=nodes {
             let _ = ip(&["netns", "del", &self.ns(i)]);
@@ -2210,20 +2230,7 @@ async fn nothing_acknowledged_is_lost_through_partitions_kills_and_healing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let port = 7400;
-    let seed = format!("\"{}:{port}\"", net.addr(1));
-    let node = |i: usize| {
-        let listen = format!("{}:{port}", net.addr(i));
-        let seeds = if i == 1 { String::new() } else { seed.clone() };
-        let config = format!(
-            "{CONFIG}\n[cluster]\nname = \"n{i}\"\nlisten = \"{listen}\"\nseeds = [{seeds}]\ncookie = \"{COOKIE}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n"
-        );
-        Node::start_in_netns(&net.ns(i), &net.addr(i), &config, &[])
-    };
-    let mut nodes = [node(1), node(2), node(3)];
-    for n in &nodes {
-        live(n, &["n1", "n2", "n3"]).await;
-    }
+    let mut nodes = net.start_nodes().await;
     let customers = 24;
     let mut conv_of = Vec::new();
     for c in 0..customers {
@@ -2286,21 +2293,8 @@ async fn an_isolated_node_writes_and_sends_nothing_for_any_conversation() {
         eprintln!("skipped: this machine does not let the test make network namespaces");
         return;
     };
-    let port = 7400;
-    let seed = format!("\"{}:{port}\"", net.addr(1));
-    let node = |i: usize| {
-        let listen = format!("{}:{port}", net.addr(i));
-        let seeds = if i == 1 { String::new() } else { seed.clone() };
-        let config = format!(
-            "{CONFIG}\n[cluster]\nname = \"n{i}\"\nlisten = \"{listen}\"\nseeds = [{seeds}]\ncookie = \"{COOKIE}\"\nheartbeat_ms = 300\nfailure_after_ms = 2000\n"
-        );
-        Node::start_in_netns(&net.ns(i), &net.addr(i), &config, &[])
-    };
-    let nodes = [node(1), node(2), node(3)];
+    let nodes = net.start_nodes().await;
     let all = ["n1", "n2", "n3"];
-    for n in &nodes {
-        live(n, &all).await;
-    }
     // Customers who texted first: each has one conversation somewhere.
     let who: Vec<String> = (0..6).map(|c| phone(40 + c)).collect();
     let mut conv_of = Vec::new();

@@ -133,10 +133,6 @@ impl Membership {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.cfg.name
-    }
-
     /// Whether this node starts a cluster (known only once its data is
     /// read: a node that keeps replicas has had peers, and waits for them).
     pub fn set_first_node(&mut self, first: bool) {

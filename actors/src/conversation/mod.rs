@@ -144,9 +144,8 @@ impl Directory {
     /// Evicts `key`'s actor (nothing is routed to it any more) and lets it
     /// passivate after what it has queued.
     pub fn passivate(&self, key: &ConvKey) {
-        if let Some((_, e)) = self.by_key.remove(key) {
-            let conv = e.meta.conv_id.load(Ordering::Relaxed);
-            self.by_id.remove_if(&conv, |_, k| k == key);
+        if let Some(e) = self.get(key) {
+            self.remove_if_actor(key, e.actor.get_id());
             e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
         }
     }

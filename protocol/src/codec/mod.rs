@@ -157,7 +157,7 @@ pub fn encode<T: Serialize>(kind: Kind, version: u16, value: &T) -> Vec<u8> {
 
 /// A stored value's payload and how it is encoded.
 #[derive(Clone, Copy)]
-pub struct Payload<'a> {
+struct Payload<'a> {
     bytes: &'a [u8],
     postcard: bool,
 }

@@ -103,11 +103,7 @@ impl Flow {
                 // A correction keeps what it does not change: "make it 4"
                 // is the offered day at 4, "make it Thursday" Thursday at
                 // the offered time.
-                let at = w.and_then(|w| match (w.has_day, w.has_time) {
-                    (false, true) => Some(on_day_of(w.at, offer.start, tz)),
-                    (true, false) => Some(on_day_of(offer.start, w.at, tz)),
-                    _ => None,
-                });
+                let at = w.map(|w| keeping(&w, offer.start, tz));
                 self.ask_new_time_at(t, text, at, captured, now, tz, cal, &b.journey);
                 return true;
             }
@@ -387,13 +383,9 @@ impl Flow {
             let value = match s.kind {
                 SlotKind::Datetime => nlu::when(text, now, tz)
                     .filter(|w| w.has_day || w.has_time)
-                    .map(|w| match moving_from {
-                        // "12pm" while moving Friday's appointment is Friday;
-                        // "Thursday" is Thursday at the booked time.
-                        Some(day) if w.has_time && !w.has_day => on_day_of(w.at, day, tz),
-                        Some(from) if w.has_day && !w.has_time => on_day_of(from, w.at, tz),
-                        _ => w.at,
-                    })
+                    // "12pm" while moving Friday's appointment is Friday;
+                    // "Thursday" is Thursday at the booked time.
+                    .map(|w| moving_from.map_or(w.at, |from| keeping(&w, from, tz)))
                     .and_then(|at| slot_time_text(at, tz)),
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),

@@ -42,7 +42,7 @@ mod slots;
 mod turn;
 
 use compile::{duration_ms, fill};
-use slots::{on_day_of, slot_time_text};
+use slots::{keeping, slot_time_text};
 pub use slots::{slot_time, spoken, spoken_time};
 
 #[derive(Debug, Clone, Deserialize)]

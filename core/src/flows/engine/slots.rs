@@ -170,6 +170,17 @@ pub fn spoken_time(at: Timestamp, tz: Tz) -> String {
         .unwrap_or_default()
 }
 
+/// What the customer said, with what they did not say taken from
+/// `reference` (the time on the table): a time alone keeps its day, a day
+/// alone keeps its time; both, or neither, is what they said.
+pub(super) fn keeping(w: &crate::flows::nlu::When, reference: Timestamp, tz: Tz) -> Timestamp {
+    match (w.has_day, w.has_time) {
+        (false, true) => on_day_of(w.at, reference, tz),
+        (true, false) => on_day_of(reference, w.at, tz),
+        _ => w.at,
+    }
+}
+
 /// The time of day of `at`, on the day of `day` (both in `tz`).
 pub(super) fn on_day_of(at: Timestamp, day: Timestamp, tz: Tz) -> Timestamp {
     let (Some(a), Some(d)) = (
