@@ -6,6 +6,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::fake_provider::{FakeTwilio, SID, TOKEN};
+use common::webhooks::PUBLIC_URL;
 use common::*;
 use serde_json::{json, Value};
 
@@ -2384,4 +2386,129 @@ async fn an_isolated_node_writes_and_sends_nothing_for_any_conversation() {
     }
     drop(nodes);
     drop(net);
+}
+
+/// `sim_config` with Twilio configured (webhooks signed with
+/// `common::TOKEN`, texts to `twilio`).
+fn voice_config(name: &str, port: u16, seeds: &[u16], twilio: &str) -> String {
+    sim_config(name, port, seeds).replacen(
+        "admin_token = \"test-admin-token\"\n",
+        &format!(
+            "admin_token = \"test-admin-token\"\npublic_url = \"{PUBLIC_URL}\"\n\n\
+             [providers.twilio]\naccount_sid = \"{SID}\"\nauth_token = \"{TOKEN}\"\napi_base = \"{twilio}\"\n"
+        ),
+        1,
+    )
+}
+
+/// Only the router decides where a command runs: a call, an escalation, a
+/// timer and a booking outcome through nodes that do not hold the
+/// conversation all run on the node that does, and a caller is one
+/// conversation with their texts, whichever nodes the webhooks reach. (A
+/// call reaching a node other than its contact's owner used to start a
+/// second conversation there.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_writes_through_any_node_run_on_the_conversations_owner() {
+    let _load = LOAD.read().await;
+    let fake = FakeTwilio::start().await;
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let nodes = [
+        Node::start_with_config(&voice_config("n1", p1, &[], &fake.base), &sim),
+        Node::start_with_config(&voice_config("n2", p2, &[p1], &fake.base), &sim),
+        Node::start_with_config(&voice_config("n3", p3, &[p1], &fake.base), &sim),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let callers: Vec<String> = (40..46).map(phone).collect();
+    for (i, who) in callers.iter().enumerate() {
+        let sid = format!("CA{i}");
+        let call = [
+            ("CallSid", sid.as_str()),
+            ("AccountSid", SID),
+            ("From", who.as_str()),
+            ("To", "+15557654321"),
+            ("CallStatus", "ringing"),
+            ("Direction", "inbound"),
+        ];
+        let (s, twiml) = nodes[0]
+            .twilio(TOKEN, "/webhooks/twilio/voice", &call)
+            .await;
+        assert_eq!(s, 200, "{twiml}");
+        let (s, v) = nodes[1]
+            .inbound(
+                "gw-acme",
+                &sms("acme", who, "sorry I missed you", Some(&format!("SM{i}"))),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // One conversation per caller, held by one node, with the call and
+    // the text.
+    let mut held = 0;
+    for n in &nodes {
+        held += cluster(n).await["conversations"]["this_node"]
+            .as_u64()
+            .unwrap();
+    }
+    assert_eq!(held, callers.len() as u64, "one conversation per caller");
+    let who = &callers[0];
+    let c = nodes[2].conversation_of("acme", who).await.unwrap();
+    let conv = c["id"].as_str().unwrap().to_owned();
+    assert!(
+        c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "sorry I missed you"),
+        "{c}"
+    );
+    // An escalation and a timer through a node that does not hold it.
+    let holder = holder_of(&nodes, &conv).await;
+    let other = &nodes[(holder + 1) % 3];
+    let (s, v) = other
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conv}/escalate"),
+            Some(&json!({"reason": "asked for a person"})),
+        )
+        .await;
+    assert!(s == 200 || s == 202, "{s} {v}");
+    let (s, v) = nodes[(holder + 2) % 3]
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conv}/timers"),
+            Some(&json!({"in_seconds": 3600, "kind": "follow_up", "text": "checking in"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    // A booking outcome through another node reaches the holder, which
+    // answers that there is no booking.
+    let (s, v) = other
+        .send_admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conv}/booking"),
+            Some(&json!({"outcome": "attended"})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let c = nodes[holder].conversation_of("acme", who).await.unwrap();
+    assert_eq!(c["id"].as_str(), Some(conv.as_str()));
+    assert!(
+        c["timers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["kind"] == "follow_up" && t["text"] == "checking in"),
+        "{c}"
+    );
+    assert!(
+        c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "[handed to a person: asked for a person]"),
+        "{c}"
+    );
 }

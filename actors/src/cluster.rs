@@ -62,12 +62,13 @@
 //! when it started are `unconfirmed`: a read of one first asks the next node
 //! in hash order (the one that stood in for it) whether it holds a newer
 //! epoch, and is answered there if so (`newer_copy`), until the conversation
-//! is handed back or found current. Writes addressed by conversation id, or
-//! by contact (business messages, consent, contact details), are passed on by
-//! `src/http.rs` (`held_elsewhere`, `pass_on`) to the node that holds the
-//! conversation (or owns the contact), over the cluster link
-//! (`cluster/requests.rs`); a timer this node does not hold is cancelled by
-//! asking each live peer. Conversation and timer ids carry the creating
+//! is handed back or found current. Writes addressed by conversation id
+//! (`command::ConvOp`) or by contact (`command::ContactOp`: business
+//! messages, consent, contact details, call steps, delivery reports) are
+//! sent by the router, as typed `PoolAsk`s, to the node that holds the
+//! conversation (`locate`) or owns the contact (`remote_owner`), which runs
+//! them itself; a timer this node does not hold is cancelled by asking each
+//! live peer (`PoolAsk::CancelTimer`). Conversation and timer ids carry the creating
 //! node's 16-bit tag. A peer whose session closed and opened again between
 //! two ticks is rebalanced like a change of the live set. Graceful leave
 //! (`Cluster::leave`, on SIGTERM): the heartbeat answer says `leaving`, peers
@@ -166,7 +167,7 @@ pub use threadline_core::placement::{first_id, id_tag, ranked};
 use forward::gather;
 use ownership::peek;
 pub(crate) use pool::PoolAsk;
-pub use pool::{ConvAnswer, ConvOp, SessionHandle};
+pub use pool::SessionHandle;
 use replicate::replicator;
 pub use requests::{PeerAnswer, PeerRequest, RequestHandler};
 

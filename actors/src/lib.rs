@@ -11,6 +11,7 @@
 //! - Time comes from the injected `Clock`, never from the system directly.
 
 pub mod cluster;
+pub mod command;
 pub mod conversation;
 pub mod feed;
 pub mod flows;

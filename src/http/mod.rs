@@ -454,9 +454,6 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Matched::NotFound => return Err(ApiError::not_found(format!("no endpoint {path}"))),
     };
     check_content_type(op, &req)?;
-    if let Some(owner) = held_elsewhere(app, &req, op.op, &params).await? {
-        return pass_on(app, req, &owner).await;
-    }
     match op.op {
         Op::Healthz => Ok(healthz(app)),
         Op::Readyz => Ok(readyz(app)),
@@ -812,20 +809,6 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                     StatusCode::OK,
                     &json!({"id": id, "cancelled": true}),
                 ));
-            }
-            // In a cluster the timer may belong to a conversation another
-            // node holds: only that node can cancel it, so ask each.
-            if let (Some(cluster), false) = (&app.cluster, passed_on(&req)) {
-                for peer in cluster.peer_names() {
-                    let ask = peer_request(&req, Bytes::new());
-                    if matches!(cluster.request(&peer, &ask, PEER_TIMEOUT).await, Ok(a) if a.status == 200)
-                    {
-                        return Ok(json_response(
-                            StatusCode::OK,
-                            &json!({"id": id, "cancelled": true}),
-                        ));
-                    }
-                }
             }
             Err(ApiError::not_found(format!("no pending timer {id}")))
         }

@@ -1,5 +1,7 @@
-//! In a cluster: requests passed on to the node that holds what they name, and
-//! requests every node answers.
+//! In a cluster: requests every node answers (admin changes, a node's part
+//! of a cluster-wide answer) and requests for a tenant's calendar, passed on
+//! to its home. Writes to conversations are not passed on here: the router
+//! runs them where the conversation lives.
 
 use super::*;
 use std::sync::Arc;
@@ -11,9 +13,6 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 use threadline_actors::cluster::{PeerAnswer, PeerRequest, RequestHandler};
-use threadline_protocol::ConversationId;
-
-use crate::routes::Op;
 
 /// Marks a request another node passed on (over the cluster link): it is
 /// never passed on again. An extension, so no client can set it.
@@ -22,44 +21,6 @@ pub(super) struct PassedOn;
 
 /// How long a node waits for a peer's answer to a request passed on.
 pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// In a cluster: the node a write is for, when that is another node: the
-/// one holding the conversation, for a write addressed by conversation
-/// id; the one owning the contact, for a write addressed by contact.
-pub(super) async fn held_elsewhere(
-    app: &App,
-    req: &Request<Body>,
-    op: Op,
-    params: &matchit::Params<'_, '_>,
-) -> Result<Option<String>, ApiError> {
-    let Some(cluster) = &app.cluster else {
-        return Ok(None);
-    };
-    if passed_on(req) {
-        return Ok(None);
-    }
-    match op {
-        Op::Escalate
-        | Op::BookingOutcome
-        | Op::ConversationNotes
-        | Op::ConversationMessages
-        | Op::ConversationTimers => {
-            // Only an authorized request is passed on.
-            admin(app, req)?;
-            let Ok(id) = param(params, "id").parse::<ConversationId>() else {
-                return Ok(None);
-            };
-            Ok(cluster.locate(id).await)
-        }
-        Op::ContactMessages | Op::ContactConsentPost | Op::ContactPut => {
-            admin(app, req)?;
-            let tenant = known_tenant(app, param(params, "tenant"))?;
-            let address = decode_segment(param(params, "address"))?;
-            Ok(cluster.remote_owner(&app.router.key(&tenant, &address)))
-        }
-        _ => Ok(None),
-    }
-}
 
 /// Whether `req` was passed on by another node of the cluster.
 pub(crate) fn passed_on(req: &Request<Body>) -> bool {

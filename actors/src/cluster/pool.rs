@@ -43,7 +43,7 @@ use threadline_protocol::{AgentWork, ConversationId, Message};
 use tokio::sync::mpsc;
 
 use super::{unwire, wire, Cluster, RouterMsg};
-use crate::conversation::core::{OutboundSpec, SendOutcome};
+use crate::command::{ContactAnswer, ContactOp, ConvAnswer, ConvOp};
 use crate::pool::routing::AgentSpec;
 use crate::pool::{AgentCommand, AgentEvent, Escalation, SessionMsg};
 use crate::router::{DeliverError, Router};
@@ -52,6 +52,9 @@ use crate::router::{DeliverError, Router};
 const POOL_KEY: &str = "\0threadline.agent-pool";
 /// How long the home may take to answer a pool request.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the node holding a conversation may take to run a write to it
+/// (a call's turn may wait for the tenant's responder).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Events queued for one relayed desktop on the home (as on the node a
 /// desktop is connected to: a desktop that cannot keep up is dropped).
 const PROXY_QUEUE: usize = 256;
@@ -79,6 +82,10 @@ pub(crate) enum PoolAsk {
     /// A write to a conversation this node holds: `Option<ConvAnswer>`
     /// (`None`: no such conversation here).
     Conv(ConvOp),
+    /// A write to a contact this node owns: `ContactAnswer`.
+    Contact(ContactOp),
+    /// `bool`: a timer of a conversation this node holds was cancelled.
+    CancelTimer(u64),
 }
 
 /// One-way messages, in order per sender.
@@ -106,34 +113,6 @@ pub(super) enum PoolTell {
     /// pool moved, the agent was removed): its socket is closed, and the
     /// desktop reconnects.
     Ended(u64),
-}
-
-/// What the pool writes to a conversation, wherever it lives.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum ConvOp {
-    Assign(ConversationId, Option<String>),
-    Note(ConversationId, String),
-    Send(ConversationId, OutboundSpec),
-    Close {
-        conv: ConversationId,
-        agent: String,
-        disposition: String,
-    },
-}
-
-impl ConvOp {
-    pub fn conversation(&self) -> ConversationId {
-        match self {
-            ConvOp::Assign(c, _) | ConvOp::Note(c, _) | ConvOp::Send(c, _) => *c,
-            ConvOp::Close { conv, .. } => *conv,
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum ConvAnswer {
-    Done,
-    Sent(SendOutcome),
 }
 
 /// This node's side of the cluster-wide pool.
@@ -218,10 +197,20 @@ impl Cluster {
         node: &str,
         ask: &PoolAsk,
     ) -> Result<T, DeliverError> {
-        let unavailable = |why: String| DeliverError::Unavailable(format!("agent pool: {why}"));
+        self.ask(node, ask, POOL_TIMEOUT).await
+    }
+
+    /// `ask` of `node`'s router, answered within `timeout`.
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        node: &str,
+        ask: &PoolAsk,
+        timeout: Duration,
+    ) -> Result<T, DeliverError> {
+        let unavailable = |why: String| DeliverError::Unavailable(format!("node {node}: {why}"));
         let bytes = wire(ask);
         let answer = self
-            .rpc(node, POOL_TIMEOUT, |reply| RouterMsg::PoolAsk(bytes, reply))
+            .rpc(node, timeout, |reply| RouterMsg::PoolAsk(bytes, reply))
             .await
             .map_err(unavailable)?;
         match unwire::<Result<T, String>>(&answer) {
@@ -411,6 +400,8 @@ impl Cluster {
             PoolAsk::Remove(id) => answer(router.remove_agent_here(&id).await),
             PoolAsk::Work => answer(router.held_work().await),
             PoolAsk::Conv(op) => answer(router.conv_op(op, false).await),
+            PoolAsk::Contact(op) => answer(router.contact_op_here(op).await),
+            PoolAsk::CancelTimer(id) => answer(router.cancel_timer_here(id).await),
         }
     }
 
@@ -441,6 +432,28 @@ impl Cluster {
         let Some(node) = self.locate(op.conversation()).await else {
             return Ok(None);
         };
-        self.pool_ask(&node, &PoolAsk::Conv(op)).await
+        self.ask(&node, &PoolAsk::Conv(op), COMMAND_TIMEOUT).await
+    }
+
+    /// Runs `op` on `owner`, the node that owns its contact.
+    pub(crate) async fn contact_op(
+        &self,
+        owner: &str,
+        op: ContactOp,
+    ) -> Result<ContactAnswer, DeliverError> {
+        self.ask(owner, &PoolAsk::Contact(op), COMMAND_TIMEOUT)
+            .await
+    }
+
+    /// Asks the other live nodes in turn to cancel timer `id` (only the
+    /// node holding its conversation can): whether one did.
+    pub(crate) async fn cancel_timer_elsewhere(&self, id: u64) -> bool {
+        for peer in self.peer_names() {
+            let ask = PoolAsk::CancelTimer(id);
+            if let Ok(true) = self.ask::<bool>(&peer, &ask, COMMAND_TIMEOUT).await {
+                return true;
+            }
+        }
+        false
     }
 }

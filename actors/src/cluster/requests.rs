@@ -1,6 +1,8 @@
-//! HTTP requests one node passes on to another: a write for a
-//! conversation another node holds, an admin change every node must make,
-//! a node's part of a cluster-wide answer (the audit export).
+//! HTTP requests one node passes on to another: an admin change every node
+//! must make (agents), a request for a tenant's calendar to the calendar's
+//! home, a node's part of a cluster-wide answer (the audit export). Writes
+//! to conversations never take this way: the router sends them as typed
+//! commands (`crate::command`).
 //!
 //! They travel over the cluster link (the same authenticated session as
 //! everything else between nodes, TLS when the cluster has it), not over

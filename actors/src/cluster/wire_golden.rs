@@ -13,6 +13,7 @@ use threadline_protocol::{Channel, ConversationId, Timestamp};
 use super::calendar::CalendarAsk;
 use super::pool::PoolTell;
 use super::*;
+use crate::command::ConvOp;
 use crate::consent::policy::Purpose;
 use crate::conversation::core::OutboundSpec;
 use crate::pool::Escalation;
@@ -253,6 +254,125 @@ fn the_pool_requests_and_the_calendar() {
                     CalendarWrite::Delete("2026-03-04T15:00".into()),
                 ],
             },
+        ],
+    );
+}
+
+#[test]
+fn writes_to_a_conversation_or_a_contact() {
+    use crate::command::{ContactAnswer, ContactOp, ContactWrite, ConvAnswer};
+    use crate::conversation::core::{
+        BookingOutcome, BookingOutcomeError, CallEvent, DeliveryReport, TimerSpec, VoiceAction,
+    };
+    use threadline_protocol::{ConsentChange, ConsentStatus, ConvEvent, ConversationState};
+    let conv = ConversationId(0x2a);
+    let contact = |write| {
+        PoolAsk::Contact(ContactOp {
+            tenant: "dental".into(),
+            contact: "+15551234567".into(),
+            write,
+        })
+    };
+    let report = DeliveryReport {
+        delivery: threadline_protocol::Delivery::Delivered,
+        provider_message_id: Some("SM9".into()),
+        error: None,
+        opted_out: false,
+    };
+    golden(
+        "pool_ask_writes_v2.bin",
+        vec![
+            PoolAsk::Conv(ConvOp::Escalate {
+                conv,
+                reason: "asked for a person".into(),
+                skills: vec!["es".into()],
+                priority: 1,
+            }),
+            PoolAsk::Conv(ConvOp::Outcome(conv, BookingOutcome::NoShow)),
+            PoolAsk::Conv(ConvOp::Timer(
+                conv,
+                TimerSpec {
+                    due: Timestamp(1_795_000_300_000),
+                    kind: threadline_protocol::TimerKind::FollowUp,
+                    text: Some("checking in".into()),
+                    channel: Some(Channel::Sms),
+                },
+            )),
+            PoolAsk::Conv(ConvOp::Status {
+                conv,
+                seq: 3,
+                report: report.clone(),
+            }),
+            contact(ContactWrite::Send(OutboundSpec {
+                text: "Your visit is confirmed".into(),
+                channel: None,
+                purpose: Purpose::Reminder,
+                agent: None,
+                requested: false,
+                subject: Some("visit".into()),
+            })),
+            contact(ContactWrite::Consent(ConsentChange {
+                status: ConsentStatus::OptedOut,
+                channel: Some(Channel::Sms),
+                purpose: None,
+                source: "web_form".into(),
+                keyword: None,
+                raw_text: None,
+                provider_message_id: None,
+                proof: Some("form 12".into()),
+                at: Timestamp(1_795_000_000_000),
+            })),
+            contact(ContactWrite::Update(ConvEvent::ContactUpdated {
+                name: Some("Dana".into()),
+                timezone: None,
+                region: None,
+                email: None,
+                facts: [("plan".to_owned(), "gold".to_owned())].into(),
+            })),
+            contact(ContactWrite::Call(CallEvent::Speech {
+                call_sid: "CA1".into(),
+                turn: 2,
+                text: "tomorrow at four".into(),
+                silence: 0,
+            })),
+            contact(ContactWrite::Status(report)),
+            PoolAsk::CancelTimer(0x2a_0001),
+        ],
+    );
+    golden(
+        "conv_answer_v2.bin",
+        vec![
+            Ok::<_, String>(Some(ConvAnswer::Escalated(true))),
+            Ok(Some(ConvAnswer::Outcome(Err(BookingOutcomeError::NotYet(
+                Timestamp(1_795_000_300_000),
+            ))))),
+            Ok(Some(ConvAnswer::Timer(0x2a_0001))),
+            Ok(None),
+            Err("node n3: did not answer".into()),
+        ],
+    );
+    let state = ConversationState::from_created(&ConvEvent::Created {
+        id: conv,
+        tenant: "dental".into(),
+        contact: "+15551234567".into(),
+        identities: Default::default(),
+        at: Timestamp(1_795_000_000_000),
+    })
+    .unwrap();
+    golden(
+        "contact_answer_v2.bin",
+        vec![
+            Ok::<_, String>(ContactAnswer::Conversation(conv)),
+            Ok(ContactAnswer::Updated(Box::new(state))),
+            Ok(ContactAnswer::Call(
+                conv,
+                VoiceAction::Gather {
+                    prompt: "What day suits you?".into(),
+                    turn: 3,
+                    silence: 0,
+                },
+            )),
+            Ok(ContactAnswer::Found(true)),
         ],
     );
 }

@@ -8,7 +8,8 @@ use ractor::ActorRef;
 use threadline_protocol::ConversationId;
 use tokio::sync::oneshot;
 
-use crate::cluster::{ConvAnswer, ConvOp, PoolAsk, SessionHandle};
+use crate::cluster::{PoolAsk, SessionHandle};
+use crate::command::{ConvAnswer, ConvOp};
 use crate::conversation::ConvMsg;
 
 impl Router {
@@ -22,13 +23,16 @@ impl Router {
         skills: Vec<String>,
         priority: i32,
     ) -> Result<Option<bool>, DeliverError> {
-        self.ask_conv(conv, |reply| ConvMsg::Escalate {
+        let op = ConvOp::Escalate {
+            conv,
             reason: reason.to_owned(),
-            skills: skills.clone(),
+            skills,
             priority,
-            reply,
+        };
+        Ok(match self.conv_op(op, true).await? {
+            Some(ConvAnswer::Escalated(fresh)) => Some(fresh),
+            _ => None,
         })
-        .await
     }
 
     /// Records who holds conversation `conv`.
@@ -66,8 +70,12 @@ impl Router {
         outcome: crate::conversation::core::BookingOutcome,
     ) -> Result<Option<Result<(), crate::conversation::core::BookingOutcomeError>>, DeliverError>
     {
-        self.ask_conv(conv, |reply| ConvMsg::BookingOutcome { outcome, reply })
-            .await
+        Ok(
+            match self.conv_op(ConvOp::Outcome(conv, outcome), true).await? {
+                Some(ConvAnswer::Outcome(r)) => Some(r),
+                _ => None,
+            },
+        )
     }
 
     /// An agent closes `conv` with a disposition.
@@ -85,9 +93,9 @@ impl Router {
         self.conv_op(op, true).await.map(|_| ())
     }
 
-    /// A write the agent pool makes to a conversation: here when this node
-    /// holds it, else (with `forward`, in a cluster) on the node that does.
-    /// `None`: no such conversation.
+    /// A write to a conversation by id: here when this node holds it, else
+    /// (with `forward`, in a cluster) on the node that does. `None`: no
+    /// such conversation.
     pub(crate) async fn conv_op(
         &self,
         op: ConvOp,
@@ -146,6 +154,49 @@ impl Router {
                     Some((_, outcome)) => ConvAnswer::Sent(outcome),
                     None => return Ok(None),
                 }
+            }
+            ConvOp::Escalate {
+                reason,
+                skills,
+                priority,
+                ..
+            } => ConvAnswer::Escalated(
+                self.ask_write(&key, |reply| ConvMsg::Escalate {
+                    reason: reason.clone(),
+                    skills: skills.clone(),
+                    priority,
+                    reply,
+                })
+                .await?,
+            ),
+            ConvOp::Outcome(_, outcome) => ConvAnswer::Outcome(
+                self.ask_write(&key, |reply| ConvMsg::BookingOutcome { outcome, reply })
+                    .await?,
+            ),
+            ConvOp::Timer(_, spec) => {
+                let timer = self
+                    .ask_write(&key, |reply| ConvMsg::ScheduleTimer {
+                        spec: spec.clone(),
+                        reply,
+                    })
+                    .await?;
+                match timer {
+                    Some(id) => ConvAnswer::Timer(id),
+                    None => return Ok(None),
+                }
+            }
+            ConvOp::Status { seq, report, .. } => {
+                let found = self
+                    .ask_write(&key, |reply| ConvMsg::ProviderStatus {
+                        seq: Some(seq),
+                        report: report.clone(),
+                        reply,
+                    })
+                    .await?;
+                if !found {
+                    return Ok(None);
+                }
+                ConvAnswer::Done
             }
         }))
     }

@@ -8,9 +8,9 @@ use threadline_protocol::codec::TimerOwner;
 use threadline_protocol::{ConversationId, ConversationState};
 use tokio::sync::oneshot;
 
-use crate::cluster::{ConvAnswer, ConvOp};
+use crate::command::{ContactAnswer, ContactOp, ContactWrite, ConvAnswer, ConvOp};
 use crate::conversation::core::TimerSpec;
-use crate::conversation::{ConvError, ConvKey, ConvMsg};
+use crate::conversation::{ConvKey, ConvMsg};
 use crate::persistence::Op;
 
 impl Router {
@@ -116,14 +116,10 @@ impl Router {
         id: ConversationId,
         spec: TimerSpec,
     ) -> Result<Option<u64>, DeliverError> {
-        let Some(key) = self.key_of(id).await? else {
-            return Ok(None);
-        };
-        self.ask_write(&key, |reply| ConvMsg::ScheduleTimer {
-            spec: spec.clone(),
-            reply,
+        Ok(match self.conv_op(ConvOp::Timer(id, spec), true).await? {
+            Some(ConvAnswer::Timer(t)) => Some(t),
+            _ => None,
         })
-        .await
     }
 
     /// Puts a business-initiated message to conversation `id` through the
@@ -148,14 +144,13 @@ impl Router {
         contact: &str,
         spec: crate::conversation::core::OutboundSpec,
     ) -> Result<(ConversationId, crate::conversation::core::SendOutcome), DeliverError> {
-        let key = self.key(tenant, contact);
-        self.ask_write(&key, |reply| ConvMsg::SendMessage {
-            spec: spec.clone(),
-            create: true,
-            reply,
-        })
-        .await?
-        .ok_or_else(|| DeliverError::Storage("conversation was not created".into()))
+        match self
+            .contact_op(tenant, contact, ContactWrite::Send(spec))
+            .await?
+        {
+            ContactAnswer::Sent(conv, outcome) => Ok((conv, outcome)),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// Records what is known of a contact (a `ConvEvent::ContactUpdated`);
@@ -166,12 +161,13 @@ impl Router {
         contact: &str,
         update: threadline_protocol::ConvEvent,
     ) -> Result<ConversationState, DeliverError> {
-        let key = self.key(tenant, contact);
-        self.ask_write(&key, |reply| ConvMsg::UpdateContact {
-            update: update.clone(),
-            reply,
-        })
-        .await
+        match self
+            .contact_op(tenant, contact, ContactWrite::Update(update))
+            .await?
+        {
+            ContactAnswer::Updated(state) => Ok(*state),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// Records the provider outcome of a queued outbound message.
@@ -200,12 +196,13 @@ impl Router {
         contact: &str,
         event: crate::conversation::core::CallEvent,
     ) -> Result<(ConversationId, crate::conversation::core::VoiceAction), DeliverError> {
-        let key = self.key(tenant, contact);
-        self.ask_write(&key, |reply| ConvMsg::Call {
-            event: event.clone(),
-            reply,
-        })
-        .await
+        match self
+            .contact_op(tenant, contact, ContactWrite::Call(event))
+            .await?
+        {
+            ContactAnswer::Call(conv, action) => Ok((conv, action)),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// A provider's delivery report, for message `seq` of conversation
@@ -216,15 +213,10 @@ impl Router {
         seq: u32,
         report: crate::conversation::core::DeliveryReport,
     ) -> Result<bool, DeliverError> {
-        let Some(key) = self.key_of(conv).await? else {
-            return Ok(false);
-        };
-        self.ask_write(&key, |reply| ConvMsg::ProviderStatus {
-            seq: Some(seq),
-            report: report.clone(),
-            reply,
-        })
-        .await
+        Ok(self
+            .conv_op(ConvOp::Status { conv, seq, report }, true)
+            .await?
+            .is_some())
     }
 
     /// A provider's delivery report for the outbound message to `contact`
@@ -236,13 +228,13 @@ impl Router {
         contact: &str,
         report: crate::conversation::core::DeliveryReport,
     ) -> Result<bool, DeliverError> {
-        let key = self.key(tenant, contact);
-        self.ask_write(&key, |reply| ConvMsg::ProviderStatus {
-            seq: None,
-            report: report.clone(),
-            reply,
-        })
-        .await
+        match self
+            .contact_op(tenant, contact, ContactWrite::Status(report))
+            .await?
+        {
+            ContactAnswer::Found(found) => Ok(found),
+            other => Err(mismatched(other)),
+        }
     }
 
     /// Joins the conversation of `alias` (a web-chat visitor) to the one of
@@ -328,17 +320,6 @@ impl Router {
         Ok(joined)
     }
 
-    pub(super) async fn ask_conv<T>(
-        &self,
-        conv: ConversationId,
-        make: impl Fn(oneshot::Sender<Result<T, ConvError>>) -> ConvMsg,
-    ) -> Result<Option<T>, DeliverError> {
-        let Some(key) = self.key_of(conv).await? else {
-            return Ok(None);
-        };
-        self.ask_write(&key, make).await.map(Some)
-    }
-
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,
@@ -346,12 +327,86 @@ impl Router {
         contact: &str,
         change: threadline_protocol::ConsentChange,
     ) -> Result<ConversationId, DeliverError> {
-        let key = self.key(tenant, contact);
-        self.ask_write(&key, |reply| ConvMsg::RecordConsent {
-            change: change.clone(),
-            reply,
+        match self
+            .contact_op(tenant, contact, ContactWrite::Consent(change))
+            .await?
+        {
+            ContactAnswer::Conversation(conv) => Ok(conv),
+            other => Err(mismatched(other)),
+        }
+    }
+
+    /// A write to `contact`'s conversation: here, or on the node that owns
+    /// the contact (which runs it with `contact_op_here`).
+    async fn contact_op(
+        &self,
+        tenant: &str,
+        contact: &str,
+        write: ContactWrite,
+    ) -> Result<ContactAnswer, DeliverError> {
+        let op = ContactOp {
+            tenant: tenant.to_owned(),
+            contact: contact.to_owned(),
+            write,
+        };
+        if let Some(cluster) = self.shared.cluster() {
+            if let Some(owner) = cluster.remote_owner(&self.key(tenant, contact)) {
+                return cluster.contact_op(&owner, op).await;
+            }
+        }
+        self.contact_op_here(op).await
+    }
+
+    /// Runs `op` on this node.
+    pub(crate) async fn contact_op_here(
+        &self,
+        op: ContactOp,
+    ) -> Result<ContactAnswer, DeliverError> {
+        let key = self.key(&op.tenant, &op.contact);
+        Ok(match op.write {
+            ContactWrite::Send(spec) => {
+                let (conv, outcome) = self
+                    .ask_write(&key, |reply| ConvMsg::SendMessage {
+                        spec: spec.clone(),
+                        create: true,
+                        reply,
+                    })
+                    .await?
+                    .ok_or_else(|| DeliverError::Storage("conversation was not created".into()))?;
+                ContactAnswer::Sent(conv, outcome)
+            }
+            ContactWrite::Consent(change) => ContactAnswer::Conversation(
+                self.ask_write(&key, |reply| ConvMsg::RecordConsent {
+                    change: change.clone(),
+                    reply,
+                })
+                .await?,
+            ),
+            ContactWrite::Update(update) => ContactAnswer::Updated(Box::new(
+                self.ask_write(&key, |reply| ConvMsg::UpdateContact {
+                    update: update.clone(),
+                    reply,
+                })
+                .await?,
+            )),
+            ContactWrite::Call(event) => {
+                let (conv, action) = self
+                    .ask_write(&key, |reply| ConvMsg::Call {
+                        event: event.clone(),
+                        reply,
+                    })
+                    .await?;
+                ContactAnswer::Call(conv, action)
+            }
+            ContactWrite::Status(report) => ContactAnswer::Found(
+                self.ask_write(&key, |reply| ConvMsg::ProviderStatus {
+                    seq: None,
+                    report: report.clone(),
+                    reply,
+                })
+                .await?,
+            ),
         })
-        .await
     }
 
     /// Delivers a due timer to its owner; resolves once the owner handled it.
@@ -376,8 +431,20 @@ impl Router {
         }
     }
 
-    /// Cancels a pending timer; false if unknown or already fired.
+    /// Cancels a pending timer (on whichever node holds its conversation);
+    /// false if unknown or already fired.
     pub async fn cancel_timer(&self, id: u64) -> Result<bool, DeliverError> {
+        if self.cancel_timer_here(id).await? {
+            return Ok(true);
+        }
+        Ok(match self.shared.cluster() {
+            Some(cluster) => cluster.cancel_timer_elsewhere(id).await,
+            None => false,
+        })
+    }
+
+    /// Cancels a pending timer of a conversation this node holds.
+    pub(crate) async fn cancel_timer_here(&self, id: u64) -> Result<bool, DeliverError> {
         let owner = self.shared.scheduler.owner(id).await.map_err(unavailable)?;
         match owner {
             // An offer ends when its agent answers or it expires.
@@ -402,4 +469,10 @@ impl Router {
         self.ask_pool(crate::pool::PoolMsg::Advance).await?;
         Ok(fired)
     }
+}
+
+/// A node answered a contact write with the answer of another kind of
+/// write (a node of another version).
+fn mismatched(answer: ContactAnswer) -> DeliverError {
+    DeliverError::Unavailable(format!("the owning node answered {answer:?}"))
 }

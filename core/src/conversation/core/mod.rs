@@ -107,7 +107,7 @@ impl Default for TenantPolicy {
 }
 
 /// How a booked appointment went, as the business records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BookingOutcome {
     Attended,
     NoShow,
@@ -149,7 +149,7 @@ impl BookingOutcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum BookingOutcomeError {
     #[error("the conversation has no booked appointment")]
     NoBooking,
@@ -211,7 +211,7 @@ pub enum SendOutcome {
 pub const DIRECT_REPLY_WINDOW_MS: i64 = 10 * 60_000;
 
 /// What a new timer should do.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimerSpec {
     pub due: Timestamp,
     pub kind: TimerKind,
@@ -229,7 +229,7 @@ pub type FlowOnCall<'a> = Option<(
 pub const MAX_SPEECH_TURNS: u32 = 12;
 
 /// One step of a phone call, as the voice gateway saw it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum CallEvent {
     /// A call came in.
     Incoming { call_sid: String },
@@ -254,7 +254,7 @@ pub enum CallEvent {
 }
 
 /// What the call does next (rendered as TwiML by the gateway).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum VoiceAction {
     /// Ring `number`; with `whisper`, the person answering first hears a
     /// summary of the conversation (a warm transfer).
@@ -298,7 +298,7 @@ pub fn for_the_ear(text: &str) -> String {
 }
 
 /// What a provider reported about an outbound message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryReport {
     pub delivery: Delivery,
     pub provider_message_id: Option<String>,
