@@ -1,4 +1,4 @@
-//! The business's inbox: the page (`src/inbox.html`, served at `/inbox`)
+//! The business's inbox: the page (`src/http/inbox.html`, served at `/inbox`)
 //! reads the conversation list and each conversation over the REST API
 //! with the admin token; its socket (`/inbox/ws`, in `webchat/inbox.rs` beside the
 //! other sockets) tells it which conversations changed, so it reads them

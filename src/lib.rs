@@ -4,10 +4,8 @@
 //! Architecture invariant: only this crate knows HTTP, WebSocket and
 //! provider formats; the actors see normalized events.
 
-pub mod agents;
 pub mod bodies;
 pub mod config;
-pub mod flows;
 pub mod http;
 pub mod inbox;
 pub mod listing;
@@ -18,6 +16,4 @@ pub mod routes;
 pub mod telemetry;
 pub mod tls;
 pub mod twilio;
-pub mod webchat;
-pub mod webhooks;
 pub mod whatsapp;

@@ -278,7 +278,7 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     };
     let cfg =
         Config::parse_at(&src, base).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    threadline::http::flows::load(&cfg).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(cfg)
 }
 
@@ -305,7 +305,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         }
     };
     if let Some(c) = &cfg {
-        if let Err(e) = threadline::flows::load(c) {
+        if let Err(e) = threadline::http::flows::load(c) {
             problems.push(format!("{}: {e}", file.display()));
         }
     }
@@ -403,10 +403,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     rcfg.tenants = cfg.tenant_policies();
     (rcfg.flows, rcfg.responders) =
-        threadline::flows::load(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+        threadline::http::flows::load(&cfg).map_err(|e| anyhow::anyhow!(e))?;
     rcfg.agents = cfg.agents.iter().map(|a| a.spec()).collect();
     rcfg.agents.extend(
-        threadline::agents::stored(&cfg.server.data_dir)?
+        threadline::http::agents::stored(&cfg.server.data_dir)?
             .into_iter()
             .map(|a| a.spec()),
     );
@@ -508,7 +508,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let app = Arc::new(app);
     if let Some(c) = &app.cluster {
         c.serve_requests(http::peer_handler(Arc::downgrade(&app)));
-        tokio::spawn(threadline::agents::catch_up(Arc::downgrade(&app)));
+        tokio::spawn(threadline::http::agents::catch_up(Arc::downgrade(&app)));
     }
     http::serve(
         app,

@@ -7,8 +7,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for answer in [
-        threadline::agents::parse_frame(text).err(),
-        threadline::webchat::parse_frame(text).err(),
+        threadline::http::agents::parse_frame(text).err(),
+        threadline::http::webchat::parse_frame(text).err(),
     ]
     .into_iter()
     .flatten()

@@ -392,7 +392,7 @@ capacity = { chat = 3, voice = 1 }
         let src = include_str!("../../threadline.example.toml");
         let base = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cfg = Config::parse_all(src, base).unwrap_or_else(|e| panic!("{e:?}"));
-        crate::flows::load(&cfg).unwrap();
+        crate::http::flows::load(&cfg).unwrap();
     }
 
     #[test]

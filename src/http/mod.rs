@@ -31,16 +31,19 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::routes::{Matched, Op};
-use crate::webhooks;
 use tracing::Instrument;
 
+pub mod agents;
 mod api;
 mod auth;
 mod body;
 mod error;
+pub mod flows;
 mod ops;
 mod peers;
 mod views;
+pub mod webchat;
+pub mod webhooks;
 
 pub use api::*;
 pub(crate) use auth::*;
@@ -69,11 +72,11 @@ pub struct App {
     /// The clock, when it is simulated (`--simulated-clock`).
     simulated: Option<Arc<ManualClock>>,
     /// Open web-chat sockets.
-    pub chat: Arc<crate::webchat::Hub>,
+    pub chat: Arc<crate::http::webchat::Hub>,
     /// Open inbox sockets.
     pub inbox: Arc<crate::inbox::Watchers>,
     /// Agent tokens and API-created agents.
-    pub agents: crate::agents::AgentDirectory,
+    pub agents: crate::http::agents::AgentDirectory,
     /// Cluster membership, when `[cluster]` is configured.
     pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
     /// Requests per source address (`server.rate_limit_per_second`).
@@ -122,7 +125,7 @@ impl App {
             .iter()
             .map(|t| (t.gateway_token.clone(), t.id.clone()))
             .collect();
-        let chat = Arc::new(crate::webchat::Hub::default());
+        let chat = Arc::new(crate::http::webchat::Hub::default());
         runtime.shared.feed.subscribe(chat.clone());
         let inbox = Arc::new(crate::inbox::Watchers::default());
         runtime.shared.feed.subscribe(inbox.clone());
@@ -130,7 +133,7 @@ impl App {
         App {
             chat,
             inbox,
-            agents: crate::agents::AgentDirectory::new(&cfg),
+            agents: crate::http::agents::AgentDirectory::new(&cfg),
             cfg,
             router: runtime.router.clone(),
             shared: runtime.shared.clone(),
@@ -467,8 +470,8 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             "application/json",
             crate::openapi::document_text().to_owned(),
         )),
-        Op::ChatSocket => crate::webchat::upgrade(app.clone(), req),
-        Op::AgentSocket => crate::agents::upgrade(app.clone(), req),
+        Op::ChatSocket => crate::http::webchat::upgrade(app.clone(), req),
+        Op::AgentSocket => crate::http::agents::upgrade(app.clone(), req),
         Op::Inbound => inbound(app, req).await,
         Op::TwilioSms => webhooks::twilio_sms(app, req).await,
         Op::TwilioStatus => webhooks::twilio_status(app, req).await,
@@ -481,16 +484,13 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::TwilioOutboundCall => webhooks::twilio_outbound_call(app, req).await,
         Op::WhatsappVerify => webhooks::whatsapp_verify(app, &req),
         Op::WhatsappNotify => webhooks::whatsapp_notify(app, req).await,
-        Op::ChatPage => crate::webchat::page(app, &req),
-        Op::AgentPage => Ok(crate::agents::page()),
-        Op::InboxPage => Ok(html_page(
-            include_str!("../inbox.html").to_owned(),
-            "'none'",
-        )),
-        Op::InboxSocket => crate::webchat::inbox_upgrade(app.clone(), req),
+        Op::ChatPage => crate::http::webchat::page(app, &req),
+        Op::AgentPage => Ok(crate::http::agents::page()),
+        Op::InboxPage => Ok(html_page(include_str!("inbox.html").to_owned(), "'none'")),
+        Op::InboxSocket => crate::http::webchat::inbox_upgrade(app.clone(), req),
         Op::FlowsReload => {
             admin(app, &req)?;
-            match crate::flows::load(&app.cfg) {
+            match crate::http::flows::load(&app.cfg) {
                 Ok((flows, responders)) => {
                     let mut tenants: Vec<String> = flows.keys().cloned().collect();
                     tenants.sort();
@@ -500,10 +500,10 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                 Err(e) => Err(ApiError::bad("invalid_flow", e)),
             }
         }
-        Op::AgentsList | Op::AgentsCreate => crate::agents::rest(app, req, None).await,
+        Op::AgentsList | Op::AgentsCreate => crate::http::agents::rest(app, req, None).await,
         Op::AgentsDelete => {
             let id = decode_segment(param(&params, "id"))?;
-            crate::agents::rest(app, req, Some(&id)).await
+            crate::http::agents::rest(app, req, Some(&id)).await
         }
         Op::TenantMetrics => {
             admin(app, &req)?;
@@ -558,7 +558,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         }
         Op::TenantQueue => {
             admin(app, &req)?;
-            crate::agents::queue(app, &decode_segment(param(&params, "tenant"))?).await
+            crate::http::agents::queue(app, &decode_segment(param(&params, "tenant"))?).await
         }
         Op::Escalate => {
             admin(app, &req)?;
@@ -566,7 +566,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let id: ConversationId = id
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
-            crate::agents::escalate(app, id, req).await
+            crate::http::agents::escalate(app, id, req).await
         }
         Op::Conversations => {
             admin(app, &req)?;
@@ -662,27 +662,27 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::Calendar => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
-            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
                 return pass_on(app, req, &home).await;
             }
-            crate::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
+            crate::http::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
         }
         Op::Bookings => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
-            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
                 return pass_on(app, req, &home).await;
             }
-            crate::flows::bookings(app, &tenant, req.uri().query().unwrap_or("")).await
+            crate::http::flows::bookings(app, &tenant, req.uri().query().unwrap_or("")).await
         }
         Op::SlotBlock | Op::SlotUnblock => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
             let start = parse_rfc3339("start", &decode_segment(param(&params, "start"))?)?;
-            if let Some(home) = crate::flows::calendar_home(app, &req, &tenant).await? {
+            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
                 return pass_on(app, req, &home).await;
             }
-            crate::flows::set_slot(app, &tenant, start, op.op == Op::SlotBlock).await
+            crate::http::flows::set_slot(app, &tenant, start, op.op == Op::SlotBlock).await
         }
         Op::BookingOutcome => {
             admin(app, &req)?;
@@ -690,7 +690,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
             let id: ConversationId = id
                 .parse()
                 .map_err(|_| ApiError::not_found(format!("no conversation {id}")))?;
-            crate::flows::booking_outcome(app, id, req).await
+            crate::http::flows::booking_outcome(app, id, req).await
         }
         Op::ConversationNotes => {
             admin(app, &req)?;
@@ -731,7 +731,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
                 return Err(ApiError::not_found(format!("no endpoint {path}")));
             }
             admin(app, &req)?;
-            Ok(crate::agents::peer_view(
+            Ok(crate::http::agents::peer_view(
                 app,
                 req.uri().query() == Some("full"),
             ))

@@ -8,7 +8,7 @@
 //! (`Conversation::converse`); its replies are direct replies through the
 //! gate, its reminders are the conversation's timers, its hand-offs are
 //! `Escalated` events. An external responder (`flows::Responder`, the HTTP
-//! side in `src/flows.rs`) phrases a reply after the inbound is durable, on a
+//! side in `src/http/flows.rs`) phrases a reply after the inbound is durable, on a
 //! spawned task with a timeout, and sends it back to the conversation as a
 //! `SendMessage`; on timeout the built-in draft goes. Outcome metrics are
 //! derived from the committed events (`record_outcomes` in the actor; the

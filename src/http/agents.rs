@@ -30,11 +30,13 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::config::{Agent, Config};
+use crate::http::webchat::{
+    accept_websocket, close_socket, error_frame, write_frames, Closing, Ws,
+};
 use crate::http::{
     admin, bearer, ct_eq, json_response, known_tenant, message_json, parse_json, read_body,
     ApiError, App, Resp,
 };
-use crate::webchat::{accept_websocket, close_socket, error_frame, write_frames, Closing, Ws};
 
 /// Agent tokens and where each agent was defined.
 pub struct AgentDirectory {
