@@ -448,7 +448,7 @@ struct View {
 /// This node's membership.
 pub struct Cluster {
     pub spec: ClusterSpec,
-    shared: Arc<crate::runtime::Shared>,
+    shared: Arc<crate::shared::Shared>,
     started: Instant,
     /// Conversations moving between nodes right now: not served here.
     moving: dashmap::DashSet<ConvKey>,

@@ -26,6 +26,7 @@
 //! durable. Root shutdown waits for each child, and `Runtime::shutdown` for
 //! the last reference to the node's shared state.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,9 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 use tokio::sync::Semaphore;
 
-use crate::runtime::Shared;
+use parking_lot::RwLock;
+
+use crate::metrics::Metrics;
 
 /// The gateways every node runs.
 pub const GATEWAYS: [&str; 4] = ["api", "twilio", "whatsapp", "webchat"];
@@ -71,7 +74,69 @@ pub struct Gateway;
 pub struct GatewayArgs {
     pub name: &'static str,
     pub max_in_flight: usize,
-    pub shared: Arc<Shared>,
+    /// Where the gateway registers itself, and the metrics it reports to.
+    pub gateways: Arc<Gateways>,
+}
+
+/// The running gateways by name (`GATEWAYS`): each registers itself when it
+/// starts; callers run work through `run`.
+pub struct Gateways {
+    running: RwLock<HashMap<&'static str, GatewayHandle>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Gateways {
+    pub fn new(metrics: Arc<Metrics>) -> Gateways {
+        Gateways {
+            running: RwLock::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Which gateway actor `id` is, if it is a registered one.
+    pub(crate) fn named(&self, id: ractor::ActorId) -> Option<&'static str> {
+        self.running
+            .read()
+            .iter()
+            .find(|(_, g)| g.actor.get_id() == id)
+            .map(|(n, _)| *n)
+    }
+
+    /// The running gateway `name`, if any.
+    pub fn get(&self, name: &str) -> Option<GatewayHandle> {
+        self.running.read().get(name).cloned()
+    }
+
+    /// Unregisters every gateway (shutdown): their actors.
+    pub(crate) fn drain(&self) -> Vec<ractor::ActorCell> {
+        self.running
+            .write()
+            .drain()
+            .map(|(_, g)| g.actor.get_cell())
+            .collect()
+    }
+
+    /// Runs `work` through gateway `name`, on the caller's task, if the
+    /// gateway has room for it.
+    pub async fn run<T>(
+        &self,
+        name: &'static str,
+        work: impl Future<Output = T>,
+    ) -> Result<T, GatewayError> {
+        // A gateway that died admits nothing until the root has restarted it.
+        let permits = self
+            .running
+            .read()
+            .get(name)
+            .filter(|g| g.running())
+            .map(|g| g.permits.clone())
+            .ok_or(GatewayError::Unavailable(name))?;
+        let Ok(_permit) = permits.try_acquire_owned() else {
+            self.metrics.gateway_busy.inc();
+            return Err(GatewayError::Busy(name));
+        };
+        Ok(work.await)
+    }
 }
 
 pub struct GatewayState {
@@ -90,7 +155,7 @@ impl Actor for Gateway {
         args: GatewayArgs,
     ) -> Result<GatewayState, ActorProcessingErr> {
         let permits = Arc::new(Semaphore::new(args.max_in_flight));
-        args.shared.gateways.write().insert(
+        args.gateways.running.write().insert(
             args.name,
             GatewayHandle {
                 actor: myself.clone(),
@@ -112,7 +177,7 @@ impl Actor for Gateway {
             GatewayMsg::Tick => {
                 let in_flight = st.args.max_in_flight - st.permits.available_permits();
                 st.args
-                    .shared
+                    .gateways
                     .metrics
                     .gateway_in_flight
                     .get_or_create(&crate::metrics::GatewayLabel {
@@ -132,26 +197,4 @@ pub enum GatewayError {
     Busy(&'static str),
     #[error("the {0} gateway is restarting; retry shortly")]
     Unavailable(&'static str),
-}
-
-/// Runs `work` through gateway `name`, on the caller's task, if the
-/// gateway has room for it.
-pub async fn run<T>(
-    shared: &Shared,
-    name: &'static str,
-    work: impl Future<Output = T>,
-) -> Result<T, GatewayError> {
-    // A gateway that died admits nothing until the root has restarted it.
-    let permits = shared
-        .gateways
-        .read()
-        .get(name)
-        .filter(|g| g.running())
-        .map(|g| g.permits.clone())
-        .ok_or(GatewayError::Unavailable(name))?;
-    let Ok(_permit) = permits.try_acquire_owned() else {
-        shared.metrics.gateway_busy.inc();
-        return Err(GatewayError::Busy(name));
-    };
-    Ok(work.await)
 }

@@ -24,6 +24,7 @@ pub mod router;
 pub mod runtime;
 pub mod scheduler;
 pub mod sender;
+pub mod shared;
 pub mod store;
 
 // The pure parts live in the domain crate; re-exported at their old paths.

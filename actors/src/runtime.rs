@@ -1,4 +1,5 @@
-//! Assembly of the actor tree and its shared context.
+//! The composition root: assembles the actor tree and the context it shares
+//! (`crate::shared::Shared`). Nothing imports this module.
 //!
 //! ```text
 //! root (RootSupervisor)
@@ -7,8 +8,9 @@
 //! │   └── one ConversationActor per resident (tenant, contact)
 //! └── scheduler (Scheduler: the timing wheel of every pending timer)
 //! ```
-//! Later children of the root: channel gateways, the consent actor and the
-//! agent pool. Each supervisor overrides
+//! The root also starts and supervises the sender, the channel gateways
+//! and the agent pool, and restarts any of them that fails. Each
+//! supervisor overrides
 //! `handle_supervisor_evt` (ractor's default stops the supervisor when any
 //! child exits).
 
@@ -30,6 +32,7 @@ use crate::persistence::{Persistence, WriterThread};
 use crate::router::Router;
 use crate::scheduler::{SchedArgs, Scheduler, SchedulerHandle, TimerSink};
 use crate::sender::{DeliverySink, OutboxHandle, Outcome};
+use crate::shared::Shared;
 use crate::store::{OpenReport, StoreError};
 use threadline_protocol::codec::TimerRow;
 
@@ -104,118 +107,6 @@ impl RuntimeConfig {
     }
 }
 
-/// What every actor of the node shares.
-/// What the agent pool (re)starts with: agents, offer TTL, grace, wait text.
-type PoolSettings = (
-    Vec<crate::pool::routing::AgentSpec>,
-    Duration,
-    Duration,
-    String,
-);
-
-pub struct Shared {
-    pub persistence: Persistence,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Arc<Metrics>,
-    pub dir: Directory,
-    pub core: CoreConfig,
-    pub next_conversation: AtomicU64,
-    pub snapshot_every: u32,
-    pub max_resident: usize,
-    pub passivate_after: Duration,
-    pub sweep_interval: Duration,
-    pub next_timer_id: AtomicU64,
-    pub tenants: HashMap<String, Arc<TenantPolicy>>,
-    pub default_tenant: Arc<TenantPolicy>,
-    pub simulated_clock: bool,
-    /// `tenant \0 address` → the address whose conversation it continues.
-    pub aliases: dashmap::DashMap<String, String>,
-    /// Recorded messages, for the gateways and the agent pool.
-    pub feed: crate::feed::Feed,
-    /// Calendar slots held or booked: `tenant \0 start` → who.
-    pub calendar: dashmap::DashMap<String, crate::store::SlotHold>,
-    /// Each tenant's compiled flow (replaced on reload).
-    pub flows: RwLock<HashMap<String, Arc<crate::flows::engine::Flow>>>,
-    /// Each tenant's external responder, if its flow names one.
-    pub responders: RwLock<HashMap<String, Arc<dyn crate::flows::Responder>>>,
-    pub(crate) supervisor: RwLock<Option<ActorRef<SupMsg>>>,
-    pub scheduler: SchedulerHandle,
-    pub outbox: OutboxHandle,
-    /// The channel gateways by name (`crate::gateway::GATEWAYS`).
-    pub(crate) gateways: RwLock<HashMap<&'static str, crate::gateway::GatewayHandle>>,
-    /// Work in flight each gateway admits.
-    pub gateway_limit: usize,
-    pub(crate) pool: RwLock<Option<ActorRef<crate::pool::PoolMsg>>>,
-    /// This node's cluster membership, when it runs in a cluster.
-    pub(crate) cluster: std::sync::OnceLock<std::sync::Weak<crate::cluster::Cluster>>,
-    /// Conversations an agent holds (the pool's feed listener reads it).
-    pub(crate) pool_watched: Arc<crate::pool::actor::Watched>,
-    pool_listening: std::sync::atomic::AtomicBool,
-    pool_args: Mutex<Option<PoolSettings>>,
-}
-
-impl Shared {
-    /// Which gateway actor `id` is, if it is a registered one.
-    fn gateway_named(&self, id: ractor::ActorId) -> Option<&'static str> {
-        self.gateways
-            .read()
-            .iter()
-            .find(|(_, g)| g.actor.get_id() == id)
-            .map(|(n, _)| *n)
-    }
-
-    /// The running gateway `name` (`crate::gateway::GATEWAYS`), if any.
-    pub fn gateway(&self, name: &str) -> Option<crate::gateway::GatewayHandle> {
-        self.gateways.read().get(name).cloned()
-    }
-
-    /// True while storage commits succeed and the actor tree is up.
-    pub fn ready(&self) -> bool {
-        self.persistence.healthy() && self.persistence.intact() && self.supervisor.read().is_some()
-    }
-
-    /// Keeps the agent list the pool restarts with in step with the API.
-    pub(crate) fn remember_agent(&self, spec: Option<&crate::pool::routing::AgentSpec>, id: &str) {
-        if let Some(args) = self.pool_args.lock().as_mut() {
-            args.0.retain(|a| a.id != id);
-            if let Some(s) = spec {
-                args.0.push(s.clone());
-            }
-        }
-    }
-
-    /// This node's cluster membership, when it runs in one.
-    pub fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
-        self.cluster.get().and_then(|c| c.upgrade())
-    }
-
-    /// The tenant's flow, if it has one.
-    pub fn flow(&self, tenant: &str) -> Option<Arc<crate::flows::engine::Flow>> {
-        self.flows.read().get(tenant).cloned()
-    }
-
-    /// Replaces every tenant's flow and responder (a reload).
-    pub fn set_flows(
-        &self,
-        flows: HashMap<String, Arc<crate::flows::engine::Flow>>,
-        responders: HashMap<String, Arc<dyn crate::flows::Responder>>,
-    ) {
-        *self.flows.write() = flows;
-        *self.responders.write() = responders;
-    }
-
-    pub fn responder(&self, tenant: &str) -> Option<Arc<dyn crate::flows::Responder>> {
-        self.responders.read().get(tenant).cloned()
-    }
-
-    pub fn tenant(&self, tenant: &str) -> Arc<TenantPolicy> {
-        self.tenants
-            .get(tenant)
-            .cloned()
-            .unwrap_or_else(|| self.default_tenant.clone())
-    }
-}
-
 pub struct Runtime {
     pub router: Router,
     pub shared: Arc<Shared>,
@@ -245,7 +136,7 @@ impl Runtime {
         let shared = Arc::new(Shared {
             persistence: persistence.clone(),
             clock,
-            metrics,
+            metrics: metrics.clone(),
             dir: Directory::default(),
             core: cfg.core.clone(),
             next_conversation: AtomicU64::new(crate::cluster::first_id(
@@ -280,7 +171,7 @@ impl Runtime {
             calendar: persistence.store.calendar()?.into_iter().collect(),
             flows: RwLock::new(cfg.flows.clone()),
             responders: RwLock::new(cfg.responders.clone()),
-            gateways: RwLock::new(HashMap::new()),
+            gateways: Arc::new(crate::gateway::Gateways::new(metrics.clone())),
             gateway_limit: cfg.gateway_limit.max(1),
             pool: RwLock::new(None),
             cluster: std::sync::OnceLock::new(),
@@ -442,13 +333,7 @@ impl Actor for RootSupervisor {
         // the writer. Unsent outbox entries are sent after the next start.
         // Each is waited for, so that nothing holds storage open once
         // `shutdown` returns.
-        let mut children: Vec<ractor::ActorCell> = st
-            .shared
-            .gateways
-            .write()
-            .drain()
-            .map(|(_, g)| g.actor.get_cell())
-            .collect();
+        let mut children: Vec<ractor::ActorCell> = st.shared.gateways.drain();
         children.extend(st.shared.pool.write().take().map(|a| a.get_cell()));
         children.extend(st.shared.outbox.set(None).map(|a| a.get_cell()));
         children.extend(st.shared.scheduler.set(None).map(|a| a.get_cell()));
@@ -476,7 +361,7 @@ impl Actor for RootSupervisor {
                 let id = cell.get_id();
                 let is_conversations = is_child(&st.shared.supervisor, id);
                 let is_scheduler = st.shared.scheduler.is(id);
-                let gateway = st.shared.gateway_named(id);
+                let gateway = st.shared.gateways.named(id);
                 let is_pool = is_child(&st.shared.pool, id);
                 let is_sender = st.shared.outbox.is(id);
                 if is_sender {
@@ -522,7 +407,7 @@ impl Actor for RootSupervisor {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 // Shutdown unregisters gateways before stopping them, so a
                 // gateway still registered here was killed from outside.
-                let gateway = st.shared.gateway_named(cell.get_id());
+                let gateway = st.shared.gateways.named(cell.get_id());
                 if let Some(name) = gateway {
                     tracing::error!(?reason, gateway = name, "gateway stopped; restarting it");
                     spawn_gateway(&myself, &st.shared, name).await?;
@@ -635,7 +520,7 @@ async fn spawn_gateway(
         crate::gateway::GatewayArgs {
             name,
             max_in_flight: shared.gateway_limit,
-            shared: shared.clone(),
+            gateways: shared.gateways.clone(),
         },
         root.get_cell(),
     )

@@ -201,7 +201,7 @@ async fn the_log_is_truncated_below_what_snapshots_cover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
-    use threadline_actors::gateway::{run, GatewayError};
+    use threadline_actors::gateway::GatewayError;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
     let mut cfg = RuntimeConfig::new(dir.path());
@@ -216,17 +216,18 @@ async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
     for _ in 0..2 {
         let (s, mut r) = (shared.clone(), release_rx.clone());
         held.push(tokio::spawn(async move {
-            run(&s, "twilio", async move {
-                let _ = r.wait_for(|v| *v).await;
-                7
-            })
-            .await
+            s.gateways
+                .run("twilio", async move {
+                    let _ = r.wait_for(|v| *v).await;
+                    7
+                })
+                .await
         }));
     }
     // The third is refused once the first two hold their slots.
     let mut refused = None;
     for _ in 0..1000 {
-        match run(&shared, "twilio", async { 1 }).await {
+        match shared.gateways.run("twilio", async { 1 }).await {
             Err(e) => {
                 refused = Some(e);
                 break;
@@ -236,7 +237,7 @@ async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
     }
     assert_eq!(refused, Some(GatewayError::Busy("twilio")));
     // Other channels have their own limit.
-    assert_eq!(run(&shared, "whatsapp", async { 2 }).await, Ok(2));
+    assert_eq!(shared.gateways.run("whatsapp", async { 2 }).await, Ok(2));
     release_tx.send(true).unwrap();
     for h in held {
         assert_eq!(h.await.unwrap(), Ok(7));
@@ -246,25 +247,26 @@ async fn a_gateway_admits_up_to_its_limit_and_survives_failing_work() {
     for _ in 0..3 {
         let s = shared.clone();
         let failed = tokio::spawn(async move {
-            run(&s, "twilio", async {
-                if std::hint::black_box(true) {
-                    panic!("a broken piece of work");
-                }
-                0
-            })
-            .await
+            s.gateways
+                .run("twilio", async {
+                    if std::hint::black_box(true) {
+                        panic!("a broken piece of work");
+                    }
+                    0
+                })
+                .await
         })
         .await;
         assert!(failed.is_err());
     }
-    assert_eq!(run(&shared, "twilio", async { 3 }).await, Ok(3));
+    assert_eq!(shared.gateways.run("twilio", async { 3 }).await, Ok(3));
     drop(shared);
     rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
-    use threadline_actors::gateway::{run, GatewayError};
+    use threadline_actors::gateway::GatewayError;
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000_000)));
     let rt = Runtime::start(
@@ -275,7 +277,10 @@ async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
     .await
     .unwrap();
     let shared = rt.shared.clone();
-    let first = shared.gateway("twilio").expect("the twilio gateway runs");
+    let first = shared
+        .gateways
+        .get("twilio")
+        .expect("the twilio gateway runs");
 
     // A webhook is admitted and is half way through when the gateway dies.
     let (admitted_tx, admitted_rx) = tokio::sync::oneshot::channel();
@@ -283,14 +288,15 @@ async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
     let accepted = {
         let (s, router) = (shared.clone(), rt.router.clone());
         tokio::spawn(async move {
-            run(&s, "twilio", async move {
-                admitted_tx.send(()).unwrap();
-                release_rx.await.unwrap();
-                router
-                    .deliver("acme", "+15550000001", sms("+15550000001", "accepted"))
-                    .await
-            })
-            .await
+            s.gateways
+                .run("twilio", async move {
+                    admitted_tx.send(()).unwrap();
+                    release_rx.await.unwrap();
+                    router
+                        .deliver("acme", "+15550000001", sms("+15550000001", "accepted"))
+                        .await
+                })
+                .await
         })
     };
     admitted_rx.await.unwrap();
@@ -299,22 +305,25 @@ async fn a_killed_gateway_is_restarted_and_work_it_had_accepted_is_kept() {
     // The root restarts it: a new actor with fresh admission.
     eventually("the gateway to be restarted", || {
         shared
-            .gateway("twilio")
+            .gateways
+            .get("twilio")
             .is_some_and(|g| g.actor.get_id() != first.actor.get_id() && g.running())
     })
     .await;
     assert!(!first.running());
-    let again = run(&shared, "twilio", async {
-        rt.router
-            .deliver("acme", "+15550000001", sms("+15550000001", "after"))
-            .await
-    })
-    .await;
+    let again = shared
+        .gateways
+        .run("twilio", async {
+            rt.router
+                .deliver("acme", "+15550000001", sms("+15550000001", "after"))
+                .await
+        })
+        .await;
     assert!(matches!(again, Ok(Ok(Delivered::Recorded(_)))), "{again:?}");
     // Other gateways were not touched.
-    assert_eq!(run(&shared, "whatsapp", async { 2 }).await, Ok(2));
+    assert_eq!(shared.gateways.run("whatsapp", async { 2 }).await, Ok(2));
     assert_ne!(
-        run(&shared, "twilio", async { 1 }).await,
+        shared.gateways.run("twilio", async { 1 }).await,
         Err(GatewayError::Unavailable("twilio"))
     );
 

@@ -62,7 +62,7 @@ pub struct App {
     pub cfg: Config,
     pub router: Router,
     /// The runtime's shared context: metrics, storage, clock, readiness.
-    pub(crate) shared: Arc<threadline_actors::runtime::Shared>,
+    pub(crate) shared: Arc<threadline_actors::shared::Shared>,
     /// Gateway token → tenant id.
     gateway_tokens: HashMap<String, String>,
     pub draining: AtomicBool,
@@ -162,7 +162,7 @@ pub(crate) async fn via<T>(
             "the node is shutting down",
         ));
     }
-    match threadline_actors::gateway::run(&app.shared, gateway, work).await {
+    match app.shared.gateways.run(gateway, work).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(e) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -162,3 +162,16 @@ impl Directory {
         }
     }
 }
+
+/// What the conversation supervisor (`supervisor.rs`) is asked: the
+/// message of its handle, kept here so that what holds the handle does not
+/// depend on the supervisor's module.
+#[derive(ractor_cluster::RactorMessage)]
+pub enum SupMsg {
+    Activate {
+        key: ConvKey,
+        reply: tokio::sync::oneshot::Sender<Result<Entry, String>>,
+    },
+    /// Passivate idle conversations and enforce the resident cap.
+    Sweep,
+}

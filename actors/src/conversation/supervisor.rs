@@ -11,21 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::oneshot;
 
 use super::actor::{ConvArgs, ConvMsg, ConversationActor};
+pub use super::SupMsg;
 use super::{ConvKey, Entry, EntryMeta};
-use crate::runtime::Shared;
-
-#[derive(ractor_cluster::RactorMessage)]
-pub enum SupMsg {
-    Activate {
-        key: ConvKey,
-        reply: oneshot::Sender<Result<Entry, String>>,
-    },
-    /// Passivate idle conversations and enforce the resident cap.
-    Sweep,
-}
+use crate::shared::Shared;
 
 pub struct ConversationSupervisor;
 

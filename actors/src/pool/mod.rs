@@ -31,3 +31,26 @@ pub mod actor;
 pub use threadline_core::pool::routing;
 
 pub use actor::{AgentCommand, AgentEvent, Escalation, PoolMsg, SessionMsg};
+
+/// Conversations an agent holds, on the node that holds them: the feed
+/// listener hands their messages to the pool.
+#[derive(Default)]
+pub struct Watched(dashmap::DashMap<u64, ()>);
+
+impl Watched {
+    pub(crate) fn set(&self, conv: threadline_protocol::ConversationId, held: bool) {
+        if held {
+            self.0.insert(conv.0, ());
+        } else {
+            self.0.remove(&conv.0);
+        }
+    }
+
+    pub(crate) fn holds(&self, conv: threadline_protocol::ConversationId) -> bool {
+        self.0.contains_key(&conv.0)
+    }
+
+    pub(crate) fn clear(&self) {
+        self.0.clear();
+    }
+}

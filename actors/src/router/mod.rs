@@ -29,10 +29,10 @@ use threadline_protocol::codec::{self, DeadLetter, InboundMessage};
 use threadline_protocol::ConversationId;
 use tokio::sync::oneshot;
 
-use crate::conversation::supervisor::SupMsg;
+use crate::conversation::SupMsg;
 use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
 use crate::persistence::Op;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 
 mod agents;
 mod conversations;

@@ -24,7 +24,7 @@ use super::core::{
     CallEvent, Conversation, DeliveryReport, OutboundSpec, SendOutcome, TimerSpec, VoiceAction,
 };
 use super::{ConvKey, EntryMeta};
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use crate::store::StoreError;
 
 mod commit;

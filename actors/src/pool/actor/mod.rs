@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+use super::Watched;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use threadline_protocol::{Channel, ConversationId, ConversationState, Message, Timestamp};
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +31,7 @@ use crate::conversation::core::SendOutcome;
 use crate::feed::{Listener, Published};
 use crate::persistence::Op;
 use crate::router::Router;
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use crate::store::TimerIndex;
 
 mod commands;
@@ -226,20 +226,6 @@ pub struct PoolState {
     offer_timers: HashMap<u64, (u64, u64)>,
 }
 
-/// Conversations an agent holds: the feed listener reads it.
-#[derive(Default)]
-pub struct Watched(DashMap<u64, ()>);
-
-impl Watched {
-    pub(crate) fn set(&self, conv: ConversationId, held: bool) {
-        if held {
-            self.0.insert(conv.0, ());
-        } else {
-            self.0.remove(&conv.0);
-        }
-    }
-}
-
 /// Hands messages of held conversations to whichever pool actor runs now.
 pub struct PoolListener {
     pub watched: Arc<Watched>,
@@ -257,7 +243,7 @@ fn cluster_home(shared: &Shared) -> bool {
 
 impl Listener for PoolListener {
     fn wants(&self, conv: ConversationId, _m: &Message) -> bool {
-        self.watched.0.contains_key(&conv.0)
+        self.watched.holds(conv)
     }
     fn published(&self, p: &Published) {
         if let Some(shared) = self.shared.upgrade() {

@@ -30,12 +30,12 @@ pub(super) fn restore(
     now: Timestamp,
     home: bool,
 ) -> Restored {
-    args.shared.pool_watched.0.clear();
+    args.shared.pool_watched.clear();
     let rows = if home {
         rows
     } else {
         for w in rows.iter().filter(|w| w.agent.is_some()) {
-            args.shared.pool_watched.0.insert(w.conv.0, ());
+            args.shared.pool_watched.set(w.conv, true);
         }
         Vec::new()
     };
@@ -62,7 +62,7 @@ pub(super) fn restore(
         };
         if held {
             let agent = w.agent.expect("held");
-            args.shared.pool_watched.0.insert(w.conv.0, ());
+            args.shared.pool_watched.set(w.conv, true);
             // Their desktop is not back yet: the grace period runs.
             grace.insert(agent, until);
             restored.1 += 1;
