@@ -1,6 +1,11 @@
 //! Cluster membership with ractor_cluster, each node its own process on
 //! loopback: nodes that share the cookie find each other through a seed
 //! (transitively); a node with another cookie never joins.
+//!
+//! Over 800 lines on purpose: every file under `tests/` is its own test
+//! binary, linked against the whole node, and the tests here share one
+//! harness (node configs, waits, fake providers); one file per area keeps
+//! CI's link time and that harness in one place. Each test reads alone.
 
 mod common;
 

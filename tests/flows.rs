@@ -1,5 +1,10 @@
 //! End-to-end journeys with the shipped example flows, the real binary,
 //! a fake Twilio server and simulated time.
+//!
+//! Over 800 lines on purpose: every file under `tests/` is its own test
+//! binary, linked against the whole node, and the tests here share one
+//! harness (node configs, waits, fake providers); one file per area keeps
+//! CI's link time and that harness in one place. Each test reads alone.
 
 mod common;
 

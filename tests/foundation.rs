@@ -1,4 +1,9 @@
 //! End-to-end tests of the runtime foundation against the real binary.
+//!
+//! Over 800 lines on purpose: every file under `tests/` is its own test
+//! binary, linked against the whole node, and the tests here share one
+//! harness (node configs, waits, fake providers); one file per area keeps
+//! CI's link time and that harness in one place. Each test reads alone.
 
 mod common;
 

@@ -2,6 +2,11 @@
 //! formats: Twilio SMS, status and voice webhooks signed like Twilio signs
 //! them, WhatsApp Cloud API notifications signed like Meta signs them, and
 //! the web-chat WebSocket. Outbound texts reach a local fake Twilio.
+//!
+//! Over 800 lines on purpose: every file under `tests/` is its own test
+//! binary, linked against the whole node, and the tests here share one
+//! harness (node configs, waits, fake providers); one file per area keeps
+//! CI's link time and that harness in one place. Each test reads alone.
 
 mod common;
 
