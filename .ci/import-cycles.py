@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-CRATES = ["protocol/src", "actors/src", "src", "loadtest/src"]
+CRATES = ["protocol/src", "core/src", "actors/src", "src", "loadtest/src"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE = os.path.join(ROOT, ".ci", "import-cycles.baseline")
 TEST_MOD_RE = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+\w+\s*\{")
@@ -44,24 +44,88 @@ def resolve(mods, path):
     return ()
 
 
+USE_ITEMS_RE = re.compile(
+    r"\b(crate|super)((?:::[a-z_][a-z0-9_]*)*)::(?:\{([^}]*)\}|([A-Z][A-Za-z0-9_]*))"
+)
+REEXPORT_RE = re.compile(
+    r"pub(?:\([a-z]+\))?\s+use\s+((?:crate|self|super|[a-z_][a-z0-9_]*)(?:::[a-z_][a-z0-9_]*)*)::"
+    r"(?:\{([^}]*)\}|([A-Z][A-Za-z0-9_]*))\s*;"
+)
+
+
+def relative(mods, m, kind, parts):
+    """The module `kind::parts` names, seen from module `m`."""
+    if kind == "crate":
+        return resolve(mods, parts)
+    ups = (1 if kind == "super" else 0) + len([p for p in parts if p == "super"])
+    rest = tuple(p for p in parts if p not in ("super", "self"))
+    return resolve(mods, m[: max(len(m) - ups, 0)] + rest)
+
+
+def items(group):
+    """Item names (types, traits) in a `{...}` use group or a single name."""
+    return [
+        i.split(" as ")[0].strip().split("::")[-1]
+        for i in group.split(",")
+        if i.strip() and i.strip().split("::")[-1][:1].isupper()
+    ]
+
+
+def reexports(mods, texts):
+    """(module, item) -> the module that defines an item the module
+    re-exports with `pub use` (followed through chains of re-exports)."""
+    out = {}
+    for m, text in texts.items():
+        for path, group, single in REEXPORT_RE.findall(text):
+            parts = path.split("::")
+            if parts[0] in ("crate", "super", "self"):
+                kind, parts = parts[0], tuple(parts[1:])
+            else:
+                kind, parts = "self", tuple(parts)
+            if kind == "self":
+                target = resolve(mods, m + parts)
+            else:
+                target = relative(mods, m, kind, parts)
+            for name in items(group) if group else [single]:
+                if target and target != m:
+                    out[(m, name)] = target
+    # Follow chains (a re-export of a re-export).
+    for _ in range(8):
+        changed = False
+        for k, t in list(out.items()):
+            deeper = out.get((t, k[1]))
+            if deeper and deeper != t:
+                out[k] = deeper
+                changed = True
+        if not changed:
+            break
+    return out
+
+
 def graph(src):
     mods = modules(src)
-    edges = {m: set() for m in mods}
+    texts = {}
     for m, f in mods.items():
         text = open(f, encoding="utf-8").read()
         # Inline test modules may reach anywhere (a `#[cfg(test)] mod x;`
         # declaration is not one: what follows it still counts).
-        text = TEST_MOD_RE.split(text)[0]
+        texts[m] = TEST_MOD_RE.split(text)[0]
+    again = reexports(mods, texts)
+    edges = {m: set() for m in mods}
+
+    def add(m, target):
+        if target and target != m and target[: len(m)] != m and m[: len(target)] != target:
+            edges[m].add(target)
+
+    for m, text in texts.items():
         for kind, rest in PATH_RE.findall(text):
-            parts = tuple(rest.split("::")[1:])
-            if kind == "crate":
-                target = resolve(mods, parts)
-            else:
-                ups = 1 + len([p for p in parts if p == "super"])
-                rest = tuple(p for p in parts if p != "super")
-                target = resolve(mods, m[: max(len(m) - ups, 0)] + rest)
-            if target and target != m and target[: len(m)] != m and m[: len(target)] != target:
-                edges[m].add(target)
+            add(m, relative(mods, m, kind, tuple(rest.split("::")[1:])))
+        # A type named through a module that only re-exports it depends on
+        # the module that defines it.
+        for kind, rest, group, single in USE_ITEMS_RE.findall(text):
+            base = relative(mods, m, kind, tuple(rest.split("::")[1:]) if rest else ())
+            for name in items(group) if group else [single]:
+                add(m, again.get((base, name)))
     return edges
 
 

@@ -495,7 +495,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let cl = threadline_actors::cluster::Cluster::start(
                 spec,
                 Duration::from_millis(500),
-                runtime.router.clone(),
+                Arc::new(runtime.router.clone()),
             )
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the cluster node: {e}"))?;

@@ -150,16 +150,17 @@ use threadline_protocol::codec::InboundMessage;
 
 use crate::consent::keywords::Keyword;
 use crate::conversation::ConvKey;
-use crate::router::Router;
 
 mod calendar;
 mod forward;
+mod local;
 mod membership;
 mod ownership;
 mod pool;
 mod replicate;
 mod requests;
 mod router;
+pub use local::LocalNode;
 #[cfg(test)]
 mod wire_golden;
 pub use threadline_core::placement::{first_id, id_tag, ranked};
@@ -359,7 +360,7 @@ struct RouterState {
     http: Option<String>,
     /// Set when the node leaves the cluster (SIGTERM).
     leaving: Arc<std::sync::atomic::AtomicBool>,
-    router: Router,
+    node: Arc<dyn LocalNode>,
     /// The node's membership (set right after the router starts).
     cluster: Arc<std::sync::OnceLock<std::sync::Weak<Cluster>>>,
 }
@@ -448,7 +449,8 @@ struct View {
 /// This node's membership.
 pub struct Cluster {
     pub spec: ClusterSpec,
-    shared: Arc<crate::shared::Shared>,
+    /// The node it runs on.
+    node: Arc<dyn LocalNode>,
     started: Instant,
     /// Conversations moving between nodes right now: not served here.
     moving: dashmap::DashSet<ConvKey>,
@@ -504,7 +506,7 @@ impl Cluster {
     pub async fn start(
         spec: ClusterSpec,
         retry: Duration,
-        router: Router,
+        node: Arc<dyn LocalNode>,
     ) -> Result<Arc<Cluster>, String> {
         let (encryption, mode) = match &spec.tls {
             None => (None, NodeConnectionMode::Transitive),
@@ -545,11 +547,10 @@ impl Cluster {
                 subscription: Box::new(Events(view.clone(), started)),
             })
             .map_err(|e| format!("cluster: {e}"))?;
-        let shared = router.shared.clone();
         let unconfirmed = dashmap::DashMap::new();
         let mut rejoining = false;
         if spec.replication_factor >= 2 {
-            let store = shared.persistence.store.clone();
+            let store = node.persistence().store.clone();
             let (held, replicas) = tokio::task::spawn_blocking(move || {
                 Ok::<_, crate::store::StoreError>((store.held()?, store.keeps_replicas()?))
             })
@@ -576,7 +577,7 @@ impl Cluster {
             RouterState {
                 name: spec.name.clone(),
                 http: spec.http.map(|a| a.to_string()),
-                router,
+                node: node.clone(),
                 cluster: slot.clone(),
                 leaving: leaving.clone(),
             },
@@ -586,8 +587,8 @@ impl Cluster {
         ractor::pg::join(ROUTERS.into(), vec![router.get_cell()]);
         let replicate = spec.replication_factor >= 2;
         let cluster = Arc::new(Cluster {
-            metrics: shared.metrics.clone(),
-            shared: shared.clone(),
+            metrics: node.metrics().clone(),
+            node: node.clone(),
             started,
             moving: Default::default(),
             membership: tokio::sync::Notify::new(),
@@ -609,10 +610,10 @@ impl Cluster {
             requests: Default::default(),
         });
         let _ = slot.set(Arc::downgrade(&cluster));
-        let _ = shared.cluster.set(Arc::downgrade(&cluster));
+        let _ = node.cluster_slot().set(Arc::downgrade(&cluster));
         if replicate {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            shared.persistence.replicate_through(tx);
+            node.persistence().replicate_through(tx);
             tokio::spawn(replicator(Arc::downgrade(&cluster), rx));
         }
         let c = cluster.clone();
@@ -642,7 +643,7 @@ impl Cluster {
         self.view.write().m.leave();
         tracing::info!("leaving the cluster: handing conversations over");
         loop {
-            let store = self.shared.persistence.store.clone();
+            let store = self.node.persistence().store.clone();
             let held = tokio::task::spawn_blocking(move || store.held())
                 .await
                 .ok()

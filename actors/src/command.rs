@@ -19,6 +19,7 @@ use crate::conversation::core::{
     BookingOutcome, BookingOutcomeError, CallEvent, DeliveryReport, OutboundSpec, SendOutcome,
     TimerSpec, VoiceAction,
 };
+use crate::conversation::InboundAck;
 
 /// A write to a conversation by id, wherever it lives.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -112,3 +113,28 @@ pub enum ContactAnswer {
     /// Whether the contact has a conversation.
     Found(bool),
 }
+
+/// How an inbound message ended: recorded, or parked in the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    Recorded(InboundAck),
+    DeadLettered {
+        conversation: Option<ConversationId>,
+    },
+}
+
+/// Why a command did not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliverError {
+    #[error("the node is not accepting work: {0}")]
+    Unavailable(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+/// Agents with their presence and whether a desktop is connected.
+pub type AgentList = Vec<(
+    crate::pool::routing::AgentSpec,
+    crate::pool::routing::Presence,
+    bool,
+)>;

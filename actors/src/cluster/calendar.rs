@@ -43,8 +43,8 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::{ranked, unwire, wire, Cluster, RouterMsg};
+use crate::command::DeliverError;
 use crate::flows::BLOCKED;
-use crate::router::DeliverError;
 use crate::store::{CalendarWrite, SlotHold};
 
 /// What the nodes keep of the calendars they decide or replicate.
@@ -123,8 +123,8 @@ impl Cluster {
     fn calendar_rows(&self, tenant: &str) -> Rows {
         let p = prefix(tenant);
         let mut rows: Rows = self
-            .shared
-            .calendar
+            .node
+            .calendar()
             .iter()
             .filter(|e| e.key().starts_with(&p))
             .map(|e| (e.key().clone(), *e.value()))
@@ -136,7 +136,7 @@ impl Cluster {
     /// Makes `rows` this node's rows of `tenant`; the writes that did it.
     fn replace_rows(&self, tenant: &str, rows: Rows) -> Vec<CalendarWrite> {
         let p = prefix(tenant);
-        let map = &self.shared.calendar;
+        let map = &self.node.calendar();
         let new: BTreeMap<String, SlotHold> = rows
             .into_iter()
             .filter(|(k, _)| k.starts_with(&p))
@@ -165,8 +165,8 @@ impl Cluster {
         if writes.is_empty() {
             return Ok(());
         }
-        self.shared
-            .persistence
+        self.node
+            .persistence()
             .calendar(writes)
             .await
             .map_err(|e| format!("calendar: {e}"))
@@ -384,8 +384,8 @@ impl Cluster {
         let _held = lock.lock().await;
         self.adopt(tenant).await?;
         let p = prefix(tenant);
-        let now = self.shared.clock.now();
-        let map = &self.shared.calendar;
+        let now = self.node.clock().now();
+        let map = &self.node.calendar();
         // Checked whole before anything is applied.
         for w in &writes {
             let (CalendarWrite::Put(key, _) | CalendarWrite::Delete(key)) = w;
@@ -435,8 +435,8 @@ impl Cluster {
             }
             return Ok(Reserved::Taken(self.calendar_rows(tenant)));
         }
-        self.shared
-            .persistence
+        self.node
+            .persistence()
             .calendar(writes)
             .await
             .map_err(|e| format!("calendar: {e}"))?;

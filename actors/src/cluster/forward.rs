@@ -10,8 +10,8 @@ use ractor::{ActorRef, RpcReplyPort};
 use threadline_protocol::codec::{self, InboundMessage};
 use threadline_protocol::{ConversationId, MessageId};
 
+use crate::command::{DeliverError, Delivered};
 use crate::conversation::{ConvKey, InboundAck, InboundMeta};
-use crate::router::{DeliverError, Delivered};
 
 impl Cluster {
     /// The live node that owns `key`, if it is not this one.
@@ -193,7 +193,7 @@ impl Cluster {
                     // Unbounded: each job is a caller waiting for its
                     // answer, admitted by a gateway (bounded there).
                     let (q, queued) = tokio::sync::mpsc::unbounded_channel();
-                    let me = self.shared.cluster.get().cloned().unwrap_or_default();
+                    let me = self.node.cluster_slot().get().cloned().unwrap_or_default();
                     tokio::spawn(forwarder(me, owner.to_owned(), queued));
                     f.insert(owner.to_owned(), q.clone());
                     q
@@ -250,10 +250,10 @@ impl Cluster {
                 "the conversation is moving between nodes".into(),
             ));
         }
-        if self.spec.replication_factor < 2 || self.shared.dir.contains(key) {
+        if self.spec.replication_factor < 2 || self.node.dir().contains(key) {
             return Ok(());
         }
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let (t, c) = (key.tenant().to_owned(), key.contact().to_owned());
         let found = tokio::task::spawn_blocking(move || {
             if store.conversation_of(&t, &c)?.is_some() {
@@ -306,7 +306,7 @@ impl Cluster {
         let Ok(other) = self.replica_node(key, &live) else {
             return Ok(None);
         };
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let mine = tokio::task::spawn_blocking(move || store.epoch(conv))
             .await
             .map_err(|e| DeliverError::Storage(e.to_string()))?
@@ -348,7 +348,7 @@ impl Cluster {
 
     /// Whether this node holds conversation `id` itself (not a replica).
     pub async fn holds(&self, id: ConversationId) -> bool {
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         matches!(
             tokio::task::spawn_blocking(move || store.contact_of(id)).await,
             Ok(Ok(Some(_)))
@@ -370,7 +370,7 @@ impl Cluster {
     /// If this node keeps the replica of conversation `id`: the live node
     /// that owns its key (when that is another node).
     pub async fn replica_owner(&self, id: ConversationId) -> Option<String> {
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let replica = tokio::task::spawn_blocking(move || store.replica_meta(id.0))
             .await
             .ok()

@@ -14,7 +14,7 @@ use crate::replica::{ReplicaMeta, Verdict};
 impl Cluster {
     /// Stops the resident actor of `key`, if any, and waits for it.
     pub(super) async fn stop_local(&self, key: &ConvKey) {
-        self.shared.dir.stop_and_wait(key, "ownership moved").await;
+        self.node.dir().stop_and_wait(key, "ownership moved").await;
     }
 
     /// Moves conversations to where the current membership places them:
@@ -49,7 +49,7 @@ impl Cluster {
     /// One pass; `Ok(true)` when everything is where it belongs.
     pub(super) async fn rebalance_once(&self) -> Result<bool, String> {
         let live = self.live_names();
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let (replicas, held) = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>((store.replicas()?, store.held()?))
         })
@@ -115,7 +115,7 @@ impl Cluster {
         };
         // Read again under the lock: another path may have taken it over
         // (and changed it) meanwhile.
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let found = tokio::task::spawn_blocking(move || {
             Ok::<_, crate::store::StoreError>(match store.contact_of(ConversationId(conv))? {
                 Some(_) => None,
@@ -181,10 +181,10 @@ impl Cluster {
     /// came with a conversation (`add`), once their rows are durable.
     pub(super) fn retime(&self, remove: Vec<u64>, add: Vec<threadline_protocol::codec::TimerRow>) {
         for id in remove {
-            self.shared.scheduler.remove(id);
+            self.node.scheduler().remove(id);
         }
         for row in add {
-            self.shared.scheduler.add(row);
+            self.node.scheduler().add(row);
         }
     }
 
@@ -234,7 +234,7 @@ impl Cluster {
         // (an actor that raced the move, or its snapshot as it stops).
         self.seal(conv, true).await?;
         let installed = async {
-            let p = &self.shared.persistence;
+            let p = &self.node.persistence();
             let store = p.store.clone();
             let old = tokio::task::spawn_blocking(move || store.load(ConversationId(conv)))
                 .await
@@ -277,21 +277,21 @@ impl Cluster {
             // old copy.
             self.stop_local(key).await;
             // Its messages go to the agent holding it, through the pool.
-            self.shared
-                .pool_watched
+            self.node
+                .pool_watched()
                 .set(ConversationId(conv), held_by_agent);
             if let Some(e) = waiting {
                 match self.pool_home() {
                     Some(home) => self.tell_escalated(&home, e),
                     None => {
-                        if let Some(p) = self.shared.pool.read().as_ref() {
+                        if let Some(p) = self.node.pool().as_ref() {
                             let _ = p.cast(crate::pool::PoolMsg::Escalate(e));
                         }
                     }
                 }
             }
             self.retime(old_timers, timers);
-            self.shared.outbox.enqueue(outbox);
+            self.node.outbox().enqueue(outbox);
             // What it has now is current.
             self.unconfirmed.remove(key);
             Ok(())
@@ -312,8 +312,8 @@ impl Cluster {
             through,
         };
         let r = self
-            .shared
-            .persistence
+            .node
+            .persistence()
             .wait_for(|done| {
                 crate::persistence::Op::replica_check(ConversationId(conv), route, done)
             })
@@ -369,8 +369,8 @@ impl Cluster {
 
     /// Seals (`true`) or unseals conversation `conv` in the writer.
     pub(super) async fn seal(&self, conv: u64, sealed: bool) -> Result<(), String> {
-        self.shared
-            .persistence
+        self.node
+            .persistence()
             .wait_for(|done| crate::persistence::Op::Seal { conv, sealed, done })
             .await
             .map_err(|e| e.to_string())
@@ -383,7 +383,7 @@ impl Cluster {
         owner: &str,
     ) -> Result<(), HandoverError> {
         let refused = HandoverError::Refused;
-        let p = &self.shared.persistence;
+        let p = &self.node.persistence();
         let store = p.store.clone();
         let (state, epoch, work) = tokio::task::spawn_blocking(move || {
             let (state, epoch) = store.load_held(ConversationId(conv))?;
@@ -445,7 +445,7 @@ impl Cluster {
         self.in_doubt.remove(&conv);
         self.unconfirmed.remove(key);
         self.stop_local(key).await;
-        self.shared.pool_watched.set(ConversationId(conv), false);
+        self.node.pool_watched().set(ConversationId(conv), false);
         self.retime(old_timers, Vec::new());
         self.metrics.cluster_handed_over.inc();
         tracing::info!(conv, to = owner, epoch, "handed a conversation over");
@@ -456,7 +456,7 @@ impl Cluster {
     /// again: unsealed once no live peer holds a newer copy (one that does
     /// hands it back here at a newer epoch).
     pub(super) async fn settle_in_doubt(&self, conv: u64) -> Result<(), String> {
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let mine = tokio::task::spawn_blocking(move || store.epoch(conv))
             .await
             .map_err(|e| e.to_string())?
@@ -486,7 +486,7 @@ impl Cluster {
         let Some(_guard) = self.lock(&key) else {
             return Err("the conversation is moving here; try again".into());
         };
-        let store = self.shared.persistence.store.clone();
+        let store = self.node.persistence().store.clone();
         let conv = h.conv;
         let (t, c) = (h.tenant.clone(), h.contact.clone());
         let (held, other) = tokio::task::spawn_blocking(move || {

@@ -42,11 +42,12 @@ use serde::de::DeserializeOwned;
 use threadline_protocol::{AgentWork, ConversationId, Message};
 use tokio::sync::mpsc;
 
+use super::LocalNode;
 use super::{unwire, wire, Cluster, RouterMsg};
+use crate::command::DeliverError;
 use crate::command::{ContactAnswer, ContactOp, ConvAnswer, ConvOp};
 use crate::pool::routing::AgentSpec;
 use crate::pool::{AgentCommand, AgentEvent, Escalation, SessionMsg};
-use crate::router::{DeliverError, Router};
 
 /// The key whose first node in hash order is the pool's home.
 const POOL_KEY: &str = "\0threadline.agent-pool";
@@ -186,7 +187,7 @@ impl Cluster {
         }
         tracing::info!(home, previous = old, "the agent pool's home moved");
         self.pool.relays.clear();
-        if let Some(p) = self.shared.pool.read().as_ref() {
+        if let Some(p) = self.node.pool().as_ref() {
             let _ = p.cast(crate::pool::PoolMsg::Reset);
         }
     }
@@ -294,7 +295,7 @@ impl Cluster {
     /// leaves, the session ends, or `node` is gone.
     async fn proxy(
         self: std::sync::Arc<Self>,
-        router: Router,
+        router: std::sync::Arc<dyn LocalNode>,
         agent: String,
         node: String,
         relay: u64,
@@ -335,7 +336,11 @@ impl Cluster {
     }
 
     /// What the router actor does with a `PoolTell`.
-    pub(super) fn on_pool_tell(self: &std::sync::Arc<Self>, router: &Router, tell: PoolTell) {
+    pub(super) fn on_pool_tell(
+        self: &std::sync::Arc<Self>,
+        router: &dyn LocalNode,
+        tell: PoolTell,
+    ) {
         match tell {
             PoolTell::Events(events) => {
                 for (relay, e) in events {
@@ -373,7 +378,7 @@ impl Cluster {
                 })
             }
             PoolTell::Upsert(spec) => {
-                router.shared.remember_agent(Some(&spec), &spec.id);
+                router.remember_agent(Some(&spec), &spec.id);
                 router.pool_here(crate::pool::PoolMsg::Upsert(spec));
             }
         }
@@ -383,7 +388,7 @@ impl Cluster {
     /// `Result<T, String>`).
     pub(super) async fn on_pool_ask(
         self: std::sync::Arc<Self>,
-        router: Router,
+        router: std::sync::Arc<dyn LocalNode>,
         ask: PoolAsk,
     ) -> Vec<u8> {
         fn answer<T: serde::Serialize>(r: Result<T, DeliverError>) -> Vec<u8> {
@@ -399,7 +404,7 @@ impl Cluster {
             PoolAsk::CanTakeCall(t) => answer(router.can_take_call_here(&t).await),
             PoolAsk::Remove(id) => answer(router.remove_agent_here(&id).await),
             PoolAsk::Work => answer(router.held_work().await),
-            PoolAsk::Conv(op) => answer(router.conv_op(op, false).await),
+            PoolAsk::Conv(op) => answer(router.conv_op_here(op).await),
             PoolAsk::Contact(op) => answer(router.contact_op_here(op).await),
             PoolAsk::CancelTimer(id) => answer(router.cancel_timer_here(id).await),
         }
@@ -408,7 +413,7 @@ impl Cluster {
     /// The pool's rows of every live node (this one's included), each
     /// node reporting the conversations it holds; a node that does not
     /// answer is left out (its work comes back when the home changes).
-    pub(crate) async fn gather_work(&self, router: &Router) -> Vec<AgentWork> {
+    pub(crate) async fn gather_work(&self, router: &dyn LocalNode) -> Vec<AgentWork> {
         let mut rows = router.held_work().await.unwrap_or_default();
         let peers: Vec<String> = self
             .live_names()

@@ -125,7 +125,7 @@ impl Cluster {
                 }
             }
             if !bases.is_empty() {
-                let store = self.shared.persistence.store.clone();
+                let store = self.node.persistence().store.clone();
                 let ids: Vec<u64> = bases.iter().map(|e| e.conv).collect();
                 let loaded = tokio::task::spawn_blocking(move || {
                     ids.into_iter()
@@ -189,7 +189,7 @@ impl Cluster {
                         // (Not waited for: the actor may itself be waiting
                         // for this round.)
                         if let Some(route) = routes.get(&conv) {
-                            self.shared.dir.stop(&route.key, "fenced");
+                            self.node.dir().stop(&route.key, "fenced");
                         }
                     }
                     failed.insert(conv, why);

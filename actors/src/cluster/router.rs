@@ -7,9 +7,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use threadline_protocol::codec::{self};
 use threadline_protocol::ConversationId;
 
+use crate::command::{DeliverError, Delivered};
 use crate::conversation::{ConvKey, InboundMeta};
 use crate::replica::{ReplicaEntry, Verdict};
-use crate::router::{DeliverError, Delivered};
 
 /// Answers an RPC on its own task (the router stays free for heartbeats)
 /// with what `answer` makes with this node's cluster; an error
@@ -63,12 +63,12 @@ impl Actor for RouterActor {
                 }));
             }
             RouterMsg::Resident(_from, reply) => {
-                let _ = reply.send(st.router.resident() as u64);
+                let _ = reply.send(st.node.resident() as u64);
             }
             RouterMsg::Replicate(bytes, reply) => {
                 // Submitted here, in the order the owner sent them (its
                 // rounds overlap); only the wait for durability is spawned.
-                let persistence = &st.router.shared.persistence;
+                let persistence = &st.node.persistence();
                 let cluster = st.cluster();
                 // Per entry: whether this node is where its replica goes.
                 let mut placed: Vec<bool> = Vec::new();
@@ -125,7 +125,7 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::Peek(bytes, reply) => {
-                let store = st.router.shared.persistence.store.clone();
+                let store = st.node.persistence().store.clone();
                 tokio::spawn(async move {
                     let answer = match unwire::<(u64, bool)>(&bytes) {
                         None => Err("unreadable peek".to_owned()),
@@ -149,7 +149,7 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::View(bytes, reply) => {
-                let router = st.router.clone();
+                let router = st.node.clone();
                 let cluster = st.cluster();
                 tokio::spawn(async move {
                     let found = match unwire::<Lookup>(&bytes) {
@@ -184,7 +184,7 @@ impl Actor for RouterActor {
                 });
             }
             RouterMsg::PoolAsk(bytes, reply) => {
-                let router = st.router.clone();
+                let router = st.node.clone();
                 answer_on_task(st, reply, |c| async move {
                     match unwire::<PoolAsk>(&bytes) {
                         Some(ask) => c.on_pool_ask(router, ask).await,
@@ -201,7 +201,7 @@ impl Actor for RouterActor {
             RouterMsg::PoolTell(bytes) => {
                 let cluster = st.cluster();
                 match (unwire::<pool::PoolTell>(&bytes), cluster) {
-                    (Some(tell), Some(c)) => c.on_pool_tell(&st.router, tell),
+                    (Some(tell), Some(c)) => c.on_pool_tell(&*st.node, tell),
                     (None, _) => tracing::warn!("unreadable agent pool message from a peer"),
                     (_, None) => {}
                 }
@@ -209,7 +209,7 @@ impl Actor for RouterActor {
             RouterMsg::Deliver(bytes, reply) => {
                 // Delivered on their own tasks: the router stays free for
                 // heartbeats and other deliveries.
-                let router = st.router.clone();
+                let router = st.node.clone();
                 tokio::spawn(async move {
                     let Some(batch) = unwire::<Vec<Forwarded>>(&bytes) else {
                         let _ = reply.send(wire(&Vec::<ForwardResult>::new()));

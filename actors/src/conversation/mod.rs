@@ -3,6 +3,7 @@
 //! actors that the router reads.
 
 pub mod actor;
+mod msg;
 pub mod supervisor;
 
 pub use threadline_core::conversation::core;
@@ -16,7 +17,7 @@ use dashmap::DashMap;
 use ractor::ActorRef;
 use threadline_protocol::Timestamp;
 
-pub use actor::{ConvError, ConvMsg, InboundAck, InboundMeta};
+pub use msg::{ConvError, ConvMsg, InboundAck, InboundMeta};
 
 /// The routing key of a conversation: `tenant \0 address`, shared (one
 /// allocation) by the directory, the supervisor and the actor.

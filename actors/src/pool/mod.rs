@@ -27,10 +27,11 @@
 //! owner, the conversation stays queued for a call back.
 
 pub mod actor;
+mod msg;
 
 pub use threadline_core::pool::routing;
 
-pub use actor::{AgentCommand, AgentEvent, Escalation, PoolMsg, SessionMsg};
+pub use msg::{AgentCommand, AgentEvent, Escalation, PoolMsg, SessionMsg};
 
 /// Conversations an agent holds, on the node that holds them: the feed
 /// listener hands their messages to the pool.

@@ -30,39 +30,20 @@ use threadline_protocol::ConversationId;
 use tokio::sync::oneshot;
 
 use crate::conversation::SupMsg;
-use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundAck, InboundMeta};
+use crate::conversation::{ConvError, ConvKey, ConvMsg, Entry, InboundMeta};
 use crate::persistence::Op;
 use crate::shared::Shared;
 
 mod agents;
 mod conversations;
+mod local;
+
+pub use crate::command::{AgentList, DeliverError, Delivered};
 
 pub const MAX_HANDLER_FAILURES: u32 = 3;
 
-/// Agents with their presence and whether a desktop is connected.
-pub type AgentList = Vec<(
-    crate::pool::routing::AgentSpec,
-    crate::pool::routing::Presence,
-    bool,
-)>;
 /// Attempts to reach a live actor (stale directory entries, restarts).
 const MAX_ROUTING_ATTEMPTS: u32 = 50;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivered {
-    Recorded(InboundAck),
-    DeadLettered {
-        conversation: Option<ConversationId>,
-    },
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DeliverError {
-    #[error("the node is not accepting work: {0}")]
-    Unavailable(String),
-    #[error("storage failed: {0}")]
-    Storage(String),
-}
 
 /// The scheduler is not running: try again.
 fn unavailable(e: crate::scheduler::Stopped) -> DeliverError {

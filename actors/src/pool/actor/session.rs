@@ -15,11 +15,6 @@ pub struct SessionArgs {
     pub events: mpsc::Sender<AgentEvent>,
 }
 
-#[derive(ractor_cluster::RactorMessage)]
-pub enum SessionMsg {
-    Deliver(AgentEvent),
-}
-
 impl Actor for AgentSession {
     type Msg = SessionMsg;
     type State = SessionArgs;
