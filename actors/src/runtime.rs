@@ -461,7 +461,9 @@ async fn spawn_conversations(
     let (sup, _) = Actor::spawn_linked(
         None,
         ConversationSupervisor,
-        shared.clone(),
+        Router {
+            shared: shared.clone(),
+        },
         root.get_cell(),
     )
     .await?;
@@ -484,6 +486,9 @@ async fn spawn_pool(
         crate::pool::actor::PoolActor,
         crate::pool::actor::PoolArgs {
             shared: shared.clone(),
+            router: Router {
+                shared: shared.clone(),
+            },
             agents,
             offer_ttl: ttl,
             grace,
@@ -502,7 +507,10 @@ async fn spawn_pool(
             .feed
             .subscribe(Arc::new(crate::pool::actor::PoolListener {
                 watched: shared.pool_watched.clone(),
-                shared: Arc::downgrade(shared),
+                router: Router {
+                    shared: shared.clone(),
+                }
+                .downgrade(),
             }));
     }
     Ok(())

@@ -21,6 +21,8 @@ pub struct ConversationSupervisor;
 
 pub struct SupState {
     shared: Arc<Shared>,
+    /// Handed to each conversation actor.
+    router: crate::router::Router,
     /// Live children: actor id → key.
     children: HashMap<ActorId, ConvKey>,
     /// Cap evictions requested and not yet seen terminating.
@@ -30,13 +32,14 @@ pub struct SupState {
 impl Actor for ConversationSupervisor {
     type Msg = SupMsg;
     type State = SupState;
-    type Arguments = Arc<Shared>;
+    type Arguments = crate::router::Router;
 
     async fn pre_start(
         &self,
         myself: ActorRef<SupMsg>,
-        shared: Arc<Shared>,
+        router: crate::router::Router,
     ) -> Result<SupState, ActorProcessingErr> {
+        let shared = router.shared.clone();
         // A restarted supervisor adopts nothing: the directory is rebuilt.
         shared.dir.by_key.clear();
         shared.dir.by_id.clear();
@@ -55,6 +58,7 @@ impl Actor for ConversationSupervisor {
         });
         Ok(SupState {
             shared,
+            router,
             children: HashMap::new(),
             outstanding_evictions: 0,
         })
@@ -124,6 +128,7 @@ impl SupState {
             key: key.clone(),
             meta: meta.clone(),
             shared: self.shared.clone(),
+            router: self.router.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, ConversationActor, args, myself.get_cell())
             .await

@@ -50,12 +50,30 @@ fn unavailable(e: crate::scheduler::Stopped) -> DeliverError {
     DeliverError::Unavailable(e.to_string())
 }
 
+/// The one way into conversations. Built only by the composition root
+/// (`runtime`), and handed to every service that reaches a conversation.
 #[derive(Clone)]
 pub struct Router {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// A router that does not keep the node's context alive (for what the
+/// context itself holds, such as the feed's listeners).
+#[derive(Clone)]
+pub struct WeakRouter(std::sync::Weak<Shared>);
+
+impl WeakRouter {
+    /// The router, while the node runs.
+    pub fn upgrade(&self) -> Option<Router> {
+        self.0.upgrade().map(|shared| Router { shared })
+    }
+}
+
 impl Router {
+    pub fn downgrade(&self) -> WeakRouter {
+        WeakRouter(Arc::downgrade(&self.shared))
+    }
+
     /// The routing key of `contact`: the address it is an alias of, if any.
     pub fn key(&self, tenant: &str, contact: &str) -> ConvKey {
         if !self.shared.aliases.is_empty() {

@@ -221,6 +221,7 @@ impl ConvState {
         commits.in_flight.fetch_add(1, Ordering::SeqCst);
         let me = myself.clone();
         let shared = self.args.shared.clone();
+        let router = self.args.router.clone();
         let notify = timers.clone();
         let queued: Vec<threadline_protocol::OutboxEntry> = outbox
             .iter()
@@ -237,9 +238,6 @@ impl ConvState {
                     shared.feed.publish(p);
                 }
                 if !escalations.is_empty() {
-                    let router = crate::router::Router {
-                        shared: shared.clone(),
-                    };
                     for e in escalations {
                         router.escalated(e);
                     }

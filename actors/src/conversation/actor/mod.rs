@@ -67,6 +67,8 @@ pub struct ConvArgs {
     pub key: ConvKey,
     pub meta: Arc<EntryMeta>,
     pub shared: Arc<Shared>,
+    /// How it reaches the agent pool.
+    pub router: crate::router::Router,
 }
 
 pub struct ConvState {

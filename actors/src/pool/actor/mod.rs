@@ -59,6 +59,8 @@ pub struct PoolActor;
 
 pub struct PoolArgs {
     pub shared: Arc<Shared>,
+    /// How the pool writes to conversations.
+    pub router: Router,
     pub agents: Vec<AgentSpec>,
     pub offer_ttl: Duration,
     pub grace: Duration,
@@ -86,7 +88,7 @@ pub struct PoolState {
 /// Hands messages of held conversations to whichever pool actor runs now.
 pub struct PoolListener {
     pub watched: Arc<Watched>,
-    pub shared: std::sync::Weak<Shared>,
+    pub router: crate::router::WeakRouter,
 }
 
 /// Whether this node runs the pool (a single node always does).
@@ -103,8 +105,8 @@ impl Listener for PoolListener {
         self.watched.holds(conv)
     }
     fn published(&self, p: &Published) {
-        if let Some(shared) = self.shared.upgrade() {
-            Router { shared }.published_to_pool(p);
+        if let Some(router) = self.router.upgrade() {
+            router.published_to_pool(p);
         }
     }
 }
@@ -137,9 +139,7 @@ impl Actor for PoolActor {
         if !args.shared.simulated_clock {
             myself.send_interval(Duration::from_millis(100), || PoolMsg::Tick);
         }
-        let router = Router {
-            shared: args.shared.clone(),
-        };
+        let router = args.router.clone();
         // Unbounded: the pool actor must not wait on its own writes; each
         // is an assignment or release of a conversation, at most a few per
         // offer, and offers are bounded by agents' capacity.
