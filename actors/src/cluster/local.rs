@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::command::{
     AgentList, ContactAnswer, ContactOp, ConvAnswer, ConvOp, DeliverError, Delivered,
 };
-use crate::conversation::{Directory, InboundMeta};
+use crate::conversation::{ConvKey, Directory, InboundMeta};
 use crate::metrics::Metrics;
 use crate::persistence::Persistence;
 use crate::pool::routing::{AgentSpec, QueueStats};
@@ -51,6 +51,9 @@ pub trait LocalNode: Send + Sync + 'static {
     // The local side of peers' requests.
     /// Conversations resident here now.
     fn resident(&self) -> usize;
+    /// Has the conversation supervisor stop `key`'s actor (waiting for it
+    /// with `wait`).
+    fn stop_actor<'a>(&'a self, key: &'a ConvKey, why: &'a str, wait: bool) -> BoxFuture<'a, ()>;
     fn view_local<'a>(
         &'a self,
         tenant: &'a str,

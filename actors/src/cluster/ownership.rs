@@ -14,7 +14,7 @@ use crate::replica::{ReplicaMeta, Verdict};
 impl Cluster {
     /// Stops the resident actor of `key`, if any, and waits for it.
     pub(super) async fn stop_local(&self, key: &ConvKey) {
-        self.node.dir().stop_and_wait(key, "ownership moved").await;
+        self.node.stop_actor(key, "ownership moved", true).await;
     }
 
     /// Moves conversations to where the current membership places them:

@@ -189,7 +189,7 @@ impl Cluster {
                         // (Not waited for: the actor may itself be waiting
                         // for this round.)
                         if let Some(route) = routes.get(&conv) {
-                            self.node.dir().stop(&route.key, "fenced");
+                            self.node.stop_actor(&route.key, "fenced", false).await;
                         }
                     }
                     failed.insert(conv, why);

@@ -54,8 +54,9 @@ impl fmt::Display for ConvKey {
 /// Live conversation actors. Private to this module: written only by the
 /// conversation supervisor (insertions, removal of failed actors), by an
 /// actor removing itself when it passivates, and through the evictions
-/// below (`stop`, `stop_and_wait`, `passivate`), which the router and the
-/// cluster call; read by everyone through its methods.
+/// below (`stop`, `stop_and_wait`, `passivate`), which only the supervisor
+/// calls (others ask it: `SupMsg::Stop`, `SupMsg::Passivate`); read by
+/// everyone through its methods.
 #[derive(Default)]
 pub struct Directory {
     /// `tenant \0 address` → the live actor.
@@ -120,7 +121,7 @@ impl Directory {
 
     /// Evicts `key`'s actor and stops it (it is no longer the owner's:
     /// fenced). Messages it had queued are dropped; their callers retry.
-    pub fn stop(&self, key: &ConvKey, why: &str) {
+    pub(in crate::conversation) fn stop(&self, key: &ConvKey, why: &str) {
         if let Some(e) = self.get(key) {
             self.remove_if_actor(key, e.actor.get_id());
             e.actor.stop(Some(why.to_owned()));
@@ -129,7 +130,7 @@ impl Directory {
 
     /// Evicts `key`'s actor, stops it and waits for it (at most 5 s): its
     /// conversation moves to another node.
-    pub async fn stop_and_wait(&self, key: &ConvKey, why: &str) {
+    pub(in crate::conversation) async fn stop_and_wait(&self, key: &ConvKey, why: &str) {
         if let Some(e) = self.get(key) {
             self.remove_if_actor(key, e.actor.get_id());
             let _ = e
@@ -144,7 +145,7 @@ impl Directory {
 
     /// Evicts `key`'s actor (nothing is routed to it any more) and lets it
     /// passivate after what it has queued.
-    pub fn passivate(&self, key: &ConvKey) {
+    pub(in crate::conversation) fn passivate(&self, key: &ConvKey) {
         if let Some(e) = self.get(key) {
             self.remove_if_actor(key, e.actor.get_id());
             e.actor.cast(ConvMsg::Passivate { idle_before: None }).ok();
@@ -152,7 +153,11 @@ impl Directory {
     }
 
     /// Removes `key` only if it still maps to the actor `id`.
-    pub fn remove_if_actor(&self, key: &ConvKey, id: ractor::ActorId) -> bool {
+    pub(in crate::conversation) fn remove_if_actor(
+        &self,
+        key: &ConvKey,
+        id: ractor::ActorId,
+    ) -> bool {
         match self.by_key.remove_if(key, |_, e| e.actor.get_id() == id) {
             Some((_, e)) => {
                 let conv = e.meta.conv_id.load(Ordering::Relaxed);
@@ -175,4 +180,13 @@ pub enum SupMsg {
     },
     /// Passivate idle conversations and enforce the resident cap.
     Sweep,
+    /// Evict and stop `key`'s actor (fenced, or moving to another node);
+    /// `done` answers once it has stopped (at most 5 s).
+    Stop {
+        key: ConvKey,
+        why: String,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
+    /// Evict `key`'s actor and let it passivate after what it has queued.
+    Passivate { key: ConvKey },
 }

@@ -83,6 +83,19 @@ impl Actor for ConversationSupervisor {
                 st.passivate_idle();
                 st.enforce_cap();
             }
+            SupMsg::Stop { key, why, done } => match done {
+                // Waited for on its own task: the supervisor stays free for
+                // the child's exit and everything else.
+                Some(done) => {
+                    let shared = st.shared.clone();
+                    tokio::spawn(async move {
+                        shared.dir.stop_and_wait(&key, &why).await;
+                        let _ = done.send(());
+                    });
+                }
+                None => st.shared.dir.stop(&key, &why),
+            },
+            SupMsg::Passivate { key } => st.shared.dir.passivate(&key),
         }
         Ok(())
     }

@@ -315,7 +315,7 @@ impl Router {
             })
             .await?;
             // The closed conversation's actor is no longer routed to.
-            self.shared.dir.passivate(&alias_key);
+            self.passivate_actor(&alias_key);
         }
         Ok(joined)
     }

@@ -15,7 +15,7 @@ use crate::cluster::{Cluster, LocalNode};
 use crate::command::{
     AgentList, ContactAnswer, ContactOp, ConvAnswer, ConvOp, DeliverError, Delivered,
 };
-use crate::conversation::{Directory, InboundMeta};
+use crate::conversation::{ConvKey, Directory, InboundMeta};
 use crate::metrics::Metrics;
 use crate::persistence::Persistence;
 use crate::pool::routing::{AgentSpec, QueueStats};
@@ -61,6 +61,9 @@ impl LocalNode for Router {
 
     fn resident(&self) -> usize {
         Router::resident(self)
+    }
+    fn stop_actor<'a>(&'a self, key: &'a ConvKey, why: &'a str, wait: bool) -> BoxFuture<'a, ()> {
+        Box::pin(Router::stop_actor(self, key, why, wait))
     }
     fn view_local<'a>(
         &'a self,

@@ -317,6 +317,33 @@ impl Router {
             .map(|(t, c)| ConvKey::new(&t, &c)))
     }
 
+    /// Has the supervisor evict and stop `key`'s actor, waiting for it with
+    /// `wait`. Nothing to do while the supervisor is not running: its
+    /// actors stopped with it, and the one that starts next begins with an
+    /// empty directory.
+    pub(crate) async fn stop_actor(&self, key: &ConvKey, why: &str, wait: bool) {
+        let Some(sup) = self.shared.supervisor.read().clone() else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let stop = SupMsg::Stop {
+            key: key.clone(),
+            why: why.to_owned(),
+            done: wait.then_some(tx),
+        };
+        if sup.cast(stop).is_ok() && wait {
+            let _ = rx.await;
+        }
+    }
+
+    /// Has the supervisor evict `key`'s actor, which passivates after what
+    /// it has queued.
+    pub(crate) fn passivate_actor(&self, key: &ConvKey) {
+        if let Some(sup) = self.shared.supervisor.read().clone() {
+            let _ = sup.cast(SupMsg::Passivate { key: key.clone() });
+        }
+    }
+
     pub fn resident(&self) -> usize {
         self.shared.dir.len()
     }
