@@ -2037,17 +2037,23 @@ async fn call_to(fake: &FakeTwilio, to: &str) -> std::collections::HashMap<Strin
 /// The business calls a customer (a message on the voice channel). A
 /// person answering hears it and the call goes on through the flow: they
 /// book by speech and confirm with a key. A voicemail answering another
-/// call gets a short message, and the flow's unanswered-call text follows
-/// by SMS, once.
+/// call gets the flow's voicemail, and the flow's unanswered-call text
+/// follows by SMS, once. A voicemail never promises a text the gate will
+/// not send: a customer who opted out of texts is asked to call back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicemail_for_a_machine() {
     let (fake, node) = start().await;
-    let (pat, quinn) = ("+15551230071", "+15551230072");
-    for who in [pat, quinn] {
+    let (pat, quinn, riley) = ("+15551230071", "+15551230072", "+15551230073");
+    for who in [pat, quinn, riley] {
         let enc = who.replace('+', "%2B");
-        // They asked to be called and texted (a web form).
+        // They asked to be called and texted (a web form); Riley then
+        // opted out of texts.
         for channel in ["voice", "sms"] {
-            let consent = json!({"status": "opted_in", "channel": channel,
+            let status = match (who == riley, channel) {
+                (true, "sms") => "opted_out",
+                _ => "opted_in",
+            };
+            let consent = json!({"status": status, "channel": channel,
                 "purpose": "conversational", "source": "web_form", "proof": "form 12"});
             let (s, v) = node
                 .send_admin(
@@ -2077,7 +2083,14 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
             ("CallSid", sid),
             ("AccountSid", SID),
             ("From", "+15557654321"),
-            ("To", if sid == "CA71" { pat } else { quinn }),
+            (
+                "To",
+                match sid {
+                    "CA71" => pat,
+                    "CA72" => quinn,
+                    _ => riley,
+                },
+            ),
             ("CallStatus", "in-progress"),
             ("Direction", "outbound-api"),
             ("AnsweredBy", answered_by),
@@ -2124,7 +2137,9 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
         assert!(v.iter().any(|v| v.name == "Hangup"), "{twiml}");
         let (said, _) = heard(&twiml);
         assert!(
-            said.ends_with("Sorry we missed you. We'll follow up by text."),
+            said.ends_with(
+                "This is Ava at Bright Smile Dental, sorry we missed you. We'll follow up by text."
+            ),
             "{said}"
         );
     }
@@ -2136,6 +2151,29 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
     assert!(texts_where(&c, "author", "system")
         .iter()
         .any(|t| t == "[voicemail: the call was answered by a machine]"));
+
+    // Riley opted out of texts: the voicemail asks for a call back, and
+    // no text reaches the provider.
+    let call = call_to(&fake, riley).await;
+    let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
+    let (s, twiml) = node
+        .twilio(TOKEN, &url, &leg("CA73", "machine_end_beep"))
+        .await;
+    assert_eq!(s, 200, "{twiml}");
+    let (said, _) = heard(&twiml);
+    assert!(
+        said.ends_with("sorry we missed you. Please call us back when you can."),
+        "{said}"
+    );
+    let texts_to_riley = fake
+        .state
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|(_, f)| f["_resource"] == "Messages" && f["To"] == riley)
+        .count();
+    assert_eq!(texts_to_riley, 0);
 }
 
 /// A lead who asked for a person is the person's to call: crossing the

@@ -312,8 +312,10 @@ impl Conversation {
     /// A call the business placed was answered. A person hears its
     /// message and, with the tenant's flow, the call goes on as a
     /// conversation (speech turns through the flow); a machine gets a
-    /// short voicemail, and the flow's unanswered-call text follows
-    /// through the gate (once per call).
+    /// short voicemail (the flow's `voicemail`), and the flow's
+    /// unanswered-call text follows through the gate (once per call). The
+    /// voicemail promises a text only when the gate will let it go out
+    /// (now or after quiet hours); otherwise it asks for a call back.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn answered(
         &mut self,
@@ -337,11 +339,26 @@ impl Conversation {
         };
         let flow = flow.map(|(f, _)| f);
         if machine {
-            let text = flow
-                .and_then(|f| f.unanswered_call_text(&self.state.captured, &self.state.journey));
-            let voicemail = match &text {
-                Some(_) => format!("{said} Sorry we missed you. We'll follow up by text."),
-                None => format!("{said} Sorry we missed you. Please call us back when you can."),
+            let (captured, journey) = (&self.state.captured, &self.state.journey);
+            let text = flow.and_then(|f| f.unanswered_call_text(captured, journey));
+            let left = flow
+                .and_then(|f| f.voicemail_text(captured, journey))
+                .unwrap_or_else(|| "Sorry we missed you.".to_owned());
+            let texting = text.is_some()
+                && !matches!(
+                    self.gate(
+                        Channel::Sms,
+                        Purpose::Conversational,
+                        Purpose::Conversational.as_str(),
+                        now,
+                        tenant,
+                        false,
+                    ),
+                    Decision::Block { .. }
+                );
+            let voicemail = match texting {
+                true => format!("{said} {left} We'll follow up by text."),
+                false => format!("{said} {left} Please call us back when you can."),
             };
             let fresh = self.note(
                 events,

@@ -247,6 +247,9 @@ pub(super) fn check_placeholders(spec: &FlowSpec) -> Result<(), String> {
         if let Some(t) = &c.unanswered_call {
             check(format!("{key}.unanswered_call"), t, &[])?;
         }
+        if let Some(t) = &c.voicemail {
+            check(format!("{key}.voicemail"), t, &[])?;
+        }
     }
     for (n, j) in &spec.journeys {
         let reminder = ["when", "service", "business"];

@@ -79,6 +79,11 @@ pub struct CadenceSpec {
     /// Texted when a call the business placed goes unanswered (`{name}`,
     /// `{persona}`, slots).
     pub unanswered_call: Option<String>,
+    /// Left on an answering machine after the call's message (`{name}`,
+    /// `{persona}`, slots; default "Sorry we missed you."). The node adds
+    /// how the business follows up: by text when `unanswered_call` will go
+    /// out, else a request to call back.
+    pub voicemail: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +382,13 @@ impl Flow {
     /// The text after an unanswered outbound call, if the flow has one.
     pub fn unanswered_call_text(&self, captured: &Captured, journey: &Journey) -> Option<String> {
         let t = self.cadence_for(journey)?.unanswered_call.as_ref()?;
+        Some(fill(t, captured, &BTreeMap::new(), self.persona()))
+    }
+
+    /// What a call the business placed leaves on an answering machine, if
+    /// the flow words it.
+    pub fn voicemail_text(&self, captured: &Captured, journey: &Journey) -> Option<String> {
+        let t = self.cadence_for(journey)?.voicemail.as_ref()?;
         Some(fill(t, captured, &BTreeMap::new(), self.persona()))
     }
 

@@ -615,6 +615,7 @@ fn cadence(after: &str, channel: &str, text: &str) -> CadenceSpec {
             text: text.into(),
         }],
         unanswered_call: None,
+        voicemail: None,
     }
 }
 
