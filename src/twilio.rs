@@ -120,6 +120,9 @@ pub fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> 
         .map(|(_, v)| v.as_str())
 }
 
+/// How a `<Gather>` listens: the flow's `[voice]` settings.
+pub type Listen = threadline_actors::flows::engine::VoiceSpec;
+
 /// A TwiML document under construction; text and attributes are escaped.
 #[derive(Default)]
 pub struct Twiml {
@@ -139,11 +142,19 @@ impl Twiml {
         self
     }
     /// `<Gather input="speech dtmf" action=...>` saying `prompt`: the
-    /// caller answers in words or with one key.
-    pub fn gather_speech(mut self, action: &str, prompt: &str) -> Twiml {
+    /// caller answers in words or with one key, heard as `listen` says
+    /// (language, hints, how long a silence lasts).
+    pub fn gather_speech(mut self, action: &str, prompt: &str, listen: &Listen) -> Twiml {
+        let hints = match listen.hints.is_empty() {
+            true => String::new(),
+            false => format!(" hints=\"{}\"", esc(&listen.hints.join(","))),
+        };
         self.body.push_str(&format!(
-            "<Gather input=\"speech dtmf\" numDigits=\"1\" action=\"{}\" method=\"POST\" speechTimeout=\"auto\" timeout=\"6\"><Say>{}</Say></Gather>",
+            "<Gather input=\"speech dtmf\" numDigits=\"1\" action=\"{}\" method=\"POST\" language=\"{}\"{hints} speechTimeout=\"auto\" timeout=\"{}\"><Say language=\"{}\">{}</Say></Gather>",
             esc(action),
+            esc(&listen.language),
+            listen.timeout_seconds,
+            esc(&listen.language),
             esc(prompt)
         ));
         self

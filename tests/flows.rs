@@ -1906,11 +1906,24 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         "gateway_token = \"gw-smile\"\nvoice_assistant = true\nowner_phone = \"+15550009999\"\n",
     );
     let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
-    let (said, next) = heard(&caller(&node, "CA1", "/webhooks/twilio/voice", "", "").await);
+    let twiml = caller(&node, "CA1", "/webhooks/twilio/voice", "", "").await;
+    let (said, next) = heard(&twiml);
     assert!(
         said.starts_with("Hi, thanks for calling Bright Smile Dental."),
         "{said}"
     );
+    // It listens as the flow's [voice] says: language, hints, silence.
+    let gather = verbs(&twiml)
+        .into_iter()
+        .find(|v| v.name == "Gather")
+        .expect("it listens");
+    assert_eq!(gather.attrs["input"], "speech dtmf");
+    assert_eq!(gather.attrs["language"], "en-US");
+    assert_eq!(
+        gather.attrs["hints"],
+        "cleaning,whitening,checkup,Bright Smile,reschedule"
+    );
+    assert_eq!(gather.attrs["timeout"], "6");
     let next = next.expect("it listens");
     // Booking by speech, in the flow's words made for the ear.
     let (said, next) = heard(

@@ -290,7 +290,15 @@ const HOLD_LIMIT_MS: i64 = 60_000;
 /// Seconds between checks while a caller holds.
 const HOLD_POLL_SECS: u32 = 3;
 
-fn render(action: VoiceAction, conv: ConversationId) -> Resp {
+/// How the tenant's voice assistant listens (its flow's `[voice]`).
+fn listen(app: &App, tenant: &str) -> crate::twilio::Listen {
+    app.shared
+        .flow(tenant)
+        .map(|f| f.voice().clone())
+        .unwrap_or_default()
+}
+
+fn render(action: VoiceAction, conv: ConversationId, listen: &crate::twilio::Listen) -> Resp {
     let t = match action {
         VoiceAction::Dial { number, whisper } => {
             let w = whisper.then(|| format!("{WHISPER}?conversation={}", conv.0));
@@ -305,7 +313,7 @@ fn render(action: VoiceAction, conv: ConversationId) -> Resp {
             // If the caller says nothing, the same turn again, counted.
             let silent = format!("{GATHER}?turn={turn}&silence={}", silence + 1);
             Twiml::new()
-                .gather_speech(&action, &prompt)
+                .gather_speech(&action, &prompt, listen)
                 .redirect(&silent)
         }
         VoiceAction::Transfer {
@@ -363,8 +371,9 @@ async fn call(
 pub async fn twilio_voice(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
     let (params, _) = twilio_form(app, req).await?;
     let (tenant, from, call_sid) = call_parties(app, &params)?;
+    let listen = listen(app, &tenant);
     let (conv, action) = call(app, tenant, from, CallEvent::Incoming { call_sid }).await?;
-    Ok(render(action, conv))
+    Ok(render(action, conv, &listen))
 }
 
 /// `POST /webhooks/twilio/voice/dial-status`: how ringing the owner ended.
@@ -373,6 +382,7 @@ pub async fn twilio_dial_status(app: &App, req: Request<Body>) -> Result<Resp, A
     let (tenant, from, call_sid) = call_parties(app, &params)?;
     let status = required(&params, "DialCallStatus")?.to_ascii_lowercase();
     let answered = matches!(status.as_str(), "completed" | "answered");
+    let listen = listen(app, &tenant);
     let (conv, action) = call(
         app,
         tenant,
@@ -380,7 +390,7 @@ pub async fn twilio_dial_status(app: &App, req: Request<Body>) -> Result<Resp, A
         CallEvent::DialStatus { call_sid, answered },
     )
     .await?;
-    Ok(render(action, conv))
+    Ok(render(action, conv, &listen))
 }
 
 /// `POST /webhooks/twilio/voice/gather?turn=N`: a speech turn.
@@ -436,7 +446,7 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
             app.router.escalate(conv, reason, Vec::new(), 0).await?;
         }
     }
-    Ok(render(action, conv))
+    Ok(render(action, conv, &listen(app, &tenant)))
 }
 
 /// `POST /webhooks/twilio/voice/hold?conversation=&since=`: a caller
@@ -546,6 +556,7 @@ pub async fn twilio_outbound_call(app: &App, req: Request<Body>) -> Result<Resp,
     let machine =
         param(&params, "AnsweredBy").is_some_and(|a| a.starts_with("machine") || a == "fax");
     if let Ok((tenant, contact, call_sid)) = call_parties(app, &params) {
+        let listen = listen(app, &tenant);
         let (id, action) = call(
             app,
             tenant,
@@ -558,7 +569,7 @@ pub async fn twilio_outbound_call(app: &App, req: Request<Body>) -> Result<Resp,
         )
         .await?;
         if id == conv {
-            return Ok(render(action, conv));
+            return Ok(render(action, conv, &listen));
         }
     }
     let text = app

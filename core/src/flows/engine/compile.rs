@@ -226,6 +226,31 @@ pub(super) fn check_placeholders(spec: &FlowSpec) -> Result<(), String> {
         Ok(())
     };
     check("fallback".into(), &spec.fallback, &[])?;
+    let v = &spec.voice;
+    let tag =
+        |t: &str| !t.is_empty() && t.len() <= 8 && t.chars().all(|c| c.is_ascii_alphanumeric());
+    if v.language.len() > 35 || !v.language.split('-').all(tag) {
+        return Err(format!(
+            "voice.language: {:?} is not a language tag such as \"en-US\" or \"es-MX\"",
+            v.language
+        ));
+    }
+    if v.hints.len() > 100 {
+        return Err("voice.hints: at most 100 hints".into());
+    }
+    if let Some((i, _)) = v
+        .hints
+        .iter()
+        .enumerate()
+        .find(|(_, h)| h.trim().is_empty() || h.chars().count() > 100 || h.contains(','))
+    {
+        return Err(format!(
+            "voice.hints[{i}]: a hint is a word or phrase of 1 to 100 characters, without commas"
+        ));
+    }
+    if !(1..=30).contains(&v.timeout_seconds) {
+        return Err("voice.timeout_seconds: between 1 and 30".into());
+    }
     for (i, intent) in spec.intents.iter().enumerate() {
         if let Some(r) = &intent.reply {
             check(format!("intents[{i}].reply"), r, &[])?;

@@ -70,6 +70,42 @@ pub struct FlowSpec {
     /// Follow-ups when the customer goes quiet while the bot waits for an
     /// answer: one step at a time, each on its own channel.
     pub cadence: Option<CadenceSpec>,
+    /// How the voice assistant listens on calls.
+    #[serde(default)]
+    pub voice: VoiceSpec,
+}
+
+/// How the voice assistant listens (each speech turn's `<Gather>`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceSpec {
+    /// The caller's language for speech recognition (BCP-47, "en-US").
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Words and phrases callers of this business say (services, names):
+    /// they help recognition. At most 100, each at most 100 characters.
+    #[serde(default)]
+    pub hints: Vec<String>,
+    /// Seconds of silence before a turn counts as silent (1 to 30).
+    #[serde(default = "default_listen_seconds")]
+    pub timeout_seconds: u32,
+}
+
+impl Default for VoiceSpec {
+    fn default() -> VoiceSpec {
+        VoiceSpec {
+            language: default_language(),
+            hints: Vec::new(),
+            timeout_seconds: default_listen_seconds(),
+        }
+    }
+}
+
+fn default_language() -> String {
+    "en-US".into()
+}
+fn default_listen_seconds() -> u32 {
+    6
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -367,6 +403,11 @@ pub struct Flow {
 impl Flow {
     pub fn persona(&self) -> &str {
         &self.spec.persona.name
+    }
+
+    /// How the voice assistant listens on this flow's calls.
+    pub fn voice(&self) -> &VoiceSpec {
+        &self.spec.voice
     }
 
     /// The cadence that applies now: the journey's own, else the flow's.

@@ -695,3 +695,27 @@ fn a_correction_changes_only_what_it_names() {
     assert_eq!(c.booking().status, BookingStatus::Confirmed);
     assert_eq!(c.booking().start, Some(t("2026-03-05T19:00:00Z")));
 }
+
+#[test]
+fn voice_settings_are_checked_and_name_their_key() {
+    let with = |voice: &str| format!("{DENTAL}\n[voice]\n{voice}\n");
+    let f = Flow::compile(toml_spec(&with(
+        "language = \"es-MX\"\nhints = [\"limpieza\"]",
+    )))
+    .unwrap();
+    assert_eq!(f.voice().language, "es-MX");
+    assert_eq!(f.voice().hints, vec!["limpieza".to_owned()]);
+    assert_eq!(f.voice().timeout_seconds, 6, "the default");
+    let f = Flow::compile(toml_spec(DENTAL)).unwrap();
+    assert_eq!(f.voice().language, "en-US", "the default");
+    for (bad, key) in [
+        ("language = \"english please\"", "voice.language"),
+        ("hints = [\"cleaning, whitening\"]", "voice.hints[0]"),
+        ("hints = [\"\"]", "voice.hints[0]"),
+        ("timeout_seconds = 0", "voice.timeout_seconds"),
+        ("timeout_seconds = 90", "voice.timeout_seconds"),
+    ] {
+        let e = Flow::compile(toml_spec(&with(bad))).unwrap_err();
+        assert!(e.starts_with(key), "{bad}: {e}");
+    }
+}
