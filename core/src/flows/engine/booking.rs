@@ -241,6 +241,7 @@ impl Flow {
             if more.reply.is_some() {
                 t.reply = more.reply;
                 t.escalate = more.escalate;
+                t.completion_handoff = more.completion_handoff;
                 t.slots.extend(more.slots);
                 t.journey = more.journey;
             }
@@ -568,6 +569,7 @@ impl Flow {
         // the threshold.
         if j.handoff && t.journey.handoff.is_none() {
             t.escalate = Some(format!("{jname} complete"));
+            t.completion_handoff = true;
         }
     }
 }

@@ -485,6 +485,9 @@ pub struct Turn {
     pub call: Option<String>,
     /// Where the conversation stands after this message.
     pub journey: Journey,
+    /// `escalate` is only the journey's own hand-off on completion
+    /// (`handoff = true`), which a lead qualified on the same turn replaces.
+    pub(crate) completion_handoff: bool,
 }
 
 #[cfg(test)]

@@ -719,3 +719,65 @@ fn voice_settings_are_checked_and_name_their_key() {
         assert!(e.starts_with(key), "{bad}: {e}");
     }
 }
+
+/// A lead whose score crosses the threshold on the journey's last answer
+/// is handed off as the rubric says (a call), not also handed to a person
+/// by the journey's own completion: before, the completion's hand-off took
+/// the turn and no call was placed.
+#[test]
+fn the_threshold_crossed_on_the_journeys_last_answer_hands_off_once_as_the_rubric_says() {
+    let spec = |handoff: &str| {
+        format!(
+            r#"
+persona = {{ name = "Max" }}
+[[intents]]
+name = "quote"
+examples = ["I want a quote"]
+keywords = ["quote", "insurance", "bundle"]
+journey = "qualify"
+[journeys.qualify]
+handoff = true
+done = "Thanks {{name}}!"
+slots = [
+  {{ name = "coverage", ask = "What would you like to cover?", kind = "choice", options = ["home", "auto", "bundle"] }},
+  {{ name = "timeline", ask = "When do you need it to start?" }},
+  {{ name = "name", ask = "And your name?", kind = "name" }},
+]
+[scoring]
+threshold = 70
+handoff = "{handoff}"
+call_greeting = "Hi {{name}}, this is Max about your quote."
+rules = [
+  {{ slot = "intent", contains = ["quote"], points = 10 }},
+  {{ slot = "coverage", contains = ["bundle"], points = 20 }},
+  {{ slot = "timeline", contains = ["next month"], points = 30 }},
+  {{ slot = "name", points = 10 }},
+]
+"#
+        )
+    };
+    for handoff in ["call", "agent"] {
+        let f = Flow::compile(toml_spec(&spec(handoff))).unwrap();
+        let (mut cal, mut c, now) = (Cal::of(1), Conv::default(), t(NOW));
+        c.say(&f, "I want a quote to bundle home and auto", now, &mut cal);
+        let before = c.say(&f, "next month", now, &mut cal);
+        assert_eq!((before.score, before.call.as_deref()), (Some(60), None));
+        let last = c.say(&f, "I'm Jordan", now, &mut cal);
+        assert_eq!(last.score, Some(70));
+        assert_eq!(last.reply.as_deref(), Some("Thanks Jordan!"));
+        assert_eq!(last.journey.handoff.as_deref(), Some("qualified"));
+        match handoff {
+            "call" => {
+                assert_eq!(
+                    last.call.as_deref(),
+                    Some("Hi Jordan, this is Max about your quote.")
+                );
+                assert_eq!(last.escalate, None, "no person as well");
+            }
+            _ => {
+                assert_eq!(last.call, None);
+                assert_eq!(last.escalate.as_deref(), Some("qualified lead (score 70)"));
+            }
+        }
+    }
+}

@@ -40,7 +40,12 @@ impl Flow {
         if before != Some(score) {
             t.score = Some(score);
         }
-        if score >= scoring.threshold && t.journey.handoff.is_none() && t.escalate.is_none() {
+        // The scoring hand-off happens on whichever turn crosses the
+        // threshold, the journey's last included: there it replaces the
+        // journey's own hand-off (one hand-off, the one the rubric asks for).
+        let free = t.escalate.is_none() || t.completion_handoff;
+        if score >= scoring.threshold && t.journey.handoff.is_none() && free {
+            t.escalate = None;
             t.journey.handoff = Some("qualified".into());
             match scoring.handoff {
                 Handoff::Agent => t.escalate = Some(format!("qualified lead (score {score})")),
@@ -122,6 +127,7 @@ impl Flow {
                 t.slots.extend(more.slots);
                 t.reply = more.reply;
                 t.escalate = more.escalate;
+                t.completion_handoff = more.completion_handoff;
                 t.reminders = more.reminders;
                 t.journey = more.journey;
                 return;
