@@ -427,6 +427,17 @@ async fn qualify(node: &Node) {
     }
 }
 
+/// How many calls the fake Twilio was asked to place.
+fn calls_placed(fake: &FakeTwilio) -> usize {
+    fake.state
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|(_, f)| f["_resource"] == "Calls")
+        .count()
+}
+
 /// The call the fake Twilio was asked to place.
 async fn placed_call(fake: &FakeTwilio) -> Option<std::collections::HashMap<String, String>> {
     for _ in 0..500 {
@@ -455,11 +466,18 @@ async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thr
     let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     assert_eq!(c["captured"]["score"], 70.0, "{c}");
     assert_eq!(c["journey"]["handoff"], "qualified");
+    // One channel at a time: the text reply goes first, the call it
+    // announces half a minute later (before, both left together).
+    assert_eq!(bot_said(&node, "harbor", JORDAN).await, "Thanks Jordan!");
+    assert!(texts_where(&c, "channel", "voice").is_empty(), "{c}");
+    assert_eq!(calls_placed(&fake), 0);
+    node.advance(30.0).await;
     // The call goes to the Twilio Calls API, and says the greeting.
     let call = placed_call(&fake)
         .await
         .unwrap_or_else(|| panic!("no call was placed: {c}"));
     assert_eq!(call["To"], JORDAN);
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     let voice = texts_where(&c, "channel", "voice");
     assert_eq!(
         voice,
@@ -533,10 +551,12 @@ async fn a_web_chat_lead_who_gives_a_number_gets_a_call_that_cites_the_chat() {
     let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     assert_eq!(c["captured"]["score"], 70.0, "{c}");
     assert_eq!(c["captured"]["slots"]["coverage"], "bundle");
+    node.advance(30.0).await;
     let call = placed_call(&fake)
         .await
         .unwrap_or_else(|| panic!("no call was placed: {c}"));
     assert_eq!(call["To"], JORDAN);
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
     assert_eq!(
         texts_where(&c, "channel", "voice"),
         vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for in our website chat."]

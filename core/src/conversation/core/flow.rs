@@ -10,6 +10,10 @@ use threadline_protocol::ConsentStatus;
 use crate::consent::policy::Purpose;
 use threadline_protocol::{Author, Channel, ConvEvent, Delivery, Direction, TimerKind, Timestamp};
 
+/// How long after a text reply the call it announces is placed: the text
+/// reaches the customer first, and the two are never in flight together.
+pub const CALL_AFTER_TEXT_MS: i64 = 30_000;
+
 impl Conversation {
     /// The customer's `text` on `channel` through the tenant's flow (a
     /// text or a speech turn alike): what the conversation keeps of it
@@ -181,6 +185,7 @@ impl Conversation {
                 events.extend(self.schedule_follow_up(f, &question, next_id));
             }
         }
+        let texted = reply.is_some() && msg.channel != Channel::Voice;
         if let Some(text) = reply {
             if phrase_elsewhere {
                 // An external responder phrases it after the commit.
@@ -206,11 +211,28 @@ impl Conversation {
                 Channel::Email => "by email",
             };
             let greeting = greeting.replace("{via}", via);
-            // A qualified lead gets a call now; the call says the greeting
-            // (the gate decides, as for any business-initiated call).
-            let spec = OutboundSpec::automated(greeting, Some(Channel::Voice));
-            let (_, more) = self.send_message(spec, now, tenant, next_id);
-            events.extend(more);
+            // A qualified lead gets a call; the call says the greeting (the
+            // gate decides, as for any business-initiated call). One
+            // channel at a time: after a text reply ("I'll give you a quick
+            // call"), the call follows `CALL_AFTER_TEXT_MS` later, as a
+            // follow-up that is not placed if people have the conversation
+            // by then; with nothing texted, it is placed now.
+            if texted {
+                let id = next_id();
+                events.extend(self.schedule_timer(
+                    id,
+                    TimerSpec {
+                        due: Timestamp(now.0 + CALL_AFTER_TEXT_MS),
+                        kind: TimerKind::FollowUp,
+                        text: Some(greeting),
+                        channel: Some(Channel::Voice),
+                    },
+                ));
+            } else {
+                let spec = OutboundSpec::automated(greeting, Some(Channel::Voice));
+                let (_, more) = self.send_message(spec, now, tenant, next_id);
+                events.extend(more);
+            }
         }
         (events, draft)
     }
