@@ -140,7 +140,6 @@ impl SupState {
         let args = ConvArgs {
             key: key.clone(),
             meta: meta.clone(),
-            shared: self.shared.clone(),
             router: self.router.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, ConversationActor, args, myself.get_cell())

@@ -35,7 +35,7 @@ impl ConvState {
         // first; refused, nothing of this change is kept (the conversation
         // reloads its durable state) and the caller retries.
         if !self.pending_calendar.is_empty() {
-            if let Some(cluster) = self.args.shared.cluster() {
+            if let Some(cluster) = self.args.router.shared.cluster() {
                 let tenant = self.args.key.tenant();
                 let reserved = cluster
                     .calendar_reserve(tenant, id.0, &self.pending_calendar)
@@ -71,7 +71,7 @@ impl ConvState {
         });
         for (_, e) in events.iter().filter(|_| !self.importing) {
             if let ConvEvent::MessageAppended(m) = e {
-                if self.args.shared.feed.wants(id, m) {
+                if self.args.router.shared.feed.wants(id, m) {
                     published.push(crate::feed::Published {
                         tenant: self.args.key.tenant().to_owned(),
                         conversation: id,
@@ -86,7 +86,7 @@ impl ConvState {
             Vec::new()
         } else {
             record_outcomes(
-                &self.args.shared.metrics.outcomes,
+                &self.args.router.shared.metrics.outcomes,
                 &conv.state,
                 &events,
                 &self.journey_seen,
@@ -195,16 +195,17 @@ impl ConvState {
                 }),
             ));
         }
-        let route = self
-            .args
-            .shared
-            .persistence
-            .replicating()
-            .then(|| crate::persistence::Route {
-                key: self.args.key.clone(),
-                epoch: self.epoch,
-                through: conv.state.last_seq,
-            });
+        let route =
+            self.args
+                .router
+                .shared
+                .persistence
+                .replicating()
+                .then(|| crate::persistence::Route {
+                    key: self.args.key.clone(),
+                    epoch: self.epoch,
+                    through: conv.state.last_seq,
+                });
         if records.is_empty() {
             // Nothing new: answer once everything before is durable (and,
             // in a cluster, once the replica is known to have it all).
@@ -213,15 +214,16 @@ impl ConvState {
                 Some(route) => Op::replica_check(id, route, done),
                 None => Op::Barrier { done },
             };
-            let _ = self.args.shared.persistence.submit(op).await;
+            let _ = self.args.router.shared.persistence.submit(op).await;
             return;
         }
         self.since_snapshot += records.len() as u32;
         let commits = self.commits.clone();
         commits.in_flight.fetch_add(1, Ordering::SeqCst);
         let me = myself.clone();
-        let shared = self.args.shared.clone();
-        let router = self.args.router.clone();
+        let shared = self.args.router.shared.clone();
+        // Only a commit that escalates reaches the pool.
+        let router = (!escalations.is_empty()).then(|| self.args.router.clone());
         let notify = timers.clone();
         let queued: Vec<threadline_protocol::OutboxEntry> = outbox
             .iter()
@@ -237,7 +239,7 @@ impl ConvState {
                 for p in &published {
                     shared.feed.publish(p);
                 }
-                if !escalations.is_empty() {
+                if let Some(router) = &router {
                     for e in escalations {
                         router.escalated(e);
                     }
@@ -280,8 +282,8 @@ impl ConvState {
         };
         // If the writer is gone (shutdown) the op and its callback are
         // dropped; the caller sees its reply channel close.
-        let _ = self.args.shared.persistence.submit(op).await;
-        if self.since_snapshot >= self.args.shared.snapshot_every {
+        let _ = self.args.router.shared.persistence.submit(op).await;
+        if self.since_snapshot >= self.args.router.shared.snapshot_every {
             self.snapshot(None).await;
         }
     }

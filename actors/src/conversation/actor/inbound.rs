@@ -20,7 +20,7 @@ impl ConvState {
         meta: InboundMeta,
         reply: Reply<InboundAck>,
     ) {
-        let shared = self.args.shared.clone();
+        let shared = self.args.router.shared.clone();
         // In a cluster, the flow books against the calendar's home's rows.
         if let Some(cluster) = shared.cluster() {
             let tenant = self.args.key.tenant();
@@ -184,7 +184,7 @@ impl ConvState {
         if self.conv.is_some() {
             return (Vec::with_capacity(3), None);
         }
-        let shared = &self.args.shared;
+        let shared = &self.args.router.shared;
         let id = ConversationId(shared.next_conversation.fetch_add(1, Ordering::Relaxed));
         let key = &self.args.key;
         let (conv, created) = Conversation::create(

@@ -17,7 +17,7 @@ impl ConvState {
         if self.loaded {
             return Ok(());
         }
-        let shared = &self.args.shared;
+        let shared = &self.args.router.shared;
         let storage = |e: StoreError| ConvError::Storage(e.to_string());
         shared.persistence.barrier().await.map_err(storage)?;
         let store = shared.persistence.store.clone();
@@ -65,6 +65,7 @@ impl ConvState {
         });
         let _ = self
             .args
+            .router
             .shared
             .persistence
             .submit(Op::Barrier { done })
@@ -72,7 +73,7 @@ impl ConvState {
     }
 
     pub(super) async fn on_fire(&mut self, myself: &ActorRef<ConvMsg>, id: u64, reply: Reply<()>) {
-        let shared = self.args.shared.clone();
+        let shared = self.args.router.shared.clone();
         let now = shared.clock.now();
         let tenant = shared.tenant(self.args.key.tenant());
         let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +123,7 @@ impl ConvState {
             done,
         };
         self.since_snapshot = 0;
-        self.args.shared.persistence.submit(op).await.is_ok()
+        self.args.router.shared.persistence.submit(op).await.is_ok()
     }
 
     pub(super) async fn passivate(
@@ -152,7 +153,7 @@ impl ConvState {
                 return;
             }
         }
-        let shared = &self.args.shared;
+        let shared = &self.args.router.shared;
         if shared.dir.remove_if_actor(&self.args.key, myself.get_id()) {
             shared.metrics.conversations_passivated.inc();
         }

@@ -20,7 +20,6 @@ use super::core::Conversation;
 use super::msg::Reply;
 pub use super::msg::{ConvError, ConvMsg, InboundAck, InboundMeta};
 use super::{ConvKey, EntryMeta};
-use crate::shared::Shared;
 use crate::store::StoreError;
 
 mod commit;
@@ -66,8 +65,8 @@ fn reloading() -> ConvError {
 pub struct ConvArgs {
     pub key: ConvKey,
     pub meta: Arc<EntryMeta>,
-    pub shared: Arc<Shared>,
-    /// How it reaches the agent pool.
+    /// How it reaches the agent pool, and (`router.shared`) the node's
+    /// context.
     pub router: crate::router::Router,
 }
 
@@ -137,6 +136,7 @@ impl Actor for ConversationActor {
             }
         }
         st.args
+            .router
             .shared
             .dir
             .remove_if_actor(&st.args.key, myself.get_id());
@@ -175,7 +175,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
         }
         ConvMsg::View { reply } => st.view(reply).await,
         ConvMsg::ScheduleTimer { spec, reply } => {
-            let shared = st.args.shared.clone();
+            let shared = st.args.router.shared.clone();
             let Some(conv) = st.conv.as_mut() else {
                 let _ = reply.send(Ok(None));
                 return;
@@ -212,7 +212,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
                 let _ = reply.send(Ok(None));
                 return;
             }
-            let shared = st.args.shared.clone();
+            let shared = st.args.router.shared.clone();
             let now = shared.clock.now();
             let channel = spec.channel.unwrap_or(Channel::Sms);
             let (mut events, index) = st.create_if_absent(channel, now);
@@ -232,7 +232,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             outcome,
             reply,
         } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.delivery_update(seq, outcome, now),
                 None => Vec::new(),
@@ -243,7 +243,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::UpdateContact { update, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let (mut events, index) = st.create_if_absent(Channel::Sms, now);
             let conv = st.conv.as_mut().expect("created above");
             events.extend(conv.update_contact(update));
@@ -254,7 +254,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::RecordConsent { change, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let channel = change.channel.unwrap_or(Channel::Sms);
             let (mut events, index) = st.create_if_absent(channel, now);
             let conv = st.conv.as_mut().expect("created above");
@@ -266,7 +266,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::Call { event, reply } => {
-            let shared = st.args.shared.clone();
+            let shared = st.args.router.shared.clone();
             let now = shared.clock.now();
             st.args.meta.touch(now);
             let (mut events, index) = st.create_if_absent(Channel::Voice, now);
@@ -301,7 +301,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::ProviderStatus { seq, report, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let Some(conv) = st.conv.as_mut() else {
                 let _ = reply.send(Ok(false));
                 return;
@@ -309,7 +309,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             let mut events = conv.set_delivery(seq, report, now);
             // A call the business placed that nobody answered: a text that
             // refers to it (the flow's `unanswered_call`).
-            let shared = st.args.shared.clone();
+            let shared = st.args.router.shared.clone();
             if let Some(flow) = shared.flow(st.args.key.tenant()) {
                 let tenant = shared.tenant(st.args.key.tenant());
                 let mut next_id = || shared.next_timer_id.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +333,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             captured,
             reply,
         } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let (mut events, index) = st.create_if_absent(Channel::Sms, now);
             let conv = st.conv.as_mut().expect("created above");
             let id = conv.id();
@@ -353,7 +353,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             priority,
             reply,
         } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.escalate(&reason, skills, priority, now),
                 None => Vec::new(),
@@ -365,7 +365,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::Assign { agent, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.assign(agent, now),
                 None => Vec::new(),
@@ -376,7 +376,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::Note { text, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.system_note(text, now),
                 None => Vec::new(),
@@ -387,7 +387,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::BookingOutcome { outcome, reply } => {
-            let shared = st.args.shared.clone();
+            let shared = st.args.router.shared.clone();
             let now = shared.clock.now();
             let tenant = shared.tenant(st.args.key.tenant());
             let Some(c) = st.conv.as_mut() else {
@@ -421,7 +421,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             disposition,
             reply,
         } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.close_by_agent(&agent, &disposition, now),
                 None => Vec::new(),
@@ -432,7 +432,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
             .await;
         }
         ConvMsg::CloseMerged { into, reply } => {
-            let now = st.args.shared.clock.now();
+            let now = st.args.router.shared.clock.now();
             let events = match st.conv.as_mut() {
                 Some(c) => c.close_merged(into, now),
                 None => Vec::new(),
@@ -446,6 +446,7 @@ async fn dispatch(myself: ActorRef<ConvMsg>, msg: ConvMsg, st: &mut ConvState) {
         ConvMsg::StorageFailed => {
             st.poisoned = true;
             st.args
+                .router
                 .shared
                 .dir
                 .remove_if_actor(&st.args.key, myself.get_id());
