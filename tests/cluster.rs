@@ -2517,3 +2517,182 @@ async fn calls_and_writes_through_any_node_run_on_the_conversations_owner() {
         "{c}"
     );
 }
+
+/// The node that owns `contact` of tenant acme among `live`.
+fn owner_among(contact: &str, live: &[&str]) -> String {
+    let live: Vec<String> = live.iter().map(|n| n.to_string()).collect();
+    threadline_actors::cluster::ranked(&format!("acme\0{contact}"), &live)[0].to_owned()
+}
+
+/// A web-chat socket of `visitor` on `node`, and its history frame's
+/// conversation (if it has one).
+async fn chat_on(node: &Node, visitor: &str) -> (common::ws::Ws, Option<String>) {
+    use common::ws::*;
+    let url = node
+        .url(&format!("/chat/ws?tenant=acme&visitor={visitor}"))
+        .replace("http://", "ws://");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    let f = next_json(&mut ws).await;
+    let conv = match f["type"].as_str() {
+        Some("history") => {
+            assert_eq!(next_json(&mut ws).await["type"], "pong");
+            f["conversation_id"].as_str().map(str::to_owned)
+        }
+        _ => {
+            assert_eq!(f["type"], "pong", "{f}");
+            None
+        }
+    };
+    (ws, conv)
+}
+
+/// `visitor` on `node` types their number and sends back the code; the
+/// chat is joined to `conv`.
+async fn prove(
+    node: &Node,
+    visitor: &str,
+    typed: &str,
+    customer: &str,
+    conv: &str,
+) -> common::ws::Ws {
+    use common::ws::*;
+    let (mut chat, none) = chat_on(node, visitor).await;
+    assert_eq!(none, None);
+    send_json(
+        &mut chat,
+        json!({"type": "message", "text": typed, "id": "m1"}),
+    )
+    .await;
+    assert_eq!(next_of(&mut chat, "code_sent").await["phone"], customer);
+    let code = chat_code(node, "acme", customer).await;
+    send_json(&mut chat, json!({"type": "verify", "code": code})).await;
+    let linked = next_of(&mut chat, "linked").await;
+    assert_eq!(linked["conversation_id"], conv, "{linked}");
+    chat
+}
+
+/// Web-chat visitors proving their number: through a node that owns
+/// neither them nor the number, the link runs on their owners and every
+/// node routes the visitor to the number's conversation from then on; a
+/// node that was down while a visitor linked learns it when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visitor_proving_a_number_on_any_node_joins_its_one_conversation_on_every_node() {
+    use common::ws::*;
+    let _load = LOAD.read().await;
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let sim = ["--simulated-clock", WEEKDAY_MORNING];
+    let mut nodes = [
+        Node::start_with_config(&sim_config("n1", p1, &[]), &sim),
+        Node::start_with_config(&sim_config("n2", p2, &[p1]), &sim),
+        Node::start_with_config(&sim_config("n3", p3, &[p1]), &sim),
+    ];
+    for n in &nodes {
+        live(n, &["n1", "n2", "n3"]).await;
+    }
+    let all = ["n1", "n2", "n3"];
+    let idx = |name: &str| all.iter().position(|n| *n == name).unwrap();
+    let customer = phone(70);
+    let owner = idx(&owner_among(&customer, &all));
+    // Visitors owned by another node than the number; the third node
+    // holds neither.
+    let mut visitors = (0..400)
+        .map(|i| format!("visitor-{i}"))
+        .filter(|v| idx(&owner_among(v, &all)) != owner);
+    let first = visitors.next().unwrap();
+    let visitor_owner = idx(&owner_among(&first, &all));
+    let second = visitors
+        .find(|v| idx(&owner_among(v, &all)) == visitor_owner)
+        .unwrap();
+    let third = 3 - owner - visitor_owner;
+    let (s, v) = nodes[third]
+        .inbound(
+            "gw-acme",
+            &sms("acme", &customer, "Hi, is my crown ready?", Some("w1")),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let conv = v["conversation_id"].as_str().unwrap().to_owned();
+
+    let mut chat = prove(
+        &nodes[third],
+        &first,
+        "it's me, my number is (555) 000-0070",
+        &customer,
+        &conv,
+    )
+    .await;
+    // What the visitor types now lands in the number's conversation, on
+    // its owner.
+    send_json(
+        &mut chat,
+        json!({"type": "message", "text": "can I pick it up friday?", "id": "m2"}),
+    )
+    .await;
+    let ack = next_of(&mut chat, "ack").await;
+    assert_eq!(ack["conversation_id"], conv.as_str(), "{ack}");
+    let c = nodes[visitor_owner]
+        .conversation_of("acme", &customer)
+        .await
+        .unwrap();
+    let texts: Vec<&str> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
+    for want in [
+        "Hi, is my crown ready?",
+        "it's me, my number is (555) 000-0070",
+        "can I pick it up friday?",
+    ] {
+        assert_eq!(
+            texts.iter().filter(|t| **t == want).count(),
+            1,
+            "{want}: {texts:?}"
+        );
+    }
+    // Every node routes the visitor there.
+    for (n, node) in nodes.iter().enumerate() {
+        let (_ws, seen) = chat_on(node, &first).await;
+        assert_eq!(seen.as_deref(), Some(conv.as_str()), "node {}", all[n]);
+    }
+
+    // A second device of the customer proves the number while the third
+    // node is down (the visitor's owner and the number's stay up).
+    nodes[third].sigkill();
+    let up: Vec<&str> = all.iter().copied().filter(|n| *n != all[third]).collect();
+    live(&nodes[owner], &up).await;
+    live(&nodes[visitor_owner], &up).await;
+    drop(
+        prove(
+            &nodes[visitor_owner],
+            &second,
+            "this is (555) 000-0070 again",
+            &customer,
+            &conv,
+        )
+        .await,
+    );
+    // Back, the third node learns the alias from its peers: what the
+    // visitor types through it reaches the number's conversation.
+    nodes[third].restart();
+    live(&nodes[third], &all).await;
+    let mut answer = Value::Null;
+    for attempt in 0..100 {
+        let (mut chat, _) = chat_on(&nodes[third], &second).await;
+        let id = format!("m-back-{attempt}");
+        send_json(
+            &mut chat,
+            json!({"type": "message", "text": "or saturday", "id": id}),
+        )
+        .await;
+        answer = next_json(&mut chat).await;
+        if answer["type"] == "ack" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer["conversation_id"], conv.as_str(), "{answer}");
+}

@@ -151,6 +151,7 @@ use threadline_protocol::codec::InboundMessage;
 use crate::consent::keywords::Keyword;
 use crate::conversation::ConvKey;
 
+mod aliases;
 mod calendar;
 mod forward;
 mod local;
@@ -459,6 +460,8 @@ pub struct Cluster {
     forwarders: parking_lot::Mutex<
         std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<ForwardJob>>,
     >,
+    /// Peers whose aliases were read since they were last seen live.
+    aliases_read: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Peers (router actor ids) with a heartbeat ping out.
     pinging: parking_lot::Mutex<std::collections::HashSet<ractor::ActorId>>,
     /// Peers already logged for answering in another wire version (they
@@ -593,6 +596,7 @@ impl Cluster {
             moving: Default::default(),
             membership: tokio::sync::Notify::new(),
             settle_now: tokio::sync::Notify::new(),
+            aliases_read: Default::default(),
             pinging: Default::default(),
             other_wire: Default::default(),
             forwarders: Default::default(),

@@ -51,6 +51,14 @@ pub enum ConvOp {
     },
 }
 
+impl ContactWrite {
+    /// Whether the write is addressed to the contact itself rather than
+    /// to the conversation its alias names.
+    pub fn unaliased(&self) -> bool {
+        matches!(self, ContactWrite::Link { .. })
+    }
+}
+
 impl ConvOp {
     pub fn conversation(&self) -> ConversationId {
         match self {
@@ -101,6 +109,25 @@ pub enum ContactWrite {
     /// A provider's report on the outbound message carrying its id
     /// (`ContactAnswer::Found`).
     Status(DeliveryReport),
+    /// Another conversation of the same person joins this contact's
+    /// (`ContactAnswer::Conversation`: the joined one); idempotent per
+    /// `from`.
+    Merge(Box<Merge>),
+    /// The contact (a web-chat visitor) proved it is `phone`: addressed to
+    /// the visitor itself, not through an alias, it runs on the visitor's
+    /// owner, which joins its conversation to the phone's and makes the
+    /// alias known to every node (`ContactAnswer::Conversation`).
+    Link { phone: String },
+}
+
+/// What a conversation that joins another brings with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Merge {
+    pub from: ConversationId,
+    pub messages: Vec<threadline_protocol::Message>,
+    pub identities: threadline_protocol::Identities,
+    pub captured: threadline_protocol::Captured,
+    pub journey: threadline_protocol::Journey,
 }
 
 /// What a `ContactOp` did.

@@ -265,6 +265,28 @@ impl Persistence {
         self.wait_for(|done| Op::Calendar { writes, done }).await
     }
 
+    /// Records that `alias` (`tenant \0 address`) names the conversation
+    /// of `target`, durably, and then in `aliases` (the routing map).
+    pub async fn alias(
+        &self,
+        aliases: &dashmap::DashMap<String, String>,
+        alias: String,
+        target: String,
+    ) -> Result<(), StoreError> {
+        if aliases.get(&alias).is_some_and(|t| *t == target) {
+            return Ok(());
+        }
+        let (a, t) = (alias.clone(), target.clone());
+        self.wait_for(|done| Op::Alias {
+            alias: a,
+            target: t,
+            done,
+        })
+        .await?;
+        aliases.insert(alias, target);
+        Ok(())
+    }
+
     /// Commits everything queued so far and stops the writer thread.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         self.wait_for(|done| Op::Shutdown { done }).await

@@ -45,6 +45,9 @@ pub trait LocalNode: Send + Sync + 'static {
     fn pool(&self) -> Option<ActorRef<PoolMsg>>;
     /// Keeps the agent list the pool restarts with in step.
     fn remember_agent(&self, spec: Option<&AgentSpec>, id: &str);
+    /// Aliases (`tenant \0 address` → the address it continues), as the
+    /// router resolves them.
+    fn aliases(&self) -> &DashMap<String, String>;
     /// Where the node keeps its membership (set by `Cluster::start`).
     fn cluster_slot(&self) -> &OnceLock<Weak<Cluster>>;
 

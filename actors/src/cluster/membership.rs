@@ -129,6 +129,7 @@ impl Cluster {
             if changed {
                 self.membership.notify_waiters();
                 self.pool_membership_changed();
+                self.pull_aliases(&live);
             }
             if changed
                 || self

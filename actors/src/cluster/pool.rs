@@ -87,6 +87,10 @@ pub(crate) enum PoolAsk {
     Contact(ContactOp),
     /// `bool`: a timer of a conversation this node holds was cancelled.
     CancelTimer(u64),
+    /// `()`: the alias is stored here (`aliases.rs`).
+    Alias { alias: String, target: String },
+    /// `Vec<(String, String)>`: a page of this node's aliases after `after`.
+    Aliases { after: Option<String> },
 }
 
 /// One-way messages, in order per sender.
@@ -202,7 +206,7 @@ impl Cluster {
     }
 
     /// `ask` of `node`'s router, answered within `timeout`.
-    async fn ask<T: DeserializeOwned>(
+    pub(super) async fn ask<T: DeserializeOwned>(
         &self,
         node: &str,
         ask: &PoolAsk,
@@ -407,6 +411,12 @@ impl Cluster {
             PoolAsk::Conv(op) => answer(router.conv_op_here(op).await),
             PoolAsk::Contact(op) => answer(router.contact_op_here(op).await),
             PoolAsk::CancelTimer(id) => answer(router.cancel_timer_here(id).await),
+            PoolAsk::Alias { alias, target } => {
+                answer(super::aliases::store_alias(router.as_ref(), alias, target).await)
+            }
+            PoolAsk::Aliases { after } => {
+                answer(super::aliases::aliases_after(router.as_ref(), after).await)
+            }
         }
     }
 

@@ -376,3 +376,65 @@ fn writes_to_a_conversation_or_a_contact() {
         ],
     );
 }
+
+#[test]
+fn identity_links_and_aliases() {
+    use crate::command::{ContactOp, ContactWrite, Merge};
+    use threadline_protocol::{Author, Direction, Message};
+    let visitor = |write| {
+        PoolAsk::Contact(ContactOp {
+            tenant: "dental".into(),
+            contact: "v-7f3a".into(),
+            write,
+        })
+    };
+    let identities = threadline_protocol::Identities {
+        phone: Some("+15551234567".into()),
+        ..Default::default()
+    };
+    let captured = threadline_protocol::Captured {
+        name: Some("Dana".into()),
+        ..Default::default()
+    };
+    golden(
+        "pool_ask_links_v2.bin",
+        vec![
+            visitor(ContactWrite::Link {
+                phone: "+15551234567".into(),
+            }),
+            visitor(ContactWrite::Merge(Box::new(Merge {
+                from: ConversationId(0x2b),
+                messages: vec![Message {
+                    seq: 1,
+                    direction: Direction::Inbound,
+                    channel: Channel::Webchat,
+                    author: Author::Customer,
+                    text: "is my crown ready?".into(),
+                    at: Timestamp(1_795_000_000_000),
+                    recorded_at: Timestamp(1_795_000_000_100),
+                    provider_message_id: None,
+                    delivery: threadline_protocol::Delivery::Received,
+                    media: vec![],
+                }],
+                identities,
+                captured,
+                journey: Default::default(),
+            }))),
+            PoolAsk::Alias {
+                alias: "dental\0v-7f3a".into(),
+                target: "+15551234567".into(),
+            },
+            PoolAsk::Aliases { after: None },
+            PoolAsk::Aliases {
+                after: Some("dental\0v-7f3a".into()),
+            },
+        ],
+    );
+    golden(
+        "aliases_answer_v2.bin",
+        Ok::<_, String>(vec![(
+            "dental\0v-7f3a".to_owned(),
+            "+15551234567".to_owned(),
+        )]),
+    );
+}

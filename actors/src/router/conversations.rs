@@ -6,12 +6,10 @@ use super::*;
 
 use threadline_protocol::codec::TimerOwner;
 use threadline_protocol::{ConversationId, ConversationState};
-use tokio::sync::oneshot;
 
 use crate::command::{ContactAnswer, ContactOp, ContactWrite, ConvAnswer, ConvOp};
 use crate::conversation::core::TimerSpec;
 use crate::conversation::{ConvKey, ConvMsg};
-use crate::persistence::Op;
 
 impl Router {
     /// The contact's current conversation, without creating one (asked of
@@ -237,89 +235,6 @@ impl Router {
         }
     }
 
-    /// Joins the conversation of `alias` (a web-chat visitor) to the one of
-    /// `canonical` (their phone number): the phone conversation takes over
-    /// the visitor's messages and addresses, the alias is stored, and the
-    /// visitor's own conversation closes. Every step is idempotent, so a
-    /// crash part-way is repaired by linking again. Returns the joined
-    /// conversation.
-    pub async fn link(
-        &self,
-        tenant: &str,
-        alias: &str,
-        canonical: &str,
-    ) -> Result<ConversationId, DeliverError> {
-        let alias_key = ConvKey::new(tenant, alias);
-        let target = self.key(tenant, canonical);
-        if alias_key == target {
-            return self
-                .view(tenant, canonical)
-                .await?
-                .map(|s| s.id)
-                .ok_or_else(|| DeliverError::Storage("no conversation to link".into()));
-        }
-        let before = self
-            .ask(&alias_key, |reply| ConvMsg::View { reply })
-            .await?;
-        let (from, messages, mut identities, captured, journey) = match &before {
-            Some(s) => (
-                s.id,
-                s.messages.clone(),
-                s.identities.clone(),
-                s.captured.clone(),
-                s.journey.clone(),
-            ),
-            None => (
-                ConversationId(0),
-                Vec::new(),
-                Default::default(),
-                Default::default(),
-                Default::default(),
-            ),
-        };
-        identities.phone = identities.phone.or(Some(canonical.to_owned()));
-        let joined = self
-            .ask_write(&target, |reply| ConvMsg::Merge {
-                from,
-                messages: messages.clone(),
-                identities: identities.clone(),
-                captured: Box::new((captured.clone(), journey.clone())),
-                reply,
-            })
-            .await?;
-        let (tx, rx) = oneshot::channel();
-        let alias_row = crate::store::contact_key(tenant, alias);
-        self.shared
-            .persistence
-            .submit(Op::Alias {
-                alias: alias_row.clone(),
-                target: target.contact().to_owned(),
-                done: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            })
-            .await
-            .map_err(|e| DeliverError::Unavailable(e.to_string()))?;
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(DeliverError::Storage(e.to_string())),
-            Err(_) => return Err(DeliverError::Unavailable("storage writer stopped".into())),
-        }
-        self.shared
-            .aliases
-            .insert(alias_row, target.contact().to_owned());
-        if before.is_some() {
-            self.ask_write(&alias_key, |reply| ConvMsg::CloseMerged {
-                into: joined,
-                reply,
-            })
-            .await?;
-            // The closed conversation's actor is no longer routed to.
-            self.passivate_actor(&alias_key);
-        }
-        Ok(joined)
-    }
-
     /// Records a consent change for a contact; resolves once durable.
     pub async fn record_consent(
         &self,
@@ -338,7 +253,7 @@ impl Router {
 
     /// A write to `contact`'s conversation: here, or on the node that owns
     /// the contact (which runs it with `contact_op_here`).
-    async fn contact_op(
+    pub(super) async fn contact_op(
         &self,
         tenant: &str,
         contact: &str,
@@ -350,7 +265,7 @@ impl Router {
             write,
         };
         if let Some(cluster) = self.shared.cluster() {
-            if let Some(owner) = cluster.remote_owner(&self.key(tenant, contact)) {
+            if let Some(owner) = cluster.remote_owner(&self.contact_key(&op)) {
                 return cluster.contact_op(&owner, op).await;
             }
         }
@@ -362,7 +277,7 @@ impl Router {
         &self,
         op: ContactOp,
     ) -> Result<ContactAnswer, DeliverError> {
-        let key = self.key(&op.tenant, &op.contact);
+        let key = self.contact_key(&op);
         Ok(match op.write {
             ContactWrite::Send(spec) => {
                 let (conv, outcome) = self
@@ -406,7 +321,30 @@ impl Router {
                 })
                 .await?,
             ),
+            ContactWrite::Merge(m) => ContactAnswer::Conversation(
+                self.ask_write(&key, |reply| ConvMsg::Merge {
+                    from: m.from,
+                    messages: m.messages.clone(),
+                    identities: m.identities.clone(),
+                    captured: Box::new((m.captured.clone(), m.journey.clone())),
+                    reply,
+                })
+                .await?,
+            ),
+            ContactWrite::Link { phone } => {
+                ContactAnswer::Conversation(self.link_here(&op.tenant, &op.contact, &phone).await?)
+            }
         })
+    }
+
+    /// The conversation `op` writes to: the one its contact's alias names,
+    /// unless it is addressed to the contact itself.
+    fn contact_key(&self, op: &ContactOp) -> ConvKey {
+        if op.write.unaliased() {
+            ConvKey::new(&op.tenant, &op.contact)
+        } else {
+            self.key(&op.tenant, &op.contact)
+        }
     }
 
     /// Delivers a due timer to its owner; resolves once the owner handled it.
@@ -473,6 +411,6 @@ impl Router {
 
 /// A node answered a contact write with the answer of another kind of
 /// write (a node of another version).
-fn mismatched(answer: ContactAnswer) -> DeliverError {
+pub(super) fn mismatched(answer: ContactAnswer) -> DeliverError {
     DeliverError::Unavailable(format!("the owning node answered {answer:?}"))
 }

@@ -28,6 +28,9 @@ impl LocalNode for Router {
     fn persistence(&self) -> &Persistence {
         &self.shared.persistence
     }
+    fn aliases(&self) -> &DashMap<String, String> {
+        &self.shared.aliases
+    }
     fn dir(&self) -> &Directory {
         &self.shared.dir
     }

@@ -15,10 +15,10 @@
 //! the address shared by SMS, voice and WhatsApp (`wa_id` digits get their
 //! `+`). A WhatsApp user without a number (a business-scoped id) keys their
 //! own conversation. A web-chat visitor is keyed by their visitor id until
-//! they give a number: then `Router::link` moves their messages into the
-//! phone's conversation and stores an alias (visitor → phone) in the same
-//! kind of durable write as everything else; from then on every address is
-//! resolved through the alias map before routing. The visitor's socket shows
+//! they prove a number: then `Router::link` (`identity.rs`) moves their
+//! messages into the phone's conversation and stores an alias (visitor →
+//! phone) durably on every node; from then on every address is resolved
+//! through the alias map before routing. The visitor's socket shows
 //! only web-chat messages: a typed number proves nothing about who typed it,
 //! so SMS and call history stay with the business.
 
@@ -36,6 +36,7 @@ use crate::shared::Shared;
 
 mod agents;
 mod conversations;
+mod identity;
 mod local;
 
 pub use crate::command::{AgentList, DeliverError, Delivered};

@@ -221,6 +221,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` aliases after `after`, in key order (a page of
+    /// `aliases`).
+    pub fn aliases_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ALIASES)?;
+        let mut out = Vec::new();
+        let rows = match after {
+            Some(a) => {
+                t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
+            None => t.range::<&str>(..)?,
+        };
+        for row in rows.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
         let r = self.db.begin_read()?;
         let t = r.open_table(DEAD_LETTERS)?;
