@@ -2653,6 +2653,24 @@ async fn a_visitor_proving_a_number_on_any_node_joins_its_one_conversation_on_ev
             "{want}: {texts:?}"
         );
     }
+    // The business answers on web chat: the message is committed on the
+    // number's owner and reaches the visitor's socket on the third node.
+    let path = format!(
+        "/api/v1/tenants/acme/contacts/{}/messages",
+        customer.replace('+', "%2B")
+    );
+    let (s, v) = nodes[owner]
+        .send_admin(
+            reqwest::Method::POST,
+            &path,
+            Some(&json!({"text": "Yes, Friday works", "purpose": "conversational", "channel": "webchat"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(
+        next_of(&mut chat, "message").await["text"],
+        "Yes, Friday works"
+    );
     // Every node routes the visitor there.
     for (n, node) in nodes.iter().enumerate() {
         let (_ws, seen) = chat_on(node, &first).await;

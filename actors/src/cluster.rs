@@ -153,6 +153,7 @@ use crate::conversation::ConvKey;
 
 mod aliases;
 mod calendar;
+mod chat;
 mod forward;
 mod local;
 mod membership;
@@ -620,6 +621,7 @@ impl Cluster {
             node.persistence().replicate_through(tx);
             tokio::spawn(replicator(Arc::downgrade(&cluster), rx));
         }
+        cluster.relay_chat();
         let c = cluster.clone();
         tokio::spawn(async move { c.join_seeds(retry).await });
         let c = cluster.clone();

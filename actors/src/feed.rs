@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 use threadline_protocol::{ConversationId, Identities, Message};
 
 /// One recorded message and where it belongs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Published {
     pub tenant: String,
     pub conversation: ConversationId,
@@ -26,6 +26,12 @@ pub trait Listener: Send + Sync + 'static {
     fn wants(&self, conv: ConversationId, m: &Message) -> bool;
     /// Must not block: it runs on the storage writer's completion path.
     fn published(&self, p: &Published);
+    /// Whether it also wants the messages other nodes of the cluster
+    /// commit (`Feed::publish_relayed`): the web-chat gateway does, since a
+    /// visitor's socket may be on any node.
+    fn relayed(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Default)]
@@ -43,6 +49,16 @@ impl Feed {
     /// Whether anyone wants `m` (cheap when nobody listens).
     pub fn wants(&self, conv: ConversationId, m: &Message) -> bool {
         self.any.load(Ordering::Acquire) && self.listeners.read().iter().any(|l| l.wants(conv, m))
+    }
+
+    /// A message another node committed, for the listeners that want
+    /// those.
+    pub fn publish_relayed(&self, p: &Published) {
+        for l in self.listeners.read().iter() {
+            if l.relayed() && l.wants(p.conversation, &p.message) {
+                l.published(p);
+            }
+        }
     }
 
     pub fn publish(&self, p: &Published) {

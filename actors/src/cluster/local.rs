@@ -48,6 +48,8 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Aliases (`tenant \0 address` → the address it continues), as the
     /// router resolves them.
     fn aliases(&self) -> &DashMap<String, String>;
+    /// The message feed of what this node commits.
+    fn feed(&self) -> &crate::feed::Feed;
     /// Where the node keeps its membership (set by `Cluster::start`).
     fn cluster_slot(&self) -> &OnceLock<Weak<Cluster>>;
 

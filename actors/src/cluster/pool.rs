@@ -118,6 +118,9 @@ pub(super) enum PoolTell {
     /// pool moved, the agent was removed): its socket is closed, and the
     /// desktop reconnects.
     Ended(u64),
+    /// A web-chat message the sending node committed, for the visitor's
+    /// sockets on this node (`chat.rs`).
+    Chat(Box<crate::feed::Published>),
 }
 
 /// This node's side of the cluster-wide pool.
@@ -363,6 +366,7 @@ impl Cluster {
                     }
                 }
             }
+            PoolTell::Chat(p) => router.feed().publish_relayed(&p),
             PoolTell::Ended(relay) => {
                 self.pool.relays.remove(&relay);
             }

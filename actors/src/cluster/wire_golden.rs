@@ -431,6 +431,30 @@ fn identity_links_and_aliases() {
         ],
     );
     golden(
+        "pool_tell_chat_v2.bin",
+        PoolTell::Chat(Box::new(crate::feed::Published {
+            tenant: "dental".into(),
+            conversation: ConversationId(0x2a),
+            contact: "+15551234567".into(),
+            identities: threadline_protocol::Identities {
+                visitor: Some("v-7f3a".into()),
+                ..Default::default()
+            },
+            message: Message {
+                seq: 9,
+                direction: Direction::Outbound,
+                channel: Channel::Webchat,
+                author: Author::Bot,
+                text: "Yes, Friday works".into(),
+                at: Timestamp(1_795_000_000_000),
+                recorded_at: Timestamp(1_795_000_000_000),
+                provider_message_id: None,
+                delivery: threadline_protocol::Delivery::Sent,
+                media: vec![],
+            },
+        })),
+    );
+    golden(
         "aliases_answer_v2.bin",
         Ok::<_, String>(vec![(
             "dental\0v-7f3a".to_owned(),

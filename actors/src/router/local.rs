@@ -31,6 +31,9 @@ impl LocalNode for Router {
     fn aliases(&self) -> &DashMap<String, String> {
         &self.shared.aliases
     }
+    fn feed(&self) -> &crate::feed::Feed {
+        &self.shared.feed
+    }
     fn dir(&self) -> &Directory {
         &self.shared.dir
     }

@@ -1,7 +1,7 @@
 //! The router: the one way into conversations. (tenant, contact) → the live
 //! actor, activating it through the supervisor when it is not resident.
-//! Callers never hold actor refs; a later cluster layer can forward to a
-//! remote owner here without touching them.
+//! Callers never hold actor refs; in a cluster the router alone passes a
+//! command on to the node that owns its conversation.
 //!
 //! Delivery is at-least-once towards the actor and idempotent inside it:
 //! when an actor stops with the message still queued (passivation, a

@@ -168,6 +168,11 @@ impl Listener for Hub {
             socks.retain(|(_, tx)| tx.try_send(frame.clone()).is_ok());
         }
     }
+
+    /// A visitor's socket may be on any node of a cluster.
+    fn relayed(&self) -> bool {
+        true
+    }
 }
 
 fn valid_visitor(v: &str) -> bool {
