@@ -1,5 +1,6 @@
 //! The one route table: every operation the node serves (method, path
-//! template, who may call it, what body it takes, what it answers). The
+//! template, who may call it, where it runs in a cluster, what body it
+//! takes, what it answers). The
 //! dispatcher (`http::route`) matches requests against it, answers 405
 //! with `Allow` from it, enforces its content types, labels metrics and
 //! the access log with its templates, and the OpenAPI document
@@ -77,6 +78,26 @@ pub enum Op {
     ConversationTimers,
     TimerCancel,
     ClockAdvance,
+}
+
+/// Where an operation runs in a cluster. Commands to a conversation do
+/// not say: the router alone sends them to the conversation's node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runs {
+    /// On the node the request reached.
+    Here,
+    /// On the node whose rows of the tenant's calendar decide (its
+    /// *home*); the dispatcher passes the request on to it.
+    CalendarHome,
+}
+
+impl Op {
+    pub fn runs(self) -> Runs {
+        match self {
+            Op::Calendar | Op::Bookings | Op::SlotBlock | Op::SlotUnblock => Runs::CalendarHome,
+            _ => Runs::Here,
+        }
+    }
 }
 
 /// Who may call an operation.

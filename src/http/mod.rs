@@ -457,6 +457,13 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Matched::NotFound => return Err(ApiError::not_found(format!("no endpoint {path}"))),
     };
     check_content_type(op, &req)?;
+    if op.op.runs() == crate::routes::Runs::CalendarHome {
+        admin(app, &req)?;
+        let tenant = known_tenant(app, param(&params, "tenant"))?;
+        if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
+            return pass_on(app, req, &home).await;
+        }
+    }
     match op.op {
         Op::Healthz => Ok(healthz(app)),
         Op::Readyz => Ok(readyz(app)),
@@ -662,26 +669,17 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::Calendar => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
-            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
-                return pass_on(app, req, &home).await;
-            }
             crate::http::flows::calendar(app, &tenant, req.uri().query().unwrap_or(""))
         }
         Op::Bookings => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
-            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
-                return pass_on(app, req, &home).await;
-            }
             crate::http::flows::bookings(app, &tenant, req.uri().query().unwrap_or("")).await
         }
         Op::SlotBlock | Op::SlotUnblock => {
             admin(app, &req)?;
             let tenant = known_tenant(app, param(&params, "tenant"))?;
             let start = parse_rfc3339("start", &decode_segment(param(&params, "start"))?)?;
-            if let Some(home) = crate::http::flows::calendar_home(app, &req, &tenant).await? {
-                return pass_on(app, req, &home).await;
-            }
             crate::http::flows::set_slot(app, &tenant, start, op.op == Op::SlotBlock).await
         }
         Op::BookingOutcome => {
