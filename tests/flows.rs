@@ -1965,6 +1965,11 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         said.starts_with("You're confirmed for Thu Mar 5 at 3:00 PM"),
         "{said}"
     );
+    assert!(
+        said.ends_with("If you need another time, just call or text us."),
+        "worded for a caller: {said}"
+    );
+    assert!(!said.to_lowercase().contains("reply"), "{said}");
     let c = node.conversation_of("smile", "+15551230061").await.unwrap();
     assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
     assert_eq!(c["booking"]["start"], "2026-03-05T20:00:00.000Z");
@@ -1972,6 +1977,9 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
     let (said, next) =
         heard(&caller(&node, "CA1", &next.unwrap(), "what are your hours", "").await);
     assert!(said.starts_with("We're open Monday to Friday"), "{said}");
+    // Already booked: no offer to book, the visit instead.
+    assert!(!said.contains("book you in"), "{said}");
+    assert!(said.contains("See you Thu Mar 5 at 3:00 PM!"), "{said}");
     // Someone else is mentioned: no transfer.
     let twiml = caller(
         &node,

@@ -282,19 +282,38 @@ pub enum VoiceAction {
 /// letter, a caller says or presses ("Reply C to confirm or R for another
 /// time" becomes "Say yes or press 1 to confirm, or tell me another time").
 pub fn for_the_ear(text: &str) -> String {
-    text.replace(
-        "Reply C to confirm or R for another time",
-        "Say yes or press 1 to confirm, or tell me another time",
-    )
-    .replace("Reply C to confirm", "Say yes or press 1 to confirm")
-    .replace("reply C to confirm", "say yes or press 1 to confirm")
-    .replace(
-        "reply C to move it there",
-        "say yes or press 1 to move it there",
-    )
-    .replace("Reply R to reschedule", "Say reschedule to move it")
-    .replace("Text us any time", "Call or text us any time")
-    .replace("just text us", "just call or text us")
+    // Longest phrasings first: "Reply C to confirm" is part of several.
+    const EAR: [(&str, &str); 10] = [
+        (
+            "Reply C to confirm or R for another time",
+            "Say yes or press 1 to confirm, or tell me another time",
+        ),
+        (
+            "Reply C to confirm or R to reschedule",
+            "Say yes or press 1 to confirm, or tell me another time",
+        ),
+        ("Reply C to confirm", "Say yes or press 1 to confirm"),
+        ("reply C to confirm", "say yes or press 1 to confirm"),
+        (
+            "reply C to move it there",
+            "say yes or press 1 to move it there",
+        ),
+        (
+            "Reply R any time to reschedule",
+            "If you need another time, just call or text us",
+        ),
+        ("Reply R to reschedule", "Say reschedule to move it"),
+        ("Reply YES", "Say yes"),
+        ("Text us any time", "Call or text us any time"),
+        ("just text us", "just call or text us"),
+    ];
+    let mut out = text.to_owned();
+    for (written, spoken) in EAR {
+        if out.contains(written) {
+            out = out.replace(written, spoken);
+        }
+    }
+    out
 }
 
 /// What a provider reported about an outbound message.

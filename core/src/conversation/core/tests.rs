@@ -372,3 +372,32 @@ fn whatsapp_identity_keeps_digits_and_phone() {
     assert_eq!(ids.whatsapp.as_deref(), Some("15551234567"));
     assert_eq!(ids.phone.as_deref(), Some("+15551234567"));
 }
+
+/// What the booking flow writes for texters, said on a call: nothing asks
+/// a caller to reply with a letter or to text.
+#[test]
+fn booking_texts_are_worded_for_a_caller() {
+    for written in [
+        "Great! I can do Thu Mar 5 at 3:00 PM for your cleaning. Reply C to confirm or R for another time.",
+        "Reminder: your cleaning is Thu Mar 5 at 3:00 PM. Reply C to confirm or R to reschedule.",
+        "You're confirmed for Thu Mar 5 at 3:00 PM. We'll send you a reminder. Reply R any time to reschedule.",
+        "Done: your appointment is moved from Thu Mar 5 at 3:00 PM to Fri Mar 6 at 9:00 AM. Reply R any time to reschedule.",
+        "Your appointment is Thu Mar 5 at 3:00 PM. Reply R to reschedule, or tell me if you need to cancel.",
+        "Your appointment is Thu Mar 5 at 3:00 PM. I'm holding Fri Mar 6 at 9:00 AM for you as the new time: reply C to move it there.",
+        "Done: your appointment Thu Mar 5 at 3:00 PM is cancelled. Text us any time to book again.",
+        "You're welcome! Anything else, just text us.",
+    ] {
+        let said = for_the_ear(written);
+        let lower = said.to_lowercase();
+        assert!(!lower.contains("reply"), "{said}");
+        assert!(
+            !lower.contains("text us") || lower.contains("call or text us"),
+            "{said}"
+        );
+        assert!(!lower.contains(" c ") && !lower.contains(" r "), "{said}");
+    }
+    assert_eq!(
+        for_the_ear("You're confirmed for Thu Mar 5 at 3:00 PM. Reply R any time to reschedule."),
+        "You're confirmed for Thu Mar 5 at 3:00 PM. If you need another time, just call or text us."
+    );
+}

@@ -255,6 +255,14 @@ pub(super) fn check_placeholders(spec: &FlowSpec) -> Result<(), String> {
         if let Some(r) = &intent.reply {
             check(format!("intents[{i}].reply"), r, &[])?;
         }
+        if let Some(r) = &intent.reply_when_booked {
+            if intent.reply.is_none() {
+                return Err(format!(
+                    "intents[{i}].reply_when_booked: only beside a `reply`"
+                ));
+            }
+            check(format!("intents[{i}].reply_when_booked"), r, &["when"])?;
+        }
     }
     let cadences = spec
         .cadence

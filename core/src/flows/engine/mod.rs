@@ -250,6 +250,11 @@ pub struct IntentSpec {
     pub keywords: Vec<String>,
     /// A direct answer.
     pub reply: Option<String>,
+    /// The answer instead while the customer has an upcoming booking
+    /// (`{when}`: its time in their zone), so an answer that ends by
+    /// offering to book ("Want me to book you in?") is not said to someone
+    /// already booked.
+    pub reply_when_booked: Option<String>,
     /// Or a journey to start.
     pub journey: Option<String>,
 }

@@ -46,6 +46,15 @@ fn a_misspelt_placeholder_is_refused_before_it_reaches_a_customer() {
     let bad = DENTAL.replace("9 to 5.", "9 to 5, {nme}.");
     let e = Flow::compile(toml_spec(&bad)).unwrap_err();
     assert!(e.starts_with("intents[1].reply"), "{e}");
+    // The answer for a booked customer may say when; only beside a reply.
+    let mut s = toml_spec(DENTAL);
+    s.intents[1].reply_when_booked = Some("See you {when}, {nme}.".into());
+    let e = Flow::compile(s).unwrap_err();
+    assert!(e.starts_with("intents[1].reply_when_booked"), "{e}");
+    let mut s = toml_spec(DENTAL);
+    s.intents[0].reply_when_booked = Some("See you {when}.".into());
+    let e = Flow::compile(s).unwrap_err();
+    assert!(e.contains("only beside a `reply`"), "{e}");
     // Braces that are not placeholders stay allowed.
     let fine = DENTAL.replace("9 to 5.", "9 to 5 {see below} or {}.");
     Flow::compile(toml_spec(&fine)).unwrap();

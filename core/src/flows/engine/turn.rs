@@ -169,7 +169,20 @@ impl Flow {
                     merged.slots.retain(|_, v| !v.is_empty());
                     self.continue_journey(t, text, &merged, now, tz, cal);
                 } else if let Some(r) = &intent.reply {
-                    t.reply = Some(fill(r, captured, &t.slots, self.persona()));
+                    let upcoming = t
+                        .journey
+                        .booking
+                        .as_ref()
+                        .and_then(Booking::booked)
+                        .filter(|s| s.0 > now.0);
+                    t.reply = Some(match (&intent.reply_when_booked, upcoming) {
+                        (Some(booked), Some(start)) => {
+                            let mut extra = t.slots.clone();
+                            extra.insert("when".into(), spoken(start, tz));
+                            fill(booked, captured, &extra, self.persona())
+                        }
+                        _ => fill(r, captured, &t.slots, self.persona()),
+                    });
                 }
             }
             None => {
