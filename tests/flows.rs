@@ -372,6 +372,11 @@ async fn wait_bot(node: &Node, tenant: &str, who: &str, n: usize) -> String {
 
 /// A node whose `harbor` tenant calls a lead as soon as it scores 70.
 fn lead_calling_node(fake: &FakeTwilio, dir: &std::path::Path) -> Node {
+    lead_calling_node_with(fake, dir, "")
+}
+
+/// `lead_calling_node`, its flow followed by `more`.
+fn lead_calling_node_with(fake: &FakeTwilio, dir: &std::path::Path, more: &str) -> Node {
     let flow = dir.join("leads.toml");
     std::fs::write(
         &flow,
@@ -399,7 +404,9 @@ rules = [
   { slot = "timeline", contains = ["asap", "this week", "next week", "this month", "next month"], points = 30 },
   { slot = "name", points = 10 },
 ]
-"#,
+"#
+        .to_owned()
+            + more,
     )
     .unwrap();
     let cfg = config(&fake.base).replace(
@@ -483,6 +490,95 @@ async fn a_lead_above_the_threshold_gets_a_call_whose_greeting_continues_the_thr
         voice,
         vec!["Hi Jordan, this is Max from Harbor Insurance, calling about the bundle quote you asked for by text."]
     );
+}
+
+/// The lead call converses: after its greeting, Jordan asks for a meeting
+/// by speech, hears the time offered in words for the ear, and books it
+/// with a key, on the call the runtime placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_call_converses_and_books_a_meeting() {
+    let fake = FakeTwilio::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = lead_calling_node_with(
+        &fake,
+        dir.path(),
+        r#"
+[[intents]]
+name = "meet"
+examples = ["can we set up a call", "I'd like to meet an agent"]
+keywords = ["meet", "meeting", "appointment", "talk to an agent"]
+journey = "meeting"
+[journeys.meeting]
+booking = true
+done = "I can do {when} with one of our agents. Reply C to confirm or R for another time."
+slots = [
+  { name = "when", ask = "What day and time suit you?", kind = "datetime" },
+]
+[calendar]
+days = ["mon", "tue", "wed", "thu", "fri"]
+open = "09:00"
+close = "17:00"
+slot_minutes = 30
+"#,
+    );
+    qualify(&node).await;
+    node.advance(30.0).await;
+    let call = placed_call(&fake).await.expect("the lead is called");
+    assert_eq!(call["To"], JORDAN);
+    // Twilio fetches what to say once Jordan (a person) answers.
+    let answered = call["Url"]
+        .strip_prefix(PUBLIC_URL)
+        .unwrap_or_else(|| panic!("{}", call["Url"]))
+        .to_owned();
+    let from = call["From"].clone();
+    let step = |path: String, speech: &'static str, digits: &'static str| {
+        let (node, from) = (&node, from.clone());
+        async move {
+            let mut p = vec![
+                ("CallSid", "CA-lead".to_owned()),
+                ("AccountSid", SID.to_owned()),
+                ("From", from),
+                ("To", JORDAN.to_owned()),
+                ("CallStatus", "in-progress".to_owned()),
+                ("Direction", "outbound-api".to_owned()),
+                ("AnsweredBy", "human".to_owned()),
+            ];
+            if !speech.is_empty() {
+                p.push(("SpeechResult", speech.to_owned()));
+                p.push(("Confidence", "0.9".to_owned()));
+            }
+            if !digits.is_empty() {
+                p.push(("Digits", digits.to_owned()));
+            }
+            let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (s, twiml) = node.twilio(TOKEN, &path, &p).await;
+            assert_eq!(s, 200, "{twiml}");
+            heard(&twiml)
+        }
+    };
+    let (said, next) = step(answered, "", "").await;
+    assert!(
+        said.starts_with("Hi Jordan, this is Max from Harbor Insurance"),
+        "{said}"
+    );
+    let (said, next) = step(
+        next.expect("the call listens after its greeting"),
+        "yes can we set up a meeting thursday at 3pm",
+        "",
+    )
+    .await;
+    assert!(said.contains("Thu Mar 5 at 3:00 PM"), "{said}");
+    assert!(said.contains("Say yes or press 1 to confirm"), "{said}");
+    let (said, _) = step(next.expect("it listens for the answer"), "", "1").await;
+    assert!(
+        said.starts_with("You're confirmed for Thu Mar 5 at 3:00 PM"),
+        "{said}"
+    );
+    let c = node.conversation_of("harbor", JORDAN).await.unwrap();
+    assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
+    assert_eq!(c["booking"]["start"], "2026-03-05T20:00:00.000Z");
+    // One call was placed, and nothing else rang.
+    assert_eq!(calls_placed(&fake), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

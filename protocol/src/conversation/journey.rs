@@ -132,6 +132,14 @@ const LEGACY_KEYS: [&str; 14] = [
 ];
 
 impl Journey {
+    /// The booked visit, if one is booked and still to come at `now`.
+    pub fn upcoming(&self, now: Timestamp) -> Option<Timestamp> {
+        self.booking
+            .as_ref()
+            .and_then(Booking::booked)
+            .filter(|s| s.0 > now.0)
+    }
+
     /// Whether `key` is a slot of the old machine state.
     pub fn is_legacy_key(key: &str) -> bool {
         LEGACY_KEYS.contains(&key)

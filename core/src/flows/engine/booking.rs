@@ -465,12 +465,7 @@ impl Flow {
                 .and_then(|v| slot_time(v))
                 .unwrap_or(now);
             // A move never offers the time already booked.
-            let current = t
-                .journey
-                .booking
-                .as_ref()
-                .and_then(Booking::booked)
-                .filter(|s| s.0 > now.0);
+            let current = t.journey.upcoming(now);
             if let Some(old) = t.journey.booking.as_ref().and_then(|b| b.offer) {
                 cal.release(old.start);
             }

@@ -148,13 +148,7 @@ impl Flow {
                 t.journey.misunderstood = 0;
                 if let Some(j) = &intent.journey {
                     if self.spec.journeys.get(j).is_some_and(|s| s.booking) {
-                        let upcoming = t
-                            .journey
-                            .booking
-                            .as_ref()
-                            .and_then(Booking::booked)
-                            .filter(|s| s.0 > now.0);
-                        if let Some(start) = upcoming {
+                        if let Some(start) = t.journey.upcoming(now) {
                             // Booking again while booked is moving it.
                             self.start_reschedule(t, text, captured, start, now, tz, cal);
                             return;
@@ -169,13 +163,7 @@ impl Flow {
                     merged.slots.retain(|_, v| !v.is_empty());
                     self.continue_journey(t, text, &merged, now, tz, cal);
                 } else if let Some(r) = &intent.reply {
-                    let upcoming = t
-                        .journey
-                        .booking
-                        .as_ref()
-                        .and_then(Booking::booked)
-                        .filter(|s| s.0 > now.0);
-                    t.reply = Some(match (&intent.reply_when_booked, upcoming) {
+                    t.reply = Some(match (&intent.reply_when_booked, t.journey.upcoming(now)) {
                         (Some(booked), Some(start)) => {
                             let mut extra = t.slots.clone();
                             extra.insert("when".into(), spoken(start, tz));
