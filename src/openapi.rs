@@ -229,7 +229,8 @@ fn success(o: &Operation, code: u16) -> Value {
         | Op::TwilioCallStatus
         | Op::TwilioHold
         | Op::TwilioWhisper
-        | Op::TwilioOutboundCall => {
+        | Op::TwilioOutboundCall
+        | Op::TwilioAmd => {
             Some(json!({"text/xml": {"schema": {"type": "string", "description": "TwiML"}}}))
         }
         _ => Some(json!({"application/json": {"schema": {"type": "object"}}})),

@@ -106,6 +106,38 @@ impl Providers {
         })))
     }
 
+    /// Gives the call in progress `call_sid` new TwiML (Twilio's call
+    /// update): what it says replaces what it was saying.
+    pub async fn update_call(&self, call_sid: &str, twiml: &str) -> Result<(), CallUpdate> {
+        let Some(t) = &self.twilio else {
+            return Err(CallUpdate::Gone("Twilio is not configured".into()));
+        };
+        let sid_ok = call_sid.len() <= 64 && call_sid.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !sid_ok {
+            return Err(CallUpdate::Gone(format!("{call_sid:?} is not a call sid")));
+        }
+        let req = self
+            .http
+            .post(format!(
+                "{}/2010-04-01/Accounts/{}/Calls/{call_sid}.json",
+                t.api_base, t.account_sid
+            ))
+            .basic_auth(&t.account_sid, Some(&t.auth_token))
+            .form(&[("Twiml", twiml)]);
+        match answer(req.send().await).await {
+            Ok((200..=299, _)) => Ok(()),
+            Ok((status @ (429 | 500..=599), _)) => {
+                Err(CallUpdate::Retry(format!("Twilio answered {status}")))
+            }
+            Ok((status, body)) => Err(CallUpdate::Gone(format!(
+                "Twilio answered {status}: {}",
+                body["message"].as_str().unwrap_or("")
+            ))),
+            Err(Attempt::Retry(e)) => Err(CallUpdate::Retry(e)),
+            Err(other) => Err(CallUpdate::Retry(format!("{other:?}"))),
+        }
+    }
+
     /// A callback URL naming outbound message `e` (`?c=<conv>&m=<seq>`),
     /// so its status lands on the right message whatever order it comes in.
     fn callback(&self, path: &str, e: &OutboxEntry) -> Option<String> {
@@ -150,13 +182,22 @@ impl Providers {
                 let url = self
                     .callback("/webhooks/twilio/voice/outbound", e)
                     .ok_or("calls need server.public_url: Twilio fetches the call's TwiML there")?;
-                // Answering-machine detection: Twilio fetches the TwiML once
-                // it knows who answered (`AnsweredBy`), after the beep for a
-                // machine, so a voicemail is left whole.
+                // Answering-machine detection, asynchronous: the call
+                // starts talking as soon as it is answered (a person hears
+                // no silence), and Twilio posts who answered to the AMD
+                // callback; for a machine that is after its greeting's
+                // beep, and the call is then given the voicemail
+                // (`Providers::update_call`), so it is left whole.
+                let amd = self
+                    .callback("/webhooks/twilio/voice/amd", e)
+                    .ok_or("calls need server.public_url")?;
                 let mut form = vec![
                     ("To", e.to.clone()),
                     ("Url", url),
                     ("MachineDetection", "DetectMessageEnd".to_owned()),
+                    ("AsyncAmd", "true".to_owned()),
+                    ("AsyncAmdStatusCallback", amd),
+                    ("AsyncAmdStatusCallbackMethod", "POST".to_owned()),
                 ];
                 if let Some(cb) = self.callback("/webhooks/twilio/voice/status", e) {
                     form.push(("StatusCallback", cb));
@@ -208,6 +249,15 @@ impl Providers {
             other => Err(format!("no provider sends {} messages", other.as_str())),
         }
     }
+}
+
+/// Why a call in progress was not updated.
+#[derive(Debug)]
+pub enum CallUpdate {
+    /// Twilio could not take it now: worth asking again.
+    Retry(String),
+    /// The call is over (or unknown): nothing to update.
+    Gone(String),
 }
 
 /// Sorts an HTTP answer into retry, rejection or acceptance.

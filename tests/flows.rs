@@ -2171,10 +2171,23 @@ async fn call_to(fake: &FakeTwilio, to: &str) -> std::collections::HashMap<Strin
     panic!("no call to {to}");
 }
 
+/// The TwiML each update of call `sid` gave it, in order.
+fn updates_of(fake: &FakeTwilio, sid: &str) -> Vec<String> {
+    fake.state
+        .lock()
+        .unwrap()
+        .accepted
+        .iter()
+        .filter(|(_, f)| f["_resource"] == "CallUpdate" && f["_call"] == sid)
+        .map(|(_, f)| f["Twiml"].clone())
+        .collect()
+}
+
 /// The business calls a customer (a message on the voice channel). A
 /// person answering hears it and the call goes on through the flow: they
 /// book by speech and confirm with a key. A voicemail answering another
-/// call gets the flow's voicemail, and the flow's unanswered-call text
+/// call (detected beside the call, asynchronously) gets the flow's
+/// voicemail through a call update, and the flow's unanswered-call text
 /// follows by SMS, once. A voicemail never promises a text the gate will
 /// not send: a customer who opted out of texts is asked to call back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2211,9 +2224,17 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
             .await;
         assert_eq!((s, v["decision"].as_str()), (202, Some("sent")), "{v}");
     }
-    // A person answers.
+    // A person answers. Detection runs beside the call (asynchronous
+    // AMD): the call talks at once, and who answered is posted apart.
     let call = call_to(&fake, pat).await;
     assert_eq!(call["MachineDetection"], "DetectMessageEnd");
+    assert_eq!(call["AsyncAmd"], "true");
+    assert_eq!(call["AsyncAmdStatusCallbackMethod"], "POST");
+    assert!(
+        call["AsyncAmdStatusCallback"]
+            .starts_with(&format!("{PUBLIC_URL}/webhooks/twilio/voice/amd?c=")),
+        "{call:?}"
+    );
     let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
     let leg = |sid: &'static str, answered_by: &'static str| {
         vec![
@@ -2260,19 +2281,46 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
     let c = node.conversation_of("smile", pat).await.unwrap();
     assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
 
-    // A machine answers the other call: a voicemail, then the text.
+    // A machine answers the other call. The call starts talking as for a
+    // person; once the machine's greeting has ended, Twilio posts who
+    // answered, and the call in progress is given the voicemail (a call
+    // update), then the text follows.
     let call = call_to(&fake, quinn).await;
     let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
-    for _ in 0..2 {
-        // Twilio may fetch it twice: one voicemail, one text.
-        let (s, twiml) = node
-            .twilio(TOKEN, &url, &leg("CA72", "machine_end_beep"))
-            .await;
-        assert_eq!(s, 200, "{twiml}");
-        let v = verbs(&twiml);
+    let amd = call["AsyncAmdStatusCallback"]
+        .strip_prefix(PUBLIC_URL)
+        .unwrap()
+        .to_owned();
+    let mut answered = leg("CA72", "");
+    answered.retain(|(k, _)| *k != "AnsweredBy");
+    let (s, twiml) = node.twilio(TOKEN, &url, &answered).await;
+    assert_eq!(s, 200, "{twiml}");
+    let (said, next) = heard(&twiml);
+    assert_eq!(
+        said,
+        "Hi, this is Ava from Bright Smile Dental: you're due for a cleaning."
+    );
+    assert!(next.is_some(), "it listens until told otherwise");
+    assert!(updates_of(&fake, "CA72").is_empty());
+    // Twilio cannot take the update at first: 503, and the verdict is
+    // posted again; one voicemail recorded, one text.
+    fake.state.lock().unwrap().fail_updates = 1;
+    let (s, body) = node
+        .twilio(TOKEN, &amd, &leg("CA72", "machine_end_beep"))
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(updates_of(&fake, "CA72").is_empty());
+    let (s, body) = node
+        .twilio(TOKEN, &amd, &leg("CA72", "machine_end_beep"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let updates = updates_of(&fake, "CA72");
+    assert_eq!(updates.len(), 1, "the call was given its voicemail");
+    for twiml in &updates {
+        let v = verbs(twiml);
         assert!(v.iter().all(|v| v.name != "Gather"), "{twiml}");
         assert!(v.iter().any(|v| v.name == "Hangup"), "{twiml}");
-        let (said, _) = heard(&twiml);
+        let (said, _) = heard(twiml);
         assert!(
             said.ends_with(
                 "This is Ava at Bright Smile Dental, sorry we missed you. We'll follow up by text."
@@ -2280,6 +2328,12 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
             "{said}"
         );
     }
+    // A person answering a third call: the verdict changes nothing.
+    let (s, _) = node
+        .twilio(TOKEN, &amd.replace("m=", "m=9"), &leg("CA71", "human"))
+        .await;
+    assert_eq!(s, 200);
+    assert!(updates_of(&fake, "CA71").is_empty());
     let text = texted(&fake, |b| b.contains("we just tried to call you")).await;
     assert!(text.starts_with("Hi"), "{text}");
     let c = node.conversation_of("smile", quinn).await.unwrap();
@@ -2292,12 +2346,17 @@ async fn a_call_the_business_places_converses_with_a_person_and_leaves_a_voicema
     // Riley opted out of texts: the voicemail asks for a call back, and
     // no text reaches the provider.
     let call = call_to(&fake, riley).await;
-    let url = call["Url"].strip_prefix(PUBLIC_URL).unwrap().to_owned();
-    let (s, twiml) = node
-        .twilio(TOKEN, &url, &leg("CA73", "machine_end_beep"))
+    let amd = call["AsyncAmdStatusCallback"]
+        .strip_prefix(PUBLIC_URL)
+        .unwrap()
+        .to_owned();
+    let (s, body) = node
+        .twilio(TOKEN, &amd, &leg("CA73", "machine_end_silence"))
         .await;
-    assert_eq!(s, 200, "{twiml}");
-    let (said, _) = heard(&twiml);
+    assert_eq!(s, 200, "{body}");
+    let updates = updates_of(&fake, "CA73");
+    assert_eq!(updates.len(), 1);
+    let (said, _) = heard(&updates[0]);
     assert!(
         said.ends_with("sorry we missed you. Please call us back when you can."),
         "{said}"

@@ -81,6 +81,9 @@ pub struct App {
     pub cluster: Option<Arc<threadline_actors::cluster::Cluster>>,
     /// Requests per source address (`server.rate_limit_per_second`).
     limiter: Option<Arc<SourceLimiter>>,
+    /// The providers, for what a webhook does to a call in progress
+    /// (messages go through the sender).
+    pub(crate) calls: Option<Arc<crate::providers::Providers>>,
 }
 
 impl App {
@@ -130,6 +133,9 @@ impl App {
         let inbox = Arc::new(crate::inbox::Watchers::default());
         runtime.shared.feed.subscribe(inbox.clone());
         let cfg_server = cfg.server.clone();
+        let calls = crate::providers::Providers::from_config(&cfg)
+            .ok()
+            .flatten();
         App {
             chat,
             inbox,
@@ -143,6 +149,7 @@ impl App {
             simulated,
             cluster: None,
             limiter: source_limiter(&cfg_server),
+            calls,
         }
     }
 }
@@ -489,6 +496,7 @@ async fn route(app: &Arc<App>, req: Request<Body>, found: Matched<'_>) -> Result
         Op::TwilioHold => webhooks::twilio_hold(app, req).await,
         Op::TwilioWhisper => webhooks::twilio_whisper(app, req).await,
         Op::TwilioOutboundCall => webhooks::twilio_outbound_call(app, req).await,
+        Op::TwilioAmd => webhooks::twilio_amd(app, req).await,
         Op::WhatsappVerify => webhooks::whatsapp_verify(app, &req),
         Op::WhatsappNotify => webhooks::whatsapp_notify(app, req).await,
         Op::ChatPage => crate::http::webchat::page(app, &req),

@@ -582,6 +582,54 @@ pub async fn twilio_outbound_call(app: &App, req: Request<Body>) -> Result<Resp,
     Ok(twiml(Twiml::new().say(&text).hangup()))
 }
 
+/// `POST /webhooks/twilio/voice/amd?c=&m=`: who answered a call the node
+/// placed (asynchronous answering-machine detection; the call has been
+/// talking since it was answered). A person, or a verdict Twilio could not
+/// make: nothing changes. A machine, after its greeting: the conversation
+/// records the voicemail and queues the unanswered-call text through the
+/// gate (once, however often this is posted), and the call in progress is
+/// given the voicemail to say before it hangs up. A call already over is
+/// left alone; Twilio unreachable answers 503, so the verdict is posted
+/// again.
+pub async fn twilio_amd(app: &App, req: Request<Body>) -> Result<Resp, ApiError> {
+    let (params, q) = twilio_form(app, req).await?;
+    let (conv, seq) = message_ref(query(&q, "c"), query(&q, "m"))
+        .ok_or_else(|| ApiError::bad("invalid_field", "`c` and `m` are required"))?;
+    let answered_by = required(&params, "AnsweredBy")?;
+    let machine = answered_by.starts_with("machine") || answered_by == "fax";
+    if !machine {
+        return Ok(twiml(Twiml::new()));
+    }
+    let (tenant, contact, call_sid) = call_parties(app, &params)?;
+    let event = CallEvent::Answered {
+        call_sid: call_sid.clone(),
+        seq,
+        machine: true,
+    };
+    let (id, action) = call(app, tenant, contact, event).await?;
+    let (true, VoiceAction::Hangup { text: Some(said) }) = (id == conv, action) else {
+        return Ok(twiml(Twiml::new()));
+    };
+    let Some(providers) = &app.calls else {
+        return Ok(twiml(Twiml::new()));
+    };
+    let voicemail = Twiml::new().say(&said).hangup().render();
+    match providers.update_call(&call_sid, &voicemail).await {
+        Ok(()) => {}
+        Err(crate::providers::CallUpdate::Gone(why)) => {
+            tracing::info!(call_sid, why, "no voicemail left: the call is over");
+        }
+        Err(crate::providers::CallUpdate::Retry(why)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_unavailable",
+                format!("the call could not be given its voicemail: {why}"),
+            ));
+        }
+    }
+    Ok(twiml(Twiml::new()))
+}
+
 /// `GET /webhooks/whatsapp`: Meta's verification handshake.
 pub fn whatsapp_verify(app: &App, req: &Request<Body>) -> Result<Resp, ApiError> {
     let Some(wa) = &app.cfg.providers.whatsapp else {

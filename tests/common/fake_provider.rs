@@ -24,6 +24,8 @@ pub struct State {
     pub accepted: Vec<(String, HashMap<String, String>)>,
     keys: HashSet<String>,
     pub fail_next: usize,
+    /// Call updates to answer 503 before taking one.
+    pub fail_updates: usize,
     pub hold_next: usize,
     pub opted_out: HashSet<String>,
 }
@@ -83,10 +85,19 @@ async fn handle(
     use base64::Engine;
     let messages = format!("/2010-04-01/Accounts/{SID}/Messages.json");
     let calls = format!("/2010-04-01/Accounts/{SID}/Calls.json");
+    let updated = req
+        .uri()
+        .path()
+        .strip_prefix(&format!("/2010-04-01/Accounts/{SID}/Calls/"))
+        .and_then(|rest| rest.strip_suffix(".json"))
+        .map(str::to_owned);
     let resource = if req.uri().path() == messages {
         "Messages"
     } else if req.uri().path() == calls {
         "Calls"
+    } else if updated.is_some() {
+        // An update of a call in progress (new TwiML).
+        "CallUpdate"
     } else {
         return Ok(reply(
             404,
@@ -119,9 +130,28 @@ async fn handle(
     let mut form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     // Which REST resource was called, for tests that place calls.
     form.insert("_resource".into(), resource.into());
+    if let Some(sid) = &updated {
+        form.insert("_call".into(), sid.clone());
+    }
     let hold = {
         let mut s = st.lock().unwrap();
         s.requests.push((key.clone(), form.clone()));
+        if let Some(sid) = &updated {
+            if s.fail_updates > 0 {
+                s.fail_updates -= 1;
+                return Ok(reply(
+                    503,
+                    serde_json::json!({"code": 20503, "message": "Service unavailable"}),
+                ));
+            }
+            // Updates carry no idempotency key: each one is kept.
+            let n = s.accepted.len();
+            s.accepted.push((format!("update-{sid}-{n}"), form.clone()));
+            return Ok(reply(
+                200,
+                serde_json::json!({"sid": sid, "status": "in-progress"}),
+            ));
+        }
         if s.fail_next > 0 {
             s.fail_next -= 1;
             return Ok(reply(
