@@ -2010,6 +2010,83 @@ async fn caller(node: &Node, sid: &str, at: &str, speech: &str, digits: &str) ->
     twiml
 }
 
+/// A caller who never speaks books by keypad alone: silence brings the
+/// flow's menu, 1 a visit, then each question read with its keys, and 1
+/// confirms the first opening offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_books_a_cleaning_by_keypad_alone() {
+    let fake = FakeTwilio::start().await;
+    let cfg = config(&fake.base).replace(
+        "gateway_token = \"gw-smile\"\n",
+        "gateway_token = \"gw-smile\"\nvoice_assistant = true\nowner_phone = \"+15550009999\"\n",
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    let (_, next) = heard(&caller(&node, "CK1", "/webhooks/twilio/voice", "", "").await);
+    // Not understood: what Ava can do, and the keys for it.
+    let (said, next) =
+        heard(&caller(&node, "CK1", &next.unwrap(), "umm the purple thing", "").await);
+    assert!(said.starts_with("Sorry, I didn't catch that."), "{said}");
+    assert!(said.ends_with("For insurance, press 4."), "{said}");
+    let next = next.expect("it listens");
+    // Nothing said: the menu.
+    let (said, _) = heard(&caller(&node, "CK1", &format!("{next}&silence=1"), "", "").await);
+    assert!(
+        said.contains("For a visit, press 1. For our hours, press 2. For directions, press 3. For insurance, press 4. To talk to a person, press 0."),
+        "{said}"
+    );
+    let (said, next) = heard(&caller(&node, "CK1", &next, "", "1").await);
+    assert!(
+        said.starts_with("Happy to help! What would you like to come in for"),
+        "{said}"
+    );
+    assert!(
+        said.ends_with("Or press 1 for cleaning, 2 for checkup, 3 for whitening, 4 for filling, or 5 for crown."),
+        "{said}"
+    );
+    let (said, next) = heard(&caller(&node, "CK1", &next.unwrap(), "", "1").await);
+    assert!(
+        said.starts_with("What day and time work best for you?"),
+        "{said}"
+    );
+    assert!(
+        said.ends_with("Or press 1 for our first opening."),
+        "{said}"
+    );
+    // Tuesday 10:00 Eastern: the first opening is an hour on, at 11.
+    let (said, next) = heard(&caller(&node, "CK1", &next.unwrap(), "", "1").await);
+    assert!(
+        said.starts_with("Great! I can do Tue Mar 3 at 11:00 AM for your cleaning. Say yes or press 1 to confirm"),
+        "{said}"
+    );
+    let (said, _) = heard(&caller(&node, "CK1", &next.unwrap(), "", "1").await);
+    assert!(
+        said.starts_with("You're confirmed for Tue Mar 3 at 11:00 AM"),
+        "{said}"
+    );
+    let c = node.conversation_of("smile", "+15551230061").await.unwrap();
+    assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
+    assert_eq!(c["booking"]["service"], "cleaning");
+    // The transcript says what each key meant.
+    let heard_keys: Vec<&str> = c["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["author"] == "customer")
+        .filter_map(|m| m["text"].as_str())
+        .filter(|t| !t.starts_with('['))
+        .collect();
+    assert_eq!(
+        heard_keys,
+        [
+            "umm the purple thing",
+            "book (pressed 1)",
+            "cleaning (pressed 1)",
+            "as soon as possible (pressed 1)",
+            "yes (pressed 1)"
+        ]
+    );
+}
+
 /// The flow on the phone: a caller books a cleaning by speech and
 /// confirms with a key, hears the hours, mentions someone without being
 /// transferred, and reaches a person by asking; silence is asked about
@@ -2096,7 +2173,7 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         .text;
     assert_eq!(silent, format!("{next}&silence=1"));
     let (said, _) = heard(&caller(&node, "CA1", &silent, "", "").await);
-    assert!(said.contains("press 0 to talk to a person"), "{said}");
+    assert!(said.contains("To talk to a person, press 0."), "{said}");
     let twiml = caller(&node, "CA1", &format!("{next}&silence=2"), "", "").await;
     assert!(
         twiml.contains(">+15550009999</Number>"),

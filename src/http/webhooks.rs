@@ -404,13 +404,11 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
     let mut text = param(&params, "SpeechResult").unwrap_or("").to_owned();
     field_len("SpeechResult", &text, MAX_TEXT_BYTES)?;
     if text.trim().is_empty() {
-        // A key instead of words: 1 is yes, 2 is no, 0 a person.
+        // A key instead of words; the conversation reads what it means
+        // where the call stands (0 is always a person).
         text = match param(&params, "Digits").unwrap_or("").trim() {
-            "1" => "yes (pressed 1)".into(),
-            "2" => "no (pressed 2)".into(),
-            "0" => "(pressed 0)".into(),
             "" => String::new(),
-            other => format!("(pressed {})", other.chars().take(8).collect::<String>()),
+            keys => format!("(pressed {})", keys.chars().take(8).collect::<String>()),
         };
     }
     let spoke = !text.trim().is_empty();

@@ -415,21 +415,50 @@ impl Conversation {
     ) -> VoiceAction {
         let key = format!("{call_sid}/turn/{turn}");
         let text = text.trim();
+        let on_call = flow.as_ref().map(|(f, _)| *f);
         if text.is_empty() {
-            // Silence: once more with the keypad offered, then a person.
+            // Silence: once more with the keypad offered (the flow's menu,
+            // or the keys of what was asked), then a person.
             if silence >= 2 {
                 return VoiceAction::Transfer {
                     fallback: tenant.owner_phone.clone(),
                     reason: "the caller said nothing".into(),
                 };
             }
+            let prompt = match on_call.and_then(|f| f.key_hint(&self.state.journey, true)) {
+                Some(keys) => format!(
+                    "Sorry, I didn't hear anything. You can tell me what you need. {keys} To talk to a person, press 0."
+                ),
+                None => "Sorry, I didn't hear anything. You can tell me what you need, or press 0 to talk to a person.".into(),
+            };
             return VoiceAction::Gather {
-                prompt: "Sorry, I didn't hear anything. You can tell me what you need, or press 0 to talk to a person.".into(),
+                prompt,
                 turn,
                 silence: silence + 1,
             };
         }
-        let fresh = self.note(events, Author::Customer, text, &key, now);
+        // A key: what it means where the call stands (`Flow::key_answer`),
+        // else 1 yes and 2 no; 0 (a person) is read below.
+        let pressed = text
+            .strip_prefix("(pressed ")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|d| d.parse::<u8>().ok())
+            .filter(|d| (1..=9).contains(d));
+        let meant = pressed.and_then(|d| {
+            on_call
+                .and_then(|f| f.key_answer(d, &self.state.journey))
+                .or_else(|| match d {
+                    1 => Some("yes".to_owned()),
+                    2 => Some("no".to_owned()),
+                    _ => None,
+                })
+        });
+        let heard = match &meant {
+            Some(m) => format!("{m} {text}"),
+            None => text.to_owned(),
+        };
+        let fresh = self.note(events, Author::Customer, &heard, &key, now);
+        let text = meant.as_deref().unwrap_or(text);
         if !fresh {
             // A webhook repeated: the same answer, nothing decided again.
             let said = self
@@ -506,10 +535,16 @@ impl Conversation {
                     },
                 ),
                 None => {
-                    let r = t
+                    let mut r = t
                         .reply
                         .map(|r| for_the_ear(&r))
                         .unwrap_or_else(|| "Is there anything else I can help with?".into());
+                    // The keys for what was just asked; the menu when
+                    // nothing was understood.
+                    let lost = self.state.journey.misunderstood > 0;
+                    if let Some(keys) = flow.key_hint(&self.state.journey, lost) {
+                        r = format!("{r} {keys}");
+                    }
                     (
                         r.clone(),
                         VoiceAction::Gather {

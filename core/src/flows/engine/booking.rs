@@ -387,6 +387,8 @@ impl Flow {
                     // "12pm" while moving Friday's appointment is Friday;
                     // "Thursday" is Thursday at the booked time.
                     .map(|w| moving_from.map_or(w.at, |from| keeping(&w, from, tz)))
+                    // "As soon as possible": from now, the first opening.
+                    .or_else(|| nlu::soonest(text).then_some(now))
                     .and_then(|at| slot_time_text(at, tz)),
                 SlotKind::Name => nlu::name(text, asked),
                 SlotKind::Email => nlu::email(text),
@@ -523,6 +525,8 @@ impl Flow {
                     shown.insert(slot.name.clone(), spoken(h, tz));
                     let lead = match (exact, alternative) {
                         (true, _) => String::new(),
+                        // Asked for the first opening: it is what they asked.
+                        (false, _) if wanted.0 <= now.0 => String::new(),
                         (false, Some(other)) => format!(
                             "{} isn't available; the closest opening is {} (or {}, if that suits you better: just say so). ",
                             spoken(wanted, tz),

@@ -38,10 +38,12 @@ use super::nlu::IntentModel;
 
 mod booking;
 mod compile;
+mod keypad;
 mod slots;
 mod turn;
 
 use compile::{duration_ms, fill};
+pub use keypad::SOONEST;
 use slots::{keeping, slot_time_text};
 pub use slots::{slot_time, spoken, spoken_time};
 
@@ -255,6 +257,9 @@ pub struct IntentSpec {
     /// offering to book ("Want me to book you in?") is not said to someone
     /// already booked.
     pub reply_when_booked: Option<String>,
+    /// What the keypad menu of a call calls it ("For {label}, press N";
+    /// default: the intent's name).
+    pub label: Option<String>,
     /// Or a journey to start.
     pub journey: Option<String>,
 }

@@ -790,3 +790,54 @@ rules = [
         }
     }
 }
+
+#[test]
+fn the_first_opening_is_asked_in_plain_words() {
+    for yes in [
+        "as soon as possible",
+        "asap please",
+        "whatever is earliest",
+        "the first available",
+        "next opening you have",
+        "soonest",
+    ] {
+        assert!(crate::flows::nlu::soonest(yes), "{yes}");
+    }
+    for no in [
+        "I'll come by soon",
+        "next week",
+        "is it possible",
+        "first thing",
+    ] {
+        assert!(!crate::flows::nlu::soonest(no), "{no}");
+    }
+}
+
+#[test]
+fn a_key_means_what_the_call_is_waiting_for() {
+    let f = flow();
+    let mut j = Journey::default();
+    // Nothing under way: the menu, intents in order.
+    assert_eq!(f.key_answer(1, &j).as_deref(), Some("book"));
+    assert!(f
+        .key_hint(&j, true)
+        .unwrap()
+        .starts_with("For book, press 1. For hours, press 2."));
+    assert_eq!(f.key_hint(&j, false), None);
+    // A choice asked: its options, numbered once each.
+    j.active = Some("booking".into());
+    j.asking = Some("service".into());
+    let hint = f.key_hint(&j, false).unwrap();
+    assert!(
+        hint.starts_with("Or press 1 for cleaning, 2 for "),
+        "{hint}"
+    );
+    assert_eq!(f.key_answer(1, &j).as_deref(), Some("cleaning"));
+    // A time asked: 1 is the first opening.
+    j.asking = Some("when".into());
+    assert_eq!(
+        f.key_answer(1, &j).as_deref(),
+        Some(crate::flows::engine::SOONEST)
+    );
+    assert_eq!(f.key_answer(2, &j), None);
+}

@@ -13,7 +13,7 @@ mod time;
 pub use answers::{email, name, yes_no};
 pub use appointment::{appointment_ask, keeps, shift_minutes, AppointmentAsk};
 pub use talk::{small_talk, small_talk_words, wants_person, wants_person_words, SmallTalk};
-pub use time::{local, when, When};
+pub use time::{local, soonest, when, When};
 // Used across the parts.
 use time::weekday;
 

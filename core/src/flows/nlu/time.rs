@@ -172,6 +172,19 @@ pub(super) const COUNTED: &[&str] = &[
 ];
 
 /// Finds a date and/or time in `text`, relative to `now` in `tz`.
+/// "As soon as possible", "asap", "the earliest you have", "first
+/// available", "next opening": any time, the sooner the better.
+pub fn soonest(text: &str) -> bool {
+    let words = super::normalize(text);
+    let has = |w: &str| words.iter().any(|x| x == w);
+    let pair = |a: &str, b: &str| words.windows(2).any(|p| p[0] == a && p[1] == b);
+    has("asap")
+        || has("soonest")
+        || has("earliest")
+        || (pair("soon", "as") && has("possible"))
+        || ((has("first") || has("next")) && (has("available") || has("opening") || has("slot")))
+}
+
 pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
     let words = time_words(text);
     let today = tz.timestamp_millis_opt(now.0).single()?.date_naive();
