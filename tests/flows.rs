@@ -2026,7 +2026,10 @@ async fn a_caller_books_a_cleaning_by_keypad_alone() {
     let (said, next) =
         heard(&caller(&node, "CK1", &next.unwrap(), "umm the purple thing", "").await);
     assert!(said.starts_with("Sorry, I didn't catch that."), "{said}");
-    assert!(said.ends_with("For insurance, press 4."), "{said}");
+    assert!(
+        said.ends_with("For insurance, press 4. To talk to a person, press 0."),
+        "{said}"
+    );
     let next = next.expect("it listens");
     // Nothing said: the menu.
     let (said, _) = heard(&caller(&node, "CK1", &format!("{next}&silence=1"), "", "").await);

@@ -545,6 +545,9 @@ impl Conversation {
                     if let Some(keys) = flow.key_hint(&self.state.journey, lost) {
                         r = format!("{r} {keys}");
                     }
+                    if lost {
+                        r.push_str(" To talk to a person, press 0.");
+                    }
                     (
                         r.clone(),
                         VoiceAction::Gather {
