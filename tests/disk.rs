@@ -40,7 +40,8 @@ impl Drop for Tmpfs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_answers_503_with_retry_after_and_unhealthy_and_loses_nothing_acknowledged() {
+async fn a_full_disk_answers_503_with_retry_after_heals_when_space_returns_and_loses_nothing_acknowledged(
+) {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = Tmpfs::mount(&dir.path().join("data"), 4) else {
         eprintln!("skipped: this machine does not let the test mount a tmpfs");
@@ -77,11 +78,57 @@ async fn a_full_disk_answers_503_with_retry_after_and_unhealthy_and_loses_nothin
     assert_eq!(node.get_admin("/healthz").await.0, 503);
     assert_eq!(node.get_admin("/readyz").await.0, 503);
 
-    // Space comes back; the node restarts on its data; everything it
-    // acknowledged is there, once, in order, and it takes writes again.
+    // Space comes back: without a restart, the node opens its data again
+    // and takes writes (503 with Retry-After until then).
     disk.grow(64);
+    let mut healed = None;
+    let mut last = serde_json::Value::Null;
+    for attempt in 0..200 {
+        let pid = format!("healed{attempt}");
+        let (s, v) = node
+            .inbound(
+                "gw-acme",
+                &sms("acme", &phone(1), "space is back", Some(&pid)),
+            )
+            .await;
+        if s == 202 {
+            healed = Some(pid);
+            break;
+        }
+        assert_eq!(s, 503, "{v}");
+        last = v;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let healed = healed.unwrap_or_else(|| {
+        panic!(
+            "writes are taken again once space returns: {last} {}",
+            node.stderr()
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    acked.push((1, healed));
+    assert_eq!(node.get_admin("/healthz").await.0, 200);
+    assert_eq!(node.get_admin("/readyz").await.0, 200);
+    // Everything it acknowledged is there, once, in order; and again
+    // after a restart on its data.
+    all_there(&node, &acked).await;
     node.restart();
     assert_eq!(node.get_admin("/healthz").await.0, 200);
+    all_there(&node, &acked).await;
+    let (s, v) = node
+        .inbound("gw-acme", &sms("acme", &phone(0), "after", Some("after")))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    drop(node);
+}
+
+/// Every message `acked` says the node acknowledged is in its customer's
+/// conversation, once, in order.
+async fn all_there(node: &Node, acked: &[(usize, String)]) {
     for c in 0..10 {
         let conv = node.conversation_of("acme", &phone(c)).await.unwrap();
         let got: Vec<String> = conv["messages"]
@@ -97,11 +144,6 @@ async fn a_full_disk_answers_503_with_retry_after_and_unhealthy_and_loses_nothin
             .collect();
         assert_eq!(got, want, "customer {c}");
     }
-    let (s, v) = node
-        .inbound("gw-acme", &sms("acme", &phone(0), "after", Some("after")))
-        .await;
-    assert_eq!(s, 202, "{v}");
-    drop(node);
 }
 
 /// Replaces every occurrence of `from` in `file` with `to` (same length).

@@ -115,6 +115,9 @@ pub enum Op {
     Barrier {
         done: Done,
     },
+    /// Storage failed: open the database again if it is time (sent by the
+    /// healer while unhealthy, so a node heals with no write arriving).
+    Heal,
     /// Commits everything before it, completes, and stops the writer.
     /// Operations queued after it are dropped uncompleted.
     Shutdown {
@@ -156,6 +159,10 @@ const COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_micros(300)
 pub const MAX_BATCH: usize = 4096;
 /// Truncate the log once this many records below the low-water mark exist.
 const TRUNCATE_EVERY: u64 = 8192;
+/// After a failed commit, how often the database is opened again before
+/// a batch is tried, and how long that waits for reads using the old one.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Persistence {
@@ -233,6 +240,24 @@ impl Persistence {
             .name("threadline-writer".into())
             .spawn(move || writer_loop(s, rx, next_log, next_dead, metrics, h, hook))
             .expect("spawning the writer thread");
+        // While storage is unhealthy, asks the writer to open it again
+        // every `REOPEN_EVERY`; ends with the writer's queue.
+        let (heal, up) = (tx.clone(), healthy.clone());
+        std::thread::Builder::new()
+            .name("threadline-healer".into())
+            .spawn(move || loop {
+                std::thread::sleep(REOPEN_EVERY);
+                if heal.is_closed() {
+                    return;
+                }
+                if up.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if let Err(mpsc::error::TrySendError::Closed(_)) = heal.try_send(Op::Heal) {
+                    return;
+                }
+            })
+            .expect("spawning the storage healer thread");
         (
             Persistence {
                 tx,
@@ -351,6 +376,7 @@ fn writer_loop(
     let mut fences = crate::fence::Fences::default();
     let mut stopping = false;
     let mut last_batch = 0usize;
+    let mut last_reopen: Option<Instant> = None;
     while !stopping {
         let Some(first) = rx.blocking_recv() else {
             break;
@@ -387,13 +413,35 @@ fn writer_loop(
         let writes_data = batch.iter().any(|op| {
             !matches!(
                 op,
-                Op::Barrier { .. } | Op::Shutdown { .. } | Op::Seal { .. }
+                Op::Barrier { .. } | Op::Shutdown { .. } | Op::Seal { .. } | Op::Heal
             )
         });
         // A backup copying the file waits for this commit, or this commit
         // for the backup.
         let no_backup = writes_data.then(|| store.writing.lock());
-        let result = if writes_data && store.is_damaged() {
+        // After a failed commit the database is opened again (at most
+        // every `REOPEN_EVERY`) before the next batch is tried; until that
+        // works every write answers an error (503 with Retry-After).
+        let heal = batch.iter().any(|op| matches!(op, Op::Heal));
+        if (writes_data || heal)
+            && !healthy.load(Ordering::Relaxed)
+            && last_reopen.is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
+        {
+            last_reopen = Some(Instant::now());
+            match store.reopen(REOPEN_WAIT) {
+                Ok(()) => {
+                    tracing::warn!("storage opened again after a failed commit; taking writes");
+                    healthy.store(true, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "storage still failing"),
+            }
+        }
+        let result = if writes_data && !healthy.load(Ordering::Relaxed) {
+            fences.undo(undo);
+            Err(Arc::new(StoreError::Redb(
+                "storage failed (a full disk?); retrying".into(),
+            )))
+        } else if writes_data && store.is_damaged() {
             // Nothing more is acknowledged into a database known damaged.
             fences.undo(undo);
             Err(Arc::new(StoreError::Damaged(
@@ -464,6 +512,7 @@ fn writer_loop(
                     Op::DeadLetter { bytes, .. } => Some(Write::DeadLetter { bytes }),
                     Op::Alias { alias, target, .. } => Some(Write::Alias { alias, target }),
                     Op::Barrier { .. }
+                    | Op::Heal
                     | Op::Shutdown { .. }
                     | Op::Replica { .. }
                     | Op::Install { .. }
@@ -516,12 +565,14 @@ fn writer_loop(
                     ),
                 }
             };
-            let r = BatchWriter {
-                next_log_key: &mut next_log,
-                next_dead_letter: &mut next_dead,
-                audit_heads: &mut audit_heads,
-            }
-            .commit(&store.db, writes, Some(&mut cluster_writes), &mut applied);
+            let r = store.db().and_then(|db| {
+                BatchWriter {
+                    next_log_key: &mut next_log,
+                    next_dead_letter: &mut next_dead,
+                    audit_heads: &mut audit_heads,
+                }
+                .commit(&db, writes, Some(&mut cluster_writes), &mut applied)
+            });
             if r.is_err() {
                 // Nothing of it is durable: its tail keys are handed out again.
                 tail.undo(start_tail);
@@ -598,6 +649,7 @@ fn writer_loop(
                     done(result.clone());
                     continue;
                 }
+                Op::Heal => continue,
                 Op::Snapshot { done, .. }
                 | Op::TimerDelete { done, .. }
                 | Op::Offer { done, .. } => (None, done),

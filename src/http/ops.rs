@@ -9,8 +9,9 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use threadline_protocol::Channel;
 
-/// Liveness: 503 once storage has failed (a commit did not go through),
-/// so a supervisor restarts the node, which opens its data afresh.
+/// Liveness: 503 while storage is failing (a commit did not go through;
+/// the writer opens the database again every 0.5 s until a write works).
+/// A supervisor may restart the node meanwhile; that is safe too.
 pub(super) fn healthz(app: &App) -> Resp {
     let storage = app.shared.persistence.healthy();
     json_response(

@@ -447,7 +447,7 @@ impl Store {
         let mut old_table = false;
         let mut any = false;
         {
-            let r = self.db.begin_read()?;
+            let r = self.db()?.begin_read()?;
             for item in r.open_table(REPLICA_TAIL)?.iter()? {
                 let (_, v) = item?;
                 let (conv, epoch, rec) = untail(v.value())?;
@@ -475,7 +475,7 @@ impl Store {
             return Ok(0);
         }
         let mut folded = 0;
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut metas = w.open_table(REPLICAS)?;
             let mut rsnaps = w.open_table(REPLICA_SNAPSHOTS)?;

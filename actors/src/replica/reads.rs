@@ -12,13 +12,13 @@ impl Store {
     /// The epoch at which this node holds conversation `conv` (0 until its
     /// ownership first moves).
     pub fn epoch(&self, conv: u64) -> Result<u64, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(EPOCHS)?.get(conv)?.map_or(0, |v| v.value()))
     }
 
     /// Every conversation this node holds: (id, tenant, address).
     pub fn held(&self) -> Result<Vec<(u64, String, String)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for item in r.open_table(CONVERSATIONS)?.iter()? {
             let (k, v) = item?;
@@ -33,7 +33,7 @@ impl Store {
     pub fn replicas(&self) -> Result<Vec<(u64, ReplicaMeta)>, StoreError> {
         let (index, r) = {
             let index = self.replica_pending.lock();
-            (index.lasts(), self.db.begin_read()?)
+            (index.lasts(), self.db()?.begin_read()?)
         };
         let mut out = Vec::new();
         for item in r.open_table(REPLICAS)?.iter()? {
@@ -46,7 +46,7 @@ impl Store {
 
     /// The replica of a contact's conversation, if this node keeps one.
     pub fn replica_of(&self, tenant: &str, address: &str) -> Result<Option<u64>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(REPLICA_CONTACTS)?;
         Ok(t.get(contact_key(tenant, address).as_str())?
             .map(|v| v.value()))
@@ -56,7 +56,7 @@ impl Store {
     pub fn replica_meta(&self, conv: u64) -> Result<Option<ReplicaMeta>, StoreError> {
         let (last, r) = {
             let index = self.replica_pending.lock();
-            (index.last(conv), self.db.begin_read()?)
+            (index.last(conv), self.db()?.begin_read()?)
         };
         Ok(meta_in(&r.open_table(REPLICAS)?, conv)?.map(|m| m.with_tail(last)))
     }
@@ -79,7 +79,7 @@ impl Store {
         // snapshot that covers it).
         let (keys, r) = {
             let index = self.replica_pending.lock();
-            (index.keys(conv), self.db.begin_read()?)
+            (index.keys(conv), self.db()?.begin_read()?)
         };
         let Some(meta) = meta_in(&r.open_table(REPLICAS)?, conv)? else {
             return Ok(None);
@@ -98,13 +98,13 @@ impl Store {
 
     /// Whether this node keeps any replica (it has had peers).
     pub fn keeps_replicas(&self) -> Result<bool, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(REPLICAS)?.first()?.is_some())
     }
 
     /// Records in the replica tail (folded or not, until truncated).
     pub fn replica_tail_len(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(REPLICA_TAIL)?.len()?)
     }
 }

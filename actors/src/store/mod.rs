@@ -41,7 +41,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use threadline_protocol::codec::{self, TimerRow};
 use threadline_protocol::ConversationId;
 
@@ -100,6 +100,9 @@ pub(crate) const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new(
 
 /// Per-tenant chain heads kept by the writer: (last seq, last hash).
 pub(crate) type AuditHeads = HashMap<String, (u64, crate::audit::Hash)>;
+
+/// How many times the database was opened again after an I/O error.
+const REOPENED: &str = "reopened";
 
 /// Highest timer id ever written, so ids are never reused.
 const TIMER_HWM: &str = "timer_hwm";
@@ -256,7 +259,10 @@ impl Pending {
 }
 
 pub struct Store {
-    pub(crate) db: Database,
+    /// The open database; `None` while it is being opened again after an
+    /// I/O error (`reopen`).
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
+    cache_bytes: usize,
     pub(crate) pending: Mutex<Pending>,
     /// The replica tail's records not folded yet, per conversation (the
     /// same index as `pending`, over `replica_tail`).
@@ -376,7 +382,8 @@ impl Store {
             txn.commit()?;
         }
         let store = Store {
-            db,
+            db: parking_lot::RwLock::new(Some(Arc::new(db))),
+            cache_bytes,
             pending: Mutex::new(Pending::default()),
             replica_pending: Mutex::new(Pending::default()),
             path: dir.join(DB_FILE),
@@ -385,7 +392,7 @@ impl Store {
         };
         let mut report = store.recover()?;
         report.replica_records_folded = ext.recover(&store)?;
-        report.damaged = check_values(&store.db, ext)?;
+        report.damaged = check_values(&*store.db()?, ext)?;
         for d in &report.damaged {
             tracing::error!(table = d.table, conversation = ?d.conversation.map(|c| c.to_string()), error = %d.error, "damaged record found at open; restore from a backup");
         }
@@ -395,6 +402,57 @@ impl Store {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok((Arc::new(store), report))
+    }
+
+    /// The open database (an error while it is being opened again).
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .clone()
+            .ok_or_else(|| StoreError::Redb("storage is being reopened after an I/O error".into()))
+    }
+
+    /// Opens the database file afresh and checks that it takes a write:
+    /// after an I/O error (a full disk) redb takes no more transactions
+    /// until it is reopened. Waits (up to `wait`) for reads still using the
+    /// old handle; on failure the store stays closed (reads and writes
+    /// answer errors) until the next attempt.
+    pub(crate) fn reopen(&self, wait: std::time::Duration) -> Result<(), StoreError> {
+        let mut slot = self.db.write();
+        if let Some(old) = slot.take() {
+            let until = std::time::Instant::now() + wait;
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if std::time::Instant::now() < until => {
+                        old = still;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *slot = Some(still);
+                        return Err(StoreError::Redb("reads still hold the database".into()));
+                    }
+                }
+            }
+        }
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)?;
+        {
+            let w = db.begin_write()?;
+            {
+                let mut t = w.open_table(META)?;
+                let n = t.get(REOPENED)?.map(|v| v.value()).unwrap_or(0);
+                t.insert(REOPENED, n + 1)?;
+            }
+            w.commit()?;
+        }
+        *slot = Some(Arc::new(db));
+        Ok(())
     }
 
     /// Whether damaged data was found: readiness is off and the writer

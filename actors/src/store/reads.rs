@@ -14,7 +14,7 @@ impl Store {
         tenant: &str,
         address: &str,
     ) -> Result<Option<ConversationId>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(CONTACTS)?;
         Ok(t.get(contact_key(tenant, address).as_str())?
             .map(|v| ConversationId(v.value())))
@@ -22,7 +22,7 @@ impl Store {
 
     /// (tenant, address) of a conversation id, if it exists.
     pub fn contact_of(&self, id: ConversationId) -> Result<Option<(String, String)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(CONVERSATIONS)?;
         Ok(t.get(id.0)?.and_then(|v| split_contact_key(v.value())))
     }
@@ -49,7 +49,7 @@ impl Store {
         id: ConversationId,
     ) -> Result<(Option<ConversationState>, u64), StoreError> {
         let keys = self.pending.lock().keys(id.0);
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let epoch = r.open_table(EPOCHS)?.get(id.0)?.map_or(0, |v| v.value());
         let snapshot = match r.open_table(SNAPSHOTS)?.get(id.0)? {
             Some(v) => Some(codec::decode_snapshot(v.value())?),
@@ -67,13 +67,13 @@ impl Store {
 
     /// Whether outbound message (conv, seq) still waits for its provider.
     pub fn outbox_contains(&self, conv: u64, seq: u32) -> Result<bool, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         Ok(r.open_table(OUTBOX)?.get((conv, seq))?.is_some())
     }
 
     /// Every outbound message waiting for its provider.
     pub fn outbox_entries(&self) -> Result<Vec<threadline_protocol::OutboxEntry>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for item in r.open_table(OUTBOX)?.iter()? {
             let (_, v) = item?;
@@ -84,7 +84,7 @@ impl Store {
 
     /// Every pending timer in the index.
     pub fn timer_rows(&self) -> Result<Vec<TimerRow>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let mut out = Vec::new();
         for item in r.open_table(TIMERS)?.iter()? {
             let (_, v) = item?;
@@ -103,7 +103,7 @@ impl Store {
         since: Option<threadline_protocol::Timestamp>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(AUDIT)?;
         let from = format!("{tenant}\0");
         let to = format!("{tenant}\u{1}");
@@ -130,7 +130,7 @@ impl Store {
 
     /// Every held or booked calendar slot.
     pub fn calendar(&self) -> Result<Vec<(String, SlotHold)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(CALENDAR)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -144,7 +144,7 @@ impl Store {
 
     /// The summaries of `tenant`'s conversations held here.
     pub fn summaries(&self, tenant: &str) -> Result<Vec<codec::ConversationSummary>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(SUMMARIES)?;
         let mut out = Vec::new();
         for row in t.range((tenant, 0)..=(tenant, u64::MAX))? {
@@ -159,7 +159,7 @@ impl Store {
 
     /// The outcome counts kept so far: (tenant, name, value).
     pub fn outcomes(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(OUTCOMES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -173,7 +173,7 @@ impl Store {
 
     /// Open offers the agent pool made, by conversation.
     pub fn offers(&self) -> Result<Vec<threadline_protocol::OfferHold>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(OFFERS)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -186,7 +186,7 @@ impl Store {
     /// The agent pool's durable index: conversations waiting for or held by
     /// an agent.
     pub fn agent_work(&self) -> Result<Vec<threadline_protocol::AgentWork>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(AGENT_WORK)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -201,7 +201,7 @@ impl Store {
         &self,
         conv: u64,
     ) -> Result<Option<threadline_protocol::AgentWork>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(AGENT_WORK)?;
         Ok(match t.get(conv)? {
             Some(v) => Some(codec::decode_agent_work(v.value())?),
@@ -211,7 +211,7 @@ impl Store {
 
     /// Every alias: (`tenant \0 address`, the address it continues).
     pub fn aliases(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(ALIASES)?;
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -228,7 +228,7 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(ALIASES)?;
         let mut out = Vec::new();
         let rows = match after {
@@ -245,7 +245,7 @@ impl Store {
     }
 
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let t = r.open_table(DEAD_LETTERS)?;
         let mut out = Vec::new();
         for item in t.iter()?.take(limit) {

@@ -15,7 +15,7 @@ impl Store {
         let mut tail: HashMap<u64, Vec<(u64, LogRecord)>> = HashMap::new();
         let mut undecodable: Vec<(u64, String)> = Vec::new();
         let (max_log, max_conv, max_dead, any_moved) = {
-            let r = self.db.begin_read()?;
+            let r = self.db()?.begin_read()?;
             let log = r.open_table(LOG)?;
             // Records of a copy that moved away (or was replaced) count not.
             let mut moved: HashMap<u64, u64> = HashMap::new();
@@ -48,7 +48,7 @@ impl Store {
         };
         let mut max_conv = max_conv;
         if !tail.is_empty() || any_moved || !undecodable.is_empty() {
-            let w = self.db.begin_write()?;
+            let w = self.db()?.begin_write()?;
             {
                 let mut snaps = w.open_table(SNAPSHOTS)?;
                 let mut contacts = w.open_table(CONTACTS)?;
@@ -122,7 +122,7 @@ impl Store {
         report.next_log_key = max_log;
         report.next_conversation = max_conv.max(1);
         report.next_dead_letter = max_dead;
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         let hwm = r.open_table(META)?.get(TIMER_HWM)?.map_or(0, |v| v.value());
         drop(r);
         report.timers = self.timer_rows()?;
@@ -140,7 +140,7 @@ impl Store {
 
     /// Data written before conversations had summaries gets them, once.
     pub(super) fn backfill_summaries(&self) -> Result<(), StoreError> {
-        let r = self.db.begin_read()?;
+        let r = self.db()?.begin_read()?;
         if !redb::ReadableTableMetadata::is_empty(&r.open_table(SUMMARIES)?)? {
             return Ok(());
         }
@@ -162,7 +162,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let w = self.db.begin_write()?;
+        let w = self.db()?.begin_write()?;
         {
             let mut t = w.open_table(SUMMARIES)?;
             for (tenant, conv, bytes) in &rows {

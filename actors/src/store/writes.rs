@@ -376,7 +376,7 @@ pub(super) fn decode_head(b: &[u8]) -> Option<(u64, crate::audit::Hash)> {
 
 /// Convenience for tests and tools: decode every event of the log tail.
 pub fn log_tail(store: &Store) -> Result<Vec<(u64, LogRecord)>, StoreError> {
-    let r = store.db.begin_read()?;
+    let r = store.db()?.begin_read()?;
     let t = r.open_table(LOG)?;
     let mut out = Vec::new();
     for item in t.iter()? {
