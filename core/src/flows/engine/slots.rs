@@ -3,7 +3,7 @@
 
 use super::*;
 
-use chrono::{Datelike, Duration, TimeZone, Timelike};
+use chrono::{Datelike, Duration, Offset, TimeZone, Timelike};
 use chrono_tz::Tz;
 use threadline_protocol::Timestamp;
 
@@ -136,21 +136,38 @@ impl Flow {
         let c = self.spec.calendar.as_ref()?;
         let step = i64::from(c.slot_minutes) * 60_000;
         let start = from.0.max(now.0 + 60 * 60_000);
-        // Align to the slot grid of the day (slots start at `open`).
-        let mut at = start - start.rem_euclid(60_000);
+        // Slots start at `open` plus whole slots, in local time: every
+        // slot start is a multiple of `unit` minutes of the local day, so
+        // the search moves from one such minute to the next (re-aligned
+        // each step: a change of UTC offset moves the local grid).
+        let open = i64::from(self.open.num_seconds_from_midnight() / 60);
+        let unit = gcd(gcd(i64::from(c.slot_minutes), open), 24 * 60).max(1) * 60_000;
+        let align = |t: i64| {
+            let off = tz
+                .timestamp_millis_opt(t)
+                .single()
+                .map_or(0, |d| i64::from(d.offset().fix().local_minus_utc()) * 1000);
+            (t + off + unit - 1).div_euclid(unit) * unit - off
+        };
+        let mut at = align(start);
         let end = start + 14 * 86_400_000;
         while at < end {
             let ts = Timestamp(at);
-            if self.bookable(ts, tz) && Some(ts) != exclude && cal.hold(ts, until) {
+            let bookable = self.bookable(ts, tz);
+            if bookable && Some(ts) != exclude && cal.hold(ts, until) {
                 return Some(ts);
             }
-            at += if self.bookable(ts, tz) {
-                step
-            } else {
-                60_000 * 15
-            };
+            at = align(at + if bookable { step } else { unit });
         }
         None
+    }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
     }
 }
 

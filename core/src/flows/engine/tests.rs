@@ -841,3 +841,24 @@ fn a_key_means_what_the_call_is_waiting_for() {
     );
     assert_eq!(f.key_answer(2, &j), None);
 }
+
+/// At any minute of the hour, the first opening is a slot of the grid:
+/// at 12:21 "as soon as possible" is 2:00 PM (an hour's notice), not "no
+/// opening in two weeks".
+#[test]
+fn the_first_opening_is_found_whatever_the_minute() {
+    let f = flow();
+    for (now, want) in [
+        ("2026-03-03T17:21:00Z", "I can do Tue Mar 3 at 2:00 PM"),
+        ("2026-03-03T15:00:00Z", "I can do Tue Mar 3 at 11:00 AM"),
+        ("2026-03-03T21:07:30Z", "I can do Wed Mar 4 at 9:00 AM"),
+    ] {
+        let mut cal = Cal::of(1);
+        let mut c = Conv::default();
+        c.say(&f, "I need a cleaning", t(now), &mut cal);
+        let r = c.say(&f, "as soon as possible", t(now), &mut cal);
+        let reply = r.reply.unwrap();
+        assert!(reply.starts_with(want), "{now}: {reply}");
+        assert!(r.escalate.is_none(), "{now}: {:?}", r.escalate);
+    }
+}
