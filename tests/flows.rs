@@ -2090,6 +2090,108 @@ async fn a_caller_books_a_cleaning_by_keypad_alone() {
     );
 }
 
+/// Callers as they speak: "cancel" after hearing their appointment
+/// cancels it (on a call the texting keyword is not an opt-out), "no
+/// that's it" ends the call, a yes to "Want me to book you in?" books, a
+/// transfer is announced before the ringing, and a caller nobody answers
+/// is told so before the call ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_is_understood_as_callers_speak() {
+    let fake = FakeTwilio::start().await;
+    let cfg = config(&fake.base).replace(
+        "gateway_token = \"gw-smile\"\n",
+        "gateway_token = \"gw-smile\"\nvoice_assistant = true\nowner_phone = \"+15550009999\"\n",
+    );
+    let node = Node::start_with_config(&cfg, &["--simulated-clock", NOW]);
+    let (_, next) = heard(&caller(&node, "CS1", "/webhooks/twilio/voice", "", "").await);
+    let (_, next) = heard(
+        &caller(
+            &node,
+            "CS1",
+            &next.unwrap(),
+            "a cleaning wednesday at 11",
+            "",
+        )
+        .await,
+    );
+    let (said, next) = heard(&caller(&node, "CS1", &next.unwrap(), "yes", "").await);
+    assert!(
+        said.starts_with("You're confirmed for Wed Mar 4 at 11:00 AM"),
+        "{said}"
+    );
+    let (said, next) = heard(
+        &caller(
+            &node,
+            "CS1",
+            &next.unwrap(),
+            "what time is my appointment again",
+            "",
+        )
+        .await,
+    );
+    assert!(said.contains("tell me if you need to cancel"), "{said}");
+    let (said, next) = heard(&caller(&node, "CS1", &next.unwrap(), "cancel", "").await);
+    assert!(said.contains("is cancelled"), "{said}");
+    let c = node.conversation_of("smile", "+15551230061").await.unwrap();
+    assert_eq!(c["booking"]["status"], "cancelled", "{}", c["booking"]);
+    assert!(
+        !texts_where(&c, "author", "system")
+            .iter()
+            .any(|t| t.contains("opt")),
+        "no opt-out: {c}"
+    );
+    let twiml = caller(&node, "CS1", &next.unwrap(), "no that's it", "").await;
+    let (said, next) = heard(&twiml);
+    assert!(said.starts_with("Thanks for calling"), "{said}");
+    assert!(next.is_none() && twiml.contains("<Hangup/>"), "{twiml}");
+    // A new call: a yes to the offer in the hours answer books.
+    let (_, next) = heard(&caller(&node, "CS2", "/webhooks/twilio/voice", "", "").await);
+    let (said, next) =
+        heard(&caller(&node, "CS2", &next.unwrap(), "what are your hours", "").await);
+    assert!(said.contains("Want me to book you in?"), "{said}");
+    // (The service is known from the first call: the time is asked.)
+    let (said, next) = heard(&caller(&node, "CS2", &next.unwrap(), "yes please", "").await);
+    assert!(
+        said.starts_with("What day and time work best for you?"),
+        "{said}"
+    );
+    // A person: announced, then the owner rings.
+    let twiml = caller(
+        &node,
+        "CS2",
+        &next.unwrap(),
+        "can I talk to a real person",
+        "",
+    )
+    .await;
+    let v = verbs(&twiml);
+    let say = v.iter().position(|v| v.name == "Say").expect("announced");
+    let dial = v.iter().position(|v| v.name == "Dial").expect("rings");
+    assert!(say < dial, "{twiml}");
+    assert_eq!(v[say].text, "Please hold while I connect you with someone.");
+    // Nobody answers: the caller is told before the call ends.
+    let mut p = vec![
+        ("CallSid", "CS2"),
+        ("AccountSid", SID),
+        ("From", "+15551230061"),
+        ("To", "+15557654321"),
+        ("CallStatus", "in-progress"),
+        ("Direction", "inbound"),
+        ("DialCallStatus", "no-answer"),
+    ];
+    let (s, twiml) = node
+        .twilio(TOKEN, "/webhooks/twilio/voice/dial-status", &p)
+        .await;
+    assert_eq!(s, 200, "{twiml}");
+    let (said, _) = heard(&twiml);
+    assert!(
+        said.starts_with("Sorry, nobody could take your call right now."),
+        "{said}"
+    );
+    assert!(twiml.contains("<Hangup/>"), "{twiml}");
+    p.clear();
+}
+
 /// The flow on the phone: a caller books a cleaning by speech and
 /// confirms with a key, hears the hours, mentions someone without being
 /// transferred, and reaches a person by asking; silence is asked about

@@ -320,8 +320,11 @@ fn render(action: VoiceAction, conv: ConversationId, listen: &crate::twilio::Lis
             fallback: Some(owner),
             ..
         } => {
+            // Said before the ringing, as when an agent is found.
             let w = format!("{WHISPER}?conversation={}", conv.0);
-            Twiml::new().dial(DIAL_STATUS, &owner, Some(&w))
+            Twiml::new()
+                .say(HOLD_ON)
+                .dial(DIAL_STATUS, &owner, Some(&w))
         }
         VoiceAction::Transfer { fallback: None, .. } => Twiml::new()
             .say("Nobody can take your call right now. Someone will get back to you soon. Goodbye.")
@@ -434,11 +437,7 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
                 .await?;
             let since = app.shared.clock.now().0;
             let hold = format!("{HOLD}?conversation={}&since={since}", conv.0);
-            return Ok(twiml(
-                Twiml::new()
-                    .say("Please hold while I connect you with someone.")
-                    .redirect(&hold),
-            ));
+            return Ok(twiml(Twiml::new().say(HOLD_ON).redirect(&hold)));
         }
         if fallback.is_none() {
             app.router.escalate(conv, reason, Vec::new(), 0).await?;
@@ -446,6 +445,9 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
     }
     Ok(render(action, conv, &listen(app, &tenant)))
 }
+
+/// What a caller hears before being connected to a person.
+const HOLD_ON: &str = "Please hold while I connect you with someone.";
 
 /// `POST /webhooks/twilio/voice/hold?conversation=&since=`: a caller
 /// waiting for an agent. Once an agent accepted the offer, their phone

@@ -248,6 +248,28 @@ impl Keywords {
 
     /// What `text` asks for, if anything. A provider's own classification
     /// (Twilio's `OptOutType`) is honoured when present.
+    /// `classify` for what a caller says on a call: the texting keywords
+    /// CANCEL, END and QUIT said alone are not a revocation there (on a
+    /// call they mean the appointment or the call: "tell me if you need to
+    /// cancel" / "cancel"); "stop", "unsubscribe" and every ordinary-language
+    /// revocation ("stop calling me") still are.
+    pub fn classify_spoken(&self, text: &str) -> Option<Keyword> {
+        const CALL_WORDS: [&str; 3] = ["cancel", "end", "quit"];
+        let k = self.classify(text, None)?;
+        if k == Keyword::OptOut {
+            let words = normalize(text);
+            let core: Vec<&str> = words
+                .iter()
+                .map(String::as_str)
+                .filter(|w| !FILLER.contains(w))
+                .collect();
+            if core.len() == 1 && CALL_WORDS.contains(&core[0]) {
+                return None;
+            }
+        }
+        Some(k)
+    }
+
     pub fn classify(&self, text: &str, provider_hint: Option<Keyword>) -> Option<Keyword> {
         if provider_hint.is_some() {
             return provider_hint;

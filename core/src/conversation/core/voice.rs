@@ -68,10 +68,18 @@ impl Conversation {
                         &format!("{call_sid}/answered"),
                         now,
                     );
+                    VoiceAction::Hangup { text: None }
                 } else {
+                    // A caller still on the line (no answer, busy) is
+                    // told, not dropped; the transcript has the missed call.
                     self.missed_call(&mut events, call_sid, now, tenant, next_id);
+                    VoiceAction::Hangup {
+                        text: Some(
+                            "Sorry, nobody could take your call right now. We'll get back to you soon. Goodbye."
+                                .into(),
+                        ),
+                    }
                 }
-                VoiceAction::Hangup { text: None }
             }
             CallEvent::Answered {
                 call_sid,
@@ -301,12 +309,11 @@ impl Conversation {
         ) {
             return;
         }
-        if tenant.missed_call_text.is_empty() {
-            return;
+        if !tenant.missed_call_text.is_empty() {
+            let spec = OutboundSpec::automated(tenant.missed_call_text.clone(), Some(Channel::Sms));
+            let (_, more) = self.send_message(spec, now, tenant, next_id);
+            events.extend(more);
         }
-        let spec = OutboundSpec::automated(tenant.missed_call_text.clone(), Some(Channel::Sms));
-        let (_, more) = self.send_message(spec, now, tenant, next_id);
-        events.extend(more);
     }
 
     /// A call the business placed was answered. A person hears its
@@ -333,7 +340,7 @@ impl Conversation {
             .messages
             .binary_search_by_key(&seq, |m| m.seq)
             .ok()
-            .map(|i| self.state.messages[i].text.clone())
+            .map(|i| for_the_ear(&self.state.messages[i].text))
         else {
             return VoiceAction::Hangup { text: None };
         };
@@ -475,7 +482,7 @@ impl Conversation {
                 silence: 0,
             };
         }
-        let keyword = tenant.keywords.classify(text, None);
+        let keyword = tenant.keywords.classify_spoken(text);
         if keyword.is_some() {
             let msg = InboundMessage {
                 channel: Channel::Voice,
@@ -490,10 +497,7 @@ impl Conversation {
         }
         let lower = text.to_lowercase();
         let pressed_zero = lower.contains("(pressed 0)");
-        let goodbye = crate::flows::nlu::small_talk(text)
-            == Some(crate::flows::nlu::SmallTalk::Bye)
-            || lower.contains("that's all")
-            || lower.contains("no thanks");
+        let goodbye = ends_call(text);
         let (reply, action) = if keyword == Some(Keyword::OptOut) {
             let t = format!(
                 "Understood. {} will not contact you again. Goodbye.",
@@ -578,6 +582,33 @@ impl Conversation {
         self.say(events, &reply, now);
         action
     }
+}
+
+/// The caller is done: a goodbye, or "that's all", "no that's it",
+/// "nope, I'm good", "end call", "quit".
+fn ends_call(text: &str) -> bool {
+    if crate::flows::nlu::small_talk(text) == Some(crate::flows::nlu::SmallTalk::Bye) {
+        return true;
+    }
+    let words = crate::consent::keywords::normalize(text);
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let has = |x: &str| w.contains(&x);
+    let phrase = |p: &[&str]| w.windows(p.len()).any(|win| win == p);
+    has("bye")
+        || has("goodbye")
+        || phrase(&["that", "is", "all"])
+        || phrase(&["thats", "all"])
+        || phrase(&["that", "is", "it"])
+        || phrase(&["thats", "it"])
+        || phrase(&["all", "set"])
+        || phrase(&["nothing", "else"])
+        || phrase(&["no", "thanks"])
+        || phrase(&["no", "thank", "you"])
+        || phrase(&["i", "am", "good"])
+        || phrase(&["im", "good"])
+        || phrase(&["end", "call"])
+        || phrase(&["end", "the", "call"])
+        || (w.len() <= 2 && (has("end") || has("quit")))
 }
 
 pub(super) fn channel_words(c: Channel) -> &'static str {

@@ -32,6 +32,20 @@ impl Flow {
                 }
                 _ => {}
             }
+            if let Some(next) = &i.on_yes {
+                if i.reply.is_none() {
+                    return Err(format!(
+                        "intent {:?}: `on_yes` only beside a `reply`",
+                        i.name
+                    ));
+                }
+                if !spec.intents.iter().any(|o| &o.name == next) {
+                    return Err(format!(
+                        "intent {:?}: `on_yes` names an unknown intent {next:?}",
+                        i.name
+                    ));
+                }
+            }
             if i.examples.is_empty() && i.keywords.is_empty() {
                 return Err(format!(
                     "intent {:?} needs `examples` or `keywords`",

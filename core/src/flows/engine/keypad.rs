@@ -94,6 +94,10 @@ impl Flow {
     /// An offered time waits for yes or no.
     fn waits_for_yes(&self, journey: &Journey) -> bool {
         journey.booking.as_ref().is_some_and(|b| b.offer.is_some())
+            || journey
+                .asking
+                .as_deref()
+                .is_some_and(|a| a.starts_with(super::turn::OFFERED))
     }
 }
 

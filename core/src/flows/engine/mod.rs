@@ -260,6 +260,10 @@ pub struct IntentSpec {
     /// What the keypad menu of a call calls it ("For {label}, press N";
     /// default: the intent's name).
     pub label: Option<String>,
+    /// The intent a yes right after this reply starts: the reply offers
+    /// it ("... Want me to book you in?" → `on_yes = "book"`); a no is
+    /// answered, anything else is read as usual.
+    pub on_yes: Option<String>,
     /// Or a journey to start.
     pub journey: Option<String>,
 }

@@ -862,3 +862,39 @@ fn the_first_opening_is_found_whatever_the_minute() {
         assert!(r.escalate.is_none(), "{now}: {:?}", r.escalate);
     }
 }
+
+/// "Want me to book you in?" answered yes books; no is answered; anything
+/// else is read as usual.
+#[test]
+fn a_yes_to_an_offer_in_a_reply_starts_what_it_offers() {
+    let spec = DENTAL.replace(
+        "reply = \"We're open Monday to Friday, 9 to 5.\"",
+        "reply = \"We're open Monday to Friday, 9 to 5. Want me to book you in?\"\non_yes = \"book\"",
+    );
+    let f = Flow::compile(toml_spec(&spec)).unwrap();
+    let now = t(NOW);
+    let mut cal = Cal::of(1);
+    let mut c = Conv::default();
+    let a = c.say(&f, "what are your hours", now, &mut cal);
+    assert!(a.reply.unwrap().ends_with("Want me to book you in?"));
+    let b = c.say(&f, "yes please", now, &mut cal);
+    assert_eq!(b.intent.as_deref(), Some("book"));
+    assert_eq!(c.j.active.as_deref(), Some("booking"));
+    let mut c = Conv::default();
+    c.say(&f, "what are your hours", now, &mut cal);
+    let n = c.say(&f, "no thanks", now, &mut cal);
+    assert_eq!(
+        n.reply.as_deref(),
+        Some("No problem. Anything else I can help with?")
+    );
+    assert_eq!(c.j.asking, None);
+    let mut c = Conv::default();
+    c.say(&f, "what are your hours", now, &mut cal);
+    let w = c.say(&f, "when are you open on friday", now, &mut cal);
+    assert_eq!(w.intent.as_deref(), Some("hours"));
+    // An unknown intent is refused at compile.
+    let bad = spec.replace("on_yes = \"book\"", "on_yes = \"bok\"");
+    assert!(Flow::compile(toml_spec(&bad))
+        .unwrap_err()
+        .contains("unknown intent"));
+}

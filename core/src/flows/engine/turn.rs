@@ -9,6 +9,10 @@ use threadline_protocol::{Booking, BookingStatus, Captured, Journey, Timestamp};
 
 use crate::flows::nlu::{self, SmallTalk};
 
+/// `Journey::asking` while a reply's offer of an intent waits for a yes
+/// (then the intent's name).
+pub(super) const OFFERED: &str = "@offered:";
+
 impl Flow {
     /// One customer message, given what the conversation knows and where
     /// it stands. The returned turn carries the journey as it is after
@@ -26,7 +30,30 @@ impl Flow {
             journey: journey.clone(),
             ..Turn::default()
         };
-        self.understand(&mut t, text, captured, now, tz, cal);
+        // The last reply offered an intent ("Want me to book you in?"): a
+        // yes is that intent, a no is answered.
+        let offered = journey
+            .asking
+            .as_deref()
+            .and_then(|a| a.strip_prefix(OFFERED))
+            .and_then(|name| self.spec.intents.iter().find(|i| i.name == name));
+        let mut said = text;
+        if let Some(intent) = offered {
+            t.journey.asking = None;
+            match nlu::yes_no(text) {
+                Some(true) => {
+                    if let Some(k) = intent.keywords.first().or(intent.examples.first()) {
+                        said = k;
+                    }
+                }
+                Some(false) => {
+                    t.reply = Some("No problem. Anything else I can help with?".into());
+                    return t;
+                }
+                None => {}
+            }
+        }
+        self.understand(&mut t, said, captured, now, tz, cal);
         let Some(scoring) = &self.spec.scoring else {
             return t;
         };
@@ -169,7 +196,12 @@ impl Flow {
                             extra.insert("when".into(), spoken(start, tz));
                             fill(booked, captured, &extra, self.persona())
                         }
-                        _ => fill(r, captured, &t.slots, self.persona()),
+                        _ => {
+                            if let Some(next) = &intent.on_yes {
+                                t.journey.asking = Some(format!("{OFFERED}{next}"));
+                            }
+                            fill(r, captured, &t.slots, self.persona())
+                        }
                     });
                 }
             }
