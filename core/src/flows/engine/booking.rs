@@ -523,29 +523,40 @@ impl Flow {
                         t.slots.insert(slot.name.clone(), v);
                     }
                     shown.insert(slot.name.clone(), spoken(h, tz));
+                    // Why the time named is not the one offered: the day
+                    // is closed, the time is outside the hours, or it is
+                    // taken.
+                    let why = || match self.closed_because(wanted, tz) {
+                        Some(closed) => closed,
+                        None => format!("{} isn't available", spoken(wanted, tz)),
+                    };
                     let lead = match (exact, alternative) {
                         (true, _) => String::new(),
                         // Asked for the first opening: it is what they asked.
                         (false, _) if wanted.0 <= now.0 => String::new(),
                         (false, Some(other)) => format!(
-                            "{} isn't available; the closest opening is {} (or {}, if that suits you better: just say so). ",
-                            spoken(wanted, tz),
+                            "{}; the closest opening is {}, or {} if that suits you better. ",
+                            why(),
                             spoken(h, tz),
                             spoken_time(other, tz)
                         ),
-                        (false, None) => format!(
-                            "{} isn't available; the closest opening is {}. ",
-                            spoken(wanted, tz),
-                            spoken(h, tz)
-                        ),
+                        (false, None) => {
+                            format!("{}; the closest opening is {}. ", why(), spoken(h, tz))
+                        }
                     };
                     let mut merged = captured.clone();
                     merged.slots.extend(t.slots.clone());
                     merged.slots.insert(slot.name.clone(), spoken(h, tz));
-                    t.reply = Some(format!(
-                        "{lead}{}",
-                        fill(&j.done, &merged, &shown, self.persona())
-                    ));
+                    let offer = fill(&j.done, &merged, &shown, self.persona());
+                    // After "isn't available", no "Great!".
+                    let offer = match lead.is_empty() {
+                        true => offer.as_str(),
+                        false => offer
+                            .strip_prefix("Great! ")
+                            .or_else(|| offer.strip_prefix("Great, "))
+                            .unwrap_or(&offer),
+                    };
+                    t.reply = Some(format!("{lead}{offer}"));
                 }
                 None => {
                     if let Some(b) = &mut t.journey.booking {

@@ -67,6 +67,28 @@ impl Flow {
             && minutes % i64::from(c.slot_minutes) == 0
     }
 
+    /// Why `wanted` cannot be booked whoever holds it: "We're closed on
+    /// Saturdays", "We're open 9:00 AM to 5:00 PM"; `None` if it could be.
+    pub(super) fn closed_because(&self, wanted: Timestamp, tz: Tz) -> Option<String> {
+        let c = self.spec.calendar.as_ref()?;
+        let local = tz.timestamp_millis_opt(wanted.0).single()?;
+        if !self.open_days.contains(&local.weekday()) {
+            return Some(format!("We're closed on {}s", local.format("%A")));
+        }
+        let t = local.time();
+        let ends = i64::from(t.num_seconds_from_midnight()) / 60 + i64::from(c.slot_minutes);
+        let closes = i64::from(self.close.num_seconds_from_midnight()) / 60;
+        if t < self.open || ends > closes {
+            let at = |n: chrono::NaiveTime| n.format("%-I:%M %p").to_string();
+            return Some(format!(
+                "We're open {} to {}",
+                at(self.open),
+                at(self.close)
+            ));
+        }
+        None
+    }
+
     /// The opening nearest `wanted` on its day, later or earlier (later
     /// first at equal distance), held; and the nearest free one on the
     /// other side of `wanted`, if any, as an alternative (not held).

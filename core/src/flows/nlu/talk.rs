@@ -267,11 +267,24 @@ pub(super) fn asks_for_person(w: &[String]) -> bool {
         && w.iter().any(asker)
         && w.iter()
             .any(|x| matches!(x.as_str(), "call" | "talk" | "speak"));
-    // "i want a person", "need a human", "can a person help me".
-    let wants = has(&["want", "a", "person"])
-        || has(&["want", "a", "human"])
-        || has(&["need", "a", "person"])
-        || has(&["need", "a", "human"])
+    // "i want a person", "need a human", "can a person help me"; not "I
+    // do not need a person" or "I don't want a human".
+    let asked = |phrase: &[&str]| {
+        w.windows(phrase.len()).enumerate().any(|(i, x)| {
+            x == phrase
+                && !(1..=3).any(|d| {
+                    i >= d
+                        && matches!(
+                            w[i - d].as_str(),
+                            "dont" | "never" | "not" | "no" | "doesnt"
+                        )
+                })
+        })
+    };
+    let wants = asked(&["want", "a", "person"])
+        || asked(&["want", "a", "human"])
+        || asked(&["need", "a", "person"])
+        || asked(&["need", "a", "human"])
         || has(&["a", "person", "help"])
         || has(&["someone", "help", "me"])
         || has(&["put", "me", "through"])
