@@ -196,6 +196,12 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
     // A small number with nothing saying it is a time: one if the message
     // names a day or a part of it ("tmrw 9", "this afternoon maybe 3").
     let mut bare: Option<NaiveTime> = None;
+    // "Next week": a weekday named with it is that day of next week, and
+    // alone it is next week's first day (Monday; weeks run Monday to
+    // Sunday).
+    let next_monday =
+        today + Duration::days(7 - i64::from(today.weekday().num_days_from_monday()));
+    let next_week = words.windows(2).any(|p| p[0] == "next" && p[1] == "week");
     let mut i = 0;
     while i < words.len() {
         let w = words[i].as_str();
@@ -301,7 +307,10 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
                 if let Some(wd) = weekday(w) {
                     // The coming one; today only if the time is still ahead
                     // (decided once the time is known, below).
-                    day = Some(next_weekday(today, wd, false));
+                    day = Some(match next_week {
+                        true => next_monday + Duration::days(i64::from(wd.num_days_from_monday())),
+                        false => next_weekday(today, wd, false),
+                    });
                     named_today = day == Some(today);
                 } else if let Some(m) = month(w) {
                     if let Some(d) = next.and_then(ordinal) {
@@ -397,6 +406,9 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
             }
         }
         i += 1;
+    }
+    if day.is_none() && next_week {
+        day = Some(next_monday);
     }
     if time.is_none() && (day.is_some() || part.is_some()) {
         time = bare;
