@@ -159,8 +159,12 @@ impl Flow {
             self.start_reschedule(t, text, captured, start, now, tz, cal);
             return true;
         }
+        // "C", "yes", "yes I will be there", "see you then": coming.
+        let phrase = |p: &[&str]| words.windows(p.len()).any(|w| w == p);
         if words.first().is_some_and(|w| w == "c")
-            || nlu::yes_no(text) == Some(true) && words.len() <= 2
+            || nlu::yes_no(text) == Some(true) && words.len() <= 6
+            || phrase(&["be", "there"])
+            || phrase(&["see", "you"])
         {
             t.reply = Some(format!("Thanks, see you {}!", spoken(start, tz)));
             return true;

@@ -900,3 +900,23 @@ fn a_yes_to_an_offer_in_a_reply_starts_what_it_offers() {
         .unwrap_err()
         .contains("unknown intent"));
 }
+
+/// A reminder answered as people answer it: they are coming.
+#[test]
+fn a_booked_customer_saying_they_will_be_there_is_thanked() {
+    let f = flow();
+    let now = t(NOW);
+    let mut cal = Cal::of(1);
+    for said in ["yes I will be there", "yep, I'll be there!", "C"] {
+        let mut c = Conv::default();
+        c.say(&f, "book a cleaning thursday at 10am", now, &mut cal);
+        c.say(&f, "yes", now, &mut cal);
+        let r = c.say(&f, said, now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("Thanks, see you Thu Mar 5 at 10:00 AM!"),
+            "{said}"
+        );
+        cal = Cal::of(1);
+    }
+}

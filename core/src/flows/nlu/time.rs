@@ -199,8 +199,7 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
     // "Next week": a weekday named with it is that day of next week, and
     // alone it is next week's first day (Monday; weeks run Monday to
     // Sunday).
-    let next_monday =
-        today + Duration::days(7 - i64::from(today.weekday().num_days_from_monday()));
+    let next_monday = today + Duration::days(7 - i64::from(today.weekday().num_days_from_monday()));
     let next_week = words.windows(2).any(|p| p[0] == "next" && p[1] == "week");
     let mut i = 0;
     while i < words.len() {
