@@ -1,7 +1,8 @@
 //! The keypad on a call: what a key means depends on where the call
 //! stands, so a caller who cannot or will not speak can still book.
 //!
-//! - An offered time waiting for an answer: 1 is yes, 2 is no.
+//! - An offered time waiting for an answer, or a booked visit (a reminder
+//!   says "press 1 to confirm"): 1 is yes, 2 is no.
 //! - A choice the bot asked for (a service): key N is the N-th option, as
 //!   the prompt numbers them (options that differ only by spaces are one).
 //! - A day and time the bot asked for: 1 is the first opening.
@@ -91,9 +92,14 @@ impl Flow {
             .find(|s| s.name == asking)
     }
 
-    /// An offered time waits for yes or no.
+    /// An offered time waits for yes or no; so does a booked visit (a
+    /// reminder or an answer about it says "press 1 to confirm"), and a
+    /// reply's offer (`on_yes`).
     fn waits_for_yes(&self, journey: &Journey) -> bool {
-        journey.booking.as_ref().is_some_and(|b| b.offer.is_some())
+        journey
+            .booking
+            .as_ref()
+            .is_some_and(|b| b.offer.is_some() || b.booked().is_some())
             || journey
                 .asking
                 .as_deref()
