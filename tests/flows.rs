@@ -2029,8 +2029,13 @@ async fn a_caller_books_a_cleaning_by_keypad_alone() {
         "{said}"
     );
     let next = next.expect("it listens");
-    // Nothing said: the menu.
+    // Nothing said: the question again, then the menu (once).
     let (said, _) = heard(&caller(&node, "CK1", &format!("{next}&silence=1"), "", "").await);
+    assert!(
+        said.starts_with("Sorry, I didn't hear anything. I can book, move or cancel a visit, or tell you our hours. For a visit, press 1."),
+        "{said}"
+    );
+    assert_eq!(said.matches("For a visit, press 1.").count(), 1, "{said}");
     assert!(
         said.contains("For a visit, press 1. For our hours, press 2. For directions, press 3. For insurance, press 4. To talk to a person, press 0."),
         "{said}"

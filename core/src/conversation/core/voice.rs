@@ -432,11 +432,39 @@ impl Conversation {
                     reason: "the caller said nothing".into(),
                 };
             }
+            // The question again (its last question, or all of what was
+            // said), then the keys.
+            let keys_said = [
+                on_call.and_then(|f| f.key_menu()),
+                on_call.and_then(|f| f.key_hint(&self.state.journey, false)),
+                Some("To talk to a person, press 0.".to_owned()),
+            ];
+            let asked = self
+                .state
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.channel == Channel::Voice && m.author == Author::Bot)
+                .map(|m| {
+                    // Without the keys it read (they are read again below).
+                    let mut q = m.text.clone();
+                    for k in keys_said.iter().flatten() {
+                        q = q.replace(k.as_str(), "");
+                    }
+                    let q = q.trim();
+                    // One apology is enough.
+                    let q = q.strip_prefix("Sorry, I didn't catch that.").unwrap_or(q);
+                    last_question(q.trim())
+                })
+                .filter(|q| !q.is_empty())
+                .unwrap_or_else(|| "You can tell me what you need.".into());
             let prompt = match on_call.and_then(|f| f.key_hint(&self.state.journey, true)) {
                 Some(keys) => format!(
-                    "Sorry, I didn't hear anything. You can tell me what you need. {keys} To talk to a person, press 0."
+                    "Sorry, I didn't hear anything. {asked} {keys} To talk to a person, press 0."
                 ),
-                None => "Sorry, I didn't hear anything. You can tell me what you need, or press 0 to talk to a person.".into(),
+                None => format!(
+                    "Sorry, I didn't hear anything. {asked} You can also press 0 to talk to a person."
+                ),
             };
             return VoiceAction::Gather {
                 prompt,
@@ -582,6 +610,17 @@ impl Conversation {
         self.say(events, &reply, now);
         action
     }
+}
+
+/// What to ask again after a silence: the last question of `said` ("How
+/// can I help you today?"), or all of it when it asks none ("I can do Thu
+/// at 3:00 PM. Say yes or press 1 to confirm, or tell me another time.").
+fn last_question(said: &str) -> String {
+    let Some(end) = said.rfind('?') else {
+        return said.to_owned();
+    };
+    let start = said[..end].rfind(['.', '!', '?']).map_or(0, |i| i + 1);
+    said[start..=end].trim().to_owned()
 }
 
 /// The caller is done: a goodbye, or "that's all", "no that's it",
