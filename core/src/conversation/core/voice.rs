@@ -434,6 +434,13 @@ impl Conversation {
             }
             // The question again (its last question, or all of what was
             // said), then the keys.
+            let pending = self.state.journey.asking.is_some()
+                || self
+                    .state
+                    .journey
+                    .booking
+                    .as_ref()
+                    .is_some_and(|b| b.offer.is_some());
             let keys_said = [
                 on_call.and_then(|f| f.key_menu()),
                 on_call.and_then(|f| f.key_hint(&self.state.journey, false)),
@@ -454,7 +461,7 @@ impl Conversation {
                     let q = q.trim();
                     // One apology is enough.
                     let q = q.strip_prefix("Sorry, I didn't catch that.").unwrap_or(q);
-                    last_question(q.trim())
+                    last_question(q.trim(), pending)
                 })
                 .filter(|q| !q.is_empty())
                 .unwrap_or_else(|| "You can tell me what you need.".into());
@@ -613,11 +620,15 @@ impl Conversation {
 }
 
 /// What to ask again after a silence: the last question of `said` ("How
-/// can I help you today?"), or all of it when it asks none ("I can do Thu
-/// at 3:00 PM. Say yes or press 1 to confirm, or tell me another time.").
-fn last_question(said: &str) -> String {
+/// can I help you today?"); with none, all of it when it waits for an
+/// answer (`pending`: "I can do Thu at 3:00 PM. Say yes or press 1 to
+/// confirm, or tell me another time."), else how it can help.
+fn last_question(said: &str, pending: bool) -> String {
     let Some(end) = said.rfind('?') else {
-        return said.to_owned();
+        return match pending {
+            true => said.to_owned(),
+            false => "How can I help you?".to_owned(),
+        };
     };
     let start = said[..end].rfind(['.', '!', '?']).map_or(0, |i| i + 1);
     said[start..=end].trim().to_owned()
