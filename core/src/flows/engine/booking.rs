@@ -411,6 +411,16 @@ impl Flow {
                             words
                                 .windows(ow.len())
                                 .position(|w| w == ow.as_slice())
+                                // "my teeth cleaned" names a cleaning,
+                                // "whitened" whitening: one-word options
+                                // by their stem too.
+                                .or_else(|| match ow.as_slice() {
+                                    [one] if one.len() >= 5 => {
+                                        let want = stem(one);
+                                        words.iter().position(|w| w.len() >= 5 && stem(w) == want)
+                                    }
+                                    _ => None,
+                                })
                                 .map(|at| (at, o))
                         })
                         .min_by_key(|(at, _)| *at)
@@ -586,4 +596,16 @@ impl Flow {
             t.completion_handoff = true;
         }
     }
+}
+
+/// A word without its ending ("cleaning", "cleaned", "cleans" → "clean").
+fn stem(w: &str) -> &str {
+    for end in ["ing", "ed", "es", "s"] {
+        if let Some(base) = w.strip_suffix(end) {
+            if base.len() >= 4 {
+                return base;
+            }
+        }
+    }
+    w
 }

@@ -920,3 +920,56 @@ fn a_booked_customer_saying_they_will_be_there_is_thanked() {
         cal = Cal::of(1);
     }
 }
+
+/// A service named as people say it: "my teeth cleaned" is a cleaning.
+#[test]
+fn a_service_is_understood_by_its_stem() {
+    let f = flow();
+    let now = t(NOW);
+    let mut cal = Cal::of(1);
+    let mut c = Conv::default();
+    c.say(&f, "can I book an appointment", now, &mut cal);
+    c.say(&f, "just to get my teeth cleaned", now, &mut cal);
+    assert_eq!(
+        c.c.slots.get("service").map(String::as_str),
+        Some("cleaning")
+    );
+    let mut c = Conv::default();
+    c.say(&f, "can I book an appointment", now, &mut cal);
+    c.say(&f, "I want them whitened", now, &mut cal);
+    assert_eq!(
+        c.c.slots.get("service").map(String::as_str),
+        Some("whitening")
+    );
+}
+
+/// A second visit is not a move of the first: it is said, and a person
+/// helps; "book me for friday instead" still moves the visit.
+#[test]
+fn a_second_visit_is_not_taken_for_a_move() {
+    let f = flow();
+    let now = t(NOW);
+    let mut cal = Cal::of(1);
+    let mut c = Conv::default();
+    c.say(&f, "book a cleaning thursday at 4pm", now, &mut cal);
+    c.say(&f, "yes", now, &mut cal);
+    let r = c.say(
+        &f,
+        "I would also like to book a whitening for my son, Monday at 10",
+        now,
+        &mut cal,
+    );
+    assert_eq!(
+        r.reply.as_deref(),
+        Some("You have a cleaning booked for Thu Mar 5 at 4:00 PM. I can move that visit, but I can't book a second one here, so I'm asking someone from our team to help with that.")
+    );
+    assert!(r.escalate.is_some());
+    assert_eq!(c.booking().status, BookingStatus::Confirmed);
+    let r = c.say(
+        &f,
+        "can I book an appointment for friday at 10 instead",
+        now,
+        &mut cal,
+    );
+    assert!(r.reply.unwrap().contains("Fri Mar 6 at 10:00 AM"));
+}

@@ -176,6 +176,20 @@ impl Flow {
                 if let Some(j) = &intent.journey {
                     if self.spec.journeys.get(j).is_some_and(|s| s.booking) {
                         if let Some(start) = t.journey.upcoming(now) {
+                            // A second visit (for someone else, or another
+                            // service) is not a move of the first: one
+                            // visit per conversation, so a person helps.
+                            if let Some(b) = t.journey.booking.as_ref() {
+                                if self.asks_a_second_visit(&words, &b.service) {
+                                    t.reply = Some(format!(
+                                        "You have a {} booked for {}. I can move that visit, but I can't book a second one here, so I'm asking someone from our team to help with that.",
+                                        b.service,
+                                        spoken(start, tz)
+                                    ));
+                                    t.escalate = Some("a second visit was asked for".into());
+                                    return;
+                                }
+                            }
                             // Booking again while booked is moving it.
                             self.start_reschedule(t, text, captured, start, now, tz, cal);
                             return;
@@ -223,6 +237,33 @@ impl Flow {
                 }
             }
         }
+    }
+
+    /// Whether `words` ask for a visit besides the one booked (of
+    /// `service`): for someone else ("for my son"), or naming another
+    /// service than the booked one ("also a whitening").
+    fn asks_a_second_visit(&self, words: &[String], service: &str) -> bool {
+        const OTHERS: [&str; 14] = [
+            "son", "daughter", "kid", "kids", "child", "wife", "husband", "mom", "mother", "dad",
+            "father", "partner", "friend", "brother",
+        ];
+        let for_other = words.windows(2).any(|w| {
+            matches!(w[0].as_str(), "my" | "for" | "our") && OTHERS.contains(&w[1].as_str())
+        }) || words
+            .windows(2)
+            .any(|w| w[0] == "for" && matches!(w[1].as_str(), "him" | "her" | "them"));
+        let also = words
+            .iter()
+            .any(|w| w == "also" || w == "another" || w == "second");
+        let other_service = self
+            .spec
+            .journeys
+            .values()
+            .flat_map(|j| j.slots.iter())
+            .filter(|s| s.kind == SlotKind::Choice && s.name == "service")
+            .flat_map(|s| s.options.iter())
+            .any(|o| o != service && words.iter().any(|w| w == o));
+        for_other || (also && other_service)
     }
 
     /// "Can u do tmrw around 4ish?" with nothing else said: a customer
