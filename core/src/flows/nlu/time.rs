@@ -196,9 +196,9 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
     // A small number with nothing saying it is a time: one if the message
     // names a day or a part of it ("tmrw 9", "this afternoon maybe 3").
     let mut bare: Option<NaiveTime> = None;
-    // "Next week": a weekday named with it is that day of next week, and
-    // alone it is next week's first day (Monday; weeks run Monday to
-    // Sunday).
+    // "Next week": a weekday named with it is that day of next week
+    // (weeks run Monday to Sunday). Alone it names no day: the customer
+    // is asked which (a front desk would ask, not pick Monday).
     let next_monday = today + Duration::days(7 - i64::from(today.weekday().num_days_from_monday()));
     let next_week = words.windows(2).any(|p| p[0] == "next" && p[1] == "week");
     let mut i = 0;
@@ -405,9 +405,6 @@ pub fn when(text: &str, now: Timestamp, tz: Tz) -> Option<When> {
             }
         }
         i += 1;
-    }
-    if day.is_none() && next_week {
-        day = Some(next_monday);
     }
     if time.is_none() && (day.is_some() || part.is_some()) {
         time = bare;
