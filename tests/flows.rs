@@ -150,7 +150,7 @@ async fn a_customer_books_confirms_gets_reminders_and_reschedules_in_one_thread(
     let other = bot_said(&node, "smile", "visitor-7").await;
     assert!(
         other.starts_with(
-            "Thu Mar 5 at 3:00 PM isn't available; the closest opening is Thu Mar 5 at 4:00 PM, or 2:00 PM if that suits you better."
+            "Thu Mar 5 at 3:00 PM isn't available, but 2:00 PM is free too if that suits you better. I can do Thu Mar 5 at 4:00 PM"
         ),
         "{other}"
     );
@@ -1844,7 +1844,7 @@ async fn customers_ordinary_phrasing_gets_the_answer_a_person_would_give() {
     sms_in(&node, hal, "can we push it back an hour?", "H4").await;
     let said = bot_said(&node, "smile", hal).await;
     assert!(
-        said.contains("We're open 9:00 AM to 5:00 PM; the closest opening is Wed Mar 4 at 3:00 PM"),
+        said.contains("We're open 9:00 AM to 5:00 PM. I can do Wed Mar 4 at 3:00 PM"),
         "{said}"
     );
     // Thanks twice is no reason to hand over.
@@ -2070,14 +2070,21 @@ async fn a_caller_books_a_cleaning_by_keypad_alone() {
     let next = next.unwrap();
     let (said, _) = heard(&caller(&node, "CK1", &format!("{next}&silence=1"), "", "").await);
     assert!(
-        said.starts_with("Sorry, I didn't hear anything. Great! I can do Tue Mar 3 at 11:00 AM"),
+        said.starts_with("Sorry, I didn't hear anything. I can do Tue Mar 3 at 11:00 AM"),
         "{said}"
     );
-    let (said, _) = heard(&caller(&node, "CK1", &next, "", "1").await);
+    let (said, next) = heard(&caller(&node, "CK1", &next, "", "1").await);
     assert!(
         said.starts_with("You're confirmed for Tue Mar 3 at 11:00 AM"),
         "{said}"
     );
+    // Served, with nothing left to answer: two silences end the call
+    // politely (no transfer, no missed call).
+    let next = next.expect("it asks what else");
+    let twiml = caller(&node, "CK1", &format!("{next}&silence=2"), "", "").await;
+    assert!(!twiml.contains("<Dial"), "{twiml}");
+    let (said, _) = heard(&twiml);
+    assert_eq!(said, "Thanks for calling Bright Smile Dental. Goodbye.");
     let c = node.conversation_of("smile", "+15551230061").await.unwrap();
     assert_eq!(c["booking"]["status"], "confirmed", "{}", c["booking"]);
     assert_eq!(c["booking"]["service"], "cleaning");
@@ -2180,7 +2187,14 @@ async fn a_caller_is_understood_as_callers_speak() {
     let say = v.iter().position(|v| v.name == "Say").expect("announced");
     let dial = v.iter().position(|v| v.name == "Dial").expect("rings");
     assert!(say < dial, "{twiml}");
-    assert_eq!(v[say].text, "Please hold while I connect you with someone.");
+    // What the transcript says was said.
+    assert_eq!(
+        v[say].text,
+        "Let me connect you with someone who can help. One moment."
+    );
+    let c = node.conversation_of("smile", "+15551230061").await.unwrap();
+    let bot = texts_where(&c, "author", "bot");
+    assert_eq!(bot.last().map(|t| t.as_str()), Some(v[say].text.as_str()));
     // Nobody answers: the caller is told before the call ends.
     let mut p = vec![
         ("CallSid", "CS2"),
@@ -2256,7 +2270,7 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         "{said}"
     );
     assert!(
-        said.ends_with("If you need another time, just call or text us."),
+        said.ends_with("If you need another time, just call or text us. Is there anything else I can help with?"),
         "worded for a caller: {said}"
     );
     assert!(!said.to_lowercase().contains("reply"), "{said}");
@@ -2292,18 +2306,30 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
     // (Booked: 1 means yes here, so no menu; 0 is a person.)
     let (said, _) = heard(&caller(&node, "CA1", &silent, "", "").await);
     assert!(said.contains("press 0 to talk to a person"), "{said}");
+    // Served on this call, nothing left to answer: let go politely.
     let twiml = caller(&node, "CA1", &format!("{next}&silence=2"), "", "").await;
-    assert!(
-        twiml.contains(">+15550009999</Number>"),
-        "the owner rings: {twiml}"
-    );
-    // A new call starts from what is known; asking for a person
-    // transfers at once.
+    assert!(!twiml.contains("<Dial"), "{twiml}");
+    assert!(twiml.contains("Goodbye.</Say><Hangup/>"), "{twiml}");
+    // A new call starts from what is known; a caller who says nothing
+    // at all is put through to a person after the second silence.
     let (said, _) = heard(&caller(&node, "CA2", "/webhooks/twilio/voice", "", "").await);
     assert!(
         said.contains("I see your cleaning is booked for Thu Mar 5 at 3:00 PM."),
         "{said}"
     );
+    let twiml = caller(
+        &node,
+        "CA2",
+        "/webhooks/twilio/voice/gather?turn=1&silence=2",
+        "",
+        "",
+    )
+    .await;
+    assert!(
+        twiml.contains(">+15550009999</Number>"),
+        "the owner rings: {twiml}"
+    );
+    // Asking for a person transfers at once.
     let twiml = caller(
         &node,
         "CA2",

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use threadline_actors::conversation::core::{CallEvent, DeliveryReport, VoiceAction};
 use threadline_actors::conversation::InboundMeta;
 use threadline_protocol::codec::InboundMessage;
-use threadline_protocol::{Channel, ConversationId, Delivery, Identities, Timestamp};
+use threadline_protocol::{Author, Channel, ConversationId, Delivery, Identities, Timestamp};
 
 use crate::http::{
     field_len, json_response, read_body, text_response, via, ApiError, App, Resp, MAX_ID_BYTES,
@@ -428,6 +428,20 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
     )
     .await?;
     if let VoiceAction::Transfer { fallback, reason } = &action {
+        // What the conversation said on handing over (its last line on
+        // the call) is what the caller hears before waiting or ringing.
+        let said = app
+            .router
+            .view_by_id(conv)
+            .await?
+            .and_then(|s| {
+                s.messages
+                    .into_iter()
+                    .rev()
+                    .find(|m| m.channel == Channel::Voice && m.author == Author::Bot)
+                    .map(|m| m.text)
+            })
+            .unwrap_or_else(|| HOLD_ON.to_owned());
         // A person: if an agent could answer, the call is offered like any
         // conversation (live calls first) and the caller holds until one
         // accepts; otherwise the owner, or a call back later.
@@ -437,11 +451,17 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
                 .await?;
             let since = app.shared.clock.now().0;
             let hold = format!("{HOLD}?conversation={}&since={since}", conv.0);
-            return Ok(twiml(Twiml::new().say(HOLD_ON).redirect(&hold)));
+            return Ok(twiml(Twiml::new().say(&said).redirect(&hold)));
         }
-        if fallback.is_none() {
-            app.router.escalate(conv, reason, Vec::new(), 0).await?;
+        if let Some(owner) = fallback {
+            let w = format!("{WHISPER}?conversation={}", conv.0);
+            return Ok(twiml(Twiml::new().say(&said).dial(
+                DIAL_STATUS,
+                owner,
+                Some(&w),
+            )));
         }
+        app.router.escalate(conv, reason, Vec::new(), 0).await?;
     }
     Ok(render(action, conv, &listen(app, &tenant)))
 }

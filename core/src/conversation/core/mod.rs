@@ -283,7 +283,7 @@ pub enum VoiceAction {
 /// time" becomes "Say yes or press 1 to confirm, or tell me another time").
 pub fn for_the_ear(text: &str) -> String {
     // Longest phrasings first: "Reply C to confirm" is part of several.
-    const EAR: [(&str, &str); 10] = [
+    const EAR: [(&str, &str); 11] = [
         (
             "Reply C to confirm or R for another time",
             "Say yes or press 1 to confirm, or tell me another time",
@@ -305,6 +305,10 @@ pub fn for_the_ear(text: &str) -> String {
         ("Reply R to reschedule", "Say reschedule to move it"),
         ("Reply YES", "Say yes"),
         ("Text us any time", "Call or text us any time"),
+        (
+            "Anything else, just text us.",
+            "Is there anything else I can help with?",
+        ),
         ("just text us", "just call or text us"),
     ];
     let mut out = text.to_owned();

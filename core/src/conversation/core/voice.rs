@@ -426,14 +426,6 @@ impl Conversation {
         if text.is_empty() {
             // Silence: once more with the keypad offered (the flow's menu,
             // or the keys of what was asked), then a person.
-            if silence >= 2 {
-                return VoiceAction::Transfer {
-                    fallback: tenant.owner_phone.clone(),
-                    reason: "the caller said nothing".into(),
-                };
-            }
-            // The question again (its last question, or all of what was
-            // said), then the keys.
             let pending = self.state.journey.asking.is_some()
                 || self
                     .state
@@ -441,6 +433,32 @@ impl Conversation {
                     .booking
                     .as_ref()
                     .is_some_and(|b| b.offer.is_some());
+            if silence >= 2 {
+                // A caller already served on this call, with nothing left
+                // to answer, is let go; anyone else goes to a person.
+                let served = self.state.messages.iter().any(|m| {
+                    m.author == Author::Customer
+                        && m.provider_message_id
+                            .as_deref()
+                            .is_some_and(|p| p.starts_with(&format!("{call_sid}/turn/")))
+                });
+                if served && !pending {
+                    let t = format!("Thanks for calling {}. Goodbye.", tenant.name);
+                    self.say(events, &t, now);
+                    return VoiceAction::Hangup { text: Some(t) };
+                }
+                self.say(
+                    events,
+                    "Let me connect you with someone who can help. One moment.",
+                    now,
+                );
+                return VoiceAction::Transfer {
+                    fallback: tenant.owner_phone.clone(),
+                    reason: "the caller said nothing".into(),
+                };
+            }
+            // The question again (its last question, or all of what was
+            // said), then the keys.
             let keys_said = [
                 on_call.and_then(|f| f.key_menu()),
                 on_call.and_then(|f| f.key_hint(&self.state.journey, false)),
@@ -459,8 +477,10 @@ impl Conversation {
                         q = q.replace(k.as_str(), "");
                     }
                     let q = q.trim();
-                    // One apology is enough.
+                    // One apology is enough, and no "Great!" again.
                     let q = q.strip_prefix("Sorry, I didn't catch that.").unwrap_or(q);
+                    let q = q.trim_start();
+                    let q = q.strip_prefix("Great! ").unwrap_or(q);
                     last_question(q.trim(), pending)
                 })
                 .filter(|q| !q.is_empty())
@@ -586,6 +606,18 @@ impl Conversation {
                     }
                     if lost {
                         r.push_str(" To talk to a person, press 0.");
+                    }
+                    // A plain answer (an address, hours) would leave the
+                    // caller in silence: ask what else.
+                    let waits = self.state.journey.asking.is_some()
+                        || self
+                            .state
+                            .journey
+                            .booking
+                            .as_ref()
+                            .is_some_and(|b| b.offer.is_some());
+                    if !lost && !waits && !r.trim_end().ends_with('?') {
+                        r.push_str(" Is there anything else I can help with?");
                     }
                     (
                         r.clone(),

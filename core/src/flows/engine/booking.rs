@@ -23,10 +23,20 @@ impl Flow {
         tz: Tz,
         cal: &mut dyn Calendar,
     ) -> bool {
-        let Some(b) = t.journey.booking.clone() else {
-            return false;
-        };
         let ask = nlu::appointment_ask(text);
+        let Some(b) = t.journey.booking.clone() else {
+            if ask != Some(AppointmentAsk::When) {
+                return false;
+            }
+            // "When is my appointment?" with none: said so, and a yes books.
+            if let Some(i) = self.booking_intent() {
+                t.journey.asking = Some(format!("{}{i}", super::turn::OFFERED));
+            }
+            t.reply = Some(
+                "I don't see an appointment booked for you. Would you like to book one?".into(),
+            );
+            return true;
+        };
         // An appointment whose time has passed is history: asking about
         // it, moving it or cancelling it starts from nothing booked.
         let past = b.booked().filter(|s| s.0 <= now.0);
@@ -40,7 +50,9 @@ impl Flow {
             return true;
         }
         if ask == Some(AppointmentAsk::When) {
-            t.reply = Some(match (booked, b.offer) {
+            // A hold that ran out is not offered again.
+            let offer = b.offer.filter(|o| o.until.0 > now.0);
+            t.reply = Some(match (booked, offer) {
                 (Some(s), Some(o)) => format!(
                     "Your appointment is {}. I'm holding {} for you as the new time: reply C to move it there.",
                     spoken(s, tz),
@@ -54,7 +66,13 @@ impl Flow {
                     "Nothing is booked yet: I'm holding {} for you. Reply C to confirm it.",
                     spoken(o.start, tz)
                 ),
-                (None, None) => "I don't see an appointment booked for you. Would you like to book one?".into(),
+                (None, None) => {
+                    // A yes books (the booking intent, as `on_yes`).
+                    if let Some(i) = self.booking_intent() {
+                        t.journey.asking = Some(format!("{}{i}", super::turn::OFFERED));
+                    }
+                    "I don't see an appointment booked for you. Would you like to book one?".into()
+                }
             });
             return true;
         }
@@ -170,6 +188,19 @@ impl Flow {
             return true;
         }
         false
+    }
+
+    /// The intent that starts a booking journey, if exactly one does.
+    pub(super) fn booking_intent(&self) -> Option<&str> {
+        let mut booking = self.spec.intents.iter().filter(|i| {
+            i.journey
+                .as_ref()
+                .is_some_and(|j| self.spec.journeys.get(j).is_some_and(|s| s.booking))
+        });
+        match (booking.next(), booking.next()) {
+            (Some(i), None) => Some(&i.name),
+            _ => None,
+        }
     }
 
     /// The customer wants to move their appointment at `start`: it stays
@@ -548,15 +579,14 @@ impl Flow {
                         (true, _) => String::new(),
                         // Asked for the first opening: it is what they asked.
                         (false, _) if wanted.0 <= now.0 => String::new(),
+                        // The offer says the time held; the lead says
+                        // why, and the other side's opening, if any.
                         (false, Some(other)) => format!(
-                            "{}; the closest opening is {}, or {} if that suits you better. ",
+                            "{}, but {} is free too if that suits you better. ",
                             why(),
-                            spoken(h, tz),
                             spoken_time(other, tz)
                         ),
-                        (false, None) => {
-                            format!("{}; the closest opening is {}. ", why(), spoken(h, tz))
-                        }
+                        (false, None) => format!("{}. ", why()),
                     };
                     let mut merged = captured.clone();
                     merged.slots.extend(t.slots.clone());

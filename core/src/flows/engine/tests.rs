@@ -219,16 +219,14 @@ fn a_taken_slot_offers_the_next_opening_and_two_customers_never_share_one() {
     let mut second = Conv::default();
     let r = second.say(&f, "book a checkup thursday at 10am", now, &mut cal);
     let reply = r.reply.unwrap();
-    assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available; the closest opening is Thu Mar 5 at 11:00 AM, or 9:00 AM if that suits you better."), "{reply}");
+    assert!(reply.starts_with("Thu Mar 5 at 10:00 AM isn't available, but 9:00 AM is free too if that suits you better. I can do Thu Mar 5 at 11:00 AM"), "{reply}");
     assert_ne!(first_offer, second.booking().offer.unwrap().start);
     // Outside opening hours: the next opening.
     cal.me = 3;
     let r = Conv::default().say(&f, "book a cleaning saturday at 10am", now, &mut cal);
     let reply = r.reply.unwrap();
     assert!(
-        reply.starts_with(
-            "We're closed on Saturdays; the closest opening is Mon Mar 9 at 9:00 AM. "
-        ),
+        reply.starts_with("We're closed on Saturdays. I can do Mon Mar 9 at 9:00 AM"),
         "{reply}"
     );
 }
@@ -259,8 +257,7 @@ fn customers_plain_words_get_the_answer_a_person_would_give() {
     let r = c.say(&f, "can we push it back an hour?", now, &mut cal);
     let reply = r.reply.unwrap();
     assert!(
-        reply
-            .contains("We're open 9:00 AM to 5:00 PM; the closest opening is Wed Mar 4 at 3:00 PM"),
+        reply.contains("We're open 9:00 AM to 5:00 PM. I can do Wed Mar 4 at 3:00 PM"),
         "{reply}"
     );
     c.say(&f, "no, keep it", now, &mut cal);
@@ -281,7 +278,7 @@ fn customers_plain_words_get_the_answer_a_person_would_give() {
     let mut e = Conv::default();
     let r = e.say(&f, "book a checkup thursday at 2pm", now, &mut cal);
     let reply = r.reply.unwrap();
-    assert!(reply.starts_with("Thu Mar 5 at 2:00 PM isn't available; the closest opening is Thu Mar 5 at 3:00 PM, or 1:00 PM if that suits you better."), "{reply}");
+    assert!(reply.starts_with("Thu Mar 5 at 2:00 PM isn't available, but 1:00 PM is free too if that suits you better. I can do Thu Mar 5 at 3:00 PM"), "{reply}");
 
     // Thanks, goodbyes and "ok" are not misunderstandings: no hand-off
     // however many.
@@ -402,10 +399,7 @@ fn a_move_never_offers_the_time_already_booked_and_can_be_dropped() {
     let mut a = booked(&f, &mut cal, "thursday at 11am");
     let r = a.say(&f, "can we push it back to thursday at 11am", now, &mut cal);
     let reply = r.reply.unwrap();
-    assert!(
-        reply.contains("closest opening is Thu Mar 5 at 12:00 PM"),
-        "{reply}"
-    );
+    assert!(reply.contains("I can do Thu Mar 5 at 12:00 PM"), "{reply}");
     // Changing their mind keeps what they had.
     let r = a.say(&f, "no, never mind", now, &mut cal);
     assert_eq!(
@@ -972,4 +966,24 @@ fn a_second_visit_is_not_taken_for_a_move() {
         &mut cal,
     );
     assert!(r.reply.unwrap().contains("Fri Mar 6 at 10:00 AM"));
+}
+
+/// "When is my appointment?" with nothing booked is answered, and a yes
+/// (or "okay") books.
+#[test]
+fn asking_for_an_appointment_there_is_none_of_is_answered_and_a_yes_books() {
+    let f = flow();
+    let now = t(NOW);
+    let mut cal = Cal::of(1);
+    for yes in ["yes", "okay", "sure"] {
+        let mut c = Conv::default();
+        let r = c.say(&f, "when is my appointment", now, &mut cal);
+        assert_eq!(
+            r.reply.as_deref(),
+            Some("I don't see an appointment booked for you. Would you like to book one?")
+        );
+        let r = c.say(&f, yes, now, &mut cal);
+        assert_eq!(r.intent.as_deref(), Some("book"), "{yes}");
+        assert_eq!(c.j.active.as_deref(), Some("booking"), "{yes}");
+    }
 }
