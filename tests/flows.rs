@@ -2357,6 +2357,9 @@ async fn a_caller_books_asks_and_reaches_a_person_through_the_voice_assistant() 
         "{said}"
     );
     assert!(said.contains("can I speak with a real person"), "{said}");
+    // Keys and one-word answers are not read to them.
+    assert!(!said.contains("pressed"), "{said}");
+    assert!(!said.contains("On the phone: yes"), "{said}");
     let c = node.conversation_of("smile", "+15551230061").await.unwrap();
     // The thread holds the call as it went, keys included.
     let turns: Vec<String> = texts_where(&c, "channel", "voice")

@@ -172,11 +172,20 @@ impl Conversation {
         }) {
             out.push_str(&format!(" Handed over: {reason}."));
         }
+        // Their last words that say something: not a key pressed, a
+        // "yes", an "ok" or a goodbye.
         let recent: Vec<&Message> = self
             .state
             .messages
             .iter()
-            .filter(|m| m.author == Author::Customer && !m.text.starts_with('['))
+            .filter(|m| {
+                m.author == Author::Customer
+                    && !m.text.starts_with('[')
+                    && !m.text.contains("(pressed ")
+                    && m.text.split_whitespace().count() >= 3
+                    && crate::flows::nlu::small_talk(&m.text).is_none()
+                    && crate::flows::nlu::yes_no(&m.text).is_none()
+            })
             .rev()
             .take(3)
             .collect();
