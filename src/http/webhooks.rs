@@ -319,13 +319,7 @@ fn render(action: VoiceAction, conv: ConversationId, listen: &crate::twilio::Lis
         VoiceAction::Transfer {
             fallback: Some(owner),
             ..
-        } => {
-            // Said before the ringing, as when an agent is found.
-            let w = format!("{WHISPER}?conversation={}", conv.0);
-            Twiml::new()
-                .say(HOLD_ON)
-                .dial(DIAL_STATUS, &owner, Some(&w))
-        }
+        } => ring_owner(HOLD_ON, &owner, conv),
         VoiceAction::Transfer { fallback: None, .. } => Twiml::new()
             .say("Nobody can take your call right now. Someone will get back to you soon. Goodbye.")
             .hangup(),
@@ -454,16 +448,17 @@ pub async fn twilio_gather(app: &App, req: Request<Body>) -> Result<Resp, ApiErr
             return Ok(twiml(Twiml::new().say(&said).redirect(&hold)));
         }
         if let Some(owner) = fallback {
-            let w = format!("{WHISPER}?conversation={}", conv.0);
-            return Ok(twiml(Twiml::new().say(&said).dial(
-                DIAL_STATUS,
-                owner,
-                Some(&w),
-            )));
+            return Ok(twiml(ring_owner(&said, owner, conv)));
         }
         app.router.escalate(conv, reason, Vec::new(), 0).await?;
     }
     Ok(render(action, conv, &listen(app, &tenant)))
+}
+
+/// `said`, then the owner rings, hearing the whisper when they answer.
+fn ring_owner(said: &str, owner: &str, conv: ConversationId) -> Twiml {
+    let w = format!("{WHISPER}?conversation={}", conv.0);
+    Twiml::new().say(said).dial(DIAL_STATUS, owner, Some(&w))
 }
 
 /// What a caller hears before being connected to a person.

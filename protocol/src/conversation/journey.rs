@@ -132,6 +132,12 @@ const LEGACY_KEYS: [&str; 14] = [
 ];
 
 impl Journey {
+    /// Whether the bot's last words wait for an answer: a slot it asked
+    /// for, or a time it offered.
+    pub fn waits_for_answer(&self) -> bool {
+        self.asking.is_some() || self.booking.as_ref().is_some_and(|b| b.offer.is_some())
+    }
+
     /// The booked visit, if one is booked and still to come at `now`.
     pub fn upcoming(&self, now: Timestamp) -> Option<Timestamp> {
         self.booking

@@ -171,13 +171,7 @@ impl Conversation {
             }
         }
         let mut draft = None;
-        let waits = self.state.journey.asking.is_some()
-            || self
-                .state
-                .journey
-                .booking
-                .as_ref()
-                .is_some_and(|b| b.offer.is_some());
+        let waits = self.state.journey.waits_for_answer();
         if let (true, Some(question)) = (waits, reply.clone()) {
             if let Some(f) =
                 flow.follow_up(0, now, &self.state.captured, &self.state.journey, &question)

@@ -435,13 +435,7 @@ impl Conversation {
         if text.is_empty() {
             // Silence: once more with the keypad offered (the flow's menu,
             // or the keys of what was asked), then a person.
-            let pending = self.state.journey.asking.is_some()
-                || self
-                    .state
-                    .journey
-                    .booking
-                    .as_ref()
-                    .is_some_and(|b| b.offer.is_some());
+            let pending = self.state.journey.waits_for_answer();
             if silence >= 2 {
                 // A caller already served on this call, with nothing left
                 // to answer, is let go; anyone else goes to a person.
@@ -618,14 +612,10 @@ impl Conversation {
                     }
                     // A plain answer (an address, hours) would leave the
                     // caller in silence: ask what else.
-                    let waits = self.state.journey.asking.is_some()
-                        || self
-                            .state
-                            .journey
-                            .booking
-                            .as_ref()
-                            .is_some_and(|b| b.offer.is_some());
-                    if !lost && !waits && !r.trim_end().ends_with('?') {
+                    if !lost
+                        && !self.state.journey.waits_for_answer()
+                        && !r.trim_end().ends_with('?')
+                    {
                         r.push_str(" Is there anything else I can help with?");
                     }
                     (

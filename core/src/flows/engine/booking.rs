@@ -30,7 +30,7 @@ impl Flow {
             }
             // "When is my appointment?" with none: said so, and a yes books.
             if let Some(i) = self.booking_intent() {
-                t.journey.asking = Some(format!("{}{i}", super::turn::OFFERED));
+                super::turn::offer_intent(&mut t.journey, i);
             }
             t.reply = Some(
                 "I don't see an appointment booked for you. Would you like to book one?".into(),
@@ -69,7 +69,7 @@ impl Flow {
                 (None, None) => {
                     // A yes books (the booking intent, as `on_yes`).
                     if let Some(i) = self.booking_intent() {
-                        t.journey.asking = Some(format!("{}{i}", super::turn::OFFERED));
+                        super::turn::offer_intent(&mut t.journey, i);
                     }
                     "I don't see an appointment booked for you. Would you like to book one?".into()
                 }

@@ -13,6 +13,11 @@ use crate::flows::nlu::{self, SmallTalk};
 /// (then the intent's name).
 pub(super) const OFFERED: &str = "@offered:";
 
+/// The reply just offered intent `name`: a yes next starts it.
+pub(super) fn offer_intent(journey: &mut Journey, name: &str) {
+    journey.asking = Some(format!("{OFFERED}{name}"));
+}
+
 impl Flow {
     /// One customer message, given what the conversation knows and where
     /// it stands. The returned turn carries the journey as it is after
@@ -212,7 +217,7 @@ impl Flow {
                         }
                         _ => {
                             if let Some(next) = &intent.on_yes {
-                                t.journey.asking = Some(format!("{OFFERED}{next}"));
+                                offer_intent(&mut t.journey, next);
                             }
                             fill(r, captured, &t.slots, self.persona())
                         }
